@@ -1,0 +1,60 @@
+"""The ``enumwatch`` command line: one subcommand per job, each defined in its own module.
+
+Each command module exposes ``register(subparsers)`` which adds its parser and sets
+``func`` to a callable taking the parsed namespace and returning an exit status. This file only
+lists them, so adding a command never touches another command's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from enumwatch import __version__
+
+#: Modules that contribute a subcommand, in help order. A missing module is skipped so that the
+#: package stays usable while a command is being built.
+COMMAND_MODULES = (
+    "enumwatch.scan_cli",
+    "enumwatch.run_cli",
+    "enumwatch.tail_cli",
+    "enumwatch.manifests_cli",
+    "enumwatch.devcluster_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every available subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="enumwatch",
+        description="Detect anonymous Kubernetes API enumeration in the API server's audit log.",
+    )
+    parser.add_argument("--version", action="version", version=f"enumwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``enumwatch`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    status: int = func(args)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
