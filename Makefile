@@ -1,0 +1,57 @@
+# enumwatch — the verbs everybody knows. Every target bootstraps .venv/ itself.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv controlplane test unit integration lint manifests demo dev-up dev-down bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create or update .venv/ with the package and its test extras
+
+controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
+	@bash hack/controlplane/build.sh >/dev/null
+
+test: venv controlplane ## run every test (unit + integration against a real apiserver)
+	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
+
+unit: venv ## run the tests that need no control plane
+	$(PY) -m pytest -W error -m 'not integration and not e2e' $(PYTEST_ARGS)
+
+integration: venv controlplane ## run only the tests against the real control plane
+	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy --strict
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/mypy
+
+manifests: venv ## regenerate the CRDs in crds/ from the pydantic models
+	$(PY) -m enumwatch manifests --output crds
+
+demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
+	$(PY) hack/demo.py
+
+dev-up: venv controlplane ## start the local control plane (+ operator and tailer) in the background; writes .dev/env
+	$(PY) -m enumwatch devcluster up --dir .dev
+
+dev-down: ## stop everything dev-up started
+	@if [ -x $(PY) ]; then $(PY) -m enumwatch devcluster down --dir .dev; fi
+
+bench: venv ## run the benchmarks and print their figures
+	$(PY) bench/scan_bench.py
+	$(PY) bench/tail_bench.py
+
+clean: dev-down ## remove local state (keeps the cached control-plane binaries)
+	rm -rf .dev .pytest_cache .mypy_cache .ruff_cache

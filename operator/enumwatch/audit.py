@@ -1,0 +1,518 @@
+"""Decoding kube-apiserver audit events into the few typed fields the rule reads.
+
+The rule must never see a raw dict: field extraction is where the formats differ (the
+apiserver's own ``audit.k8s.io/v1`` JSON lines, the audit webhook's ``EventList`` bodies, and
+documents exported from Elastic with ``kubernetes.audit.*`` keys) and where malformed input is
+met. Everything is reduced here to one small frozen :class:`AuditEvent`, and every line that
+cannot be decoded is *counted by reason* in a :class:`DecodeStats` instead of raising, because an
+audit log is untrusted input and one bad line must not stop a detector.
+
+Wrong types are rejected rather than coerced (a string ``responseStatus.code``, a ``sourceIPs``
+that is not a list of strings): Elasticsearch would coerce some of them, but the apiserver never
+writes them, so such a line is more likely forged or corrupt than meaningful.
+
+:class:`Prefilter` is the fast path: it decides from the raw bytes, *before* any JSON parsing,
+that a line certainly cannot satisfy a :class:`~enumwatch.spec.MatchSpec` (the vast majority of a
+real log: authenticated users at ``Metadata`` level). It only ever drops a line when the bytes
+prove the answer; whenever it is unsure (escapes it does not understand, nested ``user`` keys,
+duplicate keys, unusual whitespace) it says "parse", so it can never change a result.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from enumwatch.spec import MatchSpec
+
+#: The annotation that carries the authorizer's decision, as the apiserver writes it ...
+DECISION_ANNOTATION = "authorization.k8s.io/decision"
+#: ... and as Elastic's integration stores it (dots become underscores in the field name).
+ELASTIC_DECISION_ANNOTATION = "authorization_k8s_io/decision"
+#: The prefix of every audit field in an Elastic document.
+ELASTIC_PREFIX = "kubernetes.audit."
+
+# Skip reasons, as counted in DecodeStats.skipped. Wrong types are "wrong_type:<field path>".
+INVALID_JSON = "invalid_json"
+NOT_AN_OBJECT = "not_an_object"
+NOT_AN_AUDIT_EVENT = "not_an_audit_event"
+ITEMS_NOT_A_LIST = "wrong_type:items"
+CONFLICTING_KEYS = "conflicting_keys"
+
+# Keys whose presence marks an object as an audit Event (a raw event always has most of them).
+_EVENT_KEYS = ("auditID", "level", "stage", "requestURI", "verb")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit event, reduced to what the rule and the operator read.
+
+    ``None`` means missing or JSON ``null``; tuples are empty when the list was missing or null.
+    ``timestamp`` is epoch seconds (``stageTimestamp``, else ``requestReceivedTimestamp``, else
+    Elastic's ``@timestamp``), ``None`` when none was present or parseable.
+    """
+
+    audit_id: str | None = None
+    stage: str | None = None
+    timestamp: float | None = None
+    username: str | None = None
+    groups: tuple[str, ...] = ()
+    level: str | None = None
+    verb: str | None = None
+    request_uri: str | None = None
+    resource: str | None = None
+    namespace: str | None = None
+    source_ips: tuple[str, ...] = ()
+    user_agent: str | None = None
+    code: int | None = None
+    message: str | None = None
+    decision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back."""
+        return {
+            "audit_id": self.audit_id,
+            "stage": self.stage,
+            "timestamp": self.timestamp,
+            "username": self.username,
+            "groups": list(self.groups),
+            "level": self.level,
+            "verb": self.verb,
+            "request_uri": self.request_uri,
+            "resource": self.resource,
+            "namespace": self.namespace,
+            "source_ips": list(self.source_ips),
+            "user_agent": self.user_agent,
+            "code": self.code,
+            "message": self.message,
+            "decision": self.decision,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
+        """Rebuild an event from :meth:`to_dict` output (e.g. persisted window state)."""
+        ts = data.get("timestamp")
+        code = data.get("code")
+        return cls(
+            audit_id=data.get("audit_id"),
+            stage=data.get("stage"),
+            timestamp=None if ts is None else float(ts),
+            username=data.get("username"),
+            groups=tuple(data.get("groups") or ()),
+            level=data.get("level"),
+            verb=data.get("verb"),
+            request_uri=data.get("request_uri"),
+            resource=data.get("resource"),
+            namespace=data.get("namespace"),
+            source_ips=tuple(data.get("source_ips") or ()),
+            user_agent=data.get("user_agent"),
+            code=None if code is None else int(code),
+            message=data.get("message"),
+            decision=data.get("decision"),
+        )
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """What decoding saw: lines read, events decoded, and lines or items skipped by reason.
+
+    ``prefiltered`` counts lines the :class:`Prefilter` dropped unparsed because they certainly
+    cannot match; they are not type-checked, so a malformed line that could never match may be
+    counted there rather than under its skip reason.
+    """
+
+    lines: int = 0
+    events: int = 0
+    prefiltered: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def skipped_total(self) -> int:
+        """All skipped lines and items, whatever the reason."""
+        return sum(self.skipped.values())
+
+    def merge(self, other: DecodeStats) -> None:
+        """Add another run's counts to these (one summary over several files)."""
+        self.lines += other.lines
+        self.events += other.events
+        self.prefiltered += other.prefiltered
+        self.skipped.update(other.skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the counts as a JSON-ready dict."""
+        return {
+            "lines": self.lines,
+            "events": self.events,
+            "prefiltered": self.prefiltered,
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Timestamps
+
+
+def parse_timestamp(value: str) -> float | None:
+    """Return epoch seconds for an RFC 3339 timestamp, ``None`` if it cannot be parsed.
+
+    A timestamp without an offset is taken as UTC (the apiserver always writes ``Z``).
+    """
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+def _pick_timestamp(
+    stage_ts: str | None, received_ts: str | None, elastic_ts: object
+) -> float | None:
+    for candidate in (stage_ts, received_ts):
+        if candidate is not None:
+            ts = parse_timestamp(candidate)
+            if ts is not None:
+                return ts
+    if isinstance(elastic_ts, str):
+        return parse_timestamp(elastic_ts)
+    if isinstance(elastic_ts, int | float) and not isinstance(elastic_ts, bool):
+        # Elasticsearch's default date format also accepts epoch milliseconds.
+        return float(elastic_ts) / 1000.0
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Objects -> events
+
+
+def _string_list(value: object) -> tuple[str, ...] | None:
+    """The list as a tuple of strings; ``()`` for null; ``None`` if it has the wrong type."""
+    if value is None:
+        return ()
+    if type(value) is not list:
+        return None
+    for item in value:
+        if type(item) is not str:
+            return None
+    return tuple(value)
+
+
+def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | str:
+    """Decode one ``audit.k8s.io/v1`` Event object (already known to be a dict)."""
+    get = obj.get
+    user = get("user")
+    if user is None:
+        username = None
+        groups: tuple[str, ...] | None = ()
+    elif type(user) is dict:
+        username = user.get("username")
+        groups = _string_list(user.get("groups"))
+        if groups is None:
+            return "wrong_type:user.groups"
+    else:
+        return "wrong_type:user"
+
+    object_ref = get("objectRef")
+    if object_ref is None:
+        resource = namespace = None
+    elif type(object_ref) is dict:
+        resource = object_ref.get("resource")
+        namespace = object_ref.get("namespace")
+    else:
+        return "wrong_type:objectRef"
+
+    status = get("responseStatus")
+    if status is None:
+        code = message = None
+    elif type(status) is dict:
+        code = status.get("code")
+        message = status.get("message")
+        # bool is an int subclass: `type(...) is int` rejects true/false as codes.
+        if code is not None and type(code) is not int:
+            return "wrong_type:responseStatus.code"
+    else:
+        return "wrong_type:responseStatus"
+
+    annotations = get("annotations")
+    if annotations is None:
+        decision = None
+    elif type(annotations) is dict:
+        decision = annotations.get(DECISION_ANNOTATION)
+    else:
+        return "wrong_type:annotations"
+
+    source_ips = _string_list(get("sourceIPs"))
+    if source_ips is None:
+        return "wrong_type:sourceIPs"
+
+    audit_id = get("auditID")
+    stage = get("stage")
+    level = get("level")
+    verb = get("verb")
+    request_uri = get("requestURI")
+    user_agent = get("userAgent")
+    stage_ts = get("stageTimestamp")
+    received_ts = get("requestReceivedTimestamp")
+    for name, value in (
+        ("user.username", username),
+        ("level", level),
+        ("verb", verb),
+        ("requestURI", request_uri),
+        ("userAgent", user_agent),
+        ("objectRef.resource", resource),
+        ("objectRef.namespace", namespace),
+        ("responseStatus.message", message),
+        ("annotations." + DECISION_ANNOTATION, decision),
+        ("auditID", audit_id),
+        ("stage", stage),
+        ("stageTimestamp", stage_ts),
+        ("requestReceivedTimestamp", received_ts),
+    ):
+        if value is not None and type(value) is not str:
+            return "wrong_type:" + name
+    return AuditEvent(
+        audit_id=audit_id,
+        stage=stage,
+        timestamp=_pick_timestamp(stage_ts, received_ts, elastic_ts),
+        username=username,
+        groups=groups,
+        level=level,
+        verb=verb,
+        request_uri=request_uri,
+        resource=resource,
+        namespace=namespace,
+        source_ips=source_ips,
+        user_agent=user_agent,
+        code=code,
+        message=message,
+        decision=decision,
+    )
+
+
+def _flatten(obj: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for key, value in obj.items():
+        path = prefix + key
+        if type(value) is dict and value:
+            _flatten(value, path + ".", out)
+        else:
+            out[path] = value
+
+
+def _elastic_to_raw(obj: dict[str, Any]) -> dict[str, Any] | str:
+    """Rebuild the raw Event object from an Elastic document with nested or dotted keys.
+
+    Keys are flattened to dotted paths (so ``{"kubernetes": {"audit.verb": ...}}`` and
+    ``{"kubernetes.audit.verb": ...}`` read alike) and nested again below ``kubernetes.audit.``;
+    annotation keys are taken whole because they contain dots themselves.
+    """
+    flat: dict[str, Any] = {}
+    _flatten(obj, "", flat)
+    raw: dict[str, Any] = {}
+    annotations_prefix = ELASTIC_PREFIX + "annotations."
+    for path, value in flat.items():
+        if not path.startswith(ELASTIC_PREFIX):
+            continue
+        if path.startswith(annotations_prefix):
+            key = path[len(annotations_prefix) :]
+            if key in (ELASTIC_DECISION_ANNOTATION, DECISION_ANNOTATION):
+                annotations = raw.setdefault("annotations", {})
+                if type(annotations) is not dict:
+                    return CONFLICTING_KEYS
+                annotations[DECISION_ANNOTATION] = value
+            continue
+        parts = path[len(ELASTIC_PREFIX) :].split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if type(child) is not dict:
+                return CONFLICTING_KEYS
+            node = child
+        leaf = parts[-1]
+        if leaf in node and not (type(node[leaf]) is dict and value == {}):
+            return CONFLICTING_KEYS
+        node.setdefault(leaf, value)
+    return raw
+
+
+def is_elastic_document(obj: Mapping[str, Any]) -> bool:
+    """Whether ``obj`` is shaped like an Elastic document (``kubernetes.audit.*`` fields)."""
+    if "kubernetes" in obj:
+        return True
+    return any(key.startswith("kubernetes.") for key in obj)
+
+
+def decode_object(obj: object) -> AuditEvent | str:
+    """Decode one parsed JSON value holding a single audit event.
+
+    Accepts a raw ``audit.k8s.io/v1`` Event or an Elastic-shaped document. Returns the event, or
+    the reason it was skipped (a short string such as ``"wrong_type:responseStatus.code"``).
+    ``EventList`` documents hold several events: use :func:`decode_document` for those.
+    """
+    if type(obj) is not dict:
+        return NOT_AN_OBJECT
+    if obj.get("kind") == "Event":
+        return _decode_raw(obj)
+    if is_elastic_document(obj):
+        raw = _elastic_to_raw(obj)
+        if isinstance(raw, str):
+            return raw
+        if not any(key in raw for key in _EVENT_KEYS):
+            return NOT_AN_AUDIT_EVENT
+        return _decode_raw(raw, obj.get("@timestamp"))
+    if not any(key in obj for key in _EVENT_KEYS):
+        return NOT_AN_AUDIT_EVENT
+    return _decode_raw(obj)
+
+
+def decode_document(obj: object) -> Iterator[AuditEvent | str]:
+    """Decode one parsed JSON document: an ``EventList`` yields one result per item."""
+    if type(obj) is dict and obj.get("kind") == "EventList":
+        items = obj.get("items")
+        if items is None:
+            return
+        if type(items) is not list:
+            yield ITEMS_NOT_A_LIST
+            return
+        for item in items:
+            yield decode_object(item)
+    else:
+        yield decode_object(obj)
+
+
+def decode_line(line: bytes | str, stats: DecodeStats) -> list[AuditEvent]:
+    """Decode one line (an Event, an EventList or an Elastic document), counting into ``stats``.
+
+    Blank lines are ignored and not counted. Never raises for bad input.
+    """
+    if not line.strip():
+        return []
+    stats.lines += 1
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        stats.skipped[INVALID_JSON] += 1
+        return []
+    events: list[AuditEvent] = []
+    for result in decode_document(obj):
+        if isinstance(result, str):
+            stats.skipped[result] += 1
+        else:
+            events.append(result)
+    stats.events += len(events)
+    return events
+
+
+def iter_events(
+    lines: Iterable[bytes | str], stats: DecodeStats, prefilter: Prefilter | None = None
+) -> Iterator[AuditEvent]:
+    """Yield the events of ``lines``, counting into ``stats``.
+
+    With a ``prefilter``, lines that certainly cannot match its MatchSpec are dropped unparsed
+    (counted in ``stats.prefiltered``); the events that *can* match are exactly the same.
+    """
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    could_match = prefilter.could_match if prefilter is not None else None
+    skipped = stats.skipped
+    for line in lines:
+        if could_match is not None:
+            raw = line.encode() if isinstance(line, str) else line
+            if not could_match(raw):
+                if raw.strip():
+                    stats.lines += 1
+                    stats.prefiltered += 1
+                continue
+        elif not line.strip():
+            continue
+        stats.lines += 1
+        try:
+            obj = loads(line)
+        except decode_error:
+            skipped[INVALID_JSON] += 1
+            continue
+        if type(obj) is dict and obj.get("kind") != "EventList":
+            result = decode_object(obj)
+            if type(result) is str:
+                skipped[result] += 1
+            else:
+                stats.events += 1
+                yield result  # type: ignore[misc]
+            continue
+        for result in decode_document(obj):
+            if isinstance(result, str):
+                skipped[result] += 1
+            else:
+                stats.events += 1
+                yield result
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path
+
+
+class Prefilter:
+    """Decide from a line's raw bytes that it certainly cannot match a :class:`MatchSpec`.
+
+    :meth:`could_match` returns ``False`` only when the bytes prove that no event in the line can
+    match; ``True`` means "parse it". The proofs rely on one fact: in JSON without backslash
+    escapes, a string's bytes appear literally between quotes. So
+
+    * if no configured level appears as a quoted literal, no event's ``level`` can be one;
+    * if no configured username appears as a quoted literal, no ``user.username`` can be one,
+      and, when missing/null/empty usernames also match, the line must show a top-level
+      ``"user":{"username":"<non-empty>"`` (the only ``"user"`` and ``"username"`` keys in the
+      line, with a single ``{`` before them, so neither nested nor duplicated, and no
+      ``kubernetes`` key that would make it an Elastic document).
+
+    Lines with backslashes are only reasoned about when every backslash starts ``\\u0026``,
+    ``\\u003c`` or ``\\u003e`` (Go's HTML-safe escapes, common in request URIs) and the escaped
+    characters do not occur in any configured value; anything else is parsed.
+    """
+
+    __slots__ = ("_include_missing", "_level_literals", "_safe_escapes", "_username_literals")
+
+    _USER_RE = re.compile(rb'"user"\s*:\s*\{\s*"username"\s*:\s*"[^"]')
+    _GO_ESCAPES = {b"\\u0026": "&", b"\\u003c": "<", b"\\u003e": ">"}
+
+    def __init__(self, match: MatchSpec) -> None:
+        self._level_literals = tuple(orjson.dumps(level) for level in match.levels)
+        self._username_literals = tuple(orjson.dumps(name) for name in match.usernames)
+        self._include_missing = match.include_missing_username
+        configured = "".join([*match.levels, *match.usernames])
+        self._safe_escapes = tuple(
+            escape for escape, char in self._GO_ESCAPES.items() if char not in configured
+        )
+
+    def could_match(self, line: bytes) -> bool:
+        """``False`` only if no event in ``line`` can possibly match; ``True`` means parse it."""
+        if b"\\" in line:
+            escapes = sum(line.count(escape) for escape in self._safe_escapes)
+            if escapes != line.count(b"\\"):
+                return True
+        for literal in self._level_literals:
+            if literal in line:
+                break
+        else:
+            return False
+        for literal in self._username_literals:
+            if literal in line:
+                return True
+        if not self._include_missing:
+            return False
+        # The username must be proven present, non-empty and top-level. An Elastic document may
+        # carry an unrelated top-level ECS "user" next to its kubernetes.audit.* fields.
+        if b'"kubernetes' in line:
+            return True
+        if line.count(b'"user"') != 1 or line.count(b'"username"') != 1:
+            return True
+        found = self._USER_RE.search(line)
+        if found is None:
+            return True
+        return line.count(b"{", 0, found.start()) != 1

@@ -1,0 +1,343 @@
+"""The seed ES|QL rule, evaluated in pure Python with exactly its semantics.
+
+This module is the "cog" of enumwatch: events in, rows out; no I/O, no clock, no kopf. The
+operator's windows and the offline ``enumwatch scan`` both feed the same :class:`GroupTable` one
+event at a time, so a backtest and a live detector cannot disagree.
+
+ES|QL details that matter and are reproduced here:
+
+* ``where``: username in the configured list, or (optionally) missing / null / ``""``; level in the
+  configured list, exact and case-sensitive; a missing level never matches.
+* ``case()``: the first true branch wins; a comparison with null is not true, so a missing or
+  unexpected decision (``""``, ``"foo"``) falls through to the status-code branches.
+* ``stats ... by sourceIPs, userAgent``: a multi-valued ``sourceIPs`` puts the event in one group
+  per *distinct* IP (Elasticsearch keeps a keyword field's values as a set); an empty or missing
+  list, like a missing user agent, is the null key.
+* ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
+* The final ``where`` applies the thresholds. A group's count only grows, so once it reaches
+  ``documentsBelow`` it can never fire: its value sets are dropped and only counts are kept,
+  which bounds memory on a flood from one source.
+
+Rows are sorted by source IP, then user agent, both ascending with nulls last (the ES|QL and
+SQL default for ``ASC``), comparing strings by code point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from enumwatch.audit import AuditEvent
+from enumwatch.spec import MatchSpec, ThresholdsSpec
+
+AUTHZ_ALLOW = "authz_allow"
+AUTHZ_FORBID = "authz_forbid"
+AUTHN_AUTHZ_FAILED = "authn_authz_failed"
+SUCCESS = "success"
+NOT_FOUND = "not_found"
+UNKNOWN = "unknown"
+OTHER_ERROR = "other_error"
+
+#: Outcomes in the order of the per-group counters below (index = position).
+OUTCOMES: tuple[str, ...] = (
+    AUTHZ_ALLOW,
+    AUTHZ_FORBID,
+    AUTHN_AUTHZ_FAILED,
+    SUCCESS,
+    NOT_FOUND,
+    OTHER_ERROR,
+    UNKNOWN,
+)
+_ALLOW, _FORBID, _FAILED, _SUCCESS, _NOT_FOUND, _OTHER, _UNKNOWN = range(len(OUTCOMES))
+
+#: A group key: (one source IP or None, user agent or None).
+GroupKey = tuple[str | None, str | None]
+
+
+def _outcome_index(event: AuditEvent) -> int:
+    decision = event.decision
+    if decision == "allow":
+        return _ALLOW
+    if decision == "forbid":
+        return _FORBID
+    code = event.code
+    if code is None:
+        return _UNKNOWN
+    if code == 401 or code == 403:
+        return _FAILED
+    if 200 <= code < 300:
+        return _SUCCESS
+    if code == 404:
+        return _NOT_FOUND
+    return _OTHER
+
+
+def outcome(event: AuditEvent) -> str:
+    """The seed's ``Esql.outcome`` of one event (the first true branch of its ``case()``)."""
+    return OUTCOMES[_outcome_index(event)]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One group that passed the thresholds: every aggregate of the seed's ``stats``.
+
+    Value tuples are sorted, distinct and free of nulls. :meth:`to_esql` renders the row keyed by
+    the ES|QL output column names.
+    """
+
+    source_ip: str | None
+    user_agent: str | None
+    document_count: int
+    authz_allow_count: int
+    authz_forbid_count: int
+    status_fail_count: int
+    success_count: int
+    not_found_count: int
+    other_error_count: int
+    unknown_count: int
+    verb_count_distinct: int
+    request_uri_count_distinct: int
+    resource_count_distinct: int
+    outcome_values: tuple[str, ...]
+    decision_values: tuple[str, ...]
+    code_values: tuple[int, ...]
+    message_values: tuple[str, ...]
+    verb_values: tuple[str, ...]
+    resource_values: tuple[str, ...]
+    namespace_values: tuple[str, ...]
+    username_values: tuple[str, ...]
+    groups_values: tuple[str, ...]
+    request_uri_values: tuple[str, ...]
+    data_stream_namespace_values: tuple[str, ...]
+
+    @property
+    def key(self) -> GroupKey:
+        """The group key: (source IP, user agent)."""
+        return (self.source_ip, self.user_agent)
+
+    def to_esql(self) -> dict[str, Any]:
+        """The row as the ES|QL query returns it (column name -> value, lists for values)."""
+        return {
+            "Esql.document_count": self.document_count,
+            "Esql.authz_allow_count": self.authz_allow_count,
+            "Esql.authz_forbid_count": self.authz_forbid_count,
+            "Esql.status_fail_count": self.status_fail_count,
+            "Esql.success_count": self.success_count,
+            "Esql.not_found_count": self.not_found_count,
+            "Esql.other_error_count": self.other_error_count,
+            "Esql.unknown_count": self.unknown_count,
+            "Esql.kubernetes_audit_verb_count_distinct": self.verb_count_distinct,
+            "Esql.kubernetes_audit_requestURI_count_distinct": self.request_uri_count_distinct,
+            "Esql.kubernetes_audit_objectRef_resource_count_distinct": (
+                self.resource_count_distinct
+            ),
+            "Esql.kubernetes_audit_outcome_values": list(self.outcome_values),
+            "Esql.kubernetes_audit_decision_values": list(self.decision_values),
+            "Esql.kubernetes_audit_responseStatus_code_values": list(self.code_values),
+            "Esql.kubernetes_audit_responseStatus_message_values": list(self.message_values),
+            "Esql.kubernetes_audit_verb_values": list(self.verb_values),
+            "Esql.kubernetes_audit_objectRef_resource_values": list(self.resource_values),
+            "Esql.kubernetes_audit_objectRef_namespace_values": list(self.namespace_values),
+            "Esql.kubernetes_audit_user_username_values": list(self.username_values),
+            "Esql.kubernetes_audit_user_groups_values": list(self.groups_values),
+            "Esql.kubernetes_audit_requestURI_values": list(self.request_uri_values),
+            "Esql.data_stream_namespace_values": list(self.data_stream_namespace_values),
+            "kubernetes.audit.sourceIPs": self.source_ip,
+            "kubernetes.audit.userAgent": self.user_agent,
+        }
+
+
+def _values(values: set[Any]) -> tuple[Any, ...]:
+    values.discard(None)
+    return tuple(sorted(values))
+
+
+class _Group:
+    """The running aggregates of one (source IP, user agent) group.
+
+    Nulls are added to the sets like any value (cheaper than testing each one) and removed when
+    the row is built. ``sets`` is ``None`` once the group can no longer fire.
+    """
+
+    __slots__ = ("count", "counts", "sets")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.counts = [0] * len(OUTCOMES)
+        # verbs, uris, resources, decisions, codes, messages, namespaces, usernames, groups
+        self.sets: tuple[set[Any], ...] | None = tuple(set() for _ in range(9))
+
+
+def _sort_key(row: Row) -> tuple[bool, str, bool, str]:
+    ip, ua = row.source_ip, row.user_agent
+    return (ip is None, ip or "", ua is None, ua or "")
+
+
+class GroupTable:
+    """Incremental ``stats ... by sourceIPs, userAgent`` of one evaluation (one window).
+
+    Feed events with :meth:`add` in any order; :meth:`rows` applies the thresholds. The table
+    can be read any number of times and fed further in between.
+    """
+
+    __slots__ = ("_cap", "_groups", "_rule", "added", "considered")
+
+    def __init__(self, rule: Rule) -> None:
+        self._rule = rule
+        # A group whose count reaches this can never pass `count < documentsBelow`.
+        self._cap = rule.thresholds.documents_below
+        self._groups: dict[GroupKey, _Group] = {}
+        #: Events offered to :meth:`add` and events that matched the rule's ``where``.
+        self.considered = 0
+        self.added = 0
+
+    @property
+    def group_count(self) -> int:
+        """How many (source IP, user agent) groups have at least one event."""
+        return len(self._groups)
+
+    def add(self, event: AuditEvent) -> bool:
+        """Count ``event`` in its groups if it matches the rule; return whether it did."""
+        self.considered += 1
+        if not self._rule.matches(event):
+            return False
+        self.add_matched(event)
+        return True
+
+    def add_matched(self, event: AuditEvent) -> None:
+        """Count an event already known to match the rule (skips the ``where`` test)."""
+        self.added += 1
+        ips: Iterable[str | None] = event.source_ips or (None,)
+        if len(event.source_ips) > 1:
+            ips = dict.fromkeys(event.source_ips)
+        user_agent = event.user_agent
+        index = _outcome_index(event)
+        groups = self._groups
+        for ip in ips:
+            key = (ip, user_agent)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            group.count += 1
+            group.counts[index] += 1
+            sets = group.sets
+            if sets is None:
+                continue
+            if group.count >= self._cap:
+                group.sets = None
+                continue
+            verbs, uris, resources, decisions, codes, messages, namespaces, users, groups_ = sets
+            verbs.add(event.verb)
+            uris.add(event.request_uri)
+            resources.add(event.resource)
+            decisions.add(event.decision)
+            codes.add(event.code)
+            messages.add(event.message)
+            namespaces.add(event.namespace)
+            users.add(event.username)
+            groups_.update(event.groups)
+
+    def rows(self, data_stream_namespace: str = "default", limit: int | None = None) -> list[Row]:
+        """The groups that pass the thresholds, sorted by source IP then user agent.
+
+        ``data_stream_namespace`` is reported as ``Esql.data_stream_namespace_values``; ``limit``
+        keeps the first rows only (the rule's "maximum alerts per execution").
+        """
+        t = self._rule.thresholds
+        rows: list[Row] = []
+        for (ip, user_agent), group in self._groups.items():
+            counts = group.counts
+            sets = group.sets
+            if sets is None or group.count >= t.documents_below:
+                continue
+            if not (
+                counts[_FORBID] >= t.forbidden_at_least
+                or counts[_FAILED] >= t.auth_failures_at_least
+                or counts[_NOT_FOUND] >= t.not_found_at_least
+            ):
+                continue
+            verbs, uris, resources, decisions, codes, messages, namespaces, users, groups_ = (
+                _values(set(s)) for s in sets
+            )
+            if len(uris) <= t.distinct_request_uris_above:
+                continue
+            if len(resources) <= t.distinct_resources_above:
+                continue
+            rows.append(
+                Row(
+                    source_ip=ip,
+                    user_agent=user_agent,
+                    document_count=group.count,
+                    authz_allow_count=counts[_ALLOW],
+                    authz_forbid_count=counts[_FORBID],
+                    status_fail_count=counts[_FAILED],
+                    success_count=counts[_SUCCESS],
+                    not_found_count=counts[_NOT_FOUND],
+                    other_error_count=counts[_OTHER],
+                    unknown_count=counts[_UNKNOWN],
+                    verb_count_distinct=len(verbs),
+                    request_uri_count_distinct=len(uris),
+                    resource_count_distinct=len(resources),
+                    outcome_values=tuple(
+                        sorted(name for name, n in zip(OUTCOMES, counts, strict=True) if n)
+                    ),
+                    decision_values=decisions,
+                    code_values=codes,
+                    message_values=messages,
+                    verb_values=verbs,
+                    resource_values=resources,
+                    namespace_values=namespaces,
+                    username_values=users,
+                    groups_values=groups_,
+                    request_uri_values=uris,
+                    data_stream_namespace_values=(data_stream_namespace,),
+                )
+            )
+        rows.sort(key=_sort_key)
+        return rows if limit is None else rows[:limit]
+
+
+class Rule:
+    """The seed rule with its parameters: which events it considers and when a group fires."""
+
+    __slots__ = ("_levels", "_missing", "_usernames", "match", "thresholds")
+
+    def __init__(
+        self, match: MatchSpec | None = None, thresholds: ThresholdsSpec | None = None
+    ) -> None:
+        self.match = match if match is not None else MatchSpec()
+        self.thresholds = thresholds if thresholds is not None else ThresholdsSpec()
+        self._usernames = frozenset(self.match.usernames)
+        self._levels = frozenset(self.match.levels)
+        self._missing = self.match.include_missing_username
+
+    def matches(self, event: AuditEvent) -> bool:
+        """The seed's first ``where``: an anonymous (or missing) username at a kept level."""
+        if event.level not in self._levels:
+            return False
+        username = event.username
+        if username is None or username == "":
+            return self._missing or username in self._usernames
+        return username in self._usernames
+
+    def outcome(self, event: AuditEvent) -> str:
+        """The event's ``Esql.outcome`` (same as the module-level :func:`outcome`)."""
+        return outcome(event)
+
+    def table(self) -> GroupTable:
+        """A fresh, empty group table for one evaluation of this rule."""
+        return GroupTable(self)
+
+    def evaluate(
+        self,
+        events: Iterable[AuditEvent],
+        data_stream_namespace: str = "default",
+        limit: int | None = None,
+    ) -> list[Row]:
+        """Run the whole query over ``events`` as one window and return its rows."""
+        table = GroupTable(self)
+        add = table.add
+        for event in events:
+            add(event)
+        return table.rows(data_stream_namespace, limit)

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real local control plane, and the rule that integration tests never skip.
+
+``make test`` sets ``ENUMWATCH_REQUIRE_INTEGRATION=1``; then a skipped ``integration`` test fails
+the session, so CI can never pass on a machine where the control plane did not come up.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enumwatch import devcluster
+
+_skipped_integration: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.ControlPlane]:
+    """A real etcd + kube-apiserver for the whole test session, writing a real audit log."""
+    workdir: Path = tmp_path_factory.mktemp("controlplane")
+    # Small rotation size so rotation really happens under test traffic.
+    cp = devcluster.start(workdir, audit_max_size_mb=1, audit_max_backup=20)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember integration tests that were skipped."""
+    if report.skipped and "integration" in report.keywords:
+        _skipped_integration.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when integration tests were skipped and ``make test`` requires them."""
+    if os.environ.get("ENUMWATCH_REQUIRE_INTEGRATION") == "1" and _skipped_integration:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"FAILED: {len(_skipped_integration)} integration test(s) were skipped; "
+                "make test requires the real control plane: " + ", ".join(_skipped_integration),
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

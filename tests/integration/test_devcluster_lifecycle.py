@@ -1,0 +1,80 @@
+"""The control plane leaves no process behind: not after dev-down, not when its owner is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_dead(pids: list[int], timeout: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def test_servers_die_when_the_owning_process_is_killed(tmp_path: Path) -> None:
+    script = (
+        "import json, sys, time\n"
+        "from enumwatch import devcluster\n"
+        f"cp = devcluster.start({str(tmp_path / 'cp')!r})\n"
+        "print(json.dumps({n: p.pid for n, p in cp.processes.items()}), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = list(json.loads(owner.stdout.readline()).values())
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    assert _wait_dead(pids) == []
+
+
+def test_dev_up_writes_env_and_dev_down_stops_everything(tmp_path: Path) -> None:
+    state = tmp_path / "dev"
+    enumwatch = [sys.executable, "-m", "enumwatch", "devcluster"]
+    subprocess.run([*enumwatch, "up", "--dir", str(state)], check=True, timeout=120)
+    try:
+        env = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in (state / "env").read_text().splitlines()
+        )
+        assert set(env) >= {"KUBECONFIG", "APISERVER", "AUDIT_LOG"}
+        assert env["APISERVER"].startswith("https://127.0.0.1:")
+        pids = [int(p) for f in state.glob("**/pids") for p in json.loads(f.read_text()).values()]
+        assert pids and all(_alive(p) for p in pids)
+        info = json.loads((state / "controlplane.json").read_text())
+        ctx = __import__("ssl").create_default_context(cafile=info["ca_file"])
+        with urllib.request.urlopen(env["APISERVER"] + "/version", context=ctx, timeout=5) as r:
+            assert r.status == 200
+        assert Path(env["AUDIT_LOG"]).exists()
+    finally:
+        subprocess.run([*enumwatch, "down", "--dir", str(state)], check=True, timeout=60)
+    assert _wait_dead(pids) == []
