@@ -129,9 +129,28 @@ class ThresholdsSpec(_Model):
 class ScheduleSpec(_Model):
     """Elastic's schedule, replayed over event time."""
 
+    # The same checks as the validators below, for the API server (CEL in the generated CRD).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "duration(self.lookback) >= duration(self.interval)",
+                    "message": "lookback must not be shorter than interval",
+                    "fieldPath": ".lookback",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    )
+
     interval: Duration = Field(
         default="5m",
         description="How often the rule runs (Go duration, at least 1s). Seed schedule: 5m.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "duration(self) >= duration('1s')", "message": "must be at least 1s"}
+            ]
+        },
     )
     lookback: Duration = Field(
         default="6m",

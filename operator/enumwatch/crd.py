@@ -1,0 +1,263 @@
+"""CRDs generated from the pydantic models: the API is written once, as Python types.
+
+``make manifests`` (``enumwatch manifests``) renders ``crds/*.yaml`` from :mod:`enumwatch.spec`,
+:mod:`enumwatch.status` and :mod:`enumwatch.finding`. The committed YAML is checked for drift by a
+test, as kubebuilder projects do. The conversion turns pydantic's JSON Schema into a *structural*
+OpenAPI v3 schema as the API server requires: references inlined, ``Optional`` as ``nullable``,
+titles and ``additionalProperties: false`` dropped, and defaults that cascade, so that
+``spec: {}`` is filled with the seed rule's values by the API server itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from enumwatch.finding import FindingSpec
+from enumwatch.spec import DetectorSpec
+from enumwatch.status import DetectorStatus
+
+GROUP = "enumwatch.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+DETECTOR_PLURAL = "enumerationdetectors"
+FINDING_PLURAL = "findings"
+DETECTOR_LABEL = f"{GROUP}/detector"
+Schema = dict[str, Any]
+
+
+def _resolve(node: Any, defs: dict[str, Schema]) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+            rest = {k: v for k, v in node.items() if k != "$ref"}
+            return _resolve({**target, **rest}, defs)
+        return {k: _resolve(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_resolve(v, defs) for v in node]
+    return node
+
+
+def _structural(node: Any) -> Any:
+    """Make a resolved JSON Schema structural (the API server's rules for CRD schemas)."""
+    if isinstance(node, list):
+        return [_structural(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    node.pop("title", None)
+    if node.get("additionalProperties") is False:
+        node.pop("additionalProperties")
+    for key in ("anyOf", "oneOf"):
+        options = node.get(key)
+        if options and any(o.get("type") == "null" for o in options):
+            rest = [o for o in options if o.get("type") != "null"]
+            node.pop(key)
+            if len(rest) == 1:
+                node = {**rest[0], **node}
+            node["nullable"] = True
+    if isinstance(node.get("description"), str):
+        node["description"] = node["description"].replace("``", "")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    return {k: _structural(v) for k, v in node.items()}
+
+
+def _add_defaults(model: type[BaseModel], schema: Schema) -> None:
+    """Add the defaults JSON Schema leaves out: factories, and whole nested default objects."""
+    props = schema.get("properties", {})
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        prop = props.get(key)
+        if prop is None:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _add_defaults(annotation, prop)
+            if field.default_factory is not None:
+                # The whole default object, not {}: CEL rules on it are checked at CRD creation.
+                prop["default"] = annotation().model_dump(by_alias=True, mode="json")
+        elif field.default_factory is not None:
+            value = field.default_factory()  # type: ignore[call-arg]
+            prop["default"] = value
+        elif field.default is not PydanticUndefined and field.default is not None:
+            prop["default"] = field.default
+        items = prop.get("items")
+        args = getattr(annotation, "__args__", ())
+        if (
+            items is not None
+            and args
+            and isinstance(args[0], type)
+            and issubclass(args[0], BaseModel)
+        ):
+            _add_defaults(args[0], items)
+
+
+def openapi_schema(model: type[BaseModel]) -> Schema:
+    """The structural OpenAPI v3 schema of a pydantic model, with descriptions and defaults."""
+    raw = model.model_json_schema(by_alias=True)
+    resolved = _resolve(raw, raw.get("$defs", {}))
+    schema: Schema = _structural(resolved)
+    _add_defaults(model, schema)
+    return schema
+
+
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    description: str,
+    spec: Schema,
+    status: Schema | None,
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    properties: Schema = {"spec": spec}
+    if status is not None:
+        properties["status"] = status
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {
+            "openAPIV3Schema": {
+                "type": "object",
+                "description": description,
+                "properties": {
+                    "apiVersion": {"type": "string", "description": "API version."},
+                    "kind": {"type": "string", "description": "Kind of the object."},
+                    "metadata": {"type": "object"},
+                    **properties,
+                },
+                "required": ["spec"],
+            }
+        },
+        "additionalPrinterColumns": columns,
+    }
+    if status is not None:
+        version["subresources"] = {"status": {}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "enumwatch",
+                "app.kubernetes.io/part-of": "enumwatch",
+            },
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
+                "categories": ["enumwatch"],
+            },
+            "versions": [version],
+        },
+    }
+
+
+def detector_crd() -> dict[str, Any]:
+    """The EnumerationDetector CRD."""
+    spec = openapi_schema(DetectorSpec)
+    spec["default"] = {}
+    return _crd(
+        kind="EnumerationDetector",
+        plural=DETECTOR_PLURAL,
+        short_names=["ewd", "enumdetector"],
+        description=(
+            "EnumerationDetector runs Elastic's rule 'Kubernetes Potential Endpoint Permission "
+            "Enumeration Attempt by Anonymous User Detected' over the API server's audit log on "
+            "a schedule, and reports Findings. spec: {} is the seed rule."
+        ),
+        spec=spec,
+        status=openapi_schema(DetectorStatus),
+        columns=[
+            {"name": "Interval", "type": "string", "jsonPath": ".spec.schedule.interval"},
+            {"name": "Lookback", "type": "string", "jsonPath": ".spec.schedule.lookback"},
+            {
+                "name": "Ready",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+            },
+            {"name": "Findings", "type": "integer", "jsonPath": ".status.findingsCreated"},
+            {
+                "name": "Last-Run",
+                "type": "date",
+                "jsonPath": ".status.lastEvaluation",
+                "priority": 1,
+            },
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def finding_crd() -> dict[str, Any]:
+    """The Finding CRD."""
+    return _crd(
+        kind="Finding",
+        plural=FINDING_PLURAL,
+        short_names=["ewf"],
+        description=(
+            "Finding is one suspected anonymous API enumeration: a (source IP, user agent) group "
+            "of audit events that passed an EnumerationDetector's thresholds. Written by the "
+            "operator; kept as evidence after its detector is deleted."
+        ),
+        spec=openapi_schema(FindingSpec),
+        status=None,
+        columns=[
+            {"name": "Source-IP", "type": "string", "jsonPath": ".spec.sourceIP"},
+            {"name": "User-Agent", "type": "string", "jsonPath": ".spec.userAgent"},
+            {"name": "Documents", "type": "integer", "jsonPath": ".spec.aggregates.documentCount"},
+            {
+                "name": "URIs",
+                "type": "integer",
+                "jsonPath": ".spec.aggregates.requestURICountDistinct",
+            },
+            {
+                "name": "Resources",
+                "type": "integer",
+                "jsonPath": ".spec.aggregates.resourceCountDistinct",
+            },
+            {"name": "Severity", "type": "string", "jsonPath": ".spec.rule.severity"},
+            {
+                "name": "Occurrences",
+                "type": "integer",
+                "jsonPath": ".spec.occurrences",
+                "priority": 1,
+            },
+            {"name": "Last-Seen", "type": "date", "jsonPath": ".spec.lastSeen"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+def render() -> dict[str, str]:
+    """File name -> YAML text of every generated CRD."""
+    header = "# Generated by `make manifests` from enumwatch's pydantic models. Do not edit.\n"
+    out = {}
+    for crd in (detector_crd(), finding_crd()):
+        text = yaml.safe_dump(crd, sort_keys=False, width=100)
+        out[f"{crd['metadata']['name']}.yaml"] = header + text
+    return out
+
+
+def write(directory: Path) -> list[Path]:
+    """Write every CRD into ``directory``; return the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in render().items():
+        path = directory / name
+        path.write_text(text)
+        paths.append(path)
+    return paths

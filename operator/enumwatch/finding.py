@@ -1,0 +1,184 @@
+"""The Finding API: what a detector reports, and how a rule row becomes one.
+
+A Finding is evidence: one object per (detector, source IP, user agent), named deterministically so
+that a retry or a restart updates it rather than creating another. Its ``aggregates`` block carries
+every column of the seed's ES|QL ``stats``, under API-style names, with lists capped so that an
+object never approaches the API server's size limit (what was left out is counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from enumwatch.rule import Row
+from enumwatch.seed import SEED_RULE
+
+#: Most values kept per list in ``aggregates`` (the group has at most ``documentsBelow`` events).
+MAX_LIST_ITEMS = 50
+#: Longest string kept in a list (response messages can be long).
+MAX_STRING_CHARS = 256
+_NAME_SAFE = re.compile(r"[^a-z0-9-]+")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
+
+
+class MitreRef(_Model):
+    """A MITRE ATT&CK tactic and technique the rule maps to."""
+
+    tactic: str = Field(description="MITRE ATT&CK tactic id, e.g. TA0007 (Discovery).")
+    technique: str = Field(description="MITRE ATT&CK technique id, e.g. T1613.")
+    name: str = Field(description="Technique name.")
+
+
+class RuleRef(_Model):
+    """The rule that produced the Finding, with the detector's scoring."""
+
+    id: str = Field(description="Elastic rule id of the seed rule.")
+    name: str = Field(description="Rule name.")
+    severity: str = Field(description="Severity from the detector (low, medium, high, critical).")
+    risk_score: int = Field(alias="riskScore", description="Risk score from the detector, 0..100.")
+    mitre: list[MitreRef] = Field(description="MITRE ATT&CK mapping.")
+
+
+class Window(_Model):
+    """The evaluation window (start, end] whose events produced the latest firing."""
+
+    start: str = Field(description="Window start (exclusive), RFC 3339.")
+    end: str = Field(description="Window end (inclusive): the scheduled tick, RFC 3339.")
+
+
+class Aggregates(_Model):
+    """Every aggregate of the seed's ES|QL stats for the group, from the latest firing."""
+
+    document_count: int = Field(alias="documentCount", description="Esql.document_count.")
+    authz_allow_count: int = Field(alias="authzAllowCount", description="Decision allow.")
+    authz_forbid_count: int = Field(alias="authzForbidCount", description="Decision forbid.")
+    status_fail_count: int = Field(
+        alias="statusFailCount", description="No decision, code 401 or 403."
+    )
+    success_count: int = Field(alias="successCount", description="No decision, code 2xx.")
+    not_found_count: int = Field(alias="notFoundCount", description="No decision, code 404.")
+    other_error_count: int = Field(alias="otherErrorCount", description="Any other code.")
+    unknown_count: int = Field(alias="unknownCount", description="No decision and no code.")
+    verb_count_distinct: int = Field(alias="verbCountDistinct", description="Distinct verbs.")
+    request_uri_count_distinct: int = Field(
+        alias="requestURICountDistinct", description="Distinct requestURIs."
+    )
+    resource_count_distinct: int = Field(
+        alias="resourceCountDistinct", description="Distinct objectRef.resources."
+    )
+    outcomes: list[str] = Field(description="Distinct outcomes (authz_allow, authz_forbid, ...).")
+    decisions: list[str] = Field(description="Distinct authorization decisions.")
+    response_codes: list[int] = Field(alias="responseCodes", description="Distinct codes.")
+    response_messages: list[str] = Field(
+        alias="responseMessages", description="Distinct response messages (truncated)."
+    )
+    verbs: list[str] = Field(description="Distinct verbs.")
+    resources: list[str] = Field(description="Distinct objectRef.resources.")
+    namespaces: list[str] = Field(description="Distinct objectRef.namespaces.")
+    usernames: list[str] = Field(description="Distinct usernames (empty for a missing user).")
+    groups: list[str] = Field(description="Distinct user groups, flattened.")
+    request_uris: list[str] = Field(alias="requestURIs", description="Distinct requestURIs.")
+    data_stream_namespaces: list[str] = Field(
+        alias="dataStreamNamespaces", description="data_stream.namespace values."
+    )
+    omitted: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per list, how many values were left out to keep the object small.",
+    )
+
+
+class FindingSpec(_Model):
+    """One suspected anonymous enumeration: who, when, and the evidence."""
+
+    detector: str = Field(description="Name of the EnumerationDetector (same namespace).")
+    rule: RuleRef = Field(description="The rule and its scoring.")
+    source_ip: str | None = Field(
+        alias="sourceIP", description="Source IP of the group (null when the events had none)."
+    )
+    user_agent: str | None = Field(
+        alias="userAgent", description="User agent of the group (null when missing)."
+    )
+    window: Window = Field(description="The window of the latest firing.")
+    first_seen: str = Field(alias="firstSeen", description="End of the first firing window.")
+    last_seen: str = Field(alias="lastSeen", description="End of the latest firing window.")
+    occurrences: int = Field(
+        ge=1,
+        description=(
+            "Distinct occurrences: firings more than the detector's suppressFor apart. Firings "
+            "within suppressFor update the Finding without counting a new occurrence."
+        ),
+    )
+    aggregates: Aggregates = Field(description="The seed's aggregates for the latest firing.")
+
+
+def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -> str:
+    """The deterministic object name of the Finding for this detector and group.
+
+    A readable prefix (detector and IP) plus a hash of the exact key, so distinct keys never
+    collide and the same key always maps to the same name (a DNS-1123 subdomain under 253 chars).
+    """
+    digest = hashlib.sha256(
+        "\x00".join([detector, source_ip or "\x01null", user_agent or "\x01null"]).encode()
+    ).hexdigest()[:12]
+    ip = _NAME_SAFE.sub("-", (source_ip or "noip").lower()).strip("-")
+    prefix = _NAME_SAFE.sub("-", detector.lower()).strip("-")[:40]
+    return f"{prefix}-{ip[:45]}-{digest}".strip("-")
+
+
+def _cap(values: tuple[str, ...] | tuple[int, ...], omitted: dict[str, int], key: str) -> list:  # type: ignore[type-arg]
+    kept = list(values[:MAX_LIST_ITEMS])
+    if len(values) > MAX_LIST_ITEMS:
+        omitted[key] = len(values) - MAX_LIST_ITEMS
+    return [v[:MAX_STRING_CHARS] if isinstance(v, str) else v for v in kept]
+
+
+def aggregates_from_row(row: Row) -> Aggregates:
+    """Map a rule row to the Finding's ``aggregates`` block, capping long lists."""
+    omitted: dict[str, int] = {}
+    return Aggregates(
+        documentCount=row.document_count,
+        authzAllowCount=row.authz_allow_count,
+        authzForbidCount=row.authz_forbid_count,
+        statusFailCount=row.status_fail_count,
+        successCount=row.success_count,
+        notFoundCount=row.not_found_count,
+        otherErrorCount=row.other_error_count,
+        unknownCount=row.unknown_count,
+        verbCountDistinct=row.verb_count_distinct,
+        requestURICountDistinct=row.request_uri_count_distinct,
+        resourceCountDistinct=row.resource_count_distinct,
+        outcomes=_cap(row.outcome_values, omitted, "outcomes"),
+        decisions=_cap(row.decision_values, omitted, "decisions"),
+        responseCodes=_cap(row.code_values, omitted, "responseCodes"),
+        responseMessages=_cap(row.message_values, omitted, "responseMessages"),
+        verbs=_cap(row.verb_values, omitted, "verbs"),
+        resources=_cap(row.resource_values, omitted, "resources"),
+        namespaces=_cap(row.namespace_values, omitted, "namespaces"),
+        usernames=_cap(row.username_values, omitted, "usernames"),
+        groups=_cap(row.groups_values, omitted, "groups"),
+        requestURIs=_cap(row.request_uri_values, omitted, "requestURIs"),
+        dataStreamNamespaces=_cap(
+            row.data_stream_namespace_values, omitted, "dataStreamNamespaces"
+        ),
+        omitted=omitted,
+    )
+
+
+def rule_ref(severity: str, risk_score: int) -> RuleRef:
+    """The ``spec.rule`` block: the seed rule's identity with the detector's scoring."""
+    return RuleRef(
+        id=SEED_RULE.id,
+        name=SEED_RULE.name,
+        severity=severity,
+        riskScore=risk_score,
+        mitre=[
+            MitreRef(tactic=m.tactic_id, technique=m.technique_id, name=m.technique_name)
+            for m in SEED_RULE.mitre
+        ],
+    )

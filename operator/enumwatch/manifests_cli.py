@@ -1,0 +1,23 @@
+"""``enumwatch manifests``: write the CRDs generated from the models (behind ``make manifests``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from enumwatch import crd
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``manifests`` subcommand."""
+    parser = sub.add_parser("manifests", help="generate the CRD YAML from the API models")
+    parser.add_argument("--output", type=Path, default=Path("crds"), help="directory (crds/)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the CRDs and name them."""
+    for path in crd.write(args.output):
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,67 @@
+"""The EnumerationDetector status: API-convention conditions and counters.
+
+kstatus, Argo CD and Flux judge health from ``observedGeneration`` and a ``Ready`` condition, so
+the status follows the Kubernetes API conventions exactly; the counters tell a person what the
+detector has seen without reading logs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class Condition(_Model):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(description="Condition type, e.g. Ready.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(
+        alias="lastTransitionTime", description="When the status last changed, RFC 3339."
+    )
+    observed_generation: int | None = Field(
+        default=None, alias="observedGeneration", description="Generation the condition is for."
+    )
+
+
+class DetectorStatus(_Model):
+    """What the operator observed while running the detector."""
+
+    observed_generation: int | None = Field(
+        default=None, alias="observedGeneration", description="The spec generation in force."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready: True while the detector runs."
+    )
+    last_evaluation: str | None = Field(
+        default=None, alias="lastEvaluation", description="The latest evaluated tick, RFC 3339."
+    )
+    events_seen: int = Field(
+        default=0, alias="eventsSeen", description="Audit events offered to this detector."
+    )
+    events_matched: int = Field(
+        default=0, alias="eventsMatched", description="Events that passed the match filter."
+    )
+    findings_created: int = Field(
+        default=0, alias="findingsCreated", description="Findings created by this detector."
+    )
+    findings_updated: int = Field(
+        default=0, alias="findingsUpdated", description="Updates of existing Findings."
+    )
+    findings_capped: int = Field(
+        default=0,
+        alias="findingsCapped",
+        description="Rows left out because a run produced more than findings.maxPerRun.",
+    )
+    active_groups: int = Field(
+        default=0,
+        alias="activeGroups",
+        description="(source IP, user agent) groups in the latest window.",
+    )
