@@ -24,7 +24,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -44,6 +44,9 @@ NOT_AN_OBJECT = "not_an_object"
 NOT_AN_AUDIT_EVENT = "not_an_audit_event"
 ITEMS_NOT_A_LIST = "wrong_type:items"
 CONFLICTING_KEYS = "conflicting_keys"
+
+#: The audit stages: a level literal equal to one of them also occurs as a ``stage`` value.
+STAGES = frozenset({"RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"})
 
 # Keys whose presence marks an object as an audit Event (a raw event always has most of them).
 _EVENT_KEYS = ("auditID", "level", "stage", "requestURI", "verb")
@@ -168,7 +171,7 @@ def parse_timestamp(value: str) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -208,14 +211,15 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
     """Decode one ``audit.k8s.io/v1`` Event object (already known to be a dict)."""
     get = obj.get
     user = get("user")
+    groups: tuple[str, ...] = ()
     if user is None:
         username = None
-        groups: tuple[str, ...] | None = ()
     elif type(user) is dict:
         username = user.get("username")
-        groups = _string_list(user.get("groups"))
-        if groups is None:
+        user_groups = _string_list(user.get("groups"))
+        if user_groups is None:
             return "wrong_type:user.groups"
+        groups = user_groups
     else:
         return "wrong_type:user"
 
@@ -296,13 +300,18 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
     )
 
 
-def _flatten(obj: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+def _flatten(obj: dict[str, Any], prefix: str, out: dict[str, Any]) -> bool:
+    """Flatten nested keys to dotted paths into ``out``; ``False`` if two spell the same path."""
     for key, value in obj.items():
         path = prefix + key
         if type(value) is dict and value:
-            _flatten(value, path + ".", out)
+            if not _flatten(value, path + ".", out):
+                return False
+        elif path in out:
+            return False
         else:
             out[path] = value
+    return True
 
 
 def _elastic_to_raw(obj: dict[str, Any]) -> dict[str, Any] | str:
@@ -313,7 +322,8 @@ def _elastic_to_raw(obj: dict[str, Any]) -> dict[str, Any] | str:
     annotation keys are taken whole because they contain dots themselves.
     """
     flat: dict[str, Any] = {}
-    _flatten(obj, "", flat)
+    if not _flatten(obj, "", flat):
+        return CONFLICTING_KEYS
     raw: dict[str, Any] = {}
     annotations_prefix = ELASTIC_PREFIX + "annotations."
     for path, value in flat.items():
@@ -464,7 +474,9 @@ class Prefilter:
     match; ``True`` means "parse it". The proofs rely on one fact: in JSON without backslash
     escapes, a string's bytes appear literally between quotes. So
 
-    * if no configured level appears as a quoted literal, no event's ``level`` can be one;
+    * if no configured level appears as a quoted literal (other than as the value of a
+      ``"stage"`` key, since the seed lists the stage ``ResponseComplete`` as a level), no
+      event's ``level`` can be one;
     * if no configured username appears as a quoted literal, no ``user.username`` can be one,
       and, when missing/null/empty usernames also match, the line must show a top-level
       ``"user":{"username":"<non-empty>"`` (the only ``"user"`` and ``"username"`` keys in the
@@ -482,7 +494,14 @@ class Prefilter:
     _GO_ESCAPES = {b"\\u0026": "&", b"\\u003c": "<", b"\\u003e": ">"}
 
     def __init__(self, match: MatchSpec) -> None:
-        self._level_literals = tuple(orjson.dumps(level) for level in match.levels)
+        self._level_literals = tuple(
+            (
+                literal,
+                re.compile(rb'"stage"\s*:\s*' + re.escape(literal)) if level in STAGES else None,
+            )
+            for level in match.levels
+            for literal in (orjson.dumps(level),)
+        )
         self._username_literals = tuple(orjson.dumps(name) for name in match.usernames)
         self._include_missing = match.include_missing_username
         configured = "".join([*match.levels, *match.usernames])
@@ -496,8 +515,17 @@ class Prefilter:
             escapes = sum(line.count(escape) for escape in self._safe_escapes)
             if escapes != line.count(b"\\"):
                 return True
-        for literal in self._level_literals:
-            if literal in line:
+        for literal, as_stage in self._level_literals:
+            found = line.count(literal)
+            # "ResponseComplete" is listed as a level but every event has it as its stage: an
+            # occurrence that is the value of a "stage" key is not a level.
+            if found and (
+                as_stage is None
+                or (
+                    found != line.count(b'"stage":' + literal)
+                    and found != len(as_stage.findall(line))
+                )
+            ):
                 break
         else:
             return False
@@ -512,7 +540,7 @@ class Prefilter:
             return True
         if line.count(b'"user"') != 1 or line.count(b'"username"') != 1:
             return True
-        found = self._USER_RE.search(line)
-        if found is None:
+        user = self._USER_RE.search(line)
+        if user is None:
             return True
-        return line.count(b"{", 0, found.start()) != 1
+        return line.count(b"{", 0, user.start()) != 1

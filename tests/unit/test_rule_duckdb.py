@@ -1,0 +1,193 @@
+"""A second, independent formulation of the seed rule (DuckDB SQL) against ``enumwatch scan``.
+
+The SQL below is written from the ES|QL text, not from enumwatch's code: DuckDB parses the same
+NDJSON file itself (its own JSON parser, its own unescaping), applies the same skip policy for
+wrong types declaratively with ``json_type``, expands EventList items, and computes the stats
+with ``unnest``/``GROUP BY``. Generated corpora mix every edge case; any row that differs in any
+column fails the test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+
+from enumwatch.corpus import adversarial_lines, mixed_lines, realistic_lines
+from enumwatch.scan import read_lines, scan
+from enumwatch.spec import DetectorSpec
+
+ORACLE_SQL = """
+WITH src AS (
+    SELECT json AS j
+    FROM read_json_objects($path, format = 'newline_delimited', ignore_errors = true)
+),
+docs AS (
+    SELECT j FROM src
+    WHERE json_type(j) = 'OBJECT' AND coalesce(json_extract_string(j, '$.kind'), '') <> 'EventList'
+    UNION ALL
+    SELECT unnest(json_extract(j, '$.items[*]')) AS j FROM src
+    WHERE json_type(j) = 'OBJECT' AND json_extract_string(j, '$.kind') = 'EventList'
+),
+well_typed AS (
+    -- the skip policy: a field present with the wrong JSON type drops the whole event
+    SELECT j FROM docs
+    WHERE json_type(j) = 'OBJECT'
+      AND coalesce(json_type(j, '$.user'), 'NULL') IN ('NULL', 'OBJECT')
+      AND coalesce(json_type(j, '$.objectRef'), 'NULL') IN ('NULL', 'OBJECT')
+      AND coalesce(json_type(j, '$.responseStatus'), 'NULL') IN ('NULL', 'OBJECT')
+      AND coalesce(json_type(j, '$.annotations'), 'NULL') IN ('NULL', 'OBJECT')
+      AND coalesce(json_type(j, '$.responseStatus.code'), 'NULL') IN ('NULL', 'BIGINT', 'UBIGINT')
+      AND coalesce(json_type(j, '$.sourceIPs'), 'NULL') IN ('NULL', 'ARRAY')
+      AND coalesce(json_type(j, '$.user.groups'), 'NULL') IN ('NULL', 'ARRAY')
+      AND len(list_filter(json_extract(j, '$.sourceIPs[*]'),
+                          lambda x: json_type(x) <> 'VARCHAR')) = 0
+      AND len(list_filter(json_extract(j, '$.user.groups[*]'),
+                          lambda x: json_type(x) <> 'VARCHAR')) = 0
+      AND list_bool_and([coalesce(json_type(j, p), 'NULL') IN ('NULL', 'VARCHAR') FOR p IN [
+            '$.user.username', '$.level', '$.verb', '$.requestURI', '$.userAgent',
+            '$.objectRef.resource', '$.objectRef.namespace', '$.responseStatus.message',
+            '$.annotations."authorization.k8s.io/decision"', '$.auditID', '$.stage',
+            '$.stageTimestamp', '$.requestReceivedTimestamp']])
+),
+events AS (
+    SELECT
+        json_extract_string(j, '$.user.username') AS username,
+        coalesce(list_transform(json_extract(j, '$.user.groups[*]'),
+                                lambda x: json_extract_string(x, '$')), []) AS user_groups,
+        json_extract_string(j, '$.level') AS level,
+        json_extract_string(j, '$.verb') AS verb,
+        json_extract_string(j, '$.requestURI') AS request_uri,
+        json_extract_string(j, '$.userAgent') AS user_agent,
+        json_extract_string(j, '$.objectRef.resource') AS resource,
+        json_extract_string(j, '$.objectRef.namespace') AS namespace,
+        json_extract_string(j, '$.responseStatus.message') AS message,
+        CAST(json_extract(j, '$.responseStatus.code') AS BIGINT) AS code,
+        json_extract_string(j, '$.annotations."authorization.k8s.io/decision"') AS decision,
+        list_transform(json_extract(j, '$.sourceIPs[*]'),
+                       lambda x: json_extract_string(x, '$')) AS ips
+    FROM well_typed
+),
+kept AS (
+    SELECT *,
+        CASE
+            WHEN decision = 'allow' THEN 'authz_allow'
+            WHEN decision = 'forbid' THEN 'authz_forbid'
+            WHEN code IN (401, 403) THEN 'authn_authz_failed'
+            WHEN code >= 200 AND code < 300 THEN 'success'
+            WHEN code = 404 THEN 'not_found'
+            WHEN code IS NULL THEN 'unknown'
+            ELSE 'other_error'
+        END AS outcome
+    FROM events
+    WHERE (username IN ('system:anonymous', 'system:unauthenticated')
+           OR username IS NULL OR username = '')
+      AND level IN ('RequestResponse', 'ResponseComplete', 'Request')
+),
+by_ip AS (
+    -- a multi-valued keyword is a set: each distinct IP is one group; none is the null key
+    SELECT *, unnest(CASE WHEN ips IS NULL OR len(ips) = 0 THEN [NULL::VARCHAR]
+                          ELSE list_distinct(ips) END) AS source_ip
+    FROM kept
+)
+SELECT
+    count(*) AS "Esql.document_count",
+    count(*) FILTER (outcome = 'authz_allow') AS "Esql.authz_allow_count",
+    count(*) FILTER (outcome = 'authz_forbid') AS "Esql.authz_forbid_count",
+    count(*) FILTER (outcome = 'authn_authz_failed') AS "Esql.status_fail_count",
+    count(*) FILTER (outcome = 'success') AS "Esql.success_count",
+    count(*) FILTER (outcome = 'not_found') AS "Esql.not_found_count",
+    count(*) FILTER (outcome = 'other_error') AS "Esql.other_error_count",
+    count(*) FILTER (outcome = 'unknown') AS "Esql.unknown_count",
+    count(DISTINCT verb) AS "Esql.kubernetes_audit_verb_count_distinct",
+    count(DISTINCT request_uri) AS "Esql.kubernetes_audit_requestURI_count_distinct",
+    count(DISTINCT resource) AS "Esql.kubernetes_audit_objectRef_resource_count_distinct",
+    list_sort(list_distinct(list(outcome))) AS "Esql.kubernetes_audit_outcome_values",
+    list_sort(list_distinct(list(decision))) AS "Esql.kubernetes_audit_decision_values",
+    list_sort(list_distinct(list(code))) AS "Esql.kubernetes_audit_responseStatus_code_values",
+    list_sort(list_distinct(list(message)))
+        AS "Esql.kubernetes_audit_responseStatus_message_values",
+    list_sort(list_distinct(list(verb))) AS "Esql.kubernetes_audit_verb_values",
+    list_sort(list_distinct(list(resource))) AS "Esql.kubernetes_audit_objectRef_resource_values",
+    list_sort(list_distinct(list(namespace)))
+        AS "Esql.kubernetes_audit_objectRef_namespace_values",
+    list_sort(list_distinct(list(username))) AS "Esql.kubernetes_audit_user_username_values",
+    list_sort(list_distinct(flatten(list(user_groups))))
+        AS "Esql.kubernetes_audit_user_groups_values",
+    list_sort(list_distinct(list(request_uri))) AS "Esql.kubernetes_audit_requestURI_values",
+    ['default'] AS "Esql.data_stream_namespace_values",
+    source_ip AS "kubernetes.audit.sourceIPs",
+    user_agent AS "kubernetes.audit.userAgent"
+FROM by_ip
+GROUP BY source_ip, user_agent
+HAVING count(DISTINCT request_uri) > 5
+   AND count(DISTINCT resource) > 3
+   AND count(*) < 50
+   AND (count(*) FILTER (outcome = 'authz_forbid') >= 1
+        OR count(*) FILTER (outcome = 'authn_authz_failed') >= 1
+        OR count(*) FILTER (outcome = 'not_found') >= 3)
+ORDER BY source_ip ASC NULLS LAST, user_agent ASC NULLS LAST
+"""
+
+
+def oracle_rows(path: Path) -> list[dict[str, Any]]:
+    """The rule's rows according to DuckDB."""
+    with duckdb.connect() as con:
+        result = con.execute(ORACLE_SQL, {"path": str(path)})
+        names = [d[0] for d in result.description]
+        return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
+
+
+def scan_cli_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows printed by ``enumwatch scan --format json`` (a real subprocess)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "enumwatch", "scan", str(path), "--format", "json"],
+        capture_output=True,
+        check=True,
+    )
+    rows: list[dict[str, Any]] = orjson.loads(done.stdout)
+    return rows
+
+
+def write(path: Path, lines: Any) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def assert_same(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> None:
+    assert len(ours) == len(theirs)
+    for mine, oracle in zip(ours, theirs, strict=True):
+        assert list(mine) == list(oracle)  # same columns, same order
+        assert mine == oracle
+
+
+@pytest.mark.parametrize(("count", "seed"), [(400, 1), (3_000, 2), (12_000, 3)])
+def test_scan_cli_equals_duckdb_on_mixed_corpora(tmp_path: Path, count: int, seed: int) -> None:
+    path = write(tmp_path / "mixed.ndjson", mixed_lines(count, seed=seed))
+    theirs = oracle_rows(path)
+    assert theirs, "the corpus should produce rows, or the comparison proves little"
+    assert_same(scan_cli_rows(path), theirs)
+
+
+@pytest.mark.parametrize("seed", range(4, 12))
+def test_scan_equals_duckdb_on_more_mixed_corpora(tmp_path: Path, seed: int) -> None:
+    path = write(tmp_path / "mixed.ndjson", mixed_lines(1_000 + 700 * seed, seed=seed))
+    ours = scan(read_lines(str(path)), DetectorSpec()).rows
+    assert_same([row.to_esql() for row in ours], oracle_rows(path))
+
+
+def test_scan_equals_duckdb_on_realistic_and_adversarial_logs(tmp_path: Path) -> None:
+    for name, lines in (
+        ("realistic", realistic_lines(30_000, seed=5)),
+        ("adversarial", adversarial_lines(5_000, seed=5)),
+    ):
+        path = write(tmp_path / f"{name}.ndjson", lines)
+        theirs = oracle_rows(path)
+        assert theirs, name
+        ours = scan(read_lines(str(path)), DetectorSpec()).rows
+        assert_same([row.to_esql() for row in ours], theirs)

@@ -1,0 +1,246 @@
+"""``enumwatch scan``: formats, inputs (stdin, gzip, several files), detectors, errors, replay."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from enumwatch.cli import main
+from enumwatch.corpus import mixed_lines, realistic_lines
+
+DETECTOR = """\
+apiVersion: enumwatch.io/v1alpha1
+kind: EnumerationDetector
+metadata:
+  name: strict
+spec:
+  thresholds:
+    distinctRequestURIsAbove: 7
+  dataStreamNamespace: from-detector
+"""
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("scan") / "audit.log"
+    path.write_bytes(b"\n".join(mixed_lines(3_000, seed=2)) + b"\n")
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(["scan", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def json_rows(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, Any]]:
+    status, out, _ = run(capsys, *args, "--format", "json")
+    assert status == 0
+    rows: list[dict[str, Any]] = orjson.loads(out)
+    return rows
+
+
+def test_json_output_and_summary(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    status, out, err = run(capsys, str(log), "--format", "json")
+    assert status == 0
+    rows = orjson.loads(out)
+    assert rows and rows[0]["Esql.data_stream_namespace_values"] == ["default"]
+    assert "3,000 lines" not in err or "read" in err
+    assert "events decoded" in err
+    assert "invalid_json" in err  # skipped by reason
+    assert "wrong_type:" in err
+
+
+def test_yaml_output_equals_json(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    rows = json_rows(capsys, str(log))
+    status, out, _ = run(capsys, str(log), "--format", "yaml")
+    assert status == 0
+    assert yaml.safe_load(out) == rows
+
+
+def test_table_output(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    rows = json_rows(capsys, str(log))
+    status, out, _ = run(capsys, str(log))
+    assert status == 0
+    assert "source IP" in out
+    assert rows[0]["kubernetes.audit.sourceIPs"] in out
+    assert "━" in out or "─" in out  # a real table
+
+
+def test_no_rows_still_exits_zero(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    assert json_rows(capsys, str(empty)) == []
+    status, out, _ = run(capsys, str(empty))
+    assert status == 0
+    assert "no rows" in out
+
+
+def test_gzip_and_several_files(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    rows = json_rows(capsys, str(log))
+    packed = log.parent / "audit.log.gz"
+    packed.write_bytes(gzip.compress(log.read_bytes()))
+    assert json_rows(capsys, str(packed)) == rows
+    half = log.read_bytes().splitlines(keepends=True)
+    first, second = log.parent / "a.log", log.parent / "b.log.1"
+    first.write_bytes(b"".join(half[:1000]))
+    second.write_bytes(gzip.compress(b"".join(half[1000:])))  # gzip detected without .gz
+    assert json_rows(capsys, str(first), str(second)) == rows
+
+
+def test_stdin(log: Path) -> None:
+    expected = subprocess.run(
+        [sys.executable, "-m", "enumwatch", "scan", str(log), "--format", "json"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    for data in (log.read_bytes(), gzip.compress(log.read_bytes())):
+        done = subprocess.run(
+            [sys.executable, "-m", "enumwatch", "scan", "-", "--format", "json"],
+            input=data,
+            capture_output=True,
+            check=True,
+        )
+        assert done.stdout == expected
+        assert b"events decoded" in done.stderr
+
+
+def test_detector_spec_is_used(
+    capsys: pytest.CaptureFixture[str], log: Path, tmp_path: Path
+) -> None:
+    detector = tmp_path / "detector.yaml"
+    detector.write_text("---\n# a kustomize-style file\n" + DETECTOR)
+    seed_rows = json_rows(capsys, str(log))
+    rows = json_rows(capsys, str(log), "--detector", str(detector))
+    assert rows
+    assert len(rows) < len(seed_rows)
+    assert all(r["Esql.kubernetes_audit_requestURI_count_distinct"] > 7 for r in rows)
+    assert rows[0]["Esql.data_stream_namespace_values"] == ["from-detector"]
+    override = json_rows(
+        capsys, str(log), "--detector", str(detector), "--data-stream-namespace", "prod"
+    )
+    assert override[0]["Esql.data_stream_namespace_values"] == ["prod"]
+
+
+def test_limit(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    rows = json_rows(capsys, str(log))
+    assert json_rows(capsys, str(log), "--limit", "2") == rows[:2]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (
+            DETECTOR.replace("distinctRequestURIsAbove: 7", "documentsBelow: 0"),
+            "invalid detector {path}: spec.thresholds.documentsBelow: Input should be greater "
+            "than or equal to 1 (got 0)",
+        ),
+        (
+            DETECTOR.replace("distinctRequestURIsAbove: 7", "distinctURIs: 7"),
+            "spec.thresholds.distinctURIs: Extra inputs are not permitted",
+        ),
+        (
+            DETECTOR.replace("  thresholds:", "  schedule: {interval: 5m, lookback: 1m}\n  x:"),
+            "spec.x: Extra inputs are not permitted",
+        ),
+        (DETECTOR.replace("EnumerationDetector", "Finding"), "holds no objects of kind"),
+        (DETECTOR.replace("v1alpha1", "v9"), "apiVersion is 'enumwatch.io/v9'"),
+        ("spec: [unclosed", "is not valid YAML at line 1"),
+        (DETECTOR.replace("spec:\n  thresholds:", "spec: 3\n  thresholds:"), "not valid YAML"),
+    ],
+)
+def test_invalid_detector_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], log: Path, tmp_path: Path, manifest: str, message: str
+) -> None:
+    detector = tmp_path / "detector.yaml"
+    detector.write_text(manifest)
+    status, out, err = run(capsys, str(log), "--detector", str(detector))
+    assert status == 2
+    assert out == ""
+    assert err.startswith("enumwatch scan: ")
+    assert message.format(path=detector) in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/nonexistent/audit.log"], "cannot read /nonexistent/audit.log: No such file"),
+        (["{log}", "--detector", "/nonexistent.yaml"], "cannot read detector /nonexistent.yaml"),
+        (["{log}", "--interval", "5m"], "only apply with --replay"),
+        (["{log}", "--replay", "--interval", "5x"], "invalid schedule: --interval"),
+        (["{log}", "--replay", "--interval", "10m", "--lookback", "5m"], "lookback must not"),
+        (["{log}", "--limit", "0"], "--limit must be at least 1"),
+    ],
+)
+def test_bad_input_exits_2(
+    capsys: pytest.CaptureFixture[str], log: Path, args: list[str], message: str
+) -> None:
+    status, out, err = run(capsys, *(a.format(log=log) for a in args))
+    assert status == 2
+    assert out == ""
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_truncated_gzip_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(gzip.compress(b"\n".join(realistic_lines(2_000)))[:-200])
+    status, out, err = run(capsys, str(broken), "--format", "json")
+    assert status == 2
+    assert out == ""
+    assert f"cannot read {broken}" in err
+    assert "check the file is complete" in err
+
+
+def test_replay_prints_windows_with_bounds(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "realistic.log"
+    log.write_bytes(b"\n".join(realistic_lines(60_000, seed=4)))
+    status, out, err = run(
+        capsys, str(log), "--replay", "--interval", "5m", "--lookback", "6m", "--format", "json"
+    )
+    assert status == 0
+    windows = orjson.loads(out)
+    assert windows
+    for window in windows:
+        assert window["rows"]
+        assert window["start"] < window["end"] == window["tick"]
+        end = datetime.fromisoformat(window["end"]).timestamp()
+        start = datetime.fromisoformat(window["start"]).timestamp()
+        assert end % 300 == 0  # epoch-aligned ticks
+        assert end - start == 360
+    assert "windows evaluated" in err
+    status, out, _ = run(capsys, str(log), "--replay")
+    assert status == 0
+    assert "window (" in out
+
+
+def test_replay_over_one_window_equals_scan(capsys: pytest.CaptureFixture[str], log: Path) -> None:
+    # A lookback longer than the whole log: the first tick's window holds every event.
+    rows = json_rows(capsys, str(log), "--limit", "100")
+    status, out, _ = run(
+        capsys,
+        str(log),
+        "--replay",
+        "--interval",
+        "1000h",
+        "--lookback",
+        "1500h",
+        "--format",
+        "json",
+    )
+    assert status == 0
+    windows = orjson.loads(out)
+    assert len(windows) == 1  # the next tick's window starts after the last event
+    assert windows[0]["rows"] == rows
