@@ -184,7 +184,7 @@ class WindowedEvaluator:
         if self._last_tick is not None:
             first = self._next_tick(self._last_tick)
         elif self._buffer:
-            first = min(self.tick_at_or_after(self._buffer[0][0]), latest)
+            first = self.tick_at_or_after(self._buffer[0][0])
         else:
             first = latest
         first_index = round(first / self.interval)

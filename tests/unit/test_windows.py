@@ -1,0 +1,184 @@
+"""Elastic's schedule over event time: ticks, windows, eviction, de-duplication, persistence."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enumwatch.audit import AuditEvent
+from enumwatch.rule import Rule
+from enumwatch.spec import MatchSpec, ThresholdsSpec
+from enumwatch.windows import WindowedEvaluator
+
+T0 = 1_714_521_600.0  # a multiple of 300: a tick
+LOW = ThresholdsSpec(
+    distinctRequestURIsAbove=1, distinctResourcesAbove=0, documentsBelow=8, notFoundAtLeast=1
+)
+
+
+def event(t: float | None, ip: str = "192.0.2.1", **changes: object) -> AuditEvent:
+    base = AuditEvent(
+        timestamp=t,
+        username="system:anonymous",
+        level="Request",
+        request_uri=f"/api/{t}",
+        resource="pods",
+        source_ips=(ip,),
+        user_agent="curl",
+        code=403,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def evaluator(**kwargs: object) -> WindowedEvaluator:
+    return WindowedEvaluator(Rule(thresholds=LOW), 300, 360, **kwargs)  # type: ignore[arg-type]
+
+
+_events = st.builds(
+    AuditEvent,
+    audit_id=st.none(),
+    timestamp=st.floats(T0 - 500, T0 + 100, allow_nan=False),
+    username=st.sampled_from(["system:anonymous", "", None, "alice"]),
+    level=st.sampled_from(["Request", "Metadata"]),
+    verb=st.sampled_from(["get", "list", None]),
+    request_uri=st.sampled_from([f"/u{i}" for i in range(5)]),
+    resource=st.sampled_from(["pods", "secrets", None]),
+    source_ips=st.lists(st.sampled_from(["a", "b", "c"]), max_size=2).map(tuple),
+    user_agent=st.sampled_from(["curl", None]),
+    code=st.sampled_from([200, 401, 403, 404, None]),
+    decision=st.sampled_from(["allow", "forbid", "", None]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_events, max_size=60), thresholds=st.sampled_from([LOW, ThresholdsSpec()]))
+def test_one_window_equals_the_batch_evaluation(
+    events: list[AuditEvent], thresholds: ThresholdsSpec
+) -> None:
+    rule = Rule(thresholds=thresholds)
+    windowed = WindowedEvaluator(rule, 300, 360)
+    for e in events:
+        windowed.add(e)
+    result = windowed.evaluate(T0)
+    inside = [e for e in events if e.timestamp is not None and T0 - 360 < e.timestamp <= T0]
+    assert list(result.rows) == rule.evaluate(inside)
+    assert (result.start, result.end, result.tick) == (T0 - 360, T0, T0)
+    assert result.events == sum(1 for e in inside if rule.matches(e))
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=st.lists(_events, max_size=60))
+def test_replay_equals_ticking_by_hand(events: list[AuditEvent]) -> None:
+    replayed = list(evaluator().replay(events))
+    by_hand = evaluator()
+    for e in sorted(events, key=lambda e: e.timestamp or 0.0):
+        by_hand.add(e)
+    for window in replayed:
+        assert by_hand.evaluate(window.tick) == window
+    assert by_hand.buffered == 0
+    assert all(w.end % 300 == 0 for w in replayed)
+
+
+def test_window_bounds_are_exclusive_then_inclusive() -> None:
+    w = evaluator()
+    for t in (T0 - 360, T0 - 359.5, T0, T0 + 0.001):
+        w.add(event(t))
+    result = w.evaluate(T0)
+    assert result.events == 2
+    assert w.buffered == 2  # the next window starts at T0 - 60: T0 and T0 + 0.001 stay
+
+
+def test_rule_filter_undated_and_duplicates_are_counted() -> None:
+    w = evaluator()
+    assert not w.add(event(T0, username="alice"))
+    assert not w.add(event(None))
+    assert w.add(event(T0, audit_id="x", stage="ResponseComplete"))
+    assert not w.add(event(T0, audit_id="x", stage="ResponseComplete"))
+    assert w.add(event(T0, audit_id="x", stage="ResponseStarted"))
+    assert w.add(event(T0))
+    assert w.add(event(T0))  # no auditID: never a duplicate
+    assert (w.unmatched, w.undated, w.duplicates, w.added, w.buffered) == (1, 1, 1, 4, 4)
+
+
+def test_eviction_and_late_events() -> None:
+    w = evaluator()
+    for t in (T0 - 100, T0 - 50, T0 - 10):
+        w.add(event(t))
+    w.evaluate(T0)
+    # The next tick (T0 + 300) looks back to T0 - 60: T0 - 100 is gone.
+    assert (w.evicted, w.buffered) == (1, 2)
+    assert w.horizon == T0 - 60
+    assert not w.add(event(T0 - 60))
+    assert w.late == 1
+    assert w.add(event(T0 - 59))
+    assert w.evaluate(T0 + 300).events == 3
+
+
+def test_due_ticks() -> None:
+    w = evaluator()
+    assert w.due_ticks(T0 + 299) == [T0]  # nothing buffered: the latest tick
+    w.add(event(T0 - 601))
+    assert w.due_ticks(T0 + 10) == [T0 - 600, T0 - 300, T0]
+    assert w.due_ticks(T0 - 1000) == []
+    w.evaluate(T0)
+    assert w.last_tick == T0
+    assert w.due_ticks(T0 + 299.9) == []
+    assert w.due_ticks(T0 + 900) == [T0 + 300, T0 + 600, T0 + 900]
+
+
+def test_ticks_stay_aligned_with_fractional_intervals() -> None:
+    w = WindowedEvaluator(Rule(), 0.1, 0.1)
+    w.add(event(1000.05))
+    ticks = w.due_ticks(1001.0)
+    assert len(ticks) == 10
+    assert all(abs(t * 10 - round(t * 10)) < 1e-9 for t in ticks)
+    for t in ticks:
+        w.evaluate(t)
+    assert w.due_ticks(1001.0) == []
+
+
+def test_buffer_cap_drops_oldest_and_counts() -> None:
+    w = evaluator(max_buffered=3)
+    for i in range(5):
+        w.add(event(T0 - 10 + i, audit_id=str(i)))
+    assert (w.buffered, w.overflow) == (3, 2)
+    assert w.add(event(T0 - 10, audit_id="0"))  # its key left with it
+    assert w.evaluate(T0).events == 3
+
+
+def test_export_restore_round_trip() -> None:
+    w = evaluator()
+    events = [event(T0 - 300 + i * 10, ip=f"192.0.2.{i % 2}", code=404) for i in range(30)]
+    for e in events:
+        w.add(e)
+    w.evaluate(T0 - 300)
+    state = orjson.loads(orjson.dumps(w.export_state()))
+    restored = evaluator()
+    restored.restore_state(state)
+    assert restored.last_tick == w.last_tick
+    assert restored.buffered == w.buffered
+    assert restored.evaluate(T0) == w.evaluate(T0)
+    assert w.evaluate(T0).rows
+
+
+def test_restore_rechecks_the_new_rule() -> None:
+    w = evaluator()
+    w.add(event(T0, username=""))
+    w.add(event(T0))
+    strict = WindowedEvaluator(Rule(), 300, 360)
+    strict.rule = Rule(MatchSpec(includeMissingUsername=False))
+    strict.restore_state(w.export_state())
+    assert strict.buffered == 1
+    assert strict.unmatched == 1
+
+
+def test_replay_skips_empty_stretches() -> None:
+    events = [event(T0 + i, request_uri=f"/u{i}", code=404) for i in range(3)]
+    events += [event(T0 + 86_400 + i, request_uri=f"/v{i}", code=404) for i in range(3)]
+    results = list(evaluator().replay(reversed(events)))
+    assert [r.tick for r in results] == [T0, T0 + 300, T0 + 86_400, T0 + 86_700]
+    assert [r.events for r in results] == [1, 3, 1, 3]
+    assert [len(r.rows) for r in results] == [0, 1, 0, 1]
