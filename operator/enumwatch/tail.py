@@ -32,7 +32,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import aiohttp
@@ -253,6 +253,10 @@ class Chunk:
             yield line, self.file.at(offset)
 
 
+#: A test on a candidate file next to the log: its path and ``stat``.
+_Accept = Callable[[str, os.stat_result], bool]
+
+
 @dataclass(slots=True)
 class _Open:
     """The file being read: its descriptor, identity and how far it was read."""
@@ -264,6 +268,7 @@ class _Open:
     offset: int
     prefix: bytes
     warned_deleted: bool = False
+    rotated: bool = False
 
     @property
     def key(self) -> tuple[int, int]:
@@ -415,9 +420,10 @@ class Follower:
                 self._truncated()
                 return True
             return False
-        # Rotated away or deleted. The writer has moved on; whatever the descriptor still
-        # shows after this point is the file's final content.
-        if os.pread(cur.fd, 1, cur.offset):
+        # Rotated away or deleted. The writer has moved on; whatever the descriptor shows
+        # after this point is the file's final content: read it once more, then switch.
+        if not cur.rotated:
+            cur.rotated = True
             return True
         size = os.fstat(cur.fd).st_size
         if size > cur.offset:
@@ -432,6 +438,7 @@ class Follower:
             extra={"path": cur.path, "inode": cur.inode, "offset": cur.offset},
         )
         self.close()
+        self.watch()
         return self._open_next()
 
     def _truncated(self) -> None:
@@ -506,6 +513,10 @@ class Follower:
             os.close(opened.fd)
         return None
 
+    def _find_file(self, key: tuple[int, int]) -> _Open | None:
+        """Open the sibling with this (device, inode), if it is still there."""
+        return self._find(lambda name, st: (st.st_dev, st.st_ino) == key)
+
     def _open_next(self) -> bool:
         """Open the oldest queued file; True if one is open now."""
         while self._queue:
@@ -520,7 +531,7 @@ class Follower:
                     os.close(opened.fd)
                     continue
             if opened is None:
-                opened = self._find(lambda name, s: (s.st_dev, s.st_ino) == (device, inode))
+                opened = self._find_file((device, inode))
             if opened is None:
                 self.stats.overflow_files_lost += 1
                 log.error(
@@ -532,11 +543,6 @@ class Follower:
                 continue
             self._cur = opened
             return True
-        st = self._stat_live()
-        if st is not None and self._cur is None:
-            # Appeared without having been watched (e.g. the first call).
-            self._queue.append((st.st_dev, st.st_ino))
-            return self._open_next()
         return False
 
     def _resume(self, cp: Checkpoint, since_ns: int | None) -> None:
@@ -553,21 +559,13 @@ class Follower:
             return
         if live is not None:
             os.close(live.fd)
-        found = self._find(lambda name, st: st.st_ino == cp.inode and st.st_size >= cp.offset)
-        if found is not None and not same(found):
-            os.close(found.fd)
-            found = None
-        if found is None:
-            # A copy made by copytruncate, or the file renamed across devices.
-            found = self._find(
-                lambda name, st: st.st_size >= cp.offset and st.st_size >= cp.fingerprint_size
-            )
-            while found is not None and not matches(cp, found.fd):
-                os.close(found.fd)
-                found = None
-        for candidate in self._siblings() if found is None else []:
-            # _find stops at the first; look at the others for the fingerprint too.
-            opened = self._open(candidate[0])
+        # Renamed by rotation (same inode) first; else a copy made by copytruncate.
+        found: _Open | None = None
+        siblings = sorted(self._siblings(), key=lambda item: item[1].st_ino != cp.inode)
+        for path, st in siblings:
+            if st.st_size < cp.offset:
+                continue
+            opened = self._open(path)
             if opened is not None and matches(cp, opened.fd):
                 found = opened
                 break
@@ -594,12 +592,6 @@ class Follower:
             key = (st.st_dev, st.st_ino)
             if st.st_mtime_ns >= threshold and (found is None or key != found.key):
                 self._queue.append(key)
-
-
-if True:  # typing alias kept next to its only user
-    from collections.abc import Callable
-
-    _Accept = Callable[[str, os.stat_result], bool]
 
 
 # --------------------------------------------------------------------------------------------

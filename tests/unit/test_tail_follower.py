@@ -1,0 +1,198 @@
+"""The Follower on real files: partial lines, every kind of rotation, resume from a checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from enumwatch.checkpoint import Checkpoint
+from enumwatch.tail import Follower, TailStats
+
+
+def lines(n: int, start: int = 0) -> list[bytes]:
+    return [b'{"n":%d}' % i for i in range(start, start + n)]
+
+
+def append(path: Path, items: list[bytes], tail: bytes = b"") -> None:
+    with open(path, "ab") as f:
+        f.write(b"".join(x + b"\n" for x in items) + tail)
+
+
+def drain(f: Follower) -> list[bytes]:
+    return [line for line, _ in f.lines()]
+
+
+def test_never_emits_a_partial_line(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(2), tail=b'{"n":')
+    f = Follower(str(log))
+    assert drain(f) == lines(2)
+    assert drain(f) == []
+    append(log, [], tail=b"2}\n")
+    assert drain(f) == lines(1, 2)
+
+
+def test_line_longer_than_a_read(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    long = b'{"x":"' + b"a" * 5000 + b'"}'
+    append(log, [long, b"{}"], tail=b'{"half')
+    f = Follower(str(log), chunk_size=512)
+    assert drain(f) == [long, b"{}"]
+
+
+def test_positions_are_end_offsets(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(3))
+    f = Follower(str(log))
+    got = list(f.lines())
+    ino = os.stat(log).st_ino
+    assert [(p.inode, p.offset) for _, p in got] == [(ino, 8), (ino, 16), (ino, 24)]
+
+
+def test_rename_rotation_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    """Exactly what lumberjack does: rename audit.log to a timestamped backup, then a new file."""
+    log = tmp_path / "audit.log"
+    append(log, lines(50))
+    stats = TailStats()
+    f = Follower(str(log), stats=stats, chunk_size=64)
+    first = f.poll()
+    assert first is not None
+    got = list(first.lines)
+    append(log, lines(10, 50))  # written after our read, before rotation
+    os.rename(log, tmp_path / "audit-2024-05-01T10-00-00.000.log")
+    append(log, lines(20, 60))
+    got += drain(f)
+    assert got == lines(80)
+    assert stats.rotations == 1
+    assert stats.overflow_files_lost == 0
+
+
+def test_copytruncate_reads_the_rest_from_the_copy(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(10))
+    stats = TailStats()
+    f = Follower(str(log), stats=stats)
+    assert drain(f) == lines(10)
+    append(log, lines(3, 10))  # not read yet when logrotate copies and truncates
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    append(log, lines(2, 13))
+    assert drain(f) == lines(5, 10)
+    assert stats.truncations == 1
+
+
+def test_truncate_without_copy_restarts_at_zero(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(10))
+    f = Follower(str(log))
+    assert drain(f) == lines(10)
+    with open(log, "wb") as fh:  # truncated and rewritten past nothing we knew
+        fh.write(b'{"new":1}\n')
+    assert drain(f) == [b'{"new":1}']
+
+
+def test_delete_and_recreate(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(5))
+    f = Follower(str(log))
+    assert drain(f) == lines(5)
+    append(log, lines(2, 5))
+    os.unlink(log)
+    assert drain(f) == lines(2, 5)  # still readable through the descriptor
+    assert drain(f) == []
+    append(log, lines(3, 7))
+    assert drain(f) == lines(3, 7)
+
+
+def test_missing_file_at_start(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    f = Follower(str(log))
+    assert f.poll() is None
+    assert f.position is None
+    append(log, lines(2))
+    assert drain(f) == lines(2)
+
+
+def test_resume_from_checkpoint(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(10))
+    f = Follower(str(log))
+    positioned = list(f.lines())
+    f.close()
+    cp = positioned[3][1]
+    again = Follower(str(log), cp)
+    assert drain(again) == lines(6, 4)
+
+
+def test_rotation_while_down_resumes_in_the_rotated_file(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(10))
+    f = Follower(str(log))
+    cp = list(f.lines())[4][1]
+    f.close()
+    # While the tailer is down: two rotations.
+    os.rename(log, tmp_path / "audit-2024-05-01T10-00-00.000.log")
+    append(log, lines(5, 10))
+    os.rename(log, tmp_path / "audit-2024-05-01T10-05-00.000.log")
+    append(log, lines(5, 15))
+    stats = TailStats()
+    again = Follower(str(log), cp, stats=stats)
+    assert drain(again) == lines(15, 5)
+    assert stats.overflow_files_lost == 0
+
+
+def test_checkpointed_file_gone_is_reported(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(10))
+    f = Follower(str(log))
+    cp = list(f.lines())[4][1]
+    f.close()
+    os.unlink(log)
+    append(log, lines(3, 100))
+    stats = TailStats()
+    again = Follower(str(log), cp, stats=stats, since_ns=0)
+    assert drain(again) == lines(3, 100)
+    assert stats.overflow_files_lost == 1
+
+
+def test_recycled_inode_is_not_resumed(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(10))
+    ino = os.stat(log).st_ino
+    wrong = Checkpoint(str(log), ino, 24, "0" * 64, 80, os.stat(log).st_dev)
+    stats = TailStats()
+    again = Follower(str(log), wrong, stats=stats, since_ns=0)
+    assert drain(again) == lines(10)
+    assert stats.overflow_files_lost == 1
+
+
+def test_file_lost_while_paused_is_counted(tmp_path: Path) -> None:
+    """A backup deleted before the tailer got to it is reported, never silent."""
+    log = tmp_path / "audit.log"
+    append(log, lines(3))
+    stats = TailStats()
+    f = Follower(str(log), stats=stats)
+    assert drain(f) == lines(3)
+    append(log, lines(1, 3))
+    os.rename(log, tmp_path / "audit-1.log")
+    append(log, lines(1, 4))
+    f.watch()  # paused (backpressure), but still watching
+    os.rename(log, tmp_path / "audit-2.log")
+    append(log, lines(1, 5))
+    f.watch()
+    os.unlink(tmp_path / "audit-2.log")  # --audit-log-maxbackup
+    assert drain(f) == [*lines(1, 3), *lines(1, 5)]
+    assert stats.overflow_files_lost == 1
+
+
+def test_unterminated_last_line_of_rotated_file_is_counted(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    append(log, lines(2), tail=b'{"cut')
+    stats = TailStats()
+    f = Follower(str(log), stats=stats)
+    assert drain(f) == lines(2)
+    os.rename(log, tmp_path / "audit-1.log")
+    append(log, lines(1, 2))
+    assert drain(f) == lines(1, 2)
+    assert stats.partial_lines_dropped == 1
