@@ -13,7 +13,7 @@ Event = dict[str, Any]
 
 def read_events(audit_log: Path) -> list[Event]:
     """All complete JSON events in the audit log and its rotated backups, oldest file first."""
-    files = sorted(audit_log.parent.glob("audit-*.log")) + [audit_log]
+    files = [*sorted(audit_log.parent.glob("audit-*.log")), audit_log]
     events: list[Event] = []
     for path in files:
         if not path.exists():

@@ -46,3 +46,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 red=True,
             )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def crds(control_plane: devcluster.ControlPlane) -> devcluster.ControlPlane:
+    """The control plane with enumwatch's generated CRDs installed and established."""
+    repo = Path(__file__).resolve().parents[1]
+    control_plane.kubectl("apply", "--server-side", "-f", str(repo / "crds"))
+    control_plane.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/enumerationdetectors.enumwatch.io",
+        "crd/findings.enumwatch.io",
+    )
+    return control_plane

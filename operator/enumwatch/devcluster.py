@@ -1,10 +1,10 @@
-"""A real, local Kubernetes control plane (etcd + kube-apiserver) for tests, the demo and developers.
+"""A real, local Kubernetes control plane (etcd + kube-apiserver) for tests, demo and developers.
 
 enumwatch must be proven against the API server that writes the audit log, not a mock of it. This
-module starts etcd and kube-apiserver (built from their Go modules by ``hack/controlplane/build.sh``)
-on free 127.0.0.1 ports in a private directory, with a self-signed serving certificate,
-service-account keys, an admin identity in ``system:masters`` (static token) and a kubeconfig for it,
-anonymous auth on, ``Node,RBAC`` authorization, and audit logging to a file with the apiserver's
+module starts etcd and kube-apiserver (built from their Go modules by
+``hack/controlplane/build.sh``) on free 127.0.0.1 ports in a private directory, with a
+self-signed serving certificate, service-account keys, an admin identity in ``system:masters``
+(static token) and a kubeconfig, anonymous auth on, ``Node,RBAC`` authorization, and audit logging to a file with the apiserver's
 own rotation flags, under the audit policy that enumwatch ships for users (``manifests/audit/``).
 
 Teardown is by process group and PID. Children started for a test process also get
@@ -104,9 +104,15 @@ def _write_pki(directory: Path) -> dict[str, Path]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -263,7 +269,7 @@ def start(
     die_with_parent: bool = True,
     ready_timeout: float = 90.0,
 ) -> ControlPlane:
-    """Start etcd and kube-apiserver in ``workdir`` (a fresh temp dir by default) and wait for /readyz.
+    """Start etcd and kube-apiserver in ``workdir`` (default: a fresh temp dir); wait for /readyz.
 
     ``die_with_parent`` ties the servers' lives to this process (tests); ``make dev-up`` turns it
     off so the servers outlive the command that started them.
@@ -304,8 +310,10 @@ def start(
                 ],
                 "users": [{"name": ADMIN_USER, "user": {"token": token}}],
                 "contexts": [
-                    {"name": "enumwatch-dev", "context": {"cluster": "enumwatch-dev",
-                                                          "user": ADMIN_USER}}
+                    {
+                        "name": "enumwatch-dev",
+                        "context": {"cluster": "enumwatch-dev", "user": ADMIN_USER},
+                    }
                 ],
                 "current-context": "enumwatch-dev",
             },
@@ -359,8 +367,12 @@ def start(
         for name, cmd in (("etcd", etcd_cmd), ("kube-apiserver", apiserver_cmd)):
             log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
             cp.processes[name] = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=preexec, close_fds=True,
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=preexec,
+                close_fds=True,
             )
             log.close()
         (workdir / "pids").write_text(

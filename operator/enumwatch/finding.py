@@ -124,7 +124,10 @@ def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -
     collide and the same key always maps to the same name (a DNS-1123 subdomain under 253 chars).
     """
     digest = hashlib.sha256(
-        "\x00".join([detector, source_ip or "\x01null", user_agent or "\x01null"]).encode()
+        "\x00".join(
+            [detector, "\x01null" if source_ip is None else source_ip,
+             "\x01null" if user_agent is None else user_agent]
+        ).encode()
     ).hexdigest()[:12]
     ip = _NAME_SAFE.sub("-", (source_ip or "noip").lower()).strip("-")
     prefix = _NAME_SAFE.sub("-", detector.lower()).strip("-")[:40]

@@ -34,7 +34,8 @@ def parse_duration(text: str) -> float:
     """
     if not isinstance(text, str) or not _DURATION_RE.fullmatch(text):
         raise ValueError(
-            f"invalid duration {text!r}: use a number with a unit ms, s, m or h, e.g. '5m' or '1h30m'"
+            f"invalid duration {text!r}: use a number with a unit ms, s, m or h, "
+            "e.g. '5m' or '1h30m'"
         )
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART_RE.findall(text))
 
@@ -98,7 +99,9 @@ class ThresholdsSpec(_Model):
         default=3,
         ge=0,
         alias="distinctResourcesAbove",
-        description="Fire only when the group has more than this many distinct objectRef.resources.",
+        description=(
+            "Fire only when the group has more than this many distinct objectRef.resources."
+        ),
     )
     documents_below: int = Field(
         default=50,

@@ -1,4 +1,4 @@
-"""The foundation: the project's own real control plane answers, and writes the audit log we tail."""
+"""The foundation: the project's own control plane answers, and writes the audit log we tail."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def _by_uri(uri: str):  # type: ignore[no-untyped-def]
 
 def test_anonymous_list_secrets_is_forbidden_and_audited(control_plane: ControlPlane) -> None:
     assert _get(control_plane, "/api/v1/secrets?probe=anon-secrets") == 403
-    (event,) = wait_for_events(control_plane.audit_log, _by_uri("/api/v1/secrets?probe=anon-secrets"))
+    (event,) = wait_for_events(
+        control_plane.audit_log, _by_uri("/api/v1/secrets?probe=anon-secrets")
+    )
     assert event["user"]["username"] == "system:anonymous"
     assert event["level"] == "Request"
     assert event["stage"] == "ResponseComplete"
@@ -86,8 +88,10 @@ def test_authenticated_traffic_is_metadata_only(control_plane: ControlPlane) -> 
     assert "namespace/default" in out
     events = wait_for_events(
         control_plane.audit_log,
-        lambda e: e.get("user", {}).get("username") == "enumwatch-admin"
-        and (e.get("objectRef") or {}).get("resource") == "namespaces",
+        lambda e: (
+            e.get("user", {}).get("username") == "enumwatch-admin"
+            and (e.get("objectRef") or {}).get("resource") == "namespaces"
+        ),
     )
     assert {e["level"] for e in events} == {"Metadata"}
 
@@ -97,7 +101,9 @@ def test_admin_kubeconfig_works_for_kubectl(control_plane: ControlPlane) -> None
     assert version["serverVersion"]["gitVersion"].startswith("v1.")
     can = subprocess.run(
         ["kubectl", "--kubeconfig", str(control_plane.kubeconfig), "auth", "can-i", "*", "*"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert can.stdout.strip() == "yes"
 
@@ -105,12 +111,17 @@ def test_admin_kubeconfig_works_for_kubectl(control_plane: ControlPlane) -> None
 def test_admin_kubeconfig_works_for_python_client(control_plane: ControlPlane) -> None:
     api_client = kubernetes.config.new_client_from_config(str(control_plane.kubeconfig))
     with api_client:
-        names = {ns.metadata.name for ns in kubernetes.client.CoreV1Api(api_client).list_namespace().items}
+        names = {
+            ns.metadata.name
+            for ns in kubernetes.client.CoreV1Api(api_client).list_namespace().items
+        }
     assert {"default", "kube-system"} <= names
 
 
 def test_serving_certificate_is_verified(control_plane: ControlPlane) -> None:
     # A client that does not trust our CA must fail: the certificate is real TLS, not disabled.
     with pytest.raises(urllib.error.URLError) as err:
-        urllib.request.urlopen(control_plane.server + "/version", context=ssl.create_default_context(), timeout=5)
+        urllib.request.urlopen(
+            control_plane.server + "/version", context=ssl.create_default_context(), timeout=5
+        )
     assert "CERTIFICATE_VERIFY_FAILED" in str(err.value)

@@ -1,0 +1,211 @@
+"""The operator's HTTP endpoint: audit events in, metrics and health out.
+
+``POST /ingest`` takes an ``audit.k8s.io/v1`` ``EventList``: the body of the API server's own audit
+webhook backend, so ``--audit-webhook-config-file`` can point straight at the operator, and the
+body the tailer sends. Callers authenticate with a bearer token: a static token (from a file or
+Secret) or any token the API server vouches for through a TokenReview. Bodies over the size limit
+get 413, malformed ones 400 (counted); redelivered events are recognised by (auditID, stage) and
+counted once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from enumwatch import metrics
+from enumwatch.audit import AuditEvent, decode_object
+from enumwatch.kubeapi import ApiError, KubeClient
+from enumwatch.runtime import Detectors
+
+log = logging.getLogger("enumwatch.ingest")
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+MALFORMED_BODY = "malformed_body"
+
+
+class SeenKeys:
+    """A bounded memory of (auditID, stage) keys already ingested, oldest forgotten first."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[tuple[str, str | None], None] = OrderedDict()
+
+    def first_time(self, key: tuple[str, str | None]) -> bool:
+        """Record ``key``; return whether it had not been seen."""
+        if key in self._keys:
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return True
+
+
+@dataclass
+class IngestAuth:
+    """Who may post events: static bearer tokens, and/or tokens checked by TokenReview."""
+
+    static_tokens: list[str] = field(default_factory=list)
+    client: KubeClient | None = None  # set to enable TokenReview
+    allowed_users: list[str] = field(default_factory=list)  # empty: any reviewed identity
+    cache_seconds: float = 60.0
+    _cache: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    async def check(self, header: str | None) -> bool:
+        """Whether the ``Authorization`` header carries an accepted token."""
+        if not header or not header.startswith("Bearer "):
+            return False
+        token = header[len("Bearer ") :].strip()
+        if not token:
+            return False
+        for known in self.static_tokens:
+            if hmac.compare_digest(token.encode(), known.encode()):
+                return True
+        if self.client is None:
+            return False
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached and cached[0] > now:
+            return cached[1]
+        ok = await self._review(token)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[token] = (now + self.cache_seconds, ok)
+        return ok
+
+    async def _review(self, token: str) -> bool:
+        assert self.client is not None
+        try:
+            answer = await self.client.create(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                {
+                    "apiVersion": "authentication.k8s.io/v1",
+                    "kind": "TokenReview",
+                    "spec": {"token": token},
+                },
+            )
+        except (ApiError, OSError) as exc:
+            log.warning("TokenReview failed: %s", exc)
+            return False
+        status = answer.get("status", {})
+        if not status.get("authenticated"):
+            return False
+        user = status.get("user", {}).get("username", "")
+        return not self.allowed_users or user in self.allowed_users
+
+
+class IngestServer:
+    """The aiohttp application: /ingest, /metrics, /healthz, /readyz."""
+
+    def __init__(
+        self,
+        detectors: Detectors,
+        auth: IngestAuth,
+        *,
+        is_leader: Callable[[], bool],
+        is_ready: Callable[[], bool],
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self.detectors = detectors
+        self.auth = auth
+        self.is_leader = is_leader
+        self.is_ready = is_ready
+        self.max_body = max_body
+        self.seen = SeenKeys()
+        self.app = web.Application(client_max_size=max_body)
+        self.app.add_routes(
+            [
+                web.post("/ingest", self.ingest),
+                web.get("/metrics", self.metrics),
+                web.get("/healthz", self.healthz),
+                web.get("/readyz", self.readyz),
+            ]
+        )
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one; see :attr:`port`)."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("listening", extra={"address": f"{host}:{self.port}"})
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @staticmethod
+    def _answer(status: int, **body: object) -> web.Response:
+        metrics.INGEST_REQUESTS.labels(str(status)).inc()
+        return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
+
+    async def ingest(self, request: web.Request) -> web.Response:
+        """Accept one EventList."""
+        if not await self.auth.check(request.headers.get("Authorization")):
+            return self._answer(401, error="a valid bearer token is required")
+        if not self.is_leader():
+            return self._answer(503, error="not the leader; retry against the Service")
+        if request.content_length is not None and request.content_length > self.max_body:
+            return self._answer(413, error=f"body larger than {self.max_body} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._answer(413, error=f"body larger than {self.max_body} bytes")
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
+            return self._answer(400, error=f"body is not JSON: {exc}")
+        if (
+            type(doc) is not dict
+            or doc.get("kind") != "EventList"
+            or type(doc.get("items")) is not list
+        ):
+            metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
+            return self._answer(
+                400, error="expected an audit.k8s.io/v1 EventList object with an items list"
+            )
+        events: list[AuditEvent] = []
+        duplicates = skipped = 0
+        for item in doc["items"]:
+            result = decode_object(item)
+            if isinstance(result, str):
+                skipped += 1
+                metrics.EVENTS_SKIPPED.labels(result).inc()
+                continue
+            if result.audit_id is not None and not self.seen.first_time(
+                (result.audit_id, result.stage)
+            ):
+                duplicates += 1
+                continue
+            events.append(result)
+        self.detectors.offer(events)
+        metrics.EVENTS_INGESTED.inc(len(events))
+        metrics.EVENTS_DUPLICATE.inc(duplicates)
+        return self._answer(200, accepted=len(events), duplicates=duplicates, skipped=skipped)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition."""
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: the process and its event loop answer."""
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: this instance leads and its operator is running."""
+        if self.is_leader() and self.is_ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "standby"}, status=503)

@@ -1,0 +1,163 @@
+"""Leader election on a ``coordination.k8s.io/v1`` Lease, as controller-runtime does it.
+
+Two operator instances against one API server must never both act: both would write the same
+Findings and post the same Events. The instance that holds the Lease runs the detectors; the other
+waits, serves ``/healthz`` but answers ``/readyz`` and ingest with 503, and takes over when the
+holder stops renewing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+from enumwatch import metrics
+from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+
+log = logging.getLogger("enumwatch.leader")
+
+
+class LostLeadership(Exception):
+    """The Lease could not be renewed in time: another instance may act now."""
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _parse(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class LeaseElector:
+    """Acquire, renew and release one Lease."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        *,
+        lease_seconds: int = 15,
+        renew_every: float = 5.0,
+        retry_every: float = 2.0,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.name = name
+        self.identity = identity
+        self.lease_seconds = lease_seconds
+        self.renew_every = renew_every
+        self.retry_every = retry_every
+        self.is_leader = False
+        self.holder: str | None = None
+        self._path = namespaced_path("coordination.k8s.io", "v1", namespace, "leases", name)
+
+    def _spec(self, transitions: int, acquire_time: str | None) -> dict[str, Any]:
+        now = _now()
+        return {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.lease_seconds,
+            "acquireTime": acquire_time or now,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        }
+
+    async def try_acquire(self) -> bool:
+        """One attempt to take or renew the Lease; return whether we hold it now."""
+        current = await self.client.get_or_none(self._path)
+        if current is None:
+            body = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": self._spec(0, None),
+            }
+            try:
+                await self.client.create(
+                    namespaced_path("coordination.k8s.io", "v1", self.namespace, "leases"), body
+                )
+            except ApiError as exc:
+                if exc.status == 409:
+                    return False
+                raise
+            self.holder = self.identity
+            return True
+        spec = current.get("spec", {})
+        holder = spec.get("holderIdentity") or None
+        self.holder = holder
+        renew = spec.get("renewTime")
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
+        expired = renew is None or _parse(renew) + duration < dt.datetime.now(dt.UTC).timestamp()
+        if holder not in (None, self.identity) and not expired:
+            return False
+        transitions = int(spec.get("leaseTransitions") or 0)
+        if holder != self.identity:
+            transitions += 1
+        current["spec"] = self._spec(
+            transitions, spec.get("acquireTime") if holder == self.identity else None
+        )
+        try:
+            await self.client.replace(self._path, current)
+        except ApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        self.holder = self.identity
+        return True
+
+    async def acquire(self) -> None:
+        """Wait until this instance holds the Lease."""
+        announced = False
+        while True:
+            try:
+                if await self.try_acquire():
+                    self.is_leader = True
+                    metrics.LEADER.set(1)
+                    log.info("became leader", extra={"lease": self.name, "identity": self.identity})
+                    return
+            except (ApiError, OSError) as exc:
+                log.warning("lease attempt failed: %s", exc)
+            if not announced:
+                log.info(
+                    "standing by: lease %s/%s is held by %s", self.namespace, self.name, self.holder
+                )
+                announced = True
+            await asyncio.sleep(self.retry_every)
+
+    async def keep(self) -> None:
+        """Renew the Lease until cancelled; raise :class:`LostLeadership` when renewal fails."""
+        last_ok = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(self.renew_every)
+            try:
+                if await self.try_acquire():
+                    last_ok = asyncio.get_running_loop().time()
+                    continue
+                self.is_leader = False
+                metrics.LEADER.set(0)
+                raise LostLeadership(f"lease taken over by {self.holder}")
+            except (ApiError, OSError) as exc:
+                log.warning("lease renewal failed: %s", exc)
+            if asyncio.get_running_loop().time() - last_ok > self.lease_seconds * 0.8:
+                self.is_leader = False
+                metrics.LEADER.set(0)
+                raise LostLeadership("could not renew the lease in time")
+
+    async def release(self) -> None:
+        """Give the Lease up so that a standby takes over at once."""
+        if not self.is_leader:
+            return
+        self.is_leader = False
+        metrics.LEADER.set(0)
+        try:
+            current = await self.client.get_or_none(self._path)
+            if current and current.get("spec", {}).get("holderIdentity") == self.identity:
+                current["spec"]["holderIdentity"] = None
+                current["spec"]["leaseDurationSeconds"] = 1
+                await self.client.replace(self._path, current)
+        except (ApiError, OSError) as exc:
+            log.warning("could not release the lease: %s", exc)

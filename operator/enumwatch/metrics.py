@@ -1,0 +1,90 @@
+"""Prometheus metrics of the operator, served on ``/metrics`` by the ingest server.
+
+One registry for the process (not the global default one) so that what ``/metrics`` shows is
+exactly enumwatch's own figures plus the process collector.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+
+EVENTS_INGESTED = Counter(
+    "enumwatch_events_ingested_total",
+    "Audit events accepted by the ingest endpoint.",
+    registry=REGISTRY,
+)
+EVENTS_DUPLICATE = Counter(
+    "enumwatch_events_duplicate_total",
+    "Redelivered audit events ignored (same auditID and stage).",
+    registry=REGISTRY,
+)
+EVENTS_SKIPPED = Counter(
+    "enumwatch_events_skipped_total",
+    "Audit items skipped as malformed, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+EVENTS_MATCHED = Counter(
+    "enumwatch_events_matched_total",
+    "Events that passed a detector's match filter.",
+    ["namespace", "detector"],
+    registry=REGISTRY,
+)
+INGEST_REQUESTS = Counter(
+    "enumwatch_ingest_requests_total",
+    "Ingest HTTP requests by status code.",
+    ["code"],
+    registry=REGISTRY,
+)
+EVALUATIONS = Counter(
+    "enumwatch_evaluations_total",
+    "Rule evaluations (ticks) per detector.",
+    ["namespace", "detector"],
+    registry=REGISTRY,
+)
+EVALUATION_SECONDS = Histogram(
+    "enumwatch_evaluation_duration_seconds",
+    "Time to evaluate one tick (rule + sink).",
+    registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FINDINGS_CREATED = Counter(
+    "enumwatch_findings_created_total", "Findings created.", registry=REGISTRY
+)
+FINDINGS_UPDATED = Counter(
+    "enumwatch_findings_updated_total",
+    "Updates of existing Findings (any kind).",
+    registry=REGISTRY,
+)
+FINDINGS_SUPPRESSED = Counter(
+    "enumwatch_findings_suppressed_total",
+    "Repeats within suppressFor (the Finding updated, no new occurrence).",
+    registry=REGISTRY,
+)
+FINDINGS_CAPPED = Counter(
+    "enumwatch_findings_capped_total", "Rows left out by findings.maxPerRun.", registry=REGISTRY
+)
+FINDINGS_EXPIRED = Counter(
+    "enumwatch_findings_expired_total",
+    "Findings deleted after their retention.",
+    registry=REGISTRY,
+)
+DETECTORS = Gauge("enumwatch_detectors", "Detectors currently running.", registry=REGISTRY)
+LEADER = Gauge(
+    "enumwatch_leader", "1 while this instance holds the leader lease.", registry=REGISTRY
+)
+
+
+def render() -> bytes:
+    """The text exposition of every metric."""
+    return generate_latest(REGISTRY)

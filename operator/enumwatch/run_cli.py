@@ -1,0 +1,237 @@
+"""``enumwatch run``: the operator process.
+
+It serves ``/ingest``, ``/metrics``, ``/healthz`` and ``/readyz`` from the start, waits for the
+leader Lease (a second instance stands by), then runs kopf (watching EnumerationDetectors) and the
+ticker until it is stopped or loses the Lease. SIGTERM and SIGINT stop it cleanly: the window state
+is saved and the Lease released so that a standby takes over at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import kopf
+
+from enumwatch import logs
+from enumwatch.handlers import Operator, OperatorConfig
+from enumwatch.ingest import DEFAULT_MAX_BODY, IngestAuth, IngestServer
+from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
+from enumwatch.leader import LeaseElector, LostLeadership
+from enumwatch.runtime import Detectors
+from enumwatch.sink import FindingSink
+
+log = logging.getLogger("enumwatch.run")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``run`` subcommand."""
+    p = sub.add_parser("run", help="run the operator (kopf) with its ingest endpoint")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:8080",
+        help="address of /ingest, /metrics, /healthz, /readyz (default 0.0.0.0:8080)",
+    )
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch detectors in this namespace only (repeatable)",
+    )
+    scope.add_argument(
+        "--all-namespaces",
+        action="store_true",
+        default=True,
+        help="watch detectors in every namespace (default)",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument(
+        "--ingest-token-file",
+        action="append",
+        default=[],
+        type=Path,
+        help="file holding a static bearer token accepted by /ingest (repeatable)",
+    )
+    p.add_argument(
+        "--ingest-tokenreview",
+        action="store_true",
+        help="also accept any bearer token the API server authenticates (TokenReview)",
+    )
+    p.add_argument(
+        "--ingest-allow-user",
+        action="append",
+        default=[],
+        help="with --ingest-tokenreview: only these usernames (repeatable)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY,
+        help="largest accepted ingest body (413 above)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="persist window state here (restart without losing a scan in progress)",
+    )
+    p.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="hold a Lease so that only one instance acts (default on)",
+    )
+    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "enumwatch-system"))
+    p.add_argument("--lease-name", default="enumwatch-operator")
+    p.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
+    )
+    p.add_argument("--lease-seconds", type=int, default=15)
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        help="seconds after a tick before it is evaluated (late events)",
+    )
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until stopped; exit 0 on a clean stop, 1 when leadership is lost or setup fails."""
+    logs.configure(args.log_format, args.log_level)
+    try:
+        return asyncio.run(_main(args))
+    except ConfigError as exc:
+        print(f"enumwatch run: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _main(args: argparse.Namespace) -> int:
+    credentials = load_credentials(args.kubeconfig)
+    client = KubeClient(credentials)
+    tokens = []
+    for path in args.ingest_token_file:
+        try:
+            tokens.append(path.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"cannot read --ingest-token-file {path}: {exc}") from exc
+    auth = IngestAuth(
+        static_tokens=[t for t in tokens if t],
+        client=client if args.ingest_tokenreview else None,
+        allowed_users=args.ingest_allow_user,
+    )
+    if not auth.static_tokens and auth.client is None:
+        log.warning("ingest has no credentials configured: every POST /ingest will get 401")
+    detectors = Detectors(args.state_dir)
+    operator = Operator(
+        client,
+        detectors,
+        FindingSink(client, instance=args.identity),
+        OperatorConfig(settle=args.settle),
+    )
+    elector = LeaseElector(
+        client,
+        args.lease_namespace,
+        args.lease_name,
+        args.identity,
+        lease_seconds=args.lease_seconds,
+        renew_every=max(1.0, args.lease_seconds / 3),
+    )
+    leading = not args.leader_election
+    server = IngestServer(
+        detectors,
+        auth,
+        is_leader=lambda: leading or elector.is_leader,
+        is_ready=operator.ready.is_set,
+        max_body=args.max_body_bytes,
+    )
+    host, _, port = args.listen.rpartition(":")
+    await server.start(host or "0.0.0.0", int(port))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    status = 0
+    try:
+        if args.leader_election:
+            acquiring = asyncio.create_task(elector.acquire())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                acquiring.cancel()
+                return 0
+            stopping.cancel()
+        status = await _lead(args, operator, elector, credentials, stop)
+    finally:
+        detectors.checkpoint()
+        if args.leader_election:
+            await elector.release()
+        await server.stop()
+        await client.close()
+    return status
+
+
+async def _lead(
+    args: argparse.Namespace,
+    operator: Operator,
+    elector: LeaseElector,
+    credentials: object,
+    stop: asyncio.Event,
+) -> int:
+    kopf_stop = asyncio.Event()
+    kopf_ready = asyncio.Event()
+    registry = operator.registry(credentials)  # type: ignore[arg-type]
+    namespaces = args.namespace
+    kopf_task = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            stop_flag=kopf_stop,
+            ready_flag=kopf_ready,
+            standalone=True,
+        )
+    )
+    ticker = asyncio.create_task(operator.run_ticker(stop))
+    keeper = asyncio.create_task(elector.keep()) if args.leader_election else None
+
+    async def mark_ready() -> None:
+        await kopf_ready.wait()
+        operator.ready.set()
+        log.info("operator running", extra={"identity": args.identity})
+
+    readiness = asyncio.create_task(mark_ready())
+    waiting = {asyncio.create_task(stop.wait()), kopf_task}
+    if keeper is not None:
+        waiting.add(keeper)
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    if keeper is not None and keeper in done:
+        exc = keeper.exception()
+        if isinstance(exc, LostLeadership):
+            log.error("lost leadership, stopping: %s", exc)
+            status = 1
+    if kopf_task in done and not stop.is_set():
+        log.error("kopf stopped unexpectedly: %s", kopf_task.exception())
+        status = 1
+    stop.set()
+    kopf_stop.set()
+    operator.ready.clear()
+    for task in (ticker, readiness, keeper):
+        if task is not None:
+            task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(kopf_task, timeout=10)
+    return status

@@ -1,0 +1,326 @@
+"""The operator end to end against the real apiserver: detectors in, Findings and Events out.
+
+The scans are real anonymous requests to the session's kube-apiserver; the events ingested are the
+ones it wrote to its audit log; the operator is ``enumwatch run`` with kopf.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enumwatch.devcluster import ControlPlane
+from enumwatch.spec import DetectorSpec
+from tests.operatorkit import (
+    SCAN_PATHS,
+    anonymous_scan,
+    apply_detector,
+    audit_events_for,
+    detector_status,
+    events_for,
+    findings,
+    fresh_namespace,
+    kubectl_json,
+    running_operator,
+    unique_agent,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+FAST = {"schedule": {"interval": "1s", "lookback": "30s"}}
+
+
+def _scan_events(
+    cp: ControlPlane, label: str, paths: tuple[str, ...] = SCAN_PATHS
+) -> tuple[str, list[dict[str, Any]]]:
+    agent = unique_agent(label)
+    anonymous_scan(cp, agent, paths)
+    return agent, audit_events_for(cp, agent, len(paths))
+
+
+def _ready(cp: ControlPlane, ns: str, name: str, generation: int = 1) -> dict[str, Any] | None:
+    status = detector_status(cp, ns, name)
+    ready = [c for c in status.get("conditions", []) if c["type"] == "Ready"]
+    if ready and ready[0]["status"] == "True" and status.get("observedGeneration") == generation:
+        return status
+    return None
+
+
+def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
+    ns = fresh_namespace(crds, "defaults")
+    apply_detector(crds, ns, "seed", {})
+    stored = kubectl_json(crds, "get", "enumerationdetector", "seed", "-n", ns)["spec"]
+    assert stored == DetectorSpec().model_dump(by_alias=True, mode="json")
+    assert stored["schedule"] == {"interval": "5m", "lookback": "6m"}
+    assert stored["thresholds"]["distinctRequestURIsAbove"] == 5
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"schedule": {"interval": "10m", "lookback": "5m"}},
+            "lookback must not be shorter than interval",
+        ),
+        ({"schedule": {"interval": "500ms", "lookback": "1m"}}, "must be at least 1s"),
+        ({"schedule": {"interval": "five minutes"}}, "should match"),
+        ({"findings": {"suppressFor": "1 hour"}}, "should match"),
+        ({"match": {"levels": ["Verbose"]}}, 'Unsupported value: "Verbose"'),
+        ({"match": {"levels": []}}, "should have at least 1 items"),
+        ({"thresholds": {"documentsBelow": 0}}, "greater than or equal to 1"),
+        ({"thresholds": {"distinctRequestURIsAbove": -1}}, "greater than or equal to 0"),
+        ({"thresholds": {"notFoundAtLeast": 0}}, "greater than or equal to 1"),
+        ({"findings": {"maxPerRun": 0}}, "greater than or equal to 1"),
+        ({"riskScore": 101}, "less than or equal to 100"),
+        ({"severity": "urgent"}, 'Unsupported value: "urgent"'),
+    ],
+)
+def test_invalid_specs_are_refused_by_the_api_server(
+    crds: ControlPlane, spec: dict[str, Any], message: str
+) -> None:
+    body = json.dumps(
+        {
+            "apiVersion": "enumwatch.io/v1alpha1",
+            "kind": "EnumerationDetector",
+            "metadata": {"name": "bad", "namespace": "default"},
+            "spec": spec,
+        }
+    )
+    proc = subprocess.run(
+        ["kubectl", "--kubeconfig", str(crds.kubeconfig), "apply", "-f", "-"],
+        input=body,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
+    # The pydantic model refuses the same specs (one source of truth).
+    with pytest.raises(ValueError):
+        DetectorSpec.model_validate(spec)
+
+
+def test_a_scan_becomes_exactly_one_finding_with_events(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "scan")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        agent, events = _scan_events(crds, "one")
+        answer = op.ingest(events)
+        assert answer["accepted"] == len(SCAN_PATHS)
+        found = wait_for(lambda: findings(crds, ns), what="a Finding")
+        time.sleep(2.5)  # more ticks fire over the same events: still one Finding
+        found = findings(crds, ns)
+        assert len(found) == 1
+        finding = found[0]
+        spec = finding["spec"]
+        assert spec["detector"] == "det"
+        assert spec["userAgent"] == agent
+        assert spec["sourceIP"] == "127.0.0.1"
+        assert spec["occurrences"] == 1
+        assert spec["rule"]["id"] == "2dd0d4fd-0cc9-4d18-8b46-1a507e28bbc0"
+        assert {m["technique"] for m in spec["rule"]["mitre"]} == {"T1613", "T1595.003"}
+        agg = spec["aggregates"]
+        assert agg["documentCount"] == len(SCAN_PATHS)
+        assert agg["authzForbidCount"] == len(SCAN_PATHS)
+        assert agg["requestURICountDistinct"] == len(SCAN_PATHS)
+        assert agg["resourceCountDistinct"] == 7
+        assert agg["usernames"] == ["system:anonymous"]
+        assert agg["outcomes"] == ["authz_forbid"]
+        assert sorted(agg["requestURIs"]) == sorted(SCAN_PATHS)
+        assert finding["metadata"]["labels"]["enumwatch.io/detector"] == "det"
+        name = finding["metadata"]["name"]
+        events = wait_for(lambda: events_for(crds, ns, name), what="Event on the Finding")
+        assert [e["reason"] for e in events] == ["EnumerationDetected"]
+        assert events[0]["type"] == "Warning"
+        assert "127.0.0.1" in events[0]["message"] and agent in events[0]["message"]
+        det_events = wait_for(lambda: events_for(crds, ns, "det"), what="Event on the detector")
+        assert any(e["reason"] == "EnumerationDetected" for e in det_events)
+        status = detector_status(crds, ns, "det")
+        assert status["findingsCreated"] == 1
+        assert status["eventsMatched"] >= len(SCAN_PATHS)
+        assert status["eventsSeen"] >= len(SCAN_PATHS)
+        assert status["lastEvaluation"]
+        samples = op.metrics()
+        assert samples["enumwatch_findings_created_total"] >= 1
+        assert samples["enumwatch_events_ingested_total"] >= len(SCAN_PATHS)
+        printed = crds.kubectl("get", "findings", "-n", ns)
+        assert "127.0.0.1" in printed and agent in printed and "medium" in printed
+
+
+def test_a_client_under_the_thresholds_gets_no_finding(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "quiet")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        _, events = _scan_events(crds, "quiet", SCAN_PATHS[:5])  # 5 URIs: not > 5
+        op.ingest(events)
+        wait_for(
+            lambda: detector_status(crds, ns, "det").get("eventsMatched", 0) >= 5,
+            what="events matched",
+        )
+        time.sleep(2)
+        assert findings(crds, ns) == []
+
+
+def test_repeat_within_suppression_updates_the_same_finding(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    ns = fresh_namespace(crds, "suppress")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", {"schedule": {"interval": "1s", "lookback": "3s"}})
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        agent = unique_agent("again")
+        anonymous_scan(crds, agent)
+        op.ingest(audit_events_for(crds, agent, len(SCAN_PATHS)))
+        first = wait_for(lambda: findings(crds, ns), what="first Finding")[0]["spec"]
+        time.sleep(4)  # the first scan leaves the 3s window
+        anonymous_scan(crds, agent)
+        op.ingest(audit_events_for(crds, agent, 2 * len(SCAN_PATHS)))
+        later = wait_for(
+            lambda: [
+                f
+                for f in findings(crds, ns)
+                if f["spec"]["lastSeen"] > first["lastSeen"]
+                and f["spec"]["window"]["start"] > first["lastSeen"]
+            ],
+            what="the Finding updated by the later window",
+        )
+        assert len(findings(crds, ns)) == 1
+        spec = later[0]["spec"]
+        assert spec["firstSeen"] == first["firstSeen"]
+        assert spec["occurrences"] == 1  # within suppressFor (1h): same occurrence
+        assert spec["aggregates"]["documentCount"] == len(SCAN_PATHS)
+
+
+def test_repeat_after_suppression_is_a_new_occurrence(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "occur")
+    spec = {"schedule": {"interval": "1s", "lookback": "2s"}, "findings": {"suppressFor": "1s"}}
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", spec)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        agent = unique_agent("occ")
+        anonymous_scan(crds, agent)
+        op.ingest(audit_events_for(crds, agent, len(SCAN_PATHS)))
+        wait_for(lambda: findings(crds, ns), what="first Finding")
+        time.sleep(4)
+        anonymous_scan(crds, agent)
+        op.ingest(audit_events_for(crds, agent, 2 * len(SCAN_PATHS)))
+        found = wait_for(
+            lambda: [f for f in findings(crds, ns) if f["spec"]["occurrences"] == 2],
+            what="second occurrence",
+        )
+        assert len(findings(crds, ns)) == 1
+        name = found[0]["metadata"]["name"]
+        reasons = [e["reason"] for e in events_for(crds, ns, name)]
+        assert reasons.count("EnumerationDetected") == 2
+
+
+def test_spec_change_applies_live(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "live")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        raised = {**FAST, "thresholds": {"distinctRequestURIsAbove": 20}}
+        apply_detector(crds, ns, "det", raised)
+        wait_for(lambda: _ready(crds, ns, "det", generation=2), what="generation 2 observed")
+        _, events = _scan_events(crds, "live")
+        op.ingest(events)
+        wait_for(
+            lambda: detector_status(crds, ns, "det").get("eventsMatched", 0) >= len(SCAN_PATHS),
+            what="events matched",
+        )
+        time.sleep(2)
+        assert findings(crds, ns) == []  # 8 URIs is not above 20
+        apply_detector(crds, ns, "det", FAST)  # lowered again: the buffered scan now fires
+        wait_for(lambda: findings(crds, ns), what="Finding after lowering the threshold")
+
+
+def test_deleting_a_detector_stops_it_and_keeps_its_findings(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    ns = fresh_namespace(crds, "delete")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        _, events = _scan_events(crds, "del1")
+        op.ingest(events)
+        wait_for(lambda: findings(crds, ns), what="Finding")
+        crds.kubectl(
+            "delete", "enumerationdetector", "det", "-n", ns, "--wait=true", "--timeout=20s"
+        )
+        time.sleep(1)
+        _, events = _scan_events(crds, "del2")
+        op.ingest(events)
+        time.sleep(2)
+        assert len(findings(crds, ns)) == 1  # the evidence stays, nothing new appears
+        assert op.metrics()["enumwatch_detectors"] == 0
+
+
+def test_operator_restart_mid_scan_yields_exactly_one_finding(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    ns = fresh_namespace(crds, "restart")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", {"schedule": {"interval": "2s", "lookback": "60s"}})
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        _, events = _scan_events(crds, "restart")
+        op.ingest(events[:4])  # half the scan: below the thresholds
+        op.stop(signal.SIGKILL)  # a crash: no clean shutdown, no final checkpoint
+        op.start()
+        op.ingest(events[4:])
+        wait_for(lambda: findings(crds, ns), what="Finding after restart")
+        # A second restart re-evaluates the same window: still one Finding, one occurrence.
+        op.stop(signal.SIGKILL)
+        op.start()
+        time.sleep(3)
+        found = findings(crds, ns)
+        assert len(found) == 1
+        assert found[0]["spec"]["occurrences"] == 1
+        assert found[0]["spec"]["aggregates"]["documentCount"] == len(SCAN_PATHS)
+        assert [e["reason"] for e in events_for(crds, ns, found[0]["metadata"]["name"])] == [
+            "EnumerationDetected"
+        ]
+
+
+def test_two_operators_never_both_act(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "ha")
+    with (
+        running_operator(crds, tmp_path / "a") as leader,
+        running_operator(
+            crds, tmp_path / "b", lease_name=leader.lease_name, standby=True
+        ) as standby,
+    ):
+        assert standby.http("GET", "/readyz")[0] == 503
+        assert standby.http("GET", "/healthz")[0] == 200
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        _, events = _scan_events(crds, "ha")
+        assert (
+            standby.http(
+                "POST",
+                "/ingest",
+                json.dumps(
+                    {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events}
+                ).encode(),
+            )[0]
+            == 503
+        )
+        leader.ingest(events)
+        wait_for(lambda: findings(crds, ns), what="Finding")
+        time.sleep(2)
+        assert len(findings(crds, ns)) == 1
+        assert standby.metrics().get("enumwatch_leader", 0) == 0
+        assert leader.metrics()["enumwatch_leader"] == 1
+        lease = kubectl_json(crds, "get", "lease", leader.lease_name, "-n", "default")
+        assert lease["spec"]["holderIdentity"]
+        leader.stop()  # clean stop releases the lease: the standby takes over
+        standby.wait_ready(timeout=20)
+        assert standby.metrics()["enumwatch_leader"] == 1

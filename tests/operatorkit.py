@@ -1,0 +1,287 @@
+"""Test kit for the operator: run the real ``enumwatch run`` process, scan anonymously, ingest.
+
+Everything here is real: the operator is the console script run as a subprocess with kopf against
+the session's kube-apiserver; scans are HTTP requests without credentials to that apiserver; the
+events ingested are read back from the audit log it wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enumwatch.devcluster import ControlPlane, free_port
+from tests.auditlog import read_events
+
+#: An anonymous enumeration: 8 distinct URIs over 7 resource types, all forbidden.
+SCAN_PATHS = (
+    "/api/v1/secrets",
+    "/api/v1/pods",
+    "/api/v1/configmaps",
+    "/api/v1/nodes",
+    "/api/v1/namespaces/default/serviceaccounts",
+    "/apis/apps/v1/deployments",
+    "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "/api/v1/namespaces/kube-system/secrets",
+)
+
+
+def anonymous_get(cp: ControlPlane, path: str, user_agent: str) -> int:
+    """One GET without any credentials; return the status code."""
+    req = urllib.request.Request(cp.server + path, headers={"User-Agent": user_agent})
+    try:
+        with urllib.request.urlopen(req, context=cp.ssl_context(), timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def anonymous_scan(cp: ControlPlane, user_agent: str, paths: tuple[str, ...] = SCAN_PATHS) -> None:
+    """Run an anonymous enumeration with a distinctive user agent."""
+    for path in paths:
+        anonymous_get(cp, path, user_agent)
+
+
+def audit_events_for(
+    cp: ControlPlane, user_agent: str, count: int, timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """The real audit events the apiserver wrote for ``user_agent`` (waits for ``count``)."""
+    deadline = time.monotonic() + timeout
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        found = [e for e in read_events(cp.audit_log) if e.get("userAgent") == user_agent]
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"{len(found)} audit events for {user_agent!r}, expected {count}")
+
+
+def unique_agent(label: str) -> str:
+    """A user agent no other test uses."""
+    return f"enum-scanner-{label}/{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class OperatorProcess:
+    """A running ``enumwatch run`` subprocess and how to talk to it."""
+
+    cp: ControlPlane
+    workdir: Path
+    lease_name: str
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    port: int = field(default_factory=free_port)
+    extra_args: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        """Base URL of the ingest/metrics server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> None:
+        """Start the operator (again) and, by default, wait until it leads and runs."""
+        token_file = self.workdir / "ingest.token"
+        token_file.write_text(self.token)
+        self.starts += 1
+        self.log_path = self.workdir / f"operator-{self.starts}.log"
+        env = {**os.environ, "KUBECONFIG": str(self.cp.kubeconfig)}
+        cmd = [
+            sys.executable,
+            "-m",
+            "enumwatch",
+            "run",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--ingest-token-file",
+            str(token_file),
+            "--lease-namespace",
+            "default",
+            "--lease-name",
+            self.lease_name,
+            "--lease-seconds",
+            "4",
+            "--state-dir",
+            str(self.workdir / "state"),
+            "--settle",
+            "0.3",
+            *self.extra_args,
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait for /readyz to answer 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"operator exited {self.proc.returncode}:\n{self.log()}")
+            if self.http("GET", "/readyz")[0] == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"operator not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        """The operator's output so far."""
+        return self.log_path.read_text(errors="replace")[-5000:] if self.log_path else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the process with ``sig`` and return its exit status."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+    def http(
+        self, method: str, path: str, body: bytes | None = None, token: str | None = "default"
+    ) -> tuple[int, bytes]:
+        """One HTTP request to the operator; return (status, body). Refused connection -> 0."""
+        headers = {"Content-Type": "application/json"}
+        if token == "default":
+            token = self.token
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, ConnectionError):
+            return 0, b""
+
+    def ingest(self, events: list[dict[str, Any]], token: str | None = "default") -> dict[str, Any]:
+        """POST events as an audit.k8s.io/v1 EventList; return the JSON answer."""
+        body = json.dumps(
+            {"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": events}
+        ).encode()
+        status, answer = self.http("POST", "/ingest", body, token=token)
+        assert status == 200, (status, answer)
+        result: dict[str, Any] = json.loads(answer)
+        return result
+
+    def metrics(self) -> dict[str, float]:
+        """Parsed /metrics samples (name{labels} -> value)."""
+        status, text = self.http("GET", "/metrics")
+        assert status == 200
+        samples = {}
+        for line in text.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+
+@contextlib.contextmanager
+def running_operator(
+    cp: ControlPlane,
+    workdir: Path,
+    *extra_args: str,
+    lease_name: str | None = None,
+    standby: bool = False,
+) -> Iterator[OperatorProcess]:
+    """A started operator, stopped (SIGTERM, then SIGKILL) at the end.
+
+    With ``standby`` it is expected not to lead: only its /healthz is awaited.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    op = OperatorProcess(
+        cp, workdir, lease_name or f"enumwatch-test-{uuid.uuid4().hex[:6]}", extra_args=extra_args
+    )
+    op.start(wait_ready=not standby)
+    if standby:
+        wait_for(lambda: op.http("GET", "/healthz")[0] == 200, what="standby /healthz")
+    try:
+        yield op
+    finally:
+        op.stop()
+        # Detectors of this test must not see the next test's events.
+        cp.kubectl("delete", "enumerationdetectors", "--all", "--all-namespaces", "--wait=false")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def kubectl_json(cp: ControlPlane, *args: str) -> Any:
+    """``kubectl ... -o json`` as Python data."""
+    return json.loads(cp.kubectl(*args, "-o", "json"))
+
+
+def findings(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    """The Findings in ``namespace``."""
+    items: list[dict[str, Any]] = kubectl_json(cp, "get", "findings", "-n", namespace)["items"]
+    return items
+
+
+def events_for(cp: ControlPlane, namespace: str, name: str) -> list[dict[str, Any]]:
+    """Kubernetes Events whose involvedObject is ``name`` in ``namespace``."""
+    items: list[dict[str, Any]] = kubectl_json(
+        cp, "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
+    )["items"]
+    return items
+
+
+def apply_detector(cp: ControlPlane, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """Create or update an EnumerationDetector."""
+    cp.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "enumwatch.io/v1alpha1",
+                "kind": "EnumerationDetector",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec,
+            }
+        ),
+    )
+
+
+def detector_status(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    """The detector's status block."""
+    status: dict[str, Any] = kubectl_json(
+        cp, "get", "enumerationdetector", name, "-n", namespace
+    ).get("status", {})
+    return status
+
+
+def fresh_namespace(cp: ControlPlane, label: str) -> str:
+    """Create a namespace for one test."""
+    name = f"t-{label}-{uuid.uuid4().hex[:6]}"
+    cp.kubectl("create", "namespace", name)
+    return name
+
+
+def stop_pid(pid: int) -> None:
+    """SIGKILL a process by PID, ignoring one that is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
