@@ -74,6 +74,9 @@ class TailStats:
     overflow_files_lost: int = 0
     backpressure_pauses: int = 0
     checkpoints_written: int = 0
+    #: Longest time (microseconds) between an acknowledgement arriving and the checkpoint after
+    #: it being on disk: the only moment a crash makes the next run send a batch again.
+    ack_to_checkpoint_max_us: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict (for structured logs and tests)."""
@@ -174,8 +177,13 @@ class Filter:
             return MALFORMED
         return KEEP if self.may_match(event) else FILTERED
 
-    def _surely_dropped(self, line: bytes) -> bool:
-        """The byte-level pre-check: True only when a full parse would not keep ``line``."""
+    def prefilter_drops(self, line: bytes) -> bool:
+        """The byte-level pre-check: True only when a full parse would not keep ``line``.
+
+        False means "not sure" (the line is then parsed), never "keep".
+        """
+        if not line.startswith(_EVENT_PREFIX):
+            return False
         end = line.find(b'"', _PREFIX_LEN)
         if line[_PREFIX_LEN:end] not in self._levels_b:
             # Level values are letters; raw bytes equal the decoded value unless a \u escape is
@@ -208,11 +216,11 @@ class Filter:
         offset = start_offset
         filtered = malformed = 0
         prefilter = self.prefilter
-        surely_dropped = self._surely_dropped
+        prefilter_drops = self.prefilter_drops
         classify = self.classify
         for line in lines:
             offset += len(line) + 1
-            if prefilter and line.startswith(_EVENT_PREFIX) and surely_dropped(line):
+            if prefilter and prefilter_drops(line):
                 filtered += 1
                 continue
             verdict = classify(line)
@@ -615,12 +623,14 @@ class DeliveryResult:
     delivered: int = 0
     rejected: int = 0
     complete: bool = True
+    acked_at: float = 0.0  #: time.monotonic() when the last acknowledgement arrived
 
     def __add__(self, other: DeliveryResult) -> DeliveryResult:
         return DeliveryResult(
             self.delivered + other.delivered,
             self.rejected + other.rejected,
             self.complete and other.complete,
+            max(self.acked_at, other.acked_at),
         )
 
 
@@ -683,17 +693,19 @@ class Forwarder:
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
-    async def _post(self, body: bytes) -> tuple[int | None, str]:
+    async def _post(self, body: bytes) -> tuple[int | None, str, float]:
+        """POST once: (status or None, detail, monotonic time the status arrived)."""
         assert self._session is not None, "use 'async with Forwarder(...)'"
         headers = self._headers()
         if headers is None:
-            return None, "token file unreadable"
+            return None, "token file unreadable", 0.0
         try:
             async with self._session.post(self.url, data=body, headers=headers) as resp:
+                arrived = time.monotonic()
                 text = (await resp.content.read(512)).decode("utf-8", "replace")
-                return resp.status, text
+                return resp.status, text, arrived
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return None, f"{type(exc).__name__}: {exc}"
+            return None, f"{type(exc).__name__}: {exc}", 0.0
 
     async def deliver(
         self, events: Sequence[bytes], give_up: asyncio.Event | None = None
@@ -709,11 +721,11 @@ class Forwarder:
         attempt = 0
         while True:
             attempt += 1
-            status, detail = await self._post(body)
+            status, detail, arrived = await self._post(body)
             if status is not None and 200 <= status < 300:
                 self.stats.batches_sent += 1
                 self.stats.events_forwarded += len(events)
-                return DeliveryResult(delivered=len(events))
+                return DeliveryResult(delivered=len(events), acked_at=arrived)
             if status == 413:
                 if len(events) == 1:
                     self.stats.events_rejected += 1
@@ -944,6 +956,11 @@ class Tailer:
             if batch.end is not None:
                 save_checkpoint(self.config.checkpoint_path, batch.end)
                 self.stats.checkpoints_written += 1
+                if result.acked_at:
+                    window = int((time.monotonic() - result.acked_at) * 1e6)
+                    self.stats.ack_to_checkpoint_max_us = max(
+                        self.stats.ack_to_checkpoint_max_us, window
+                    )
             self._pending -= len(batch.events)
             self._space.set()
 

@@ -74,7 +74,6 @@ class Receiver:
         self.token: str | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
 
     @property
     def url(self) -> str:
@@ -111,28 +110,24 @@ class Receiver:
 
     async def start(self) -> Receiver:
         """Start listening (on the same port again after :meth:`refuse`)."""
-        if self._runner is None:
-            app = web.Application(client_max_size=64 * 1024 * 1024)
-            app.router.add_post("/ingest", self._handle)
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-        self._site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await self._site.start()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/ingest", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
         if not self.port:
-            server = self._site._server
+            server = site._server
             assert server is not None
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
 
     async def refuse(self) -> None:
-        """Stop listening: connections are refused until :meth:`start`."""
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
+        """Stop listening and drop open connections: refused until :meth:`start`."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def close(self) -> None:
         """Stop the server."""
         await self.refuse()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

@@ -1,0 +1,155 @@
+"""The tailer's filter: the seed's match semantics, and a byte pre-check that never changes them."""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enumwatch.spec import MatchSpec
+from enumwatch.tail import FILTERED, KEEP, MALFORMED, Filter, TailStats
+from tests.unit.tail_receiver import event_line
+
+SEED = Filter.from_specs([MatchSpec()])
+NO_PRE = Filter.from_specs([MatchSpec()], prefilter=False)
+
+
+def decide(filt: Filter, line: bytes) -> tuple[int, TailStats]:
+    stats = TailStats()
+    kept = filt.select([line], 0, stats)
+    if kept:
+        return KEEP, stats
+    return (FILTERED if stats.events_filtered else MALFORMED), stats
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (event_line(1), KEEP),
+        (event_line(1, username="system:unauthenticated", level="RequestResponse"), KEEP),
+        (event_line(1, level="ResponseComplete"), KEEP),
+        (event_line(1, username=None), KEEP),
+        (event_line(1, username=""), KEEP),
+        (event_line(1, level="Metadata"), FILTERED),
+        (event_line(1, level="request"), FILTERED),
+        (event_line(1, username="alice"), FILTERED),
+        (event_line(1, username="alice", level="Metadata"), FILTERED),
+        (b'{"level":"Request","user":{"username":null}}', KEEP),
+        (b'{"level":"Request"}', KEEP),
+        (b'{"user":{"username":"system:anonymous"}}', FILTERED),  # level missing: null
+        (b'{"level":"Request","user":{"username":42}}', KEEP),  # odd: left to the operator
+        (b'{"level":7,"user":{}}', KEEP),
+        # Escapes the pre-check must see through (or give up on and parse).
+        (event_line(1, level="Metadata").replace(b'"Metadata"', b'"Metad\\u0061ta"'), FILTERED),
+        (event_line(1, level="Metadata").replace(b'"system:anonymous"', b'"x"')
+         + b"", FILTERED),
+        (event_line(1, username="system:anonym\\u006fus").replace(b"\\\\", b"\\"), KEEP),
+        (event_line(1, username="system:anonymous").replace(b'"level":"Request"',
+                                                             b'"lev\\u0065l":"Request"'), KEEP),
+        # A duplicate top-level key: orjson keeps the last one, so must we.
+        (event_line(1, level="Metadata")[:-1] + b',"level":"Request"}', KEEP),
+        (event_line(1, level="Metadata")[:-1] + b',"lev\\u0065l":"Request"}', KEEP),
+        (event_line(1, username="alice")[:-1] + b',"user":{"username":"system:anonymous"}}',
+         KEEP),
+        # Not an object / not JSON.
+        (b"not json", MALFORMED),
+        (b"[1,2]", MALFORMED),
+        (b'"string"', MALFORMED),
+        (b"", MALFORMED),
+        (event_line(1)[:40], MALFORMED),
+    ],
+)
+def test_seed_semantics(line: bytes, expected: int) -> None:
+    assert decide(SEED, line)[0] == expected
+    assert decide(NO_PRE, line)[0] == expected
+
+
+def test_options_and_union_of_detectors() -> None:
+    strict = Filter.from_specs([MatchSpec(includeMissingUsername=False, levels=["Request"])])
+    assert decide(strict, event_line(1, username=None))[0] == FILTERED
+    assert decide(strict, event_line(1, level="RequestResponse"))[0] == FILTERED
+    union = Filter.from_specs(
+        [MatchSpec(usernames=["bob"]), MatchSpec(levels=["Metadata"])]
+    )
+    assert decide(union, event_line(1, username="bob"))[0] == KEEP
+    assert decide(union, event_line(1, level="Metadata"))[0] == KEEP
+    everything = Filter((), (), match_all=True)
+    assert decide(everything, event_line(1, username="x", level="None"))[0] == KEEP
+    assert decide(everything, b"nope")[0] == MALFORMED
+
+
+def test_select_reports_end_offsets_and_counts() -> None:
+    lines = [event_line(1), event_line(2, level="Metadata"), b"{bad", event_line(3)]
+    stats = TailStats()
+    kept = SEED.select(lines, 100, stats)
+    ends = [100 + sum(len(x) + 1 for x in lines[: i + 1]) for i in range(len(lines))]
+    assert kept == [(lines[0], ends[0]), (lines[3], ends[3])]
+    assert (stats.events_filtered, stats.lines_malformed) == (1, 1)
+
+
+# --- the pre-check never changes a result: random events, spelled every way JSON allows -------
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _escape_letters(raw: bytes, picks: list[int]) -> bytes:
+    """Write some letters inside strings as \\u00XX escapes (same JSON value)."""
+    out = bytearray()
+    pos = 0
+    for k, m in enumerate(_STRING.finditer(raw)):
+        out += raw[pos : m.start()]
+        s = m.group()
+        if k in picks:
+            s = re.sub(rb"[a-zA-Z]", lambda c: b"\\u%04x" % c.group()[0], s, count=2)
+        out += s
+        pos = m.end()
+    return bytes(out + raw[pos:])
+
+
+levels = st.sampled_from(
+    ["Request", "RequestResponse", "ResponseComplete", "Metadata", "None", "request", ""]
+)
+usernames = st.sampled_from(
+    [None, "", "system:anonymous", "system:unauthenticated", "alice", "system:anonymousx",
+     "ünïcode", 'quo"te', "back\\slash", "a&b<c>"]
+)
+
+
+@st.composite
+def raw_events(draw: st.DrawFn) -> bytes:
+    i = draw(st.integers(0, 10_000))
+    line = event_line(i, username=draw(usernames), level=draw(levels))
+    if draw(st.booleans()):
+        # other key orders (not the API server's)
+        ev = orjson.loads(line)
+        keys = draw(st.permutations(list(ev)))
+        line = orjson.dumps({k: ev[k] for k in keys})
+    if draw(st.booleans()):
+        line = _escape_letters(line, draw(st.lists(st.integers(0, 40), max_size=6)))
+    extra = draw(st.sampled_from([
+        b"", b',"level":"Request"', b',"level":"Metadata"', b',"user":{"username":"bob"}',
+        b',"user":{}', b',"requestObject":{"user":{"username":"system:anonymous"},'
+        b'"level":"Request"}', b',"lev\\u0065l":"RequestResponse"',
+        b',"annotations":{"x":"\\"level\\":\\"Request\\""}',
+    ]))
+    if extra:
+        line = line[:-1] + extra + b"}"
+    if draw(st.booleans()):
+        line = line.replace(b'":', b'": ', draw(st.integers(1, 3)))
+    return line
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(raw_events(), min_size=1, max_size=8))
+def test_prefilter_never_changes_results(lines: list[bytes]) -> None:
+    fast, slow = TailStats(), TailStats()
+    assert SEED.select(lines, 0, fast) == NO_PRE.select(lines, 0, slow)
+    assert fast.events_filtered + fast.lines_malformed == (
+        slow.events_filtered + slow.lines_malformed
+    )
+    for line in lines:
+        if SEED.prefilter_drops(line):
+            assert SEED.classify(line) != KEEP, line
