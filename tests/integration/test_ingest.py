@@ -1,0 +1,99 @@
+"""The ingest endpoint of the real operator process: authentication, limits, redelivery."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from enumwatch.devcluster import ControlPlane
+from tests.operatorkit import (
+    SCAN_PATHS,
+    anonymous_scan,
+    apply_detector,
+    audit_events_for,
+    detector_status,
+    fresh_namespace,
+    running_operator,
+    unique_agent,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _event_list(items: list[dict[str, object]]) -> bytes:
+    return json.dumps(
+        {"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": items}
+    ).encode()
+
+
+def test_ingest_requires_a_token(crds: ControlPlane, tmp_path: Path) -> None:
+    with running_operator(crds, tmp_path) as op:
+        assert op.http("POST", "/ingest", _event_list([]), token=None)[0] == 401
+        assert op.http("POST", "/ingest", _event_list([]), token="wrong")[0] == 401
+        assert op.http("POST", "/ingest", _event_list([]))[0] == 200
+        assert op.metrics()['enumwatch_ingest_requests_total{code="401"}'] == 2
+
+
+def test_malformed_bodies_are_400_and_counted(crds: ControlPlane, tmp_path: Path) -> None:
+    with running_operator(crds, tmp_path) as op:
+        for body in (
+            b"{not json",
+            b"[1,2]",
+            b'{"kind":"Event"}',
+            b'{"kind":"EventList","items":3}',
+        ):
+            status, answer = op.http("POST", "/ingest", body)
+            assert status == 400, body
+            assert b"EventList" in answer or b"JSON" in answer
+        samples = op.metrics()
+        assert samples['enumwatch_events_skipped_total{reason="malformed_body"}'] == 4
+        # Bad items inside a good list are skipped and counted, the rest accepted.
+        answer = op.ingest([{"kind": "Event", "responseStatus": {"code": "403"}}, "x", {}])
+        assert answer == {"accepted": 0, "duplicates": 0, "skipped": 3}
+
+
+def test_oversized_bodies_are_413(crds: ControlPlane, tmp_path: Path) -> None:
+    with running_operator(crds, tmp_path, "--max-body-bytes", "2048") as op:
+        big = _event_list(
+            [{"kind": "Event", "auditID": str(i), "requestURI": "/x" * 50} for i in range(100)]
+        )
+        assert op.http("POST", "/ingest", big)[0] == 413
+        assert op.http("POST", "/ingest", _event_list([]))[0] == 200
+
+
+def test_redelivery_never_double_counts(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "dedup")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", {"schedule": {"interval": "1s", "lookback": "60s"}})
+        wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")
+        agent = unique_agent("dedup")
+        anonymous_scan(crds, agent, SCAN_PATHS[:5])
+        events = audit_events_for(crds, agent, 5)
+        assert op.ingest(events)["accepted"] == 5
+        again = op.ingest(events)
+        assert again == {"accepted": 0, "duplicates": 5, "skipped": 0}
+        wait_for(
+            lambda: detector_status(crds, ns, "det").get("eventsMatched") == 5,
+            what="5 matched events",
+        )
+        assert op.metrics()["enumwatch_events_duplicate_total"] == 5
+
+
+def test_tokenreview_accepts_service_account_tokens(crds: ControlPlane, tmp_path: Path) -> None:
+    crds.kubectl("create", "serviceaccount", "tailer-tr", "-n", "default")
+    crds.kubectl("create", "serviceaccount", "intruder-tr", "-n", "default")
+    allowed = crds.kubectl("create", "token", "tailer-tr", "-n", "default").strip()
+    other = crds.kubectl("create", "token", "intruder-tr", "-n", "default").strip()
+    with running_operator(
+        crds,
+        tmp_path,
+        "--ingest-tokenreview",
+        "--ingest-allow-user",
+        "system:serviceaccount:default:tailer-tr",
+    ) as op:
+        assert op.http("POST", "/ingest", _event_list([]), token=allowed)[0] == 200
+        assert op.http("POST", "/ingest", _event_list([]), token=other)[0] == 401
+        assert op.http("POST", "/ingest", _event_list([]), token="forged.jwt.token")[0] == 401
