@@ -93,15 +93,31 @@ KEEP, FILTERED, MALFORMED = 0, 1, 2
 #: that starts with it has its top-level ``level`` value right after, unambiguously.
 _EVENT_PREFIX = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"'
 _PREFIX_LEN = len(_EVENT_PREFIX)
-#: The struct order continues with auditID, stage, requestURI, verb and user.username.
-_HEAD_RE = re.compile(
-    rb'\{"kind":"Event","apiVersion":"audit\.k8s\.io/v1","level":"[A-Za-z]*",'
-    rb'"auditID":"[^"\\]*","stage":"[A-Za-z]*","requestURI":"(?:[^"\\]|\\.)*",'
-    rb'"verb":"[^"\\]*","user":\{"username":"([^"\\]*)"'
-)
-#: A ``\u`` escape that might spell a letter (so a key could be written ``"lev\u0065l"``). Go
-#: escapes ``& < >`` and U+2028/9 this way; those cannot form a key name we look for.
-_RISKY_ESCAPE_RE = re.compile(rb"\\u(?!00(?:26|3[cCeE])|202[89])")
+#: The struct order continues with these keys, each with a string value, up to user.username.
+_HEAD_KEYS = (b',"auditID":"', b',"stage":"', b',"requestURI":"', b',"verb":"',
+              b',"user":{"username":"')
+#: A ``\u`` escape that could spell a letter (``"lev\u0065l"`` is the key ``level``). Go
+#: escapes ``& < >`` and U+2028/9 as ``\u0026``, ``\u003c``...; those cannot form a key name.
+_LETTER_ESCAPE_RE = re.compile(rb"\\u00[4-7]")
+
+
+def _head_username(line: bytes, pos: int) -> bytes | None:
+    """The raw top-level ``user.username`` of a line in the API server's key order, or None.
+
+    ``pos`` is just after the level value's closing quote. Each value in between is a string
+    whose closing quote is its first quote not preceded by a backslash (a quote inside a string
+    always is); anything else, or a username with an escape in it, gives None ("not sure").
+    """
+    for key in _HEAD_KEYS:
+        if not line.startswith(key, pos):
+            return None
+        start = pos + len(key)
+        pos = line.find(b'"', start)
+        if pos < 0 or line[pos - 1] == 0x5C:  # backslash: an escaped quote, not sure
+            return None
+        pos += 1
+    value = line[start : pos - 1]
+    return None if b"\\" in value else value
 
 
 class Filter:
@@ -185,23 +201,21 @@ class Filter:
         if not line.startswith(_EVENT_PREFIX):
             return False
         end = line.find(b'"', _PREFIX_LEN)
+        if end < 0:
+            return False
         if line[_PREFIX_LEN:end] not in self._levels_b:
             # Level values are letters; raw bytes equal the decoded value unless a \u escape is
             # involved, and a single "level" key means no nested or duplicate one decides.
-            return line.count(b'"level"') == 1 and not (
-                b"\\u" in line and _RISKY_ESCAPE_RE.search(line)
-            )
-        m = _HEAD_RE.match(line)
-        if m is None:
-            return False
-        username = m[1]
+            return line.count(b'"level"') == 1 and _LETTER_ESCAPE_RE.search(line) is None
+        username = _head_username(line, end + 1)
         return (
-            username != b""
+            username is not None
+            and username != b""
             and username not in self._users_b
             and line.count(b'"username"') == 1
             and line.count(b'"user"') == 1
             and line.count(b'"level"') == 1
-            and not (b"\\u" in line and _RISKY_ESCAPE_RE.search(line))
+            and _LETTER_ESCAPE_RE.search(line) is None
         )
 
     def select(
