@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "tail",
         help="follow the API server's audit log and forward events to the operator",
         description=(
-            "Follow FILE across the API server's rotation, keep the events an anomymous-"
+            "Follow FILE across the API server's rotation, keep the events an anonymous-"
             "enumeration detector could match, and POST them as audit.k8s.io/v1 EventLists to "
             "the operator. The position is checkpointed after each acknowledged batch."
         ),
