@@ -45,8 +45,7 @@ NOT_AN_AUDIT_EVENT = "not_an_audit_event"
 ITEMS_NOT_A_LIST = "wrong_type:items"
 CONFLICTING_KEYS = "conflicting_keys"
 
-#: The audit stages: a level literal equal to one of them also occurs as a ``stage`` value.
-STAGES = frozenset({"RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"})
+_STR_OR_NONE = frozenset((str, type(None)))
 
 # Keys whose presence marks an object as an audit Event (a raw event always has most of them).
 _EVENT_KEYS = ("auditID", "level", "stage", "requestURI", "verb")
@@ -125,9 +124,9 @@ class AuditEvent:
 class DecodeStats:
     """What decoding saw: lines read, events decoded, and lines or items skipped by reason.
 
-    ``prefiltered`` counts lines the :class:`Prefilter` dropped unparsed because they certainly
-    cannot match; they are not type-checked, so a malformed line that could never match may be
-    counted there rather than under its skip reason.
+    ``prefiltered`` counts lines dropped unparsed: blank lines, and lines the :class:`Prefilter`
+    proved cannot match. Those are not type-checked, so a malformed line that could never match
+    may be counted there rather than under its skip reason.
     """
 
     lines: int = 0
@@ -264,23 +263,39 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
     user_agent = get("userAgent")
     stage_ts = get("stageTimestamp")
     received_ts = get("requestReceivedTimestamp")
-    for name, value in (
-        ("user.username", username),
-        ("level", level),
-        ("verb", verb),
-        ("requestURI", request_uri),
-        ("userAgent", user_agent),
-        ("objectRef.resource", resource),
-        ("objectRef.namespace", namespace),
-        ("responseStatus.message", message),
-        ("annotations." + DECISION_ANNOTATION, decision),
-        ("auditID", audit_id),
-        ("stage", stage),
-        ("stageTimestamp", stage_ts),
-        ("requestReceivedTimestamp", received_ts),
+    # One chained test on the hot path; the loop below only runs to name the culprit.
+    if not (
+        type(username) in _STR_OR_NONE
+        and type(level) in _STR_OR_NONE
+        and type(verb) in _STR_OR_NONE
+        and type(request_uri) in _STR_OR_NONE
+        and type(user_agent) in _STR_OR_NONE
+        and type(resource) in _STR_OR_NONE
+        and type(namespace) in _STR_OR_NONE
+        and type(message) in _STR_OR_NONE
+        and type(decision) in _STR_OR_NONE
+        and type(audit_id) in _STR_OR_NONE
+        and type(stage) in _STR_OR_NONE
+        and type(stage_ts) in _STR_OR_NONE
+        and type(received_ts) in _STR_OR_NONE
     ):
-        if value is not None and type(value) is not str:
-            return "wrong_type:" + name
+        for name, value in (
+            ("user.username", username),
+            ("level", level),
+            ("verb", verb),
+            ("requestURI", request_uri),
+            ("userAgent", user_agent),
+            ("objectRef.resource", resource),
+            ("objectRef.namespace", namespace),
+            ("responseStatus.message", message),
+            ("annotations." + DECISION_ANNOTATION, decision),
+            ("auditID", audit_id),
+            ("stage", stage),
+            ("stageTimestamp", stage_ts),
+            ("requestReceivedTimestamp", received_ts),
+        ):
+            if type(value) not in _STR_OR_NONE:
+                return "wrong_type:" + name
     return AuditEvent(
         audit_id=audit_id,
         stage=stage,
@@ -399,24 +414,9 @@ def decode_document(obj: object) -> Iterator[AuditEvent | str]:
 def decode_line(line: bytes | str, stats: DecodeStats) -> list[AuditEvent]:
     """Decode one line (an Event, an EventList or an Elastic document), counting into ``stats``.
 
-    Blank lines are ignored and not counted. Never raises for bad input.
+    Never raises for bad input. A blank line counts as read and as ``prefiltered``.
     """
-    if not line.strip():
-        return []
-    stats.lines += 1
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        stats.skipped[INVALID_JSON] += 1
-        return []
-    events: list[AuditEvent] = []
-    for result in decode_document(obj):
-        if isinstance(result, str):
-            stats.skipped[result] += 1
-        else:
-            events.append(result)
-    stats.events += len(events)
-    return events
+    return list(iter_events((line,), stats))
 
 
 def iter_events(
@@ -425,42 +425,51 @@ def iter_events(
     """Yield the events of ``lines``, counting into ``stats``.
 
     With a ``prefilter``, lines that certainly cannot match its MatchSpec are dropped unparsed
-    (counted in ``stats.prefiltered``); the events that *can* match are exactly the same.
+    (counted in ``stats.prefiltered``, like blank lines); the events that *can* match are
+    exactly the same as without it.
     """
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
     could_match = prefilter.could_match if prefilter is not None else None
-    skipped = stats.skipped
     for line in lines:
+        stats.lines += 1
         if could_match is not None:
-            raw = line.encode() if isinstance(line, str) else line
-            if not could_match(raw):
-                if raw.strip():
-                    stats.lines += 1
-                    stats.prefiltered += 1
+            if not could_match(line.encode() if isinstance(line, str) else line):
+                stats.prefiltered += 1
                 continue
         elif not line.strip():
+            stats.prefiltered += 1
             continue
-        stats.lines += 1
-        try:
-            obj = loads(line)
-        except decode_error:
-            skipped[INVALID_JSON] += 1
-            continue
-        if type(obj) is dict and obj.get("kind") != "EventList":
-            result = decode_object(obj)
-            if type(result) is str:
-                skipped[result] += 1
-            else:
-                stats.events += 1
-                yield result  # type: ignore[misc]
-            continue
-        for result in decode_document(obj):
-            if isinstance(result, str):
-                skipped[result] += 1
-            else:
-                stats.events += 1
-                yield result
+        yield from _parse_line(line, stats)
+
+
+def iter_buffer_events(
+    buffers: Iterable[bytes], stats: DecodeStats, prefilter: Prefilter
+) -> Iterator[AuditEvent]:
+    """Like :func:`iter_events`, over buffers of whole lines (the fast way to read a file).
+
+    Each buffer is screened by :meth:`Prefilter.select`, so lines that cannot match are never
+    even split out of it.
+    """
+    select = prefilter.select
+    for buffer in buffers:
+        selected, total = select(buffer)
+        stats.lines += total
+        stats.prefiltered += total - len(selected)
+        for line in selected:
+            yield from _parse_line(line, stats)
+
+
+def _parse_line(line: bytes | str, stats: DecodeStats) -> Iterator[AuditEvent]:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        stats.skipped[INVALID_JSON] += 1
+        return
+    for result in decode_document(obj):
+        if isinstance(result, str):
+            stats.skipped[result] += 1
+        else:
+            stats.events += 1
+            yield result
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,67 +477,65 @@ def iter_events(
 
 
 class Prefilter:
-    """Decide from a line's raw bytes that it certainly cannot match a :class:`MatchSpec`.
+    """Decide from raw bytes, before any JSON parsing, that a line certainly cannot match.
 
     :meth:`could_match` returns ``False`` only when the bytes prove that no event in the line can
-    match; ``True`` means "parse it". The proofs rely on one fact: in JSON without backslash
-    escapes, a string's bytes appear literally between quotes. So
+    match a :class:`MatchSpec`; ``True`` means "parse it". :meth:`select` applies the same proof
+    to a whole buffer of lines at once, so a line that cannot match costs no Python work at all.
 
-    * if no configured level appears as a quoted literal (other than as the value of a
-      ``"stage"`` key, since the seed lists the stage ``ResponseComplete`` as a level), no
-      event's ``level`` can be one;
+    The proofs rely on one fact: in JSON without backslash escapes, every string's bytes appear
+    literally between quotes. So, in a line without escapes it does not understand:
+
+    * if no key ending in ``level`` (``"level"``, ``"kubernetes.audit.level"``, ...) is followed
+      by a configured level as its value, no event's ``level`` can be one (the seed's
+      ``ResponseComplete`` is also every event's *stage*, hence the anchoring on the key);
     * if no configured username appears as a quoted literal, no ``user.username`` can be one,
       and, when missing/null/empty usernames also match, the line must show a top-level
       ``"user":{"username":"<non-empty>"`` (the only ``"user"`` and ``"username"`` keys in the
       line, with a single ``{`` before them, so neither nested nor duplicated, and no
       ``kubernetes`` key that would make it an Elastic document).
 
-    Lines with backslashes are only reasoned about when every backslash starts ``\\u0026``,
-    ``\\u003c`` or ``\\u003e`` (Go's HTML-safe escapes, common in request URIs) and the escaped
-    characters do not occur in any configured value; anything else is parsed.
+    The escapes it understands are ``\\u0026``, ``\\u003c`` and ``\\u003e`` (Go's HTML-safe
+    escapes, common in request URIs), as long as the escaped character does not occur in any
+    configured value. Any other backslash means "parse".
     """
 
-    __slots__ = ("_include_missing", "_level_literals", "_safe_escapes", "_username_literals")
+    __slots__ = ("_include_missing", "_level_re", "_safe", "_username_literals")
 
     _USER_RE = re.compile(rb'"user"\s*:\s*\{\s*"username"\s*:\s*"[^"]')
-    _GO_ESCAPES = {b"\\u0026": "&", b"\\u003c": "<", b"\\u003e": ">"}
+    _GO_ESCAPES = {b"u0026": "&", b"u003c": "<", b"u003e": ">"}
 
     def __init__(self, match: MatchSpec) -> None:
-        self._level_literals = tuple(
-            (
-                literal,
-                re.compile(rb'"stage"\s*:\s*' + re.escape(literal)) if level in STAGES else None,
-            )
-            for level in match.levels
-            for literal in (orjson.dumps(level),)
-        )
+        values = b"|".join(re.escape(orjson.dumps(level)) for level in match.levels)
+        self._level_re = re.compile(rb'level"\s*:\s*(?:' + values + rb")")
         self._username_literals = tuple(orjson.dumps(name) for name in match.usernames)
         self._include_missing = match.include_missing_username
         configured = "".join([*match.levels, *match.usernames])
-        self._safe_escapes = tuple(
+        self._safe = frozenset(
             escape for escape, char in self._GO_ESCAPES.items() if char not in configured
         )
 
+    def _unsafe_backslash(self, data: bytes, start: int = 0, end: int | None = None) -> int:
+        """Position of the first backslash not starting a safe escape, or -1."""
+        safe = self._safe
+        find = data.find
+        stop = len(data) if end is None else end
+        at = find(b"\\", start, stop)
+        while at != -1:
+            if data[at + 1 : at + 6] not in safe:
+                return at
+            at = find(b"\\", at + 6, stop)
+        return -1
+
     def could_match(self, line: bytes) -> bool:
         """``False`` only if no event in ``line`` can possibly match; ``True`` means parse it."""
-        if b"\\" in line:
-            escapes = sum(line.count(escape) for escape in self._safe_escapes)
-            if escapes != line.count(b"\\"):
-                return True
-        for literal, as_stage in self._level_literals:
-            found = line.count(literal)
-            # "ResponseComplete" is listed as a level but every event has it as its stage: an
-            # occurrence that is the value of a "stage" key is not a level.
-            if found and (
-                as_stage is None
-                or (
-                    found != line.count(b'"stage":' + literal)
-                    and found != len(as_stage.findall(line))
-                )
-            ):
-                break
-        else:
+        if b"\\" in line and self._unsafe_backslash(line) != -1:
+            return True
+        if self._level_re.search(line) is None:
             return False
+        return self._username_could_match(line)
+
+    def _username_could_match(self, line: bytes) -> bool:
         for literal in self._username_literals:
             if literal in line:
                 return True
@@ -544,3 +551,32 @@ class Prefilter:
         if user is None:
             return True
         return line.count(b"{", 0, user.start()) != 1
+
+    def select(self, buffer: bytes) -> tuple[list[bytes], int]:
+        """The lines of ``buffer`` that could match, and how many lines it holds.
+
+        ``buffer`` holds whole lines (a final line without ``\\n`` counts). One regex pass and
+        one ``find`` loop over the buffer locate the few lines that need a closer look.
+        """
+        total = buffer.count(b"\n")
+        if buffer and not buffer.endswith(b"\n"):
+            total += 1
+        starts: set[int] = set()
+        rfind = buffer.rfind
+        for hit in self._level_re.finditer(buffer):
+            starts.add(rfind(b"\n", 0, hit.start()) + 1)
+        at = self._unsafe_backslash(buffer)
+        while at != -1:
+            start = rfind(b"\n", 0, at) + 1
+            starts.add(start)
+            end = buffer.find(b"\n", at)
+            if end == -1:
+                break
+            at = self._unsafe_backslash(buffer, end)
+        selected: list[bytes] = []
+        for start in sorted(starts):
+            end = buffer.find(b"\n", start)
+            line = buffer[start:end] if end != -1 else buffer[start:]
+            if self.could_match(line):
+                selected.append(line)
+        return selected, total

@@ -15,8 +15,8 @@ ES|QL details that matter and are reproduced here:
   list, like a missing user agent, is the null key.
 * ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
 * The final ``where`` applies the thresholds. A group's count only grows, so once it reaches
-  ``documentsBelow`` it can never fire: its value sets are dropped and only counts are kept,
-  which bounds memory on a flood from one source.
+  ``documentsBelow`` it can never fire: its values are dropped and only counts are kept, which
+  bounds memory on a flood from one source.
 
 Rows are sorted by source IP, then user agent, both ascending with nulls last (the ES|QL and
 SQL default for ``ASC``), comparing strings by code point.
@@ -148,25 +148,32 @@ class Row:
         }
 
 
-def _values(values: set[Any]) -> tuple[Any, ...]:
+def _values(column: Iterable[Any]) -> tuple[Any, ...]:
+    values = set(column)
     values.discard(None)
     return tuple(sorted(values))
+
+
+#: Per event, the values the aggregates read, in this order (one tuple shared by its groups).
+_VERB, _URI, _RESOURCE, _DECISION, _CODE, _MESSAGE, _NAMESPACE, _USERNAME, _GROUPS = range(9)
+_Values = tuple[Any, ...]
 
 
 class _Group:
     """The running aggregates of one (source IP, user agent) group.
 
-    Nulls are added to the sets like any value (cheaper than testing each one) and removed when
-    the row is built. ``sets`` is ``None`` once the group can no longer fire.
+    ``values`` keeps one tuple per event (its strings interned by the table) rather than nine
+    sets: far less memory for the many small groups of a scan, and the distinct values are
+    only computed for the few groups that pass the count thresholds. It is ``None`` once the
+    group can no longer fire.
     """
 
-    __slots__ = ("count", "counts", "sets")
+    __slots__ = ("count", "counts", "values")
 
     def __init__(self) -> None:
         self.count = 0
         self.counts = [0] * len(OUTCOMES)
-        # verbs, uris, resources, decisions, codes, messages, namespaces, usernames, groups
-        self.sets: tuple[set[Any], ...] | None = tuple(set() for _ in range(9))
+        self.values: list[_Values] | None = []
 
 
 def _sort_key(row: Row) -> tuple[bool, str, bool, str]:
@@ -181,13 +188,15 @@ class GroupTable:
     can be read any number of times and fed further in between.
     """
 
-    __slots__ = ("_cap", "_groups", "_rule", "added", "considered")
+    __slots__ = ("_cap", "_groups", "_intern", "_rule", "added", "considered")
 
     def __init__(self, rule: Rule) -> None:
         self._rule = rule
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
         self._groups: dict[GroupKey, _Group] = {}
+        # Equal strings of different events stored once: a scan's events repeat their values.
+        self._intern: dict[Any, Any] = {}
         #: Events offered to :meth:`add` and events that matched the rule's ``where``.
         self.considered = 0
         self.added = 0
@@ -208,12 +217,15 @@ class GroupTable:
     def add_matched(self, event: AuditEvent) -> None:
         """Count an event already known to match the rule (skips the ``where`` test)."""
         self.added += 1
-        ips: Iterable[str | None] = event.source_ips or (None,)
-        if len(event.source_ips) > 1:
-            ips = dict.fromkeys(event.source_ips)
+        source_ips = event.source_ips
+        ips: Iterable[str | None] = source_ips or (None,)
+        if len(source_ips) > 1:
+            ips = dict.fromkeys(source_ips)
         user_agent = event.user_agent
         index = _outcome_index(event)
         groups = self._groups
+        cap = self._cap
+        values: _Values | None = None
         for ip in ips:
             key = (ip, user_agent)
             group = groups.get(key)
@@ -221,22 +233,26 @@ class GroupTable:
                 group = groups[key] = _Group()
             group.count += 1
             group.counts[index] += 1
-            sets = group.sets
-            if sets is None:
+            kept = group.values
+            if kept is None:
                 continue
-            if group.count >= self._cap:
-                group.sets = None
+            if group.count >= cap:
+                group.values = None
                 continue
-            verbs, uris, resources, decisions, codes, messages, namespaces, users, groups_ = sets
-            verbs.add(event.verb)
-            uris.add(event.request_uri)
-            resources.add(event.resource)
-            decisions.add(event.decision)
-            codes.add(event.code)
-            messages.add(event.message)
-            namespaces.add(event.namespace)
-            users.add(event.username)
-            groups_.update(event.groups)
+            if values is None:
+                intern = self._intern.setdefault
+                values = (
+                    intern(event.verb, event.verb),
+                    intern(event.request_uri, event.request_uri),
+                    intern(event.resource, event.resource),
+                    intern(event.decision, event.decision),
+                    event.code,
+                    intern(event.message, event.message),
+                    intern(event.namespace, event.namespace),
+                    intern(event.username, event.username),
+                    intern(event.groups, event.groups),
+                )
+            kept.append(values)
 
     def rows(self, data_stream_namespace: str = "default", limit: int | None = None) -> list[Row]:
         """The groups that pass the thresholds, sorted by source IP then user agent.
@@ -248,8 +264,8 @@ class GroupTable:
         rows: list[Row] = []
         for (ip, user_agent), group in self._groups.items():
             counts = group.counts
-            sets = group.sets
-            if sets is None or group.count >= t.documents_below:
+            kept = group.values
+            if kept is None or group.count >= t.documents_below:
                 continue
             if not (
                 counts[_FORBID] >= t.forbidden_at_least
@@ -257,13 +273,19 @@ class GroupTable:
                 or counts[_NOT_FOUND] >= t.not_found_at_least
             ):
                 continue
-            verbs, uris, resources, decisions, codes, messages, namespaces, users, groups_ = (
-                _values(set(s)) for s in sets
-            )
+            uris = _values(v[_URI] for v in kept)
             if len(uris) <= t.distinct_request_uris_above:
                 continue
+            resources = _values(v[_RESOURCE] for v in kept)
             if len(resources) <= t.distinct_resources_above:
                 continue
+            verbs = _values(v[_VERB] for v in kept)
+            decisions = _values(v[_DECISION] for v in kept)
+            codes = _values(v[_CODE] for v in kept)
+            messages = _values(v[_MESSAGE] for v in kept)
+            namespaces = _values(v[_NAMESPACE] for v in kept)
+            users = _values(v[_USERNAME] for v in kept)
+            groups_ = _values(name for v in kept for name in v[_GROUPS])
             rows.append(
                 Row(
                     source_ip=ip,

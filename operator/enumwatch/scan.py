@@ -9,11 +9,13 @@ operator uses. Argument parsing and rendering live in :mod:`enumwatch.scan_cli`.
 
 from __future__ import annotations
 
+import gc
 import gzip
 import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -21,7 +23,7 @@ from typing import IO, Any, cast
 import yaml
 from pydantic import ValidationError
 
-from enumwatch.audit import AuditEvent, DecodeStats, Prefilter, iter_events
+from enumwatch.audit import DecodeStats, Prefilter, iter_buffer_events
 from enumwatch.rule import Row, Rule
 from enumwatch.spec import DetectorSpec
 from enumwatch.windows import WindowedEvaluator, WindowResult
@@ -29,7 +31,7 @@ from enumwatch.windows import WindowedEvaluator, WindowResult
 DETECTOR_API_VERSION = "enumwatch.io/v1alpha1"
 DETECTOR_KIND = "EnumerationDetector"
 STDIN = "-"
-_CHUNK = 1 << 20
+_CHUNK = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 
 #: Called with (bytes consumed so far in the current file, its size or None).
@@ -150,10 +152,10 @@ def _open(path: str) -> tuple[IO[bytes], IO[bytes], int | None]:
     return raw, raw, size
 
 
-def read_lines(path: str, progress: ProgressCallback | None = None) -> Iterator[bytes]:
-    """Yield the lines of ``path`` (gzip detected by its magic bytes), without line endings.
+def read_buffers(path: str, progress: ProgressCallback | None = None) -> Iterator[bytes]:
+    """Yield the content of ``path`` as large buffers of whole lines (gzip detected by magic).
 
-    Reads in large chunks; raises :class:`ScanError` if the file cannot be opened or read.
+    Raises :class:`ScanError` if the file cannot be opened or read.
     """
     try:
         stream, raw, size = _open(path)
@@ -172,9 +174,12 @@ def read_lines(path: str, progress: ProgressCallback | None = None) -> Iterator[
                 break
             if progress is not None:
                 progress(raw.tell() if size is not None else 0, size)
-            lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
-            rest = lines.pop()
-            yield from lines
+            cut = chunk.rfind(b"\n") + 1
+            if cut == 0:
+                rest += chunk
+                continue
+            yield rest + chunk[:cut] if rest else chunk[:cut]
+            rest = chunk[cut:]
         if rest:
             yield rest
     finally:
@@ -183,12 +188,21 @@ def read_lines(path: str, progress: ProgressCallback | None = None) -> Iterator[
             raw.close()
 
 
-def read_all_lines(
+def read_lines(path: str, progress: ProgressCallback | None = None) -> Iterator[bytes]:
+    """Yield the lines of ``path`` without line endings (see :func:`read_buffers`)."""
+    for buffer in read_buffers(path, progress):
+        lines = buffer.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        yield from lines
+
+
+def read_all_buffers(
     paths: Iterable[str], progress: Callable[[str], ProgressCallback] | None = None
 ) -> Iterator[bytes]:
-    """The lines of every file in ``paths`` in order; ``progress(path)`` gives a callback."""
+    """The buffers of every file in ``paths`` in order; ``progress(path)`` gives a callback."""
     for path in paths:
-        yield from read_lines(path, progress(path) if progress is not None else None)
+        yield from read_buffers(path, progress(path) if progress is not None else None)
 
 
 def check_readable(paths: Iterable[str]) -> None:
@@ -207,31 +221,44 @@ def check_readable(paths: Iterable[str]) -> None:
 # Evaluation
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a scan.
+
+    A scan allocates millions of acyclic objects that the collector would otherwise traverse
+    again and again (a third of the run time on large inputs).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def scan(
-    lines: Iterable[bytes],
+    buffers: Iterable[bytes],
     spec: DetectorSpec,
     *,
     data_stream_namespace: str | None = None,
     limit: int | None = None,
 ) -> ScanReport:
-    """Evaluate the detector over all events of ``lines`` as one window (no time filter)."""
+    """Evaluate the detector over all events in ``buffers`` (whole lines) as one window."""
     rule = Rule(spec.match, spec.thresholds)
     stats = DecodeStats()
     table = rule.table()
     add = table.add
-    for event in iter_events(lines, stats, Prefilter(spec.match)):
-        add(event)
-    namespace = data_stream_namespace or spec.data_stream_namespace
-    return ScanReport(
-        rows=table.rows(namespace, limit),
-        stats=stats,
-        matched=table.added,
-        groups=table.group_count,
-    )
+    with _no_cyclic_gc():
+        for event in iter_buffer_events(buffers, stats, Prefilter(spec.match)):
+            add(event)
+        namespace = data_stream_namespace or spec.data_stream_namespace
+        rows = table.rows(namespace, limit)
+    return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
 
 
 def replay(
-    lines: Iterable[bytes],
+    buffers: Iterable[bytes],
     spec: DetectorSpec,
     *,
     interval_s: float | None = None,
@@ -242,7 +269,8 @@ def replay(
     """Backtest the detector's schedule over the events' own timestamps.
 
     ``interval_s`` and ``lookback_s`` default to the spec's schedule; ``limit`` defaults to
-    ``findings.maxPerRun`` like a live run.
+    ``findings.maxPerRun`` like a live run. Like the operator, events delivered twice (same
+    auditID and stage) count once.
     """
     stats = DecodeStats()
     evaluator = WindowedEvaluator(
@@ -251,11 +279,12 @@ def replay(
         lookback_s if lookback_s is not None else spec.schedule.lookback_seconds,
         data_stream_namespace=data_stream_namespace or spec.data_stream_namespace,
         limit=limit if limit is not None else spec.findings.max_per_run,
-        # A backtest holds at most one lookback of events at a time, like the operator.
+        # replay() sorts the matching events itself; nothing needs to be dropped.
         max_buffered=sys.maxsize,
     )
-    events: Iterator[AuditEvent] = iter_events(lines, stats, Prefilter(spec.match))
-    windows = list(evaluator.replay(events))
+    with _no_cyclic_gc():
+        events = iter_buffer_events(buffers, stats, Prefilter(spec.match))
+        windows = list(evaluator.replay(events))
     counters = {
         name: getattr(evaluator, name)
         for name in ("added", "unmatched", "undated", "duplicates", "late", "evicted")

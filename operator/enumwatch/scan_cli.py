@@ -28,7 +28,7 @@ from enumwatch.scan import (
     check_readable,
     format_validation_error,
     load_detector,
-    read_all_lines,
+    read_all_buffers,
     replay,
     rows_to_esql,
     scan,
@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
             raise ScanError("--interval and --lookback only apply with --replay; add --replay")
         check_readable(args.files)
         with _Progress(err, enabled=not args.quiet) as progress:
-            lines = read_all_lines(args.files, progress.callback)
+            buffers = read_all_buffers(args.files, progress.callback)
             if args.replay:
                 report = replay(
-                    lines,
+                    buffers,
                     spec,
                     interval_s=schedule.interval_seconds,
                     lookback_s=schedule.lookback_seconds,
@@ -112,7 +112,10 @@ def run(args: argparse.Namespace) -> int:
                 stats = report.stats
             else:
                 result = scan(
-                    lines, spec, data_stream_namespace=args.data_stream_namespace, limit=args.limit
+                    buffers,
+                    spec,
+                    data_stream_namespace=args.data_stream_namespace,
+                    limit=args.limit,
                 )
                 stats = result.stats
     except ScanError as exc:

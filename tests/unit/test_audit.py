@@ -17,6 +17,7 @@ from enumwatch.audit import (
     Prefilter,
     decode_line,
     decode_object,
+    iter_buffer_events,
     iter_events,
 )
 from enumwatch.corpus import (
@@ -188,7 +189,7 @@ def test_blank_lines_are_ignored() -> None:
     stats = DecodeStats()
     assert list(iter_events([b"", b"  ", b"\r"], stats)) == []
     assert decode_line("   ", stats) == []
-    assert stats.to_dict() == {"lines": 0, "events": 0, "prefiltered": 0, "skipped": {}}
+    assert stats.to_dict() == {"lines": 4, "events": 0, "prefiltered": 4, "skipped": {}}
 
 
 def test_event_list_documents() -> None:
@@ -387,3 +388,26 @@ def test_prefilter_never_drops_a_line_that_matches(
     if not Prefilter(match).could_match(line):
         assert _matching([line], match, None) == []
     assert _matching([line], match, Prefilter(match)) == _matching([line], match, None)
+
+
+def test_buffer_selection_equals_line_by_line() -> None:
+    lines = list(realistic_lines(5_000, seed=9)) + list(mixed_lines(2_000, seed=9)) + [b"", b" "]
+    random.Random(9).shuffle(lines)
+    expected_stats = DecodeStats()
+    expected = list(iter_events(lines, expected_stats))
+    rule = Rule()
+    for size in (1, 7, 500):
+        buffers = [b"\n".join(lines[i : i + size]) + b"\n" for i in range(0, len(lines), size)]
+        buffers[-1] = buffers[-1][:-1]  # a last line without its newline still counts
+        stats = DecodeStats()
+        got = list(iter_buffer_events(buffers, stats, SEED))
+        assert [e for e in got if rule.matches(e)] == [e for e in expected if rule.matches(e)]
+        assert stats.lines == expected_stats.lines == len(lines)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(_lines(), min_size=1, max_size=8))
+def test_select_never_drops_a_line_that_matches(lines: list[bytes]) -> None:
+    selected, total = SEED.select(b"\n".join(lines))
+    assert total == len(lines)
+    assert _matching(selected, MatchSpec(), None) == _matching(lines, MatchSpec(), None)

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from enumwatch.corpus import adversarial_lines, mixed_lines, realistic_lines
-from enumwatch.scan import read_lines, scan
+from enumwatch.scan import read_buffers, scan
 from enumwatch.spec import DetectorSpec
 
 ORACLE_SQL = """
@@ -177,7 +177,7 @@ def test_scan_cli_equals_duckdb_on_mixed_corpora(tmp_path: Path, count: int, see
 @pytest.mark.parametrize("seed", range(4, 12))
 def test_scan_equals_duckdb_on_more_mixed_corpora(tmp_path: Path, seed: int) -> None:
     path = write(tmp_path / "mixed.ndjson", mixed_lines(1_000 + 700 * seed, seed=seed))
-    ours = scan(read_lines(str(path)), DetectorSpec()).rows
+    ours = scan(read_buffers(str(path)), DetectorSpec()).rows
     assert_same([row.to_esql() for row in ours], oracle_rows(path))
 
 
@@ -189,5 +189,5 @@ def test_scan_equals_duckdb_on_realistic_and_adversarial_logs(tmp_path: Path) ->
         path = write(tmp_path / f"{name}.ndjson", lines)
         theirs = oracle_rows(path)
         assert theirs, name
-        ours = scan(read_lines(str(path)), DetectorSpec()).rows
+        ours = scan(read_buffers(str(path)), DetectorSpec()).rows
         assert_same([row.to_esql() for row in ours], theirs)
