@@ -4,8 +4,8 @@ enumwatch must be proven against the API server that writes the audit log, not a
 module starts etcd and kube-apiserver (built from their Go modules by
 ``hack/controlplane/build.sh``) on free 127.0.0.1 ports in a private directory, with a
 self-signed serving certificate, service-account keys, an admin identity in ``system:masters``
-(static token) and a kubeconfig, anonymous auth on, ``Node,RBAC`` authorization, and audit logging to a file with the apiserver's
-own rotation flags, under the audit policy that enumwatch ships for users (``manifests/audit/``).
+(static token) and a kubeconfig, anonymous auth on, ``Node,RBAC`` authorization, and audit
+logging to a file with the apiserver's own rotation flags, under the audit policy that enumwatch ships for users (``manifests/audit/``).
 
 Teardown is by process group and PID. Children started for a test process also get
 ``PR_SET_PDEATHSIG`` so that they die with it even when it is killed with SIGKILL.
@@ -76,7 +76,8 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def bind_to_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """preexec_fn: own process group, and SIGKILL when the parent dies (even by SIGKILL)."""
     os.setpgrp()
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     pr_set_pdeathsig = 1
@@ -362,7 +363,7 @@ def start(
         "--profiling=false",
         "--v=1",
     ]
-    preexec = _die_with_parent if die_with_parent else os.setpgrp
+    preexec = bind_to_parent if die_with_parent else os.setpgrp
     try:
         for name, cmd in (("etcd", etcd_cmd), ("kube-apiserver", apiserver_cmd)):
             log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child

@@ -1,8 +1,11 @@
-"""``enumwatch devcluster up|down``: the developer's local control plane, behind ``make dev-up``.
+"""``enumwatch devcluster up|down``: the developer's local stack, behind ``make dev-up``.
 
 ``up`` starts etcd and kube-apiserver (see :mod:`enumwatch.devcluster`) detached from the shell,
-then writes ``.dev/env`` with ``export`` lines for ``KUBECONFIG``, ``APISERVER`` and ``AUDIT_LOG``.
-``down`` stops every process recorded under ``.dev/`` by process group and PID.
+installs the CRDs, starts the operator and the tailer on the dev audit log
+(:mod:`enumwatch.devstack`), applies a detector, and writes ``.dev/env`` with ``export`` lines for
+``KUBECONFIG``, ``APISERVER``, ``AUDIT_LOG`` and ``OPERATOR_URL``. Anonymous requests to
+``$APISERVER`` then become Findings with no further step. ``down`` stops every process recorded
+under ``.dev/`` by process group and PID, the operator and tailer first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from enumwatch import devcluster
+from enumwatch import devcluster, devstack
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,14 +26,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("action", choices=["up", "down", "env"])
     parser.add_argument("--dir", type=Path, default=Path(".dev"), help="state directory")
+    parser.add_argument(
+        "--control-plane-only",
+        action="store_true",
+        help="start only etcd and kube-apiserver (no CRDs, operator or tailer)",
+    )
     parser.set_defaults(func=run)
 
 
 def _pidfiles(state: Path) -> list[Path]:
-    return sorted(state.glob("**/pids"))
+    # The stack (operator, tailer) stops before the control plane it talks to.
+    return sorted(state.glob("**/pids"), key=lambda p: (p.parent.name != "stack", str(p)))
 
 
-def up(state: Path) -> int:
+def up(state: Path, control_plane_only: bool = False) -> int:
     """Start the control plane under ``state`` and write ``state/env``."""
     if any(_pidfiles(state)):
         down(state)
@@ -43,6 +52,21 @@ def up(state: Path) -> int:
         print(f"enumwatch devcluster: {exc}", file=sys.stderr)
         return 1
     env = cp.env()
+    if not control_plane_only:
+        try:
+            stack = devstack.start(cp, state.resolve() / "stack", detached=True)
+            detector = devstack.apply_dev_detector(cp)
+        except devcluster.ControlPlaneError as exc:
+            print(f"enumwatch devcluster: {exc}", file=sys.stderr)
+            down(state)
+            return 1
+        env["OPERATOR_URL"] = stack.operator_url
+        print(
+            f"operator at {stack.operator_url} (log {state / 'stack' / 'operator.log'}), "
+            f"tailer log {state / 'stack' / 'tailer.log'}",
+            file=sys.stderr,
+        )
+        print(f"detector {detector} runs the seed rule every 5s", file=sys.stderr)
     (state / "env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
     (state / "controlplane.json").write_text(
         json.dumps({"admin_token": cp.admin_token, "ca_file": str(cp.ca_file), **env}, indent=2)
@@ -67,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch ``up``, ``down`` or ``env``."""
     state: Path = args.dir
     if args.action == "up":
-        return up(state)
+        return up(state, args.control_plane_only)
     if args.action == "down":
         return down(state)
     env_file = state / "env"

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.operatorkit import SCAN_PATHS
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +61,9 @@ def test_servers_die_when_the_owning_process_is_killed(tmp_path: Path) -> None:
     assert _wait_dead(pids) == []
 
 
-def test_dev_up_writes_env_and_dev_down_stops_everything(tmp_path: Path) -> None:
+def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everything(
+    tmp_path: Path,
+) -> None:
     state = tmp_path / "dev"
     enumwatch = [sys.executable, "-m", "enumwatch", "devcluster"]
     subprocess.run([*enumwatch, "up", "--dir", str(state)], check=True, timeout=120)
@@ -66,15 +72,35 @@ def test_dev_up_writes_env_and_dev_down_stops_everything(tmp_path: Path) -> None
             line.removeprefix("export ").split("=", 1)
             for line in (state / "env").read_text().splitlines()
         )
-        assert set(env) >= {"KUBECONFIG", "APISERVER", "AUDIT_LOG"}
+        assert set(env) >= {"KUBECONFIG", "APISERVER", "AUDIT_LOG", "OPERATOR_URL"}
         assert env["APISERVER"].startswith("https://127.0.0.1:")
         pids = [int(p) for f in state.glob("**/pids") for p in json.loads(f.read_text()).values()]
-        assert pids and all(_alive(p) for p in pids)
+        assert len(pids) == 4 and all(_alive(p) for p in pids)  # etcd, apiserver, operator, tailer
         info = json.loads((state / "controlplane.json").read_text())
         ctx = __import__("ssl").create_default_context(cafile=info["ca_file"])
         with urllib.request.urlopen(env["APISERVER"] + "/version", context=ctx, timeout=5) as r:
             assert r.status == 200
         assert Path(env["AUDIT_LOG"]).exists()
+        # No further step: anonymous requests to $APISERVER become a Finding.
+        for path in SCAN_PATHS:
+            req = urllib.request.Request(
+                env["APISERVER"] + path, headers={"User-Agent": "dev-scan"}
+            )
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(req, context=ctx, timeout=5)
+        kubectl = ["kubectl", "--kubeconfig", env["KUBECONFIG"]]
+        deadline = time.monotonic() + 30
+        agents: list[str] = []
+        while time.monotonic() < deadline and "dev-scan" not in agents:
+            out = subprocess.run(
+                [*kubectl, "get", "findings", "-A", "-o", "json"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            agents = [f["spec"]["userAgent"] for f in json.loads(out)["items"]]
+            time.sleep(0.3)
+        assert "dev-scan" in agents
     finally:
         subprocess.run([*enumwatch, "down", "--dir", str(state)], check=True, timeout=60)
     assert _wait_dead(pids) == []

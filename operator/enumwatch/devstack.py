@@ -1,0 +1,176 @@
+"""The local enumwatch stack on a dev control plane: CRDs, the operator and the tailer.
+
+``make dev-up`` and ``make demo`` both need the same thing a real install gives: the CRDs applied,
+``enumwatch run`` leading, and ``enumwatch tail`` following the apiserver's audit log into the
+operator's ingest endpoint. This module starts those two processes (each in its own process
+group, with their PIDs recorded for ``dev-down``) against a
+:class:`~enumwatch.devcluster.ControlPlane`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from enumwatch.devcluster import (
+    REPO_ROOT,
+    ControlPlane,
+    ControlPlaneError,
+    bind_to_parent,
+    free_port,
+)
+
+CRD_DIR = REPO_ROOT / "crds"
+#: The detector ``dev-up`` applies: the seed rule, run every 5 s so that a scan shows up quickly.
+DEV_DETECTOR = {
+    "apiVersion": "enumwatch.io/v1alpha1",
+    "kind": "EnumerationDetector",
+    "metadata": {"name": "anonymous-enumeration", "namespace": "default"},
+    "spec": {"schedule": {"interval": "5s", "lookback": "6m"}},
+}
+
+
+@dataclass
+class Stack:
+    """The operator and tailer processes of a local stack."""
+
+    state: Path
+    operator_url: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        """SIGTERM both processes (tailer first, so it delivers what it holds), then wait."""
+        for name in ("tailer", "operator"):
+            proc = self.processes.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def install_crds(cp: ControlPlane) -> None:
+    """Apply the generated CRDs and wait until the API serves them."""
+    for crd in sorted(CRD_DIR.glob("*.enumwatch.io.yaml")):
+        cp.kubectl("apply", "--server-side", "-f", str(crd))
+    cp.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/enumerationdetectors.enumwatch.io",
+        "crd/findings.enumwatch.io",
+    )
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ControlPlaneError(
+                f"the operator exited with {proc.returncode}; see {log}:\n"
+                + log.read_text(errors="replace")[-2000:]
+            )
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise ControlPlaneError(f"the operator was not ready after {timeout:.0f}s; see {log}")
+
+
+def start(cp: ControlPlane, state: Path, *, detached: bool, settle: float = 0.3) -> Stack:
+    """Install the CRDs and start the operator and the tailer with their state under ``state``.
+
+    ``detached`` puts them in their own sessions so they outlive this process (``dev-up``);
+    otherwise they die with it, like the control plane's servers in tests.
+    """
+    state.mkdir(parents=True, exist_ok=True)
+    install_crds(cp)
+    cp.kubectl("create", "namespace", "enumwatch-system", check=False)
+    token_file = state / "ingest.token"
+    token_file.write_text(secrets.token_hex(24))
+    token_file.chmod(0o600)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+    commands = {
+        "operator": [
+            sys.executable,
+            "-m",
+            "enumwatch",
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--ingest-token-file",
+            str(token_file),
+            "--state-dir",
+            str(state / "operator-state"),
+            "--lease-namespace",
+            "enumwatch-system",
+            "--settle",
+            str(settle),
+        ],
+        "tailer": [
+            sys.executable,
+            "-m",
+            "enumwatch",
+            "tail",
+            "--path",
+            str(cp.audit_log),
+            "--checkpoint",
+            str(state / "tail.checkpoint"),
+            "--forward",
+            f"{url}/ingest",
+            "--token-file",
+            str(token_file),
+            "--batch-wait",
+            "0.05",
+            "--poll-interval",
+            "0.05",
+        ],
+    }
+    stack = Stack(state=state, operator_url=url)
+    preexec = os.setpgrp if detached else bind_to_parent
+    try:
+        for name, cmd in commands.items():
+            log_path = state / f"{name}.log"
+            with open(log_path, "wb") as log:
+                stack.processes[name] = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    preexec_fn=preexec,
+                    close_fds=True,
+                )
+            if name == "operator":
+                _wait_ready(url, stack.processes[name], log_path, timeout=60)
+        (state / "pids").write_text(
+            json.dumps({n: p.pid for n, p in stack.processes.items()}) + "\n"
+        )
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def apply_dev_detector(cp: ControlPlane) -> str:
+    """Apply the dev detector; return ``namespace/name``."""
+    cp.kubectl("apply", "-f", "-", input=json.dumps(DEV_DETECTOR))
+    meta = DEV_DETECTOR["metadata"]
+    assert isinstance(meta, dict)
+    return f"{meta['namespace']}/{meta['name']}"
