@@ -5,7 +5,8 @@ module starts etcd and kube-apiserver (built from their Go modules by
 ``hack/controlplane/build.sh``) on free 127.0.0.1 ports in a private directory, with a
 self-signed serving certificate, service-account keys, an admin identity in ``system:masters``
 (static token) and a kubeconfig, anonymous auth on, ``Node,RBAC`` authorization, and audit
-logging to a file with the apiserver's own rotation flags, under the audit policy that enumwatch ships for users (``manifests/audit/``).
+logging to a file with the apiserver's own rotation flags, under the audit policy that
+enumwatch ships for users (``manifests/audit/``).
 
 Teardown is by process group and PID. Children started for a test process also get
 ``PR_SET_PDEATHSIG`` so that they die with it even when it is killed with SIGKILL.
