@@ -40,13 +40,24 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """Human-readable lines: time, level, message, then the ``extra`` fields as key=value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render one record."""
+        extra = " ".join(
+            f"{k}={v}"
+            for k, v in vars(record).items()
+            if k not in _STANDARD and k not in _DROPPED and not k.startswith("_")
+        )
+        head = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
+        return f"{head} {extra}".rstrip()
+
+
 def configure(fmt: str = "json", level: str = "INFO") -> None:
     """Send enumwatch's (and kopf's) logs to stderr in ``fmt`` (json or text)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -13,45 +13,15 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
 
 import orjson
 import yaml
 from pydantic import ValidationError
 
+from enumwatch import logs
 from enumwatch.checkpoint import CheckpointError, load_checkpoint
 from enumwatch.spec import MatchSpec, parse_duration
 from enumwatch.tail import Filter, TailConfig, Tailer
-
-#: Attributes every LogRecord has; anything else on a record came from ``extra=``.
-_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as a JSON line."""
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
-
-
-class TextLogFormatter(logging.Formatter):
-    """Human-readable lines: the message followed by ``key=value`` extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as one text line."""
-        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RECORD_ATTRS)
-        head = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.getMessage()}"
-        return f"{head} {extra}".rstrip()
 
 
 def _seconds(text: str) -> float:
@@ -201,18 +171,9 @@ def build_filter(args: argparse.Namespace) -> Filter:
     return Filter.from_specs([MatchSpec.model_validate(fields)])
 
 
-def _configure_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if fmt == "json" else TextLogFormatter())
-    root = logging.getLogger("enumwatch")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the tailer until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
-    _configure_logging(args.log_format, args.log_level)
+    logs.configure(args.log_format, args.log_level)
     log = logging.getLogger("enumwatch.tail")
     try:
         filt = build_filter(args)
