@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# enumwatch image: one image for the operator (`enumwatch run`) and the tailer (`enumwatch tail`).
+#
+#   docker build -t enumwatch:0.1.0 .
+#
+# Stage 1 builds wheels (the package and every dependency); stage 2 installs them into a clean
+# slim Python with no compiler, no pip cache, no source tree, and runs as a numeric non-root user
+# (so the kubelet can verify runAsNonRoot). The tailer overrides the user to 0 in its pod spec:
+# see manifests/base/operator.yaml for why.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY operator ./operator
+RUN python -m pip wheel --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE}
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    python -m pip install --no-index --find-links=/wheels enumwatch \
+ && python -m pip uninstall --yes pip setuptools wheel
+USER 65532:65532
+WORKDIR /tmp
+EXPOSE 8080
+# No HEALTHCHECK: Kubernetes ignores it; the Deployment's liveness and readiness probes call
+# /healthz and /readyz on port 8080. The tailer (same image) serves no HTTP at all.
+ENTRYPOINT ["enumwatch"]
+CMD ["--help"]
