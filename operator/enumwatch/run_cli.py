@@ -18,16 +18,16 @@ import socket
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import kopf
+# kopf and the operator's modules are imported when the command runs, not when the CLI starts:
+# `enumwatch scan` and `enumwatch tail` should not pay for them.
+if TYPE_CHECKING:
+    from enumwatch.handlers import Operator
+    from enumwatch.leader import LeaseElector
 
-from enumwatch import logs
-from enumwatch.handlers import Operator, OperatorConfig
-from enumwatch.ingest import DEFAULT_MAX_BODY, IngestAuth, IngestServer
-from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
-from enumwatch.leader import LeaseElector, LostLeadership
-from enumwatch.runtime import Detectors
-from enumwatch.sink import FindingSink
+#: Largest accepted ingest body by default (same as enumwatch.ingest.DEFAULT_MAX_BODY).
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
 log = logging.getLogger("enumwatch.run")
 
@@ -109,6 +109,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run until stopped; exit 0 on a clean stop, 1 when leadership is lost or setup fails."""
+    from enumwatch import logs
+    from enumwatch.kubeapi import ConfigError
+
     logs.configure(args.log_format, args.log_level)
     try:
         return asyncio.run(_main(args))
@@ -118,6 +121,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    from enumwatch.handlers import Operator, OperatorConfig
+    from enumwatch.ingest import IngestAuth, IngestServer
+    from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
+    from enumwatch.leader import LeaseElector
+    from enumwatch.runtime import Detectors
+    from enumwatch.sink import FindingSink
+
     credentials = load_credentials(args.kubeconfig)
     client = KubeClient(credentials)
     tokens = []
@@ -190,6 +200,10 @@ async def _lead(
     credentials: object,
     stop: asyncio.Event,
 ) -> int:
+    import kopf
+
+    from enumwatch.leader import LostLeadership
+
     kopf_stop = asyncio.Event()
     kopf_ready = asyncio.Event()
     registry = operator.registry(credentials)  # type: ignore[arg-type]

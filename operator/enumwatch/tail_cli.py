@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import orjson
 import yaml
@@ -21,7 +22,9 @@ from pydantic import ValidationError
 from enumwatch import logs
 from enumwatch.checkpoint import CheckpointError, load_checkpoint
 from enumwatch.spec import MatchSpec, parse_duration
-from enumwatch.tail import Filter, TailConfig, Tailer
+
+if TYPE_CHECKING:
+    from enumwatch.tail import Filter
 
 
 def _seconds(text: str) -> float:
@@ -156,6 +159,8 @@ def _load_detector_matches(paths: list[str]) -> list[MatchSpec]:
 
 
 def build_filter(args: argparse.Namespace) -> Filter:
+    from enumwatch.tail import Filter  # aiohttp and the follower load only when tailing
+
     """Return the filter the options ask for (the seed's match set by default)."""
     if args.no_filter:
         return Filter((), (), match_all=True)
@@ -173,6 +178,8 @@ def build_filter(args: argparse.Namespace) -> Filter:
 
 def run(args: argparse.Namespace) -> int:
     """Run the tailer until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
+    from enumwatch.tail import TailConfig, Tailer
+
     logs.configure(args.log_format, args.log_level)
     log = logging.getLogger("enumwatch.tail")
     try:
