@@ -24,7 +24,7 @@ venv: $(STAMP) ## create or update .venv/ with the package and its test extras
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 	@bash hack/controlplane/build.sh >/dev/null
 
-test: venv controlplane ## run every test (unit + integration against a real apiserver)
+test: venv controlplane lint ## run every test (lint, unit, integration against a real apiserver)
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv ## run the tests that need no control plane

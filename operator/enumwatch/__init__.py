@@ -1,3 +1,3 @@
-"""enumwatch: the Elastic anonymous-enumeration rule, run in-cluster on the API server's audit log."""
+"""enumwatch: Elastic's anonymous-enumeration rule, run in-cluster on the API server's audit log."""
 
 __version__ = "0.1.0"
