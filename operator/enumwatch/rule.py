@@ -15,7 +15,7 @@ ES|QL details that matter and are reproduced here:
   list, like a missing user agent, is the null key.
 * ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
 * The final ``where`` applies the thresholds. A group's count only grows, so once it reaches
-  ``documentsBelow`` it can never fire: its values are dropped and only counts are kept, which
+  ``documentsBelow`` it can never fire: everything it kept is dropped (it becomes "dead"), which
   bounds memory on a flood from one source.
 
 Rows are sorted by source IP, then user agent, both ascending with nulls last (the ES|QL and
@@ -154,26 +154,17 @@ def _values(column: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(sorted(values))
 
 
-#: Per event, the values the aggregates read, in this order (one tuple shared by its groups).
-_VERB, _URI, _RESOURCE, _DECISION, _CODE, _MESSAGE, _NAMESPACE, _USERNAME, _GROUPS = range(9)
+#: Per event, the values the aggregates read and its outcome index, in this order. One tuple is
+#: shared by every event (and every group) with the same values: the table interns them.
+_VERB, _URI, _RESOURCE, _DECISION, _CODE, _MESSAGE, _NAMESPACE, _USERNAME, _GROUPS, _OUTCOME = (
+    range(10)
+)
 _Values = tuple[Any, ...]
-
-
-class _Group:
-    """The running aggregates of one (source IP, user agent) group.
-
-    ``values`` keeps one tuple per event (its strings interned by the table) rather than nine
-    sets: far less memory for the many small groups of a scan, and the distinct values are
-    only computed for the few groups that pass the count thresholds. It is ``None`` once the
-    group can no longer fire.
-    """
-
-    __slots__ = ("count", "counts", "values")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.counts = [0] * len(OUTCOMES)
-        self.values: list[_Values] | None = []
+#: A group's state: the value tuples of its events (its count is their number), or ``_DEAD``.
+_Kept = list[_Values] | tuple[()]
+#: The state of a group whose count reached ``documentsBelow``: it can never fire, so nothing of
+#: it is kept but its existence (it still counts in :attr:`GroupTable.group_count`).
+_DEAD: tuple[()] = ()
 
 
 def _sort_key(row: Row) -> tuple[bool, str, bool, str]:
@@ -185,18 +176,25 @@ class GroupTable:
     """Incremental ``stats ... by sourceIPs, userAgent`` of one evaluation (one window).
 
     Feed events with :meth:`add` in any order; :meth:`rows` applies the thresholds. The table
-    can be read any number of times and fed further in between.
+    can be read any number of times and fed further in between, and tables of the same rule fed
+    with disjoint parts of the events can be combined with :meth:`merge` (a parallel scan).
+
+    Each group keeps only a list of its events' value tuples, interned so that equal events
+    share one tuple: counts and distinct values are derived in :meth:`rows`, for the few
+    groups that pass the count thresholds. That is far less memory than counters and sets per
+    group when most groups hold a handful of events (a scan of many sources).
     """
 
-    __slots__ = ("_cap", "_groups", "_intern", "_rule", "added", "considered")
+    __slots__ = ("_cap", "_groups", "_intern", "_rule", "_tuples", "added", "considered")
 
     def __init__(self, rule: Rule) -> None:
         self._rule = rule
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
-        self._groups: dict[GroupKey, _Group] = {}
-        # Equal strings of different events stored once: a scan's events repeat their values.
+        self._groups: dict[GroupKey, _Kept] = {}
+        # Equal strings and equal value tuples of different events stored once.
         self._intern: dict[Any, Any] = {}
+        self._tuples: dict[_Values, _Values] = {}
         #: Events offered to :meth:`add` and events that matched the rule's ``where``.
         self.considered = 0
         self.added = 0
@@ -221,38 +219,84 @@ class GroupTable:
         ips: Iterable[str | None] = source_ips or (None,)
         if len(source_ips) > 1:
             ips = dict.fromkeys(source_ips)
+        intern = self._intern.setdefault
         user_agent = event.user_agent
-        index = _outcome_index(event)
+        user_agent = intern(user_agent, user_agent)
         groups = self._groups
-        cap = self._cap
+        last = self._cap - 1
         values: _Values | None = None
         for ip in ips:
             key = (ip, user_agent)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group()
-            group.count += 1
-            group.counts[index] += 1
-            kept = group.values
+            kept = groups.get(key)
             if kept is None:
+                kept = groups[key] = []
+            elif kept is _DEAD:
                 continue
-            if group.count >= cap:
-                group.values = None
+            if len(kept) >= last:
+                groups[key] = _DEAD
                 continue
             if values is None:
-                intern = self._intern.setdefault
-                values = (
-                    intern(event.verb, event.verb),
-                    intern(event.request_uri, event.request_uri),
-                    intern(event.resource, event.resource),
-                    intern(event.decision, event.decision),
-                    event.code,
-                    intern(event.message, event.message),
-                    intern(event.namespace, event.namespace),
-                    intern(event.username, event.username),
-                    intern(event.groups, event.groups),
-                )
-            kept.append(values)
+                values = self._shared_values(event)
+            kept.append(values)  # type: ignore[union-attr]
+
+    def _shared_values(self, event: AuditEvent) -> _Values:
+        values = (
+            event.verb,
+            event.request_uri,
+            event.resource,
+            event.decision,
+            event.code,
+            event.message,
+            event.namespace,
+            event.username,
+            event.groups,
+            _outcome_index(event),
+        )
+        shared = self._tuples.get(values)
+        if shared is None:
+            intern = self._intern.setdefault
+            shared = tuple([intern(value, value) for value in values])
+            self._tuples[shared] = shared
+        return shared
+
+    def merge(self, other: GroupTable) -> None:
+        """Add the groups and counters of ``other`` (same rule, other events) to this table.
+
+        The result is the table that would have been fed both tables' events. ``other`` must
+        not be used afterwards (its value lists may be taken over).
+        """
+        if other._cap != self._cap:
+            raise ValueError("cannot merge the tables of rules with different thresholds")
+        self.considered += other.considered
+        self.added += other.added
+        groups = self._groups
+        last = self._cap - 1
+        for key, theirs in other._groups.items():
+            mine = groups.get(key)
+            if mine is None:
+                groups[key] = theirs
+            elif mine is _DEAD:
+                continue
+            elif theirs is _DEAD or len(mine) + len(theirs) > last:
+                groups[key] = _DEAD
+            else:
+                mine.extend(theirs)  # type: ignore[union-attr]
+        other._groups = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The intern dicts only save memory while adding; a copy need not carry them.
+        return {
+            "rule": self._rule,
+            "groups": self._groups,
+            "added": self.added,
+            "considered": self.considered,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["rule"])  # type: ignore[misc]
+        self._groups = state["groups"]
+        self.added = state["added"]
+        self.considered = state["considered"]
 
     def rows(self, data_stream_namespace: str = "default", limit: int | None = None) -> list[Row]:
         """The groups that pass the thresholds, sorted by source IP then user agent.
@@ -262,11 +306,12 @@ class GroupTable:
         """
         t = self._rule.thresholds
         rows: list[Row] = []
-        for (ip, user_agent), group in self._groups.items():
-            counts = group.counts
-            kept = group.values
-            if kept is None or group.count >= t.documents_below:
+        for (ip, user_agent), kept in self._groups.items():
+            if kept is _DEAD or len(kept) >= t.documents_below:
                 continue
+            counts = [0] * len(OUTCOMES)
+            for v in kept:
+                counts[v[_OUTCOME]] += 1
             if not (
                 counts[_FORBID] >= t.forbidden_at_least
                 or counts[_FAILED] >= t.auth_failures_at_least
@@ -290,7 +335,7 @@ class GroupTable:
                 Row(
                     source_ip=ip,
                     user_agent=user_agent,
-                    document_count=group.count,
+                    document_count=len(kept),
                     authz_allow_count=counts[_ALLOW],
                     authz_forbid_count=counts[_FORBID],
                     status_fail_count=counts[_FAILED],
