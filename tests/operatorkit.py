@@ -90,7 +90,8 @@ class OperatorProcess:
     @property
     def url(self) -> str:
         """Base URL of the ingest/metrics server."""
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "--tls-cert-file" in self.extra_args else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True) -> None:
         """Start the operator (again) and, by default, wait until it leads and runs."""
@@ -163,7 +164,7 @@ class OperatorProcess:
             headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10, context=self.cp.ssl_context()) as resp:
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

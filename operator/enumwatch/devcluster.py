@@ -270,11 +270,16 @@ def start(
     audit_policy: Path = AUDIT_POLICY,
     die_with_parent: bool = True,
     ready_timeout: float = 90.0,
+    audit_webhook_url: str | None = None,
+    audit_webhook_token: str | None = None,
 ) -> ControlPlane:
     """Start etcd and kube-apiserver in ``workdir`` (default: a fresh temp dir); wait for /readyz.
 
     ``die_with_parent`` ties the servers' lives to this process (tests); ``make dev-up`` turns it
-    off so the servers outlive the command that started them.
+    off so the servers outlive the command that started them. ``audit_webhook_url`` also sends
+    every audit event to that URL with the apiserver's own webhook backend (batch mode), with
+    ``audit_webhook_token`` as the bearer token: the path with no tailer at all. The apiserver
+    sends a bearer token only over https; it trusts this control plane's CA for it.
     """
     began = time.monotonic()
     bindir = ensure_binaries()
@@ -364,6 +369,42 @@ def start(
         "--profiling=false",
         "--v=1",
     ]
+    if audit_webhook_url is not None:
+        webhook = workdir / "audit-webhook.kubeconfig"
+        webhook.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "enumwatch",
+                            # Our CA: the operator may serve with this control plane's own
+                            # serving certificate (valid for 127.0.0.1).
+                            "cluster": {
+                                "server": audit_webhook_url,
+                                "certificate-authority": str(pki["ca.crt"]),
+                            },
+                        }
+                    ],
+                    "users": [{"name": "apiserver", "user": {"token": audit_webhook_token or ""}}],
+                    "contexts": [
+                        {
+                            "name": "default",
+                            "context": {"cluster": "enumwatch", "user": "apiserver"},
+                        }
+                    ],
+                    "current-context": "default",
+                }
+            )
+        )
+        webhook.chmod(0o600)
+        apiserver_cmd += [
+            f"--audit-webhook-config-file={webhook}",
+            "--audit-webhook-mode=batch",
+            "--audit-webhook-batch-max-wait=200ms",
+            "--audit-webhook-initial-backoff=1s",
+        ]
     preexec = bind_to_parent if die_with_parent else os.setpgrp
     try:
         for name, cmd in (("etcd", etcd_cmd), ("kube-apiserver", apiserver_cmd)):

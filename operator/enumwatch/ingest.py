@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -130,11 +131,11 @@ class IngestServer:
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` (port 0 picks a free one; see :attr:`port`)."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen on ``host:port`` (0: any free port, see :attr:`port`); HTTPS with a context."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

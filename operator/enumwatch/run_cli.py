@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import uuid
 from pathlib import Path
@@ -72,6 +73,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         help="with --ingest-tokenreview: only these usernames (repeatable)",
     )
+    p.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="serve HTTPS with this certificate (the apiserver's audit webhook sends its bearer "
+        "token only over HTTPS)",
+    )
+    p.add_argument("--tls-private-key-file", type=Path, help="key of --tls-cert-file")
     p.add_argument(
         "--max-body-bytes",
         type=int,
@@ -167,7 +175,14 @@ async def _main(args: argparse.Namespace) -> int:
         max_body=args.max_body_bytes,
     )
     host, _, port = args.listen.rpartition(":")
-    await server.start(host or "0.0.0.0", int(port))
+    tls = None
+    if args.tls_cert_file:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load --tls-cert-file {args.tls_cert_file}: {exc}") from exc
+    await server.start(host or "0.0.0.0", int(port), ssl_context=tls)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

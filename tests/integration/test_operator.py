@@ -324,3 +324,37 @@ def test_two_operators_never_both_act(crds: ControlPlane, tmp_path: Path) -> Non
         leader.stop()  # clean stop releases the lease: the standby takes over
         standby.wait_ready(timeout=20)
         assert standby.metrics()["enumwatch_leader"] == 1
+
+
+def test_at_most_max_per_run_findings_per_tick(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "cap")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", {**FAST, "findings": {"maxPerRun": 2}})
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        events: list[dict[str, Any]] = []
+        for i in range(3):
+            _, scan = _scan_events(crds, f"cap{i}")
+            events += scan
+        op.ingest(events)
+        wait_for(
+            lambda: detector_status(crds, ns, "det").get("findingsCapped", 0) >= 1,
+            what="capped rows reported in status",
+        )
+        time.sleep(1.5)
+        assert len(findings(crds, ns)) == 2
+        capped = [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"]
+        assert capped and "maxPerRun=2" in capped[0]["message"]
+        assert op.metrics()["enumwatch_findings_capped_total"] >= 1
+
+
+def test_findings_older_than_retention_are_deleted(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "retain")
+    spec = {"schedule": {"interval": "1s", "lookback": "2s"}, "findings": {"retention": "3s"}}
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", spec)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        _, events = _scan_events(crds, "retain")
+        op.ingest(events)
+        wait_for(lambda: findings(crds, ns), what="Finding")
+        wait_for(lambda: not findings(crds, ns), timeout=20, what="Finding deleted by retention")
+        assert op.metrics()["enumwatch_findings_expired_total"] >= 1

@@ -1,0 +1,88 @@
+"""Detector runtimes without a cluster: live reconfiguration, refusal, persistence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from enumwatch.audit import AuditEvent
+from enumwatch.runtime import DetectorRuntime, Detectors
+from enumwatch.sink import DetectorRef
+
+REF = DetectorRef(namespace="ns", name="det", uid="uid-1")
+
+
+def _event(i: int) -> AuditEvent:
+    return AuditEvent(
+        audit_id=f"a{i}",
+        stage="ResponseComplete",
+        timestamp=1000.0 + i,
+        username="system:anonymous",
+        level="Request",
+        request_uri=f"/api/v1/r{i}",
+        resource=f"r{i}",
+        source_ips=("10.0.0.1",),
+        user_agent="ua",
+        code=403,
+        decision="forbid",
+    )
+
+
+def test_invalid_spec_is_refused_with_a_readable_reason() -> None:
+    runtime = DetectorRuntime(ref=REF)
+    assert runtime.configure({"schedule": {"interval": "10m", "lookback": "1m"}}, 1)
+    assert runtime.evaluator is None and runtime.spec is None
+    assert (
+        runtime.error is not None and "lookback must not be shorter than interval" in runtime.error
+    )
+    assert runtime.configure({}, 2)
+    assert runtime.error is None and runtime.evaluator is not None
+
+
+def test_same_generation_is_not_reapplied_and_a_change_keeps_buffered_events() -> None:
+    runtime = DetectorRuntime(ref=REF)
+    runtime.configure({}, 1)
+    for i in range(3):
+        runtime.offer(_event(i))
+    assert not runtime.configure({}, 1)
+    assert runtime.configure({"thresholds": {"distinctRequestURIsAbove": 1}}, 2)
+    assert runtime.evaluator is not None and runtime.evaluator.buffered == 3
+    assert runtime.events_matched == 3
+
+
+def test_window_state_and_journal_survive_a_restart(tmp_path: Path) -> None:
+    first = Detectors(tmp_path)
+    runtime = first.get_or_create(REF)
+    runtime.configure({}, 1)
+    first.offer([_event(0), _event(1)])
+    first.checkpoint()
+    first.offer([_event(2)])  # after the checkpoint: only in the journal
+    second = Detectors(tmp_path)
+    restored = second.get_or_create(REF)
+    restored.configure({}, 1)
+    assert second.restore(restored)
+    assert restored.evaluator is not None and restored.evaluator.buffered == 3
+
+
+def test_state_of_another_object_with_the_same_name_is_ignored(tmp_path: Path) -> None:
+    first = Detectors(tmp_path)
+    runtime = first.get_or_create(REF)
+    runtime.configure({}, 1)
+    first.offer([_event(0)])
+    first.checkpoint()
+    second = Detectors(tmp_path)
+    other = second.get_or_create(DetectorRef(namespace="ns", name="det", uid="uid-2"))
+    other.configure({}, 1)
+    second.restore(other)
+    assert other.evaluator is not None and other.evaluator.buffered == 0
+
+
+def test_removing_a_detector_forgets_its_state(tmp_path: Path) -> None:
+    detectors = Detectors(tmp_path)
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({}, 1)
+    detectors.offer([_event(0)])
+    detectors.checkpoint()
+    assert (tmp_path / "ns_det.json").exists()
+    detectors.remove("ns", "det")
+    assert not (tmp_path / "ns_det.json").exists()
+    assert detectors.by_key == {}
