@@ -110,6 +110,16 @@ class DetectorRef:
     name: str
     uid: str
 
+    def involved_object(self) -> dict[str, str]:
+        """The detector as an Event's ``involvedObject``."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": "EnumerationDetector",
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+        }
+
 
 def summary(row: Row) -> str:
     """The Event message for a row: source IP, user agent and the key counts."""
@@ -141,13 +151,7 @@ class FindingSink:
             await self._apply_row(detector, spec, window, row, result)
         if result.capped:
             await self.event(
-                {
-                    "apiVersion": API_VERSION,
-                    "kind": "EnumerationDetector",
-                    "name": detector.name,
-                    "namespace": detector.namespace,
-                    "uid": detector.uid,
-                },
+                detector.involved_object(),
                 REASON_CAPPED,
                 f"{result.capped} more group(s) passed the thresholds at {rfc3339(window.tick)} "
                 f"than findings.maxPerRun={cap} allows; they were not written",
@@ -231,13 +235,7 @@ class FindingSink:
             message,
         )
         await self.event(
-            {
-                "apiVersion": API_VERSION,
-                "kind": "EnumerationDetector",
-                "name": detector.name,
-                "namespace": detector.namespace,
-                "uid": detector.uid,
-            },
+            detector.involved_object(),
             REASON_DETECTED,
             f"Finding {meta['name']}: {message}",
         )
