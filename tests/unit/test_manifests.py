@@ -246,5 +246,6 @@ def test_the_audit_webhook_example_is_a_kubeconfig_for_the_operator_service() ->
     doc = yaml.safe_load((REPO / "manifests/examples/audit-webhook.yaml").read_text())
     assert doc["kind"] == "Config"
     server = doc["clusters"][0]["cluster"]["server"]
-    assert server.startswith("http://") and server.endswith(":8080/ingest")
+    assert server.startswith("https://") and server.endswith(":8080/ingest")
+    assert doc["clusters"][0]["cluster"]["certificate-authority"]
     assert doc["users"][0]["user"]["tokenFile"]
