@@ -67,6 +67,8 @@ class Operator:
         @kopf.on.startup(registry=registry)
         async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.peering.standalone = True  # leadership comes from our Lease
+            # Our CRDs are installed before the operator; RBAC grants no list on CRDs.
+            settings.scanning.disabled = True
             settings.posting.level = logging.WARNING
             settings.watching.server_timeout = 300
             settings.networking.request_timeout = 60

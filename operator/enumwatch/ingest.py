@@ -55,6 +55,7 @@ class IngestAuth:
     static_tokens: list[str] = field(default_factory=list)
     client: KubeClient | None = None  # set to enable TokenReview
     allowed_users: list[str] = field(default_factory=list)  # empty: any reviewed identity
+    audiences: list[str] = field(default_factory=list)  # TokenReview spec.audiences
     cache_seconds: float = 60.0
     _cache: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
@@ -88,7 +89,9 @@ class IngestAuth:
                 {
                     "apiVersion": "authentication.k8s.io/v1",
                     "kind": "TokenReview",
-                    "spec": {"token": token},
+                    "spec": {"token": token, "audiences": self.audiences}
+                    if self.audiences
+                    else {"token": token},
                 },
             )
         except (ApiError, OSError) as exc:

@@ -74,6 +74,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --ingest-tokenreview: only these usernames (repeatable)",
     )
     p.add_argument(
+        "--ingest-audience",
+        action="append",
+        default=[],
+        help="with --ingest-tokenreview: the token must be issued for this audience "
+        "(e.g. a projected token with audience enumwatch-ingest), repeatable",
+    )
+    p.add_argument(
         "--tls-cert-file",
         type=Path,
         help="serve HTTPS with this certificate (the apiserver's audit webhook sends its bearer "
@@ -148,6 +155,7 @@ async def _main(args: argparse.Namespace) -> int:
         static_tokens=[t for t in tokens if t],
         client=client if args.ingest_tokenreview else None,
         allowed_users=args.ingest_allow_user,
+        audiences=args.ingest_audience,
     )
     if not auth.static_tokens and auth.client is None:
         log.warning("ingest has no credentials configured: every POST /ingest will get 401")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,31 @@ def test_tokenreview_accepts_service_account_tokens(crds: ControlPlane, tmp_path
         assert op.http("POST", "/ingest", _event_list([]), token=allowed)[0] == 200
         assert op.http("POST", "/ingest", _event_list([]), token=other)[0] == 401
         assert op.http("POST", "/ingest", _event_list([]), token="forged.jwt.token")[0] == 401
+
+
+def test_tokenreview_can_require_a_dedicated_audience(crds: ControlPlane, tmp_path: Path) -> None:
+    crds.kubectl("create", "serviceaccount", "tailer-aud", "-n", "default")
+    scoped = crds.kubectl(
+        "create", "token", "tailer-aud", "-n", "default", "--audience", "enumwatch-ingest"
+    ).strip()
+    api_token = crds.kubectl("create", "token", "tailer-aud", "-n", "default").strip()
+    with running_operator(
+        crds,
+        tmp_path,
+        "--ingest-tokenreview",
+        "--ingest-audience",
+        "enumwatch-ingest",
+        "--ingest-allow-user",
+        "system:serviceaccount:default:tailer-aud",
+    ) as op:
+        assert op.http("POST", "/ingest", _event_list([]), token=scoped)[0] == 200
+        # The same identity's token for the Kubernetes API is not accepted by ingest...
+        assert op.http("POST", "/ingest", _event_list([]), token=api_token)[0] == 401
+    # ...and the ingest-only token is useless against the Kubernetes API.
+    req = urllib.request.Request(
+        crds.server + "/api/v1/namespaces/default/pods",
+        headers={"Authorization": f"Bearer {scoped}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, context=crds.ssl_context(), timeout=5)
+    assert err.value.code == 401
