@@ -58,6 +58,8 @@ def test_servers_die_when_the_owning_process_is_killed(tmp_path: Path) -> None:
     finally:
         owner.send_signal(signal.SIGKILL)
         owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
     assert _wait_dead(pids) == []
 
 
