@@ -5,6 +5,11 @@ get the rows Elastic would have produced. This module does the work and nothing 
 files (plain, gzip, stdin), decodes them through the fast pre-filter, and feeds the very same
 :class:`~enumwatch.rule.GroupTable` and :class:`~enumwatch.windows.WindowedEvaluator` the
 operator uses. Argument parsing and rendering live in :mod:`enumwatch.scan_cli`.
+
+A large plain file is scanned in parallel (:func:`scan_files`): it is cut into line-aligned byte
+ranges, forked worker processes each feed their own :class:`~enumwatch.rule.GroupTable`, and the
+partial tables are merged. The aggregates do not depend on the order of events, so the rows are
+exactly those of the serial scan (which stays the path for stdin, gzip and small files).
 """
 
 from __future__ import annotations
@@ -12,19 +17,23 @@ from __future__ import annotations
 import gc
 import gzip
 import io
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
+from multiprocessing.connection import Connection
 from pathlib import Path
+from stat import S_ISREG
 from typing import IO, Any, cast
 
 import yaml
 from pydantic import ValidationError
 
 from enumwatch.audit import DecodeStats, Prefilter, iter_buffer_events
-from enumwatch.rule import Row, Rule
+from enumwatch.rule import GroupTable, Row, Rule
 from enumwatch.spec import DetectorSpec
 from enumwatch.windows import WindowedEvaluator, WindowResult
 
@@ -33,6 +42,10 @@ DETECTOR_KIND = "EnumerationDetector"
 STDIN = "-"
 _CHUNK = 4 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Below this many bytes a file is scanned in-process: forking would cost more than it saves.
+PARALLEL_MIN_BYTES = 32 << 20
+#: At most this many processes share a scan (the merge and memory grow with their number).
+MAX_WORKERS = 4
 
 #: Called with (bytes consumed so far in the current file, its size or None).
 ProgressCallback = Callable[[int, int | None], None]
@@ -162,30 +175,94 @@ def read_buffers(path: str, progress: ProgressCallback | None = None) -> Iterato
     except OSError as exc:
         raise ScanError(f"cannot read {path}: {_reason(exc)}; check the path") from exc
     try:
-        rest = b""
-        while True:
-            try:
-                chunk = stream.read(_CHUNK)
-            except (OSError, EOFError) as exc:
-                raise ScanError(
-                    f"cannot read {path}: {_reason(exc)}; check the file is complete"
-                ) from exc
-            if not chunk:
-                break
-            if progress is not None:
+        report = None
+        if progress is not None:
+
+            def report() -> None:
                 progress(raw.tell() if size is not None else 0, size)
-            cut = chunk.rfind(b"\n") + 1
-            if cut == 0:
-                rest += chunk
-                continue
-            yield rest + chunk[:cut] if rest else chunk[:cut]
-            rest = chunk[cut:]
-        if rest:
-            yield rest
+
+        yield from _whole_lines(path, stream, None, report)
     finally:
         if path != STDIN:
             stream.close()
             raw.close()
+
+
+def read_range(
+    path: str, start: int, end: int, progress: ProgressCallback | None = None
+) -> Iterator[bytes]:
+    """Yield bytes ``start`` to ``end`` of the plain file ``path`` as buffers of whole lines.
+
+    The range must be line-aligned (see :func:`line_ranges`); ``progress`` is called with the
+    bytes of the range read so far and its size. Raises :class:`ScanError` if the file cannot
+    be read.
+    """
+    try:
+        stream = open(path, "rb")  # noqa: SIM115  (closed below)
+    except OSError as exc:
+        raise ScanError(f"cannot read {path}: {_reason(exc)}; check the path") from exc
+    with stream:
+        stream.seek(start)
+        report = None
+        if progress is not None:
+
+            def report() -> None:
+                progress(stream.tell() - start, end - start)
+
+        yield from _whole_lines(path, stream, end - start, report)
+
+
+def _whole_lines(
+    path: str, stream: IO[bytes], limit: int | None, report: Callable[[], None] | None
+) -> Iterator[bytes]:
+    """Read ``stream`` (at most ``limit`` bytes) in large chunks cut after their last newline."""
+    rest = b""
+    left = sys.maxsize if limit is None else limit
+    while left > 0:
+        try:
+            chunk = stream.read(min(_CHUNK, left))
+        except (OSError, EOFError) as exc:
+            raise ScanError(
+                f"cannot read {path}: {_reason(exc)}; check the file is complete"
+            ) from exc
+        if not chunk:
+            break
+        left -= len(chunk)
+        if report is not None:
+            report()
+        cut = chunk.rfind(b"\n") + 1
+        if cut == 0:
+            rest += chunk
+            continue
+        yield rest + chunk[:cut] if rest else chunk[:cut]
+        rest = chunk[cut:]
+    if rest:
+        yield rest
+
+
+def line_ranges(path: str, parts: int) -> list[tuple[int, int]]:
+    """Cut the plain file ``path`` into at most ``parts`` byte ranges that hold whole lines.
+
+    A line belongs to the range its first byte falls in, so every boundary is the start of a
+    line: the first one at or after ``size * i / parts``. Empty ranges are left out.
+    """
+    size = os.stat(path).st_size
+    bounds = [0]
+    with open(path, "rb") as stream:
+        for i in range(1, parts):
+            at = max(size * i // parts, bounds[-1])
+            if 0 < at < size:
+                # A line starts at `at` if the byte before it ends one: look from there.
+                stream.seek(at - 1)
+                at = size
+                while block := stream.read(1 << 16):
+                    newline = block.find(b"\n")
+                    if newline != -1:
+                        at = stream.tell() - len(block) + newline + 1
+                        break
+            bounds.append(at)
+    bounds.append(size)
+    return [(a, b) for a, b in pairwise(bounds) if b > a]
 
 
 def read_lines(path: str, progress: ProgressCallback | None = None) -> Iterator[bytes]:
@@ -237,6 +314,14 @@ def _no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+def _feed(
+    table: GroupTable, stats: DecodeStats, buffers: Iterable[bytes], prefilter: Prefilter
+) -> None:
+    add = table.add
+    for event in iter_buffer_events(buffers, stats, prefilter):
+        add(event)
+
+
 def scan(
     buffers: Iterable[bytes],
     spec: DetectorSpec,
@@ -248,13 +333,148 @@ def scan(
     rule = Rule(spec.match, spec.thresholds)
     stats = DecodeStats()
     table = rule.table()
-    add = table.add
     with _no_cyclic_gc():
-        for event in iter_buffer_events(buffers, stats, Prefilter(spec.match)):
-            add(event)
-        namespace = data_stream_namespace or spec.data_stream_namespace
-        rows = table.rows(namespace, limit)
+        _feed(table, stats, buffers, Prefilter(spec.match))
+        rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
     return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
+
+
+def default_workers() -> int:
+    """The processes a scan uses by default: one per CPU, at most :data:`MAX_WORKERS`."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def scan_files(
+    paths: Sequence[str],
+    spec: DetectorSpec,
+    *,
+    data_stream_namespace: str | None = None,
+    limit: int | None = None,
+    progress: Callable[[str], ProgressCallback] | None = None,
+    workers: int | None = None,
+) -> ScanReport:
+    """Evaluate the detector over the files ``paths`` as one window, using ``workers`` processes.
+
+    Plain files of at least :data:`PARALLEL_MIN_BYTES` are cut into line-aligned ranges shared
+    by this process and forked workers; stdin, gzip and small files are read here. The report
+    is the same as :func:`scan` over all the files' buffers. ``progress(path)`` gives a
+    callback for a file; for a shared file it extrapolates from this process's share.
+    """
+    workers = default_workers() if workers is None else max(1, workers)
+    rule = Rule(spec.match, spec.thresholds)
+    prefilter = Prefilter(spec.match)
+    serial = [path for path in paths if workers == 1 or not _splittable(path)]
+    ranges = [
+        (path, start, end)
+        for path in paths
+        if path not in serial
+        for start, end in line_ranges(path, workers)
+    ]
+    # Range i goes to share i % workers: each process gets a part of every shared file.
+    shares = [ranges[i::workers] for i in range(workers)]
+    children = [_Worker(share, rule, prefilter) for share in shares[1:] if share]
+    table, stats = rule.table(), DecodeStats()
+    try:
+        with _no_cyclic_gc():
+            for path in serial:
+                callback = progress(path) if progress is not None else None
+                _feed(table, stats, read_buffers(path, callback), prefilter)
+            for path, start, end in shares[0]:
+                callback = progress(path) if progress is not None else None
+                buffers = read_range(path, start, end, _scaled(callback, os.path.getsize(path)))
+                _feed(table, stats, buffers, prefilter)
+            for child in children:
+                part, part_stats = child.result()
+                table.merge(part)
+                stats.merge(part_stats)
+            rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
+    finally:
+        for child in children:
+            child.close()
+    return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
+
+
+def _splittable(path: str) -> bool:
+    """Whether ``path`` is a plain regular file large enough to share between processes."""
+    if path == STDIN:
+        return False
+    try:
+        info = os.stat(path)
+        if not S_ISREG(info.st_mode) or info.st_size < PARALLEL_MIN_BYTES:
+            return False
+        with open(path, "rb") as stream:
+            return stream.read(2) != _GZIP_MAGIC
+    except OSError:
+        return False  # the serial path reports it
+
+
+def _scaled(progress: ProgressCallback | None, size: int) -> ProgressCallback | None:
+    """Report a range's progress as the whole file's: all ranges advance at about one pace."""
+    if progress is None:
+        return None
+
+    def update(done: int, total: int | None) -> None:
+        progress(done * size // total if total else size, size)
+
+    return update
+
+
+class _Worker:
+    """A forked process scanning some line ranges into its own table, sent back by pipe.
+
+    Forked, not spawned: the child starts with the modules and the rule already loaded, and
+    the parent's pages are shared until written.
+    """
+
+    def __init__(self, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter):
+        context = multiprocessing.get_context("fork")
+        self._receiver, sender = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_work, args=(sender, share, rule, prefilter), daemon=True
+        )
+        self._process.start()
+        sender.close()
+
+    def result(self) -> tuple[GroupTable, DecodeStats]:
+        """Wait for the worker's table and counts; raise its error as :class:`ScanError`."""
+        try:
+            outcome = self._receiver.recv()
+        except EOFError:
+            self._process.join()
+            raise ScanError(
+                f"a scan worker process died (exit status {self._process.exitcode}); "
+                "retry with --jobs 1 if memory is short"
+            ) from None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        table, stats = outcome
+        return cast(GroupTable, table), cast(DecodeStats, stats)
+
+    def close(self) -> None:
+        """Stop the worker if it still runs (the scan failed or was interrupted) and reap it."""
+        self._receiver.close()
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+
+def _work(
+    sender: Connection, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter
+) -> None:
+    """The body of a :class:`_Worker`: scan ``share`` and send (table, stats) or the error."""
+    outcome: object
+    try:
+        table, stats = rule.table(), DecodeStats()
+        with _no_cyclic_gc():
+            for path, start, end in share:
+                _feed(table, stats, read_range(path, start, end), prefilter)
+        outcome = (table, stats)
+    except ScanError as exc:
+        outcome = exc
+    except BaseException as exc:  # anything else, reported in words (it may not pickle)
+        outcome = ScanError(f"scan worker failed: {type(exc).__name__}: {exc}")
+    sender.send(outcome)
+    sender.close()
 
 
 def replay(

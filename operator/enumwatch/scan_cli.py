@@ -26,12 +26,13 @@ from enumwatch.scan import (
     ProgressCallback,
     ScanError,
     check_readable,
+    default_workers,
     format_validation_error,
     load_detector,
     read_all_buffers,
     replay,
     rows_to_esql,
-    scan,
+    scan_files,
 )
 from enumwatch.seed import SEED_RULE
 from enumwatch.spec import DetectorSpec, ScheduleSpec
@@ -75,6 +76,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--interval", metavar="DURATION", help="with --replay: e.g. 5m")
     parser.add_argument("--lookback", metavar="DURATION", help="with --replay: e.g. 6m")
     parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help=(
+            "processes sharing a large plain file (default: one per CPU, at most 4; "
+            "--replay, stdin and gzip always use one)"
+        ),
+    )
+    parser.add_argument(
         "-q", "--quiet", action="store_true", help="no summary and no progress on stderr"
     )
     parser.set_defaults(func=run)
@@ -93,16 +103,17 @@ def run(args: argparse.Namespace) -> int:
         spec = load_detector(args.detector) if args.detector else DetectorSpec()
         if args.limit is not None and args.limit < 1:
             raise ScanError("--limit must be at least 1")
+        if args.jobs is not None and args.jobs < 1:
+            raise ScanError("--jobs must be at least 1")
         if args.replay:
             schedule = _schedule(spec, args.interval, args.lookback)
         elif args.interval or args.lookback:
             raise ScanError("--interval and --lookback only apply with --replay; add --replay")
         check_readable(args.files)
         with _Progress(err, enabled=not args.quiet) as progress:
-            buffers = read_all_buffers(args.files, progress.callback)
             if args.replay:
                 report = replay(
-                    buffers,
+                    read_all_buffers(args.files, progress.callback),
                     spec,
                     interval_s=schedule.interval_seconds,
                     lookback_s=schedule.lookback_seconds,
@@ -111,11 +122,13 @@ def run(args: argparse.Namespace) -> int:
                 )
                 stats = report.stats
             else:
-                result = scan(
-                    buffers,
+                result = scan_files(
+                    args.files,
                     spec,
                     data_stream_namespace=args.data_stream_namespace,
                     limit=args.limit,
+                    progress=progress.callback,
+                    workers=args.jobs if args.jobs is not None else default_workers(),
                 )
                 stats = result.stats
     except ScanError as exc:
