@@ -200,7 +200,28 @@ def _dump(out: Console, data: Any, fmt: str) -> None:
     out.file.flush()
 
 
+def _write_json_rows(out: Console, rows: list[Row]) -> None:
+    """Write ``rows`` as one indented JSON array, a row at a time.
+
+    The bytes are those of ``orjson.dumps(rows_to_esql(rows), option=OPT_INDENT_2)``, but a
+    large result (tens of thousands of rows) is never held whole, as dicts or as text.
+    """
+    write = out.file.write
+    if not rows:
+        write("[]\n")
+    else:
+        for i, row in enumerate(rows):
+            text = orjson.dumps(row.to_esql(), option=orjson.OPT_INDENT_2).decode()
+            # JSON strings hold no raw newline: every line of the object is indented one level.
+            write(("[\n  " if i == 0 else ",\n  ") + text.replace("\n", "\n  "))
+        write("\n]\n")
+    out.file.flush()
+
+
 def _print_rows(out: Console, rows: list[Row], fmt: str) -> None:
+    if fmt == "json":
+        _write_json_rows(out, rows)
+        return
     if fmt != "table":
         _dump(out, rows_to_esql(rows), fmt)
         return

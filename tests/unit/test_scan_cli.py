@@ -244,3 +244,17 @@ def test_replay_over_one_window_equals_scan(capsys: pytest.CaptureFixture[str], 
     windows = orjson.loads(out)
     assert len(windows) == 1  # the next tick's window starts after the last event
     assert windows[0]["rows"] == rows
+
+
+def test_json_rows_are_written_as_one_indented_array(
+    capsys: pytest.CaptureFixture[str], log: Path
+) -> None:
+    from enumwatch.scan import read_all_buffers, rows_to_esql, scan
+    from enumwatch.spec import DetectorSpec
+
+    rows = scan(read_all_buffers([str(log)]), DetectorSpec()).rows
+    status, out, _ = run(capsys, str(log), "--format", "json", "-q")
+    assert status == 0 and len(rows) > 1
+    assert out == orjson.dumps(rows_to_esql(rows), option=orjson.OPT_INDENT_2).decode() + "\n"
+    status, out, _ = run(capsys, "/dev/null", "--format", "json", "-q")
+    assert status == 0 and out == "[]\n"
