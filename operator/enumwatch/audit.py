@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -46,6 +46,7 @@ ITEMS_NOT_A_LIST = "wrong_type:items"
 CONFLICTING_KEYS = "conflicting_keys"
 
 _STR_OR_NONE = frozenset((str, type(None)))
+_T = TypeVar("_T")
 
 # Keys whose presence marks an object as an audit Event (a raw event always has most of them).
 _EVENT_KEYS = ("auditID", "level", "stage", "requestURI", "verb")
@@ -206,8 +207,39 @@ def _string_list(value: object) -> tuple[str, ...] | None:
     return tuple(value)
 
 
-def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | str:
-    """Decode one ``audit.k8s.io/v1`` Event object (already known to be a dict)."""
+#: The fields of one event as a flat tuple, in this order: the first nine are what the rule's
+#: aggregates read (see :mod:`enumwatch.rule`), then what it filters and groups by, then what only
+#: an :class:`AuditEvent` carries. The scan's fast path (:func:`iter_buffer_fields`) stops there:
+#: it builds no event object and parses no timestamp.
+(
+    F_VERB,
+    F_REQUEST_URI,
+    F_RESOURCE,
+    F_DECISION,
+    F_CODE,
+    F_MESSAGE,
+    F_NAMESPACE,
+    F_USERNAME,
+    F_GROUPS,
+    F_LEVEL,
+    F_SOURCE_IPS,
+    F_USER_AGENT,
+    F_AUDIT_ID,
+    F_STAGE,
+    F_STAGE_TIMESTAMP,
+    F_RECEIVED_TIMESTAMP,
+) = range(16)
+#: How many leading fields the rule's aggregates read.
+AGGREGATED_FIELDS = 9
+EventFields = tuple[Any, ...]
+
+
+def _raw_fields(obj: dict[str, Any], elastic_ts: object = None) -> EventFields | str:
+    """Extract and type-check the fields of one ``audit.k8s.io/v1`` Event object (a dict).
+
+    Returns the :data:`EventFields` tuple, or the skip reason. ``elastic_ts`` is unused: the
+    signature is that of :func:`_decode_raw`, so both plug into :func:`_decode_object_with`.
+    """
     get = obj.get
     user = get("user")
     groups: tuple[str, ...] = ()
@@ -296,22 +328,47 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
         ):
             if type(value) not in _STR_OR_NONE:
                 return "wrong_type:" + name
+    return (
+        verb,
+        request_uri,
+        resource,
+        decision,
+        code,
+        message,
+        namespace,
+        username,
+        groups,
+        level,
+        source_ips,
+        user_agent,
+        audit_id,
+        stage,
+        stage_ts,
+        received_ts,
+    )
+
+
+def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | str:
+    """Decode one ``audit.k8s.io/v1`` Event object (already known to be a dict)."""
+    f = _raw_fields(obj)
+    if isinstance(f, str):
+        return f
     return AuditEvent(
-        audit_id=audit_id,
-        stage=stage,
-        timestamp=_pick_timestamp(stage_ts, received_ts, elastic_ts),
-        username=username,
-        groups=groups,
-        level=level,
-        verb=verb,
-        request_uri=request_uri,
-        resource=resource,
-        namespace=namespace,
-        source_ips=source_ips,
-        user_agent=user_agent,
-        code=code,
-        message=message,
-        decision=decision,
+        audit_id=f[F_AUDIT_ID],
+        stage=f[F_STAGE],
+        timestamp=_pick_timestamp(f[F_STAGE_TIMESTAMP], f[F_RECEIVED_TIMESTAMP], elastic_ts),
+        username=f[F_USERNAME],
+        groups=f[F_GROUPS],
+        level=f[F_LEVEL],
+        verb=f[F_VERB],
+        request_uri=f[F_REQUEST_URI],
+        resource=f[F_RESOURCE],
+        namespace=f[F_NAMESPACE],
+        source_ips=f[F_SOURCE_IPS],
+        user_agent=f[F_USER_AGENT],
+        code=f[F_CODE],
+        message=f[F_MESSAGE],
+        decision=f[F_DECISION],
     )
 
 
@@ -380,24 +437,37 @@ def decode_object(obj: object) -> AuditEvent | str:
     the reason it was skipped (a short string such as ``"wrong_type:responseStatus.code"``).
     ``EventList`` documents hold several events: use :func:`decode_document` for those.
     """
+    return _decode_object_with(obj, _decode_raw)
+
+
+def _decode_object_with(
+    obj: object, decode_raw: Callable[[dict[str, Any], object], _T | str]
+) -> _T | str:
+    """:func:`decode_object` with ``decode_raw(raw event dict, Elastic @timestamp)`` at the end."""
     if type(obj) is not dict:
         return NOT_AN_OBJECT
     if obj.get("kind") == "Event":
-        return _decode_raw(obj)
+        return decode_raw(obj, None)
     if is_elastic_document(obj):
         raw = _elastic_to_raw(obj)
         if isinstance(raw, str):
             return raw
         if not any(key in raw for key in _EVENT_KEYS):
             return NOT_AN_AUDIT_EVENT
-        return _decode_raw(raw, obj.get("@timestamp"))
+        return decode_raw(raw, obj.get("@timestamp"))
     if not any(key in obj for key in _EVENT_KEYS):
         return NOT_AN_AUDIT_EVENT
-    return _decode_raw(obj)
+    return decode_raw(obj, None)
 
 
 def decode_document(obj: object) -> Iterator[AuditEvent | str]:
     """Decode one parsed JSON document: an ``EventList`` yields one result per item."""
+    return _decode_document_with(obj, _decode_raw)
+
+
+def _decode_document_with(
+    obj: object, decode_raw: Callable[[dict[str, Any], object], _T | str]
+) -> Iterator[_T | str]:
     if type(obj) is dict and obj.get("kind") == "EventList":
         items = obj.get("items")
         if items is None:
@@ -406,9 +476,9 @@ def decode_document(obj: object) -> Iterator[AuditEvent | str]:
             yield ITEMS_NOT_A_LIST
             return
         for item in items:
-            yield decode_object(item)
+            yield _decode_object_with(item, decode_raw)
     else:
-        yield decode_object(obj)
+        yield _decode_object_with(obj, decode_raw)
 
 
 def decode_line(line: bytes | str, stats: DecodeStats) -> list[AuditEvent]:
@@ -456,6 +526,45 @@ def iter_buffer_events(
         stats.prefiltered += total - len(selected)
         for line in selected:
             yield from _parse_line(line, stats)
+
+
+def iter_buffer_fields(
+    buffers: Iterable[bytes], stats: DecodeStats, prefilter: Prefilter
+) -> Iterator[EventFields]:
+    """Like :func:`iter_buffer_events`, but yield each event's :data:`EventFields` tuple.
+
+    The same lines are decoded with the same checks and the same counts; only the
+    :class:`AuditEvent` and its timestamp are never built, which is most of the cost of a
+    decoded event. This is the path of an offline scan, which needs no timestamps.
+    """
+    select = prefilter.select
+    loads = orjson.loads
+    skipped = stats.skipped
+    for buffer in buffers:
+        selected, total = select(buffer)
+        stats.lines += total
+        stats.prefiltered += total - len(selected)
+        for line in selected:
+            try:
+                obj = loads(line)
+            except orjson.JSONDecodeError:
+                skipped[INVALID_JSON] += 1
+                continue
+            # The common case, an apiserver Event line, without the generic dispatch.
+            if type(obj) is dict and obj.get("kind") == "Event":
+                fields = _raw_fields(obj)
+                if isinstance(fields, str):
+                    skipped[fields] += 1
+                else:
+                    stats.events += 1
+                    yield fields
+                continue
+            for result in _decode_document_with(obj, _raw_fields):
+                if isinstance(result, str):
+                    skipped[result] += 1
+                else:
+                    stats.events += 1
+                    yield result
 
 
 def _parse_line(line: bytes | str, stats: DecodeStats) -> Iterator[AuditEvent]:

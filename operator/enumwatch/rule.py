@@ -28,7 +28,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from enumwatch.audit import AuditEvent
+from enumwatch.audit import (
+    AGGREGATED_FIELDS,
+    F_CODE,
+    F_DECISION,
+    F_LEVEL,
+    F_SOURCE_IPS,
+    F_USER_AGENT,
+    F_USERNAME,
+    AuditEvent,
+    EventFields,
+)
 from enumwatch.spec import MatchSpec, ThresholdsSpec
 
 AUTHZ_ALLOW = "authz_allow"
@@ -56,12 +66,14 @@ GroupKey = tuple[str | None, str | None]
 
 
 def _outcome_index(event: AuditEvent) -> int:
-    decision = event.decision
+    return _outcome_of(event.decision, event.code)
+
+
+def _outcome_of(decision: str | None, code: int | None) -> int:
     if decision == "allow":
         return _ALLOW
     if decision == "forbid":
         return _FORBID
-    code = event.code
     if code is None:
         return _UNKNOWN
     if code == 401 or code == 403:
@@ -192,7 +204,8 @@ class GroupTable:
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
         self._groups: dict[GroupKey, _Kept] = {}
-        # Equal strings and equal value tuples of different events stored once.
+        # Equal strings and equal value tuples of different events stored once: an event's
+        # first nine values -> the shared tuple of them and its outcome.
         self._intern: dict[Any, Any] = {}
         self._tuples: dict[_Values, _Values] = {}
         #: Events offered to :meth:`add` and events that matched the rule's ``where``.
@@ -214,13 +227,49 @@ class GroupTable:
 
     def add_matched(self, event: AuditEvent) -> None:
         """Count an event already known to match the rule (skips the ``where`` test)."""
+        self._count(
+            event.source_ips,
+            event.user_agent,
+            (
+                event.verb,
+                event.request_uri,
+                event.resource,
+                event.decision,
+                event.code,
+                event.message,
+                event.namespace,
+                event.username,
+                event.groups,
+            ),
+        )
+
+    def add_fields(self, fields: EventFields) -> bool:
+        """:meth:`add` for an event decoded as :data:`~enumwatch.audit.EventFields` (a scan).
+
+        The same test and the same counting as :meth:`add` of the equivalent event.
+        """
+        self.considered += 1
+        rule = self._rule
+        if fields[F_LEVEL] not in rule._levels:
+            return False
+        username = fields[F_USERNAME]
+        if username is None or username == "":
+            if not (rule._missing or username in rule._usernames):
+                return False
+        elif username not in rule._usernames:
+            return False
+        self._count(fields[F_SOURCE_IPS], fields[F_USER_AGENT], fields[:AGGREGATED_FIELDS])
+        return True
+
+    def _count(
+        self, source_ips: tuple[str, ...], user_agent: str | None, aggregated: _Values
+    ) -> None:
+        """Count one matching event in its groups; ``aggregated`` is its first nine values."""
         self.added += 1
-        source_ips = event.source_ips
         ips: Iterable[str | None] = source_ips or (None,)
         if len(source_ips) > 1:
             ips = dict.fromkeys(source_ips)
         intern = self._intern.setdefault
-        user_agent = event.user_agent
         user_agent = intern(user_agent, user_agent)
         groups = self._groups
         last = self._cap - 1
@@ -236,28 +285,18 @@ class GroupTable:
                 groups[key] = _DEAD
                 continue
             if values is None:
-                values = self._shared_values(event)
+                values = self._tuples.get(aggregated)
+                if values is None:
+                    values = self._shared_values(aggregated)
             kept.append(values)  # type: ignore[union-attr]
 
-    def _shared_values(self, event: AuditEvent) -> _Values:
-        values = (
-            event.verb,
-            event.request_uri,
-            event.resource,
-            event.decision,
-            event.code,
-            event.message,
-            event.namespace,
-            event.username,
-            event.groups,
-            _outcome_index(event),
-        )
-        shared = self._tuples.get(values)
-        if shared is None:
-            intern = self._intern.setdefault
-            shared = tuple([intern(value, value) for value in values])
-            self._tuples[shared] = shared
-        return shared
+    def _shared_values(self, aggregated: _Values) -> _Values:
+        """The interned value tuple (with the outcome) of a first-seen ``aggregated``."""
+        intern = self._intern.setdefault
+        shared = tuple([intern(value, value) for value in aggregated])
+        values = (*shared, _outcome_of(shared[F_DECISION], shared[F_CODE]))
+        self._tuples[shared] = values
+        return values
 
     def merge(self, other: GroupTable) -> None:
         """Add the groups and counters of ``other`` (same rule, other events) to this table.

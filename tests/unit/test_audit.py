@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from enumwatch.audit import (
     decode_line,
     decode_object,
     iter_buffer_events,
+    iter_buffer_fields,
     iter_events,
 )
 from enumwatch.corpus import (
@@ -411,3 +413,91 @@ def test_select_never_drops_a_line_that_matches(lines: list[bytes]) -> None:
     selected, total = SEED.select(b"\n".join(lines))
     assert total == len(lines)
     assert _matching(selected, MatchSpec(), None) == _matching(lines, MatchSpec(), None)
+
+
+# ------------------------------------------------------------------ the scan's fields path
+
+
+#: AuditEvent's names of the leading EventFields (F_* order); the timestamps are left out.
+_FIELD_NAMES = (
+    "verb",
+    "request_uri",
+    "resource",
+    "decision",
+    "code",
+    "message",
+    "namespace",
+    "username",
+    "groups",
+    "level",
+    "source_ips",
+    "user_agent",
+    "audit_id",
+    "stage",
+)
+
+
+def _assert_fields_path_equals_event_path(buffers: list[bytes], match: MatchSpec) -> None:
+    prefilter = Prefilter(match)
+    event_stats, field_stats = DecodeStats(), DecodeStats()
+    events = list(iter_buffer_events(buffers, event_stats, prefilter))
+    fields = list(iter_buffer_fields(buffers, field_stats, prefilter))
+    assert field_stats.to_dict() == event_stats.to_dict()
+    as_events = [AuditEvent(**dict(zip(_FIELD_NAMES, f[:14], strict=True))) for f in fields]
+    assert as_events == [replace(e, timestamp=None) for e in events]
+    rule = Rule(match)
+    by_event, by_fields = rule.table(), rule.table()
+    for event in events:
+        by_event.add(event)
+    for f in fields:
+        by_fields.add_fields(f)
+    assert (by_fields.added, by_fields.considered) == (by_event.added, by_event.considered)
+    assert by_fields.rows() == by_event.rows()
+
+
+def test_fields_path_equals_event_path_on_corpora() -> None:
+    lines = list(realistic_lines(5_000, seed=5)) + list(mixed_lines(3_000, seed=5))
+    lines += [b"", b"{", b"[1]", b'{"kind":"EventList","items":7}', b'{"verb":1}']
+    lines += [orjson.dumps(raw(sourceIPs="x")), orjson.dumps(raw(stageTimestamp=5))]
+    random.Random(5).shuffle(lines)
+    buffers = [b"\n".join(lines[i : i + 300]) + b"\n" for i in range(0, len(lines), 300)]
+    _assert_fields_path_equals_event_path(buffers, MatchSpec())
+
+
+_wrong_types = st.sampled_from(
+    [{}, {"sourceIPs": "x"}, {"stageTimestamp": 5}, {"auditID": []}, {"user": "u"}, {"level": 1}]
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(st.tuples(_lines(), _wrong_types), min_size=1, max_size=8),
+    usernames=st.lists(_names, max_size=3),
+    levels=st.lists(_levels, min_size=1, max_size=3),
+    include_missing=st.booleans(),
+    wrapped=st.sampled_from(["line", "eventlist", "elastic"]),
+)
+def test_fields_path_equals_event_path(
+    lines: list[tuple[bytes, dict[str, Any]]],
+    usernames: list[str],
+    levels: list[str],
+    include_missing: bool,
+    wrapped: str,
+) -> None:
+    match = MatchSpec(
+        usernames=usernames,
+        levels=levels,  # type: ignore[arg-type]
+        includeMissingUsername=include_missing,
+    )
+    out = []
+    for line, changes in lines:
+        if changes or wrapped != "line":
+            event = orjson.loads(line)
+            event.update(changes)
+            if wrapped == "eventlist":
+                event = {"kind": "EventList", "items": [event, event]}
+            elif wrapped == "elastic":
+                event = to_elastic(event, dotted=True)
+            line = orjson.dumps(event)
+        out.append(line)
+    _assert_fields_path_equals_event_path([b"\n".join(out)], match)
