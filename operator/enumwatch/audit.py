@@ -665,27 +665,40 @@ class Prefilter:
         """The lines of ``buffer`` that could match, and how many lines it holds.
 
         ``buffer`` holds whole lines (a final line without ``\\n`` counts). One regex pass and
-        one ``find`` loop over the buffer locate the few lines that need a closer look.
+        one ``find`` loop over the buffer locate the few lines that need a closer look; what
+        they found is not looked for again in the line (:meth:`could_match` would).
         """
         total = buffer.count(b"\n")
         if buffer and not buffer.endswith(b"\n"):
             total += 1
-        starts: set[int] = set()
         rfind = buffer.rfind
-        for hit in self._level_re.finditer(buffer):
-            starts.add(rfind(b"\n", 0, hit.start()) + 1)
+        find = buffer.find
+        # Lines with an escape the proofs do not understand: parsed, whatever else they hold.
+        unsafe: set[int] = set()
         at = self._unsafe_backslash(buffer)
         while at != -1:
-            start = rfind(b"\n", 0, at) + 1
-            starts.add(start)
-            end = buffer.find(b"\n", at)
+            unsafe.add(rfind(b"\n", 0, at) + 1)
+            end = find(b"\n", at)
             if end == -1:
                 break
             at = self._unsafe_backslash(buffer, end)
+        # Lines with a level that can match: start -> end of the first such level in them.
+        levels: dict[int, int] = {}
+        for hit in self._level_re.finditer(buffer):
+            start = rfind(b"\n", 0, hit.start()) + 1
+            if start not in levels:
+                levels[start] = hit.end()
+        username_could_match = self._username_could_match
         selected: list[bytes] = []
-        for start in sorted(starts):
-            end = buffer.find(b"\n", start)
+        for start in sorted(unsafe.union(levels)):
+            end = find(b"\n", start)
             line = buffer[start:end] if end != -1 else buffer[start:]
-            if self.could_match(line):
+            if start in unsafe:
+                selected.append(line)
+            elif end != -1 and levels[start] > end:
+                # The level's `\s*` ran over the newline: judge the line on its own.
+                if self.could_match(line):
+                    selected.append(line)
+            elif username_could_match(line):
                 selected.append(line)
         return selected, total

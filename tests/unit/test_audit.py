@@ -415,6 +415,29 @@ def test_select_never_drops_a_line_that_matches(lines: list[bytes]) -> None:
     assert _matching(selected, MatchSpec(), None) == _matching(lines, MatchSpec(), None)
 
 
+_line_parts = st.sampled_from(
+    [b'{"level"', b'"level"', b' :"Request"}', b':"Request"', b'"user":{"username":"x"}', b"\\"]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(
+        st.one_of(_lines(), st.lists(_line_parts, max_size=4).map(b"".join)), max_size=8
+    ),
+    trailing_newline=st.booleans(),
+)
+def test_select_is_could_match_line_by_line(lines: list[bytes], trailing_newline: bool) -> None:
+    """Exactly the lines :meth:`could_match` keeps, even when a level spans two lines."""
+    buffer = b"\n".join(lines) + (b"\n" if trailing_newline and lines else b"")
+    selected, total = SEED.select(buffer)
+    expected = buffer.split(b"\n")
+    if buffer.endswith(b"\n") or not buffer:
+        expected.pop()
+    assert total == len(expected)
+    assert selected == [line for line in expected if SEED.could_match(line)]
+
+
 # ------------------------------------------------------------------ the scan's fields path
 
 
