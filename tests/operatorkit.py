@@ -45,6 +45,7 @@ def anonymous_get(cp: ControlPlane, path: str, user_agent: str) -> int:
         with urllib.request.urlopen(req, context=cp.ssl_context(), timeout=10) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
+        exc.close()
         return exc.code
 
 
@@ -167,7 +168,8 @@ class OperatorProcess:
             with urllib.request.urlopen(req, timeout=10, context=self.cp.ssl_context()) as resp:
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
+            with exc:
+                return exc.code, exc.read()
         except (urllib.error.URLError, ConnectionError):
             return 0, b""
 

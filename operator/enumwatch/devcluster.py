@@ -254,6 +254,7 @@ def _wait_ready(cp: ControlPlane, timeout: float) -> None:
                     return
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code}"
+            exc.close()  # an unclosed error response leaks its TLS socket
         except OSError as exc:
             last = str(exc)
         time.sleep(0.1)

@@ -85,6 +85,8 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
             with urllib.request.urlopen(url + "/readyz", timeout=2) as resp:
                 if resp.status == 200:
                     return
+        except urllib.error.HTTPError as exc:
+            exc.close()  # 503 while not yet leading; close it, or its socket leaks
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.1)

@@ -27,6 +27,7 @@ def _get(cp: ControlPlane, path: str, token: str | None = None) -> int:
         with urllib.request.urlopen(req, context=cp.ssl_context(), timeout=5) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
+        exc.close()
         return exc.code
 
 

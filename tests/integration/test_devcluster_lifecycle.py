@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -88,8 +87,10 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
             req = urllib.request.Request(
                 env["APISERVER"] + path, headers={"User-Agent": "dev-scan"}
             )
-            with contextlib.suppress(urllib.error.HTTPError):
-                urllib.request.urlopen(req, context=ctx, timeout=5)
+            try:
+                urllib.request.urlopen(req, context=ctx, timeout=5).close()
+            except urllib.error.HTTPError as exc:
+                exc.close()
         kubectl = ["kubectl", "--kubeconfig", env["KUBECONFIG"]]
         deadline = time.monotonic() + 30
         agents: list[str] = []

@@ -127,3 +127,4 @@ def test_tokenreview_can_require_a_dedicated_audience(crds: ControlPlane, tmp_pa
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, context=crds.ssl_context(), timeout=5)
     assert err.value.code == 401
+    err.value.close()
