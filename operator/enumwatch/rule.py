@@ -24,7 +24,7 @@ SQL default for ``ASC``), comparing strings by code point.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,7 +205,7 @@ class GroupTable:
         self._cap = rule.thresholds.documents_below
         self._groups: dict[GroupKey, _Kept] = {}
         # Equal strings and equal value tuples of different events stored once: an event's
-        # first nine values -> the shared tuple of them and its outcome.
+        # first nine values (or all ten) -> the shared tuple of them and its outcome.
         self._intern: dict[Any, Any] = {}
         self._tuples: dict[_Values, _Values] = {}
         #: Events offered to :meth:`add` and events that matched the rule's ``where``.
@@ -295,32 +295,57 @@ class GroupTable:
         intern = self._intern.setdefault
         shared = tuple([intern(value, value) for value in aggregated])
         values = (*shared, _outcome_of(shared[F_DECISION], shared[F_CODE]))
-        self._tuples[shared] = values
+        # Keyed by its first nine values for add, and by itself for merge (never equal keys:
+        # the lengths differ).
+        self._tuples[shared] = self._tuples[values] = values
         return values
 
     def merge(self, other: GroupTable) -> None:
         """Add the groups and counters of ``other`` (same rule, other events) to this table.
 
         The result is the table that would have been fed both tables' events. ``other`` must
-        not be used afterwards (its value lists may be taken over).
+        not be used afterwards (its value lists may be taken over). Its value tuples are
+        replaced by this table's equal ones, so that a table merged from many parts (unpickled
+        copies) holds each distinct tuple once.
         """
         if other._cap != self._cap:
             raise ValueError("cannot merge the tables of rules with different thresholds")
         self.considered += other.considered
         self.added += other.added
         groups = self._groups
+        shared = self._tuples.setdefault
         last = self._cap - 1
         for key, theirs in other._groups.items():
             mine = groups.get(key)
             if mine is None:
-                groups[key] = theirs
+                groups[key] = theirs if theirs is _DEAD else [shared(v, v) for v in theirs]
             elif mine is _DEAD:
                 continue
             elif theirs is _DEAD or len(mine) + len(theirs) > last:
                 groups[key] = _DEAD
             else:
-                mine.extend(theirs)  # type: ignore[union-attr]
+                mine.extend([shared(v, v) for v in theirs])  # type: ignore[union-attr]
         other._groups = {}
+
+    def split(self, size: int) -> Iterator[GroupTable]:
+        """Move this table's content into tables of at most ``size`` groups, one at a time.
+
+        Merging them all into a table is merging this one, but each can be sent (pickled)
+        and merged while the rest waits: a parallel scan's transfer never holds a whole copy.
+        The first part carries the counters; this table is left empty.
+        """
+        part = GroupTable(self._rule)
+        part.added, part.considered = self.added, self.considered
+        self.added = self.considered = 0
+        groups = self._groups
+        self._groups = {}
+        while groups:
+            batch = part._groups
+            while groups and len(batch) < size:
+                key, kept = groups.popitem()
+                batch[key] = kept
+            yield part
+            part = GroupTable(self._rule)
 
     def __getstate__(self) -> dict[str, Any]:
         # The intern dicts only save memory while adding; a copy need not carry them.

@@ -46,6 +46,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 PARALLEL_MIN_BYTES = 32 << 20
 #: At most this many processes share a scan (the merge and memory grow with their number).
 MAX_WORKERS = 4
+#: A worker's table is sent in parts of this many groups, each merged before the next is sent.
+TRANSFER_GROUPS = 20_000
 
 #: Called with (bytes consumed so far in the current file, its size or None).
 ProgressCallback = Callable[[int, int | None], None]
@@ -426,9 +428,7 @@ def scan_files(
                 buffers = read_range(path, start, end, _scaled(callback, os.path.getsize(path)))
                 _feed(table, stats, buffers, prefilter)
             for child in children:
-                part, part_stats = child.result()
-                table.merge(part)
-                stats.merge(part_stats)
+                child.merge_into(table, stats)
             rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
     finally:
         for child in children:
@@ -477,8 +477,20 @@ class _Worker:
         self._process.start()
         sender.close()
 
-    def result(self) -> tuple[GroupTable, DecodeStats]:
-        """Wait for the worker's table and counts; raise its error as :class:`ScanError`."""
+    def merge_into(self, table: GroupTable, stats: DecodeStats) -> None:
+        """Merge the worker's table and counts into these; raise its error as :class:`ScanError`.
+
+        The table arrives in parts (see :meth:`GroupTable.split`), each merged before the next
+        is received.
+        """
+        while (outcome := self._receive()) is not None:
+            if isinstance(outcome, DecodeStats):
+                stats.merge(outcome)
+            else:
+                table.merge(cast(GroupTable, outcome))
+            del outcome  # let a merged part go before the next one comes in
+
+    def _receive(self) -> object:
         try:
             outcome = self._receiver.recv()
         except EOFError:
@@ -489,8 +501,7 @@ class _Worker:
             ) from None
         if isinstance(outcome, BaseException):
             raise outcome
-        table, stats = outcome
-        return cast(GroupTable, table), cast(DecodeStats, stats)
+        return outcome
 
     def close(self) -> None:
         """Stop the worker if it still runs (the scan failed or was interrupted) and reap it."""
@@ -503,19 +514,21 @@ class _Worker:
 def _work(
     sender: Connection, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter
 ) -> None:
-    """The body of a :class:`_Worker`: scan ``share`` and send (table, stats) or the error."""
-    outcome: object
+    """The body of a :class:`_Worker`: scan ``share``, send the stats, the table in parts of
+    :data:`TRANSFER_GROUPS` groups and ``None``; or send the error."""
     try:
         table, stats = rule.table(), DecodeStats()
         with _no_cyclic_gc():
             for path, start, end in share:
                 _feed(table, stats, read_range(path, start, end), prefilter)
-        outcome = (table, stats)
+            sender.send(stats)
+            for part in table.split(TRANSFER_GROUPS):
+                sender.send(part)
+            sender.send(None)
     except ScanError as exc:
-        outcome = exc
+        sender.send(exc)
     except BaseException as exc:  # anything else, reported in words (it may not pickle)
-        outcome = ScanError(f"scan worker failed: {type(exc).__name__}: {exc}")
-    sender.send(outcome)
+        sender.send(ScanError(f"scan worker failed: {type(exc).__name__}: {exc}"))
     sender.close()
 
 

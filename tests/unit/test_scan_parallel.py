@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import pickle
 import random
 from collections.abc import Iterable
 from itertools import pairwise
@@ -181,6 +182,43 @@ def test_merged_tables_equal_one_table() -> None:
     )
 
 
+@pytest.mark.parametrize("transfer_groups", [1, 7, 100_000])
+def test_tables_sent_in_parts_equal_serial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transfer_groups: int
+) -> None:
+    monkeypatch.setattr(scan_module, "TRANSFER_GROUPS", transfer_groups)
+    spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=4))
+    path = write(tmp_path / "adv.log", adversarial_lines(3_000, seed=12))
+    expected = summary(serial([str(path)], spec))
+    assert summary(scan_files([str(path)], spec, workers=3)) == expected
+
+
+def test_split_parts_merge_back_to_the_table() -> None:
+    spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=6))
+    rule = Rule(spec.match, spec.thresholds)
+    events = list(
+        iter_buffer_events(
+            [b"\n".join(adversarial_lines(2_000, seed=3))], DecodeStats(), Prefilter(spec.match)
+        )
+    )
+    whole, mine, theirs = rule.table(), rule.table(), rule.table()
+    for i, event in enumerate(events):
+        whole.add(event)
+        (mine if i % 2 else theirs).add(event)
+    counts = (whole.group_count, whole.added, whole.considered)
+    parts = [pickle.loads(pickle.dumps(part)) for part in theirs.split(50)]
+    assert theirs.group_count == 0
+    assert len(parts) > 3
+    assert all(part.group_count <= 50 for part in parts)
+    for part in parts:
+        mine.merge(part)
+    assert mine.rows() == whole.rows()
+    assert (mine.group_count, mine.added, mine.considered) == counts
+    # The unpickled copies of a value tuple were replaced by the one the table already had.
+    kept = [v for group in mine._groups.values() for v in group]
+    assert len({id(v) for v in kept}) == len(set(kept))
+
+
 def test_a_worker_error_reaches_the_caller(tmp_path: Path) -> None:
     spec = DetectorSpec()
     worker = _Worker(
@@ -190,6 +228,6 @@ def test_a_worker_error_reaches_the_caller(tmp_path: Path) -> None:
     )
     try:
         with pytest.raises(ScanError, match="cannot read"):
-            worker.result()
+            worker.merge_into(Rule().table(), DecodeStats())
     finally:
         worker.close()
