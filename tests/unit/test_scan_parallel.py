@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from enumwatch import scan as scan_module
-from enumwatch.audit import DecodeStats, Prefilter, iter_buffer_events
+from enumwatch.audit import AuditEvent, DecodeStats, Prefilter, iter_buffer_events
 from enumwatch.corpus import adversarial_lines, mixed_lines, realistic_lines
 from enumwatch.rule import Rule
 from enumwatch.scan import (
@@ -158,14 +158,16 @@ def test_gzip_and_small_files_are_read_serially(tmp_path: Path) -> None:
     assert summary(scan_files(files, spec, workers=2)) == summary(serial(files, spec))
 
 
-def test_merged_tables_equal_one_table() -> None:
+def _rule_and_events(seed: int) -> tuple[Rule, list[AuditEvent]]:
+    """A rule whose groups die after 5 events, and 2,000 adversarial events."""
     spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=6))
-    rule = Rule(spec.match, spec.thresholds)
-    events = list(
-        iter_buffer_events(
-            [b"\n".join(adversarial_lines(2_000, seed=9))], DecodeStats(), Prefilter(spec.match)
-        )
-    )
+    buffer = b"\n".join(adversarial_lines(2_000, seed=seed))
+    events = list(iter_buffer_events([buffer], DecodeStats(), Prefilter(spec.match)))
+    return Rule(spec.match, spec.thresholds), events
+
+
+def test_merged_tables_equal_one_table() -> None:
+    rule, events = _rule_and_events(seed=9)
     whole = rule.table()
     parts = [rule.table() for _ in range(3)]
     for i, event in enumerate(events):
@@ -194,13 +196,7 @@ def test_tables_sent_in_parts_equal_serial(
 
 
 def test_split_parts_merge_back_to_the_table() -> None:
-    spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=6))
-    rule = Rule(spec.match, spec.thresholds)
-    events = list(
-        iter_buffer_events(
-            [b"\n".join(adversarial_lines(2_000, seed=3))], DecodeStats(), Prefilter(spec.match)
-        )
-    )
+    rule, events = _rule_and_events(seed=3)
     whole, mine, theirs = rule.table(), rule.table(), rule.table()
     for i, event in enumerate(events):
         whole.add(event)
