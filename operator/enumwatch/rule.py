@@ -369,9 +369,12 @@ class GroupTable:
         keeps the first rows only (the rule's "maximum alerts per execution").
         """
         t = self._rule.thresholds
+        # A group has at most as many distinct values as events: one with too few events for
+        # the distinct-count thresholds is passed over without looking at its values.
+        fewest = max(t.distinct_request_uris_above, t.distinct_resources_above) + 1
         rows: list[Row] = []
         for (ip, user_agent), kept in self._groups.items():
-            if kept is _DEAD or len(kept) >= t.documents_below:
+            if kept is _DEAD or not fewest <= len(kept) < t.documents_below:
                 continue
             counts = [0] * len(OUTCOMES)
             for v in kept:

@@ -351,3 +351,19 @@ def test_evaluate_equals_table() -> None:
     events = probe() + probe(ip="x")
     assert Rule().evaluate(events, "ns", 1) == table_of(events).rows("ns", 1)
     assert isinstance(Rule().evaluate(events)[0], Row)
+
+
+@pytest.mark.parametrize(("uris_above", "resources_above"), [(0, 0), (5, 3), (2, 6), (9, 9)])
+@pytest.mark.parametrize("docs", range(1, 12))
+def test_groups_too_small_for_the_distinct_thresholds_never_fire(
+    uris_above: int, resources_above: int, docs: int
+) -> None:
+    """A group with n events has at most n distinct values: rows() may skip it unseen."""
+    thresholds = ThresholdsSpec(
+        distinctRequestURIsAbove=uris_above,
+        distinctResourcesAbove=resources_above,
+        documentsBelow=10,
+    )
+    events = probe(uris=docs, resources=docs, docs=docs)
+    rows = table_of(events, Rule(thresholds=thresholds)).rows()
+    assert len(rows) == (max(uris_above, resources_above) < docs < 10)
