@@ -376,28 +376,29 @@ class GroupTable:
         for (ip, user_agent), kept in self._groups.items():
             if kept is _DEAD or not fewest <= len(kept) < t.documents_below:
                 continue
-            counts = [0] * len(OUTCOMES)
-            for v in kept:
-                counts[v[_OUTCOME]] += 1
+            # One transposition in C, then every column is counted and deduplicated in C too.
+            columns = list(zip(*kept, strict=True))
+            outcomes = columns[_OUTCOME]
+            counts = [outcomes.count(i) for i in range(len(OUTCOMES))]
             if not (
                 counts[_FORBID] >= t.forbidden_at_least
                 or counts[_FAILED] >= t.auth_failures_at_least
                 or counts[_NOT_FOUND] >= t.not_found_at_least
             ):
                 continue
-            uris = _values(v[_URI] for v in kept)
+            uris = _values(columns[_URI])
             if len(uris) <= t.distinct_request_uris_above:
                 continue
-            resources = _values(v[_RESOURCE] for v in kept)
+            resources = _values(columns[_RESOURCE])
             if len(resources) <= t.distinct_resources_above:
                 continue
-            verbs = _values(v[_VERB] for v in kept)
-            decisions = _values(v[_DECISION] for v in kept)
-            codes = _values(v[_CODE] for v in kept)
-            messages = _values(v[_MESSAGE] for v in kept)
-            namespaces = _values(v[_NAMESPACE] for v in kept)
-            users = _values(v[_USERNAME] for v in kept)
-            groups_ = _values(name for v in kept for name in v[_GROUPS])
+            verbs = _values(columns[_VERB])
+            decisions = _values(columns[_DECISION])
+            codes = _values(columns[_CODE])
+            messages = _values(columns[_MESSAGE])
+            namespaces = _values(columns[_NAMESPACE])
+            users = _values(columns[_USERNAME])
+            groups_ = _values(name for names in set(columns[_GROUPS]) for name in names)
             rows.append(
                 Row(
                     source_ip=ip,
