@@ -26,6 +26,7 @@ from enumwatch.scan import (
     default_workers,
     format_validation_error,
     load_detector,
+    no_cyclic_gc,
     read_all_buffers,
     replay,
     rows_to_esql,
@@ -133,6 +134,11 @@ def _fail(err: _Stream, message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``enumwatch scan``; returns the exit status (0 rows or not, 2 on bad input)."""
+    with no_cyclic_gc():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     err = _Stream(stderr=True)
     out = _Stream(stderr=False)
     try:
