@@ -186,7 +186,7 @@ def read_buffers(path: str, progress: ProgressCallback | None = None) -> Iterato
             def report() -> None:
                 progress(raw.tell() if size is not None else 0, size)
 
-        if stream is raw and path != STDIN:
+        if stream is raw and path != STDIN and raw.seekable():  # not a pipe or a FIFO
             yield from _seekable_whole_lines(path, stream, sys.maxsize, report)
         else:
             yield from _whole_lines(path, stream, None, report)
@@ -226,34 +226,34 @@ def _seekable_whole_lines(
     """:func:`_whole_lines` for a plain file: a chunk's partial last line is read again.
 
     Seeking back over it, rather than keeping it to prepend to the next chunk, spares two
-    copies of every chunk (a third of the time of a scan that parses little).
+    copies of every chunk (most of the time spent reading a file from the page cache).
     """
     left = limit
     pending = b""  # only ever set by a line longer than a chunk, or the file's last line
     while left > 0:
         try:
             chunk = stream.read(min(_CHUNK, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-            if report is not None:
-                report()
-            if pending:
-                chunk = pending + chunk
-                pending = b""
-            cut = chunk.rfind(b"\n") + 1
-            if cut == len(chunk):
-                yield chunk
-            elif cut == 0:
-                pending = chunk
-            else:
-                stream.seek(cut - len(chunk), io.SEEK_CUR)
-                left += len(chunk) - cut
-                yield chunk[:cut]
         except OSError as exc:
             raise ScanError(
                 f"cannot read {path}: {_reason(exc)}; check the file is complete"
             ) from exc
+        if not chunk:
+            break
+        left -= len(chunk)
+        if report is not None:
+            report()
+        if pending:
+            chunk = pending + chunk
+            pending = b""
+        cut = chunk.rfind(b"\n") + 1
+        if cut == len(chunk):
+            yield chunk
+        elif cut == 0:
+            pending = chunk
+        else:
+            stream.seek(cut - len(chunk), io.SEEK_CUR)
+            left += len(chunk) - cut
+            yield chunk[:cut]
     if pending:
         yield pending
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import random
+import threading
 from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
@@ -74,6 +76,20 @@ def test_buffers_hold_whole_lines_whatever_the_chunk(
         assert b"".join(buffers) == data
         assert all(buffer.endswith(b"\n") for buffer in buffers[:-1])
         assert all(buffers)
+
+
+def test_a_fifo_is_read_without_seeking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scan_module, "_CHUNK", 5)
+    data = b"".join(b"line %d\n" % i for i in range(500)) + b"last"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    try:
+        buffers = list(read_all_buffers([str(fifo)]))
+    finally:
+        writer.join()
+    assert b"".join(buffers) == data
 
 
 @pytest.mark.parametrize("parts", [1, 2, 3, 4, 7, 50])
