@@ -16,24 +16,29 @@ from enumwatch import __version__
 
 #: Modules that contribute a subcommand, in help order. A missing module is skipped so that the
 #: package stays usable while a command is being built.
-COMMAND_MODULES = (
-    "enumwatch.scan_cli",
-    "enumwatch.run_cli",
-    "enumwatch.tail_cli",
-    "enumwatch.manifests_cli",
-    "enumwatch.devcluster_cli",
-)
+COMMAND_MODULES = {
+    "scan": "enumwatch.scan_cli",
+    "run": "enumwatch.run_cli",
+    "tail": "enumwatch.tail_cli",
+    "manifests": "enumwatch.manifests_cli",
+    "devcluster": "enumwatch.devcluster_cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the top-level parser with every available subcommand registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Return the top-level parser with the subcommands registered.
+
+    With ``command`` (a known subcommand) only that one is imported: ``enumwatch scan`` should not
+    pay for the operator's imports. Without it, all are, for ``--help``.
+    """
     parser = argparse.ArgumentParser(
         prog="enumwatch",
         description="Detect anonymous Kubernetes API enumeration in the API server's audit log.",
     )
     parser.add_argument("--version", action="version", version=f"enumwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    names = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMAND_MODULES.values()
+    for name in names:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -46,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``enumwatch`` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
