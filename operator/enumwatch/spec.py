@@ -56,7 +56,7 @@ Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
 
 class _Model(BaseModel):
     model_config = ConfigDict(
-        populate_by_name=True, extra="forbid", frozen=True, validate_default=True
+        populate_by_name=True, extra="forbid", frozen=True, validate_default=True, defer_build=True
     )
 
 
