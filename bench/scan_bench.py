@@ -44,9 +44,13 @@ import orjson
 
 from enumwatch.corpus import adversarial_lines, realistic_lines
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
+from tests.duckdb_rule import RULE_SQL
+
 OUT = Path(__file__).resolve().parent / "out"
 
-DUCKDB_SQL = """
+DUCKDB_SQL = (
+    """
 WITH events AS (
     SELECT
         "user".username AS username,
@@ -64,61 +68,10 @@ WITH events AS (
         'responseStatus': 'STRUCT(code BIGINT, message VARCHAR)',
         'annotations': 'STRUCT("authorization.k8s.io/decision" VARCHAR)'
     })
-    WHERE (username IN ('system:anonymous', 'system:unauthenticated')
-           OR username IS NULL OR username = '')
-      AND level IN ('RequestResponse', 'ResponseComplete', 'Request')
 ),
-kept AS (
-    SELECT *,
-        CASE
-            WHEN decision = 'allow' THEN 'authz_allow'
-            WHEN decision = 'forbid' THEN 'authz_forbid'
-            WHEN code IN (401, 403) THEN 'authn_authz_failed'
-            WHEN code >= 200 AND code < 300 THEN 'success'
-            WHEN code = 404 THEN 'not_found'
-            WHEN code IS NULL THEN 'unknown'
-            ELSE 'other_error'
-        END AS outcome,
-        unnest(CASE WHEN ips IS NULL OR len(ips) = 0 THEN [NULL::VARCHAR]
-                    ELSE list_distinct(ips) END) AS source_ip
-    FROM events
-)
-SELECT
-    count(*) AS "Esql.document_count",
-    count(*) FILTER (outcome = 'authz_allow') AS "Esql.authz_allow_count",
-    count(*) FILTER (outcome = 'authz_forbid') AS "Esql.authz_forbid_count",
-    count(*) FILTER (outcome = 'authn_authz_failed') AS "Esql.status_fail_count",
-    count(*) FILTER (outcome = 'success') AS "Esql.success_count",
-    count(*) FILTER (outcome = 'not_found') AS "Esql.not_found_count",
-    count(*) FILTER (outcome = 'other_error') AS "Esql.other_error_count",
-    count(*) FILTER (outcome = 'unknown') AS "Esql.unknown_count",
-    count(DISTINCT verb) AS "Esql.kubernetes_audit_verb_count_distinct",
-    count(DISTINCT request_uri) AS "Esql.kubernetes_audit_requestURI_count_distinct",
-    count(DISTINCT resource) AS "Esql.kubernetes_audit_objectRef_resource_count_distinct",
-    list_sort(list_distinct(list(outcome))) AS "Esql.kubernetes_audit_outcome_values",
-    list_sort(list_distinct(list(decision))) AS "Esql.kubernetes_audit_decision_values",
-    list_sort(list_distinct(list(code))) AS "Esql.kubernetes_audit_responseStatus_code_values",
-    list_sort(list_distinct(list(message)))
-        AS "Esql.kubernetes_audit_responseStatus_message_values",
-    list_sort(list_distinct(list(verb))) AS "Esql.kubernetes_audit_verb_values",
-    list_sort(list_distinct(list(resource))) AS "Esql.kubernetes_audit_objectRef_resource_values",
-    list_sort(list_distinct(list(namespace)))
-        AS "Esql.kubernetes_audit_objectRef_namespace_values",
-    list_sort(list_distinct(list(username))) AS "Esql.kubernetes_audit_user_username_values",
-    list_sort(list_distinct(flatten(list(user_groups))))
-        AS "Esql.kubernetes_audit_user_groups_values",
-    list_sort(list_distinct(list(request_uri))) AS "Esql.kubernetes_audit_requestURI_values",
-    ['default'] AS "Esql.data_stream_namespace_values",
-    source_ip AS "kubernetes.audit.sourceIPs",
-    user_agent AS "kubernetes.audit.userAgent"
-FROM kept
-GROUP BY source_ip, user_agent
-HAVING count(DISTINCT request_uri) > 5 AND count(DISTINCT resource) > 3 AND count(*) < 50
-   AND (count(*) FILTER (outcome = 'authz_forbid') >= 1
-        OR count(*) FILTER (outcome = 'authn_authz_failed') >= 1
-        OR count(*) FILTER (outcome = 'not_found') >= 3)
-ORDER BY source_ip ASC NULLS LAST, user_agent ASC NULLS LAST
 """
+    + RULE_SQL
+)
 
 
 def generate(name: str, lines: Iterator[bytes], events: int) -> Path:
