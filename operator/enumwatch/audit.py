@@ -24,12 +24,12 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 
 from enumwatch.spec import MatchSpec
+from enumwatch.timefmt import try_parse_rfc3339
 
 #: The annotation that carries the authorizer's decision, as the apiserver writes it ...
 DECISION_ANNOTATION = "authorization.k8s.io/decision"
@@ -161,30 +161,16 @@ class DecodeStats:
 # Timestamps
 
 
-def parse_timestamp(value: str) -> float | None:
-    """Return epoch seconds for an RFC 3339 timestamp, ``None`` if it cannot be parsed.
-
-    A timestamp without an offset is taken as UTC (the apiserver always writes ``Z``).
-    """
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
 def _pick_timestamp(
     stage_ts: str | None, received_ts: str | None, elastic_ts: object
 ) -> float | None:
     for candidate in (stage_ts, received_ts):
         if candidate is not None:
-            ts = parse_timestamp(candidate)
+            ts = try_parse_rfc3339(candidate)
             if ts is not None:
                 return ts
     if isinstance(elastic_ts, str):
-        return parse_timestamp(elastic_ts)
+        return try_parse_rfc3339(elastic_ts)
     if isinstance(elastic_ts, int | float) and not isinstance(elastic_ts, bool):
         # Elasticsearch's default date format also accepts epoch milliseconds.
         return float(elastic_ts) / 1000.0

@@ -15,12 +15,13 @@ that position, so it is the boundary of what has been delivered.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from dataclasses import asdict, dataclass, replace
 
 import orjson
+
+from enumwatch.atomicfile import write_atomic
 
 #: How many leading bytes of a file identify it. An audit event is longer than this, so two
 #: audit files differ here (auditID, timestamps) unless they are copies of each other.
@@ -118,28 +119,5 @@ def load_checkpoint(path: str) -> Checkpoint | None:
 
 
 def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` to ``path`` atomically and durably.
-
-    The data goes to a temporary file in the same directory, is flushed to disk, then renamed
-    over ``path``; the directory is flushed too so the rename itself survives a power cut.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    body = orjson.dumps({"version": _FORMAT_VERSION, **asdict(checkpoint)})
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write ``checkpoint`` to ``path`` atomically and durably (see :mod:`enumwatch.atomicfile`)."""
+    write_atomic(path, orjson.dumps({"version": _FORMAT_VERSION, **asdict(checkpoint)}))

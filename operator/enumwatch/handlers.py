@@ -23,8 +23,9 @@ from enumwatch import metrics
 from enumwatch.crd import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.kubeapi import ApiError, Credentials, KubeClient, namespaced_path
 from enumwatch.runtime import DetectorRuntime, Detectors
-from enumwatch.sink import DetectorRef, FindingSink, rfc3339
+from enumwatch.sink import DetectorRef, FindingSink
 from enumwatch.spec import format_duration
+from enumwatch.timefmt import format_rfc3339, now_rfc3339, parse_rfc3339
 
 log = logging.getLogger("enumwatch.operator")
 
@@ -36,10 +37,6 @@ class OperatorConfig:
     settle: float = 0.5  # seconds after a tick before it is evaluated (events in flight)
     tick_resolution: float = 0.1  # how often the ticker looks for due ticks
     max_catch_up: int = 10  # ticks evaluated in one go after a pause; older ones are skipped
-
-
-def _now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Operator:
@@ -116,7 +113,7 @@ class Operator:
             if runtime.evaluator.last_tick is None and last:
                 # Resume the schedule where the previous instance stopped.
                 runtime.evaluator.restore_state(
-                    {"lastTick": dt.datetime.fromisoformat(last.replace("Z", "+00:00")).timestamp()}
+                    {"lastTick": parse_rfc3339(last)}
                 )
         if runtime.error is not None:
             log.warning(
@@ -145,7 +142,7 @@ class Operator:
         since = (
             previous["lastTransitionTime"]
             if previous and previous["status"] == status
-            else _now_rfc3339()
+            else now_rfc3339()
         )
         return {
             "type": "Ready",
@@ -171,7 +168,7 @@ class Operator:
             "activeGroups": runtime.active_groups,
         }
         if evaluator is not None and evaluator.last_tick is not None:
-            status["lastEvaluation"] = rfc3339(evaluator.last_tick)
+            status["lastEvaluation"] = format_rfc3339(evaluator.last_tick)
         path = (
             namespaced_path(
                 GROUP, VERSION, runtime.ref.namespace, DETECTOR_PLURAL, runtime.ref.name
@@ -216,7 +213,7 @@ class Operator:
                         "tick fired",
                         extra={
                             "detector": f"{runtime.ref.namespace}/{runtime.ref.name}",
-                            "tick": rfc3339(tick),
+                            "tick": format_rfc3339(tick),
                             "rows": len(window.rows),
                             "findings_created": result.created,
                             "findings_updated": result.updated,

@@ -15,20 +15,13 @@ from typing import Any
 
 from enumwatch import metrics
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.timefmt import now_rfc3339, parse_rfc3339
 
 log = logging.getLogger("enumwatch.leader")
 
 
 class LostLeadership(Exception):
     """The Lease could not be renewed in time: another instance may act now."""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _parse(text: str) -> float:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class LeaseElector:
@@ -57,7 +50,7 @@ class LeaseElector:
         self._path = namespaced_path("coordination.k8s.io", "v1", namespace, "leases", name)
 
     def _spec(self, transitions: int, acquire_time: str | None) -> dict[str, Any]:
-        now = _now()
+        now = now_rfc3339("microseconds")
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_seconds,
@@ -91,7 +84,8 @@ class LeaseElector:
         self.holder = holder
         renew = spec.get("renewTime")
         duration = float(spec.get("leaseDurationSeconds") or self.lease_seconds)
-        expired = renew is None or _parse(renew) + duration < dt.datetime.now(dt.UTC).timestamp()
+        now = dt.datetime.now(dt.UTC).timestamp()
+        expired = renew is None or parse_rfc3339(renew) + duration < now
         if holder not in (None, self.identity) and not expired:
             return False
         transitions = int(spec.get("leaseTransitions") or 0)

@@ -9,8 +9,6 @@ live: thresholds and schedule take effect at the next tick, and buffered events 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from enumwatch import metrics
+from enumwatch.atomicfile import write_atomic
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Rule
 from enumwatch.sink import DetectorRef
@@ -149,12 +148,7 @@ class Detectors:
         if path is None or runtime.evaluator is None:
             return
         data = {"uid": runtime.ref.uid, "window": runtime.evaluator.export_state()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, orjson.dumps(data))
 
     def restore(self, runtime: DetectorRuntime) -> bool:
         """Load a detector's saved window (same object uid only) and replay the journal."""

@@ -21,6 +21,7 @@ from enumwatch.finding import FindingSpec, Window, aggregates_from_row, finding_
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import Row
 from enumwatch.spec import DetectorSpec
+from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 
 log = logging.getLogger("enumwatch.sink")
@@ -37,20 +38,6 @@ class Action(enum.Enum):
     NOOP = "noop"  # this tick is already recorded (a retry, or a restart re-evaluating it)
 
 
-def rfc3339(ts: float) -> str:
-    """Epoch seconds as an RFC 3339 UTC timestamp with millisecond precision."""
-    return (
-        dt.datetime.fromtimestamp(ts, dt.UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
-
-
-def parse_rfc3339(text: str) -> float:
-    """RFC 3339 (as written by :func:`rfc3339` or the API server) to epoch seconds."""
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def plan(
     existing: dict[str, Any] | None,
     row: Row,
@@ -62,13 +49,13 @@ def plan(
 
     Returns the action and the Finding spec to write (``None`` for :attr:`Action.NOOP`).
     """
-    tick = rfc3339(window.tick)
+    tick = format_rfc3339(window.tick)
     common: dict[str, Any] = {
         "detector": detector,
         "rule": rule_ref(spec.severity, spec.risk_score),
         "sourceIP": row.source_ip,
         "userAgent": row.user_agent,
-        "window": Window(start=rfc3339(window.start), end=tick),
+        "window": Window(start=format_rfc3339(window.start), end=tick),
         "lastSeen": tick,
         "aggregates": aggregates_from_row(row),
     }
@@ -153,7 +140,8 @@ class FindingSink:
             await self.event(
                 detector.involved_object(),
                 REASON_CAPPED,
-                f"{result.capped} more group(s) passed the thresholds at {rfc3339(window.tick)} "
+                f"{result.capped} more group(s) passed the thresholds at "
+                f"{format_rfc3339(window.tick)} "
                 f"than findings.maxPerRun={cap} allows; they were not written",
             )
         return result

@@ -1,0 +1,39 @@
+"""Writing a state file so that a crash leaves either the old or the new content, never a mix.
+
+The tailer's checkpoint and the operator's window state are both read back after a crash or a
+``kill -9``; a torn file there would lose or duplicate Findings. Both write through
+:func:`write_atomic`: a temporary file in the same directory, flushed to disk, renamed over the
+target, and the directory flushed so that the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
+    """Replace the file at ``path`` with ``data`` atomically and durably."""
+    target = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    tmp = f"{target}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
