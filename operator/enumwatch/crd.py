@@ -28,6 +28,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DETECTOR_PLURAL = "enumerationdetectors"
 FINDING_PLURAL = "findings"
 DETECTOR_LABEL = f"{GROUP}/detector"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "enumwatch"
 Schema = dict[str, Any]
 
 
@@ -190,7 +192,7 @@ def detector_crd() -> dict[str, Any]:
                 "type": "string",
                 "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
             },
-            {"name": "Findings", "type": "integer", "jsonPath": ".status.findingsCreated"},
+            {"name": "Findings", "type": "integer", "jsonPath": ".status.findings"},
             {
                 "name": "Last-Run",
                 "type": "date",

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from enumwatch.rule import Row
 from enumwatch.seed import SEED_RULE
+from enumwatch.spec import Duration, FindingsSpec
 
 #: Most values kept per list in ``aggregates`` (the group has at most ``documentsBelow`` events).
 MAX_LIST_ITEMS = 50
@@ -106,7 +107,24 @@ class FindingSpec(_Model):
     )
     window: Window = Field(description="The window of the latest firing.")
     first_seen: str = Field(alias="firstSeen", description="End of the first firing window.")
-    last_seen: str = Field(alias="lastSeen", description="End of the latest firing window.")
+    last_seen: str = Field(
+        alias="lastSeen",
+        description=(
+            "Time of the group's latest audit event in the latest firing window: its arrival, or "
+            "its own timestamp, per the detector's spec.schedule.timestamp."
+        ),
+    )
+    last_fired: str = Field(
+        alias="lastFired",
+        description="The tick (end of the window) that last fired this Finding, RFC 3339.",
+    )
+    retention: Duration = Field(
+        default=FindingsSpec.model_fields["retention"].default,
+        description=(
+            "The detector's findings.retention when this Finding was last written; the Finding "
+            "is deleted once lastSeen is older, also after its detector is gone."
+        ),
+    )
     occurrences: int = Field(
         ge=1,
         description=(

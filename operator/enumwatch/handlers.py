@@ -23,8 +23,9 @@ from enumwatch import metrics
 from enumwatch.crd import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.kubeapi import ApiError, Credentials, KubeClient, namespaced_path
 from enumwatch.runtime import DetectorRuntime, Detectors
-from enumwatch.sink import DetectorRef, FindingSink
-from enumwatch.spec import format_duration
+from enumwatch.sink import DetectorRef, FindingSink, SinkResult
+from enumwatch.spec import DetectorSpec, format_duration
+from enumwatch.status import Condition, DetectorStatus
 from enumwatch.timefmt import format_rfc3339, now_rfc3339, parse_rfc3339
 
 log = logging.getLogger("enumwatch.operator")
@@ -36,7 +37,7 @@ class OperatorConfig:
 
     settle: float = 0.5  # seconds after a tick before it is evaluated (events in flight)
     tick_resolution: float = 0.1  # how often the ticker looks for due ticks
-    max_catch_up: int = 10  # ticks evaluated in one go after a pause; older ones are skipped
+    expiry_every: float = 60.0  # at most this long between two retention sweeps
 
 
 class Operator:
@@ -54,6 +55,7 @@ class Operator:
         self.sink = sink
         self.config = config
         self.ready = asyncio.Event()
+        self._last_expiry = 0.0
 
     # ------------------------------------------------------------------ kopf registration
 
@@ -127,48 +129,83 @@ class Operator:
             )
         await self.patch_status(runtime)
 
-    def _ready_condition(self, runtime: DetectorRuntime) -> dict[str, Any]:
-        if runtime.error is not None:
-            status, reason, message = "False", "InvalidSpec", runtime.error
-        else:
-            assert runtime.spec is not None
-            status, reason = "True", "Running"
-            schedule = runtime.spec.schedule
-            message = (
-                f"evaluating every {format_duration(schedule.interval_seconds)} over the last "
-                f"{format_duration(schedule.lookback_seconds)} of audit events"
-            )
-        previous = next((c for c in runtime.conditions if c["type"] == "Ready"), None)
+    def _condition(
+        self, runtime: DetectorRuntime, type_: str, status: str, reason: str, message: str
+    ) -> Condition:
+        """A condition whose lastTransitionTime moves only when its status changes."""
+        previous = next((c for c in runtime.conditions if c.type == type_), None)
         since = (
-            previous["lastTransitionTime"]
-            if previous and previous["status"] == status
+            previous.last_transition_time
+            if previous is not None and previous.status == status
             else now_rfc3339()
         )
-        return {
-            "type": "Ready",
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": since,
-            "observedGeneration": runtime.generation,
-        }
+        return Condition(
+            type=type_,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            message=message,
+            lastTransitionTime=since,
+            observedGeneration=runtime.generation,
+        )
+
+    def _conditions(self, runtime: DetectorRuntime) -> list[Condition]:
+        """Ready (the detector runs) and FindingsWritten (no Finding write is pending)."""
+        if runtime.error is not None:
+            ready = self._condition(runtime, "Ready", "False", "InvalidSpec", runtime.error)
+        else:
+            assert runtime.spec is not None
+            schedule = runtime.spec.schedule
+            basis = "arrival" if schedule.timestamp == "ingested" else "event"
+            ready = self._condition(
+                runtime,
+                "Ready",
+                "True",
+                "Running",
+                f"evaluating every {format_duration(schedule.interval_seconds)} over the last "
+                f"{format_duration(schedule.lookback_seconds)} of audit events ({basis} time)",
+            )
+        if runtime.pending:
+            first = next(iter(runtime.pending.values()))
+            written = self._condition(
+                runtime,
+                "FindingsWritten",
+                "False",
+                "WriteFailed",
+                f"{len(runtime.pending)} Finding write(s) failed and are retried at the next "
+                f"tick; last error: {first.error}"[:1000],
+            )
+        else:
+            written = self._condition(
+                runtime, "FindingsWritten", "True", "Written", "every Finding was written"
+            )
+        return [ready, written]
 
     async def patch_status(self, runtime: DetectorRuntime) -> None:
         """Write the detector's status subresource (conventions: observedGeneration, Ready)."""
-        runtime.conditions = [self._ready_condition(runtime)]
+        runtime.conditions = self._conditions(runtime)
         evaluator = runtime.evaluator
-        status: dict[str, Any] = {
-            "observedGeneration": runtime.generation,
-            "conditions": runtime.conditions,
-            "eventsSeen": runtime.events_seen,
-            "eventsMatched": runtime.events_matched,
-            "findingsCreated": runtime.findings_created,
-            "findingsUpdated": runtime.findings_updated,
-            "findingsCapped": runtime.findings_capped,
-            "activeGroups": runtime.active_groups,
-        }
-        if evaluator is not None and evaluator.last_tick is not None:
-            status["lastEvaluation"] = format_rfc3339(evaluator.last_tick)
+        if runtime.spec is not None:
+            with contextlib.suppress(ApiError, OSError):
+                runtime.findings = await self.sink.count(runtime.ref)
+        status = DetectorStatus(
+            observedGeneration=runtime.generation,
+            conditions=runtime.conditions,
+            lastEvaluation=(
+                format_rfc3339(evaluator.last_tick)
+                if evaluator is not None and evaluator.last_tick is not None
+                else None
+            ),
+            eventsSeen=runtime.events_seen,
+            eventsMatched=runtime.events_matched,
+            eventsLate=evaluator.late if evaluator is not None else 0,
+            eventsFuture=evaluator.future if evaluator is not None else 0,
+            findings=runtime.findings,
+            findingsCreated=runtime.findings_created,
+            findingsUpdated=runtime.findings_updated,
+            findingsCapped=runtime.findings_capped,
+            findingsWriteErrors=runtime.findings_write_errors,
+            activeGroups=runtime.active_groups,
+        )
         path = (
             namespaced_path(
                 GROUP, VERSION, runtime.ref.namespace, DETECTOR_PLURAL, runtime.ref.name
@@ -176,63 +213,116 @@ class Operator:
             + "/status"
         )
         try:
-            await self.client.merge_patch(path, {"status": status})
+            await self.client.merge_patch(
+                path, {"status": status.model_dump(by_alias=True, exclude_none=True, mode="json")}
+            )
         except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 log.warning("status patch failed: %s", exc)
+        except OSError as exc:
+            log.warning("status patch failed: %s", exc)
 
     # ------------------------------------------------------------------ the schedule
 
     async def tick_once(self, now: float) -> int:
-        """Evaluate every detector's due ticks up to ``now - settle``; return ticks evaluated."""
+        """Evaluate every detector's due ticks up to ``now - settle``; return ticks evaluated.
+
+        Nothing here can take a tick down half way: each Finding write stands alone (a failed
+        one is kept and retried at the next tick), and the status patch, the checkpoint and
+        the retention sweep happen whatever the writes did.
+        """
         evaluated = 0
         for runtime in list(self.detectors.by_key.values()):
             evaluator, spec = runtime.evaluator, runtime.spec
             if evaluator is None or spec is None:
                 continue
             due = evaluator.due_ticks(now - self.config.settle)
-            if evaluator.last_tick is not None and due and due[-1] <= evaluator.last_tick:
+            if not due:
                 continue
-            due = [t for t in due if evaluator.last_tick is None or t > evaluator.last_tick]
-            for tick in due[-self.config.max_catch_up :]:
-                started = time.perf_counter()
-                window = evaluator.evaluate(tick)
-                runtime.active_groups = window.groups
-                result = await self.sink.apply(runtime.ref, spec, window)
-                runtime.findings_created += len(result.created)
-                runtime.findings_updated += len(result.updated)
-                runtime.findings_capped += result.capped
-                metrics.FINDINGS_CREATED.inc(len(result.created))
-                metrics.FINDINGS_UPDATED.inc(len(result.updated))
-                metrics.FINDINGS_SUPPRESSED.inc(len(result.suppressed))
-                metrics.FINDINGS_CAPPED.inc(result.capped)
-                metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
-                metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
-                if window.rows:
-                    log.info(
-                        "tick fired",
-                        extra={
-                            "detector": f"{runtime.ref.namespace}/{runtime.ref.name}",
-                            "tick": format_rfc3339(tick),
-                            "rows": len(window.rows),
-                            "findings_created": result.created,
-                            "findings_updated": result.updated,
-                        },
-                    )
+            for tick in due:
+                await self._evaluate(runtime, spec, tick)
                 evaluated += 1
-            if due:
-                await self.patch_status(runtime)
-                await self._expire(runtime, spec, now)
+                await asyncio.sleep(0)  # a long catch-up must not starve /healthz or ingest
+            await self._retry_pending(runtime, spec)
+            await self.patch_status(runtime)
         if evaluated:
             self.detectors.checkpoint()
+        await self._expire(now)
         return evaluated
 
-    async def _expire(self, runtime: DetectorRuntime, spec: Any, now: float) -> None:
-        every = min(60.0, spec.findings.retention_seconds / 4)
-        if now - runtime.last_expiry < every:
+    async def _evaluate(self, runtime: DetectorRuntime, spec: DetectorSpec, tick: float) -> None:
+        """Evaluate one tick and write its Findings."""
+        assert runtime.evaluator is not None
+        started = time.perf_counter()
+        window = runtime.evaluator.evaluate(tick)
+        runtime.active_groups = window.groups
+        result = await self.sink.apply(runtime.ref, spec, window)
+        # A group that fired again supersedes its pending retry: the fresher row was written
+        # (or failed and is pending again, below).
+        for row in window.rows[: spec.findings.max_per_run]:
+            runtime.pending.pop(row.key, None)
+        self._record(runtime, result)
+        metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        if window.rows:
+            log.info(
+                "tick fired",
+                extra={
+                    "detector": f"{runtime.ref.namespace}/{runtime.ref.name}",
+                    "tick": format_rfc3339(tick),
+                    "rows": len(window.rows),
+                    "findings_created": result.created,
+                    "findings_updated": result.updated,
+                    "findings_failed": len(result.failed),
+                },
+            )
+
+    async def _retry_pending(self, runtime: DetectorRuntime, spec: DetectorSpec) -> None:
+        """Write again the Findings whose write failed at an earlier tick."""
+        for key, failed in list(runtime.pending.items()):
+            runtime.pending.pop(key)
+            self._record(runtime, await self.sink.apply(runtime.ref, spec, failed.window))
+
+    def _record(self, runtime: DetectorRuntime, result: SinkResult) -> None:
+        """Count what the sink did, and keep its failed rows for a retry."""
+        runtime.findings_created += len(result.created)
+        runtime.findings_updated += len(result.updated)
+        runtime.findings_capped += result.capped
+        runtime.findings_write_errors += len(result.failed)
+        for failed in result.failed:
+            for row in failed.window.rows:
+                runtime.pending[row.key] = failed
+        metrics.FINDINGS_CREATED.inc(len(result.created))
+        metrics.FINDINGS_UPDATED.inc(len(result.updated))
+        metrics.FINDINGS_SUPPRESSED.inc(len(result.suppressed))
+        metrics.FINDINGS_GREW.inc(len(result.grew))
+        metrics.FINDINGS_CAPPED.inc(result.capped)
+        if result.failed:
+            metrics.FINDING_WRITE_ERRORS.labels(runtime.ref.namespace, runtime.ref.name).inc(
+                len(result.failed)
+            )
+
+    async def _expire(self, now: float) -> None:
+        """Delete expired Findings of every detector, running or deleted (a periodic sweep)."""
+        retentions = [
+            r.spec.findings.retention_seconds for r in self.detectors.by_key.values() if r.spec
+        ]
+        every = min([self.config.expiry_every, *(r / 4 for r in retentions)])
+        if now - self._last_expiry < every:
             return
-        runtime.last_expiry = now
-        deleted = await self.sink.expire(runtime.ref, spec, now)
+        self._last_expiry = now
+
+        def retention_of(namespace: str, detector: str) -> float | None:
+            runtime = self.detectors.by_key.get((namespace, detector))
+            if runtime is None or runtime.spec is None:
+                return None
+            return runtime.spec.findings.retention_seconds
+
+        try:
+            deleted = await self.sink.expire(now, retention_of)
+        except (ApiError, OSError) as exc:
+            log.warning("retention sweep failed, will retry: %s", exc)
+            return
         if deleted:
             metrics.FINDINGS_EXPIRED.inc(len(deleted))
             log.info("findings expired", extra={"findings": deleted})

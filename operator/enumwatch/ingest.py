@@ -167,6 +167,7 @@ class IngestServer:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._answer(413, error=f"body larger than {self.max_body} bytes")
+        arrival = time.time()  # the events' "event.ingested": their time on the default basis
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -195,10 +196,19 @@ class IngestServer:
                 duplicates += 1
                 continue
             events.append(result)
-        self.detectors.offer(events)
+        offered = self.detectors.offer(events, arrival)
         metrics.EVENTS_INGESTED.inc(len(events))
         metrics.EVENTS_DUPLICATE.inc(duplicates)
-        return self._answer(200, accepted=len(events), duplicates=duplicates, skipped=skipped)
+        # late/future: accepted here, but refused by a detector's windows (event time only);
+        # said in the answer, so that nothing disappears behind a 200.
+        return self._answer(
+            200,
+            accepted=len(events),
+            duplicates=duplicates,
+            skipped=skipped,
+            late=offered.late,
+            future=offered.future,
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""

@@ -211,6 +211,12 @@ class KubeClient:
             "PATCH", path, body=patch, content_type="application/merge-patch+json"
         )
 
+    async def json_patch(self, path: str, operations: list[Any]) -> Obj:
+        """Apply a JSON Patch (RFC 6902) to the object at ``path``."""
+        return await self.request(
+            "PATCH", path, body=operations, content_type="application/json-patch+json"
+        )
+
     async def delete(self, path: str) -> None:
         """DELETE the object at ``path``; a missing object is not an error."""
         try:

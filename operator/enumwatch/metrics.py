@@ -40,6 +40,18 @@ EVENTS_MATCHED = Counter(
     ["namespace", "detector"],
     registry=REGISTRY,
 )
+EVENTS_LATE = Counter(
+    "enumwatch_events_late_total",
+    "Matching events refused as older than every future window (schedule.timestamp: event).",
+    ["namespace", "detector"],
+    registry=REGISTRY,
+)
+EVENTS_FUTURE = Counter(
+    "enumwatch_events_future_total",
+    "Matching events refused as stamped more than 5m after arrival (schedule.timestamp: event).",
+    ["namespace", "detector"],
+    registry=REGISTRY,
+)
 INGEST_REQUESTS = Counter(
     "enumwatch_ingest_requests_total",
     "Ingest HTTP requests by status code.",
@@ -69,6 +81,17 @@ FINDINGS_UPDATED = Counter(
 FINDINGS_SUPPRESSED = Counter(
     "enumwatch_findings_suppressed_total",
     "Repeats within suppressFor (the Finding updated, no new occurrence).",
+    registry=REGISTRY,
+)
+FINDINGS_GREW = Counter(
+    "enumwatch_findings_grew_total",
+    "Repeats within suppressFor whose evidence grew (an Event says what changed).",
+    registry=REGISTRY,
+)
+FINDING_WRITE_ERRORS = Counter(
+    "enumwatch_finding_write_errors_total",
+    "Finding writes that failed (each is retried at the next tick).",
+    ["namespace", "detector"],
     registry=REGISTRY,
 )
 FINDINGS_CAPPED = Counter(

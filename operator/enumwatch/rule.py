@@ -65,6 +65,17 @@ _ALLOW, _FORBID, _FAILED, _SUCCESS, _NOT_FOUND, _OTHER, _UNKNOWN = range(len(OUT
 GroupKey = tuple[str | None, str | None]
 
 
+def group_keys(source_ips: tuple[str, ...], user_agent: str | None) -> tuple[GroupKey, ...]:
+    """The groups an event counts in: one per distinct source IP (a null IP when it has none).
+
+    This is the ES|QL ``BY`` over a multi-valued ``sourceIPs``; :meth:`GroupTable.add_fields`
+    inlines the same expansion on its hot path.
+    """
+    if not source_ips:
+        return ((None, user_agent),)
+    return tuple((ip, user_agent) for ip in dict.fromkeys(source_ips))
+
+
 def _outcome_index(event: AuditEvent) -> int:
     return _outcome_of(event.decision, event.code)
 

@@ -13,29 +13,80 @@ import datetime as dt
 import enum
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from enumwatch.crd import API_VERSION, DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
+from enumwatch.crd import (
+    API_VERSION,
+    DETECTOR_LABEL,
+    FINDING_PLURAL,
+    GROUP,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    VERSION,
+)
 from enumwatch.finding import FindingSpec, Window, aggregates_from_row, finding_name, rule_ref
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import Row
-from enumwatch.spec import DetectorSpec
+from enumwatch.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 
 log = logging.getLogger("enumwatch.sink")
 REASON_DETECTED = "EnumerationDetected"
 REASON_CAPPED = "FindingsCapped"
+REASON_WRITE_FAILED = "FindingWriteFailed"
+DEFAULT_RETENTION: str = FindingsSpec.model_fields["retention"].default
 
 
 class Action(enum.Enum):
     """What a row does to its Finding."""
 
     CREATE = "create"
-    SUPPRESSED = "suppressed"  # a repeat within suppressFor: same occurrence, fresher evidence
+    SUPPRESSED = "suppressed"  # a repeat within suppressFor, no more evidence: quiet update
+    GREW = "grew"  # a repeat within suppressFor whose evidence grew: update and say what changed
     NEW_OCCURRENCE = "new_occurrence"  # a repeat after suppressFor: occurrences + 1
     NOOP = "noop"  # this tick is already recorded (a retry, or a restart re-evaluating it)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The pure decision for one row: the action, the spec to write, and what grew."""
+
+    action: Action
+    spec: FindingSpec | None
+    changes: tuple[str, ...] = ()
+
+
+_SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+_GROWTH_COUNTS = (
+    ("requestURICountDistinct", "distinct URIs"),
+    ("resourceCountDistinct", "distinct resources"),
+    ("verbCountDistinct", "distinct verbs"),
+)
+
+
+def growth(existing: dict[str, Any], new: FindingSpec) -> tuple[str, ...]:
+    """What ``new`` shows that the stored Finding ``existing`` did not (pure).
+
+    More distinct URIs, resources or verbs, an outcome not seen before (a success, say), a
+    higher severity. A window that slid past older events and shows *less* is not growth.
+    """
+    changes = []
+    old_aggregates = existing.get("aggregates") or {}
+    new_aggregates = new.aggregates.model_dump(by_alias=True)
+    for key, label in _GROWTH_COUNTS:
+        before, after = int(old_aggregates.get(key) or 0), int(new_aggregates[key])
+        if after > before:
+            changes.append(f"{label} {before} -> {after}")
+    added = sorted(set(new.aggregates.outcomes) - set(old_aggregates.get("outcomes") or ()))
+    if added:
+        changes.append("new outcome " + ", ".join(added))
+    old_severity = str((existing.get("rule") or {}).get("severity", ""))
+    if _SEVERITY_RANK.get(new.rule.severity, 0) > _SEVERITY_RANK.get(old_severity, 0):
+        changes.append(f"severity {old_severity} -> {new.rule.severity}")
+    return tuple(changes)
 
 
 def plan(
@@ -44,10 +95,11 @@ def plan(
     window: WindowResult,
     detector: str,
     spec: DetectorSpec,
-) -> tuple[Action, FindingSpec | None]:
+) -> Plan:
     """Decide what ``row`` does to the Finding whose current spec is ``existing`` (pure).
 
-    Returns the action and the Finding spec to write (``None`` for :attr:`Action.NOOP`).
+    ``lastSeen`` is the time of the group's latest event in the window; ``lastFired`` the tick.
+    A tick at or before the recorded ``lastFired`` is a no-op, so retries never double count.
     """
     tick = format_rfc3339(window.tick)
     common: dict[str, Any] = {
@@ -56,25 +108,94 @@ def plan(
         "sourceIP": row.source_ip,
         "userAgent": row.user_agent,
         "window": Window(start=format_rfc3339(window.start), end=tick),
-        "lastSeen": tick,
+        "lastSeen": format_rfc3339(window.last_seen.get(row.key, window.tick)),
+        "lastFired": tick,
+        "retention": spec.findings.retention,
         "aggregates": aggregates_from_row(row),
     }
     if existing is None:
-        return Action.CREATE, FindingSpec.model_validate(
-            {**common, "firstSeen": tick, "occurrences": 1}
+        return Plan(
+            Action.CREATE,
+            FindingSpec.model_validate({**common, "firstSeen": tick, "occurrences": 1}),
         )
-    last_seen = parse_rfc3339(existing["lastSeen"])
-    if window.tick <= last_seen:
-        return Action.NOOP, None
+    # Findings written before lastFired existed kept the tick in lastSeen.
+    last_fired = parse_rfc3339(existing.get("lastFired") or existing["lastSeen"])
+    if window.tick <= last_fired:
+        return Plan(Action.NOOP, None)
     occurrences = int(existing.get("occurrences", 1))
     first_seen = existing.get("firstSeen", tick)
-    if window.tick - last_seen <= spec.findings.suppress_for_seconds:
-        return Action.SUPPRESSED, FindingSpec.model_validate(
+    if window.tick - last_fired <= spec.findings.suppress_for_seconds:
+        new = FindingSpec.model_validate(
             {**common, "firstSeen": first_seen, "occurrences": occurrences}
         )
-    return Action.NEW_OCCURRENCE, FindingSpec.model_validate(
-        {**common, "firstSeen": first_seen, "occurrences": occurrences + 1}
+        changes = growth(existing, new)
+        return Plan(Action.GREW if changes else Action.SUPPRESSED, new, changes)
+    return Plan(
+        Action.NEW_OCCURRENCE,
+        FindingSpec.model_validate(
+            {**common, "firstSeen": first_seen, "occurrences": occurrences + 1}
+        ),
     )
+
+
+def spec_patch(existing: dict[str, Any], new: dict[str, Any], resource_version: str) -> list[Any]:
+    """A JSON Patch (RFC 6902) that changes exactly the spec fields that differ.
+
+    A JSON *merge* patch cannot say "set to null" (null means "delete"), and a Finding's
+    ``sourceIP`` and ``userAgent`` are legitimately null; a JSON Patch ``replace`` can. The
+    resourceVersion makes it conditional: a concurrent change answers 409 and the row is planned
+    again.
+    """
+    ops: list[Any] = [
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version}
+    ]
+    for key, value in new.items():
+        if key not in existing:
+            ops.append({"op": "add", "path": f"/spec/{key}", "value": value})
+        elif existing[key] != value:
+            ops.append({"op": "replace", "path": f"/spec/{key}", "value": value})
+    return ops
+
+
+@dataclass(frozen=True)
+class FailedWrite:
+    """A row whose Finding could not be written; retried at the next tick."""
+
+    window: WindowResult  # the row's window, with this row only
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, so that a pending retry survives a restart of the operator."""
+        w = self.window
+        return {
+            "tick": w.tick,
+            "start": w.start,
+            "end": w.end,
+            "events": w.events,
+            "groups": w.groups,
+            "rows": [asdict(row) for row in w.rows],
+            "lastSeen": [[ip, ua, ts] for (ip, ua), ts in w.last_seen.items()],
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FailedWrite:
+        """Read back :meth:`to_dict`; raises ``KeyError``/``TypeError`` on a malformed one."""
+        fields: list[dict[str, Any]] = [
+            {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+            for row in data["rows"]
+        ]
+        rows = tuple(Row(**f) for f in fields)
+        window = WindowResult(
+            tick=float(data["tick"]),
+            start=float(data["start"]),
+            end=float(data["end"]),
+            rows=rows,
+            events=int(data["events"]),
+            groups=int(data["groups"]),
+            last_seen={(ip, ua): float(ts) for ip, ua, ts in data["lastSeen"]},
+        )
+        return cls(window=window, error=str(data["error"]))
 
 
 @dataclass
@@ -84,9 +205,11 @@ class SinkResult:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)
+    grew: list[str] = field(default_factory=list)
     new_occurrences: list[str] = field(default_factory=list)
     unchanged: int = 0
     capped: int = 0
+    failed: list[FailedWrite] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,10 +235,18 @@ def summary(row: Row) -> str:
     """The Event message for a row: source IP, user agent and the key counts."""
     return (
         f"anonymous enumeration from {row.source_ip or '<no IP>'} "
-        f"(user agent {row.user_agent or '<none>'!r}): {row.document_count} requests, "
+        f"(user agent {row.user_agent or '<none>'!r}): {row.document_count} audit events, "
         f"{row.request_uri_count_distinct} distinct URIs, {row.resource_count_distinct} "
         f"resources; forbidden {row.authz_forbid_count}, 401/403 {row.status_fail_count}, "
         f"not found {row.not_found_count}"
+    )
+
+
+def only_row(window: WindowResult, row: Row) -> WindowResult:
+    """``window`` narrowed to one of its rows (what a retry of that row needs)."""
+    seen = window.last_seen.get(row.key)
+    return replace(
+        window, rows=(row,), last_seen={} if seen is None else {row.key: seen}
     )
 
 
@@ -129,13 +260,32 @@ class FindingSink:
     async def apply(
         self, detector: DetectorRef, spec: DetectorSpec, window: WindowResult
     ) -> SinkResult:
-        """Create or update the Findings for ``window.rows`` (at most ``maxPerRun``)."""
+        """Create or update the Findings for ``window.rows`` (at most ``maxPerRun``).
+
+        Each row's write stands alone: a failure (an invalid object, a conflict that persists,
+        an API outage) is logged and returned in :attr:`SinkResult.failed` for a retry at the
+        next tick, and the other rows are still written.
+        """
         result = SinkResult()
         rows = list(window.rows)
         cap = spec.findings.max_per_run
         result.capped = max(0, len(rows) - cap)
         for row in rows[:cap]:
-            await self._apply_row(detector, spec, window, row, result)
+            try:
+                await self._apply_row(detector, spec, window, row, result)
+            except Exception as exc:
+                name = finding_name(detector.name, row.source_ip, row.user_agent)
+                log.warning(
+                    "finding write failed, will retry at the next tick",
+                    extra={
+                        "detector": f"{detector.namespace}/{detector.name}",
+                        "finding": name,
+                        "error": str(exc) or type(exc).__name__,
+                    },
+                )
+                result.failed.append(
+                    FailedWrite(window=only_row(window, row), error=str(exc) or repr(exc))
+                )
         if result.capped:
             await self.event(
                 detector.involved_object(),
@@ -158,13 +308,11 @@ class FindingSink:
         path = namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
         for _attempt in range(3):
             current = await self.client.get_or_none(path)
-            action, new_spec = plan(
-                current["spec"] if current else None, row, window, detector.name, spec
-            )
-            if action is Action.NOOP or new_spec is None:
+            decided = plan(current["spec"] if current else None, row, window, detector.name, spec)
+            if decided.action is Action.NOOP or decided.spec is None:
                 result.unchanged += 1
                 return
-            body = new_spec.model_dump(by_alias=True, mode="json")
+            body = decided.spec.model_dump(by_alias=True, mode="json")
             try:
                 if current is None:
                     created = await self.client.create(
@@ -177,40 +325,39 @@ class FindingSink:
                                 "namespace": detector.namespace,
                                 "labels": {
                                     DETECTOR_LABEL: detector.name,
-                                    "app.kubernetes.io/managed-by": "enumwatch",
+                                    MANAGED_BY_LABEL: MANAGED_BY,
                                 },
                             },
                             "spec": body,
                         },
                     )
                     result.created.append(name)
-                    await self._announce(created, detector, row)
-                else:
-                    await self.client.merge_patch(
-                        path,
-                        {
-                            "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
-                            "spec": body,
-                        },
-                    )
-                    result.updated.append(name)
-                    if action is Action.SUPPRESSED:
-                        result.suppressed.append(name)
-                    else:
-                        result.new_occurrences.append(name)
-                        await self._announce(current, detector, row, again=True)
-                return
+                    await self._announce(created, detector, summary(row))
+                    return
+                await self.client.json_patch(
+                    path,
+                    spec_patch(current["spec"], body, current["metadata"]["resourceVersion"]),
+                )
             except ApiError as exc:
                 if exc.status == 409:  # created or changed concurrently: plan again
                     continue
                 raise
+            result.updated.append(name)
+            if decided.action is Action.SUPPRESSED:
+                result.suppressed.append(name)
+            elif decided.action is Action.GREW:
+                result.grew.append(name)
+                await self._announce(
+                    current, detector, summary(row) + "; grew: " + "; ".join(decided.changes)
+                )
+            else:
+                result.new_occurrences.append(name)
+                await self._announce(current, detector, summary(row) + " (new occurrence)")
+            return
         raise RuntimeError(f"Finding {detector.namespace}/{name} kept conflicting; will retry")
 
-    async def _announce(
-        self, finding: dict[str, Any], detector: DetectorRef, row: Row, again: bool = False
-    ) -> None:
+    async def _announce(self, finding: dict[str, Any], detector: DetectorRef, message: str) -> None:
         meta = finding["metadata"]
-        message = summary(row) + (" (new occurrence)" if again else "")
         await self.event(
             {
                 "apiVersion": API_VERSION,
@@ -260,20 +407,42 @@ class FindingSink:
         except ApiError as exc:
             log.warning("could not post Event %s on %s: %s", reason, involved["name"], exc)
 
-    async def expire(self, detector: DetectorRef, spec: DetectorSpec, now: float) -> list[str]:
-        """Delete this detector's Findings whose lastSeen is older than ``findings.retention``."""
+    async def count(self, detector: DetectorRef) -> int:
+        """How many Findings of ``detector`` exist now (the detector's FINDINGS column)."""
         listing = await self.client.get(
             namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
             params={"labelSelector": f"{DETECTOR_LABEL}={detector.name}"},
         )
+        return len(listing.get("items", []))
+
+    async def expire(
+        self, now: float, retention_of: Callable[[str, str], float | None]
+    ) -> list[str]:
+        """Delete every Finding (all namespaces) whose lastSeen is older than its retention.
+
+        ``retention_of(namespace, detector)`` gives a running detector's retention in seconds;
+        for a Finding whose detector is gone, the retention recorded on the Finding itself
+        applies, so evidence of a deleted detector still expires. Returns namespace/name of
+        each Finding deleted.
+        """
+        listing = await self.client.get(
+            f"/apis/{GROUP}/{VERSION}/{FINDING_PLURAL}",
+            params={"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"},
+        )
         deleted = []
-        cutoff = now - spec.findings.retention_seconds
         for item in listing.get("items", []):
-            last_seen = item.get("spec", {}).get("lastSeen")
-            if last_seen and parse_rfc3339(last_seen) < cutoff:
-                name = item["metadata"]["name"]
+            spec, meta = item.get("spec") or {}, item["metadata"]
+            last_seen = spec.get("lastSeen")
+            if not last_seen:
+                continue
+            retention = retention_of(meta["namespace"], spec.get("detector", ""))
+            if retention is None:
+                retention = parse_duration(spec.get("retention") or DEFAULT_RETENTION)
+            if parse_rfc3339(last_seen) < now - retention:
                 await self.client.delete(
-                    namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
+                    namespaced_path(
+                        GROUP, VERSION, meta["namespace"], FINDING_PLURAL, meta["name"]
+                    )
                 )
-                deleted.append(name)
+                deleted.append(f"{meta['namespace']}/{meta['name']}")
         return deleted

@@ -25,6 +25,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 #: the seed lists it, so it stays allowed.
 AuditLevel = Literal["None", "Metadata", "Request", "RequestResponse", "ResponseComplete"]
 Severity = Literal["low", "medium", "high", "critical"]
+TimestampSource = Literal["ingested", "event"]
 
 
 def parse_duration(text: str) -> float:
@@ -130,7 +131,7 @@ class ThresholdsSpec(_Model):
 
 
 class ScheduleSpec(_Model):
-    """Elastic's schedule, replayed over event time."""
+    """Elastic's schedule: every interval, the audit events of the last lookback."""
 
     # The same checks as the validators below, for the API server (CEL in the generated CRD).
     model_config = ConfigDict(
@@ -158,8 +159,20 @@ class ScheduleSpec(_Model):
     lookback: Duration = Field(
         default="6m",
         description=(
-            "Each run looks at events with timestamps in (tick - lookback, tick]. Must not be "
-            "shorter than interval. Seed schedule: 6m."
+            "Each run looks at events whose time (see timestamp) is in (tick - lookback, tick]. "
+            "Must not be shorter than interval. Seed schedule: 6m."
+        ),
+    )
+
+    timestamp: TimestampSource = Field(
+        default="ingested",
+        description=(
+            "Which time places an audit event in a window. 'ingested' (default, as Elastic runs "
+            "the seed with timestamp_override = event.ingested): when the operator received it, "
+            "so late batches (audit webhook, managed-cluster log services) are still evaluated. "
+            "'event': the event's own stageTimestamp, as 'enumwatch scan --replay' does; events "
+            "older than every future window are then counted as late, and events stamped more "
+            "than 5m after their arrival as future, in status.eventsLate / eventsFuture."
         ),
     )
 

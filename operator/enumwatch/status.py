@@ -49,8 +49,37 @@ class DetectorStatus(_Model):
     events_matched: int = Field(
         default=0, alias="eventsMatched", description="Events that passed the match filter."
     )
+    events_late: int = Field(
+        default=0,
+        alias="eventsLate",
+        description=(
+            "Matching events refused because they were older than every future window "
+            "(schedule.timestamp: event only)."
+        ),
+    )
+    events_future: int = Field(
+        default=0,
+        alias="eventsFuture",
+        description=(
+            "Matching events refused because their timestamp was more than 5m after their "
+            "arrival (schedule.timestamp: event only)."
+        ),
+    )
+    findings: int = Field(
+        default=0, description="Findings of this detector that exist now (the FINDINGS column)."
+    )
     findings_created: int = Field(
-        default=0, alias="findingsCreated", description="Findings created by this detector."
+        default=0,
+        alias="findingsCreated",
+        description="Findings created by this detector (since the operator started).",
+    )
+    findings_write_errors: int = Field(
+        default=0,
+        alias="findingsWriteErrors",
+        description=(
+            "Finding writes that failed and are retried at the next tick (since the operator "
+            "started); see the FindingsWritten condition."
+        ),
     )
     findings_updated: int = Field(
         default=0, alias="findingsUpdated", description="Updates of existing Findings."

@@ -1,35 +1,55 @@
-"""Elastic's rule schedule, replayed over event time.
+"""Elastic's rule schedule: every ``interval``, the events of the last ``lookback``.
 
-Elastic runs the seed every ``interval`` over the documents of the last ``lookback``. enumwatch
-does the same on the audit events' own timestamps: ticks fall on epoch-aligned multiples of
-``interval`` and the tick ``T`` evaluates the events with ``T - lookback < timestamp <= T``.
-Using event time (not arrival time) makes a live detector, a restarted one and an offline
-backtest (``enumwatch scan --replay``) produce the same windows from the same events.
+Elastic runs the seed every ``interval`` over the documents of the last ``lookback``, and it runs
+it with ``timestamp_override = event.ingested``: a document's time is when it *arrived*, so a
+batch that is late (an audit webhook batches up to 30 s; managed-cluster log services deliver
+minutes late) is still evaluated. enumwatch does the same. Ticks fall on epoch-aligned multiples
+of ``interval``; the tick ``T`` evaluates the events with ``T - lookback < time <= T``, where an
+event's time is, per detector (``spec.schedule.timestamp``):
 
-Pure like :mod:`enumwatch.rule`: no clock (the caller passes ``now``), no I/O. Only events the
-rule matches are buffered, duplicates delivered twice by a retrying tailer are dropped by
-``(auditID, stage)``, events no future tick can see are evicted, and the buffer has a hard cap
-(oldest dropped first, counted) so a flood cannot exhaust the operator's memory.
+* ``ingested`` (the default, as Elastic runs the seed): the time the operator received it;
+* ``event``: its own audit timestamp, so that a live run and an offline backtest
+  (``enumwatch scan --replay``) produce the same windows from the same events. In this mode an
+  event older than every future window is *late* and one stamped far ahead of its arrival is
+  *future*: both are refused and counted, never buffered without bound or dropped silently.
+
+Pure like :mod:`enumwatch.rule`: no clock (the caller passes the arrival time and ``now``), no
+I/O. Only events the rule matches are buffered, duplicates delivered twice by a retrying tailer
+are dropped by ``(auditID, stage)``, events no future tick can see are evicted, and the buffer has
+a hard cap (oldest dropped first, counted) so a flood cannot exhaust the operator's memory.
+Catching up after a pause costs one evaluation per window that holds events, never one per
+elapsed tick.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from enumwatch.audit import AuditEvent
-from enumwatch.rule import Row, Rule
+from enumwatch.rule import GroupKey, Row, Rule, group_keys
 
-#: Default cap on buffered events (about 300 bytes each).
+#: Default cap on buffered events.
 DEFAULT_MAX_BUFFERED = 500_000
+#: In event-time mode, how far an event's own timestamp may lie after its arrival (clock skew
+#: between nodes); anything later is refused and counted as ``future``.
+FUTURE_TOLERANCE_S = 300.0
+
+#: Which time places an event in a window: its arrival at the operator, or its own timestamp.
+TimeBasis = Literal["ingested", "event"]
 
 
 @dataclass(frozen=True, slots=True)
 class WindowResult:
-    """The outcome of one tick: the window ``(start, end]`` and the rows it produced."""
+    """The outcome of one tick: the window ``(start, end]`` and the rows it produced.
+
+    ``last_seen`` maps each row's group key to the time (on the detector's time basis) of the
+    group's latest event in the window.
+    """
 
     tick: float
     start: float
@@ -37,14 +57,17 @@ class WindowResult:
     rows: tuple[Row, ...]
     events: int
     groups: int
+    last_seen: Mapping[GroupKey, float] = field(default_factory=dict)
 
 
 class WindowedEvaluator:
     """Buffers matching events and evaluates the rule at each tick over its lookback window.
 
     Counters (all monotonic): ``added``, ``unmatched`` (not matched by the rule), ``undated`` (no
-    timestamp), ``duplicates``, ``late`` (older than any future window), ``overflow`` (dropped
-    because the buffer was full) and ``evicted`` (left every future window).
+    timestamp, event-time mode), ``duplicates``, ``late`` (older than any future window,
+    event-time mode), ``future`` (stamped more than :data:`FUTURE_TOLERANCE_S` after arrival,
+    event-time mode), ``overflow`` (dropped because the buffer was full) and ``evicted`` (left
+    every future window).
     """
 
     __slots__ = (
@@ -56,6 +79,8 @@ class WindowedEvaluator:
         "data_stream_namespace",
         "duplicates",
         "evicted",
+        "future",
+        "future_tolerance",
         "interval",
         "late",
         "limit",
@@ -63,6 +88,7 @@ class WindowedEvaluator:
         "max_buffered",
         "overflow",
         "rule",
+        "time_basis",
         "undated",
         "unmatched",
     )
@@ -76,24 +102,30 @@ class WindowedEvaluator:
         data_stream_namespace: str = "default",
         limit: int | None = None,
         max_buffered: int = DEFAULT_MAX_BUFFERED,
+        time_basis: TimeBasis = "event",
+        future_tolerance_s: float = FUTURE_TOLERANCE_S,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval must be positive, got {interval_s}")
         if lookback_s < interval_s:
             raise ValueError(f"lookback {lookback_s}s must not be shorter than {interval_s}s")
+        if time_basis not in ("ingested", "event"):
+            raise ValueError(f"time basis must be 'ingested' or 'event', got {time_basis!r}")
         self.rule = rule
         self.interval = float(interval_s)
         self.lookback = float(lookback_s)
         self.data_stream_namespace = data_stream_namespace
         self.limit = limit
         self.max_buffered = max_buffered
-        # Min-heap of (timestamp, arrival sequence, event): eviction pops the oldest first.
+        self.time_basis: TimeBasis = time_basis
+        self.future_tolerance = future_tolerance_s
+        # Min-heap of (time, arrival sequence, event): eviction pops the oldest first.
         self._buffer: list[tuple[float, int, AuditEvent]] = []
         self._keys: set[tuple[str, str | None]] = set()
         self._seq = 0
         self._last_tick: float | None = None
         self.added = self.unmatched = self.undated = self.duplicates = 0
-        self.late = self.overflow = self.evicted = 0
+        self.late = self.future = self.overflow = self.evicted = 0
 
     # ---------------------------------------------------------------------------- inspection
 
@@ -128,24 +160,43 @@ class WindowedEvaluator:
 
     # ---------------------------------------------------------------------------- feeding
 
-    def add(self, event: AuditEvent) -> bool:
-        """Buffer ``event`` if the rule matches it and a future tick can see it.
+    def add(self, event: AuditEvent, arrival: float | None = None) -> bool:
+        """Buffer ``event`` (received at ``arrival``) if the rule matches it and a tick can see it.
 
+        ``arrival`` is required on the ``ingested`` time basis (it *is* the event's time there);
+        on the ``event`` basis it bounds how far ahead the event's own timestamp may be.
         Returns whether it was buffered; otherwise exactly one counter says why.
         """
         if not self.rule.matches(event):
             self.unmatched += 1
             return False
-        return self._add_matched(event)
+        return self._add_matched(event, arrival)
 
-    def _add_matched(self, event: AuditEvent) -> bool:
+    def _time_of(self, event: AuditEvent, arrival: float | None) -> float | None:
+        """The event's time on this evaluator's basis; counts and returns ``None`` if refused."""
+        if self.time_basis == "ingested":
+            if arrival is None:
+                raise ValueError("an arrival time is required on the 'ingested' time basis")
+            return arrival
         ts = event.timestamp
         if ts is None:
             self.undated += 1
-            return False
+            return None
+        if arrival is not None and ts > arrival + self.future_tolerance:
+            self.future += 1
+            return None
         if ts <= self.horizon:
             self.late += 1
+            return None
+        return ts
+
+    def _add_matched(self, event: AuditEvent, arrival: float | None) -> bool:
+        ts = self._time_of(event, arrival)
+        if ts is None:
             return False
+        return self._buffer_event(ts, event)
+
+    def _buffer_event(self, ts: float, event: AuditEvent) -> bool:
         if event.audit_id is not None:
             key = (event.audit_id, event.stage)
             if key in self._keys:
@@ -174,11 +225,14 @@ class WindowedEvaluator:
     # ---------------------------------------------------------------------------- ticking
 
     def due_ticks(self, now: float) -> list[float]:
-        """The ticks not yet evaluated, up to ``now``, oldest first.
+        """The ticks to evaluate up to ``now``, oldest first: each one whose window holds
+        buffered events, and the latest tick.
 
-        Before the first evaluation the first due tick is the one whose window holds the oldest
-        buffered event (or the latest tick if nothing is buffered). To leave late events time to
-        arrive, pass ``now`` minus a grace delay.
+        Ticks whose windows are empty produce no rows, so they are passed over: catching up
+        after a pause (or on one event stamped a year ago) costs one evaluation per window that
+        holds events, never one per elapsed tick. Before the first evaluation the first due tick
+        is the one whose window holds the oldest buffered event. To leave events in flight time
+        to arrive, pass ``now`` minus a grace delay.
         """
         latest = self.tick_at_or_before(now)
         if self._last_tick is not None:
@@ -187,9 +241,20 @@ class WindowedEvaluator:
             first = self.tick_at_or_after(self._buffer[0][0])
         else:
             first = latest
-        first_index = round(first / self.interval)
-        last_index = round(latest / self.interval)
-        return [i * self.interval for i in range(first_index, last_index + 1)]
+        if first > latest:
+            return []
+        times = sorted(ts for ts, _, _ in self._buffer if first - self.lookback < ts <= latest)
+        ticks: list[float] = []
+        tick, i = first, 0
+        while tick < latest and i < len(times):
+            i = bisect.bisect_right(times, tick - self.lookback, i)
+            if i < len(times) and times[i] <= tick:
+                ticks.append(tick)
+                tick = self._next_tick(tick)
+            elif i < len(times):
+                tick = max(self._next_tick(tick), self.tick_at_or_after(times[i]))
+        ticks.append(latest)
+        return ticks
 
     def evaluate(self, tick: float) -> WindowResult:
         """Evaluate the window ``(tick - lookback, tick]``, then evict what no later tick needs."""
@@ -199,26 +264,41 @@ class WindowedEvaluator:
         for ts, _, event in self._buffer:
             if start < ts <= tick:
                 add(event)
-        rows = table.rows(self.data_stream_namespace, self.limit)
+        rows = tuple(table.rows(self.data_stream_namespace, self.limit))
         result = WindowResult(
             tick=tick,
             start=start,
             end=tick,
-            rows=tuple(rows),
+            rows=rows,
             events=table.added,
             groups=table.group_count,
+            last_seen=self._last_seen(rows, start, tick),
         )
         if self._last_tick is None or tick > self._last_tick:
             self._last_tick = tick
         self._evict(self.horizon)
         return result
 
-    def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
-        """Backtest: run every tick over ``events`` in timestamp order, as a live run would.
+    def _last_seen(self, rows: tuple[Row, ...], start: float, tick: float) -> dict[GroupKey, float]:
+        """The time of each row's latest event in the window (a second pass, only for rows)."""
+        if not rows:
+            return {}
+        wanted = {row.key for row in rows}
+        seen: dict[GroupKey, float] = {}
+        for ts, _, event in self._buffer:
+            if start < ts <= tick:
+                for key in group_keys(event.source_ips, event.user_agent):
+                    if key in wanted and ts > seen.get(key, -math.inf):
+                        seen[key] = ts
+        return seen
 
-        Events may come in any order (they are sorted first; only matching, dated ones are
-        kept). Yields one result per tick from the first event's window to the last one's,
-        skipping stretches where no event is buffered.
+    def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
+        """Backtest: run every tick over ``events`` in their own timestamp order.
+
+        A replay is always on the events' own time (there is no arrival to speak of). Events may
+        come in any order (they are sorted first; only matching, dated ones are kept). Yields one
+        result per tick from the first event's window to the last one's, skipping stretches
+        where no event is buffered.
         """
         dated: list[tuple[float, int, AuditEvent]] = []
         for seq, event in enumerate(events):
@@ -239,27 +319,51 @@ class WindowedEvaluator:
                 if self._last_tick is not None and tick <= self._last_tick:
                     tick = self._next_tick(self._last_tick)
             while position < len(dated) and dated[position][0] <= tick:
-                self._add_matched(dated[position][2])
+                ts, _, event = dated[position]
+                if ts <= self.horizon:
+                    self.late += 1
+                else:
+                    self._buffer_event(ts, event)
                 position += 1
             yield self.evaluate(tick)
 
     # ---------------------------------------------------------------------------- persistence
 
     def export_state(self) -> dict[str, Any]:
-        """The buffered events and the last tick, JSON-ready, for :meth:`restore_state`."""
+        """The buffered events (with their times) and the last tick, for :meth:`restore_state`."""
+        ordered = sorted(self._buffer)
         return {
             "lastTick": self._last_tick,
-            "events": [event.to_dict() for _, _, event in sorted(self._buffer)],
+            "timeBasis": self.time_basis,
+            "times": [ts for ts, _, _ in ordered],
+            "events": [event.to_dict() for _, _, event in ordered],
         }
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
         """Load state saved by :meth:`export_state` into this (fresh) evaluator.
 
         Events are re-checked against this evaluator's rule, so restoring after a spec change
-        keeps only what the new rule matches.
+        keeps only what the new rule matches. Each event keeps the time it was buffered under:
+        its arrival on the ``ingested`` basis (state written before arrival times were kept,
+        or on the ``event`` basis, supplies the event's own time instead).
         """
-        for data in state.get("events") or ():
-            self.add(AuditEvent.from_dict(data))
+        events = state.get("events") or ()
+        times = state.get("times") or [None] * len(events)
+        saved_basis = state.get("timeBasis", "event")
+        for data, saved_ts in zip(events, times, strict=False):
+            event = AuditEvent.from_dict(data)
+            if not self.rule.matches(event):
+                self.unmatched += 1
+                continue
+            if self.time_basis == "ingested":
+                arrival = saved_ts if saved_basis == "ingested" else None
+                arrival = arrival if arrival is not None else event.timestamp
+                if arrival is None:
+                    self.undated += 1
+                    continue
+                self._buffer_event(float(arrival), event)
+            else:
+                self._add_matched(event, None)
         last_tick = state.get("lastTick")
         if last_tick is not None:
             self._last_tick = float(last_tick)

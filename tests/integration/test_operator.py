@@ -58,7 +58,7 @@ def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
     apply_detector(crds, ns, "seed", {})
     stored = kubectl_json(crds, "get", "enumerationdetector", "seed", "-n", ns)["spec"]
     assert stored == DetectorSpec().model_dump(by_alias=True, mode="json")
-    assert stored["schedule"] == {"interval": "5m", "lookback": "6m"}
+    assert stored["schedule"] == {"interval": "5m", "lookback": "6m", "timestamp": "ingested"}
     assert stored["thresholds"]["distinctRequestURIsAbove"] == 5
 
 

@@ -9,6 +9,7 @@ from enumwatch.runtime import DetectorRuntime, Detectors
 from enumwatch.sink import DetectorRef
 
 REF = DetectorRef(namespace="ns", name="det", uid="uid-1")
+ARRIVAL = 5000.0
 
 
 def _event(i: int) -> AuditEvent:
@@ -42,7 +43,7 @@ def test_same_generation_is_not_reapplied_and_a_change_keeps_buffered_events() -
     runtime = DetectorRuntime(ref=REF)
     runtime.configure({}, 1)
     for i in range(3):
-        runtime.offer(_event(i))
+        runtime.offer(_event(i), ARRIVAL)
     assert not runtime.configure({}, 1)
     assert runtime.configure({"thresholds": {"distinctRequestURIsAbove": 1}}, 2)
     assert runtime.evaluator is not None and runtime.evaluator.buffered == 3
@@ -53,21 +54,23 @@ def test_window_state_and_journal_survive_a_restart(tmp_path: Path) -> None:
     first = Detectors(tmp_path)
     runtime = first.get_or_create(REF)
     runtime.configure({}, 1)
-    first.offer([_event(0), _event(1)])
+    first.offer([_event(0), _event(1)], ARRIVAL)
     first.checkpoint()
-    first.offer([_event(2)])  # after the checkpoint: only in the journal
+    first.offer([_event(2)], ARRIVAL)  # after the checkpoint: only in the journal
     second = Detectors(tmp_path)
     restored = second.get_or_create(REF)
     restored.configure({}, 1)
     assert second.restore(restored)
     assert restored.evaluator is not None and restored.evaluator.buffered == 3
+    # Every event keeps its arrival time (the default basis), from the state file and the journal.
+    assert restored.evaluator.export_state()["times"] == [ARRIVAL] * 3
 
 
 def test_state_of_another_object_with_the_same_name_is_ignored(tmp_path: Path) -> None:
     first = Detectors(tmp_path)
     runtime = first.get_or_create(REF)
     runtime.configure({}, 1)
-    first.offer([_event(0)])
+    first.offer([_event(0)], ARRIVAL)
     first.checkpoint()
     second = Detectors(tmp_path)
     other = second.get_or_create(DetectorRef(namespace="ns", name="det", uid="uid-2"))
@@ -80,9 +83,36 @@ def test_removing_a_detector_forgets_its_state(tmp_path: Path) -> None:
     detectors = Detectors(tmp_path)
     runtime = detectors.get_or_create(REF)
     runtime.configure({}, 1)
-    detectors.offer([_event(0)])
+    detectors.offer([_event(0)], ARRIVAL)
     detectors.checkpoint()
     assert (tmp_path / "ns_det.json").exists()
     detectors.remove("ns", "det")
     assert not (tmp_path / "ns_det.json").exists()
     assert detectors.by_key == {}
+
+
+def test_event_basis_counts_late_and_future_events_per_detector() -> None:
+    detectors = Detectors()
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({"schedule": {"timestamp": "event", "interval": "10s", "lookback": "10s"}}, 1)
+    assert runtime.evaluator is not None
+    runtime.evaluator.evaluate(1100.0)  # the next window starts after 1100
+    result = detectors.offer([_event(0), _event(500), _event(150)], arrival=1150.0)
+    assert (result.late, result.future) == (1, 1)
+    assert (runtime.evaluator.late, runtime.evaluator.future, runtime.evaluator.buffered) == (
+        1,
+        1,
+        1,
+    )
+
+
+def test_a_journal_line_of_the_old_format_is_read_at_the_events_own_time(tmp_path: Path) -> None:
+    import orjson
+
+    first = Detectors(tmp_path)
+    first.get_or_create(REF).configure({}, 1)
+    (tmp_path / "journal.ndjson").write_bytes(orjson.dumps(_event(7).to_dict()) + b"\n")
+    restored = first.get_or_create(REF)
+    assert first.restore(restored)
+    assert restored.evaluator is not None
+    assert restored.evaluator.export_state()["times"] == [1007.0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enumwatch.audit import AuditEvent
 from enumwatch.finding import MAX_LIST_ITEMS, aggregates_from_row, finding_name
 from enumwatch.rule import Row, Rule
-from enumwatch.sink import Action, plan, summary
+from enumwatch.sink import Action, FailedWrite, Plan, growth, only_row, plan, spec_patch, summary
 from enumwatch.spec import DetectorSpec
 from enumwatch.timefmt import format_rfc3339 as rfc3339
 from enumwatch.timefmt import parse_rfc3339
@@ -31,46 +31,55 @@ def _row(uris: int = 8, agent: str = "scanner/1") -> Row:
     return row
 
 
-def _window(tick: float) -> WindowResult:
-    row = _row()
-    return WindowResult(tick=tick, start=tick - 360, end=tick, rows=(row,), events=8, groups=1)
+def _window(tick: float, row: Row | None = None, last_seen: float | None = None) -> WindowResult:
+    row = row or _row()
+    seen = {} if last_seen is None else {row.key: last_seen}
+    return WindowResult(
+        tick=tick, start=tick - 360, end=tick, rows=(row,), events=8, groups=1, last_seen=seen
+    )
 
 
 def test_first_firing_creates() -> None:
-    action, spec = plan(None, _row(), _window(3600.0), "det", SPEC)
+    decided = plan(None, _row(), _window(3600.0, last_seen=3590.5), "det", SPEC)
+    action, spec = decided.action, decided.spec
     assert action is Action.CREATE and spec is not None
     assert spec.occurrences == 1
-    assert spec.first_seen == spec.last_seen == rfc3339(3600.0)
+    assert spec.first_seen == spec.last_fired == rfc3339(3600.0)
+    assert spec.last_seen == rfc3339(3590.5)  # the group's latest event, not the tick
+    assert spec.retention == "168h"
     assert spec.source_ip == "10.1.2.3"
     assert spec.rule.risk_score == 47 and spec.rule.severity == "medium"
 
 
 def test_repeat_within_suppression_keeps_the_occurrence() -> None:
-    _, first = plan(None, _row(), _window(3600.0), "det", SPEC)
+    first = plan(None, _row(), _window(3600.0), "det", SPEC).spec
     assert first is not None
     existing = first.model_dump(by_alias=True, mode="json")
-    action, spec = plan(existing, _row(), _window(3900.0), "det", SPEC)
-    assert action is Action.SUPPRESSED and spec is not None
+    decided = plan(existing, _row(), _window(3900.0, last_seen=3850.0), "det", SPEC)
+    spec = decided.spec
+    assert decided.action is Action.SUPPRESSED and spec is not None
+    assert decided.changes == ()
     assert spec.occurrences == 1
     assert spec.first_seen == rfc3339(3600.0)
-    assert spec.last_seen == rfc3339(3900.0)
+    assert spec.last_fired == rfc3339(3900.0)
+    assert spec.last_seen == rfc3339(3850.0)
 
 
 def test_repeat_after_suppression_is_a_new_occurrence() -> None:
-    _, first = plan(None, _row(), _window(3600.0), "det", SPEC)
+    first = plan(None, _row(), _window(3600.0), "det", SPEC).spec
     assert first is not None
     existing = first.model_dump(by_alias=True, mode="json")
-    action, spec = plan(existing, _row(), _window(3600.0 + 601), "det", SPEC)
-    assert action is Action.NEW_OCCURRENCE and spec is not None
-    assert spec.occurrences == 2
+    decided = plan(existing, _row(), _window(3600.0 + 601), "det", SPEC)
+    assert decided.action is Action.NEW_OCCURRENCE and decided.spec is not None
+    assert decided.spec.occurrences == 2
 
 
 def test_a_tick_already_recorded_is_a_noop() -> None:
-    _, first = plan(None, _row(), _window(3600.0), "det", SPEC)
+    first = plan(None, _row(), _window(3600.0), "det", SPEC).spec
     assert first is not None
     existing = first.model_dump(by_alias=True, mode="json")
-    assert plan(existing, _row(), _window(3600.0), "det", SPEC) == (Action.NOOP, None)
-    assert plan(existing, _row(), _window(3300.0), "det", SPEC) == (Action.NOOP, None)
+    assert plan(existing, _row(), _window(3600.0), "det", SPEC) == Plan(Action.NOOP, None)
+    assert plan(existing, _row(), _window(3300.0), "det", SPEC) == Plan(Action.NOOP, None)
 
 
 def test_finding_names_are_deterministic_and_distinct() -> None:
@@ -94,9 +103,61 @@ def test_aggregates_are_capped_and_truncated() -> None:
 
 
 def test_summary_names_ip_agent_and_counts() -> None:
-    text = summary(_row())
-    assert "10.1.2.3" in text and "scanner/1" in text and "8 requests" in text
+    assert summary(_row()) == (
+        "anonymous enumeration from 10.1.2.3 (user agent 'scanner/1'): 8 audit events, "
+        "8 distinct URIs, 8 resources; forbidden 8, 401/403 0, not found 0"
+    )
 
 
 def test_rfc3339_round_trip() -> None:
     assert parse_rfc3339(rfc3339(1234567.5)) == 1234567.5
+
+
+def test_a_repeat_that_grows_says_what_changed() -> None:
+    first = plan(None, _row(uris=7), _window(3600.0, _row(uris=7)), "det", SPEC).spec
+    assert first is not None
+    existing = first.model_dump(by_alias=True, mode="json")
+    decided = plan(existing, _row(uris=12), _window(3660.0, _row(uris=12)), "det", SPEC)
+    assert decided.action is Action.GREW
+    assert decided.changes == ("distinct URIs 7 -> 12", "distinct resources 7 -> 12")
+    # A window that slid past older events shows less: a quiet update, not growth.
+    smaller = plan(existing, _row(uris=6), _window(3720.0, _row(uris=6)), "det", SPEC)
+    assert (smaller.action, smaller.changes) == (Action.SUPPRESSED, ())
+
+
+def test_growth_counts_a_new_outcome_and_a_higher_severity() -> None:
+    first = plan(None, _row(), _window(3600.0), "det", SPEC).spec
+    assert first is not None
+    existing = first.model_dump(by_alias=True, mode="json")
+    existing["aggregates"]["outcomes"] = []
+    existing["rule"]["severity"] = "low"
+    assert growth(existing, first) == ("new outcome authz_forbid", "severity low -> medium")
+
+
+def test_the_patch_names_exactly_what_changes_and_can_set_null() -> None:
+    existing = {"sourceIP": None, "userAgent": None, "occurrences": 1, "lastSeen": "a"}
+    new = {"sourceIP": None, "userAgent": None, "occurrences": 1, "lastSeen": "b", "lastFired": "c"}
+    assert spec_patch(existing, new, "42") == [
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": "42"},
+        {"op": "replace", "path": "/spec/lastSeen", "value": "b"},
+        {"op": "add", "path": "/spec/lastFired", "value": "c"},
+    ]
+
+
+def test_a_finding_written_before_last_fired_existed_is_read_by_its_last_seen() -> None:
+    first = plan(None, _row(), _window(3600.0), "det", SPEC).spec
+    assert first is not None
+    existing = first.model_dump(by_alias=True, mode="json")
+    del existing["lastFired"]
+    existing["lastSeen"] = rfc3339(3600.0)
+    assert plan(existing, _row(), _window(3600.0), "det", SPEC).action is Action.NOOP
+    assert plan(existing, _row(), _window(3660.0), "det", SPEC).action is Action.SUPPRESSED
+
+
+def test_a_failed_write_round_trips_through_json() -> None:
+    import orjson
+
+    window = only_row(_window(3600.0, last_seen=3599.0), _row())
+    failed = FailedWrite(window=window, error="422 Unprocessable")
+    again = FailedWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict())))
+    assert again == failed

@@ -126,14 +126,19 @@ def test_due_ticks() -> None:
     w.evaluate(T0)
     assert w.last_tick == T0
     assert w.due_ticks(T0 + 299.9) == []
-    assert w.due_ticks(T0 + 900) == [T0 + 300, T0 + 600, T0 + 900]
+    # Empty windows are passed over: only the latest tick is due.
+    assert w.due_ticks(T0 + 900) == [T0 + 900]
+    w.add(event(T0 + 301))
+    w.add(event(T0 + 599))
+    # T0 + 600 sees both; T0 + 900 sees T0 + 599 only; T0 + 1200 sees none and is passed over.
+    assert w.due_ticks(T0 + 1500) == [T0 + 600, T0 + 900, T0 + 1500]
 
 
 def test_ticks_stay_aligned_with_fractional_intervals() -> None:
     w = WindowedEvaluator(Rule(), 0.1, 0.1)
     w.add(event(1000.05))
     ticks = w.due_ticks(1001.0)
-    assert len(ticks) == 10
+    assert ticks == [1000.1, 1001.0]  # the event's window, then the latest; none empty between
     assert all(abs(t * 10 - round(t * 10)) < 1e-9 for t in ticks)
     for t in ticks:
         w.evaluate(t)
@@ -182,3 +187,80 @@ def test_replay_skips_empty_stretches() -> None:
     assert [r.tick for r in results] == [T0, T0 + 300, T0 + 86_400, T0 + 86_700]
     assert [r.events for r in results] == [1, 3, 1, 3]
     assert [len(r.rows) for r in results] == [0, 1, 0, 1]
+
+
+def test_catch_up_costs_windows_with_events_not_elapsed_ticks() -> None:
+    # One event a year old and a 1 s schedule: 31 million elapsed ticks, 6 windows hold it.
+    w = WindowedEvaluator(Rule(thresholds=LOW), 1, 6)
+    year = 365 * 86_400
+    assert w.add(event(T0 - year))
+    ticks = w.due_ticks(T0)
+    assert ticks == [T0 - year + i for i in range(6)] + [T0]
+    for tick in ticks:
+        w.evaluate(tick)
+    assert (w.buffered, w.evicted) == (0, 1)
+    assert w.due_ticks(T0 + 0.5) == []
+
+
+def test_ingested_basis_places_events_by_arrival() -> None:
+    w = evaluator(time_basis="ingested")
+    hours_old = [event(T0 - 7200 + i, request_uri=f"/u{i}", code=404) for i in range(5)]
+    for e in hours_old:
+        assert w.add(e, arrival=T0 + 10)
+    assert w.late == 0
+    assert w.due_ticks(T0 + 299) == []  # the first window that holds them ends at T0 + 300
+    assert w.due_ticks(T0 + 300) == [T0 + 300]
+    result = w.evaluate(T0 + 300)
+    assert result.events == 5
+    assert [r.key for r in result.rows] == [("192.0.2.1", "curl")]
+    assert result.last_seen == {("192.0.2.1", "curl"): T0 + 10}
+
+
+def test_ingested_basis_requires_an_arrival_time() -> None:
+    w = evaluator(time_basis="ingested")
+    try:
+        w.add(event(T0))
+    except ValueError as exc:
+        assert str(exc) == "an arrival time is required on the 'ingested' time basis"
+    else:
+        raise AssertionError("no error")
+
+
+def test_event_basis_refuses_the_far_future_and_counts_it() -> None:
+    w = evaluator()
+    assert not w.add(event(T0 + 301), arrival=T0)  # 301 s ahead of its arrival
+    assert w.add(event(T0 + 300), arrival=T0)  # within the tolerance
+    assert (w.future, w.buffered) == (1, 1)
+
+
+def test_last_seen_is_each_rows_latest_event() -> None:
+    w = evaluator()
+    for t, ip in ((T0 - 100, "192.0.2.1"), (T0 - 20, "192.0.2.1"), (T0 - 50, "192.0.2.2")):
+        for i in range(3):
+            w.add(event(t + i, ip=ip, request_uri=f"/{ip}/{t}/{i}", code=404))
+    w.add(event(T0 - 5, ip="192.0.2.9", request_uri="/lone", code=404))  # no row
+    w.add(event(T0 + 5, ip="192.0.2.1", request_uri="/later", code=404))  # after the tick
+    result = w.evaluate(T0)
+    assert result.last_seen == {("192.0.2.1", "curl"): T0 - 18, ("192.0.2.2", "curl"): T0 - 48}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_events, max_size=40))
+def test_last_seen_covers_exactly_the_rows(events: list[AuditEvent]) -> None:
+    w = WindowedEvaluator(Rule(thresholds=LOW), 300, 360)
+    for e in events:
+        w.add(e)
+    result = w.evaluate(T0)
+    assert set(result.last_seen) == {row.key for row in result.rows}
+    assert all(T0 - 360 < t <= T0 for t in result.last_seen.values())
+
+
+def test_restore_keeps_arrival_times() -> None:
+    w = evaluator(time_basis="ingested")
+    w.add(event(T0 - 7200, audit_id="a"), arrival=T0 - 10)
+    w.add(event(T0 - 7100, audit_id="b"), arrival=T0 - 5)
+    state = orjson.loads(orjson.dumps(w.export_state()))
+    restored = evaluator(time_basis="ingested")
+    restored.restore_state(state)
+    assert restored.evaluate(T0) == w.evaluate(T0)
+    assert restored.due_ticks(T0 + 300) == [T0 + 300]
