@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,8 @@ class Operator:
         self.sink = sink
         self.config = config
         self.ready = asyncio.Event()
-        self._last_expiry = 0.0
+        self._last_sweep = -math.inf  # when the last retention sweep ran
+        self._next_expiry = math.inf  # when the earliest Finding it saw expires
 
     # ------------------------------------------------------------------ kopf registration
 
@@ -100,6 +102,8 @@ class Operator:
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
             self.detectors.remove(namespace, name)
+            # Its Findings now expire by their own recorded retention: sweep soon to learn when.
+            self._next_expiry = 0.0
             log.info("detector stopped", extra={"detector": f"{namespace}/{name}"})
             return
         ref = DetectorRef(namespace=namespace, name=name, uid=meta.get("uid", ""))
@@ -114,9 +118,7 @@ class Operator:
             last = (body.get("status") or {}).get("lastEvaluation")
             if runtime.evaluator.last_tick is None and last:
                 # Resume the schedule where the previous instance stopped.
-                runtime.evaluator.restore_state(
-                    {"lastTick": parse_rfc3339(last)}
-                )
+                runtime.evaluator.restore_state({"lastTick": parse_rfc3339(last)})
         if runtime.error is not None:
             log.warning(
                 "detector refused",
@@ -303,14 +305,25 @@ class Operator:
             )
 
     async def _expire(self, now: float) -> None:
-        """Delete expired Findings of every detector, running or deleted (a periodic sweep)."""
+        """Delete expired Findings of every detector, running or deleted (a periodic sweep).
+
+        A sweep is due when the earliest Finding seen by the last sweep expires, or when one
+        written since could have (a running detector's retention has passed), and at least
+        every ``expiry_every`` seconds; never more than once a second.
+        """
         retentions = [
             r.spec.findings.retention_seconds for r in self.detectors.by_key.values() if r.spec
         ]
-        every = min([self.config.expiry_every, *(r / 4 for r in retentions)])
-        if now - self._last_expiry < every:
+        due = min(
+            [
+                self._last_sweep + self.config.expiry_every,
+                self._next_expiry,
+                *(self._last_sweep + r for r in retentions),
+            ]
+        )
+        if now < max(due, self._last_sweep + 1.0):
             return
-        self._last_expiry = now
+        self._last_sweep = now
 
         def retention_of(namespace: str, detector: str) -> float | None:
             runtime = self.detectors.by_key.get((namespace, detector))
@@ -319,10 +332,11 @@ class Operator:
             return runtime.spec.findings.retention_seconds
 
         try:
-            deleted = await self.sink.expire(now, retention_of)
+            deleted, next_expiry = await self.sink.expire(now, retention_of)
         except (ApiError, OSError) as exc:
             log.warning("retention sweep failed, will retry: %s", exc)
             return
+        self._next_expiry = math.inf if next_expiry is None else next_expiry
         if deleted:
             metrics.FINDINGS_EXPIRED.inc(len(deleted))
             log.info("findings expired", extra={"findings": deleted})

@@ -417,19 +417,20 @@ class FindingSink:
 
     async def expire(
         self, now: float, retention_of: Callable[[str, str], float | None]
-    ) -> list[str]:
+    ) -> tuple[list[str], float | None]:
         """Delete every Finding (all namespaces) whose lastSeen is older than its retention.
 
         ``retention_of(namespace, detector)`` gives a running detector's retention in seconds;
         for a Finding whose detector is gone, the retention recorded on the Finding itself
         applies, so evidence of a deleted detector still expires. Returns namespace/name of
-        each Finding deleted.
+        each Finding deleted, and when the next of the remaining ones expires (``None``: none).
         """
         listing = await self.client.get(
             f"/apis/{GROUP}/{VERSION}/{FINDING_PLURAL}",
             params={"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"},
         )
         deleted = []
+        next_expiry: float | None = None
         for item in listing.get("items", []):
             spec, meta = item.get("spec") or {}, item["metadata"]
             last_seen = spec.get("lastSeen")
@@ -438,11 +439,14 @@ class FindingSink:
             retention = retention_of(meta["namespace"], spec.get("detector", ""))
             if retention is None:
                 retention = parse_duration(spec.get("retention") or DEFAULT_RETENTION)
-            if parse_rfc3339(last_seen) < now - retention:
+            expires = parse_rfc3339(last_seen) + retention
+            if expires < now:
                 await self.client.delete(
                     namespaced_path(
                         GROUP, VERSION, meta["namespace"], FINDING_PLURAL, meta["name"]
                     )
                 )
                 deleted.append(f"{meta['namespace']}/{meta['name']}")
-        return deleted
+            elif next_expiry is None or expires < next_expiry:
+                next_expiry = expires
+        return deleted, next_expiry

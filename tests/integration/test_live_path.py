@@ -400,3 +400,23 @@ def test_an_apiserver_outage_mid_tick_is_written_once_it_is_back(tmp_path: Path)
                 if e["reason"] == "EnumerationDetected"
             ]
             assert len(detected) == 1
+
+
+def test_findings_of_a_deleted_detector_still_expire(crds: ControlPlane, tmp_path: Path) -> None:
+    ns = fresh_namespace(crds, "orphan")
+    spec = {**DETECTOR, "findings": {"maxPerRun": 1000, "retention": "4s"}}
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", spec)
+        wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")
+        op.ingest(scanner("203.0.113.50", "orphan/1", 10, time.time(), seed=10))
+        (finding,) = wait_for(lambda: findings(crds, ns), what="the Finding")
+        assert finding["spec"]["retention"] == "4s"
+        crds.kubectl("delete", "enumerationdetector", "det", "-n", ns, "--wait=true")
+        # The detector is gone; the Finding is evidence, kept until its own retention ends.
+        assert [f["metadata"]["name"] for f in findings(crds, ns)] == [
+            finding["metadata"]["name"]
+        ]
+        wait_for(lambda: not findings(crds, ns), timeout=20, what="the orphan Finding expired")
+        expired_at = time.time()
+        assert expired_at - parse_rfc3339(finding["spec"]["lastSeen"]) >= 4.0
+        assert op.metrics()["enumwatch_findings_expired_total"] == 1
