@@ -12,14 +12,14 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml devkit/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test]' -e ./devkit
 	@touch $(STAMP)
 
-venv: $(STAMP) ## create or update .venv/ with the package and its test extras
+venv: $(STAMP) ## create or update .venv/ with the package, its test extras and the dev kit (devkit/)
 
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 	@bash hack/controlplane/build.sh >/dev/null
@@ -34,7 +34,7 @@ integration: venv controlplane ## run only the tests against the real control pl
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy --strict
-	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff check operator devkit tests bench hack
 	$(VENV)/bin/mypy
 
 manifests: venv ## regenerate the CRDs in crds/ from the pydantic models
@@ -44,10 +44,10 @@ demo: venv controlplane ## the whole story on a local control plane: scan -> Fin
 	$(PY) hack/demo.py
 
 dev-up: venv controlplane ## start the local control plane (+ operator and tailer) in the background; writes .dev/env
-	$(PY) -m enumwatch devcluster up --dir .dev
+	$(PY) -m enumwatch_devkit up --dir .dev
 
 dev-down: ## stop everything dev-up started
-	@if [ -x $(PY) ]; then $(PY) -m enumwatch devcluster down --dir .dev; fi
+	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit down --dir .dev; fi
 
 bench: venv ## run the benchmarks and print their figures
 	$(PY) bench/scan_bench.py

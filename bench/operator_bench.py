@@ -28,18 +28,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from enumwatch import devcluster, devstack
+from enumwatch_devkit import controlplane, devstack
+from enumwatch_devkit.operatorkit import SCAN_PATHS
 
-SCAN = [
-    "/api/v1/secrets",
-    "/api/v1/pods",
-    "/api/v1/configmaps",
-    "/api/v1/nodes",
-    "/api/v1/namespaces/default/serviceaccounts",
-    "/apis/apps/v1/deployments",
-    "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-    "/api/v1/namespaces/kube-system/secrets",
-]
 DETECTOR = {
     "apiVersion": "enumwatch.io/v1alpha1",
     "kind": "EnumerationDetector",
@@ -55,10 +46,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def scan(cp: devcluster.ControlPlane, agent: str) -> float:
+def scan(cp: controlplane.ControlPlane, agent: str) -> float:
     """An anonymous scan; return the monotonic time of its last response."""
     conn = http.client.HTTPSConnection("127.0.0.1", cp.apiserver_port, context=cp.ssl_context())
-    for path in SCAN:
+    for path in SCAN_PATHS:
         conn.request("GET", path, headers={"User-Agent": agent})
         conn.getresponse().read()
     done = time.monotonic()
@@ -66,7 +57,7 @@ def scan(cp: devcluster.ControlPlane, agent: str) -> float:
     return done
 
 
-def finding_agents(cp: devcluster.ControlPlane, conn: http.client.HTTPSConnection) -> set[str]:
+def finding_agents(cp: controlplane.ControlPlane, conn: http.client.HTTPSConnection) -> set[str]:
     """User agents of the Findings in ``default``, straight from the API."""
     conn.request(
         "GET",
@@ -77,7 +68,7 @@ def finding_agents(cp: devcluster.ControlPlane, conn: http.client.HTTPSConnectio
     return {item["spec"]["userAgent"] for item in body.get("items", [])}
 
 
-def measure_latency(cp: devcluster.ControlPlane, rounds: int) -> list[float]:
+def measure_latency(cp: controlplane.ControlPlane, rounds: int) -> list[float]:
     """Seconds from a scan's last request to its Finding, per round."""
     conn = http.client.HTTPSConnection("127.0.0.1", cp.apiserver_port, context=cp.ssl_context())
     latencies = []
@@ -97,7 +88,7 @@ def measure_latency(cp: devcluster.ControlPlane, rounds: int) -> list[float]:
     return latencies
 
 
-def templates(cp: devcluster.ControlPlane) -> list[dict[str, Any]]:
+def templates(cp: controlplane.ControlPlane) -> list[dict[str, Any]]:
     """Real anonymous audit events from the apiserver's log."""
     events = []
     for line in cp.audit_log.read_text().splitlines():
@@ -173,7 +164,7 @@ def main() -> int:
     parser.add_argument("--throughput-events", type=int, default=50_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="enumwatch-bench-"))
-    cp = devcluster.start(work / "cp")
+    cp = controlplane.start(work / "cp")
     stack = None
     try:
         stack = devstack.start(cp, work / "stack", detached=False)

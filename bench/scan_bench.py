@@ -42,10 +42,8 @@ from typing import Any
 import duckdb
 import orjson
 
-from enumwatch.corpus import adversarial_lines, realistic_lines
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/
-from tests.duckdb_rule import RULE_SQL
+from enumwatch_devkit.corpus import adversarial_lines, realistic_lines
+from enumwatch_devkit.duckdb_rule import RULE_SQL
 
 OUT = Path(__file__).resolve().parent / "out"
 

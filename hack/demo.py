@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from enumwatch import devcluster, devstack
+from enumwatch_devkit import controlplane, devstack
 
 SCANNER_AGENT = "kube-enum-scanner/0.9 (demo)"
 SCAN = [
@@ -53,7 +53,7 @@ def step(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
 
-def kubectl(cp: devcluster.ControlPlane, *args: str, show: bool = True) -> str:
+def kubectl(cp: controlplane.ControlPlane, *args: str, show: bool = True) -> str:
     """Run kubectl against the demo cluster, echoing the command and its output."""
     if show:
         print(f"$ kubectl {' '.join(args)}", flush=True)
@@ -63,7 +63,7 @@ def kubectl(cp: devcluster.ControlPlane, *args: str, show: bool = True) -> str:
     return out
 
 
-def anonymous_requests(cp: devcluster.ControlPlane, agent: str, paths: list[str]) -> None:
+def anonymous_requests(cp: controlplane.ControlPlane, agent: str, paths: list[str]) -> None:
     """Send GETs with no credentials over one TLS connection, printing each answer."""
     conn = http.client.HTTPSConnection("127.0.0.1", cp.apiserver_port, context=cp.ssl_context())
     for path in paths:
@@ -78,7 +78,7 @@ def main() -> int:
     """Run the demo; return the exit status."""
     workdir = Path(tempfile.mkdtemp(prefix="enumwatch-demo-"))
     step("Starting a real control plane (etcd + kube-apiserver) with audit logging")
-    cp = devcluster.start(workdir / "controlplane")
+    cp = controlplane.start(workdir / "controlplane")
     stack = None
     try:
         print(f"  kube-apiserver {cp.server} ready in {cp.started_in:.1f}s")

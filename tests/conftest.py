@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from enumwatch import devcluster
+from enumwatch_devkit import controlplane
 
 _skipped_integration: list[str] = []
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devcluster.ControlPlane]:
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlplane.ControlPlane]:
     """A real etcd + kube-apiserver for the whole test session, writing a real audit log."""
     workdir: Path = tmp_path_factory.mktemp("controlplane")
     # Small rotation size so rotation really happens under test traffic.
-    cp = devcluster.start(workdir, audit_max_size_mb=1, audit_max_backup=20)
+    cp = controlplane.start(workdir, audit_max_size_mb=1, audit_max_backup=20)
     try:
         yield cp
     finally:
@@ -49,7 +49,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def crds(control_plane: devcluster.ControlPlane) -> devcluster.ControlPlane:
+def crds(control_plane: controlplane.ControlPlane) -> controlplane.ControlPlane:
     """The control plane with enumwatch's generated CRDs installed and established."""
     repo = Path(__file__).resolve().parents[1]
     control_plane.kubectl("apply", "--server-side", "-f", str(repo / "crds"))

@@ -21,7 +21,6 @@ COMMAND_MODULES = {
     "run": "enumwatch.run_cli",
     "tail": "enumwatch.tail_cli",
     "manifests": "enumwatch.manifests_cli",
-    "devcluster": "enumwatch.devcluster_cli",
 }
 
 

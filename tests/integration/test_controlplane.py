@@ -12,8 +12,8 @@ import uuid
 import kubernetes
 import pytest
 
-from enumwatch.devcluster import ControlPlane
-from tests.auditlog import wait_for_events
+from enumwatch_devkit.auditlog import wait_for_events
+from enumwatch_devkit.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.operatorkit import SCAN_PATHS
+from enumwatch_devkit.operatorkit import SCAN_PATHS
 
 pytestmark = pytest.mark.integration
 
@@ -44,8 +44,8 @@ def _wait_dead(pids: list[int], timeout: float = 15.0) -> list[int]:
 def test_servers_die_when_the_owning_process_is_killed(tmp_path: Path) -> None:
     script = (
         "import json, sys, time\n"
-        "from enumwatch import devcluster\n"
-        f"cp = devcluster.start({str(tmp_path / 'cp')!r})\n"
+        "from enumwatch_devkit import controlplane\n"
+        f"cp = controlplane.start({str(tmp_path / 'cp')!r})\n"
         "print(json.dumps({n: p.pid for n, p in cp.processes.items()}), flush=True)\n"
         "time.sleep(600)\n"
     )
@@ -66,8 +66,8 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
     tmp_path: Path,
 ) -> None:
     state = tmp_path / "dev"
-    enumwatch = [sys.executable, "-m", "enumwatch", "devcluster"]
-    subprocess.run([*enumwatch, "up", "--dir", str(state)], check=True, timeout=120)
+    devkit = [sys.executable, "-m", "enumwatch_devkit"]
+    subprocess.run([*devkit, "up", "--dir", str(state)], check=True, timeout=120)
     try:
         env = dict(
             line.removeprefix("export ").split("=", 1)
@@ -105,5 +105,5 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
             time.sleep(0.3)
         assert "dev-scan" in agents
     finally:
-        subprocess.run([*enumwatch, "down", "--dir", str(state)], check=True, timeout=60)
+        subprocess.run([*devkit, "down", "--dir", str(state)], check=True, timeout=60)
     assert _wait_dead(pids) == []

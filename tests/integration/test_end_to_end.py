@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from enumwatch.devcluster import ControlPlane
-from tests.operatorkit import (
+from enumwatch_devkit.controlplane import ControlPlane
+from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
     OperatorProcess,
     anonymous_get,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from enumwatch.devcluster import ControlPlane
-from tests.operatorkit import (
+from enumwatch_devkit.controlplane import ControlPlane
+from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
     anonymous_scan,
     apply_detector,

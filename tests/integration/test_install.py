@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 import yaml
 
-from enumwatch import devcluster
-from enumwatch.devcluster import ControlPlane
-from tests.operatorkit import (
+from enumwatch_devkit import controlplane
+from enumwatch_devkit.controlplane import ControlPlane
+from enumwatch_devkit.operatorkit import (
     anonymous_scan,
     apply_detector,
     findings,
@@ -244,7 +244,7 @@ def test_a_blank_cluster_installs_with_the_readme_commands(
     """README "Install" on a cluster that has never seen the CRDs (its own fresh control plane,
     since the session's already has them): CRDs first, then the whole install in one apply."""
     del control_plane  # the binaries are built; this test needs a cluster without CRDs
-    cp = devcluster.start(tmp_path / "blank")
+    cp = controlplane.start(tmp_path / "blank")
     try:
         kubectl(cp, "apply", "--server-side", "-k", "crds/")
         kubectl(

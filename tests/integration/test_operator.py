@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from enumwatch.devcluster import ControlPlane
 from enumwatch.spec import DetectorSpec
-from tests.operatorkit import (
+from enumwatch_devkit.controlplane import ControlPlane
+from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
     anonymous_scan,
     apply_detector,

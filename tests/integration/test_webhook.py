@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from enumwatch import devcluster, devstack
-from tests.operatorkit import (
+from enumwatch_devkit import controlplane, devstack
+from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
     OperatorProcess,
     anonymous_scan,
@@ -17,14 +17,15 @@ from tests.operatorkit import (
     unique_agent,
     wait_for,
 )
+from enumwatch_devkit.processes import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def test_audit_webhook_config_file_can_point_at_the_operator(tmp_path: Path) -> None:
-    port = devcluster.free_port()
+    port = free_port()
     token = uuid.uuid4().hex
-    cp = devcluster.start(
+    cp = controlplane.start(
         tmp_path / "cp",
         audit_webhook_url=f"https://127.0.0.1:{port}/ingest",
         audit_webhook_token=token,

@@ -22,7 +22,9 @@ from enumwatch.audit import (
     iter_buffer_fields,
     iter_events,
 )
-from enumwatch.corpus import (
+from enumwatch.rule import Rule
+from enumwatch.spec import MatchSpec
+from enumwatch_devkit.corpus import (
     audit_event,
     go_json,
     mixed_lines,
@@ -30,8 +32,6 @@ from enumwatch.corpus import (
     serialize_variant,
     to_elastic,
 )
-from enumwatch.rule import Rule
-from enumwatch.spec import MatchSpec
 
 RAW: dict[str, Any] = {
     "kind": "Event",

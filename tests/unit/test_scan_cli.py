@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from enumwatch.cli import main
-from enumwatch.corpus import mixed_lines, realistic_lines
+from enumwatch_devkit.corpus import mixed_lines, realistic_lines
 
 DETECTOR = """\
 apiVersion: enumwatch.io/v1alpha1

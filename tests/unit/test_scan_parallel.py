@@ -16,7 +16,6 @@ import pytest
 
 from enumwatch import scan as scan_module
 from enumwatch.audit import AuditEvent, DecodeStats, Prefilter, iter_buffer_events
-from enumwatch.corpus import adversarial_lines, mixed_lines, realistic_lines
 from enumwatch.rule import Rule
 from enumwatch.scan import (
     ScanError,
@@ -29,6 +28,7 @@ from enumwatch.scan import (
     scan_files,
 )
 from enumwatch.spec import DetectorSpec, ThresholdsSpec
+from enumwatch_devkit.corpus import adversarial_lines, mixed_lines, realistic_lines
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import pytest
 from enumwatch.checkpoint import load_checkpoint
 from enumwatch.spec import MatchSpec
 from enumwatch.tail import Filter, Forwarder, TailConfig, Tailer, TailStats
-from tests.unit.tail_receiver import Receiver, event_line, until
+from enumwatch_devkit.tail_receiver import Receiver, event_line, until
 
 SEED = Filter.from_specs([MatchSpec()])
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from enumwatch.spec import MatchSpec
 from enumwatch.tail import FILTERED, KEEP, MALFORMED, Filter, TailStats
-from tests.unit.tail_receiver import event_line
+from enumwatch_devkit.tail_receiver import event_line
 
 SEED = Filter.from_specs([MatchSpec()])
 NO_PRE = Filter.from_specs([MatchSpec()], prefilter=False)

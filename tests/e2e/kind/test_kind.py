@@ -23,21 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
+from enumwatch_devkit.operatorkit import SCAN_PATHS
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
 IMAGE = "enumwatch:0.1.0"
-SCAN_PATHS = (
-    "/api/v1/secrets",
-    "/api/v1/pods",
-    "/api/v1/configmaps",
-    "/api/v1/nodes",
-    "/api/v1/namespaces/default/serviceaccounts",
-    "/apis/apps/v1/deployments",
-    "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-    "/api/v1/namespaces/kube-system/secrets",
-)
 
 
 def _missing_tools() -> str | None:

@@ -4,7 +4,7 @@
 ``enumwatch run`` leading, and ``enumwatch tail`` following the apiserver's audit log into the
 operator's ingest endpoint. This module starts those two processes (each in its own process
 group, with their PIDs recorded for ``dev-down``) against a
-:class:`~enumwatch.devcluster.ControlPlane`.
+:class:`~enumwatch_devkit.controlplane.ControlPlane`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from enumwatch.devcluster import (
-    REPO_ROOT,
-    ControlPlane,
-    ControlPlaneError,
-    bind_to_parent,
-    free_port,
-)
+from enumwatch_devkit import repo
+from enumwatch_devkit.controlplane import ControlPlane, ControlPlaneError
+from enumwatch_devkit.processes import bind_to_parent, free_port, launch, write_pidfile
 
-CRD_DIR = REPO_ROOT / "crds"
 #: The detector ``dev-up`` applies: the seed rule, run every 5 s so that a scan shows up quickly.
 DEV_DETECTOR = {
     "apiVersion": "enumwatch.io/v1alpha1",
@@ -62,7 +57,7 @@ class Stack:
 
 def install_crds(cp: ControlPlane) -> None:
     """Apply the generated CRDs and wait until the API serves them."""
-    for crd in sorted(CRD_DIR.glob("*.enumwatch.io.yaml")):
+    for crd in sorted(repo.crd_dir().glob("*.enumwatch.io.yaml")):
         cp.kubectl("apply", "--server-side", "-f", str(crd))
     cp.kubectl(
         "wait",
@@ -149,21 +144,10 @@ def start(cp: ControlPlane, state: Path, *, detached: bool, settle: float = 0.3)
     try:
         for name, cmd in commands.items():
             log_path = state / f"{name}.log"
-            with open(log_path, "wb") as log:
-                stack.processes[name] = subprocess.Popen(
-                    cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    preexec_fn=preexec,
-                    close_fds=True,
-                )
+            stack.processes[name] = launch(cmd, log_path, preexec=preexec, env=env)
             if name == "operator":
                 _wait_ready(url, stack.processes[name], log_path, timeout=60)
-        (state / "pids").write_text(
-            json.dumps({n: p.pid for n, p in stack.processes.items()}) + "\n"
-        )
+        write_pidfile(state / "pids", stack.processes)
     except BaseException:
         stack.stop()
         raise

@@ -118,8 +118,8 @@ class Receiver:
         await site.start()
         if not self.port:
             server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            assert isinstance(server, asyncio.Server)
+            self.port = server.sockets[0].getsockname()[1]
         return self
 
     async def refuse(self) -> None:

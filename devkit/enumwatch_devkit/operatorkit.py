@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enumwatch.devcluster import ControlPlane, free_port
-from tests.auditlog import read_events
+from enumwatch_devkit.auditlog import read_events
+from enumwatch_devkit.controlplane import ControlPlane
+from enumwatch_devkit.processes import free_port
 
 #: An anonymous enumeration: 8 distinct URIs over 7 resource types, all forbidden.
 SCAN_PATHS = (

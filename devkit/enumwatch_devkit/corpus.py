@@ -14,7 +14,8 @@ the tests and ``bench/scan_bench.py`` generate them, deterministically from a se
   IP lists, missing user agents, invalid JSON, non-object lines, shuffled keys, escaped strings
   and other serializers' whitespace.
 
-It lives in the package (not under ``tests/``) because both the tests and the benchmark use it.
+It lives in the dev kit (not under ``tests/``, not in the product) because both the tests and
+the benchmark use it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,108 @@
+"""The dev kit's servers as process groups: started with a log file, stopped by PID, never by name.
+
+Every server the dev kit starts (etcd, kube-apiserver, the operator, the tailer) runs in its own
+process group so that stopping it also stops anything it forked. Children started for a test
+process also get ``PR_SET_PDEATHSIG`` so that they die with it even when it is killed with
+SIGKILL; ``make dev-up`` detaches them instead and records their PIDs for ``dev-down``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def bind_to_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """preexec_fn: own process group, and SIGKILL when the parent dies (even by SIGKILL)."""
+    os.setpgrp()
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def launch(
+    cmd: Sequence[str],
+    log_path: Path,
+    *,
+    preexec: Callable[[], None],
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with stdout and stderr appended to ``log_path`` and no stdin."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            list(cmd),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=None if env is None else dict(env),
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+
+
+def write_pidfile(path: Path, processes: Mapping[str, subprocess.Popen[bytes]]) -> None:
+    """Record ``{name: pid}`` so that another process can stop them (``dev-down``)."""
+    path.write_text(json.dumps({n: p.pid for n, p in processes.items()}) + "\n")
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM ``proc``'s process group; SIGKILL it if it does not exit within ``timeout``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def stop_by_pidfile(pidfile: Path) -> list[int]:
+    """Stop the process groups recorded in a ``pids`` JSON file; return the PIDs signalled."""
+    if not pidfile.exists():
+        return []
+    pids = [int(p) for p in json.loads(pidfile.read_text()).values()]
+    signalled = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+            signalled.append(pid)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.1)
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    return signalled
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie child of ours is reaped and counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
