@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from enumwatch import corpus
-from enumwatch.devcluster import ControlPlane, bind_to_parent
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
-from tests.operatorkit import (
+from enumwatch_devkit import corpus
+from enumwatch_devkit.controlplane import ControlPlane, running
+from enumwatch_devkit.operatorkit import (
     apply_detector,
     detector_status,
     events_for,
@@ -35,6 +35,7 @@ from tests.operatorkit import (
     running_operator,
     wait_for,
 )
+from enumwatch_devkit.processes import bind_to_parent, launch
 
 pytestmark = pytest.mark.integration
 
@@ -343,15 +344,9 @@ def restart_apiserver(cp: ControlPlane, down_for: float, during: Any) -> None:
     proc.wait(timeout=10)
     during()
     time.sleep(down_for)
-    with open(cp.workdir / "kube-apiserver.log", "ab") as log:
-        cp.processes["kube-apiserver"] = subprocess.Popen(
-            proc.args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=bind_to_parent,
-            close_fds=True,
-        )
+    cp.processes["kube-apiserver"] = launch(
+        list(proc.args), cp.workdir / "kube-apiserver.log", preexec=bind_to_parent
+    )
     wait_for(
         lambda: cp.kubectl("get", "--raw", "/readyz", check=False) == "ok",
         timeout=60,
@@ -360,9 +355,7 @@ def restart_apiserver(cp: ControlPlane, down_for: float, during: Any) -> None:
 
 
 def test_an_apiserver_outage_mid_tick_is_written_once_it_is_back(tmp_path: Path) -> None:
-    from enumwatch import devcluster
-
-    with devcluster.running(workdir=tmp_path / "cp") as cp:
+    with running(workdir=tmp_path / "cp") as cp:
         repo = Path(__file__).resolve().parents[2]
         cp.kubectl("apply", "--server-side", "-f", str(repo / "crds"))
         cp.kubectl(
