@@ -4,7 +4,7 @@ A user should be able to try a detector on last week's audit log before deployin
 get the rows Elastic would have produced. This module does the work and nothing else: it reads
 files (plain, gzip, stdin), decodes them through the fast pre-filter, and feeds the very same
 :class:`~enumwatch.rule.GroupTable` and :class:`~enumwatch.windows.WindowedEvaluator` the
-operator uses. Argument parsing and rendering live in :mod:`enumwatch.scan_cli`.
+operator uses. Argument parsing and rendering live in :mod:`enumwatch.cli.scan`.
 
 A large plain file is scanned in parallel (:func:`scan_files`): it is cut into line-aligned byte
 ranges, forked worker processes each feed their own :class:`~enumwatch.rule.GroupTable`, and the

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import yaml
 
-from enumwatch.cli import main
+from enumwatch.cli.main import main
 from enumwatch.corpus import mixed_lines, realistic_lines
 
 DETECTOR = """\
