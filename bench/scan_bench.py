@@ -213,7 +213,7 @@ ENGINE_SNIPPET = """
 import sys, time, orjson
 started = time.perf_counter()
 from enumwatch.scan import scan_files
-from enumwatch.spec import DetectorSpec
+from enumwatch.api.spec import DetectorSpec
 report = scan_files([sys.argv[1]], DetectorSpec())
 elapsed = time.perf_counter() - started
 sys.stdout.buffer.write(orjson.dumps({"s": elapsed, "rows": [r.to_esql() for r in report.rows]}))

@@ -1,8 +1,8 @@
 """CRDs generated from the pydantic models: the API is written once, as Python types.
 
-``make manifests`` (``enumwatch manifests``) renders ``crds/*.yaml`` from :mod:`enumwatch.spec`,
-:mod:`enumwatch.status` and :mod:`enumwatch.finding`. The committed YAML is checked for drift by a
-test, as kubebuilder projects do. The conversion turns pydantic's JSON Schema into a *structural*
+``make manifests`` (``enumwatch manifests``) renders ``crds/*.yaml`` from the :mod:`enumwatch.api`
+models (spec, status, finding). The committed YAML is checked for drift by a test, as kubebuilder
+projects do. The conversion turns pydantic's JSON Schema into a *structural*
 OpenAPI v3 schema as the API server requires: references inlined, ``Optional`` as ``nullable``,
 titles and ``additionalProperties: false`` dropped, and defaults that cascade, so that
 ``spec: {}`` is filled with the seed rule's values by the API server itself.
@@ -18,9 +18,9 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from enumwatch.finding import FindingSpec
-from enumwatch.spec import DetectorSpec
-from enumwatch.status import DetectorStatus
+from enumwatch.api.finding import FindingSpec
+from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.status import DetectorStatus
 
 GROUP = "enumwatch.io"
 VERSION = "v1alpha1"

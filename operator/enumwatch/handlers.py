@@ -20,11 +20,11 @@ from typing import Any
 import kopf
 
 from enumwatch import metrics
+from enumwatch.api.spec import format_duration
 from enumwatch.crd import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.kubeapi import ApiError, Credentials, KubeClient, namespaced_path
 from enumwatch.runtime import DetectorRuntime, Detectors
 from enumwatch.sink import DetectorRef, FindingSink
-from enumwatch.spec import format_duration
 from enumwatch.timefmt import format_rfc3339, now_rfc3339, parse_rfc3339
 
 log = logging.getLogger("enumwatch.operator")

@@ -17,11 +17,11 @@ import orjson
 from pydantic import ValidationError
 
 from enumwatch import metrics
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.atomicfile import write_atomic
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Rule
 from enumwatch.sink import DetectorRef
-from enumwatch.spec import DetectorSpec
 from enumwatch.windows import WindowedEvaluator
 
 log = logging.getLogger("enumwatch.runtime")

@@ -31,9 +31,9 @@ from typing import IO, Any, cast
 
 from pydantic import ValidationError
 
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import DecodeStats, Prefilter, iter_buffer_events, iter_buffer_fields
 from enumwatch.rule import GroupTable, Row, Rule
-from enumwatch.spec import DetectorSpec
 from enumwatch.windows import WindowedEvaluator, WindowResult
 
 DETECTOR_API_VERSION = "enumwatch.io/v1alpha1"

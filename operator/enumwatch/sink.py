@@ -16,11 +16,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from enumwatch.api.finding import FindingSpec, Window, aggregates_from_row, finding_name, rule_ref
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.crd import API_VERSION, DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
-from enumwatch.finding import FindingSpec, Window, aggregates_from_row, finding_name, rule_ref
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import Row
-from enumwatch.spec import DetectorSpec
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.devcluster import ControlPlane
-from enumwatch.spec import DetectorSpec
 from tests.operatorkit import (
     SCAN_PATHS,
     anonymous_scan,

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enumwatch.api.spec import MatchSpec
 from enumwatch.audit import (
     AuditEvent,
     DecodeStats,
@@ -31,7 +32,6 @@ from enumwatch.corpus import (
     to_elastic,
 )
 from enumwatch.rule import Rule
-from enumwatch.spec import MatchSpec
 
 RAW: dict[str, Any] = {
     "kind": "Event",

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from enumwatch import crd
-from enumwatch.spec import DetectorSpec
+from enumwatch.api.spec import DetectorSpec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 

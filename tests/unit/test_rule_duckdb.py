@@ -18,9 +18,9 @@ import duckdb
 import orjson
 import pytest
 
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.corpus import adversarial_lines, mixed_lines, realistic_lines
 from enumwatch.scan import read_buffers, scan
-from enumwatch.spec import DetectorSpec
 from tests.duckdb_rule import RULE_SQL
 
 ORACLE_SQL = (

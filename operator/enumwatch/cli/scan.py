@@ -17,6 +17,8 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError
 
+from enumwatch.api.seed import SEED_RULE
+from enumwatch.api.spec import DetectorSpec, ScheduleSpec
 from enumwatch.audit import DecodeStats
 from enumwatch.rule import Row
 from enumwatch.scan import (
@@ -32,8 +34,6 @@ from enumwatch.scan import (
     rows_to_esql,
     scan_files,
 )
-from enumwatch.seed import SEED_RULE
-from enumwatch.spec import DetectorSpec, ScheduleSpec
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -20,8 +20,8 @@ import yaml
 from pydantic import ValidationError
 
 from enumwatch import logs
+from enumwatch.api.spec import MatchSpec, parse_duration
 from enumwatch.checkpoint import CheckpointError, load_checkpoint
-from enumwatch.spec import MatchSpec, parse_duration
 
 if TYPE_CHECKING:
     from enumwatch.tail import Filter

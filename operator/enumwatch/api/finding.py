@@ -13,8 +13,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from enumwatch.api.seed import SEED_RULE
 from enumwatch.rule import Row
-from enumwatch.seed import SEED_RULE
 
 #: Most values kept per list in ``aggregates`` (the group has at most ``documentsBelow`` events).
 MAX_LIST_ITEMS = 50
