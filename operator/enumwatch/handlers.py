@@ -20,8 +20,8 @@ from typing import Any
 import kopf
 
 from enumwatch import metrics
+from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import format_duration
-from enumwatch.crd import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.kubeapi import ApiError, Credentials, KubeClient, namespaced_path
 from enumwatch.runtime import DetectorRuntime, Detectors
 from enumwatch.sink import DetectorRef, FindingSink

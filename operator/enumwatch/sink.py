@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enumwatch.api.finding import FindingSpec, Window, aggregates_from_row, finding_name, rule_ref
+from enumwatch.api.names import (
+    API_VERSION,
+    DETECTOR_KIND,
+    DETECTOR_LABEL,
+    FINDING_KIND,
+    FINDING_PLURAL,
+    GROUP,
+    REPORTING_COMPONENT,
+    VERSION,
+)
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.crd import API_VERSION, DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import Row
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
@@ -101,7 +110,7 @@ class DetectorRef:
         """The detector as an Event's ``involvedObject``."""
         return {
             "apiVersion": API_VERSION,
-            "kind": "EnumerationDetector",
+            "kind": DETECTOR_KIND,
             "name": self.name,
             "namespace": self.namespace,
             "uid": self.uid,
@@ -171,7 +180,7 @@ class FindingSink:
                         namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
                         {
                             "apiVersion": API_VERSION,
-                            "kind": "Finding",
+                            "kind": FINDING_KIND,
                             "metadata": {
                                 "name": name,
                                 "namespace": detector.namespace,
@@ -214,7 +223,7 @@ class FindingSink:
         await self.event(
             {
                 "apiVersion": API_VERSION,
-                "kind": "Finding",
+                "kind": FINDING_KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid", ""),
@@ -246,7 +255,7 @@ class FindingSink:
             "message": message[:1000],
             "type": "Warning",
             "source": {"component": "enumwatch"},
-            "reportingComponent": "enumwatch.io/operator",
+            "reportingComponent": REPORTING_COMPONENT,
             "reportingInstance": self.instance,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
