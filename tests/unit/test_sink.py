@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from enumwatch.api.finding import MAX_LIST_ITEMS, aggregates_from_row, finding_name
+from enumwatch.api.finding import finding_name
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Row, Rule
-from enumwatch.sink import Action, plan, summary
+from enumwatch.sink import MAX_LIST_ITEMS, Action, aggregates_from_row, plan, summary
 from enumwatch.timefmt import format_rfc3339 as rfc3339
 from enumwatch.timefmt import parse_rfc3339
 from enumwatch.windows import WindowResult
