@@ -137,8 +137,6 @@ class SinkResult:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)
-    new_occurrences: list[str] = field(default_factory=list)
-    unchanged: int = 0
     capped: int = 0
 
 
@@ -215,7 +213,6 @@ class FindingSink:
                 current["spec"] if current else None, row, window, detector.name, spec
             )
             if action is Action.NOOP or new_spec is None:
-                result.unchanged += 1
                 return
             body = new_spec.model_dump(by_alias=True, mode="json")
             try:
@@ -250,7 +247,6 @@ class FindingSink:
                     if action is Action.SUPPRESSED:
                         result.suppressed.append(name)
                     else:
-                        result.new_occurrences.append(name)
                         await self._announce(current, detector, row, again=True)
                 return
             except ApiError as exc:

@@ -41,18 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="0.0.0.0:8080",
         help="address of /ingest, /metrics, /healthz, /readyz (default 0.0.0.0:8080)",
     )
-    scope = p.add_mutually_exclusive_group()
-    scope.add_argument(
+    p.add_argument(
         "--namespace",
         action="append",
         default=[],
-        help="watch detectors in this namespace only (repeatable)",
-    )
-    scope.add_argument(
-        "--all-namespaces",
-        action="store_true",
-        default=True,
-        help="watch detectors in every namespace (default)",
+        help="watch detectors in this namespace only (repeatable; default: every namespace)",
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     p.add_argument(
