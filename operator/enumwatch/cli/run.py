@@ -136,7 +136,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.runtime import Detectors
     from enumwatch.sink import FindingSink
 
-    credentials = load_credentials(args.kubeconfig)
+    credentials = await load_credentials(args.kubeconfig)
     client = KubeClient(credentials)
     tokens = []
     for path in args.ingest_token_file:
@@ -189,6 +189,8 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # kopf's login handler reads the credentials when it needs them: keep them fresh meanwhile.
+    refresher = asyncio.create_task(credentials.keep_fresh())
     status = 0
     try:
         if args.leader_election:
@@ -206,6 +208,7 @@ async def _main(args: argparse.Namespace) -> int:
             await elector.release()
         await server.stop()
         await client.close()
+        refresher.cancel()
     return status
 
 
