@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from enumwatch.api.spec import MatchSpec
 from enumwatch.checkpoint import load_checkpoint
-from enumwatch.spec import MatchSpec
 from enumwatch.tail import Filter, TailConfig, Tailer, TailStats
 
 _USERS = [

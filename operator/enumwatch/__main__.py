@@ -2,6 +2,6 @@
 
 import sys
 
-from enumwatch.cli import main
+from enumwatch.cli.main import main
 
 sys.exit(main())

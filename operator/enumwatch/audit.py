@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from enumwatch.spec import MatchSpec
+from enumwatch.api.spec import MatchSpec
 from enumwatch.timefmt import try_parse_rfc3339
 
 #: The annotation that carries the authorizer's decision, as the apiserver writes it ...

@@ -21,12 +21,12 @@ from typing import Any
 import kopf
 
 from enumwatch import metrics
-from enumwatch.crd import DETECTOR_PLURAL, GROUP, VERSION
+from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
+from enumwatch.api.spec import DetectorSpec, format_duration
+from enumwatch.api.status import Condition, DetectorStatus
 from enumwatch.kubeapi import ApiError, Credentials, KubeClient, namespaced_path
 from enumwatch.runtime import DetectorRuntime, Detectors
 from enumwatch.sink import DetectorRef, FindingSink, SinkResult
-from enumwatch.spec import DetectorSpec, format_duration
-from enumwatch.status import Condition, DetectorStatus
 from enumwatch.timefmt import format_rfc3339, now_rfc3339, parse_rfc3339
 
 log = logging.getLogger("enumwatch.operator")

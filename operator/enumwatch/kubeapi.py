@@ -2,27 +2,42 @@
 
 kopf watches and dispatches; the operator's own writes (Findings, Events, detector status, the
 leader Lease, TokenReviews) go through this client so that everything stays ``async`` on one
-event loop, with no thread pool behind a synchronous client. It reads the same credentials as
-``kubectl``: the in-cluster service account, or a kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``)
-with a token or a client certificate.
+event loop, with no thread pool behind a synchronous client.
+
+Credentials are not parsed here. The official client's loaders (``kubernetes.aio.config``, the
+asyncio half of the ``kubernetes`` package) read them as ``kubectl`` does: the in-cluster service
+account, or a kubeconfig with a token, a token file, a client certificate, an ``exec`` credential
+plugin (what EKS, GKE and AKS kubeconfigs use; it runs as an asyncio subprocess), an OIDC auth
+provider or a ``proxy-url``. They are held as kopf's :class:`kopf.ConnectionInfo`, mapped as kopf's
+own ``login_via_async_client`` does, so that this client and kopf's login handler present the same
+credentials; they are reloaded every minute (an expiring exec token is renewed, a rotated token
+file re-read) and after a 401.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
+import logging
 import os
 import ssl
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
-import yaml
+
+if TYPE_CHECKING:  # kopf and the official client load only when credentials are loaded
+    from kopf import ConnectionInfo
+    from kubernetes.aio.client import Configuration
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+#: Seconds between reloads of the credentials (the official client's own refresh period).
+REFRESH_SECONDS = 60.0
 Obj = dict[str, Any]
+#: Reload the credentials; ``True`` starts over from the source (after a 401).
+Reload = Callable[[bool], Awaitable["ConnectionInfo"]]
+log = logging.getLogger("enumwatch.kubeapi")
 
 
 class ApiError(Exception):
@@ -39,83 +54,199 @@ class ConfigError(Exception):
     """No usable credentials were found; the message says where we looked."""
 
 
-@dataclass(frozen=True)
+def _path_or_none(value: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None) -> str | None:
+    return None if value is None else os.fsdecode(value)
+
+
 class Credentials:
-    """Where the API server is and how to prove who we are."""
+    """Where the API server is and how to prove who we are, kept current.
 
-    server: str
-    ca_file: str | None = None
-    token: str | None = None
-    token_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
+    :attr:`info` is the latest :class:`kopf.ConnectionInfo`; :meth:`refresh` reloads it from where
+    it came from. The properties are views of it for kopf's login handler.
+    """
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """The TLS context for the API server."""
-        ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if self.cert_file and self.key_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        return ctx
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        *,
+        token_file: str | None = None,
+        reload: Reload | None = None,
+    ) -> None:
+        self.info = info
+        #: A token file re-read at every request (the in-cluster, rotating service-account token).
+        self.token_file = token_file
+        self._reload = reload
+        self._reloading = asyncio.Lock()
+
+    @property
+    def server(self) -> str:
+        """The API server's URL."""
+        return self.info.server
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA bundle the API server's certificate is checked against."""
+        return _path_or_none(self.info.ca_path)
+
+    @property
+    def insecure(self) -> bool:
+        """Whether the API server's certificate goes unchecked."""
+        return bool(self.info.insecure)
+
+    @property
+    def cert_file(self) -> str | None:
+        """The client certificate, if we prove who we are with one."""
+        return _path_or_none(self.info.certificate_path)
+
+    @property
+    def key_file(self) -> str | None:
+        """The client certificate's key."""
+        return _path_or_none(self.info.private_key_path)
 
     def bearer(self) -> str | None:
         """The bearer token, re-read from its file each time (projected tokens rotate)."""
         if self.token_file:
             return Path(self.token_file).read_text().strip()
-        return self.token
-
-
-def _materialize(data_b64: str | None, suffix: str) -> str | None:
-    if not data_b64:
+        if self.info.scheme is None or self.info.scheme.lower() == "bearer":
+            return self.info.token
         return None
-    fd, path = tempfile.mkstemp(prefix="enumwatch-", suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64decode(data_b64))
-    return path
+
+    def headers(self) -> dict[str, str]:
+        """The ``Authorization`` header (bearer, basic or another scheme), if any."""
+        if self.token_file:
+            return {"Authorization": f"Bearer {self.bearer()}"}
+        return self.info.as_http_headers()
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context for the API server (its CA, our client certificate)."""
+        return self.info.as_ssl_context()
+
+    async def refresh(self, *, again: bool = False) -> bool:
+        """Reload the credentials (``again``: from scratch); return whether they changed.
+
+        Raises :class:`ConfigError` when they cannot be reloaded.
+        """
+        if self._reload is None:
+            return False
+        async with self._reloading:
+            info = await self._reload(again)
+        changed = info != self.info
+        self.info = info
+        return changed
+
+    async def keep_fresh(self, every: float = REFRESH_SECONDS) -> None:
+        """Reload every ``every`` seconds until cancelled, so that kopf's login finds them fresh."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.refresh()
+            except ConfigError as exc:
+                log.warning("credentials not reloaded, will retry: %s", exc)
 
 
-def load_credentials(kubeconfig: str | None = None) -> Credentials:
-    """Credentials from a kubeconfig (given, ``$KUBECONFIG``, ``~/.kube/config``) or in-cluster."""
+async def _connection_info(configuration: Configuration) -> ConnectionInfo:
+    """The official client's configuration as kopf's credentials (kopf maps it the same way)."""
+    import kopf
+
+    header = await configuration.get_api_key_with_prefix("BearerToken")
+    parts = header.split(" ", 1) if header else []  # RFC 7235: [scheme SP] credentials
+    scheme = parts[0] if len(parts) == 2 else None
+    token = parts[-1] if parts else None
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        username=configuration.username or None,
+        password=configuration.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        proxy_url=configuration.proxy,
+    )
+
+
+async def _in_cluster() -> Credentials:
+    from kubernetes.aio.client import Configuration
+    from kubernetes.aio.config import ConfigException
+    from kubernetes.aio.config.incluster_config import InClusterConfigLoader
+
+    token_file = str(SA_DIR / "token")
+    configuration = Configuration()
+    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
+        token_filename=token_file,
+        cert_filename=str(SA_DIR / "ca.crt"),
+        environ={"KUBERNETES_SERVICE_PORT": "443", **os.environ},
+    )
+    try:
+        loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+    except ConfigException as exc:
+        raise ConfigError(f"in-cluster service account {SA_DIR}: {exc}") from exc
+    return Credentials(await _connection_info(configuration), token_file=token_file)
+
+
+class _Kubeconfig:
+    """One kubeconfig, (re)loaded through the official client's loader: a :data:`Reload`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._loader: Any = None  # kubernetes.aio.config.kube_config.KubeConfigLoader
+        self._configuration: Configuration | None = None
+
+    async def __call__(self, again: bool) -> ConnectionInfo:
+        import yaml
+        from kubernetes.aio.client import Configuration
+        from kubernetes.aio.config import ConfigException, load_kube_config
+
+        try:
+            if again or self._loader is None or self._configuration is None:
+                self._configuration = Configuration()
+                self._loader = await load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=self.path,
+                    client_configuration=self._configuration,
+                    persist_config=False,
+                )
+            else:
+                # Re-reads token files; runs an exec plugin again only once its token expires.
+                await self._loader.load_and_set(self._configuration)
+        except (ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
+            raise ConfigError(f"kubeconfig {self.path}: {exc}") from exc
+        info = await _connection_info(self._configuration)
+        user = (self._loader.current_context.get("context") or {}).get("user")
+        if user and not (info.token or info.scheme or info.certificate_path or info.username):
+            raise ConfigError(
+                f"kubeconfig {self.path}: user {user!r} yields no credentials (a failed exec "
+                f"plugin logs why); try `kubectl --kubeconfig {self.path} auth whoami`"
+            )
+        return info
+
+
+async def _from_kubeconfig(path: str) -> Credentials:
+    paths = [os.path.expanduser(p) for p in path.split(os.pathsep) if p] or [path]
+    unreadable: list[OSError] = []
+    for candidate in paths:
+        try:
+            Path(candidate).open("rb").close()
+        except OSError as exc:
+            unreadable.append(exc)
+    if len(unreadable) == len(paths):
+        raise ConfigError(
+            f"no Kubernetes credentials: not in a cluster and cannot read kubeconfig {paths[0]}: "
+            f"{unreadable[0]}"
+        )
+    reload = _Kubeconfig(path)
+    return Credentials(await reload(True), reload=reload)
+
+
+async def load_credentials(kubeconfig: str | None = None) -> Credentials:
+    """Credentials from a kubeconfig (given, ``$KUBECONFIG``, ``~/.kube/config``) or in-cluster.
+
+    Raises :class:`ConfigError` saying where it looked when there are none.
+    """
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if not path and (SA_DIR / "token").exists() and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        host = os.environ["KUBERNETES_SERVICE_HOST"]
-        port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-        if ":" in host:
-            host = f"[{host}]"
-        return Credentials(
-            server=f"https://{host}:{port}",
-            ca_file=str(SA_DIR / "ca.crt"),
-            token_file=str(SA_DIR / "token"),
-        )
-    path = path or str(Path.home() / ".kube" / "config")
-    first = path.split(os.pathsep)[0]
-    try:
-        config = yaml.safe_load(Path(first).read_text())
-    except OSError as exc:
-        raise ConfigError(
-            f"no Kubernetes credentials: not in a cluster and cannot read kubeconfig {first}: {exc}"
-        ) from exc
-    ctx_name = config.get("current-context")
-    contexts = {c["name"]: c["context"] for c in config.get("contexts", [])}
-    if ctx_name not in contexts:
-        raise ConfigError(f"kubeconfig {first}: current-context {ctx_name!r} is not defined")
-    context = contexts[ctx_name]
-    cluster = {c["name"]: c["cluster"] for c in config.get("clusters", [])}[context["cluster"]]
-    user = {u["name"]: u["user"] for u in config.get("users", [])}.get(context.get("user"), {})
-    return Credentials(
-        server=cluster["server"].rstrip("/"),
-        ca_file=cluster.get("certificate-authority")
-        or _materialize(cluster.get("certificate-authority-data"), ".crt"),
-        token=user.get("token"),
-        token_file=user.get("tokenFile"),
-        cert_file=user.get("client-certificate")
-        or _materialize(user.get("client-certificate-data"), ".crt"),
-        key_file=user.get("client-key") or _materialize(user.get("client-key-data"), ".key"),
-        insecure=bool(cluster.get("insecure-skip-tls-verify")),
-    )
+        return await _in_cluster()
+    return await _from_kubeconfig(path or str(Path.home() / ".kube" / "config"))
 
 
 class KubeClient:
@@ -125,6 +256,7 @@ class KubeClient:
         self.credentials = credentials
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._session_info: ConnectionInfo | None = None
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -138,7 +270,10 @@ class KubeClient:
             await self._session.close()
             self._session = None
 
-    def _http(self) -> aiohttp.ClientSession:
+    async def _http(self) -> aiohttp.ClientSession:
+        info = self.credentials.info
+        if self._session is not None and _tls(self._session_info) != _tls(info):
+            await self.close()  # reloaded credentials brought another CA or client certificate
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=16)
             self._session = aiohttp.ClientSession(
@@ -146,7 +281,44 @@ class KubeClient:
                 timeout=self._timeout,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
             )
+        self._session_info = info
         return self._session
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        data: bytes | None,
+        params: dict[str, str] | None,
+        content_type: str,
+    ) -> tuple[int, str, Any]:
+        headers = {"Accept": "application/json", "User-Agent": "enumwatch-operator"}
+        headers.update(self.credentials.headers())
+        if data is not None:
+            headers["Content-Type"] = content_type
+        session = await self._http()
+        async with session.request(
+            method,
+            self.credentials.server + path,
+            data=data,
+            params=params,
+            headers=headers,
+            proxy=self.credentials.info.proxy_url,
+        ) as resp:
+            raw = await resp.read()
+            try:
+                answer = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                answer = {"message": raw[:500].decode(errors="replace")}
+            return resp.status, str(resp.reason), answer
+
+    async def _renewed(self) -> bool:
+        """After a 401: reload the credentials from scratch; whether a retry is worth it."""
+        try:
+            return await self.credentials.refresh(again=True)
+        except ConfigError as exc:
+            log.warning("credentials rejected and not reloaded: %s", exc)
+            return False
 
     async def request(
         self,
@@ -157,32 +329,23 @@ class KubeClient:
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Obj:
-        """Send one request; return the decoded JSON answer or raise :class:`ApiError`."""
-        headers = {"Accept": "application/json", "User-Agent": "enumwatch-operator"}
-        token = self.credentials.bearer()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = orjson.dumps(body)
-        async with self._http().request(
-            method, self.credentials.server + path, data=data, params=params, headers=headers
-        ) as resp:
-            raw = await resp.read()
-            try:
-                answer = orjson.loads(raw) if raw else {}
-            except orjson.JSONDecodeError:
-                answer = {"message": raw[:500].decode(errors="replace")}
-            if resp.status >= 400:
-                raise ApiError(
-                    resp.status,
-                    str(answer.get("reason", resp.reason)),
-                    str(answer.get("message", "")),
-                    method,
-                    path,
-                )
-            return answer if isinstance(answer, dict) else {"items": answer}
+        """Send one request; return the decoded JSON answer or raise :class:`ApiError`.
+
+        A 401 reloads the credentials (an exec plugin runs again) and retries once with new ones.
+        """
+        data = None if body is None else orjson.dumps(body)
+        status, reason, answer = await self._send(method, path, data, params, content_type)
+        if status == 401 and await self._renewed():
+            status, reason, answer = await self._send(method, path, data, params, content_type)
+        if status >= 400:
+            raise ApiError(
+                status,
+                str(answer.get("reason", reason)),
+                str(answer.get("message", "")),
+                method,
+                path,
+            )
+        return answer if isinstance(answer, dict) else {"items": answer}
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> Obj:
         """GET ``path``."""
@@ -224,6 +387,20 @@ class KubeClient:
         except ApiError as exc:
             if exc.status != 404:
                 raise
+
+
+def _tls(info: ConnectionInfo | None) -> tuple[object, ...]:
+    if info is None:
+        return ()
+    return (
+        info.ca_path,
+        info.ca_data,
+        info.insecure,
+        info.certificate_path,
+        info.certificate_data,
+        info.private_key_path,
+        info.private_key_data,
+    )
 
 
 def namespaced_path(group: str, version: str, namespace: str, plural: str, name: str = "") -> str:

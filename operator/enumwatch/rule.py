@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from enumwatch.api.spec import MatchSpec, ThresholdsSpec
 from enumwatch.audit import (
     AGGREGATED_FIELDS,
     F_CODE,
@@ -39,7 +40,6 @@ from enumwatch.audit import (
     AuditEvent,
     EventFields,
 )
-from enumwatch.spec import MatchSpec, ThresholdsSpec
 
 AUTHZ_ALLOW = "authz_allow"
 AUTHZ_FORBID = "authz_forbid"

@@ -17,12 +17,12 @@ import orjson
 from pydantic import ValidationError
 
 from enumwatch import metrics
+from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.status import Condition
 from enumwatch.atomicfile import write_atomic
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink import DetectorRef, FailedWrite
-from enumwatch.spec import DetectorSpec
-from enumwatch.status import Condition
 from enumwatch.windows import WindowedEvaluator
 
 log = logging.getLogger("enumwatch.runtime")

@@ -4,7 +4,7 @@ A user should be able to try a detector on last week's audit log before deployin
 get the rows Elastic would have produced. This module does the work and nothing else: it reads
 files (plain, gzip, stdin), decodes them through the fast pre-filter, and feeds the very same
 :class:`~enumwatch.rule.GroupTable` and :class:`~enumwatch.windows.WindowedEvaluator` the
-operator uses. Argument parsing and rendering live in :mod:`enumwatch.scan_cli`.
+operator uses. Argument parsing and rendering live in :mod:`enumwatch.cli.scan`.
 
 A large plain file is scanned in parallel (:func:`scan_files`): it is cut into line-aligned byte
 ranges, forked worker processes each feed their own :class:`~enumwatch.rule.GroupTable`, and the
@@ -25,19 +25,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import pairwise
 from multiprocessing.connection import Connection
-from pathlib import Path
 from stat import S_ISREG
 from typing import IO, Any, cast
 
-from pydantic import ValidationError
-
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import DecodeStats, Prefilter, iter_buffer_events, iter_buffer_fields
 from enumwatch.rule import GroupTable, Row, Rule
-from enumwatch.spec import DetectorSpec
 from enumwatch.windows import WindowedEvaluator, WindowResult
 
-DETECTOR_API_VERSION = "enumwatch.io/v1alpha1"
-DETECTOR_KIND = "EnumerationDetector"
 STDIN = "-"
 #: Read size: a buffer is screened in three passes (newlines, levels, escapes), which is a fifth
 #: faster when it stays in the CPU's cache than with 4 MiB buffers.
@@ -75,74 +70,6 @@ class ReplayReport:
     windows: list[WindowResult]
     stats: DecodeStats
     counters: dict[str, int] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# Detector manifests
-
-
-def _format_location(loc: Sequence[int | str]) -> str:
-    path = "spec"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """Render pydantic errors as ``spec.field.path: message (got value)``, ``; ``-joined."""
-    parts = []
-    for error in exc.errors():
-        where = _format_location(error["loc"])
-        got = error.get("input")
-        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-        parts.append(f"{where}: {error['msg']}{shown}")
-    return "; ".join(parts)
-
-
-def load_detector(path: str) -> DetectorSpec:
-    """Read an EnumerationDetector manifest (YAML, possibly multi-document) and validate its spec.
-
-    Raises :class:`ScanError` with a one-line explanation when the file cannot be read, is not
-    YAML, holds no (or several) EnumerationDetector objects, or its spec is invalid.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScanError(f"cannot read detector {path}: {_reason(exc)}; check the path") from exc
-    import yaml  # here, not at the top: a scan without --detector never needs it
-
-    try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ScanError(
-            f"detector {path} is not valid YAML{where}; fix the manifest and retry"
-        ) from exc
-    detectors = [d for d in documents if isinstance(d, dict) and d.get("kind") == DETECTOR_KIND]
-    if len(detectors) != 1:
-        found = "no" if not detectors else str(len(detectors))
-        raise ScanError(
-            f"detector {path} holds {found} objects of kind {DETECTOR_KIND}; "
-            "pass a manifest with exactly one"
-        )
-    manifest = detectors[0]
-    if manifest.get("apiVersion") != DETECTOR_API_VERSION:
-        raise ScanError(
-            f"detector {path}: apiVersion is {manifest.get('apiVersion')!r}, expected "
-            f"{DETECTOR_API_VERSION!r}; fix the manifest and retry"
-        )
-    spec = manifest.get("spec")
-    if spec is None:
-        spec = {}
-    if not isinstance(spec, dict):
-        raise ScanError(f"detector {path}: spec must be a mapping; fix the manifest and retry")
-    try:
-        return DetectorSpec.model_validate(spec)
-    except ValidationError as exc:
-        raise ScanError(
-            f"invalid detector {path}: {format_validation_error(exc)}; fix the manifest and retry"
-        ) from exc
 
 
 # --------------------------------------------------------------------------------------------

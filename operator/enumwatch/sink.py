@@ -2,7 +2,7 @@
 
 The decision of what to do with a row (create, a suppressed repeat, a new occurrence, nothing) is
 the pure function :func:`plan`; :class:`FindingSink` only carries it out against the API server.
-Names are deterministic (:func:`enumwatch.finding.finding_name`) and a tick already recorded on
+Names are deterministic (:func:`enumwatch.api.finding.finding_name`) and a tick already recorded on
 a Finding is never recorded again, so a retry or a restart never duplicates a Finding or an
 occurrence.
 """
@@ -17,19 +17,22 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from enumwatch.crd import (
+from enumwatch.api.finding import Aggregates, FindingSpec, Window, finding_name, rule_ref
+from enumwatch.api.names import (
     API_VERSION,
+    DETECTOR_KIND,
     DETECTOR_LABEL,
+    FINDING_KIND,
     FINDING_PLURAL,
     GROUP,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    REPORTING_COMPONENT,
     VERSION,
 )
-from enumwatch.finding import FindingSpec, Window, aggregates_from_row, finding_name, rule_ref
+from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import Row
-from enumwatch.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 
@@ -38,6 +41,50 @@ REASON_DETECTED = "EnumerationDetected"
 REASON_CAPPED = "FindingsCapped"
 REASON_WRITE_FAILED = "FindingWriteFailed"
 DEFAULT_RETENTION: str = FindingsSpec.model_fields["retention"].default
+
+#: Most values kept per list in ``aggregates`` (the group has at most ``documentsBelow`` events).
+MAX_LIST_ITEMS = 50
+#: Longest string kept in a list (response messages can be long).
+MAX_STRING_CHARS = 256
+
+
+def _cap(values: tuple[str, ...] | tuple[int, ...], omitted: dict[str, int], key: str) -> list:  # type: ignore[type-arg]
+    kept = list(values[:MAX_LIST_ITEMS])
+    if len(values) > MAX_LIST_ITEMS:
+        omitted[key] = len(values) - MAX_LIST_ITEMS
+    return [v[:MAX_STRING_CHARS] if isinstance(v, str) else v for v in kept]
+
+
+def aggregates_from_row(row: Row) -> Aggregates:
+    """Map a rule row to the Finding's ``aggregates`` block, capping long lists."""
+    omitted: dict[str, int] = {}
+    return Aggregates(
+        documentCount=row.document_count,
+        authzAllowCount=row.authz_allow_count,
+        authzForbidCount=row.authz_forbid_count,
+        statusFailCount=row.status_fail_count,
+        successCount=row.success_count,
+        notFoundCount=row.not_found_count,
+        otherErrorCount=row.other_error_count,
+        unknownCount=row.unknown_count,
+        verbCountDistinct=row.verb_count_distinct,
+        requestURICountDistinct=row.request_uri_count_distinct,
+        resourceCountDistinct=row.resource_count_distinct,
+        outcomes=_cap(row.outcome_values, omitted, "outcomes"),
+        decisions=_cap(row.decision_values, omitted, "decisions"),
+        responseCodes=_cap(row.code_values, omitted, "responseCodes"),
+        responseMessages=_cap(row.message_values, omitted, "responseMessages"),
+        verbs=_cap(row.verb_values, omitted, "verbs"),
+        resources=_cap(row.resource_values, omitted, "resources"),
+        namespaces=_cap(row.namespace_values, omitted, "namespaces"),
+        usernames=_cap(row.username_values, omitted, "usernames"),
+        groups=_cap(row.groups_values, omitted, "groups"),
+        requestURIs=_cap(row.request_uri_values, omitted, "requestURIs"),
+        dataStreamNamespaces=_cap(
+            row.data_stream_namespace_values, omitted, "dataStreamNamespaces"
+        ),
+        omitted=omitted,
+    )
 
 
 class Action(enum.Enum):
@@ -206,8 +253,6 @@ class SinkResult:
     updated: list[str] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)
     grew: list[str] = field(default_factory=list)
-    new_occurrences: list[str] = field(default_factory=list)
-    unchanged: int = 0
     capped: int = 0
     failed: list[FailedWrite] = field(default_factory=list)
 
@@ -224,7 +269,7 @@ class DetectorRef:
         """The detector as an Event's ``involvedObject``."""
         return {
             "apiVersion": API_VERSION,
-            "kind": "EnumerationDetector",
+            "kind": DETECTOR_KIND,
             "name": self.name,
             "namespace": self.namespace,
             "uid": self.uid,
@@ -310,7 +355,6 @@ class FindingSink:
             current = await self.client.get_or_none(path)
             decided = plan(current["spec"] if current else None, row, window, detector.name, spec)
             if decided.action is Action.NOOP or decided.spec is None:
-                result.unchanged += 1
                 return
             body = decided.spec.model_dump(by_alias=True, mode="json")
             try:
@@ -319,7 +363,7 @@ class FindingSink:
                         namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
                         {
                             "apiVersion": API_VERSION,
-                            "kind": "Finding",
+                            "kind": FINDING_KIND,
                             "metadata": {
                                 "name": name,
                                 "namespace": detector.namespace,
@@ -351,7 +395,6 @@ class FindingSink:
                     current, detector, summary(row) + "; grew: " + "; ".join(decided.changes)
                 )
             else:
-                result.new_occurrences.append(name)
                 await self._announce(current, detector, summary(row) + " (new occurrence)")
             return
         raise RuntimeError(f"Finding {detector.namespace}/{name} kept conflicting; will retry")
@@ -361,7 +404,7 @@ class FindingSink:
         await self.event(
             {
                 "apiVersion": API_VERSION,
-                "kind": "Finding",
+                "kind": FINDING_KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid", ""),
@@ -393,7 +436,7 @@ class FindingSink:
             "message": message[:1000],
             "type": "Warning",
             "source": {"component": "enumwatch"},
-            "reportingComponent": "enumwatch.io/operator",
+            "reportingComponent": REPORTING_COMPONENT,
             "reportingInstance": self.instance,
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,

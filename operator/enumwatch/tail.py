@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 import aiohttp
 import orjson
 
+from enumwatch.api.spec import MatchSpec
 from enumwatch.checkpoint import (
     FINGERPRINT_SIZE,
     Checkpoint,
@@ -46,7 +47,6 @@ from enumwatch.checkpoint import (
     read_prefix,
     save_checkpoint,
 )
-from enumwatch.spec import MatchSpec
 
 log = logging.getLogger("enumwatch.tail")
 

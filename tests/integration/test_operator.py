@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from enumwatch.spec import DetectorSpec
+from enumwatch.api.spec import DetectorSpec
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,

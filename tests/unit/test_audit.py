@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enumwatch.api.spec import MatchSpec
 from enumwatch.audit import (
     AuditEvent,
     DecodeStats,
@@ -23,7 +24,6 @@ from enumwatch.audit import (
     iter_events,
 )
 from enumwatch.rule import Rule
-from enumwatch.spec import MatchSpec
 from enumwatch_devkit.corpus import (
     audit_event,
     go_json,

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from enumwatch import cli
+from enumwatch.cli import main as cli
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -26,8 +26,8 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
 
 def test_scan_does_not_import_the_operator() -> None:
     code = (
-        "import sys; from enumwatch import cli; cli.build_parser('scan'); "
-        "print('kopf' in sys.modules, 'enumwatch.run_cli' in sys.modules)"
+        "import sys; from enumwatch.cli import main as cli; cli.build_parser('scan'); "
+        "print('kopf' in sys.modules, 'enumwatch.cli.run' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

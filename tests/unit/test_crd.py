@@ -6,16 +6,34 @@ from pathlib import Path
 
 import yaml
 
-from enumwatch import crd
-from enumwatch.spec import DetectorSpec
+from enumwatch import crdgen
+from enumwatch.api import names
+from enumwatch.api.spec import DetectorSpec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
 
 def test_committed_crds_match_the_models() -> None:
-    rendered = crd.render()
+    rendered = crdgen.render()
     committed = {p.name: p.read_text() for p in CRDS.glob("*.yaml")}
     assert committed == rendered, "crds/ drifted from the models: run `make manifests`"
+    assert sorted(committed) == [
+        f"{names.DETECTOR_PLURAL}.{names.GROUP}.yaml",
+        f"{names.FINDING_PLURAL}.{names.GROUP}.yaml",
+    ]
+
+
+def test_the_crds_carry_the_api_names() -> None:
+    for crd, kind, plural in (
+        (crdgen.detector_crd(), names.DETECTOR_KIND, names.DETECTOR_PLURAL),
+        (crdgen.finding_crd(), names.FINDING_KIND, names.FINDING_PLURAL),
+    ):
+        assert crd["metadata"]["name"] == f"{plural}.{names.GROUP}"
+        assert crd["spec"]["group"] == names.GROUP
+        assert crd["spec"]["names"]["kind"] == kind
+        assert crd["spec"]["names"]["plural"] == plural
+        assert [v["name"] for v in crd["spec"]["versions"]] == [names.VERSION]
+    assert f"{names.GROUP}/{names.VERSION}" == names.API_VERSION
 
 
 def _walk(schema: dict, path: str = ""):  # type: ignore[no-untyped-def,type-arg]
@@ -27,7 +45,7 @@ def _walk(schema: dict, path: str = ""):  # type: ignore[no-untyped-def,type-arg
 
 
 def test_every_field_has_a_description_and_the_schema_is_structural() -> None:
-    for doc in (crd.detector_crd(), crd.finding_crd()):
+    for doc in (crdgen.detector_crd(), crdgen.finding_crd()):
         root = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for path, node in _walk(root["properties"]["spec"], "spec"):
             assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
@@ -37,7 +55,7 @@ def test_every_field_has_a_description_and_the_schema_is_structural() -> None:
 
 
 def test_spec_defaults_in_the_schema_are_the_seed_rule() -> None:
-    spec = crd.detector_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+    spec = crdgen.detector_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
         "spec"
     ]
     seed = DetectorSpec().model_dump(by_alias=True, mode="json")
@@ -45,15 +63,19 @@ def test_spec_defaults_in_the_schema_are_the_seed_rule() -> None:
         assert spec["properties"][key]["default"] == value, key
 
 
+def _columns(crd: dict) -> list[str]:  # type: ignore[type-arg]
+    return [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+
+
 def test_printer_columns() -> None:
-    det = [c["name"] for c in crd.detector_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
+    det = _columns(crdgen.detector_crd())
     assert {"Interval", "Lookback", "Ready", "Findings", "Age"} <= set(det)
-    fnd = [c["name"] for c in crd.finding_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
+    fnd = _columns(crdgen.finding_crd())
     assert {"Source-IP", "User-Agent", "Documents", "URIs", "Resources", "Severity", "Last-Seen",
             "Age"} <= set(fnd)
 
 
 def test_generated_yaml_loads() -> None:
-    for text in crd.render().values():
+    for text in crdgen.render().values():
         doc = yaml.safe_load(text)
         assert doc["kind"] == "CustomResourceDefinition"

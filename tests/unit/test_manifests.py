@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from enumwatch import crd
+from enumwatch import crdgen
 
 REPO = Path(__file__).resolve().parents[2]
 DANGEROUS = {"secrets", "pods/exec", "pods", "nodes", "clusterroles", "roles", "configmaps"}
@@ -108,7 +108,7 @@ def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 def test_crds_kustomization_names_every_generated_crd() -> None:
     listed = yaml.safe_load((REPO / "crds" / "Kustomization").read_text())["resources"]
-    assert sorted(listed) == sorted(crd.render())
+    assert sorted(listed) == sorted(crdgen.render())
 
 
 def test_the_base_holds_every_piece() -> None:

@@ -51,7 +51,7 @@ def test_the_wheel_holds_the_product_and_no_dev_kit(tmp_path: Path) -> None:
     files = _built_wheel_files(tmp_path)
     top_level = {name.split("/", 1)[0] for name in files}
     assert top_level == {"enumwatch", "enumwatch-0.1.0.dist-info"}
-    assert "enumwatch/cli.py" in files and "enumwatch/py.typed" in files
+    assert "enumwatch/cli/main.py" in files and "enumwatch/py.typed" in files
     assert [f for f in files if "devkit" in f or f.endswith(MOVED_OUT)] == []
 
 

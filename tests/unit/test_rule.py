@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
+from enumwatch.api.spec import MatchSpec, ThresholdsSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import GroupTable, Row, Rule, outcome
-from enumwatch.spec import MatchSpec, ThresholdsSpec
 
 ESQL_COLUMNS = [
     "Esql.document_count",

@@ -18,8 +18,8 @@ import duckdb
 import orjson
 import pytest
 
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.scan import read_buffers, scan
-from enumwatch.spec import DetectorSpec
 from enumwatch_devkit.corpus import adversarial_lines, mixed_lines, realistic_lines
 from enumwatch_devkit.duckdb_rule import RULE_SQL
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import yaml
 
-from enumwatch.cli import main
+from enumwatch.cli.main import main
 from enumwatch_devkit.corpus import mixed_lines, realistic_lines
 
 DETECTOR = """\
@@ -249,8 +249,8 @@ def test_replay_over_one_window_equals_scan(capsys: pytest.CaptureFixture[str], 
 def test_json_rows_are_written_as_one_indented_array(
     capsys: pytest.CaptureFixture[str], log: Path
 ) -> None:
+    from enumwatch.api.spec import DetectorSpec
     from enumwatch.scan import read_all_buffers, rows_to_esql, scan
-    from enumwatch.spec import DetectorSpec
 
     rows = scan(read_all_buffers([str(log)]), DetectorSpec()).rows
     status, out, _ = run(capsys, str(log), "--format", "json", "-q")

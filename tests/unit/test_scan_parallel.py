@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from enumwatch import scan as scan_module
+from enumwatch.api.spec import DetectorSpec, ThresholdsSpec
 from enumwatch.audit import AuditEvent, DecodeStats, Prefilter, iter_buffer_events
 from enumwatch.rule import Rule
 from enumwatch.scan import (
@@ -27,7 +28,6 @@ from enumwatch.scan import (
     scan,
     scan_files,
 )
-from enumwatch.spec import DetectorSpec, ThresholdsSpec
 from enumwatch_devkit.corpus import adversarial_lines, mixed_lines, realistic_lines
 
 

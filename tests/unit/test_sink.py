@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from enumwatch.api.finding import finding_name
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
-from enumwatch.finding import MAX_LIST_ITEMS, aggregates_from_row, finding_name
 from enumwatch.rule import Row, Rule
-from enumwatch.sink import Action, FailedWrite, Plan, growth, only_row, plan, spec_patch, summary
-from enumwatch.spec import DetectorSpec
+from enumwatch.sink import (
+    MAX_LIST_ITEMS,
+    Action,
+    FailedWrite,
+    Plan,
+    aggregates_from_row,
+    growth,
+    only_row,
+    plan,
+    spec_patch,
+    summary,
+)
 from enumwatch.timefmt import format_rfc3339 as rfc3339
 from enumwatch.timefmt import parse_rfc3339
 from enumwatch.windows import WindowResult

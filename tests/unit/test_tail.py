@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from enumwatch.api.spec import MatchSpec
 from enumwatch.checkpoint import load_checkpoint
-from enumwatch.spec import MatchSpec
 from enumwatch.tail import Filter, Forwarder, TailConfig, Tailer, TailStats
 from enumwatch_devkit.tail_receiver import Receiver, event_line, until
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enumwatch.spec import MatchSpec
+from enumwatch.api.spec import MatchSpec
 from enumwatch.tail import FILTERED, KEEP, MALFORMED, Filter, TailStats
 from enumwatch_devkit.tail_receiver import event_line
 

@@ -8,9 +8,9 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from enumwatch.api.spec import MatchSpec, ThresholdsSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Rule
-from enumwatch.spec import MatchSpec, ThresholdsSpec
 from enumwatch.windows import WindowedEvaluator
 
 T0 = 1_714_521_600.0  # a multiple of 300: a tick

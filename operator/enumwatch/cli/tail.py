@@ -20,8 +20,10 @@ import yaml
 from pydantic import ValidationError
 
 from enumwatch import logs
+from enumwatch.api.manifest import ManifestError, load_detectors
+from enumwatch.api.names import DETECTOR_KIND
+from enumwatch.api.spec import MatchSpec, parse_duration
 from enumwatch.checkpoint import CheckpointError, load_checkpoint
-from enumwatch.spec import MatchSpec, parse_duration
 
 if TYPE_CHECKING:
     from enumwatch.tail import Filter
@@ -142,19 +144,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _load_detector_matches(paths: list[str]) -> list[MatchSpec]:
-    """Read the ``spec.match`` of every EnumerationDetector in the given YAML files."""
-    specs: list[MatchSpec] = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            docs = [d for d in yaml.safe_load_all(f) if d]
-        for doc in docs:
-            items = doc.get("items", [doc]) if isinstance(doc, dict) else []
-            for item in items:
-                if isinstance(item, dict) and item.get("kind") == "EnumerationDetector":
-                    spec = item.get("spec") or {}
-                    specs.append(MatchSpec.model_validate(spec.get("match") or {}))
+    """The ``spec.match`` of every EnumerationDetector in the given manifest files."""
+    specs = [spec.match for path in paths for spec in load_detectors(path)]
     if not specs:
-        raise ValueError(f"no EnumerationDetector found in {', '.join(paths)}")
+        raise ManifestError(f"no {DETECTOR_KIND} found in {', '.join(paths)}")
     return specs
 
 

@@ -1,11 +1,12 @@
-"""CRDs generated from the pydantic models: the API is written once, as Python types.
+"""The CRD generator: ``crds/*.yaml`` rendered from the :mod:`enumwatch.api` package alone.
 
-``make manifests`` (``enumwatch manifests``) renders ``crds/*.yaml`` from :mod:`enumwatch.spec`,
-:mod:`enumwatch.status` and :mod:`enumwatch.finding`. The committed YAML is checked for drift by a
-test, as kubebuilder projects do. The conversion turns pydantic's JSON Schema into a *structural*
-OpenAPI v3 schema as the API server requires: references inlined, ``Optional`` as ``nullable``,
-titles and ``additionalProperties: false`` dropped, and defaults that cascade, so that
-``spec: {}`` is filled with the seed rule's values by the API server itself.
+The API is written once, as Python types (:mod:`enumwatch.api.spec`, :mod:`~enumwatch.api.status`,
+:mod:`~enumwatch.api.finding`) and names (:mod:`enumwatch.api.names`); this module reads nothing
+else. ``make manifests`` (``enumwatch manifests``) writes the YAML, and a test checks the committed
+files for drift, as kubebuilder projects do. The conversion turns pydantic's JSON Schema into a
+*structural* OpenAPI v3 schema as the API server requires: references inlined, ``Optional`` as
+``nullable``, titles and ``additionalProperties: false`` dropped, and defaults that cascade, so
+that ``spec: {}`` is filled with the seed rule's values by the API server itself.
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from enumwatch.finding import FindingSpec
-from enumwatch.spec import DetectorSpec
-from enumwatch.status import DetectorStatus
+from enumwatch.api.finding import FindingSpec
+from enumwatch.api.names import (
+    DETECTOR_KIND,
+    DETECTOR_PLURAL,
+    FINDING_KIND,
+    FINDING_PLURAL,
+    GROUP,
+    VERSION,
+)
+from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.status import DetectorStatus
 
-GROUP = "enumwatch.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-DETECTOR_PLURAL = "enumerationdetectors"
-FINDING_PLURAL = "findings"
-DETECTOR_LABEL = f"{GROUP}/detector"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "enumwatch"
 Schema = dict[str, Any]
 
 
@@ -174,7 +175,7 @@ def detector_crd() -> dict[str, Any]:
     spec = openapi_schema(DetectorSpec)
     spec["default"] = {}
     return _crd(
-        kind="EnumerationDetector",
+        kind=DETECTOR_KIND,
         plural=DETECTOR_PLURAL,
         short_names=["ewd", "enumdetector"],
         description=(
@@ -207,7 +208,7 @@ def detector_crd() -> dict[str, Any]:
 def finding_crd() -> dict[str, Any]:
     """The Finding CRD."""
     return _crd(
-        kind="Finding",
+        kind=FINDING_KIND,
         plural=FINDING_PLURAL,
         short_names=["ewf"],
         description=(

@@ -1,4 +1,4 @@
-"""The Finding API: what a detector reports, and how a rule row becomes one.
+"""The Finding API: what a detector reports.
 
 A Finding is evidence: one object per (detector, source IP, user agent), named deterministically so
 that a retry or a restart updates it rather than creating another. Its ``aggregates`` block carries
@@ -13,14 +13,9 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from enumwatch.rule import Row
-from enumwatch.seed import SEED_RULE
-from enumwatch.spec import Duration, FindingsSpec
+from enumwatch.api.seed import SEED_RULE
+from enumwatch.api.spec import Duration, FindingsSpec
 
-#: Most values kept per list in ``aggregates`` (the group has at most ``documentsBelow`` events).
-MAX_LIST_ITEMS = 50
-#: Longest string kept in a list (response messages can be long).
-MAX_STRING_CHARS = 256
 _NAME_SAFE = re.compile(r"[^a-z0-9-]+")
 
 
@@ -150,45 +145,6 @@ def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -
     ip = _NAME_SAFE.sub("-", (source_ip or "noip").lower()).strip("-")
     prefix = _NAME_SAFE.sub("-", detector.lower()).strip("-")[:40]
     return f"{prefix}-{ip[:45]}-{digest}".strip("-")
-
-
-def _cap(values: tuple[str, ...] | tuple[int, ...], omitted: dict[str, int], key: str) -> list:  # type: ignore[type-arg]
-    kept = list(values[:MAX_LIST_ITEMS])
-    if len(values) > MAX_LIST_ITEMS:
-        omitted[key] = len(values) - MAX_LIST_ITEMS
-    return [v[:MAX_STRING_CHARS] if isinstance(v, str) else v for v in kept]
-
-
-def aggregates_from_row(row: Row) -> Aggregates:
-    """Map a rule row to the Finding's ``aggregates`` block, capping long lists."""
-    omitted: dict[str, int] = {}
-    return Aggregates(
-        documentCount=row.document_count,
-        authzAllowCount=row.authz_allow_count,
-        authzForbidCount=row.authz_forbid_count,
-        statusFailCount=row.status_fail_count,
-        successCount=row.success_count,
-        notFoundCount=row.not_found_count,
-        otherErrorCount=row.other_error_count,
-        unknownCount=row.unknown_count,
-        verbCountDistinct=row.verb_count_distinct,
-        requestURICountDistinct=row.request_uri_count_distinct,
-        resourceCountDistinct=row.resource_count_distinct,
-        outcomes=_cap(row.outcome_values, omitted, "outcomes"),
-        decisions=_cap(row.decision_values, omitted, "decisions"),
-        responseCodes=_cap(row.code_values, omitted, "responseCodes"),
-        responseMessages=_cap(row.message_values, omitted, "responseMessages"),
-        verbs=_cap(row.verb_values, omitted, "verbs"),
-        resources=_cap(row.resource_values, omitted, "resources"),
-        namespaces=_cap(row.namespace_values, omitted, "namespaces"),
-        usernames=_cap(row.username_values, omitted, "usernames"),
-        groups=_cap(row.groups_values, omitted, "groups"),
-        requestURIs=_cap(row.request_uri_values, omitted, "requestURIs"),
-        dataStreamNamespaces=_cap(
-            row.data_stream_namespace_values, omitted, "dataStreamNamespaces"
-        ),
-        omitted=omitted,
-    )
 
 
 def rule_ref(severity: str, risk_score: int) -> RuleRef:

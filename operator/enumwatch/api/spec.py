@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from enumwatch.seed import SEED_LEVELS, SEED_RULE, SEED_USERNAMES
+from enumwatch.api.seed import SEED_LEVELS, SEED_RULE, SEED_USERNAMES
 
 #: Go-style duration, as ``kubectl`` and the API server's CEL ``duration()`` accept it.
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from enumwatch import crd
+from enumwatch import crdgen
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,6 +18,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the CRDs and name them."""
-    for path in crd.write(args.output):
+    for path in crdgen.write(args.output):
         print(f"wrote {path}", file=sys.stderr)
     return 0

@@ -41,18 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="0.0.0.0:8080",
         help="address of /ingest, /metrics, /healthz, /readyz (default 0.0.0.0:8080)",
     )
-    scope = p.add_mutually_exclusive_group()
-    scope.add_argument(
+    p.add_argument(
         "--namespace",
         action="append",
         default=[],
-        help="watch detectors in this namespace only (repeatable)",
-    )
-    scope.add_argument(
-        "--all-namespaces",
-        action="store_true",
-        default=True,
-        help="watch detectors in every namespace (default)",
+        help="watch detectors in this namespace only (repeatable; default: every namespace)",
     )
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     p.add_argument(
@@ -143,7 +136,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.runtime import Detectors
     from enumwatch.sink import FindingSink
 
-    credentials = load_credentials(args.kubeconfig)
+    credentials = await load_credentials(args.kubeconfig)
     client = KubeClient(credentials)
     tokens = []
     for path in args.ingest_token_file:
@@ -196,6 +189,8 @@ async def _main(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # kopf's login handler reads the credentials when it needs them: keep them fresh meanwhile.
+    refresher = asyncio.create_task(credentials.keep_fresh())
     status = 0
     try:
         if args.leader_election:
@@ -213,6 +208,7 @@ async def _main(args: argparse.Namespace) -> int:
             await elector.release()
         await server.stop()
         await client.close()
+        refresher.cancel()
     return status
 
 

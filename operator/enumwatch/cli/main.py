@@ -17,10 +17,10 @@ from enumwatch import __version__
 #: Modules that contribute a subcommand, in help order. A missing module is skipped so that the
 #: package stays usable while a command is being built.
 COMMAND_MODULES = {
-    "scan": "enumwatch.scan_cli",
-    "run": "enumwatch.run_cli",
-    "tail": "enumwatch.tail_cli",
-    "manifests": "enumwatch.manifests_cli",
+    "scan": "enumwatch.cli.scan",
+    "run": "enumwatch.cli.run",
+    "tail": "enumwatch.cli.tail",
+    "manifests": "enumwatch.cli.manifests",
 }
 
 

@@ -17,6 +17,9 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError
 
+from enumwatch.api.manifest import ManifestError, format_validation_error, load_detector
+from enumwatch.api.seed import SEED_RULE
+from enumwatch.api.spec import DetectorSpec, ScheduleSpec
 from enumwatch.audit import DecodeStats
 from enumwatch.rule import Row
 from enumwatch.scan import (
@@ -24,16 +27,12 @@ from enumwatch.scan import (
     ScanError,
     check_readable,
     default_workers,
-    format_validation_error,
-    load_detector,
     no_cyclic_gc,
     read_all_buffers,
     replay,
     rows_to_esql,
     scan_files,
 )
-from enumwatch.seed import SEED_RULE
-from enumwatch.spec import DetectorSpec, ScheduleSpec
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -173,7 +172,7 @@ def _run(args: argparse.Namespace) -> int:
                     workers=args.jobs if args.jobs is not None else default_workers(),
                 )
                 stats = result.stats
-    except ScanError as exc:
+    except (ScanError, ManifestError) as exc:
         return _fail(err, str(exc))
     except KeyboardInterrupt:
         return _fail(err, "interrupted")

@@ -1,0 +1,222 @@
+"""Credentials as kubectl takes them: an exec credential plugin, and the in-cluster service account.
+
+The plugin is a real one: a script the official client runs (and kubectl too) that prints an
+ExecCredential with the control plane's admin token. Who the API server thinks we are is asked of
+the API server itself (a SelfSubjectReview), so a test passes only when those credentials were sent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enumwatch import kubeapi
+from enumwatch.kubeapi import ConfigError, Credentials, KubeClient, load_credentials
+from enumwatch_devkit.controlplane import ADMIN_USER, ControlPlane
+from enumwatch_devkit.operatorkit import (
+    apply_detector,
+    detector_status,
+    fresh_namespace,
+    running_operator,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+PLUGIN = """\
+import json, os, sys
+with open(os.environ["PLUGIN_CALLS"], "a") as calls:
+    calls.write(os.environ.get("KUBERNETES_EXEC_INFO", "") + "\\n")
+with open(os.environ["PLUGIN_CALLS"]) as calls:
+    n = len(calls.read().splitlines())
+if os.environ.get("PLUGIN_FAIL"):
+    sys.exit(os.environ["PLUGIN_FAIL"])
+tokens = os.environ["PLUGIN_TOKENS"].split(",")
+status = {"token": tokens[min(n, len(tokens)) - 1]}
+if os.environ.get("PLUGIN_EXPIRES"):
+    status["expirationTimestamp"] = os.environ["PLUGIN_EXPIRES"]
+print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": status}))
+"""
+
+
+class ExecPlugin:
+    """A kubeconfig whose user is an exec credential plugin, and what the plugin was asked."""
+
+    def __init__(self, cp: ControlPlane, directory: Path, *, tokens: list[str], **env: str):
+        directory.mkdir(parents=True, exist_ok=True)
+        script = directory / "credential-plugin.py"
+        script.write_text(PLUGIN)
+        self.calls_file = directory / "calls"
+        self.calls_file.touch()
+        variables = {
+            "PLUGIN_CALLS": str(self.calls_file),
+            "PLUGIN_TOKENS": ",".join(tokens),
+            **env,
+        }
+        config = json.loads(cp.kubeconfig.read_text())
+        config["users"] = [
+            {
+                "name": "exec-user",
+                "user": {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1",
+                        "command": sys.executable,
+                        "args": [str(script)],
+                        "env": [{"name": k, "value": v} for k, v in variables.items()],
+                        "interactiveMode": "Never",
+                    }
+                },
+            }
+        ]
+        for context in config["contexts"]:
+            context["context"]["user"] = "exec-user"
+        self.kubeconfig = directory / "exec.kubeconfig"
+        self.kubeconfig.write_text(json.dumps(config))
+        self.kubeconfig.chmod(0o600)
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """The ExecCredential request (KUBERNETES_EXEC_INFO) of every run of the plugin."""
+        return [json.loads(line) for line in self.calls_file.read_text().splitlines()]
+
+
+def _in(minutes: float) -> str:
+    moment = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=minutes)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def _username(credentials: Credentials) -> str:
+    """Who the API server takes these credentials for."""
+    async with KubeClient(credentials) as client:
+        review = await client.create(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        )
+    username: str = review["status"]["userInfo"]["username"]
+    return username
+
+
+async def test_an_exec_plugin_authenticates_the_client_as_it_does_kubectl(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    plugin = ExecPlugin(control_plane, tmp_path, tokens=[control_plane.admin_token])
+    credentials = await load_credentials(str(plugin.kubeconfig))
+    assert credentials.server == control_plane.server
+    assert credentials.bearer() == control_plane.admin_token
+    assert await _username(credentials) == ADMIN_USER
+    assert plugin.calls == [
+        {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "kind": "ExecCredential",
+            "spec": {"interactive": False},
+        }
+    ]
+    whoami = subprocess.run(
+        ["kubectl", "--kubeconfig", str(plugin.kubeconfig), "auth", "whoami", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == ADMIN_USER
+
+
+async def test_a_rejected_exec_token_runs_the_plugin_again_and_the_request_is_retried(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    plugin = ExecPlugin(
+        control_plane, tmp_path, tokens=["revoked-token", control_plane.admin_token]
+    )
+    credentials = await load_credentials(str(plugin.kubeconfig))
+    assert credentials.bearer() == "revoked-token"
+    assert await _username(credentials) == ADMIN_USER
+    assert len(plugin.calls) == 2
+    assert credentials.bearer() == control_plane.admin_token
+
+
+@pytest.mark.parametrize(("expires_in_minutes", "calls"), [(60, 1), (1, 2)])
+async def test_the_periodic_reload_renews_an_exec_token_only_when_it_expires(
+    control_plane: ControlPlane, tmp_path: Path, expires_in_minutes: float, calls: int
+) -> None:
+    """The official client counts a token as expired 5 minutes early (clock skew)."""
+    plugin = ExecPlugin(
+        control_plane,
+        tmp_path,
+        tokens=[control_plane.admin_token],
+        PLUGIN_EXPIRES=_in(expires_in_minutes),
+    )
+    credentials = await load_credentials(str(plugin.kubeconfig))
+    assert await credentials.refresh() is False  # the same token either way
+    assert len(plugin.calls) == calls
+    assert await _username(credentials) == ADMIN_USER
+
+
+async def test_a_failing_exec_plugin_is_a_config_error_that_says_what_to_run(
+    control_plane: ControlPlane, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    plugin = ExecPlugin(control_plane, tmp_path, tokens=["unused"], PLUGIN_FAIL="not logged in")
+    with caplog.at_level(logging.ERROR), pytest.raises(ConfigError) as exc:
+        await load_credentials(str(plugin.kubeconfig))
+    assert str(exc.value) == (
+        f"kubeconfig {plugin.kubeconfig}: user 'exec-user' yields no credentials (a failed exec "
+        f"plugin logs why); try `kubectl --kubeconfig {plugin.kubeconfig} auth whoami`"
+    )
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "exec: process returned 1. b'not logged in'"  # the official client's words
+    ]
+
+
+def test_enumwatch_run_authenticates_through_an_exec_plugin(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    """The Lease, kopf's watch (its login handler) and the status writes use the plugin's token."""
+    plugin = ExecPlugin(
+        crds, tmp_path / "plugin", tokens=[crds.admin_token], PLUGIN_EXPIRES=_in(60)
+    )
+    ns = fresh_namespace(crds, "exec")
+    kubeconfig = str(plugin.kubeconfig)
+    with running_operator(crds, tmp_path / "operator", "--kubeconfig", kubeconfig) as op:
+        apply_detector(crds, ns, "via-exec", {})
+        status = wait_for(
+            lambda: detector_status(crds, ns, "via-exec").get("conditions"),
+            what="the detector's status written by the operator",
+        )
+        assert [(c["type"], c["status"]) for c in status] == [("Ready", "True")]
+        assert len(plugin.calls) == 1
+        assert op.log_path is not None
+        assert "Unauthorized" not in op.log_path.read_text()
+
+
+async def test_in_cluster_service_account_credentials_follow_the_rotating_token(
+    control_plane: ControlPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a pod has: the service-account token and CA files, the service host and port."""
+    cp = control_plane
+    names = ["incluster-a", "incluster-b"]
+    for name in names:
+        cp.kubectl("create", "serviceaccount", name, "-n", "default")
+    tokens = [cp.kubectl("create", "token", name, "-n", "default").strip() for name in names]
+    sa_dir = tmp_path / "serviceaccount"
+    sa_dir.mkdir()
+    (sa_dir / "token").write_text(tokens[0])
+    shutil.copy(cp.ca_file, sa_dir / "ca.crt")
+    monkeypatch.setattr(kubeapi, "SA_DIR", sa_dir)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cp.apiserver_port))
+
+    credentials = await load_credentials()
+    assert (credentials.server, credentials.ca_file) == (cp.server, str(sa_dir / "ca.crt"))
+    assert credentials.token_file == str(sa_dir / "token")
+    assert await _username(credentials) == "system:serviceaccount:default:incluster-a"
+    (sa_dir / "token").write_text(tokens[1])  # the kubelet rotates the projected token
+    assert credentials.bearer() == tokens[1]
+    assert await _username(credentials) == "system:serviceaccount:default:incluster-b"
