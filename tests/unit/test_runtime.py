@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import AuditEvent
-from enumwatch.runtime import DetectorRuntime, Detectors
-from enumwatch.sink import DetectorRef
+from enumwatch.controller.runtime import DetectorRuntime, Detectors
 
 REF = DetectorRef(namespace="ns", name="det", uid="uid-1")
 ARRIVAL = 5000.0

@@ -6,18 +6,9 @@ from enumwatch.api.finding import finding_name
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Row, Rule
-from enumwatch.sink import (
-    MAX_LIST_ITEMS,
-    Action,
-    FailedWrite,
-    Plan,
-    aggregates_from_row,
-    growth,
-    only_row,
-    plan,
-    spec_patch,
-    summary,
-)
+from enumwatch.sink.aggregates import MAX_LIST_ITEMS, aggregates_from_row
+from enumwatch.sink.findings import FailedWrite
+from enumwatch.sink.plan import Action, Plan, growth, only_row, plan, spec_patch, summary
 from enumwatch.timefmt import format_rfc3339 as rfc3339
 from enumwatch.timefmt import parse_rfc3339
 from enumwatch.windows import WindowResult

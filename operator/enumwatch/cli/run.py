@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
 if TYPE_CHECKING:
-    from enumwatch.handlers import Operator
-    from enumwatch.leader import LeaseElector
+    from enumwatch.controller.handlers import Operator
+    from enumwatch.controller.leader import LeaseElector
 
 #: Largest accepted ingest body by default (same as enumwatch.ingest.DEFAULT_MAX_BODY).
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -129,12 +129,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from enumwatch.handlers import Operator, OperatorConfig
-    from enumwatch.ingest import IngestAuth, IngestServer
+    from enumwatch.controller.handlers import Operator, OperatorConfig
+    from enumwatch.controller.ingest import IngestAuth, IngestServer
+    from enumwatch.controller.leader import LeaseElector
+    from enumwatch.controller.runtime import Detectors
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
-    from enumwatch.leader import LeaseElector
-    from enumwatch.runtime import Detectors
-    from enumwatch.sink import FindingSink
+    from enumwatch.sink.findings import FindingSink
 
     credentials = await load_credentials(args.kubeconfig)
     client = KubeClient(credentials)
@@ -221,7 +221,7 @@ async def _lead(
 ) -> int:
     import kopf
 
-    from enumwatch.leader import LostLeadership
+    from enumwatch.controller.leader import LostLeadership
 
     kopf_stop = asyncio.Event()
     kopf_ready = asyncio.Event()

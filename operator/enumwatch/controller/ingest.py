@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from enumwatch import metrics
 from enumwatch.audit import AuditEvent, decode_object
+from enumwatch.controller import metrics
+from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
-from enumwatch.runtime import Detectors
 
 log = logging.getLogger("enumwatch.ingest")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
