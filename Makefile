@@ -38,7 +38,7 @@ lint: venv ## ruff and mypy --strict
 	$(VENV)/bin/mypy
 
 manifests: venv ## regenerate the CRDs in crds/ from the pydantic models
-	$(PY) -m enumwatch manifests --output crds
+	$(PY) -m enumwatch manifests --output crds --readme README.md
 
 demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py
