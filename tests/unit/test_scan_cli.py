@@ -220,6 +220,7 @@ def test_replay_prints_windows_with_bounds(
         start = datetime.fromisoformat(window["start"]).timestamp()
         assert end % 300 == 0  # epoch-aligned ticks
         assert end - start == 360
+    assert "replay over the events' own timestamps (event time): " in err  # says so
     assert "windows evaluated" in err
     status, out, _ = run(capsys, str(log), "--replay")
     assert status == 0
