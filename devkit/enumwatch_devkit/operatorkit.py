@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enumwatch.timefmt import parse_rfc3339
 from enumwatch_devkit.auditlog import read_events
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.processes import free_port
@@ -289,3 +291,21 @@ def stop_pid(pid: int) -> None:
     """SIGKILL a process by PID, ignoring one that is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_tick_after(
+    cp: ControlPlane, namespace: str, name: str, t: float, interval: float, timeout: float = 30.0
+) -> None:
+    """Wait until the detector has evaluated (and so written and reported) a tick whose window
+    ends at least one ``interval`` after ``t``.
+
+    Everything offered before ``t`` has then been through a complete tick: a check that *nothing*
+    happened is only meaningful after this, however slow the machine.
+    """
+    target = math.ceil(t / interval) * interval + interval
+
+    def reached() -> bool:
+        last = detector_status(cp, namespace, name).get("lastEvaluation")
+        return bool(last) and parse_rfc3339(last) >= target
+
+    wait_for(reached, timeout=timeout, what=f"{namespace}/{name} to evaluate a tick after {t}")

@@ -34,6 +34,7 @@ from enumwatch_devkit.operatorkit import (
     fresh_namespace,
     running_operator,
     wait_for,
+    wait_for_tick_after,
 )
 from enumwatch_devkit.processes import bind_to_parent, launch
 
@@ -108,12 +109,6 @@ def scan(events: list[dict[str, Any]], tmp_path: Path, *args: str) -> list[dict[
     return result
 
 
-def evaluated_after(cp: ControlPlane, namespace: str, name: str, t: float) -> bool:
-    """Whether the detector has evaluated (and so written) a tick whose window ends after ``t``."""
-    last = detector_status(cp, namespace, name).get("lastEvaluation")
-    return bool(last) and parse_rfc3339(last) >= math.ceil(t / INTERVAL) * INTERVAL + INTERVAL
-
-
 def restamped(events: list[dict[str, Any]], start: float, span: float) -> list[dict[str, Any]]:
     """The events moved (keeping their order and spacing, squeezed into ``span`` seconds)."""
     old = [parse_rfc3339(e["stageTimestamp"]) for e in events]
@@ -183,7 +178,7 @@ def test_live_findings_equal_the_scan_with_null_keys_hours_old_and_a_later_scann
         posted = time.time()
         answer = op.ingest(batch1)
         assert (answer["late"], answer["future"]) == (0, 0)
-        wait_for(lambda: evaluated_after(crds, ns, "det", posted), timeout=20, what="a tick")
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
         got1 = written(crds, ns)
         with capsys.disabled():
             print(f"\nlive path, first batch: {compare(expected1, got1)}")
@@ -198,7 +193,7 @@ def test_live_findings_equal_the_scan_with_null_keys_hours_old_and_a_later_scann
         assert ("203.0.113.77", "late-scanner/1.0") in expected2
         posted = time.time()
         op.ingest(batch2)
-        wait_for(lambda: evaluated_after(crds, ns, "det", posted), timeout=20, what="a tick")
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
         got2 = written(crds, ns)
         with capsys.disabled():
             print(f"live path, one tick later: {compare(expected2, got2)}")
@@ -246,7 +241,7 @@ def test_event_time_mode_equals_the_replay_and_counts_late_and_future(
         posted = time.time()
         answer = op.ingest(events + late + future)
         assert (answer["late"], answer["future"]) == (8, 8)
-        wait_for(lambda: evaluated_after(crds, ns, "det", posted), timeout=20, what="a tick")
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
         got = written(crds, ns)
         with capsys.disabled():
             print(f"\nlive path, event time: {compare(expected, got)}")
