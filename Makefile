@@ -33,9 +33,10 @@ unit: venv ## run the tests that need no control plane
 integration: venv controlplane ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproject.toml)
 	$(VENV)/bin/ruff check operator devkit tests bench hack
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 manifests: venv ## regenerate the CRDs in crds/ from the pydantic models
 	$(PY) -m enumwatch manifests --output crds --readme README.md
