@@ -306,6 +306,6 @@ def wait_for_tick_after(
 
     def reached() -> bool:
         last = detector_status(cp, namespace, name).get("lastEvaluation")
-        return bool(last) and parse_rfc3339(last) >= target
+        return isinstance(last, str) and parse_rfc3339(last) >= target
 
     wait_for(reached, timeout=timeout, what=f"{namespace}/{name} to evaluate a tick after {t}")
