@@ -392,7 +392,10 @@ def test_an_apiserver_outage_mid_tick_is_written_once_it_is_back(tmp_path: Path)
 
 def test_findings_of_a_deleted_detector_still_expire(crds: ControlPlane, tmp_path: Path) -> None:
     ns = fresh_namespace(crds, "orphan")
-    spec = {**DETECTOR, "findings": {"maxPerRun": 1000, "retention": "4s"}}
+    spec = {
+        "schedule": {"interval": "1s", "lookback": "3s"},
+        "findings": {"maxPerRun": 1000, "retention": "4s"},
+    }
     with running_operator(crds, tmp_path) as op:
         apply_detector(crds, ns, "det", spec)
         wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")

@@ -81,6 +81,23 @@ def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
         ({"findings": {"maxPerRun": 0}}, "greater than or equal to 1"),
         ({"riskScore": 101}, "less than or equal to 100"),
         ({"severity": "urgent"}, 'Unsupported value: "urgent"'),
+        # Valid but absurd: bounded, with the reason.
+        (
+            {"schedule": {"interval": "100000h", "lookback": "100000h"}},
+            "must be at most 24h: the rule runs at least once a day",
+        ),
+        (
+            {"schedule": {"interval": "1s", "lookback": "2h"}},
+            "lookback must not be longer than 1000 intervals",
+        ),
+        ({"findings": {"retention": "0s"}}, "must be at least 1s"),
+        (
+            {"findings": {"retention": "1m"}},
+            "findings.retention must not be shorter than schedule.lookback",
+        ),
+        ({"findings": {"suppressFor": "9000h"}}, "must be at most 720h"),
+        ({"dataStreamNamespace": "x" * 100_000}, "may not be more than 100 bytes"),
+        ({"match": {"usernames": ["u"] * 101}}, "must have at most 100 items"),
     ],
 )
 def test_invalid_specs_are_refused_by_the_api_server(
