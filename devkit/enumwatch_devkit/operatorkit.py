@@ -41,9 +41,13 @@ SCAN_PATHS = (
 )
 
 
-def anonymous_get(cp: ControlPlane, path: str, user_agent: str) -> int:
-    """One GET without any credentials; return the status code."""
-    req = urllib.request.Request(cp.server + path, headers={"User-Agent": user_agent})
+def anonymous_get(
+    cp: ControlPlane, path: str, user_agent: str, headers: dict[str, str] | None = None
+) -> int:
+    """One GET without any credentials (and with any other ``headers``); return the status."""
+    req = urllib.request.Request(
+        cp.server + path, headers={"User-Agent": user_agent, **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, context=cp.ssl_context(), timeout=10) as resp:
             return int(resp.status)
@@ -52,10 +56,15 @@ def anonymous_get(cp: ControlPlane, path: str, user_agent: str) -> int:
         return exc.code
 
 
-def anonymous_scan(cp: ControlPlane, user_agent: str, paths: tuple[str, ...] = SCAN_PATHS) -> None:
+def anonymous_scan(
+    cp: ControlPlane,
+    user_agent: str,
+    paths: tuple[str, ...] = SCAN_PATHS,
+    headers: dict[str, str] | None = None,
+) -> None:
     """Run an anonymous enumeration with a distinctive user agent."""
     for path in paths:
-        anonymous_get(cp, path, user_agent)
+        anonymous_get(cp, path, user_agent, headers)
 
 
 def audit_events_for(

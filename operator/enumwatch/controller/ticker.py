@@ -90,8 +90,8 @@ class Ticker:
         result = await self.sink.apply(runtime.ref, spec, window)
         # A group that fired again supersedes its pending retry: the fresher row was written
         # (or failed and is pending again, below).
-        for row in window.rows[: spec.findings.max_per_run]:
-            runtime.pending.pop(row.key, None)
+        for key in result.attempted:
+            runtime.pending.pop(key, None)
         self._record(runtime, result)
         metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)

@@ -31,8 +31,8 @@ from enumwatch.api.names import (
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
-from enumwatch.rule import Row
-from enumwatch.sink.plan import Action, only_row, plan, spec_patch, summary
+from enumwatch.rule import GroupKey, Row
+from enumwatch.sink.plan import Action, only_row, plan, prioritize, spec_patch, summary
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 
@@ -61,6 +61,7 @@ class FailedWrite:
             "groups": w.groups,
             "rows": [asdict(row) for row in w.rows],
             "lastSeen": [[ip, ua, ts] for (ip, ua), ts in w.last_seen.items()],
+            "observed": [[ip, ua] for ip, ua in sorted(w.observed, key=repr)],
             "error": self.error,
         }
 
@@ -80,6 +81,7 @@ class FailedWrite:
             events=int(data["events"]),
             groups=int(data["groups"]),
             last_seen={(ip, ua): float(ts) for ip, ua, ts in data["lastSeen"]},
+            observed=frozenset((ip, ua) for ip, ua in data.get("observed", ())),
         )
         return cls(window=window, error=str(data["error"]))
 
@@ -94,6 +96,7 @@ class SinkResult:
     grew: list[str] = field(default_factory=list)
     capped: int = 0
     failed: list[FailedWrite] = field(default_factory=list)
+    attempted: list[GroupKey] = field(default_factory=list)  # rows whose write was tried
 
 
 class FindingSink:
@@ -113,10 +116,12 @@ class FindingSink:
         next tick, and the other rows are still written.
         """
         result = SinkResult()
-        rows = list(window.rows)
         cap = spec.findings.max_per_run
-        result.capped = max(0, len(rows) - cap)
-        for row in rows[:cap]:
+        recorded = await self._recorded(detector) if len(window.rows) > cap else set()
+        chosen, left_out = prioritize(window.rows, window.observed, recorded, cap)
+        result.capped = len(left_out)
+        for row in chosen:
+            result.attempted.append(row.key)
             try:
                 await self._apply_row(detector, spec, window, row, result)
             except Exception as exc:
@@ -132,15 +137,32 @@ class FindingSink:
                 result.failed.append(
                     FailedWrite(window=only_row(window, row), error=str(exc) or repr(exc))
                 )
-        if result.capped:
+        if left_out:
+            named = ", ".join(
+                f"{row.source_ip or '<no IP>'}/{row.user_agent or '<none>'}"
+                for row in left_out[:10]
+            )
+            more = f" and {len(left_out) - 10} more" if len(left_out) > 10 else ""
             await self.event(
                 detector.involved_object(),
                 REASON_CAPPED,
-                f"{result.capped} more group(s) passed the thresholds at "
-                f"{format_rfc3339(window.tick)} "
-                f"than findings.maxPerRun={cap} allows; they were not written",
+                f"{len(left_out)} more group(s) passed the thresholds at "
+                f"{format_rfc3339(window.tick)} than findings.maxPerRun={cap} allows; they were "
+                f"not written (observed addresses, successes and new groups went first): "
+                f"{named}{more}",
             )
         return result
+
+    async def _recorded(self, detector: DetectorRef) -> set[GroupKey]:
+        """The group keys that already have a Finding of ``detector``."""
+        listing = await self.client.get(
+            namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
+            params={"labelSelector": f"{DETECTOR_LABEL}={detector.name}"},
+        )
+        return {
+            (item["spec"].get("sourceIP"), item["spec"].get("userAgent"))
+            for item in listing.get("items", [])
+        }
 
     async def _apply_row(
         self,
@@ -286,9 +308,7 @@ class FindingSink:
             expires = parse_rfc3339(last_seen) + retention
             if expires < now:
                 await self.client.delete(
-                    namespaced_path(
-                        GROUP, VERSION, meta["namespace"], FINDING_PLURAL, meta["name"]
-                    )
+                    namespaced_path(GROUP, VERSION, meta["namespace"], FINDING_PLURAL, meta["name"])
                 )
                 deleted.append(f"{meta['namespace']}/{meta['name']}")
             elif next_expiry is None or expires < next_expiry:

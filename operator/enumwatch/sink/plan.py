@@ -14,7 +14,7 @@ from typing import Any
 
 from enumwatch.api.finding import FindingSpec, Window, rule_ref
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.rule import Row
+from enumwatch.rule import GroupKey, Row
 from enumwatch.sink.aggregates import aggregates_from_row
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
@@ -148,9 +148,33 @@ def summary(row: Row) -> str:
     )
 
 
+def prioritize(
+    rows: tuple[Row, ...] | list[Row],
+    observed: frozenset[GroupKey],
+    recorded: set[GroupKey],
+    cap: int,
+) -> tuple[list[Row], list[Row]]:
+    """Which rows become Findings when more fire than ``findings.maxPerRun`` allows (pure).
+
+    The rows are the seed's, untouched; this only orders the writing, as an analyst would:
+    groups whose IP the API server observed itself (not a forgeable ``X-Forwarded-For`` entry)
+    first, then groups with a success, then groups not recorded yet, so that decoys cannot push
+    the real scanner out and repeats of known groups never starve new ones. Within a rank the
+    seed's order stands. Returns (written, left out).
+    """
+    ordered = sorted(
+        rows,
+        key=lambda row: (row.key not in observed, row.success_count == 0, row.key in recorded),
+    )
+    return ordered[:cap], ordered[cap:]
+
+
 def only_row(window: WindowResult, row: Row) -> WindowResult:
     """``window`` narrowed to one of its rows (what a retry of that row needs)."""
     seen = window.last_seen.get(row.key)
     return replace(
-        window, rows=(row,), last_seen={} if seen is None else {row.key: seen}
+        window,
+        rows=(row,),
+        last_seen={} if seen is None else {row.key: seen},
+        observed=window.observed & {row.key},
     )
