@@ -24,28 +24,39 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("enumwatch.runtime")
 JOURNAL = "journal.ndjson"
+#: Past this size the journal is folded into the window state files (a checkpoint), so that a
+#: long interval or a flood between two ticks cannot grow it without bound.
+JOURNAL_LIMIT = 16 * 1024 * 1024
 
 
 class StateStore:
     """Window state files and the ingest journal in one directory."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, journal_limit: int = JOURNAL_LIMIT) -> None:
         self.state_dir = state_dir
+        self.journal_limit = journal_limit
         state_dir.mkdir(parents=True, exist_ok=True)
+        journal = state_dir / JOURNAL
+        self.journal_bytes = journal.stat().st_size if journal.exists() else 0
+
+    @property
+    def journal_full(self) -> bool:
+        """Whether the journal has outgrown its limit (time for a checkpoint)."""
+        return self.journal_bytes > self.journal_limit
 
     def journal(self, events: list[AuditEvent], arrival: float) -> None:
         """Append acknowledged events (with their arrival time) before they are offered."""
+        data = b"".join(
+            orjson.dumps({"arrival": arrival, "event": e.to_dict()}) + b"\n" for e in events
+        )
         with open(self.state_dir / JOURNAL, "ab") as journal:
-            journal.write(
-                b"".join(
-                    orjson.dumps({"arrival": arrival, "event": e.to_dict()}) + b"\n"
-                    for e in events
-                )
-            )
+            journal.write(data)
+        self.journal_bytes += len(data)
 
     def clear_journal(self) -> None:
         """Empty the journal: every detector's saved window now holds its events."""
         (self.state_dir / JOURNAL).write_bytes(b"")
+        self.journal_bytes = 0
 
     def forget(self, namespace: str, name: str) -> None:
         """Remove a deleted detector's saved state."""

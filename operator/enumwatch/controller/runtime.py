@@ -115,9 +115,15 @@ class DetectorRuntime:
 class Detectors:
     """All detectors this operator runs, by (namespace, name); optionally persisted to disk."""
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None, *, journal_limit: int | None = None) -> None:
         self.by_key: dict[tuple[str, str], DetectorRuntime] = {}
-        self.store = StateStore(state_dir) if state_dir is not None else None
+        self.store = (
+            None
+            if state_dir is None
+            else StateStore(state_dir)
+            if journal_limit is None
+            else StateStore(state_dir, journal_limit)
+        )
 
     def get_or_create(self, ref: DetectorRef) -> DetectorRuntime:
         """The runtime of ``ref``, created (and restored from disk) when new."""
@@ -139,9 +145,13 @@ class Detectors:
     def offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         """Give events received at ``arrival`` to every detector, journaling them first when
         persistent; count the events that some detector refused as late or future."""
-        if self.store is not None and events:
+        if self.store is not None and events and self.by_key:
+            # No detector, nothing to restore into: the journal is not written at all.
             self.store.journal(events, arrival)
-        return self._offer(events, arrival)
+        result = self._offer(events, arrival)
+        if self.store is not None and self.store.journal_full:
+            self.checkpoint()
+        return result
 
     def _offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         runtimes = list(self.by_key.values())
