@@ -102,4 +102,4 @@ def test_the_dev_cli_describes_each_action_in_one_line() -> None:
 def test_the_product_cli_has_no_dev_command() -> None:
     from enumwatch.cli import main as cli
 
-    assert sorted(cli.COMMAND_MODULES) == ["manifests", "run", "scan", "tail"]
+    assert sorted(cli.COMMAND_MODULES) == ["manifests", "run", "scan", "tail", "version"]
