@@ -44,7 +44,7 @@ def test_audit_webhook_config_file_can_point_at_the_operator(tmp_path: Path) -> 
         devstack.install_crds(cp)
         (tmp_path / "op").mkdir()
         op.start()
-        apply_detector(cp, "default", "det", {"schedule": {"interval": "1s", "lookback": "60s"}})
+        apply_detector(cp, "default", "det", {"schedule": {"interval": "1s", "lookback": "5m"}})
         agent = unique_agent("webhook")
         anonymous_scan(cp, agent)
         # The webhook delivers in batches; on the default (arrival) time basis a tick may fall
@@ -56,7 +56,9 @@ def test_audit_webhook_config_file_can_point_at_the_operator(tmp_path: Path) -> 
                 if f["spec"]["userAgent"] == agent
                 and f["spec"]["aggregates"]["documentCount"] == len(SCAN_PATHS)
             ],
-            timeout=30,
+            # The apiserver's webhook backend backs off after failures (the operator starts after
+            # it), so a batch can come late; arrival time and a long lookback still count it.
+            timeout=90,
             what="a Finding with every webhook-delivered event of the scan",
         )
         assert len(found) == 1
