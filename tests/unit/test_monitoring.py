@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from enumwatch import metrics
-from enumwatch_devkit import monitoring, upstream
+from enumwatch_devkit import monitoring, renders, upstream
 
 REPO = Path(__file__).resolve().parents[2]
 DETECTOR = {"namespace": "team-a", "detector": "anonymous-enumeration"}
@@ -375,15 +375,9 @@ def test_promtool_unit_tests_of_the_alerts(promtool: Path, tmp_path: Path) -> No
 # --- kustomize -----------------------------------------------------------------------------------
 
 
-def _kustomize(path: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(REPO / path)], capture_output=True, text=True, check=True
-    )
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
-
-
 def test_the_monitoring_kustomization_ships_rule_monitor_and_dashboard() -> None:
-    docs = {(d["kind"], d["metadata"]["name"]): d for d in _kustomize("manifests/monitoring")}
+    rendered = renders.kustomize("manifests/monitoring")
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
     assert sorted(docs) == [
         ("ConfigMap", "enumwatch-dashboard"),
         ("PrometheusRule", "enumwatch"),
@@ -397,8 +391,8 @@ def test_the_monitoring_kustomization_ships_rule_monitor_and_dashboard() -> None
 
 
 def test_the_service_monitor_scrapes_the_headless_metrics_service_by_port_name() -> None:
-    monitor = {d["kind"]: d for d in _kustomize("manifests/monitoring")}["ServiceMonitor"]
-    services = [d for d in _kustomize("manifests") if d["kind"] == "Service"]
+    monitor = {d["kind"]: d for d in renders.kustomize("manifests/monitoring")}["ServiceMonitor"]
+    services = [d for d in renders.kustomize("manifests") if d["kind"] == "Service"]
     selector = monitor["spec"]["selector"]["matchLabels"]
     selected = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
     assert [s["metadata"]["name"] for s in selected] == ["enumwatch-metrics"]
