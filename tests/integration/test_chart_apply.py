@@ -57,7 +57,7 @@ def _helm(cp: ControlPlane, *args: str) -> str:
 def test_helm_template_piped_to_kubectl_apply_dry_run_server_is_accepted(
     crds: ControlPlane,
 ) -> None:
-    # The command of the README, as typed: release "release-name", namespace "default".
+    # README "Install with Helm", as typed: release "release-name", namespace "default".
     rendered = subprocess.run(
         [str(upstream.helm()), "template", "charts/enumwatch"],
         cwd=REPO,
