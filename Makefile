@@ -38,7 +38,7 @@ test: venv controlplane tools lint ## run every test (lint, unit, integration ag
 unit: venv tools ## run the tests that need no control plane
 	$(PY) -m pytest -W error -m 'not integration and not e2e' $(PYTEST_ARGS)
 
-integration: venv controlplane ## run only the tests against the real control plane
+integration: venv controlplane tools ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
 lint: venv ## ruff and mypy --strict

@@ -72,6 +72,6 @@ def run_script(script: Path, *args: str, what: str) -> list[str]:
     if proc.returncode != 0:
         command = " ".join(["bash", str(script), *args])
         raise ScriptError(
-            f"{what} failed (exit {proc.returncode}); rerun `{command}` to see the Go error"
+            f"{what} failed (exit {proc.returncode}); rerun `{command}` to see why"
         )
     return proc.stdout.splitlines()
