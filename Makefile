@@ -41,16 +41,17 @@ unit: venv tools ## run the tests that need no control plane
 integration: venv controlplane tools ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproject.toml)
 	$(VENV)/bin/ruff check operator devkit tests bench hack
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 chart-lint: tools ## helm lint --strict the chart, with its default and its HA values
 	@helm="$$(bash hack/tools/build.sh helm 2>/dev/null)" && \
 	  "$$helm" lint --strict $(CHART) && "$$helm" lint --strict $(CHART) -f $(CHART)/values-ha.yaml
 
-manifests: venv ## regenerate the CRDs (crds/, and the chart's) from the models; refresh the chart's copies
-	$(PY) -m enumwatch manifests --output crds
+manifests: venv ## regenerate the CRDs (crds/, the chart's) and README's CRD reference; refresh the chart's copies
+	$(PY) -m enumwatch manifests --output crds --readme README.md
 	$(PY) -m enumwatch manifests --output $(CHART)/crds
 	cp $(CHART_FILES) $(CHART)/files/
 

@@ -3,7 +3,7 @@
 Alert rules and dashboards rot quietly: a renamed metric leaves a panel empty and an alert that
 can never fire, and nothing fails. The tests read every PromQL expression of the PrometheusRule
 and of the Grafana dashboard from here and check that each names only metrics that exist:
-enumwatch's own (its registry, :mod:`enumwatch.metrics`) or the kube-apiserver's
+enumwatch's own (the registry of :mod:`enumwatch.controller.metrics`) or the kube-apiserver's
 (:data:`APISERVER_METRICS`, which the integration tests find on a real apiserver's /metrics).
 """
 

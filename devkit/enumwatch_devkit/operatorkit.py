@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enumwatch.timefmt import parse_rfc3339
 from enumwatch_devkit.auditlog import read_events
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.processes import free_port
@@ -39,9 +41,13 @@ SCAN_PATHS = (
 )
 
 
-def anonymous_get(cp: ControlPlane, path: str, user_agent: str) -> int:
-    """One GET without any credentials; return the status code."""
-    req = urllib.request.Request(cp.server + path, headers={"User-Agent": user_agent})
+def anonymous_get(
+    cp: ControlPlane, path: str, user_agent: str, headers: dict[str, str] | None = None
+) -> int:
+    """One GET without any credentials (and with any other ``headers``); return the status."""
+    req = urllib.request.Request(
+        cp.server + path, headers={"User-Agent": user_agent, **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, context=cp.ssl_context(), timeout=10) as resp:
             return int(resp.status)
@@ -50,10 +56,15 @@ def anonymous_get(cp: ControlPlane, path: str, user_agent: str) -> int:
         return exc.code
 
 
-def anonymous_scan(cp: ControlPlane, user_agent: str, paths: tuple[str, ...] = SCAN_PATHS) -> None:
+def anonymous_scan(
+    cp: ControlPlane,
+    user_agent: str,
+    paths: tuple[str, ...] = SCAN_PATHS,
+    headers: dict[str, str] | None = None,
+) -> None:
     """Run an anonymous enumeration with a distinctive user agent."""
     for path in paths:
-        anonymous_get(cp, path, user_agent)
+        anonymous_get(cp, path, user_agent, headers)
 
 
 def audit_events_for(
@@ -289,3 +300,21 @@ def stop_pid(pid: int) -> None:
     """SIGKILL a process by PID, ignoring one that is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def wait_for_tick_after(
+    cp: ControlPlane, namespace: str, name: str, t: float, interval: float, timeout: float = 30.0
+) -> None:
+    """Wait until the detector has evaluated (and so written and reported) a tick whose window
+    ends at least one ``interval`` after ``t``.
+
+    Everything offered before ``t`` has then been through a complete tick: a check that *nothing*
+    happened is only meaningful after this, however slow the machine.
+    """
+    target = math.ceil(t / interval) * interval + interval
+
+    def reached() -> bool:
+        last = detector_status(cp, namespace, name).get("lastEvaluation")
+        return isinstance(last, str) and parse_rfc3339(last) >= target
+
+    wait_for(reached, timeout=timeout, what=f"{namespace}/{name} to evaluate a tick after {t}")

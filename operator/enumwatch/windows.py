@@ -48,7 +48,9 @@ class WindowResult:
     """The outcome of one tick: the window ``(start, end]`` and the rows it produced.
 
     ``last_seen`` maps each row's group key to the time (on the detector's time basis) of the
-    group's latest event in the window.
+    group's latest event in the window; ``observed`` holds the row keys whose source IP is the
+    address the API server itself saw for at least one of the group's events (the last entry of
+    ``sourceIPs``; earlier entries come from ``X-Forwarded-For`` and can be forged).
     """
 
     tick: float
@@ -58,6 +60,7 @@ class WindowResult:
     events: int
     groups: int
     last_seen: Mapping[GroupKey, float] = field(default_factory=dict)
+    observed: frozenset[GroupKey] = frozenset()
 
 
 class WindowedEvaluator:
@@ -265,6 +268,7 @@ class WindowedEvaluator:
             if start < ts <= tick:
                 add(event)
         rows = tuple(table.rows(self.data_stream_namespace, self.limit))
+        last_seen, observed = self._row_facts(rows, start, tick)
         result = WindowResult(
             tick=tick,
             start=start,
@@ -272,25 +276,34 @@ class WindowedEvaluator:
             rows=rows,
             events=table.added,
             groups=table.group_count,
-            last_seen=self._last_seen(rows, start, tick),
+            last_seen=last_seen,
+            observed=observed,
         )
         if self._last_tick is None or tick > self._last_tick:
             self._last_tick = tick
         self._evict(self.horizon)
         return result
 
-    def _last_seen(self, rows: tuple[Row, ...], start: float, tick: float) -> dict[GroupKey, float]:
-        """The time of each row's latest event in the window (a second pass, only for rows)."""
+    def _row_facts(
+        self, rows: tuple[Row, ...], start: float, tick: float
+    ) -> tuple[dict[GroupKey, float], frozenset[GroupKey]]:
+        """Facts beside the rule about each row, from a second pass (only when rows fired): its
+        latest event's time, and whether its IP is one the API server observed."""
         if not rows:
-            return {}
+            return {}, frozenset()
         wanted = {row.key for row in rows}
         seen: dict[GroupKey, float] = {}
+        observed: set[GroupKey] = set()
         for ts, _, event in self._buffer:
             if start < ts <= tick:
                 for key in group_keys(event.source_ips, event.user_agent):
                     if key in wanted and ts > seen.get(key, -math.inf):
                         seen[key] = ts
-        return seen
+                if event.source_ips:
+                    key = (event.source_ips[-1], event.user_agent)
+                    if key in wanted:
+                        observed.add(key)
+        return seen, frozenset(observed)
 
     def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
         """Backtest: run every tick over ``events`` in their own timestamp order.

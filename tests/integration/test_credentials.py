@@ -189,7 +189,10 @@ def test_enumwatch_run_authenticates_through_an_exec_plugin(
             lambda: detector_status(crds, ns, "via-exec").get("conditions"),
             what="the detector's status written by the operator",
         )
-        assert [(c["type"], c["status"]) for c in status] == [("Ready", "True")]
+        assert [(c["type"], c["status"]) for c in status] == [
+            ("Ready", "True"),
+            ("FindingsWritten", "True"),
+        ]
         assert len(plugin.calls) == 1
         assert op.log_path is not None
         assert "Unauthorized" not in op.log_path.read_text()

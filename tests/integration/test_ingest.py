@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.error
 import urllib.request
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from enumwatch.controller.ingest import AuthUnavailable, IngestAuth, TokenBucket
+from enumwatch.kubeapi import KubeClient, load_credentials
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
@@ -21,6 +24,7 @@ from enumwatch_devkit.operatorkit import (
     unique_agent,
     wait_for,
 )
+from enumwatch_devkit.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +132,31 @@ def test_tokenreview_can_require_a_dedicated_audience(crds: ControlPlane, tmp_pa
         urllib.request.urlopen(req, context=crds.ssl_context(), timeout=5)
     assert err.value.code == 401
     err.value.close()
+
+
+async def test_a_failed_tokenreview_is_not_cached_as_a_rejection(crds: ControlPlane) -> None:
+    crds.kubectl("create", "serviceaccount", "tailer-blip", "-n", "default")
+    token = crds.kubectl("create", "token", "tailer-blip", "-n", "default").strip()
+    credentials = await load_credentials(str(crds.kubeconfig))
+    # An API server that does not answer: a port where nothing listens.
+    down = await load_credentials(str(crds.kubeconfig))
+    down.info = dataclasses.replace(down.info, server=f"https://127.0.0.1:{free_port()}")
+    async with KubeClient(down) as unreachable, KubeClient(credentials) as reachable:
+        auth = IngestAuth(client=unreachable)
+        with pytest.raises(AuthUnavailable):
+            await auth.check(f"Bearer {token}")
+        auth.client = reachable  # the blip is over: the very next request is reviewed again
+        assert await auth.check(f"Bearer {token}") is True
+
+
+async def test_reviews_of_unknown_tokens_are_rate_limited(crds: ControlPlane) -> None:
+    credentials = await load_credentials(str(crds.kubeconfig))
+    async with KubeClient(credentials) as client:
+        auth = IngestAuth(client=client, reviews=TokenBucket(rate=0.0, burst=3.0))
+        answers = []
+        for i in range(3):
+            answers.append(await auth.check(f"Bearer bogus-{i}"))
+        assert answers == [False, False, False]  # reviewed: the apiserver says no
+        assert await auth.check("Bearer bogus-0") is False  # an answer, cached: no review
+        with pytest.raises(AuthUnavailable):
+            await auth.check("Bearer bogus-3")  # a fourth unknown token: not reviewed now

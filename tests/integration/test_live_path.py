@@ -27,13 +27,18 @@ from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch_devkit import corpus
 from enumwatch_devkit.controlplane import ControlPlane, running
 from enumwatch_devkit.operatorkit import (
+    SCAN_PATHS,
+    anonymous_scan,
     apply_detector,
+    audit_events_for,
     detector_status,
     events_for,
     findings,
     fresh_namespace,
     running_operator,
+    unique_agent,
     wait_for,
+    wait_for_tick_after,
 )
 from enumwatch_devkit.processes import bind_to_parent, launch
 
@@ -108,12 +113,6 @@ def scan(events: list[dict[str, Any]], tmp_path: Path, *args: str) -> list[dict[
     return result
 
 
-def evaluated_after(cp: ControlPlane, namespace: str, name: str, t: float) -> bool:
-    """Whether the detector has evaluated (and so written) a tick whose window ends after ``t``."""
-    last = detector_status(cp, namespace, name).get("lastEvaluation")
-    return bool(last) and parse_rfc3339(last) >= math.ceil(t / INTERVAL) * INTERVAL + INTERVAL
-
-
 def restamped(events: list[dict[str, Any]], start: float, span: float) -> list[dict[str, Any]]:
     """The events moved (keeping their order and spacing, squeezed into ``span`` seconds)."""
     old = [parse_rfc3339(e["stageTimestamp"]) for e in events]
@@ -161,7 +160,7 @@ def scanner(ip: str | None, agent: str | None, count: int, t: float, seed: int) 
 
 
 DETECTOR = {
-    "schedule": {"interval": "2s", "lookback": "1h"},
+    "schedule": {"interval": "2s", "lookback": "30m"},
     "findings": {"maxPerRun": 1000},
 }
 
@@ -183,7 +182,7 @@ def test_live_findings_equal_the_scan_with_null_keys_hours_old_and_a_later_scann
         posted = time.time()
         answer = op.ingest(batch1)
         assert (answer["late"], answer["future"]) == (0, 0)
-        wait_for(lambda: evaluated_after(crds, ns, "det", posted), timeout=20, what="a tick")
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
         got1 = written(crds, ns)
         with capsys.disabled():
             print(f"\nlive path, first batch: {compare(expected1, got1)}")
@@ -198,7 +197,7 @@ def test_live_findings_equal_the_scan_with_null_keys_hours_old_and_a_later_scann
         assert ("203.0.113.77", "late-scanner/1.0") in expected2
         posted = time.time()
         op.ingest(batch2)
-        wait_for(lambda: evaluated_after(crds, ns, "det", posted), timeout=20, what="a tick")
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
         got2 = written(crds, ns)
         with capsys.disabled():
             print(f"live path, one tick later: {compare(expected2, got2)}")
@@ -238,7 +237,7 @@ def test_event_time_mode_equals_the_replay_and_counts_late_and_future(
         events = restamped(list(corpus.mixed_events(600, seed=12)), now - 40, 30)
         late = restamped(scanner("198.51.100.9", "old/1", 8, 0, seed=4), now - 7200, 5)
         future = restamped(scanner("198.51.100.10", "ahead/1", 8, 0, seed=5), now + 3600, 5)
-        replay = scan(events, tmp_path, "--replay", "--interval", "2s", "--lookback", "1h")
+        replay = scan(events, tmp_path, "--replay", "--interval", "2s", "--lookback", "30m")
         last_tick = math.ceil(max(parse_rfc3339(e["stageTimestamp"]) for e in events) / 2) * 2
         (window,) = [w for w in replay if parse_rfc3339(w["tick"]) == last_tick]
         expected = expected_from_esql(window["rows"])
@@ -246,7 +245,7 @@ def test_event_time_mode_equals_the_replay_and_counts_late_and_future(
         posted = time.time()
         answer = op.ingest(events + late + future)
         assert (answer["late"], answer["future"]) == (8, 8)
-        wait_for(lambda: evaluated_after(crds, ns, "det", posted), timeout=20, what="a tick")
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
         got = written(crds, ns)
         with capsys.disabled():
             print(f"\nlive path, event time: {compare(expected, got)}")
@@ -397,7 +396,10 @@ def test_an_apiserver_outage_mid_tick_is_written_once_it_is_back(tmp_path: Path)
 
 def test_findings_of_a_deleted_detector_still_expire(crds: ControlPlane, tmp_path: Path) -> None:
     ns = fresh_namespace(crds, "orphan")
-    spec = {**DETECTOR, "findings": {"maxPerRun": 1000, "retention": "4s"}}
+    spec = {
+        "schedule": {"interval": "1s", "lookback": "3s"},
+        "findings": {"maxPerRun": 1000, "retention": "4s"},
+    }
     with running_operator(crds, tmp_path) as op:
         apply_detector(crds, ns, "det", spec)
         wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")
@@ -413,3 +415,31 @@ def test_findings_of_a_deleted_detector_still_expire(crds: ControlPlane, tmp_pat
         expired_at = time.time()
         assert expired_at - parse_rfc3339(finding["spec"]["lastSeen"]) >= 4.0
         assert op.metrics()["enumwatch_findings_expired_total"] == 1
+
+
+def test_forged_forwarded_for_decoys_cannot_push_the_real_scanner_out(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    # One anonymous client, 150 forged X-Forwarded-For addresses: the real apiserver puts them
+    # in sourceIPs before the address it saw, so 151 groups fire on the same 8 requests.
+    forged = ", ".join(f"10.66.{i // 250}.{i % 250 + 1}" for i in range(150))
+    agent = unique_agent("decoys")
+    anonymous_scan(crds, agent, headers={"X-Forwarded-For": forged})
+    events = audit_events_for(crds, agent, len(SCAN_PATHS))
+    assert {len(e["sourceIPs"]) for e in events} == {151}
+    observed = events[0]["sourceIPs"][-1]
+    ns = fresh_namespace(crds, "decoys")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", {**DETECTOR, "findings": {"maxPerRun": 100}})
+        wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")
+        posted = time.time()
+        op.ingest(events)
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
+        written = {f["spec"]["sourceIP"] for f in findings(crds, ns)}
+        assert observed in written  # the address the apiserver saw is never a decoy's victim
+        capped = [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"]
+        first = min(capped, key=lambda e: e["firstTimestamp"])["message"]
+        assert first.startswith("51 more group(s) passed the thresholds")
+        assert first.endswith("and 41 more")  # ten named, the rest counted
+        # Repeats of recorded groups never starve new ones: the next tick writes the rest.
+        wait_for(lambda: len(findings(crds, ns)) == 151, timeout=20, what="every group written")

@@ -30,6 +30,7 @@ from enumwatch_devkit.operatorkit import (
     running_operator,
     unique_agent,
     wait_for,
+    wait_for_tick_after,
 )
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,23 @@ def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
         ({"findings": {"maxPerRun": 0}}, "greater than or equal to 1"),
         ({"riskScore": 101}, "less than or equal to 100"),
         ({"severity": "urgent"}, 'Unsupported value: "urgent"'),
+        # Valid but absurd: bounded, with the reason.
+        (
+            {"schedule": {"interval": "100000h", "lookback": "100000h"}},
+            "must be at most 24h: the rule runs at least once a day",
+        ),
+        (
+            {"schedule": {"interval": "1s", "lookback": "2h"}},
+            "lookback must not be longer than 1000 intervals",
+        ),
+        ({"findings": {"retention": "0s"}}, "must be at least 1s"),
+        (
+            {"findings": {"retention": "1m"}},
+            "findings.retention must not be shorter than schedule.lookback",
+        ),
+        ({"findings": {"suppressFor": "9000h"}}, "must be at most 720h"),
+        ({"dataStreamNamespace": "x" * 100_000}, "may not be more than 100 bytes"),
+        ({"match": {"usernames": ["u"] * 101}}, "must have at most 100 items"),
     ],
 )
 def test_invalid_specs_are_refused_by_the_api_server(
@@ -116,7 +134,8 @@ def test_a_scan_becomes_exactly_one_finding_with_events(crds: ControlPlane, tmp_
         answer = op.ingest(events)
         assert answer["accepted"] == len(SCAN_PATHS)
         found = wait_for(lambda: findings(crds, ns), what="a Finding")
-        time.sleep(2.5)  # more ticks fire over the same events: still one Finding
+        # More ticks fire over the same events: still one Finding.
+        wait_for_tick_after(crds, ns, "det", time.time() + 1, 1.0)
         found = findings(crds, ns)
         assert len(found) == 1
         finding = found[0]
@@ -166,7 +185,7 @@ def test_a_client_under_the_thresholds_gets_no_finding(crds: ControlPlane, tmp_p
             lambda: detector_status(crds, ns, "det").get("eventsMatched", 0) >= 5,
             what="events matched",
         )
-        time.sleep(2)
+        wait_for_tick_after(crds, ns, "det", time.time(), 1.0)
         assert findings(crds, ns) == []
 
 
@@ -237,7 +256,7 @@ def test_spec_change_applies_live(crds: ControlPlane, tmp_path: Path) -> None:
             lambda: detector_status(crds, ns, "det").get("eventsMatched", 0) >= len(SCAN_PATHS),
             what="events matched",
         )
-        time.sleep(2)
+        wait_for_tick_after(crds, ns, "det", time.time(), 1.0)
         assert findings(crds, ns) == []  # 8 URIs is not above 20
         apply_detector(crds, ns, "det", FAST)  # lowered again: the buffered scan now fires
         wait_for(lambda: findings(crds, ns), what="Finding after lowering the threshold")
@@ -256,7 +275,7 @@ def test_deleting_a_detector_stops_it_and_keeps_its_findings(
         crds.kubectl(
             "delete", "enumerationdetector", "det", "-n", ns, "--wait=true", "--timeout=20s"
         )
-        time.sleep(1)
+        wait_for(lambda: op.metrics()["enumwatch_detectors"] == 0, what="the detector stopped")
         _, events = _scan_events(crds, "del2")
         op.ingest(events)
         time.sleep(2)
@@ -279,8 +298,9 @@ def test_operator_restart_mid_scan_yields_exactly_one_finding(
         wait_for(lambda: findings(crds, ns), what="Finding after restart")
         # A second restart re-evaluates the same window: still one Finding, one occurrence.
         op.stop(signal.SIGKILL)
+        restarted = time.time()
         op.start()
-        time.sleep(3)
+        wait_for_tick_after(crds, ns, "det", restarted, 2.0)
         found = findings(crds, ns)
         assert len(found) == 1
         assert found[0]["spec"]["occurrences"] == 1
@@ -315,7 +335,7 @@ def test_two_operators_never_both_act(crds: ControlPlane, tmp_path: Path) -> Non
         )
         leader.ingest(events)
         wait_for(lambda: findings(crds, ns), what="Finding")
-        time.sleep(2)
+        wait_for_tick_after(crds, ns, "det", time.time(), 1.0)
         assert len(findings(crds, ns)) == 1
         assert standby.metrics().get("enumwatch_leader", 0) == 0
         assert leader.metrics()["enumwatch_leader"] == 1
@@ -340,7 +360,7 @@ def test_at_most_max_per_run_findings_per_tick(crds: ControlPlane, tmp_path: Pat
             lambda: detector_status(crds, ns, "det").get("findingsCapped", 0) >= 1,
             what="capped rows reported in status",
         )
-        time.sleep(1.5)
+        wait_for_tick_after(crds, ns, "det", time.time(), 1.0)
         assert len(findings(crds, ns)) == 2
         capped = [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"]
         assert capped and "maxPerRun=2" in capped[0]["message"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +33,41 @@ def test_scan_does_not_import_the_operator() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_version_command_and_flag_agree(capsys: pytest.CaptureFixture[str]) -> None:
+    from enumwatch import __version__
+
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out == f"enumwatch {__version__}\n"
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out == f"enumwatch {__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["run", "manifests", "version"])
+def test_every_flag_has_help_with_its_default(command: str) -> None:
+    parser = cli.build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparser = sub.choices[command]
+    assert subparser.description, f"{command} has no description"
+    for action in subparser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings[0]} has no help"
+            if action.default not in (None, False, [], "==SUPPRESS=="):
+                assert "default" in action.help, f"{command} {action.option_strings[0]}"
+
+
+def test_manifests_without_output_prints_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["manifests"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["metadata"]["name"] for d in docs] == [
+        "enumerationdetectors.enumwatch.io",
+        "findings.enumwatch.io",
+    ]
+    assert list(tmp_path.iterdir()) == []

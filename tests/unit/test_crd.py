@@ -85,3 +85,12 @@ def test_generated_yaml_loads() -> None:
     for text in crdgen.render().values():
         doc = yaml.safe_load(text)
         assert doc["kind"] == "CustomResourceDefinition"
+
+
+def test_the_readme_crd_reference_is_generated_from_the_crds() -> None:
+    from enumwatch import crdgen
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index(crdgen.REFERENCE_START)
+    end = readme.index(crdgen.REFERENCE_END) + len(crdgen.REFERENCE_END)
+    assert readme[start:end] == crdgen.reference(), "run `make manifests`"

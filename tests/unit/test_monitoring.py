@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from enumwatch import metrics
+from enumwatch.controller import metrics
 from enumwatch_devkit import monitoring, renders, upstream
 
 REPO = Path(__file__).resolve().parents[2]

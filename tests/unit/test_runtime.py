@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import AuditEvent
-from enumwatch.runtime import DetectorRuntime, Detectors
-from enumwatch.sink import DetectorRef
+from enumwatch.controller.runtime import DetectorRuntime, Detectors
 
 REF = DetectorRef(namespace="ns", name="det", uid="uid-1")
 ARRIVAL = 5000.0
@@ -116,3 +116,19 @@ def test_a_journal_line_of_the_old_format_is_read_at_the_events_own_time(tmp_pat
     assert first.restore(restored)
     assert restored.evaluator is not None
     assert restored.evaluator.export_state()["times"] == [1007.0]
+
+
+def test_the_journal_is_bounded(tmp_path: Path) -> None:
+    detectors = Detectors(tmp_path, journal_limit=2_000)
+    journal = tmp_path / "journal.ndjson"
+    detectors.offer([_event(i) for i in range(50)], ARRIVAL)
+    assert not journal.exists() or journal.stat().st_size == 0  # no detector: nothing kept
+    detectors.get_or_create(REF).configure({}, 1)
+    for i in range(20):
+        detectors.offer([_event(100 + i)], ARRIVAL)
+        assert journal.stat().st_size <= 2_000 + 1_000  # folded into the state past the limit
+    restored = Detectors(tmp_path)
+    runtime = restored.get_or_create(REF)
+    runtime.configure({}, 1)
+    assert restored.restore(runtime)
+    assert runtime.evaluator is not None and runtime.evaluator.buffered == 20  # none lost

@@ -220,6 +220,7 @@ def test_replay_prints_windows_with_bounds(
         start = datetime.fromisoformat(window["start"]).timestamp()
         assert end % 300 == 0  # epoch-aligned ticks
         assert end - start == 360
+    assert "replay over the events' own timestamps (event time): " in err  # says so
     assert "windows evaluated" in err
     status, out, _ = run(capsys, str(log), "--replay")
     assert status == 0
@@ -227,16 +228,16 @@ def test_replay_prints_windows_with_bounds(
 
 
 def test_replay_over_one_window_equals_scan(capsys: pytest.CaptureFixture[str], log: Path) -> None:
-    # A lookback longer than the whole log: the first tick's window holds every event.
+    # A lookback longer than the whole log (about 2 h): the first tick's window holds every event.
     rows = json_rows(capsys, str(log), "--limit", "100")
     status, out, _ = run(
         capsys,
         str(log),
         "--replay",
         "--interval",
-        "1000h",
+        "24h",
         "--lookback",
-        "1500h",
+        "24h",
         "--format",
         "json",
     )

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from enumwatch.api.finding import finding_name
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Row, Rule
-from enumwatch.sink import (
-    MAX_LIST_ITEMS,
+from enumwatch.sink.aggregates import MAX_LIST_ITEMS, aggregates_from_row
+from enumwatch.sink.findings import FailedWrite
+from enumwatch.sink.plan import (
     Action,
-    FailedWrite,
     Plan,
-    aggregates_from_row,
     growth,
     only_row,
     plan,
+    prioritize,
     spec_patch,
     summary,
 )
@@ -172,3 +174,17 @@ def test_a_failed_write_round_trips_through_json() -> None:
     failed = FailedWrite(window=window, error="422 Unprocessable")
     again = FailedWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict())))
     assert again == failed
+
+
+def test_under_the_cap_observed_successes_and_new_groups_go_first() -> None:
+    def row(ip: str, successes: int = 0) -> Row:
+        return replace(_row(), source_ip=ip, success_count=successes)
+
+    rows = (row("10.0.0.1"), row("10.0.0.2"), row("10.0.0.3", 1), row("10.0.0.4"), row("9.9.9.9"))
+    observed = frozenset({("9.9.9.9", "scanner/1")})
+    recorded = {("10.0.0.1", "scanner/1"), ("10.0.0.3", "scanner/1")}
+    written, left_out = prioritize(rows, observed, recorded, cap=3)
+    assert [r.source_ip for r in written] == ["9.9.9.9", "10.0.0.3", "10.0.0.2"]
+    assert [r.source_ip for r in left_out] == ["10.0.0.4", "10.0.0.1"]
+    # Under the cap nothing is left out and the seed's order stands.
+    assert prioritize(rows, observed, recorded, cap=10)[1] == []

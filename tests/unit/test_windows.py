@@ -264,3 +264,13 @@ def test_restore_keeps_arrival_times() -> None:
     restored.restore_state(state)
     assert restored.evaluate(T0) == w.evaluate(T0)
     assert restored.due_ticks(T0 + 300) == [T0 + 300]
+
+
+def test_observed_marks_rows_whose_ip_the_apiserver_saw() -> None:
+    w = evaluator()
+    forged = tuple(f"10.9.0.{i}" for i in range(3))
+    for i in range(4):  # X-Forwarded-For entries first, the connection's address last
+        w.add(event(T0 - 10 + i, source_ips=(*forged, "192.0.2.7"), request_uri=f"/{i}", code=404))
+    result = w.evaluate(T0)
+    assert {r.key for r in result.rows} == {(ip, "curl") for ip in (*forged, "192.0.2.7")}
+    assert result.observed == frozenset({("192.0.2.7", "curl")})

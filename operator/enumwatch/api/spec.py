@@ -9,9 +9,15 @@ the snake_case attributes. Defaults are the seed rule's values, so ``spec: {}`` 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 from enumwatch.api.seed import SEED_LEVELS, SEED_RULE, SEED_USERNAMES
 
@@ -55,6 +61,77 @@ def format_duration(seconds: float) -> str:
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
 
 
+class DurationBounds:
+    """Bounds of a Duration field, checked the same way by pydantic and by the API server (CEL).
+
+    Absurd values that are valid durations (``interval: 100000h``, ``retention: 0s``) are refused
+    with a message that says why, from this one definition of the bounds.
+    """
+
+    def __init__(self, at_least: str | None, at_most: str, why_low: str, why_high: str) -> None:
+        self.at_least, self.at_most = at_least, at_most
+        self.why_low, self.why_high = why_low, why_high
+
+    def cel(self) -> dict[str, Any]:
+        """``x-kubernetes-validations`` for the CRD schema."""
+        rules = []
+        if self.at_least is not None:
+            rules.append(
+                {
+                    "rule": f"duration(self) >= duration('{self.at_least}')",
+                    "message": f"must be at least {self.at_least}: {self.why_low}",
+                }
+            )
+        rules.append(
+            {
+                "rule": f"duration(self) <= duration('{self.at_most}')",
+                "message": f"must be at most {self.at_most}: {self.why_high}",
+            }
+        )
+        return {"x-kubernetes-validations": rules}
+
+    def __call__(self, value: str) -> str:
+        """The pydantic check (an ``AfterValidator``)."""
+        seconds = parse_duration(value)
+        if self.at_least is not None and seconds < parse_duration(self.at_least):
+            raise ValueError(f"must be at least {self.at_least}: {self.why_low}")
+        if seconds > parse_duration(self.at_most):
+            raise ValueError(f"must be at most {self.at_most}: {self.why_high}")
+        return value
+
+
+_INTERVAL = DurationBounds(
+    "1s", "24h", "shorter ticks only cost CPU", "the rule runs at least once a day"
+)
+_LOOKBACK = DurationBounds(
+    None, "24h", "", "every tick re-reads the whole lookback, and the window holds it in memory"
+)
+_SUPPRESS = DurationBounds(None, "720h", "", "30 days; occurrences count longer stretches")
+_RETENTION = DurationBounds(
+    "1s", "8760h", "a Finding is evidence, not a flash", "a Finding is kept at most a year"
+)
+IntervalDuration = Annotated[
+    str,
+    Field(pattern=DURATION_PATTERN, json_schema_extra=_INTERVAL.cel()),
+    AfterValidator(_INTERVAL),
+]
+LookbackDuration = Annotated[
+    str,
+    Field(pattern=DURATION_PATTERN, json_schema_extra=_LOOKBACK.cel()),
+    AfterValidator(_LOOKBACK),
+]
+SuppressDuration = Annotated[
+    str,
+    Field(pattern=DURATION_PATTERN, json_schema_extra=_SUPPRESS.cel()),
+    AfterValidator(_SUPPRESS),
+]
+RetentionDuration = Annotated[
+    str,
+    Field(pattern=DURATION_PATTERN, json_schema_extra=_RETENTION.cel()),
+    AfterValidator(_RETENTION),
+]
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         populate_by_name=True, extra="forbid", frozen=True, validate_default=True, defer_build=True
@@ -64,8 +141,9 @@ class _Model(BaseModel):
 class MatchSpec(_Model):
     """Which audit events the rule looks at (the seed's ``where`` clause)."""
 
-    usernames: list[str] = Field(
+    usernames: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=lambda: list(SEED_USERNAMES),
+        max_length=100,
         description=(
             "Usernames treated as anonymous. Events whose user.username is one of these are "
             "considered. Seed: system:anonymous, system:unauthenticated."
@@ -130,6 +208,14 @@ class ThresholdsSpec(_Model):
     )
 
 
+#: An event is evaluated in lookback / interval windows: bounded, so a tick stays cheap.
+MAX_WINDOWS_PER_EVENT = 1000
+LOOKBACK_RATIO_MESSAGE = (
+    f"lookback must not be longer than {MAX_WINDOWS_PER_EVENT} intervals: every event would be "
+    "evaluated again at each of them"
+)
+
+
 class ScheduleSpec(_Model):
     """Elastic's schedule: every interval, the audit events of the last lookback."""
 
@@ -142,25 +228,28 @@ class ScheduleSpec(_Model):
                     "message": "lookback must not be shorter than interval",
                     "fieldPath": ".lookback",
                     "reason": "FieldValueInvalid",
-                }
+                },
+                {
+                    "rule": "duration(self.lookback).getSeconds() <= "
+                    f"duration(self.interval).getSeconds() * {MAX_WINDOWS_PER_EVENT}",
+                    "message": LOOKBACK_RATIO_MESSAGE,
+                    "fieldPath": ".lookback",
+                    "reason": "FieldValueInvalid",
+                },
             ]
         }
     )
 
-    interval: Duration = Field(
+    interval: IntervalDuration = Field(
         default="5m",
-        description="How often the rule runs (Go duration, at least 1s). Seed schedule: 5m.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "duration(self) >= duration('1s')", "message": "must be at least 1s"}
-            ]
-        },
+        description="How often the rule runs (Go duration, 1s to 24h). Seed schedule: 5m.",
     )
-    lookback: Duration = Field(
+    lookback: LookbackDuration = Field(
         default="6m",
         description=(
             "Each run looks at events whose time (see timestamp) is in (tick - lookback, tick]. "
-            "Must not be shorter than interval. Seed schedule: 6m."
+            "Must not be shorter than interval, nor longer than 24h or 1000 intervals. Seed "
+            "schedule: 6m."
         ),
     )
 
@@ -176,17 +265,12 @@ class ScheduleSpec(_Model):
         ),
     )
 
-    @field_validator("interval")
-    @classmethod
-    def _interval_at_least_1s(cls, v: str) -> str:
-        if parse_duration(v) < 1.0:
-            raise ValueError("interval must be at least 1s")
-        return v
-
     @model_validator(mode="after")
     def _lookback_covers_interval(self) -> ScheduleSpec:
         if parse_duration(self.lookback) < parse_duration(self.interval):
             raise ValueError("lookback must not be shorter than interval")
+        if parse_duration(self.lookback) > MAX_WINDOWS_PER_EVENT * parse_duration(self.interval):
+            raise ValueError(LOOKBACK_RATIO_MESSAGE)
         return self
 
     @property
@@ -210,7 +294,7 @@ class FindingsSpec(_Model):
         alias="maxPerRun",
         description="At most this many Findings are created or updated per run (seed: 100).",
     )
-    suppress_for: Duration = Field(
+    suppress_for: SuppressDuration = Field(
         default="1h",
         alias="suppressFor",
         description=(
@@ -218,9 +302,12 @@ class FindingsSpec(_Model):
             "instead of counting a new occurrence."
         ),
     )
-    retention: Duration = Field(
+    retention: RetentionDuration = Field(
         default="168h",
-        description="Findings whose lastSeen is older than this are deleted.",
+        description=(
+            "Findings whose lastSeen is older than this are deleted (1s to 8760h; not shorter "
+            "than schedule.lookback)."
+        ),
     )
 
     @property
@@ -234,8 +321,35 @@ class FindingsSpec(_Model):
         return parse_duration(self.retention)
 
 
+RETENTION_MESSAGE = (
+    "findings.retention must not be shorter than schedule.lookback: a Finding would be deleted "
+    "while its events still fire it, and written again at the next tick"
+)
+
+
 class DetectorSpec(_Model):
     """The whole behaviour of one EnumerationDetector. ``spec: {}`` is the seed rule."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # The guard is for the CRD's own default ({}), checked before cascading.
+                    "rule": "!has(self.findings) || !has(self.schedule) || "
+                    "duration(self.findings.retention) >= duration(self.schedule.lookback)",
+                    "message": RETENTION_MESSAGE,
+                    "fieldPath": ".findings.retention",
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _retention_covers_lookback(self) -> DetectorSpec:
+        if self.findings.retention_seconds < self.schedule.lookback_seconds:
+            raise ValueError(RETENTION_MESSAGE)
+        return self
 
     match: MatchSpec = Field(
         default_factory=MatchSpec, description="Which audit events are considered."
@@ -263,5 +377,9 @@ class DetectorSpec(_Model):
         default="default",
         alias="dataStreamNamespace",
         min_length=1,
-        description="Value reported as data_stream.namespace (Elastic's index namespace).",
+        max_length=100,
+        description=(
+            "Value reported as data_stream.namespace (Elastic's index namespace, at most 100 "
+            "characters as in Elastic)."
+        ),
     )

@@ -21,6 +21,7 @@ COMMAND_MODULES = {
     "run": "enumwatch.cli.run",
     "tail": "enumwatch.cli.tail",
     "manifests": "enumwatch.cli.manifests",
+    "version": "enumwatch.cli.version",
 }
 
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
 if TYPE_CHECKING:
-    from enumwatch.handlers import Operator
-    from enumwatch.leader import LeaseElector
+    from enumwatch.controller.handlers import Operator
+    from enumwatch.controller.leader import LeaseElector
 
 #: Largest accepted ingest body by default (same as enumwatch.ingest.DEFAULT_MAX_BODY).
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -35,7 +35,15 @@ log = logging.getLogger("enumwatch.run")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``run`` subcommand."""
-    p = sub.add_parser("run", help="run the operator (kopf) with its ingest endpoint")
+    p = sub.add_parser(
+        "run",
+        help="run the operator (kopf) with its ingest endpoint",
+        description=(
+            "Run the operator: watch EnumerationDetectors, take audit events on /ingest, evaluate "
+            "each detector's schedule and write Findings, Events and status. One instance leads "
+            "(a Lease); others stand by."
+        ),
+    )
     p.add_argument(
         "--listen",
         default="0.0.0.0:8080",
@@ -58,7 +66,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--ingest-tokenreview",
         action="store_true",
-        help="also accept any bearer token the API server authenticates (TokenReview)",
+        help="also accept any bearer token the API server authenticates (TokenReview; "
+        "default off)",
     )
     p.add_argument(
         "--ingest-allow-user",
@@ -77,19 +86,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--tls-cert-file",
         type=Path,
         help="serve HTTPS with this certificate (the apiserver's audit webhook sends its bearer "
-        "token only over HTTPS)",
+        "token only over HTTPS; default: plain HTTP)",
     )
-    p.add_argument("--tls-private-key-file", type=Path, help="key of --tls-cert-file")
+    p.add_argument(
+        "--tls-private-key-file", type=Path, help="key of --tls-cert-file (default: none)"
+    )
     p.add_argument(
         "--max-body-bytes",
         type=int,
         default=DEFAULT_MAX_BODY,
-        help="largest accepted ingest body (413 above)",
+        help=f"largest accepted ingest body, in bytes; 413 above (default {DEFAULT_MAX_BODY})",
     )
     p.add_argument(
         "--state-dir",
         type=Path,
-        help="persist window state here (restart without losing a scan in progress)",
+        help=(
+            "persist window state and the ingest journal here, so a restart loses no scan in "
+            "progress (default: none, state is in memory only)"
+        ),
     )
     p.add_argument(
         "--leader-election",
@@ -97,21 +111,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=True,
         help="hold a Lease so that only one instance acts (default on)",
     )
-    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "enumwatch-system"))
-    p.add_argument("--lease-name", default="enumwatch-operator")
+    p.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "enumwatch-system"),
+        help="namespace of the leader Lease (default: $POD_NAMESPACE, else enumwatch-system)",
+    )
+    p.add_argument(
+        "--lease-name",
+        default="enumwatch-operator",
+        help="name of the leader Lease (default enumwatch-operator)",
+    )
     p.add_argument(
         "--identity",
         default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}",
+        help="this instance's name in the Lease (default: $POD_NAME, else host name + random)",
     )
-    p.add_argument("--lease-seconds", type=int, default=15)
+    p.add_argument(
+        "--lease-seconds",
+        type=int,
+        default=15,
+        help="how long the Lease holds without renewal; a standby takes over after it "
+        "(default 15)",
+    )
     p.add_argument(
         "--settle",
         type=float,
         default=0.5,
-        help="seconds after a tick before it is evaluated (late events)",
+        help="seconds after a tick before it is evaluated, for events in flight (default 0.5)",
     )
-    p.add_argument("--log-format", choices=["json", "text"], default="json")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default="json",
+        help="one JSON object per line, or classic text (default json)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     p.set_defaults(func=run)
 
 
@@ -129,12 +167,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from enumwatch.handlers import Operator, OperatorConfig
-    from enumwatch.ingest import IngestAuth, IngestServer
+    from enumwatch.controller.handlers import Operator, OperatorConfig
+    from enumwatch.controller.ingest import IngestAuth, IngestServer
+    from enumwatch.controller.leader import LeaseElector
+    from enumwatch.controller.runtime import Detectors
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
-    from enumwatch.leader import LeaseElector
-    from enumwatch.runtime import Detectors
-    from enumwatch.sink import FindingSink
+    from enumwatch.sink.findings import FindingSink
 
     credentials = await load_credentials(args.kubeconfig)
     client = KubeClient(credentials)
@@ -221,7 +259,7 @@ async def _lead(
 ) -> int:
     import kopf
 
-    from enumwatch.leader import LostLeadership
+    from enumwatch.controller.leader import LostLeadership
 
     kopf_stop = asyncio.Event()
     kopf_ready = asyncio.Event()

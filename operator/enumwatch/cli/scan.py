@@ -73,7 +73,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--replay",
         action="store_true",
-        help="run the detector's schedule over the events' timestamps (a backtest)",
+        help=(
+            "run the detector's schedule over the events' own timestamps (a backtest; event "
+            "time, whatever the detector's schedule.timestamp: a file has no arrival times)"
+        ),
     )
     parser.add_argument("--interval", metavar="DURATION", help="with --replay: e.g. 5m")
     parser.add_argument("--lookback", metavar="DURATION", help="with --replay: e.g. 6m")
@@ -184,7 +187,8 @@ def _run(args: argparse.Namespace) -> int:
             _summary(err, stats)
             counters = ", ".join(f"{k} {v:,}" for k, v in report.counters.items())
             err.line(
-                f"replay: {len(report.windows):,} windows evaluated, {len(fired):,} with rows "
+                f"replay over the events' own timestamps (event time): "
+                f"{len(report.windows):,} windows evaluated, {len(fired):,} with rows "
                 f"(interval {schedule.interval}, lookback {schedule.lookback}); events {counters}"
             )
     else:

@@ -13,29 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
 from pydantic import ValidationError
 
-from enumwatch import metrics
+from enumwatch.api.manifest import format_validation_error
+from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.api.status import Condition
-from enumwatch.atomicfile import write_atomic
 from enumwatch.audit import AuditEvent
+from enumwatch.controller import metrics
+from enumwatch.controller.persistence import StateStore
 from enumwatch.rule import GroupKey, Rule
-from enumwatch.sink import DetectorRef, FailedWrite
+from enumwatch.sink.findings import FailedWrite
 from enumwatch.windows import WindowedEvaluator
 
 log = logging.getLogger("enumwatch.runtime")
-JOURNAL = "journal.ndjson"
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """A one-line, user-facing summary of a pydantic error: field path and problem."""
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"spec.{where}: {err['msg']}" if where != "spec" else err["msg"])
-    return "; ".join(parts)
 
 
 #: Why a matching event was refused by a detector's windows (counted, never silent).
@@ -80,7 +71,7 @@ class DetectorRuntime:
         try:
             spec = DetectorSpec.model_validate(raw_spec or {})
         except ValidationError as exc:
-            self.spec, self.error, self.evaluator = None, describe_validation_error(exc), None
+            self.spec, self.error, self.evaluator = None, format_validation_error(exc), None
             return True
         old = self.evaluator
         evaluator = WindowedEvaluator(
@@ -124,11 +115,15 @@ class DetectorRuntime:
 class Detectors:
     """All detectors this operator runs, by (namespace, name); optionally persisted to disk."""
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None, *, journal_limit: int | None = None) -> None:
         self.by_key: dict[tuple[str, str], DetectorRuntime] = {}
-        self.state_dir = state_dir
-        if state_dir is not None:
-            state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = (
+            None
+            if state_dir is None
+            else StateStore(state_dir)
+            if journal_limit is None
+            else StateStore(state_dir, journal_limit)
+        )
 
     def get_or_create(self, ref: DetectorRef) -> DetectorRuntime:
         """The runtime of ``ref``, created (and restored from disk) when new."""
@@ -144,26 +139,19 @@ class Detectors:
         """Stop a deleted detector and forget its saved state."""
         self.by_key.pop((namespace, name), None)
         metrics.DETECTORS.set(len(self.by_key))
-        path = self._state_path(namespace, name)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        if self.store is not None:
+            self.store.forget(namespace, name)
 
     def offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         """Give events received at ``arrival`` to every detector, journaling them first when
         persistent; count the events that some detector refused as late or future."""
-        if self.state_dir is not None and events:
-            # The journal covers what arrived since the last checkpoint, so a crash (even
-            # SIGKILL) between two ticks loses nothing that was acknowledged to the sender.
-            # Each line keeps the arrival time: on the ingested time basis it is the event's
-            # place in the windows.
-            with open(self.state_dir / JOURNAL, "ab") as journal:
-                journal.write(
-                    b"".join(
-                        orjson.dumps({"arrival": arrival, "event": e.to_dict()}) + b"\n"
-                        for e in events
-                    )
-                )
-        return self._offer(events, arrival)
+        if self.store is not None and events and self.by_key:
+            # No detector, nothing to restore into: the journal is not written at all.
+            self.store.journal(events, arrival)
+        result = self._offer(events, arrival)
+        if self.store is not None and self.store.journal_full:
+            self.checkpoint()
+        return result
 
     def _offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         runtimes = list(self.by_key.values())
@@ -176,73 +164,17 @@ class Detectors:
 
     def checkpoint(self) -> None:
         """Save every detector's window, then empty the journal they now contain."""
-        if self.state_dir is None:
+        if self.store is None:
             return
         for runtime in self.by_key.values():
-            self.save(runtime)
-        (self.state_dir / JOURNAL).write_bytes(b"")
-
-    def _state_path(self, namespace: str, name: str) -> Path | None:
-        if self.state_dir is None:
-            return None
-        return self.state_dir / f"{namespace}_{name}.json"
+            self.store.save(runtime)
+        self.store.clear_journal()
 
     def save(self, runtime: DetectorRuntime) -> None:
-        """Persist a detector's window (buffered events, last tick) atomically."""
-        path = self._state_path(runtime.ref.namespace, runtime.ref.name)
-        if path is None or runtime.evaluator is None:
-            return
-        data = {
-            "uid": runtime.ref.uid,
-            "window": runtime.evaluator.export_state(),
-            "pending": [failed.to_dict() for failed in runtime.pending.values()],
-        }
-        write_atomic(path, orjson.dumps(data))
+        """Persist one detector's window (when persistent)."""
+        if self.store is not None:
+            self.store.save(runtime)
 
     def restore(self, runtime: DetectorRuntime) -> bool:
-        """Load a detector's saved window (same object uid only) and replay the journal."""
-        if self.state_dir is None or runtime.evaluator is None:
-            return False
-        restored = False
-        path = self._state_path(runtime.ref.namespace, runtime.ref.name)
-        if path is not None and path.exists():
-            try:
-                data = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                log.warning("ignoring unreadable window state %s: %s", path, exc)
-                data = {}
-            if data.get("uid") == runtime.ref.uid:
-                runtime.evaluator.restore_state(data.get("window", {}))
-                for item in data.get("pending") or ():
-                    try:
-                        failed = FailedWrite.from_dict(item)
-                    except (KeyError, TypeError, ValueError) as exc:
-                        log.warning("ignoring unreadable pending write in %s: %s", path, exc)
-                        continue
-                    for row in failed.window.rows:
-                        runtime.pending[row.key] = failed
-                restored = True
-        journal = self.state_dir / JOURNAL
-        if journal.exists():
-            for line in journal.read_bytes().splitlines():
-                try:
-                    event, arrival = journal_entry(orjson.loads(line))
-                except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
-                    continue  # a line torn by the crash: it was never acknowledged
-                runtime.offer(event, arrival)
-                restored = True
-        return restored
-
-
-def journal_entry(data: Any) -> tuple[AuditEvent, float]:
-    """One journal line: the event and its arrival time.
-
-    Lines written before arrival times were journaled hold the bare event; their arrival is
-    taken to be the event's own time (the best that is known of it).
-    """
-    if isinstance(data, dict) and "event" in data:
-        return AuditEvent.from_dict(data["event"]), float(data["arrival"])
-    event = AuditEvent.from_dict(data)
-    if event.timestamp is None:
-        raise ValueError("a journaled event without an arrival time or a timestamp")
-    return event, event.timestamp
+        """Load a detector's saved window and replay the journal into it (when persistent)."""
+        return self.store.restore(runtime) if self.store is not None else False

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from enumwatch import metrics
 from enumwatch.audit import AuditEvent, decode_object
+from enumwatch.controller import metrics
+from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
-from enumwatch.runtime import Detectors
 
 log = logging.getLogger("enumwatch.ingest")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -38,14 +38,36 @@ class SeenKeys:
         self.capacity = capacity
         self._keys: OrderedDict[tuple[str, str | None], None] = OrderedDict()
 
-    def first_time(self, key: tuple[str, str | None]) -> bool:
-        """Record ``key``; return whether it had not been seen."""
-        if key in self._keys:
-            return False
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def add(self, key: tuple[str, str | None]) -> None:
+        """Record ``key`` (once its batch is committed), forgetting the oldest beyond capacity."""
         self._keys[key] = None
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
+
+
+class TokenBucket:
+    """At most ``rate`` actions a second on average, ``burst`` at once (no clock of its own)."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens, self._last = burst, -1.0
+
+    def take(self, now: float) -> bool:
+        """Spend one token at ``now`` (monotonic seconds) if there is one."""
+        if self._last >= 0:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
         return True
+
+
+class AuthUnavailable(Exception):
+    """The token could not be checked now (the API server did not answer the TokenReview)."""
 
 
 @dataclass
@@ -57,10 +79,17 @@ class IngestAuth:
     allowed_users: list[str] = field(default_factory=list)  # empty: any reviewed identity
     audiences: list[str] = field(default_factory=list)  # TokenReview spec.audiences
     cache_seconds: float = 60.0
+    #: Reviews of tokens not in the cache: a flood of bogus tokens must not flood the apiserver.
+    reviews: TokenBucket = field(default_factory=lambda: TokenBucket(rate=20.0, burst=50.0))
     _cache: dict[str, tuple[float, bool]] = field(default_factory=dict)
 
     async def check(self, header: str | None) -> bool:
-        """Whether the ``Authorization`` header carries an accepted token."""
+        """Whether the ``Authorization`` header carries an accepted token.
+
+        Raises :class:`AuthUnavailable` when the token needs a TokenReview that cannot be had
+        now: the API server failed to answer (only answers are cached, so the next request
+        asks again), or too many unknown tokens are being reviewed at once.
+        """
         if not header or not header.startswith("Bearer "):
             return False
         token = header[len("Bearer ") :].strip()
@@ -75,6 +104,8 @@ class IngestAuth:
         cached = self._cache.get(token)
         if cached and cached[0] > now:
             return cached[1]
+        if not self.reviews.take(now):
+            raise AuthUnavailable("too many unknown tokens to review; retry later")
         ok = await self._review(token)
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -96,7 +127,7 @@ class IngestAuth:
             )
         except (ApiError, OSError) as exc:
             log.warning("TokenReview failed: %s", exc)
-            return False
+            raise AuthUnavailable(f"the token could not be reviewed now ({exc}); retry") from exc
         status = answer.get("status", {})
         if not status.get("authenticated"):
             return False
@@ -156,17 +187,38 @@ class IngestServer:
         return web.json_response(body, status=status, dumps=lambda o: orjson.dumps(o).decode())
 
     async def ingest(self, request: web.Request) -> web.Response:
-        """Accept one EventList."""
-        if not await self.auth.check(request.headers.get("Authorization")):
+        """Accept one EventList, all or nothing.
+
+        A batch is committed (journaled, offered to the detectors, its keys remembered for
+        deduplication) only once every item is decoded: a failure half way answers 4xx/5xx and
+        leaves nothing behind, so the sender's retry is accepted in full, never dropped as
+        "duplicates" of events that were never kept.
+        """
+        try:
+            authorized = await self.auth.check(request.headers.get("Authorization"))
+        except AuthUnavailable as exc:
+            return self._answer(503, error=str(exc))
+        if not authorized:
             return self._answer(401, error="a valid bearer token is required")
         if not self.is_leader():
             return self._answer(503, error="not the leader; retry against the Service")
+        if request.content_type != "application/json":
+            return self._answer(
+                415, error=f"Content-Type must be application/json, not {request.content_type}"
+            )
         if request.content_length is not None and request.content_length > self.max_body:
             return self._answer(413, error=f"body larger than {self.max_body} bytes")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._answer(413, error=f"body larger than {self.max_body} bytes")
+        except web.RequestPayloadError as exc:
+            # A body that does not decompress (Content-Encoding gzip/deflate) is the sender's
+            # fault, not ours.
+            metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
+            answer = self._answer(400, error=f"body could not be read: {exc}")
+            answer.force_close()  # the rest of the stream cannot be trusted either
+            return answer
         arrival = time.time()  # the events' "event.ingested": their time on the default basis
         try:
             doc = orjson.loads(raw)
@@ -183,20 +235,34 @@ class IngestServer:
                 400, error="expected an audit.k8s.io/v1 EventList object with an items list"
             )
         events: list[AuditEvent] = []
-        duplicates = skipped = 0
-        for item in doc["items"]:
-            result = decode_object(item)
+        keys: set[tuple[str, str | None]] = set()
+        duplicates = 0
+        skipped: dict[str, int] = {}
+        for index, item in enumerate(doc["items"]):
+            try:
+                result = decode_object(item)
+            except RecursionError:
+                metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
+                return self._answer(400, error=f"items[{index}] is nested too deeply to decode")
             if isinstance(result, str):
-                skipped += 1
-                metrics.EVENTS_SKIPPED.labels(result).inc()
+                skipped[result] = skipped.get(result, 0) + 1
                 continue
-            if result.audit_id is not None and not self.seen.first_time(
-                (result.audit_id, result.stage)
-            ):
-                duplicates += 1
-                continue
+            if result.audit_id is not None:
+                key = (result.audit_id, result.stage)
+                if key in self.seen or key in keys:
+                    duplicates += 1
+                    continue
+                keys.add(key)
             events.append(result)
-        offered = self.detectors.offer(events, arrival)
+        try:
+            offered = self.detectors.offer(events, arrival)
+        except OSError as exc:
+            log.error("could not journal an ingested batch: %s", exc)
+            return self._answer(500, error=f"the batch could not be stored ({exc}); retry")
+        for key in keys:  # committed: from now on a redelivery is a duplicate
+            self.seen.add(key)
+        for reason, count in skipped.items():
+            metrics.EVENTS_SKIPPED.labels(reason).inc(count)
         metrics.EVENTS_INGESTED.inc(len(events))
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         # late/future: accepted here, but refused by a detector's windows (event time only);
@@ -205,7 +271,7 @@ class IngestServer:
             200,
             accepted=len(events),
             duplicates=duplicates,
-            skipped=skipped,
+            skipped=sum(skipped.values()),
             late=offered.late,
             future=offered.future,
         )

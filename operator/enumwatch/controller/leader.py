@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from enumwatch import metrics
+from enumwatch.controller import metrics
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.timefmt import now_rfc3339, parse_rfc3339
 

@@ -1,0 +1,149 @@
+"""The kopf shell: detectors come and go through kopf; the rest is composed here.
+
+Handlers stay thin. kopf tells us which EnumerationDetectors exist (``on.event``: no finalizers,
+no annotations written on the user's objects); :mod:`enumwatch.controller.runtime` keeps one
+windowed evaluator per detector; :mod:`enumwatch.controller.ticker` runs their schedules and hands
+the rows to :mod:`enumwatch.sink`; :mod:`enumwatch.controller.status` reports back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
+from enumwatch.api.refs import DetectorRef
+from enumwatch.controller.retention import RetentionSweep
+from enumwatch.controller.runtime import DetectorRuntime, Detectors
+from enumwatch.controller.status import StatusReporter
+from enumwatch.controller.ticker import Ticker
+from enumwatch.kubeapi import Credentials, KubeClient
+from enumwatch.sink.findings import FindingSink
+from enumwatch.timefmt import parse_rfc3339
+
+log = logging.getLogger("enumwatch.operator")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Knobs of the operator process (not of a detector: those are in the spec)."""
+
+    settle: float = 0.5  # seconds after a tick before it is evaluated (events in flight)
+    tick_resolution: float = 0.1  # how often the ticker looks for due ticks
+    expiry_every: float = 60.0  # at most this long between two retention sweeps
+
+
+class Operator:
+    """Detectors, their schedules and their outputs, for one leader instance."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        detectors: Detectors,
+        sink: FindingSink,
+        config: OperatorConfig = OperatorConfig(),
+    ) -> None:
+        self.client = client
+        self.detectors = detectors
+        self.sink = sink
+        self.config = config
+        self.ready = asyncio.Event()
+        self.status = StatusReporter(client, sink)
+        self.retention = RetentionSweep(detectors, sink, config.expiry_every)
+        self.ticker = Ticker(
+            detectors,
+            sink,
+            self.status,
+            self.retention,
+            settle=config.settle,
+            resolution=config.tick_resolution,
+        )
+
+    # ------------------------------------------------------------------ kopf registration
+
+    def registry(self, credentials: Credentials) -> kopf.OperatorRegistry:
+        """A kopf registry with this operator's handlers (no global state)."""
+        registry = kopf.OperatorRegistry()
+
+        @kopf.on.startup(registry=registry)
+        async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.peering.standalone = True  # leadership comes from our Lease
+            # Our CRDs are installed before the operator; RBAC grants no list on CRDs.
+            settings.scanning.disabled = True
+            settings.posting.level = logging.WARNING
+            settings.watching.server_timeout = 300
+            settings.networking.request_timeout = 60
+
+        @kopf.on.login(registry=registry)
+        async def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(
+                server=credentials.server,
+                ca_path=credentials.ca_file,
+                insecure=credentials.insecure,
+                token=credentials.bearer(),
+                certificate_path=credentials.cert_file,
+                private_key_path=credentials.key_file,
+                expiration=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+                if credentials.token_file
+                else None,
+            )
+
+        @kopf.on.event(GROUP, VERSION, DETECTOR_PLURAL, registry=registry)  # type: ignore[arg-type]
+        async def detector_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+            await self.on_detector(event.get("type"), dict(body))
+
+        return registry
+
+    # ------------------------------------------------------------------ detectors
+
+    async def on_detector(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Start, reconfigure or stop a detector after a watch event."""
+        meta = body.get("metadata", {})
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        if event_type == "DELETED" or meta.get("deletionTimestamp"):
+            self.detectors.remove(namespace, name)
+            # Its Findings now expire by their own recorded retention: sweep soon to learn when.
+            self.retention.soon()
+            log.info("detector stopped", extra={"detector": f"{namespace}/{name}"})
+            return
+        ref = DetectorRef(namespace=namespace, name=name, uid=meta.get("uid", ""))
+        known = (namespace, name) in self.detectors.by_key and (
+            self.detectors.by_key[(namespace, name)].ref.uid == ref.uid
+        )
+        runtime = self.detectors.get_or_create(ref)
+        if not runtime.configure(body.get("spec") or {}, int(meta.get("generation") or 0)):
+            return
+        if not known and runtime.evaluator is not None:
+            self.detectors.restore(runtime)
+            last = (body.get("status") or {}).get("lastEvaluation")
+            if runtime.evaluator.last_tick is None and last:
+                # Resume the schedule where the previous instance stopped.
+                runtime.evaluator.restore_state({"lastTick": parse_rfc3339(last)})
+        if runtime.error is not None:
+            log.warning(
+                "detector refused",
+                extra={"detector": f"{namespace}/{name}", "error": runtime.error},
+            )
+        else:
+            log.info(
+                "detector configured",
+                extra={"detector": f"{namespace}/{name}", "generation": runtime.generation},
+            )
+        await self.status.patch(runtime)
+
+    async def patch_status(self, runtime: DetectorRuntime) -> None:
+        """Write the detector's status subresource."""
+        await self.status.patch(runtime)
+
+    async def tick_once(self, now: float) -> int:
+        """Evaluate every detector's due ticks up to ``now - settle``; return ticks evaluated."""
+        return await self.ticker.tick_once(now)
+
+    async def run_ticker(self, stop: asyncio.Event) -> None:
+        """Run the schedules until ``stop`` is set."""
+        await self.ticker.run(stop)

@@ -1,0 +1,123 @@
+"""A detector's status, written as the API conventions ask: observedGeneration and conditions.
+
+kstatus, Argo CD and Flux judge health from ``observedGeneration`` and a ``Ready`` condition; a
+person reads the counters and ``FindingsWritten`` (False while a Finding write is waiting for a
+retry). The body is built from :class:`~enumwatch.api.status.DetectorStatus`, the same model the
+CRD schema is generated from, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
+from enumwatch.api.spec import format_duration
+from enumwatch.api.status import Condition, DetectorStatus
+from enumwatch.controller.runtime import DetectorRuntime
+from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.sink.findings import FindingSink
+from enumwatch.timefmt import format_rfc3339, now_rfc3339
+
+log = logging.getLogger("enumwatch.operator")
+
+
+class StatusReporter:
+    """Patches the status subresource of the detectors."""
+
+    def __init__(self, client: KubeClient, sink: FindingSink) -> None:
+        self.client = client
+        self.sink = sink
+
+    def _condition(
+        self, runtime: DetectorRuntime, type_: str, status: str, reason: str, message: str
+    ) -> Condition:
+        """A condition whose lastTransitionTime moves only when its status changes."""
+        previous = next((c for c in runtime.conditions if c.type == type_), None)
+        since = (
+            previous.last_transition_time
+            if previous is not None and previous.status == status
+            else now_rfc3339()
+        )
+        return Condition(
+            type=type_,
+            status=status,  # type: ignore[arg-type]
+            reason=reason,
+            message=message,
+            lastTransitionTime=since,
+            observedGeneration=runtime.generation,
+        )
+
+    def conditions(self, runtime: DetectorRuntime) -> list[Condition]:
+        """Ready (the detector runs) and FindingsWritten (no Finding write is pending)."""
+        if runtime.error is not None:
+            ready = self._condition(runtime, "Ready", "False", "InvalidSpec", runtime.error)
+        else:
+            assert runtime.spec is not None
+            schedule = runtime.spec.schedule
+            basis = "arrival" if schedule.timestamp == "ingested" else "event"
+            ready = self._condition(
+                runtime,
+                "Ready",
+                "True",
+                "Running",
+                f"evaluating every {format_duration(schedule.interval_seconds)} over the last "
+                f"{format_duration(schedule.lookback_seconds)} of audit events ({basis} time)",
+            )
+        if runtime.pending:
+            first = next(iter(runtime.pending.values()))
+            written = self._condition(
+                runtime,
+                "FindingsWritten",
+                "False",
+                "WriteFailed",
+                f"{len(runtime.pending)} Finding write(s) failed and are retried at the next "
+                f"tick; last error: {first.error}"[:1000],
+            )
+        else:
+            written = self._condition(
+                runtime, "FindingsWritten", "True", "Written", "every Finding was written"
+            )
+        return [ready, written]
+
+    async def patch(self, runtime: DetectorRuntime) -> None:
+        """Write the detector's status subresource (conventions: observedGeneration, Ready)."""
+        runtime.conditions = self.conditions(runtime)
+        evaluator = runtime.evaluator
+        if runtime.spec is not None:
+            with contextlib.suppress(ApiError, OSError):
+                runtime.findings = await self.sink.count(runtime.ref)
+        status = DetectorStatus(
+            observedGeneration=runtime.generation,
+            conditions=runtime.conditions,
+            lastEvaluation=(
+                format_rfc3339(evaluator.last_tick)
+                if evaluator is not None and evaluator.last_tick is not None
+                else None
+            ),
+            eventsSeen=runtime.events_seen,
+            eventsMatched=runtime.events_matched,
+            eventsLate=evaluator.late if evaluator is not None else 0,
+            eventsFuture=evaluator.future if evaluator is not None else 0,
+            findings=runtime.findings,
+            findingsCreated=runtime.findings_created,
+            findingsUpdated=runtime.findings_updated,
+            findingsCapped=runtime.findings_capped,
+            findingsWriteErrors=runtime.findings_write_errors,
+            activeGroups=runtime.active_groups,
+        )
+        path = (
+            namespaced_path(
+                GROUP, VERSION, runtime.ref.namespace, DETECTOR_PLURAL, runtime.ref.name
+            )
+            + "/status"
+        )
+        try:
+            await self.client.merge_patch(
+                path, {"status": status.model_dump(by_alias=True, exclude_none=True, mode="json")}
+            )
+        except ApiError as exc:
+            if exc.status != 404:  # deleted meanwhile: nothing to report on
+                log.warning("status patch failed: %s", exc)
+        except OSError as exc:
+            log.warning("status patch failed: %s", exc)

@@ -1,0 +1,146 @@
+"""The schedule: every detector's due ticks evaluated, their rows written, their status told.
+
+Elastic runs the seed every ``interval``; the ticker does the same for every detector (its due
+ticks come from :meth:`~enumwatch.windows.WindowedEvaluator.due_ticks`, a short settle delay
+after each tick for events still in flight). Nothing here can take a tick down half way: each
+Finding write stands alone (a failed one is kept and retried at the next tick), and the status
+patch, the checkpoint and the retention sweep happen whatever the writes did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from enumwatch.api.spec import DetectorSpec
+from enumwatch.controller import metrics
+from enumwatch.controller.retention import RetentionSweep
+from enumwatch.controller.runtime import DetectorRuntime, Detectors
+from enumwatch.controller.status import StatusReporter
+from enumwatch.kubeapi import ApiError
+from enumwatch.sink.findings import REASON_WRITE_FAILED, FindingSink, SinkResult
+from enumwatch.timefmt import format_rfc3339
+
+log = logging.getLogger("enumwatch.operator")
+
+
+class Ticker:
+    """Runs the detectors' schedules."""
+
+    def __init__(
+        self,
+        detectors: Detectors,
+        sink: FindingSink,
+        status: StatusReporter,
+        retention: RetentionSweep,
+        *,
+        settle: float,
+        resolution: float,
+    ) -> None:
+        self.detectors = detectors
+        self.sink = sink
+        self.status = status
+        self.retention = retention
+        self.settle = settle
+        self.resolution = resolution
+
+    async def tick_once(self, now: float) -> int:
+        """Evaluate every detector's due ticks up to ``now - settle``; return ticks evaluated.
+
+        Nothing here can take a tick down half way: each Finding write stands alone (a failed
+        one is kept and retried at the next tick), and the status patch, the checkpoint and
+        the retention sweep happen whatever the writes did.
+        """
+        evaluated = 0
+        for runtime in list(self.detectors.by_key.values()):
+            evaluator, spec = runtime.evaluator, runtime.spec
+            if evaluator is None or spec is None:
+                continue
+            due = evaluator.due_ticks(now - self.settle)
+            if not due:
+                continue
+            for tick in due:
+                await self._evaluate(runtime, spec, tick)
+                evaluated += 1
+                await asyncio.sleep(0)  # a long catch-up must not starve /healthz or ingest
+            failures = runtime.findings_write_errors
+            await self._retry_pending(runtime, spec)
+            if runtime.pending and runtime.findings_write_errors > failures:
+                first = next(iter(runtime.pending.values()))
+                await self.sink.event(
+                    runtime.ref.involved_object(),
+                    REASON_WRITE_FAILED,
+                    f"{len(runtime.pending)} Finding write(s) failed; retried at the next tick. "
+                    f"Last error: {first.error}",
+                )
+            await self.status.patch(runtime)
+        if evaluated:
+            self.detectors.checkpoint()
+        await self.retention.run(now)
+        return evaluated
+
+    async def _evaluate(self, runtime: DetectorRuntime, spec: DetectorSpec, tick: float) -> None:
+        """Evaluate one tick and write its Findings."""
+        assert runtime.evaluator is not None
+        started = time.perf_counter()
+        window = runtime.evaluator.evaluate(tick)
+        runtime.active_groups = window.groups
+        result = await self.sink.apply(runtime.ref, spec, window)
+        # A group that fired again supersedes its pending retry: the fresher row was written
+        # (or failed and is pending again, below).
+        for key in result.attempted:
+            runtime.pending.pop(key, None)
+        self._record(runtime, result)
+        metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
+        metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        if window.rows:
+            log.info(
+                "tick fired",
+                extra={
+                    "detector": f"{runtime.ref.namespace}/{runtime.ref.name}",
+                    "tick": format_rfc3339(tick),
+                    "rows": len(window.rows),
+                    "findings_created": result.created,
+                    "findings_updated": result.updated,
+                    "findings_failed": len(result.failed),
+                },
+            )
+
+    async def _retry_pending(self, runtime: DetectorRuntime, spec: DetectorSpec) -> None:
+        """Write again the Findings whose write failed at an earlier tick."""
+        for key, failed in list(runtime.pending.items()):
+            runtime.pending.pop(key)
+            self._record(runtime, await self.sink.apply(runtime.ref, spec, failed.window))
+
+    def _record(self, runtime: DetectorRuntime, result: SinkResult) -> None:
+        """Count what the sink did, and keep its failed rows for a retry."""
+        runtime.findings_created += len(result.created)
+        runtime.findings_updated += len(result.updated)
+        runtime.findings_capped += result.capped
+        runtime.findings_write_errors += len(result.failed)
+        for failed in result.failed:
+            for row in failed.window.rows:
+                runtime.pending[row.key] = failed
+        metrics.FINDINGS_CREATED.inc(len(result.created))
+        metrics.FINDINGS_UPDATED.inc(len(result.updated))
+        metrics.FINDINGS_SUPPRESSED.inc(len(result.suppressed))
+        metrics.FINDINGS_GREW.inc(len(result.grew))
+        metrics.FINDINGS_CAPPED.inc(result.capped)
+        if result.failed:
+            metrics.FINDING_WRITE_ERRORS.labels(runtime.ref.namespace, runtime.ref.name).inc(
+                len(result.failed)
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Evaluate due ticks until ``stop`` is set; errors are logged and retried next round."""
+        while not stop.is_set():
+            try:
+                await self.tick_once(time.time())
+            except (ApiError, OSError, RuntimeError) as exc:
+                log.warning("tick failed, will retry: %s", exc)
+            except Exception:  # the schedule must survive a bug in one evaluation
+                log.exception("tick crashed, will retry")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.resolution)

@@ -1,0 +1,180 @@
+"""What a rule row does to its Finding, decided without I/O.
+
+Create, a quiet update within ``suppressFor``, an update that says what grew, a new occurrence, or
+nothing (the tick is already recorded): :func:`plan` decides from the stored Finding and the row,
+and :func:`spec_patch` says exactly which fields change. :mod:`enumwatch.sink.findings` carries
+the decision out against the API server.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from typing import Any
+
+from enumwatch.api.finding import FindingSpec, Window, rule_ref
+from enumwatch.api.spec import DetectorSpec
+from enumwatch.rule import GroupKey, Row
+from enumwatch.sink.aggregates import aggregates_from_row
+from enumwatch.timefmt import format_rfc3339, parse_rfc3339
+from enumwatch.windows import WindowResult
+
+
+class Action(enum.Enum):
+    """What a row does to its Finding."""
+
+    CREATE = "create"
+    SUPPRESSED = "suppressed"  # a repeat within suppressFor, no more evidence: quiet update
+    GREW = "grew"  # a repeat within suppressFor whose evidence grew: update and say what changed
+    NEW_OCCURRENCE = "new_occurrence"  # a repeat after suppressFor: occurrences + 1
+    NOOP = "noop"  # this tick is already recorded (a retry, or a restart re-evaluating it)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The pure decision for one row: the action, the spec to write, and what grew."""
+
+    action: Action
+    spec: FindingSpec | None
+    changes: tuple[str, ...] = ()
+
+
+_SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+_GROWTH_COUNTS = (
+    ("requestURICountDistinct", "distinct URIs"),
+    ("resourceCountDistinct", "distinct resources"),
+    ("verbCountDistinct", "distinct verbs"),
+)
+
+
+def growth(existing: dict[str, Any], new: FindingSpec) -> tuple[str, ...]:
+    """What ``new`` shows that the stored Finding ``existing`` did not (pure).
+
+    More distinct URIs, resources or verbs, an outcome not seen before (a success, say), a
+    higher severity. A window that slid past older events and shows *less* is not growth.
+    """
+    changes = []
+    old_aggregates = existing.get("aggregates") or {}
+    new_aggregates = new.aggregates.model_dump(by_alias=True)
+    for key, label in _GROWTH_COUNTS:
+        before, after = int(old_aggregates.get(key) or 0), int(new_aggregates[key])
+        if after > before:
+            changes.append(f"{label} {before} -> {after}")
+    added = sorted(set(new.aggregates.outcomes) - set(old_aggregates.get("outcomes") or ()))
+    if added:
+        changes.append("new outcome " + ", ".join(added))
+    old_severity = str((existing.get("rule") or {}).get("severity", ""))
+    if _SEVERITY_RANK.get(new.rule.severity, 0) > _SEVERITY_RANK.get(old_severity, 0):
+        changes.append(f"severity {old_severity} -> {new.rule.severity}")
+    return tuple(changes)
+
+
+def plan(
+    existing: dict[str, Any] | None,
+    row: Row,
+    window: WindowResult,
+    detector: str,
+    spec: DetectorSpec,
+) -> Plan:
+    """Decide what ``row`` does to the Finding whose current spec is ``existing`` (pure).
+
+    ``lastSeen`` is the time of the group's latest event in the window; ``lastFired`` the tick.
+    A tick at or before the recorded ``lastFired`` is a no-op, so retries never double count.
+    """
+    tick = format_rfc3339(window.tick)
+    common: dict[str, Any] = {
+        "detector": detector,
+        "rule": rule_ref(spec.severity, spec.risk_score),
+        "sourceIP": row.source_ip,
+        "userAgent": row.user_agent,
+        "window": Window(start=format_rfc3339(window.start), end=tick),
+        "lastSeen": format_rfc3339(window.last_seen.get(row.key, window.tick)),
+        "lastFired": tick,
+        "retention": spec.findings.retention,
+        "aggregates": aggregates_from_row(row),
+    }
+    if existing is None:
+        return Plan(
+            Action.CREATE,
+            FindingSpec.model_validate({**common, "firstSeen": tick, "occurrences": 1}),
+        )
+    # Findings written before lastFired existed kept the tick in lastSeen.
+    last_fired = parse_rfc3339(existing.get("lastFired") or existing["lastSeen"])
+    if window.tick <= last_fired:
+        return Plan(Action.NOOP, None)
+    occurrences = int(existing.get("occurrences", 1))
+    first_seen = existing.get("firstSeen", tick)
+    if window.tick - last_fired <= spec.findings.suppress_for_seconds:
+        new = FindingSpec.model_validate(
+            {**common, "firstSeen": first_seen, "occurrences": occurrences}
+        )
+        changes = growth(existing, new)
+        return Plan(Action.GREW if changes else Action.SUPPRESSED, new, changes)
+    return Plan(
+        Action.NEW_OCCURRENCE,
+        FindingSpec.model_validate(
+            {**common, "firstSeen": first_seen, "occurrences": occurrences + 1}
+        ),
+    )
+
+
+def spec_patch(existing: dict[str, Any], new: dict[str, Any], resource_version: str) -> list[Any]:
+    """A JSON Patch (RFC 6902) that changes exactly the spec fields that differ.
+
+    A JSON *merge* patch cannot say "set to null" (null means "delete"), and a Finding's
+    ``sourceIP`` and ``userAgent`` are legitimately null; a JSON Patch ``replace`` can. The
+    resourceVersion makes it conditional: a concurrent change answers 409 and the row is planned
+    again.
+    """
+    ops: list[Any] = [
+        {"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version}
+    ]
+    for key, value in new.items():
+        if key not in existing:
+            ops.append({"op": "add", "path": f"/spec/{key}", "value": value})
+        elif existing[key] != value:
+            ops.append({"op": "replace", "path": f"/spec/{key}", "value": value})
+    return ops
+
+
+def summary(row: Row) -> str:
+    """The Event message for a row: source IP, user agent and the key counts."""
+    return (
+        f"anonymous enumeration from {row.source_ip or '<no IP>'} "
+        f"(user agent {row.user_agent or '<none>'!r}): {row.document_count} audit events, "
+        f"{row.request_uri_count_distinct} distinct URIs, {row.resource_count_distinct} "
+        f"resources; forbidden {row.authz_forbid_count}, 401/403 {row.status_fail_count}, "
+        f"not found {row.not_found_count}"
+    )
+
+
+def prioritize(
+    rows: tuple[Row, ...] | list[Row],
+    observed: frozenset[GroupKey],
+    recorded: set[GroupKey],
+    cap: int,
+) -> tuple[list[Row], list[Row]]:
+    """Which rows become Findings when more fire than ``findings.maxPerRun`` allows (pure).
+
+    The rows are the seed's, untouched; this only orders the writing, as an analyst would:
+    groups whose IP the API server observed itself (not a forgeable ``X-Forwarded-For`` entry)
+    first, then groups with a success, then groups not recorded yet, so that decoys cannot push
+    the real scanner out and repeats of known groups never starve new ones. Within a rank the
+    seed's order stands. Returns (written, left out).
+    """
+    ordered = sorted(
+        rows,
+        key=lambda row: (row.key not in observed, row.success_count == 0, row.key in recorded),
+    )
+    return ordered[:cap], ordered[cap:]
+
+
+def only_row(window: WindowResult, row: Row) -> WindowResult:
+    """``window`` narrowed to one of its rows (what a retry of that row needs)."""
+    seen = window.last_seen.get(row.key)
+    return replace(
+        window,
+        rows=(row,),
+        last_seen={} if seen is None else {row.key: seen},
+        observed=window.observed & {row.key},
+    )

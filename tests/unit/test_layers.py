@@ -1,0 +1,52 @@
+"""The import contract (``make lint`` runs it) holds, and it really fails on an upward import.
+
+The layers are declared once, in pyproject.toml's ``[tool.importlinter]``. This test runs
+``lint-imports`` on the package as it is (kept) and on a copy where the pure rule imports the
+operator shell (broken), so that the contract is known to bite, not merely to pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root / "operator")}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache", str(root / "pyproject.toml")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_the_package_keeps_its_layers() -> None:
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 2 kept, 0 broken." in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    shutil.copytree(
+        REPO / "operator" / "enumwatch",
+        tmp_path / "operator" / "enumwatch",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    rule = tmp_path / "operator" / "enumwatch" / "rule.py"
+    rule.write_text(rule.read_text() + "\nimport enumwatch.controller.handlers  # upward\n")
+    result = lint_imports(tmp_path)
+    assert result.returncode == 1
+    assert "enumwatch.rule is not allowed to import enumwatch.controller" in result.stdout
+    # Through the shell the rule now reaches kopf and aiohttp: the pure core is broken too.
+    assert "enumwatch.controller.handlers -> kopf" in result.stdout
+    assert "Contracts: 0 kept, 2 broken." in result.stdout
