@@ -14,9 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from enumwatch.checkpoint import load_checkpoint
+from enumwatch.sources.checkpoint import load_checkpoint
+from enumwatch.sources.forwarder import Forwarder
+from enumwatch.sources.tail import Filter, TailConfig, Tailer, TailStats
 from enumwatch.spec import MatchSpec
-from enumwatch.tail import Filter, Forwarder, TailConfig, Tailer, TailStats
 from tests.unit.tail_receiver import Receiver, event_line, until
 
 SEED = Filter.from_specs([MatchSpec()])
