@@ -33,6 +33,7 @@ from enumwatch.audit.event import (
     F_CODE,
     F_DECISION,
     F_GROUPS,
+    F_LEVEL,
     F_MESSAGE,
     F_NAMESPACE,
     F_REQUEST_URI,
@@ -204,10 +205,10 @@ class GroupTable:
     """
 
     __slots__ = (
+        "_accepts",
         "_cap",
         "_groups",
         "_intern",
-        "_matches_fields",
         "_rule",
         "_tuples",
         "added",
@@ -216,7 +217,7 @@ class GroupTable:
 
     def __init__(self, rule: Rule) -> None:
         self._rule = rule
-        self._matches_fields = rule.matcher.matches_fields
+        self._accepts = rule.matcher.accepts
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
         self._groups: dict[GroupKey, _Kept] = {}
@@ -251,7 +252,7 @@ class GroupTable:
         The same test and the same counting as :meth:`add` of the equivalent event.
         """
         self.considered += 1
-        if not self._matches_fields(fields):
+        if not self._accepts(fields[F_LEVEL], fields[F_USERNAME]):
             return False
         self._count(fields[F_SOURCE_IPS], fields[F_USER_AGENT], fields[:AGGREGATED_FIELDS])
         return True

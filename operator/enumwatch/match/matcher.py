@@ -33,7 +33,7 @@ from enumwatch.spec import MatchSpec
 class Matcher:
     """A :class:`MatchSpec` compiled for fast tests of events in any of their shapes."""
 
-    __slots__ = ("include_missing_username", "levels", "spec", "usernames")
+    __slots__ = ("_a_level", "include_missing_username", "levels", "spec", "usernames")
 
     def __init__(self, spec: MatchSpec | None = None) -> None:
         self.spec = spec if spec is not None else MatchSpec()
@@ -42,6 +42,7 @@ class Matcher:
         self.usernames = frozenset(self.spec.usernames)
         #: Whether a missing, null or empty username matches too.
         self.include_missing_username = self.spec.include_missing_username
+        self._a_level = min(self.levels)  # a MatchSpec lists at least one
 
     @classmethod
     def union(cls, specs: Iterable[MatchSpec]) -> Matcher:
@@ -63,13 +64,13 @@ class Matcher:
         )
 
     def accepts(self, level: str | None, username: str | None) -> bool:
-        """The ``where`` itself, on an event's (type-checked) ``level`` and ``user.username``."""
+        """The ``where`` itself, on an event's (type-checked) ``level`` and ``user.username``.
+
+        The level must be listed; the username listed, or missing/null/``""`` when the spec
+        includes those.
+        """
         if level not in self.levels:
             return False
-        return self.accepts_username(username)
-
-    def accepts_username(self, username: str | None) -> bool:
-        """The username half of the ``where``: listed, or missing/null/``""`` when included."""
         if username is None or username == "":
             return self.include_missing_username or username in self.usernames
         return username in self.usernames
@@ -102,7 +103,9 @@ class Matcher:
                 return True
         else:
             return True
-        return self.accepts_username(username)
+        if type(level) is not str:
+            level = self._a_level  # proves nothing: the username decides
+        return self.accepts(level, username)
 
     def __repr__(self) -> str:
         return (

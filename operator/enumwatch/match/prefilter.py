@@ -36,15 +36,17 @@ Two proofs, one for each kind of line:
   event as ``{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"...","auditID":...`` with
   ``user.username`` a few string values later; real lines carry escapes (``\\"`` in the RBAC
   reason annotation, ``\\n`` in request bodies) that defeat the literal proof, but not this one:
-  it reads the top-level level and username at their fixed places, and trusts them when the line
-  has one ``"level"`` key, no ``\\u`` escape that could spell a letter of a key, and is a single
-  Event (one ``"kind"`` key, or no ``"items"`` and no ``kubernetes`` key a later duplicate
-  ``kind`` could turn into an ``EventList`` or an Elastic document).
+  it reads the top-level level and username at their fixed places, and trusts them when no other
+  key in the line ends in ``level`` and no ``\\u`` escape could spell a letter of a key. Then
+  the level read is every decodable event's: a later duplicate ``level`` key would end in
+  ``level``, and so would the level key of any event a later duplicate ``kind`` could turn the
+  line into (``EventList`` items, an Elastic document's ``kubernetes.audit.level``).
 
-A line with escapes the literal proof does not understand is judged by the head proof alone, any
-other line by the literal proof alone: the choice depends only on the line, so
+A line is ruled out when the head proof rules it out, or when it has no escape the literal proof
+does not understand and the literal proof rules it out. That depends only on the line, so
 :meth:`Prefilter.select` (a buffer at a time, the scan's path) and :meth:`Prefilter.could_match`
-(a line at a time, the tailer's) give the same answer for every line.
+(a line at a time, the tailer's) give the same answer for every line; each evaluates the proofs
+in the order that is cheapest for it.
 """
 
 from __future__ import annotations
@@ -59,14 +61,6 @@ from enumwatch.match.matcher import Matcher
 #: that starts with it has its top-level ``level`` value right after, unambiguously.
 GO_EVENT_HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"'
 _HEAD_LEN = len(GO_EVENT_HEAD)
-#: The struct order continues with these keys, each with a string value, up to user.username.
-_HEAD_KEYS = (
-    b',"auditID":"',
-    b',"stage":"',
-    b',"requestURI":"',
-    b',"verb":"',
-    b',"user":{"username":"',
-)
 #: A ``\\u`` escape that could spell a letter (``"lev\\u0065l"`` is the key ``level``). Go
 #: escapes ``& < >`` and U+2028/9 as ``\\u0026``, ``\\u003c``...; those cannot form a key name.
 _LETTER_ESCAPE_RE = re.compile(rb"\\u00[4-7]")
@@ -78,24 +72,13 @@ _ODD_USER_RE = re.compile(rb'"user"\s*:\s*[^{n\s]|"username"\s*:\s*[^"n\s]')
 _GO_ESCAPES = {b"u0026": "&", b"u003c": "<", b"u003e": ">"}
 
 
-def _head_username(line: bytes, pos: int) -> bytes | None:
-    """The raw top-level ``user.username`` of a line in the API server's key order, or None.
-
-    ``pos`` is just after the level value's closing quote. Each value in between is a string
-    whose closing quote is its first quote not preceded by a backslash (a quote inside a string
-    always is); anything else, or a username with an escape in it, gives None ("not sure").
-    """
-    start = pos
-    for key in _HEAD_KEYS:
-        if not line.startswith(key, pos):
-            return None
-        start = pos + len(key)
-        pos = line.find(b'"', start)
-        if pos < 0 or line[pos - 1] == 0x5C:  # backslash: an escaped quote, not sure
-            return None
-        pos += 1
-    value = line[start : pos - 1]
-    return None if b"\\" in value else value
+#: After the level value, the struct order continues with these keys, each with a string value,
+#: up to user.username: a value ends at its first quote, and one preceded by a backslash (an
+#: escaped quote) means "not sure". The username itself must have no escape.
+_HEAD_USERNAME_RE = re.compile(
+    rb'","auditID":"[^"]*(?<!\\)","stage":"[^"]*(?<!\\)","requestURI":"[^"]*(?<!\\)"'
+    rb',"verb":"[^"]*(?<!\\)","user":\{"username":"([^"\\]*)"'
+)
 
 
 class Prefilter:
@@ -119,11 +102,15 @@ class Prefilter:
     def __init__(self, matcher: Matcher) -> None:
         levels = sorted(matcher.levels)
         usernames = sorted(matcher.usernames)
-        values = b"|".join(re.escape(orjson.dumps(level)) for level in levels)
         # A level key followed by a configured level, or by a value that is not a string (nor
         # null): the where cannot be decided on the bytes of such a value.
-        self._level_re = re.compile(rb'level"\s*:\s*(?:' + values + rb'|[^"\sn])')
-        self._username_literals = tuple(orjson.dumps(name) for name in usernames)
+        values = b"|".join(re.escape(orjson.dumps(level)[1:-1]) for level in levels)
+        self._level_re = re.compile(rb'level"\s*:\s*(?:"(?:' + values + rb')"|[^"\sn])')
+        # Longest first: a longer needle is found faster, and the seed's longest,
+        # "system:unauthenticated", is also the group of every anonymous request.
+        self._username_literals = tuple(
+            sorted((orjson.dumps(name) for name in usernames), key=len, reverse=True)
+        )
         self._include_missing = matcher.include_missing_username
         configured = "".join([*levels, *usernames])
         self._safe = frozenset(
@@ -136,11 +123,13 @@ class Prefilter:
 
     def could_match(self, line: bytes) -> bool:
         """``False`` only if no event in ``line`` can possibly match; ``True`` means parse it."""
-        if b"\\" in line and self._unsafe_backslash(line) != -1:
-            return not self._head_rules_out(line)
+        if self._head_rules_out(line):
+            return False
+        if self._unsafe_backslash(line) != -1:
+            return True
         if self._level_re.search(line) is None:
             return False
-        return not self._username_rules_out(line)
+        return self._lists_a_name(line) or not self._username_rules_out(line)
 
     def _unsafe_backslash(self, data: bytes, start: int = 0, end: int | None = None) -> int:
         """Position of the first backslash not starting a safe escape, or -1."""
@@ -154,11 +143,16 @@ class Prefilter:
             at = find(b"\\", at + 6, stop)
         return -1
 
+    def _lists_a_name(self, line: bytes) -> bool:
+        """Whether a listed username is written in the line: then no proof rules its user out."""
+        find = line.find  # find() costs less than `in` on bytes; any() of a generator more
+        for literal in self._username_literals:  # noqa: SIM110
+            if find(literal) != -1:
+                return True
+        return False
+
     def _username_rules_out(self, line: bytes) -> bool:
-        """The literal proof's username half: no event's username can match."""
-        for literal in self._username_literals:
-            if literal in line:
-                return False
+        """The literal proof's username half, for a line that lists no name: none can match."""
         if not self._include_missing:
             # Missing, null, "" and other names all fail; a value of the wrong type proves nothing.
             return _ODD_USER_RE.search(line) is None
@@ -182,19 +176,21 @@ class Prefilter:
             return False
         level = line[_HEAD_LEN:end]
         if level in self._levels_b:
-            username = _head_username(line, end + 1)
-            if username is None or username == b"" or username in self._users_b:
+            # The level passes: only a username proven non-empty and unlisted rules it out.
+            if self._lists_a_name(line):
                 return False
-            if line.count(b'"username"') != 1 or line.count(b'"user"') != 1:
+            head = _HEAD_USERNAME_RE.match(line, end)
+            if head is None:
+                return False
+            username = head.group(1)
+            if username == b"" or username in self._users_b:
+                return False
+            if line.count(b'"user"') != 1 or line.count(b'"username"') != 1:
                 return False
         elif b"\\" in level:
             return False
-        # One level key, no key spelt with escapes, and one event: what was read is the event's.
-        if line.count(b'"level"') != 1 or _LETTER_ESCAPE_RE.search(line) is not None:
-            return False
-        return line.count(b'"kind"') == 1 or (
-            b'"items"' not in line and b'"kubernetes' not in line
-        )
+        # No other level key and no key spelt with escapes: what was read is every event's.
+        return line.find(b'level"', _HEAD_LEN) == -1 and _LETTER_ESCAPE_RE.search(line) is None
 
     # -- a buffer of lines -------------------------------------------------------------------------
 
@@ -220,25 +216,32 @@ class Prefilter:
             if end == -1:
                 break
             at = self._unsafe_backslash(buffer, end)
-        # Lines with a level that can match: start -> end of the first such level in them.
+        # Lines with a level key whose value is configured or no string: start -> end of the
+        # first such level in them. Every other line without an escape is ruled out.
         levels: dict[int, int] = {}
         for hit in self._level_re.finditer(buffer):
             start = rfind(b"\n", 0, hit.start()) + 1
             if start not in levels:
                 levels[start] = hit.end()
         head_rules_out = self._head_rules_out
+        lists_a_name = self._lists_a_name
         username_rules_out = self._username_rules_out
         selected: list[bytes] = []
         for start in sorted(unsafe.union(levels)):
             end = find(b"\n", start)
             line = buffer[start:end] if end != -1 else buffer[start:]
-            if start in unsafe:
-                if not head_rules_out(line):
-                    selected.append(line)
-            elif end != -1 and levels[start] > end:
+            level_end = levels.get(start)
+            if level_end is not None and end != -1 and level_end > end:
                 # The level's `\s*` ran over the newline: judge the line on its own.
-                if self.could_match(line):
-                    selected.append(line)
-            elif not username_rules_out(line):
+                keep = self.could_match(line)
+            elif level_end is not None and lists_a_name(line):
+                # A level that can match and a listed name: neither proof rules this line out
+                # (the head proof's level passes, or another level key makes it unsure).
+                keep = True
+            elif start in unsafe:
+                keep = not head_rules_out(line)
+            else:
+                keep = not (username_rules_out(line) or head_rules_out(line))
+            if keep:
                 selected.append(line)
         return selected, total
