@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enumwatch.api.spec import MatchSpec
+from enumwatch.match.prefilter import GO_EVENT_HEAD
 from enumwatch.sources.tail import FILTERED, KEEP, MALFORMED, Filter, TailStats
 from enumwatch_devkit.tail_receiver import event_line
 
@@ -151,5 +152,5 @@ def test_prefilter_never_changes_results(lines: list[bytes]) -> None:
         slow.events_filtered + slow.lines_malformed
     )
     for line in lines:
-        if SEED.screens_out(line):
+        if line.startswith(GO_EVENT_HEAD) and not SEED.prefilter.could_match(line):
             assert SEED.classify(line) != KEEP, line

@@ -122,9 +122,15 @@ class Prefilter:
     # -- one line ----------------------------------------------------------------------------------
 
     def could_match(self, line: bytes) -> bool:
-        """``False`` only if no event in ``line`` can possibly match; ``True`` means parse it."""
-        if self._head_rules_out(line):
-            return False
+        """``False`` only if no event in ``line`` can possibly match; ``True`` means parse it.
+
+        The head proof first (it decides most lines the API server writes, escapes or not),
+        then, for a line without escapes it does not understand, the literal proof.
+        """
+        if line.startswith(GO_EVENT_HEAD):
+            end = line.find(b'"', _HEAD_LEN)
+            if end != -1 and self._head_rules_out(line, end):
+                return False
         if self._unsafe_backslash(line) != -1:
             return True
         if self._level_re.search(line) is None:
@@ -167,13 +173,14 @@ class Prefilter:
             return False
         return line.count(b"{", 0, user.start()) == 1
 
-    def _head_rules_out(self, line: bytes) -> bool:
-        """The head proof: a line in the API server's key order whose level or user fails."""
-        if not line.startswith(GO_EVENT_HEAD):
-            return False
-        end = line.find(b'"', _HEAD_LEN)
-        if end < 0:
-            return False
+    def _head_rules_out(self, line: bytes, end: int) -> bool:
+        """The head proof, for a line that starts with :data:`GO_EVENT_HEAD` and whose level
+        value ends at ``end``: its level or its user fails.
+
+        The level value is read as it is: levels are letters (a :class:`MatchSpec` only lists
+        audit levels), so an escape in it (``\\u0052``, caught below) is the only way a value
+        with a backslash could be a listed one.
+        """
         level = line[_HEAD_LEN:end]
         if level in self._levels_b:
             # The level passes: only a username proven non-empty and unlisted rules it out.
@@ -187,8 +194,6 @@ class Prefilter:
                 return False
             if line.count(b'"user"') != 1 or line.count(b'"username"') != 1:
                 return False
-        elif b"\\" in level:
-            return False
         # No other level key and no key spelt with escapes: what was read is every event's.
         return line.find(b'level"', _HEAD_LEN) == -1 and _LETTER_ESCAPE_RE.search(line) is None
 
@@ -223,7 +228,7 @@ class Prefilter:
             start = rfind(b"\n", 0, hit.start()) + 1
             if start not in levels:
                 levels[start] = hit.end()
-        head_rules_out = self._head_rules_out
+        could_match = self.could_match
         lists_a_name = self._lists_a_name
         username_rules_out = self._username_rules_out
         selected: list[bytes] = []
@@ -233,15 +238,15 @@ class Prefilter:
             level_end = levels.get(start)
             if level_end is not None and end != -1 and level_end > end:
                 # The level's `\s*` ran over the newline: judge the line on its own.
-                keep = self.could_match(line)
+                keep = could_match(line)
             elif level_end is not None and lists_a_name(line):
                 # A level that can match and a listed name: neither proof rules this line out
                 # (the head proof's level passes, or another level key makes it unsure).
                 keep = True
             elif start in unsafe:
-                keep = not head_rules_out(line)
+                keep = could_match(line)  # the head proof alone
             else:
-                keep = not (username_rules_out(line) or head_rules_out(line))
+                keep = not username_rules_out(line) and could_match(line)
             if keep:
                 selected.append(line)
         return selected, total

@@ -49,18 +49,6 @@ class Filter:
         """The filter that keeps every well-formed event (``enumwatch tail --no-filter``)."""
         return cls(None)
 
-    def screens_out(self, line: bytes) -> bool:
-        """The byte-level pre-check: True only when the filter would not keep ``line``.
-
-        Only lines in the API server's own format are screened (a line that is not JSON would
-        be counted as filtered instead of malformed); False means "not sure", never "keep".
-        """
-        return (
-            self.prefilter is not None
-            and line.startswith(GO_EVENT_HEAD)
-            and not self.prefilter.could_match(line)
-        )
-
     def classify(self, line: bytes) -> int:
         """Return :data:`KEEP`, :data:`FILTERED` or :data:`MALFORMED` for one line (parses it)."""
         try:
@@ -79,16 +67,18 @@ class Filter:
         """Return the lines to forward, each with the file offset just after it.
 
         ``lines`` are consecutive complete lines (without their newline) starting at
-        ``start_offset``; the filtered and malformed counters in ``stats`` are updated.
+        ``start_offset``; the filtered and malformed counters in ``stats`` are updated. Only
+        lines in the API server's own format are screened by the prefilter: any other line is
+        parsed, so that one that is not JSON is counted as malformed rather than filtered.
         """
         kept: list[tuple[bytes, int]] = []
         offset = start_offset
         filtered = malformed = 0
-        screens_out = self.screens_out
+        could_match = self.prefilter.could_match if self.prefilter is not None else None
         classify = self.classify
         for line in lines:
             offset += len(line) + 1
-            if screens_out(line):
+            if could_match is not None and line.startswith(GO_EVENT_HEAD) and not could_match(line):
                 filtered += 1
                 continue
             verdict = classify(line)

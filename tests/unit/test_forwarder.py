@@ -1,0 +1,120 @@
+"""The shared forwarder's outbox with a position that is not a file: what a collector will use.
+
+A managed-cluster collector reads pages of events from a cloud API and resumes from a cursor of
+its own. These tests drive the :class:`Outbox` the way such a source would (string cursors, no
+file), against a real HTTP receiver, and check the contract every source relies on: a position
+is handed back only once everything before it is acknowledged, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from enumwatch.sources.forwarder import Forwarder, ForwardStats, Outbox
+from tests.unit.tail_receiver import Receiver, event_line, until
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+def page(first: int, count: int) -> list[tuple[bytes, str]]:
+    """Events of one page of a cloud log API, each marked with the cursor just after it."""
+    return [(event_line(i), f"cursor-{i + 1}") for i in range(first, first + count)]
+
+
+class Committed:
+    """The source's checkpoint: records each position and what the operator had by then."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.positions: list[str] = []
+        self.acknowledged: list[int] = []
+
+    def __call__(self, position: str) -> None:
+        self.positions.append(position)
+        self.acknowledged.append(len(self.receiver.ids))
+
+
+async def test_positions_are_handed_back_after_each_acknowledged_batch(
+    receiver: Receiver,
+) -> None:
+    commit = Committed(receiver)
+    async with Forwarder(receiver.url) as forwarder:
+        outbox: Outbox[str] = Outbox(
+            forwarder, commit, start=None, batch_size=4, batch_wait=60.0, buffer_limit=100
+        )
+        outbox.start()
+        outbox.add(page(0, 10), str)
+        outbox.consumed("cursor-10")
+        outbox.flush()
+        await outbox.close(5.0)
+    assert [len(batch) for batch in receiver.batches] == [4, 4, 2]
+    assert commit.positions == ["cursor-4", "cursor-8", "cursor-10"]
+    assert commit.acknowledged == [4, 8, 10]
+    assert outbox.pending == 0
+
+
+async def test_a_stretch_with_nothing_to_send_still_moves_the_position(
+    receiver: Receiver,
+) -> None:
+    commit = Committed(receiver)
+    async with Forwarder(receiver.url) as forwarder:
+        outbox: Outbox[str] = Outbox(
+            forwarder, commit, start="cursor-0", batch_size=10, batch_wait=0.01, buffer_limit=100
+        )
+        outbox.start()
+        outbox.consumed("cursor-0")
+        outbox.flush_due()  # nothing consumed since the start: nothing to hand back
+        outbox.consumed("cursor-7")  # a page whose events the source dropped
+        await asyncio.sleep(0.02)
+        outbox.flush_due()
+        await until(lambda: commit.positions == ["cursor-7"], what="the empty batch's position")
+        await outbox.close(5.0)
+    assert receiver.requests == 0
+
+
+async def test_a_full_outbox_stops_the_source_until_the_operator_catches_up(
+    receiver: Receiver,
+) -> None:
+    receiver.fail_status, receiver.fail_remaining = 503, 3
+    stats = ForwardStats()
+    commit = Committed(receiver)
+    async with Forwarder(receiver.url, stats=stats, backoff_initial=0.05) as forwarder:
+        outbox: Outbox[str] = Outbox(
+            forwarder, commit, start=None, batch_size=2, batch_wait=60.0, buffer_limit=4
+        )
+        outbox.start()
+        outbox.add(page(0, 4), str)
+        assert outbox.full
+        await until(lambda: stats.retries >= 1, what="a retry")
+        assert outbox.full and commit.positions == []
+        while outbox.full:
+            await outbox.wait_for_room(1.0)
+        assert commit.positions[0] == "cursor-2"
+        await outbox.close(5.0)
+    assert commit.positions == ["cursor-2", "cursor-4"]
+    assert stats.checkpoints_written == 2 and stats.events_forwarded == 4
+
+
+async def test_closing_while_the_operator_is_down_hands_back_nothing_unacknowledged(
+    receiver: Receiver,
+) -> None:
+    await receiver.refuse()
+    commit = Committed(receiver)
+    async with Forwarder(receiver.url, backoff_initial=0.01, backoff_max=0.02) as forwarder:
+        outbox: Outbox[str] = Outbox(
+            forwarder, commit, start=None, batch_size=3, batch_wait=60.0, buffer_limit=100
+        )
+        outbox.start()
+        outbox.add(page(0, 3), str)
+        await outbox.close(0.2)
+    assert commit.positions == [] and outbox.pending == 3
