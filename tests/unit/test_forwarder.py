@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from enumwatch.sources.forwarder import Forwarder, ForwardStats, Outbox
-from tests.unit.tail_receiver import Receiver, event_line, until
+from enumwatch_devkit.tail_receiver import Receiver, event_line, until
 
 
 @pytest.fixture
