@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv controlplane test unit integration lint manifests demo dev-up dev-down bench clean
+.PHONY: help venv controlplane test unit integration lint manifests demo dev-up dev-down cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ test: venv controlplane lint ## run every test (lint, unit, integration against 
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv ## run the tests that need no control plane
-	$(PY) -m pytest -W error -m 'not integration and not e2e' $(PYTEST_ARGS)
+	$(PY) -m pytest -W error -m 'not integration and not e2e and not node' $(PYTEST_ARGS)
 
 integration: venv controlplane ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
@@ -48,6 +48,12 @@ dev-up: venv controlplane ## start the local control plane (+ operator and taile
 
 dev-down: ## stop everything dev-up started
 	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit down --dir .dev; fi
+
+cluster-up: venv ## a cluster with a real node (kubelet, containerd) running enumwatch's image and manifests as users install them; writes .dev/env (root)
+	$(PY) -m enumwatch_devkit cluster-up --dir .dev
+
+cluster-down: ## stop everything cluster-up started and clean the host (no process, mount or netns left)
+	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit cluster-down --dir .dev; fi
 
 bench: venv ## run the benchmarks and print their figures
 	$(PY) bench/scan_bench.py

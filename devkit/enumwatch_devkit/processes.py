@@ -20,6 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
+class ControlPlaneError(RuntimeError):
+    """The local cluster could not be built or started; the message says what to look at."""
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -42,8 +46,10 @@ def launch(
     *,
     preexec: Callable[[], None],
     env: Mapping[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` with stdout and stderr appended to ``log_path`` and no stdin."""
+    """Start ``cmd`` with stdout and stderr appended to ``log_path`` and no stdin; the child
+    inherits no descriptor but ``pass_fds``."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             list(cmd),
@@ -53,6 +59,7 @@ def launch(
             env=None if env is None else dict(env),
             preexec_fn=preexec,
             close_fds=True,
+            pass_fds=pass_fds,
         )
 
 
@@ -106,3 +113,30 @@ def alive(pid: int) -> bool:
         if done == pid:
             return False
     return True
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    what: str,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Run ``cmd`` to completion and return its stdout; raise naming ``what`` with its stderr."""
+    proc = subprocess.run(
+        list(cmd),
+        input=input,
+        capture_output=True,
+        text=True,
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        command = " ".join(cmd)
+        detail = proc.stderr.strip()[-3000:]
+        raise ControlPlaneError(f"{what} failed (exit {proc.returncode}): {command}\n{detail}")
+    return proc.stdout

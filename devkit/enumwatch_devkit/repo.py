@@ -53,3 +53,10 @@ def audit_policy() -> Path:
 def crd_dir() -> Path:
     """The generated CRDs (``crds/``)."""
     return repo_root() / "crds"
+
+
+def cache_dir() -> Path:
+    """The dev kit's cache outside any checkout, shared with ``build.sh``:
+    ``${XDG_CACHE_HOME:-~/.cache}/enumwatch``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "enumwatch"
