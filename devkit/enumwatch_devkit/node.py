@@ -40,7 +40,6 @@ from enumwatch_devkit.controlplane import ControlPlane, kubeconfig_document, wri
 from enumwatch_devkit.pki import CertificateAuthority
 from enumwatch_devkit.processes import (
     ControlPlaneError,
-    alive,
     free_port,
     launch,
     run,
@@ -481,7 +480,8 @@ def drain(record: NodeRecord, timeout: float = 90.0) -> str | None:
         running = [task for task, status in _tasks(record) if status != "STOPPED"]
         if running:
             return f"containers running: {running}"
-        mounted = mounts_under(Path(record.kubelet_root))
+        # The kubelet bind-mounts its root onto itself (for mount propagation): not a volume.
+        mounted = [m for m in mounts_under(Path(record.kubelet_root)) if m != record.kubelet_root]
         return f"kubelet mounts: {mounted}" if mounted else None
 
     deadline = time.monotonic() + timeout
@@ -572,14 +572,6 @@ def clean_host(record: NodeRecord) -> list[str]:
             shutil.rmtree(path, ignore_errors=True)
     (directory / "node.json").unlink(missing_ok=True)
     return problems
-
-
-def pids_alive(directory: Path) -> list[int]:
-    """PIDs recorded for the node in ``directory`` that still run."""
-    pidfile = directory / "pids"
-    if not pidfile.exists():
-        return []
-    return [int(p) for p in json.loads(pidfile.read_text()).values() if alive(int(p))]
 
 
 def runc_problem(bindir: Path) -> str | None:

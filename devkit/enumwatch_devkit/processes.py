@@ -99,11 +99,15 @@ def stop_by_pidfile(pidfile: Path) -> list[int]:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.05)
     return signalled
 
 
 def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie child of ours is reaped and counts as dead)."""
+    """Whether ``pid`` is a live process: a zombie is dead (one of ours is reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,7 +116,11 @@ def alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def run(

@@ -33,6 +33,7 @@ from enumwatch_devkit import cluster, hostnet, node
 from enumwatch_devkit.cli import attach
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import SCAN_PATHS, events_for, kubectl_json, wait_for
+from enumwatch_devkit.processes import alive
 
 pytestmark = pytest.mark.node
 
@@ -82,11 +83,11 @@ def _mounts() -> set[str]:
 
 
 def _kube_chains() -> set[str]:
-    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
     return {
-        line.split()[0][1:]
-        for line in saved.splitlines()
-        if line.startswith(":") and line[1:].startswith(("KUBE-", "CNI-"))
+        f"{tool}/{table}/{chain}"
+        for tool in ("iptables", "ip6tables")
+        for table, chains in hostnet.kube_chains(tool).items()
+        for chain in chains
     }
 
 
@@ -205,7 +206,7 @@ def _scan_to_finding(cp: ControlPlane, label: str, within: float) -> tuple[float
         lambda: (
             kubectl_json(cp, "get", "enumerationdetector", "fast", "-n", namespace)
             .get("status", {})
-            .get("lastRunTime")
+            .get("lastEvaluation")
         ),
         timeout=30,
         what="the detector's first run",
@@ -329,9 +330,10 @@ def test_an_anonymous_curl_scan_becomes_a_finding_and_events_within_10s(
     assert latency <= FINDING_WITHIN
     namespace, name = finding["metadata"]["namespace"], finding["metadata"]["name"]
     assert finding["spec"]["detector"] == "fast"
-    assert finding["spec"]["aggregates"]["Esql.kubernetes_audit_requestURI_count_distinct"] == len(
-        SCAN_PATHS
-    )
+    aggregates = finding["spec"]["aggregates"]
+    assert sorted(aggregates["requestURIs"]) == sorted(SCAN_PATHS)
+    assert aggregates["authzForbidCount"] == aggregates["documentCount"] == len(SCAN_PATHS)
+    assert finding["spec"]["sourceIP"] == hostnet.NODE_IP  # curl on the host, via the node address
     events = wait_for(lambda: events_for(cp, namespace, name), timeout=10, what="its Events")
     assert {e["reason"] for e in events} == {"EnumerationDetected"}
 
@@ -444,7 +446,6 @@ def test_cluster_down_leaves_no_process_mount_netns_or_rule_behind(
         "kube-scheduler",
         "kubelet",
     ]
-    pids = [int(p) for p in recorded.values()]
     down = subprocess.run(
         [*DEVKIT, "cluster-down", "--dir", str(state)],
         capture_output=True,
@@ -453,7 +454,7 @@ def test_cluster_down_leaves_no_process_mount_netns_or_rule_behind(
         timeout=600,
     )
     assert down.returncode == 0, down.stderr
-    assert [p for p in pids if node.alive(p)] == []
+    assert {n: p for n, p in recorded.items() if alive(int(p))} == {}
     assert node.processes_mentioning(str(state)) == []
     before = local_cluster.before
     assert _mounts() - before.mounts == set()
