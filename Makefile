@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv controlplane test unit integration lint manifests demo dev-up dev-down cluster-up cluster-down bench clean
+.PHONY: help venv controlplane node test unit integration lint manifests demo dev-up dev-down cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,7 +24,11 @@ venv: $(STAMP) ## create or update .venv/ with the package, its test extras and 
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 	@bash hack/controlplane/build.sh >/dev/null
 
-test: venv controlplane lint ## run every test (lint, unit, integration against a real apiserver)
+node: ## build (or reuse) what cluster-up runs: node packages (as root), Kubernetes node components, CoreDNS, pause
+	@if [ "$$(id -u)" = 0 ]; then bash hack/node/install-packages.sh && bash hack/controlplane/build.sh --cluster >/dev/null; \
+	else echo "make node: not root, the node tests will skip (cluster-up needs root)"; fi
+
+test: venv controlplane node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv ## run the tests that need no control plane
