@@ -140,7 +140,7 @@ def cluster_up(state: Path, lock_wait: float = 0.0) -> int:
     """Start a cluster with a node under ``state``, install enumwatch, write ``state/env``."""
     _clear(state)
     try:
-        started = cluster.start(state, detached=True, lock_wait=lock_wait)
+        started = cluster.start(state, lock_wait=lock_wait)
     except (controlplane.ControlPlaneError, RepoNotFoundError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -17,9 +17,10 @@ Dockerfile, the pods of ``kubectl apply -k manifests/``, on a node. It starts, i
 5. enumwatch: ``kubectl apply --server-side -k crds/`` then the manifests, unchanged, through a
    kustomization that only sets the image (the README's "Install").
 
-One cluster per machine (the audit log path, the bridge and the cgroup root are the host's): a
-lock file serialises them, held by the starting process and, for ``make cluster-up``, by
-containerd and the kubelet for as long as they run. :func:`teardown` stops everything and leaves
+Every process runs in its own process group and outlives the command that started it (like
+``make dev-up``). One cluster per machine (the audit log path, the bridge and the cgroup root are
+the host's): a lock file serialises them, held by the starting process, then by containerd and
+the kubelet for as long as they run. :func:`teardown` stops everything and leaves
 no process, mount, network namespace, bridge, iptables rule or cgroup behind.
 """
 
@@ -45,7 +46,6 @@ from enumwatch_devkit.controlplane import (
 from enumwatch_devkit.pki import ControlPlanePki, write_control_plane_pki
 from enumwatch_devkit.processes import (
     ControlPlaneError,
-    bind_to_parent,
     launch,
     stop_by_pidfile,
     write_pidfile,
@@ -78,22 +78,6 @@ class Cluster:
     image: images.Image
     controllers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_in: float = 0.0
-    #: The lock, when this process holds it (not detached).
-    lock: int | None = None
-
-    def stop(self) -> list[str]:
-        """Tear the cluster down (:func:`teardown`), reap its processes, release the lock."""
-        problems = teardown(self.state)
-        for proc in [
-            *self.cp.processes.values(),
-            *self.controllers.values(),
-            *self.node.processes.values(),
-        ]:
-            proc.poll()
-        if self.lock is not None:
-            os.close(self.lock)
-            self.lock = None
-        return problems
 
     def operator_url(self) -> str:
         """The operator Service's URL (routed by kube-proxy, from the host too)."""
@@ -155,7 +139,7 @@ def _identity_kubeconfig(cp: ControlPlane, directory: Path, user: str) -> Path:
     )
 
 
-def _start_control_plane(state: Path, pki: ControlPlanePki, detached: bool) -> ControlPlane:
+def _start_control_plane(state: Path, pki: ControlPlanePki) -> ControlPlane:
     client_cert, client_key = pki.ca.issue(
         state / "controlplane",
         "apiserver-kubelet-client",
@@ -165,7 +149,7 @@ def _start_control_plane(state: Path, pki: ControlPlanePki, detached: bool) -> C
     )
     return controlplane.start(
         state / "controlplane",
-        die_with_parent=not detached,
+        die_with_parent=False,
         address=hostnet.NODE_IP,
         audit_log=AUDIT_DIR / "audit.log",
         pki=pki,
@@ -308,16 +292,12 @@ def wait_rolled_out(cp: ControlPlane, timeout: float = 300) -> None:
     )
 
 
-def start(state: Path, *, detached: bool, lock_wait: float = 0.0) -> Cluster:
-    """Start the whole cluster under ``state`` and install enumwatch on it.
-
-    ``detached`` lets it outlive this process (``make cluster-up``; stop it with
-    :func:`teardown`); otherwise every process dies with this one.
-    """
+def start(state: Path, *, lock_wait: float = 0.0) -> Cluster:
+    """Start the whole cluster under ``state`` and install enumwatch on it; stop it with
+    :func:`teardown`. ``lock_wait``: how long to wait for another local cluster to go."""
     began = time.monotonic()
     state = state.resolve()
     lock = acquire_lock(str(state), lock_wait)
-    preexec = os.setpgrp if detached else bind_to_parent
     try:
         bindir = ensure_prerequisites()
         pause_image = images.pause(bindir)
@@ -336,8 +316,8 @@ def start(state: Path, *, detached: bool, lock_wait: float = 0.0) -> Cluster:
         record.created_paths = _claim_host_paths()
         record.save()
         pki = write_control_plane_pki(_fresh_dir(state / "controlplane"), (hostnet.NODE_IP,))
-        cp = _start_control_plane(state, pki, detached)
-        controllers = _start_controllers(cp, pki, bindir, state / "controllers", preexec)
+        cp = _start_control_plane(state, pki)
+        controllers = _start_controllers(cp, pki, bindir, state / "controllers", os.setpgrp)
         the_node = node.start(
             cp,
             pki.ca,
@@ -345,10 +325,10 @@ def start(state: Path, *, detached: bool, lock_wait: float = 0.0) -> Cluster:
             bindir,
             pause_image=pause_image.name,
             images=[pause_image.archive, enumwatch_image.archive],
-            preexec=preexec,
+            preexec=os.setpgrp,
             record=record,
-            # Detached, containerd and the kubelet hold the lock for as long as they run.
-            pass_fds=(lock,) if detached else (),
+            # containerd and the kubelet hold the lock for as long as they run.
+            pass_fds=(lock,),
         )
         node.wait_ready(cp, the_node)
         cp.kubectl("label", "node", node.NODE_NAME, f"{node.CONTROL_PLANE_ROLE}=", "--overwrite")
@@ -358,7 +338,6 @@ def start(state: Path, *, detached: bool, lock_wait: float = 0.0) -> Cluster:
             node=the_node,
             image=enumwatch_image,
             controllers=controllers,
-            lock=None if detached else lock,
         )
         install(cp, state, enumwatch_image.name)
         wait_rolled_out(cp)
@@ -368,8 +347,7 @@ def start(state: Path, *, detached: bool, lock_wait: float = 0.0) -> Cluster:
             print(f"teardown: {problem}", file=sys.stderr)
         os.close(lock)
         raise
-    if detached:
-        os.close(lock)
+    os.close(lock)
     cluster.started_in = time.monotonic() - began
     return cluster
 
@@ -382,28 +360,12 @@ def _save_diagnostics(state: Path) -> None:
         return
     kubectl = ["kubectl", "--kubeconfig", str(kubeconfig), "--request-timeout=10s"]
     parts = []
+    logs = ["logs", "-n", NAMESPACE, "deployment/enumwatch", "--all-containers", "--prefix"]
     for args in (
         ["get", "nodes,pods", "-A", "-o", "wide"],
         ["get", "events", "-A", "--sort-by=.lastTimestamp"],
-        [
-            "logs",
-            "-n",
-            NAMESPACE,
-            "deployment/enumwatch",
-            "--all-containers",
-            "--prefix",
-            "--tail=100",
-        ],
-        [
-            "logs",
-            "-n",
-            NAMESPACE,
-            "deployment/enumwatch",
-            "--all-containers",
-            "--prefix",
-            "--tail=100",
-            "--previous",
-        ],
+        [*logs, "--tail=100"],
+        [*logs, "--tail=100", "--previous"],
     ):
         out = subprocess.run([*kubectl, *args], capture_output=True, text=True, check=False)
         parts.append(f"$ kubectl {' '.join(args)}\n{out.stdout}{out.stderr}")

@@ -104,9 +104,13 @@ def _build(name: str, containerfile: Path, context: Path, *build_args: str) -> N
     print(f"images: built {name} in {time.monotonic() - began:.0f}s", file=sys.stderr)
 
 
+def _archive_path(name: str) -> Path:
+    return _images_dir() / (name.replace("/", "_").replace(":", "_") + ".oci.tar")
+
+
 def _archive(name: str) -> Image:
     """Write the image to an oci-archive (once) and return it."""
-    archive = _images_dir() / (name.replace("/", "_").replace(":", "_") + ".oci.tar")
+    archive = _archive_path(name)
     if not archive.exists():
         partial = archive.with_suffix(".partial")
         partial.unlink(missing_ok=True)
@@ -203,4 +207,14 @@ def enumwatch() -> Image:
     name = f"{ENUMWATCH_REPOSITORY}:0.1.0-{context_digest(root)}"
     if not _has_image(name):
         _build(name, root / "Dockerfile", root, f"PYTHON_IMAGE={base.name}")
+        _forget_other_builds(name)
     return _archive(name)
+
+
+def _forget_other_builds(keep: str) -> None:
+    """Remove enumwatch images (and archives) of other checkouts' states: one is kept."""
+    listed = _buildah("images", "--format={{.Name}}:{{.Tag}}", what="buildah images")
+    for name in listed.split():
+        if name.startswith(f"{ENUMWATCH_REPOSITORY}:") and name != keep:
+            _buildah("rmi", name, what=f"removing {name}")
+            _archive_path(name).unlink(missing_ok=True)

@@ -32,7 +32,16 @@ import pytest
 from enumwatch_devkit import cluster, hostnet, node
 from enumwatch_devkit.cli import attach
 from enumwatch_devkit.controlplane import ControlPlane
-from enumwatch_devkit.operatorkit import SCAN_PATHS, events_for, kubectl_json, wait_for
+from enumwatch_devkit.operatorkit import (
+    SCAN_PATHS,
+    apply_detector,
+    curl_scan,
+    events_for,
+    findings,
+    fresh_namespace,
+    kubectl_json,
+    wait_for,
+)
 from enumwatch_devkit.processes import alive
 
 pytestmark = pytest.mark.node
@@ -153,55 +162,15 @@ def _proc_status(pid: int) -> dict[str, str]:
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
-def _curl_scan(cp: ControlPlane, agent: str) -> float:
-    """An anonymous enumeration with curl from outside the cluster; return when it ended."""
-    for path in SCAN_PATHS:
-        subprocess.run(
-            [
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "--cacert",
-                str(cp.ca_file),
-                "-A",
-                agent,
-                cp.server + path,
-            ],
-            check=True,
-        )
-    return time.monotonic()
-
-
 def _finding_for(cp: ControlPlane, namespace: str, agent: str) -> dict[str, Any] | None:
-    items = kubectl_json(cp, "get", "findings", "-n", namespace)["items"]
-    found = [f for f in items if f["spec"]["userAgent"] == agent]
+    found = [f for f in findings(cp, namespace) if f["spec"]["userAgent"] == agent]
     return found[0] if found else None
-
-
-def _detector_namespace(cp: ControlPlane, label: str) -> str:
-    """A namespace with a detector running the seed rule every second."""
-    namespace = f"scan-{label}-{uuid.uuid4().hex[:6]}"
-    cp.kubectl("create", "namespace", namespace)
-    cp.kubectl(
-        "apply",
-        "-f",
-        "-",
-        input=json.dumps(
-            {
-                "apiVersion": "enumwatch.io/v1alpha1",
-                "kind": "EnumerationDetector",
-                "metadata": {"name": "fast", "namespace": namespace},
-                "spec": {"schedule": {"interval": "1s", "lookback": "2m"}},
-            }
-        ),
-    )
-    return namespace
 
 
 def _scan_to_finding(cp: ControlPlane, label: str, within: float) -> tuple[float, dict[str, Any]]:
     """Scan anonymously with curl; return the seconds until the Finding appeared, and it."""
-    namespace = _detector_namespace(cp, label)
+    namespace = fresh_namespace(cp, label)
+    apply_detector(cp, namespace, "fast", {"schedule": {"interval": "1s", "lookback": "2m"}})
     wait_for(
         lambda: (
             kubectl_json(cp, "get", "enumerationdetector", "fast", "-n", namespace)
@@ -212,7 +181,8 @@ def _scan_to_finding(cp: ControlPlane, label: str, within: float) -> tuple[float
         what="the detector's first run",
     )
     agent = f"enum-scanner-{label}/{uuid.uuid4().hex[:8]}"
-    scanned = _curl_scan(cp, agent)
+    curl_scan(cp, agent)
+    scanned = time.monotonic()
     finding = wait_for(
         lambda: _finding_for(cp, namespace, agent),
         timeout=within + 50,
