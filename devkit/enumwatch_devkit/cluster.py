@@ -37,12 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enumwatch_devkit import controlplane, hostnet, images, node, repo
-from enumwatch_devkit.controlplane import (
-    ControlPlane,
-    Identity,
-    kubeconfig_document,
-    write_kubeconfig,
-)
+from enumwatch_devkit.controlplane import ControlPlane, Identity
 from enumwatch_devkit.pki import ControlPlanePki, write_control_plane_pki
 from enumwatch_devkit.processes import (
     ControlPlaneError,
@@ -58,12 +53,11 @@ LOCK_FILE = Path("/run/lock/enumwatch-node.lock")
 #: The users the node and the controllers are, bound by Kubernetes' own default RBAC.
 CONTROLLER_MANAGER = "system:kube-controller-manager"
 SCHEDULER = "system:kube-scheduler"
-KUBE_PROXY = "system:kube-proxy"
 IDENTITIES = (
     Identity(node.NODE_USER, ("system:nodes",)),
     Identity(CONTROLLER_MANAGER, ()),
     Identity(SCHEDULER, ()),
-    Identity(KUBE_PROXY, ()),
+    Identity(node.KUBE_PROXY, ()),
 )
 NAMESPACE = "enumwatch-system"
 
@@ -131,14 +125,6 @@ def _claim_host_paths() -> list[str]:
     return [str(created[0]), str(CHECKPOINT_DIR)]
 
 
-def _identity_kubeconfig(cp: ControlPlane, directory: Path, user: str) -> Path:
-    name = user.rsplit(":", 1)[-1]
-    return write_kubeconfig(
-        directory / f"{name}.kubeconfig",
-        kubeconfig_document(cp.server, cp.ca_file, user, {"token": cp.tokens[user]}, "local"),
-    )
-
-
 def _start_control_plane(state: Path, pki: ControlPlanePki) -> ControlPlane:
     client_cert, client_key = pki.ca.issue(
         state / "controlplane",
@@ -191,7 +177,9 @@ def _start_controllers(
 ) -> dict[str, subprocess.Popen[bytes]]:
     """kube-controller-manager, kube-scheduler and CoreDNS, each with its own identity."""
     directory.mkdir(parents=True, exist_ok=True)
-    kcm = _identity_kubeconfig(cp, directory, CONTROLLER_MANAGER)
+    kcm = cp.identity_kubeconfig(
+        directory / "kube-controller-manager.kubeconfig", CONTROLLER_MANAGER
+    )
     scheduler_config = directory / "kube-scheduler.json"
     scheduler_config.write_text(
         json.dumps(
@@ -199,7 +187,9 @@ def _start_controllers(
                 "apiVersion": "kubescheduler.config.k8s.io/v1",
                 "kind": "KubeSchedulerConfiguration",
                 "clientConnection": {
-                    "kubeconfig": str(_identity_kubeconfig(cp, directory, SCHEDULER))
+                    "kubeconfig": str(
+                        cp.identity_kubeconfig(directory / "kube-scheduler.kubeconfig", SCHEDULER)
+                    )
                 },
                 "leaderElection": {"leaderElect": False},
             }

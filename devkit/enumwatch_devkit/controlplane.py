@@ -150,6 +150,15 @@ class ControlPlane:
             "AUDIT_LOG": str(self.audit_log),
         }
 
+    def identity_kubeconfig(self, path: Path, user: str) -> Path:
+        """Write a kubeconfig for one of the extra identities (its static token) to ``path``."""
+        return write_kubeconfig(
+            path,
+            kubeconfig_document(
+                self.server, self.ca_file, user, {"token": self.tokens[user]}, "enumwatch-dev"
+            ),
+        )
+
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
         """Run ``kubectl`` as the admin against this control plane and return its stdout."""
         proc = subprocess.run(

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from enumwatch_devkit import hostnet
-from enumwatch_devkit.controlplane import ControlPlane, kubeconfig_document, write_kubeconfig
+from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.pki import CertificateAuthority
 from enumwatch_devkit.processes import (
     ControlPlaneError,
@@ -48,6 +48,7 @@ from enumwatch_devkit.processes import (
 
 NODE_NAME = "enumwatch-node"
 NODE_USER = f"system:node:{NODE_NAME}"
+KUBE_PROXY = "system:kube-proxy"
 CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"
 #: Where Debian's containernetworking-plugins puts the CNI plugins.
 CNI_BIN_DIR = Path("/usr/lib/cni")
@@ -379,12 +380,7 @@ def start(
     serving = ca.issue(
         kubelet_dir, "kubelet-serving", NODE_NAME, names=(hostnet.NODE_IP, "127.0.0.1"), server=True
     )
-    kubelet_kubeconfig = write_kubeconfig(
-        kubelet_dir / "kubeconfig",
-        kubeconfig_document(
-            cp.server, cp.ca_file, NODE_USER, {"token": cp.tokens[NODE_USER]}, "enumwatch-node"
-        ),
-    )
+    kubelet_kubeconfig = cp.identity_kubeconfig(kubelet_dir / "kubeconfig", NODE_USER)
     config = kubelet_config(kubelet_dir, socket, cp.ca_file, serving, hostnet.NODE_IP)
     make_cgroup_root()
     kubelet_cmd = [
@@ -397,16 +393,7 @@ def start(
         f"--node-ip={hostnet.NODE_IP}",
         "--v=1",
     ]
-    proxy_kubeconfig = write_kubeconfig(
-        directory / "kube-proxy.kubeconfig",
-        kubeconfig_document(
-            cp.server,
-            cp.ca_file,
-            "system:kube-proxy",
-            {"token": cp.tokens["system:kube-proxy"]},
-            "enumwatch-node",
-        ),
-    )
+    proxy_kubeconfig = cp.identity_kubeconfig(directory / "kube-proxy.kubeconfig", KUBE_PROXY)
     proxy_cmd = [
         str(bindir / "kube-proxy"),
         f"--config={kube_proxy_config(directory, proxy_kubeconfig)}",
