@@ -19,9 +19,14 @@ RUN python -m pip wheel --wheel-dir /wheels .
 FROM ${PYTHON_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# The runtime user has a passwd entry: kopf names its peering identity after getpass.getuser(),
+# which fails for a uid that /etc/passwd does not know ("getpwuid(): uid not found").
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m pip install --no-index --find-links=/wheels enumwatch \
- && python -m pip uninstall --yes pip setuptools wheel
+ && python -m pip uninstall --yes pip setuptools wheel \
+ && groupadd --system --gid 65532 enumwatch \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin enumwatch
 USER 65532:65532
 WORKDIR /tmp
 EXPOSE 8080

@@ -12,7 +12,7 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools test unit integration lint chart-lint manifests demo dev-up dev-down bench clean
+.PHONY: help venv controlplane tools node test unit integration lint chart-lint manifests demo dev-up dev-down cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,11 +32,15 @@ controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 tools: ## build (or reuse) helm and promtool from their Go modules (the chart and alert tests)
 	@bash hack/tools/build.sh >/dev/null
 
-test: venv controlplane tools lint ## run every test (lint, unit, integration against a real apiserver)
+node: ## build (or reuse) what cluster-up runs: node packages (as root), Kubernetes node components, CoreDNS, pause
+	@if [ "$$(id -u)" = 0 ]; then bash hack/node/install-packages.sh && bash hack/controlplane/build.sh --cluster >/dev/null; \
+	else echo "make node: not root, the node tests will skip (cluster-up needs root)"; fi
+
+test: venv controlplane tools node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv tools ## run the tests that need no control plane
-	$(PY) -m pytest -W error -m 'not integration and not e2e' $(PYTEST_ARGS)
+	$(PY) -m pytest -W error -m 'not integration and not e2e and not node' $(PYTEST_ARGS)
 
 integration: venv controlplane tools ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
@@ -63,6 +67,12 @@ dev-up: venv controlplane ## start the local control plane (+ operator and taile
 
 dev-down: ## stop everything dev-up started
 	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit down --dir .dev; fi
+
+cluster-up: venv ## a cluster with a real node (kubelet, containerd) running enumwatch's image and manifests as users install them; writes .dev/env (root)
+	$(PY) -m enumwatch_devkit cluster-up --dir .dev
+
+cluster-down: ## stop everything cluster-up started and clean the host (no process, mount or netns left)
+	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit cluster-down --dir .dev; fi
 
 bench: venv ## run the benchmarks and print their figures
 	$(PY) bench/scan_bench.py

@@ -17,18 +17,22 @@ import argparse
 import json
 import shutil
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
-from enumwatch_devkit import controlplane, devstack
+from enumwatch_devkit import cluster, controlplane, devstack, node
 from enumwatch_devkit.processes import stop_by_pidfile
 from enumwatch_devkit.repo import RepoNotFoundError
 
 #: The subcommands and their one-line descriptions.
 ACTIONS = {
     "up": "start the local stack in the background (make dev-up); writes DIR/env",
-    "down": "stop every process the local stack started (make dev-down)",
+    "down": "stop every process the local stack or cluster started (make dev-down)",
     "env": "print the export lines of the running local stack (KUBECONFIG, APISERVER, ...)",
+    "cluster-up": "start a cluster with a real node running enumwatch's image and manifests "
+    "(make cluster-up); writes DIR/env",
+    "cluster-down": "stop the cluster and remove all it left on the host (make cluster-down)",
 }
 PROG = "python -m enumwatch_devkit"
 
@@ -48,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="start only etcd and kube-apiserver (no CRDs, operator or tailer)",
             )
+        if action == "cluster-up":
+            command.add_argument(
+                "--lock-wait",
+                type=float,
+                default=0.0,
+                metavar="SECONDS",
+                help="wait this long for another local cluster on this machine to go (default 0)",
+            )
     return parser
 
 
@@ -56,13 +68,46 @@ def _pidfiles(state: Path) -> list[Path]:
     return sorted(state.glob("**/pids"), key=lambda p: (p.parent.name != "stack", str(p)))
 
 
-def up(state: Path, control_plane_only: bool = False) -> int:
-    """Start the control plane under ``state`` and write ``state/env``."""
-    if any(_pidfiles(state)):
+def _write_env(state: Path, cp: controlplane.ControlPlane, env: dict[str, str]) -> None:
+    """``state/env`` (export lines) and ``state/controlplane.json`` (for :func:`attach`)."""
+    (state / "env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+    (state / "controlplane.json").write_text(
+        json.dumps({"admin_token": cp.admin_token, "ca_file": str(cp.ca_file), **env}, indent=2)
+    )
+
+
+def attach(state: Path) -> controlplane.ControlPlane:
+    """The admin's handle on the control plane that ``up`` or ``cluster-up`` left under
+    ``state`` (kubectl, server, CA), read from ``state/controlplane.json``."""
+    info = json.loads((state / "controlplane.json").read_text())
+    url = urllib.parse.urlsplit(info["APISERVER"])
+    assert url.hostname is not None and url.port is not None
+    return controlplane.ControlPlane(
+        workdir=state / "controlplane",
+        apiserver_port=url.port,
+        etcd_port=0,
+        admin_token=info["admin_token"],
+        ca_file=Path(info["ca_file"]),
+        kubeconfig=Path(info["KUBECONFIG"]),
+        audit_log=Path(info["AUDIT_LOG"]),
+        address=url.hostname,
+    )
+
+
+def _clear(state: Path) -> None:
+    """Stop what runs under ``state`` and remove it, never through a mount left behind."""
+    if any(_pidfiles(state)) or cluster.down_needed(state):
         down(state)
+    if state.exists() and node.mounts_under(state):
+        raise SystemExit(f"{PROG}: {state} still has mounts: {node.mounts_under(state)}")
     if state.exists():
         shutil.rmtree(state)
     state.mkdir(parents=True)
+
+
+def up(state: Path, control_plane_only: bool = False) -> int:
+    """Start the control plane under ``state`` and write ``state/env``."""
+    _clear(state)
     try:
         cp = controlplane.start(state.resolve() / "controlplane", die_with_parent=False)
     except (controlplane.ControlPlaneError, RepoNotFoundError) as exc:
@@ -84,18 +129,40 @@ def up(state: Path, control_plane_only: bool = False) -> int:
             file=sys.stderr,
         )
         print(f"detector {detector} runs the seed rule every 5s", file=sys.stderr)
-    (state / "env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
-    (state / "controlplane.json").write_text(
-        json.dumps({"admin_token": cp.admin_token, "ca_file": str(cp.ca_file), **env}, indent=2)
-    )
+    _write_env(state, cp, env)
     print(f"control plane ready in {cp.started_in:.1f}s at {cp.server}", file=sys.stderr)
     print(f"audit log: {cp.audit_log}", file=sys.stderr)
     print(f"use it with: source {state / 'env'}", file=sys.stderr)
     return 0
 
 
+def cluster_up(state: Path, lock_wait: float = 0.0) -> int:
+    """Start a cluster with a node under ``state``, install enumwatch, write ``state/env``."""
+    _clear(state)
+    try:
+        started = cluster.start(state, lock_wait=lock_wait)
+    except (controlplane.ControlPlaneError, RepoNotFoundError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    _write_env(state, started.cp, started.env())
+    print(
+        f"cluster up in {started.started_in:.1f}s: node {node.NODE_NAME} Ready, "
+        f"enumwatch rolled out from image {started.image.name}",
+        file=sys.stderr,
+    )
+    print(f"audit log: {started.cp.audit_log}", file=sys.stderr)
+    print(f"use it with: source {state / 'env'}", file=sys.stderr)
+    return 0
+
+
 def down(state: Path) -> int:
-    """Stop every process recorded under ``state``."""
+    """Stop every process recorded under ``state`` (a whole cluster, if one runs there)."""
+    if cluster.down_needed(state):
+        problems = cluster.teardown(state)
+        for problem in problems:
+            print(f"{PROG}: left behind: {problem}", file=sys.stderr)
+        print("cluster stopped" + (" with problems" if problems else ""), file=sys.stderr)
+        return 1 if problems else 0
     stopped: list[int] = []
     for pidfile in _pidfiles(state):
         stopped += stop_by_pidfile(pidfile)
@@ -110,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     state: Path = args.dir
     if args.action == "up":
         return up(state, args.control_plane_only)
-    if args.action == "down":
+    if args.action == "cluster-up":
+        return cluster_up(state, args.lock_wait)
+    if args.action in ("down", "cluster-down"):
         return down(state)
     env_file = state / "env"
     if not env_file.exists():

@@ -33,6 +33,7 @@ from typing import Any
 
 from enumwatch_devkit import repo
 from enumwatch_devkit.pki import ControlPlanePki, write_control_plane_pki
+from enumwatch_devkit.processes import ControlPlaneError as ControlPlaneError
 from enumwatch_devkit.processes import (
     bind_to_parent,
     free_port,
@@ -42,27 +43,33 @@ from enumwatch_devkit.processes import (
 )
 
 ADMIN_USER = "enumwatch-admin"
+ADMIN_GROUPS = ("system:masters",)
 #: The order in which the servers start; they stop in the reverse order.
 SERVERS = ("etcd", "kube-apiserver")
 
 
-class ControlPlaneError(RuntimeError):
-    """The control plane could not be built or started; the message says what to look at."""
+#: What ``build.sh --cluster`` adds for a cluster with a node (CoreDNS is ``coredns-<version>``).
+CLUSTER_BINARIES = ("kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet", "pause")
 
 
-def ensure_binaries() -> Path:
+def ensure_binaries(*, cluster: bool = False) -> Path:
     """Return the directory holding ``etcd`` and ``kube-apiserver``, building them when missing.
 
     The build goes through the Go module proxy and is cached outside the repository
     (``${XDG_CACHE_HOME:-~/.cache}/enumwatch/bin/<versions>/``); a second call does not rebuild.
-    Build progress goes to stderr.
+    Build progress goes to stderr. With ``cluster`` the node's and the controllers' binaries
+    (:data:`CLUSTER_BINARIES`, CoreDNS) are built too, into the same directory.
     """
     try:
-        lines = repo.run_script(repo.build_script(), what="building the control plane")
+        lines = repo.run_script(
+            repo.build_script(),
+            *(["--cluster"] if cluster else []),
+            what="building the control plane",
+        )
     except (repo.RepoNotFoundError, repo.ScriptError) as exc:
         raise ControlPlaneError(str(exc)) from exc
     bindir = Path(lines[-1])
-    for name in SERVERS:
+    for name in SERVERS + (CLUSTER_BINARIES if cluster else ()):
         if not (bindir / name).is_file():
             raise ControlPlaneError(f"{bindir / name} was not built")
     return bindir
@@ -91,6 +98,15 @@ def write_kubeconfig(path: Path, document: dict[str, Any]) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Identity:
+    """A user the apiserver knows by a static bearer token (how the dev control plane authenticates
+    its admin and, for ``make cluster-up``, the node and the controllers)."""
+
+    user: str
+    groups: tuple[str, ...]
+
+
 @dataclass
 class ControlPlane:
     """A running etcd + kube-apiserver pair and everything a client needs to use it."""
@@ -104,11 +120,15 @@ class ControlPlane:
     audit_log: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     started_in: float = 0.0
+    #: The address the apiserver listens on and advertises (127.0.0.1 but for a node's cluster).
+    address: str = "127.0.0.1"
+    #: The bearer token of each extra identity, by user name.
+    tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
-        """The apiserver URL, ``https://127.0.0.1:PORT``."""
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        """The apiserver URL, ``https://ADDRESS:PORT``."""
+        return f"https://{self.address}:{self.apiserver_port}"
 
     def ssl_context(self) -> ssl.SSLContext:
         """An SSL context that trusts this control plane's CA."""
@@ -121,6 +141,15 @@ class ControlPlane:
             "APISERVER": self.server,
             "AUDIT_LOG": str(self.audit_log),
         }
+
+    def identity_kubeconfig(self, path: Path, user: str) -> Path:
+        """Write a kubeconfig for one of the extra identities (its static token) to ``path``."""
+        return write_kubeconfig(
+            path,
+            kubeconfig_document(
+                self.server, self.ca_file, user, {"token": self.tokens[user]}, "enumwatch-dev"
+            ),
+        )
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> str:
         """Run ``kubectl`` as the admin against this control plane and return its stdout."""
@@ -150,13 +179,15 @@ def _prepare_workdir(workdir: Path | None) -> Path:
     return workdir
 
 
-def _write_admin_token(workdir: Path) -> tuple[str, Path]:
-    """A random bearer token for the admin in ``system:masters``, as a static token file."""
-    token = secrets.token_hex(24)
-    tokens = workdir / "tokens.csv"
-    tokens.write_text(f'{token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
-    tokens.chmod(0o600)
-    return token, tokens
+def _write_token_file(workdir: Path, identities: list[Identity]) -> tuple[dict[str, str], Path]:
+    """A random bearer token for each identity, as the apiserver's static token file."""
+    tokens = {identity.user: secrets.token_hex(24) for identity in identities}
+    token_file = workdir / "tokens.csv"
+    token_file.write_text(
+        "".join(f'{tokens[i.user]},{i.user},{i.user},"{",".join(i.groups)}"\n' for i in identities)
+    )
+    token_file.chmod(0o600)
+    return tokens, token_file
 
 
 def _etcd_command(bindir: Path, workdir: Path, client_port: int) -> list[str]:
@@ -187,8 +218,8 @@ def _apiserver_command(
     return [
         str(bindir / "kube-apiserver"),
         f"--etcd-servers=http://127.0.0.1:{cp.etcd_port}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--bind-address={cp.address}",
+        f"--advertise-address={cp.address}",
         f"--secure-port={cp.apiserver_port}",
         f"--cert-dir={cp.workdir / 'certs'}",
         f"--tls-cert-file={pki.serving_cert}",
@@ -282,6 +313,11 @@ def start(
     ready_timeout: float = 90.0,
     audit_webhook_url: str | None = None,
     audit_webhook_token: str | None = None,
+    address: str = "127.0.0.1",
+    audit_log: Path | None = None,
+    pki: ControlPlanePki | None = None,
+    identities: tuple[Identity, ...] = (),
+    extra_flags: tuple[str, ...] = (),
 ) -> ControlPlane:
     """Start etcd and kube-apiserver in ``workdir`` (default: a fresh temp dir); wait for /readyz.
 
@@ -291,14 +327,23 @@ def start(
     every audit event to that URL with the apiserver's own webhook backend (batch mode), with
     ``audit_webhook_token`` as the bearer token: the path with no tailer at all. The apiserver
     sends a bearer token only over https; it trusts this control plane's CA for it.
+
+    For a cluster with a node (:mod:`enumwatch_devkit.cluster`): ``address`` is where the
+    apiserver listens and what it advertises, ``audit_log`` where it writes its audit log (its
+    directory is made 0700, as kubeadm does), ``pki`` certificates minted beforehand (the default
+    mints a CA and a serving certificate for 127.0.0.1), ``identities`` more users with static
+    tokens (in ``ControlPlane.tokens``), ``extra_flags`` more kube-apiserver flags.
     """
     began = time.monotonic()
     bindir = ensure_binaries()
     policy = audit_policy or repo.audit_policy()
     workdir = _prepare_workdir(workdir)
-    pki = write_control_plane_pki(workdir)
-    token, tokens = _write_admin_token(workdir)
-    (workdir / "audit").mkdir(exist_ok=True)
+    pki = pki or write_control_plane_pki(workdir)
+    admin = Identity(ADMIN_USER, ADMIN_GROUPS)
+    tokens, token_file = _write_token_file(workdir, [admin, *identities])
+    audit_log = audit_log or workdir / "audit" / "audit.log"
+    audit_log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = tokens.pop(ADMIN_USER)
     cp = ControlPlane(
         workdir=workdir,
         apiserver_port=free_port(),
@@ -306,15 +351,18 @@ def start(
         admin_token=token,
         ca_file=pki.ca.cert_file,
         kubeconfig=workdir / "kubeconfig",
-        audit_log=workdir / "audit" / "audit.log",
+        audit_log=audit_log,
+        address=address,
+        tokens=tokens,
     )
     write_kubeconfig(
         cp.kubeconfig,
         kubeconfig_document(cp.server, cp.ca_file, ADMIN_USER, {"token": token}, "enumwatch-dev"),
     )
     apiserver_cmd = _apiserver_command(
-        bindir, cp, pki, tokens, policy, audit_max_size_mb, audit_max_backup
+        bindir, cp, pki, token_file, policy, audit_max_size_mb, audit_max_backup
     )
+    apiserver_cmd += extra_flags
     if audit_webhook_url is not None:
         apiserver_cmd += _audit_webhook_flags(
             workdir, cp.ca_file, audit_webhook_url, audit_webhook_token

@@ -67,6 +67,26 @@ def anonymous_scan(
         anonymous_get(cp, path, user_agent, headers)
 
 
+def curl_scan(cp: ControlPlane, user_agent: str, paths: tuple[str, ...] = SCAN_PATHS) -> None:
+    """The same anonymous enumeration with curl, as a scanner outside the cluster runs it."""
+    for path in paths:
+        subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--cacert",
+                str(cp.ca_file),
+                "-A",
+                user_agent,
+                cp.server + path,
+            ],
+            check=True,
+            timeout=10,
+        )
+
+
 def audit_events_for(
     cp: ControlPlane, user_agent: str, count: int, timeout: float = 10.0
 ) -> list[dict[str, Any]]:

@@ -180,11 +180,12 @@ class ControlPlanePki:
     sa_pub: Path
 
 
-def write_control_plane_pki(directory: Path) -> ControlPlanePki:
-    """Mint a CA, the apiserver's serving certificate and the service-account keys."""
+def write_control_plane_pki(directory: Path, extra_names: tuple[str, ...] = ()) -> ControlPlanePki:
+    """Mint a CA, the apiserver's serving certificate (also valid for ``extra_names``) and the
+    service-account keys."""
     ca = CertificateAuthority.create(directory)
     serving_cert, serving_key = ca.issue(
-        directory, "serving", "kube-apiserver", names=APISERVER_NAMES, server=True
+        directory, "serving", "kube-apiserver", names=APISERVER_NAMES + extra_names, server=True
     )
     sa_key, sa_pub = write_service_account_keys(directory)
     return ControlPlanePki(

@@ -20,6 +20,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
+class ControlPlaneError(RuntimeError):
+    """The local cluster could not be built or started; the message says what to look at."""
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -42,8 +46,10 @@ def launch(
     *,
     preexec: Callable[[], None],
     env: Mapping[str, str] | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` with stdout and stderr appended to ``log_path`` and no stdin."""
+    """Start ``cmd`` with stdout and stderr appended to ``log_path`` and no stdin; the child
+    inherits no descriptor but ``pass_fds``."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             list(cmd),
@@ -53,6 +59,7 @@ def launch(
             env=None if env is None else dict(env),
             preexec_fn=preexec,
             close_fds=True,
+            pass_fds=pass_fds,
         )
 
 
@@ -92,11 +99,15 @@ def stop_by_pidfile(pidfile: Path) -> list[int]:
         if alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    for pid in pids:
+        while time.monotonic() < deadline and alive(pid):
+            time.sleep(0.05)
     return signalled
 
 
 def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie child of ours is reaped and counts as dead)."""
+    """Whether ``pid`` is a live process: a zombie is dead (one of ours is reaped)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -105,4 +116,35 @@ def alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def run(
+    cmd: Sequence[str],
+    *,
+    what: str,
+    input: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Run ``cmd`` to completion and return its stdout; raise naming ``what`` with its stderr."""
+    proc = subprocess.run(
+        list(cmd),
+        input=input,
+        capture_output=True,
+        text=True,
+        env=None if env is None else dict(env),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        command = " ".join(cmd)
+        detail = proc.stderr.strip()[-3000:]
+        raise ControlPlaneError(f"{what} failed (exit {proc.returncode}): {command}\n{detail}")
+    return proc.stdout

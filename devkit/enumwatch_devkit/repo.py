@@ -75,3 +75,8 @@ def run_script(script: Path, *args: str, what: str) -> list[str]:
             f"{what} failed (exit {proc.returncode}); rerun `{command}` to see why"
         )
     return proc.stdout.splitlines()
+def cache_dir() -> Path:
+    """The dev kit's cache outside any checkout, shared with ``build.sh``:
+    ``${XDG_CACHE_HOME:-~/.cache}/enumwatch``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "enumwatch"

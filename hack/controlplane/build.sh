@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver, etcd) from their Go modules at the versions
 # pinned in hack/controlplane/*/go.mod, into a cache outside the repo. Builds only what is missing.
-# Usage: hack/controlplane/build.sh        prints the bin directory on its last line.
+# With --cluster it also builds what `make cluster-up` runs: kube-controller-manager,
+# kube-scheduler, kube-proxy and kubelet (node/go.mod, the same k8s.io/kubernetes pin as
+# apiserver/go.mod), CoreDNS (coredns/go.mod) and the pause binary (pause/), into the same cache.
+# Usage: hack/controlplane/build.sh [--cluster]   prints the bin directory on its last line.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-kube_version="$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$here/apiserver/go.mod")"
-etcd_version="$(awk '$1=="require" && $2=="go.etcd.io/etcd/server/v3" {print $3}' "$here/etcd/go.mod")"
+pin() {  # pin GO_MOD MODULE: the required version of MODULE in GO_MOD
+  awk -v m="$2" '($1=="require" && $2==m) {print $3} ($1==m) {print $2}' "$1" | head -1
+}
+kube_version="$(pin "$here/apiserver/go.mod" k8s.io/kubernetes)"
+etcd_version="$(pin "$here/etcd/go.mod" go.etcd.io/etcd/server/v3)"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/enumwatch/bin/kube-${kube_version}-etcd-${etcd_version}"
 mkdir -p "$cache"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
@@ -24,6 +30,20 @@ build() {  # build NAME MODULE_DIR PACKAGE [LDFLAGS]
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 minor="$(echo "$kube_version" | cut -d. -f2)"
 vpkg=k8s.io/component-base/version
-build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver \
-  "-X $vpkg.gitVersion=$kube_version -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean"
+kube_ldflags="-X $vpkg.gitVersion=$kube_version -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean"
+build kube-apiserver "$here/apiserver" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
+if [[ "${1:-}" == "--cluster" ]]; then
+  node_kube="$(pin "$here/node/go.mod" k8s.io/kubernetes)"
+  if [[ "$node_kube" != "$kube_version" ]]; then
+    echo "control plane: node/go.mod pins k8s.io/kubernetes $node_kube, apiserver/go.mod $kube_version" >&2
+    exit 1
+  fi
+  for cmd in kube-controller-manager kube-scheduler kube-proxy kubelet; do
+    build "$cmd" "$here/node" "k8s.io/kubernetes/cmd/$cmd" "$kube_ldflags"
+  done
+  # CoreDNS and pause have pins of their own: the version is part of the file name.
+  coredns_version="$(pin "$here/coredns/go.mod" github.com/coredns/coredns)"
+  build "coredns-$coredns_version" "$here/coredns" .
+  CGO_ENABLED=0 build pause "$here/pause" .
+fi
 echo "$cache"

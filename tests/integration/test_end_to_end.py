@@ -26,6 +26,7 @@ from enumwatch_devkit.operatorkit import (
     OperatorProcess,
     anonymous_get,
     apply_detector,
+    curl_scan,
     events_for,
     findings,
     fresh_namespace,
@@ -97,25 +98,6 @@ def _whole(ns: str, agent: str, cp: ControlPlane) -> list[dict[str, Any]]:
     return []
 
 
-def _curl_scan(cp: ControlPlane, agent: str, paths: tuple[str, ...]) -> None:
-    for path in paths:
-        subprocess.run(
-            [
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "--cacert",
-                str(cp.ca_file),
-                "-A",
-                agent,
-                cp.server + path,
-            ],
-            check=True,
-            timeout=10,
-        )
-
-
 def _python_scan(cp: ControlPlane, agent: str, paths: tuple[str, ...]) -> None:
     for path in paths:
         assert anonymous_get(cp, path, agent) == 403
@@ -142,7 +124,7 @@ def _detector(stack: Stack, label: str, spec: dict[str, Any] = FAST) -> str:
     return ns
 
 
-@pytest.mark.parametrize("client", [_curl_scan, _python_scan], ids=["curl", "python"])
+@pytest.mark.parametrize("client", [curl_scan, _python_scan], ids=["curl", "python"])
 def test_an_anonymous_scan_becomes_a_finding_and_an_event(stack: Stack, client: Any) -> None:
     ns = _detector(stack, "e2e")
     agent = unique_agent(client.__name__.strip("_"))

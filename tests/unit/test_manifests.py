@@ -83,6 +83,16 @@ def test_the_final_image_runs_as_a_numeric_non_root_user_with_the_cli_entrypoint
     assert "8080" in _args(final, "EXPOSE")
 
 
+def test_the_runtime_uid_has_a_passwd_entry() -> None:
+    # kopf calls getpass.getuser() when POD_ID is not set: an unknown uid crashed the operator
+    # the first time the image ran on a node (tests/node).
+    final = _stages()[-1]
+    runs = " ".join(_args(final, "RUN"))
+    uid, _, gid = _args(final, "USER")[-1].partition(":")
+    assert f"useradd --system --uid {uid} --gid {gid}" in runs
+    assert f"groupadd --system --gid {gid}" in runs
+
+
 def test_dockerignore_keeps_the_context_to_the_package() -> None:
     lines = (REPO / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*" and "!operator/" in lines and "!pyproject.toml" in lines

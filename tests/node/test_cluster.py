@@ -1,0 +1,435 @@
+"""enumwatch as users run it: the image built from the Dockerfile, the manifests' pods on a node.
+
+``make cluster-up`` (run here exactly so: ``python -m enumwatch_devkit cluster-up``) starts a
+cluster with a real node (kubelet + containerd + runc, kube-proxy, kube-controller-manager,
+kube-scheduler, CoreDNS), builds enumwatch's image from the repository's Dockerfile on a local
+Debian base and installs ``crds/`` then ``manifests/`` unchanged but for the image name. These
+tests then look at what really runs: the node, the pods, the processes of the containers (their
+uid, capabilities and open files, read from ``/proc``), the Service routing, TokenReview auth,
+an anonymous scan with ``curl`` becoming a Finding, the HA overlay and a leader failover, and
+finally ``make cluster-down`` leaving nothing behind. The tests run in order, on one cluster.
+
+They need root and a runc that can run a container; elsewhere they skip and say which is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enumwatch_devkit import cluster, hostnet, node
+from enumwatch_devkit.cli import attach
+from enumwatch_devkit.controlplane import ControlPlane
+from enumwatch_devkit.operatorkit import (
+    SCAN_PATHS,
+    apply_detector,
+    curl_scan,
+    events_for,
+    findings,
+    fresh_namespace,
+    kubectl_json,
+    wait_for,
+)
+from enumwatch_devkit.processes import alive
+
+pytestmark = pytest.mark.node
+
+NAMESPACE = "enumwatch-system"
+DEVKIT = [sys.executable, "-m", "enumwatch_devkit"]
+#: How long the scan may take to become a Finding through the real sidecar (issue 10).
+FINDING_WITHIN = 10.0
+
+
+@dataclass
+class HostSnapshot:
+    """What of the host a cluster could leave behind, taken before it starts."""
+
+    net_namespaces: set[int]
+    mounts: set[str]
+    kube_chains: set[str]
+
+
+@dataclass
+class LocalCluster:
+    """The cluster ``cluster-up`` started under ``state``, and what the tests measured."""
+
+    state: Path
+    cp: ControlPlane
+    before: HostSnapshot
+    up_seconds: float
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def _net_namespaces() -> set[int]:
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                found.add((proc / "ns" / "net").stat().st_ino)
+            except OSError:
+                continue
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if " - nsfs " in line and "net:[" in fields[3]:
+            found.add(int(fields[3].split("[")[1].rstrip("]")))
+    return found
+
+
+def _mounts() -> set[str]:
+    return {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+
+
+def _kube_chains() -> set[str]:
+    return {
+        f"{tool}/{table}/{chain}"
+        for tool in ("iptables", "ip6tables")
+        for table, chains in hostnet.kube_chains(tool).items()
+        for chain in chains
+    }
+
+
+def _snapshot() -> HostSnapshot:
+    return HostSnapshot(_net_namespaces(), _mounts(), _kube_chains())
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """``cluster-up`` once for this module (waiting for another engineer's cluster to go)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the kubelet, containerd and the node's network (make cluster-up)")
+    bindir = cluster.ensure_prerequisites()  # Debian packages and Go builds, once per machine
+    problem = node.runc_problem(bindir)
+    if problem:
+        pytest.skip(problem)
+    state = tmp_path_factory.mktemp("cluster")
+    before = _snapshot()
+    began = time.monotonic()
+    subprocess.run(
+        [*DEVKIT, "cluster-up", "--dir", str(state), "--lock-wait", "1800"],
+        check=True,
+        timeout=3600,
+    )
+    up = LocalCluster(state, attach(state), before, time.monotonic() - began)
+    try:
+        yield up
+    finally:
+        subprocess.run([*DEVKIT, "cluster-down", "--dir", str(state)], check=False, timeout=600)
+        print(f"\ncluster figures: up {up.up_seconds:.1f}s, {up.figures}", file=sys.stderr)
+
+
+def _operator_pods(cp: ControlPlane) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = kubectl_json(
+        cp, "get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator"
+    )["items"]
+    return pods
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    conditions = pod["status"].get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _container_pid(local: LocalCluster, pod: dict[str, Any], container: str) -> int:
+    """The host PID of a container's process, from containerd (the kubelet's runtime)."""
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+    container_id = status["containerID"].removeprefix("containerd://")
+    record = node.NodeRecord.load(local.state / "node")
+    assert record is not None
+    tasks = subprocess.run(
+        ["ctr", "--address", record.containerd_socket, "-n", "k8s.io", "tasks", "ls"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()[1:]
+    (pid,) = [int(line.split()[1]) for line in tasks if line.split()[0] == container_id]
+    return pid
+
+
+def _proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def _finding_for(cp: ControlPlane, namespace: str, agent: str) -> dict[str, Any] | None:
+    found = [f for f in findings(cp, namespace) if f["spec"]["userAgent"] == agent]
+    return found[0] if found else None
+
+
+def _scan_to_finding(cp: ControlPlane, label: str, within: float) -> tuple[float, dict[str, Any]]:
+    """Scan anonymously with curl; return the seconds until the Finding appeared, and it."""
+    namespace = fresh_namespace(cp, label)
+    apply_detector(cp, namespace, "fast", {"schedule": {"interval": "1s", "lookback": "2m"}})
+    wait_for(
+        lambda: (
+            kubectl_json(cp, "get", "enumerationdetector", "fast", "-n", namespace)
+            .get("status", {})
+            .get("lastEvaluation")
+        ),
+        timeout=30,
+        what="the detector's first run",
+    )
+    agent = f"enum-scanner-{label}/{uuid.uuid4().hex[:8]}"
+    curl_scan(cp, agent)
+    scanned = time.monotonic()
+    finding = wait_for(
+        lambda: _finding_for(cp, namespace, agent),
+        timeout=within + 50,
+        what=f"a Finding for {agent}",
+    )
+    return time.monotonic() - scanned, finding
+
+
+# --- the node ------------------------------------------------------------------------------------
+
+
+def test_the_node_is_a_ready_control_plane_node_of_the_pinned_version(
+    local_cluster: LocalCluster,
+) -> None:
+    nodes = kubectl_json(local_cluster.cp, "get", "nodes")["items"]
+    assert [n["metadata"]["name"] for n in nodes] == [node.NODE_NAME]
+    (the_node,) = nodes
+    ready = [c for c in the_node["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready[0]["status"] == "True"
+    assert the_node["metadata"]["labels"][node.CONTROL_PLANE_ROLE] == ""
+    assert the_node["spec"]["taints"] == [{"key": node.CONTROL_PLANE_ROLE, "effect": "NoSchedule"}]
+    info = the_node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v1.33.5"
+    assert info["containerRuntimeVersion"].startswith("containerd://1.6.")
+    assert the_node["status"]["addresses"][0] == {"type": "InternalIP", "address": hostnet.NODE_IP}
+
+
+def test_the_operator_pod_runs_2_of_2_ready_from_the_image_built_here(
+    local_cluster: LocalCluster,
+) -> None:
+    (pod,) = _operator_pods(local_cluster.cp)
+    assert pod["status"]["phase"] == "Running" and _ready(pod)
+    statuses = {s["name"]: s for s in pod["status"]["containerStatuses"]}
+    assert sorted(statuses) == ["operator", "tailer"]
+    assert all(s["ready"] for s in statuses.values())
+    built = cluster.installed_image(local_cluster.state)
+    assert built.startswith("localhost/enumwatch:0.1.0-")
+    assert {s["image"] for s in statuses.values()} == {built}
+    # The manifests' own probes answered the kubelet: Ready was set by the readiness probe.
+    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # PodSecurity as shipped: the namespace enforces `privileged` (the tailer's hostPath) and the
+    # pod was admitted for real by the apiserver's PodSecurity admission.
+    labels = kubectl_json(local_cluster.cp, "get", "namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_the_tailer_reads_the_real_audit_log_as_uid_0_with_every_capability_dropped(
+    local_cluster: LocalCluster,
+) -> None:
+    (pod,) = _operator_pods(local_cluster.cp)
+    tailer = _container_pid(local_cluster, pod, "tailer")
+    status = _proc_status(tailer)
+    assert status["Uid"].split() == ["0", "0", "0", "0"]
+    assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == "0000000000000000"
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    host_log = local_cluster.cp.audit_log
+    assert host_log == Path("/var/log/kubernetes/audit/audit.log")
+    assert (host_log.stat().st_mode & 0o777, host_log.parent.stat().st_mode & 0o777) == (
+        0o600,
+        0o700,
+    )
+    fds = Path(f"/proc/{tailer}/fd")
+    opened = {os.readlink(fd): fd.stat().st_ino for fd in fds.iterdir() if fd.is_file()}
+    assert opened[str(host_log)] == host_log.stat().st_ino  # the host's file, via the hostPath
+    operator = _proc_status(_container_pid(local_cluster, pod, "operator"))
+    assert operator["Uid"].split() == ["65532"] * 4
+    assert operator["CapEff"] == "0000000000000000"
+
+
+def test_ingest_takes_only_the_tailers_projected_token_checked_by_tokenreview(
+    local_cluster: LocalCluster,
+) -> None:
+    cp = local_cluster.cp
+    url = f"{attach_operator_url(local_cluster)}/ingest"
+    body = json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": []})
+
+    def post(token: str | None) -> int:
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return exc.code
+
+    def token(namespace: str, account: str, *audience: str) -> str:
+        args = ["create", "token", account, "-n", namespace]
+        return cp.kubectl(*args, *(f"--audience={a}" for a in audience)).strip()
+
+    tailer = token(NAMESPACE, "enumwatch", "enumwatch-ingest")
+    cp.kubectl("create", "serviceaccount", "intruder", "-n", "default")
+    assert post(tailer) == 200
+    assert post(None) == 401
+    assert post(token(NAMESPACE, "enumwatch")) == 401  # the API's audience, not /ingest's
+    assert post(token("default", "intruder", "enumwatch-ingest")) == 401  # not an allowed user
+    assert post(cp.admin_token) == 401
+
+
+def attach_operator_url(local: LocalCluster) -> str:
+    """OPERATOR_URL from the cluster's env file: the operator Service, routed by kube-proxy."""
+    lines = (local.state / "env").read_text().splitlines()
+    env = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    return env["OPERATOR_URL"]
+
+
+def test_an_anonymous_curl_scan_becomes_a_finding_and_events_within_10s(
+    local_cluster: LocalCluster,
+) -> None:
+    cp = local_cluster.cp
+    latency, finding = _scan_to_finding(cp, "base", FINDING_WITHIN)
+    local_cluster.figures["scan_to_finding_s"] = round(latency, 2)
+    assert latency <= FINDING_WITHIN
+    namespace, name = finding["metadata"]["namespace"], finding["metadata"]["name"]
+    assert finding["spec"]["detector"] == "fast"
+    aggregates = finding["spec"]["aggregates"]
+    assert sorted(aggregates["requestURIs"]) == sorted(SCAN_PATHS)
+    assert aggregates["authzForbidCount"] == aggregates["documentCount"] == len(SCAN_PATHS)
+    assert finding["spec"]["sourceIP"] == hostnet.NODE_IP  # curl on the host, via the node address
+    events = wait_for(lambda: events_for(cp, namespace, name), timeout=10, what="its Events")
+    assert {e["reason"] for e in events} == {"EnumerationDetected"}
+
+
+# --- the HA overlay ------------------------------------------------------------------------------
+
+
+def _leader(cp: ControlPlane) -> str:
+    lease = kubectl_json(cp, "get", "lease", "enumwatch-operator", "-n", NAMESPACE)
+    holder: str = lease["spec"]["holderIdentity"]
+    return holder
+
+
+def _ready_endpoints(cp: ControlPlane) -> list[str]:
+    slices = kubectl_json(
+        cp, "get", "endpointslices", "-n", NAMESPACE, "-l", "kubernetes.io/service-name=enumwatch"
+    )["items"]
+    return sorted(
+        address
+        for s in slices
+        for e in s.get("endpoints") or []
+        if e["conditions"].get("ready")
+        for address in e["addresses"]
+    )
+
+
+def _ha_settled(cp: ControlPlane) -> dict[str, Any] | None:
+    """The leader pod once the HA install is settled: 2 operators running, only the leader ready
+    and the only endpoint of the Service, the DaemonSet's tailer ready."""
+    pods = [p for p in _operator_pods(cp) if not p["metadata"].get("deletionTimestamp")]
+    running = [p for p in pods if p["status"]["phase"] == "Running"]
+    ready = [p for p in running if _ready(p)]
+    ds = kubectl_json(cp, "get", "daemonset", "enumwatch-tailer", "-n", "enumwatch-tailer")
+    if len(running) != 2 or len(ready) != 1 or ds["status"].get("numberReady") != 1:
+        return None
+    leader = ready[0]
+    if leader["metadata"]["name"] not in _leader(cp):
+        return None
+    if _ready_endpoints(cp) != [leader["status"]["podIP"]]:
+        return None
+    return leader
+
+
+def test_the_ha_overlay_sends_ingest_to_the_leader_and_a_scan_after_failover_is_found(
+    local_cluster: LocalCluster,
+) -> None:
+    cp = local_cluster.cp
+    # Replace the base install with the HA overlay (the tailer moves to its DaemonSet).
+    cp.kubectl("delete", "deployment", "enumwatch", "-n", NAMESPACE, "--wait=true")
+    image = cluster.installed_image(local_cluster.state)
+    cluster.install(cp, local_cluster.state, image, "manifests/overlays/ha")
+    leader = wait_for(lambda: _ha_settled(cp), timeout=240, what="the HA install to settle")
+    labels = kubectl_json(cp, "get", "namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    refused = subprocess.run(
+        [
+            "kubectl",
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "run",
+            "hostpath-probe",
+            "-n",
+            NAMESPACE,
+            f"--image={image}",
+            "--dry-run=server",
+            "--overrides",
+            json.dumps({"spec": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode != 0 and 'violates PodSecurity "restricted:latest"' in refused.stderr
+
+    latency, _ = _scan_to_finding(cp, "ha", FINDING_WITHIN)
+    local_cluster.figures["ha_scan_to_finding_s"] = round(latency, 2)
+    assert latency <= FINDING_WITHIN
+
+    killed = time.monotonic()
+    cp.kubectl("delete", "pod", leader["metadata"]["name"], "-n", NAMESPACE, "--wait=false")
+    new_leader = wait_for(
+        lambda: (
+            lambda p: p if p and p["metadata"]["name"] != leader["metadata"]["name"] else None
+        )(_ha_settled(cp)),
+        timeout=120,
+        what="a new leader behind the Service",
+    )
+    local_cluster.figures["failover_s"] = round(time.monotonic() - killed, 2)
+    assert new_leader["metadata"]["name"] in _leader(cp)
+    latency, _ = _scan_to_finding(cp, "failover", FINDING_WITHIN)
+    local_cluster.figures["after_failover_scan_to_finding_s"] = round(latency, 2)
+    assert latency <= FINDING_WITHIN
+
+
+# --- cluster-down --------------------------------------------------------------------------------
+
+
+def test_cluster_down_leaves_no_process_mount_netns_or_rule_behind(
+    local_cluster: LocalCluster,
+) -> None:
+    state = local_cluster.state
+    recorded = {n: p for f in state.glob("*/pids") for n, p in json.loads(f.read_text()).items()}
+    assert sorted(recorded) == [
+        "containerd",
+        "coredns",
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-proxy",
+        "kube-scheduler",
+        "kubelet",
+    ]
+    down = subprocess.run(
+        [*DEVKIT, "cluster-down", "--dir", str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert down.returncode == 0, down.stderr
+    assert {n: p for n, p in recorded.items() if alive(int(p))} == {}
+    assert node.processes_mentioning(str(state)) == []
+    before = local_cluster.before
+    assert _mounts() - before.mounts == set()
+    assert _net_namespaces() - before.net_namespaces == set()
+    assert _kube_chains() - before.kube_chains == set()
+    assert not hostnet.bridge_exists()
+    assert not cluster.AUDIT_DIR.exists() and not cluster.CHECKPOINT_DIR.exists()
+    assert not any(Path("/sys/fs/cgroup").glob(f"*/{node.CGROUP_ROOT}"))
