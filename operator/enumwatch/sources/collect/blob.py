@@ -1,4 +1,4 @@
-"""AKS: reading the hourly ``PT1H.json`` append blobs of a diagnostic archive, with an offset per blob.
+"""AKS: reading the hourly ``PT1H.json`` blobs of a diagnostic archive, with an offset per blob.
 
 ``--source azblob://ACCOUNT/CONTAINER[/PREFIX]`` (the container is ``insights-logs-kube-audit``).
 Azure Monitor appends one JSON record per line to one blob per cluster and hour; the collector
@@ -146,7 +146,7 @@ class BlobSource:
         data = await downloader.readall()
         end = data.rfind(b"\n") + 1
         settled = dt.datetime.now(dt.UTC) - changed >= dt.timedelta(seconds=self.settle)
-        if end == 0 and (start + len(data) >= size and settled or len(data) >= self.chunk_size):
+        if end == 0 and ((start + len(data) >= size and settled) or len(data) >= self.chunk_size):
             # A last line that will not get its newline, or a line longer than a chunk (cut
             # here: its pieces are counted as malformed).
             end = len(data)

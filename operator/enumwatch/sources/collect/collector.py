@@ -26,10 +26,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from enumwatch.sources.collect.records import FOREIGN, SkippedRecord
-from enumwatch.sources.collect.source import Page, Source, SourceUnavailable
 from enumwatch.sources.forwarder import Forwarder, ForwardStats, Outbox
 from enumwatch.sources.tail.filter import KEEP, MALFORMED, Filter
+
+from enumwatch.sources.collect.records import FOREIGN, SkippedRecord
+from enumwatch.sources.collect.source import Page, Source, SourceUnavailable
 
 log = logging.getLogger("enumwatch.collect")
 

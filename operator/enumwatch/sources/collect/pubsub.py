@@ -24,6 +24,7 @@ import logging
 import os
 import re
 from collections import OrderedDict
+
 import grpc
 from google.api_core import exceptions as gexc
 from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
