@@ -138,7 +138,7 @@ class PubSubSource:
             self._leaser.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._leaser
-        await self._client.transport.close()
+        await self._client.transport.close()  # type: ignore[no-untyped-call, unused-ignore]
 
     def _start_tasks(self) -> None:
         if self._acker is None:
