@@ -6,8 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+CHART := charts/enumwatch
+# Files the chart ships as copies (its templates read them with .Files.Get); `make manifests`
+# refreshes them and tests/unit/test_chart.py checks that they match.
+CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
+	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane test unit integration lint manifests demo dev-up dev-down bench clean
+.PHONY: help venv controlplane tools test unit integration lint chart-lint manifests demo dev-up dev-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,13 +29,16 @@ venv: $(STAMP) ## create or update .venv/ with the package, its test extras and 
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 	@bash hack/controlplane/build.sh >/dev/null
 
-test: venv controlplane lint ## run every test (lint, unit, integration against a real apiserver)
+tools: ## build (or reuse) helm and promtool from their Go modules (the chart and alert tests)
+	@bash hack/tools/build.sh >/dev/null
+
+test: venv controlplane tools lint ## run every test (lint, unit, integration against a real apiserver)
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
-unit: venv ## run the tests that need no control plane
+unit: venv tools ## run the tests that need no control plane
 	$(PY) -m pytest -W error -m 'not integration and not e2e' $(PYTEST_ARGS)
 
-integration: venv controlplane ## run only the tests against the real control plane
+integration: venv controlplane tools ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
 lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproject.toml)
@@ -38,8 +46,14 @@ lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproj
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-manifests: venv ## regenerate the CRDs in crds/ from the pydantic models
+chart-lint: tools ## helm lint --strict the chart, with its default and its HA values
+	@helm="$$(bash hack/tools/build.sh helm 2>/dev/null)" && \
+	  "$$helm" lint --strict $(CHART) && "$$helm" lint --strict $(CHART) -f $(CHART)/values-ha.yaml
+
+manifests: venv ## regenerate the CRDs (crds/, the chart's) and README's CRD reference; refresh the chart's copies
 	$(PY) -m enumwatch manifests --output crds --readme README.md
+	$(PY) -m enumwatch manifests --output $(CHART)/crds
+	cp $(CHART_FILES) $(CHART)/files/
 
 demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py

@@ -6,8 +6,8 @@ controllers, about 1% anonymous ``Request`` events), then:
 
 1. runs the filter over every line with and without the byte-level pre-check and checks that
    both keep exactly the same lines (the pre-check must never change a result);
-2. runs the real :class:`~enumwatch.tail.Tailer` from offset 0 against a real HTTP receiver in
-   another process, and times it until the checkpoint reaches the end of the file.
+2. runs the real :class:`~enumwatch.sources.tail.Tailer` from offset 0 against a real HTTP
+   receiver in another process, and times it until the checkpoint reaches the end of the file.
 
 Run: ``.venv/bin/python bench/tail_bench.py [--size-mb 300]``.
 """
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from enumwatch.api.spec import MatchSpec
-from enumwatch.checkpoint import load_checkpoint
-from enumwatch.tail import Filter, TailConfig, Tailer, TailStats
+from enumwatch.sources.checkpoint import load_checkpoint
+from enumwatch.sources.tail import Filter, TailConfig, Tailer, TailStats
 
 _USERS = [
     "system:kube-controller-manager",

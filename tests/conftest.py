@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from enumwatch_devkit import controlplane
+from enumwatch_devkit import controlplane, upstream
 
 _skipped_integration: list[str] = []
 
@@ -59,5 +59,22 @@ def crds(control_plane: controlplane.ControlPlane) -> controlplane.ControlPlane:
         "--timeout=30s",
         "crd/enumerationdetectors.enumwatch.io",
         "crd/findings.enumwatch.io",
+    )
+    return control_plane
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(control_plane: controlplane.ControlPlane) -> controlplane.ControlPlane:
+    """The control plane with the prometheus-operator's ServiceMonitor and PrometheusRule CRDs,
+    from the prometheus-operator's own module (pinned in hack/tools/upstream.sh), established."""
+    for plural in ("servicemonitors", "prometheusrules"):
+        crd = upstream.prometheus_operator_crd(plural)
+        control_plane.kubectl("apply", "--server-side", "-f", str(crd))
+    control_plane.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
     )
     return control_plane

@@ -58,18 +58,10 @@ def ensure_binaries() -> Path:
     Build progress goes to stderr.
     """
     try:
-        script = repo.build_script()
-    except repo.RepoNotFoundError as exc:
+        lines = repo.run_script(repo.build_script(), what="building the control plane")
+    except (repo.RepoNotFoundError, repo.ScriptError) as exc:
         raise ControlPlaneError(str(exc)) from exc
-    proc = subprocess.run(
-        ["bash", str(script)], stdout=subprocess.PIPE, stderr=None, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise ControlPlaneError(
-            f"building the control plane failed (exit {proc.returncode}); "
-            f"rerun `bash {script}` to see the Go error"
-        )
-    bindir = Path(proc.stdout.strip().splitlines()[-1])
+    bindir = Path(lines[-1])
     for name in SERVERS:
         if not (bindir / name).is_file():
             raise ControlPlaneError(f"{bindir / name} was not built")

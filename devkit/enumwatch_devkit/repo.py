@@ -9,6 +9,7 @@ directory that holds ``hack/controlplane/build.sh`` (what every ``make`` target 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 #: The file that marks the root of an enumwatch checkout.
@@ -19,6 +20,10 @@ REPO_ENV = "ENUMWATCH_REPO"
 
 class RepoNotFoundError(RuntimeError):
     """No enumwatch checkout could be found; the message says how to name one."""
+
+
+class ScriptError(RuntimeError):
+    """A script of ``hack/`` failed; the message says what to rerun to see why."""
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -53,3 +58,20 @@ def audit_policy() -> Path:
 def crd_dir() -> Path:
     """The generated CRDs (``crds/``)."""
     return repo_root() / "crds"
+
+
+def run_script(script: Path, *args: str, what: str) -> list[str]:
+    """Run a bash script of ``hack/`` (its progress goes to our stderr) and return its stdout
+    lines: the scripts that build or fetch something print where it is.
+
+    ``what`` names the work in the error (e.g. "building the control plane").
+    """
+    proc = subprocess.run(
+        ["bash", str(script), *args], stdout=subprocess.PIPE, stderr=None, text=True, check=False
+    )
+    if proc.returncode != 0:
+        command = " ".join(["bash", str(script), *args])
+        raise ScriptError(
+            f"{what} failed (exit {proc.returncode}); rerun `{command}` to see why"
+        )
+    return proc.stdout.splitlines()

@@ -6,8 +6,8 @@ event at a time, so a backtest and a live detector cannot disagree.
 
 ES|QL details that matter and are reproduced here:
 
-* ``where``: username in the configured list, or (optionally) missing / null / ``""``; level in the
-  configured list, exact and case-sensitive; a missing level never matches.
+* ``where``: defined once in :mod:`enumwatch.match.matcher` (a :class:`Rule` holds the compiled
+  :class:`~enumwatch.match.matcher.Matcher` of its ``spec.match``).
 * ``case()``: the first true branch wins; a comparison with null is not true, so a missing or
   unexpected decision (``""``, ``"foo"``) falls through to the status-code branches.
 * ``stats ... by sourceIPs, userAgent``: a multi-valued ``sourceIPs`` puts the event in one group
@@ -29,17 +29,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from enumwatch.api.spec import MatchSpec, ThresholdsSpec
-from enumwatch.audit import (
+from enumwatch.audit.event import (
     AGGREGATED_FIELDS,
     F_CODE,
     F_DECISION,
+    F_GROUPS,
     F_LEVEL,
+    F_MESSAGE,
+    F_NAMESPACE,
+    F_REQUEST_URI,
+    F_RESOURCE,
     F_SOURCE_IPS,
     F_USER_AGENT,
     F_USERNAME,
+    F_VERB,
     AuditEvent,
     EventFields,
+    aggregated_values,
 )
+from enumwatch.match.matcher import Matcher
 
 AUTHZ_ALLOW = "authz_allow"
 AUTHZ_FORBID = "authz_forbid"
@@ -177,11 +185,10 @@ def _values(column: Iterable[Any]) -> tuple[Any, ...]:
     return tuple(sorted(values))
 
 
-#: Per event, the values the aggregates read and its outcome index, in this order. One tuple is
-#: shared by every event (and every group) with the same values: the table interns them.
-_VERB, _URI, _RESOURCE, _DECISION, _CODE, _MESSAGE, _NAMESPACE, _USERNAME, _GROUPS, _OUTCOME = (
-    range(10)
-)
+#: Per event, the values the aggregates read (the leading fields of its EventFields, indexed by
+#: the same F_* constants) and then its outcome index. One tuple is shared by every event (and
+#: every group) with the same values: the table interns them.
+_OUTCOME = AGGREGATED_FIELDS
 _Values = tuple[Any, ...]
 #: A group's state: the value tuples of its events (its count is their number), or ``_DEAD``.
 _Kept = list[_Values] | tuple[()]
@@ -208,10 +215,20 @@ class GroupTable:
     group when most groups hold a handful of events (a scan of many sources).
     """
 
-    __slots__ = ("_cap", "_groups", "_intern", "_rule", "_tuples", "added", "considered")
+    __slots__ = (
+        "_accepts",
+        "_cap",
+        "_groups",
+        "_intern",
+        "_rule",
+        "_tuples",
+        "added",
+        "considered",
+    )
 
     def __init__(self, rule: Rule) -> None:
         self._rule = rule
+        self._accepts = rule.matcher.accepts
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
         self._groups: dict[GroupKey, _Kept] = {}
@@ -231,43 +248,22 @@ class GroupTable:
     def add(self, event: AuditEvent) -> bool:
         """Count ``event`` in its groups if it matches the rule; return whether it did."""
         self.considered += 1
-        if not self._rule.matches(event):
+        if not self._rule.matcher.matches(event):
             return False
         self.add_matched(event)
         return True
 
     def add_matched(self, event: AuditEvent) -> None:
         """Count an event already known to match the rule (skips the ``where`` test)."""
-        self._count(
-            event.source_ips,
-            event.user_agent,
-            (
-                event.verb,
-                event.request_uri,
-                event.resource,
-                event.decision,
-                event.code,
-                event.message,
-                event.namespace,
-                event.username,
-                event.groups,
-            ),
-        )
+        self._count(event.source_ips, event.user_agent, aggregated_values(event))
 
     def add_fields(self, fields: EventFields) -> bool:
-        """:meth:`add` for an event decoded as :data:`~enumwatch.audit.EventFields` (a scan).
+        """:meth:`add` for an event decoded as :data:`~enumwatch.audit.event.EventFields` (a scan).
 
         The same test and the same counting as :meth:`add` of the equivalent event.
         """
         self.considered += 1
-        rule = self._rule
-        if fields[F_LEVEL] not in rule._levels:
-            return False
-        username = fields[F_USERNAME]
-        if username is None or username == "":
-            if not (rule._missing or username in rule._usernames):
-                return False
-        elif username not in rule._usernames:
+        if not self._accepts(fields[F_LEVEL], fields[F_USERNAME]):
             return False
         self._count(fields[F_SOURCE_IPS], fields[F_USER_AGENT], fields[:AGGREGATED_FIELDS])
         return True
@@ -397,19 +393,19 @@ class GroupTable:
                 or counts[_NOT_FOUND] >= t.not_found_at_least
             ):
                 continue
-            uris = _values(columns[_URI])
+            uris = _values(columns[F_REQUEST_URI])
             if len(uris) <= t.distinct_request_uris_above:
                 continue
-            resources = _values(columns[_RESOURCE])
+            resources = _values(columns[F_RESOURCE])
             if len(resources) <= t.distinct_resources_above:
                 continue
-            verbs = _values(columns[_VERB])
-            decisions = _values(columns[_DECISION])
-            codes = _values(columns[_CODE])
-            messages = _values(columns[_MESSAGE])
-            namespaces = _values(columns[_NAMESPACE])
-            users = _values(columns[_USERNAME])
-            groups_ = _values(name for names in set(columns[_GROUPS]) for name in names)
+            verbs = _values(columns[F_VERB])
+            decisions = _values(columns[F_DECISION])
+            codes = _values(columns[F_CODE])
+            messages = _values(columns[F_MESSAGE])
+            namespaces = _values(columns[F_NAMESPACE])
+            users = _values(columns[F_USERNAME])
+            groups_ = _values(name for names in set(columns[F_GROUPS]) for name in names)
             rows.append(
                 Row(
                     source_ip=ip,
@@ -447,25 +443,19 @@ class GroupTable:
 class Rule:
     """The seed rule with its parameters: which events it considers and when a group fires."""
 
-    __slots__ = ("_levels", "_missing", "_usernames", "match", "thresholds")
+    __slots__ = ("match", "matcher", "thresholds")
 
     def __init__(
         self, match: MatchSpec | None = None, thresholds: ThresholdsSpec | None = None
     ) -> None:
         self.match = match if match is not None else MatchSpec()
         self.thresholds = thresholds if thresholds is not None else ThresholdsSpec()
-        self._usernames = frozenset(self.match.usernames)
-        self._levels = frozenset(self.match.levels)
-        self._missing = self.match.include_missing_username
+        #: The first ``where``, compiled (see :mod:`enumwatch.match.matcher`).
+        self.matcher = Matcher(self.match)
 
     def matches(self, event: AuditEvent) -> bool:
         """The seed's first ``where``: an anonymous (or missing) username at a kept level."""
-        if event.level not in self._levels:
-            return False
-        username = event.username
-        if username is None or username == "":
-            return self._missing or username in self._usernames
-        return username in self._usernames
+        return self.matcher.matches(event)
 
     def outcome(self, event: AuditEvent) -> str:
         """The event's ``Esql.outcome`` (same as the module-level :func:`outcome`)."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-Precision = Literal["seconds", "milliseconds", "microseconds"]
+#: ``auto`` writes microseconds only when there are some (what a window bound needs to read back
+#: exactly, without padding whole seconds).
+Precision = Literal["auto", "seconds", "milliseconds", "microseconds"]
 
 
 def format_rfc3339(ts: float, precision: Precision = "milliseconds") -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from enumwatch.checkpoint import (
+from enumwatch.sources.checkpoint import (
     Checkpoint,
     CheckpointError,
     fingerprint_of,

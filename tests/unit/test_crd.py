@@ -11,6 +11,7 @@ from enumwatch.api import names
 from enumwatch.api.spec import DetectorSpec
 
 CRDS = Path(__file__).resolve().parents[2] / "crds"
+CHART_CRDS = Path(__file__).resolve().parents[2] / "charts" / "enumwatch" / "crds"
 
 
 def test_committed_crds_match_the_models() -> None:
@@ -21,6 +22,11 @@ def test_committed_crds_match_the_models() -> None:
         f"{names.DETECTOR_PLURAL}.{names.GROUP}.yaml",
         f"{names.FINDING_PLURAL}.{names.GROUP}.yaml",
     ]
+
+
+def test_the_charts_crds_are_the_same_generated_files() -> None:
+    committed = {p.name: p.read_text() for p in CHART_CRDS.iterdir()}
+    assert committed == crdgen.render(), "charts/enumwatch/crds/ drifted: run `make manifests`"
 
 
 def test_the_crds_carry_the_api_names() -> None:

@@ -6,6 +6,7 @@ client; the detectors persist to a temporary state directory, as ``--state-dir``
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -131,3 +132,40 @@ def test_the_token_bucket_allows_a_burst_then_the_rate() -> None:
     assert bucket.take(100.4) is False  # 0.8 of a token
     assert bucket.take(100.5) is True  # one token after 0.5 s at 2/s
     assert bucket.take(100.5) is False
+
+
+async def test_slow_clients_are_cut_off_and_connections_capped(tmp_path: Path) -> None:
+    server = IngestServer(
+        Detectors(),
+        IngestAuth(static_tokens=[TOKEN]),
+        is_leader=lambda: True,
+        is_ready=lambda: True,
+        max_connections=20,
+        idle_timeout=3.0,
+    )
+    await server.start("127.0.0.1", 0)
+    try:
+        # Slowloris: 30 connections that send half a request line and then trickle.
+        slow = []
+        for _ in range(30):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST /ingest HTTP/1.1\r\nHost: x\r\n")
+            await writer.drain()
+            slow.append((reader, writer))
+        for _ in range(100):  # the accepts run on this loop: let them
+            if len(server.guard.active) + server.guard.refused == 30:
+                break
+            await asyncio.sleep(0.01)
+        assert (len(server.guard.active), server.guard.refused) == (20, 10)
+        # A well-behaved client still gets through once the slow ones are cut off.
+        closed = [await asyncio.wait_for(r.read(), timeout=5) for r, _ in slow]
+        assert closed == [b""] * 30  # every slow connection was closed by the server
+        assert server.guard.timed_out == 20
+        async with aiohttp.ClientSession() as session:
+            ingest = Ingest(server, session)
+            status, answer = await ingest.items([item(1)])
+            assert (status, answer["accepted"]) == (200, 1)
+        for _, writer in slow:
+            writer.close()
+    finally:
+        await server.stop()

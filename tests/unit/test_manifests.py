@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from enumwatch import crdgen
+from enumwatch_devkit import renders
 
 REPO = Path(__file__).resolve().parents[2]
 DANGEROUS = {"secrets", "pods/exec", "pods", "nodes", "clusterroles", "roles", "configmaps"}
@@ -94,10 +94,7 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
 def _render(path: str) -> list[dict[str, Any]]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl (with its built-in kustomize) is not installed")
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(REPO / path)], capture_output=True, text=True, check=True
-    )
-    return [d for d in yaml.safe_load_all(out.stdout) if d]
+    return renders.kustomize(path)
 
 
 def _one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:

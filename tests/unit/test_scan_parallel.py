@@ -14,27 +14,29 @@ from pathlib import Path
 import orjson
 import pytest
 
-from enumwatch import scan as scan_module
 from enumwatch.api.spec import DetectorSpec, ThresholdsSpec
-from enumwatch.audit import AuditEvent, DecodeStats, Prefilter, iter_buffer_events
+from enumwatch.audit import AuditEvent, DecodeStats, iter_buffer_events
+from enumwatch.match import Matcher, Prefilter
 from enumwatch.rule import Rule
 from enumwatch.scan import (
     ScanError,
     ScanReport,
-    _Worker,
+    chunks,
     line_ranges,
+    parallel,
     read_all_buffers,
     read_range,
     scan,
     scan_files,
 )
+from enumwatch.scan.parallel import _Worker
 from enumwatch_devkit.corpus import adversarial_lines, mixed_lines, realistic_lines
 
 
 @pytest.fixture(autouse=True)
 def _split_small_files(monkeypatch: pytest.MonkeyPatch) -> None:
     # Test files are small: share them between processes anyway.
-    monkeypatch.setattr(scan_module, "PARALLEL_MIN_BYTES", 1)
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_BYTES", 1)
 
 
 def write(path: Path, lines: Iterable[bytes], *, trailing_newline: bool = True) -> Path:
@@ -64,7 +66,7 @@ def serial(paths: list[str], spec: DetectorSpec) -> ScanReport:
 def test_buffers_hold_whole_lines_whatever_the_chunk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, trailing_newline: bool
 ) -> None:
-    monkeypatch.setattr(scan_module, "_CHUNK", chunk)
+    monkeypatch.setattr(chunks, "_CHUNK", chunk)
     rng = random.Random(chunk)
     lines = [b"x" * rng.choice([0, 1, 2, 5, 9, 30, 100]) for _ in range(200)]
     path = write(tmp_path / "lines.log", lines, trailing_newline=trailing_newline)
@@ -79,7 +81,7 @@ def test_buffers_hold_whole_lines_whatever_the_chunk(
 
 
 def test_a_fifo_is_read_without_seeking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scan_module, "_CHUNK", 5)
+    monkeypatch.setattr(chunks, "_CHUNK", 5)
     data = b"".join(b"line %d\n" % i for i in range(500)) + b"last"
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
@@ -178,7 +180,7 @@ def _rule_and_events(seed: int) -> tuple[Rule, list[AuditEvent]]:
     """A rule whose groups die after 5 events, and 2,000 adversarial events."""
     spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=6))
     buffer = b"\n".join(adversarial_lines(2_000, seed=seed))
-    events = list(iter_buffer_events([buffer], DecodeStats(), Prefilter(spec.match)))
+    events = list(iter_buffer_events([buffer], DecodeStats(), Prefilter(Matcher(spec.match))))
     return Rule(spec.match, spec.thresholds), events
 
 
@@ -204,7 +206,7 @@ def test_merged_tables_equal_one_table() -> None:
 def test_tables_sent_in_parts_equal_serial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transfer_groups: int
 ) -> None:
-    monkeypatch.setattr(scan_module, "TRANSFER_GROUPS", transfer_groups)
+    monkeypatch.setattr(parallel, "TRANSFER_GROUPS", transfer_groups)
     spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=4))
     path = write(tmp_path / "adv.log", adversarial_lines(3_000, seed=12))
     expected = summary(serial([str(path)], spec))
@@ -236,7 +238,7 @@ def test_a_worker_error_reaches_the_caller(tmp_path: Path) -> None:
     worker = _Worker(
         [(str(tmp_path / "missing"), 0, 10)],
         Rule(spec.match, spec.thresholds),
-        Prefilter(spec.match),
+        Prefilter(Matcher(spec.match)),
     )
     try:
         with pytest.raises(ScanError, match="cannot read"):

@@ -15,8 +15,9 @@ import orjson
 import pytest
 
 from enumwatch.api.spec import MatchSpec
-from enumwatch.checkpoint import load_checkpoint
-from enumwatch.tail import Filter, Forwarder, TailConfig, Tailer, TailStats
+from enumwatch.sources.checkpoint import load_checkpoint
+from enumwatch.sources.forwarder import Forwarder
+from enumwatch.sources.tail import Filter, TailConfig, Tailer, TailStats
 from enumwatch_devkit.tail_receiver import Receiver, event_line, until
 
 SEED = Filter.from_specs([MatchSpec()])

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enumwatch.api.spec import MatchSpec
-from enumwatch.tail import FILTERED, KEEP, MALFORMED, Filter, TailStats
+from enumwatch.sources.tail import FILTERED, KEEP, MALFORMED, Filter, TailStats
 from enumwatch_devkit.tail_receiver import event_line
 
 SEED = Filter.from_specs([MatchSpec()])
@@ -76,7 +76,7 @@ def test_options_and_union_of_detectors() -> None:
     )
     assert decide(union, event_line(1, username="bob"))[0] == KEEP
     assert decide(union, event_line(1, level="Metadata"))[0] == KEEP
-    everything = Filter((), (), match_all=True)
+    everything = Filter.everything()
     assert decide(everything, event_line(1, username="x", level="None"))[0] == KEEP
     assert decide(everything, b"nope")[0] == MALFORMED
 
@@ -151,5 +151,5 @@ def test_prefilter_never_changes_results(lines: list[bytes]) -> None:
         slow.events_filtered + slow.lines_malformed
     )
     for line in lines:
-        if SEED.prefilter_drops(line):
+        if SEED.screens_out(line):
             assert SEED.classify(line) != KEEP, line

@@ -6,8 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from enumwatch.checkpoint import Checkpoint
-from enumwatch.tail import Follower, TailStats
+from enumwatch.sources.checkpoint import Checkpoint
+from enumwatch.sources.tail import Follower, TailStats
 
 
 def lines(n: int, start: int = 0) -> list[bytes]:

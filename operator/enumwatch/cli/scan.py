@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -33,6 +32,7 @@ from enumwatch.scan import (
     rows_to_esql,
     scan_files,
 )
+from enumwatch.timefmt import format_rfc3339
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -217,15 +217,11 @@ def _schedule(spec: DetectorSpec, interval: str | None, lookback: str | None) ->
 # Rendering
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
-
-
 def _window_dict(window: Any) -> dict[str, Any]:
     return {
-        "tick": _iso(window.tick),
-        "start": _iso(window.start),
-        "end": _iso(window.end),
+        "tick": format_rfc3339(window.tick, "auto"),
+        "start": format_rfc3339(window.start, "auto"),
+        "end": format_rfc3339(window.end, "auto"),
         "events": window.events,
         "rows": rows_to_esql(window.rows),
     }
@@ -279,7 +275,11 @@ def _print_windows(out: _Stream, windows: list[Any], fmt: str) -> None:
         out.line("no window produced rows")
     for window in windows:
         out.console().print(
-            _table(list(window.rows), f"window ({_iso(window.start)}, {_iso(window.end)}]")
+            _table(
+                list(window.rows),
+                f"window ({format_rfc3339(window.start, 'auto')}, "
+                f"{format_rfc3339(window.end, 'auto')}]",
+            )
         )
 
 

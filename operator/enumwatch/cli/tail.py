@@ -1,8 +1,9 @@
 """``enumwatch tail``: run the audit-log tailer as a sidecar next to the API server.
 
-This module only turns command-line options into a :class:`~enumwatch.tail.TailConfig` and a
-:class:`~enumwatch.tail.Filter`, sets up structured logging and signal handling, and runs the
-:class:`~enumwatch.tail.Tailer`; the behaviour lives in :mod:`enumwatch.tail`.
+This module only turns command-line options into a :class:`~enumwatch.sources.tail.TailConfig` and
+a :class:`~enumwatch.sources.tail.Filter`, sets up structured logging and signal handling, and
+runs the :class:`~enumwatch.sources.tail.Tailer`; the behaviour lives in
+:mod:`enumwatch.sources.tail`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from enumwatch import logs
 from enumwatch.api.manifest import ManifestError, load_detectors
 from enumwatch.api.names import DETECTOR_KIND
 from enumwatch.api.spec import MatchSpec, parse_duration
-from enumwatch.checkpoint import CheckpointError, load_checkpoint
+from enumwatch.sources.checkpoint import CheckpointError, load_checkpoint
 
 if TYPE_CHECKING:
-    from enumwatch.tail import Filter
+    from enumwatch.sources.tail import Filter
 
 
 def _seconds(text: str) -> float:
@@ -152,11 +153,11 @@ def _load_detector_matches(paths: list[str]) -> list[MatchSpec]:
 
 
 def build_filter(args: argparse.Namespace) -> Filter:
-    from enumwatch.tail import Filter  # aiohttp and the follower load only when tailing
-
     """Return the filter the options ask for (the seed's match set by default)."""
+    from enumwatch.sources.tail import Filter  # aiohttp and the follower load only when tailing
+
     if args.no_filter:
-        return Filter((), (), match_all=True)
+        return Filter.everything()
     if args.filter_detectors:
         return Filter.from_specs(_load_detector_matches(args.filter_detectors))
     fields: dict[str, object] = {}
@@ -171,7 +172,7 @@ def build_filter(args: argparse.Namespace) -> Filter:
 
 def run(args: argparse.Namespace) -> int:
     """Run the tailer until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
-    from enumwatch.tail import TailConfig, Tailer
+    from enumwatch.sources.tail import TailConfig, Tailer
 
     logs.configure(args.log_format, args.log_level)
     log = logging.getLogger("enumwatch.tail")

@@ -10,19 +10,22 @@ counted once.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from enumwatch.audit import AuditEvent, decode_object
 from enumwatch.controller import metrics
+from enumwatch.controller.connections import ConnectionGuard
 from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
 
@@ -146,6 +149,8 @@ class IngestServer:
         is_leader: Callable[[], bool],
         is_ready: Callable[[], bool],
         max_body: int = DEFAULT_MAX_BODY,
+        max_connections: int = 256,
+        idle_timeout: float = 30.0,
     ) -> None:
         self.detectors = detectors
         self.auth = auth
@@ -153,7 +158,7 @@ class IngestServer:
         self.is_ready = is_ready
         self.max_body = max_body
         self.seen = SeenKeys()
-        self.app = web.Application(client_max_size=max_body)
+        self.app = web.Application(client_max_size=max_body, middlewares=[self._progress])
         self.app.add_routes(
             [
                 web.post("/ingest", self.ingest),
@@ -163,23 +168,57 @@ class IngestServer:
             ]
         )
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
         self.port: int | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
-        """Listen on ``host:port`` (0: any free port, see :attr:`port`); HTTPS with a context."""
+        """Listen on ``host:port`` (0: any free port, see :attr:`port`); HTTPS with a context.
+
+        Connections go through a :class:`ConnectionGuard`: at most ``max_connections`` at once,
+        and none kept without a completed request for ``idle_timeout`` seconds.
+        """
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        assert self._runner.server is not None
+        self.guard = ConnectionGuard(
+            self._runner.server,
+            max_connections=self.max_connections,
+            idle_timeout=self.idle_timeout,
+        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self.guard, host, port, ssl=ssl_context)
+        self._sweeper = asyncio.create_task(self._sweep())
+        sockets: list[Any] = list(self._server.sockets or [])
         self.port = sockets[0].getsockname()[1] if sockets else port
         log.info("listening", extra={"address": f"{host}:{self.port}"})
 
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
+            self.guard.sweep(asyncio.get_running_loop().time())
+
     async def stop(self) -> None:
         """Stop listening."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @web.middleware
+    async def _progress(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """A request that reached a handler is progress: its connection's deadline restarts."""
+        self.guard.progress(request.transport)
+        try:
+            return await handler(request)
+        finally:
+            self.guard.progress(request.transport)
 
     @staticmethod
     def _answer(status: int, **body: object) -> web.Response:

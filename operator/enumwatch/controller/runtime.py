@@ -145,12 +145,21 @@ class Detectors:
     def offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         """Give events received at ``arrival`` to every detector, journaling them first when
         persistent; count the events that some detector refused as late or future."""
-        if self.store is not None and events and self.by_key:
-            # No detector, nothing to restore into: the journal is not written at all.
+        if self.store is not None and events:
+            # Journaled even before any detector is known: after a restart, events can arrive
+            # before kopf has told us the detectors, and the journal replays them into each.
             self.store.journal(events, arrival)
         result = self._offer(events, arrival)
         if self.store is not None and self.store.journal_full:
-            self.checkpoint()
+            if self.by_key:
+                self.checkpoint()  # fold the journal into the detectors' window state
+            else:
+                # Nothing runs to fold it into: keep the journal bounded, say what was dropped.
+                log.warning(
+                    "no detector runs: the ingest journal was emptied at its size limit",
+                    extra={"bytes": self.store.journal_bytes},
+                )
+                self.store.clear_journal()
         return result
 
     def _offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:

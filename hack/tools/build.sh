@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the tools the tests drive, helm and promtool, from their Go modules at the versions pinned
+# in hack/tools/*/go.mod, into a cache outside the repo (beside the control plane's binaries).
+# Builds only what is missing, like hack/controlplane/build.sh.
+# Usage: hack/tools/build.sh [helm|promtool]...   (default: both); prints one binary path a line.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="${XDG_CACHE_HOME:-$HOME/.cache}/enumwatch/bin"
+export GOFLAGS="${GOFLAGS:-} -mod=mod"
+pinned() {  # pinned DIR MODULE: the version DIR/go.mod requires
+  awk -v m="$2" '$1=="require" && $2==m {print $3}' "$1/go.mod"
+}
+build() {  # build NAME DIR PACKAGE VERSION TAGS LDFLAGS
+  local name="$1" dir="$2" pkg="$3" version="$4" tags="$5" ldflags="$6"
+  local out="$bin/$name-$version/$name"
+  if [[ -x "$out" ]]; then
+    echo "tools: $name cached at $out" >&2
+    echo "$out"
+    return
+  fi
+  mkdir -p "$(dirname "$out")"
+  echo "tools: building $name $version from $pkg (the first build takes a few minutes)..." >&2
+  local start=$SECONDS
+  (cd "$dir" && go build -trimpath -tags "$tags" -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+  mv "$out.tmp" "$out"
+  echo "tools: built $name in $((SECONDS - start))s" >&2
+  echo "$out"
+}
+helm() {
+  local dir="$here/helm" version k8s_minor ldflags=()
+  version="$(pinned "$dir" helm.sh/helm/v3)"
+  # What helm's own Makefile stamps: its version, and the Kubernetes version it renders for
+  # (.Capabilities.KubeVersion, lint deprecations), from the client-go it is built with.
+  k8s_minor="$(awk '$1=="k8s.io/client-go" {print $2}' "$dir/go.mod" | cut -d. -f2)"
+  ldflags+=("-X helm.sh/helm/v3/internal/version.version=$version")
+  ldflags+=("-X helm.sh/helm/v3/internal/version.gitTreeState=clean")
+  for pkg in pkg/lint/rules pkg/chartutil; do
+    ldflags+=("-X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$k8s_minor")
+  done
+  build helm "$dir" helm.sh/helm/v3/cmd/helm "$version" "" "${ldflags[*]}"
+}
+promtool() {
+  local dir="$here/promtool" module minor version
+  module="$(pinned "$dir" github.com/prometheus/prometheus)"
+  minor="$(echo "$module" | cut -d. -f2)"
+  version="v3.$((minor - 300)).$(echo "$module" | cut -d. -f3)"   # v0.316.0 is Prometheus v3.16.0
+  # remove_all_sd: leave out the service-discovery plugins (cloud SDKs), which checking and
+  # unit-testing rules never use.
+  build promtool "$dir" github.com/prometheus/prometheus/cmd/promtool "$version" remove_all_sd \
+    "-X github.com/prometheus/common/version.Version=${version#v} -X github.com/prometheus/common/version.Branch=HEAD"
+}
+tools=("$@")
+[[ ${#tools[@]} -gt 0 ]] || tools=(helm promtool)
+for tool in "${tools[@]}"; do
+  case "$tool" in
+    helm) helm ;;
+    promtool) promtool ;;
+    *) echo "tools: unknown tool '$tool' (helm, promtool)" >&2; exit 2 ;;
+  esac
+done

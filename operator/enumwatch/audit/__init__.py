@@ -1,0 +1,31 @@
+"""Audit events in: the event model (:mod:`.event`), decoders (:mod:`.decode`), Elastic exports
+(:mod:`.elastic`).
+
+The first layer above the API types: pure functions from bytes and parsed JSON to
+:class:`~enumwatch.audit.event.AuditEvent` objects or field tuples, with every line that cannot
+be decoded counted by reason. The names other layers use are importable from the package itself.
+"""
+
+from enumwatch.audit.decode import (
+    DecodeStats,
+    decode_document,
+    decode_line,
+    decode_object,
+    iter_buffer_events,
+    iter_buffer_fields,
+    iter_events,
+)
+from enumwatch.audit.event import DECISION_ANNOTATION, AuditEvent, EventFields
+
+__all__ = [
+    "DECISION_ANNOTATION",
+    "AuditEvent",
+    "DecodeStats",
+    "EventFields",
+    "decode_document",
+    "decode_line",
+    "decode_object",
+    "iter_buffer_events",
+    "iter_buffer_fields",
+    "iter_events",
+]

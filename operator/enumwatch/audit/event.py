@@ -1,0 +1,143 @@
+"""The audit event as the rule and the operator see it, and the field tuple of the scan's fast path.
+
+Everything downstream of decoding reads one of two shapes, both defined here and nowhere else:
+
+* :class:`AuditEvent`, a small frozen object (what the operator keeps in its windows and
+  persists), and
+* :data:`EventFields`, the same values as a flat tuple in the order of :data:`FIELD_NAMES`
+  (what an offline scan feeds the rule, because building an object and parsing a timestamp per
+  event is most of a decoded event's cost). The ``F_*`` indices and :data:`AGGREGATED_FIELDS` are
+  derived from that one list, so the decoder that builds the tuple, the rule that reads it and
+  :func:`aggregated_values` cannot disagree on an order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, cast
+
+#: The annotation that carries the authorizer's decision, as the apiserver writes it.
+DECISION_ANNOTATION = "authorization.k8s.io/decision"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One audit event, reduced to what the rule and the operator read.
+
+    ``None`` means missing or JSON ``null``; tuples are empty when the list was missing or null.
+    ``timestamp`` is epoch seconds (``stageTimestamp``, else ``requestReceivedTimestamp``, else
+    Elastic's ``@timestamp``), ``None`` when none was present or parseable.
+    """
+
+    audit_id: str | None = None
+    stage: str | None = None
+    timestamp: float | None = None
+    username: str | None = None
+    groups: tuple[str, ...] = ()
+    level: str | None = None
+    verb: str | None = None
+    request_uri: str | None = None
+    resource: str | None = None
+    namespace: str | None = None
+    source_ips: tuple[str, ...] = ()
+    user_agent: str | None = None
+    code: int | None = None
+    message: str | None = None
+    decision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back."""
+        return {
+            "audit_id": self.audit_id,
+            "stage": self.stage,
+            "timestamp": self.timestamp,
+            "username": self.username,
+            "groups": list(self.groups),
+            "level": self.level,
+            "verb": self.verb,
+            "request_uri": self.request_uri,
+            "resource": self.resource,
+            "namespace": self.namespace,
+            "source_ips": list(self.source_ips),
+            "user_agent": self.user_agent,
+            "code": self.code,
+            "message": self.message,
+            "decision": self.decision,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
+        """Rebuild an event from :meth:`to_dict` output (e.g. persisted window state)."""
+        ts = data.get("timestamp")
+        code = data.get("code")
+        return cls(
+            audit_id=data.get("audit_id"),
+            stage=data.get("stage"),
+            timestamp=None if ts is None else float(ts),
+            username=data.get("username"),
+            groups=tuple(data.get("groups") or ()),
+            level=data.get("level"),
+            verb=data.get("verb"),
+            request_uri=data.get("request_uri"),
+            resource=data.get("resource"),
+            namespace=data.get("namespace"),
+            source_ips=tuple(data.get("source_ips") or ()),
+            user_agent=data.get("user_agent"),
+            code=None if code is None else int(code),
+            message=data.get("message"),
+            decision=data.get("decision"),
+        )
+
+
+#: The fields of one event as a flat tuple, in this order: first what the rule's aggregates read
+#: (see :mod:`enumwatch.rule`), then what it filters and groups by, then what only an
+#: :class:`AuditEvent` carries. The names are :class:`AuditEvent` attributes, except the two raw
+#: timestamps, which the tuple keeps as the strings the event was written with (the scan's fast
+#: path parses no timestamp; an :class:`AuditEvent` holds the one it picked, as epoch seconds).
+FIELD_NAMES: tuple[str, ...] = (
+    "verb",
+    "request_uri",
+    "resource",
+    "decision",
+    "code",
+    "message",
+    "namespace",
+    "username",
+    "groups",
+    "level",
+    "source_ips",
+    "user_agent",
+    "audit_id",
+    "stage",
+    "stage_timestamp",
+    "received_timestamp",
+)
+(
+    F_VERB,
+    F_REQUEST_URI,
+    F_RESOURCE,
+    F_DECISION,
+    F_CODE,
+    F_MESSAGE,
+    F_NAMESPACE,
+    F_USERNAME,
+    F_GROUPS,
+    F_LEVEL,
+    F_SOURCE_IPS,
+    F_USER_AGENT,
+    F_AUDIT_ID,
+    F_STAGE,
+    F_STAGE_TIMESTAMP,
+    F_RECEIVED_TIMESTAMP,
+) = range(len(FIELD_NAMES))
+#: How many leading fields the rule's aggregates read (verb .. groups).
+AGGREGATED_FIELDS = F_GROUPS + 1
+EventFields = tuple[Any, ...]
+
+#: An event's first :data:`AGGREGATED_FIELDS` values, in :data:`FIELD_NAMES` order: what the rule
+#: counts of a matching :class:`AuditEvent` (the tuple a scan's decoder starts its fields with).
+aggregated_values = cast(
+    Callable[[AuditEvent], EventFields], attrgetter(*FIELD_NAMES[:AGGREGATED_FIELDS])
+)

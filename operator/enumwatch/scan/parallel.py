@@ -1,0 +1,188 @@
+"""Sharing a scan between processes: a large plain file cut into line ranges, forked workers.
+
+One process decodes an audit log at a few hundred MB/s; a machine has several cores. A large plain
+file is cut into line-aligned byte ranges (:func:`~enumwatch.scan.chunks.line_ranges`), forked
+worker processes each feed their own :class:`~enumwatch.rule.GroupTable`, and the partial tables
+are merged. The aggregates do not depend on the order of events, so the rows are exactly those
+of the serial scan (which stays the path for stdin, gzip and small files).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from stat import S_ISREG
+from typing import cast
+
+from enumwatch.api.spec import DetectorSpec
+from enumwatch.audit.decode import DecodeStats
+from enumwatch.match.prefilter import Prefilter
+from enumwatch.rule import GroupTable, Rule
+from enumwatch.scan.chunks import (
+    GZIP_MAGIC,
+    STDIN,
+    ProgressCallback,
+    line_ranges,
+    read_buffers,
+    read_range,
+)
+from enumwatch.scan.engine import ScanReport, feed, no_cyclic_gc
+from enumwatch.scan.errors import ScanError
+
+#: Below this many bytes a file is scanned in-process: forking would cost more than it saves.
+PARALLEL_MIN_BYTES = 32 << 20
+#: At most this many processes share a scan (the merge and memory grow with their number).
+MAX_WORKERS = 4
+#: A worker's table is sent in parts of this many groups, each merged before the next is sent.
+TRANSFER_GROUPS = 20_000
+
+
+def default_workers() -> int:
+    """The processes a scan uses by default: one per CPU, at most :data:`MAX_WORKERS`."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def scan_files(
+    paths: Sequence[str],
+    spec: DetectorSpec,
+    *,
+    data_stream_namespace: str | None = None,
+    limit: int | None = None,
+    progress: Callable[[str], ProgressCallback] | None = None,
+    workers: int | None = None,
+) -> ScanReport:
+    """Evaluate the detector over the files ``paths`` as one window, using ``workers`` processes.
+
+    Plain files of at least :data:`PARALLEL_MIN_BYTES` are cut into line-aligned ranges shared
+    by this process and forked workers; stdin, gzip and small files are read here. The report
+    is the same as :func:`scan` over all the files' buffers. ``progress(path)`` gives a
+    callback for a file; for a shared file it extrapolates from this process's share.
+    """
+    workers = default_workers() if workers is None else max(1, workers)
+    rule = Rule(spec.match, spec.thresholds)
+    prefilter = Prefilter(rule.matcher)
+    serial = [path for path in paths if workers == 1 or not _splittable(path)]
+    ranges = [
+        (path, start, end)
+        for path in paths
+        if path not in serial
+        for start, end in line_ranges(path, workers)
+    ]
+    # Range i goes to share i % workers: each process gets a part of every shared file.
+    shares = [ranges[i::workers] for i in range(workers)]
+    children = [_Worker(share, rule, prefilter) for share in shares[1:] if share]
+    table, stats = rule.table(), DecodeStats()
+    try:
+        with no_cyclic_gc():
+            for path in serial:
+                callback = progress(path) if progress is not None else None
+                feed(table, stats, read_buffers(path, callback), prefilter)
+            for path, start, end in shares[0]:
+                callback = progress(path) if progress is not None else None
+                buffers = read_range(path, start, end, _scaled(callback, os.path.getsize(path)))
+                feed(table, stats, buffers, prefilter)
+            for child in children:
+                child.merge_into(table, stats)
+            rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
+    finally:
+        for child in children:
+            child.close()
+    return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
+
+
+def _splittable(path: str) -> bool:
+    """Whether ``path`` is a plain regular file large enough to share between processes."""
+    if path == STDIN:
+        return False
+    try:
+        info = os.stat(path)
+        if not S_ISREG(info.st_mode) or info.st_size < PARALLEL_MIN_BYTES:
+            return False
+        with open(path, "rb") as stream:
+            return stream.read(2) != GZIP_MAGIC
+    except OSError:
+        return False  # the serial path reports it
+
+
+def _scaled(progress: ProgressCallback | None, size: int) -> ProgressCallback | None:
+    """Report a range's progress as the whole file's: all ranges advance at about one pace."""
+    if progress is None:
+        return None
+
+    def update(done: int, total: int | None) -> None:
+        progress(done * size // total if total else size, size)
+
+    return update
+
+
+class _Worker:
+    """A forked process scanning some line ranges into its own table, sent back by pipe.
+
+    Forked, not spawned: the child starts with the modules and the rule already loaded, and
+    the parent's pages are shared until written.
+    """
+
+    def __init__(self, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter):
+        context = multiprocessing.get_context("fork")
+        self._receiver, sender = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_work, args=(sender, share, rule, prefilter), daemon=True
+        )
+        self._process.start()
+        sender.close()
+
+    def merge_into(self, table: GroupTable, stats: DecodeStats) -> None:
+        """Merge the worker's table and counts into these; raise its error as :class:`ScanError`.
+
+        The table arrives in parts (see :meth:`GroupTable.split`), each merged before the next
+        is received.
+        """
+        while (outcome := self._receive()) is not None:
+            if isinstance(outcome, DecodeStats):
+                stats.merge(outcome)
+            else:
+                table.merge(cast(GroupTable, outcome))
+            del outcome  # let a merged part go before the next one comes in
+
+    def _receive(self) -> object:
+        try:
+            outcome = self._receiver.recv()
+        except EOFError:
+            self._process.join()
+            raise ScanError(
+                f"a scan worker process died (exit status {self._process.exitcode}); "
+                "retry with --jobs 1 if memory is short"
+            ) from None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def close(self) -> None:
+        """Stop the worker if it still runs (the scan failed or was interrupted) and reap it."""
+        self._receiver.close()
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join()
+
+
+def _work(
+    sender: Connection, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter
+) -> None:
+    """The body of a :class:`_Worker`: scan ``share``, send the stats, the table in parts of
+    :data:`TRANSFER_GROUPS` groups and ``None``; or send the error."""
+    try:
+        table, stats = rule.table(), DecodeStats()
+        with no_cyclic_gc():
+            for path, start, end in share:
+                feed(table, stats, read_range(path, start, end), prefilter)
+            sender.send(stats)
+            for part in table.split(TRANSFER_GROUPS):
+                sender.send(part)
+            sender.send(None)
+    except ScanError as exc:
+        sender.send(exc)
+    except BaseException as exc:  # anything else, reported in words (it may not pickle)
+        sender.send(ScanError(f"scan worker failed: {type(exc).__name__}: {exc}"))
+    sender.close()

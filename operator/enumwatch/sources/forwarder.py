@@ -1,0 +1,435 @@
+"""Shipping a source's events to the operator: batches, a bounded buffer, retries, checkpoints.
+
+Every source (the tailer following a file, the managed-cluster collectors polling a cloud log
+API) reads raw audit events from somewhere that remembers them, and must deliver them to the
+operator's ``/ingest`` as ``audit.k8s.io/v1`` ``EventList`` bodies without losing one and
+without holding an unbounded backlog in memory. Two parts do that for all of them:
+
+* :class:`Forwarder` delivers one batch: it POSTs it until the operator gives a final answer,
+  with capped exponential backoff, the bearer token re-read on every attempt, and a batch split
+  in halves when the operator says it is too large.
+* :class:`Outbox` stands between a source's read loop and the :class:`Forwarder`: it cuts the
+  events into batches (by count, or after a short wait), sends them one at a time in order,
+  bounds how many wait (the source pauses reading when it is full: the log it reads from is the
+  real buffer), and after each acknowledgement hands the batch's end *position* back to the
+  source to persist. A position is an opaque token chosen by the source (a
+  :class:`~enumwatch.sources.checkpoint.Checkpoint` in a file for the tailer, a cursor or an
+  offset for a collector), so a source's checkpoint never runs ahead of what the operator
+  accepted. The operator de-duplicates by ``(auditID, stage)``, which covers the one window
+  left: a crash between an acknowledgement and the checkpoint write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Generic, TypeVar
+
+import aiohttp
+
+_log = logging.getLogger("enumwatch.forwarder")
+
+#: A source's position: where to resume once everything before it is delivered.
+Position = TypeVar("Position")
+#: What a source attaches to each event to build its position from, only when one is needed.
+Mark = TypeVar("Mark")
+
+
+@dataclass(slots=True)
+class ForwardStats:
+    """What forwarding counted: a source's stats extend these with its own counters."""
+
+    events_forwarded: int = 0
+    events_rejected: int = 0
+    batches_sent: int = 0
+    retries: int = 0
+    auth_failures: int = 0
+    splits: int = 0
+    checkpoints_written: int = 0
+    #: Longest time (microseconds) between an acknowledgement arriving and the checkpoint after
+    #: it being on disk: the only moment a crash makes the next run send a batch again.
+    ack_to_checkpoint_max_us: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """Return the counters as a plain dict (for structured logs and tests)."""
+        return asdict(self)
+
+
+_LIST_HEAD = b'{"apiVersion":"audit.k8s.io/v1","kind":"EventList","items":['
+_LIST_TAIL = b"]}"
+
+
+def encode_event_list(events: Sequence[bytes]) -> bytes:
+    """Wrap raw, already validated JSON event objects in an ``audit.k8s.io/v1`` EventList."""
+    return _LIST_HEAD + b",".join(events) + _LIST_TAIL
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """What became of one batch: events acknowledged, events refused for good, and whether the
+    outcome is final (False when the caller gave up waiting, e.g. at shutdown)."""
+
+    delivered: int = 0
+    rejected: int = 0
+    complete: bool = True
+    acked_at: float = 0.0  #: time.monotonic() when the last acknowledgement arrived
+
+    def __add__(self, other: DeliveryResult) -> DeliveryResult:
+        return DeliveryResult(
+            self.delivered + other.delivered,
+            self.rejected + other.rejected,
+            self.complete and other.complete,
+            max(self.acked_at, other.acked_at),
+        )
+
+
+class _Backoff:
+    """Capped exponential waits with jitter between attempts, cut short by ``give_up``."""
+
+    __slots__ = ("attempt", "delay", "give_up", "maximum")
+
+    def __init__(self, initial: float, maximum: float, give_up: asyncio.Event | None) -> None:
+        self.attempt = 1
+        self.delay = initial
+        self.maximum = maximum
+        self.give_up = give_up
+
+    async def wait(self) -> bool:
+        """Wait before the next attempt; ``False`` if ``give_up`` was set meanwhile."""
+        wait = self.delay * random.uniform(0.8, 1.0)
+        if self.give_up is None:
+            await asyncio.sleep(wait)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.give_up.wait(), wait)
+            if self.give_up.is_set():
+                return False
+        self.delay = min(self.delay * 2, self.maximum)
+        self.attempt += 1
+        return True
+
+
+class Forwarder:
+    """POSTs EventLists to the operator's ingest endpoint until they are acknowledged.
+
+    2xx: delivered. 413: the batch is split in halves (a single event that is still too large is
+    rejected). 401/403: logged as an authentication problem and retried (the token file is read
+    again on every attempt, so a rotated token is picked up). 408/429/5xx, refused connections
+    and timeouts: retried. Other 4xx: logged and counted as rejected, not retried. Retries wait
+    with exponential backoff (with jitter) capped at ``backoff_max`` seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token_file: str | None = None,
+        stats: ForwardStats | None = None,
+        timeout: float = 10.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        log: logging.Logger = _log,
+    ) -> None:
+        self.url = url
+        self.token_file = token_file
+        self.stats = stats if stats is not None else ForwardStats()
+        self.timeout = timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        #: The source's logger: what the forwarder logs is about that source.
+        self.log = log
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Forwarder:
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+            connector=aiohttp.TCPConnector(limit=4),
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def deliver(
+        self, events: Sequence[bytes], give_up: asyncio.Event | None = None
+    ) -> DeliveryResult:
+        """Deliver ``events`` as one EventList (or several after 413); retry until final.
+
+        Returns early with ``complete=False`` when ``give_up`` is set while waiting to retry.
+        """
+        if not events:
+            return DeliveryResult()
+        body = encode_event_list(events)
+        backoff = _Backoff(self.backoff_initial, self.backoff_max, give_up)
+        while True:
+            status, detail, arrived = await self._post(body)
+            if status is not None and 200 <= status < 300:
+                return self._acknowledged(events, arrived)
+            if status == 413:
+                return await self._split(events, len(body), give_up)
+            if status in (401, 403):
+                self._credentials_refused(status, detail, backoff)
+            elif status is not None and 400 <= status < 500 and status not in (408, 429):
+                return self._rejected(events, status, detail)
+            else:
+                self._unreachable(status, detail, backoff)
+            self.stats.retries += 1
+            if not await backoff.wait():
+                return DeliveryResult(complete=False)
+
+    # -- one attempt -------------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str] | None:
+        headers = {"Content-Type": "application/json"}
+        if self.token_file:
+            try:
+                with open(self.token_file, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError as exc:
+                self.log.error(
+                    "cannot read the token file; will retry",
+                    extra={"token_file": self.token_file, "error": str(exc)},
+                )
+                return None
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    async def _post(self, body: bytes) -> tuple[int | None, str, float]:
+        """POST once: (status or None, detail, monotonic time the status arrived)."""
+        assert self._session is not None, "use 'async with Forwarder(...)'"
+        headers = self._headers()
+        if headers is None:
+            return None, "token file unreadable", 0.0
+        try:
+            async with self._session.post(self.url, data=body, headers=headers) as resp:
+                arrived = time.monotonic()
+                text = (await resp.content.read(512)).decode("utf-8", "replace")
+                return resp.status, text, arrived
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return None, f"{type(exc).__name__}: {exc}", 0.0
+
+    # -- what an answer means ----------------------------------------------------------------------
+
+    def _acknowledged(self, events: Sequence[bytes], arrived: float) -> DeliveryResult:
+        self.stats.batches_sent += 1
+        self.stats.events_forwarded += len(events)
+        return DeliveryResult(delivered=len(events), acked_at=arrived)
+
+    async def _split(
+        self, events: Sequence[bytes], size: int, give_up: asyncio.Event | None
+    ) -> DeliveryResult:
+        """Too large (413): deliver each half on its own, or skip a single event."""
+        if len(events) == 1:
+            self.stats.events_rejected += 1
+            self.log.error(
+                "operator refused a single event as too large (413); skipped it",
+                extra={"url": self.url, "bytes": size},
+            )
+            return DeliveryResult(rejected=1)
+        self.stats.splits += 1
+        half = len(events) // 2
+        first = await self.deliver(events[:half], give_up)
+        if not first.complete:
+            return first
+        return first + await self.deliver(events[half:], give_up)
+
+    def _rejected(self, events: Sequence[bytes], status: int, detail: str) -> DeliveryResult:
+        self.stats.events_rejected += len(events)
+        self.log.error(
+            "operator rejected a batch; not retrying it",
+            extra={"url": self.url, "status": status, "events": len(events), "detail": detail},
+        )
+        return DeliveryResult(rejected=len(events))
+
+    def _credentials_refused(self, status: int, detail: str, backoff: _Backoff) -> None:
+        self.stats.auth_failures += 1
+        self.log.error(
+            "operator refused the tailer's credentials; check --token-file and the "
+            "operator's ingest token; retrying",
+            extra={"url": self.url, "status": status, "attempt": backoff.attempt,
+                   "detail": detail},
+        )
+
+    def _unreachable(self, status: int | None, detail: str, backoff: _Backoff) -> None:
+        self.log.warning(
+            "operator unreachable or failing; retrying with backoff",
+            extra={"url": self.url, "status": status, "attempt": backoff.attempt,
+                   "detail": detail, "retry_in": round(backoff.delay, 3)},
+        )
+
+
+@dataclass(slots=True)
+class _Batch(Generic[Position]):
+    """Events to send, and the position the source may resume from once they are sent."""
+
+    events: list[bytes] = field(default_factory=list)
+    end: Position | None = None
+
+
+class Outbox(Generic[Position]):
+    """Batches a source's events for a :class:`Forwarder`; hands positions back once acknowledged.
+
+    The source's read loop calls, synchronously:
+
+    * :meth:`add` with the events it keeps, each with a *mark* of where it ends (cheap, e.g. a
+      byte offset) and a function turning a mark into a :data:`Position`, called only where a
+      batch is cut;
+    * :meth:`consumed` with the position after everything it has handled (kept or dropped), so
+      that stretches with nothing to send move the checkpoint too;
+    * :meth:`flush_due` on every turn (a partial batch goes after ``batch_wait`` seconds), and
+      :meth:`flush` at the end;
+    * :attr:`full` before reading more: while it is true the source waits
+      (:meth:`wait_for_room`) instead of reading, so memory stays bounded by ``buffer_limit``
+      events.
+
+    :meth:`start` sends the batches in order; after each acknowledgement ``commit(position)``
+    persists the batch's end. :meth:`close` waits a bounded time for the rest.
+    """
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        commit: Callable[[Position], None],
+        *,
+        start: Position | None,
+        batch_size: int,
+        batch_wait: float,
+        buffer_limit: int,
+    ) -> None:
+        self._forwarder = forwarder
+        self._commit = commit
+        self._stats = forwarder.stats
+        self._batch_size = batch_size
+        self._batch_wait = batch_wait
+        self._buffer_limit = buffer_limit
+        self._batch: _Batch[Position] = _Batch()
+        self._started = 0.0  # when the current batch got its first event
+        self._last_flush = time.monotonic()
+        self._consumed = start  # the source has handled everything before this
+        self._marked = start  # the end of the last batch queued
+        self._pending = 0
+        self._queue: asyncio.Queue[_Batch[Position] | None] = asyncio.Queue()
+        self._space = asyncio.Event()
+        self._give_up = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events queued but not yet acknowledged by the operator."""
+        return self._pending
+
+    @property
+    def full(self) -> bool:
+        """Whether ``buffer_limit`` events are waiting: the source must stop reading."""
+        return self._pending + len(self._batch.events) >= self._buffer_limit
+
+    # -- the source's side -------------------------------------------------------------------------
+
+    def add(
+        self, events: Iterable[tuple[bytes, Mark]], position_of: Callable[[Mark], Position]
+    ) -> None:
+        """Queue ``events`` (raw JSON objects), each with the mark of where it ends."""
+        batch = self._batch
+        for event, mark in events:
+            if not batch.events:
+                self._started = time.monotonic()
+            batch.events.append(event)
+            if len(batch.events) >= self._batch_size:
+                batch.end = position_of(mark)
+                self._marked = batch.end
+                self._enqueue(batch)
+                batch = self._batch = _Batch()
+
+    def consumed(self, position: Position) -> None:
+        """The source has handled everything before ``position`` (sent, queued or dropped)."""
+        self._consumed = position
+
+    def flush_due(self) -> None:
+        """Queue the partial batch once it waited ``batch_wait``, or, with nothing to send, the
+        position after what was dropped since the last batch."""
+        now = time.monotonic()
+        if self._batch.events:
+            if now - self._started >= self._batch_wait:
+                self._cut(now)
+        elif self._consumed != self._marked and now - self._last_flush >= self._batch_wait:
+            self._cut(now)
+
+    def flush(self) -> None:
+        """Queue whatever is left (the source stops)."""
+        if self._batch.events or self._consumed != self._marked:
+            self._cut(time.monotonic())
+
+    def next_flush_in(self, longest: float) -> float:
+        """How long the source may wait for new events before :meth:`flush_due` has work."""
+        if not self._batch.events:
+            return longest
+        return min(longest, max(0.0, self._started + self._batch_wait - time.monotonic()))
+
+    async def wait_for_room(self, timeout: float) -> None:
+        """Wait until an acknowledgement frees room, at most ``timeout`` seconds."""
+        self._space.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._space.wait(), timeout)
+
+    def _cut(self, now: float) -> None:
+        batch = self._batch
+        batch.end = self._consumed
+        self._marked = self._consumed
+        self._enqueue(batch)
+        self._batch = _Batch()
+        self._last_flush = now
+
+    def _enqueue(self, batch: _Batch[Position]) -> None:
+        self._pending += len(batch.events)
+        self._queue.put_nowait(batch)
+
+    # -- the operator's side -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start sending the queued batches, in order (a task on the running loop)."""
+        self._sender = asyncio.create_task(self._send_loop())
+
+    async def close(self, timeout: float) -> None:
+        """Send what is queued, waiting at most ``timeout`` seconds for its acknowledgements.
+
+        After that it gives up: what was not acknowledged stays after the last committed
+        position, and is sent again by the next run.
+        """
+        sender = self._sender
+        assert sender is not None, "close() without start()"
+        self._queue.put_nowait(None)
+        done, _ = await asyncio.wait({sender}, timeout=timeout)
+        if not done:
+            self._forwarder.log.warning(
+                "operator did not acknowledge everything before the shutdown timeout; "
+                "the rest stays in the log and is sent after restart",
+                extra={"pending_events": self._pending},
+            )
+            self._give_up.set()
+            await sender
+
+    async def _send_loop(self) -> None:
+        stats = self._stats
+        while (batch := await self._queue.get()) is not None:
+            result = await self._forwarder.deliver(batch.events, self._give_up)
+            if not result.complete:
+                return
+            if batch.end is not None:
+                self._commit(batch.end)
+                stats.checkpoints_written += 1
+                if result.acked_at:
+                    window = int((time.monotonic() - result.acked_at) * 1e6)
+                    stats.ack_to_checkpoint_max_us = max(stats.ack_to_checkpoint_max_us, window)
+            self._pending -= len(batch.events)
+            self._space.set()

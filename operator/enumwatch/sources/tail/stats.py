@@ -1,0 +1,27 @@
+"""The tailer's counters: what forwarding counted, plus what following and filtering the file saw.
+
+One flat object, logged periodically and printed at shutdown, so that an operator reading the
+sidecar's logs sees in one line whether lines are read, kept, malformed, lost to rotation, or
+waiting for the operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from enumwatch.sources.forwarder import ForwardStats
+
+
+@dataclass(slots=True)
+class TailStats(ForwardStats):
+    """Counters of one tailer run; logged periodically and printed at shutdown."""
+
+    lines_read: int = 0
+    bytes_read: int = 0
+    events_filtered: int = 0
+    lines_malformed: int = 0
+    partial_lines_dropped: int = 0
+    rotations: int = 0
+    truncations: int = 0
+    overflow_files_lost: int = 0
+    backpressure_pauses: int = 0
