@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -24,11 +23,13 @@ from pydantic import ValidationError
 
 from enumwatch import logs
 from enumwatch.api.manifest import ManifestError
-from enumwatch.api.spec import MatchSpec
-from enumwatch.cli.tail import _load_detector_matches, _positive_int, _seconds
-
-if TYPE_CHECKING:
-    from enumwatch.sources.tail.filter import Filter
+from enumwatch.cli.forwarding import (
+    add_batching_options,
+    add_filter_options,
+    add_log_options,
+    build_filter,
+    seconds,
+)
 
 #: What collect keeps by default: the seed's usernames at every level the providers record
 #: anonymous requests at (Metadata included: README "The audit level on managed clusters").
@@ -89,56 +90,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument("--ingest-token-file", metavar="FILE",
                    help="bearer token file (re-read on every retry)")
-    p.add_argument("--batch-size", type=_positive_int, default=500,
-                   help="events per POST at most (default 500)")
-    p.add_argument("--batch-wait", type=_seconds, default=0.5,
-                   help="send a partial batch after this long (default 0.5s)")
-    p.add_argument("--buffer-limit", type=_positive_int, default=20_000,
-                   help="events held in memory at most; reading pauses beyond (default 20000)")
-    p.add_argument("--poll-interval", type=_seconds, default=2.0,
-                   help="how often to look for new records when there were none (default 2s)")
-    p.add_argument("--backoff-max", type=_seconds, default=10.0,
-                   help="longest wait between retries of a POST (default 10s)")
-    p.add_argument("--source-backoff-max", type=_seconds, default=30.0,
+    add_batching_options(p, batch_wait=0.5, poll_interval=2.0,
+                         poll_help="how often to look for new records when there were none")
+    p.add_argument("--source-backoff-max", type=seconds, default=30.0,
                    help="longest wait between retries of an unreachable source (default 30s)")
-    p.add_argument("--request-timeout", type=_seconds, default=10.0,
-                   help="timeout of one POST (default 10s)")
-    p.add_argument("--shutdown-timeout", type=_seconds, default=5.0,
-                   help="on SIGTERM, how long to try delivering what is buffered (default 5s)")
-    p.add_argument("--stats-interval", type=_seconds, default=30.0,
-                   help="log the counters this often (default 30s)")
-    match = p.add_mutually_exclusive_group()
-    match.add_argument("--filter-detectors", nargs="+", metavar="MANIFEST",
-                       help="keep what any of these EnumerationDetector manifests could match")
-    match.add_argument("--no-filter", action="store_true",
-                       help="forward every well-formed event")
-    p.add_argument("--match-usernames", nargs="+", metavar="NAME",
-                   help="usernames treated as anonymous (default: the seed's)")
-    p.add_argument("--match-levels", nargs="+", metavar="LEVEL",
-                   help="audit levels kept (default: " + ", ".join(DEFAULT_LEVELS) + ")")
-    p.add_argument("--no-match-missing-username", action="store_true",
-                   help="do not keep events with a missing, null or empty username")
-    p.add_argument("--log-format", choices=("json", "text"), default="json",
-                   help="log format (default json)")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-                   help="log level (default INFO)")
+    add_filter_options(p, levels_help="audit levels kept (default: " + ", ".join(DEFAULT_LEVELS)
+                       + ")")
+    add_log_options(p)
     p.set_defaults(func=run)
-
-
-def build_filter(args: argparse.Namespace) -> Filter:
-    """The filter the options ask for (the seed's usernames at every level by default)."""
-    from enumwatch.sources.tail.filter import Filter
-
-    if args.no_filter:
-        return Filter.everything()
-    if args.filter_detectors:
-        return Filter.from_specs(_load_detector_matches(args.filter_detectors))
-    fields: dict[str, object] = {"levels": args.match_levels or DEFAULT_LEVELS}
-    if args.match_usernames is not None:
-        fields["usernames"] = args.match_usernames
-    if args.no_match_missing_username:
-        fields["include_missing_username"] = False
-    return Filter.from_specs([MatchSpec.model_validate(fields)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = default_checkpoint(args.source)
         os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
     try:
-        filt = build_filter(args)
+        filt = build_filter(args, default_levels=DEFAULT_LEVELS)
     except (ManifestError, ValueError, ValidationError, OSError, yaml.YAMLError) as exc:
         log.error("cannot start the collector: %s", exc)
         return 2

@@ -26,11 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from enumwatch.sources.forwarder import Forwarder, ForwardStats, Outbox
-from enumwatch.sources.tail.filter import KEEP, MALFORMED, Filter
-
 from enumwatch.sources.collect.records import FOREIGN, SkippedRecord
 from enumwatch.sources.collect.source import Page, Source, SourceUnavailable
+from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
+from enumwatch.sources.tail.filter import KEEP, MALFORMED, Filter
 
 log = logging.getLogger("enumwatch.collect")
 
@@ -49,23 +48,14 @@ class CollectStats(ForwardStats):
     backpressure_pauses: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class CollectConfig:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CollectConfig(ForwardConfig):
     """How the collector forwards and paces (the CLI's options; the source has its own)."""
 
-    forward_url: str
-    token_file: str | None = None
-    batch_size: int = 500
     batch_wait: float = 0.5
-    buffer_limit: int = 20_000
     poll_interval: float = 2.0
-    request_timeout: float = 10.0
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
     source_backoff_max: float = 30.0
     error_log_interval: float = 60.0
-    stats_interval: float = 30.0
-    shutdown_timeout: float = 5.0
 
 
 @dataclass
@@ -110,36 +100,15 @@ class Collector(Generic[P]):
     async def run(self) -> CollectStats:
         """Run until :meth:`stop`; return the counters."""
         cfg = self.config
-        forwarder = Forwarder(
-            cfg.forward_url,
-            token_file=cfg.token_file,
-            stats=self.stats,
-            timeout=cfg.request_timeout,
-            backoff_initial=cfg.backoff_initial,
-            backoff_max=cfg.backoff_max,
-            log=log,
-        )
         log.info("collector started", extra={"source": self.source.description,
                                              "forward": cfg.forward_url})
         try:
-            async with forwarder:
-                outbox = self._outbox = Outbox(
-                    forwarder,
-                    self._commit,
-                    start=self.source.position,
-                    batch_size=cfg.batch_size,
-                    batch_wait=cfg.batch_wait,
-                    buffer_limit=cfg.buffer_limit,
-                )
-                outbox.start()
-                reporter = asyncio.create_task(self._report_loop())
-                try:
-                    await self._read_loop(outbox)
-                finally:
-                    await outbox.close(cfg.shutdown_timeout)
-                    reporter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await reporter
+            async with forwarding(
+                cfg, self._commit, start=self.source.position, stats=self.stats, log=log,
+                stats_message="collector stats",
+            ) as outbox:
+                self._outbox = outbox
+                await self._read_loop(outbox)
         finally:
             await self.source.close()
         log.info("collector stopped", extra=self.stats.as_dict())
@@ -153,7 +122,7 @@ class Collector(Generic[P]):
                 self._paused = False
                 page = await self._read()
                 if page is None:
-                    await self._idle(outbox)
+                    await outbox.idle(self._stopping, self.config.poll_interval)
                 else:
                     self._forward(page, outbox)
                     await asyncio.sleep(0)
@@ -213,12 +182,6 @@ class Collector(Generic[P]):
         outbox.add(kept, page.position_of)
         outbox.consumed(page.end)
 
-    async def _idle(self, outbox: Outbox[P]) -> None:
-        """Nothing new: wait for the next poll, a stop, or the partial batch's deadline."""
-        wait = outbox.next_flush_in(self.config.poll_interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), wait)
-
     async def _pause(self, outbox: Outbox[P]) -> None:
         """The outbox is full: stop reading (the provider keeps the records) until room."""
         if not self._paused:
@@ -264,9 +227,3 @@ class Collector(Generic[P]):
 
     def _commit(self, position: P) -> None:
         self.source.commit(position)
-
-    async def _report_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.stats_interval)
-            log.info("collector stats", extra={**self.stats.as_dict(),
-                                               "pending_events": self.pending_events})
