@@ -178,6 +178,7 @@ def main() -> int:
         try:
             for name in args.only:
                 start, fill = SOURCES[name]
+                (workdir / name).mkdir()
                 emulator = start(workdir / name)
                 saved = {key: os.environ.get(key) for key in emulator.env}
                 os.environ.update(emulator.env)
