@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from enumwatch.controller import metrics
@@ -69,16 +70,11 @@ class LeaseElector:
                 "metadata": {"name": self.name, "namespace": self.namespace},
                 "spec": self._spec(0, None),
             }
-            try:
-                await self.client.create(
+            return await self._claim(
+                self.client.create(
                     namespaced_path("coordination.k8s.io", "v1", self.namespace, "leases"), body
                 )
-            except ApiError as exc:
-                if exc.status == 409:
-                    return False
-                raise
-            self.holder = self.identity
-            return True
+            )
         spec = current.get("spec", {})
         holder = spec.get("holderIdentity") or None
         self.holder = holder
@@ -94,8 +90,13 @@ class LeaseElector:
         current["spec"] = self._spec(
             transitions, spec.get("acquireTime") if holder == self.identity else None
         )
+        return await self._claim(self.client.replace(self._path, current))
+
+    async def _claim(self, write: Awaitable[Any]) -> bool:
+        """Send the write that makes this instance the holder; ``False`` if another won the race
+        (the API server answered 409: the Lease changed since it was read)."""
         try:
-            await self.client.replace(self._path, current)
+            await write
         except ApiError as exc:
             if exc.status == 409:
                 return False
