@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# enumwatch image: one image for the operator (`enumwatch run`) and the tailer (`enumwatch tail`).
+# enumwatch image: one image for the operator (`enumwatch run`), the tailer (`enumwatch tail`) and
+# the managed-cluster collector (`enumwatch collect`, with the eks, gke and aks extras).
 #
 #   docker build -t enumwatch:0.1.0 .
 #
@@ -14,7 +15,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN python -m pip wheel --wheel-dir /wheels .
+RUN python -m pip wheel --wheel-dir /wheels ".[eks,gke,aks]"
 
 FROM ${PYTHON_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -22,7 +23,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # The runtime user has a passwd entry: kopf names its peering identity after getpass.getuser(),
 # which fails for a uid that /etc/passwd does not know ("getpwuid(): uid not found").
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --no-index --find-links=/wheels enumwatch \
+    python -m pip install --no-index --find-links=/wheels "enumwatch[eks,gke,aks]" \
  && python -m pip uninstall --yes pip setuptools wheel \
  && groupadd --system --gid 65532 enumwatch \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \

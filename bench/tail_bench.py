@@ -134,7 +134,8 @@ async def bench_tailer(path: Path, workdir: Path, url: str) -> tuple[float, Tail
     return elapsed, await task
 
 
-_RECEIVER = """
+#: A minimal ingest endpoint (another process): counts the events it is sent, answers 200.
+RECEIVER = """
 import sys
 from aiohttp import web
 count = 0
@@ -173,7 +174,7 @@ def main() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        receiver = subprocess.Popen([sys.executable, "-c", _RECEIVER, str(port)])
+        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
         try:
             time.sleep(0.5)
             url = f"http://127.0.0.1:{port}/ingest"

@@ -173,13 +173,13 @@ async def _in_cluster() -> Credentials:
 
     token_file = str(SA_DIR / "token")
     configuration = Configuration()
-    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
+    loader = InClusterConfigLoader(  # type: ignore[no-untyped-call, unused-ignore]
         token_filename=token_file,
         cert_filename=str(SA_DIR / "ca.crt"),
         environ={"KUBERNETES_SERVICE_PORT": "443", **os.environ},
     )
     try:
-        loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
+        loader.load_and_set(configuration)  # type: ignore[no-untyped-call, unused-ignore]
     except ConfigException as exc:
         raise ConfigError(f"in-cluster service account {SA_DIR}: {exc}") from exc
     return Credentials(await _connection_info(configuration), token_file=token_file)
@@ -201,7 +201,7 @@ class _Kubeconfig:
         try:
             if again or self._loader is None or self._configuration is None:
                 self._configuration = Configuration()
-                self._loader = await load_kube_config(  # type: ignore[no-untyped-call]
+                self._loader = await load_kube_config(  # type: ignore[no-untyped-call, unused-ignore]
                     config_file=self.path,
                     client_configuration=self._configuration,
                     persist_config=False,

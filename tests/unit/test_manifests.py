@@ -144,7 +144,10 @@ def test_the_base_holds_every_piece() -> None:
             assert doc["metadata"]["namespace"] == "enumwatch-system", doc["metadata"]["name"]
 
 
-@pytest.mark.parametrize("path", ["manifests", "manifests/overlays/ha"])
+@pytest.mark.parametrize(
+    "path",
+    ["manifests", *(f"manifests/overlays/{p}" for p in ("ha", "eks", "gke", "aks"))],
+)
 def test_rbac_has_no_wildcards_and_nothing_dangerous(path: str) -> None:
     for doc in _render(path):
         if doc["kind"] not in ("ClusterRole", "Role"):
@@ -256,3 +259,63 @@ def test_the_audit_webhook_example_is_a_kubeconfig_for_the_operator_service() ->
     assert server.startswith("https://") and server.endswith(":8080/ingest")
     assert doc["clusters"][0]["cluster"]["certificate-authority"]
     assert doc["users"][0]["user"]["tokenFile"]
+
+
+# (overlay, --source scheme, ServiceAccount annotation of the provider identity, checkpoint flag)
+MANAGED = [
+    ("eks", "cloudwatch://", "eks.amazonaws.com/role-arn", True),
+    ("gke", "pubsub://", "iam.gke.io/gcp-service-account", False),
+    ("aks", "azblob://", "azure.workload.identity/client-id", True),
+]
+
+
+@pytest.mark.parametrize(("provider", "scheme", "identity", "checkpoint"), MANAGED,
+                         ids=[m[0] for m in MANAGED])
+def test_a_managed_overlay_collects_instead_of_tailing(
+    provider: str, scheme: str, identity: str, checkpoint: bool
+) -> None:
+    docs = _render(f"manifests/overlays/{provider}")
+    assert not [d for d in docs if d["kind"] == "DaemonSet"], "no tailer on a managed cluster"
+    assert not [d for d in docs if d["metadata"]["name"] == "enumwatch-tailer"]
+    labels = _one(docs, "Namespace", "enumwatch-system")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # The operator as in the HA overlay, accepting exactly the collector's identity.
+    deploy = _one(docs, "Deployment", "enumwatch")
+    assert deploy["spec"]["replicas"] > 1
+    assert set(_containers(deploy)) == {"operator"}
+    assert _allowed_users(deploy) == {"system:serviceaccount:enumwatch-system:enumwatch-collect"}
+    # One collector, hardened, non-root, with the provider's identity on its ServiceAccount.
+    collect = _one(docs, "Deployment", "enumwatch-collect")
+    assert collect["spec"]["replicas"] == 1
+    assert collect["spec"]["strategy"] == {"type": "Recreate"}
+    spec = collect["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "enumwatch-collect"
+    container = _containers(collect)["collect"]
+    _assert_hardened(container)
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert container["image"] == "enumwatch:0.1.0"
+    args = container["args"]
+    assert args[0] == "collect"
+    sources = [a for a in args if a.startswith("--source=")]
+    assert len(sources) == 1 and sources[0].startswith("--source=" + scheme)
+    assert "--ingest-url=http://enumwatch.enumwatch-system.svc:8080/ingest" in args
+    assert "--ingest-token-file=/var/run/secrets/enumwatch/ingest/token" in args
+    assert any(a.startswith("--checkpoint=/var/lib/enumwatch/") for a in args) is checkpoint
+    token = next(v for v in spec["volumes"] if v["name"] == "ingest-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == (
+        "enumwatch-ingest"
+    )
+    account = _one(docs, "ServiceAccount", "enumwatch-collect")
+    assert identity in account["metadata"]["annotations"]
+    assert account["automountServiceAccountToken"] is False
+    # The detector counts Metadata: the provider records anonymous requests there (README).
+    detector = _one(docs, "EnumerationDetector", "anonymous-enumeration")
+    assert detector["spec"]["match"]["levels"] == [
+        "RequestResponse", "ResponseComplete", "Request", "Metadata"
+    ]
+
+
+def test_the_aks_collector_pod_opts_into_azure_workload_identity() -> None:
+    collect = _one(_render("manifests/overlays/aks"), "Deployment", "enumwatch-collect")
+    labels = collect["spec"]["template"]["metadata"]["labels"]
+    assert labels["azure.workload.identity/use"] == "true"

@@ -20,6 +20,7 @@ COMMAND_MODULES = {
     "scan": "enumwatch.cli.scan",
     "run": "enumwatch.cli.run",
     "tail": "enumwatch.cli.tail",
+    "collect": "enumwatch.cli.collect",
     "manifests": "enumwatch.cli.manifests",
     "version": "enumwatch.cli.version",
 }

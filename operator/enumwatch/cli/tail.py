@@ -14,39 +14,19 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
 
 import orjson
 import yaml
 from pydantic import ValidationError
 
 from enumwatch import logs
-from enumwatch.api.manifest import ManifestError, load_detectors
-from enumwatch.api.names import DETECTOR_KIND
-from enumwatch.api.spec import MatchSpec, parse_duration
+from enumwatch.cli.forwarding import (
+    add_batching_options,
+    add_filter_options,
+    add_log_options,
+    build_filter,
+)
 from enumwatch.sources.checkpoint import CheckpointError, load_checkpoint
-
-if TYPE_CHECKING:
-    from enumwatch.sources.tail import Filter
-
-
-def _seconds(text: str) -> float:
-    """Parse ``0.2``, ``0.2s`` or ``200ms`` as seconds (argparse type)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -69,105 +49,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the operator's ingest URL, e.g. http://127.0.0.1:8080/ingest",
     )
     p.add_argument("--token-file", help="bearer token file (re-read on every retry)")
-    p.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=500,
-        help="events per POST at most (default 500)",
-    )
-    p.add_argument(
-        "--batch-wait",
-        type=_seconds,
-        default=0.2,
-        help="send a partial batch after this long (default 0.2s)",
-    )
-    p.add_argument(
-        "--buffer-limit",
-        type=_positive_int,
-        default=20_000,
-        help="events held in memory at most; reading pauses beyond (default 20000)",
-    )
-    p.add_argument(
-        "--poll-interval",
-        type=_seconds,
-        default=0.1,
-        help="how often to look for new data and rotation (default 0.1s)",
-    )
-    p.add_argument(
-        "--backoff-max",
-        type=_seconds,
-        default=10.0,
-        help="longest wait between retries (default 10s)",
-    )
-    p.add_argument(
-        "--request-timeout", type=_seconds, default=10.0, help="timeout of one POST (default 10s)"
-    )
-    p.add_argument(
-        "--shutdown-timeout",
-        type=_seconds,
-        default=5.0,
-        help="on SIGTERM, how long to try delivering what is buffered (default 5s)",
-    )
-    p.add_argument(
-        "--stats-interval",
-        type=_seconds,
-        default=30.0,
-        help="log the counters this often (default 30s)",
-    )
-    match = p.add_mutually_exclusive_group()
-    match.add_argument(
-        "--filter-detectors",
-        nargs="+",
-        metavar="MANIFEST",
-        help="keep what any of these EnumerationDetector manifests could match",
-    )
-    match.add_argument("--no-filter", action="store_true", help="forward every well-formed event")
-    p.add_argument(
-        "--match-usernames",
-        nargs="+",
-        metavar="NAME",
-        help="usernames treated as anonymous (default: the seed's)",
-    )
-    p.add_argument(
-        "--match-levels",
-        nargs="+",
-        metavar="LEVEL",
-        help="audit levels considered (default: the seed's)",
-    )
-    p.add_argument(
-        "--no-match-missing-username",
-        action="store_true",
-        help="do not keep events with a missing, null or empty username",
-    )
-    p.add_argument("--log-format", choices=("json", "text"), default="json")
-    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_batching_options(p, batch_wait=0.2, poll_interval=0.1,
+                         poll_help="how often to look for new data and rotation")
+    add_filter_options(p, levels_help="audit levels considered (default: the seed's)")
+    add_log_options(p)
     p.set_defaults(func=run)
-
-
-def _load_detector_matches(paths: list[str]) -> list[MatchSpec]:
-    """The ``spec.match`` of every EnumerationDetector in the given manifest files."""
-    specs = [spec.match for path in paths for spec in load_detectors(path)]
-    if not specs:
-        raise ManifestError(f"no {DETECTOR_KIND} found in {', '.join(paths)}")
-    return specs
-
-
-def build_filter(args: argparse.Namespace) -> Filter:
-    """Return the filter the options ask for (the seed's match set by default)."""
-    from enumwatch.sources.tail import Filter  # aiohttp and the follower load only when tailing
-
-    if args.no_filter:
-        return Filter.everything()
-    if args.filter_detectors:
-        return Filter.from_specs(_load_detector_matches(args.filter_detectors))
-    fields: dict[str, object] = {}
-    if args.match_usernames is not None:
-        fields["usernames"] = args.match_usernames
-    if args.match_levels is not None:
-        fields["levels"] = args.match_levels
-    if args.no_match_missing_username:
-        fields["include_missing_username"] = False
-    return Filter.from_specs([MatchSpec.model_validate(fields)])
 
 
 def run(args: argparse.Namespace) -> int:

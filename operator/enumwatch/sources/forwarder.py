@@ -26,7 +26,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
@@ -58,6 +58,23 @@ class ForwardStats:
     def as_dict(self) -> dict[str, int]:
         """Return the counters as a plain dict (for structured logs and tests)."""
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardConfig:
+    """How a source forwards and paces: its command's options, the same for every source."""
+
+    forward_url: str
+    token_file: str | None = None
+    batch_size: int = 500
+    batch_wait: float = 0.2
+    buffer_limit: int = 20_000
+    poll_interval: float = 0.1
+    request_timeout: float = 10.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+    stats_interval: float = 30.0
+    shutdown_timeout: float = 5.0
 
 
 _LIST_HEAD = b'{"apiVersion":"audit.k8s.io/v1","kind":"EventList","items":['
@@ -376,6 +393,12 @@ class Outbox(Generic[Position]):
             return longest
         return min(longest, max(0.0, self._started + self._batch_wait - time.monotonic()))
 
+    async def idle(self, stopping: asyncio.Event, longest: float) -> None:
+        """Nothing new to read: wait ``longest`` seconds at most, until ``stopping`` is set or
+        the partial batch is due (the source then calls :meth:`flush_due`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), self.next_flush_in(longest))
+
     async def wait_for_room(self, timeout: float) -> None:
         """Wait until an acknowledgement frees room, at most ``timeout`` seconds."""
         self._space.clear()
@@ -433,3 +456,57 @@ class Outbox(Generic[Position]):
                     stats.ack_to_checkpoint_max_us = max(stats.ack_to_checkpoint_max_us, window)
             self._pending -= len(batch.events)
             self._space.set()
+
+
+@contextlib.asynccontextmanager
+async def forwarding(
+    config: ForwardConfig,
+    commit: Callable[[Position], None],
+    *,
+    start: Position | None,
+    stats: ForwardStats,
+    log: logging.Logger,
+    stats_message: str,
+) -> AsyncIterator[Outbox[Position]]:
+    """A source's forwarding for the time of its read loop: a :class:`Forwarder` to
+    ``config.forward_url`` with its session open, an :class:`Outbox` sending on it, the counters
+    logged every ``stats_interval`` seconds as ``stats_message``. On exit what is queued gets
+    ``shutdown_timeout`` seconds to be delivered (:meth:`Outbox.close`)."""
+    forwarder = Forwarder(
+        config.forward_url,
+        token_file=config.token_file,
+        stats=stats,
+        timeout=config.request_timeout,
+        backoff_initial=config.backoff_initial,
+        backoff_max=config.backoff_max,
+        log=log,
+    )
+    async with forwarder:
+        outbox: Outbox[Position] = Outbox(
+            forwarder,
+            commit,
+            start=start,
+            batch_size=config.batch_size,
+            batch_wait=config.batch_wait,
+            buffer_limit=config.buffer_limit,
+        )
+        outbox.start()
+        reporter = asyncio.create_task(
+            _report_stats(forwarder, outbox, config.stats_interval, stats_message)
+        )
+        try:
+            yield outbox
+        finally:
+            await outbox.close(config.shutdown_timeout)
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+
+
+async def _report_stats(
+    forwarder: Forwarder, outbox: Outbox[Position], interval: float, message: str
+) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        forwarder.log.info(message, extra={**forwarder.stats.as_dict(),
+                                           "pending_events": outbox.pending})

@@ -18,12 +18,11 @@ the real buffer) and only watches for rotations.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
 from enumwatch.sources.checkpoint import Checkpoint, save_checkpoint
-from enumwatch.sources.forwarder import Forwarder, Outbox
+from enumwatch.sources.forwarder import ForwardConfig, Outbox, forwarding
 from enumwatch.sources.tail.filter import Filter
 from enumwatch.sources.tail.follower import CHUNK_SIZE, Chunk, Follower
 from enumwatch.sources.tail.stats import TailStats
@@ -31,25 +30,14 @@ from enumwatch.sources.tail.stats import TailStats
 log = logging.getLogger("enumwatch.tail")
 
 
-@dataclass(frozen=True, slots=True)
-class TailConfig:
-    """Everything one tailer run needs (the CLI's options)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TailConfig(ForwardConfig):
+    """Everything one tailer run needs (the CLI's options): the file, its checkpoint, and how
+    to forward."""
 
     path: str
     checkpoint_path: str
-    forward_url: str
-    token_file: str | None = None
-    batch_size: int = 500
-    batch_wait: float = 0.2
-    buffer_limit: int = 20_000
-    poll_interval: float = 0.1
     chunk_size: int = CHUNK_SIZE
-    request_timeout: float = 10.0
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
-    stats_interval: float = 30.0
-    shutdown_timeout: float = 5.0
-
 
 
 class Tailer:
@@ -96,36 +84,17 @@ class Tailer:
             chunk_size=cfg.chunk_size,
             since_ns=self._since_ns,
         )
-        forwarder = Forwarder(
-            cfg.forward_url,
-            token_file=cfg.token_file,
-            stats=self.stats,
-            timeout=cfg.request_timeout,
-            backoff_initial=cfg.backoff_initial,
-            backoff_max=cfg.backoff_max,
-            log=log,
-        )
         log.info("tailer started", extra={"path": cfg.path, "forward": cfg.forward_url,
                                           "resume": self.checkpoint is not None})
-        async with forwarder:
-            outbox = self._outbox = Outbox(
-                forwarder,
-                self._save,
-                start=self.checkpoint,
-                batch_size=cfg.batch_size,
-                batch_wait=cfg.batch_wait,
-                buffer_limit=cfg.buffer_limit,
-            )
-            outbox.start()
-            reporter = asyncio.create_task(self._report_loop())
+        async with forwarding(
+            cfg, self._save, start=self.checkpoint, stats=self.stats, log=log,
+            stats_message="tailer stats",
+        ) as outbox:
+            self._outbox = outbox
             try:
                 await self._read_loop(follower, outbox)
             finally:
                 follower.close()
-                await outbox.close(cfg.shutdown_timeout)
-                reporter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter
         log.info("tailer stopped", extra=self.stats.as_dict())
         return self.stats
 
@@ -142,7 +111,7 @@ class Tailer:
                     self._forward(chunk, outbox)
                     await asyncio.sleep(0)
                 else:
-                    await self._idle(outbox)
+                    await outbox.idle(self._stopping, self.config.poll_interval)
             outbox.flush_due()
         outbox.flush()
 
@@ -162,17 +131,5 @@ class Tailer:
         follower.watch()
         await outbox.wait_for_room(self.config.poll_interval)
 
-    async def _idle(self, outbox: Outbox[Checkpoint]) -> None:
-        """Nothing new: wait for the next poll, a stop, or the partial batch's deadline."""
-        wait = outbox.next_flush_in(self.config.poll_interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), wait)
-
     def _save(self, position: Checkpoint) -> None:
         save_checkpoint(self.config.checkpoint_path, position)
-
-    async def _report_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.stats_interval)
-            log.info("tailer stats", extra={**self.stats.as_dict(),
-                                            "pending_events": self.pending_events})
