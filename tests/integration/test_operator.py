@@ -98,6 +98,15 @@ def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
         ({"findings": {"suppressFor": "9000h"}}, "must be at most 720h"),
         ({"dataStreamNamespace": "x" * 100_000}, "may not be more than 100 bytes"),
         ({"match": {"usernames": ["u"] * 101}}, "must have at most 100 items"),
+        (
+            {"exceptions": [{"name": "all"}]},
+            "an exception needs sourceCIDRs or userAgents: one with neither would silence",
+        ),
+        (
+            {"exceptions": [{"name": "x", "sourceCIDRs": ["10.0.0.300/8"]}]},
+            "must be a CIDR such as 10.0.0.0/8 or fd00::/64",
+        ),
+        ({"exceptions": [{"name": "x", "userAgents": ["a"] * 51}]}, "must have at most 50 items"),
     ],
 )
 def test_invalid_specs_are_refused_by_the_api_server(

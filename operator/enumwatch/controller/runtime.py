@@ -22,6 +22,7 @@ from enumwatch.api.status import Condition
 from enumwatch.audit import AuditEvent
 from enumwatch.controller import metrics
 from enumwatch.controller.persistence import StateStore
+from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.findings import FailedWrite
 from enumwatch.windows import WindowedEvaluator
@@ -55,6 +56,8 @@ class DetectorRuntime:
     findings_updated: int = 0
     findings_capped: int = 0
     findings_write_errors: int = 0
+    rows_excepted: int = 0
+    exceptions: ExceptionList = field(default_factory=lambda: ExceptionList(()))
     findings: int = 0
     active_groups: int = 0
     ready_since: str | None = None
@@ -85,6 +88,7 @@ class DetectorRuntime:
             evaluator.restore_state(old.export_state())
             evaluator.added, evaluator.late, evaluator.future = old.added, old.late, old.future
         self.spec, self.error, self.evaluator = spec, None, evaluator
+        self.exceptions = ExceptionList(spec.exceptions)
         return True
 
     def offer(self, event: AuditEvent, arrival: float) -> Refusal | None:

@@ -104,6 +104,7 @@ class StatusReporter:
             findingsUpdated=runtime.findings_updated,
             findingsCapped=runtime.findings_capped,
             findingsWriteErrors=runtime.findings_write_errors,
+            rowsExcepted=runtime.rows_excepted,
             activeGroups=runtime.active_groups,
         )
         path = (
