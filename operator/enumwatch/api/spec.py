@@ -304,6 +304,15 @@ class FindingsSpec(_Model):
             "instead of counting a new occurrence."
         ),
     )
+    success_severity: Severity = Field(
+        default="high",
+        alias="successSeverity",
+        description=(
+            "Severity of a Finding whose anonymous client got in: an authorization allow or a "
+            "2xx on an endpoint that is not public by default (see spec.access on the Finding). "
+            "A higher spec.severity is kept."
+        ),
+    )
     retention: RetentionDuration = Field(
         default="168h",
         description=(
