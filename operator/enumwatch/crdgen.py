@@ -195,6 +195,11 @@ def detector_crd() -> dict[str, Any]:
                 "type": "string",
                 "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
             },
+            {
+                "name": "Coverage",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="AuditCoverage")].status',
+            },
             {"name": "Findings", "type": "integer", "jsonPath": ".status.findings"},
             {
                 "name": "Last-Run",

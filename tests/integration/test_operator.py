@@ -228,6 +228,47 @@ def test_an_anonymous_client_that_got_in_gets_a_high_finding_and_its_own_event(
         assert "high" in printed
 
 
+def _coverage(cp: ControlPlane, ns: str, name: str) -> dict[str, Any] | None:
+    conditions = detector_status(cp, ns, name).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "AuditCoverage"), None)
+
+
+def test_a_detector_fed_only_metadata_level_anonymous_events_says_the_rule_cannot_see(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    ns = fresh_namespace(crds, "coverage")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        _, events = _scan_events(crds, "metadata")
+        # What the apiserver writes for these requests under a policy that logs them at Metadata.
+        op.ingest([{**e, "level": "Metadata"} for e in events])
+        blind = wait_for(
+            lambda: (c := _coverage(crds, ns, "det")) and c["status"] == "False" and c,
+            what="AuditCoverage False",
+        )
+        assert blind["reason"] == "AnonymousOnlyAtMetadata"
+        assert blind["message"] == (
+            "anonymous requests arrive only at level Metadata, which the rule excludes, so it "
+            "cannot fire: in the audit policy, log users system:anonymous and group "
+            "system:unauthenticated at level Request before any Metadata rule (see "
+            "manifests/audit/policy.yaml)"
+        )
+        header, row = crds.kubectl("get", "ewd", "det", "-n", ns).splitlines()
+        columns = ["NAME", "INTERVAL", "LOOKBACK", "READY", "COVERAGE", "FINDINGS", "AGE"]
+        assert header.split() == columns
+        assert row.split()[3:5] == ["True", "False"]
+        assert findings(crds, ns) == []
+        # The same requests logged at Request: the rule sees them, and fires.
+        _, events = _scan_events(crds, "request")
+        op.ingest(events)
+        wait_for(
+            lambda: (c := _coverage(crds, ns, "det")) and c["reason"] == "Covered",
+            what="AuditCoverage True",
+        )
+        wait_for(lambda: findings(crds, ns), what="a Finding")
+
+
 def test_a_client_under_the_thresholds_gets_no_finding(crds: ControlPlane, tmp_path: Path) -> None:
     ns = fresh_namespace(crds, "quiet")
     with running_operator(crds, tmp_path) as op:
