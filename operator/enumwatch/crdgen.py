@@ -64,6 +64,8 @@ def _structural(node: Any) -> Any:
             if len(rest) == 1:
                 node = {**rest[0], **node}
             node["nullable"] = True
+            if "default" in node and node["default"] is None:
+                node.pop("default")  # unset is already null; a null default says nothing more
     if isinstance(node.get("description"), str):
         node["description"] = node["description"].replace("``", "")
     if "const" in node:
@@ -193,6 +195,11 @@ def detector_crd() -> dict[str, Any]:
                 "type": "string",
                 "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
             },
+            {
+                "name": "Coverage",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="AuditCoverage")].status',
+            },
             {"name": "Findings", "type": "integer", "jsonPath": ".status.findings"},
             {
                 "name": "Last-Run",
@@ -290,6 +297,9 @@ def _validation(node: Schema) -> str:
     if "pattern" in node:
         checks.append(f"pattern {node['pattern']}")
     checks += [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
+    items = node.get("items", {})
+    if node.get("type") == "array" and "properties" not in items and _validation(items):
+        checks.append(f"each: {_validation(items)}")
     return "; ".join(checks)
 
 
@@ -304,6 +314,8 @@ def _default(node: Schema) -> str:
     if "default" not in node or isinstance(node["default"], dict):
         return ""
     value = node["default"]
+    if value == []:
+        return "`[]`"
     if isinstance(value, list):
         return "`" + ", ".join(str(v) for v in value) + "`"
     if isinstance(value, bool):

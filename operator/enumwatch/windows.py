@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from enumwatch.access import got_in
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import GroupKey, Row, Rule, group_keys
 
@@ -50,7 +51,10 @@ class WindowResult:
     ``last_seen`` maps each row's group key to the time (on the detector's time basis) of the
     group's latest event in the window; ``observed`` holds the row keys whose source IP is the
     address the API server itself saw for at least one of the group's events (the last entry of
-    ``sourceIPs``; earlier entries come from ``X-Forwarded-For`` and can be forged).
+    ``sourceIPs``; earlier entries come from ``X-Forwarded-For`` and can be forged);
+    ``succeeded`` maps a row key to the distinct requestURIs (sorted) of the group's events
+    that got in: answered (an ``allow`` or a 2xx) on an endpoint that is not public by default
+    (:func:`enumwatch.access.got_in`). Rows whose client got nowhere have no entry.
     """
 
     tick: float
@@ -61,6 +65,7 @@ class WindowResult:
     groups: int
     last_seen: Mapping[GroupKey, float] = field(default_factory=dict)
     observed: frozenset[GroupKey] = frozenset()
+    succeeded: Mapping[GroupKey, tuple[str, ...]] = field(default_factory=dict)
 
 
 class WindowedEvaluator:
@@ -268,7 +273,7 @@ class WindowedEvaluator:
             if start < ts <= tick:
                 add(event)
         rows = tuple(table.rows(self.data_stream_namespace, self.limit))
-        last_seen, observed = self._row_facts(rows, start, tick)
+        last_seen, observed, succeeded = self._row_facts(rows, start, tick)
         result = WindowResult(
             tick=tick,
             start=start,
@@ -278,6 +283,7 @@ class WindowedEvaluator:
             groups=table.group_count,
             last_seen=last_seen,
             observed=observed,
+            succeeded=succeeded,
         )
         if self._last_tick is None or tick > self._last_tick:
             self._last_tick = tick
@@ -286,24 +292,35 @@ class WindowedEvaluator:
 
     def _row_facts(
         self, rows: tuple[Row, ...], start: float, tick: float
-    ) -> tuple[dict[GroupKey, float], frozenset[GroupKey]]:
+    ) -> tuple[dict[GroupKey, float], frozenset[GroupKey], dict[GroupKey, tuple[str, ...]]]:
         """Facts beside the rule about each row, from a second pass (only when rows fired): its
-        latest event's time, and whether its IP is one the API server observed."""
+        latest event's time, whether its IP is one the API server observed, and the URIs its
+        client got into."""
         if not rows:
-            return {}, frozenset()
+            return {}, frozenset(), {}
         wanted = {row.key for row in rows}
         seen: dict[GroupKey, float] = {}
         observed: set[GroupKey] = set()
+        succeeded: dict[GroupKey, set[str]] = {}
         for ts, _, event in self._buffer:
             if start < ts <= tick:
+                entered = got_in(event)
                 for key in group_keys(event.source_ips, event.user_agent):
-                    if key in wanted and ts > seen.get(key, -math.inf):
-                        seen[key] = ts
+                    if key in wanted:
+                        if ts > seen.get(key, -math.inf):
+                            seen[key] = ts
+                        if entered:
+                            assert event.request_uri is not None
+                            succeeded.setdefault(key, set()).add(event.request_uri)
                 if event.source_ips:
                     key = (event.source_ips[-1], event.user_agent)
                     if key in wanted:
                         observed.add(key)
-        return seen, frozenset(observed)
+        return (
+            seen,
+            frozenset(observed),
+            {key: tuple(sorted(uris)) for key, uris in succeeded.items()},
+        )
 
     def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
         """Backtest: run every tick over ``events`` in their own timestamp order.

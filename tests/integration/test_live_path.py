@@ -213,7 +213,11 @@ def test_live_findings_equal_the_scan_with_null_keys_hours_old_and_a_later_scann
             for f in findings(crds, ns)
             if (f["spec"]["sourceIP"], f["spec"]["userAgent"]) == (None, None)
         )
-        messages = [e["message"] for e in events_for(crds, ns, null_finding["metadata"]["name"])]
+        events = events_for(crds, ns, null_finding["metadata"]["name"])
+        # The corpus's null-key clients also got answers beyond the public endpoints: those
+        # Events have their own reason (AnonymousAccessSucceeded), counted apart.
+        assert {e["reason"] for e in events} <= {"EnumerationDetected", "AnonymousAccessSucceeded"}
+        messages = [e["message"] for e in events if e["reason"] == "EnumerationDetected"]
         old, new = expected1[(None, None)], expected2[(None, None)]
         growth = (
             f"distinct URIs {old['requestURICountDistinct']} -> {new['requestURICountDistinct']}"
@@ -443,3 +447,27 @@ def test_forged_forwarded_for_decoys_cannot_push_the_real_scanner_out(
         assert first.endswith("and 41 more")  # ten named, the rest counted
         # Repeats of recorded groups never starve new ones: the next tick writes the rest.
         wait_for(lambda: len(findings(crds, ns)) == 151, timeout=20, what="every group written")
+
+
+def test_an_exception_for_a_scanners_cidr_suppresses_its_finding_and_is_counted(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    now = time.time()
+    known = scanner("10.77.0.5", "trivy/0.50", 8, now, seed=1)
+    unknown = scanner("192.0.2.9", "trivy/0.50", 8, now, seed=2)
+    ns = fresh_namespace(crds, "excepted")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(
+            crds,
+            ns,
+            "det",
+            {**DETECTOR, "exceptions": [{"name": "trivy", "sourceCIDRs": ["10.77.0.0/16"]}]},
+        )
+        wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")
+        posted = time.time()
+        op.ingest(known + unknown)
+        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
+        assert [f["spec"]["sourceIP"] for f in findings(crds, ns)] == ["192.0.2.9"]
+        status = detector_status(crds, ns, "det")
+        assert status["rowsExcepted"] >= 1
+        assert status["findingsCreated"] == 1

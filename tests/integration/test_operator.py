@@ -19,6 +19,7 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
+    anonymous_get,
     anonymous_scan,
     apply_detector,
     audit_events_for,
@@ -98,6 +99,15 @@ def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
         ({"findings": {"suppressFor": "9000h"}}, "must be at most 720h"),
         ({"dataStreamNamespace": "x" * 100_000}, "may not be more than 100 bytes"),
         ({"match": {"usernames": ["u"] * 101}}, "must have at most 100 items"),
+        (
+            {"exceptions": [{"name": "all"}]},
+            "an exception needs sourceCIDRs or userAgents: one with neither would silence",
+        ),
+        (
+            {"exceptions": [{"name": "x", "sourceCIDRs": ["10.0.0.300/8"]}]},
+            "must be a CIDR such as 10.0.0.0/8 or fd00::/64",
+        ),
+        ({"exceptions": [{"name": "x", "userAgents": ["a"] * 51}]}, "must have at most 50 items"),
     ],
 )
 def test_invalid_specs_are_refused_by_the_api_server(
@@ -172,6 +182,91 @@ def test_a_scan_becomes_exactly_one_finding_with_events(crds: ControlPlane, tmp_
         assert samples["enumwatch_events_ingested_total"] >= len(SCAN_PATHS)
         printed = crds.kubectl("get", "findings", "-n", ns)
         assert "127.0.0.1" in printed and agent in printed and "medium" in printed
+
+
+def test_an_anonymous_client_that_got_in_gets_a_high_finding_and_its_own_event(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    ns = fresh_namespace(crds, "gotin")
+    crds.kubectl("create", "role", "cm-reader", "--verb=list", "--resource=configmaps", "-n", ns)
+    crds.kubectl(
+        "create", "rolebinding", "anon-cm", "--role=cm-reader", "--user=system:anonymous", "-n", ns
+    )
+    granted = f"/api/v1/namespaces/{ns}/configmaps"
+    # The authorizer sees the binding through its informer: poll until it answers.
+    wait_for(
+        lambda: anonymous_get(crds, granted, unique_agent("probe")) == 200,
+        what="the binding to take effect",
+    )
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        paths = (*SCAN_PATHS, granted, "/version", "/api/v1")
+        agent, events = _scan_events(crds, "gotin", paths)
+        op.ingest(events)
+        found = wait_for(lambda: findings(crds, ns), what="a Finding")
+        assert len(found) == 1
+        spec = found[0]["spec"]
+        assert spec["userAgent"] == agent
+        assert spec["rule"]["severity"] == "high"
+        assert spec["access"] == {"succeeded": True, "uris": [granted], "omitted": 0}
+        # /version is allowed too, but public; /api/v1 is discovery for authenticated users only.
+        assert spec["aggregates"]["authzAllowCount"] == 2
+        name = found[0]["metadata"]["name"]
+        wait_for(lambda: len(events_for(crds, ns, name)) == 2, what="both Events on the Finding")
+        events = events_for(crds, ns, name)
+        assert sorted(e["reason"] for e in events) == [
+            "AnonymousAccessSucceeded",
+            "EnumerationDetected",
+        ]
+        got_in = [e for e in events if e["reason"] == "AnonymousAccessSucceeded"]
+        assert got_in[0]["message"] == (
+            f"anonymous client 127.0.0.1 (user agent {agent!r}) was answered on 1 endpoint(s) "
+            f"that are not public by default: {granted}"
+        )
+        printed = crds.kubectl("get", "findings", "-n", ns)
+        assert "high" in printed
+
+
+def _coverage(cp: ControlPlane, ns: str, name: str) -> dict[str, Any] | None:
+    conditions = detector_status(cp, ns, name).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "AuditCoverage"), None)
+
+
+def test_a_detector_fed_only_metadata_level_anonymous_events_says_the_rule_cannot_see(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    ns = fresh_namespace(crds, "coverage")
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        _, events = _scan_events(crds, "metadata")
+        # What the apiserver writes for these requests under a policy that logs them at Metadata.
+        op.ingest([{**e, "level": "Metadata"} for e in events])
+        blind = wait_for(
+            lambda: (c := _coverage(crds, ns, "det")) and c["status"] == "False" and c,
+            what="AuditCoverage False",
+        )
+        assert blind["reason"] == "AnonymousOnlyAtMetadata"
+        assert blind["message"] == (
+            "anonymous requests arrive only at level Metadata, which the rule excludes, so it "
+            "cannot fire: in the audit policy, log users system:anonymous and group "
+            "system:unauthenticated at level Request before any Metadata rule (see "
+            "manifests/audit/policy.yaml)"
+        )
+        header, row = crds.kubectl("get", "ewd", "det", "-n", ns).splitlines()
+        columns = ["NAME", "INTERVAL", "LOOKBACK", "READY", "COVERAGE", "FINDINGS", "AGE"]
+        assert header.split() == columns
+        assert row.split()[3:5] == ["True", "False"]
+        assert findings(crds, ns) == []
+        # The same requests logged at Request: the rule sees them, and fires.
+        _, events = _scan_events(crds, "request")
+        op.ingest(events)
+        wait_for(
+            lambda: (c := _coverage(crds, ns, "det")) and c["reason"] == "Covered",
+            what="AuditCoverage True",
+        )
+        wait_for(lambda: findings(crds, ns), what="a Finding")
 
 
 def test_a_client_under_the_thresholds_gets_no_finding(crds: ControlPlane, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -89,6 +90,30 @@ class Aggregates(_Model):
     )
 
 
+#: Most succeeded URIs recorded on a Finding (the rest are counted in ``access.omitted``).
+MAX_ACCESS_URIS = 20
+
+
+class Access(_Model):
+    """Whether the anonymous client got in: answered beyond the endpoints public by default."""
+
+    succeeded: bool = Field(
+        default=False,
+        description=(
+            "True when at least one of the group's requests in the latest firing window was "
+            "authorized (decision allow) or answered 2xx on an endpoint that is not public by "
+            "default (public: /version, /healthz, /livez, /readyz, /.well-known/..., "
+            "/openid/v1/jwks, and API discovery /api, /api/<v>, /apis, /apis/<g>, /apis/<g>/<v>)."
+        ),
+    )
+    uris: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list,
+        max_length=MAX_ACCESS_URIS,
+        description=f"The requestURIs that got in, sorted (at most {MAX_ACCESS_URIS}).",
+    )
+    omitted: int = Field(default=0, ge=0, description="Succeeded requestURIs left out of uris.")
+
+
 class FindingSpec(_Model):
     """One suspected anonymous enumeration: who, when, and the evidence."""
 
@@ -128,6 +153,14 @@ class FindingSpec(_Model):
         ),
     )
     aggregates: Aggregates = Field(description="The seed's aggregates for the latest firing.")
+    access: Access = Field(
+        default_factory=Access,
+        description=(
+            "Did it get in? Requests of the latest firing window answered beyond the endpoints "
+            "public by default; when they exist the Finding's severity is the detector's "
+            "findings.successSeverity and an AnonymousAccessSucceeded Event is posted."
+        ),
+    )
 
 
 def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -> str:

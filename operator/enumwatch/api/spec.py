@@ -8,6 +8,8 @@ the snake_case attributes. Defaults are the seed rule's values, so ``spec: {}`` 
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -302,6 +304,15 @@ class FindingsSpec(_Model):
             "instead of counting a new occurrence."
         ),
     )
+    success_severity: Severity = Field(
+        default="high",
+        alias="successSeverity",
+        description=(
+            "Severity of a Finding whose anonymous client got in: an authorization allow or a "
+            "2xx on an endpoint that is not public by default (see spec.access on the Finding). "
+            "A higher spec.severity is kept."
+        ),
+    )
     retention: RetentionDuration = Field(
         default="168h",
         description=(
@@ -319,6 +330,118 @@ class FindingsSpec(_Model):
     def retention_seconds(self) -> float:
         """The retention in seconds."""
         return parse_duration(self.retention)
+
+
+def _cidr(text: str) -> str:
+    """The pydantic check of a source CIDR (the CRD checks the same with CEL ``isCIDR``)."""
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a CIDR such as 10.0.0.0/8 or fd00::/64: {exc}") from exc
+    if "/" not in text:
+        raise ValueError(f"{text!r} is not a CIDR: write the prefix length, e.g. {text}/32")
+    return text
+
+
+def _timestamp(text: str) -> str:
+    """The pydantic check of an RFC 3339 time with its offset (the CRD: ``format: date-time``).
+
+    Checked here without :mod:`enumwatch.timefmt`: the API imports nothing of the engine.
+    """
+    try:
+        offset = dt.datetime.fromisoformat(text).tzinfo
+    except ValueError:
+        offset = None
+    if offset is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 time such as 2026-12-31T00:00:00Z")
+    return text
+
+
+SourceCIDR = Annotated[
+    str,
+    Field(
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "isCIDR(self)",
+                    "message": "must be a CIDR such as 10.0.0.0/8 or fd00::/64",
+                }
+            ]
+        },
+    ),
+    AfterValidator(_cidr),
+]
+#: Exceptions per detector, CIDRs and patterns per exception: bounded, checked at every row.
+MAX_EXCEPTIONS = 50
+MAX_EXCEPTION_ITEMS = 50
+EXCEPTION_EMPTY_MESSAGE = (
+    "an exception needs sourceCIDRs or userAgents: one with neither would silence every Finding"
+)
+
+
+class ExceptionSpec(_Model):
+    """A known, accepted scanner (Elastic's rule exceptions): a row, i.e. a (sourceIP, userAgent)
+    group that passed the thresholds, is silenced when its source IP is in one of sourceCIDRs (if
+    any) and its user agent matches one of userAgents (if any), until the time until (if set)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.sourceCIDRs) && size(self.sourceCIDRs) > 0) || "
+                    "(has(self.userAgents) && size(self.userAgents) > 0)",
+                    "message": EXCEPTION_EMPTY_MESSAGE,
+                }
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        description="Names the exception and why it exists, e.g. 'trivy-scanner'.",
+    )
+    source_cidrs: list[SourceCIDR] = Field(
+        default_factory=list,
+        max_length=MAX_EXCEPTION_ITEMS,
+        alias="sourceCIDRs",
+        description=(
+            "Rows whose sourceIP is in one of these CIDRs (IPv4 or IPv6, e.g. 10.244.0.0/16 or "
+            "10.0.0.7/32) match. Empty: any source IP. A row without a source IP never matches "
+            "a non-empty list."
+        ),
+    )
+    user_agents: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list,
+        max_length=MAX_EXCEPTION_ITEMS,
+        alias="userAgents",
+        description=(
+            "Rows whose userAgent matches one of these shell-style patterns (case-sensitive; * "
+            "any characters, ? one character, [abc] a class, e.g. 'kube-probe/*') match. "
+            "Empty: any user agent. A row without a user agent never matches a non-empty list."
+        ),
+    )
+    until: (
+        Annotated[
+            str,
+            Field(max_length=64, json_schema_extra={"format": "date-time"}),
+            AfterValidator(_timestamp),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description=(
+            "RFC 3339 time after which the exception no longer applies (a window ending later "
+            "is not silenced). Unset: no end."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> ExceptionSpec:
+        if not self.source_cidrs and not self.user_agents:
+            raise ValueError(EXCEPTION_EMPTY_MESSAGE)
+        return self
 
 
 RETENTION_MESSAGE = (
@@ -362,6 +485,15 @@ class DetectorSpec(_Model):
     )
     findings: FindingsSpec = Field(
         default_factory=FindingsSpec, description="How rows become Finding objects."
+    )
+    exceptions: list[ExceptionSpec] = Field(
+        default_factory=list,
+        max_length=MAX_EXCEPTIONS,
+        description=(
+            "Known scanners to silence without editing the rule (Elastic's rule exceptions): "
+            "applied to the rule's rows, before any Finding is written; silenced rows are "
+            "counted in status.rowsExcepted. Empty by default (the seed)."
+        ),
     )
     severity: Severity = Field(
         default="medium", description="Severity recorded on Findings (seed: medium)."

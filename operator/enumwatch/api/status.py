@@ -89,6 +89,14 @@ class DetectorStatus(_Model):
         alias="findingsCapped",
         description="Rows left out because a run produced more than findings.maxPerRun.",
     )
+    rows_excepted: int = Field(
+        default=0,
+        alias="rowsExcepted",
+        description=(
+            "Rows (groups that passed the thresholds) silenced by spec.exceptions instead of "
+            "becoming Findings (since the operator started)."
+        ),
+    )
     active_groups: int = Field(
         default=0,
         alias="activeGroups",

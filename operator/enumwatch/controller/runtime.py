@@ -8,6 +8,7 @@ live: thresholds and schedule take effect at the next tick, and buffered events 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from enumwatch.api.status import Condition
 from enumwatch.audit import AuditEvent
 from enumwatch.controller import metrics
 from enumwatch.controller.persistence import StateStore
+from enumwatch.coverage import Coverage
+from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.findings import FailedWrite
 from enumwatch.windows import WindowedEvaluator
@@ -55,6 +58,10 @@ class DetectorRuntime:
     findings_updated: int = 0
     findings_capped: int = 0
     findings_write_errors: int = 0
+    rows_excepted: int = 0
+    exceptions: ExceptionList = field(default_factory=lambda: ExceptionList(()))
+    #: What the stream shows about the audit policy and pipeline (the AuditCoverage condition).
+    coverage: Coverage | None = None
     findings: int = 0
     active_groups: int = 0
     ready_since: str | None = None
@@ -74,8 +81,14 @@ class DetectorRuntime:
             self.spec, self.error, self.evaluator = None, format_validation_error(exc), None
             return True
         old = self.evaluator
+        rule = Rule(spec.match, spec.thresholds)
+        self.coverage = (
+            Coverage(rule)
+            if self.coverage is None
+            else dataclasses.replace(self.coverage, rule=rule)
+        )
         evaluator = WindowedEvaluator(
-            Rule(spec.match, spec.thresholds),
+            rule,
             spec.schedule.interval_seconds,
             spec.schedule.lookback_seconds,
             data_stream_namespace=spec.data_stream_namespace,
@@ -85,12 +98,15 @@ class DetectorRuntime:
             evaluator.restore_state(old.export_state())
             evaluator.added, evaluator.late, evaluator.future = old.added, old.late, old.future
         self.spec, self.error, self.evaluator = spec, None, evaluator
+        self.exceptions = ExceptionList(spec.exceptions)
         return True
 
     def offer(self, event: AuditEvent, arrival: float) -> Refusal | None:
         """Give one event, received at ``arrival``, to this detector; say why it was refused
         when it matched but is too old or too new for the detector's windows."""
         self.events_seen += 1
+        if self.coverage is not None:
+            self.coverage.observe(event, arrival)
         evaluator = self.evaluator
         if evaluator is None:
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import format_duration
@@ -49,7 +50,8 @@ class StatusReporter:
         )
 
     def conditions(self, runtime: DetectorRuntime) -> list[Condition]:
-        """Ready (the detector runs) and FindingsWritten (no Finding write is pending)."""
+        """Ready (the detector runs), FindingsWritten (no Finding write is pending) and
+        AuditCoverage (the stream lets the rule see, judged at this moment)."""
         if runtime.error is not None:
             ready = self._condition(runtime, "Ready", "False", "InvalidSpec", runtime.error)
         else:
@@ -78,7 +80,13 @@ class StatusReporter:
             written = self._condition(
                 runtime, "FindingsWritten", "True", "Written", "every Finding was written"
             )
-        return [ready, written]
+        if runtime.coverage is None:
+            return [ready, written]
+        verdict = runtime.coverage.verdict(time.time())
+        coverage = self._condition(
+            runtime, "AuditCoverage", verdict.status, verdict.reason, verdict.message
+        )
+        return [ready, written, coverage]
 
     async def patch(self, runtime: DetectorRuntime) -> None:
         """Write the detector's status subresource (conventions: observedGeneration, Ready)."""
@@ -104,6 +112,7 @@ class StatusReporter:
             findingsUpdated=runtime.findings_updated,
             findingsCapped=runtime.findings_capped,
             findingsWriteErrors=runtime.findings_write_errors,
+            rowsExcepted=runtime.rows_excepted,
             activeGroups=runtime.active_groups,
         )
         path = (

@@ -85,7 +85,8 @@ class Ticker:
         """Evaluate one tick and write its Findings."""
         assert runtime.evaluator is not None
         started = time.perf_counter()
-        window = runtime.evaluator.evaluate(tick)
+        window, excepted = runtime.exceptions.apply(runtime.evaluator.evaluate(tick))
+        runtime.rows_excepted += excepted
         runtime.active_groups = window.groups
         result = await self.sink.apply(runtime.ref, spec, window)
         # A group that fired again supersedes its pending retry: the fresher row was written

@@ -32,7 +32,15 @@ from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import GroupKey, Row
-from enumwatch.sink.plan import Action, only_row, plan, prioritize, spec_patch, summary
+from enumwatch.sink.plan import (
+    Action,
+    access_summary,
+    only_row,
+    plan,
+    prioritize,
+    spec_patch,
+    summary,
+)
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 
@@ -40,6 +48,7 @@ log = logging.getLogger("enumwatch.sink")
 REASON_DETECTED = "EnumerationDetected"
 REASON_CAPPED = "FindingsCapped"
 REASON_WRITE_FAILED = "FindingWriteFailed"
+REASON_ACCESS_SUCCEEDED = "AnonymousAccessSucceeded"
 DEFAULT_RETENTION: str = FindingsSpec.model_fields["retention"].default
 
 
@@ -62,6 +71,7 @@ class FailedWrite:
             "rows": [asdict(row) for row in w.rows],
             "lastSeen": [[ip, ua, ts] for (ip, ua), ts in w.last_seen.items()],
             "observed": [[ip, ua] for ip, ua in sorted(w.observed, key=repr)],
+            "succeeded": [[ip, ua, list(uris)] for (ip, ua), uris in w.succeeded.items()],
             "error": self.error,
         }
 
@@ -82,6 +92,7 @@ class FailedWrite:
             groups=int(data["groups"]),
             last_seen={(ip, ua): float(ts) for ip, ua, ts in data["lastSeen"]},
             observed=frozenset((ip, ua) for ip, ua in data.get("observed", ())),
+            succeeded={(ip, ua): tuple(uris) for ip, ua, uris in data.get("succeeded", ())},
         )
         return cls(window=window, error=str(data["error"]))
 
@@ -200,6 +211,7 @@ class FindingSink:
                     )
                     result.created.append(name)
                     await self._announce(created, detector, summary(row))
+                    await self._announce_access(created, detector, row, decided.entered)
                     return
                 await self.client.json_patch(
                     path,
@@ -219,10 +231,27 @@ class FindingSink:
                 )
             else:
                 await self._announce(current, detector, summary(row) + " (new occurrence)")
+            if decided.action is not Action.SUPPRESSED:
+                await self._announce_access(current, detector, row, decided.entered)
             return
         raise RuntimeError(f"Finding {detector.namespace}/{name} kept conflicting; will retry")
 
-    async def _announce(self, finding: dict[str, Any], detector: DetectorRef, message: str) -> None:
+    async def _announce_access(
+        self, finding: dict[str, Any], detector: DetectorRef, row: Row, entered: tuple[str, ...]
+    ) -> None:
+        """Say, with its own reason, that the client got into ``entered`` (if anything)."""
+        if entered:
+            await self._announce(
+                finding, detector, access_summary(row, entered), REASON_ACCESS_SUCCEEDED
+            )
+
+    async def _announce(
+        self,
+        finding: dict[str, Any],
+        detector: DetectorRef,
+        message: str,
+        reason: str = REASON_DETECTED,
+    ) -> None:
         meta = finding["metadata"]
         await self.event(
             {
@@ -232,12 +261,12 @@ class FindingSink:
                 "namespace": meta["namespace"],
                 "uid": meta.get("uid", ""),
             },
-            REASON_DETECTED,
+            reason,
             message,
         )
         await self.event(
             detector.involved_object(),
-            REASON_DETECTED,
+            reason,
             f"Finding {meta['name']}: {message}",
         )
 

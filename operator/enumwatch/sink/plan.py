@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
-from enumwatch.api.finding import FindingSpec, Window, rule_ref
+from enumwatch.api.finding import MAX_ACCESS_URIS, Access, FindingSpec, Window, rule_ref
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.rule import GroupKey, Row
 from enumwatch.sink.aggregates import aggregates_from_row
@@ -37,6 +37,8 @@ class Plan:
     action: Action
     spec: FindingSpec | None
     changes: tuple[str, ...] = ()
+    #: The non-public URIs this write newly records the client getting into (an Event says so).
+    entered: tuple[str, ...] = ()
 
 
 _SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
@@ -63,10 +65,19 @@ def growth(existing: dict[str, Any], new: FindingSpec) -> tuple[str, ...]:
     added = sorted(set(new.aggregates.outcomes) - set(old_aggregates.get("outcomes") or ()))
     if added:
         changes.append("new outcome " + ", ".join(added))
+    entered = newly_entered(existing, new.access)
+    if entered:
+        changes.append(f"got in on {len(entered)} more URI(s): " + ", ".join(entered[:5]))
     old_severity = str((existing.get("rule") or {}).get("severity", ""))
     if _SEVERITY_RANK.get(new.rule.severity, 0) > _SEVERITY_RANK.get(old_severity, 0):
         changes.append(f"severity {old_severity} -> {new.rule.severity}")
     return tuple(changes)
+
+
+def newly_entered(existing: dict[str, Any], access: Access) -> tuple[str, ...]:
+    """The URIs in ``access`` that the stored Finding ``existing`` did not record (pure)."""
+    old = set((existing.get("access") or {}).get("uris") or ())
+    return tuple(uri for uri in access.uris if uri not in old)
 
 
 def plan(
@@ -82,9 +93,15 @@ def plan(
     A tick at or before the recorded ``lastFired`` is a no-op, so retries never double count.
     """
     tick = format_rfc3339(window.tick)
+    succeeded = window.succeeded.get(row.key, ())
+    access = Access(
+        succeeded=bool(succeeded),
+        uris=[uri[:256] for uri in succeeded[:MAX_ACCESS_URIS]],
+        omitted=max(0, len(succeeded) - MAX_ACCESS_URIS),
+    )
     common: dict[str, Any] = {
         "detector": detector,
-        "rule": rule_ref(spec.severity, spec.risk_score),
+        "rule": rule_ref(severity_of(spec, access), spec.risk_score),
         "sourceIP": row.source_ip,
         "userAgent": row.user_agent,
         "window": Window(start=format_rfc3339(window.start), end=tick),
@@ -92,11 +109,13 @@ def plan(
         "lastFired": tick,
         "retention": spec.findings.retention,
         "aggregates": aggregates_from_row(row),
+        "access": access,
     }
     if existing is None:
         return Plan(
             Action.CREATE,
             FindingSpec.model_validate({**common, "firstSeen": tick, "occurrences": 1}),
+            entered=tuple(access.uris),
         )
     # Findings written before lastFired existed kept the tick in lastSeen.
     last_fired = parse_rfc3339(existing.get("lastFired") or existing["lastSeen"])
@@ -109,13 +128,28 @@ def plan(
             {**common, "firstSeen": first_seen, "occurrences": occurrences}
         )
         changes = growth(existing, new)
-        return Plan(Action.GREW if changes else Action.SUPPRESSED, new, changes)
+        return Plan(
+            Action.GREW if changes else Action.SUPPRESSED,
+            new,
+            changes,
+            newly_entered(existing, access),
+        )
     return Plan(
         Action.NEW_OCCURRENCE,
         FindingSpec.model_validate(
             {**common, "firstSeen": first_seen, "occurrences": occurrences + 1}
         ),
+        entered=tuple(access.uris),
     )
+
+
+def severity_of(spec: DetectorSpec, access: Access) -> str:
+    """The Finding's severity: the detector's, raised to findings.successSeverity if it got in."""
+    if access.succeeded and (
+        _SEVERITY_RANK[spec.findings.success_severity] > _SEVERITY_RANK[spec.severity]
+    ):
+        return spec.findings.success_severity
+    return spec.severity
 
 
 def spec_patch(existing: dict[str, Any], new: dict[str, Any], resource_version: str) -> list[Any]:
@@ -135,6 +169,16 @@ def spec_patch(existing: dict[str, Any], new: dict[str, Any], resource_version: 
         elif existing[key] != value:
             ops.append({"op": "replace", "path": f"/spec/{key}", "value": value})
     return ops
+
+
+def access_summary(row: Row, uris: tuple[str, ...]) -> str:
+    """The AnonymousAccessSucceeded Event message: who got into what."""
+    more = f" and {len(uris) - 5} more" if len(uris) > 5 else ""
+    return (
+        f"anonymous client {row.source_ip or '<no IP>'} (user agent "
+        f"{row.user_agent or '<none>'!r}) was answered on {len(uris)} endpoint(s) that are not "
+        f"public by default: {', '.join(uris[:5])}{more}"
+    )
 
 
 def summary(row: Row) -> str:
@@ -177,4 +221,5 @@ def only_row(window: WindowResult, row: Row) -> WindowResult:
         rows=(row,),
         last_seen={} if seen is None else {row.key: seen},
         observed=window.observed & {row.key},
+        succeeded={row.key: window.succeeded[row.key]} if row.key in window.succeeded else {},
     )
