@@ -154,7 +154,8 @@ class Collector(Generic[P]):
     def _forward(self, page: Page[P, Any], outbox: Outbox[P]) -> None:
         """Map and filter the page's records; queue the kept ones, move past the others."""
         stats = self.stats
-        screens_out = self.filter.screens_out
+        prefilter = self.filter.prefilter
+        could_match = prefilter.could_match if prefilter is not None else None
         classify = self.filter.classify
         mapping = self.source.mapping
         kept: list[tuple[bytes, Any]] = []
@@ -169,7 +170,7 @@ class Collector(Generic[P]):
                     stats.records_malformed += 1
                     log.debug("skipped a malformed record", extra={"reason": skipped.detail})
                 continue
-            if screens_out(event):
+            if could_match is not None and not could_match(event):
                 stats.events_filtered += 1
                 continue
             verdict = classify(event)
