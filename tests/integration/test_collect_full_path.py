@@ -191,18 +191,7 @@ def _aks_record(event: dict[str, Any]) -> bytes:
     }).encode()
 
 
-#: Open (issue 11): stopping collect with SIGTERM cancels a Pub/Sub pull in flight, and the
-#: emulator hands the next message published to that dead pull (checked: it comes back only after
-#: the subscription's ack deadline). Here the first request written after the restart never shows
-#: in the Finding within a minute although the operator counts 8 events ingested and matched.
-GKE_RESTART_OPEN = pytest.mark.xfail(
-    reason="GKE: a request published after a SIGTERM restart is missing from the Finding "
-    "(a cancelled Pub/Sub pull swallows it); under investigation",
-    strict=False,
-)
-
-
-@pytest.fixture(params=["eks", pytest.param("gke", marks=GKE_RESTART_OPEN), "aks"])
+@pytest.fixture(params=["eks", "gke", "aks"])
 def provider(request: pytest.FixtureRequest) -> Iterator[tuple[str, Callable[[], Feed]]]:
     """The provider's name and a maker of a fresh place in its (running) emulator."""
     name = request.param

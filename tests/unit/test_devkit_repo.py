@@ -104,7 +104,7 @@ def test_the_dev_cli_describes_each_action_in_one_line() -> None:
 def test_the_product_cli_has_no_dev_command() -> None:
     from enumwatch.cli import main as cli
 
-    assert sorted(cli.COMMAND_MODULES) == ["manifests", "run", "scan", "tail", "version"]
+    assert sorted(cli.COMMAND_MODULES) == ["collect", "manifests", "run", "scan", "tail", "version"]
 
 
 def test_a_hack_script_gives_its_stdout_lines_or_says_what_to_rerun(tmp_path: Path) -> None:

@@ -130,14 +130,22 @@ class Collector(Generic[P]):
         outbox.flush()
 
     async def _read(self) -> Page[P, Any] | None:
-        """One read, cut short by :meth:`stop`; an unavailable source is logged, counted and
-        waited out with backoff (``None`` then)."""
+        """One read; an unavailable source is logged, counted and waited out with backoff
+        (``None`` then).
+
+        A :meth:`stop` during the read lets it finish for up to ``shutdown_timeout`` and its
+        records are still forwarded: a read cancelled on the client may already be answered on
+        the provider's side (a Pub/Sub pull then leases its messages to nobody until their ack
+        deadline, which delays them past the next run's first windows).
+        """
         reader = asyncio.ensure_future(self.source.read())
         stopper = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopper.cancel()
+        if not reader.done():
+            await asyncio.wait({reader}, timeout=self.config.shutdown_timeout)
         if not reader.done():
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, SourceUnavailable):

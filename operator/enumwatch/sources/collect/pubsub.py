@@ -65,7 +65,7 @@ class PubSubSource:
         *,
         max_messages: int = 500,
         ack_deadline: int = 60,
-        pull_timeout: float = 20.0,
+        pull_timeout: float = 4.0,  # below the collector's shutdown timeout: a stop waits it out
         client: SubscriberAsyncClient | None = None,
     ) -> None:
         self.description = url
