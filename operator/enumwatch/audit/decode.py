@@ -60,6 +60,24 @@ ITEMS_NOT_A_LIST = "wrong_type:items"
 _STR_OR_NONE = frozenset((str, type(None)))
 _T = TypeVar("_T")
 
+#: The fields that hold a string or null, each with its path in the raw event, in the order a
+#: wrong type is reported in.
+_STRING_FIELDS: tuple[tuple[int, str], ...] = (
+    (F_USERNAME, "user.username"),
+    (F_LEVEL, "level"),
+    (F_VERB, "verb"),
+    (F_REQUEST_URI, "requestURI"),
+    (F_USER_AGENT, "userAgent"),
+    (F_RESOURCE, "objectRef.resource"),
+    (F_NAMESPACE, "objectRef.namespace"),
+    (F_MESSAGE, "responseStatus.message"),
+    (F_DECISION, "annotations." + DECISION_ANNOTATION),
+    (F_AUDIT_ID, "auditID"),
+    (F_STAGE, "stage"),
+    (F_STAGE_TIMESTAMP, "stageTimestamp"),
+    (F_RECEIVED_TIMESTAMP, "requestReceivedTimestamp"),
+)
+
 # Keys whose presence marks an object as an audit Event (a raw event always has most of them).
 _EVENT_KEYS = ("auditID", "level", "stage", "requestURI", "verb")
 
@@ -209,40 +227,7 @@ def _raw_fields(obj: dict[str, Any], elastic_ts: object = None) -> EventFields |
     user_agent = get("userAgent")
     stage_ts = get("stageTimestamp")
     received_ts = get("requestReceivedTimestamp")
-    # One chained test on the hot path; the loop below only runs to name the culprit.
-    if not (
-        type(username) in _STR_OR_NONE
-        and type(level) in _STR_OR_NONE
-        and type(verb) in _STR_OR_NONE
-        and type(request_uri) in _STR_OR_NONE
-        and type(user_agent) in _STR_OR_NONE
-        and type(resource) in _STR_OR_NONE
-        and type(namespace) in _STR_OR_NONE
-        and type(message) in _STR_OR_NONE
-        and type(decision) in _STR_OR_NONE
-        and type(audit_id) in _STR_OR_NONE
-        and type(stage) in _STR_OR_NONE
-        and type(stage_ts) in _STR_OR_NONE
-        and type(received_ts) in _STR_OR_NONE
-    ):
-        for name, value in (
-            ("user.username", username),
-            ("level", level),
-            ("verb", verb),
-            ("requestURI", request_uri),
-            ("userAgent", user_agent),
-            ("objectRef.resource", resource),
-            ("objectRef.namespace", namespace),
-            ("responseStatus.message", message),
-            ("annotations." + DECISION_ANNOTATION, decision),
-            ("auditID", audit_id),
-            ("stage", stage),
-            ("stageTimestamp", stage_ts),
-            ("requestReceivedTimestamp", received_ts),
-        ):
-            if type(value) not in _STR_OR_NONE:
-                return "wrong_type:" + name
-    return (
+    fields = (
         verb,
         request_uri,
         resource,
@@ -260,6 +245,26 @@ def _raw_fields(obj: dict[str, Any], elastic_ts: object = None) -> EventFields |
         stage_ts,
         received_ts,
     )
+    # One chained test on the hot path; the loop only runs to name the culprit.
+    if not (
+        type(username) in _STR_OR_NONE
+        and type(level) in _STR_OR_NONE
+        and type(verb) in _STR_OR_NONE
+        and type(request_uri) in _STR_OR_NONE
+        and type(user_agent) in _STR_OR_NONE
+        and type(resource) in _STR_OR_NONE
+        and type(namespace) in _STR_OR_NONE
+        and type(message) in _STR_OR_NONE
+        and type(decision) in _STR_OR_NONE
+        and type(audit_id) in _STR_OR_NONE
+        and type(stage) in _STR_OR_NONE
+        and type(stage_ts) in _STR_OR_NONE
+        and type(received_ts) in _STR_OR_NONE
+    ):
+        for index, path in _STRING_FIELDS:
+            if type(fields[index]) not in _STR_OR_NONE:
+                return "wrong_type:" + path
+    return fields
 
 
 def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | str:

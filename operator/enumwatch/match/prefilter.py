@@ -68,10 +68,6 @@ _LETTER_ESCAPE_RE = re.compile(rb"\\u00[4-7]")
 _USER_RE = re.compile(rb'"user"\s*:\s*\{\s*"username"\s*:\s*"[^"]')
 #: A ``user`` that is neither an object nor null, or a ``username`` neither a string nor null.
 _ODD_USER_RE = re.compile(rb'"user"\s*:\s*[^{n\s]|"username"\s*:\s*[^"n\s]')
-#: Go's HTML-safe escapes, which the literal proof reads through.
-_GO_ESCAPES = {b"u0026": "&", b"u003c": "<", b"u003e": ">"}
-
-
 #: After the level value, the struct order continues with these keys, each with a string value,
 #: up to user.username: a value ends at its first quote, and one preceded by a backslash (an
 #: escaped quote) means "not sure". The username itself must have no escape.
@@ -79,6 +75,8 @@ _HEAD_USERNAME_RE = re.compile(
     rb'","auditID":"[^"]*(?<!\\)","stage":"[^"]*(?<!\\)","requestURI":"[^"]*(?<!\\)"'
     rb',"verb":"[^"]*(?<!\\)","user":\{"username":"([^"\\]*)"'
 )
+#: Go's HTML-safe escapes, which the literal proof reads through.
+_GO_ESCAPES = {b"u0026": "&", b"u003c": "<", b"u003e": ">"}
 
 
 class Prefilter:
