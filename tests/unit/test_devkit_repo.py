@@ -102,6 +102,13 @@ def test_the_dev_cli_describes_each_action_in_one_line() -> None:
 
 
 def test_the_product_cli_has_no_dev_command() -> None:
-    from enumwatch import cli
+    def enumwatch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "enumwatch", *args], capture_output=True, text=True, check=False
+        )
 
-    assert sorted(cli.COMMAND_MODULES) == ["manifests", "run", "scan", "tail"]
+    refused = enumwatch("devcluster", "up")
+    assert refused.returncode == 2
+    assert "invalid choice: 'devcluster'" in refused.stderr
+    listed = enumwatch("--help")
+    assert listed.returncode == 0 and "devcluster" not in listed.stdout
