@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from enumwatch_devkit import repo, upstream
+from enumwatch_devkit import repo
 from enumwatch_devkit.cli import ACTIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,28 +102,13 @@ def test_the_dev_cli_describes_each_action_in_one_line() -> None:
 
 
 def test_the_product_cli_has_no_dev_command() -> None:
-    from enumwatch.cli import main as cli
+    def enumwatch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "enumwatch", *args], capture_output=True, text=True, check=False
+        )
 
-    assert sorted(cli.COMMAND_MODULES) == ["collect", "manifests", "run", "scan", "tail", "version"]
-
-
-def test_a_hack_script_gives_its_stdout_lines_or_says_what_to_rerun(tmp_path: Path) -> None:
-    script = tmp_path / "build.sh"
-    script.write_text('echo "building..." >&2\necho /cache/bin\necho "/cache/bin/$1"\n')
-    lines = repo.run_script(script, "helm", what="building helm")
-    assert lines == ["/cache/bin", "/cache/bin/helm"]
-    script.write_text("exit 3\n")
-    with pytest.raises(repo.ScriptError) as err:
-        repo.run_script(script, "helm", what="building helm")
-    assert str(err.value) == f"building helm failed (exit 3); rerun `bash {script} helm` to see why"
-
-
-def test_an_unknown_upstream_module_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ENUMWATCH_REPO", str(REPO))
-    with pytest.raises(upstream.UpstreamError) as err:
-        upstream.module_dir("kyverno-someday")
-    script = REPO / "hack" / "tools" / "upstream.sh"
-    assert str(err.value) == (
-        f"fetching kyverno-someday failed (exit 2); "
-        f"rerun `bash {script} kyverno-someday` to see why"
-    )
+    refused = enumwatch("devcluster", "up")
+    assert refused.returncode == 2
+    assert "invalid choice: 'devcluster'" in refused.stderr
+    listed = enumwatch("--help")
+    assert listed.returncode == 0 and "devcluster" not in listed.stdout
