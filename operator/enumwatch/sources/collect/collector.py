@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from enumwatch.match.prefilter import GO_EVENT_HEAD
 from enumwatch.sources.collect.records import FOREIGN, SkippedRecord
 from enumwatch.sources.collect.source import Page, Source, SourceUnavailable
 from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
@@ -178,7 +179,13 @@ class Collector(Generic[P]):
                     stats.records_malformed += 1
                     log.debug("skipped a malformed record", extra={"reason": skipped.detail})
                 continue
-            if could_match is not None and not could_match(event):
+            # Only lines in the API server's own format are screened by their bytes (as the
+            # tailer does): anything else is parsed, so a malformed record is counted as such.
+            if (
+                could_match is not None
+                and event.startswith(GO_EVENT_HEAD)
+                and not could_match(event)
+            ):
                 stats.events_filtered += 1
                 continue
             verdict = classify(event)
