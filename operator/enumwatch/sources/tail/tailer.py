@@ -51,7 +51,6 @@ class TailConfig:
     shutdown_timeout: float = 5.0
 
 
-
 class Tailer:
     """Follows, filters, batches and forwards until :meth:`stop`; checkpoints after each ack.
 
