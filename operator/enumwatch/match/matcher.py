@@ -33,7 +33,14 @@ from enumwatch.spec import MatchSpec
 class Matcher:
     """A :class:`MatchSpec` compiled for fast tests of events in any of their shapes."""
 
-    __slots__ = ("_a_level", "include_missing_username", "levels", "spec", "usernames")
+    __slots__ = (
+        "_a_level",
+        "accepted",
+        "include_missing_username",
+        "levels",
+        "spec",
+        "usernames",
+    )
 
     def __init__(self, spec: MatchSpec | None = None) -> None:
         self.spec = spec if spec is not None else MatchSpec()
@@ -42,6 +49,16 @@ class Matcher:
         self.usernames = frozenset(self.spec.usernames)
         #: Whether a missing, null or empty username matches too.
         self.include_missing_username = self.spec.include_missing_username
+        #: The ``where``, compiled: for each listed level, the usernames that pass with it (the
+        #: listed ones, and missing/null/``""`` when the spec includes those). A hot loop tests
+        #: ``username in accepted.get(level, ())`` without a call.
+        names: set[str | None] = set(self.usernames)
+        if self.include_missing_username:
+            names.update((None, ""))
+        passing = frozenset(names)
+        self.accepted: dict[str | None, frozenset[str | None]] = dict.fromkeys(
+            self.levels, passing
+        )
         self._a_level = min(self.levels)  # a MatchSpec lists at least one
 
     @classmethod
@@ -64,16 +81,8 @@ class Matcher:
         )
 
     def accepts(self, level: str | None, username: str | None) -> bool:
-        """The ``where`` itself, on an event's (type-checked) ``level`` and ``user.username``.
-
-        The level must be listed; the username listed, or missing/null/``""`` when the spec
-        includes those.
-        """
-        if level not in self.levels:
-            return False
-        if username is None or username == "":
-            return self.include_missing_username or username in self.usernames
-        return username in self.usernames
+        """The ``where`` itself, on an event's (type-checked) ``level`` and ``user.username``."""
+        return username in self.accepted.get(level, ())
 
     def matches(self, event: AuditEvent) -> bool:
         """Whether the decoded ``event`` passes the ``where``."""
