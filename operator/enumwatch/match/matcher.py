@@ -12,9 +12,10 @@ the event has reached it in:
 * :meth:`Matcher.may_match_object`: a raw, not yet type-checked ``audit.k8s.io/v1`` Event object
   (the tailer, which forwards raw lines and leaves decoding to the operator).
 
-All three reduce to :meth:`Matcher.accepts` on the event's ``level`` and ``user.username``. The
-byte-level proof that a line cannot match, :mod:`enumwatch.match.prefilter`, is built from a
-Matcher too.
+All three reduce to :meth:`Matcher.accepts` on the event's ``level`` and ``user.username``, a
+lookup in the compiled table :attr:`Matcher.accepted` (which the scan's hot loop reads directly).
+The byte-level proof that a line cannot match, :mod:`enumwatch.match.prefilter`, is built from
+a Matcher too.
 
 ES|QL details reproduced: the level test is exact and case-sensitive, a missing level never
 matches; a username matches when it is listed, and a missing, null or ``""`` one when the spec
