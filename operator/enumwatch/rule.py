@@ -216,7 +216,7 @@ class GroupTable:
     """
 
     __slots__ = (
-        "_accepts",
+        "_accepted",
         "_cap",
         "_groups",
         "_intern",
@@ -228,7 +228,7 @@ class GroupTable:
 
     def __init__(self, rule: Rule) -> None:
         self._rule = rule
-        self._accepts = rule.matcher.accepts
+        self._accepted = rule.matcher.accepted.get
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
         self._groups: dict[GroupKey, _Kept] = {}
@@ -263,7 +263,7 @@ class GroupTable:
         The same test and the same counting as :meth:`add` of the equivalent event.
         """
         self.considered += 1
-        if not self._accepts(fields[F_LEVEL], fields[F_USERNAME]):
+        if fields[F_USERNAME] not in self._accepted(fields[F_LEVEL], ()):
             return False
         self._count(fields[F_SOURCE_IPS], fields[F_USER_AGENT], fields[:AGGREGATED_FIELDS])
         return True

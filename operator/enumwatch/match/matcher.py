@@ -12,9 +12,10 @@ shape the event has reached it in:
 * :meth:`Matcher.may_match_object`: a raw, not yet type-checked ``audit.k8s.io/v1`` Event object
   (the tailer, which forwards raw lines and leaves decoding to the operator).
 
-All three reduce to :meth:`Matcher.accepts` on the event's ``level`` and ``user.username``. The
-byte-level proof that a line cannot match, :mod:`enumwatch.match.prefilter`, is built from a
-Matcher too.
+All three reduce to :meth:`Matcher.accepts` on the event's ``level`` and ``user.username``, a
+lookup in the compiled table :attr:`Matcher.accepted` (which the scan's hot loop reads directly).
+The byte-level proof that a line cannot match, :mod:`enumwatch.match.prefilter`, is built from
+a Matcher too.
 
 ES|QL details reproduced: the level test is exact and case-sensitive, a missing level never
 matches; a username matches when it is listed, and a missing, null or ``""`` one when the spec
@@ -33,7 +34,14 @@ from enumwatch.audit.event import F_LEVEL, F_USERNAME, AuditEvent, EventFields
 class Matcher:
     """A :class:`MatchSpec` compiled for fast tests of events in any of their shapes."""
 
-    __slots__ = ("_a_level", "include_missing_username", "levels", "spec", "usernames")
+    __slots__ = (
+        "_a_level",
+        "accepted",
+        "include_missing_username",
+        "levels",
+        "spec",
+        "usernames",
+    )
 
     def __init__(self, spec: MatchSpec | None = None) -> None:
         self.spec = spec if spec is not None else MatchSpec()
@@ -42,6 +50,16 @@ class Matcher:
         self.usernames = frozenset(self.spec.usernames)
         #: Whether a missing, null or empty username matches too.
         self.include_missing_username = self.spec.include_missing_username
+        #: The ``where``, compiled: for each listed level, the usernames that pass with it (the
+        #: listed ones, and missing/null/``""`` when the spec includes those). A hot loop tests
+        #: ``username in accepted.get(level, ())`` without a call.
+        names: set[str | None] = set(self.usernames)
+        if self.include_missing_username:
+            names.update((None, ""))
+        passing = frozenset(names)
+        self.accepted: dict[str | None, frozenset[str | None]] = dict.fromkeys(
+            self.levels, passing
+        )
         self._a_level = min(self.levels)  # a MatchSpec lists at least one
 
     @classmethod
@@ -64,16 +82,8 @@ class Matcher:
         )
 
     def accepts(self, level: str | None, username: str | None) -> bool:
-        """The ``where`` itself, on an event's (type-checked) ``level`` and ``user.username``.
-
-        The level must be listed; the username listed, or missing/null/``""`` when the spec
-        includes those.
-        """
-        if level not in self.levels:
-            return False
-        if username is None or username == "":
-            return self.include_missing_username or username in self.usernames
-        return username in self.usernames
+        """The ``where`` itself, on an event's (type-checked) ``level`` and ``user.username``."""
+        return username in self.accepted.get(level, ())
 
     def matches(self, event: AuditEvent) -> bool:
         """Whether the decoded ``event`` passes the ``where``."""

@@ -53,14 +53,6 @@ class Checkpoint:
         """Return the same file's position at ``offset``."""
         return replace(self, offset=offset)
 
-    def same_file(self, other: Checkpoint) -> bool:
-        """Whether ``other`` names the same file (device, inode and fingerprint)."""
-        return (
-            self.device == other.device
-            and self.inode == other.inode
-            and self.fingerprint == other.fingerprint
-        )
-
 
 def fingerprint_of(prefix: bytes) -> str:
     """Return the fingerprint (SHA-256, hex) of a file's leading bytes."""

@@ -39,7 +39,6 @@ class TailConfig(ForwardConfig):
     checkpoint_path: str
     chunk_size: int = CHUNK_SIZE
 
-
 class Tailer:
     """Follows, filters, batches and forwards until :meth:`stop`; checkpoints after each ack.
 
