@@ -134,6 +134,22 @@ RetentionDuration = Annotated[
 ]
 
 
+def _same(value: object, default: object) -> bool:
+    """Equal, lists compared as sets (the order of usernames or levels means nothing)."""
+    if isinstance(value, list) and isinstance(default, list):
+        return set(value) == set(default)
+    return value == default
+
+
+def _shown(value: object) -> str:
+    """A spec value as a user wrote it in YAML (lists in flow style, booleans in lower case)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         populate_by_name=True, extra="forbid", frozen=True, validate_default=True, defer_build=True
@@ -473,6 +489,35 @@ class DetectorSpec(_Model):
         if self.findings.retention_seconds < self.schedule.lookback_seconds:
             raise ValueError(RETENTION_MESSAGE)
         return self
+
+    def seed_deviations(self) -> list[str]:
+        """Where this detector's rule differs from the seed's, one line each, e.g.
+        ``match.levels: [..., Metadata] (seed: [...])``: its match and thresholds field by
+        field, its time basis and its exceptions (schedule and Finding settings are how the
+        rule runs, not what it detects). Reported in ``status.seedDeviations``, so a detector
+        that deviates on purpose (the managed-cluster overlays count Metadata) says so where its
+        Findings are read."""
+        seed = DetectorSpec()
+        lines: list[str] = []
+        for section in ("match", "thresholds"):
+            mine: BaseModel = getattr(self, section)
+            theirs: BaseModel = getattr(seed, section)
+            for name, info in type(mine).model_fields.items():
+                value, default = getattr(mine, name), getattr(theirs, name)
+                if _same(value, default):
+                    continue
+                lines.append(
+                    f"{section}.{info.alias or name}: {_shown(value)} (seed: {_shown(default)})"
+                )
+        if self.schedule.timestamp != seed.schedule.timestamp:
+            lines.append(
+                f"schedule.timestamp: {self.schedule.timestamp} "
+                f"(seed: {seed.schedule.timestamp}, Elastic's event.ingested)"
+            )
+        if self.exceptions:
+            names = ", ".join(e.name for e in self.exceptions)
+            lines.append(f"exceptions: {names} (seed: none)")
+        return lines
 
     match: MatchSpec = Field(
         default_factory=MatchSpec, description="Which audit events are considered."
