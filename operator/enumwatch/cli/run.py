@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         type=Path,
-        help="file holding a static bearer token accepted by /ingest (repeatable)",
+        help="file holding a static bearer token accepted by /ingest (repeatable; default: none)",
     )
     p.add_argument(
         "--ingest-tokenreview",
@@ -73,14 +73,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--ingest-allow-user",
         action="append",
         default=[],
-        help="with --ingest-tokenreview: only these usernames (repeatable)",
+        help="with --ingest-tokenreview: only these usernames (repeatable; default: any)",
     )
     p.add_argument(
         "--ingest-audience",
         action="append",
         default=[],
         help="with --ingest-tokenreview: the token must be issued for this audience "
-        "(e.g. a projected token with audience enumwatch-ingest), repeatable",
+        "(e.g. a projected token with audience enumwatch-ingest; repeatable; default: the API "
+        "server's own)",
     )
     p.add_argument(
         "--tls-cert-file",
