@@ -45,7 +45,7 @@ def test_version_command_and_flag_agree(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == f"enumwatch {__version__}\n"
 
 
-@pytest.mark.parametrize("command", ["run", "manifests", "version"])
+@pytest.mark.parametrize("command", ["run", "manifests", "version", "scan", "tail"])
 def test_every_flag_has_help_with_its_default(command: str) -> None:
     parser = cli.build_parser(command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -56,6 +56,15 @@ def test_every_flag_has_help_with_its_default(command: str) -> None:
             assert action.help, f"{command} {action.option_strings[0]} has no help"
             if action.default not in (None, False, [], "==SUPPRESS=="):
                 assert "default" in action.help, f"{command} {action.option_strings[0]}"
+
+
+def test_every_scan_flag_says_its_default() -> None:
+    # scan's flags without a default value say what applies when they are left out.
+    parser = cli.build_parser("scan")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["scan"]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.option_strings[0]
 
 
 def test_manifests_without_output_prints_and_writes_nothing(

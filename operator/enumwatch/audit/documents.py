@@ -28,6 +28,8 @@ import orjson
 #: The byte-order mark some Windows tools write before UTF-8 text.
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
+#: When the first line does not parse, how many more are tried before calling it a document.
+_LOOKAHEAD = 8
 
 
 class InputKind(StrEnum):
@@ -46,7 +48,8 @@ class InputKind(StrEnum):
 def sniff(head: bytes) -> InputKind:
     """The kind of an input from its first bytes (at least its first line, when it has one).
 
-    Only the first line is parsed: a JSON-lines input costs one ``orjson.loads`` more.
+    Only the first line is parsed (a JSON-lines input costs one ``orjson.loads`` more), and
+    when it does not parse, the next few: one that holds a whole object means JSON lines.
     """
     text = head[len(_BOM) :] if head.startswith(_BOM) else head
     text = text.lstrip(_WHITESPACE)
@@ -57,13 +60,27 @@ def sniff(head: bytes) -> InputKind:
         return InputKind.DOCUMENT
     if first != b"{":
         return InputKind.NOT_JSON
-    end = text.find(b"\n")
+    lines = text.split(b"\n", _LOOKAHEAD + 1)
     try:
-        value = orjson.loads(text if end == -1 else text[:end])
+        value = orjson.loads(lines[0])
     except orjson.JSONDecodeError:
-        return InputKind.DOCUMENT
+        # A log cut in the middle of a line (tail -c, a partial copy) starts with a broken
+        # line; a pretty document never has a line holding a whole non-empty object.
+        return InputKind.JSON_LINES if _holds_an_object(lines[1:]) else InputKind.DOCUMENT
     # A compact _search response on one line: its hits are the events.
     return InputKind.DOCUMENT if _search_hits(value) is not None else InputKind.JSON_LINES
+
+
+def _holds_an_object(lines: list[bytes]) -> bool:
+    """Whether one of the first of ``lines`` is a whole JSON object with keys (JSON lines)."""
+    for line in lines[:_LOOKAHEAD]:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if type(value) is dict and value:
+            return True
+    return False
 
 
 def describe_head(head: bytes, most: int = 16) -> str:

@@ -313,9 +313,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"rule: {result.matched:,} events matched, {result.groups:,} groups, "
                 f"{len(result.rows):,} rows"
             )
-    for problem in survey.problems():
-        err.line(f"{PROG}: warning: {problem}")
     blind = blindness(survey, stats, matched, matcher)
+    if blind is None or not blind.unreadable:  # else its reason names them already
+        for problem in survey.problems():
+            err.line(f"{PROG}: warning: {problem}")
     if blind is not None:
         err.line(f"{PROG}: blind: {blind.reason}")
         err.line(f"{PROG}: fix: {blind.fix}")

@@ -29,9 +29,11 @@ from enumwatch.scan.engine import (
 )
 from enumwatch.scan.errors import ScanError
 from enumwatch.scan.parallel import default_workers, scan_files
-from enumwatch.scan.survey import Blindness, Survey, blindness
+from enumwatch.scan.survey import INPUT_FIX, LEVEL_FIX, Blindness, Survey, blindness
 
 __all__ = [
+    "INPUT_FIX",
+    "LEVEL_FIX",
     "STDIN",
     "Blindness",
     "ProgressCallback",

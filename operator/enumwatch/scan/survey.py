@@ -107,6 +107,8 @@ class Blindness:
 
     reason: str
     fix: str
+    #: Whether nothing in the input was readable (the reason names each input's problem).
+    unreadable: bool = False
 
 
 def _counts(counter: Counter[str | None]) -> str:
@@ -143,6 +145,7 @@ def blindness(
             + "; ".join(_unreadable(s) for s in read)
             + ")",
             INPUT_FIX,
+            unreadable=True,
         )
     if matched:
         return None
