@@ -26,6 +26,8 @@ from enumwatch.cli.scan import EXIT_BLIND, EXIT_OK, EXIT_USAGE
 from enumwatch.scan import LEVEL_FIX
 from enumwatch.scan import parallel as parallel_scan
 from enumwatch_devkit.corpus import audit_event, realistic_lines, to_elastic
+from tests.unit.test_scan_cli import json_rows as rows_of
+from tests.unit.test_scan_cli import run as scan
 
 #: A user agent longer than a terminal's column for it: a piped table must not fold it.
 LONG_AGENT = "my-enumeration-scanner/1.0 (+https://scanner.example/about-this-scanner)"
@@ -71,19 +73,6 @@ def write(path: Path, data: bytes | str) -> str:
 
 def jsonl(events: list[dict[str, Any]]) -> bytes:
     return b"\n".join(orjson.dumps(e) for e in events) + b"\n"
-
-
-def scan(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    status = main(["scan", *args])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def rows_of(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, Any]]:
-    status, out, err = scan(capsys, *args, "--format", "json")
-    assert status == EXIT_OK, err
-    rows: list[dict[str, Any]] = orjson.loads(out)
-    return rows
 
 
 def _hits(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
