@@ -91,10 +91,11 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "scan",
         help="run a detector over audit log files (offline backtest)",
+        # Written with its line breaks: the formatter keeps the epilog's layout, and this too.
         description=(
-            "Evaluate the anonymous-enumeration rule over kube-apiserver audit logs (JSON lines, "
-            "EventList documents or Elastic exports; '-' is stdin, gzip is detected) as one "
-            "window, or with --replay as the scheduled windows a deployed detector would run."
+            "Evaluate the anonymous-enumeration rule over kube-apiserver audit logs (JSON\n"
+            "lines, EventList documents or Elastic exports; '-' is stdin, gzip is detected) as\n"
+            "one window, or with --replay as the scheduled windows a deployed detector would run."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -440,6 +441,8 @@ def _write_csv(out: _Stream, records: list[dict[str, Any]]) -> None:
     import csv  # only CSV output needs it
 
     flat = [_flat(record) for record in records]
+    if not flat:
+        return  # no rows, no columns: an empty file
     columns = list(dict.fromkeys(key for record in flat for key in record))
     writer = csv.DictWriter(out.file, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
