@@ -419,6 +419,9 @@ def test_ndjson_and_csv_hold_the_json_records(
             json.loads(line["Esql.kubernetes_audit_verb_values"])
             == (row["Esql.kubernetes_audit_verb_values"])
         )
+    # No rows: nothing at all (no header without columns, no blank line).
+    for fmt in ("csv", "ndjson"):
+        assert scan(capsys, "/dev/null", "--format", fmt, "-q") == (EXIT_OK, "", "")
 
 
 def test_finding_records_use_the_sinks_aggregates(
