@@ -302,6 +302,25 @@ def test_authenticated_users_at_request_is_a_clean_result(
     assert scan(capsys, path, "-q", "--format", "json") == (EXIT_OK, "[]\n", "")
 
 
+def test_replay_of_undated_events_is_blind(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    undated = [
+        {k: v for k, v in e.items() if not k.endswith("Timestamp")} for e in scanner_events()
+    ]
+    path = write(tmp_path / "undated.log", jsonl(undated))
+    assert len(rows_of(capsys, path)) == 1  # one window needs no time
+    status, out, err = scan(capsys, path, "--replay", "--format", "json", "-q")
+    assert (status, out) == (EXIT_BLIND, "[]\n")
+    assert err.splitlines() == [
+        "enumwatch scan: blind: cannot place in time: the 8 events the rule matched carry no "
+        "usable timestamp (stageTimestamp, requestReceivedTimestamp or Elastic's @timestamp), "
+        "so no replayed window held any",
+        "enumwatch scan: fix: scan without --replay: the whole input is then one window, which "
+        "needs no time",
+    ]
+
+
 # -------------------------------------------------------------------------- exit statuses
 
 

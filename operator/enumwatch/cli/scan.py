@@ -81,8 +81,9 @@ exit status:
   N  with --exit-code N: the rule produced at least one row
   {EXIT_USAGE}  usage or input error: a bad flag, an unreadable file, an invalid detector
   {EXIT_BLIND}  blind: a non-empty input held nothing usable (not JSON, no audit events), or the
-     events are logged at a level the rule cannot match (Metadata); stderr says why and
-     what to fix. An empty result then does not mean no enumeration.
+     events are logged at a level the rule cannot match (Metadata), or (--replay) the
+     matching events have no timestamps; stderr says why and what to fix. An empty
+     result then does not mean no enumeration.
 """
 
 
@@ -314,7 +315,8 @@ def _run(args: argparse.Namespace) -> int:
                 f"rule: {result.matched:,} events matched, {result.groups:,} groups, "
                 f"{len(result.rows):,} rows"
             )
-    blind = blindness(survey, stats, matched, matcher)
+    undated = report.counters["undated"] if args.replay else 0
+    blind = blindness(survey, stats, matched, matcher, undated)
     if blind is None or not blind.unreadable:  # else its reason names them already
         for problem in survey.problems():
             err.line(f"{PROG}: warning: {problem}")

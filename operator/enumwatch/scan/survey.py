@@ -34,6 +34,9 @@ LEVEL_FIX = (
     "kube-apiserver's --audit-policy-file, then scan logs written since"
 )
 
+#: What to do when --replay cannot place the matching events in time.
+UNDATED_FIX = "scan without --replay: the whole input is then one window, which needs no time"
+
 
 @dataclass(slots=True)
 class InputSurvey:
@@ -125,7 +128,7 @@ def _unreadable(survey: InputSurvey) -> str:
 
 
 def blindness(
-    survey: Survey, stats: DecodeStats, matched: int, matcher: Matcher
+    survey: Survey, stats: DecodeStats, matched: int, matcher: Matcher, undated: int = 0
 ) -> Blindness | None:
     """Whether a scan could not have found anything, and why; ``None`` when its result stands.
 
@@ -133,7 +136,9 @@ def blindness(
       (and none was seen in their samples: a log of authenticated users, ruled out unparsed, is
       not this);
     * cannot match: no event matched, and every sampled event (or every sampled event whose
-      user the rule accepts) is at a level the rule does not read (``Metadata``).
+      user the rule accepts) is at a level the rule does not read (``Metadata``);
+    * cannot place in time (``--replay``): every event that matched (``undated`` of them) had
+      no usable timestamp, so no window held any.
     """
     read = [s for s in survey.inputs if s.kind is not InputKind.EMPTY]
     if not read:
@@ -149,6 +154,13 @@ def blindness(
         )
     if matched:
         return None
+    if undated:
+        return Blindness(
+            f"cannot place in time: the {undated:,} events the rule matched carry no usable "
+            "timestamp (stageTimestamp, requestReceivedTimestamp or Elastic's @timestamp), so "
+            "no replayed window held any",
+            UNDATED_FIX,
+        )
     rule_levels = ", ".join(sorted(matcher.levels))
     for sampled, what in (
         (levels, "audit events"),
