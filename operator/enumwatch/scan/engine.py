@@ -65,23 +65,24 @@ def no_cyclic_gc() -> Iterator[None]:
 #: Skip reason for an event decoded again with the same (auditID, stage): counted once.
 DUPLICATE = "duplicate"
 
-#: An event's delivery key: the operator's ingest and its windows count an event once per
-#: (auditID, stage), whatever delivered it how many times; so does a scan.
-DeliveryKey = tuple[str, str | None]
-
 
 def feed(
     table: GroupTable,
     stats: DecodeStats,
     buffers: Iterable[bytes],
     prefilter: Prefilter,
-    seen: set[DeliveryKey],
+    seen: set[int],
 ) -> None:
     """Decode ``buffers`` through ``prefilter`` into ``table``, counting into ``stats``.
 
-    A scan needs no timestamps: the fields go to the table without an AuditEvent. An event
-    whose (auditID, stage) is in ``seen`` is counted as :data:`DUPLICATE` instead (the same file
-    scanned twice, overlapping exports); the keys of the others are added to ``seen``. Events
+    A scan needs no timestamps: the fields go to the table without an AuditEvent.
+
+    Like the operator's ingest and its windows, an event counts once per (auditID, stage),
+    however many times it was delivered (the same file scanned twice, overlapping exports): an
+    event whose key is in ``seen`` is counted as :data:`DUPLICATE` instead, and the keys of the
+    others are added. ``seen`` holds the keys' hashes, not the keys: a third of the memory when
+    every event is decoded, and two different events share a 64-bit hash (randomly keyed,
+    SipHash) with a chance below one in a million even over ten million events. Events
     without an auditID cannot be recognised and are all counted.
     """
     add = table.add_fields
@@ -90,7 +91,7 @@ def feed(
     for fields in iter_buffer_fields(buffers, stats, prefilter):
         audit_id = fields[F_AUDIT_ID]
         if audit_id is not None:
-            key = (audit_id, fields[F_STAGE])
+            key = hash((audit_id, fields[F_STAGE]))
             if key in seen:
                 duplicates += 1
                 continue

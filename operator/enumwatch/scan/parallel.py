@@ -32,7 +32,7 @@ from enumwatch.scan.chunks import (
     read_head,
     read_range,
 )
-from enumwatch.scan.engine import DeliveryKey, ScanReport, feed, no_cyclic_gc
+from enumwatch.scan.engine import ScanReport, feed, no_cyclic_gc
 from enumwatch.scan.errors import ScanError
 from enumwatch.scan.survey import Survey
 
@@ -83,7 +83,7 @@ def scan_files(
     shares = [ranges[i::workers] for i in range(workers)]
     children = [_Worker(share, rule, prefilter) for share in shares[1:] if share]
     table, stats = rule.table(), DecodeStats()
-    seen: set[DeliveryKey] = set()
+    seen: set[int] = set()
     try:
         with no_cyclic_gc():
             for path in paths:
@@ -96,8 +96,7 @@ def scan_files(
                 callback = progress(path) if progress is not None else None
                 buffers = read_range(path, start, end, _scaled(callback, os.path.getsize(path)))
                 feed(table, stats, buffers, prefilter, seen)
-            keys = {hash(key) for key in seen} if children else set()
-            overlap = not all(child.merge_into(table, stats, keys) for child in children)
+            overlap = not all(child.merge_into(table, stats, seen) for child in children)
         if overlap:
             # Two processes counted the same event: only one process can count it once.
             for child in children:
@@ -169,16 +168,16 @@ class _Worker:
     ) -> bool:
         """Merge the worker's table and counts into these; raise its error as :class:`ScanError`.
 
-        ``keys`` holds the hashes of the delivery keys counted so far: when the worker counted
-        one of them too, nothing is merged and ``False`` is returned (the caller scans again in
-        one process; a hash collision only costs that). Otherwise its hashes are added to
+        ``keys`` holds the hashed delivery keys counted so far (see :func:`~enumwatch.scan.
+        engine.feed`): when the worker counted one of them too, nothing is merged and ``False``
+        is returned (the caller scans again in one process). Otherwise its keys are added to
         ``keys`` (without ``keys``, nothing is checked). The table arrives in parts (see
         :meth:`GroupTable.split`), each merged before the next is received.
         """
         while (outcome := self._receive()) is not None:
             if isinstance(outcome, DecodeStats):
                 stats.merge(outcome)
-            elif isinstance(outcome, frozenset):
+            elif isinstance(outcome, set):
                 if keys is None:
                     continue
                 if not keys.isdisjoint(outcome):
@@ -213,17 +212,17 @@ class _Worker:
 def _work(
     sender: Connection, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter
 ) -> None:
-    """The body of a :class:`_Worker`: scan ``share``, send the stats, the hashes of the
-    delivery keys it counted (forked, it hashes strings as its parent does), the table in parts
-    of :data:`TRANSFER_GROUPS` groups and ``None``; or send the error."""
+    """The body of a :class:`_Worker`: scan ``share``, send the stats, the hashed delivery keys
+    it counted (forked, it hashes strings as its parent does), the table in parts of
+    :data:`TRANSFER_GROUPS` groups and ``None``; or send the error."""
     try:
         table, stats = rule.table(), DecodeStats()
-        seen: set[DeliveryKey] = set()
+        seen: set[int] = set()
         with no_cyclic_gc():
             for path, start, end in share:
                 feed(table, stats, read_range(path, start, end), prefilter, seen)
             sender.send(stats)
-            sender.send(frozenset(hash(key) for key in seen))
+            sender.send(seen)
             del seen
             for part in table.split(TRANSFER_GROUPS):
                 sender.send(part)
