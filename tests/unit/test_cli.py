@@ -45,9 +45,8 @@ def test_version_command_and_flag_agree(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == f"enumwatch {__version__}\n"
 
 
-@pytest.mark.parametrize("command", ["run", "tail", "collect", "manifests", "version"])
+@pytest.mark.parametrize("command", ["run", "tail", "collect", "manifests", "version", "scan"])
 def test_every_flag_has_help_with_its_default(command: str) -> None:
-    # scan is not listed here: its options are reworked with issue 14 points 1-3.
     parser = cli.build_parser(command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     subparser = sub.choices[command]
@@ -67,6 +66,15 @@ def test_every_command_has_a_one_line_summary_in_the_top_level_help() -> None:
     assert sorted(summaries) == sorted(cli.COMMAND_MODULES)
     for name, summary in summaries.items():
         assert summary and "\n" not in summary and not summary.endswith("."), name
+
+
+def test_every_scan_flag_says_its_default() -> None:
+    # scan's flags without a default value say what applies when they are left out.
+    parser = cli.build_parser("scan")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["scan"]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.option_strings[0]
 
 
 def test_manifests_without_output_prints_and_writes_nothing(
