@@ -1,0 +1,172 @@
+"""Where a query's events come from: the table's columns, mapped to the fields the rule reads.
+
+The rule (:mod:`enumwatch.query.rule`) reads one relation, ``events``, with one row per audit
+event and the columns of :data:`EVENT_COLUMNS` (the fields of
+:class:`~enumwatch.audit.event.AuditEvent` the seed reads). A :class:`Source` says how to select
+them from a table:
+
+* :data:`RAW`: the ``audit.k8s.io/v1`` Event itself, its JSON fields as nested columns
+  (:data:`RAW_SCHEMA`), e.g. the API server's log files read by DuckDB's ``read_json`` or Spark's
+  ``spark.read.json`` with that schema, or a Trino/Athena table over them. BigQuery has no map
+  type, so there ``annotations`` is a ``JSON`` column.
+* :data:`GKE_EXPORT`: GKE's Cloud Audit Logs as a Log Router sink exports them to BigQuery
+  (``cloudaudit_googleapis_com_activity`` / ``_data_access``), mapped to audit-event fields as
+  :mod:`enumwatch.sources.collect.gke` rebuilds them from the same entries (the README's table).
+
+A table whose columns hold values of the wrong type cannot exist, so the scan's skip policy (an
+event with a wrong-typed field is skipped and counted) is the loader's: with an explicit schema,
+the engine refuses or nulls such records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import sqlglot
+from sqlglot import exp
+
+from enumwatch.audit.event import DECISION_ANNOTATION
+from enumwatch.sources.collect.gke import GRPC_TO_HTTP, KUBERNETES_SERVICE
+
+Dialect = Literal["duckdb", "spark", "trino", "bigquery"]
+#: The engines a query is written for, as sqlglot names their dialects.
+DIALECTS: tuple[Dialect, ...] = ("duckdb", "spark", "trino", "bigquery")
+
+#: The columns of the ``events`` relation the rule reads, and their SQL types (Spark DDL).
+EVENT_COLUMNS: Mapping[str, str] = {
+    "username": "STRING",
+    "user_groups": "ARRAY<STRING>",
+    "level": "STRING",
+    "verb": "STRING",
+    "request_uri": "STRING",
+    "user_agent": "STRING",
+    "resource": "STRING",
+    "namespace": "STRING",
+    "message": "STRING",
+    "code": "BIGINT",
+    "decision": "STRING",
+    "ips": "ARRAY<STRING>",
+}
+
+#: The raw Event's fields the rule reads, as the columns of a table of raw events (Spark DDL
+#: types; rendered for each engine by :func:`raw_schema`). Other fields may be present.
+RAW_SCHEMA: Mapping[str, str] = {
+    "level": "STRING",
+    "verb": "STRING",
+    "requestURI": "STRING",
+    "userAgent": "STRING",
+    "sourceIPs": "ARRAY<STRING>",
+    "user": "STRUCT<username: STRING, `groups`: ARRAY<STRING>>",
+    "objectRef": "STRUCT<resource: STRING, namespace: STRING>",
+    "responseStatus": "STRUCT<code: BIGINT, message: STRING>",
+    "annotations": "MAP<STRING, STRING>",
+}
+
+
+def raw_schema(dialect: Dialect) -> dict[str, str]:
+    """:data:`RAW_SCHEMA` with its types in ``dialect`` (BigQuery: ``annotations`` is JSON)."""
+    schema = {
+        name: exp.DataType.build(kind, dialect="spark").sql(dialect)
+        for name, kind in RAW_SCHEMA.items()
+    }
+    if dialect == "bigquery":
+        schema["annotations"] = "JSON"
+    return schema
+
+
+@dataclass(frozen=True)
+class Source:
+    """A kind of table holding audit events: its name, the engines it exists in, its mapping."""
+
+    name: str
+    description: str
+    dialects: tuple[Dialect, ...]
+    default_table: str
+
+    def events(self, table: exp.Table, dialect: Dialect) -> exp.Select:
+        """The ``events`` relation: :data:`EVENT_COLUMNS` selected from ``table``."""
+        if self is GKE_EXPORT:
+            return _gke_events(table)
+        return _raw_events(table, dialect)
+
+
+RAW = Source(
+    name="raw",
+    description="audit.k8s.io/v1 Events, their JSON fields as nested columns",
+    dialects=DIALECTS,
+    default_table="audit_events",
+)
+GKE_EXPORT = Source(
+    name="gke-export",
+    description="GKE's Cloud Audit Logs exported to BigQuery by a Log Router sink",
+    dialects=("bigquery",),
+    default_table="cloudaudit_googleapis_com_data_access",
+)
+#: Every source, by name (the CLI's --source).
+SOURCES: Mapping[str, Source] = {s.name: s for s in (RAW, GKE_EXPORT)}
+
+
+def source_for(name: str) -> Source:
+    """The source called ``name``; ``ValueError`` naming the known ones otherwise."""
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise ValueError(f"unknown source {name!r}: use one of {', '.join(SOURCES)}") from None
+
+
+def _field(*path: str) -> exp.Column | exp.Dot:
+    """A column or a field of a struct column, every part quoted (``user`` is a keyword)."""
+    parts = [exp.to_identifier(p, quoted=True) for p in path]
+    if len(parts) == 1:
+        return exp.column(parts[0])
+    return exp.Dot.build([exp.column(parts[0]), *parts[1:]])
+
+
+def _select(columns: Mapping[str, exp.Expression], table: exp.Table) -> exp.Select:
+    assert list(columns) == list(EVENT_COLUMNS), "a source must map every event column, in order"
+    return exp.select(*(exp.alias_(e, name) for name, e in columns.items())).from_(table)
+
+
+def _raw_events(table: exp.Table, dialect: Dialect) -> exp.Select:
+    annotations = _field("annotations")
+    decision: exp.Expression
+    if dialect == "bigquery":
+        # No map type in BigQuery: the annotations object is a JSON column.
+        decision = exp.JSONExtractScalar(
+            this=annotations,
+            expression=sqlglot.parse_one(
+                f"JSON_VALUE(j, '$.\"{DECISION_ANNOTATION}\"')", read="bigquery"
+            ).expression,
+        )
+    else:
+        # A safe lookup: NULL for a missing key in every engine (Trino's m[k] raises, and so does
+        # Spark's in ANSI mode); sqlglot writes element_at, try_element_at or m[k].
+        decision = exp.Bracket(
+            this=annotations,
+            expressions=[exp.Literal.string(DECISION_ANNOTATION)],
+            offset=1,
+            safe=True,
+        )
+    return _select(
+        {
+            "username": _field("user", "username"),
+            "user_groups": _field("user", "groups"),
+            "level": _field("level"),
+            "verb": _field("verb"),
+            "request_uri": _field("requestURI"),
+            "user_agent": _field("userAgent"),
+            "resource": _field("objectRef", "resource"),
+            "namespace": _field("objectRef", "namespace"),
+            "message": _field("responseStatus", "message"),
+            "code": _field("responseStatus", "code"),
+            "decision": decision,
+            "ips": _field("sourceIPs"),
+        },
+        table,
+    )
+
+
+def _gke_events(table: exp.Table) -> exp.Select:
+    raise NotImplementedError("the GKE export source is not written yet")
