@@ -159,8 +159,13 @@ def _thresholds(t: ThresholdsSpec, stats: dict[str, exp.Expression]) -> exp.Expr
     )
 
 
-def _quoted(name: str) -> exp.Identifier:
-    return exp.to_identifier(name, quoted=True)
+def column_name(name: str, dialect: Dialect) -> str:
+    """The output column called ``name`` in ES|QL, as ``dialect`` can name it.
+
+    BigQuery's column names cannot hold a dot: there ``Esql.document_count`` is
+    ``Esql_document_count`` and ``kubernetes.audit.sourceIPs`` ``kubernetes_audit_sourceIPs``.
+    """
+    return name.replace(".", "_") if dialect == "bigquery" else name
 
 
 def rule_tree(
@@ -192,6 +197,9 @@ def rule_tree(
             join_type="CROSS",
         )
     )
+    def _quoted(name: str) -> exp.Identifier:
+        return exp.to_identifier(column_name(name, dialect), quoted=True)
+
     stats = _stats()
     by_name = dict(stats)
     group_key = [_col("source_ip"), _col("user_agent")]
