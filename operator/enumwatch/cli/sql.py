@@ -13,7 +13,7 @@ import sys
 
 from enumwatch.api.manifest import ManifestError, load_detector
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.query import DIALECTS, SOURCES, RAW, detector_query, source_for
+from enumwatch.query import DIALECTS, RAW, SOURCES, detector_query, source_for
 
 PROG = "enumwatch sql"
 

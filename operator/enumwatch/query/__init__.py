@@ -10,9 +10,9 @@ is the same rows as a scan of the same events, column for column.
 The query is one sqlglot expression tree rendered for each dialect: no SQL text per engine. Where
 sqlglot does not translate a construct to an engine (BigQuery has no ``ARRAY_DISTINCT`` and sorts
 inside ``ARRAY_AGG``), a transform of the tree rewrites it into that engine's idiom (see
-:mod:`enumwatch.query.rule`). Where the events come from is a :class:`~enumwatch.query.sources.Source`:
-raw ``audit.k8s.io/v1`` events, or GKE's Cloud Audit Logs export to BigQuery, mapped as
-``enumwatch collect`` maps them.
+:mod:`enumwatch.query.rule`). Where the events come from is a
+:class:`~enumwatch.query.sources.Source`: raw ``audit.k8s.io/v1`` events, or GKE's Cloud Audit
+Logs export to BigQuery, mapped as ``enumwatch collect`` maps them.
 """
 
 from enumwatch.query.rule import DIALECTS, Dialect, detector_query

@@ -49,22 +49,23 @@ def _str(value: str) -> exp.Literal:
     return exp.Literal.string(value)
 
 
-def _int(value: int) -> exp.Literal:
+def _int(value: int) -> exp.Expr:
     return exp.Literal.number(value)
 
 
-def _where(match: MatchSpec) -> exp.Expression:
+def _where(match: MatchSpec) -> exp.Expr:
     """The seed's first ``where``: a listed level, and an anonymous (or missing) username."""
     level = _col("level").isin(*(_str(lv) for lv in sorted(set(match.levels))))
     username = _col("username")
-    anyone: list[exp.Expression] = []
+    anyone: list[exp.Expr] = []
     if match.usernames:
         anyone.append(username.isin(*(_str(u) for u in sorted(set(match.usernames)))))
     if match.include_missing_username:
         anyone += [username.is_(exp.null()), username.eq(_str(""))]
     if not anyone:
         return exp.false()
-    return exp.and_(level, exp.paren(exp.or_(*anyone), copy=False) if len(anyone) > 1 else anyone[0])
+    who = exp.paren(exp.or_(*anyone), copy=False) if len(anyone) > 1 else anyone[0]
+    return exp.and_(level, who)
 
 
 def _outcome() -> exp.Case:
@@ -82,15 +83,15 @@ def _outcome() -> exp.Case:
     )
 
 
-def _count_of(outcome: str) -> exp.Expression:
+def _count_of(outcome: str) -> exp.Expr:
     return exp.CountIf(this=_col("outcome").eq(_str(outcome)))
 
 
-def _distinct_count(column: str) -> exp.Expression:
+def _distinct_count(column: str) -> exp.Expr:
     return exp.Count(this=exp.Distinct(expressions=[_col(column)]))
 
 
-def _values(column: str, kind: str) -> exp.Expression:
+def _values(column: str, kind: str) -> exp.Expr:
     """ES|QL ``values()``: the distinct non-null values, sorted; ``[]`` when there are none."""
     agg = exp.Filter(
         this=exp.ArrayAgg(this=exp.Distinct(expressions=[_col(column)])),
@@ -99,13 +100,13 @@ def _values(column: str, kind: str) -> exp.Expression:
     return _or_empty(exp.ArraySort(this=agg), kind)
 
 
-def _or_empty(array: exp.Expression, kind: str) -> exp.Expression:
+def _or_empty(array: exp.Expr, kind: str) -> exp.Expr:
     empty = exp.cast(exp.Array(expressions=[]), exp.DataType.build(f"ARRAY<{kind}>", "spark"))
     return exp.func("COALESCE", array, empty)
 
 
 #: The seed's stats, in the order (and with the names) of :meth:`enumwatch.rule.Row.to_esql`.
-def _stats() -> list[tuple[str, exp.Expression]]:
+def _stats() -> list[tuple[str, exp.Expr]]:
     return [
         ("Esql.document_count", exp.Count(this=exp.Star())),
         ("Esql.authz_allow_count", _count_of(AUTHZ_ALLOW)),
@@ -140,7 +141,7 @@ _SOURCE_IP = "kubernetes.audit.sourceIPs"
 _USER_AGENT = "kubernetes.audit.userAgent"
 
 
-def _thresholds(t: ThresholdsSpec, stats: dict[str, exp.Expression]) -> exp.Expression:
+def _thresholds(t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
     """The seed's final ``where``: distinct counts, the count bound, and the triggers OR'd."""
     return exp.and_(
         stats["Esql.kubernetes_audit_requestURI_count_distinct"].copy()
@@ -168,9 +169,7 @@ def column_name(name: str, dialect: Dialect) -> str:
     return name.replace(".", "_") if dialect == "bigquery" else name
 
 
-def rule_tree(
-    spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dialect
-) -> exp.Select:
+def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dialect) -> exp.Select:
     """The whole query as one sqlglot tree (before any dialect's rewrite)."""
     kept = (
         exp.select(exp.Star(), exp.alias_(_outcome(), "outcome"))
@@ -197,6 +196,7 @@ def rule_tree(
             join_type="CROSS",
         )
     )
+
     def _quoted(name: str) -> exp.Identifier:
         return exp.to_identifier(column_name(name, dialect), quoted=True)
 
@@ -259,7 +259,7 @@ def rule_tree(
     )
 
 
-def _bigquery_arrays(node: exp.Expression) -> exp.Expression:
+def _bigquery_arrays(node: exp.Expr) -> exp.Expr:
     """BigQuery's idioms for what sqlglot does not translate there.
 
     ``ARRAY_SORT(ARRAY_AGG(DISTINCT x) FILTER (WHERE x IS NOT NULL))`` becomes
@@ -308,9 +308,10 @@ def detector_query(
         parsed = exp.to_table(name, dialect=dialect)
     except sqlglot.errors.ParseError as exc:
         raise ValueError(f"cannot read {name!r} as a table name in {dialect}: {exc}") from None
-    tree = rule_tree(spec, source, parsed, dialect)
+    query = rule_tree(spec, source, parsed, dialect)
     if limit is not None:
-        tree = tree.limit(limit)
+        query = query.limit(limit)
+    tree: exp.Expr = query
     if dialect == "bigquery":
         tree = tree.transform(_bigquery_arrays)
     return tree.sql(dialect=dialect, pretty=True, unsupported_level=sqlglot.ErrorLevel.RAISE)

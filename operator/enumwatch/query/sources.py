@@ -125,14 +125,14 @@ def _field(*path: str) -> exp.Column | exp.Dot:
     return exp.Dot.build([exp.column(parts[0]), *parts[1:]])
 
 
-def _select(columns: Mapping[str, exp.Expression], table: exp.Table) -> exp.Select:
+def _select(columns: Mapping[str, exp.Expr], table: exp.Table) -> exp.Select:
     assert list(columns) == list(EVENT_COLUMNS), "a source must map every event column, in order"
     return exp.select(*(exp.alias_(e, name) for name, e in columns.items())).from_(table)
 
 
 def _raw_events(table: exp.Table, dialect: Dialect) -> exp.Select:
     annotations = _field("annotations")
-    decision: exp.Expression
+    decision: exp.Expr
     if dialect == "bigquery":
         # No map type in BigQuery: the annotations object is a JSON column.
         decision = exp.JSONExtractScalar(
