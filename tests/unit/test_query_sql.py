@@ -9,6 +9,8 @@ DuckDB and Spark run theirs in ``test_query_engines.py``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +19,9 @@ import sqlglot
 from enumwatch.api.manifest import load_detector
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.cli.main import main
-from enumwatch.query import DIALECTS, GKE_EXPORT, RAW, detector_query
-from enumwatch.query.sources import raw_schema
+from enumwatch.query import DIALECTS
+from enumwatch.query.rule import detector_query
+from enumwatch.query.sources import GKE_EXPORT, RAW, raw_schema
 
 GOLDEN = Path(__file__).parent / "golden" / "sql"
 DETECTOR = GOLDEN / "detector.yaml"
@@ -134,3 +137,26 @@ def test_raw_schema_per_dialect() -> None:
     assert raw_schema("trino")["annotations"] == "MAP(VARCHAR, VARCHAR)"
     assert raw_schema("spark")["sourceIPs"] == "ARRAY<STRING>"
     assert raw_schema("bigquery")["annotations"] == "JSON"
+
+
+def test_without_sqlglot_help_works_and_sql_says_what_to_install() -> None:
+    """sqlglot is the ``sql`` extra, which the image does not install."""
+    blocked = (
+        "import sys; sys.modules['sqlglot'] = None; "
+        "from enumwatch.cli.main import main; sys.exit(main(sys.argv[1:]))"
+    )
+    help_ = subprocess.run(
+        [sys.executable, "-c", blocked, "--help"], capture_output=True, text=True, check=False
+    )
+    assert help_.returncode == 0 and "    sql " in help_.stdout
+    done = subprocess.run(
+        [sys.executable, "-c", blocked, "sql", "--dialect", "duckdb"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        2,
+        "",
+        "enumwatch sql: needs sqlglot; install it with pip install 'enumwatch[sql]'\n",
+    )

@@ -13,7 +13,7 @@ import sys
 
 from enumwatch.api.manifest import ManifestError, load_detector
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.query import DIALECTS, RAW, SOURCES, detector_query, source_for
+from enumwatch.query import DIALECTS, SOURCE_TABLES, SQL_EXTRA
 
 PROG = "enumwatch sql"
 
@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--source",
-        choices=tuple(SOURCES),
-        default=RAW.name,
+        choices=tuple(SOURCE_TABLES),
+        default="raw",
         help=(
             "what the table holds: raw audit.k8s.io/v1 events as nested columns (raw, default) "
             "or GKE's Cloud Audit Logs exported to BigQuery (gke-export, --dialect bigquery)"
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="T",
         help=(
             "the table to read, as the engine names it (e.g. project.dataset.table); default: "
-            + ", ".join(f"{s.default_table} ({s.name})" for s in SOURCES.values())
+            + ", ".join(f"{table} ({source})" for source, table in SOURCE_TABLES.items())
         ),
     )
     parser.add_argument(
@@ -62,6 +62,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``enumwatch sql``; returns the exit status (2 on bad input)."""
+    try:
+        # sqlglot is imported here, not at registration: `enumwatch --help` must work without it.
+        from enumwatch.query.rule import detector_query
+        from enumwatch.query.sources import source_for
+    except ModuleNotFoundError as exc:
+        if exc.name != "sqlglot":
+            raise
+        sys.stderr.write(f"{PROG}: needs sqlglot; install it with pip install '{SQL_EXTRA}'\n")
+        return 2
     try:
         spec = load_detector(args.detector) if args.detector else DetectorSpec()
         if args.limit is not None and args.limit < 1:

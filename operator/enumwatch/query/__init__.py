@@ -13,18 +13,23 @@ inside ``ARRAY_AGG``), a transform of the tree rewrites it into that engine's id
 :mod:`enumwatch.query.rule`). Where the events come from is a
 :class:`~enumwatch.query.sources.Source`: raw ``audit.k8s.io/v1`` events, or GKE's Cloud Audit
 Logs export to BigQuery, mapped as ``enumwatch collect`` maps them.
+
+This package's top level holds only the names the CLI offers, so that ``enumwatch --help`` works
+without sqlglot (the ``sql`` extra, not installed in the image): the query itself is
+:func:`enumwatch.query.rule.detector_query`.
 """
 
-from enumwatch.query.rule import DIALECTS, Dialect, detector_query
-from enumwatch.query.sources import GKE_EXPORT, RAW, SOURCES, Source, source_for
+from typing import Literal
 
-__all__ = [
-    "DIALECTS",
-    "GKE_EXPORT",
-    "RAW",
-    "SOURCES",
-    "Dialect",
-    "Source",
-    "detector_query",
-    "source_for",
-]
+Dialect = Literal["duckdb", "spark", "trino", "bigquery"]
+#: The engines a query is written for, as sqlglot names their dialects.
+DIALECTS: tuple[Dialect, ...] = ("duckdb", "spark", "trino", "bigquery")
+#: The kinds of table a query reads (:data:`enumwatch.query.sources.SOURCES`), each with the
+#: table it reads unless told another.
+SOURCE_TABLES: dict[str, str] = {
+    "raw": "audit_events",
+    # Anonymous reads are data-access logs; a Log Router sink names the table after the log.
+    "gke-export": "cloudaudit_googleapis_com_data_access",
+}
+#: What to install when sqlglot is missing: ``enumwatch sql`` is not in the image's extras.
+SQL_EXTRA = "enumwatch[sql]"

@@ -25,7 +25,8 @@ import sqlglot
 from sqlglot import exp
 
 from enumwatch.api.spec import DetectorSpec, MatchSpec, ThresholdsSpec
-from enumwatch.query.sources import DIALECTS, RAW, Dialect, Source
+from enumwatch.query import DIALECTS, Dialect
+from enumwatch.query.sources import RAW, Source
 from enumwatch.rule import (
     AUTHN_AUTHZ_FAILED,
     AUTHZ_ALLOW,
@@ -35,8 +36,6 @@ from enumwatch.rule import (
     SUCCESS,
     UNKNOWN,
 )
-
-__all__ = ["DIALECTS", "Dialect", "detector_query"]
 
 _STRING = "VARCHAR"
 

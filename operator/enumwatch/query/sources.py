@@ -23,17 +23,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import sqlglot
 from sqlglot import exp
 
 from enumwatch.audit.event import DECISION_ANNOTATION
+from enumwatch.query import DIALECTS, SOURCE_TABLES, Dialect
 from enumwatch.sources.collect.gke import GRPC_TO_HTTP, KUBERNETES_SERVICE
-
-Dialect = Literal["duckdb", "spark", "trino", "bigquery"]
-#: The engines a query is written for, as sqlglot names their dialects.
-DIALECTS: tuple[Dialect, ...] = ("duckdb", "spark", "trino", "bigquery")
 
 #: The columns of the ``events`` relation the rule reads, and their SQL types (Spark DDL).
 EVENT_COLUMNS: Mapping[str, str] = {
@@ -97,16 +93,17 @@ RAW = Source(
     name="raw",
     description="audit.k8s.io/v1 Events, their JSON fields as nested columns",
     dialects=DIALECTS,
-    default_table="audit_events",
+    default_table=SOURCE_TABLES["raw"],
 )
 GKE_EXPORT = Source(
     name="gke-export",
     description="GKE's Cloud Audit Logs exported to BigQuery by a Log Router sink",
     dialects=("bigquery",),
-    default_table="cloudaudit_googleapis_com_data_access",
+    default_table=SOURCE_TABLES["gke-export"],
 )
 #: Every source, by name (the CLI's --source).
 SOURCES: Mapping[str, Source] = {s.name: s for s in (RAW, GKE_EXPORT)}
+assert {s.name: s.default_table for s in SOURCES.values()} == SOURCE_TABLES
 
 
 def source_for(name: str) -> Source:
