@@ -12,7 +12,7 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools node test unit integration lint chart-lint manifests demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+.PHONY: help venv controlplane tools node test unit integration lint chart-lint manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,13 @@ manifests: venv ## regenerate the CRDs (crds/, the chart's) and README's CRD ref
 	$(PY) -m enumwatch manifests --output crds --readme README.md
 	$(PY) -m enumwatch manifests --output $(CHART)/crds
 	cp $(CHART_FILES) $(CHART)/files/
+
+SQL_GOLDEN := tests/unit/golden/sql
+sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a change of the query or of sqlglot)
+	for d in duckdb spark trino bigquery; do \
+	  $(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect $$d > $(SQL_GOLDEN)/$$d.sql || exit 1; done
+	$(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect bigquery --source gke-export \
+	  --source-table 'my-project.audit.cloudaudit_googleapis_com_data_access' > $(SQL_GOLDEN)/bigquery-gke-export.sql
 
 demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py

@@ -23,6 +23,7 @@ from enumwatch import __version__
 #: package stays usable while a command is being built.
 COMMAND_MODULES = {
     "scan": "enumwatch.cli.scan",
+    "sql": "enumwatch.cli.sql",
     "run": "enumwatch.cli.run",
     "tail": "enumwatch.cli.tail",
     "collect": "enumwatch.cli.collect",
