@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from enumwatch.timefmt import parse_rfc3339
-from enumwatch_devkit import upstream
+from enumwatch_devkit import renders, upstream
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
@@ -36,6 +37,7 @@ from enumwatch_devkit.operatorkit import (
     wait_for,
     wait_for_tick_after,
 )
+from tests.integration.test_install import _sa_kubeconfig, granted_rules
 
 pytestmark = pytest.mark.integration
 
@@ -246,3 +248,52 @@ def test_a_finding_deleted_by_retention_leaves_the_reports(
             assert emptied["summary"] == {"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0}
             annotations = emptied["metadata"]["annotations"]
             assert annotations["enumwatch.io/results-omitted"] == "0"
+
+
+def test_the_operator_writes_reports_with_nothing_but_the_charts_rbac(
+    report_crds: ControlPlane, tmp_path: Path
+) -> None:
+    """The chart with outputs.policyReport.api=both (the same objects as the kustomize component
+    manifests/outputs/policyreport, tests/unit/test_chart.py) applied for real: its service
+    account has exactly the base rules plus get/create/update on the two reports, and an
+    operator running as that account writes them without one forbidden call."""
+    cp = report_crds
+    namespace = fresh_namespace(cp, "polr-rbac")
+    release = f"r{uuid.uuid4().hex[:6]}"
+    rendered = renders.helm_template(
+        release, "outputs.policyReport.api=both", "detector.create=false", namespace=namespace
+    )
+    cp.kubectl("apply", "--server-side", "-f", "-", input=rendered)
+    account = f"system:serviceaccount:{namespace}:{release}-enumwatch"
+    reports = {
+        (group, plural, verb)
+        for group, plural in (("wgpolicyk8s.io", "policyreports"), ("openreports.io", "reports"))
+        for verb in ("get", "create", "update")
+    }
+    base = {
+        ("enumwatch.io", "enumerationdetectors", "get"),
+        ("enumwatch.io", "enumerationdetectors", "list"),
+        ("enumwatch.io", "enumerationdetectors", "watch"),
+        ("enumwatch.io", "enumerationdetectors/status", "patch"),
+        *{("enumwatch.io", "findings", v) for v in ("create", "get", "list", "patch", "delete")},
+        ("", "events", "create"),
+        ("authentication.k8s.io", "tokenreviews", "create"),
+    }
+    assert granted_rules(cp, account, "default") == base | reports
+
+    token = cp.kubectl("create", "token", f"{release}-enumwatch", "-n", namespace).strip()
+    kubeconfig = _sa_kubeconfig(cp, token, tmp_path / "sa.kubeconfig")
+    ns = fresh_namespace(cp, "polr-sa")
+    with running_operator(
+        cp, tmp_path / "operator", "--kubeconfig", str(kubeconfig),
+        "--lease-namespace", namespace, "--policy-report=both",
+    ) as op:
+        apply_detector(cp, ns, "det", QUICK)
+        wait_for(lambda: _ready(cp, ns, "det"), what="detector Ready")
+        agent = _scan(cp, op, "polr-sa")
+        for resource in (POLR, REPORTS):
+            (result,) = _with_results(cp, resource, ns, 1)["results"]
+            assert result["properties"]["userAgent"] == agent
+        assert op.log_path is not None
+        log = op.log_path.read_text().splitlines()
+    assert [line for line in log if "forbidden" in line.lower()] == []
