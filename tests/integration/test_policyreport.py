@@ -37,7 +37,7 @@ from enumwatch_devkit.operatorkit import (
     wait_for,
     wait_for_tick_after,
 )
-from tests.integration.test_install import _sa_kubeconfig, granted_rules
+from tests.integration.test_install import OPERATOR_RULES, _sa_kubeconfig, granted_rules
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +63,12 @@ def report_crds(crds: ControlPlane) -> ControlPlane:
 def _ready(cp: ControlPlane, ns: str, name: str) -> bool:
     conditions = detector_status(cp, ns, name).get("conditions", [])
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _detector(cp: ControlPlane, ns: str, spec: dict[str, Any] = QUICK) -> None:
+    """Detector ``det`` in ``ns``, running (Ready) in the operator."""
+    apply_detector(cp, ns, "det", spec)
+    wait_for(lambda: _ready(cp, ns, "det"), what="detector Ready")
 
 
 def _scan(cp: ControlPlane, op: Any, label: str) -> str:
@@ -100,8 +106,7 @@ def test_a_scan_is_a_policyreport_result_and_an_openreports_result(
     cp = report_crds
     ns = fresh_namespace(cp, "polr")
     with running_operator(cp, tmp_path, "--policy-report=both") as op:
-        apply_detector(cp, ns, "det", QUICK)
-        wait_for(lambda: _ready(cp, ns, "det"), what="detector Ready")
+        _detector(cp, ns)
         agent = _scan(cp, op, "polr")
         (finding,) = wait_for(lambda: findings(cp, ns), what="a Finding")
         polr = _with_results(cp, POLR, ns, 1)
@@ -185,8 +190,7 @@ def test_the_report_keeps_the_most_recent_findings_and_counts_the_rest(
     with running_operator(
         cp, tmp_path, "--policy-report=wgpolicyk8s", "--policy-report-max-results=2"
     ) as op:
-        apply_detector(cp, ns, "det", QUICK)
-        wait_for(lambda: _ready(cp, ns, "det"), what="detector Ready")
+        _detector(cp, ns)
         agents = []
         for i in range(3):  # one after the other: each group is seen later than the one before
             agents.append(_scan(cp, op, f"bound{i}"))
@@ -210,8 +214,7 @@ def test_the_report_is_rebuilt_after_a_restart_without_a_needless_write(
     cp = report_crds
     ns = fresh_namespace(cp, "rebuild")
     with running_operator(cp, tmp_path, "--policy-report=both") as op:
-        apply_detector(cp, ns, "det", QUICK)
-        wait_for(lambda: _ready(cp, ns, "det"), what="detector Ready")
+        _detector(cp, ns)
         _scan(cp, op, "rebuild")
         wait_for(lambda: findings(cp, ns), what="a Finding")
         wait_for_tick_after(cp, ns, "det", time.time() + 2, 1.0)  # the Finding is stable now
@@ -236,8 +239,7 @@ def test_a_finding_deleted_by_retention_leaves_the_reports(
     cp = report_crds
     ns = fresh_namespace(cp, "retain")
     with running_operator(cp, tmp_path, "--policy-report=both") as op:
-        apply_detector(cp, ns, "det", {**QUICK, "findings": {"retention": "8s"}})
-        wait_for(lambda: _ready(cp, ns, "det"), what="detector Ready")
+        _detector(cp, ns, {**QUICK, "findings": {"retention": "8s"}})
         _scan(cp, op, "retain")
         for resource in (POLR, REPORTS):
             _with_results(cp, resource, ns, 1)
@@ -270,16 +272,7 @@ def test_the_operator_writes_reports_with_nothing_but_the_charts_rbac(
         for group, plural in (("wgpolicyk8s.io", "policyreports"), ("openreports.io", "reports"))
         for verb in ("get", "create", "update")
     }
-    base = {
-        ("enumwatch.io", "enumerationdetectors", "get"),
-        ("enumwatch.io", "enumerationdetectors", "list"),
-        ("enumwatch.io", "enumerationdetectors", "watch"),
-        ("enumwatch.io", "enumerationdetectors/status", "patch"),
-        *{("enumwatch.io", "findings", v) for v in ("create", "get", "list", "patch", "delete")},
-        ("", "events", "create"),
-        ("authentication.k8s.io", "tokenreviews", "create"),
-    }
-    assert granted_rules(cp, account, "default") == base | reports
+    assert granted_rules(cp, account, "default") == OPERATOR_RULES | reports
 
     token = cp.kubectl("create", "token", f"{release}-enumwatch", "-n", namespace).strip()
     kubeconfig = _sa_kubeconfig(cp, token, tmp_path / "sa.kubeconfig")
@@ -288,8 +281,7 @@ def test_the_operator_writes_reports_with_nothing_but_the_charts_rbac(
         cp, tmp_path / "operator", "--kubeconfig", str(kubeconfig),
         "--lease-namespace", namespace, "--policy-report=both",
     ) as op:
-        apply_detector(cp, ns, "det", QUICK)
-        wait_for(lambda: _ready(cp, ns, "det"), what="detector Ready")
+        _detector(cp, ns)
         agent = _scan(cp, op, "polr-sa")
         for resource in (POLR, REPORTS):
             (result,) = _with_results(cp, resource, ns, 1)["results"]
