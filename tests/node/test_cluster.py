@@ -444,11 +444,18 @@ def test_the_helm_chart_installs_an_operator_that_turns_a_curl_scan_into_a_findi
     assert status["info"]["status"] == "deployed"
     (pod,) = _operator_pods(cp)
     assert _ready(pod)
-    assert pod["metadata"]["labels"]["app.kubernetes.io/instance"] == "enumwatch"
     assert [c["ready"] for c in pod["status"]["containerStatuses"]] == [True, True]
     assert {c["image"] for c in pod["spec"]["containers"]} == {f"{repository}:{tag}"}
+    # The pod's owner is the release's Deployment (Helm labels the objects it templates; the
+    # pod template keeps manifests' labels, so the two installs select the same pods).
     deploy = kubectl_json(cp, "get", "deployment", "enumwatch", "-n", NAMESPACE)
-    assert deploy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    labels = deploy["metadata"]["labels"]
+    assert (labels["app.kubernetes.io/managed-by"], labels["app.kubernetes.io/instance"]) == (
+        "Helm", "enumwatch"
+    )
+    (owner,) = pod["metadata"]["ownerReferences"]
+    replicaset = kubectl_json(cp, "get", "replicaset", owner["name"], "-n", NAMESPACE)
+    assert replicaset["metadata"]["ownerReferences"][0]["uid"] == deploy["metadata"]["uid"]
 
     latency, _ = _scan_to_finding(cp, "helm", FINDING_WITHIN)
     local_cluster.figures["helm_scan_to_finding_s"] = round(latency, 2)
