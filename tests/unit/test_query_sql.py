@@ -160,3 +160,23 @@ def test_without_sqlglot_help_works_and_sql_says_what_to_install() -> None:
         "",
         "enumwatch sql: needs sqlglot; install it with pip install 'enumwatch[sql]'\n",
     )
+
+
+def test_exceptions_are_named_as_not_applied_never_dropped_silently(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    manifest = tmp_path / "detector.yaml"
+    manifest.write_text(
+        "apiVersion: enumwatch.io/v1alpha1\nkind: EnumerationDetector\n"
+        "metadata: {name: d}\n"
+        "spec:\n  exceptions:\n  - {name: trivy, sourceCIDRs: [10.0.0.0/8]}\n"
+        "  - {name: lb-health, userAgents: ['kube-probe/*']}\n"
+    )
+    status, out, err = cli(capsys, "--dialect", "duckdb", "--detector", str(manifest))
+    assert status == 0
+    assert out == detector_query(DetectorSpec(), "duckdb") + ";\n"
+    assert err == (
+        "enumwatch sql: note: spec.exceptions (trivy, lb-health) are not applied: the query "
+        "returns the rule's rows, as `enumwatch scan` does; the operator silences them before "
+        "Findings\n"
+    )
