@@ -24,7 +24,11 @@ $(STAMP): pyproject.toml devkit/pyproject.toml
 	@$(PY) -m pip install --quiet --upgrade pip
 	@echo "==> installing enumwatch (editable) with its test extras, and the dev kit (devkit/);"
 	@echo "    the first time pip downloads about 100 packages (a few minutes)"
-	@$(PY) -m pip install --progress-bar on -e '.[test]' -e ./devkit
+	@# pip draws its progress bar only on a terminal: elsewhere (CI logs) say every 20 s that it works.
+	@$(PY) -m pip install --progress-bar on -e '.[test]' -e ./devkit & pip=$$!; n=0; \
+	if [ ! -t 1 ]; then while kill -0 $$pip 2>/dev/null; do sleep 1; n=$$((n + 1)); \
+	  if [ $$((n % 20)) -eq 0 ] && kill -0 $$pip 2>/dev/null; then echo "    ... pip still installing ($$n s)"; fi; \
+	done; fi; wait $$pip
 	@touch $(STAMP)
 	@echo "==> $(VENV)/ ready: $(VENV)/bin/enumwatch"
 
