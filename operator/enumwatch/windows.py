@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from enumwatch.access import got_in
 from enumwatch.audit import AuditEvent
-from enumwatch.rule import GroupKey, Row, Rule, group_keys
+from enumwatch.rule import GroupKey, Row, Rule
 
 #: Default cap on buffered events.
 DEFAULT_MAX_BUFFERED = 500_000
@@ -305,7 +305,7 @@ class WindowedEvaluator:
         for ts, _, event in self._buffer:
             if start < ts <= tick:
                 entered = got_in(event)
-                for key in group_keys(event.source_ips, event.user_agent):
+                for key in self.rule.group_keys(event.source_ips, event.user_agent):
                     if key in wanted:
                         if ts > seen.get(key, -math.inf):
                             seen[key] = ts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from enumwatch import crdgen
@@ -94,3 +95,23 @@ def test_the_readme_crd_reference_is_generated_from_the_crds() -> None:
     start = readme.index(crdgen.REFERENCE_START)
     end = readme.index(crdgen.REFERENCE_END) + len(crdgen.REFERENCE_END)
     assert readme[start:end] == crdgen.reference(), "run `make manifests`"
+
+
+def test_match_source_ips_is_all_or_observed_and_says_why() -> None:
+    from pydantic import ValidationError
+
+    from enumwatch.api.spec import MatchSpec
+
+    assert MatchSpec().source_ips == "all"
+    assert MatchSpec.model_validate({"sourceIPs": "observed"}).source_ips == "observed"
+    with pytest.raises(ValidationError, match="'all' or 'observed'"):
+        MatchSpec.model_validate({"sourceIPs": "first"})
+    match = crdgen.detector_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]["properties"]["match"]["properties"]["sourceIPs"]
+    assert (match["type"], match["enum"], match["default"]) == (
+        "string",
+        ["all", "observed"],
+        "all",
+    )
+    assert "X-Forwarded-For" in match["description"]
