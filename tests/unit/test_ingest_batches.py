@@ -89,7 +89,14 @@ async def test_a_batch_that_fails_half_way_leaves_nothing_behind(ingest: Ingest)
     status, answer = await ingest.items(good)
     assert (status, answer) == (
         200,
-        {"accepted": 3, "duplicates": 0, "skipped": 0, "late": 0, "future": 0},
+        {
+            "epoch": ingest.server.detectors.epoch,
+            "accepted": 3,
+            "duplicates": 0,
+            "skipped": 0,
+            "late": 0,
+            "future": 0,
+        },
     )
     assert (await ingest.items(good))[1]["duplicates"] == 3
 
@@ -169,3 +176,16 @@ async def test_slow_clients_are_cut_off_and_connections_capped(tmp_path: Path) -
             writer.close()
     finally:
         await server.stop()
+
+
+async def test_the_answer_names_the_leader_epoch_of_the_state_it_keeps(
+    ingest: Ingest, tmp_path: Path
+) -> None:
+    epoch = ingest.server.detectors.epoch
+    assert len(epoch) == 32
+    assert (await ingest.items([item(1)]))[1]["epoch"] == epoch
+    # The same state directory (a restart that kept its windows) keeps the epoch; a leader
+    # without that state (another replica, or the state lost) has a new one.
+    assert Detectors(tmp_path / "state").epoch == epoch
+    assert Detectors(tmp_path / "other").epoch != epoch
+    assert Detectors().epoch != Detectors().epoch

@@ -5,7 +5,8 @@ webhook backend, so ``--audit-webhook-config-file`` can point straight at the op
 body the tailer sends. Callers authenticate with a bearer token: a static token (from a file or
 Secret) or any token the API server vouches for through a TokenReview. Bodies over the size limit
 get 413, malformed ones 400 (counted); redelivered events are recognised by (auditID, stage) and
-counted once.
+counted once. An answer names the leader epoch of the state that took the events in, so that a
+source re-sends to a new leader what its predecessor had (see :mod:`enumwatch.sources.forwarder`).
 """
 
 from __future__ import annotations
@@ -308,6 +309,7 @@ class IngestServer:
         # said in the answer, so that nothing disappears behind a 200.
         return self._answer(
             200,
+            epoch=self.detectors.epoch,  # first: a sender reads only the answer's first bytes
             accepted=len(events),
             duplicates=duplicates,
             skipped=sum(skipped.values()),

@@ -5,11 +5,17 @@ detector's buffered events, last tick and pending Finding writes are saved atomi
 ticks (:mod:`enumwatch.atomicfile`); events acknowledged since then are in an append-only journal
 (with their arrival time: on the default time basis it is their place in the windows), replayed
 on restore and emptied at each checkpoint.
+
+The directory also names its *leader epoch*: an id made with the state, the same for as long as
+the state lives (a restart that keeps it needs nothing re-sent), new for a leader without it
+(another replica after a failover, or the state lost). Ingest answers carry it, so that the
+sources send a new leader again what it missed (:mod:`enumwatch.sources.forwarder`).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("enumwatch.runtime")
 JOURNAL = "journal.ndjson"
+EPOCH = "epoch"
 #: Past this size the journal is folded into the window state files (a checkpoint), so that a
 #: long interval or a flood between two ticks cannot grow it without bound.
 JOURNAL_LIMIT = 16 * 1024 * 1024
@@ -38,6 +45,19 @@ class StateStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         journal = state_dir / JOURNAL
         self.journal_bytes = journal.stat().st_size if journal.exists() else 0
+        self.epoch = self._epoch()
+
+    def _epoch(self) -> str:
+        """This state's leader epoch, made (and written) with the state when there is none."""
+        path = self.state_dir / EPOCH
+        try:
+            epoch = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            epoch = ""
+        if len(epoch) != 32 or not epoch.isalnum():
+            epoch = new_epoch()
+            write_atomic(path, epoch.encode("ascii"))
+        return epoch
 
     @property
     def journal_full(self) -> bool:
@@ -110,6 +130,11 @@ class StateStore:
                 runtime.offer(event, arrival)
                 restored = True
         return restored
+
+
+def new_epoch() -> str:
+    """A fresh leader epoch: a random id no other leader has had."""
+    return uuid.uuid4().hex
 
 
 def journal_entry(data: Any) -> tuple[AuditEvent, float]:

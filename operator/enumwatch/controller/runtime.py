@@ -22,7 +22,7 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch.api.status import Condition
 from enumwatch.audit import AuditEvent
 from enumwatch.controller import metrics
-from enumwatch.controller.persistence import StateStore
+from enumwatch.controller.persistence import StateStore, new_epoch
 from enumwatch.coverage import Coverage
 from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
@@ -140,6 +140,8 @@ class Detectors:
             if journal_limit is None
             else StateStore(state_dir, journal_limit)
         )
+        #: The leader epoch ingest answers name: the state's, or this process's without one.
+        self.epoch = new_epoch() if self.store is None else self.store.epoch
 
     def get_or_create(self, ref: DetectorRef) -> DetectorRuntime:
         """The runtime of ``ref``, created (and restored from disk) when new."""
