@@ -8,6 +8,7 @@ live: thresholds and schedule take effect at the next tick, and buffered events 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -42,6 +43,10 @@ class OfferResult:
 
     late: int = 0
     future: int = 0
+
+
+#: Events offered to the detectors between two turns of the event loop.
+OFFER_CHUNK = 2_000
 
 
 @dataclass
@@ -163,11 +168,35 @@ class Detectors:
     def offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         """Give events received at ``arrival`` to every detector, journaling them first when
         persistent; count the events that some detector refused as late or future."""
+        self.commit(events, arrival)
+        result = self._offer(events, arrival)
+        self._bound_journal()
+        return result
+
+    def commit(
+        self, events: list[AuditEvent], arrival: float, lines: list[bytes] | None = None
+    ) -> None:
+        """Journal events received at ``arrival`` (when persistent): from here a restart
+        replays them. ``lines``: their journal lines, when made already (off the loop)."""
         if self.store is not None and events:
             # Journaled even before any detector is known: after a restart, events can arrive
             # before kopf has told us the detectors, and the journal replays them into each.
-            self.store.journal(events, arrival)
-        result = self._offer(events, arrival)
+            self.store.journal(events, arrival, lines)
+
+    async def offer_committed(
+        self, events: list[AuditEvent], arrival: float, chunk: int = OFFER_CHUNK
+    ) -> OfferResult:
+        """:meth:`offer` for events already :meth:`commit` ted, ``chunk`` at a time with the
+        event loop let through in between: a 100k-event batch never stalls ``/healthz``."""
+        late = future = 0
+        for start in range(0, len(events), chunk):
+            part = self._offer(events[start : start + chunk], arrival)
+            late, future = late + part.late, future + part.future
+            await asyncio.sleep(0)
+        self._bound_journal()
+        return OfferResult(late=late, future=future)
+
+    def _bound_journal(self) -> None:
         if self.store is not None and self.store.journal_full:
             if self.by_key:
                 self.checkpoint()  # fold the journal into the detectors' window state
@@ -178,7 +207,6 @@ class Detectors:
                     extra={"bytes": self.store.journal_bytes},
                 )
                 self.store.clear_journal()
-        return result
 
     def _offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         runtimes = list(self.by_key.values())
