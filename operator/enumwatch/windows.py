@@ -68,6 +68,30 @@ class WindowResult:
     succeeded: Mapping[GroupKey, tuple[str, ...]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class WindowSnapshot:
+    """A window's state at one moment (:meth:`WindowedEvaluator.snapshot`), rendered on demand
+    (even in another thread) as the dict :meth:`WindowedEvaluator.restore_state` reads."""
+
+    last_tick: float | None
+    time_basis: TimeBasis
+    entries: list[tuple[float, int, AuditEvent]]
+
+    def ordered(self) -> list[tuple[float, int, AuditEvent]]:
+        """The buffered (time, sequence, event) entries, oldest first."""
+        return sorted(self.entries)
+
+    def state(self) -> dict[str, Any]:
+        """The state as one dict."""
+        ordered = self.ordered()
+        return {
+            "lastTick": self.last_tick,
+            "timeBasis": self.time_basis,
+            "times": [ts for ts, _, _ in ordered],
+            "events": [event.to_dict() for _, _, event in ordered],
+        }
+
+
 class WindowedEvaluator:
     """Buffers matching events and evaluates the rule at each tick over its lookback window.
 
@@ -361,13 +385,12 @@ class WindowedEvaluator:
 
     def export_state(self) -> dict[str, Any]:
         """The buffered events (with their times) and the last tick, for :meth:`restore_state`."""
-        ordered = sorted(self._buffer)
-        return {
-            "lastTick": self._last_tick,
-            "timeBasis": self.time_basis,
-            "times": [ts for ts, _, _ in ordered],
-            "events": [event.to_dict() for _, _, event in ordered],
-        }
+        return self.snapshot().state()
+
+    def snapshot(self) -> WindowSnapshot:
+        """What :meth:`export_state` exports, taken in one cheap step (a copy of the buffer's
+        references: the events are immutable), to be rendered later, even in another thread."""
+        return WindowSnapshot(self._last_tick, self.time_basis, list(self._buffer))
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
         """Load state saved by :meth:`export_state` into this (fresh) evaluator.

@@ -23,7 +23,7 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch.api.status import Condition
 from enumwatch.audit import AuditEvent
 from enumwatch.controller import metrics
-from enumwatch.controller.persistence import StateStore, new_epoch
+from enumwatch.controller.persistence import DetectorSnapshot, StateStore, new_epoch
 from enumwatch.coverage import Coverage
 from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
@@ -74,6 +74,9 @@ class DetectorRuntime:
     #: Rows whose Finding write failed, by group key: retried at the next tick unless that
     #: tick's window fires the group again (then the fresher row is written instead).
     pending: dict[GroupKey, FailedWrite] = field(default_factory=dict)
+    #: Whether the window or the pending writes changed since the state file was written (a
+    #: checkpoint writes only the detectors that changed).
+    changed: bool = True
 
     def configure(self, raw_spec: dict[str, Any], generation: int) -> bool:
         """Apply a spec (as stored in the API); return whether anything changed."""
@@ -104,6 +107,7 @@ class DetectorRuntime:
             evaluator.added, evaluator.late, evaluator.future = old.added, old.late, old.future
         self.spec, self.error, self.evaluator = spec, None, evaluator
         self.exceptions = ExceptionList(spec.exceptions)
+        self.changed = True
         return True
 
     def offer(self, event: AuditEvent, arrival: float) -> Refusal | None:
@@ -117,6 +121,7 @@ class DetectorRuntime:
             return None
         late, future = evaluator.late, evaluator.future
         if evaluator.add(event, arrival):
+            self.changed = True
             metrics.EVENTS_MATCHED.labels(self.ref.namespace, self.ref.name).inc()
             return None
         if evaluator.late > late:
@@ -145,6 +150,7 @@ class Detectors:
             if journal_limit is None
             else StateStore(state_dir, journal_limit)
         )
+        self._checkpointing = asyncio.Lock()
         #: The leader epoch ingest answers name: the state's, or this process's without one.
         self.epoch = new_epoch() if self.store is None else self.store.epoch
 
@@ -170,7 +176,8 @@ class Detectors:
         persistent; count the events that some detector refused as late or future."""
         self.commit(events, arrival)
         result = self._offer(events, arrival)
-        self._bound_journal()
+        if self._journal_needs_folding():
+            self.checkpoint()  # fold the journal into the detectors' window state
         return result
 
     def commit(
@@ -193,13 +200,16 @@ class Detectors:
             part = self._offer(events[start : start + chunk], arrival)
             late, future = late + part.late, future + part.future
             await asyncio.sleep(0)
-        self._bound_journal()
+        if self._journal_needs_folding():
+            await self.checkpoint_async()
         return OfferResult(late=late, future=future)
 
-    def _bound_journal(self) -> None:
+    def _journal_needs_folding(self) -> bool:
+        """Whether the journal is full and detectors can fold it in (a checkpoint is due).
+        Full without detectors, it is emptied here: bounded, and what was dropped said."""
         if self.store is not None and self.store.journal_full:
             if self.by_key:
-                self.checkpoint()  # fold the journal into the detectors' window state
+                return True
             else:
                 # Nothing runs to fold it into: keep the journal bounded, say what was dropped.
                 log.warning(
@@ -207,6 +217,7 @@ class Detectors:
                     extra={"bytes": self.store.journal_bytes},
                 )
                 self.store.clear_journal()
+        return False
 
     def _offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         runtimes = list(self.by_key.values())
@@ -218,12 +229,42 @@ class Detectors:
         return OfferResult(late=late, future=future)
 
     def checkpoint(self) -> None:
-        """Save every detector's window, then empty the journal they now contain."""
+        """Save the window of every detector that changed, then drop the journal they now
+        contain (here, on the caller's thread: at shutdown)."""
         if self.store is None:
             return
+        self.store.rotate_journal()
+        for snapshot in self._snapshots():
+            self.store.write(snapshot)
+        self.store.drop_rotated_journal()
+
+    async def checkpoint_async(self) -> None:
+        """:meth:`checkpoint` with the files rendered and written in a worker thread: the
+        snapshot is taken (and the journal rotated) on the loop, so events that arrive during
+        the write are in the new journal, and a crash meanwhile replays both journals."""
+        if self.store is None:
+            return
+        async with self._checkpointing:
+            store = self.store
+            store.rotate_journal()
+            snapshots = self._snapshots()
+
+            def write() -> None:
+                for snapshot in snapshots:
+                    store.write(snapshot)
+                store.drop_rotated_journal()
+
+            await asyncio.to_thread(write)
+
+    def _snapshots(self) -> list[DetectorSnapshot]:
+        assert self.store is not None
+        snapshots = []
         for runtime in self.by_key.values():
-            self.store.save(runtime)
-        self.store.clear_journal()
+            if runtime.changed:
+                snapshot = self.store.snapshot(runtime)
+                if snapshot is not None:
+                    snapshots.append(snapshot)
+        return snapshots
 
     def save(self, runtime: DetectorRuntime) -> None:
         """Persist one detector's window (when persistent)."""

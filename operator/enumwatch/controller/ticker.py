@@ -75,9 +75,10 @@ class Ticker:
                     f"{len(runtime.pending)} Finding write(s) failed; retried at the next tick. "
                     f"Last error: {first.error}",
                 )
+            runtime.changed = True  # a tick moved the window; writes may be pending
             await self.status.patch(runtime)
         if evaluated:
-            self.detectors.checkpoint()
+            await self.detectors.checkpoint_async()
         await self.retention.run(now)
         return evaluated
 
