@@ -179,3 +179,20 @@ async def test_a_checkpoint_is_written_off_the_loop_and_loses_what_arrives_meanw
     runtime.configure({"schedule": {"lookback": "24h"}}, 1)
     assert restored.restore(runtime)
     assert runtime.evaluator is not None and runtime.evaluator.buffered == 50_005
+
+
+def test_window_buffers_are_sized_from_the_memory_limit() -> None:
+    from enumwatch.controller.runtime import BYTES_PER_BUFFERED_EVENT, max_buffered_for
+    from enumwatch.windows import DEFAULT_MAX_BUFFERED
+
+    # Half of a 512Mi pod limit for the windows, at the measured cost of a buffered event.
+    assert max_buffered_for(512 * 2**20) == 256 * 2**20 // BYTES_PER_BUFFERED_EVENT
+    assert max_buffered_for(512 * 2**20) < DEFAULT_MAX_BUFFERED  # the old cap did not fit
+    assert max_buffered_for(None) == DEFAULT_MAX_BUFFERED  # no limit known
+    assert max_buffered_for(64 * 2**40) == DEFAULT_MAX_BUFFERED  # never above the default
+    detectors = Detectors(max_buffered=3)
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({"schedule": {"lookback": "24h"}}, 1)
+    detectors.offer([_event(i) for i in range(5)], ARRIVAL)
+    assert runtime.evaluator is not None
+    assert (runtime.evaluator.buffered, runtime.evaluator.overflow) == (3, 2)

@@ -28,7 +28,7 @@ from enumwatch.coverage import Coverage
 from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.findings import FailedWrite
-from enumwatch.windows import WindowedEvaluator
+from enumwatch.windows import DEFAULT_MAX_BUFFERED, WindowedEvaluator
 
 log = logging.getLogger("enumwatch.runtime")
 
@@ -47,6 +47,18 @@ class OfferResult:
 
 #: Events offered to the detectors between two turns of the event loop.
 OFFER_CHUNK = 2_000
+#: What one buffered event costs in a window (measured: ``bench/operator_memory.py`` prints it),
+#: rounded up; the window buffers are sized from the memory limit with it.
+BYTES_PER_BUFFERED_EVENT = 700
+
+
+def max_buffered_for(memory_limit: int | None) -> int:
+    """How many events a detector's window may buffer under ``memory_limit`` bytes: half of it
+    for the windows (the rest for ingest bodies, a checkpoint, the process), never more than
+    the default cap; the default cap when no limit is known."""
+    if not memory_limit:
+        return DEFAULT_MAX_BUFFERED
+    return max(1, min(DEFAULT_MAX_BUFFERED, memory_limit // 2 // BYTES_PER_BUFFERED_EVENT))
 
 
 @dataclass
@@ -77,6 +89,8 @@ class DetectorRuntime:
     #: Whether the window or the pending writes changed since the state file was written (a
     #: checkpoint writes only the detectors that changed).
     changed: bool = True
+    #: The cap on the window's buffered events (sized from the memory limit).
+    max_buffered: int = DEFAULT_MAX_BUFFERED
 
     def configure(self, raw_spec: dict[str, Any], generation: int) -> bool:
         """Apply a spec (as stored in the API); return whether anything changed."""
@@ -101,6 +115,7 @@ class DetectorRuntime:
             spec.schedule.lookback_seconds,
             data_stream_namespace=spec.data_stream_namespace,
             time_basis=spec.schedule.timestamp,
+            max_buffered=self.max_buffered,
         )
         if old is not None:
             evaluator.restore_state(old.export_state())
@@ -141,8 +156,16 @@ class DetectorRuntime:
 class Detectors:
     """All detectors this operator runs, by (namespace, name); optionally persisted to disk."""
 
-    def __init__(self, state_dir: Path | None = None, *, journal_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        journal_limit: int | None = None,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+    ) -> None:
         self.by_key: dict[tuple[str, str], DetectorRuntime] = {}
+        #: Each detector's cap on buffered events (see :func:`max_buffered_for`).
+        self.max_buffered = max_buffered
         self.store = (
             None
             if state_dir is None
@@ -159,7 +182,7 @@ class Detectors:
         key = (ref.namespace, ref.name)
         runtime = self.by_key.get(key)
         if runtime is None or runtime.ref.uid != ref.uid:
-            runtime = DetectorRuntime(ref=ref)
+            runtime = DetectorRuntime(ref=ref, max_buffered=self.max_buffered)
             self.by_key[key] = runtime
             metrics.DETECTORS.set(len(self.by_key))
         return runtime
