@@ -21,6 +21,7 @@ import pytest
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import decode_object
+from enumwatch.controller.connections import ConnectionGuard
 from enumwatch.controller.ingest import IngestAuth, IngestServer, TokenBucket
 from enumwatch.controller.runtime import Detectors
 
@@ -265,3 +266,24 @@ async def test_health_is_answered_while_a_100k_item_body_is_decoded(
             answer = await posting
     assert answer["accepted"] == 100_000
     assert finished == ["healthz", "ingest"], f"healthz took {latency * 1000:.0f} ms"
+
+
+async def test_a_connection_whose_request_the_server_works_on_is_not_swept_as_idle() -> None:
+    # A 100k-item body decoded on a loaded machine can take longer than the idle timeout: that
+    # is the server's slowness, not a slow client's, and the sender must get its answer.
+    class Transport(asyncio.BaseTransport):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    guard = ConnectionGuard(asyncio.Protocol, idle_timeout=1.0)
+    busy, idle = Transport(), Transport()
+    now = asyncio.get_running_loop().time()
+    guard.active.update({busy: now, idle: now})
+    with guard.work(busy):
+        guard.sweep(now + 5.0)
+        assert (busy.closed, idle.closed, guard.timed_out) == (False, True, 1)
+    assert guard.active[busy] >= now  # its deadline starts again once the answer is out
+    guard.sweep(asyncio.get_running_loop().time() + 5.0)
+    assert busy.closed

@@ -102,7 +102,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         help=(
             "events each detector's window may hold (default: sized from the container's "
-            "memory limit, half of it for the windows at ~700 bytes an event; 500000 without "
+            "memory limit, half of it for the windows at ~1000 bytes an event; 500000 without "
             "a limit); the oldest are dropped and counted beyond"
         ),
     )

@@ -313,6 +313,11 @@ class IngestServer:
             answer.force_close()  # the rest of the stream cannot be trusted either
             return answer
         arrival = time.time()  # the events' "event.ingested": their time on the default basis
+        with self.guard.work(request.transport):  # slow work of ours is no slow client
+            return await self._take(raw, arrival)
+
+    async def _take(self, raw: bytes, arrival: float) -> web.Response:
+        """Decode, commit and offer one body read in full (see :meth:`ingest`)."""
         # Parsing and decoding a large body takes a second or more: a worker thread does it, so
         # /healthz and other senders are answered meanwhile.
         batch = await asyncio.to_thread(

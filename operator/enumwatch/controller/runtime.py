@@ -49,7 +49,7 @@ class OfferResult:
 OFFER_CHUNK = 2_000
 #: What one buffered event costs in a window (measured: ``bench/operator_memory.py`` prints it),
 #: rounded up; the window buffers are sized from the memory limit with it.
-BYTES_PER_BUFFERED_EVENT = 700
+BYTES_PER_BUFFERED_EVENT = 1_000
 
 
 def max_buffered_for(memory_limit: int | None) -> int:
