@@ -290,15 +290,30 @@ class WindowedEvaluator:
 
     def evaluate(self, tick: float) -> WindowResult:
         """Evaluate the window ``(tick - lookback, tick]``, then evict what no later tick needs."""
+        result = self.compute(tick, self.window_events(tick))
+        self.advance(tick)
+        return result
+
+    def window_events(self, tick: float) -> list[tuple[float, AuditEvent]]:
+        """The buffered (time, event) pairs in the window of ``tick``: one cheap pass that takes
+        what :meth:`compute` reads, so that the computing can happen elsewhere (another thread)
+        while events keep arriving."""
+        start = tick - self.lookback
+        return [(ts, event) for ts, _, event in self._buffer if start < ts <= tick]
+
+    def compute(self, tick: float, events: list[tuple[float, AuditEvent]]) -> WindowResult:
+        """The rule over the window of ``tick`` holding ``events`` (:meth:`window_events`).
+
+        It reads only its arguments and the (immutable) rule: safe in a worker thread.
+        """
         start = tick - self.lookback
         table = self.rule.table()
         add = table.add_matched
-        for ts, _, event in self._buffer:
-            if start < ts <= tick:
-                add(event)
+        for _, event in events:
+            add(event)
         rows = tuple(table.rows(self.data_stream_namespace, self.limit))
-        last_seen, observed, succeeded = self._row_facts(rows, start, tick)
-        result = WindowResult(
+        last_seen, observed, succeeded = self._row_facts(rows, events)
+        return WindowResult(
             tick=tick,
             start=start,
             end=tick,
@@ -309,13 +324,15 @@ class WindowedEvaluator:
             observed=observed,
             succeeded=succeeded,
         )
+
+    def advance(self, tick: float) -> None:
+        """Record ``tick`` as evaluated and evict what no later tick needs."""
         if self._last_tick is None or tick > self._last_tick:
             self._last_tick = tick
         self._evict(self.horizon)
-        return result
 
     def _row_facts(
-        self, rows: tuple[Row, ...], start: float, tick: float
+        self, rows: tuple[Row, ...], events: list[tuple[float, AuditEvent]]
     ) -> tuple[dict[GroupKey, float], frozenset[GroupKey], dict[GroupKey, tuple[str, ...]]]:
         """Facts beside the rule about each row, from a second pass (only when rows fired): its
         latest event's time, whether its IP is one the API server observed, and the URIs its
@@ -326,20 +343,19 @@ class WindowedEvaluator:
         seen: dict[GroupKey, float] = {}
         observed: set[GroupKey] = set()
         succeeded: dict[GroupKey, set[str]] = {}
-        for ts, _, event in self._buffer:
-            if start < ts <= tick:
-                entered = got_in(event)
-                for key in self.rule.group_keys(event.source_ips, event.user_agent):
-                    if key in wanted:
-                        if ts > seen.get(key, -math.inf):
-                            seen[key] = ts
-                        if entered:
-                            assert event.request_uri is not None
-                            succeeded.setdefault(key, set()).add(event.request_uri)
-                if event.source_ips:
-                    key = (event.source_ips[-1], event.user_agent)
-                    if key in wanted:
-                        observed.add(key)
+        for ts, event in events:
+            entered = got_in(event)
+            for key in self.rule.group_keys(event.source_ips, event.user_agent):
+                if key in wanted:
+                    if ts > seen.get(key, -math.inf):
+                        seen[key] = ts
+                    if entered:
+                        assert event.request_uri is not None
+                        succeeded.setdefault(key, set()).add(event.request_uri)
+            if event.source_ips:
+                key = (event.source_ips[-1], event.user_agent)
+                if key in wanted:
+                    observed.add(key)
         return (
             seen,
             frozenset(observed),

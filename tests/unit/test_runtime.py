@@ -196,3 +196,29 @@ def test_window_buffers_are_sized_from_the_memory_limit() -> None:
     detectors.offer([_event(i) for i in range(5)], ARRIVAL)
     assert runtime.evaluator is not None
     assert (runtime.evaluator.buffered, runtime.evaluator.overflow) == (3, 2)
+
+
+async def test_a_large_window_is_evaluated_off_the_loop_with_the_same_result() -> None:
+    detectors = Detectors()
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({"schedule": {"interval": "1h", "lookback": "24h"}}, 1)
+    detectors.offer([_event(i) for i in range(60_000)], ARRIVAL)
+    same = Detectors()
+    twin = same.get_or_create(REF)
+    twin.configure({"schedule": {"interval": "1h", "lookback": "24h"}}, 1)
+    same.offer([_event(i) for i in range(60_000)], ARRIVAL)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    result = await runtime.evaluate(7200.0)
+    turns_during_the_evaluation = turns
+    counter.cancel()
+    assert turns_during_the_evaluation > 1  # the loop kept turning
+    assert twin.evaluator is not None and result == twin.evaluator.evaluate(7200.0)
+    assert result.events == 60_000

@@ -28,7 +28,7 @@ from enumwatch.coverage import Coverage
 from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.findings import FailedWrite
-from enumwatch.windows import DEFAULT_MAX_BUFFERED, WindowedEvaluator
+from enumwatch.windows import DEFAULT_MAX_BUFFERED, WindowedEvaluator, WindowResult
 
 log = logging.getLogger("enumwatch.runtime")
 
@@ -47,6 +47,8 @@ class OfferResult:
 
 #: Events offered to the detectors between two turns of the event loop.
 OFFER_CHUNK = 2_000
+#: Windows with fewer events are evaluated on the event loop (a few milliseconds at most).
+EVALUATE_ON_LOOP_BELOW = 20_000
 #: What one buffered event costs in a window (measured: ``bench/operator_memory.py`` prints it),
 #: rounded up; the window buffers are sized from the memory limit with it.
 BYTES_PER_BUFFERED_EVENT = 1_000
@@ -146,6 +148,19 @@ class DetectorRuntime:
             metrics.EVENTS_FUTURE.labels(self.ref.namespace, self.ref.name).inc()
             return "future"
         return None
+
+    async def evaluate(self, tick: float) -> WindowResult:
+        """Evaluate the window of ``tick``; a large one in a worker thread (a 500k-event window
+        takes seconds), so that ingest and ``/healthz`` are answered meanwhile."""
+        evaluator = self.evaluator
+        assert evaluator is not None
+        events = evaluator.window_events(tick)
+        if len(events) < EVALUATE_ON_LOOP_BELOW:
+            result = evaluator.compute(tick, events)
+        else:
+            result = await asyncio.to_thread(evaluator.compute, tick, events)
+        evaluator.advance(tick)
+        return result
 
     @property
     def events_matched(self) -> int:

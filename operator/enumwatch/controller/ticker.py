@@ -86,7 +86,7 @@ class Ticker:
         """Evaluate one tick and write its Findings."""
         assert runtime.evaluator is not None
         started = time.perf_counter()
-        window, excepted = runtime.exceptions.apply(runtime.evaluator.evaluate(tick))
+        window, excepted = runtime.exceptions.apply(await runtime.evaluate(tick))
         runtime.rows_excepted += excepted
         runtime.active_groups = window.groups
         result = await self.sink.apply(runtime.ref, spec, window)
