@@ -12,17 +12,21 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools node test unit integration lint chart-lint manifests demo dev-up dev-down cluster-up cluster-down bench clean
+.PHONY: help venv controlplane tools node test unit integration lint chart-lint manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml devkit/pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]' -e ./devkit
+	@test -x $(PY) || { echo "==> creating $(VENV)/ with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "==> upgrading pip"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@echo "==> installing enumwatch (editable) with its test extras, and the dev kit (devkit/);"
+	@echo "    the first time pip downloads about 100 packages (a few minutes)"
+	@$(PY) -m pip install --progress-bar on -e '.[test]' -e ./devkit
 	@touch $(STAMP)
+	@echo "==> $(VENV)/ ready: $(VENV)/bin/enumwatch"
 
 venv: $(STAMP) ## create or update .venv/ with the package, its test extras and the dev kit (devkit/)
 
@@ -59,11 +63,21 @@ manifests: venv ## regenerate the CRDs (crds/, the chart's) and README's CRD ref
 	$(PY) -m enumwatch manifests --output $(CHART)/crds
 	cp $(CHART_FILES) $(CHART)/files/
 
+SQL_GOLDEN := tests/unit/golden/sql
+sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a change of the query or of sqlglot)
+	for d in duckdb spark trino bigquery; do \
+	  $(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect $$d > $(SQL_GOLDEN)/$$d.sql || exit 1; done
+	$(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect bigquery --source gke-export \
+	  --source-table 'my-project.audit.cloudaudit_googleapis_com_data_access' > $(SQL_GOLDEN)/bigquery-gke-export.sql
+
 demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py
 
-dev-up: venv controlplane ## start the local control plane (+ operator and tailer) in the background; writes .dev/env
+dev-up: venv controlplane ## start the local control plane (+ operator and tailer) in the background, or keep the running one; writes .dev/env
 	$(PY) -m enumwatch_devkit up --dir .dev
+
+dev-reset: venv controlplane ## stop the local stack, wipe .dev (its detectors and Findings) and start a new one
+	$(PY) -m enumwatch_devkit up --dir .dev --reset
 
 dev-down: ## stop everything dev-up started
 	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit down --dir .dev; fi

@@ -7,13 +7,16 @@
 4. run an anonymous enumeration with a real HTTP client (no credentials at all), plus a harmless
    anonymous client that stays under the thresholds;
 5. wait for the Finding, print ``kubectl get findings`` and the Event;
-6. tear everything down. Exits 0 when the Finding appeared, 1 otherwise.
+6. tear everything down and remove its working directory (etcd's data, the audit log, the logs:
+   some 60 MB under $TMPDIR), also when a step fails. Exits 0 when the Finding appeared, 1
+   otherwise.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 from enumwatch_devkit import controlplane, devstack
+from enumwatch_devkit.repo import RepoNotFoundError
 
 SCANNER_AGENT = "kube-enum-scanner/0.9 (demo)"
 SCAN = [
@@ -75,8 +79,20 @@ def anonymous_requests(cp: controlplane.ControlPlane, agent: str, paths: list[st
 
 
 def main() -> int:
-    """Run the demo; return the exit status."""
+    """Run the demo in a fresh temporary directory, removed at the end; return the exit status."""
     workdir = Path(tempfile.mkdtemp(prefix="enumwatch-demo-"))
+    try:
+        return run(workdir)
+    except (controlplane.ControlPlaneError, RepoNotFoundError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(workdir)
+        print(f"  {workdir} removed")
+
+
+def run(workdir: Path) -> int:
+    """Run the demo with its state under ``workdir``; return the exit status."""
     step("Starting a real control plane (etcd + kube-apiserver) with audit logging")
     cp = controlplane.start(workdir / "controlplane")
     stack = None

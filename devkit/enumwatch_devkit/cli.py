@@ -3,10 +3,13 @@
 ``up`` starts etcd and kube-apiserver (see :mod:`enumwatch_devkit.controlplane`) detached from
 the shell, installs the CRDs, starts the operator and the tailer on the dev audit log
 (:mod:`enumwatch_devkit.devstack`), applies a detector, and writes ``.dev/env`` with ``export``
-lines for ``KUBECONFIG``, ``APISERVER``, ``AUDIT_LOG`` and ``OPERATOR_URL``. Anonymous requests to
-``$APISERVER`` then become Findings with no further step. ``down`` stops every process recorded
-under ``.dev/`` by process group and PID, the operator and tailer first. ``env`` prints the
-``export`` lines of a running stack.
+lines for ``KUBECONFIG``, ``APISERVER``, ``AUDIT_LOG`` and ``OPERATOR_URL``, and ``PATH`` with the
+virtualenv's ``bin`` (the ``enumwatch`` command) first. Anonymous requests to ``$APISERVER`` then
+become Findings with no further step. ``up`` again while that stack runs keeps it (same ports,
+same detectors and Findings: a shell that sourced ``.dev/env`` keeps working); ``up --reset``
+(``make dev-reset``) is the explicit way to throw it away and start a new one. ``down`` stops
+every process recorded under ``.dev/`` by process group and PID, the operator and tailer first.
+``env`` prints the ``export`` lines of a running stack.
 
 This is a development tool, not part of the product: the ``enumwatch`` command has no such verb.
 """
@@ -15,19 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
+import sysconfig
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from enumwatch_devkit import cluster, controlplane, devstack, node
-from enumwatch_devkit.processes import stop_by_pidfile
+from enumwatch_devkit.processes import alive, stop_by_pidfile
 from enumwatch_devkit.repo import RepoNotFoundError
 
 #: The subcommands and their one-line descriptions.
 ACTIONS = {
-    "up": "start the local stack in the background (make dev-up); writes DIR/env",
+    "up": "start the local stack in the background (make dev-up), or keep the one already "
+    "running; writes DIR/env",
     "down": "stop every process the local stack or cluster started (make dev-down)",
     "env": "print the export lines of the running local stack (KUBECONFIG, APISERVER, ...)",
     "cluster-up": "start a cluster with a real node running enumwatch's image and manifests "
@@ -35,6 +41,8 @@ ACTIONS = {
     "cluster-down": "stop the cluster and remove all it left on the host (make cluster-down)",
 }
 PROG = "python -m enumwatch_devkit"
+#: How to throw a running local stack away, said wherever ``up`` keeps one.
+RESET_HINT = "`make dev-reset` (up --reset) starts a new one; its detectors and Findings are lost"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, description in ACTIONS.items():
         command = sub.add_parser(action, help=description, description=description)
-        command.add_argument("--dir", type=Path, default=Path(".dev"), help="state directory")
+        command.add_argument(
+            "--dir", type=Path, default=Path(".dev"), help="state directory (default .dev)"
+        )
         if action == "up":
             command.add_argument(
                 "--control-plane-only",
                 action="store_true",
                 help="start only etcd and kube-apiserver (no CRDs, operator or tailer)",
+            )
+            command.add_argument(
+                "--reset",
+                action="store_true",
+                help="stop the stack running under DIR and wipe DIR first, its detectors and "
+                "Findings with it (make dev-reset; default: keep a running stack)",
             )
         if action == "cluster-up":
             command.add_argument(
@@ -68,9 +84,19 @@ def _pidfiles(state: Path) -> list[Path]:
     return sorted(state.glob("**/pids"), key=lambda p: (p.parent.name != "stack", str(p)))
 
 
+def env_file_text(env: Mapping[str, str], scripts: Path) -> str:
+    """The text of ``state/env``: one ``export`` line per variable of ``env``, then ``PATH`` with
+    ``scripts`` (the virtualenv's ``bin``, where the ``enumwatch`` command is) first, so that
+    ``source .dev/env`` is all a new shell needs."""
+    lines = [f"export {key}={shlex.quote(value)}\n" for key, value in env.items()]
+    lines.append(f'export PATH={shlex.quote(str(scripts))}:"$PATH"\n')
+    return "".join(lines)
+
+
 def _write_env(state: Path, cp: controlplane.ControlPlane, env: dict[str, str]) -> None:
     """``state/env`` (export lines) and ``state/controlplane.json`` (for :func:`attach`)."""
-    (state / "env").write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
+    scripts = Path(sysconfig.get_path("scripts"))
+    (state / "env").write_text(env_file_text(env, scripts))
     (state / "controlplane.json").write_text(
         json.dumps({"admin_token": cp.admin_token, "ca_file": str(cp.ca_file), **env}, indent=2)
     )
@@ -105,8 +131,58 @@ def _clear(state: Path) -> None:
     state.mkdir(parents=True)
 
 
-def up(state: Path, control_plane_only: bool = False) -> int:
-    """Start the control plane under ``state`` and write ``state/env``."""
+def recorded_processes(state: Path) -> dict[str, bool]:
+    """The processes ``up`` recorded under ``state`` (etcd, kube-apiserver, operator, tailer),
+    each with whether it is still alive."""
+    found: dict[str, bool] = {}
+    for pidfile in _pidfiles(state):
+        for name, pid in json.loads(pidfile.read_text()).items():
+            found[name] = alive(int(pid))
+    return found
+
+
+def _kept(state: Path, control_plane_only: bool) -> int | None:
+    """What ``up`` answers when a stack already runs under ``state``: 0 (kept, said so), 1 (it
+    runs only partly, or without the operator asked for: only a reset helps), or ``None`` when
+    nothing runs there and a new stack may start."""
+    processes = recorded_processes(state)
+    if not any(processes.values()) or not (state / "env").exists():
+        return None
+    stopped = sorted(name for name, running in processes.items() if not running)
+    if stopped:
+        print(
+            f"{PROG}: the local stack under {state} runs only partly ({', '.join(stopped)} "
+            f"stopped): {RESET_HINT}",
+            file=sys.stderr,
+        )
+        return 1
+    if not control_plane_only and "operator" not in processes:
+        print(
+            f"{PROG}: the control plane under {state} runs without the operator and tailer "
+            f"(up --control-plane-only): {RESET_HINT}",
+            file=sys.stderr,
+        )
+        return 1
+    info = json.loads((state / "controlplane.json").read_text())
+    parts = [f"kube-apiserver {info['APISERVER']}"]
+    if "OPERATOR_URL" in info:
+        parts.append(f"operator {info['OPERATOR_URL']}")
+    print(
+        f"the local stack under {state} is already up ({', '.join(parts)}): kept as it is",
+        file=sys.stderr,
+    )
+    print(f"use it with: source {state / 'env'}", file=sys.stderr)
+    print(RESET_HINT, file=sys.stderr)
+    return 0
+
+
+def up(state: Path, control_plane_only: bool = False, reset: bool = False) -> int:
+    """Start the control plane under ``state`` and write ``state/env``; keep the one already
+    running there unless ``reset``."""
+    if not reset and not cluster.down_needed(state):
+        kept = _kept(state, control_plane_only)
+        if kept is not None:
+            return kept
     _clear(state)
     try:
         cp = controlplane.start(state.resolve() / "controlplane", die_with_parent=False)
@@ -176,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     state: Path = args.dir
     if args.action == "up":
-        return up(state, args.control_plane_only)
+        return up(state, args.control_plane_only, args.reset)
     if args.action == "cluster-up":
         return cluster_up(state, args.lock_wait)
     if args.action in ("down", "cluster-down"):

@@ -7,7 +7,9 @@ to a real apiserver. One way to render each, here, so that every test reads the 
 
 from __future__ import annotations
 
+import os
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,27 @@ def kustomize(path: str) -> list[dict[str, Any]]:
         text=True,
         check=True,
     )
+    return objects(out.stdout)
+
+
+def kustomize_with(path: str, *components: str) -> list[dict[str, Any]]:
+    """`kubectl kustomize` of an overlay of ``path`` that lists ``components`` (directories of
+    the checkout, e.g. ``manifests/outputs/policyreport``), as a user's own overlay would."""
+    root = repo.repo_root()
+    with tempfile.TemporaryDirectory(prefix="enumwatch-overlay-") as overlay:
+        # kustomize takes only relative paths to other kustomizations.
+        lines = [
+            "apiVersion: kustomize.config.k8s.io/v1beta1",
+            "kind: Kustomization",
+            "resources:",
+            f"  - {os.path.relpath(root / path, overlay)}",
+            "components:",
+            *(f"  - {os.path.relpath(root / c, overlay)}" for c in components),
+        ]
+        (Path(overlay) / "kustomization.yaml").write_text("\n".join(lines) + "\n")
+        out = subprocess.run(
+            ["kubectl", "kustomize", overlay], capture_output=True, text=True, check=True
+        )
     return objects(out.stdout)
 
 

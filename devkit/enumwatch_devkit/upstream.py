@@ -2,9 +2,11 @@
 
 The chart is linted and rendered by a real helm, the alert rules checked and unit-tested by a real
 promtool, and third-party CRDs (prometheus-operator's ServiceMonitor and PrometheusRule) are
-installed from their upstream definitions, never from a hand-written imitation. Like the control
-plane, each is built or fetched once through the Go module proxy into ``~/.cache/enumwatch``
-(``hack/tools/build.sh``, ``hack/tools/upstream.sh``); later calls find it there at once.
+installed from their upstream definitions, never from a hand-written imitation (so are the
+PolicyReport CRDs: wgpolicyk8s.io from Kyverno's module, openreports.io from its own). Like the
+control plane, each is built or fetched once through the Go module proxy into
+``~/.cache/enumwatch`` (``hack/tools/build.sh``, ``hack/tools/upstream.sh``); later calls find it
+there at once.
 """
 
 from __future__ import annotations
@@ -57,4 +59,25 @@ def prometheus_operator_crd(plural: str) -> Path:
     path = crd_dir / f"monitoring.coreos.com_{plural}.yaml"
     if not path.is_file():
         raise UpstreamError(f"prometheus-operator ships no CRD {path.name} in {crd_dir}")
+    return path
+
+
+#: The report CRDs by ``plural.group``: (module name in ``hack/tools/upstream.sh``, file in it).
+REPORT_CRDS = {
+    "policyreports.wgpolicyk8s.io": (
+        "kyverno",
+        "config/crds/policyreport/wgpolicyk8s.io_policyreports.yaml",
+    ),
+    "reports.openreports.io": ("openreports", "config/crd/openreports.io_reports.yaml"),
+}
+
+
+def report_crd(resource: str) -> Path:
+    """The upstream CRD of a report API, by ``plural.group`` (a key of :data:`REPORT_CRDS`):
+    wgpolicyk8s.io's PolicyReport from Kyverno's module, openreports.io's Report from
+    ``github.com/openreports/reports-api``."""
+    module, relative = REPORT_CRDS[resource]
+    path = module_dir(module) / relative
+    if not path.is_file():
+        raise UpstreamError(f"{module} ships no CRD {relative} in {module_dir(module)}")
     return path

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
@@ -47,3 +50,23 @@ def write_atomic_parts(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_versioned(path: str, version: int) -> dict[str, Any] | None:
+    """The JSON object that :func:`write_versioned` left at ``path``; ``None`` when there is no
+    file. Raises ``ValueError`` (JSON errors included) saying why when the file exists but is
+    not such an object of this ``version``: the caller names the file and the way out."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return None
+    data = orjson.loads(raw)
+    if not isinstance(data, dict) or data.get("version") != version:
+        raise ValueError(f"expected an object with version {version}")
+    return data
+
+
+def write_versioned(path: str, version: int, fields: Mapping[str, Any]) -> None:
+    """Write ``fields`` and their format ``version`` as one JSON object, atomically."""
+    write_atomic(path, orjson.dumps({"version": version, **fields}))

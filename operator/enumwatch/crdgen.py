@@ -103,6 +103,39 @@ def _add_defaults(model: type[BaseModel], schema: Schema) -> None:
             _add_defaults(args[0], items)
 
 
+def default_sentence(node: Schema) -> str:
+    """``Default: 5.`` for a field with a scalar or list default, else ``""``.
+
+    ``kubectl explain`` prints a field's description but not its ``default``, so the generated
+    CRDs say the default in the text as well (:func:`_describe_defaults`); the README's reference
+    has a column for it and leaves the sentence out.
+    """
+    value = _default(node).replace("`", "")
+    if not value:
+        return ""
+    return f"Default: {'none' if value == '[]' else value}."
+
+
+def _describe_defaults(node: Any) -> None:
+    """Append :func:`default_sentence` to the description of every field that has a default."""
+    if isinstance(node, list):
+        for item in node:
+            _describe_defaults(item)
+        return
+    if not isinstance(node, dict):
+        return
+    sentence = default_sentence(node)
+    if sentence:
+        node["description"] = " ".join(filter(None, (node.get("description"), sentence)))
+    for key in ("properties", "items"):
+        child = node.get(key)
+        if isinstance(child, dict) and key == "properties":
+            for prop in child.values():
+                _describe_defaults(prop)
+        elif child is not None:
+            _describe_defaults(child)
+
+
 def openapi_schema(model: type[BaseModel]) -> Schema:
     """The structural OpenAPI v3 schema of a pydantic model, with descriptions and defaults."""
     raw = model.model_json_schema(by_alias=True)
@@ -175,6 +208,7 @@ def _crd(
 def detector_crd() -> dict[str, Any]:
     """The EnumerationDetector CRD."""
     spec = openapi_schema(DetectorSpec)
+    _describe_defaults(spec)  # users write this spec: kubectl explain says each default
     spec["default"] = {}
     return _crd(
         kind=DETECTOR_KIND,
@@ -323,13 +357,20 @@ def _default(node: Schema) -> str:
     return f"`{value}`"
 
 
+def _meaning(node: Schema) -> str:
+    """The description without the default sentence: the reference has a column for it."""
+    description = str(node.get("description", ""))
+    sentence = default_sentence(node)
+    return description.removesuffix(sentence).rstrip() if sentence else description
+
+
 def _rows(path: str, node: Schema) -> list[str]:
     def cell(text: str) -> str:
         return text.replace("|", "\\|").replace("\n", " ")
 
     rows = [
         f"| `{path}` | {_type(node)} | {cell(_default(node))} | {cell(_validation(node))} "
-        f"| {cell(node.get('description', ''))} |"
+        f"| {cell(_meaning(node))} |"
     ]
     children = node.get("properties", {})
     if node.get("type") == "array" and "properties" in node.get("items", {}):

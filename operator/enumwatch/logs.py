@@ -64,3 +64,5 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # kopf logs every successful handler call at INFO; status patches make that once a tick.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # The Azure SDK logs every HTTP request and response (headers included) at INFO.
+    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)

@@ -267,7 +267,13 @@ def test_a_scan_in_the_providers_format_becomes_one_finding_across_a_restart(
     ns = fresh_namespace(crds, f"collect-{name}")
     with running_operator(crds, tmp_path / "op") as op:
         apply_detector(crds, ns, "det", detector["spec"])
-        wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")
+        status = wait_for(lambda: detector_status(crds, ns, "det").get("conditions")
+                          and detector_status(crds, ns, "det"), what="status")
+        # The provider's detector counts Metadata on purpose, and its status says so.
+        assert status["seedDeviations"] == [
+            "match.levels: [RequestResponse, ResponseComplete, Request, Metadata] "
+            "(seed: [RequestResponse, ResponseComplete, Request])"
+        ]
 
         feed.write(records[:FIRST])
         first = _collect(feed, op, tmp_path, 1)

@@ -31,6 +31,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _env(state: Path) -> dict[str, str]:
+    """The variables of ``state/env`` (its ``export`` lines)."""
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in (state / "env").read_text().splitlines()
+    )
+
+
 def _wait_dead(pids: list[int], timeout: float = 15.0) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,10 +77,7 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
     devkit = [sys.executable, "-m", "enumwatch_devkit"]
     subprocess.run([*devkit, "up", "--dir", str(state)], check=True, timeout=120)
     try:
-        env = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in (state / "env").read_text().splitlines()
-        )
+        env = _env(state)
         assert set(env) >= {"KUBECONFIG", "APISERVER", "AUDIT_LOG", "OPERATOR_URL"}
         assert env["APISERVER"].startswith("https://127.0.0.1:")
         pids = [int(p) for f in state.glob("**/pids") for p in json.loads(f.read_text()).values()]
@@ -107,3 +112,85 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
     finally:
         subprocess.run([*devkit, "down", "--dir", str(state)], check=True, timeout=60)
     assert _wait_dead(pids) == []
+
+
+def _findings(kubeconfig: str) -> list[str]:
+    out = subprocess.run(
+        ["kubectl", "--kubeconfig", kubeconfig, "get", "findings", "-A", "-o", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [f["spec"]["userAgent"] for f in json.loads(out)["items"]]
+
+
+def test_a_second_up_keeps_the_running_stack_and_only_reset_replaces_it(tmp_path: Path) -> None:
+    state = tmp_path / "dev"
+    devkit = [sys.executable, "-m", "enumwatch_devkit"]
+    subprocess.run([*devkit, "up", "--dir", str(state)], check=True, timeout=120)
+    try:
+        env = _env(state)
+        ctx = __import__("ssl").create_default_context(
+            cafile=json.loads((state / "controlplane.json").read_text())["ca_file"]
+        )
+        for path in SCAN_PATHS:
+            req = urllib.request.Request(env["APISERVER"] + path, headers={"User-Agent": "again"})
+            try:
+                urllib.request.urlopen(req, context=ctx, timeout=5).close()
+            except urllib.error.HTTPError as exc:
+                exc.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "again" not in _findings(env["KUBECONFIG"]):
+            time.sleep(0.3)
+        assert _findings(env["KUBECONFIG"]) == ["again"]
+        files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in state.glob("*") if p.is_file()}
+        pids = {str(f): f.read_text() for f in state.glob("**/pids")}
+
+        again = subprocess.run(
+            [*devkit, "up", "--dir", str(state)], capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0
+        assert again.stderr.splitlines()[-3:] == [
+            f"the local stack under {state} is already up (kube-apiserver {env['APISERVER']}, "
+            f"operator {env['OPERATOR_URL']}): kept as it is",
+            f"use it with: source {state / 'env'}",
+            "`make dev-reset` (up --reset) starts a new one; its detectors and Findings are lost",
+        ]
+        assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
+        assert {str(f): f.read_text() for f in state.glob("**/pids")} == pids
+        assert all(_alive(int(p)) for text in pids.values() for p in json.loads(text).values())
+        assert _findings(env["KUBECONFIG"]) == ["again"]
+        detectors = subprocess.run(
+            ["kubectl", "--kubeconfig", env["KUBECONFIG"], "get", "ewd", "-A", "-o", "name"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert detectors == "enumerationdetector.enumwatch.io/anonymous-enumeration\n"
+        # A new shell that sources the env file has the checkout's enumwatch and reaches the stack.
+        shell = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-c",
+             f"source {state / 'env'} && command -v enumwatch && enumwatch version && "
+             "kubectl get findings -A -o jsonpath='{.items[*].spec.userAgent}'"],
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        from enumwatch import __version__
+
+        scripts = __import__("sysconfig").get_path("scripts")
+        assert shell.stdout.splitlines() == [
+            f"{scripts}/enumwatch", f"enumwatch {__version__}", "again"
+        ]
+
+        reset = subprocess.run(
+            [*devkit, "up", "--dir", str(state), "--reset"], capture_output=True, text=True,
+            timeout=120,
+        )
+        assert reset.returncode == 0, reset.stderr
+        assert all(not _alive(int(p)) for t in pids.values() for p in json.loads(t).values())
+        fresh = _env(state)
+        assert _findings(fresh["KUBECONFIG"]) == []
+    finally:
+        subprocess.run([*devkit, "down", "--dir", str(state)], check=True, timeout=60)

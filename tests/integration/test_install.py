@@ -98,6 +98,17 @@ DENIED = [
     ("create", "certificatesigningrequests.certificates.k8s.io", None),
 ]
 
+#: (group, resource, verb): every cluster-wide rule the base install grants the operator, exactly.
+OPERATOR_RULES = {
+    ("enumwatch.io", "enumerationdetectors", "get"),
+    ("enumwatch.io", "enumerationdetectors", "list"),
+    ("enumwatch.io", "enumerationdetectors", "watch"),
+    ("enumwatch.io", "enumerationdetectors/status", "patch"),
+    *{("enumwatch.io", "findings", v) for v in ("create", "get", "list", "patch", "delete")},
+    ("", "events", "create"),
+    ("authentication.k8s.io", "tokenreviews", "create"),
+}
+
 #: Rules every authenticated identity has (system:basic-user and friends), not ours.
 DEFAULT_GROUPS = {"authentication.k8s.io", "authorization.k8s.io"}
 DEFAULT_RESOURCES = {"selfsubjectaccessreviews", "selfsubjectrulesreviews", "selfsubjectreviews"}
@@ -288,16 +299,7 @@ def test_the_operator_cannot_do_anything_dangerous(
 
 
 def test_the_operator_has_exactly_these_rules(installed: ControlPlane) -> None:
-    cluster_wide = {
-        ("enumwatch.io", "enumerationdetectors", "get"),
-        ("enumwatch.io", "enumerationdetectors", "list"),
-        ("enumwatch.io", "enumerationdetectors", "watch"),
-        ("enumwatch.io", "enumerationdetectors/status", "patch"),
-        *{("enumwatch.io", "findings", v)
-          for v in ("create", "get", "list", "patch", "delete")},
-        ("", "events", "create"),
-        ("authentication.k8s.io", "tokenreviews", "create"),
-    }
+    cluster_wide = OPERATOR_RULES
     leases = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
     assert granted_rules(installed, OPERATOR_SA, "default") == cluster_wide
     assert granted_rules(installed, OPERATOR_SA, NS) == cluster_wide | leases

@@ -6,8 +6,9 @@ kube-scheduler, CoreDNS), builds enumwatch's image from the repository's Dockerf
 Debian base and installs ``crds/`` then ``manifests/`` unchanged but for the image name. These
 tests then look at what really runs: the node, the pods, the processes of the containers (their
 uid, capabilities and open files, read from ``/proc``), the Service routing, TokenReview auth,
-an anonymous scan with ``curl`` becoming a Finding, the HA overlay and a leader failover, and
-finally ``make cluster-down`` leaving nothing behind. The tests run in order, on one cluster.
+an anonymous scan with ``curl`` becoming a Finding, the HA overlay and a leader failover, the
+Helm chart installed in place of the manifests, and finally ``make cluster-down`` leaving
+nothing behind. The tests run in order, on one cluster.
 
 They need root and a runc that can run a container; elsewhere they skip and say which is missing.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from enumwatch_devkit import cluster, hostnet, node
+from enumwatch_devkit import cluster, hostnet, node, repo, upstream
 from enumwatch_devkit.cli import attach
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
@@ -395,6 +396,69 @@ def test_the_ha_overlay_sends_ingest_to_the_leader_and_a_scan_after_failover_is_
     assert new_leader["metadata"]["name"] in _leader(cp)
     latency, _ = _scan_to_finding(cp, "failover", FINDING_WITHIN)
     local_cluster.figures["after_failover_scan_to_finding_s"] = round(latency, 2)
+    assert latency <= FINDING_WITHIN
+
+
+# --- the Helm chart ------------------------------------------------------------------------------
+
+
+def test_the_helm_chart_installs_an_operator_that_turns_a_curl_scan_into_a_finding(
+    local_cluster: LocalCluster,
+) -> None:
+    """README "Install with Helm" on the real node, with the image built here: the kustomize
+    install (base, or the HA overlay above) is removed first, since the chart's objects carry the
+    same names; `helm install --wait` then sees the operator pod 2/2 Ready, made from the chart's
+    objects, and an anonymous curl scan becomes a Finding through its sidecar tailer."""
+    cp = local_cluster.cp
+    state = local_cluster.state
+    for overlay in sorted((state / "kustomize").iterdir()):
+        cp.kubectl("delete", "-k", str(overlay), "--ignore-not-found", "--timeout=300s")
+    wait_for(lambda: not _operator_pods(cp), timeout=120, what="the kustomize install gone")
+    cp.kubectl("create", "namespace", NAMESPACE)
+    cp.kubectl(
+        "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=privileged",
+        "pod-security.kubernetes.io/warn=baseline", "pod-security.kubernetes.io/audit=baseline",
+    )
+    repository, tag = cluster.installed_image(state).rsplit(":", 1)
+    began = time.monotonic()
+    helm = [str(upstream.helm()), "--kubeconfig", str(cp.kubeconfig)]
+    installed = subprocess.run(
+        [
+            *helm, "install", "enumwatch", "charts/enumwatch", "-n", NAMESPACE,
+            "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--wait", "--timeout", "5m",
+        ],
+        cwd=repo.repo_root(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    local_cluster.figures["helm_install_s"] = round(time.monotonic() - began, 2)
+    status = json.loads(
+        subprocess.run(
+            [*helm, "status", "enumwatch", "-n", NAMESPACE, "-o", "json"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )
+    assert status["info"]["status"] == "deployed"
+    (pod,) = _operator_pods(cp)
+    assert _ready(pod)
+    assert [c["ready"] for c in pod["status"]["containerStatuses"]] == [True, True]
+    assert {c["image"] for c in pod["spec"]["containers"]} == {f"{repository}:{tag}"}
+    # The pod's owner is the release's Deployment (Helm labels the objects it templates; the
+    # pod template keeps manifests' labels, so the two installs select the same pods).
+    deploy = kubectl_json(cp, "get", "deployment", "enumwatch", "-n", NAMESPACE)
+    labels = deploy["metadata"]["labels"]
+    assert (labels["app.kubernetes.io/managed-by"], labels["app.kubernetes.io/instance"]) == (
+        "Helm", "enumwatch"
+    )
+    (owner,) = pod["metadata"]["ownerReferences"]
+    replicaset = kubectl_json(cp, "get", "replicaset", owner["name"], "-n", NAMESPACE)
+    assert replicaset["metadata"]["ownerReferences"][0]["uid"] == deploy["metadata"]["uid"]
+
+    latency, _ = _scan_to_finding(cp, "helm", FINDING_WITHIN)
+    local_cluster.figures["helm_scan_to_finding_s"] = round(latency, 2)
     assert latency <= FINDING_WITHIN
 
 

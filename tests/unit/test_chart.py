@@ -49,6 +49,8 @@ WEBHOOK = [
     "replicas=2",
 ]
 
+POLICY_REPORT = "manifests/outputs/policyreport"
+
 Key = tuple[str, str | None, str]
 
 
@@ -114,8 +116,9 @@ def _containers(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ("values-ha.yaml", []),
         (None, [*MONITORING, "namespace.create=true"]),
         (None, WEBHOOK),
+        (None, ["outputs.policyReport.api=both"]),
     ],
-    ids=["default", "ha", "monitoring", "webhook"],
+    ids=["default", "ha", "monitoring", "webhook", "policyreport"],
 )
 def test_helm_lint_strict_passes(helm: Path, values: str | None, sets: list[str]) -> None:
     args = ["lint", "--strict", str(CHART)]
@@ -157,6 +160,62 @@ def test_the_monitoring_values_render_manifests_monitoring() -> None:
         [d for d in chart if _key(d) not in base], renders.kustomize("manifests/monitoring")
     )
     assert {_key(d) for d in chart} >= base
+
+
+@pytest.mark.parametrize(
+    ("values", "path"), [(None, "manifests"), ("values-ha.yaml", "manifests/overlays/ha")],
+    ids=["base", "ha"],
+)
+def test_the_policyreport_values_render_the_policyreport_component(
+    values: str | None, path: str
+) -> None:
+    _assert_same_objects(
+        render("namespace.create=true", "outputs.policyReport.api=both", values=values),
+        renders.kustomize_with(path, POLICY_REPORT),
+    )
+
+
+def _report_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = _one(docs, "ClusterRole", "enumwatch-operator")["rules"]
+    return [r for r in rules if r["apiGroups"][0] in ("wgpolicyk8s.io", "openreports.io")]
+
+
+@pytest.mark.parametrize(
+    ("api", "groups"),
+    [
+        ("off", []),
+        ("false", []),  # a bare `off` in a values file is YAML's false
+        ("wgpolicyk8s", ["wgpolicyk8s.io"]),
+        ("openreports", ["openreports.io"]),
+        ("both", ["wgpolicyk8s.io", "openreports.io"]),
+    ],
+)
+def test_the_policyreport_api_grants_exactly_its_reports_and_sets_the_flag(
+    api: str, groups: list[str]
+) -> None:
+    docs = render(f"outputs.policyReport.api={api}", "outputs.policyReport.maxResults=40",
+                  crds=False)
+    plurals = {"wgpolicyk8s.io": "policyreports", "openreports.io": "reports"}
+    assert _report_rules(docs) == [
+        {"apiGroups": [g], "resources": [plurals[g]], "verbs": ["get", "create", "update"]}
+        for g in groups
+    ]
+    run = _args_parse(_containers(_one(docs, "Deployment", "enumwatch"))["operator"])
+    expected = "off" if api == "false" else api
+    assert (run.policy_report, run.policy_report_max_results) == (
+        expected, 40 if groups else 100
+    )
+    assert _report_rules(render(crds=False)) == []
+
+
+def test_an_unknown_policyreport_api_is_refused(helm: Path) -> None:
+    proc = _helm(
+        helm, *renders.helm_template_args("enumwatch", "outputs.policyReport.api=kyverno")
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0].endswith(
+        'outputs.policyReport.api must be off, wgpolicyk8s, openreports or both, not "kyverno"'
+    )
 
 
 def test_every_templated_object_carries_helms_labels() -> None:
@@ -345,8 +404,15 @@ def test_placement_image_and_resources_come_from_the_values() -> None:
             "tailer.mode=sidecar reads one node's audit log from one pod: use replicas=1, or "
             "tailer.mode=daemonset (values-ha.yaml) for more replicas",
         ),
+        (
+            ["outputs.policyReport.maxResults=1001"],
+            "outputs.policyReport.maxResults must be 1..1000, not 1001",
+        ),
     ],
-    ids=["unknown-mode", "tls-with-tailer", "webhook-without-identity", "sidecar-replicas"],
+    ids=[
+        "unknown-mode", "tls-with-tailer", "webhook-without-identity", "sidecar-replicas",
+        "report-bound",
+    ],
 )
 def test_values_that_cannot_work_are_refused_with_what_to_do(
     helm: Path, sets: list[str], message: str

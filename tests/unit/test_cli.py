@@ -45,7 +45,7 @@ def test_version_command_and_flag_agree(capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == f"enumwatch {__version__}\n"
 
 
-@pytest.mark.parametrize("command", ["run", "manifests", "version"])
+@pytest.mark.parametrize("command", ["run", "tail", "collect", "manifests", "version", "scan"])
 def test_every_flag_has_help_with_its_default(command: str) -> None:
     parser = cli.build_parser(command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -54,8 +54,27 @@ def test_every_flag_has_help_with_its_default(command: str) -> None:
     for action in subparser._actions:
         if action.option_strings and action.dest != "help":
             assert action.help, f"{command} {action.option_strings[0]} has no help"
-            if action.default not in (None, False, [], "==SUPPRESS=="):
+            # Every optional flag says what happens without it, a None or off default too.
+            if not action.required:
                 assert "default" in action.help, f"{command} {action.option_strings[0]}"
+
+
+def test_every_command_has_a_one_line_summary_in_the_top_level_help() -> None:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    summaries = {choice.dest: choice.help for choice in sub._choices_actions}
+    assert sorted(summaries) == sorted(cli.COMMAND_MODULES)
+    for name, summary in summaries.items():
+        assert summary and "\n" not in summary and not summary.endswith("."), name
+
+
+def test_every_scan_flag_says_its_default() -> None:
+    # scan's flags without a default value say what applies when they are left out.
+    parser = cli.build_parser("scan")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["scan"]._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "default" in action.help, action.option_strings[0]
 
 
 def test_manifests_without_output_prints_and_writes_nothing(

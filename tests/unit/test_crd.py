@@ -97,6 +97,54 @@ def test_the_readme_crd_reference_is_generated_from_the_crds() -> None:
     assert readme[start:end] == crdgen.reference(), "run `make manifests`"
 
 
+def test_every_default_of_the_detector_spec_is_said_in_its_description() -> None:
+    # kubectl explain shows descriptions, never `default:`; users write this spec.
+    root = crdgen.detector_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    said = {
+        path: node["description"].rsplit(" Default: ", 1)[1]
+        for path, node in _walk(root["properties"]["spec"], "spec")
+        if "default" in node and not isinstance(node["default"], dict)
+    }
+    assert said == {
+        "spec.match.usernames": "system:anonymous, system:unauthenticated.",
+        "spec.match.includeMissingUsername": "true.",
+        "spec.match.levels": "RequestResponse, ResponseComplete, Request.",
+        "spec.match.sourceIPs": "all.",
+        "spec.thresholds.distinctRequestURIsAbove": "5.",
+        "spec.thresholds.distinctResourcesAbove": "3.",
+        "spec.thresholds.documentsBelow": "50.",
+        "spec.thresholds.forbiddenAtLeast": "1.",
+        "spec.thresholds.authFailuresAtLeast": "1.",
+        "spec.thresholds.notFoundAtLeast": "3.",
+        "spec.schedule.interval": "5m.",
+        "spec.schedule.lookback": "6m.",
+        "spec.schedule.timestamp": "ingested.",
+        "spec.findings.maxPerRun": "100.",
+        "spec.findings.suppressFor": "1h.",
+        "spec.findings.successSeverity": "high.",
+        "spec.findings.retention": "168h.",
+        "spec.exceptions": "none.",
+        "spec.exceptions[].sourceCIDRs": "none.",
+        "spec.exceptions[].userAgents": "none.",
+        "spec.severity": "medium.",
+        "spec.riskScore": "47.",
+        "spec.dataStreamNamespace": "default.",
+    }
+    thresholds = root["properties"]["spec"]["properties"]["thresholds"]
+    assert thresholds["description"].endswith(
+        "The triggers are OR'd: forbiddenAtLeast OR authFailuresAtLeast OR notFoundAtLeast."
+    )
+
+
+def test_the_readme_reference_has_the_default_in_its_column_not_twice() -> None:
+    rows = [row for row in crdgen.reference().splitlines() if row.startswith("| `spec.")]
+    assert not [row for row in rows if "Default: " in row]
+    assert (
+        "| `spec.thresholds.notFoundAtLeast` | integer | `3` | minimum 1 | Trigger: at least this "
+        "many events answered 404 (no decision). |"
+    ) in rows
+
+
 def test_match_source_ips_is_all_or_observed_and_says_why() -> None:
     from pydantic import ValidationError
 

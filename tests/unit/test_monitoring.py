@@ -75,7 +75,7 @@ def test_every_alert_names_only_metrics_that_exist() -> None:
 def test_every_dashboard_query_names_only_metrics_that_exist() -> None:
     known = _known_metrics()
     exprs = monitoring.dashboard_exprs(monitoring.dashboard())
-    assert len(exprs) == 25
+    assert len(exprs) == 28
     for where, expr in exprs.items():
         names = monitoring.metric_names(expr)
         assert names, where
@@ -102,7 +102,7 @@ def test_the_dashboard_is_json_with_unique_panel_ids_on_one_data_source_variable
     doc = json.loads((monitoring.directory() / "dashboard.json").read_text())
     panels = monitoring.panels(doc)
     ids = [p["id"] for p in panels]
-    assert len(ids) == len(set(ids)) == 19
+    assert len(ids) == len(set(ids)) == 21
     assert doc["uid"] == "enumwatch"
     assert [v["name"] for v in doc["templating"]["list"]] == ["datasource", "job"]
     for panel in panels:
@@ -120,6 +120,8 @@ def test_the_dashboard_is_json_with_unique_panel_ids_on_one_data_source_variable
         "Events refused: late and future",
         "Findings written",
         "Finding write errors by detector",
+        "Findings by detector and severity",
+        "Policy reports",
         "Tick duration",
     }
 

@@ -211,13 +211,15 @@ def test_replay_prints_windows_with_bounds(
         capsys, str(log), "--replay", "--interval", "5m", "--lookback", "6m", "--format", "json"
     )
     assert status == 0
-    windows = orjson.loads(out)
-    assert windows
-    for window in windows:
-        assert window["rows"]
-        assert window["start"] < window["end"] == window["tick"]
-        end = datetime.fromisoformat(window["end"]).timestamp()
-        start = datetime.fromisoformat(window["start"]).timestamp()
+    # One record per (window, row): the rows' shape, with the window's bounds added.
+    records = orjson.loads(out)
+    assert records
+    windows = {(r["window.start"], r["window.end"]) for r in records}
+    assert len(windows) > 1
+    for window_start, window_end in windows:
+        assert window_start < window_end
+        end = datetime.fromisoformat(window_end).timestamp()
+        start = datetime.fromisoformat(window_start).timestamp()
         assert end % 300 == 0  # epoch-aligned ticks
         assert end - start == 360
     assert "replay over the events' own timestamps (event time): " in err  # says so
@@ -242,9 +244,10 @@ def test_replay_over_one_window_equals_scan(capsys: pytest.CaptureFixture[str], 
         "json",
     )
     assert status == 0
-    windows = orjson.loads(out)
-    assert len(windows) == 1  # the next tick's window starts after the last event
-    assert windows[0]["rows"] == rows
+    records = orjson.loads(out)
+    # The next tick's window starts after the last event: one window fired.
+    assert len({(r.pop("window.start"), r.pop("window.end")) for r in records}) == 1
+    assert records == rows
 
 
 def test_json_rows_are_written_as_one_indented_array(

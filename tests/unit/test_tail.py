@@ -269,9 +269,9 @@ async def test_sigterm_flushes_and_exits_0(tmp_path: Path, receiver: Receiver) -
     log = tmp_path / "audit.log"
     write(log, range(50))
     proc = await spawn(tmp_path, receiver)
-    await until(lambda: len(receiver.ids) == 50, timeout=10)
+    await until(lambda: len(receiver.ids) == 50, timeout=60)
     proc.send_signal(signal.SIGTERM)
-    out, err = await asyncio.wait_for(proc.communicate(), 10)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     stats = orjson.loads(out)["tailer_stats"]
     assert stats["events_forwarded"] == 50
@@ -298,19 +298,19 @@ async def test_kill_9_mid_stream_loses_nothing(tmp_path: Path, receiver: Receive
     for upto in (1000, 2000, total):
         proc = await spawn(tmp_path, receiver)
         if not killed_at:  # without a checkpoint the tailer starts with the live file
-            await until(lambda: len(receiver.ids) >= 25, timeout=10, what="first delivery")
+            await until(lambda: len(receiver.ids) >= 25, timeout=60, what="first delivery")
         await writer(upto)
         target = upto - 300
-        await until(lambda t=target: len(receiver.ids) >= t, timeout=10,  # type: ignore[misc]
+        await until(lambda t=target: len(receiver.ids) >= t, timeout=60,  # type: ignore[misc]
                     what="deliveries before the kill")
         proc.kill()  # SIGKILL: no flush, no checkpoint write
         await proc.wait()
         killed_at.append(len(receiver.ids))
     proc = await spawn(tmp_path, receiver)
-    await until(lambda: set(receiver.ids) == set(ids(range(total))), timeout=15,
+    await until(lambda: set(receiver.ids) == set(ids(range(total))), timeout=90,
                 what="every event after the kills")
     proc.send_signal(signal.SIGTERM)
-    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
     window_us = orjson.loads(out)["tailer_stats"]["ack_to_checkpoint_max_us"]
     dups = {k: v for k, v in Counter(receiver.ids).items() if v > 1}
     # A duplicate can only come from a kill between an acknowledgement and the checkpoint

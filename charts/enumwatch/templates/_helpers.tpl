@@ -83,6 +83,26 @@ pod-security.kubernetes.io/audit-version: latest
 {{- if and (eq .Values.tailer.mode "sidecar") (gt (int .Values.replicas) 1) -}}
 {{- fail "tailer.mode=sidecar reads one node's audit log from one pod: use replicas=1, or tailer.mode=daemonset (values-ha.yaml) for more replicas" -}}
 {{- end -}}
+{{- $reports := include "enumwatch.policyReportApi" . -}}
+{{- $results := int .Values.outputs.policyReport.maxResults -}}
+{{- if or (lt $results 1) (gt $results 1000) -}}
+{{- fail (printf "outputs.policyReport.maxResults must be 1..1000, not %v" .Values.outputs.policyReport.maxResults) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+outputs.policyReport.api: off, wgpolicyk8s, openreports or both (enumwatch run --policy-report).
+A bare `off` in a values file is YAML's false: taken as "off".
+*/}}
+{{- define "enumwatch.policyReportApi" -}}
+{{- $api := toString .Values.outputs.policyReport.api -}}
+{{- if eq $api "false" -}}
+{{- $api = "off" -}}
+{{- end -}}
+{{- if not (has $api (list "off" "wgpolicyk8s" "openreports" "both")) -}}
+{{- fail (printf "outputs.policyReport.api must be off, wgpolicyk8s, openreports or both, not %q" $api) -}}
+{{- end -}}
+{{- $api -}}
 {{- end -}}
 
 {{/*

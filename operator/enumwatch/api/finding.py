@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,6 +178,41 @@ def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -
     ip = _NAME_SAFE.sub("-", (source_ip or "noip").lower()).strip("-")
     prefix = _NAME_SAFE.sub("-", detector.lower()).strip("-")[:40]
     return f"{prefix}-{ip[:45]}-{digest}".strip("-")
+
+
+class EnumerationCounts(Protocol):
+    """The counts a one-line summary of a group names: a rule row and a Finding's aggregates
+    both have them, under the same names."""
+
+    @property
+    def document_count(self) -> int: ...
+    @property
+    def request_uri_count_distinct(self) -> int: ...
+    @property
+    def resource_count_distinct(self) -> int: ...
+    @property
+    def authz_forbid_count(self) -> int: ...
+    @property
+    def status_fail_count(self) -> int: ...
+    @property
+    def not_found_count(self) -> int: ...
+
+
+def enumeration_summary(
+    source_ip: str | None, user_agent: str | None, counts: EnumerationCounts
+) -> str:
+    """One line on a group: source IP, user agent and the counts the seed's thresholds read.
+
+    The words of every message about a group (Events on a Finding, report results), so that the
+    same group reads the same wherever it is shown.
+    """
+    return (
+        f"anonymous enumeration from {source_ip or '<no IP>'} "
+        f"(user agent {user_agent or '<none>'!r}): {counts.document_count} audit events, "
+        f"{counts.request_uri_count_distinct} distinct URIs, {counts.resource_count_distinct} "
+        f"resources; forbidden {counts.authz_forbid_count}, 401/403 {counts.status_fail_count}, "
+        f"not found {counts.not_found_count}"
+    )
 
 
 def rule_ref(severity: str, risk_score: int) -> RuleRef:

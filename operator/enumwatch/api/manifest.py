@@ -1,6 +1,7 @@
 """Detector manifests read from files: one loader, one way to explain a bad spec.
 
-``enumwatch scan --detector`` and ``enumwatch tail --filter-detectors`` (and the managed-cluster
+``enumwatch scan --detector`` (one detector, picked by name from a List or several documents)
+and ``enumwatch tail --filter-detectors`` (and the managed-cluster
 ``collect`` sources next) read the EnumerationDetector objects a team keeps in Git. They must accept
 and refuse the same files, with the same one-line messages, and refuse what the API server would:
 another kind, another ``apiVersion``, a spec the CRD's own models reject.
@@ -96,13 +97,45 @@ def load_detectors(path: str) -> list[DetectorSpec]:
     return [_detector_spec(path, manifest) for manifest in _detector_manifests(path)]
 
 
-def load_detector(path: str) -> DetectorSpec:
-    """The one EnumerationDetector of a manifest file, validated as by :func:`load_detectors`."""
+def _name_of(manifest: dict[str, Any]) -> str | None:
+    metadata = manifest.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def load_named_detector(path: str, name: str | None = None) -> tuple[str | None, DetectorSpec]:
+    """The EnumerationDetector of a manifest file, with its ``metadata.name``, validated as by
+    :func:`load_detectors`.
+
+    The file may hold several (documents, or a ``kubectl get -o yaml`` List): ``name`` picks
+    one by ``metadata.name``, and is required then. Raises :class:`ManifestError` when there is
+    none, when several and no ``name``, or when none has ``name`` (the message lists the names).
+    """
     manifests = _detector_manifests(path)
-    if len(manifests) != 1:
-        found = "no" if not manifests else str(len(manifests))
+    if name is not None:
+        picked = [m for m in manifests if _name_of(m) == name]
+        if len(picked) != 1:
+            names = ", ".join(str(_name_of(m)) for m in manifests) or "none"
+            found = "no" if not picked else str(len(picked))
+            raise ManifestError(
+                f"detector {path} holds {found} {DETECTOR_KIND} named {name!r} (names: "
+                f"{names}); pass one of the names with --detector-name"
+            )
+        manifests = picked
+    elif len(manifests) > 1:
+        names = ", ".join(str(_name_of(m)) for m in manifests)
         raise ManifestError(
-            f"detector {path} holds {found} objects of kind {DETECTOR_KIND}; "
+            f"detector {path} holds {len(manifests)} objects of kind {DETECTOR_KIND} "
+            f"({names}); pick one with --detector-name NAME"
+        )
+    if not manifests:
+        raise ManifestError(
+            f"detector {path} holds no objects of kind {DETECTOR_KIND}; "
             "pass a manifest with exactly one"
         )
-    return _detector_spec(path, manifests[0])
+    return _name_of(manifests[0]), _detector_spec(path, manifests[0])
+
+
+def load_detector(path: str, name: str | None = None) -> DetectorSpec:
+    """The one EnumerationDetector of a manifest file (see :func:`load_named_detector`)."""
+    return load_named_detector(path, name)[1]

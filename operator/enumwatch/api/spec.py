@@ -137,6 +137,22 @@ RetentionDuration = Annotated[
 ]
 
 
+def _same(value: object, default: object) -> bool:
+    """Equal, lists compared as sets (the order of usernames or levels means nothing)."""
+    if isinstance(value, list) and isinstance(default, list):
+        return set(value) == set(default)
+    return value == default
+
+
+def _shown(value: object) -> str:
+    """A spec value as a user wrote it in YAML (lists in flow style, booleans in lower case)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
         populate_by_name=True, extra="forbid", frozen=True, validate_default=True, defer_build=True
@@ -151,7 +167,7 @@ class MatchSpec(_Model):
         max_length=100,
         description=(
             "Usernames treated as anonymous. Events whose user.username is one of these are "
-            "considered. Seed: system:anonymous, system:unauthenticated."
+            "considered."
         ),
     )
     include_missing_username: bool = Field(
@@ -163,9 +179,8 @@ class MatchSpec(_Model):
         default_factory=lambda: list(SEED_LEVELS),  # type: ignore[arg-type]
         min_length=1,
         description=(
-            "Audit levels considered (exact, case-sensitive). Seed: RequestResponse, "
-            "ResponseComplete, Request. Metadata is excluded by the seed, so an audit policy "
-            "that logs anonymous requests at Metadata defeats the rule."
+            "Audit levels considered (exact, case-sensitive). Metadata is excluded by the seed, "
+            "so an audit policy that logs anonymous requests at Metadata defeats the rule."
         ),
     )
     source_ips: SourceIPGrouping = Field(
@@ -185,46 +200,58 @@ class MatchSpec(_Model):
 
 
 class ThresholdsSpec(_Model):
-    """When a group of events is reported (the seed's final ``where`` clause)."""
+    """When a group of events is reported (the seed's final ``where`` clause): see
+    :data:`THRESHOLDS_DESCRIPTION`."""
 
     distinct_request_uris_above: int = Field(
         default=5,
         ge=0,
         alias="distinctRequestURIsAbove",
-        description="Fire only when the group has more than this many distinct requestURIs.",
+        description=(
+            "Condition: the group has more than this many distinct requestURIs. (kubectl "
+            "describe labels this field 'Distinct Request UR Is Above'.)"
+        ),
     )
     distinct_resources_above: int = Field(
         default=3,
         ge=0,
         alias="distinctResourcesAbove",
-        description=(
-            "Fire only when the group has more than this many distinct objectRef.resources."
-        ),
+        description="Condition: the group has more than this many distinct objectRef.resources.",
     )
     documents_below: int = Field(
         default=50,
         ge=1,
         alias="documentsBelow",
-        description="Fire only when the group has fewer than this many events (limits noise).",
+        description="Condition: the group has fewer than this many audit events (limits noise).",
     )
     forbidden_at_least: int = Field(
         default=1,
         ge=1,
         alias="forbiddenAtLeast",
-        description="One trigger: at least this many events with decision 'forbid'.",
+        description="Trigger: at least this many events with authorization decision 'forbid'.",
     )
     auth_failures_at_least: int = Field(
         default=1,
         ge=1,
         alias="authFailuresAtLeast",
-        description="One trigger: at least this many events answered 401 or 403 (no decision).",
+        description="Trigger: at least this many events answered 401 or 403 (no decision).",
     )
     not_found_at_least: int = Field(
         default=3,
         ge=1,
         alias="notFoundAtLeast",
-        description="One trigger: at least this many events answered 404 (no decision).",
+        description="Trigger: at least this many events answered 404 (no decision).",
     )
+
+
+#: What ``spec.thresholds`` means as a whole, for ``kubectl explain``: the seed's final ``where``
+#: clause, which ANDs three conditions with the OR of three triggers.
+THRESHOLDS_DESCRIPTION = (
+    "When a group of audit events (one sourceIP and userAgent) is reported: the seed's final "
+    "where clause. A group fires when all three conditions hold (distinctRequestURIsAbove AND "
+    "distinctResourcesAbove AND documentsBelow) and at least one trigger does. The triggers are "
+    "OR'd: forbiddenAtLeast OR authFailuresAtLeast OR notFoundAtLeast."
+)
 
 
 #: An event is evaluated in lookback / interval windows: bounded, so a tick stays cheap.
@@ -261,14 +288,13 @@ class ScheduleSpec(_Model):
 
     interval: IntervalDuration = Field(
         default="5m",
-        description="How often the rule runs (Go duration, 1s to 24h). Seed schedule: 5m.",
+        description="How often the rule runs (Go duration, 1s to 24h).",
     )
     lookback: LookbackDuration = Field(
         default="6m",
         description=(
             "Each run looks at events whose time (see timestamp) is in (tick - lookback, tick]. "
-            "Must not be shorter than interval, nor longer than 24h or 1000 intervals. Seed "
-            "schedule: 6m."
+            "Must not be shorter than interval, nor longer than 24h or 1000 intervals."
         ),
     )
 
@@ -311,7 +337,7 @@ class FindingsSpec(_Model):
         ge=1,
         le=1000,
         alias="maxPerRun",
-        description="At most this many Findings are created or updated per run (seed: 100).",
+        description="At most this many Findings are created or updated per run.",
     )
     suppress_for: SuppressDuration = Field(
         default="1h",
@@ -491,11 +517,40 @@ class DetectorSpec(_Model):
             raise ValueError(RETENTION_MESSAGE)
         return self
 
+    def seed_deviations(self) -> list[str]:
+        """Where this detector's rule differs from the seed's, one line each, e.g.
+        ``match.levels: [..., Metadata] (seed: [...])``: its match and thresholds field by
+        field, its time basis and its exceptions (schedule and Finding settings are how the
+        rule runs, not what it detects). Reported in ``status.seedDeviations``, so a detector
+        that deviates on purpose (the managed-cluster overlays count Metadata) says so where its
+        Findings are read."""
+        seed = DetectorSpec()
+        lines: list[str] = []
+        for section in ("match", "thresholds"):
+            mine: BaseModel = getattr(self, section)
+            theirs: BaseModel = getattr(seed, section)
+            for name, info in type(mine).model_fields.items():
+                value, default = getattr(mine, name), getattr(theirs, name)
+                if _same(value, default):
+                    continue
+                lines.append(
+                    f"{section}.{info.alias or name}: {_shown(value)} (seed: {_shown(default)})"
+                )
+        if self.schedule.timestamp != seed.schedule.timestamp:
+            lines.append(
+                f"schedule.timestamp: {self.schedule.timestamp} "
+                f"(seed: {seed.schedule.timestamp}, Elastic's event.ingested)"
+            )
+        if self.exceptions:
+            names = ", ".join(e.name for e in self.exceptions)
+            lines.append(f"exceptions: {names} (seed: none)")
+        return lines
+
     match: MatchSpec = Field(
         default_factory=MatchSpec, description="Which audit events are considered."
     )
     thresholds: ThresholdsSpec = Field(
-        default_factory=ThresholdsSpec, description="When a group of events is reported."
+        default_factory=ThresholdsSpec, description=THRESHOLDS_DESCRIPTION
     )
     schedule: ScheduleSpec = Field(
         default_factory=ScheduleSpec, description="How often the rule runs and how far back."
@@ -509,18 +564,18 @@ class DetectorSpec(_Model):
         description=(
             "Known scanners to silence without editing the rule (Elastic's rule exceptions): "
             "applied to the rule's rows, before any Finding is written; silenced rows are "
-            "counted in status.rowsExcepted. Empty by default (the seed)."
+            "counted in status.rowsExcepted."
         ),
     )
     severity: Severity = Field(
-        default="medium", description="Severity recorded on Findings (seed: medium)."
+        default="medium", description="Severity recorded on Findings."
     )
     risk_score: int = Field(
         default=SEED_RULE.risk_score,
         ge=0,
         le=100,
         alias="riskScore",
-        description="Risk score recorded on Findings, 0..100 (seed: 47).",
+        description="Risk score recorded on Findings, 0..100.",
     )
     data_stream_namespace: str = Field(
         default="default",

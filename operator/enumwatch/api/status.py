@@ -102,3 +102,13 @@ class DetectorStatus(_Model):
         alias="activeGroups",
         description="(source IP, user agent) groups in the latest window.",
     )
+    seed_deviations: list[str] = Field(
+        default_factory=list,
+        alias="seedDeviations",
+        description=(
+            "Where this detector's rule differs from Elastic's seed rule (its match, "
+            "thresholds, time basis and exceptions), one line each with the seed's value: "
+            "empty for spec: {}. The managed-cluster overlays count Metadata-level events on "
+            "purpose (their providers record anonymous requests at Metadata) and say so here."
+        ),
+    )

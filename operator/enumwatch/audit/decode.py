@@ -2,8 +2,9 @@
 
 The rule must never see a raw dict: field extraction is where the formats differ (the
 apiserver's own ``audit.k8s.io/v1`` JSON lines, the audit webhook's ``EventList`` bodies, and
-documents exported from Elastic with ``kubernetes.audit.*`` keys, see
-:mod:`enumwatch.audit.elastic`) and where malformed input is met. Everything is reduced here to
+documents exported from Elastic with ``kubernetes.audit.*`` keys, bare or as a hit's
+``_source``, see :mod:`enumwatch.audit.elastic`; multi-line documents are cut into lines by
+:mod:`enumwatch.audit.documents`) and where malformed input is met. Everything is reduced here to
 an :class:`~enumwatch.audit.event.AuditEvent` (or, on the scan's fast path, its
 :data:`~enumwatch.audit.event.EventFields` tuple), and every line that cannot be decoded is
 *counted by reason* in a :class:`DecodeStats` instead of raising, because an audit log is
@@ -294,7 +295,8 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
 def decode_object(obj: object) -> AuditEvent | str:
     """Decode one parsed JSON value holding a single audit event.
 
-    Accepts a raw ``audit.k8s.io/v1`` Event or an Elastic-shaped document. Returns the event, or
+    Accepts a raw ``audit.k8s.io/v1`` Event or an Elastic-shaped document, either of them bare
+    or as an Elasticsearch hit's ``_source``. Returns the event, or
     the reason it was skipped (a short string such as ``"wrong_type:responseStatus.code"``).
     ``EventList`` documents hold several events: use :func:`decode_document` for those.
     """
@@ -309,6 +311,12 @@ def _decode_object_with(
         return NOT_AN_OBJECT
     if obj.get("kind") == "Event":
         return decode_raw(obj, None)
+    source = obj.get("_source")
+    if type(source) is dict:
+        # An Elasticsearch hit (a _search response's or an NDJSON export's): the document.
+        obj = source
+        if obj.get("kind") == "Event":
+            return decode_raw(obj, None)
     if is_elastic_document(obj):
         raw = elastic_to_raw(obj)
         if isinstance(raw, str):
@@ -440,5 +448,3 @@ def _parse_line(line: bytes | str, stats: DecodeStats) -> Iterator[AuditEvent]:
         else:
             stats.events += 1
             yield result
-
-

@@ -89,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the operator's URL or its ingest endpoint, e.g. http://127.0.0.1:8080/ingest",
     )
     p.add_argument("--ingest-token-file", metavar="FILE",
-                   help="bearer token file (re-read on every retry)")
+                   help="bearer token file (re-read on every retry; default: none, no "
+                   "Authorization header)")
     add_batching_options(p, batch_wait=0.5, poll_interval=2.0,
                          poll_help="how often to look for new records when there were none")
     p.add_argument("--source-backoff-max", type=seconds, default=30.0,

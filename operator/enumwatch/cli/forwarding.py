@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from enumwatch.api.manifest import ManifestError, load_detectors
 from enumwatch.api.names import DETECTOR_KIND
+from enumwatch.api.seed import SEED_USERNAMES
 from enumwatch.api.spec import MatchSpec, parse_duration
 
 if TYPE_CHECKING:
@@ -73,14 +74,17 @@ def add_filter_options(p: argparse.ArgumentParser, *, levels_help: str) -> None:
     """Which events are kept: detector manifests, everything, or a match set of the seed's."""
     match = p.add_mutually_exclusive_group()
     match.add_argument("--filter-detectors", nargs="+", metavar="MANIFEST",
-                       help="keep what any of these EnumerationDetector manifests could match")
+                       help="keep what any of these EnumerationDetector manifests could match "
+                       "(default: the --match-* options below)")
     match.add_argument("--no-filter", action="store_true",
-                       help="forward every well-formed event")
+                       help="forward every well-formed event (default off)")
     p.add_argument("--match-usernames", nargs="+", metavar="NAME",
-                   help="usernames treated as anonymous (default: the seed's)")
+                   help="usernames treated as anonymous (default: the seed's, "
+                   + ", ".join(SEED_USERNAMES) + ")")
     p.add_argument("--match-levels", nargs="+", metavar="LEVEL", help=levels_help)
     p.add_argument("--no-match-missing-username", action="store_true",
-                   help="do not keep events with a missing, null or empty username")
+                   help="do not keep events with a missing, null or empty username (default: "
+                   "keep them, as the seed does)")
 
 
 def add_log_options(p: argparse.ArgumentParser) -> None:

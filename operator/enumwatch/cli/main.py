@@ -3,12 +3,17 @@
 Each command module exposes ``register(subparsers)`` which adds its parser and sets
 ``func`` to a callable taking the parsed namespace and returning an exit status. This file only
 lists them, so adding a command never touches another command's code.
+
+Shell completion is argcomplete's: ``eval "$(register-python-argcomplete enumwatch)"`` makes the
+shell run ``enumwatch`` with ``_ARGCOMPLETE`` and ``COMP_LINE`` set, and :func:`complete` answers
+from the same parsers, then exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +23,7 @@ from enumwatch import __version__
 #: package stays usable while a command is being built.
 COMMAND_MODULES = {
     "scan": "enumwatch.cli.scan",
+    "sql": "enumwatch.cli.sql",
     "run": "enumwatch.cli.run",
     "tail": "enumwatch.cli.tail",
     "collect": "enumwatch.cli.collect",
@@ -50,8 +56,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def complete() -> None:
+    """Answer the shell's completion request (argcomplete) and exit; return at once when the
+    shell asks nothing (no ``_ARGCOMPLETE`` in the environment).
+
+    Only the subcommand already typed is imported, as for a run: completing ``enumwatch scan
+    --<TAB>`` does not load the operator.
+    """
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    import argcomplete
+
+    line = os.environ.get("COMP_LINE", "")
+    line = line[: int(os.environ.get("COMP_POINT", len(line)))]
+    words = line.split()
+    typed = len(words) > 2 or (len(words) == 2 and line.endswith(" "))
+    argcomplete.autocomplete(build_parser(words[1] if typed else None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``enumwatch`` console script."""
+    if argv is None:
+        complete()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)

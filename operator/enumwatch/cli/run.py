@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 #: Largest accepted ingest body by default (same as enumwatch.ingest.DEFAULT_MAX_BODY).
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+#: Results in a policy report by default, and at most (the same as DEFAULT_MAX_RESULTS and
+#: MAX_RESULTS_LIMIT of enumwatch.outputs.policyreport, which imports the API client).
+DEFAULT_REPORT_RESULTS = 100
+MAX_REPORT_RESULTS = 1000
 
 log = logging.getLogger("enumwatch.run")
 
@@ -61,7 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="append",
         default=[],
         type=Path,
-        help="file holding a static bearer token accepted by /ingest (repeatable)",
+        help="file holding a static bearer token accepted by /ingest (repeatable; default: none)",
     )
     p.add_argument(
         "--ingest-tokenreview",
@@ -73,14 +77,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--ingest-allow-user",
         action="append",
         default=[],
-        help="with --ingest-tokenreview: only these usernames (repeatable)",
+        help="with --ingest-tokenreview: only these usernames (repeatable; default: any)",
     )
     p.add_argument(
         "--ingest-audience",
         action="append",
         default=[],
         help="with --ingest-tokenreview: the token must be issued for this audience "
-        "(e.g. a projected token with audience enumwatch-ingest), repeatable",
+        "(e.g. a projected token with audience enumwatch-ingest; repeatable; default: the API "
+        "server's own)",
     )
     p.add_argument(
         "--tls-cert-file",
@@ -149,6 +154,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="seconds after a tick before it is evaluated, for events in flight (default 0.5)",
     )
     p.add_argument(
+        "--policy-report",
+        choices=["off", "wgpolicyk8s", "openreports", "both"],
+        default="off",
+        help="also write each namespace's Findings as a wgpolicyk8s.io/v1alpha2 PolicyReport "
+        "(kubectl get polr), an openreports.io/v1alpha1 Report, or both; the CRDs must be "
+        "installed and the RBAC granted (default off)",
+    )
+    p.add_argument(
+        "--policy-report-max-results",
+        type=_max_results,
+        default=DEFAULT_REPORT_RESULTS,
+        help="most results in one namespace's report, the most recently seen Findings first; "
+        "the rest are counted in its annotation enumwatch.io/results-omitted "
+        f"(1..{MAX_REPORT_RESULTS}, default {DEFAULT_REPORT_RESULTS})",
+    )
+    p.add_argument(
         "--log-format",
         choices=["json", "text"],
         default="json",
@@ -160,6 +181,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="DEBUG, INFO, WARNING or ERROR (default INFO)",
     )
     p.set_defaults(func=run)
+
+
+def _max_results(text: str) -> int:
+    """``--policy-report-max-results``: an integer in 1..MAX_REPORT_RESULTS."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_REPORT_RESULTS:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_REPORT_RESULTS}, not {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -181,6 +213,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.controller.runtime import Detectors, max_buffered_for
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
+    from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
     from enumwatch.sink.findings import FindingSink
 
     credentials = await load_credentials(args.kubeconfig)
@@ -202,11 +235,15 @@ async def _main(args: argparse.Namespace) -> int:
     max_buffered = args.max_buffered_events or max_buffered_for(cgroup_memory_limit())
     log.info("window buffers", extra={"max_buffered_events": max_buffered})
     detectors = Detectors(args.state_dir, max_buffered=max_buffered)
+    apis = REPORT_APIS[args.policy_report]
     operator = Operator(
         client,
         detectors,
         FindingSink(client, instance=args.identity),
         OperatorConfig(settle=args.settle),
+        reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
+        if apis
+        else None,
     )
     elector = LeaseElector(
         client,

@@ -1,9 +1,11 @@
 """``enumwatch scan``: run a detector over audit log files, offline, before deploying it.
 
-Only the command line lives here: arguments, rendering (a rich table for people, JSON or YAML
-for programs), the progress bar and the summary on stderr, and exit statuses. The evaluation is
-:mod:`enumwatch.scan`. Results go to stdout and everything else to stderr, so ``--format json``
-output can always be piped.
+Only the command line lives here: arguments, rendering (a rich table for people; JSON, YAML,
+NDJSON or CSV records for programs, ES|QL-shaped or Finding-shaped), the progress bar and the
+summary on stderr, and exit statuses (:data:`EPILOG`): a pipeline must be able to tell "no
+findings" from "could not see anything" (:mod:`enumwatch.scan.survey`) and from "findings".
+The evaluation is :mod:`enumwatch.scan`. Results go to stdout and everything else to stderr, so
+``--format json`` output can always be piped.
 """
 
 from __future__ import annotations
@@ -11,28 +13,31 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
 
-from enumwatch.api.manifest import ManifestError, format_validation_error, load_detector
+from enumwatch.api.manifest import ManifestError, format_validation_error, load_named_detector
 from enumwatch.api.seed import SEED_RULE
 from enumwatch.api.spec import DetectorSpec, ScheduleSpec
 from enumwatch.audit import DecodeStats
-from enumwatch.rule import Row
+from enumwatch.rule import Row, Rule
 from enumwatch.scan import (
     ProgressCallback,
     ScanError,
+    Survey,
+    blindness,
     check_readable,
     default_workers,
     no_cyclic_gc,
     read_all_buffers,
     replay,
-    rows_to_esql,
     scan_files,
 )
 from enumwatch.timefmt import format_rfc3339
+from enumwatch.windows import WindowResult
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -42,6 +47,42 @@ if TYPE_CHECKING:
 PROG = "enumwatch scan"
 #: Show a progress bar only once a scan has taken this long (and stderr is a terminal).
 PROGRESS_AFTER_S = 1.0
+#: The console width when the output is not a terminal: wide enough never to wrap a row.
+_UNWRAPPED = 100_000
+
+
+#: Exit statuses (documented in ``scan --help`` and the README).
+EXIT_OK = 0
+#: Bad usage or input: a wrong flag (argparse's own status), an unreadable file, a bad detector.
+EXIT_USAGE = 2
+#: Blind: the input held nothing usable, or the rule cannot match what it holds.
+EXIT_BLIND = 3
+
+EPILOG = f"""\
+input: JSON lines (the apiserver's --audit-log-path file, Elastic NDJSON exports, one Event,
+EventList or Elastic document per line), or one JSON document over many lines (an EventList
+saved by kubectl/jq, a JSON array of events, jq '.items[]' output, an Elasticsearch _search
+response: hits.hits[]._source). The kind is told from the first line; gzip from its magic.
+An event met twice (same auditID and stage: a file named twice, overlapping exports) counts once.
+
+output: one record per row (a group that passed the thresholds): ES|QL's columns
+(Esql.*, kubernetes.audit.*) by default, or with --records finding the camelCase fields of a
+Finding's spec (sourceIP, userAgent, rule, aggregates). With --replay every record also carries
+the bounds of the window it fired in (window.start/window.end, or window: {{start, end}}): the
+same shape as without --replay, one record per (window, row). json and yaml print a list of
+records, ndjson one per line, csv a header and one line per record (nested fields as dotted
+columns, lists as JSON arrays). The table is for people; when stdout is not a terminal it is not
+wrapped to 80 columns.
+
+exit status:
+  {EXIT_OK}  the scan ran (rows or not; see --exit-code)
+  N  with --exit-code N: the rule produced at least one row
+  {EXIT_USAGE}  usage or input error: a bad flag, an unreadable file, an invalid detector
+  {EXIT_BLIND}  blind: a non-empty input held nothing usable (not JSON, no audit events), or the
+     events are logged at a level the rule cannot match (Metadata), or (--replay) the
+     matching events have no timestamps; stderr says why and what to fix. An empty
+     result then does not mean no enumeration.
+"""
 
 
 def register(subparsers: Any) -> None:
@@ -49,48 +90,99 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "scan",
         help="run a detector over audit log files (offline backtest)",
+        # Written with its line breaks: the formatter keeps the epilog's layout, and this too.
         description=(
-            "Evaluate the anonymous-enumeration rule over kube-apiserver audit logs (JSON lines, "
-            "EventList documents or Elastic exports; '-' is stdin, gzip is detected) as one "
-            "window, or with --replay as the scheduled windows a deployed detector would run."
+            "Evaluate the anonymous-enumeration rule over kube-apiserver audit logs (JSON\n"
+            "lines, EventList documents or Elastic exports; '-' is stdin, gzip is detected) as\n"
+            "one window, or with --replay as the scheduled windows a deployed detector would run."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="audit log file, or - for stdin")
     parser.add_argument(
         "--detector",
         metavar="DETECTOR.yaml",
-        help="EnumerationDetector manifest whose spec to use (default: the seed rule)",
+        help=(
+            "EnumerationDetector manifest whose spec to use: one object, several documents or "
+            "a List (kubectl get -o yaml) (default: the seed rule)"
+        ),
     )
     parser.add_argument(
-        "--format", choices=("table", "json", "yaml"), default="table", help="output format"
+        "--detector-name",
+        metavar="NAME",
+        help="with --detector: the metadata.name to use when the file holds several (default: "
+        "the only one)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="table",
+        help="output format (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--records",
+        choices=("esql", "finding"),
+        default="esql",
+        help=(
+            "record fields: ES|QL's columns, or a Finding spec's camelCase fields "
+            "(default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
+        "--exit-code",
+        type=int,
+        default=EXIT_OK,
+        metavar="N",
+        help=(
+            f"exit with N when the rule produced rows, for CI and cron (default: %(default)s; "
+            f"not {EXIT_USAGE} or {EXIT_BLIND}, which mean errors)"
+        ),
     )
     parser.add_argument(
         "--data-stream-namespace",
         metavar="NS",
         help="value reported as data_stream.namespace (default: the detector's, else 'default')",
     )
-    parser.add_argument("--limit", type=int, metavar="N", help="print at most N rows per window")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="print at most N rows per window (default: all; with --replay, findings.maxPerRun)",
+    )
     parser.add_argument(
         "--replay",
         action="store_true",
         help=(
             "run the detector's schedule over the events' own timestamps (a backtest; event "
-            "time, whatever the detector's schedule.timestamp: a file has no arrival times)"
+            "time, whatever the detector's schedule.timestamp: a file has no arrival times) "
+            "(default: off, the whole input as one window)"
         ),
     )
-    parser.add_argument("--interval", metavar="DURATION", help="with --replay: e.g. 5m")
-    parser.add_argument("--lookback", metavar="DURATION", help="with --replay: e.g. 6m")
+    parser.add_argument(
+        "--interval",
+        metavar="DURATION",
+        help="with --replay: e.g. 5m (default: the detector's schedule.interval)",
+    )
+    parser.add_argument(
+        "--lookback",
+        metavar="DURATION",
+        help="with --replay: e.g. 6m (default: the detector's schedule.lookback)",
+    )
     parser.add_argument(
         "--jobs",
         type=int,
         metavar="N",
         help=(
             "processes sharing a large plain file (default: one per CPU, at most 4; "
-            "--replay, stdin and gzip always use one)"
+            "--replay, stdin, gzip and JSON documents always use one)"
         ),
     )
     parser.add_argument(
-        "-q", "--quiet", action="store_true", help="no summary and no progress on stderr"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no summary and no progress on stderr; errors are still printed (default: off)",
     )
     parser.set_defaults(func=run)
 
@@ -125,46 +217,69 @@ class _Stream:
         if self._console is None:
             from rich.console import Console  # imported here: see the class docstring
 
-            self._console = Console(stderr=self._stderr)
+            # Not a terminal (a pipe, a file): rich would wrap at 80 columns; tables are as
+            # wide as their content instead.
+            width = None if self.is_terminal else _UNWRAPPED
+            self._console = Console(stderr=self._stderr, width=width)
         return self._console
 
 
 def _fail(err: _Stream, message: str) -> int:
     err.line(f"{PROG}: {message}")
-    return 2
+    return EXIT_USAGE
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute ``enumwatch scan``; returns the exit status (0 rows or not, 2 on bad input)."""
+    """Execute ``enumwatch scan``; returns the exit status (see :data:`EPILOG`)."""
     with no_cyclic_gc():
         return _run(args)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.limit is not None and args.limit < 1:
+        raise ScanError("--limit must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise ScanError("--jobs must be at least 1")
+    if not 0 <= args.exit_code <= 255 or args.exit_code in (EXIT_USAGE, EXIT_BLIND):
+        raise ScanError(
+            f"--exit-code must be 0 to 255 and not {EXIT_USAGE} or {EXIT_BLIND} "
+            "(usage error and blind scan)"
+        )
+    if args.detector_name is not None and not args.detector:
+        raise ScanError("--detector-name picks a detector of --detector's file; add --detector")
+    if not args.replay and (args.interval or args.lookback):
+        raise ScanError("--interval and --lookback only apply with --replay; add --replay")
 
 
 def _run(args: argparse.Namespace) -> int:
     err = _Stream(stderr=True)
     out = _Stream(stderr=False)
     try:
-        spec = load_detector(args.detector) if args.detector else DetectorSpec()
-        if args.limit is not None and args.limit < 1:
-            raise ScanError("--limit must be at least 1")
-        if args.jobs is not None and args.jobs < 1:
-            raise ScanError("--jobs must be at least 1")
+        _check_args(args)
+        name, spec = (
+            load_named_detector(args.detector, args.detector_name)
+            if args.detector
+            else (None, DetectorSpec())
+        )
         if args.replay:
             schedule = _schedule(spec, args.interval, args.lookback)
-        elif args.interval or args.lookback:
-            raise ScanError("--interval and --lookback only apply with --replay; add --replay")
         check_readable(args.files)
+        matcher = Rule(spec.match, spec.thresholds).matcher
+        survey = Survey(matcher)
         with _Progress(err, enabled=not args.quiet) as progress:
             if args.replay:
                 report = replay(
-                    read_all_buffers(args.files, progress.callback),
+                    read_all_buffers(args.files, progress.callback, survey),
                     spec,
                     interval_s=schedule.interval_seconds,
                     lookback_s=schedule.lookback_seconds,
                     data_stream_namespace=args.data_stream_namespace,
                     limit=args.limit,
                 )
-                stats = report.stats
+                stats, matched = report.stats, report.counters["added"]
+                fired: list[tuple[WindowResult | None, Sequence[Row]]] = [
+                    (w, w.rows) for w in report.windows if w.rows
+                ]
             else:
                 result = scan_files(
                     args.files,
@@ -173,33 +288,43 @@ def _run(args: argparse.Namespace) -> int:
                     limit=args.limit,
                     progress=progress.callback,
                     workers=args.jobs if args.jobs is not None else default_workers(),
+                    survey=survey,
                 )
-                stats = result.stats
+                stats, matched = result.stats, result.matched
+                fired = [(None, result.rows)]
     except (ScanError, ManifestError) as exc:
         return _fail(err, str(exc))
     except KeyboardInterrupt:
         return _fail(err, "interrupted")
 
-    if args.replay:
-        fired = [w for w in report.windows if w.rows]
-        _print_windows(out, fired, args.format)
-        if not args.quiet:
-            _summary(err, stats)
+    records = _Records(args.records, name or SEED_RULE_DETECTOR, spec)
+    _print(out, fired, args.format, records, replayed=args.replay)
+    if not args.quiet:
+        _summary(err, stats)
+        if args.replay:
             counters = ", ".join(f"{k} {v:,}" for k, v in report.counters.items())
             err.line(
                 f"replay over the events' own timestamps (event time): "
                 f"{len(report.windows):,} windows evaluated, {len(fired):,} with rows "
                 f"(interval {schedule.interval}, lookback {schedule.lookback}); events {counters}"
             )
-    else:
-        _print_rows(out, result.rows, args.format)
-        if not args.quiet:
-            _summary(err, stats)
+        else:
             err.line(
                 f"rule: {result.matched:,} events matched, {result.groups:,} groups, "
                 f"{len(result.rows):,} rows"
             )
-    return 0
+    undated = report.counters["undated"] if args.replay else 0
+    blind = blindness(survey, stats, matched, matcher, undated)
+    if blind is None or not blind.unreadable:  # else its reason names them already
+        for problem in survey.problems():
+            err.line(f"{PROG}: warning: {problem}")
+    if blind is not None:
+        err.line(f"{PROG}: blind: {blind.reason}")
+        err.line(f"{PROG}: fix: {blind.fix}")
+        return EXIT_BLIND
+    if any(rows for _, rows in fired):
+        return int(args.exit_code)
+    return EXIT_OK
 
 
 def _schedule(spec: DetectorSpec, interval: str | None, lookback: str | None) -> ScheduleSpec:
@@ -214,73 +339,136 @@ def _schedule(spec: DetectorSpec, interval: str | None, lookback: str | None) ->
 
 
 # --------------------------------------------------------------------------------------------
-# Rendering
+# Records: one per (window, row), the same shape with and without --replay
+
+#: ``--format`` choices.
+FORMATS = ("table", "json", "yaml", "ndjson", "csv")
+#: The detector named in Finding records when no --detector is given.
+SEED_RULE_DETECTOR = "seed"
 
 
-def _window_dict(window: Any) -> dict[str, Any]:
-    return {
-        "tick": format_rfc3339(window.tick, "auto"),
-        "start": format_rfc3339(window.start, "auto"),
-        "end": format_rfc3339(window.end, "auto"),
-        "events": window.events,
-        "rows": rows_to_esql(window.rows),
-    }
+class _Records:
+    """Rows as records: ES|QL's columns, or a Finding spec's camelCase fields."""
+
+    def __init__(self, kind: str, detector: str, spec: DetectorSpec) -> None:
+        self._finding = kind == "finding"
+        self._detector = detector
+        self._rule: dict[str, Any] = {}
+        if self._finding:
+            # Imported here: the Finding models cost a scan's start-up a third of its imports.
+            from enumwatch.api.finding import rule_ref
+            from enumwatch.sink.aggregates import aggregates_from_row
+
+            self._rule = rule_ref(spec.severity, spec.risk_score).model_dump(by_alias=True)
+            self._aggregates = aggregates_from_row
+
+    def of(self, row: Row, window: WindowResult | None) -> dict[str, Any]:
+        """The record of ``row``, fired in ``window`` (``None``: the whole input, no replay)."""
+        if not self._finding:
+            record = row.to_esql()
+            if window is not None:
+                record["window.start"] = format_rfc3339(window.start, "auto")
+                record["window.end"] = format_rfc3339(window.end, "auto")
+            return record
+        record = {
+            "detector": self._detector,
+            "rule": self._rule,
+            "sourceIP": row.source_ip,
+            "userAgent": row.user_agent,
+        }
+        if window is not None:
+            record["window"] = {
+                "start": format_rfc3339(window.start, "auto"),
+                "end": format_rfc3339(window.end, "auto"),
+            }
+        record["aggregates"] = self._aggregates(row).model_dump(by_alias=True)
+        return record
 
 
-def _dump(out: _Stream, data: Any, fmt: str) -> None:
+def _print(
+    out: _Stream,
+    fired: list[tuple[WindowResult | None, Sequence[Row]]],
+    fmt: str,
+    records: _Records,
+    *,
+    replayed: bool,
+) -> None:
+    if fmt == "table":
+        _print_tables(out, fired, replayed=replayed)
+        return
+    rows = ((window, row) for window, rows in fired for row in rows)
     if fmt == "json":
-        text = orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()
+        _write_json(out, (records.of(row, window) for window, row in rows))
+    elif fmt == "ndjson":
+        write = out.file.write
+        for window, row in rows:
+            write(orjson.dumps(records.of(row, window)).decode() + "\n")
+    elif fmt == "csv":
+        _write_csv(out, [records.of(row, window) for window, row in rows])
     else:
         import yaml  # only YAML output needs it
 
+        data = [records.of(row, window) for window, row in rows]
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)
-    # Straight to the stream: rich would wrap long lines and interpret markup.
-    out.file.write(text if text.endswith("\n") else text + "\n")
+        # Straight to the stream: rich would wrap long lines and interpret markup.
+        out.file.write(text)
     out.file.flush()
 
 
-def _write_json_rows(out: _Stream, rows: list[Row]) -> None:
-    """Write ``rows`` as one indented JSON array, a row at a time.
+def _write_json(out: _Stream, records: Iterable[dict[str, Any]]) -> None:
+    """Write ``records`` as one indented JSON array, a record at a time.
 
-    The bytes are those of ``orjson.dumps(rows_to_esql(rows), option=OPT_INDENT_2)``, but a
-    large result (tens of thousands of rows) is never held whole, as dicts or as text.
+    The bytes are those of ``orjson.dumps(list(records), option=OPT_INDENT_2)``, but a large
+    result (tens of thousands of rows) is never held whole, as dicts or as text.
     """
     write = out.file.write
-    if not rows:
-        write("[]\n")
-    else:
-        for i, row in enumerate(rows):
-            text = orjson.dumps(row.to_esql(), option=orjson.OPT_INDENT_2).decode()
-            # JSON strings hold no raw newline: every line of the object is indented one level.
-            write(("[\n  " if i == 0 else ",\n  ") + text.replace("\n", "\n  "))
-        write("\n]\n")
-    out.file.flush()
+    first = True
+    for record in records:
+        text = orjson.dumps(record, option=orjson.OPT_INDENT_2).decode()
+        # JSON strings hold no raw newline: every line of the object is indented one level.
+        write(("[\n  " if first else ",\n  ") + text.replace("\n", "\n  "))
+        first = False
+    write("[]\n" if first else "\n]\n")
 
 
-def _print_rows(out: _Stream, rows: list[Row], fmt: str) -> None:
-    if fmt == "json":
-        _write_json_rows(out, rows)
-        return
-    if fmt != "table":
-        _dump(out, rows_to_esql(rows), fmt)
-        return
-    out.console().print(_table(rows, SEED_RULE.name))
+def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A record with nested objects as dotted keys and lists as JSON text (one CSV cell each)."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        elif isinstance(value, list | dict):
+            flat[prefix + key] = orjson.dumps(value).decode()
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
-def _print_windows(out: _Stream, windows: list[Any], fmt: str) -> None:
-    if fmt != "table":
-        _dump(out, [_window_dict(w) for w in windows], fmt)
-        return
-    if not windows:
+def _write_csv(out: _Stream, records: list[dict[str, Any]]) -> None:
+    import csv  # only CSV output needs it
+
+    flat = [_flat(record) for record in records]
+    if not flat:
+        return  # no rows, no columns: an empty file
+    columns = list(dict.fromkeys(key for record in flat for key in record))
+    writer = csv.DictWriter(out.file, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(flat)
+
+
+def _print_tables(
+    out: _Stream, fired: list[tuple[WindowResult | None, Sequence[Row]]], *, replayed: bool
+) -> None:
+    if replayed and not fired:
         out.line("no window produced rows")
-    for window in windows:
-        out.console().print(
-            _table(
-                list(window.rows),
-                f"window ({format_rfc3339(window.start, 'auto')}, "
-                f"{format_rfc3339(window.end, 'auto')}]",
-            )
+    for window, rows in fired:
+        title = (
+            SEED_RULE.name
+            if window is None
+            else f"window ({format_rfc3339(window.start, 'auto')}, "
+            f"{format_rfc3339(window.end, 'auto')}]"
         )
+        out.console().print(_table(rows, title, folded=out.is_terminal))
 
 
 def _short(values: tuple[Any, ...], most: int = 3) -> str:
@@ -288,12 +476,13 @@ def _short(values: tuple[Any, ...], most: int = 3) -> str:
     return shown + (f" (+{len(values) - most})" if len(values) > most else "")
 
 
-def _table(rows: list[Row], title: str) -> Table:
+def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
+    """The rows as a table; ``folded``: long user agents folded to fit a terminal."""
     from rich.table import Table  # imported here: see _Stream
 
     table = Table(title=title, title_justify="left", show_lines=False)
     table.add_column("source IP", no_wrap=True)
-    table.add_column("user agent", overflow="fold", max_width=32)
+    table.add_column("user agent", overflow="fold", max_width=32 if folded else None)
     table.add_column("docs", justify="right")
     table.add_column("forbid", justify="right")
     table.add_column("401/403", justify="right")

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from enumwatch import logs
+from enumwatch.api.seed import SEED_LEVELS
 from enumwatch.cli.forwarding import (
     add_batching_options,
     add_filter_options,
@@ -48,10 +49,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="the operator's ingest URL, e.g. http://127.0.0.1:8080/ingest",
     )
-    p.add_argument("--token-file", help="bearer token file (re-read on every retry)")
+    p.add_argument("--token-file", help="bearer token file (re-read on every retry; default: "
+                   "none, no Authorization header)")
     add_batching_options(p, batch_wait=0.2, poll_interval=0.1,
                          poll_help="how often to look for new data and rotation")
-    add_filter_options(p, levels_help="audit levels considered (default: the seed's)")
+    add_filter_options(p, levels_help="audit levels considered (default: the seed's, "
+                       + ", ".join(SEED_LEVELS) + ")")
     add_log_options(p)
     p.set_defaults(func=run)
 

@@ -23,6 +23,7 @@ from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
 from enumwatch.kubeapi import Credentials, KubeClient
+from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import parse_rfc3339
 
@@ -47,11 +48,13 @@ class Operator:
         detectors: Detectors,
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
+        reports: PolicyReportWriter | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
         self.sink = sink
         self.config = config
+        self.reports = reports
         self.ready = asyncio.Event()
         self.status = StatusReporter(client, sink)
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
@@ -62,6 +65,7 @@ class Operator:
             self.retention,
             settle=config.settle,
             resolution=config.tick_resolution,
+            reports=reports,
         )
 
     # ------------------------------------------------------------------ kopf registration
@@ -118,6 +122,9 @@ class Operator:
         runtime = self.detectors.get_or_create(ref)
         if not runtime.configure(body.get("spec") or {}, int(meta.get("generation") or 0)):
             return
+        if not known and self.reports is not None:
+            # Rebuild the namespace's report from its Findings (after a restart, too).
+            self.reports.touch(namespace)
         if not known and runtime.evaluator is not None:
             self.detectors.restore(runtime)
             last = (body.get("status") or {}).get("lastEvaluation")

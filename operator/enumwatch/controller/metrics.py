@@ -102,6 +102,26 @@ FINDINGS_EXPIRED = Counter(
     "Findings deleted after their retention.",
     registry=REGISTRY,
 )
+DETECTOR_FINDINGS = Counter(
+    "enumwatch_detector_findings_total",
+    "Findings written, by detector, severity and what the write was: created (a new Finding), "
+    "occurrence (a repeat after suppressFor), grew (a repeat within it whose evidence grew), "
+    "suppressed (a repeat within it).",
+    ["namespace", "detector", "severity", "action"],
+    registry=REGISTRY,
+)
+POLICY_REPORT_WRITES = Counter(
+    "enumwatch_policy_report_writes_total",
+    "Reports (re)written from the Findings of a namespace, by API resource.",
+    ["resource"],
+    registry=REGISTRY,
+)
+POLICY_REPORT_ERRORS = Counter(
+    "enumwatch_policy_report_errors_total",
+    "Report rebuilds that failed, by namespace (each retried later).",
+    ["namespace"],
+    registry=REGISTRY,
+)
 DETECTORS = Gauge("enumwatch_detectors", "Detectors currently running.", registry=REGISTRY)
 LEADER = Gauge(
     "enumwatch_leader", "1 while this instance holds the leader lease.", registry=REGISTRY

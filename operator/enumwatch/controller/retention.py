@@ -33,8 +33,9 @@ class RetentionSweep:
         """Sweep at the next chance (a detector was deleted: learn when its Findings expire)."""
         self._next_expiry = 0.0
 
-    async def run(self, now: float) -> None:
-        """Delete expired Findings of every detector, running or deleted (a periodic sweep).
+    async def run(self, now: float) -> list[str]:
+        """Delete expired Findings of every detector, running or deleted (a periodic sweep);
+        return namespace/name of each Finding deleted.
 
         A sweep is due when the earliest Finding seen by the last sweep expires, or when one
         written since could have (a running detector's retention has passed), and at least
@@ -51,7 +52,7 @@ class RetentionSweep:
             ]
         )
         if now < max(due, self._last_sweep + 1.0):
-            return
+            return []
         self._last_sweep = now
 
         def retention_of(namespace: str, detector: str) -> float | None:
@@ -64,8 +65,9 @@ class RetentionSweep:
             deleted, next_expiry = await self.sink.expire(now, retention_of)
         except (ApiError, OSError) as exc:
             log.warning("retention sweep failed, will retry: %s", exc)
-            return
+            return []
         self._next_expiry = math.inf if next_expiry is None else next_expiry
         if deleted:
             metrics.FINDINGS_EXPIRED.inc(len(deleted))
             log.info("findings expired", extra={"findings": deleted})
+        return deleted

@@ -114,6 +114,7 @@ class StatusReporter:
             findingsWriteErrors=runtime.findings_write_errors,
             rowsExcepted=runtime.rows_excepted,
             activeGroups=runtime.active_groups,
+            seedDeviations=runtime.spec.seed_deviations() if runtime.spec is not None else [],
         )
         path = (
             namespaced_path(

@@ -20,6 +20,7 @@ from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.kubeapi import ApiError
+from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import REASON_WRITE_FAILED, FindingSink, SinkResult
 from enumwatch.timefmt import format_rfc3339
 
@@ -38,6 +39,7 @@ class Ticker:
         *,
         settle: float,
         resolution: float,
+        reports: PolicyReportWriter | None = None,
     ) -> None:
         self.detectors = detectors
         self.sink = sink
@@ -45,6 +47,7 @@ class Ticker:
         self.retention = retention
         self.settle = settle
         self.resolution = resolution
+        self.reports = reports
 
     async def tick_once(self, now: float) -> int:
         """Evaluate every detector's due ticks up to ``now - settle``; return ticks evaluated.
@@ -79,8 +82,20 @@ class Ticker:
             await self.status.patch(runtime)
         if evaluated:
             await self.detectors.checkpoint_async()
-        await self.retention.run(now)
+        expired = await self.retention.run(now)
+        if self.reports is not None:
+            for finding in expired:
+                self.reports.touch(finding.partition("/")[0])
+            await self._flush_reports(self.reports, now)
         return evaluated
+
+    async def _flush_reports(self, reports: PolicyReportWriter, now: float) -> None:
+        """Rebuild the policy reports whose Findings changed (after the Findings are written)."""
+        flushed = await reports.flush(now)
+        for resource, _namespace in flushed.written:
+            metrics.POLICY_REPORT_WRITES.labels(resource).inc()
+        for namespace in flushed.failed:
+            metrics.POLICY_REPORT_ERRORS.labels(namespace).inc()
 
     async def _evaluate(self, runtime: DetectorRuntime, spec: DetectorSpec, tick: float) -> None:
         """Evaluate one tick and write its Findings."""
@@ -130,10 +145,31 @@ class Ticker:
         metrics.FINDINGS_SUPPRESSED.inc(len(result.suppressed))
         metrics.FINDINGS_GREW.inc(len(result.grew))
         metrics.FINDINGS_CAPPED.inc(result.capped)
+        self._count_by_detector(runtime, result)
+        if self.reports is not None and (result.created or result.updated):
+            self.reports.touch(runtime.ref.namespace)
         if result.failed:
             metrics.FINDING_WRITE_ERRORS.labels(runtime.ref.namespace, runtime.ref.name).inc(
                 len(result.failed)
             )
+
+    @staticmethod
+    def _count_by_detector(runtime: DetectorRuntime, result: SinkResult) -> None:
+        """``enumwatch_detector_findings_total``: each write by detector, severity and action."""
+        repeats = set(result.suppressed) | set(result.grew)
+        writes = [
+            *(("created", name) for name in result.created),
+            *(("occurrence", name) for name in result.updated if name not in repeats),
+            *(("grew", name) for name in result.grew),
+            *(("suppressed", name) for name in result.suppressed),
+        ]
+        for action, name in writes:
+            metrics.DETECTOR_FINDINGS.labels(
+                runtime.ref.namespace,
+                runtime.ref.name,
+                result.severities.get(name, ""),
+                action,
+            ).inc()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate due ticks until ``stop`` is set; errors are logged and retried next round."""

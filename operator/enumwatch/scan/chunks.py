@@ -1,5 +1,8 @@
 """A scan's input: files (plain, gzip, stdin) read as large buffers that hold whole lines.
 
+JSON lines are read as they are; a multi-line JSON document is detected from the first line
+and cut into one line per event first (:mod:`enumwatch.audit.documents`).
+
 The decoder and the prefilter work a buffer at a time (:meth:`~enumwatch.match.prefilter.
 Prefilter.select` screens a buffer in a few passes over its bytes), so the input is never split
 into lines here: it is read in chunks of :data:`_CHUNK` bytes, each cut after its last newline.
@@ -18,7 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import pairwise
 from typing import IO, cast
 
+from enumwatch.audit.documents import InputKind, document_lines, sniff
 from enumwatch.scan.errors import ScanError, reason_of
+from enumwatch.scan.survey import Survey
 
 #: The file name that means standard input.
 STDIN = "-"
@@ -47,10 +52,16 @@ def _open(path: str) -> tuple[IO[bytes], IO[bytes], int | None]:
     return raw, raw, size
 
 
-def read_buffers(path: str, progress: ProgressCallback | None = None) -> Iterator[bytes]:
+def read_buffers(
+    path: str, progress: ProgressCallback | None = None, survey: Survey | None = None
+) -> Iterator[bytes]:
     """Yield the content of ``path`` as large buffers of whole lines (gzip detected by magic).
 
-    Raises :class:`ScanError` if the file cannot be opened or read.
+    The kind of input is decided from its first line (:func:`~enumwatch.audit.documents.sniff`):
+    JSON lines are yielded as they are read; a multi-line JSON document (a pretty EventList, an
+    array, a ``_search`` response) is parsed whole and yielded as one compact line per event.
+    ``survey`` records the input's kind and first events. Raises :class:`ScanError` if the
+    file cannot be opened or read.
     """
     try:
         stream, raw, size = _open(path)
@@ -65,11 +76,51 @@ def read_buffers(path: str, progress: ProgressCallback | None = None) -> Iterato
 
         # A plain file (not a pipe, a FIFO or a decompressor) can seek back over a partial line.
         seekable = stream is raw and path != STDIN and raw.seekable()
-        yield from _whole_lines(path, stream, sys.maxsize, report, seekable=seekable)
+        buffers = _whole_lines(path, stream, sys.maxsize, report, seekable=seekable)
+        head = next(buffers, b"")
+        kind = sniff(head)
+        if kind is InputKind.DOCUMENT:
+            document = document_lines(head + b"".join(buffers))
+            if survey is not None:
+                survey.record_document(path, document)
+            yield from _batches(document.lines)
+            return
+        if survey is not None:
+            survey.record_head(path, kind, head)
+        if head:
+            yield head
+        yield from buffers
     finally:
         if path != STDIN:
             stream.close()
             raw.close()
+
+
+def read_head(path: str) -> bytes:
+    """The first buffer :func:`read_buffers` would read from ``path``: at least its first line.
+
+    Raises :class:`ScanError` if the file cannot be opened or read.
+    """
+    try:
+        stream, raw, _ = _open(path)
+    except OSError as exc:
+        raise ScanError(f"cannot read {path}: {reason_of(exc)}; check the path") from exc
+    with stream, raw:
+        return next(_whole_lines(path, stream, sys.maxsize, None, seekable=False), b"")
+
+
+def _batches(lines: list[bytes]) -> Iterator[bytes]:
+    """``lines`` joined into buffers of about :data:`_CHUNK` bytes (what the prefilter screens)."""
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line) + 1
+        if size >= _CHUNK:
+            yield b"\n".join(batch) + b"\n"
+            batch, size = [], 0
+    if batch:
+        yield b"\n".join(batch) + b"\n"
 
 
 def read_range(
@@ -172,11 +223,14 @@ def line_ranges(path: str, parts: int) -> list[tuple[int, int]]:
 
 
 def read_all_buffers(
-    paths: Iterable[str], progress: Callable[[str], ProgressCallback] | None = None
+    paths: Iterable[str],
+    progress: Callable[[str], ProgressCallback] | None = None,
+    survey: Survey | None = None,
 ) -> Iterator[bytes]:
-    """The buffers of every file in ``paths`` in order; ``progress(path)`` gives a callback."""
+    """The buffers of every file in ``paths`` in order; ``progress(path)`` gives a callback,
+    ``survey`` records each file's kind and first events."""
     for path in paths:
-        yield from read_buffers(path, progress(path) if progress is not None else None)
+        yield from read_buffers(path, progress(path) if progress is not None else None, survey)
 
 
 def check_readable(paths: Iterable[str]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit.decode import DecodeStats, iter_buffer_events, iter_buffer_fields
+from enumwatch.audit.event import F_AUDIT_ID, F_STAGE
 from enumwatch.match.prefilter import Prefilter
 from enumwatch.rule import GroupTable, Row, Rule
 from enumwatch.windows import WindowedEvaluator, WindowResult
@@ -61,16 +62,43 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
+#: Skip reason for an event decoded again with the same (auditID, stage): counted once.
+DUPLICATE = "duplicate"
+
+
 def feed(
-    table: GroupTable, stats: DecodeStats, buffers: Iterable[bytes], prefilter: Prefilter
+    table: GroupTable,
+    stats: DecodeStats,
+    buffers: Iterable[bytes],
+    prefilter: Prefilter,
+    seen: set[int],
 ) -> None:
     """Decode ``buffers`` through ``prefilter`` into ``table``, counting into ``stats``.
 
     A scan needs no timestamps: the fields go to the table without an AuditEvent.
+
+    Like the operator's ingest and its windows, an event counts once per (auditID, stage),
+    however many times it was delivered (the same file scanned twice, overlapping exports): an
+    event whose key is in ``seen`` is counted as :data:`DUPLICATE` instead, and the keys of the
+    others are added. ``seen`` holds the keys' hashes, not the keys: a third of the memory when
+    every event is decoded, and two different events share a 64-bit hash (randomly keyed,
+    SipHash) with a chance below one in a million even over ten million events. Events
+    without an auditID cannot be recognised and are all counted.
     """
     add = table.add_fields
+    remember = seen.add
+    duplicates = 0
     for fields in iter_buffer_fields(buffers, stats, prefilter):
+        audit_id = fields[F_AUDIT_ID]
+        if audit_id is not None:
+            key = hash((audit_id, fields[F_STAGE]))
+            if key in seen:
+                duplicates += 1
+                continue
+            remember(key)
         add(fields)
+    if duplicates:
+        stats.skipped[DUPLICATE] += duplicates
 
 
 def scan(
@@ -80,12 +108,16 @@ def scan(
     data_stream_namespace: str | None = None,
     limit: int | None = None,
 ) -> ScanReport:
-    """Evaluate the detector over all events in ``buffers`` (whole lines) as one window."""
+    """Evaluate the detector over all events in ``buffers`` (whole lines) as one window.
+
+    An event delivered twice (same auditID and stage) counts once, as in :func:`replay` and
+    in the operator.
+    """
     rule = Rule(spec.match, spec.thresholds)
     stats = DecodeStats()
     table = rule.table()
     with no_cyclic_gc():
-        feed(table, stats, buffers, Prefilter(rule.matcher))
+        feed(table, stats, buffers, Prefilter(rule.matcher), set())
         rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
     return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
 

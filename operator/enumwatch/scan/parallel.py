@@ -4,7 +4,9 @@ One process decodes an audit log at a few hundred MB/s; a machine has several co
 file is cut into line-aligned byte ranges (:func:`~enumwatch.scan.chunks.line_ranges`), forked
 worker processes each feed their own :class:`~enumwatch.rule.GroupTable`, and the partial tables
 are merged. The aggregates do not depend on the order of events, so the rows are exactly those
-of the serial scan (which stays the path for stdin, gzip and small files).
+of the serial scan (which stays the path for stdin, gzip, documents and small files). An event
+met by two processes (the same file named twice) would count twice: each process reports the
+hashes of the (auditID, stage) keys it counted, and an overlap sends the scan back to one process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import cast
 
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit.decode import DecodeStats
+from enumwatch.audit.documents import InputKind, sniff
 from enumwatch.match.prefilter import Prefilter
 from enumwatch.rule import GroupTable, Rule
 from enumwatch.scan.chunks import (
@@ -26,10 +29,12 @@ from enumwatch.scan.chunks import (
     ProgressCallback,
     line_ranges,
     read_buffers,
+    read_head,
     read_range,
 )
 from enumwatch.scan.engine import ScanReport, feed, no_cyclic_gc
 from enumwatch.scan.errors import ScanError
+from enumwatch.scan.survey import Survey
 
 #: Below this many bytes a file is scanned in-process: forking would cost more than it saves.
 PARALLEL_MIN_BYTES = 32 << 20
@@ -52,13 +57,17 @@ def scan_files(
     limit: int | None = None,
     progress: Callable[[str], ProgressCallback] | None = None,
     workers: int | None = None,
+    survey: Survey | None = None,
 ) -> ScanReport:
     """Evaluate the detector over the files ``paths`` as one window, using ``workers`` processes.
 
-    Plain files of at least :data:`PARALLEL_MIN_BYTES` are cut into line-aligned ranges shared
-    by this process and forked workers; stdin, gzip and small files are read here. The report
-    is the same as :func:`scan` over all the files' buffers. ``progress(path)`` gives a
-    callback for a file; for a shared file it extrapolates from this process's share.
+    Plain JSON-lines files of at least :data:`PARALLEL_MIN_BYTES` are cut into line-aligned
+    ranges shared by this process and forked workers; stdin, gzip, documents and small files are
+    read here. The report is the same as :func:`scan` over all the files' buffers, duplicates
+    (same auditID and stage) counted once: when two processes met the same event, the files are
+    scanned again by this process alone. ``progress(path)`` gives a callback for a file; for a
+    shared file it extrapolates from this process's share. ``survey`` records each file's kind
+    and first events.
     """
     workers = default_workers() if workers is None else max(1, workers)
     rule = Rule(spec.match, spec.thresholds)
@@ -74,17 +83,36 @@ def scan_files(
     shares = [ranges[i::workers] for i in range(workers)]
     children = [_Worker(share, rule, prefilter) for share in shares[1:] if share]
     table, stats = rule.table(), DecodeStats()
+    seen: set[int] = set()
     try:
         with no_cyclic_gc():
+            for path in paths:
+                if path not in serial and survey is not None:
+                    survey.record_head(path, InputKind.JSON_LINES, read_head(path))
             for path in serial:
                 callback = progress(path) if progress is not None else None
-                feed(table, stats, read_buffers(path, callback), prefilter)
+                feed(table, stats, read_buffers(path, callback, survey), prefilter, seen)
             for path, start, end in shares[0]:
                 callback = progress(path) if progress is not None else None
                 buffers = read_range(path, start, end, _scaled(callback, os.path.getsize(path)))
-                feed(table, stats, buffers, prefilter)
+                feed(table, stats, buffers, prefilter, seen)
+            overlap = not all(child.merge_into(table, stats, seen) for child in children)
+        if overlap:
+            # Two processes counted the same event: only one process can count it once.
             for child in children:
-                child.merge_into(table, stats)
+                child.close()
+            if survey is not None:
+                survey.inputs.clear()
+            return scan_files(
+                paths,
+                spec,
+                data_stream_namespace=data_stream_namespace,
+                limit=limit,
+                progress=progress,
+                workers=1,
+                survey=survey,
+            )
+        with no_cyclic_gc():
             rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
     finally:
         for child in children:
@@ -93,7 +121,7 @@ def scan_files(
 
 
 def _splittable(path: str) -> bool:
-    """Whether ``path`` is a plain regular file large enough to share between processes."""
+    """Whether ``path`` is a plain regular file of JSON lines large enough to share."""
     if path == STDIN:
         return False
     try:
@@ -101,8 +129,10 @@ def _splittable(path: str) -> bool:
         if not S_ISREG(info.st_mode) or info.st_size < PARALLEL_MIN_BYTES:
             return False
         with open(path, "rb") as stream:
-            return stream.read(2) != GZIP_MAGIC
-    except OSError:
+            if stream.read(2) == GZIP_MAGIC:
+                return False
+        return sniff(read_head(path)) is InputKind.JSON_LINES
+    except (OSError, ScanError):
         return False  # the serial path reports it
 
 
@@ -133,18 +163,30 @@ class _Worker:
         self._process.start()
         sender.close()
 
-    def merge_into(self, table: GroupTable, stats: DecodeStats) -> None:
+    def merge_into(
+        self, table: GroupTable, stats: DecodeStats, keys: set[int] | None = None
+    ) -> bool:
         """Merge the worker's table and counts into these; raise its error as :class:`ScanError`.
 
-        The table arrives in parts (see :meth:`GroupTable.split`), each merged before the next
-        is received.
+        ``keys`` holds the hashed delivery keys counted so far (see :func:`~enumwatch.scan.
+        engine.feed`): when the worker counted one of them too, nothing is merged and ``False``
+        is returned (the caller scans again in one process). Otherwise its keys are added to
+        ``keys`` (without ``keys``, nothing is checked). The table arrives in parts (see
+        :meth:`GroupTable.split`), each merged before the next is received.
         """
         while (outcome := self._receive()) is not None:
             if isinstance(outcome, DecodeStats):
                 stats.merge(outcome)
+            elif isinstance(outcome, set):
+                if keys is None:
+                    continue
+                if not keys.isdisjoint(outcome):
+                    return False
+                keys.update(outcome)
             else:
                 table.merge(cast(GroupTable, outcome))
             del outcome  # let a merged part go before the next one comes in
+        return True
 
     def _receive(self) -> object:
         try:
@@ -170,14 +212,18 @@ class _Worker:
 def _work(
     sender: Connection, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter
 ) -> None:
-    """The body of a :class:`_Worker`: scan ``share``, send the stats, the table in parts of
+    """The body of a :class:`_Worker`: scan ``share``, send the stats, the hashed delivery keys
+    it counted (forked, it hashes strings as its parent does), the table in parts of
     :data:`TRANSFER_GROUPS` groups and ``None``; or send the error."""
     try:
         table, stats = rule.table(), DecodeStats()
+        seen: set[int] = set()
         with no_cyclic_gc():
             for path, start, end in share:
-                feed(table, stats, read_range(path, start, end), prefilter)
+                feed(table, stats, read_range(path, start, end), prefilter, seen)
             sender.send(stats)
+            sender.send(seen)
+            del seen
             for part in table.split(TRANSFER_GROUPS):
                 sender.send(part)
             sender.send(None)

@@ -108,6 +108,7 @@ class SinkResult:
     capped: int = 0
     failed: list[FailedWrite] = field(default_factory=list)
     attempted: list[GroupKey] = field(default_factory=list)  # rows whose write was tried
+    severities: dict[str, str] = field(default_factory=dict)  # Finding name -> severity written
 
 
 class FindingSink:
@@ -191,6 +192,7 @@ class FindingSink:
             if decided.action is Action.NOOP or decided.spec is None:
                 return
             body = decided.spec.model_dump(by_alias=True, mode="json")
+            result.severities[name] = decided.spec.rule.severity
             try:
                 if current is None:
                     created = await self.client.create(

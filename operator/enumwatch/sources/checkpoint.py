@@ -19,9 +19,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, replace
 
-import orjson
-
-from enumwatch.atomicfile import write_atomic
+from enumwatch.atomicfile import read_versioned, write_versioned
 
 #: How many leading bytes of a file identify it. An audit event is longer than this, so two
 #: audit files differ here (auditID, timestamps) unless they are copies of each other.
@@ -87,14 +85,9 @@ def load_checkpoint(path: str) -> Checkpoint | None:
     that a wrong ``--checkpoint`` never silently restarts from the beginning of the log.
     """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        data = orjson.loads(raw)
-        if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"expected an object with version {_FORMAT_VERSION}")
+        data = read_versioned(path, _FORMAT_VERSION)
+        if data is None:
+            return None
         return Checkpoint(
             path=str(data["path"]),
             inode=int(data["inode"]),
@@ -103,7 +96,7 @@ def load_checkpoint(path: str) -> Checkpoint | None:
             fingerprint_size=int(data["fingerprint_size"]),
             device=int(data.get("device", 0)),
         )
-    except (orjson.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(
             f"checkpoint file {path} is not a tailer checkpoint ({exc}); "
             "move it away to start from the beginning of the log"
@@ -112,4 +105,4 @@ def load_checkpoint(path: str) -> Checkpoint | None:
 
 def save_checkpoint(path: str, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` to ``path`` atomically and durably (see :mod:`enumwatch.atomicfile`)."""
-    write_atomic(path, orjson.dumps({"version": _FORMAT_VERSION, **asdict(checkpoint)}))
+    write_versioned(path, _FORMAT_VERSION, asdict(checkpoint))

@@ -32,6 +32,11 @@ from enumwatch.sources.collect.state import save_state
 Position = dict[str, int]
 _Mark = tuple[str, int]
 
+#: The SDK's own retries (3 by default, with back-offs of 15 s and more) would hide an outage
+#: for minutes, unlogged and uncounted: the collector retries with its own backoff, which logs
+#: and counts every failed read (``source_errors``), so a request is tried once here.
+_SDK_OPTIONS: dict[str, Any] = {"retry_total": 0, "connection_timeout": 10, "read_timeout": 60}
+
 
 def parse_source(url: str) -> tuple[str, str, str]:
     """``azblob://ACCOUNT/CONTAINER[/PREFIX]`` -> (account, container, prefix)."""
@@ -109,13 +114,16 @@ class BlobSource:
         if self._container is None:
             connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
             if connection:
-                self._service = BlobServiceClient.from_connection_string(connection)
+                self._service = BlobServiceClient.from_connection_string(
+                    connection, **_SDK_OPTIONS
+                )
             else:
                 from azure.identity.aio import DefaultAzureCredential
 
                 self._credential = DefaultAzureCredential()
                 self._service = BlobServiceClient(
-                    f"https://{self.account}.blob.core.windows.net", credential=self._credential
+                    f"https://{self.account}.blob.core.windows.net", credential=self._credential,
+                    **_SDK_OPTIONS,
                 )
             self._container = self._service.get_container_client(self.container_name)
         return self._container

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from enumwatch.atomicfile import write_atomic
+from enumwatch.atomicfile import read_versioned, write_versioned
 
 _FORMAT_VERSION = 1
 
@@ -26,17 +24,12 @@ class CollectStateError(Exception):
 def load_state(path: str, source: str) -> Any | None:
     """The position saved in ``path`` for ``source``; ``None`` when there is no file yet."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    try:
-        data = orjson.loads(raw)
-        if not isinstance(data, dict) or data.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"expected an object with version {_FORMAT_VERSION}")
+        data = read_versioned(path, _FORMAT_VERSION)
+        if data is None:
+            return None
         saved_for = data["source"]
         position = data["position"]
-    except (orjson.JSONDecodeError, ValueError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:
         raise CollectStateError(
             f"checkpoint file {path} is not a collector checkpoint ({exc}); "
             "move it away to start afresh"
@@ -51,6 +44,4 @@ def load_state(path: str, source: str) -> Any | None:
 
 def save_state(path: str, source: str, position: Any) -> None:
     """Write ``position`` for ``source`` to ``path`` atomically and durably."""
-    write_atomic(
-        path, orjson.dumps({"version": _FORMAT_VERSION, "source": source, "position": position})
-    )
+    write_versioned(path, _FORMAT_VERSION, {"source": source, "position": position})
