@@ -126,6 +126,11 @@ class OperatorProcess:
         scheme = "https" if "--tls-cert-file" in self.extra_args else "http"
         return f"{scheme}://127.0.0.1:{self.port}"
 
+    @property
+    def epoch(self) -> str:
+        """The leader epoch of its state directory (what its ingest answers name)."""
+        return (self.workdir / "state" / "epoch").read_text().strip()
+
     def start(self, wait_ready: bool = True) -> None:
         """Start the operator (again) and, by default, wait until it leads and runs."""
         token_file = self.workdir / "ingest.token"
@@ -252,6 +257,44 @@ def running_operator(
         op.stop()
         # Detectors of this test must not see the next test's events.
         cp.kubectl("delete", "enumerationdetectors", "--all", "--all-namespaces", "--wait=false")
+
+
+def start_tailer(
+    path: Path, op: OperatorProcess, workdir: Path, *extra_args: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``enumwatch tail`` following ``path`` into ``op`` (fast batching and polling).
+
+    Its checkpoint, token file and output go to ``workdir``; returns the process and the path
+    of its output (JSON logs, then its final counters as ``{"tailer_stats": ...}``).
+    """
+    token = workdir / "token"
+    token.write_text(op.token)
+    log = workdir / "tailer.log"
+    with open(log, "wb") as out:
+        tailer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "enumwatch",
+                "tail",
+                "--path",
+                str(path),
+                "--checkpoint",
+                str(workdir / "tail.checkpoint"),
+                "--forward",
+                f"{op.url}/ingest",
+                "--token-file",
+                str(token),
+                "--batch-wait",
+                "0.05",
+                "--poll-interval",
+                "0.05",
+                *extra_args,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return tailer, log
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

@@ -72,6 +72,8 @@ class Receiver:
         self.fail_remaining = 0
         self.max_items: int | None = None
         self.token: str | None = None
+        #: The leader epoch the answers carry (None: answers without one, an older operator).
+        self.epoch: str | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
 
@@ -106,7 +108,10 @@ class Receiver:
         if self.max_items is not None and len(body["items"]) > self.max_items:
             return web.Response(status=413, text="too large")
         self.batches.append(body["items"])
-        return web.json_response({"accepted": len(body["items"])})
+        answer: Event = {"accepted": len(body["items"])}
+        if self.epoch is not None:
+            answer["epoch"] = self.epoch
+        return web.json_response(answer)
 
     async def start(self) -> Receiver:
         """Start listening (on the same port again after :meth:`refuse`)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -18,15 +18,24 @@ import orjson
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600) -> None:
     """Replace the file at ``path`` with ``data`` atomically and durably."""
+    write_atomic_parts(path, (data,), mode=mode)
+
+
+def write_atomic_parts(
+    path: str | os.PathLike[str], parts: Iterable[bytes], *, mode: int = 0o600
+) -> None:
+    """:func:`write_atomic` of the concatenated ``parts``, made one at a time: a large state
+    file is never whole in memory."""
     target = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(target))
     tmp = f"{target}.tmp.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for data in parts:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -12,7 +12,8 @@ ES|QL details that matter and are reproduced here:
   unexpected decision (``""``, ``"foo"``) falls through to the status-code branches.
 * ``stats ... by sourceIPs, userAgent``: a multi-valued ``sourceIPs`` puts the event in one group
   per *distinct* IP (Elasticsearch keeps a keyword field's values as a set); an empty or missing
-  list, like a missing user agent, is the null key.
+  list, like a missing user agent, is the null key. ``match.sourceIPs: observed`` (not the seed,
+  an option against forged ``X-Forwarded-For`` decoys) groups by the last entry only.
 * ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
 * The final ``where`` applies the thresholds. A group's count only grows, so once it reaches
   ``documentsBelow`` it can never fire: everything it kept is dropped (it becomes "dead"), which
@@ -73,14 +74,20 @@ _ALLOW, _FORBID, _FAILED, _SUCCESS, _NOT_FOUND, _OTHER, _UNKNOWN = range(len(OUT
 GroupKey = tuple[str | None, str | None]
 
 
-def group_keys(source_ips: tuple[str, ...], user_agent: str | None) -> tuple[GroupKey, ...]:
+def group_keys(
+    source_ips: tuple[str, ...], user_agent: str | None, observed_only: bool = False
+) -> tuple[GroupKey, ...]:
     """The groups an event counts in: one per distinct source IP (a null IP when it has none).
 
-    This is the ES|QL ``BY`` over a multi-valued ``sourceIPs``; :meth:`GroupTable.add_fields`
-    inlines the same expansion on its hot path.
+    This is the ES|QL ``BY`` over a multi-valued ``sourceIPs``. With ``observed_only``
+    (``match.sourceIPs: observed``) only the last entry counts, the address the API server saw
+    the connection come from; the entries before it are ``X-Forwarded-For`` values any client
+    can forge. :meth:`GroupTable._count` inlines the same expansion on its hot path.
     """
     if not source_ips:
         return ((None, user_agent),)
+    if observed_only:
+        return ((source_ips[-1], user_agent),)
     return tuple((ip, user_agent) for ip in dict.fromkeys(source_ips))
 
 
@@ -220,6 +227,7 @@ class GroupTable:
         "_cap",
         "_groups",
         "_intern",
+        "_observed_only",
         "_rule",
         "_tuples",
         "added",
@@ -231,6 +239,7 @@ class GroupTable:
         self._accepted = rule.matcher.accepted.get
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
+        self._observed_only = rule.observed_only
         self._groups: dict[GroupKey, _Kept] = {}
         # Equal strings and equal value tuples of different events stored once: an event's
         # first nine values (or all ten) -> the shared tuple of them and its outcome.
@@ -274,8 +283,8 @@ class GroupTable:
         """Count one matching event in its groups; ``aggregated`` is its first nine values."""
         self.added += 1
         ips: Iterable[str | None] = source_ips or (None,)
-        if len(source_ips) > 1:
-            ips = dict.fromkeys(source_ips)
+        if len(source_ips) > 1:  # as group_keys
+            ips = source_ips[-1:] if self._observed_only else dict.fromkeys(source_ips)
         intern = self._intern.setdefault
         user_agent = intern(user_agent, user_agent)
         groups = self._groups
@@ -443,7 +452,7 @@ class GroupTable:
 class Rule:
     """The seed rule with its parameters: which events it considers and when a group fires."""
 
-    __slots__ = ("match", "matcher", "thresholds")
+    __slots__ = ("match", "matcher", "observed_only", "thresholds")
 
     def __init__(
         self, match: MatchSpec | None = None, thresholds: ThresholdsSpec | None = None
@@ -452,6 +461,14 @@ class Rule:
         self.thresholds = thresholds if thresholds is not None else ThresholdsSpec()
         #: The first ``where``, compiled (see :mod:`enumwatch.match.matcher`).
         self.matcher = Matcher(self.match)
+        #: Whether groups use only the address the API server observed (``sourceIPs: observed``).
+        self.observed_only = self.match.source_ips == "observed"
+
+    def group_keys(
+        self, source_ips: tuple[str, ...], user_agent: str | None
+    ) -> tuple[GroupKey, ...]:
+        """The groups of this rule an event with these ``sourceIPs`` and ``userAgent`` counts in."""
+        return group_keys(source_ips, user_agent, self.observed_only)
 
     def matches(self, event: AuditEvent) -> bool:
         """The seed's first ``where``: an anonymous (or missing) username at a kept level."""

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from enumwatch.access import got_in
 from enumwatch.audit import AuditEvent
-from enumwatch.rule import GroupKey, Row, Rule, group_keys
+from enumwatch.rule import GroupKey, Row, Rule
 
 #: Default cap on buffered events.
 DEFAULT_MAX_BUFFERED = 500_000
@@ -66,6 +66,30 @@ class WindowResult:
     last_seen: Mapping[GroupKey, float] = field(default_factory=dict)
     observed: frozenset[GroupKey] = frozenset()
     succeeded: Mapping[GroupKey, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WindowSnapshot:
+    """A window's state at one moment (:meth:`WindowedEvaluator.snapshot`), rendered on demand
+    (even in another thread) as the dict :meth:`WindowedEvaluator.restore_state` reads."""
+
+    last_tick: float | None
+    time_basis: TimeBasis
+    entries: list[tuple[float, int, AuditEvent]]
+
+    def ordered(self) -> list[tuple[float, int, AuditEvent]]:
+        """The buffered (time, sequence, event) entries, oldest first."""
+        return sorted(self.entries)
+
+    def state(self) -> dict[str, Any]:
+        """The state as one dict."""
+        ordered = self.ordered()
+        return {
+            "lastTick": self.last_tick,
+            "timeBasis": self.time_basis,
+            "times": [ts for ts, _, _ in ordered],
+            "events": [event.to_dict() for _, _, event in ordered],
+        }
 
 
 class WindowedEvaluator:
@@ -266,15 +290,30 @@ class WindowedEvaluator:
 
     def evaluate(self, tick: float) -> WindowResult:
         """Evaluate the window ``(tick - lookback, tick]``, then evict what no later tick needs."""
+        result = self.compute(tick, self.window_events(tick))
+        self.advance(tick)
+        return result
+
+    def window_events(self, tick: float) -> list[tuple[float, AuditEvent]]:
+        """The buffered (time, event) pairs in the window of ``tick``: one cheap pass that takes
+        what :meth:`compute` reads, so that the computing can happen elsewhere (another thread)
+        while events keep arriving."""
+        start = tick - self.lookback
+        return [(ts, event) for ts, _, event in self._buffer if start < ts <= tick]
+
+    def compute(self, tick: float, events: list[tuple[float, AuditEvent]]) -> WindowResult:
+        """The rule over the window of ``tick`` holding ``events`` (:meth:`window_events`).
+
+        It reads only its arguments and the (immutable) rule: safe in a worker thread.
+        """
         start = tick - self.lookback
         table = self.rule.table()
         add = table.add_matched
-        for ts, _, event in self._buffer:
-            if start < ts <= tick:
-                add(event)
+        for _, event in events:
+            add(event)
         rows = tuple(table.rows(self.data_stream_namespace, self.limit))
-        last_seen, observed, succeeded = self._row_facts(rows, start, tick)
-        result = WindowResult(
+        last_seen, observed, succeeded = self._row_facts(rows, events)
+        return WindowResult(
             tick=tick,
             start=start,
             end=tick,
@@ -285,13 +324,15 @@ class WindowedEvaluator:
             observed=observed,
             succeeded=succeeded,
         )
+
+    def advance(self, tick: float) -> None:
+        """Record ``tick`` as evaluated and evict what no later tick needs."""
         if self._last_tick is None or tick > self._last_tick:
             self._last_tick = tick
         self._evict(self.horizon)
-        return result
 
     def _row_facts(
-        self, rows: tuple[Row, ...], start: float, tick: float
+        self, rows: tuple[Row, ...], events: list[tuple[float, AuditEvent]]
     ) -> tuple[dict[GroupKey, float], frozenset[GroupKey], dict[GroupKey, tuple[str, ...]]]:
         """Facts beside the rule about each row, from a second pass (only when rows fired): its
         latest event's time, whether its IP is one the API server observed, and the URIs its
@@ -302,20 +343,19 @@ class WindowedEvaluator:
         seen: dict[GroupKey, float] = {}
         observed: set[GroupKey] = set()
         succeeded: dict[GroupKey, set[str]] = {}
-        for ts, _, event in self._buffer:
-            if start < ts <= tick:
-                entered = got_in(event)
-                for key in group_keys(event.source_ips, event.user_agent):
-                    if key in wanted:
-                        if ts > seen.get(key, -math.inf):
-                            seen[key] = ts
-                        if entered:
-                            assert event.request_uri is not None
-                            succeeded.setdefault(key, set()).add(event.request_uri)
-                if event.source_ips:
-                    key = (event.source_ips[-1], event.user_agent)
-                    if key in wanted:
-                        observed.add(key)
+        for ts, event in events:
+            entered = got_in(event)
+            for key in self.rule.group_keys(event.source_ips, event.user_agent):
+                if key in wanted:
+                    if ts > seen.get(key, -math.inf):
+                        seen[key] = ts
+                    if entered:
+                        assert event.request_uri is not None
+                        succeeded.setdefault(key, set()).add(event.request_uri)
+            if event.source_ips:
+                key = (event.source_ips[-1], event.user_agent)
+                if key in wanted:
+                    observed.add(key)
         return (
             seen,
             frozenset(observed),
@@ -361,13 +401,12 @@ class WindowedEvaluator:
 
     def export_state(self) -> dict[str, Any]:
         """The buffered events (with their times) and the last tick, for :meth:`restore_state`."""
-        ordered = sorted(self._buffer)
-        return {
-            "lastTick": self._last_tick,
-            "timeBasis": self.time_basis,
-            "times": [ts for ts, _, _ in ordered],
-            "events": [event.to_dict() for _, _, event in ordered],
-        }
+        return self.snapshot().state()
+
+    def snapshot(self) -> WindowSnapshot:
+        """What :meth:`export_state` exports, taken in one cheap step (a copy of the buffer's
+        references: the events are immutable), to be rendered later, even in another thread."""
+        return WindowSnapshot(self._last_tick, self.time_basis, list(self._buffer))
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
         """Load state saved by :meth:`export_state` into this (fresh) evaluator.

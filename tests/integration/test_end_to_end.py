@@ -11,7 +11,6 @@ import http.client
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from enumwatch_devkit.operatorkit import (
     findings,
     fresh_namespace,
     running_operator,
+    start_tailer,
     unique_agent,
     wait_for,
 )
@@ -53,32 +53,7 @@ class Stack:
 def stack(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("stack")
     with running_operator(crds, workdir / "operator") as op:
-        token = workdir / "token"
-        token.write_text(op.token)
-        log = workdir / "tailer.log"
-        with open(log, "wb") as out:
-            tailer = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "enumwatch",
-                    "tail",
-                    "--path",
-                    str(crds.audit_log),
-                    "--checkpoint",
-                    str(workdir / "tail.checkpoint"),
-                    "--forward",
-                    f"{op.url}/ingest",
-                    "--token-file",
-                    str(token),
-                    "--batch-wait",
-                    "0.05",
-                    "--poll-interval",
-                    "0.05",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        tailer, log = start_tailer(crds.audit_log, op, workdir)
         try:
             yield Stack(crds, op, tailer, log)
         finally:

@@ -58,7 +58,14 @@ def test_malformed_bodies_are_400_and_counted(crds: ControlPlane, tmp_path: Path
         assert samples['enumwatch_events_skipped_total{reason="malformed_body"}'] == 4
         # Bad items inside a good list are skipped and counted, the rest accepted.
         answer = op.ingest([{"kind": "Event", "responseStatus": {"code": "403"}}, "x", {}])
-        assert answer == {"accepted": 0, "duplicates": 0, "skipped": 3, "late": 0, "future": 0}
+        assert answer == {
+            "epoch": op.epoch,
+            "accepted": 0,
+            "duplicates": 0,
+            "skipped": 3,
+            "late": 0,
+            "future": 0,
+        }
 
 
 def test_oversized_bodies_are_413(crds: ControlPlane, tmp_path: Path) -> None:
@@ -80,7 +87,14 @@ def test_redelivery_never_double_counts(crds: ControlPlane, tmp_path: Path) -> N
         events = audit_events_for(crds, agent, 5)
         assert op.ingest(events)["accepted"] == 5
         again = op.ingest(events)
-        assert again == {"accepted": 0, "duplicates": 5, "skipped": 0, "late": 0, "future": 0}
+        assert again == {
+            "epoch": op.epoch,
+            "accepted": 0,
+            "duplicates": 5,
+            "skipped": 0,
+            "late": 0,
+            "future": 0,
+        }
         wait_for(
             lambda: detector_status(crds, ns, "det").get("eventsMatched") == 5,
             what="5 matched events",

@@ -28,6 +28,7 @@ from enumwatch_devkit import corpus
 from enumwatch_devkit.controlplane import ControlPlane, running
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
+    OperatorProcess,
     anonymous_scan,
     apply_detector,
     audit_events_for,
@@ -418,33 +419,49 @@ def test_findings_of_a_deleted_detector_still_expire(crds: ControlPlane, tmp_pat
         assert finding["spec"]["retention"] == "4s"
         crds.kubectl("delete", "enumerationdetector", "det", "-n", ns, "--wait=true")
         # The detector is gone; the Finding is evidence, kept until its own retention ends.
-        assert [f["metadata"]["name"] for f in findings(crds, ns)] == [
-            finding["metadata"]["name"]
-        ]
+        assert [f["metadata"]["name"] for f in findings(crds, ns)] == [finding["metadata"]["name"]]
         wait_for(lambda: not findings(crds, ns), timeout=20, what="the orphan Finding expired")
         expired_at = time.time()
         assert expired_at - parse_rfc3339(finding["spec"]["lastSeen"]) >= 4.0
         assert op.metrics()["enumwatch_findings_expired_total"] == 1
 
 
+def forged_scan(cp: ControlPlane, name: str, network: str) -> tuple[str, list[dict[str, Any]], str]:
+    """One anonymous client scans with 150 forged X-Forwarded-For addresses in ``network``.
+
+    The real apiserver puts them in sourceIPs before the address it saw, so under the seed 151
+    groups fire on the same 8 requests. Returns the agent, its audit events and that address.
+    """
+    forged = ", ".join(f"{network}.{i // 250}.{i % 250 + 1}" for i in range(150))
+    agent = unique_agent(name)
+    anonymous_scan(cp, agent, headers={"X-Forwarded-For": forged})
+    events = audit_events_for(cp, agent, len(SCAN_PATHS))
+    assert {len(e["sourceIPs"]) for e in events} == {151}
+    return agent, events, events[0]["sourceIPs"][-1]
+
+
+def ingest_under_detector(
+    cp: ControlPlane,
+    op: OperatorProcess,
+    ns: str,
+    spec: dict[str, Any],
+    events: list[dict[str, Any]],
+) -> None:
+    """Apply detector ``det`` with ``spec``, post ``events`` and wait for the tick after them."""
+    apply_detector(cp, ns, "det", spec)
+    wait_for(lambda: detector_status(cp, ns, "det").get("conditions"), what="status")
+    posted = time.time()
+    op.ingest(events)
+    wait_for_tick_after(cp, ns, "det", posted, INTERVAL)
+
+
 def test_forged_forwarded_for_decoys_cannot_push_the_real_scanner_out(
     crds: ControlPlane, tmp_path: Path
 ) -> None:
-    # One anonymous client, 150 forged X-Forwarded-For addresses: the real apiserver puts them
-    # in sourceIPs before the address it saw, so 151 groups fire on the same 8 requests.
-    forged = ", ".join(f"10.66.{i // 250}.{i % 250 + 1}" for i in range(150))
-    agent = unique_agent("decoys")
-    anonymous_scan(crds, agent, headers={"X-Forwarded-For": forged})
-    events = audit_events_for(crds, agent, len(SCAN_PATHS))
-    assert {len(e["sourceIPs"]) for e in events} == {151}
-    observed = events[0]["sourceIPs"][-1]
+    _, events, observed = forged_scan(crds, "decoys", "10.66")
     ns = fresh_namespace(crds, "decoys")
     with running_operator(crds, tmp_path) as op:
-        apply_detector(crds, ns, "det", {**DETECTOR, "findings": {"maxPerRun": 100}})
-        wait_for(lambda: detector_status(crds, ns, "det").get("conditions"), what="status")
-        posted = time.time()
-        op.ingest(events)
-        wait_for_tick_after(crds, ns, "det", posted, INTERVAL)
+        ingest_under_detector(crds, op, ns, {**DETECTOR, "findings": {"maxPerRun": 100}}, events)
         written = {f["spec"]["sourceIP"] for f in findings(crds, ns)}
         assert observed in written  # the address the apiserver saw is never a decoy's victim
         capped = [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"]
@@ -453,6 +470,23 @@ def test_forged_forwarded_for_decoys_cannot_push_the_real_scanner_out(
         assert first.endswith("and 41 more")  # ten named, the rest counted
         # Repeats of recorded groups never starve new ones: the next tick writes the rest.
         wait_for(lambda: len(findings(crds, ns)) == 151, timeout=20, what="every group written")
+
+
+def test_observed_source_ips_give_one_finding_for_the_real_address_whatever_is_forged(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    # The same attack with `match.sourceIPs: observed`: the forged X-Forwarded-For entries make
+    # no group, the connection's own address makes exactly one Finding.
+    agent, events, observed = forged_scan(crds, "observed", "10.67")
+    ns = fresh_namespace(crds, "observed")
+    spec = {**DETECTOR, "match": {"sourceIPs": "observed"}, "findings": {"maxPerRun": 100}}
+    with running_operator(crds, tmp_path) as op:
+        ingest_under_detector(crds, op, ns, spec, events)
+        (finding,) = findings(crds, ns)
+        assert (finding["spec"]["sourceIP"], finding["spec"]["userAgent"]) == (observed, agent)
+        assert finding["spec"]["aggregates"]["documentCount"] == len(SCAN_PATHS)
+        reasons = [e["reason"] for e in events_for(crds, ns, "det")]
+        assert "FindingsCapped" not in reasons
 
 
 def test_an_exception_for_a_scanners_cidr_suppresses_its_finding_and_is_counted(

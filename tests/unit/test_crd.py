@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from enumwatch import crdgen
@@ -108,6 +109,7 @@ def test_every_default_of_the_detector_spec_is_said_in_its_description() -> None
         "spec.match.usernames": "system:anonymous, system:unauthenticated.",
         "spec.match.includeMissingUsername": "true.",
         "spec.match.levels": "RequestResponse, ResponseComplete, Request.",
+        "spec.match.sourceIPs": "all.",
         "spec.thresholds.distinctRequestURIsAbove": "5.",
         "spec.thresholds.distinctResourcesAbove": "3.",
         "spec.thresholds.documentsBelow": "50.",
@@ -141,3 +143,23 @@ def test_the_readme_reference_has_the_default_in_its_column_not_twice() -> None:
         "| `spec.thresholds.notFoundAtLeast` | integer | `3` | minimum 1 | Trigger: at least this "
         "many events answered 404 (no decision). |"
     ) in rows
+
+
+def test_match_source_ips_is_all_or_observed_and_says_why() -> None:
+    from pydantic import ValidationError
+
+    from enumwatch.api.spec import MatchSpec
+
+    assert MatchSpec().source_ips == "all"
+    assert MatchSpec.model_validate({"sourceIPs": "observed"}).source_ips == "observed"
+    with pytest.raises(ValidationError, match="'all' or 'observed'"):
+        MatchSpec.model_validate({"sourceIPs": "first"})
+    match = crdgen.detector_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
+        "properties"
+    ]["spec"]["properties"]["match"]["properties"]["sourceIPs"]
+    assert (match["type"], match["enum"], match["default"]) == (
+        "string",
+        ["all", "observed"],
+        "all",
+    )
+    assert "X-Forwarded-For" in match["description"]

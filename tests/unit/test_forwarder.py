@@ -118,3 +118,73 @@ async def test_closing_while_the_operator_is_down_hands_back_nothing_unacknowled
         outbox.add(page(0, 3), str)
         await outbox.close(0.2)
     assert commit.positions == [] and outbox.pending == 3
+
+
+async def test_a_new_leader_epoch_gets_what_was_forwarded_within_the_record_again(
+    receiver: Receiver,
+) -> None:
+    # The operator's windows live in its leader: a new leader (its answers carry a new epoch)
+    # starts without the events the old one was sent, so the source sends them again and the
+    # operator's de-duplication absorbs whatever the new leader did have.
+    receiver.epoch = "leader-1"
+    stats = ForwardStats()
+    commit = Committed(receiver)
+    async with Forwarder(receiver.url, stats=stats) as forwarder:
+        outbox: Outbox[str] = Outbox(
+            forwarder,
+            commit,
+            start=None,
+            batch_size=2,
+            batch_wait=60.0,
+            buffer_limit=100,
+            resend_window=3600.0,
+            resend_limit=3,  # whole batches: the newest 2 events are kept, the oldest forgotten
+        )
+        outbox.start()
+        outbox.add(page(0, 4), str)
+        await until(lambda: len(receiver.ids) == 4, what="the first leader's batches")
+        receiver.epoch = "leader-2"
+        outbox.add(page(4, 2), str)
+        await until(lambda: len(receiver.ids) == 8, what="the re-sent batch")
+        outbox.add(page(6, 2), str)  # the same leader again: nothing re-sent
+        await outbox.close(5.0)
+    assert receiver.ids == [f"id-{i:08d}" for i in (0, 1, 2, 3, 4, 5, 2, 3, 6, 7)]
+    assert (stats.leader_changes, stats.events_resent) == (1, 2)
+    # Positions only ever come from new batches: a re-send moves no checkpoint.
+    assert commit.positions == ["cursor-2", "cursor-4", "cursor-6", "cursor-8"]
+
+
+@pytest.mark.parametrize(
+    ("epochs", "window", "resent"),
+    [
+        ((None, None), 3600.0, 0),  # an operator that names no epoch
+        (("leader-1", "leader-1"), 3600.0, 0),  # the same leader
+        ((None, "leader-1"), 3600.0, 0),  # the first epoch seen is no change
+        (("leader-1", "leader-2"), 0.0, 0),  # nothing forwarded within the window
+        (("leader-1", "leader-2"), 3600.0, 2),
+    ],
+)
+async def test_only_a_change_of_a_named_epoch_resends_and_only_within_the_window(
+    receiver: Receiver, epochs: tuple[str | None, str | None], window: float, resent: int
+) -> None:
+    stats = ForwardStats()
+    async with Forwarder(receiver.url, stats=stats) as forwarder:
+        outbox: Outbox[str] = Outbox(
+            forwarder,
+            Committed(receiver),
+            start=None,
+            batch_size=2,
+            batch_wait=60.0,
+            buffer_limit=100,
+            resend_window=window,
+            resend_limit=100,
+        )
+        outbox.start()
+        receiver.epoch = epochs[0]
+        outbox.add(page(0, 2), str)
+        await until(lambda: len(receiver.ids) == 2, what="the first batch")
+        receiver.epoch = epochs[1]
+        outbox.add(page(2, 2), str)
+        await outbox.close(5.0)
+    assert stats.events_resent == resent
+    assert len(receiver.ids) == 4 + resent

@@ -8,6 +8,7 @@ import pytest
 
 from enumwatch.api.spec import MatchSpec, ThresholdsSpec
 from enumwatch.audit import AuditEvent
+from enumwatch.audit.event import FIELD_NAMES
 from enumwatch.rule import GroupTable, Row, Rule, outcome
 
 ESQL_COLUMNS = [
@@ -367,3 +368,35 @@ def test_groups_too_small_for_the_distinct_thresholds_never_fire(
     events = probe(uris=docs, resources=docs, docs=docs)
     rows = table_of(events, Rule(thresholds=thresholds)).rows()
     assert len(rows) == (max(uris_above, resources_above) < docs < 10)
+
+
+def test_observed_source_ips_group_by_the_address_the_apiserver_saw() -> None:
+    # X-Forwarded-For entries come first in sourceIPs, the connection's own address last: with
+    # `sourceIPs: observed` forged entries make no group of their own.
+    forged = tuple(f"10.66.0.{i}" for i in range(150))
+    events = [replace(e, source_ips=(*forged, "198.51.100.7")) for e in probe()]
+    rule = Rule(MatchSpec(sourceIPs="observed"))
+    table = rule.table()
+    for event in events:
+        table.add(event)
+    (row,) = table.rows()
+    assert (row.source_ip, row.document_count, table.group_count) == ("198.51.100.7", 6, 1)
+    # The seed's `all` keeps one group per distinct address.
+    assert len(Rule().evaluate(events)) == 151
+
+
+def test_observed_source_ips_agree_on_every_path() -> None:
+    forged, real = ("10.66.0.1", "10.66.0.2"), "198.51.100.7"
+    rule = Rule(MatchSpec(sourceIPs="observed"))
+    assert rule.group_keys((*forged, real), "curl") == ((real, "curl"),)
+    assert rule.group_keys((), "curl") == ((None, "curl"),)
+    assert Rule().group_keys((*forged, real, real), "curl") == (
+        (forged[0], "curl"),
+        (forged[1], "curl"),
+        (real, "curl"),
+    )
+    events = [replace(e, source_ips=(*forged, real)) for e in probe()]
+    fields_table = rule.table()
+    for event in events:
+        fields_table.add_fields(tuple(getattr(event, name, None) for name in FIELD_NAMES))
+    assert fields_table.rows() == rule.evaluate(events)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from enumwatch.api.refs import DetectorRef
@@ -134,3 +135,90 @@ def test_the_journal_is_bounded(tmp_path: Path) -> None:
     runtime.configure({}, 1)
     assert restored.restore(runtime)
     assert runtime.evaluator is not None and runtime.evaluator.buffered == 20  # none lost
+
+
+def test_a_checkpoint_saves_only_the_detectors_that_changed(tmp_path: Path) -> None:
+    detectors = Detectors(tmp_path)
+    detectors.get_or_create(REF).configure({}, 1)
+    other = DetectorRef(namespace="ns", name="metadata-only", uid="uid-2")
+    detectors.get_or_create(other).configure({"match": {"levels": ["Metadata"]}}, 1)
+    detectors.checkpoint()
+    files = {p.name: p.stat().st_ino for p in tmp_path.glob("ns_*.json")}
+    assert sorted(files) == ["ns_det.json", "ns_metadata-only.json"]
+    detectors.offer([_event(0)], ARRIVAL)  # a Request-level event: only ns/det buffers it
+    detectors.checkpoint()
+    after = {p.name: p.stat().st_ino for p in tmp_path.glob("ns_*.json")}
+    assert after["ns_metadata-only.json"] == files["ns_metadata-only.json"]  # not rewritten
+    assert after["ns_det.json"] != files["ns_det.json"]
+
+
+async def test_a_checkpoint_is_written_off_the_loop_and_loses_what_arrives_meanwhile_never(
+    tmp_path: Path,
+) -> None:
+    detectors = Detectors(tmp_path)
+    detectors.get_or_create(REF).configure({"schedule": {"lookback": "24h"}}, 1)
+    detectors.offer([_event(i) for i in range(50_000)], ARRIVAL)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    writing = asyncio.create_task(detectors.checkpoint_async())
+    await asyncio.sleep(0)  # the snapshot is taken, the write is under way
+    detectors.offer([_event(50_000 + i) for i in range(5)], ARRIVAL)  # during the write
+    await writing
+    turns_during_the_write = turns
+    counter.cancel()
+    assert turns_during_the_write > 1  # the loop kept turning while the file was written
+    restored = Detectors(tmp_path)
+    runtime = restored.get_or_create(REF)
+    runtime.configure({"schedule": {"lookback": "24h"}}, 1)
+    assert restored.restore(runtime)
+    assert runtime.evaluator is not None and runtime.evaluator.buffered == 50_005
+
+
+def test_window_buffers_are_sized_from_the_memory_limit() -> None:
+    from enumwatch.controller.runtime import BYTES_PER_BUFFERED_EVENT, max_buffered_for
+    from enumwatch.windows import DEFAULT_MAX_BUFFERED
+
+    # Half of a 512Mi pod limit for the windows, at the measured cost of a buffered event.
+    assert max_buffered_for(512 * 2**20) == 256 * 2**20 // BYTES_PER_BUFFERED_EVENT
+    assert max_buffered_for(512 * 2**20) < DEFAULT_MAX_BUFFERED  # the old cap did not fit
+    assert max_buffered_for(None) == DEFAULT_MAX_BUFFERED  # no limit known
+    assert max_buffered_for(64 * 2**40) == DEFAULT_MAX_BUFFERED  # never above the default
+    detectors = Detectors(max_buffered=3)
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({"schedule": {"lookback": "24h"}}, 1)
+    detectors.offer([_event(i) for i in range(5)], ARRIVAL)
+    assert runtime.evaluator is not None
+    assert (runtime.evaluator.buffered, runtime.evaluator.overflow) == (3, 2)
+
+
+async def test_a_large_window_is_evaluated_off_the_loop_with_the_same_result() -> None:
+    detectors = Detectors()
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({"schedule": {"interval": "1h", "lookback": "24h"}}, 1)
+    detectors.offer([_event(i) for i in range(60_000)], ARRIVAL)
+    same = Detectors()
+    twin = same.get_or_create(REF)
+    twin.configure({"schedule": {"interval": "1h", "lookback": "24h"}}, 1)
+    same.offer([_event(i) for i in range(60_000)], ARRIVAL)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    result = await runtime.evaluate(7200.0)
+    turns_during_the_evaluation = turns
+    counter.cancel()
+    assert turns_during_the_evaluation > 1  # the loop kept turning
+    assert twin.evaluator is not None and result == twin.evaluator.evaluate(7200.0)
+    assert result.events == 60_000

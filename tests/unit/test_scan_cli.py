@@ -262,3 +262,46 @@ def test_json_rows_are_written_as_one_indented_array(
     assert out == orjson.dumps(rows_to_esql(rows), option=orjson.OPT_INDENT_2).decode() + "\n"
     status, out, _ = run(capsys, "/dev/null", "--format", "json", "-q")
     assert status == 0 and out == "[]\n"
+
+
+@pytest.mark.parametrize("extra", [[], ["--replay", "--interval", "24h", "--lookback", "24h"]])
+def test_observed_source_ips_scan_one_group_for_a_client_with_forged_addresses(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, extra: list[str]
+) -> None:
+    forged = [f"10.66.0.{i}" for i in range(150)]
+    lines = []
+    for i in range(8):
+        lines.append(
+            orjson.dumps(
+                {
+                    "kind": "Event",
+                    "apiVersion": "audit.k8s.io/v1",
+                    "level": "Metadata" if i == 7 else "Request",
+                    "auditID": f"a{i}",
+                    "stage": "ResponseComplete",
+                    "requestURI": f"/api/v1/r{i}",
+                    "verb": "list",
+                    "user": {"username": "system:anonymous"},
+                    "sourceIPs": [*forged, "198.51.100.7"],
+                    "userAgent": "decoy/1",
+                    "objectRef": {"resource": f"r{i}"},
+                    "responseStatus": {"code": 403},
+                    "stageTimestamp": f"2026-01-01T00:00:1{i}.000000Z",
+                }
+            )
+        )
+    log = tmp_path / "decoys.log"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    detector = tmp_path / "observed.yaml"
+    detector.write_text(
+        DETECTOR.replace(
+            "  thresholds:\n    distinctRequestURIsAbove: 7\n",
+            "  match:\n    sourceIPs: observed\n",
+        )
+    )
+    rows = json_rows(capsys, str(log), "--detector", str(detector), *extra)
+    if "--replay" in extra:  # one record per (window, row): one window here
+        assert len({(r["window.start"], r["window.end"]) for r in rows}) == 1
+    assert [(r["kubernetes.audit.sourceIPs"], r["Esql.document_count"]) for r in rows] == [
+        ("198.51.100.7", 7)
+    ]

@@ -196,3 +196,77 @@ def test_unterminated_last_line_of_rotated_file_is_counted(tmp_path: Path) -> No
     append(log, lines(1, 2))
     assert drain(f) == lines(1, 2)
     assert stats.partial_lines_dropped == 1
+
+
+def read_to_the_end(tmp_path: Path, n: int) -> tuple[Path, TailStats, Follower]:
+    """A log of ``n`` lines and a Follower that has read them all."""
+    log = tmp_path / "audit.log"
+    append(log, lines(n))
+    stats = TailStats()
+    f = Follower(str(log), stats=stats)
+    assert drain(f) == lines(n)
+    return log, stats, f
+
+
+def test_copytruncate_while_paused_then_rewritten_past_the_offset_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """Paused (operator unreachable), the file is copied, truncated and rewritten longer than
+    the offset: the rest comes from the copy, the new file from 0, nothing twice, no garbage."""
+    log, stats, f = read_to_the_end(tmp_path, 10)
+    append(log, lines(20, 10))  # not read: the tailer is paused
+    f.watch()
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    append(log, lines(200, 30))  # far past the old offset before the tailer looks again
+    f.watch()
+    assert drain(f) == lines(220, 10)
+    assert (stats.truncations, stats.truncations_unrecovered, stats.bytes_lost) == (1, 0, 0)
+
+
+def test_the_copy_is_held_by_inode_once_the_truncation_is_seen(tmp_path: Path) -> None:
+    """Seen while paused, the copy is opened at once: deleting it later loses nothing."""
+    log, stats, f = read_to_the_end(tmp_path, 10)
+    append(log, lines(5, 10))
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    append(log, lines(2, 15))
+    f.watch()  # paused: notices the truncation and opens the copy
+    os.unlink(tmp_path / "audit.log.1")  # logrotate's rotate count, or a compression
+    assert drain(f) == lines(7, 10)
+    assert (stats.truncations, stats.truncations_unrecovered, stats.bytes_lost) == (1, 0, 0)
+
+
+def test_a_truncation_without_a_copy_counts_what_was_lost_with_its_size(tmp_path: Path) -> None:
+    log, stats, f = read_to_the_end(tmp_path, 10)
+    append(log, lines(5, 10))  # 5 lines of 9 bytes the tailer saw but did not read (paused)
+    f.watch()
+    os.truncate(log, 0)  # truncated without a copy (or the copy compressed before it was seen)
+    append(log, lines(2, 15))
+    assert drain(f) == lines(2, 15)
+    assert (stats.truncations, stats.truncations_unrecovered, stats.bytes_lost) == (1, 1, 45)
+
+
+def test_two_copytruncates_within_one_poll_read_both_copies(tmp_path: Path) -> None:
+    log, stats, f = read_to_the_end(tmp_path, 10)
+    append(log, lines(3, 10))
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    append(log, lines(2, 13))
+    os.rename(tmp_path / "audit.log.1", tmp_path / "audit.log.2")  # logrotate shifts the copies
+    shutil.copyfile(log, tmp_path / "audit.log.1")
+    os.truncate(log, 0)
+    append(log, lines(2, 15))
+    assert drain(f) == lines(7, 10)
+    assert (stats.truncations, stats.truncations_unrecovered, stats.bytes_lost) == (1, 0, 0)
+
+
+def test_two_renames_within_one_poll_read_the_middle_file(tmp_path: Path) -> None:
+    log, stats, f = read_to_the_end(tmp_path, 3)
+    append(log, lines(1, 3))
+    os.rename(log, tmp_path / "audit-1.log")
+    append(log, lines(2, 4))  # a whole file the tailer never sees at the live path
+    os.rename(log, tmp_path / "audit-2.log")
+    append(log, lines(1, 6))
+    assert drain(f) == lines(4, 3)
+    assert (stats.rotations, stats.overflow_files_lost) == (2, 0)

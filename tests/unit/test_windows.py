@@ -274,3 +274,16 @@ def test_observed_marks_rows_whose_ip_the_apiserver_saw() -> None:
     result = w.evaluate(T0)
     assert {r.key for r in result.rows} == {(ip, "curl") for ip in (*forged, "192.0.2.7")}
     assert result.observed == frozenset({("192.0.2.7", "curl")})
+
+
+def test_observed_source_ips_make_the_window_facts_agree_with_the_rows() -> None:
+    w = WindowedEvaluator(Rule(MatchSpec(sourceIPs="observed"), LOW), 300, 360)
+    forged = tuple(f"10.9.0.{i}" for i in range(3))
+    for i in range(4):
+        w.add(event(T0 - 10 + i, source_ips=(*forged, "192.0.2.7"), request_uri=f"/{i}", code=404))
+    w.add(event(T0 - 2, source_ips=(*forged, "192.0.2.7"), request_uri="/api/v1/pods", code=200))
+    result = w.evaluate(T0)
+    key = ("192.0.2.7", "curl")
+    assert [r.key for r in result.rows] == [key]
+    assert (result.groups, result.last_seen, result.observed) == (1, {key: T0 - 2}, {key})
+    assert result.succeeded == {key: ("/api/v1/pods",)}

@@ -34,6 +34,9 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 AuditLevel = Literal["None", "Metadata", "Request", "RequestResponse", "ResponseComplete"]
 Severity = Literal["low", "medium", "high", "critical"]
 TimestampSource = Literal["ingested", "event"]
+#: Which entries of ``sourceIPs`` form the rule's groups: every one (the seed), or only the last,
+#: the address the API server saw the connection come from.
+SourceIPGrouping = Literal["all", "observed"]
 
 
 def parse_duration(text: str) -> float:
@@ -178,6 +181,20 @@ class MatchSpec(_Model):
         description=(
             "Audit levels considered (exact, case-sensitive). Metadata is excluded by the seed, "
             "so an audit policy that logs anonymous requests at Metadata defeats the rule."
+        ),
+    )
+    source_ips: SourceIPGrouping = Field(
+        default="all",
+        alias="sourceIPs",
+        description=(
+            "Which sourceIPs entries form the rule's groups. all (the seed): every distinct "
+            "entry, so an event with two addresses counts in both groups. observed: only the "
+            "last entry, the address the API server saw the connection come from. The API "
+            "server puts X-Forwarded-For entries before it, and any client can send that "
+            "header: one anonymous scanner with 150 forged X-Forwarded-For addresses makes 150 "
+            "decoy groups beside its real one under all, and exactly one (its own) under "
+            "observed. Choose observed unless a trusted proxy in front of the API server "
+            "forwards clients' addresses."
         ),
     )
 

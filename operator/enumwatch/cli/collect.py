@@ -129,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         source_backoff_max=args.source_backoff_max,
         shutdown_timeout=args.shutdown_timeout,
         stats_interval=args.stats_interval,
+        resend_window=args.resend_window,
+        resend_limit=args.resend_limit,
     )
     if checkpoint:
         log.info("checkpoint", extra={"checkpoint": checkpoint})

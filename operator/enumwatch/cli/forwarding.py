@@ -61,6 +61,13 @@ def add_batching_options(
                    help="on SIGTERM, how long to try delivering what is buffered (default 5s)")
     p.add_argument("--stats-interval", type=seconds, default=30.0,
                    help="log the counters this often (default 30s)")
+    p.add_argument("--resend-window", type=seconds, default=86_400.0,
+                   help="when the operator has a new leader, send it again what was forwarded "
+                        "within this long: the longest lookback of the detectors (default 24h, "
+                        "the longest a detector may have)")
+    p.add_argument("--resend-limit", type=positive_int, default=20_000,
+                   help="events kept for a new leader at most, the oldest forgotten first "
+                        "(default 20000)")
 
 
 def add_filter_options(p: argparse.ArgumentParser, *, levels_help: str) -> None:

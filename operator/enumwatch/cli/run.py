@@ -103,6 +103,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"largest accepted ingest body, in bytes; 413 above (default {DEFAULT_MAX_BODY})",
     )
     p.add_argument(
+        "--max-buffered-events",
+        type=int,
+        help=(
+            "events each detector's window may hold (default: sized from the container's "
+            "memory limit, half of it for the windows at ~1000 bytes an event; 500000 without "
+            "a limit); the oldest are dropped and counted beyond"
+        ),
+    )
+    p.add_argument(
         "--state-dir",
         type=Path,
         help=(
@@ -202,7 +211,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.handlers import Operator, OperatorConfig
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.leader import LeaseElector
-    from enumwatch.controller.runtime import Detectors
+    from enumwatch.controller.runtime import Detectors, max_buffered_for
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
     from enumwatch.sink.findings import FindingSink
@@ -223,7 +232,9 @@ async def _main(args: argparse.Namespace) -> int:
     )
     if not auth.static_tokens and auth.client is None:
         log.warning("ingest has no credentials configured: every POST /ingest will get 401")
-    detectors = Detectors(args.state_dir)
+    max_buffered = args.max_buffered_events or max_buffered_for(cgroup_memory_limit())
+    log.info("window buffers", extra={"max_buffered_events": max_buffered})
+    detectors = Detectors(args.state_dir, max_buffered=max_buffered)
     apis = REPORT_APIS[args.policy_report]
     operator = Operator(
         client,
@@ -285,6 +296,20 @@ async def _main(args: argparse.Namespace) -> int:
         await client.close()
         refresher.cancel()
     return status
+
+
+def cgroup_memory_limit() -> int | None:
+    """The container's memory limit in bytes (cgroup v2, else v1), ``None`` when unlimited."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path, encoding="ascii") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # cgroup v1 says "no limit" with ~2**63
+            return int(text)
+        return None
+    return None
 
 
 async def _lead(

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         backoff_max=args.backoff_max,
         shutdown_timeout=args.shutdown_timeout,
         stats_interval=args.stats_interval,
+        resend_window=args.resend_window,
+        resend_limit=args.resend_limit,
     )
 
     async def main() -> None:

@@ -10,7 +10,8 @@ seconds (headers and body included) is closed. Both are counted.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -30,6 +31,9 @@ class ConnectionGuard:
         self.active: dict[asyncio.BaseTransport, float] = {}  # transport -> last progress
         self.refused = 0
         self.timed_out = 0
+        #: Connections whose request is being worked on (its body read): not idle, whatever
+        #: the time the work takes.
+        self.working: set[asyncio.BaseTransport] = set()
 
     def __call__(self) -> asyncio.Protocol:
         """A new connection's protocol (asyncio calls this)."""
@@ -40,10 +44,22 @@ class ConnectionGuard:
         if transport in self.active:
             self.active[transport] = asyncio.get_running_loop().time()
 
+    @contextlib.contextmanager
+    def work(self, transport: Any) -> Iterator[None]:
+        """The server works on ``transport``'s request (read in full): it is not swept meanwhile,
+        and its idle deadline starts again after."""
+        self.working.add(transport)
+        try:
+            yield
+        finally:
+            self.working.discard(transport)
+            self.progress(transport)
+
     def sweep(self, now: float) -> None:
-        """Close every connection that made no progress for ``idle_timeout`` seconds."""
+        """Close every connection that made no progress for ``idle_timeout`` seconds (unless the
+        server itself is working on its request)."""
         for transport, last in list(self.active.items()):
-            if now - last > self.idle_timeout:
+            if now - last > self.idle_timeout and transport not in self.working:
                 self.timed_out += 1
                 self.active.pop(transport, None)
                 transport.close()

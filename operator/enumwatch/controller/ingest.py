@@ -5,7 +5,8 @@ webhook backend, so ``--audit-webhook-config-file`` can point straight at the op
 body the tailer sends. Callers authenticate with a bearer token: a static token (from a file or
 Secret) or any token the API server vouches for through a TokenReview. Bodies over the size limit
 get 413, malformed ones 400 (counted); redelivered events are recognised by (auditID, stage) and
-counted once.
+counted once. An answer names the leader epoch of the state that took the events in, so that a
+source re-sends to a new leader what its predecessor had (see :mod:`enumwatch.sources.forwarder`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,65 @@ from aiohttp import web
 from enumwatch.audit import AuditEvent, decode_object
 from enumwatch.controller import metrics
 from enumwatch.controller.connections import ConnectionGuard
+from enumwatch.controller.persistence import journal_line
 from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
 
 log = logging.getLogger("enumwatch.ingest")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 MALFORMED_BODY = "malformed_body"
+
+
+@dataclass
+class DecodedBatch:
+    """An EventList decoded off the event loop: its events (each ``(auditID, stage)`` once),
+    their journal lines when the operator journals, and what was skipped or repeated."""
+
+    events: list[AuditEvent]
+    lines: list[bytes]
+    duplicates: int
+    skipped: dict[str, int]
+
+
+def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | str:
+    """Parse and decode one ``/ingest`` body (pure: safe in a worker thread).
+
+    Returns the batch, or why the body is malformed (a 400). Nothing is committed here: the
+    caller checks the keys against what was ingested before and journals the rest.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"body is not JSON: {exc}"
+    if (
+        type(doc) is not dict
+        or doc.get("kind") != "EventList"
+        or type(doc.get("items")) is not list
+    ):
+        return "expected an audit.k8s.io/v1 EventList object with an items list"
+    events: list[AuditEvent] = []
+    lines: list[bytes] = []
+    keys: set[tuple[str, str | None]] = set()
+    duplicates = 0
+    skipped: dict[str, int] = {}
+    for index, item in enumerate(doc["items"]):
+        try:
+            result = decode_object(item)
+        except RecursionError:
+            return f"items[{index}] is nested too deeply to decode"
+        if isinstance(result, str):
+            skipped[result] = skipped.get(result, 0) + 1
+            continue
+        if result.audit_id is not None:
+            key = (result.audit_id, result.stage)
+            if key in keys:
+                duplicates += 1
+                continue
+            keys.add(key)
+        events.append(result)
+        if journal:
+            lines.append(journal_line(result, arrival))
+    return DecodedBatch(events, lines, duplicates, skipped)
 
 
 class SeenKeys:
@@ -259,47 +313,43 @@ class IngestServer:
             answer.force_close()  # the rest of the stream cannot be trusted either
             return answer
         arrival = time.time()  # the events' "event.ingested": their time on the default basis
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
+        with self.guard.work(request.transport):  # slow work of ours is no slow client
+            return await self._take(raw, arrival)
+
+    async def _take(self, raw: bytes, arrival: float) -> web.Response:
+        """Decode, commit and offer one body read in full (see :meth:`ingest`)."""
+        # Parsing and decoding a large body takes a second or more: a worker thread does it, so
+        # /healthz and other senders are answered meanwhile.
+        batch = await asyncio.to_thread(
+            decode_batch, raw, arrival, self.detectors.store is not None
+        )
+        if isinstance(batch, str):
             metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
-            return self._answer(400, error=f"body is not JSON: {exc}")
-        if (
-            type(doc) is not dict
-            or doc.get("kind") != "EventList"
-            or type(doc.get("items")) is not list
-        ):
-            metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
-            return self._answer(
-                400, error="expected an audit.k8s.io/v1 EventList object with an items list"
-            )
+            return self._answer(400, error=batch)
         events: list[AuditEvent] = []
-        keys: set[tuple[str, str | None]] = set()
-        duplicates = 0
-        skipped: dict[str, int] = {}
-        for index, item in enumerate(doc["items"]):
-            try:
-                result = decode_object(item)
-            except RecursionError:
-                metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
-                return self._answer(400, error=f"items[{index}] is nested too deeply to decode")
-            if isinstance(result, str):
-                skipped[result] = skipped.get(result, 0) + 1
-                continue
-            if result.audit_id is not None:
-                key = (result.audit_id, result.stage)
-                if key in self.seen or key in keys:
+        lines: list[bytes] = []
+        keys: list[tuple[str, str | None]] = []
+        duplicates = batch.duplicates
+        seen = self.seen
+        for index, event in enumerate(batch.events):
+            if event.audit_id is not None:
+                key = (event.audit_id, event.stage)
+                if key in seen:
                     duplicates += 1
                     continue
-                keys.add(key)
-            events.append(result)
+                keys.append(key)
+            events.append(event)
+            if batch.lines:
+                lines.append(batch.lines[index])
         try:
-            offered = self.detectors.offer(events, arrival)
+            self.detectors.commit(events, arrival, lines if batch.lines else None)
         except OSError as exc:
             log.error("could not journal an ingested batch: %s", exc)
             return self._answer(500, error=f"the batch could not be stored ({exc}); retry")
         for key in keys:  # committed: from now on a redelivery is a duplicate
-            self.seen.add(key)
+            seen.add(key)
+        offered = await self.detectors.offer_committed(events, arrival)
+        skipped = batch.skipped
         for reason, count in skipped.items():
             metrics.EVENTS_SKIPPED.labels(reason).inc(count)
         metrics.EVENTS_INGESTED.inc(len(events))
@@ -308,6 +358,7 @@ class IngestServer:
         # said in the answer, so that nothing disappears behind a 200.
         return self._answer(
             200,
+            epoch=self.detectors.epoch,  # first: a sender reads only the answer's first bytes
             accepted=len(events),
             duplicates=duplicates,
             skipped=sum(skipped.values()),

@@ -5,25 +5,38 @@ detector's buffered events, last tick and pending Finding writes are saved atomi
 ticks (:mod:`enumwatch.atomicfile`); events acknowledged since then are in an append-only journal
 (with their arrival time: on the default time basis it is their place in the windows), replayed
 on restore and emptied at each checkpoint.
+
+The directory also names its *leader epoch*: an id made with the state, the same for as long as
+the state lives (a restart that keeps it needs nothing re-sent), new for a leader without it
+(another replica after a failover, or the state lost). Ingest answers carry it, so that the
+sources send a new leader again what it missed (:mod:`enumwatch.sources.forwarder`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from enumwatch.atomicfile import write_atomic
+from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent
 from enumwatch.sink.findings import FailedWrite
+from enumwatch.windows import WindowSnapshot
 
 if TYPE_CHECKING:
     from enumwatch.controller.runtime import DetectorRuntime
 
 log = logging.getLogger("enumwatch.runtime")
 JOURNAL = "journal.ndjson"
+#: The journal a checkpoint in progress folds in (replayed too until the checkpoint is written).
+PREVIOUS_JOURNAL = "journal.ndjson.1"
+EPOCH = "epoch"
 #: Past this size the journal is folded into the window state files (a checkpoint), so that a
 #: long interval or a flood between two ticks cannot grow it without bound.
 JOURNAL_LIMIT = 16 * 1024 * 1024
@@ -38,17 +51,37 @@ class StateStore:
         state_dir.mkdir(parents=True, exist_ok=True)
         journal = state_dir / JOURNAL
         self.journal_bytes = journal.stat().st_size if journal.exists() else 0
+        self.epoch = self._epoch()
+        # One state file write at a time: the event loop's and a worker thread's.
+        self._writing = threading.Lock()
+
+    def _epoch(self) -> str:
+        """This state's leader epoch, made (and written) with the state when there is none."""
+        path = self.state_dir / EPOCH
+        try:
+            epoch = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            epoch = ""
+        if len(epoch) != 32 or not epoch.isalnum():
+            epoch = new_epoch()
+            write_atomic(path, epoch.encode("ascii"))
+        return epoch
 
     @property
     def journal_full(self) -> bool:
         """Whether the journal has outgrown its limit (time for a checkpoint)."""
         return self.journal_bytes > self.journal_limit
 
-    def journal(self, events: list[AuditEvent], arrival: float) -> None:
-        """Append acknowledged events (with their arrival time) before they are offered."""
-        data = b"".join(
-            orjson.dumps({"arrival": arrival, "event": e.to_dict()}) + b"\n" for e in events
-        )
+    def journal(
+        self, events: list[AuditEvent], arrival: float, lines: list[bytes] | None = None
+    ) -> None:
+        """Append acknowledged events (with their arrival time) before they are offered.
+
+        ``lines``: their :func:`journal_line` s, when already made (off the event loop).
+        """
+        if lines is None:
+            lines = [journal_line(e, arrival) for e in events]
+        data = b"".join(lines)
         with open(self.state_dir / JOURNAL, "ab") as journal:
             journal.write(data)
         self.journal_bytes += len(data)
@@ -67,15 +100,47 @@ class StateStore:
 
     def save(self, runtime: DetectorRuntime) -> None:
         """Persist a detector's window (buffered events, last tick) atomically."""
-        path = self._state_path(runtime.ref.namespace, runtime.ref.name)
+        snapshot = self.snapshot(runtime)
+        if snapshot is not None:
+            self.write(snapshot)
+
+    def snapshot(self, runtime: DetectorRuntime) -> DetectorSnapshot | None:
+        """What :meth:`save` writes, taken on the event loop in one cheap step (no rendering)."""
         if runtime.evaluator is None:
+            return None
+        runtime.changed = False
+        return DetectorSnapshot(
+            self._state_path(runtime.ref.namespace, runtime.ref.name),
+            runtime.ref.uid,
+            runtime.evaluator.snapshot(),
+            [failed.to_dict() for failed in runtime.pending.values()],
+        )
+
+    def write(self, snapshot: DetectorSnapshot) -> None:
+        """Write a snapshot's state file atomically, rendered in parts (safe in a thread: the
+        snapshot shares nothing mutable with the loop)."""
+        with self._writing:
+            write_atomic_parts(snapshot.path, snapshot.json_parts())
+
+    def rotate_journal(self) -> None:
+        """Start a new journal before a checkpoint's snapshot: the old one is removed by
+        :meth:`drop_rotated_journal` once the snapshot is on disk, and replayed until then."""
+        journal = self.state_dir / JOURNAL
+        if not self.journal_bytes and not (journal.exists() and journal.stat().st_size):
             return
-        data = {
-            "uid": runtime.ref.uid,
-            "window": runtime.evaluator.export_state(),
-            "pending": [failed.to_dict() for failed in runtime.pending.values()],
-        }
-        write_atomic(path, orjson.dumps(data))
+        previous = self.state_dir / PREVIOUS_JOURNAL
+        if previous.exists():  # an earlier checkpoint did not finish: keep both
+            with open(previous, "ab") as out:
+                out.write(journal.read_bytes())
+            journal.write_bytes(b"")
+        else:
+            journal.replace(previous)
+            journal.write_bytes(b"")
+        self.journal_bytes = 0
+
+    def drop_rotated_journal(self) -> None:
+        """The checkpoint is on disk: the journal it folded in is no longer needed."""
+        (self.state_dir / PREVIOUS_JOURNAL).unlink(missing_ok=True)
 
     def restore(self, runtime: DetectorRuntime) -> bool:
         """Load a detector's saved window (same object uid only) and replay the journal."""
@@ -100,8 +165,9 @@ class StateStore:
                     for row in failed.window.rows:
                         runtime.pending[row.key] = failed
                 restored = True
-        journal = self.state_dir / JOURNAL
-        if journal.exists():
+        for journal in (self.state_dir / PREVIOUS_JOURNAL, self.state_dir / JOURNAL):
+            if not journal.exists():
+                continue
             for line in journal.read_bytes().splitlines():
                 try:
                     event, arrival = journal_entry(orjson.loads(line))
@@ -110,6 +176,38 @@ class StateStore:
                 runtime.offer(event, arrival)
                 restored = True
         return restored
+
+
+@dataclass(frozen=True)
+class DetectorSnapshot:
+    """One detector's state file content at one moment, rendered when written."""
+
+    path: Path
+    uid: str
+    window: WindowSnapshot
+    pending: list[dict[str, Any]]
+
+    def json_parts(self, chunk: int = 10_000) -> Iterator[bytes]:
+        """The state file's JSON, ``chunk`` events at a time (never the whole file in memory)."""
+        window = self.window
+        ordered = window.ordered()
+        yield orjson.dumps({"uid": self.uid, "pending": self.pending})[:-1] + b',"window":'
+        yield orjson.dumps({"lastTick": window.last_tick, "timeBasis": window.time_basis})[:-1]
+        yield b',"times":' + orjson.dumps([ts for ts, _, _ in ordered]) + b',"events":['
+        for start in range(0, len(ordered), chunk):
+            part = [event.to_dict() for _, _, event in ordered[start : start + chunk]]
+            yield (b"," if start else b"") + orjson.dumps(part)[1:-1]
+        yield b"]}}"
+
+
+def new_epoch() -> str:
+    """A fresh leader epoch: a random id no other leader has had."""
+    return uuid.uuid4().hex
+
+
+def journal_line(event: AuditEvent, arrival: float) -> bytes:
+    """The journal line of one event received at ``arrival`` (read by :func:`journal_entry`)."""
+    return orjson.dumps({"arrival": arrival, "event": event.to_dict()}) + b"\n"
 
 
 def journal_entry(data: Any) -> tuple[AuditEvent, float]:

@@ -8,6 +8,7 @@ live: thresholds and schedule take effect at the next tick, and buffered events 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -22,12 +23,12 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch.api.status import Condition
 from enumwatch.audit import AuditEvent
 from enumwatch.controller import metrics
-from enumwatch.controller.persistence import StateStore
+from enumwatch.controller.persistence import DetectorSnapshot, StateStore, new_epoch
 from enumwatch.coverage import Coverage
 from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.findings import FailedWrite
-from enumwatch.windows import WindowedEvaluator
+from enumwatch.windows import DEFAULT_MAX_BUFFERED, WindowedEvaluator, WindowResult
 
 log = logging.getLogger("enumwatch.runtime")
 
@@ -42,6 +43,24 @@ class OfferResult:
 
     late: int = 0
     future: int = 0
+
+
+#: Events offered to the detectors between two turns of the event loop.
+OFFER_CHUNK = 2_000
+#: Windows with fewer events are evaluated on the event loop (a few milliseconds at most).
+EVALUATE_ON_LOOP_BELOW = 20_000
+#: What one buffered event costs in a window (measured: ``bench/operator_memory.py`` prints it),
+#: rounded up; the window buffers are sized from the memory limit with it.
+BYTES_PER_BUFFERED_EVENT = 1_000
+
+
+def max_buffered_for(memory_limit: int | None) -> int:
+    """How many events a detector's window may buffer under ``memory_limit`` bytes: half of it
+    for the windows (the rest for ingest bodies, a checkpoint, the process), never more than
+    the default cap; the default cap when no limit is known."""
+    if not memory_limit:
+        return DEFAULT_MAX_BUFFERED
+    return max(1, min(DEFAULT_MAX_BUFFERED, memory_limit // 2 // BYTES_PER_BUFFERED_EVENT))
 
 
 @dataclass
@@ -69,6 +88,11 @@ class DetectorRuntime:
     #: Rows whose Finding write failed, by group key: retried at the next tick unless that
     #: tick's window fires the group again (then the fresher row is written instead).
     pending: dict[GroupKey, FailedWrite] = field(default_factory=dict)
+    #: Whether the window or the pending writes changed since the state file was written (a
+    #: checkpoint writes only the detectors that changed).
+    changed: bool = True
+    #: The cap on the window's buffered events (sized from the memory limit).
+    max_buffered: int = DEFAULT_MAX_BUFFERED
 
     def configure(self, raw_spec: dict[str, Any], generation: int) -> bool:
         """Apply a spec (as stored in the API); return whether anything changed."""
@@ -93,12 +117,14 @@ class DetectorRuntime:
             spec.schedule.lookback_seconds,
             data_stream_namespace=spec.data_stream_namespace,
             time_basis=spec.schedule.timestamp,
+            max_buffered=self.max_buffered,
         )
         if old is not None:
             evaluator.restore_state(old.export_state())
             evaluator.added, evaluator.late, evaluator.future = old.added, old.late, old.future
         self.spec, self.error, self.evaluator = spec, None, evaluator
         self.exceptions = ExceptionList(spec.exceptions)
+        self.changed = True
         return True
 
     def offer(self, event: AuditEvent, arrival: float) -> Refusal | None:
@@ -112,6 +138,7 @@ class DetectorRuntime:
             return None
         late, future = evaluator.late, evaluator.future
         if evaluator.add(event, arrival):
+            self.changed = True
             metrics.EVENTS_MATCHED.labels(self.ref.namespace, self.ref.name).inc()
             return None
         if evaluator.late > late:
@@ -122,6 +149,19 @@ class DetectorRuntime:
             return "future"
         return None
 
+    async def evaluate(self, tick: float) -> WindowResult:
+        """Evaluate the window of ``tick``; a large one in a worker thread (a 500k-event window
+        takes seconds), so that ingest and ``/healthz`` are answered meanwhile."""
+        evaluator = self.evaluator
+        assert evaluator is not None
+        events = evaluator.window_events(tick)
+        if len(events) < EVALUATE_ON_LOOP_BELOW:
+            result = evaluator.compute(tick, events)
+        else:
+            result = await asyncio.to_thread(evaluator.compute, tick, events)
+        evaluator.advance(tick)
+        return result
+
     @property
     def events_matched(self) -> int:
         """Events that passed this detector's match filter so far."""
@@ -131,8 +171,16 @@ class DetectorRuntime:
 class Detectors:
     """All detectors this operator runs, by (namespace, name); optionally persisted to disk."""
 
-    def __init__(self, state_dir: Path | None = None, *, journal_limit: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        journal_limit: int | None = None,
+        max_buffered: int = DEFAULT_MAX_BUFFERED,
+    ) -> None:
         self.by_key: dict[tuple[str, str], DetectorRuntime] = {}
+        #: Each detector's cap on buffered events (see :func:`max_buffered_for`).
+        self.max_buffered = max_buffered
         self.store = (
             None
             if state_dir is None
@@ -140,13 +188,16 @@ class Detectors:
             if journal_limit is None
             else StateStore(state_dir, journal_limit)
         )
+        self._checkpointing = asyncio.Lock()
+        #: The leader epoch ingest answers name: the state's, or this process's without one.
+        self.epoch = new_epoch() if self.store is None else self.store.epoch
 
     def get_or_create(self, ref: DetectorRef) -> DetectorRuntime:
         """The runtime of ``ref``, created (and restored from disk) when new."""
         key = (ref.namespace, ref.name)
         runtime = self.by_key.get(key)
         if runtime is None or runtime.ref.uid != ref.uid:
-            runtime = DetectorRuntime(ref=ref)
+            runtime = DetectorRuntime(ref=ref, max_buffered=self.max_buffered)
             self.by_key[key] = runtime
             metrics.DETECTORS.set(len(self.by_key))
         return runtime
@@ -161,14 +212,42 @@ class Detectors:
     def offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         """Give events received at ``arrival`` to every detector, journaling them first when
         persistent; count the events that some detector refused as late or future."""
+        self.commit(events, arrival)
+        result = self._offer(events, arrival)
+        if self._journal_needs_folding():
+            self.checkpoint()  # fold the journal into the detectors' window state
+        return result
+
+    def commit(
+        self, events: list[AuditEvent], arrival: float, lines: list[bytes] | None = None
+    ) -> None:
+        """Journal events received at ``arrival`` (when persistent): from here a restart
+        replays them. ``lines``: their journal lines, when made already (off the loop)."""
         if self.store is not None and events:
             # Journaled even before any detector is known: after a restart, events can arrive
             # before kopf has told us the detectors, and the journal replays them into each.
-            self.store.journal(events, arrival)
-        result = self._offer(events, arrival)
+            self.store.journal(events, arrival, lines)
+
+    async def offer_committed(
+        self, events: list[AuditEvent], arrival: float, chunk: int = OFFER_CHUNK
+    ) -> OfferResult:
+        """:meth:`offer` for events already :meth:`commit` ted, ``chunk`` at a time with the
+        event loop let through in between: a 100k-event batch never stalls ``/healthz``."""
+        late = future = 0
+        for start in range(0, len(events), chunk):
+            part = self._offer(events[start : start + chunk], arrival)
+            late, future = late + part.late, future + part.future
+            await asyncio.sleep(0)
+        if self._journal_needs_folding():
+            await self.checkpoint_async()
+        return OfferResult(late=late, future=future)
+
+    def _journal_needs_folding(self) -> bool:
+        """Whether the journal is full and detectors can fold it in (a checkpoint is due).
+        Full without detectors, it is emptied here: bounded, and what was dropped said."""
         if self.store is not None and self.store.journal_full:
             if self.by_key:
-                self.checkpoint()  # fold the journal into the detectors' window state
+                return True
             else:
                 # Nothing runs to fold it into: keep the journal bounded, say what was dropped.
                 log.warning(
@@ -176,7 +255,7 @@ class Detectors:
                     extra={"bytes": self.store.journal_bytes},
                 )
                 self.store.clear_journal()
-        return result
+        return False
 
     def _offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         runtimes = list(self.by_key.values())
@@ -188,12 +267,42 @@ class Detectors:
         return OfferResult(late=late, future=future)
 
     def checkpoint(self) -> None:
-        """Save every detector's window, then empty the journal they now contain."""
+        """Save the window of every detector that changed, then drop the journal they now
+        contain (here, on the caller's thread: at shutdown)."""
         if self.store is None:
             return
+        self.store.rotate_journal()
+        for snapshot in self._snapshots():
+            self.store.write(snapshot)
+        self.store.drop_rotated_journal()
+
+    async def checkpoint_async(self) -> None:
+        """:meth:`checkpoint` with the files rendered and written in a worker thread: the
+        snapshot is taken (and the journal rotated) on the loop, so events that arrive during
+        the write are in the new journal, and a crash meanwhile replays both journals."""
+        if self.store is None:
+            return
+        async with self._checkpointing:
+            store = self.store
+            store.rotate_journal()
+            snapshots = self._snapshots()
+
+            def write() -> None:
+                for snapshot in snapshots:
+                    store.write(snapshot)
+                store.drop_rotated_journal()
+
+            await asyncio.to_thread(write)
+
+    def _snapshots(self) -> list[DetectorSnapshot]:
+        assert self.store is not None
+        snapshots = []
         for runtime in self.by_key.values():
-            self.store.save(runtime)
-        self.store.clear_journal()
+            if runtime.changed:
+                snapshot = self.store.snapshot(runtime)
+                if snapshot is not None:
+                    snapshots.append(snapshot)
+        return snapshots
 
     def save(self, runtime: DetectorRuntime) -> None:
         """Persist one detector's window (when persistent)."""

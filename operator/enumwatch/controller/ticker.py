@@ -78,9 +78,10 @@ class Ticker:
                     f"{len(runtime.pending)} Finding write(s) failed; retried at the next tick. "
                     f"Last error: {first.error}",
                 )
+            runtime.changed = True  # a tick moved the window; writes may be pending
             await self.status.patch(runtime)
         if evaluated:
-            self.detectors.checkpoint()
+            await self.detectors.checkpoint_async()
         expired = await self.retention.run(now)
         if self.reports is not None:
             for finding in expired:
@@ -100,7 +101,7 @@ class Ticker:
         """Evaluate one tick and write its Findings."""
         assert runtime.evaluator is not None
         started = time.perf_counter()
-        window, excepted = runtime.exceptions.apply(runtime.evaluator.evaluate(tick))
+        window, excepted = runtime.exceptions.apply(await runtime.evaluate(tick))
         runtime.rows_excepted += excepted
         runtime.active_groups = window.groups
         result = await self.sink.apply(runtime.ref, spec, window)

@@ -17,6 +17,13 @@ without holding an unbounded backlog in memory. Two parts do that for all of the
   offset for a collector), so a source's checkpoint never runs ahead of what the operator
   accepted. The operator de-duplicates by ``(auditID, stage)``, which covers the one window
   left: a crash between an acknowledgement and the checkpoint write.
+
+The operator's windows live in its leader. A new leader (another replica after a failover, or a
+restart that lost its state) starts without the events its predecessor was sent, so a scan that
+straddles the failover would be seen only in part. Its answers name a *leader epoch*; when the
+epoch changes, the :class:`Outbox` sends again what it forwarded within ``resend_window`` (the
+longest lookback a detector may have), from a record bounded by ``resend_limit`` events, and the
+operator's de-duplication absorbs what the new leader already had.
 """
 
 from __future__ import annotations
@@ -26,11 +33,13 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Generic, TypeVar
 
 import aiohttp
+import orjson
 
 _log = logging.getLogger("enumwatch.forwarder")
 
@@ -51,6 +60,9 @@ class ForwardStats:
     auth_failures: int = 0
     splits: int = 0
     checkpoints_written: int = 0
+    #: Times the operator's answers named a new leader epoch, and events sent again for it.
+    leader_changes: int = 0
+    events_resent: int = 0
     #: Longest time (microseconds) between an acknowledgement arriving and the checkpoint after
     #: it being on disk: the only moment a crash makes the next run send a batch again.
     ack_to_checkpoint_max_us: int = 0
@@ -75,6 +87,10 @@ class ForwardConfig:
     backoff_max: float = 10.0
     stats_interval: float = 30.0
     shutdown_timeout: float = 5.0
+    #: What a new leader gets again: events forwarded within this many seconds (the longest
+    #: lookback a detector may have), at most ``resend_limit`` of them.
+    resend_window: float = 86_400.0
+    resend_limit: int = 20_000
 
 
 _LIST_HEAD = b'{"apiVersion":"audit.k8s.io/v1","kind":"EventList","items":['
@@ -95,6 +111,8 @@ class DeliveryResult:
     rejected: int = 0
     complete: bool = True
     acked_at: float = 0.0  #: time.monotonic() when the last acknowledgement arrived
+    #: The leader epoch the last acknowledgement named (None: the operator names none).
+    epoch: str | None = None
 
     def __add__(self, other: DeliveryResult) -> DeliveryResult:
         return DeliveryResult(
@@ -102,6 +120,7 @@ class DeliveryResult:
             self.rejected + other.rejected,
             self.complete and other.complete,
             max(self.acked_at, other.acked_at),
+            other.epoch if other.epoch is not None else self.epoch,
         )
 
 
@@ -192,7 +211,7 @@ class Forwarder:
         while True:
             status, detail, arrived = await self._post(body)
             if status is not None and 200 <= status < 300:
-                return self._acknowledged(events, arrived)
+                return self._acknowledged(events, arrived, detail)
             if status == 413:
                 return await self._split(events, len(body), give_up)
             if status in (401, 403):
@@ -238,10 +257,12 @@ class Forwarder:
 
     # -- what an answer means ----------------------------------------------------------------------
 
-    def _acknowledged(self, events: Sequence[bytes], arrived: float) -> DeliveryResult:
+    def _acknowledged(
+        self, events: Sequence[bytes], arrived: float, answer: str
+    ) -> DeliveryResult:
         self.stats.batches_sent += 1
         self.stats.events_forwarded += len(events)
-        return DeliveryResult(delivered=len(events), acked_at=arrived)
+        return DeliveryResult(delivered=len(events), acked_at=arrived, epoch=leader_epoch(answer))
 
     async def _split(
         self, events: Sequence[bytes], size: int, give_up: asyncio.Event | None
@@ -286,6 +307,16 @@ class Forwarder:
         )
 
 
+def leader_epoch(answer: str) -> str | None:
+    """The leader epoch an ingest answer names (None when it names none, or is not JSON)."""
+    try:
+        doc = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return None
+    epoch = doc.get("epoch") if type(doc) is dict else None
+    return epoch if type(epoch) is str else None
+
+
 @dataclass(slots=True)
 class _Batch(Generic[Position]):
     """Events to send, and the position the source may resume from once they are sent."""
@@ -312,6 +343,10 @@ class Outbox(Generic[Position]):
 
     :meth:`start` sends the batches in order; after each acknowledgement ``commit(position)``
     persists the batch's end. :meth:`close` waits a bounded time for the rest.
+
+    Acknowledged batches stay in a record for ``resend_window`` seconds (at most
+    ``resend_limit`` events, the oldest batches forgotten first); when an answer names a new
+    leader epoch they are sent again, before the next batch (see the module docstring).
     """
 
     def __init__(
@@ -323,6 +358,8 @@ class Outbox(Generic[Position]):
         batch_size: int,
         batch_wait: float,
         buffer_limit: int,
+        resend_window: float = 0.0,
+        resend_limit: int = 0,
     ) -> None:
         self._forwarder = forwarder
         self._commit = commit
@@ -340,6 +377,12 @@ class Outbox(Generic[Position]):
         self._space = asyncio.Event()
         self._give_up = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
+        self._resend_window = resend_window
+        self._resend_limit = resend_limit
+        #: Acknowledged batches a new leader would get again: (monotonic ack time, events).
+        self._sent: deque[tuple[float, list[bytes]]] = deque()
+        self._sent_events = 0
+        self._epoch: str | None = None
 
     @property
     def pending(self) -> int:
@@ -448,6 +491,8 @@ class Outbox(Generic[Position]):
             result = await self._forwarder.deliver(batch.events, self._give_up)
             if not result.complete:
                 return
+            if not await self._follow_leader(result.epoch):
+                return
             if batch.end is not None:
                 self._commit(batch.end)
                 stats.checkpoints_written += 1
@@ -456,6 +501,48 @@ class Outbox(Generic[Position]):
                     stats.ack_to_checkpoint_max_us = max(stats.ack_to_checkpoint_max_us, window)
             self._pending -= len(batch.events)
             self._space.set()
+            self._remember(batch.events)
+
+    def _remember(self, events: list[bytes]) -> None:
+        """Keep an acknowledged batch for a new leader, within the record's bounds."""
+        if not events or self._resend_window <= 0 or len(events) > self._resend_limit:
+            return
+        self._sent.append((time.monotonic(), events))
+        self._sent_events += len(events)
+        while self._sent_events > self._resend_limit:
+            self._sent_events -= len(self._sent.popleft()[1])
+
+    async def _follow_leader(self, epoch: str | None) -> bool:
+        """After an acknowledgement naming ``epoch``: if it names a new leader, send it what was
+        forwarded within the window again. ``False`` when the outbox gave up meanwhile."""
+        if epoch is None or epoch == self._epoch:
+            return True
+        previous, self._epoch = self._epoch, epoch
+        if previous is None:
+            return True
+        self._stats.leader_changes += 1
+        oldest = time.monotonic() - self._resend_window
+        while self._sent and self._sent[0][0] < oldest:
+            self._sent_events -= len(self._sent.popleft()[1])
+        self._forwarder.log.warning(
+            "the operator has a new leader; sending it again what was forwarded within the "
+            "resend window (its de-duplication absorbs what it already has)",
+            extra={"epoch": epoch, "previous_epoch": previous, "events": self._sent_events,
+                   "resend_window": self._resend_window},
+        )
+        while True:
+            for _, events in list(self._sent):
+                result = await self._forwarder.deliver(events, self._give_up)
+                if not result.complete:
+                    return False
+                self._stats.events_resent += result.delivered
+                if result.epoch is not None and result.epoch != self._epoch:
+                    # Yet another leader while re-sending: it gets the whole record.
+                    self._epoch = result.epoch
+                    self._stats.leader_changes += 1
+                    break
+            else:
+                return True
 
 
 @contextlib.asynccontextmanager
@@ -489,6 +576,8 @@ async def forwarding(
             batch_size=config.batch_size,
             batch_wait=config.batch_wait,
             buffer_limit=config.buffer_limit,
+            resend_window=config.resend_window,
+            resend_limit=config.resend_limit,
         )
         outbox.start()
         reporter = asyncio.create_task(

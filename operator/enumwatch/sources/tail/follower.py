@@ -71,6 +71,8 @@ class _Open:
     prefix: bytes
     warned_deleted: bool = False
     rotated: bool = False
+    #: The largest size seen of the file: what a truncation without a copy is known to lose.
+    seen_size: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
@@ -97,9 +99,14 @@ class Follower:
     - Rename rotation: the file keeps being read through its open descriptor to its end, then the
       files that appeared at ``path`` since are read in the order they appeared, each from 0.
       A file that disappeared before it could be read is counted in ``overflow_files_lost``.
-    - Copytruncate: at end of data, a file shorter than the offset (or whose first bytes
-      changed) was truncated: the rest is read from the copy when one is found next to it
-      (``audit.log.1``, same first bytes), then the file again from 0.
+    - Copytruncate: a file shorter than the offset (or whose first bytes changed) was truncated.
+      It is checked before every read and by :meth:`watch` (so also while the caller is paused):
+      the copy found next to it (``audit.log.1``, same first bytes) is opened at once and held
+      by its descriptor, its rest read, then any later copies (a second truncation before the
+      tailer looked), then the file again from 0. Without a copy, the bytes seen written but not
+      read are counted as lost (``truncations_unrecovered``, ``bytes_lost``) and logged.
+    - Two rotations between two looks: the files rotated next to the log after the one just
+      finished are read, in order, before the live file.
     - Deletion and re-creation, and a path that does not exist yet: waits for it.
     - A line is emitted only once its newline is written; a file left with an unterminated last
       line when it is rotated away counts it in ``partial_lines_dropped``.
@@ -129,6 +136,8 @@ class Follower:
         )
         self._cur: _Open | None = None
         self._queue: deque[tuple[int, int]] = deque()
+        #: Files already read to their end, never queued again by the sibling scan.
+        self._finished: deque[tuple[int, int]] = deque(maxlen=64)
         if checkpoint is not None:
             self._resume(checkpoint, since_ns)
 
@@ -146,7 +155,15 @@ class Follower:
             self._cur = None
 
     def watch(self) -> None:
-        """Notice a new file at ``path`` (queue it after the current one)."""
+        """Notice a new file at ``path`` (queue it after the current one), and a truncation of
+        the current one (switch to its copy before the copy goes)."""
+        cur = self._cur
+        if cur is not None:
+            size = os.fstat(cur.fd).st_size
+            if self._was_truncated(cur, size):
+                self._truncated()
+            else:
+                cur.seen_size = max(cur.seen_size, size)
         st = self._stat_live()
         if st is not None:
             key = (st.st_dev, st.st_ino)
@@ -216,9 +233,7 @@ class Follower:
         assert cur is not None
         st = self._stat_live()
         if st is not None and (st.st_dev, st.st_ino) == cur.key:
-            if st.st_size < cur.offset or (
-                cur.prefix and read_prefix(cur.fd, len(cur.prefix)) != cur.prefix
-            ):
+            if self._was_truncated(cur, st.st_size):
                 self._truncated()
                 return True
             return False
@@ -239,9 +254,39 @@ class Follower:
             "audit log rotated; finished the old file",
             extra={"path": cur.path, "inode": cur.inode, "offset": cur.offset},
         )
+        finished_at = os.fstat(cur.fd).st_mtime_ns
+        self._finished.append(cur.key)
         self.close()
         self.watch()
+        self._queue.extendleft(reversed(self._rotated_since(finished_at, cur.prefix)))
         return self._open_next()
+
+    @staticmethod
+    def _was_truncated(cur: _Open, size: int) -> bool:
+        """Whether the open file is shorter than what was read, or starts differently now."""
+        return size < cur.offset or bool(
+            cur.prefix and read_prefix(cur.fd, len(cur.prefix)) != cur.prefix
+        )
+
+    def _rotated_since(self, mtime_ns: int, prefix: bytes) -> list[tuple[int, int]]:
+        """Files rotated next to the log since ``mtime_ns`` that are not read nor queued yet
+        (a second rotation before the tailer looked), oldest first."""
+        live = self._stat_live()
+        skip = {*self._finished, *self._queue}
+        if live is not None:
+            skip.add((live.st_dev, live.st_ino))
+        if self._cur is not None:
+            skip.add(self._cur.key)
+        found = []
+        for path, st in self._siblings():
+            key = (st.st_dev, st.st_ino)
+            if st.st_mtime_ns < mtime_ns or key in skip or not st.st_size:
+                continue
+            with open(path, "rb") as f:
+                if prefix and f.read(len(prefix)) == prefix:
+                    continue  # another copy of what was read
+            found.append(key)
+        return found
 
     def _truncated(self) -> None:
         cur = self._cur
@@ -259,11 +304,24 @@ class Follower:
         if copy is not None:
             copy.offset = cur.offset
             self._queue.appendleft(cur.key)
+            later = self._rotated_since(os.fstat(copy.fd).st_mtime_ns, cur.prefix)
+            self._queue.extendleft(reversed([key for key in later if key != copy.key]))
             self.close()
             self._cur = copy
-        else:
-            cur.offset = 0
-            cur.prefix = read_prefix(cur.fd, self.fingerprint_size)
+            return
+        lost = cur.seen_size - cur.offset
+        if lost > 0:
+            self.stats.truncations_unrecovered += 1
+            self.stats.bytes_lost += lost
+            log.error(
+                "LOST: the audit log was truncated before it was read to its end and no copy "
+                "of it was found next to it; the unread bytes are lost (keep logrotate's "
+                "copies uncompressed for one rotation, or let the apiserver rotate)",
+                extra={"path": cur.path, "inode": cur.inode, "offset": cur.offset,
+                       "bytes_lost": lost},
+            )
+        cur.offset = cur.seen_size = 0
+        cur.prefix = read_prefix(cur.fd, self.fingerprint_size)
 
     # -- opening ------------------------------------------------------------------------------
 

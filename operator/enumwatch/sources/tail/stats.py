@@ -23,5 +23,9 @@ class TailStats(ForwardStats):
     partial_lines_dropped: int = 0
     rotations: int = 0
     truncations: int = 0
+    #: Truncations whose unread rest could not be found (no copy next to the file), and the
+    #: bytes known to be lost with them (a lower bound: what was seen written but not read).
+    truncations_unrecovered: int = 0
+    bytes_lost: int = 0
     overflow_files_lost: int = 0
     backpressure_pauses: int = 0
