@@ -52,8 +52,9 @@ def event_line(
     return raw.replace(b"&", b"\\u0026").replace(b"<", b"\\u003c").replace(b">", b"\\u003e")
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``condition`` every 10 ms; fail the test after ``timeout`` seconds."""
+async def until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
+    """Poll ``condition`` every 10 ms; fail the test after ``timeout`` seconds (generous: what
+    is awaited must happen, and a machine running other builds may take its time)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
