@@ -59,6 +59,10 @@ ALLOWED = [
     ("create", "events", "default"),
     ("create", "tokenreviews.authentication.k8s.io", None),
     *[(v, "leases.coordination.k8s.io", NS) for v in ("get", "create", "update")],
+    # Source attribution: read only.
+    *[(v, r, ns) for v in ("get", "list", "watch") for r in ("pods", "services")
+      for ns in (None, "default")],
+    *[(v, "nodes", None) for v in ("get", "list", "watch")],
 ]
 
 #: What it must never be able to do.
@@ -68,12 +72,22 @@ DENIED = [
     ("watch", "secrets", "kube-system"),
     ("create", "pods/exec", NS),
     ("create", "pods", NS),
-    ("get", "pods", NS),
+    ("delete", "pods", "default"),
+    ("patch", "pods", "default"),
+    ("update", "pods/status", "default"),
+    ("create", "pods/eviction", "default"),
+    ("get", "pods/log", "default"),
+    ("create", "pods/attach", "default"),
+    ("create", "pods/portforward", "default"),
+    ("patch", "nodes", None),
+    ("update", "nodes/status", None),
+    ("create", "services", "default"),
+    ("get", "services/proxy", "default"),
+    ("get", "endpoints", "default"),
     ("impersonate", "users", None),
     ("impersonate", "serviceaccounts", NS),
     ("*", "*", None),
     ("*", "*", NS),
-    ("get", "nodes", None),
     ("get", "nodes/proxy", None),
     ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
     ("bind", "clusterroles.rbac.authorization.k8s.io", None),
@@ -297,6 +311,7 @@ def test_the_operator_has_exactly_these_rules(installed: ControlPlane) -> None:
           for v in ("create", "get", "list", "patch", "delete")},
         ("", "events", "create"),
         ("authentication.k8s.io", "tokenreviews", "create"),
+        *{("", r, v) for r in ("pods", "nodes", "services") for v in ("get", "list", "watch")},
     }
     leases = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
     assert granted_rules(installed, OPERATOR_SA, "default") == cluster_wide

@@ -221,7 +221,8 @@ def test_an_anonymous_client_that_got_in_gets_a_high_finding_and_its_own_event(
         ]
         got_in = [e for e in events if e["reason"] == "AnonymousAccessSucceeded"]
         assert got_in[0]["message"] == (
-            f"anonymous client 127.0.0.1 (user agent {agent!r}) was answered on 1 endpoint(s) "
+            f"anonymous client 127.0.0.1 [loopback] (user agent {agent!r}) was answered on 1 "
+            f"endpoint(s) "
             f"that are not public by default: {granted}"
         )
         printed = crds.kubectl("get", "findings", "-n", ns)

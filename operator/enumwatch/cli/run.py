@@ -167,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    from enumwatch.attribution import AddressBook
+    from enumwatch.controller.addresses import AddressWatch
     from enumwatch.controller.handlers import Operator, OperatorConfig
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.leader import LeaseElector
@@ -191,11 +193,13 @@ async def _main(args: argparse.Namespace) -> int:
     if not auth.static_tokens and auth.client is None:
         log.warning("ingest has no credentials configured: every POST /ingest will get 401")
     detectors = Detectors(args.state_dir)
+    addresses = AddressBook()
     operator = Operator(
         client,
         detectors,
-        FindingSink(client, instance=args.identity),
+        FindingSink(client, instance=args.identity, attribution=addresses),
         OperatorConfig(settle=args.settle),
+        addresses=AddressWatch(client, addresses),
     )
     elector = LeaseElector(
         client,
@@ -276,6 +280,7 @@ async def _lead(
         )
     )
     ticker = asyncio.create_task(operator.run_ticker(stop))
+    watches = asyncio.create_task(operator.run_watches(stop))
     keeper = asyncio.create_task(elector.keep()) if args.leader_election else None
 
     async def mark_ready() -> None:
@@ -300,7 +305,7 @@ async def _lead(
     stop.set()
     kopf_stop.set()
     operator.ready.clear()
-    for task in (ticker, readiness, keeper):
+    for task in (ticker, watches, readiness, keeper):
         if task is not None:
             task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -18,6 +18,7 @@ import kopf
 
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
+from enumwatch.controller.addresses import AddressWatch
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
@@ -47,11 +48,15 @@ class Operator:
         detectors: Detectors,
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
+        *,
+        addresses: AddressWatch | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
         self.sink = sink
         self.config = config
+        #: Keeps the source attribution's address book current (None: no attribution).
+        self.addresses = addresses
         self.ready = asyncio.Event()
         self.status = StatusReporter(client, sink)
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
@@ -147,3 +152,8 @@ class Operator:
     async def run_ticker(self, stop: asyncio.Event) -> None:
         """Run the schedules until ``stop`` is set."""
         await self.ticker.run(stop)
+
+    async def run_watches(self, stop: asyncio.Event) -> None:
+        """Watch what the facts beside the rule need (pods, nodes, services) until ``stop``."""
+        if self.addresses is not None:
+            await self.addresses.run(stop)
