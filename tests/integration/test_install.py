@@ -63,6 +63,11 @@ ALLOWED = [
     *[(v, r, ns) for v in ("get", "list", "watch") for r in ("pods", "services")
       for ns in (None, "default")],
     *[(v, "nodes", None) for v in ("get", "list", "watch")],
+    # RBAC posture: read only.
+    *[(v, f"{r}.rbac.authorization.k8s.io", ns) for v in ("list", "watch")
+      for r in ("clusterrolebindings", "rolebindings") for ns in (None, "default")],
+    *[("get", f"{r}.rbac.authorization.k8s.io", ns) for r in ("clusterroles", "roles")
+      for ns in (None, "default")],
 ]
 
 #: What it must never be able to do.
@@ -84,6 +89,11 @@ DENIED = [
     ("create", "services", "default"),
     ("get", "services/proxy", "default"),
     ("get", "endpoints", "default"),
+    ("update", "clusterrolebindings.rbac.authorization.k8s.io", None),
+    ("delete", "rolebindings.rbac.authorization.k8s.io", "default"),
+    ("create", "clusterroles.rbac.authorization.k8s.io", None),
+    ("patch", "roles.rbac.authorization.k8s.io", "default"),
+    ("list", "clusterroles.rbac.authorization.k8s.io", None),
     ("impersonate", "users", None),
     ("impersonate", "serviceaccounts", NS),
     ("*", "*", None),
@@ -312,6 +322,9 @@ def test_the_operator_has_exactly_these_rules(installed: ControlPlane) -> None:
         ("", "events", "create"),
         ("authentication.k8s.io", "tokenreviews", "create"),
         *{("", r, v) for r in ("pods", "nodes", "services") for v in ("get", "list", "watch")},
+        *{("rbac.authorization.k8s.io", r, v) for r in ("clusterrolebindings", "rolebindings")
+          for v in ("list", "watch")},
+        *{("rbac.authorization.k8s.io", r, "get") for r in ("clusterroles", "roles")},
     }
     leases = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
     assert granted_rules(installed, OPERATOR_SA, "default") == cluster_wide

@@ -172,6 +172,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.handlers import Operator, OperatorConfig
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.leader import LeaseElector
+    from enumwatch.controller.posture import PostureWatch
     from enumwatch.controller.runtime import Detectors
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
     from enumwatch.sink.findings import FindingSink
@@ -200,6 +201,7 @@ async def _main(args: argparse.Namespace) -> int:
         FindingSink(client, instance=args.identity, attribution=addresses),
         OperatorConfig(settle=args.settle),
         addresses=AddressWatch(client, addresses),
+        posture=PostureWatch(client),
     )
     elector = LeaseElector(
         client,

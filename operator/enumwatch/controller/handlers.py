@@ -19,6 +19,7 @@ import kopf
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller.addresses import AddressWatch
+from enumwatch.controller.posture import PostureWatch
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
@@ -50,6 +51,7 @@ class Operator:
         config: OperatorConfig = OperatorConfig(),
         *,
         addresses: AddressWatch | None = None,
+        posture: PostureWatch | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
@@ -57,8 +59,12 @@ class Operator:
         self.config = config
         #: Keeps the source attribution's address book current (None: no attribution).
         self.addresses = addresses
+        #: Keeps the RBAC posture current (None: not reported).
+        self.posture = posture
         self.ready = asyncio.Event()
-        self.status = StatusReporter(client, sink)
+        self.status = StatusReporter(
+            client, sink, None if posture is None else lambda: posture.current
+        )
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
         self.ticker = Ticker(
             detectors,
@@ -154,6 +160,7 @@ class Operator:
         await self.ticker.run(stop)
 
     async def run_watches(self, stop: asyncio.Event) -> None:
-        """Watch what the facts beside the rule need (pods, nodes, services) until ``stop``."""
-        if self.addresses is not None:
-            await self.addresses.run(stop)
+        """Watch what the facts beside the rule need (pods, nodes, services; RBAC bindings)
+        until ``stop``."""
+        runs = [w.run(stop) for w in (self.addresses, self.posture) if w is not None]
+        await asyncio.gather(*runs)
