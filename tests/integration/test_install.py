@@ -292,6 +292,10 @@ def test_kubectl_explain_documents_the_crds(installed: ControlPlane) -> None:
     assert "Go duration" in out
     out = installed.kubectl("explain", "findings.spec")
     assert "sourceIP" in out or "sourceIp" in out
+    out = installed.kubectl("explain", "findings.spec.source.owner")
+    assert "pod-template-hash" in out and "FIELD: owner <Object>" in out
+    out = installed.kubectl("explain", "enumerationdetectors.status.posture.anonymousBindings")
+    assert "system:public-info-viewer" in out and "FIELD: anonymousBindings <[]Object>" in out
 
 
 # --- RBAC ----------------------------------------------------------------------------------------
