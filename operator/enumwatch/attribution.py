@@ -184,9 +184,9 @@ class AddressBook:
         else:
             self._put(holder, now)
 
-    def replace(self, kind: Kind, objs: list[dict[str, Any]], now: float) -> None:
-        """A full listing of ``kind``: what is no longer there was deleted at ``now``."""
-        holders = [holder_of(kind, obj) for obj in objs]
+    def replace(self, kind: Kind, holders: list[Holder], now: float) -> None:
+        """A full listing of ``kind`` (each object reduced by :func:`holder_of`): what is no
+        longer there was deleted at ``now``."""
         present = {h.key for h in holders}
         for key in [k for k in self._holders if k[0] == kind and k not in present]:
             self._remove(key, now)

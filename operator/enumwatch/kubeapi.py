@@ -22,7 +22,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
@@ -35,6 +35,7 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: Seconds between reloads of the credentials (the official client's own refresh period).
 REFRESH_SECONDS = 60.0
 Obj = dict[str, Any]
+T = TypeVar("T")
 #: Reload the credentials; ``True`` starts over from the source (after a 401).
 Reload = Callable[[bool], Awaitable["ConnectionInfo"]]
 log = logging.getLogger("enumwatch.kubeapi")
@@ -387,17 +388,20 @@ class KubeClient:
             "PATCH", path, body=operations, content_type="application/json-patch+json"
         )
 
-    async def list_all(self, path: str, *, page: int = 500) -> tuple[list[Obj], str]:
-        """Every object of the collection at ``path``, page by page; and the list's
-        resourceVersion (where a watch of the same collection starts)."""
-        items: list[Obj] = []
+    async def list_all(
+        self, path: str, reduce: Callable[[Obj], T], *, page: int = 500
+    ) -> tuple[list[T], str]:
+        """Every object of the collection at ``path``, page by page, each reduced by ``reduce``
+        as its page arrives (so a listing never holds more than one page of whole objects); and
+        the list's resourceVersion (where a watch of the same collection starts)."""
+        reduced: list[T] = []
         params = {"limit": str(page)}
         while True:
             answer = await self.get(path, params=params)
-            items.extend(answer.get("items") or ())
+            reduced.extend(reduce(item) for item in answer.get("items") or ())
             meta = answer.get("metadata") or {}
             if not meta.get("continue"):
-                return items, str(meta.get("resourceVersion", ""))
+                return reduced, str(meta.get("resourceVersion", ""))
             params = {"limit": str(page), "continue": str(meta["continue"])}
 
     async def watch(

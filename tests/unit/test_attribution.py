@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from enumwatch.api.finding import Source, Workload
-from enumwatch.attribution import AddressBook, describe, holder_of, normalize_ip, pod_owner
+from enumwatch.attribution import (
+    KINDS,
+    AddressBook,
+    Kind,
+    describe,
+    holder_of,
+    normalize_ip,
+    pod_owner,
+)
 from enumwatch.timefmt import format_rfc3339
 
 T0 = 1_800_000_000.0
@@ -58,10 +66,14 @@ def service(name: str, *ips: str, namespace: str = "default") -> dict[str, Any]:
     }
 
 
+def relist(book: AddressBook, kind: Kind, objs: list[dict[str, Any]], now: float) -> None:
+    book.replace(kind, [holder_of(kind, obj) for obj in objs], now)
+
+
 def synced(**kinds: list[dict[str, Any]]) -> AddressBook:
     book = AddressBook()
-    for kind in ("pod", "node", "service"):
-        book.replace(kind, kinds.get(kind, []), T0)  # type: ignore[arg-type]
+    for kind in KINDS:
+        relist(book, kind, kinds.get(kind, []), T0)
     return book
 
 
@@ -169,10 +181,10 @@ def test_one_hostnetwork_pod_on_a_node_not_known_is_that_pod_with_the_caveat() -
 def test_before_the_first_listing_an_unknown_address_is_not_called_external() -> None:
     book = AddressBook()
     assert book.resolve("198.51.100.4", T0) is None
-    book.replace("pod", [], T0)
-    book.replace("node", [], T0)
+    relist(book, "pod", [], T0)
+    relist(book, "node", [], T0)
     assert book.resolve("198.51.100.4", T0) is None
-    book.replace("service", [], T0)
+    relist(book, "service", [], T0)
     assert book.resolve("198.51.100.4", T0) == Source(kind="external", ref="external")
 
 
@@ -197,17 +209,17 @@ def test_a_scanner_pod_deleted_before_the_tick_is_still_named() -> None:
 
 def test_a_recycled_ip_is_attributed_to_whoever_held_it_at_the_time_of_the_scan() -> None:
     book = synced(pod=[pod("old", ["10.244.0.9"], created=T0)])
-    book.replace("pod", [pod("new", ["10.244.0.9"], created=T0 + 100)], T0 + 90)  # relist
+    relist(book, "pod", [pod("new", ["10.244.0.9"], created=T0 + 100)], T0 + 90)
     assert book.resolve("10.244.0.9", T0 + 50).name == "old"  # type: ignore[union-attr]
     assert book.resolve("10.244.0.9", T0 + 150).name == "new"  # type: ignore[union-attr]
 
 
 def test_memory_is_bounded_deleted_pods_are_forgotten_by_count_and_age() -> None:
     book = AddressBook(max_gone=3, gone_seconds=60)
-    for kind in ("node", "service"):
-        book.replace(kind, [], T0)  # type: ignore[arg-type]
+    relist(book, "node", [], T0)
+    relist(book, "service", [], T0)
     pods = [pod(f"p{i}", [f"10.244.0.{i}"]) for i in range(5)]
-    book.replace("pod", pods, T0)
+    relist(book, "pod", pods, T0)
     for i, p in enumerate(pods):
         book.apply("pod", "DELETED", p, T0 + 10 + i)
     names = [getattr(book.resolve(f"10.244.0.{i}", T0 + 5), "name", None) for i in range(5)]

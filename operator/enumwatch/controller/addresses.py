@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Any
 
-from enumwatch.attribution import KINDS, AddressBook, Kind
+from enumwatch.attribution import KINDS, AddressBook, Holder, Kind, holder_of
 from enumwatch.controller import metrics
 from enumwatch.controller.informer import ListWatch, run_all
 from enumwatch.kubeapi import KubeClient
@@ -39,17 +39,22 @@ class AddressWatch:
         """Watch every kind until ``stop`` is set."""
         await run_all([self._watch(kind) for kind in KINDS], stop)
 
-    def _watch(self, kind: Kind) -> ListWatch:
-        def listed(items: list[dict[str, Any]]) -> None:
-            self.book.replace(kind, items, time.time())
+    def _watch(self, kind: Kind) -> ListWatch[Holder]:
+        def reduce(obj: dict[str, Any]) -> Holder:
+            return holder_of(kind, obj)
+
+        def listed(holders: list[Holder]) -> None:
+            self.book.replace(kind, holders, time.time())
             self._count()
-            log.info("%ss listed", kind, extra={"objects": len(items), "holders": len(self.book)})
+            log.info(
+                "%ss listed", kind, extra={"objects": len(holders), "holders": len(self.book)}
+            )
 
         def changed(event_type: str, obj: dict[str, Any]) -> None:
             self.book.apply(kind, event_type, obj, time.time())
             self._count()
 
-        return ListWatch(self.client, PATHS[kind], listed, changed)
+        return ListWatch(self.client, PATHS[kind], reduce, listed, changed)
 
     def _count(self) -> None:
         metrics.ADDRESSES.set(len(self.book))

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 
@@ -24,22 +24,26 @@ log = logging.getLogger("enumwatch.informer")
 #: Seconds between attempts after a failure, growing to the maximum.
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 Obj = dict[str, Any]
+T = TypeVar("T")
 
 
-class ListWatch:
-    """Keeps one collection flowing into ``on_list`` (a full listing) and ``on_event``."""
+class ListWatch(Generic[T]):
+    """Keeps one collection flowing into ``on_list`` (a full listing, each object reduced by
+    ``reduce`` as its page arrives) and ``on_event`` (one object at a time)."""
 
     def __init__(
         self,
         client: KubeClient,
         path: str,
-        on_list: Callable[[list[Obj]], None],
+        reduce: Callable[[Obj], T],
+        on_list: Callable[[list[T]], None],
         on_event: Callable[[str, Obj], None],
         *,
         timeout_seconds: int = 300,
     ) -> None:
         self.client = client
         self.path = path
+        self.reduce = reduce
         self.on_list = on_list
         self.on_event = on_event
         self.timeout_seconds = timeout_seconds
@@ -63,7 +67,7 @@ class ListWatch:
                 delay = min(RETRY_MAX, delay * 2)
 
     async def _list_and_watch(self) -> None:
-        items, version = await self.client.list_all(self.path)
+        items, version = await self.client.list_all(self.path, self.reduce)
         self.on_list(items)
         while True:
             events = self.client.watch(self.path, version, timeout_seconds=self.timeout_seconds)
@@ -74,7 +78,7 @@ class ListWatch:
                     self.on_event(str(event["type"]), obj)
 
 
-async def run_all(watches: list[ListWatch], stop: asyncio.Event) -> None:
+async def run_all(watches: list[ListWatch[Any]], stop: asyncio.Event) -> None:
     """Run ``watches`` until ``stop`` is set."""
     tasks = [asyncio.create_task(w.run()) for w in watches]
     try:

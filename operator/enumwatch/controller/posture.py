@@ -50,12 +50,14 @@ class PostureWatch:
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
 
-    def _watch(self, kind: BindingKind) -> ListWatch:
-        def listed(items: list[dict[str, Any]]) -> None:
+    def _watch(self, kind: BindingKind) -> ListWatch[BindingRef | None]:
+        def reduce(obj: dict[str, Any]) -> BindingRef | None:
+            return anonymous_binding(kind, obj)  # most bindings: None, forgotten at once
+
+        def listed(refs: list[BindingRef | None]) -> None:
             for key in [k for k, ref in self._bindings.items() if ref.kind == kind]:
                 del self._bindings[key]
-            for obj in items:
-                self._put(kind, obj)
+            self._bindings.update((ref.key, ref) for ref in refs if ref is not None)
             self._listed.add(kind)
             self._dirty.set()
 
@@ -65,7 +67,7 @@ class PostureWatch:
                 self._put(kind, obj)
             self._dirty.set()
 
-        return ListWatch(self.client, PATHS[kind], listed, changed)
+        return ListWatch(self.client, PATHS[kind], reduce, listed, changed)
 
     def _put(self, kind: BindingKind, obj: dict[str, Any]) -> None:
         ref = anonymous_binding(kind, obj)
