@@ -64,6 +64,7 @@ class Filter:
         self.prefilter = Prefilter(matcher) if prefilter and matcher is not None else None
         #: The same users at level Metadata: what the filter drops that coverage must hear of.
         self.blind: Matcher | None = None
+        self.blind_missing = False
         if witness_every is not None and matcher is not None and "Metadata" not in matcher.levels:
             self.blind = Matcher(
                 MatchSpec.model_validate(
@@ -75,6 +76,17 @@ class Filter:
                 )
             )
         self.blind_prefilter = Prefilter(self.blind) if self.blind is not None else None
+        #: What a line must show to be worth a closer look: its first ``"username":`` followed
+        #: by a configured username spelled literally (as the apiserver writes it), or, when
+        #: missing usernames match, no ``"username"`` key at all. Authenticated lines fail it
+        #: on one substring search that stops at their username, early in the line.
+        self.blind_names: tuple[bytes, ...] = ()
+        if self.blind is not None:
+            names = [orjson.dumps(n) for n in sorted(self.blind.usernames)]
+            if self.blind.include_missing_username:
+                names.append(b'""')
+            self.blind_names = tuple(names)
+            self.blind_missing = self.blind.include_missing_username
         self.witness_every = witness_every
         self.clock = clock
         self.last_witness: float | None = None
@@ -90,11 +102,19 @@ class Filter:
         """Build the filter that keeps whatever any of ``specs`` could match (their union)."""
         return cls(Matcher.union(specs), prefilter=prefilter, witness_every=witness_every)
 
+    def may_be_blind(self, line: bytes) -> bool:
+        """Whether a dropped line may be an anonymous event (a fast byte test; usernames
+        spelled with escapes are not counted: these counters are a diagnosis, not the rule)."""
+        at = line.find(b'"username":')
+        if at < 0:
+            return self.blind_missing
+        return line.startswith(self.blind_names, at + 11) if self.blind_names else False
+
     def witness(self, line: bytes, counters: DropCounters) -> bool:
         """For a line the filter drops: count it if it is an anonymous event at Metadata, and
         say whether to forward it anyway as this period's coverage witness."""
         blind, pre = self.blind, self.blind_prefilter
-        if blind is None or pre is None:
+        if blind is None or pre is None or not self.may_be_blind(line):
             return False
         if line.startswith(GO_EVENT_HEAD) and not pre.could_match(line):
             return False
@@ -150,6 +170,7 @@ class Filter:
         could_match = self.prefilter.could_match if self.prefilter is not None else None
         classify = self.classify
         witness = self.witness if self.blind is not None else None
+        may_be_blind = self.may_be_blind
         for line in lines:
             offset += len(line) + 1
             if could_match is not None and line.startswith(GO_EVENT_HEAD) and not could_match(line):
@@ -157,7 +178,10 @@ class Filter:
             else:
                 verdict = classify(line)
             if verdict == KEEP or (
-                verdict == FILTERED and witness is not None and witness(line, stats)
+                verdict == FILTERED
+                and witness is not None
+                and may_be_blind(line)
+                and witness(line, stats)
             ):
                 kept.append((line, offset))
             elif verdict == FILTERED:
