@@ -5,8 +5,10 @@ policies it is blind (anonymous requests logged at ``Metadata``) or double count
 (``RequestReceived`` stages kept), and a broken pipeline (no events, or events arriving long
 after they happened) is silent too. :class:`Coverage` watches what arrives and gives the
 detector's ``AuditCoverage`` condition a verdict whose reason names the fix. Pure: the caller
-passes arrival times and ``now``. It sees only what reaches the operator: events a tailer or
-collector filters out before sending are not judged here.
+passes arrival times and ``now``. It sees only what reaches the operator; the tailer and the
+collectors, whose filter drops what no detector can match, forward one anonymous ``Metadata``
+event a minute as a witness (:meth:`enumwatch.sources.tail.filter.Filter.witness`) so that the
+blind spot they would otherwise hide is judged here too.
 """
 
 from __future__ import annotations

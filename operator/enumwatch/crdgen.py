@@ -53,19 +53,19 @@ def _structural(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     node = dict(node)
-    node.pop("title", None)
-    if node.get("additionalProperties") is False:
-        node.pop("additionalProperties")
     for key in ("anyOf", "oneOf"):
         options = node.get(key)
         if options and any(o.get("type") == "null" for o in options):
             rest = [o for o in options if o.get("type") != "null"]
             node.pop(key)
             if len(rest) == 1:
-                node = {**rest[0], **node}
+                node = {**rest[0], **node}  # a nullable object brings its title along
             node["nullable"] = True
             if "default" in node and node["default"] is None:
                 node.pop("default")  # unset is already null; a null default says nothing more
+    node.pop("title", None)
+    if node.get("additionalProperties") is False:
+        node.pop("additionalProperties")
     if isinstance(node.get("description"), str):
         node["description"] = node["description"].replace("``", "")
     if "const" in node:
@@ -261,6 +261,7 @@ def finding_crd() -> dict[str, Any]:
         status=None,
         columns=[
             {"name": "Source-IP", "type": "string", "jsonPath": ".spec.sourceIP"},
+            {"name": "Source", "type": "string", "jsonPath": ".spec.source.ref"},
             {"name": "User-Agent", "type": "string", "jsonPath": ".spec.userAgent"},
             {"name": "Documents", "type": "integer", "jsonPath": ".spec.aggregates.documentCount"},
             {

@@ -20,9 +20,9 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
@@ -35,6 +35,7 @@ SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 #: Seconds between reloads of the credentials (the official client's own refresh period).
 REFRESH_SECONDS = 60.0
 Obj = dict[str, Any]
+T = TypeVar("T")
 #: Reload the credentials; ``True`` starts over from the source (after a 401).
 Reload = Callable[[bool], Awaitable["ConnectionInfo"]]
 log = logging.getLogger("enumwatch.kubeapi")
@@ -284,6 +285,14 @@ class KubeClient:
         self._session_info = info
         return self._session
 
+    def _headers(self) -> dict[str, str]:
+        """Every request's headers: JSON, who we are, and the current credentials."""
+        return {
+            "Accept": "application/json",
+            "User-Agent": "enumwatch-operator",
+            **self.credentials.headers(),
+        }
+
     async def _send(
         self,
         method: str,
@@ -292,8 +301,7 @@ class KubeClient:
         params: dict[str, str] | None,
         content_type: str,
     ) -> tuple[int, str, Any]:
-        headers = {"Accept": "application/json", "User-Agent": "enumwatch-operator"}
-        headers.update(self.credentials.headers())
+        headers = self._headers()
         if data is not None:
             headers["Content-Type"] = content_type
         session = await self._http()
@@ -379,6 +387,69 @@ class KubeClient:
         return await self.request(
             "PATCH", path, body=operations, content_type="application/json-patch+json"
         )
+
+    async def list_all(
+        self, path: str, reduce: Callable[[Obj], T], *, page: int = 500
+    ) -> tuple[list[T], str]:
+        """Every object of the collection at ``path``, page by page, each reduced by ``reduce``
+        as its page arrives (so a listing never holds more than one page of whole objects); and
+        the list's resourceVersion (where a watch of the same collection starts)."""
+        reduced: list[T] = []
+        params = {"limit": str(page)}
+        while True:
+            answer = await self.get(path, params=params)
+            reduced.extend(reduce(item) for item in answer.get("items") or ())
+            meta = answer.get("metadata") or {}
+            if not meta.get("continue"):
+                return reduced, str(meta.get("resourceVersion", ""))
+            params = {"limit": str(page), "continue": str(meta["continue"])}
+
+    async def watch(
+        self, path: str, resource_version: str, *, timeout_seconds: int = 300
+    ) -> AsyncIterator[Obj]:
+        """Watch the collection at ``path`` from ``resource_version``: one watch event
+        (``{"type", "object"}``) at a time, bookmarks included, until the server ends the
+        watch (after about ``timeout_seconds``). An expired resourceVersion raises
+        :class:`ApiError` 410, as an HTTP status or as an ERROR event: list again."""
+        headers = self._headers()
+        params = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        session = await self._http()
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_seconds + 30)
+        async with session.get(
+            self.credentials.server + path,
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            proxy=self.credentials.info.proxy_url,
+        ) as resp:
+            if resp.status >= 400:
+                raw = await resp.read()
+                raise ApiError(resp.status, str(resp.reason), raw[:500].decode(errors="replace"),
+                               "WATCH", path)
+            buffer = b""
+            # Lines can exceed aiohttp's readline limit (a large object): split them here.
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = orjson.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiError(
+                            int(status.get("code") or 500),
+                            str(status.get("reason", "")),
+                            str(status.get("message", "")),
+                            "WATCH",
+                            path,
+                        )
+                    yield event
 
     async def delete(self, path: str) -> None:
         """DELETE the object at ``path``; a missing object is not an error."""

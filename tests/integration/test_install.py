@@ -59,6 +59,15 @@ ALLOWED = [
     ("create", "events", "default"),
     ("create", "tokenreviews.authentication.k8s.io", None),
     *[(v, "leases.coordination.k8s.io", NS) for v in ("get", "create", "update")],
+    # Source attribution: read only.
+    *[(v, r, ns) for v in ("get", "list", "watch") for r in ("pods", "services")
+      for ns in (None, "default")],
+    *[(v, "nodes", None) for v in ("get", "list", "watch")],
+    # RBAC posture: read only.
+    *[(v, f"{r}.rbac.authorization.k8s.io", ns) for v in ("list", "watch")
+      for r in ("clusterrolebindings", "rolebindings") for ns in (None, "default")],
+    *[("get", f"{r}.rbac.authorization.k8s.io", ns) for r in ("clusterroles", "roles")
+      for ns in (None, "default")],
 ]
 
 #: What it must never be able to do.
@@ -68,12 +77,27 @@ DENIED = [
     ("watch", "secrets", "kube-system"),
     ("create", "pods/exec", NS),
     ("create", "pods", NS),
-    ("get", "pods", NS),
+    ("delete", "pods", "default"),
+    ("patch", "pods", "default"),
+    ("update", "pods/status", "default"),
+    ("create", "pods/eviction", "default"),
+    ("get", "pods/log", "default"),
+    ("create", "pods/attach", "default"),
+    ("create", "pods/portforward", "default"),
+    ("patch", "nodes", None),
+    ("update", "nodes/status", None),
+    ("create", "services", "default"),
+    ("get", "services/proxy", "default"),
+    ("get", "endpoints", "default"),
+    ("update", "clusterrolebindings.rbac.authorization.k8s.io", None),
+    ("delete", "rolebindings.rbac.authorization.k8s.io", "default"),
+    ("create", "clusterroles.rbac.authorization.k8s.io", None),
+    ("patch", "roles.rbac.authorization.k8s.io", "default"),
+    ("list", "clusterroles.rbac.authorization.k8s.io", None),
     ("impersonate", "users", None),
     ("impersonate", "serviceaccounts", NS),
     ("*", "*", None),
     ("*", "*", NS),
-    ("get", "nodes", None),
     ("get", "nodes/proxy", None),
     ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
     ("bind", "clusterroles.rbac.authorization.k8s.io", None),
@@ -107,6 +131,11 @@ OPERATOR_RULES = {
     *{("enumwatch.io", "findings", v) for v in ("create", "get", "list", "patch", "delete")},
     ("", "events", "create"),
     ("authentication.k8s.io", "tokenreviews", "create"),
+    # Attribution (who a source IP is) and the RBAC posture: read only.
+    *{("", r, v) for r in ("pods", "nodes", "services") for v in ("get", "list", "watch")},
+    *{("rbac.authorization.k8s.io", r, v) for r in ("clusterrolebindings", "rolebindings")
+      for v in ("list", "watch")},
+    *{("rbac.authorization.k8s.io", r, "get") for r in ("clusterroles", "roles")},
 }
 
 #: Rules every authenticated identity has (system:basic-user and friends), not ours.
@@ -279,6 +308,10 @@ def test_kubectl_explain_documents_the_crds(installed: ControlPlane) -> None:
     assert "Go duration" in out
     out = installed.kubectl("explain", "findings.spec")
     assert "sourceIP" in out or "sourceIp" in out
+    out = installed.kubectl("explain", "findings.spec.source.owner")
+    assert "pod-template-hash" in out and "FIELD: owner <Object>" in out
+    out = installed.kubectl("explain", "enumerationdetectors.status.posture.anonymousBindings")
+    assert "system:public-info-viewer" in out and "FIELD: anonymousBindings <[]Object>" in out
 
 
 # --- RBAC ----------------------------------------------------------------------------------------

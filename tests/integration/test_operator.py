@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from enumwatch.api.spec import DetectorSpec
@@ -221,7 +223,8 @@ def test_an_anonymous_client_that_got_in_gets_a_high_finding_and_its_own_event(
         ]
         got_in = [e for e in events if e["reason"] == "AnonymousAccessSucceeded"]
         assert got_in[0]["message"] == (
-            f"anonymous client 127.0.0.1 (user agent {agent!r}) was answered on 1 endpoint(s) "
+            f"anonymous client 127.0.0.1 [loopback] (user agent {agent!r}) was answered on 1 "
+            f"endpoint(s) "
             f"that are not public by default: {granted}"
         )
         printed = crds.kubectl("get", "findings", "-n", ns)
@@ -267,6 +270,62 @@ def test_a_detector_fed_only_metadata_level_anonymous_events_says_the_rule_canno
             what="AuditCoverage True",
         )
         wait_for(lambda: findings(crds, ns), what="a Finding")
+
+
+def test_a_tailer_that_drops_metadata_level_anonymous_events_still_lets_coverage_see_them(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    # What the apiserver writes for a scan under a policy that logs anonymous requests at
+    # Metadata, in its own key order: the tailer's filter drops every one of them (the rule
+    # cannot match them), counts them, and forwards one as the minute's coverage witness.
+    _, events = _scan_events(crds, "witness")
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        b"".join(orjson.dumps({**e, "level": "Metadata"}) + b"\n" for e in events)
+    )
+    ns = fresh_namespace(crds, "witness")
+    with running_operator(crds, tmp_path / "operator") as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        token = tmp_path / "token"
+        token.write_text(op.token)
+        out = tmp_path / "tailer.out"
+        with open(out, "wb") as sink:
+            tailer = subprocess.Popen(
+                [
+                    sys.executable, "-m", "enumwatch", "tail",
+                    "--path", str(log),
+                    "--checkpoint", str(tmp_path / "tail.checkpoint"),
+                    "--forward", f"{op.url}/ingest",
+                    "--token-file", str(token),
+                    "--batch-wait", "0.05",
+                    "--poll-interval", "0.05",
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            blind = wait_for(
+                lambda: (c := _coverage(crds, ns, "det")) and c["status"] == "False" and c,
+                what="AuditCoverage False",
+            )
+            assert blind["reason"] == "AnonymousOnlyAtMetadata"
+            status = detector_status(crds, ns, "det")
+            assert (status["eventsSeen"], status["eventsMatched"]) == (1, 0)
+        finally:
+            tailer.send_signal(signal.SIGTERM)
+            assert tailer.wait(timeout=15) == 0
+        final = [
+            orjson.loads(line)["tailer_stats"]
+            for line in out.read_bytes().splitlines()
+            if line.startswith(b'{"tailer_stats"')
+        ]
+        assert final and (
+            final[0]["anonymous_metadata_dropped"],
+            final[0]["coverage_witnesses"],
+            final[0]["events_filtered"],
+        ) == (len(events), 1, len(events) - 1)
+        assert findings(crds, ns) == []
 
 
 def test_a_client_under_the_thresholds_gets_no_finding(crds: ControlPlane, tmp_path: Path) -> None:

@@ -309,6 +309,107 @@ def test_an_anonymous_curl_scan_becomes_a_finding_and_events_within_10s(
     assert {e["reason"] for e in events} == {"EnumerationDetected"}
 
 
+#: What the scanner pod runs: the enumeration, without credentials, through the kubernetes Service.
+POD_SCAN = """
+import os, ssl, sys, time, urllib.error, urllib.request
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+env = os.environ
+base = "https://%s:%s" % (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"])
+for path in sys.argv[2:]:
+    request = urllib.request.Request(base + path, headers={"User-Agent": sys.argv[1]})
+    try:
+        urllib.request.urlopen(request, context=ctx, timeout=10)
+    except urllib.error.HTTPError as exc:
+        print(path, exc.code, flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_scan_from_a_pod_names_that_pod_and_its_deployment(local_cluster: LocalCluster) -> None:
+    cp = local_cluster.cp
+    namespace = fresh_namespace(cp, "frompod")
+    apply_detector(cp, namespace, "fast", {"schedule": {"interval": "1s", "lookback": "2m"}})
+    wait_for(
+        lambda: (
+            kubectl_json(cp, "get", "enumerationdetector", "fast", "-n", namespace)
+            .get("status", {})
+            .get("lastEvaluation")
+        ),
+        timeout=30,
+        what="the detector's first run",
+    )
+    agent = f"enum-scanner-pod/{uuid.uuid4().hex[:8]}"
+    image = cluster.installed_image(local_cluster.state)
+    labels = {"app": "scanner"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "scanner", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    # Anonymous: no token in the pod.
+                    "automountServiceAccountToken": False,
+                    # The one node is the control-plane node.
+                    "tolerations": [
+                        {
+                            "key": "node-role.kubernetes.io/control-plane",
+                            "operator": "Exists",
+                            "effect": "NoSchedule",
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "scan",
+                            "image": image,
+                            "imagePullPolicy": "Never",
+                            "command": ["python", "-c", POD_SCAN, agent, *SCAN_PATHS],
+                            # Admitted whatever PodSecurity level the namespace gets.
+                            "securityContext": {
+                                "runAsNonRoot": True,
+                                "runAsUser": 65532,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                                "seccompProfile": {"type": "RuntimeDefault"},
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    cp.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    try:
+        finding = wait_for(
+            lambda: _finding_for(cp, namespace, agent), timeout=120, what="the pod's Finding"
+        )
+    except AssertionError as exc:
+        seen = cp.kubectl("get", "all,events", "-n", namespace, "-o", "wide", check=False)
+        logs = cp.kubectl("logs", "-n", namespace, "deployment/scanner", check=False)
+        raise AssertionError(f"{exc}\n{seen}\n{logs}") from None
+    (pod,) = kubectl_json(cp, "get", "pods", "-n", namespace, "-l", "app=scanner")["items"]
+    assert finding["spec"]["sourceIP"] == pod["status"]["podIP"]
+    assert finding["spec"]["source"] == {
+        "kind": "pod",
+        "ref": f"pod/{namespace}/{pod['metadata']['name']}",
+        "namespace": namespace,
+        "name": pod["metadata"]["name"],
+        "owner": {"kind": "Deployment", "name": "scanner"},
+        "node": pod["spec"]["nodeName"],
+        "serviceAccount": "default",
+        "hostNetwork": False,
+        "hostNetworkPods": [],
+        "observed": True,  # the address the apiserver saw: the pod's own
+    }
+    printed = cp.kubectl("get", "findings", "-n", namespace)
+    assert f"pod/{namespace}/{pod['metadata']['name']}" in printed.split()
+    cp.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
 # --- the HA overlay ------------------------------------------------------------------------------
 
 

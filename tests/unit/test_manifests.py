@@ -21,7 +21,13 @@ from enumwatch import crdgen
 from enumwatch_devkit import renders
 
 REPO = Path(__file__).resolve().parents[2]
-DANGEROUS = {"secrets", "pods/exec", "pods", "nodes", "clusterroles", "roles", "configmaps"}
+DANGEROUS = {
+    "secrets", "pods/exec", "pods/attach", "pods/portforward", "pods/proxy", "nodes/proxy",
+    "serviceaccounts/token", "configmaps",
+}
+#: What the facts beside the rule read (attribution, posture): never more than reading.
+READ_ONLY = {"pods", "nodes", "services", "clusterroles", "roles", "clusterrolebindings",
+             "rolebindings"}
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------
@@ -156,6 +162,8 @@ def test_rbac_has_no_wildcards_and_nothing_dangerous(path: str) -> None:
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule.get(key, []), (doc["metadata"]["name"], rule)
             assert not set(rule["resources"]) & DANGEROUS, rule
+            if set(rule["resources"]) & READ_ONLY:
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
             assert not {"impersonate", "escalate", "bind"} & set(rule["verbs"]), rule
             assert "nonResourceURLs" not in rule
     roles = {d["metadata"]["name"]: d["kind"] for d in _render(path) if "rules" in d}
@@ -319,3 +327,34 @@ def test_the_aks_collector_pod_opts_into_azure_workload_identity() -> None:
     collect = _one(_render("manifests/overlays/aks"), "Deployment", "enumwatch-collect")
     labels = collect["spec"]["template"]["metadata"]["labels"]
     assert labels["azure.workload.identity/use"] == "true"
+
+
+def _readme_rbac_table() -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every row of README's RBAC table."""
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| API | verbs | scope |"):].split("\n\n", 1)[0]
+    rows = set()
+    for line in table.splitlines()[2:]:
+        api, verbs, _scope = (cell.strip() for cell in line.strip("|").split("|", 2))
+        for name in re.findall(r"`([^`]+)`", api):
+            resource, _, group = name.partition(".")
+            if "/" in resource:
+                group = ""
+            if resource.endswith("/status") and not group:
+                group = "enumwatch.io"
+            rows |= {(group, resource, verb.strip()) for verb in verbs.split(",")}
+    return rows
+
+
+def test_the_readmes_rbac_table_is_exactly_the_shipped_rules() -> None:
+    shipped = set()
+    for doc in _render("manifests"):
+        if doc["kind"] in ("ClusterRole", "Role"):
+            for rule in doc["rules"]:
+                shipped |= {
+                    (group, resource, verb)
+                    for group in rule["apiGroups"]
+                    for resource in rule["resources"]
+                    for verb in rule["verbs"]
+                }
+    assert _readme_rbac_table() == shipped

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from enumwatch.api.finding import finding_name
+from enumwatch.api.finding import Source, Workload, finding_name
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Row, Rule
@@ -120,6 +120,40 @@ def test_summary_names_ip_agent_and_counts() -> None:
         "anonymous enumeration from 10.1.2.3 (user agent 'scanner/1'): 8 audit events, "
         "8 distinct URIs, 8 resources; forbidden 8, 401/403 0, not found 0"
     )
+
+
+POD = Source(
+    kind="pod",
+    ref="pod/apps/curl-7f9c8d-x2x4q",
+    namespace="apps",
+    name="curl-7f9c8d-x2x4q",
+    owner=Workload(kind="Deployment", name="curl"),
+    node="n1",
+    serviceAccount="default",
+)
+
+
+def test_summary_says_who_the_source_is_when_known() -> None:
+    assert summary(_row(), POD) == (
+        "anonymous enumeration from 10.1.2.3 [pod/apps/curl-7f9c8d-x2x4q (owner Deployment/curl; "
+        "node n1; service account default)] (user agent 'scanner/1'): 8 audit events, "
+        "8 distinct URIs, 8 resources; forbidden 8, 401/403 0, not found 0"
+    )
+
+
+def test_the_source_is_recorded_and_kept_while_it_cannot_be_resolved() -> None:
+    row = _row()
+    first = plan(None, row, _window(3600.0, row), "det", SPEC, POD).spec
+    assert first is not None and first.source == POD
+    stored = first.model_dump(by_alias=True, mode="json")
+    # After a restart, before the watch has listed anything: the recorded source stays.
+    again = plan(stored, row, _window(3660.0, row), "det", SPEC, None).spec
+    assert again is not None and again.source == POD
+    # Resolved again, to something else (the IP now belongs to a node): the newer answer wins.
+    node = Source(kind="node", ref="node/n1", name="n1", node="n1")
+    moved = plan(stored, row, _window(3720.0, row), "det", SPEC, node).spec
+    assert moved is not None and moved.source == node
+    assert plan(None, row, _window(3600.0, row), "det", SPEC).spec.source is None  # type: ignore[union-attr]
 
 
 def test_rfc3339_round_trip() -> None:

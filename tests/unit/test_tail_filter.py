@@ -154,3 +154,51 @@ def test_prefilter_never_changes_results(lines: list[bytes]) -> None:
     for line in lines:
         if line.startswith(GO_EVENT_HEAD) and not SEED.prefilter.could_match(line):
             assert SEED.classify(line) != KEEP, line
+
+
+# --- what is dropped for coverage reasons is counted, and witnessed --------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("prefilter", [True, False])
+def test_anonymous_metadata_events_are_counted_and_one_a_period_is_forwarded(
+    prefilter: bool,
+) -> None:
+    clock = _Clock()
+    filt = Filter(
+        Filter.from_specs([MatchSpec()]).matcher, prefilter=prefilter, witness_every=60.0,
+        clock=clock,
+    )
+    blind = [event_line(i, level="Metadata") for i in range(3)]
+    nameless = event_line(3, username=None, level="Metadata")  # the seed counts it anonymous
+    authenticated = [event_line(i, username="alice", level="Metadata") for i in (4, 5)]
+    seen = event_line(6)
+    lines = [blind[0], *authenticated, blind[1], seen, nameless, blind[2]]
+    stats = TailStats()
+    kept = [line for line, _ in filt.select(lines, 0, stats)]
+    assert kept == [blind[0], seen]  # the first one is this minute's witness
+    assert (stats.anonymous_metadata_dropped, stats.coverage_witnesses) == (4, 1)
+    assert stats.events_filtered == 5  # 2 authenticated, 3 anonymous beyond the witness
+    clock.now += 59.9
+    assert filt.select([blind[1]], 0, stats) == []
+    clock.now += 0.1
+    assert [line for line, _ in filt.select([nameless], 0, stats)] == [nameless]
+    assert (stats.anonymous_metadata_dropped, stats.coverage_witnesses) == (6, 2)
+
+
+def test_without_witnesses_or_when_metadata_is_matched_nothing_changes() -> None:
+    line = event_line(1, level="Metadata")
+    stats = TailStats()
+    assert SEED.select([line], 0, stats) == []  # witness_every not set: the filter as before
+    assert (stats.anonymous_metadata_dropped, stats.events_filtered) == (0, 1)
+    wide = Filter.from_specs([MatchSpec(levels=["Metadata", "Request"])], witness_every=60.0)
+    assert wide.blind is None  # the detectors see Metadata themselves
+    assert [x for x, _ in wide.select([line], 0, stats)] == [line]
+    assert stats.coverage_witnesses == 0

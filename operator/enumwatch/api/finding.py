@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -114,6 +114,76 @@ class Access(_Model):
     omitted: int = Field(default=0, ge=0, description="Succeeded requestURIs left out of uris.")
 
 
+#: Most hostNetwork pods named on a Finding's source (the rest are counted).
+MAX_HOST_NETWORK_PODS = 10
+
+#: What a source IP is in the cluster.
+SourceKind = Literal["pod", "node", "service", "loopback", "external"]
+
+
+class Workload(_Model):
+    """The controller that owns a pod, as a person names it (a Deployment, not its ReplicaSet)."""
+
+    kind: str = Field(description="Kind of the owner, e.g. Deployment, StatefulSet, DaemonSet.")
+    name: str = Field(description="Name of the owner, in the pod's namespace.")
+
+
+class Source(_Model):
+    """Who the source IP is in this cluster, resolved from a watch of pods, nodes and services."""
+
+    kind: SourceKind = Field(
+        description=(
+            "pod, node, service (a Service's cluster IP), loopback, or external (not an address "
+            "of any pod, node or service the operator knows of)."
+        )
+    )
+    ref: str = Field(
+        description=(
+            "One-line name, the SOURCE column: pod/<namespace>/<name>, node/<name>, "
+            "service/<namespace>/<name>, loopback or external; a node whose address "
+            "hostNetwork pods share says so, e.g. 'node/cp-1 (+2 hostNetwork pods)'."
+        )
+    )
+    namespace: str | None = Field(default=None, description="Namespace of the pod or Service.")
+    name: str | None = Field(default=None, description="Name of the pod, node or Service.")
+    owner: Workload | None = Field(
+        default=None,
+        description=(
+            "The pod's controlling workload; a ReplicaSet made by a Deployment is resolved to "
+            "the Deployment by its pod-template-hash name."
+        ),
+    )
+    node: str | None = Field(default=None, description="The node the pod runs on, or the node.")
+    service_account: str | None = Field(
+        default=None, alias="serviceAccount", description="The pod's service account."
+    )
+    host_network: bool = Field(
+        default=False,
+        alias="hostNetwork",
+        description=(
+            "True when the address is shared with hostNetwork pods: the requests came from the "
+            "node itself or from any of them (listed in hostNetworkPods)."
+        ),
+    )
+    host_network_pods: list[str] = Field(
+        default_factory=list,
+        alias="hostNetworkPods",
+        max_length=MAX_HOST_NETWORK_PODS,
+        description=(
+            f"<namespace>/<name> of the hostNetwork pods sharing the address (at most "
+            f"{MAX_HOST_NETWORK_PODS}, sorted)."
+        ),
+    )
+    observed: bool = Field(
+        default=True,
+        description=(
+            "True when the API server saw this address itself (the connection's peer, the last "
+            "of sourceIPs); false when it came from an X-Forwarded-For or X-Real-Ip header, "
+            "which the client can forge."
+        ),
+    )
+
+
 class FindingSpec(_Model):
     """One suspected anonymous enumeration: who, when, and the evidence."""
 
@@ -159,6 +229,14 @@ class FindingSpec(_Model):
             "Did it get in? Requests of the latest firing window answered beyond the endpoints "
             "public by default; when they exist the Finding's severity is the detector's "
             "findings.successSeverity and an AnonymousAccessSucceeded Event is posted."
+        ),
+    )
+    source: Source | None = Field(
+        default=None,
+        description=(
+            "Who sourceIP is in this cluster when the Finding was last written (a pod and its "
+            "owner, a node, a Service, the loopback or external), from the operator's watch of "
+            "pods, nodes and services; null when sourceIP is null or the watch had not synced."
         ),
     )
 

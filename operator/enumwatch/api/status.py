@@ -31,6 +31,46 @@ class Condition(_Model):
     )
 
 
+#: Most anonymous bindings listed on a detector's status (the rest are counted).
+MAX_ANONYMOUS_BINDINGS = 20
+
+
+class AnonymousBinding(_Model):
+    """A (Cluster)RoleBinding that grants anonymous clients more than the cluster's defaults."""
+
+    kind: Literal["ClusterRoleBinding", "RoleBinding"] = Field(description="Kind of the binding.")
+    namespace: str | None = Field(default=None, description="Namespace of a RoleBinding.")
+    name: str = Field(description="Name of the binding.")
+    role: str = Field(description="The role it binds: ClusterRole/<name> or Role/<name>.")
+    subjects: list[str] = Field(
+        description="Its anonymous subjects: system:anonymous and/or system:unauthenticated."
+    )
+    grants: list[str] = Field(
+        description=(
+            "What the role allows, one rule per entry, e.g. 'get,list configmaps' or "
+            "'get /healthz'; empty when the role does not exist (the binding grants nothing "
+            "until it does)."
+        )
+    )
+
+
+class Posture(_Model):
+    """The cluster's RBAC posture towards anonymous clients, from the operator's watch."""
+
+    anonymous_bindings: list[AnonymousBinding] = Field(
+        default_factory=list,
+        alias="anonymousBindings",
+        max_length=MAX_ANONYMOUS_BINDINGS,
+        description=(
+            "Every ClusterRoleBinding and RoleBinding whose subjects include system:anonymous or "
+            "system:unauthenticated, beyond the defaults (system:public-info-viewer and "
+            "system:discovery granting only non-resource URLs, and kubeadm's cluster-info "
+            f"reader in kube-public); at most {MAX_ANONYMOUS_BINDINGS}, sorted."
+        ),
+    )
+    omitted: int = Field(default=0, ge=0, description="Bindings left out of anonymousBindings.")
+
+
 class DetectorStatus(_Model):
     """What the operator observed while running the detector."""
 
@@ -110,5 +150,12 @@ class DetectorStatus(_Model):
             "thresholds, time basis and exceptions), one line each with the seed's value: "
             "empty for spec: {}. The managed-cluster overlays count Metadata-level events on "
             "purpose (their providers record anonymous requests at Metadata) and say so here."
+        ),
+    )
+    posture: Posture | None = Field(
+        default=None,
+        description=(
+            "What the cluster's RBAC grants anonymous clients (the RBACPosture condition sums "
+            "it up; a Warning Event AnonymousBindingFound names each binding when it appears)."
         ),
     )

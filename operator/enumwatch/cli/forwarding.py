@@ -85,6 +85,10 @@ def add_filter_options(p: argparse.ArgumentParser, *, levels_help: str) -> None:
     p.add_argument("--no-match-missing-username", action="store_true",
                    help="do not keep events with a missing, null or empty username (default: "
                    "keep them, as the seed does)")
+    p.add_argument("--coverage-witness-every", type=seconds, default=60.0, metavar="DURATION",
+                   help="anonymous events logged at level Metadata (which the rule cannot see) "
+                   "are counted and one is forwarded this often, so that the operator's "
+                   "AuditCoverage condition can say so; 0: drop them all (default 60s)")
 
 
 def add_log_options(p: argparse.ArgumentParser) -> None:
@@ -115,8 +119,9 @@ def build_filter(
 
     if args.no_filter:
         return Filter.everything()
+    witness = args.coverage_witness_every or None  # 0: off
     if args.filter_detectors:
-        return Filter.from_specs(detector_matches(args.filter_detectors))
+        return Filter.from_specs(detector_matches(args.filter_detectors), witness_every=witness)
     fields: dict[str, object] = {}
     if args.match_usernames is not None:
         fields["usernames"] = args.match_usernames
@@ -125,4 +130,4 @@ def build_filter(
         fields["levels"] = list(levels)
     if args.no_match_missing_username:
         fields["include_missing_username"] = False
-    return Filter.from_specs([MatchSpec.model_validate(fields)])
+    return Filter.from_specs([MatchSpec.model_validate(fields)], witness_every=witness)

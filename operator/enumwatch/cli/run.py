@@ -208,9 +208,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    from enumwatch.attribution import AddressBook
+    from enumwatch.controller.addresses import AddressWatch
     from enumwatch.controller.handlers import Operator, OperatorConfig
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.leader import LeaseElector
+    from enumwatch.controller.posture import PostureWatch
     from enumwatch.controller.runtime import Detectors, max_buffered_for
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
@@ -236,14 +239,17 @@ async def _main(args: argparse.Namespace) -> int:
     log.info("window buffers", extra={"max_buffered_events": max_buffered})
     detectors = Detectors(args.state_dir, max_buffered=max_buffered)
     apis = REPORT_APIS[args.policy_report]
+    addresses = AddressBook()
     operator = Operator(
         client,
         detectors,
-        FindingSink(client, instance=args.identity),
+        FindingSink(client, instance=args.identity, attribution=addresses),
         OperatorConfig(settle=args.settle),
         reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
         if apis
         else None,
+        addresses=AddressWatch(client, addresses),
+        posture=PostureWatch(client),
     )
     elector = LeaseElector(
         client,
@@ -338,6 +344,7 @@ async def _lead(
         )
     )
     ticker = asyncio.create_task(operator.run_ticker(stop))
+    watches = asyncio.create_task(operator.run_watches(stop))
     keeper = asyncio.create_task(elector.keep()) if args.leader_election else None
 
     async def mark_ready() -> None:
@@ -362,7 +369,7 @@ async def _lead(
     stop.set()
     kopf_stop.set()
     operator.ready.clear()
-    for task in (ticker, readiness, keeper):
+    for task in (ticker, watches, readiness, keeper):
         if task is not None:
             task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -18,6 +18,8 @@ import kopf
 
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
+from enumwatch.controller.addresses import AddressWatch
+from enumwatch.controller.posture import PostureWatch
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
@@ -49,14 +51,23 @@ class Operator:
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
         reports: PolicyReportWriter | None = None,
+        *,
+        addresses: AddressWatch | None = None,
+        posture: PostureWatch | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
         self.sink = sink
         self.config = config
         self.reports = reports
+        #: Keeps the source attribution's address book current (None: no attribution).
+        self.addresses = addresses
+        #: Keeps the RBAC posture current (None: not reported).
+        self.posture = posture
         self.ready = asyncio.Event()
-        self.status = StatusReporter(client, sink)
+        self.status = StatusReporter(
+            client, sink, None if posture is None else lambda: posture.current
+        )
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
         self.ticker = Ticker(
             detectors,
@@ -154,3 +165,9 @@ class Operator:
     async def run_ticker(self, stop: asyncio.Event) -> None:
         """Run the schedules until ``stop`` is set."""
         await self.ticker.run(stop)
+
+    async def run_watches(self, stop: asyncio.Event) -> None:
+        """Watch what the facts beside the rule need (pods, nodes, services; RBAC bindings)
+        until ``stop``."""
+        runs = [w.run(stop) for w in (self.addresses, self.posture) if w is not None]
+        await asyncio.gather(*runs)

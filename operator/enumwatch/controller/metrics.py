@@ -126,6 +126,16 @@ DETECTORS = Gauge("enumwatch_detectors", "Detectors currently running.", registr
 LEADER = Gauge(
     "enumwatch_leader", "1 while this instance holds the leader lease.", registry=REGISTRY
 )
+ADDRESSES = Gauge(
+    "enumwatch_attribution_addresses",
+    "Objects (pods, nodes, services) holding an address known to source attribution.",
+    registry=REGISTRY,
+)
+ADDRESSES_SYNCED = Gauge(
+    "enumwatch_attribution_synced",
+    "1 once pods, nodes and services have all been listed for source attribution.",
+    registry=REGISTRY,
+)
 
 
 def render() -> bytes:

@@ -85,6 +85,8 @@ class DetectorRuntime:
     active_groups: int = 0
     ready_since: str | None = None
     conditions: list[Condition] = field(default_factory=list)
+    #: Anonymous bindings (as described) this detector has posted a Warning Event about.
+    bindings_warned: set[str] = field(default_factory=set)
     #: Rows whose Finding write failed, by group key: retried at the next tick unless that
     #: tick's window fires the group again (then the fresher row is written instead).
     pending: dict[GroupKey, FailedWrite] = field(default_factory=dict)

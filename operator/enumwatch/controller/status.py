@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import format_duration
-from enumwatch.api.status import Condition, DetectorStatus
+from enumwatch.api.status import Condition, DetectorStatus, Posture
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.posture import REASON_FOUND, describe, verdict
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import format_rfc3339, now_rfc3339
 
@@ -26,9 +28,16 @@ log = logging.getLogger("enumwatch.operator")
 class StatusReporter:
     """Patches the status subresource of the detectors."""
 
-    def __init__(self, client: KubeClient, sink: FindingSink) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        sink: FindingSink,
+        posture: Callable[[], Posture | None] | None = None,
+    ) -> None:
         self.client = client
         self.sink = sink
+        #: The cluster's RBAC posture now (None inside: not listed yet; None: not watched).
+        self.posture = posture
 
     def _condition(
         self, runtime: DetectorRuntime, type_: str, status: str, reason: str, message: str
@@ -50,8 +59,9 @@ class StatusReporter:
         )
 
     def conditions(self, runtime: DetectorRuntime) -> list[Condition]:
-        """Ready (the detector runs), FindingsWritten (no Finding write is pending) and
-        AuditCoverage (the stream lets the rule see, judged at this moment)."""
+        """Ready (the detector runs), FindingsWritten (no Finding write is pending),
+        AuditCoverage (the stream lets the rule see, judged at this moment) and RBACPosture
+        (no binding grants anonymous clients more than the defaults)."""
         if runtime.error is not None:
             ready = self._condition(runtime, "Ready", "False", "InvalidSpec", runtime.error)
         else:
@@ -80,17 +90,37 @@ class StatusReporter:
             written = self._condition(
                 runtime, "FindingsWritten", "True", "Written", "every Finding was written"
             )
-        if runtime.coverage is None:
-            return [ready, written]
-        verdict = runtime.coverage.verdict(time.time())
-        coverage = self._condition(
-            runtime, "AuditCoverage", verdict.status, verdict.reason, verdict.message
-        )
-        return [ready, written, coverage]
+        conditions = [ready, written]
+        if runtime.coverage is not None:
+            seen = runtime.coverage.verdict(time.time())
+            conditions.append(
+                self._condition(runtime, "AuditCoverage", seen.status, seen.reason, seen.message)
+            )
+        if self.posture is not None:
+            status, reason, message = verdict(self.posture())
+            conditions.append(
+                self._condition(runtime, "RBACPosture", status, reason, message[:1000])
+            )
+        return conditions
+
+    async def _warn_bindings(self, runtime: DetectorRuntime, posture: Posture | None) -> None:
+        """A Warning Event on the detector for each anonymous binding it has not warned of."""
+        if posture is None:
+            return
+        now = {describe(b) for b in posture.anonymous_bindings}
+        for text in sorted(now - runtime.bindings_warned):
+            await self.sink.event(
+                runtime.ref.involved_object(),
+                REASON_FOUND,
+                f"{text}; anonymous clients can use it without any credentials",
+            )
+        runtime.bindings_warned = now
 
     async def patch(self, runtime: DetectorRuntime) -> None:
         """Write the detector's status subresource (conventions: observedGeneration, Ready)."""
         runtime.conditions = self.conditions(runtime)
+        posture = self.posture() if self.posture is not None else None
+        await self._warn_bindings(runtime, posture)
         evaluator = runtime.evaluator
         if runtime.spec is not None:
             with contextlib.suppress(ApiError, OSError):
@@ -115,6 +145,7 @@ class StatusReporter:
             rowsExcepted=runtime.rows_excepted,
             activeGroups=runtime.active_groups,
             seedDeviations=runtime.spec.seed_deviations() if runtime.spec is not None else [],
+            posture=posture,
         )
         path = (
             namespaced_path(

@@ -14,9 +14,9 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from enumwatch.api.finding import finding_name
+from enumwatch.api.finding import Source, finding_name
 from enumwatch.api.names import (
     API_VERSION,
     DETECTOR_LABEL,
@@ -34,6 +34,7 @@ from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import GroupKey, Row
 from enumwatch.sink.plan import (
     Action,
+    Plan,
     access_summary,
     only_row,
     plan,
@@ -97,6 +98,14 @@ class FailedWrite:
         return cls(window=window, error=str(data["error"]))
 
 
+class Attribution(Protocol):
+    """Who a source IP was in the cluster at a time (:class:`enumwatch.attribution.AddressBook`)."""
+
+    def resolve(self, source_ip: str | None, at: float, *, observed: bool = True) -> Source | None:
+        """The Source of ``source_ip`` at ``at``; ``None`` when unknown."""
+        ...
+
+
 @dataclass
 class SinkResult:
     """What one tick did to the Findings of one detector."""
@@ -114,9 +123,26 @@ class SinkResult:
 class FindingSink:
     """Writes Findings and Events for the rows of a tick."""
 
-    def __init__(self, client: KubeClient, *, instance: str = "enumwatch") -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        instance: str = "enumwatch",
+        attribution: Attribution | None = None,
+    ) -> None:
         self.client = client
         self.instance = instance
+        self.attribution = attribution
+
+    def source_of(self, window: WindowResult, row: Row) -> Source | None:
+        """Who the row's source IP was at the time of its latest event (``None``: unknown)."""
+        if self.attribution is None:
+            return None
+        return self.attribution.resolve(
+            row.source_ip,
+            window.last_seen.get(row.key, window.tick),
+            observed=row.key in window.observed,
+        )
 
     async def apply(
         self, detector: DetectorRef, spec: DetectorSpec, window: WindowResult
@@ -186,9 +212,12 @@ class FindingSink:
     ) -> None:
         name = finding_name(detector.name, row.source_ip, row.user_agent)
         path = namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
+        source = self.source_of(window, row)
         for _attempt in range(3):
             current = await self.client.get_or_none(path)
-            decided = plan(current["spec"] if current else None, row, window, detector.name, spec)
+            decided = plan(
+                current["spec"] if current else None, row, window, detector.name, spec, source
+            )
             if decided.action is Action.NOOP or decided.spec is None:
                 return
             body = decided.spec.model_dump(by_alias=True, mode="json")
@@ -212,8 +241,8 @@ class FindingSink:
                         },
                     )
                     result.created.append(name)
-                    await self._announce(created, detector, summary(row))
-                    await self._announce_access(created, detector, row, decided.entered)
+                    await self._announce(created, detector, summary(row, decided.spec.source))
+                    await self._announce_access(created, detector, row, decided)
                     return
                 await self.client.json_patch(
                     path,
@@ -229,22 +258,29 @@ class FindingSink:
             elif decided.action is Action.GREW:
                 result.grew.append(name)
                 await self._announce(
-                    current, detector, summary(row) + "; grew: " + "; ".join(decided.changes)
+                    current,
+                    detector,
+                    summary(row, decided.spec.source) + "; grew: " + "; ".join(decided.changes),
                 )
             else:
-                await self._announce(current, detector, summary(row) + " (new occurrence)")
+                await self._announce(
+                    current, detector, summary(row, decided.spec.source) + " (new occurrence)"
+                )
             if decided.action is not Action.SUPPRESSED:
-                await self._announce_access(current, detector, row, decided.entered)
+                await self._announce_access(current, detector, row, decided)
             return
         raise RuntimeError(f"Finding {detector.namespace}/{name} kept conflicting; will retry")
 
     async def _announce_access(
-        self, finding: dict[str, Any], detector: DetectorRef, row: Row, entered: tuple[str, ...]
+        self, finding: dict[str, Any], detector: DetectorRef, row: Row, decided: Plan
     ) -> None:
-        """Say, with its own reason, that the client got into ``entered`` (if anything)."""
-        if entered:
+        """Say, with its own reason, that the client got into what the plan newly records."""
+        if decided.entered and decided.spec is not None:
             await self._announce(
-                finding, detector, access_summary(row, entered), REASON_ACCESS_SUCCEEDED
+                finding,
+                detector,
+                access_summary(row, decided.entered, decided.spec.source),
+                REASON_ACCESS_SUCCEEDED,
             )
 
     async def _announce(

@@ -16,11 +16,13 @@ from enumwatch.api.finding import (
     MAX_ACCESS_URIS,
     Access,
     FindingSpec,
+    Source,
     Window,
     enumeration_summary,
     rule_ref,
 )
 from enumwatch.api.spec import DetectorSpec
+from enumwatch.attribution import describe
 from enumwatch.rule import GroupKey, Row
 from enumwatch.sink.aggregates import aggregates_from_row
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
@@ -93,11 +95,14 @@ def plan(
     window: WindowResult,
     detector: str,
     spec: DetectorSpec,
+    source: Source | None = None,
 ) -> Plan:
     """Decide what ``row`` does to the Finding whose current spec is ``existing`` (pure).
 
     ``lastSeen`` is the time of the group's latest event in the window; ``lastFired`` the tick.
     A tick at or before the recorded ``lastFired`` is a no-op, so retries never double count.
+    ``source`` is who the row's IP is in the cluster; when it is unknown now (the operator's
+    watch has not synced yet) the Finding keeps the source it recorded.
     """
     tick = format_rfc3339(window.tick)
     succeeded = window.succeeded.get(row.key, ())
@@ -117,6 +122,7 @@ def plan(
         "retention": spec.findings.retention,
         "aggregates": aggregates_from_row(row),
         "access": access,
+        "source": source if source is not None else (existing or {}).get("source"),
     }
     if existing is None:
         return Plan(
@@ -178,19 +184,25 @@ def spec_patch(existing: dict[str, Any], new: dict[str, Any], resource_version: 
     return ops
 
 
-def access_summary(row: Row, uris: tuple[str, ...]) -> str:
+def _who(row: Row, source: Source | None) -> str:
+    """The row's source IP, and who it is in the cluster when known."""
+    ip = row.source_ip or "<no IP>"
+    return ip if source is None else f"{ip} [{describe(source)}]"
+
+
+def access_summary(row: Row, uris: tuple[str, ...], source: Source | None = None) -> str:
     """The AnonymousAccessSucceeded Event message: who got into what."""
     more = f" and {len(uris) - 5} more" if len(uris) > 5 else ""
     return (
-        f"anonymous client {row.source_ip or '<no IP>'} (user agent "
+        f"anonymous client {_who(row, source)} (user agent "
         f"{row.user_agent or '<none>'!r}) was answered on {len(uris)} endpoint(s) that are not "
         f"public by default: {', '.join(uris[:5])}{more}"
     )
 
 
-def summary(row: Row) -> str:
-    """The Event message for a row: source IP, user agent and the key counts."""
-    return enumeration_summary(row.source_ip, row.user_agent, row)
+def summary(row: Row, source: Source | None = None) -> str:
+    """The Event message for a row: source IP (and who it is), user agent and the key counts."""
+    return enumeration_summary(_who(row, source), row.user_agent, row)
 
 
 def prioritize(

@@ -30,7 +30,7 @@ from enumwatch.match.prefilter import GO_EVENT_HEAD
 from enumwatch.sources.collect.records import FOREIGN, SkippedRecord
 from enumwatch.sources.collect.source import Page, Source, SourceUnavailable
 from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
-from enumwatch.sources.tail.filter import KEEP, MALFORMED, Filter
+from enumwatch.sources.tail.filter import FILTERED, KEEP, MALFORMED, Filter
 
 log = logging.getLogger("enumwatch.collect")
 
@@ -47,6 +47,10 @@ class CollectStats(ForwardStats):
     events_filtered: int = 0
     source_errors: int = 0
     backpressure_pauses: int = 0
+    #: Anonymous events at level Metadata dropped (the rule cannot see them: AuditCoverage).
+    anonymous_metadata_dropped: int = 0
+    #: Of those, forwarded anyway as coverage witnesses (one per --coverage-witness-every).
+    coverage_witnesses: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +170,7 @@ class Collector(Generic[P]):
         prefilter = self.filter.prefilter
         could_match = prefilter.could_match if prefilter is not None else None
         classify = self.filter.classify
+        witness = self.filter.witness if self.filter.blind is not None else None
         mapping = self.source.mapping
         kept: list[tuple[bytes, Any]] = []
         for record, mark in page.records:
@@ -186,10 +191,12 @@ class Collector(Generic[P]):
                 and event.startswith(GO_EVENT_HEAD)
                 and not could_match(event)
             ):
-                stats.events_filtered += 1
-                continue
-            verdict = classify(event)
-            if verdict == KEEP:
+                verdict = FILTERED
+            else:
+                verdict = classify(event)
+            if verdict == KEEP or (
+                verdict == FILTERED and witness is not None and witness(event, stats)
+            ):
                 kept.append((event, mark))
             elif verdict == MALFORMED:
                 stats.records_malformed += 1

@@ -10,11 +10,21 @@ Lines in the API server's own format are screened first by the byte
 :class:`~enumwatch.match.prefilter.Prefilter` (most of them are dropped there, unparsed); any
 other line is parsed, so that one that is not a JSON object is counted as malformed rather than
 filtered.
+
+What is dropped can blind the operator's ``AuditCoverage`` check: under an audit policy that logs
+anonymous requests at ``Metadata`` (which the seed excludes), the filter would drop every one of
+them and the operator could never say "the rule cannot see". So a filter built with
+``witness_every`` counts the anonymous ``Metadata`` events it drops, and forwards one of them as
+a *witness* at most every ``witness_every`` seconds: the operator sees it, the detectors' match
+ignores it, and AuditCoverage turns False naming the policy fix. Under the shipped policy there
+is no such event, and nothing changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import orjson
 
@@ -26,6 +36,13 @@ from enumwatch.sources.tail.stats import TailStats
 KEEP, FILTERED, MALFORMED = 0, 1, 2
 
 
+class DropCounters(Protocol):
+    """The counters a sender keeps of what it drops for coverage reasons."""
+
+    anonymous_metadata_dropped: int
+    coverage_witnesses: int
+
+
 class Filter:
     """Decides, per raw line, whether any detector could match the event it holds.
 
@@ -35,14 +52,90 @@ class Filter:
     (the default) lines in the API server's key order are first screened by their bytes.
     """
 
-    def __init__(self, matcher: Matcher | None, *, prefilter: bool = True) -> None:
+    def __init__(
+        self,
+        matcher: Matcher | None,
+        *,
+        prefilter: bool = True,
+        witness_every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.matcher = matcher
         self.prefilter = Prefilter(matcher) if prefilter and matcher is not None else None
+        #: The same users at level Metadata: what the filter drops that coverage must hear of.
+        self.blind: Matcher | None = None
+        self.blind_missing = False
+        if witness_every is not None and matcher is not None and "Metadata" not in matcher.levels:
+            self.blind = Matcher(
+                MatchSpec.model_validate(
+                    {
+                        "usernames": sorted(matcher.usernames),
+                        "levels": ["Metadata"],
+                        "includeMissingUsername": matcher.include_missing_username,
+                    }
+                )
+            )
+        self.blind_prefilter = Prefilter(self.blind) if self.blind is not None else None
+        #: What a line must show to be worth a closer look: its first ``"username":`` followed
+        #: by a configured username spelled literally (as the apiserver writes it), or, when
+        #: missing usernames match, no ``"username"`` key at all. Authenticated lines fail it
+        #: on one substring search that stops at their username, early in the line.
+        self.blind_names: tuple[bytes, ...] = ()
+        if self.blind is not None:
+            names = [orjson.dumps(n) for n in sorted(self.blind.usernames)]
+            if self.blind.include_missing_username:
+                names.append(b'""')
+            self.blind_names = tuple(names)
+            self.blind_missing = self.blind.include_missing_username
+        self.witness_every = witness_every
+        self.clock = clock
+        self.last_witness: float | None = None
 
     @classmethod
-    def from_specs(cls, specs: Iterable[MatchSpec], *, prefilter: bool = True) -> Filter:
+    def from_specs(
+        cls,
+        specs: Iterable[MatchSpec],
+        *,
+        prefilter: bool = True,
+        witness_every: float | None = None,
+    ) -> Filter:
         """Build the filter that keeps whatever any of ``specs`` could match (their union)."""
-        return cls(Matcher.union(specs), prefilter=prefilter)
+        return cls(Matcher.union(specs), prefilter=prefilter, witness_every=witness_every)
+
+    def may_be_blind(self, line: bytes) -> bool:
+        """Whether a dropped line may be an anonymous event (a fast byte test; usernames
+        spelled with escapes are not counted: these counters are a diagnosis, not the rule)."""
+        at = line.find(b'"username":')
+        if at < 0:
+            return self.blind_missing
+        return line.startswith(self.blind_names, at + 11) if self.blind_names else False
+
+    def witness(self, line: bytes, counters: DropCounters) -> bool:
+        """For a line the filter drops: count it if it is an anonymous event at Metadata, and
+        say whether to forward it anyway as this period's coverage witness."""
+        blind, pre = self.blind, self.blind_prefilter
+        if blind is None or pre is None or not self.may_be_blind(line):
+            return False
+        if line.startswith(GO_EVENT_HEAD) and not pre.could_match(line):
+            return False
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return False
+        if not (
+            isinstance(event, dict)
+            and event.get("level") == "Metadata"
+            and blind.may_match_object(event)
+        ):
+            return False
+        counters.anonymous_metadata_dropped += 1
+        now = self.clock()
+        assert self.witness_every is not None
+        if self.last_witness is not None and now - self.last_witness < self.witness_every:
+            return False
+        self.last_witness = now
+        counters.coverage_witnesses += 1
+        return True
 
     @classmethod
     def everything(cls) -> Filter:
@@ -76,13 +169,20 @@ class Filter:
         filtered = malformed = 0
         could_match = self.prefilter.could_match if self.prefilter is not None else None
         classify = self.classify
+        witness = self.witness if self.blind is not None else None
+        may_be_blind = self.may_be_blind
         for line in lines:
             offset += len(line) + 1
             if could_match is not None and line.startswith(GO_EVENT_HEAD) and not could_match(line):
-                filtered += 1
-                continue
-            verdict = classify(line)
-            if verdict == KEEP:
+                verdict = FILTERED
+            else:
+                verdict = classify(line)
+            if verdict == KEEP or (
+                verdict == FILTERED
+                and witness is not None
+                and may_be_blind(line)
+                and witness(line, stats)
+            ):
                 kept.append((line, offset))
             elif verdict == FILTERED:
                 filtered += 1

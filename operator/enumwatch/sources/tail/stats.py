@@ -29,3 +29,7 @@ class TailStats(ForwardStats):
     bytes_lost: int = 0
     overflow_files_lost: int = 0
     backpressure_pauses: int = 0
+    #: Anonymous events at level Metadata dropped (the rule cannot see them: AuditCoverage).
+    anonymous_metadata_dropped: int = 0
+    #: Of those, forwarded anyway as coverage witnesses (one per --coverage-witness-every).
+    coverage_witnesses: int = 0

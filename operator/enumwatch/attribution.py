@@ -1,0 +1,328 @@
+"""Who is this source IP? The cluster's addresses, kept as IP -> identity, and their resolution.
+
+A SIEM sees an address; an operator inside the cluster can say whose it is: a pod (with the
+workload that owns it, its node and service account), a node, a Service's cluster IP, the
+loopback, or nothing the cluster knows (external). The controller shell watches pods, nodes and
+services and feeds the events here; this module keeps only what resolution needs (a few strings
+per object, never the objects), so memory grows with the number of addresses, not with the size
+of the objects.
+
+Two subtleties:
+
+* hostNetwork pods share their node's address. An IP that is a node's and also some hostNetwork
+  pods' is reported as the node *with* those pods (``hostNetwork: true``): any of them could have
+  sent the requests, and saying one would be a guess.
+* Pods come and go, and their IPs are reused. A deleted pod is remembered for a while (bounded in
+  count and age), and resolution asks who held the address *at the time of the scan*: a scanner
+  pod deleted before the tick is still named, and a pod created after the scan with a recycled IP
+  is not blamed for it.
+
+Pure: objects and times in, answers out; no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from enumwatch.api.finding import MAX_HOST_NETWORK_PODS, Source, Workload
+from enumwatch.timefmt import parse_rfc3339
+
+#: The kinds of object watched for addresses.
+Kind = Literal["pod", "node", "service"]
+KINDS: tuple[Kind, ...] = ("pod", "node", "service")
+#: Node address types that are the node's own (not its Hostname or InternalDNS).
+NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
+#: How long a deleted pod is remembered, in seconds: a scan is attributed at the tick after it,
+#: at most one lookback later, and an hour covers the lookbacks people run.
+GONE_SECONDS = 3600.0
+#: At most this many deleted pods are remembered (the oldest is forgotten first).
+MAX_GONE = 4096
+#: A pod is taken to hold its IP from a little before its creation (clock skew between the
+#: API server that stamped it and the one that audited the scan).
+SKEW_SECONDS = 5.0
+
+
+def normalize_ip(text: str) -> str | None:
+    """The canonical form of an address (IPv4-mapped IPv6 as IPv4), or ``None`` if it is none."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What one object says about the addresses it holds: the few fields resolution needs."""
+
+    kind: Kind
+    namespace: str
+    name: str
+    ips: tuple[str, ...]
+    owner: Workload | None = None
+    node: str | None = None
+    service_account: str | None = None
+    host_network: bool = False
+    #: When it started to hold its addresses (a pod's creation), epoch seconds.
+    since: float | None = None
+
+    @property
+    def key(self) -> tuple[Kind, str, str]:
+        """Identity of the object within the index."""
+        return (self.kind, self.namespace, self.name)
+
+    @property
+    def ref(self) -> str:
+        """``kind/namespace/name``, or ``node/name``."""
+        if self.kind == "node":
+            return f"node/{self.name}"
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+def _ips(values: Any, key: str = "ip") -> tuple[str, ...]:
+    """The distinct valid addresses in ``values`` (strings, or objects holding one at ``key``)."""
+    found = []
+    for value in values if isinstance(values, list) else ():
+        text = value.get(key) if isinstance(value, dict) else value
+        ip = normalize_ip(text) if isinstance(text, str) else None
+        if ip is not None and ip not in found:
+            found.append(ip)
+    return tuple(found)
+
+
+def pod_owner(pod: dict[str, Any]) -> Workload | None:
+    """The workload controlling ``pod``: its controller owner reference, and a ReplicaSet named
+    ``<deployment>-<pod-template-hash>`` as the Deployment that made it."""
+    meta = pod.get("metadata") or {}
+    refs = [r for r in meta.get("ownerReferences") or () if isinstance(r, dict)]
+    ref = next((r for r in refs if r.get("controller")), refs[0] if refs else None)
+    if ref is None or not ref.get("kind") or not ref.get("name"):
+        return None
+    kind, name = str(ref["kind"]), str(ref["name"])
+    template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+    if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
+        return Workload(kind="Deployment", name=name[: -len(template_hash) - 1])
+    return Workload(kind=kind, name=name)
+
+
+def _since(meta: dict[str, Any]) -> float | None:
+    stamp = meta.get("creationTimestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return parse_rfc3339(stamp)
+    except ValueError:
+        return None
+
+
+def holder_of(kind: Kind, obj: dict[str, Any]) -> Holder:
+    """The addresses ``obj`` (a Pod, Node or Service as the API returns it) holds, and who it is."""
+    meta = obj.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if kind == "pod":
+        ips = _ips(status.get("podIPs")) or _ips([status.get("podIP")])
+        if status.get("phase") in ("Succeeded", "Failed"):
+            ips = ()  # a finished pod's IP is free for the next one
+        return Holder(
+            kind="pod",
+            namespace=namespace,
+            name=name,
+            ips=ips,
+            owner=pod_owner(obj),
+            node=spec.get("nodeName") or None,
+            service_account=spec.get("serviceAccountName") or None,
+            host_network=bool(spec.get("hostNetwork")),
+            since=_since(meta),
+        )
+    if kind == "node":
+        addresses = [
+            a for a in status.get("addresses") or () if a.get("type") in NODE_ADDRESS_TYPES
+        ]
+        ips = _ips(addresses, "address")
+        return Holder(kind="node", namespace="", name=name, ips=ips, node=name)
+    cluster_ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
+    return Holder(kind="service", namespace=namespace, name=name, ips=_ips(cluster_ips))
+
+
+class AddressBook:
+    """IP -> the objects holding it, kept current from watch events (bounded memory).
+
+    ``synced`` says whether every kind has been listed once: before that an unknown address may
+    be one not listed yet, so :meth:`resolve` says nothing rather than "external".
+    """
+
+    def __init__(self, *, gone_seconds: float = GONE_SECONDS, max_gone: int = MAX_GONE) -> None:
+        self.gone_seconds = gone_seconds
+        self.max_gone = max_gone
+        self._holders: dict[tuple[Kind, str, str], Holder] = {}
+        self._by_ip: dict[str, set[tuple[Kind, str, str]]] = {}
+        #: Deleted pods: (holder, deleted at), oldest first; and their IPs.
+        self._gone: OrderedDict[int, tuple[Holder, float]] = OrderedDict()
+        self._gone_by_ip: dict[str, set[int]] = {}
+        self._gone_seq = 0
+        self._synced: set[Kind] = set()
+
+    @property
+    def synced(self) -> bool:
+        """Whether pods, nodes and services have all been listed."""
+        return self._synced.issuperset(KINDS)
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+    def apply(self, kind: Kind, event_type: str, obj: dict[str, Any], now: float) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) for ``obj`` of ``kind``, at ``now``."""
+        holder = holder_of(kind, obj)
+        if event_type == "DELETED":
+            self._remove(holder.key, now)
+        else:
+            self._put(holder, now)
+
+    def replace(self, kind: Kind, holders: list[Holder], now: float) -> None:
+        """A full listing of ``kind`` (each object reduced by :func:`holder_of`): what is no
+        longer there was deleted at ``now``."""
+        present = {h.key for h in holders}
+        for key in [k for k in self._holders if k[0] == kind and k not in present]:
+            self._remove(key, now)
+        for holder in holders:
+            self._put(holder, now)
+        self._synced.add(kind)
+
+    def _put(self, holder: Holder, now: float) -> None:
+        old = self._holders.get(holder.key)
+        if old is not None:
+            if old.ips == holder.ips:
+                self._holders[holder.key] = holder
+                return
+            self._remove(holder.key, now)
+        if not holder.ips:
+            return
+        self._holders[holder.key] = holder
+        for ip in holder.ips:
+            self._by_ip.setdefault(ip, set()).add(holder.key)
+
+    def _remove(self, key: tuple[Kind, str, str], now: float) -> None:
+        holder = self._holders.pop(key, None)
+        if holder is None:
+            return
+        for ip in holder.ips:
+            keys = self._by_ip.get(ip)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_ip[ip]
+        if holder.kind == "pod":
+            self._remember_gone(holder, now)
+
+    def _remember_gone(self, holder: Holder, now: float) -> None:
+        self._gone_seq += 1
+        self._gone[self._gone_seq] = (holder, now)
+        for ip in holder.ips:
+            self._gone_by_ip.setdefault(ip, set()).add(self._gone_seq)
+        while self._gone and (
+            len(self._gone) > self.max_gone
+            or next(iter(self._gone.values()))[1] < now - self.gone_seconds
+        ):
+            seq, (old, _) = self._gone.popitem(last=False)
+            for ip in old.ips:
+                seqs = self._gone_by_ip.get(ip)
+                if seqs is not None:
+                    seqs.discard(seq)
+                    if not seqs:
+                        del self._gone_by_ip[ip]
+
+    def holders_at(self, ip: str, at: float) -> list[Holder]:
+        """The objects that held ``ip`` at time ``at``: current ones that already existed, and
+        pods deleted since; when none qualifies by time, the current holders."""
+        current = [self._holders[k] for k in self._by_ip.get(ip, ())]
+        then = [h for h in current if h.since is None or h.since - SKEW_SECONDS <= at]
+        then += [
+            holder
+            for holder, deleted in (self._gone[s] for s in self._gone_by_ip.get(ip, ()))
+            if deleted >= at and (holder.since is None or holder.since - SKEW_SECONDS <= at)
+        ]
+        return sorted(then or current, key=lambda h: h.key)
+
+    def resolve(self, source_ip: str | None, at: float, *, observed: bool = True) -> Source | None:
+        """Who ``source_ip`` was at ``at`` (epoch seconds); ``None`` for no IP, or when an
+        unknown address cannot be told from one not listed yet (before the first listing)."""
+        if source_ip is None:
+            return None
+        ip = normalize_ip(source_ip)
+        if ip is None:
+            return None
+        if ipaddress.ip_address(ip).is_loopback:
+            return Source(kind="loopback", ref="loopback", observed=observed)
+        return resolve_holders(self.holders_at(ip, at), observed=observed, synced=self.synced)
+
+
+def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> Source | None:
+    """The Source for an address held by ``holders`` (pure; ``synced`` as in AddressBook)."""
+    nodes = [h for h in holders if h.kind == "node"]
+    host_pods = [h for h in holders if h.kind == "pod" and h.host_network]
+    pods = [h for h in holders if h.kind == "pod" and not h.host_network]
+    services = [h for h in holders if h.kind == "service"]
+    shared = [f"{h.namespace}/{h.name}" for h in host_pods]
+    if pods:  # a pod network address belongs to one pod at a time
+        return _pod_source(pods[0], observed)
+    if nodes or len(host_pods) > 1:
+        node = nodes[0].name if nodes else (host_pods[0].node or "")
+        ref = f"node/{node}"
+        if shared:
+            ref += f" (+{len(shared)} hostNetwork pod{'s' if len(shared) > 1 else ''})"
+        return Source(
+            kind="node",
+            ref=ref,
+            name=node,
+            node=node,
+            hostNetwork=bool(shared),
+            hostNetworkPods=shared[:MAX_HOST_NETWORK_PODS],
+            observed=observed,
+        )
+    if host_pods:  # one hostNetwork pod on a node whose addresses are not known
+        return _pod_source(host_pods[0], observed)
+    if services:
+        svc = services[0]
+        return Source(
+            kind="service", ref=svc.ref, namespace=svc.namespace, name=svc.name, observed=observed
+        )
+    if not synced:
+        return None
+    return Source(kind="external", ref="external", observed=observed)
+
+
+def _pod_source(pod: Holder, observed: bool) -> Source:
+    return Source(
+        kind="pod",
+        ref=pod.ref + (" (hostNetwork)" if pod.host_network else ""),
+        namespace=pod.namespace,
+        name=pod.name,
+        owner=pod.owner,
+        node=pod.node,
+        serviceAccount=pod.service_account,
+        hostNetwork=pod.host_network,
+        hostNetworkPods=[f"{pod.namespace}/{pod.name}"] if pod.host_network else [],
+        observed=observed,
+    )
+
+
+def describe(source: Source) -> str:
+    """A Source in words, for Event messages: the ref, the owner and who it runs as."""
+    parts = []
+    if source.owner is not None:
+        parts.append(f"owner {source.owner.kind}/{source.owner.name}")
+    if source.kind == "pod" and source.node:
+        parts.append(f"node {source.node}")
+    if source.service_account:
+        parts.append(f"service account {source.service_account}")
+    if source.kind == "node" and source.host_network_pods:
+        parts.append("or hostNetwork pod(s) " + ", ".join(source.host_network_pods[:3]))
+    if not source.observed:
+        parts.append("address from X-Forwarded-For/X-Real-Ip, forgeable")
+    return source.ref + (f" ({'; '.join(parts)})" if parts else "")

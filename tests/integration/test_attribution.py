@@ -1,0 +1,291 @@
+"""Source attribution against the real apiserver: who a Finding's source IP is in the cluster.
+
+The session's control plane has no kubelet and no controller manager, so the Pods, their
+ReplicaSet and Deployment, and a Node are API objects created here, with the addresses a kubelet
+would report set through their status subresource. The scans are real anonymous requests; the
+apiserver puts the X-Forwarded-For address first in each audit event's sourceIPs, before the
+address it saw (127.0.0.1), so every scan makes two groups: one whose IP is the pod's (or the
+node's), one from the loopback. The operator learns the addresses from its own list and watch of
+pods, nodes and services (the RBAC it ships with grows by exactly that, test_install.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enumwatch_devkit.controlplane import ControlPlane
+from enumwatch_devkit.operatorkit import (
+    SCAN_PATHS,
+    OperatorProcess,
+    anonymous_scan,
+    apply_detector,
+    audit_events_for,
+    detector_status,
+    events_for,
+    findings,
+    fresh_namespace,
+    kubectl_json,
+    running_operator,
+    unique_agent,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+FAST = {"schedule": {"interval": "1s", "lookback": "30s"}}
+
+
+def _create(cp: ControlPlane, obj: dict[str, Any]) -> dict[str, Any]:
+    created: dict[str, Any] = json.loads(
+        cp.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(obj))
+    )
+    return created
+
+
+def _owner(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+    }
+
+
+def _pod(
+    cp: ControlPlane,
+    ns: str,
+    name: str,
+    node: str,
+    ip: str,
+    *,
+    owner: dict[str, Any] | None = None,
+    labels: dict[str, str] | None = None,
+    host_network: bool = False,
+) -> None:
+    """A Pod bound to ``node``, with ``ip`` in its status as the kubelet would report it."""
+    meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels or {}}
+    if owner is not None:
+        meta["ownerReferences"] = [owner]
+    _create(
+        cp,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": meta,
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": "scanner",
+                "automountServiceAccountToken": False,
+                "hostNetwork": host_network,
+                "containers": [{"name": "curl", "image": "curlimages/curl:8.10.1"}],
+            },
+        },
+    )
+    status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    if host_network:
+        status["hostIP"] = ip
+    cp.kubectl(
+        "patch", "pod", name, "-n", ns, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status}),
+    )
+
+
+def _node(cp: ControlPlane, name: str, ip: str) -> None:
+    _create(cp, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+    addresses = [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]
+    cp.kubectl(
+        "patch", "node", name, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"addresses": addresses}}),
+    )
+
+
+def _scan_from(cp: ControlPlane, op: OperatorProcess, ip: str, label: str) -> str:
+    agent = unique_agent(label)
+    anonymous_scan(cp, agent, headers={"X-Forwarded-For": ip})
+    events = audit_events_for(cp, agent, len(SCAN_PATHS))
+    assert {tuple(e["sourceIPs"]) for e in events} == {(ip, "127.0.0.1")}
+    op.ingest(events)
+    return agent
+
+
+def _finding(cp: ControlPlane, ns: str, ip: str, agent: str) -> dict[str, Any] | None:
+    return next(
+        (
+            f
+            for f in findings(cp, ns)
+            if f["spec"]["sourceIP"] == ip and f["spec"]["userAgent"] == agent
+        ),
+        None,
+    )
+
+
+def _address() -> str:
+    return f"10.{random.randint(100, 199)}.{random.randint(0, 255)}.{random.randint(2, 250)}"
+
+
+def test_a_scan_from_a_pod_names_the_pod_and_its_deployment(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    cp = crds
+    ns = fresh_namespace(cp, "attr")
+    node = f"worker-{uuid.uuid4().hex[:6]}"
+    cp.kubectl("create", "serviceaccount", "scanner", "-n", ns)
+    labels = {"app": "curl"}
+    deployment = _create(
+        cp,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "curl", "namespace": ns},
+            "spec": {
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "curl", "image": "curlimages/curl:8.10.1"}]},
+                },
+            },
+        },
+    )
+    replicaset = _create(
+        cp,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": "curl-7f9c8d4b6",
+                "namespace": ns,
+                "ownerReferences": [_owner(deployment)],
+            },
+            "spec": {
+                "selector": {"matchLabels": {**labels, "pod-template-hash": "7f9c8d4b6"}},
+                "template": {
+                    "metadata": {"labels": {**labels, "pod-template-hash": "7f9c8d4b6"}},
+                    "spec": {"containers": [{"name": "curl", "image": "curlimages/curl:8.10.1"}]},
+                },
+            },
+        },
+    )
+    scanner_ip, late_ip = _address(), _address()
+    pod = "curl-7f9c8d4b6-x2x4q"
+    # Listed by the operator when it starts.
+    _pod(cp, ns, pod, node, scanner_ip, owner=_owner(replicaset),
+         labels={**labels, "pod-template-hash": "7f9c8d4b6"})
+    with running_operator(cp, tmp_path) as op:
+        wait_for(lambda: op.metrics().get("enumwatch_attribution_synced") == 1.0,
+                 what="pods, nodes and services listed")
+        known = op.metrics()["enumwatch_attribution_addresses"]
+        # Seen through the watch: a bare pod started after the operator.
+        _pod(cp, ns, "debug", node, late_ip)
+        wait_for(lambda: op.metrics()["enumwatch_attribution_addresses"] == known + 1,
+                 what="the new pod's address through the watch")
+        apply_detector(cp, ns, "det", FAST)
+        wait_for(lambda: detector_status(cp, ns, "det").get("conditions"), what="status")
+        agent = _scan_from(cp, op, scanner_ip, "from-pod")
+        late_agent = _scan_from(cp, op, late_ip, "from-late-pod")
+        found = wait_for(lambda: _finding(cp, ns, scanner_ip, agent), what="the pod's Finding")
+        assert found["spec"]["source"] == {
+            "kind": "pod",
+            "ref": f"pod/{ns}/{pod}",
+            "namespace": ns,
+            "name": pod,
+            "owner": {"kind": "Deployment", "name": "curl"},
+            "node": node,
+            "serviceAccount": "scanner",
+            "hostNetwork": False,
+            "hostNetworkPods": [],
+            # The address came from X-Forwarded-For: attributed, and said to be forgeable.
+            "observed": False,
+        }
+        late = wait_for(lambda: _finding(cp, ns, late_ip, late_agent), what="the late pod's")
+        assert late["spec"]["source"] == {
+            "kind": "pod",
+            "ref": f"pod/{ns}/debug",
+            "namespace": ns,
+            "name": "debug",
+            "owner": None,
+            "node": node,
+            "serviceAccount": "scanner",
+            "hostNetwork": False,
+            "hostNetworkPods": [],
+            "observed": False,
+        }
+        loopback = wait_for(lambda: _finding(cp, ns, "127.0.0.1", agent), what="loopback's")
+        assert loopback["spec"]["source"] == {
+            "kind": "loopback",
+            "ref": "loopback",
+            "namespace": None,
+            "name": None,
+            "owner": None,
+            "node": None,
+            "serviceAccount": None,
+            "hostNetwork": False,
+            "hostNetworkPods": [],
+            "observed": True,
+        }
+        name = found["metadata"]["name"]
+        wait_for(lambda: events_for(cp, ns, name), what="the Finding's Event")
+        (event,) = events_for(cp, ns, name)
+        aggregates = found["spec"]["aggregates"]
+        assert event["message"] == (
+            f"anonymous enumeration from {scanner_ip} [pod/{ns}/{pod} (owner Deployment/curl; "
+            f"node {node}; service account scanner; address from X-Forwarded-For/X-Real-Ip, "
+            f"forgeable)] (user agent {agent!r}): {aggregates['documentCount']} audit events, "
+            f"{aggregates['requestURICountDistinct']} distinct URIs, "
+            f"{aggregates['resourceCountDistinct']} resources; forbidden "
+            f"{aggregates['authzForbidCount']}, 401/403 {aggregates['statusFailCount']}, "
+            f"not found {aggregates['notFoundCount']}"
+        )
+        header, *rows = cp.kubectl("get", "findings", "-n", ns).splitlines()
+        column = header.split().index("SOURCE")
+        printed = {row.split()[1]: row.split()[column] for row in rows}
+        assert printed[scanner_ip] == f"pod/{ns}/{pod}"
+        assert printed[late_ip] == f"pod/{ns}/debug"
+        assert printed["127.0.0.1"] == "loopback"
+
+
+def test_a_scan_from_a_node_address_names_the_node_and_the_hostnetwork_pods_sharing_it(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    cp = crds
+    ns = fresh_namespace(cp, "attrnode")
+    node, ip, outside = f"worker-{uuid.uuid4().hex[:6]}", _address(), "198.51.100.23"
+    cp.kubectl("create", "serviceaccount", "scanner", "-n", ns)
+    _node(cp, node, ip)
+    _pod(cp, ns, "agent-xk2p9", node, ip, host_network=True)
+    try:
+        with running_operator(cp, tmp_path) as op:
+            wait_for(lambda: op.metrics().get("enumwatch_attribution_synced") == 1.0,
+                     what="pods, nodes and services listed")
+            apply_detector(cp, ns, "det", FAST)
+            wait_for(lambda: detector_status(cp, ns, "det").get("conditions"), what="status")
+            agent = _scan_from(cp, op, ip, "from-node")
+            outside_agent = _scan_from(cp, op, outside, "from-outside")
+            found = wait_for(lambda: _finding(cp, ns, ip, agent), what="the node's Finding")
+            assert found["spec"]["source"] == {
+                "kind": "node",
+                "ref": f"node/{node} (+1 hostNetwork pod)",
+                "namespace": None,
+                "name": node,
+                "owner": None,
+                "node": node,
+                "serviceAccount": None,
+                "hostNetwork": True,
+                "hostNetworkPods": [f"{ns}/agent-xk2p9"],
+                "observed": False,
+            }
+            far = wait_for(lambda: _finding(cp, ns, outside, outside_agent), what="outside's")
+            assert (far["spec"]["source"]["kind"], far["spec"]["source"]["ref"]) == (
+                "external",
+                "external",
+            )
+            stored = kubectl_json(cp, "get", "finding", found["metadata"]["name"], "-n", ns)
+            assert stored["spec"]["source"]["name"] == node
+    finally:
+        cp.kubectl("delete", "node", node, "--wait=false")
