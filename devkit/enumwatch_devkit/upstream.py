@@ -1,8 +1,9 @@
 """Tools and files from upstream Go modules, at the versions pinned under ``hack/tools/``.
 
 The chart is linted and rendered by a real helm, the alert rules checked and unit-tested by a real
-promtool, and third-party CRDs (prometheus-operator's ServiceMonitor and PrometheusRule) are
-installed from their upstream definitions, never from a hand-written imitation. Like the control
+promtool, the outputs tested against a real Alertmanager, and third-party CRDs
+(prometheus-operator's ServiceMonitor and PrometheusRule) are installed from their upstream
+definitions, never from a hand-written imitation. Like the control
 plane, each is built or fetched once through the Go module proxy into ``~/.cache/enumwatch``
 (``hack/tools/build.sh``, ``hack/tools/upstream.sh``); later calls find it there at once.
 """
@@ -38,6 +39,12 @@ def helm() -> Path:
 def promtool() -> Path:
     """The pinned ``promtool`` binary (``hack/tools/promtool/go.mod``), built when missing."""
     return _tool("promtool")
+
+
+def alertmanager() -> Path:
+    """The pinned ``alertmanager`` binary (``hack/tools/alertmanager/go.mod``), built when
+    missing."""
+    return _tool("alertmanager")
 
 
 def module_dir(name: str) -> Path:

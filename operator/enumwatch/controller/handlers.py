@@ -23,6 +23,7 @@ from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
 from enumwatch.kubeapi import Credentials, KubeClient
+from enumwatch.outputs.dispatch import Outputs
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import parse_rfc3339
 
@@ -47,13 +48,15 @@ class Operator:
         detectors: Detectors,
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
+        outputs: Outputs | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
         self.sink = sink
         self.config = config
+        self.outputs = outputs
         self.ready = asyncio.Event()
-        self.status = StatusReporter(client, sink)
+        self.status = StatusReporter(client, sink, outputs)
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
         self.ticker = Ticker(
             detectors,
@@ -62,6 +65,7 @@ class Operator:
             self.retention,
             settle=config.settle,
             resolution=config.tick_resolution,
+            outputs=outputs,
         )
 
     # ------------------------------------------------------------------ kopf registration

@@ -97,6 +97,15 @@ class FailedWrite:
         return cls(window=window, error=str(data["error"]))
 
 
+@dataclass(frozen=True)
+class Written:
+    """A Finding as this tick left it, and what the write meant (the outputs' input)."""
+
+    finding: dict[str, Any]  # the object as the API server returned it after the write
+    action: Action
+    changes: tuple[str, ...] = ()  # what grew (Action.GREW), as the Event says
+
+
 @dataclass
 class SinkResult:
     """What one tick did to the Findings of one detector."""
@@ -108,6 +117,7 @@ class SinkResult:
     capped: int = 0
     failed: list[FailedWrite] = field(default_factory=list)
     attempted: list[GroupKey] = field(default_factory=list)  # rows whose write was tried
+    written: list[Written] = field(default_factory=list)  # every Finding written, in order
 
 
 class FindingSink:
@@ -210,10 +220,11 @@ class FindingSink:
                         },
                     )
                     result.created.append(name)
+                    result.written.append(Written(created, Action.CREATE))
                     await self._announce(created, detector, summary(row))
                     await self._announce_access(created, detector, row, decided.entered)
                     return
-                await self.client.json_patch(
+                patched = await self.client.json_patch(
                     path,
                     spec_patch(current["spec"], body, current["metadata"]["resourceVersion"]),
                 )
@@ -222,6 +233,7 @@ class FindingSink:
                     continue
                 raise
             result.updated.append(name)
+            result.written.append(Written(patched, decided.action, decided.changes))
             if decided.action is Action.SUPPRESSED:
                 result.suppressed.append(name)
             elif decided.action is Action.GREW:

@@ -12,7 +12,14 @@ import enum
 from dataclasses import dataclass, replace
 from typing import Any
 
-from enumwatch.api.finding import MAX_ACCESS_URIS, Access, FindingSpec, Window, rule_ref
+from enumwatch.api.finding import (
+    MAX_ACCESS_URIS,
+    Access,
+    FindingSpec,
+    Window,
+    enumeration_summary,
+    rule_ref,
+)
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.rule import GroupKey, Row
 from enumwatch.sink.aggregates import aggregates_from_row
@@ -183,12 +190,15 @@ def access_summary(row: Row, uris: tuple[str, ...]) -> str:
 
 def summary(row: Row) -> str:
     """The Event message for a row: source IP, user agent and the key counts."""
-    return (
-        f"anonymous enumeration from {row.source_ip or '<no IP>'} "
-        f"(user agent {row.user_agent or '<none>'!r}): {row.document_count} audit events, "
-        f"{row.request_uri_count_distinct} distinct URIs, {row.resource_count_distinct} "
-        f"resources; forbidden {row.authz_forbid_count}, 401/403 {row.status_fail_count}, "
-        f"not found {row.not_found_count}"
+    return enumeration_summary(
+        row.source_ip,
+        row.user_agent,
+        documents=row.document_count,
+        uris=row.request_uri_count_distinct,
+        resources=row.resource_count_distinct,
+        forbidden=row.authz_forbid_count,
+        failed=row.status_fail_count,
+        not_found=row.not_found_count,
     )
 
 
