@@ -11,6 +11,8 @@ same Alertmanager coming back.
 from __future__ import annotations
 
 import json
+import random
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from enumwatch_devkit import upstream
-from enumwatch_devkit.processes import bind_to_parent, free_port, launch, stop_group
+from enumwatch_devkit.processes import bind_to_parent, launch, stop_group
 
 #: How the test Alertmanager groups alerts (the route's group_by).
 GROUP_BY = ("alertname", "namespace", "detector")
@@ -45,13 +47,33 @@ def config(receiver_url: str | None) -> str:
     )
 
 
+def port_below_ephemeral_range() -> int:
+    """A free port on 127.0.0.1 below the kernel's ephemeral range.
+
+    The tests start Alertmanager *after* the operator has retried posting to its port for a
+    while. A client that keeps connecting to a port of the ephemeral range while nothing listens
+    there can be handed that very port as its source port and connect to itself (TCP
+    simultaneous open), which then holds the port: Alertmanager's bind would fail.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10_000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found on 127.0.0.1 between 10000 and {low}")
+
+
 @dataclass
 class AlertmanagerProcess:
     """One Alertmanager: its base URL, and how to stop and start it again."""
 
     workdir: Path
     receiver_url: str | None = None
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=port_below_ephemeral_range)
     proc: Any = None
 
     @property

@@ -148,7 +148,7 @@ def test_a_down_alertmanager_gets_the_alert_when_it_is_back(
         )
         assert failing["reason"] == "DeliveryFailing"
         assert failing["message"].startswith(f"alertmanager {am.url}: failing since ")
-        series = f'{{output="alertmanager",endpoint="{am.url}"}}'
+        series = f'{{endpoint="{am.url}",output="alertmanager"}}'
         metrics = op.metrics()
         assert metrics[f"enumwatch_output_failures_total{series}"] >= 1
         assert metrics[f"enumwatch_output_failing{series}"] == 1
@@ -214,7 +214,7 @@ def test_the_webhook_gets_each_new_finding_despite_failures(
             else:
                 assert set(body) == {"text"}
                 assert body["text"].startswith(f"*New Finding* (medium) {ns}/{name}: ")
-            series = f'{{output="webhook",endpoint="http://127.0.0.1:{receiver.port}"}}'
+            series = f'{{endpoint="http://127.0.0.1:{receiver.port}",output="webhook"}}'
             metrics = op.metrics()
             assert metrics[f"enumwatch_output_failures_total{series}"] == 2
             assert metrics[f"enumwatch_output_sent_total{series}"] == 1
