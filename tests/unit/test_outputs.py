@@ -276,3 +276,31 @@ async def test_outputs_send_new_escalated_and_resolved_findings_to_the_webhook(
     finally:
         await outputs.close()
 
+
+
+def test_the_delivery_counters_are_exposed_per_output_and_endpoint() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from enumwatch.controller.metrics import OutputsCollector
+
+    outputs = Outputs(OutputsConfig(alertmanagers=(
+        Endpoint("alertmanager", "http://am.example:9093/api/v2/alerts"),
+    )))
+    (delivery,) = outputs.deliveries
+    delivery.stats.sent, delivery.stats.failures, delivery.stats.failing_since = 4, 2, 1.0
+    delivery.put(b"[]")
+    registry = CollectorRegistry()
+    registry.register(OutputsCollector(outputs))
+    samples = [
+        line for line in generate_latest(registry).decode().splitlines()
+        if not line.startswith("#")
+    ]
+    series = '{endpoint="http://am.example:9093",output="alertmanager"}'
+    assert samples == [
+        f"enumwatch_output_sent_total{series} 4.0",
+        f"enumwatch_output_failures_total{series} 2.0",
+        f"enumwatch_output_rejected_total{series} 0.0",
+        f"enumwatch_output_dropped_total{series} 0.0",
+        f"enumwatch_output_queued{series} 1.0",
+        f"enumwatch_output_failing{series} 1.0",
+    ]
