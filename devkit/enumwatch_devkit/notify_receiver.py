@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from enumwatch_devkit.localhttp import serve
+
 
 class NotifyReceiver:
     """Records JSON bodies; answers ``fail_status`` to the next ``fail_remaining`` requests."""
@@ -53,14 +55,7 @@ class NotifyReceiver:
         """Listen on 127.0.0.1 (a free port)."""
         app = web.Application()
         app.router.add_post("/notify", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        if not self.port:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app, self.port)
         return self
 
     async def close(self) -> None:
