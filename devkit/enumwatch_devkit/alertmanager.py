@@ -11,6 +11,7 @@ same Alertmanager coming back.
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import time
@@ -74,6 +75,9 @@ class AlertmanagerProcess:
     workdir: Path
     receiver_url: str | None = None
     port: int = field(default_factory=port_below_ephemeral_range)
+    #: In a session of its own, outliving this process (``make dev-up``); otherwise it dies
+    #: with it, like the test servers.
+    detached: bool = False
     proc: Any = None
 
     @property
@@ -94,7 +98,8 @@ class AlertmanagerProcess:
             "--cluster.listen-address=",  # a single instance: no gossip port
             "--log.level=info",
         ]
-        self.proc = launch(cmd, self.workdir / "alertmanager.log", preexec=bind_to_parent)
+        preexec = os.setpgrp if self.detached else bind_to_parent
+        self.proc = launch(cmd, self.workdir / "alertmanager.log", preexec=preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
