@@ -308,3 +308,28 @@ def test_the_delivery_counters_are_exposed_per_output_and_endpoint() -> None:
         f"enumwatch_output_queued{series} 1.0",
         f"enumwatch_output_failing{series} 1.0",
     ]
+
+
+def test_the_run_flags_configure_the_outputs() -> None:
+    from enumwatch.cli.main import build_parser
+    from enumwatch.cli.run import outputs_config
+    from enumwatch.kubeapi import ConfigError
+
+    args = build_parser("run").parse_args([
+        "run", "--alertmanager-url", "http://am-0:9093/", "--alertmanager-url", "http://am-1:9093",
+        "--webhook-url", "https://hooks.example/T/B/X", "--webhook-format", "slack",
+        "--webhook-token-file", "/t", "--outputs-queue", "50",
+    ])
+    config = outputs_config(args)
+    assert config.alertmanagers == (
+        Endpoint("alertmanager", "http://am-0:9093/api/v2/alerts"),
+        Endpoint("alertmanager", "http://am-1:9093/api/v2/alerts"),
+    )
+    assert config.webhooks == (Endpoint("webhook", "https://hooks.example/T/B/X", "/t"),)
+    assert (config.webhook_format, config.queue) == ("slack", 50)
+    bad = build_parser("run").parse_args(["run", "--webhook-url", "hooks.example/x"])
+    with pytest.raises(ConfigError) as refused:
+        outputs_config(bad)
+    assert str(refused.value) == (
+        "--webhook-url 'hooks.example/x': expected an http:// or https:// URL"
+    )
