@@ -164,36 +164,20 @@ class FindingSpec(_Model):
 
     def summary(self) -> str:
         """One line on what the Finding shows (the Event message, an alert's summary)."""
-        a = self.aggregates
-        return enumeration_summary(
-            self.source_ip,
-            self.user_agent,
-            documents=a.document_count,
-            uris=a.request_uri_count_distinct,
-            resources=a.resource_count_distinct,
-            forbidden=a.authz_forbid_count,
-            failed=a.status_fail_count,
-            not_found=a.not_found_count,
-        )
+        return enumeration_summary(self.source_ip, self.user_agent, self.aggregates)
 
 
 def enumeration_summary(
-    source_ip: str | None,
-    user_agent: str | None,
-    *,
-    documents: int,
-    uris: int,
-    resources: int,
-    forbidden: int,
-    failed: int,
-    not_found: int,
+    source_ip: str | None, user_agent: str | None, aggregates: Aggregates
 ) -> str:
     """Who enumerated and the key counts, in one line (pure)."""
+    a = aggregates
     return (
         f"anonymous enumeration from {source_ip or '<no IP>'} "
-        f"(user agent {user_agent or '<none>'!r}): {documents} audit events, "
-        f"{uris} distinct URIs, {resources} resources; forbidden {forbidden}, "
-        f"401/403 {failed}, not found {not_found}"
+        f"(user agent {user_agent or '<none>'!r}): {a.document_count} audit events, "
+        f"{a.request_uri_count_distinct} distinct URIs, {a.resource_count_distinct} resources; "
+        f"forbidden {a.authz_forbid_count}, 401/403 {a.status_fail_count}, "
+        f"not found {a.not_found_count}"
     )
 
 

@@ -190,16 +190,7 @@ def access_summary(row: Row, uris: tuple[str, ...]) -> str:
 
 def summary(row: Row) -> str:
     """The Event message for a row: source IP, user agent and the key counts."""
-    return enumeration_summary(
-        row.source_ip,
-        row.user_agent,
-        documents=row.document_count,
-        uris=row.request_uri_count_distinct,
-        resources=row.resource_count_distinct,
-        forbidden=row.authz_forbid_count,
-        failed=row.status_fail_count,
-        not_found=row.not_found_count,
-    )
+    return enumeration_summary(row.source_ip, row.user_agent, aggregates_from_row(row))
 
 
 def prioritize(
