@@ -23,6 +23,7 @@ from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
 from enumwatch.kubeapi import Credentials, KubeClient
+from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import parse_rfc3339
@@ -49,14 +50,16 @@ class Operator:
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
         reports: PolicyReportWriter | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
         self.sink = sink
         self.config = config
         self.reports = reports
+        self.outputs = outputs
         self.ready = asyncio.Event()
-        self.status = StatusReporter(client, sink)
+        self.status = StatusReporter(client, sink, outputs)
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
         self.ticker = Ticker(
             detectors,
@@ -66,6 +69,7 @@ class Operator:
             settle=config.settle,
             resolution=config.tick_resolution,
             reports=reports,
+            outputs=outputs,
         )
 
     # ------------------------------------------------------------------ kopf registration

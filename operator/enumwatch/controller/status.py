@@ -17,6 +17,7 @@ from enumwatch.api.spec import format_duration
 from enumwatch.api.status import Condition, DetectorStatus
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.outputs.dispatch import Outputs
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import format_rfc3339, now_rfc3339
 
@@ -26,9 +27,12 @@ log = logging.getLogger("enumwatch.operator")
 class StatusReporter:
     """Patches the status subresource of the detectors."""
 
-    def __init__(self, client: KubeClient, sink: FindingSink) -> None:
+    def __init__(
+        self, client: KubeClient, sink: FindingSink, outputs: Outputs | None = None
+    ) -> None:
         self.client = client
         self.sink = sink
+        self.outputs = outputs
 
     def _condition(
         self, runtime: DetectorRuntime, type_: str, status: str, reason: str, message: str
@@ -50,8 +54,9 @@ class StatusReporter:
         )
 
     def conditions(self, runtime: DetectorRuntime) -> list[Condition]:
-        """Ready (the detector runs), FindingsWritten (no Finding write is pending) and
-        AuditCoverage (the stream lets the rule see, judged at this moment)."""
+        """Ready (the detector runs), FindingsWritten (no Finding write is pending),
+        AuditCoverage (the stream lets the rule see, judged at this moment) and, when outputs
+        are configured, OutputsDelivered (no Alertmanager or webhook keeps failing)."""
         if runtime.error is not None:
             ready = self._condition(runtime, "Ready", "False", "InvalidSpec", runtime.error)
         else:
@@ -80,13 +85,26 @@ class StatusReporter:
             written = self._condition(
                 runtime, "FindingsWritten", "True", "Written", "every Finding was written"
             )
-        if runtime.coverage is None:
-            return [ready, written]
-        verdict = runtime.coverage.verdict(time.time())
-        coverage = self._condition(
-            runtime, "AuditCoverage", verdict.status, verdict.reason, verdict.message
-        )
-        return [ready, written, coverage]
+        conditions = [ready, written]
+        if runtime.coverage is not None:
+            verdict = runtime.coverage.verdict(time.time())
+            conditions.append(
+                self._condition(
+                    runtime, "AuditCoverage", verdict.status, verdict.reason, verdict.message
+                )
+            )
+        if self.outputs is not None and self.outputs.config.enabled:
+            delivering, message = self.outputs.health()
+            conditions.append(
+                self._condition(
+                    runtime,
+                    "OutputsDelivered",
+                    "True" if delivering else "False",
+                    "Delivered" if delivering else "DeliveryFailing",
+                    message[:1000],
+                )
+            )
+        return conditions
 
     async def patch(self, runtime: DetectorRuntime) -> None:
         """Write the detector's status subresource (conventions: observedGeneration, Ready)."""
