@@ -37,7 +37,7 @@ def _complete(line: str, tmp_path: Path) -> list[str]:
 
 def test_the_subcommands_and_global_options_complete(tmp_path: Path) -> None:
     assert _complete("enumwatch ", tmp_path) == [
-        "-h", "--help", "--version", "scan", "run", "tail", "collect", "manifests", "version"
+        "-h", "--help", "--version", "scan", "sql", "run", "tail", "collect", "manifests", "version"
     ]
     assert _complete("enumwatch ma", tmp_path) == ["manifests "]
 
