@@ -37,7 +37,7 @@ venv: $(STAMP) ## create or update .venv/ with the package, its test extras and 
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 	@bash hack/controlplane/build.sh >/dev/null
 
-tools: ## build (or reuse) helm and promtool from their Go modules (the chart and alert tests)
+tools: ## build (or reuse) helm, promtool and alertmanager from their Go modules (the chart, alert-rule and outputs tests)
 	@bash hack/tools/build.sh >/dev/null
 
 node: ## build (or reuse) what cluster-up runs: node packages (as root), Kubernetes node components, CoreDNS, pause

@@ -132,8 +132,8 @@ def _clear(state: Path) -> None:
 
 
 def recorded_processes(state: Path) -> dict[str, bool]:
-    """The processes ``up`` recorded under ``state`` (etcd, kube-apiserver, operator, tailer),
-    each with whether it is still alive."""
+    """The processes ``up`` recorded under ``state`` (etcd, kube-apiserver, Alertmanager,
+    operator, tailer), each with whether it is still alive."""
     found: dict[str, bool] = {}
     for pidfile in _pidfiles(state):
         for name, pid in json.loads(pidfile.read_text()).items():
@@ -192,13 +192,22 @@ def up(state: Path, control_plane_only: bool = False, reset: bool = False) -> in
     env = cp.env()
     if not control_plane_only:
         try:
-            dev_stack = devstack.start(cp, state.resolve() / "stack", detached=True)
+            dev_stack = devstack.start(
+                cp, state.resolve() / "stack", detached=True, alertmanager=True
+            )
             detector = devstack.apply_dev_detector(cp)
-        except (controlplane.ControlPlaneError, RepoNotFoundError) as exc:
+        except (controlplane.ControlPlaneError, RepoNotFoundError, RuntimeError) as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             down(state)
             return 1
         env["OPERATOR_URL"] = dev_stack.operator_url
+        if dev_stack.alertmanager_url:
+            env["ALERTMANAGER_URL"] = dev_stack.alertmanager_url
+            print(
+                f"Alertmanager at {dev_stack.alertmanager_url} (alerts: "
+                f"curl $ALERTMANAGER_URL/api/v2/alerts)",
+                file=sys.stderr,
+            )
         print(
             f"operator at {dev_stack.operator_url} (log {state / 'stack' / 'operator.log'}), "
             f"tailer log {state / 'stack' / 'tailer.log'}",

@@ -4,7 +4,8 @@
 ``enumwatch run`` leading, and ``enumwatch tail`` following the apiserver's audit log into the
 operator's ingest endpoint. This module starts those two processes (each in its own process
 group, with their PIDs recorded for ``dev-down``) against a
-:class:`~enumwatch_devkit.controlplane.ControlPlane`.
+:class:`~enumwatch_devkit.controlplane.ControlPlane`; ``make dev-up`` also starts a real
+Alertmanager (built from its module) that the operator posts its alerts to.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from enumwatch_devkit import repo
+from enumwatch_devkit.alertmanager import AlertmanagerProcess
 from enumwatch_devkit.controlplane import ControlPlane, ControlPlaneError
 from enumwatch_devkit.processes import bind_to_parent, free_port, launch, write_pidfile
 
@@ -40,10 +42,11 @@ class Stack:
     state: Path
     operator_url: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    alertmanager_url: str | None = None
 
     def stop(self) -> None:
-        """SIGTERM both processes (tailer first, so it delivers what it holds), then wait."""
-        for name in ("tailer", "operator"):
+        """SIGTERM the processes (tailer first, so it delivers what it holds), then wait."""
+        for name in ("tailer", "operator", "alertmanager"):
             proc = self.processes.get(name)
             if proc is None or proc.poll() is not None:
                 continue
@@ -88,11 +91,19 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     raise ControlPlaneError(f"the operator was not ready after {timeout:.0f}s; see {log}")
 
 
-def start(cp: ControlPlane, state: Path, *, detached: bool, settle: float = 0.3) -> Stack:
+def start(
+    cp: ControlPlane,
+    state: Path,
+    *,
+    detached: bool,
+    settle: float = 0.3,
+    alertmanager: bool = False,
+) -> Stack:
     """Install the CRDs and start the operator and the tailer with their state under ``state``.
 
     ``detached`` puts them in their own sessions so they outlive this process (``dev-up``);
-    otherwise they die with it, like the control plane's servers in tests.
+    otherwise they die with it, like the control plane's servers in tests. ``alertmanager``
+    starts a real Alertmanager first and points the operator at it.
     """
     state.mkdir(parents=True, exist_ok=True)
     install_crds(cp)
@@ -142,6 +153,12 @@ def start(cp: ControlPlane, state: Path, *, detached: bool, settle: float = 0.3)
     stack = Stack(state=state, operator_url=url)
     preexec = os.setpgrp if detached else bind_to_parent
     try:
+        if alertmanager:
+            am = AlertmanagerProcess(state / "alertmanager", detached=detached)
+            am.start()
+            stack.processes["alertmanager"] = am.proc
+            stack.alertmanager_url = am.url
+            commands["operator"] += ["--alertmanager-url", am.url]
         for name, cmd in commands.items():
             log_path = state / f"{name}.log"
             stack.processes[name] = launch(cmd, log_path, preexec=preexec, env=env)

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from enumwatch_devkit.localhttp import serve
+
 Event = dict[str, Any]
 
 
@@ -118,14 +120,7 @@ class Receiver:
         """Start listening (on the same port again after :meth:`refuse`)."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/ingest", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        if not self.port:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+        self._runner, self.port = await serve(app, self.port)
         return self
 
     async def refuse(self) -> None:

@@ -1,12 +1,12 @@
 """Tools and files from upstream Go modules, at the versions pinned under ``hack/tools/``.
 
 The chart is linted and rendered by a real helm, the alert rules checked and unit-tested by a real
-promtool, and third-party CRDs (prometheus-operator's ServiceMonitor and PrometheusRule) are
-installed from their upstream definitions, never from a hand-written imitation (so are the
-PolicyReport CRDs: wgpolicyk8s.io from Kyverno's module, openreports.io from its own). Like the
-control plane, each is built or fetched once through the Go module proxy into
-``~/.cache/enumwatch`` (``hack/tools/build.sh``, ``hack/tools/upstream.sh``); later calls find it
-there at once.
+promtool, the outputs tested against a real Alertmanager, and third-party CRDs
+(prometheus-operator's ServiceMonitor and PrometheusRule) are installed from their upstream
+definitions, never from a hand-written imitation (so are the PolicyReport CRDs: wgpolicyk8s.io
+from Kyverno's module, openreports.io from its own). Like the control plane, each is built or
+fetched once through the Go module proxy into ``~/.cache/enumwatch`` (``hack/tools/build.sh``,
+``hack/tools/upstream.sh``); later calls find it there at once.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ def helm() -> Path:
 def promtool() -> Path:
     """The pinned ``promtool`` binary (``hack/tools/promtool/go.mod``), built when missing."""
     return _tool("promtool")
+
+
+def alertmanager() -> Path:
+    """The pinned ``alertmanager`` binary (``hack/tools/alertmanager/go.mod``), built when
+    missing."""
+    return _tool("alertmanager")
 
 
 def module_dir(name: str) -> Path:

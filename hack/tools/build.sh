@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds the tools the tests drive, helm and promtool, from their Go modules at the versions pinned
+# Builds the tools the tests drive, helm, promtool and alertmanager, from their Go modules at the versions pinned
 # in hack/tools/*/go.mod, into a cache outside the repo (beside the control plane's binaries).
 # Builds only what is missing, like hack/controlplane/build.sh.
-# Usage: hack/tools/build.sh [helm|promtool]...   (default: both); prints one binary path a line.
+# Usage: hack/tools/build.sh [helm|promtool|alertmanager]...   (default: all); prints one binary path a line.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="${XDG_CACHE_HOME:-$HOME/.cache}/enumwatch/bin"
@@ -49,12 +49,32 @@ promtool() {
   build promtool "$dir" github.com/prometheus/prometheus/cmd/promtool "$version" remove_all_sd \
     "-X github.com/prometheus/common/version.Version=${version#v} -X github.com/prometheus/common/version.Branch=HEAD"
 }
+alertmanager() {
+  local dir="$here/alertmanager" version module src
+  version="$(pinned "$dir" github.com/prometheus/alertmanager)"
+  src="$bin/../src/alertmanager-$version"
+  if [[ ! -x "$bin/alertmanager-$version/alertmanager" && ! -f "$src/go.mod" ]]; then
+    # The module embeds ui/app/dist, which upstream's Makefile builds with npm and which the
+    # module zip therefore lacks: build from a copy of the module (its own go.mod and go.sum) with
+    # a one-page placeholder there. The tests use the API only (/api/v2/alerts).
+    module="$(cd "$dir" && go mod download -json github.com/prometheus/alertmanager | awk -F'"' '$2=="Dir" {print $4}')"
+    rm -rf "$src.tmp" && mkdir -p "$(dirname "$src")"
+    cp -r "$module" "$src.tmp" && chmod -R u+w "$src.tmp"
+    mkdir -p "$src.tmp/ui/app/dist"
+    echo '<!doctype html><title>Alertmanager</title><p>The web UI is not built here (npm); the API is /api/v2.' \
+      > "$src.tmp/ui/app/dist/index.html"
+    mv "$src.tmp" "$src"
+  fi
+  build alertmanager "$src" ./cmd/alertmanager "$version" "" \
+    "-X github.com/prometheus/common/version.Version=${version#v} -X github.com/prometheus/common/version.Branch=HEAD"
+}
 tools=("$@")
-[[ ${#tools[@]} -gt 0 ]] || tools=(helm promtool)
+[[ ${#tools[@]} -gt 0 ]] || tools=(helm promtool alertmanager)
 for tool in "${tools[@]}"; do
   case "$tool" in
     helm) helm ;;
     promtool) promtool ;;
-    *) echo "tools: unknown tool '$tool' (helm, promtool)" >&2; exit 2 ;;
+    alertmanager) alertmanager ;;
+    *) echo "tools: unknown tool '$tool' (helm, promtool, alertmanager)" >&2; exit 2 ;;
   esac
 done

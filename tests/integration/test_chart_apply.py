@@ -92,8 +92,11 @@ def test_helm_template_piped_to_kubectl_apply_dry_run_server_is_accepted(
                 "ingest.tokenSecret=enumwatch-ingest", "replicas=2")),
         (None, MONITORING),
         (None, ("outputs.policyReport.api=both", "outputs.policyReport.maxResults=50")),
+        (None, ("outputs.alertmanager.urls[0]=http://alertmanager.monitoring.svc:9093",
+                "outputs.alertmanager.tokenSecret=am-token",
+                "outputs.webhook.urlSecret=enumwatch-webhook", "outputs.webhook.format=slack")),
     ],
-    ids=["default", "ha", "webhook", "monitoring", "policyreport"],
+    ids=["default", "ha", "webhook", "monitoring", "policyreport", "outputs"],
 )
 def test_every_values_set_is_accepted_with_strict_field_validation(
     crds: ControlPlane, monitoring_crds: ControlPlane, values: str | None, sets: tuple[str, ...]

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,10 +79,13 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
     subprocess.run([*devkit, "up", "--dir", str(state)], check=True, timeout=120)
     try:
         env = _env(state)
-        assert set(env) >= {"KUBECONFIG", "APISERVER", "AUDIT_LOG", "OPERATOR_URL"}
+        assert set(env) >= {
+            "KUBECONFIG", "APISERVER", "AUDIT_LOG", "OPERATOR_URL", "ALERTMANAGER_URL"
+        }
         assert env["APISERVER"].startswith("https://127.0.0.1:")
         pids = [int(p) for f in state.glob("**/pids") for p in json.loads(f.read_text()).values()]
-        assert len(pids) == 4 and all(_alive(p) for p in pids)  # etcd, apiserver, operator, tailer
+        # etcd, apiserver, Alertmanager, operator, tailer
+        assert len(pids) == 5 and all(_alive(p) for p in pids)
         info = json.loads((state / "controlplane.json").read_text())
         ctx = __import__("ssl").create_default_context(cafile=info["ca_file"])
         with urllib.request.urlopen(env["APISERVER"] + "/version", context=ctx, timeout=5) as r:
@@ -109,6 +113,19 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
             agents = [f["spec"]["userAgent"] for f in json.loads(out)["items"]]
             time.sleep(0.3)
         assert "dev-scan" in agents
+        # ... and an alert in the real Alertmanager the dev stack runs, within 10 s.
+        deadline = time.monotonic() + 10
+        alerts: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not alerts:
+            with urllib.request.urlopen(env["ALERTMANAGER_URL"] + "/api/v2/alerts") as r:
+                alerts = [
+                    a for a in json.loads(r.read())
+                    if a["annotations"].get("user_agent") == "dev-scan"
+                ]
+            time.sleep(0.3)
+        (alert,) = alerts
+        assert alert["labels"]["severity"] == "medium"
+        assert alert["labels"]["source_ip"] == "127.0.0.1"
     finally:
         subprocess.run([*devkit, "down", "--dir", str(state)], check=True, timeout=60)
     assert _wait_dead(pids) == []

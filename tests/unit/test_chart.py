@@ -40,6 +40,10 @@ MONITORING = [
     "monitoring.prometheusRule.enabled=true",
     "monitoring.dashboard.enabled=true",
 ]
+OUTPUTS = [
+    "outputs.alertmanager.urls[0]=http://alertmanager-operated.monitoring.svc:9093",
+    "outputs.webhook.urlSecret=enumwatch-webhook",
+]
 WEBHOOK_SA = f"system:serviceaccount:{NS}:enumwatch-apiserver-webhook"
 WEBHOOK = [
     "tailer.mode=none",
@@ -117,8 +121,9 @@ def _containers(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         (None, [*MONITORING, "namespace.create=true"]),
         (None, WEBHOOK),
         (None, ["outputs.policyReport.api=both"]),
+        (None, [*OUTPUTS, "outputs.alertmanager.tokenSecret=am-token"]),
     ],
-    ids=["default", "ha", "monitoring", "webhook", "policyreport"],
+    ids=["default", "ha", "monitoring", "webhook", "policyreport", "outputs"],
 )
 def test_helm_lint_strict_passes(helm: Path, values: str | None, sets: list[str]) -> None:
     args = ["lint", "--strict", str(CHART)]
@@ -151,6 +156,38 @@ def test_the_ha_values_render_is_the_ha_overlay() -> None:
         render("namespace.create=true", values="values-ha.yaml"),
         renders.kustomize("manifests/overlays/ha"),
     )
+
+
+def test_the_outputs_values_render_the_outputs_overlay() -> None:
+    _assert_same_objects(
+        render("namespace.create=true", *OUTPUTS), renders.kustomize("manifests/overlays/outputs")
+    )
+
+
+def test_the_outputs_are_operator_flags_and_the_secrets_stay_in_secrets() -> None:
+    docs = render(*OUTPUTS, "outputs.alertmanager.tokenSecret=am-token",
+                  "outputs.webhook.format=slack", crds=False)
+    deploy = _one(docs, "Deployment", "enumwatch")
+    operator = _containers(deploy)["operator"]
+    run = _args_parse(operator)
+    assert run.alertmanager_url == ["http://alertmanager-operated.monitoring.svc:9093"]
+    assert run.alertmanager_token_file == "/var/run/secrets/enumwatch/alertmanager/token"
+    assert run.webhook_format == "slack"
+    assert run.webhook_url == []  # from the environment, i.e. the Secret
+    assert {"name": "ENUMWATCH_WEBHOOK_URL",
+            "valueFrom": {"secretKeyRef": {"name": "enumwatch-webhook", "key": "url"}}} in (
+        operator["env"]
+    )
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["alertmanager-token"]["secret"] == {
+        "secretName": "am-token", "items": [{"key": "token", "path": "token"}]
+    }
+    mounts = {m["name"]: m["mountPath"] for m in operator["volumeMounts"]}
+    assert mounts["alertmanager-token"] == "/var/run/secrets/enumwatch/alertmanager"
+    # No output configured: no output flag at all.
+    plain_deploy = _one(render(crds=False), "Deployment", "enumwatch")
+    plain = _args_parse(_containers(plain_deploy)["operator"])
+    assert (plain.alertmanager_url, plain.webhook_url) == ([], [])
 
 
 def test_the_monitoring_values_render_manifests_monitoring() -> None:
@@ -253,8 +290,8 @@ def _args_parse(container: dict[str, Any]) -> Any:
 
 @pytest.mark.parametrize(
     ("values", "sets"),
-    [(None, []), ("values-ha.yaml", []), (None, WEBHOOK)],
-    ids=["default", "ha", "webhook"],
+    [(None, []), ("values-ha.yaml", []), (None, WEBHOOK), (None, OUTPUTS)],
+    ids=["default", "ha", "webhook", "outputs"],
 )
 def test_every_container_runs_an_enumwatch_command_line_that_parses(
     values: str | None, sets: list[str]

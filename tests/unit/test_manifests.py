@@ -152,7 +152,7 @@ def test_the_base_holds_every_piece() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["manifests", *(f"manifests/overlays/{p}" for p in ("ha", "eks", "gke", "aks"))],
+    ["manifests", *(f"manifests/overlays/{p}" for p in ("ha", "eks", "gke", "aks", "outputs"))],
 )
 def test_rbac_has_no_wildcards_and_nothing_dangerous(path: str) -> None:
     for doc in _render(path):

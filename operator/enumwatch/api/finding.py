@@ -240,6 +240,10 @@ class FindingSpec(_Model):
         ),
     )
 
+    def summary(self) -> str:
+        """One line on what the Finding shows (an alert's summary, a report result's message)."""
+        return enumeration_summary(self.source_ip, self.user_agent, self.aggregates)
+
 
 def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -> str:
     """The deterministic object name of the Finding for this detector and group.

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from enumwatch.controller.handlers import Operator
     from enumwatch.controller.leader import LeaseElector
+    from enumwatch.outputs.dispatch import OutputsConfig
 
 #: Largest accepted ingest body by default (same as enumwatch.ingest.DEFAULT_MAX_BODY).
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -153,6 +154,61 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0.5,
         help="seconds after a tick before it is evaluated, for events in flight (default 0.5)",
     )
+    outputs = p.add_argument_group(
+        "outputs",
+        "where Findings are sent besides the API server (operator configuration: a detector's "
+        "author cannot change it). URLs may also come from the environment (comma-separated), "
+        "e.g. from a Secret, so that a webhook's secret URL is not in the pod spec.",
+    )
+    outputs.add_argument(
+        "--alertmanager-url",
+        action="append",
+        default=_env_urls("ENUMWATCH_ALERTMANAGER_URL"),
+        help="post alerts to this Alertmanager (its base URL, e.g. http://alertmanager:9093; "
+        "repeatable: each member of a cluster gets every alert; env "
+        "ENUMWATCH_ALERTMANAGER_URL; default: none, no alerts posted)",
+    )
+    outputs.add_argument(
+        "--alertmanager-token-file",
+        help="bearer token for Alertmanager, read again on every attempt (default: none)",
+    )
+    outputs.add_argument(
+        "--webhook-url",
+        action="append",
+        default=_env_urls("ENUMWATCH_WEBHOOK_URL"),
+        help="POST each new, escalated and resolved Finding to this URL (repeatable; env "
+        "ENUMWATCH_WEBHOOK_URL; default: none, no webhook)",
+    )
+    outputs.add_argument(
+        "--webhook-format",
+        choices=["json", "slack"],
+        default=os.environ.get("ENUMWATCH_WEBHOOK_FORMAT", "json"),
+        help="json: the Finding-shaped record; slack: a Slack-compatible {\"text\": ...} body "
+        "(default json; env ENUMWATCH_WEBHOOK_FORMAT)",
+    )
+    outputs.add_argument(
+        "--webhook-token-file",
+        help="bearer token for the webhooks, read again on every attempt (default: none)",
+    )
+    outputs.add_argument(
+        "--outputs-queue",
+        type=int,
+        default=1000,
+        help="webhook notifications held per URL while it is unreachable; the oldest are "
+        "dropped (and counted) beyond it (default 1000)",
+    )
+    outputs.add_argument(
+        "--outputs-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one delivery attempt may take (default 10)",
+    )
+    outputs.add_argument(
+        "--outputs-backoff-max",
+        type=float,
+        default=30.0,
+        help="longest wait between two delivery attempts, in seconds (default 30)",
+    )
     p.add_argument(
         "--policy-report",
         choices=["off", "wgpolicyk8s", "openreports", "both"],
@@ -194,6 +250,38 @@ def _max_results(text: str) -> int:
     return value
 
 
+def _env_urls(name: str) -> list[str]:
+    """The comma-separated URLs in environment variable ``name``."""
+    return [url.strip() for url in os.environ.get(name, "").split(",") if url.strip()]
+
+
+def outputs_config(args: argparse.Namespace) -> OutputsConfig:
+    """The outputs the flags ask for; a URL that is not http(s) is refused (ConfigError)."""
+    from enumwatch.kubeapi import ConfigError
+    from enumwatch.outputs.delivery import Endpoint
+    from enumwatch.outputs.dispatch import OutputsConfig
+
+    def endpoints(output: str, urls: list[str], token_file: str | None) -> tuple[Endpoint, ...]:
+        found = []
+        for url in dict.fromkeys(urls):
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"--{output}-url {url!r}: expected an http:// or https:// URL")
+            if output == "alertmanager":
+                url = url.rstrip("/") + "/api/v2/alerts"
+            found.append(Endpoint(output, url, token_file, args.outputs_timeout))
+        return tuple(found)
+
+    return OutputsConfig(
+        alertmanagers=endpoints(
+            "alertmanager", args.alertmanager_url, args.alertmanager_token_file
+        ),
+        webhooks=endpoints("webhook", args.webhook_url, args.webhook_token_file),
+        webhook_format=args.webhook_format,
+        queue=max(1, args.outputs_queue),
+        backoff_max=args.outputs_backoff_max,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run until stopped; exit 0 on a clean stop, 1 when leadership is lost or setup fails."""
     from enumwatch import logs
@@ -209,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     from enumwatch.attribution import AddressBook
+    from enumwatch.controller import metrics
     from enumwatch.controller.addresses import AddressWatch
     from enumwatch.controller.handlers import Operator, OperatorConfig
     from enumwatch.controller.ingest import IngestAuth, IngestServer
@@ -216,9 +305,11 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.posture import PostureWatch
     from enumwatch.controller.runtime import Detectors, max_buffered_for
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
+    from enumwatch.outputs.dispatch import Outputs
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
     from enumwatch.sink.findings import FindingSink
 
+    outputs = Outputs(outputs_config(args))
     credentials = await load_credentials(args.kubeconfig)
     client = KubeClient(credentials)
     tokens = []
@@ -238,6 +329,14 @@ async def _main(args: argparse.Namespace) -> int:
     max_buffered = args.max_buffered_events or max_buffered_for(cgroup_memory_limit())
     log.info("window buffers", extra={"max_buffered_events": max_buffered})
     detectors = Detectors(args.state_dir, max_buffered=max_buffered)
+    outputs.client = client
+    if outputs.config.enabled:
+        metrics.watch_outputs(outputs)
+        log.info(
+            "outputs configured",
+            extra={"outputs": [f"{d.endpoint.output} {d.endpoint.where}"
+                               for d in outputs.deliveries]},
+        )
     apis = REPORT_APIS[args.policy_report]
     addresses = AddressBook()
     operator = Operator(
@@ -250,6 +349,7 @@ async def _main(args: argparse.Namespace) -> int:
         else None,
         addresses=AddressWatch(client, addresses),
         posture=PostureWatch(client),
+        outputs=outputs if outputs.config.enabled else None,
     )
     elector = LeaseElector(
         client,
@@ -343,6 +443,8 @@ async def _lead(
             standalone=True,
         )
     )
+    if operator.outputs is not None:
+        operator.outputs.start()
     ticker = asyncio.create_task(operator.run_ticker(stop))
     watches = asyncio.create_task(operator.run_watches(stop))
     keeper = asyncio.create_task(elector.keep()) if args.leader_election else None
@@ -374,4 +476,6 @@ async def _lead(
             task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await asyncio.wait_for(kopf_task, timeout=10)
+    if operator.outputs is not None:
+        await operator.outputs.close()
     return status

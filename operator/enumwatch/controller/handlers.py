@@ -25,6 +25,7 @@ from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
 from enumwatch.kubeapi import Credentials, KubeClient
+from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import parse_rfc3339
@@ -54,6 +55,7 @@ class Operator:
         *,
         addresses: AddressWatch | None = None,
         posture: PostureWatch | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
@@ -64,9 +66,13 @@ class Operator:
         self.addresses = addresses
         #: Keeps the RBAC posture current (None: not reported).
         self.posture = posture
+        self.outputs = outputs
         self.ready = asyncio.Event()
         self.status = StatusReporter(
-            client, sink, None if posture is None else lambda: posture.current
+            client,
+            sink,
+            None if posture is None else lambda: posture.current,
+            outputs=outputs,
         )
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
         self.ticker = Ticker(
@@ -77,6 +83,7 @@ class Operator:
             settle=config.settle,
             resolution=config.tick_resolution,
             reports=reports,
+            outputs=outputs,
         )
 
     # ------------------------------------------------------------------ kopf registration

@@ -6,6 +6,8 @@ exactly enumwatch's own figures plus the process collector.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -14,6 +16,10 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from enumwatch.outputs.dispatch import Outputs
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
@@ -136,6 +142,51 @@ ADDRESSES_SYNCED = Gauge(
     "1 once pods, nodes and services have all been listed for source attribution.",
     registry=REGISTRY,
 )
+
+
+class OutputsCollector(Collector):
+    """The outputs' delivery counters, read at scrape time from their one source of truth
+    (:class:`~enumwatch.outputs.delivery.DeliveryStats`), by output and endpoint."""
+
+    _COUNTERS = (
+        ("sent", "Notifications an output accepted (2xx)."),
+        ("failures", "Delivery attempts that failed and were retried with backoff."),
+        ("rejected", "Notifications an output refused for good (4xx), not retried."),
+        ("dropped", "Notifications dropped, oldest first, because the output's queue was full."),
+    )
+
+    def __init__(self, outputs: Outputs) -> None:
+        self.outputs = outputs
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per delivery for each counter, and its queue length."""
+        labels = ["output", "endpoint"]
+        families = {
+            name: CounterMetricFamily(f"enumwatch_output_{name}", doc, labels=labels)
+            for name, doc in self._COUNTERS
+        }
+        queued = GaugeMetricFamily(
+            "enumwatch_output_queued", "Notifications waiting for delivery.", labels=labels
+        )
+        failing = GaugeMetricFamily(
+            "enumwatch_output_failing",
+            "1 while an output's last delivery attempt failed.",
+            labels=labels,
+        )
+        for delivery in self.outputs.deliveries:
+            where = [delivery.endpoint.output, delivery.endpoint.where]
+            for name, family in families.items():
+                family.add_metric(where, getattr(delivery.stats, name))
+            queued.add_metric(where, delivery.pending)
+            failing.add_metric(where, 0 if delivery.stats.failing_since is None else 1)
+        yield from families.values()
+        yield queued
+        yield failing
+
+
+def watch_outputs(outputs: Outputs) -> None:
+    """Serve ``outputs``' counters on /metrics (once per process)."""
+    REGISTRY.register(OutputsCollector(outputs))
 
 
 def render() -> bytes:

@@ -18,6 +18,7 @@ from enumwatch.api.spec import format_duration
 from enumwatch.api.status import Condition, DetectorStatus, Posture
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.outputs.dispatch import Outputs
 from enumwatch.posture import REASON_FOUND, describe, verdict
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import format_rfc3339, now_rfc3339
@@ -33,11 +34,13 @@ class StatusReporter:
         client: KubeClient,
         sink: FindingSink,
         posture: Callable[[], Posture | None] | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.client = client
         self.sink = sink
         #: The cluster's RBAC posture now (None inside: not listed yet; None: not watched).
         self.posture = posture
+        self.outputs = outputs
 
     def _condition(
         self, runtime: DetectorRuntime, type_: str, status: str, reason: str, message: str
@@ -60,8 +63,9 @@ class StatusReporter:
 
     def conditions(self, runtime: DetectorRuntime) -> list[Condition]:
         """Ready (the detector runs), FindingsWritten (no Finding write is pending),
-        AuditCoverage (the stream lets the rule see, judged at this moment) and RBACPosture
-        (no binding grants anonymous clients more than the defaults)."""
+        AuditCoverage (the stream lets the rule see, judged at this moment), RBACPosture
+        (no binding grants anonymous clients more than the defaults) and, when outputs are
+        configured, OutputsDelivered (no Alertmanager or webhook keeps failing)."""
         if runtime.error is not None:
             ready = self._condition(runtime, "Ready", "False", "InvalidSpec", runtime.error)
         else:
@@ -100,6 +104,17 @@ class StatusReporter:
             status, reason, message = verdict(self.posture())
             conditions.append(
                 self._condition(runtime, "RBACPosture", status, reason, message[:1000])
+            )
+        if self.outputs is not None and self.outputs.config.enabled:
+            delivering, message = self.outputs.health()
+            conditions.append(
+                self._condition(
+                    runtime,
+                    "OutputsDelivered",
+                    "True" if delivering else "False",
+                    "Delivered" if delivering else "DeliveryFailing",
+                    message[:1000],
+                )
             )
         return conditions
 

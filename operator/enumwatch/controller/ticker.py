@@ -20,11 +20,22 @@ from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.kubeapi import ApiError
+from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.policyreport import PolicyReportWriter
+from enumwatch.outputs.records import Notice, Reason
 from enumwatch.sink.findings import REASON_WRITE_FAILED, FindingSink, SinkResult
+from enumwatch.sink.plan import Action
 from enumwatch.timefmt import format_rfc3339
 
 log = logging.getLogger("enumwatch.operator")
+
+#: What a write the sink decided means to the outputs (the sink's decision, not recomputed).
+_REASONS = {
+    Action.CREATE: Reason.NEW,
+    Action.NEW_OCCURRENCE: Reason.NEW,
+    Action.GREW: Reason.ESCALATED,
+    Action.SUPPRESSED: Reason.REPEAT,
+}
 
 
 class Ticker:
@@ -40,8 +51,10 @@ class Ticker:
         settle: float,
         resolution: float,
         reports: PolicyReportWriter | None = None,
+        outputs: Outputs | None = None,
     ) -> None:
         self.detectors = detectors
+        self.outputs = outputs
         self.sink = sink
         self.status = status
         self.retention = retention
@@ -65,11 +78,11 @@ class Ticker:
             if not due:
                 continue
             for tick in due:
-                await self._evaluate(runtime, spec, tick)
+                await self._evaluate(runtime, spec, tick, now)
                 evaluated += 1
                 await asyncio.sleep(0)  # a long catch-up must not starve /healthz or ingest
             failures = runtime.findings_write_errors
-            await self._retry_pending(runtime, spec)
+            await self._retry_pending(runtime, spec, now)
             if runtime.pending and runtime.findings_write_errors > failures:
                 first = next(iter(runtime.pending.values()))
                 await self.sink.event(
@@ -79,6 +92,8 @@ class Ticker:
                     f"Last error: {first.error}",
                 )
             runtime.changed = True  # a tick moved the window; writes may be pending
+            if self.outputs is not None:
+                await self.outputs.after_tick(runtime.ref, spec, now)
             await self.status.patch(runtime)
         if evaluated:
             await self.detectors.checkpoint_async()
@@ -97,7 +112,9 @@ class Ticker:
         for namespace in flushed.failed:
             metrics.POLICY_REPORT_ERRORS.labels(namespace).inc()
 
-    async def _evaluate(self, runtime: DetectorRuntime, spec: DetectorSpec, tick: float) -> None:
+    async def _evaluate(
+        self, runtime: DetectorRuntime, spec: DetectorSpec, tick: float, now: float
+    ) -> None:
         """Evaluate one tick and write its Findings."""
         assert runtime.evaluator is not None
         started = time.perf_counter()
@@ -110,6 +127,7 @@ class Ticker:
         for key in result.attempted:
             runtime.pending.pop(key, None)
         self._record(runtime, result)
+        self._notify(spec, result, now)
         metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
         if window.rows:
@@ -125,11 +143,24 @@ class Ticker:
                 },
             )
 
-    async def _retry_pending(self, runtime: DetectorRuntime, spec: DetectorSpec) -> None:
+    async def _retry_pending(
+        self, runtime: DetectorRuntime, spec: DetectorSpec, now: float
+    ) -> None:
         """Write again the Findings whose write failed at an earlier tick."""
         for key, failed in list(runtime.pending.items()):
             runtime.pending.pop(key)
-            self._record(runtime, await self.sink.apply(runtime.ref, spec, failed.window))
+            result = await self.sink.apply(runtime.ref, spec, failed.window)
+            self._record(runtime, result)
+            self._notify(spec, result, now)
+
+    def _notify(self, spec: DetectorSpec, result: SinkResult, now: float) -> None:
+        """Hand what the sink wrote to the outputs (they only queue it)."""
+        if self.outputs is not None and result.written:
+            self.outputs.record(
+                spec,
+                [Notice(w.finding, _REASONS[w.action], w.changes) for w in result.written],
+                now,
+            )
 
     def _record(self, runtime: DetectorRuntime, result: SinkResult) -> None:
         """Count what the sink did, and keep its failed rows for a retry."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from enumwatch.api.finding import FindingSpec, enumeration_summary
+from enumwatch.api.finding import FindingSpec
 from enumwatch.api.names import (
     API_VERSION,
     FINDING_KIND,
@@ -129,7 +129,7 @@ def result_of(namespace: str, name: str, uid: str, spec: FindingSpec) -> dict[st
         "result": result_status(spec.rule.severity),
         "scored": True,
         "source": SOURCE,
-        "message": _cut(enumeration_summary(spec.source_ip, spec.user_agent, agg)),
+        "message": _cut(spec.summary()),
         "timestamp": _timestamp(spec.last_seen),
         "resources": [
             {

@@ -104,6 +104,13 @@ class Attribution(Protocol):
     def resolve(self, source_ip: str | None, at: float, *, observed: bool = True) -> Source | None:
         """The Source of ``source_ip`` at ``at``; ``None`` when unknown."""
         ...
+@dataclass(frozen=True)
+class Written:
+    """A Finding as this tick left it, and what the write meant (the outputs' input)."""
+
+    finding: dict[str, Any]  # the object as the API server returned it after the write
+    action: Action
+    changes: tuple[str, ...] = ()  # what grew (Action.GREW), as the Event says
 
 
 @dataclass
@@ -118,6 +125,7 @@ class SinkResult:
     failed: list[FailedWrite] = field(default_factory=list)
     attempted: list[GroupKey] = field(default_factory=list)  # rows whose write was tried
     severities: dict[str, str] = field(default_factory=dict)  # Finding name -> severity written
+    written: list[Written] = field(default_factory=list)  # every Finding written, in order
 
 
 class FindingSink:
@@ -241,10 +249,11 @@ class FindingSink:
                         },
                     )
                     result.created.append(name)
+                    result.written.append(Written(created, Action.CREATE))
                     await self._announce(created, detector, summary(row, decided.spec.source))
                     await self._announce_access(created, detector, row, decided)
                     return
-                await self.client.json_patch(
+                patched = await self.client.json_patch(
                     path,
                     spec_patch(current["spec"], body, current["metadata"]["resourceVersion"]),
                 )
@@ -253,6 +262,7 @@ class FindingSink:
                     continue
                 raise
             result.updated.append(name)
+            result.written.append(Written(patched, decided.action, decided.changes))
             if decided.action is Action.SUPPRESSED:
                 result.suppressed.append(name)
             elif decided.action is Action.GREW:

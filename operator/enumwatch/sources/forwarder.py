@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -40,6 +39,8 @@ from typing import Generic, TypeVar
 
 import aiohttp
 import orjson
+
+from enumwatch.backoff import Backoff
 
 _log = logging.getLogger("enumwatch.forwarder")
 
@@ -124,32 +125,6 @@ class DeliveryResult:
         )
 
 
-class _Backoff:
-    """Capped exponential waits with jitter between attempts, cut short by ``give_up``."""
-
-    __slots__ = ("attempt", "delay", "give_up", "maximum")
-
-    def __init__(self, initial: float, maximum: float, give_up: asyncio.Event | None) -> None:
-        self.attempt = 1
-        self.delay = initial
-        self.maximum = maximum
-        self.give_up = give_up
-
-    async def wait(self) -> bool:
-        """Wait before the next attempt; ``False`` if ``give_up`` was set meanwhile."""
-        wait = self.delay * random.uniform(0.8, 1.0)
-        if self.give_up is None:
-            await asyncio.sleep(wait)
-        else:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.give_up.wait(), wait)
-            if self.give_up.is_set():
-                return False
-        self.delay = min(self.delay * 2, self.maximum)
-        self.attempt += 1
-        return True
-
-
 class Forwarder:
     """POSTs EventLists to the operator's ingest endpoint until they are acknowledged.
 
@@ -207,7 +182,7 @@ class Forwarder:
         if not events:
             return DeliveryResult()
         body = encode_event_list(events)
-        backoff = _Backoff(self.backoff_initial, self.backoff_max, give_up)
+        backoff = Backoff(self.backoff_initial, self.backoff_max, give_up)
         while True:
             status, detail, arrived = await self._post(body)
             if status is not None and 200 <= status < 300:
@@ -290,7 +265,7 @@ class Forwarder:
         )
         return DeliveryResult(rejected=len(events))
 
-    def _credentials_refused(self, status: int, detail: str, backoff: _Backoff) -> None:
+    def _credentials_refused(self, status: int, detail: str, backoff: Backoff) -> None:
         self.stats.auth_failures += 1
         self.log.error(
             "operator refused the tailer's credentials; check --token-file and the "
@@ -299,7 +274,7 @@ class Forwarder:
                    "detail": detail},
         )
 
-    def _unreachable(self, status: int | None, detail: str, backoff: _Backoff) -> None:
+    def _unreachable(self, status: int | None, detail: str, backoff: Backoff) -> None:
         self.log.warning(
             "operator unreachable or failing; retrying with backoff",
             extra={"url": self.url, "status": status, "attempt": backoff.attempt,

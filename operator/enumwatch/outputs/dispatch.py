@@ -1,0 +1,190 @@
+"""The outputs as the operator sees them: told what the sink wrote, asked once per tick to post.
+
+:class:`Outputs` keeps the active alerts (:class:`~enumwatch.outputs.records.ActiveFindings`),
+queues a webhook notification for each new, escalated or resolved Finding, and after a
+detector's tick queues the whole alert set for every Alertmanager (each is sent every alert, as
+Prometheus does for an Alertmanager cluster). Nothing here waits on the network: the
+:class:`~enumwatch.outputs.delivery.Delivery` tasks do.
+
+The Finding CR is the source of truth: the first tick of each detector in this process (a start,
+a restart, a new leader) adopts that detector's Findings that are still active, so an alert is
+re-posted by whichever instance leads, and an Alertmanager that was down hears everything that
+the Finding CRs still say once it is back.
+
+Where notifications go is the operator's configuration (``enumwatch run`` flags, the chart's
+values): whoever may create a detector in some namespace cannot send its Findings elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+from enumwatch.api.names import DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
+from enumwatch.api.refs import DetectorRef
+from enumwatch.api.spec import DetectorSpec
+from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.outputs.delivery import Delivery, Endpoint
+from enumwatch.outputs.records import (
+    ActiveFindings,
+    Notice,
+    Reason,
+    slack_text,
+    webhook_record,
+)
+from enumwatch.timefmt import format_rfc3339
+
+log = logging.getLogger("enumwatch.outputs")
+
+WebhookFormat = Literal["json", "slack"]
+#: How long past its post an alert stays active without another: this many detector intervals
+#: (plus :data:`MARGIN_SLACK` seconds), so that a tick or two late never resolves it early.
+MARGIN_INTERVALS = 3
+MARGIN_SLACK = 30.0
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """Where Findings are sent (the operator's flags)."""
+
+    alertmanagers: tuple[Endpoint, ...] = ()
+    webhooks: tuple[Endpoint, ...] = ()
+    webhook_format: WebhookFormat = "json"
+    queue: int = 1000  # webhook notifications held per endpoint while it is unreachable
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any output is configured."""
+        return bool(self.alertmanagers or self.webhooks)
+
+
+def margin(spec: DetectorSpec) -> float:
+    """How far past ``now`` one post keeps a detector's alert active."""
+    return MARGIN_INTERVALS * spec.schedule.interval_seconds + MARGIN_SLACK
+
+
+class Outputs:
+    """Alertmanager and webhook deliveries fed from the sink's writes."""
+
+    def __init__(self, config: OutputsConfig, client: KubeClient | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.active = ActiveFindings()
+        self.alertmanagers = [
+            Delivery(
+                endpoint,
+                coalesce=True,
+                backoff_initial=config.backoff_initial,
+                backoff_max=config.backoff_max,
+            )
+            for endpoint in config.alertmanagers
+        ]
+        self.webhooks = [
+            Delivery(
+                endpoint,
+                capacity=config.queue,
+                backoff_initial=config.backoff_initial,
+                backoff_max=config.backoff_max,
+            )
+            for endpoint in config.webhooks
+        ]
+        self._adopted: set[tuple[str, str, str]] = set()
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Every delivery, Alertmanagers first."""
+        return [*self.alertmanagers, *self.webhooks]
+
+    def start(self) -> None:
+        """Start the sending tasks."""
+        for delivery in self.deliveries:
+            delivery.start()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Let what is queued go out for up to ``timeout`` seconds, then stop."""
+        for delivery in self.deliveries:
+            await delivery.close(timeout)
+
+    def record(self, spec: DetectorSpec, notices: Iterable[Notice], now: float) -> None:
+        """Take what the sink wrote for one detector: every write keeps its alert active; a
+        new or escalated Finding is also sent to the webhooks."""
+        for notice in notices:
+            self.active.observe(notice, spec.findings.suppress_for_seconds, margin(spec))
+            if notice.reason in (Reason.NEW, Reason.ESCALATED):
+                self._notify(notice, now)
+
+    async def after_tick(self, ref: DetectorRef, spec: DetectorSpec, now: float) -> None:
+        """After one of ``ref``'s ticks: adopt its active Findings (once per process), say which
+        alerts resolved, and queue the current alert set for every Alertmanager."""
+        await self._adopt(ref, spec, now)
+        for entry in self.active.resolve_due(now):
+            self._notify(Notice(entry.finding, Reason.RESOLVED), now)
+        if self.alertmanagers:
+            body = orjson.dumps(self.active.alerts(now))
+            for delivery in self.alertmanagers:
+                delivery.put(body)
+
+    async def _adopt(self, ref: DetectorRef, spec: DetectorSpec, now: float) -> None:
+        """Adopt the detector's stored Findings that are still active (once per detector)."""
+        key = (ref.namespace, ref.name, ref.uid)
+        if key in self._adopted or self.client is None or not self.alertmanagers:
+            return
+        try:
+            listing = await self.client.get(
+                namespaced_path(GROUP, VERSION, ref.namespace, FINDING_PLURAL),
+                params={"labelSelector": f"{DETECTOR_LABEL}={ref.name}"},
+            )
+        except (ApiError, OSError) as exc:
+            log.warning("could not list Findings to re-post their alerts; will retry: %s", exc)
+            return
+        self._adopted.add(key)
+        adopted = [
+            item
+            for item in listing.get("items", [])
+            if self.active.seed(item, spec.findings.suppress_for_seconds, margin(spec), now)
+        ]
+        if adopted:
+            log.info(
+                "re-posting the alerts of active Findings",
+                extra={"detector": f"{ref.namespace}/{ref.name}", "findings": len(adopted),
+                       "at": format_rfc3339(now)},
+            )
+
+    def _notify(self, notice: Notice, now: float) -> None:
+        if not self.webhooks:
+            return
+        if self.config.webhook_format == "slack":
+            body = orjson.dumps(slack_text(notice.finding, notice.reason, notice.changes))
+        else:
+            body = orjson.dumps(webhook_record(notice.finding, notice.reason, notice.changes, now))
+        for delivery in self.webhooks:
+            delivery.put(body)
+
+    def health(self) -> tuple[bool, str]:
+        """(delivering, what to say): False while an endpoint keeps failing; the message also
+        counts what was dropped (queue full) or refused for good."""
+        failing, parts = False, []
+        for delivery in self.deliveries:
+            stats = delivery.stats
+            where = f"{delivery.endpoint.output} {delivery.endpoint.where}"
+            lost = (
+                f", {stats.dropped} dropped (queue full), {stats.rejected} refused"
+                if stats.dropped or stats.rejected
+                else ""
+            )
+            if stats.failing_since is not None:
+                failing = True
+                parts.append(
+                    f"{where}: failing since {format_rfc3339(stats.failing_since)}, retrying "
+                    f"({stats.failures} failed attempts, {delivery.pending} queued{lost}); "
+                    f"last error: {stats.last_error}"
+                )
+            else:
+                parts.append(f"{where}: {stats.sent} sent{lost}")
+        return not failing, "; ".join(parts)
