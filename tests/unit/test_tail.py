@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import shutil
 import signal
@@ -229,20 +230,27 @@ async def test_backpressure_stops_reading(tmp_path: Path, receiver: Receiver) ->
     assert receiver.ids == ids(range(400))
 
 
-async def test_stop_while_operator_down_keeps_the_checkpoint_behind(
-    tmp_path: Path, receiver: Receiver
-) -> None:
+async def stop_behind(tmp_path: Path, receiver: Receiver, delivered: int, written: int) -> None:
+    """Deliver events ``[0, delivered)``, make the operator unreachable, write up to ``written``
+    and stop the tailer: its checkpoint stays at the end of what was delivered."""
     log = tmp_path / "audit.log"
-    write(log, range(10))
+    write(log, range(delivered))
     run = Running(config(tmp_path, receiver))
-    await until(lambda: len(receiver.ids) == 10)
+    await until(lambda: len(receiver.ids) == delivered)
     await until(lambda: load_checkpoint(str(tmp_path / "tail.checkpoint")) is not None)
     await receiver.refuse()
-    write(log, range(10, 20))
+    write(log, range(delivered, written))
     await until(lambda: run.stats.retries >= 1)
     await run.stop()  # gives up after shutdown_timeout; the rest stays in the file
     cp = load_checkpoint(str(tmp_path / "tail.checkpoint"))
-    assert cp is not None and cp.offset == sum(len(event_line(i)) + 1 for i in range(10))
+    assert cp is not None
+    assert cp.offset == sum(len(event_line(i)) + 1 for i in range(delivered))
+
+
+async def test_stop_while_operator_down_keeps_the_checkpoint_behind(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    await stop_behind(tmp_path, receiver, delivered=10, written=20)
     await receiver.start()
     run = Running(config(tmp_path, receiver))
     await until(lambda: len(receiver.ids) == 20)
@@ -346,3 +354,25 @@ async def test_copytruncate_while_paused_delivers_every_event_once(
     stats = await run.stop()
     assert receiver.ids == ids(range(400))
     assert (stats.truncations_unrecovered, stats.bytes_lost) == (0, 0)
+
+
+async def test_resume_in_a_rotated_file_compressed_while_down_delivers_every_event_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Stopped with a checkpoint mid-file; the file rotated and gzip-compressed (lumberjack's
+    --audit-log-compress), more lines in a new file: the restarted tailer reads the rest of the
+    .gz backup, then the new file (before: the rest of the old file was lost)."""
+    log = tmp_path / "audit.log"
+    await stop_behind(tmp_path, receiver, delivered=10, written=60)
+    rotated = tmp_path / "audit-2026-11-28T09-00-00.000.log"
+    os.rename(log, rotated)
+    with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.unlink(rotated)
+    write(log, range(60, 80))
+    await receiver.start()
+    run = Running(config(tmp_path, receiver))
+    await until(lambda: len(receiver.ids) >= 80)
+    stats = await run.stop()
+    assert receiver.ids == ids(range(80))
+    assert (stats.overflow_files_lost, stats.truncations_unrecovered, stats.bytes_lost) == (0, 0, 0)

@@ -26,6 +26,7 @@ from enumwatch.sources.checkpoint import (
     matches,
     read_prefix,
 )
+from enumwatch.sources.tail.compressed import recover_compressed
 from enumwatch.sources.tail.stats import TailStats
 
 log = logging.getLogger("enumwatch.tail")
@@ -110,7 +111,11 @@ class Follower:
     - Deletion and re-creation, and a path that does not exist yet: waits for it.
     - A line is emitted only once its newline is written; a file left with an unterminated last
       line when it is rotated away counts it in ``partial_lines_dropped``.
-    - ``checkpoint``: resume there if that file is still at ``path`` or was rotated next to it.
+    - ``checkpoint``: resume there if that file is still at ``path`` or was rotated next to it;
+      if it was also compressed meanwhile (``<backup>.gz``, the plain file gone), its rest is
+      decompressed from the backup whose first bytes match (into an unlinked scratch file in
+      ``scratch_dir``) and read before the newer files. With no such backup, or a damaged one,
+      the file is counted in ``overflow_files_lost`` and logged.
     """
 
     def __init__(
@@ -122,8 +127,10 @@ class Follower:
         chunk_size: int = CHUNK_SIZE,
         fingerprint_size: int = FINGERPRINT_SIZE,
         since_ns: int | None = None,
+        scratch_dir: str | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
+        self.scratch_dir = scratch_dir
         self.stats = stats if stats is not None else TailStats()
         self.chunk_size = chunk_size
         self.fingerprint_size = fingerprint_size
@@ -131,9 +138,9 @@ class Follower:
         base = os.path.basename(self.path)
         stem, ext = os.path.splitext(base)
         # lumberjack backups (audit-2024-01-02T03-04-05.000.log) and logrotate's (audit.log.1)
-        self._sibling_re = re.compile(
-            rf"{re.escape(stem)}-.+{re.escape(ext)}|{re.escape(base)}\.\d+"
-        )
+        backup = rf"{re.escape(stem)}-.+{re.escape(ext)}|{re.escape(base)}\.\d+"
+        self._sibling_re = re.compile(backup)
+        self._compressed_re = re.compile(rf"(?:{backup})\.gz")
         self._cur: _Open | None = None
         self._queue: deque[tuple[int, int]] = deque()
         #: Files already read to their end, never queued again by the sibling scan.
@@ -339,15 +346,17 @@ class Follower:
         st = os.fstat(fd)
         return _Open(fd, path, st.st_dev, st.st_ino, offset, read_prefix(fd, self.fingerprint_size))
 
-    def _siblings(self) -> list[tuple[str, os.stat_result]]:
-        """Rotated copies of the log next to it (not the live file), oldest write first."""
+    def _siblings(self, names: re.Pattern[str] | None = None) -> list[tuple[str, os.stat_result]]:
+        """Rotated copies of the log next to it (not the live file), oldest write first; or the
+        files whose names match ``names`` (the compressed backups)."""
+        names = names or self._sibling_re
         found: list[tuple[str, os.stat_result]] = []
         try:
             entries = list(os.scandir(self._dir))
         except FileNotFoundError:
             return found
         for entry in entries:
-            if not self._sibling_re.fullmatch(entry.name):
+            if not names.fullmatch(entry.name):
                 continue
             with contextlib.suppress(OSError):
                 st = entry.stat(follow_symlinks=False)
@@ -441,14 +450,41 @@ class Follower:
             self._cur = found
             threshold = os.fstat(found.fd).st_mtime_ns
         else:
-            self.stats.overflow_files_lost += 1
-            log.error(
-                "OVERFLOW: the checkpointed audit log file is gone (rotated and deleted while "
-                "the tailer was down); continuing with the newer files",
-                extra={"path": cp.path, "inode": cp.inode, "offset": cp.offset},
-            )
+            # Compressed meanwhile? Then the plain backups (if any) are the newer files: all
+            # those written since the checkpoint, as when the file is gone altogether.
+            found = self._cur = self._open_compressed(cp)
             threshold = since_ns or 0
         for _path, st in self._siblings():
             key = (st.st_dev, st.st_ino)
             if st.st_mtime_ns >= threshold and (found is None or key != found.key):
                 self._queue.append(key)
+
+    def _open_compressed(self, cp: Checkpoint) -> _Open | None:
+        """The rest of the checkpoint's file from its ``.gz`` backup; count it lost if none."""
+        backups = [path for path, _st in self._siblings(self._compressed_re)]
+        recovered = recover_compressed(cp, reversed(backups), self.scratch_dir)
+        if recovered is None:
+            self.stats.overflow_files_lost += 1
+            log.error(
+                "OVERFLOW: the checkpointed audit log file is gone (rotated and deleted, or "
+                "compressed into no backup that starts like it, while the tailer was down); "
+                "continuing with the newer files",
+                extra={"path": cp.path, "inode": cp.inode, "offset": cp.offset},
+            )
+            return None
+        if not recovered.complete:
+            self.stats.overflow_files_lost += 1
+            log.error(
+                "OVERFLOW: the compressed backup of the checkpointed audit log file is damaged; "
+                "reading what it holds before the damage, the rest is lost",
+                extra={"path": recovered.path, "offset": cp.offset},
+            )
+        log.info(
+            "resuming in a compressed rotated audit log file",
+            extra={"path": recovered.path, "offset": cp.offset},
+        )
+        self.stats.rotations += 1
+        st = os.fstat(recovered.fd)
+        # An unlinked scratch file: "deleted before it was fully read" would be a false alarm.
+        return _Open(recovered.fd, recovered.path, st.st_dev, st.st_ino, cp.offset,
+                     read_prefix(recovered.fd, self.fingerprint_size), warned_deleted=True)
