@@ -364,3 +364,18 @@ def test_damaged_compressed_backup_reads_what_it_holds_and_counts_the_rest(
     assert recovered == lines(len(recovered), 5) and 0 < len(recovered) < 1995
     assert got[-3:] == lines(3, 5000)
     assert stats.overflow_files_lost == 1
+
+
+def test_two_rotations_while_down_both_compressed_read_both(tmp_path: Path) -> None:
+    """lumberjack with --audit-log-compress and the tailer down over two rotations: the rest of
+    the checkpointed file, then the whole middle file, both only as .gz, then the live file."""
+    log = tmp_path / "audit.log"
+    cp = checkpoint_in(log, 10, after=2)
+    rotate_and_compress(log, "audit-2026-11-28T09-00-00.000.log")
+    append(log, lines(6, 10))
+    rotate_and_compress(log, "audit-2026-11-28T09-05-00.000.log")
+    append(log, lines(4, 16))
+    stats = TailStats()
+    again = Follower(str(log), cp, stats=stats, since_ns=0)
+    assert drain(again) == lines(17, 3)
+    assert stats.overflow_files_lost == 0

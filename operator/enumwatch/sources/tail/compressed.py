@@ -55,28 +55,36 @@ def recover_compressed(
     paths) that starts with the checkpoint's fingerprint and is at least ``offset`` long;
     ``None`` when none does."""
     for path in backups:
-        recovered = _recover_from(checkpoint, path, scratch_dir)
+        recovered = _decompress(path, checkpoint, scratch_dir)
         if recovered is not None:
             return recovered
     return None
 
 
-def _recover_from(
-    checkpoint: Checkpoint, path: str, scratch_dir: str | None
+def decompress_backup(path: str, scratch_dir: str | None = None) -> RecoveredBackup | None:
+    """Decompress the whole ``.gz`` backup at ``path`` (a file rotated and compressed after the
+    checkpointed one); ``None`` when it cannot be read at all."""
+    return _decompress(path, None, scratch_dir)
+
+
+def _decompress(
+    path: str, checkpoint: Checkpoint | None, scratch_dir: str | None
 ) -> RecoveredBackup | None:
+    """From ``checkpoint``'s offset if given (and only if the backup starts like its file)."""
+    offset = checkpoint.offset if checkpoint is not None else 0
     try:
         with gzip.open(path, "rb") as stream:
-            prefix = stream.read(checkpoint.fingerprint_size)
-            if not starts_like(checkpoint, prefix):
+            prefix = stream.read(checkpoint.fingerprint_size) if checkpoint is not None else b""
+            if checkpoint is not None and not starts_like(checkpoint, prefix):
                 return None
-            if not _skip(stream, checkpoint.offset - len(prefix)):
+            if not _skip(stream, offset - len(prefix)):
                 return None  # shorter than the offset: not the file the checkpoint was in
             fd, scratch = tempfile.mkstemp(prefix=".enumwatch-tail-", dir=scratch_dir)
             os.unlink(scratch)
             try:
                 with os.fdopen(os.dup(fd), "wb") as out:
                     out.write(prefix)
-                    out.seek(max(checkpoint.offset, len(prefix)))  # the prefix may go past it
+                    out.seek(max(offset, len(prefix)))  # the prefix may go past the offset
                     complete = _copy(stream, out)
                     out.truncate()  # nothing after the offset: the file still has its size
             except BaseException:

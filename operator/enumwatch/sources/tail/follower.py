@@ -26,7 +26,11 @@ from enumwatch.sources.checkpoint import (
     matches,
     read_prefix,
 )
-from enumwatch.sources.tail.compressed import recover_compressed
+from enumwatch.sources.tail.compressed import (
+    RecoveredBackup,
+    decompress_backup,
+    recover_compressed,
+)
 from enumwatch.sources.tail.stats import TailStats
 
 log = logging.getLogger("enumwatch.tail")
@@ -114,8 +118,9 @@ class Follower:
     - ``checkpoint``: resume there if that file is still at ``path`` or was rotated next to it;
       if it was also compressed meanwhile (``<backup>.gz``, the plain file gone), its rest is
       decompressed from the backup whose first bytes match (into an unlinked scratch file in
-      ``scratch_dir``) and read before the newer files. With no such backup, or a damaged one,
-      the file is counted in ``overflow_files_lost`` and logged.
+      ``scratch_dir``) and read, then the backups compressed after it (whole), then the plain
+      newer files. With no such backup, or a damaged one, the file is counted in
+      ``overflow_files_lost`` and logged.
     """
 
     def __init__(
@@ -143,6 +148,9 @@ class Follower:
         self._compressed_re = re.compile(rf"(?:{backup})\.gz")
         self._cur: _Open | None = None
         self._queue: deque[tuple[int, int]] = deque()
+        #: Queued files that exist only compressed (their ``.gz`` path by its key), decompressed
+        #: when their turn comes.
+        self._compressed: dict[tuple[int, int], str] = {}
         #: Files already read to their end, never queued again by the sibling scan.
         self._finished: deque[tuple[int, int]] = deque(maxlen=64)
         if checkpoint is not None:
@@ -390,6 +398,11 @@ class Follower:
         """Open the oldest queued file; True if one is open now."""
         while self._queue:
             device, inode = self._queue.popleft()
+            if (device, inode) in self._compressed:
+                self._cur = self._open_compressed_whole(self._compressed.pop((device, inode)))
+                if self._cur is not None:
+                    return True
+                continue
             st = self._stat_live()
             opened: _Open | None = None
             if st is not None and (st.st_dev, st.st_ino) == (device, inode):
@@ -454,10 +467,30 @@ class Follower:
             # those written since the checkpoint, as when the file is gone altogether.
             found = self._cur = self._open_compressed(cp)
             threshold = since_ns or 0
+        for key, path in self._compressed_after(found):
+            self._queue.append(key)
+            self._compressed[key] = path
         for _path, st in self._siblings():
             key = (st.st_dev, st.st_ino)
             if st.st_mtime_ns >= threshold and (found is None or key != found.key):
                 self._queue.append(key)
+
+    def _compressed_after(self, found: _Open | None) -> list[tuple[tuple[int, int], str]]:
+        """When the checkpointed file was read from its ``.gz``: the backups compressed after
+        it (rotated after it, several rotations while the tailer was behind), oldest first.
+        They come before every plain backup: with compression on, only the newest backups are
+        still plain (lumberjack compresses each at once, logrotate's delaycompress keeps one)."""
+        if found is None or not self._compressed_re.fullmatch(os.path.basename(found.path)):
+            return []
+        try:
+            after = os.stat(found.path).st_mtime_ns
+        except OSError:
+            return []  # deleted meanwhile: newer ones cannot be told from older ones
+        return [
+            ((st.st_dev, st.st_ino), path)
+            for path, st in self._siblings(self._compressed_re)
+            if st.st_mtime_ns > after and path != found.path
+        ]
 
     def _open_compressed(self, cp: Checkpoint) -> _Open | None:
         """The rest of the checkpoint's file from its ``.gz`` backup; count it lost if none."""
@@ -472,19 +505,39 @@ class Follower:
                 extra={"path": cp.path, "inode": cp.inode, "offset": cp.offset},
             )
             return None
-        if not recovered.complete:
-            self.stats.overflow_files_lost += 1
-            log.error(
-                "OVERFLOW: the compressed backup of the checkpointed audit log file is damaged; "
-                "reading what it holds before the damage, the rest is lost",
-                extra={"path": recovered.path, "offset": cp.offset},
-            )
         log.info(
             "resuming in a compressed rotated audit log file",
             extra={"path": recovered.path, "offset": cp.offset},
         )
         self.stats.rotations += 1
+        return self._scratch(recovered, cp.offset)
+
+    def _open_compressed_whole(self, path: str) -> _Open | None:
+        """A newer file that was compressed before its turn came: all of it; count it lost if
+        it is gone or cannot be read."""
+        recovered = decompress_backup(path, self.scratch_dir)
+        if recovered is None:
+            self.stats.overflow_files_lost += 1
+            log.error(
+                "OVERFLOW: a compressed audit log backup could not be read before its turn; "
+                "its events are lost",
+                extra={"path": path},
+            )
+            return None
+        log.info("reading a compressed rotated audit log file", extra={"path": path})
+        return self._scratch(recovered, 0)
+
+    def _scratch(self, recovered: RecoveredBackup, offset: int) -> _Open:
+        """The decompressed scratch file of a ``.gz`` backup, open for reading at ``offset``;
+        a damaged backup is counted lost (its rest after the damage)."""
+        if not recovered.complete:
+            self.stats.overflow_files_lost += 1
+            log.error(
+                "OVERFLOW: a compressed audit log backup is damaged; reading what it holds "
+                "before the damage, the rest is lost",
+                extra={"path": recovered.path, "offset": offset},
+            )
         st = os.fstat(recovered.fd)
         # An unlinked scratch file: "deleted before it was fully read" would be a false alarm.
-        return _Open(recovered.fd, recovered.path, st.st_dev, st.st_ino, cp.offset,
+        return _Open(recovered.fd, recovered.path, st.st_dev, st.st_ino, offset,
                      read_prefix(recovered.fd, self.fingerprint_size), warned_deleted=True)
