@@ -376,3 +376,39 @@ async def test_resume_in_a_rotated_file_compressed_while_down_delivers_every_eve
     stats = await run.stop()
     assert receiver.ids == ids(range(80))
     assert (stats.overflow_files_lost, stats.truncations_unrecovered, stats.bytes_lost) == (0, 0, 0)
+
+
+async def test_the_process_killed_then_its_file_compressed_resumes_in_the_gz(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The real `enumwatch tail` (checkpoint mtime as the resume time, scratch file next to the
+    checkpoint): kill -9 with the checkpoint mid-file, the file rotated and compressed, a new
+    file written; the restarted process delivers every event once, in order."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    proc = await spawn(tmp_path, receiver)
+    await until(lambda: len(receiver.ids) == 10, timeout=60)
+    first = sum(len(event_line(i)) + 1 for i in range(10))
+    checkpoint = str(tmp_path / "tail.checkpoint")
+    await until(lambda: getattr(load_checkpoint(checkpoint), "offset", 0) == first)
+    await receiver.refuse()
+    write(log, range(10, 40))
+    proc.kill()
+    await proc.wait()
+    rotated = tmp_path / "audit-2026-11-28T09-00-00.000.log"
+    os.rename(log, rotated)
+    with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.unlink(rotated)
+    write(log, range(40, 60))
+    await receiver.start()
+    proc = await spawn(tmp_path, receiver)
+    await until(lambda: len(receiver.ids) >= 60, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert receiver.ids == ids(range(60))
+    stats = orjson.loads(out)["tailer_stats"]
+    assert (stats["overflow_files_lost"], stats["bytes_lost"]) == (0, 0)
+    assert sorted(os.listdir(tmp_path)) == [
+        "audit-2026-11-28T09-00-00.000.log.gz", "audit.log", "tail.checkpoint"]
