@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import os
 import shutil
 import signal
@@ -20,7 +19,13 @@ from enumwatch.api.spec import MatchSpec
 from enumwatch.sources.checkpoint import load_checkpoint
 from enumwatch.sources.forwarder import Forwarder
 from enumwatch.sources.tail import Filter, TailConfig, Tailer, TailStats
-from enumwatch_devkit.tail_receiver import Receiver, event_line, until
+from enumwatch_devkit.tail_receiver import (
+    LUMBERJACK_BACKUP,
+    Receiver,
+    event_line,
+    rotate_and_compress,
+    until,
+)
 
 SEED = Filter.from_specs([MatchSpec()])
 
@@ -364,11 +369,7 @@ async def test_resume_in_a_rotated_file_compressed_while_down_delivers_every_eve
     .gz backup, then the new file (before: the rest of the old file was lost)."""
     log = tmp_path / "audit.log"
     await stop_behind(tmp_path, receiver, delivered=10, written=60)
-    rotated = tmp_path / "audit-2026-11-28T09-00-00.000.log"
-    os.rename(log, rotated)
-    with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.unlink(rotated)
+    rotate_and_compress(log)
     write(log, range(60, 80))
     await receiver.start()
     run = Running(config(tmp_path, receiver))
@@ -395,11 +396,7 @@ async def test_the_process_killed_then_its_file_compressed_resumes_in_the_gz(
     write(log, range(10, 40))
     proc.kill()
     await proc.wait()
-    rotated = tmp_path / "audit-2026-11-28T09-00-00.000.log"
-    os.rename(log, rotated)
-    with open(rotated, "rb") as src, gzip.open(f"{rotated}.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.unlink(rotated)
+    rotate_and_compress(log)
     write(log, range(40, 60))
     await receiver.start()
     proc = await spawn(tmp_path, receiver)
@@ -411,4 +408,4 @@ async def test_the_process_killed_then_its_file_compressed_resumes_in_the_gz(
     stats = orjson.loads(out)["tailer_stats"]
     assert (stats["overflow_files_lost"], stats["bytes_lost"]) == (0, 0)
     assert sorted(os.listdir(tmp_path)) == [
-        "audit-2026-11-28T09-00-00.000.log.gz", "audit.log", "tail.checkpoint"]
+        f"{LUMBERJACK_BACKUP}.gz", "audit.log", "tail.checkpoint"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 from pathlib import Path
 
 from enumwatch.sources.checkpoint import Checkpoint
 from enumwatch.sources.tail import Follower, TailStats
+from enumwatch_devkit.tail_receiver import compress, rotate_and_compress
 
 
 def lines(n: int, start: int = 0) -> list[bytes]:
@@ -273,15 +273,6 @@ def test_two_renames_within_one_poll_read_the_middle_file(tmp_path: Path) -> Non
     assert (stats.rotations, stats.overflow_files_lost) == (2, 0)
 
 
-def compress(path: Path) -> Path:
-    """What lumberjack's --audit-log-compress and logrotate's ``compress`` do to a backup."""
-    gz = path.with_name(path.name + ".gz")
-    with open(path, "rb") as src, gzip.open(gz, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.unlink(path)
-    return gz
-
-
 def checkpoint_in(log: Path, n: int, after: int) -> Checkpoint:
     """Write ``n`` lines to ``log`` and return the position after line ``after``."""
     append(log, lines(n))
@@ -289,13 +280,6 @@ def checkpoint_in(log: Path, n: int, after: int) -> Checkpoint:
     cp = list(f.lines())[after][1]
     f.close()
     return cp
-
-
-def rotate_and_compress(log: Path, name: str = "audit-2026-11-28T09-00-00.000.log") -> Path:
-    """Rotate ``log`` to ``name`` and compress it while the tailer is down."""
-    rotated = log.with_name(name)
-    os.rename(log, rotated)
-    return compress(rotated)
 
 
 def test_checkpointed_file_compressed_while_down_is_read_from_its_backup(tmp_path: Path) -> None:
