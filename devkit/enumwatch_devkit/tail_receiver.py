@@ -1,4 +1,4 @@
-"""Test doubles for the tailer: realistic audit lines and a real local HTTP receiver.
+"""Test doubles for the tailer: realistic audit lines, rotated backups, a real HTTP receiver.
 
 The receiver is an aiohttp server on 127.0.0.1 (ephemeral port) that records the EventLists the
 tailer POSTs and can be told to fail (a status for the next N requests, 413 above a batch size,
@@ -8,8 +8,12 @@ tailer POSTs and can be told to fail (a status for the next N requests, 413 abov
 from __future__ import annotations
 
 import asyncio
+import gzip
+import os
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -52,6 +56,27 @@ def event_line(
     # Go escapes & < > in strings; do the same so lines look like the API server's.
     raw = orjson.dumps(event)
     return raw.replace(b"&", b"\\u0026").replace(b"<", b"\\u003c").replace(b">", b"\\u003e")
+
+
+#: A backup name as the API server's lumberjack gives it.
+LUMBERJACK_BACKUP = "audit-2026-11-28T09-00-00.000.log"
+
+
+def rotate_and_compress(log: Path, name: str = LUMBERJACK_BACKUP) -> Path:
+    """Rename ``log`` to ``name`` next to it, then replace that by ``name.gz``: what lumberjack's
+    --audit-log-compress and logrotate's ``compress`` leave of a rotated file. Returns the .gz."""
+    rotated = log.with_name(name)
+    os.rename(log, rotated)
+    return compress(rotated)
+
+
+def compress(path: Path) -> Path:
+    """Gzip ``path`` into ``path.gz`` and delete it (as a log rotator's compression does)."""
+    gz = path.with_name(path.name + ".gz")
+    with open(path, "rb") as src, gzip.open(gz, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.unlink(path)
+    return gz
 
 
 async def until(condition: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:

@@ -19,7 +19,13 @@ from enumwatch.api.spec import MatchSpec
 from enumwatch.sources.checkpoint import load_checkpoint
 from enumwatch.sources.forwarder import Forwarder
 from enumwatch.sources.tail import Filter, TailConfig, Tailer, TailStats
-from enumwatch_devkit.tail_receiver import Receiver, event_line, until
+from enumwatch_devkit.tail_receiver import (
+    LUMBERJACK_BACKUP,
+    Receiver,
+    event_line,
+    rotate_and_compress,
+    until,
+)
 
 SEED = Filter.from_specs([MatchSpec()])
 
@@ -229,20 +235,27 @@ async def test_backpressure_stops_reading(tmp_path: Path, receiver: Receiver) ->
     assert receiver.ids == ids(range(400))
 
 
-async def test_stop_while_operator_down_keeps_the_checkpoint_behind(
-    tmp_path: Path, receiver: Receiver
-) -> None:
+async def stop_behind(tmp_path: Path, receiver: Receiver, delivered: int, written: int) -> None:
+    """Deliver events ``[0, delivered)``, make the operator unreachable, write up to ``written``
+    and stop the tailer: its checkpoint stays at the end of what was delivered."""
     log = tmp_path / "audit.log"
-    write(log, range(10))
+    write(log, range(delivered))
     run = Running(config(tmp_path, receiver))
-    await until(lambda: len(receiver.ids) == 10)
+    await until(lambda: len(receiver.ids) == delivered)
     await until(lambda: load_checkpoint(str(tmp_path / "tail.checkpoint")) is not None)
     await receiver.refuse()
-    write(log, range(10, 20))
+    write(log, range(delivered, written))
     await until(lambda: run.stats.retries >= 1)
     await run.stop()  # gives up after shutdown_timeout; the rest stays in the file
     cp = load_checkpoint(str(tmp_path / "tail.checkpoint"))
-    assert cp is not None and cp.offset == sum(len(event_line(i)) + 1 for i in range(10))
+    assert cp is not None
+    assert cp.offset == sum(len(event_line(i)) + 1 for i in range(delivered))
+
+
+async def test_stop_while_operator_down_keeps_the_checkpoint_behind(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    await stop_behind(tmp_path, receiver, delivered=10, written=20)
     await receiver.start()
     run = Running(config(tmp_path, receiver))
     await until(lambda: len(receiver.ids) == 20)
@@ -346,3 +359,53 @@ async def test_copytruncate_while_paused_delivers_every_event_once(
     stats = await run.stop()
     assert receiver.ids == ids(range(400))
     assert (stats.truncations_unrecovered, stats.bytes_lost) == (0, 0)
+
+
+async def test_resume_in_a_rotated_file_compressed_while_down_delivers_every_event_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Stopped with a checkpoint mid-file; the file rotated and gzip-compressed (lumberjack's
+    --audit-log-compress), more lines in a new file: the restarted tailer reads the rest of the
+    .gz backup, then the new file (before: the rest of the old file was lost)."""
+    log = tmp_path / "audit.log"
+    await stop_behind(tmp_path, receiver, delivered=10, written=60)
+    rotate_and_compress(log)
+    write(log, range(60, 80))
+    await receiver.start()
+    run = Running(config(tmp_path, receiver))
+    await until(lambda: len(receiver.ids) >= 80)
+    stats = await run.stop()
+    assert receiver.ids == ids(range(80))
+    assert (stats.overflow_files_lost, stats.truncations_unrecovered, stats.bytes_lost) == (0, 0, 0)
+
+
+async def test_the_process_killed_then_its_file_compressed_resumes_in_the_gz(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The real `enumwatch tail` (checkpoint mtime as the resume time, scratch file next to the
+    checkpoint): kill -9 with the checkpoint mid-file, the file rotated and compressed, a new
+    file written; the restarted process delivers every event once, in order."""
+    log = tmp_path / "audit.log"
+    write(log, range(10))
+    proc = await spawn(tmp_path, receiver)
+    await until(lambda: len(receiver.ids) == 10, timeout=60)
+    first = sum(len(event_line(i)) + 1 for i in range(10))
+    checkpoint = str(tmp_path / "tail.checkpoint")
+    await until(lambda: getattr(load_checkpoint(checkpoint), "offset", 0) == first)
+    await receiver.refuse()
+    write(log, range(10, 40))
+    proc.kill()
+    await proc.wait()
+    rotate_and_compress(log)
+    write(log, range(40, 60))
+    await receiver.start()
+    proc = await spawn(tmp_path, receiver)
+    await until(lambda: len(receiver.ids) >= 60, timeout=60)
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert receiver.ids == ids(range(60))
+    stats = orjson.loads(out)["tailer_stats"]
+    assert (stats["overflow_files_lost"], stats["bytes_lost"]) == (0, 0)
+    assert sorted(os.listdir(tmp_path)) == [
+        f"{LUMBERJACK_BACKUP}.gz", "audit.log", "tail.checkpoint"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from enumwatch.sources.checkpoint import Checkpoint
 from enumwatch.sources.tail import Follower, TailStats
+from enumwatch_devkit.tail_receiver import compress, rotate_and_compress
 
 
 def lines(n: int, start: int = 0) -> list[bytes]:
@@ -270,3 +271,95 @@ def test_two_renames_within_one_poll_read_the_middle_file(tmp_path: Path) -> Non
     append(log, lines(1, 6))
     assert drain(f) == lines(4, 3)
     assert (stats.rotations, stats.overflow_files_lost) == (2, 0)
+
+
+def checkpoint_in(log: Path, n: int, after: int) -> Checkpoint:
+    """Write ``n`` lines to ``log`` and return the position after line ``after``."""
+    append(log, lines(n))
+    f = Follower(str(log))
+    cp = list(f.lines())[after][1]
+    f.close()
+    return cp
+
+
+def test_checkpointed_file_compressed_while_down_is_read_from_its_backup(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    cp = checkpoint_in(log, 10, after=4)
+    rotate_and_compress(log)
+    append(log, lines(5, 10))
+    stats = TailStats()
+    again = Follower(str(log), cp, stats=stats, chunk_size=16, since_ns=0)
+    assert drain(again) == lines(10, 5)
+    assert (stats.overflow_files_lost, stats.bytes_lost) == (0, 0)
+
+
+def test_logrotate_compressed_copy_is_found_by_its_first_bytes(tmp_path: Path) -> None:
+    """logrotate with ``compress`` (no delaycompress): audit.log.1.gz, then a fresh audit.log."""
+    log = tmp_path / "audit.log"
+    cp = checkpoint_in(log, 10, after=6)
+    rotate_and_compress(log, "audit.log.1")
+    append(log, lines(3, 10))
+    again = Follower(str(log), cp, since_ns=0)
+    assert drain(again) == lines(6, 7)
+
+
+def test_restart_inside_a_compressed_backup_resumes_there(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    cp = checkpoint_in(log, 10, after=1)
+    rotate_and_compress(log)
+    append(log, lines(5, 10))
+    first = Follower(str(log), cp, since_ns=0, chunk_size=20)
+    got = list(first.lines())[:3]
+    first.close()
+    assert [line for line, _ in got] == lines(3, 2)
+    again = Follower(str(log), got[-1][1], since_ns=0)
+    assert drain(again) == lines(10, 5)
+
+
+def test_no_matching_compressed_backup_is_counted_as_lost(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    cp = checkpoint_in(log, 10, after=4)
+    os.unlink(log)
+    other = tmp_path / "audit-2026-11-28T08-00-00.000.log"
+    append(other, lines(10, 50))  # another file's backup: its first bytes differ
+    compress(other)
+    short = tmp_path / "audit.log.1"
+    append(short, lines(2))  # the same first bytes, but shorter than the offset
+    compress(short)
+    append(log, lines(3, 100))
+    stats = TailStats()
+    again = Follower(str(log), cp, stats=stats, since_ns=0)
+    assert drain(again) == lines(3, 100)
+    assert (stats.overflow_files_lost, stats.bytes_lost) == (1, 0)
+
+
+def test_damaged_compressed_backup_reads_what_it_holds_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "audit.log"
+    cp = checkpoint_in(log, 2000, after=4)
+    gz = rotate_and_compress(log)
+    os.truncate(gz, os.path.getsize(gz) // 2)  # e.g. the compressor was killed
+    append(log, lines(3, 5000))
+    stats = TailStats()
+    again = Follower(str(log), cp, stats=stats, since_ns=0)
+    got = drain(again)
+    recovered = got[:-3]
+    assert recovered == lines(len(recovered), 5) and 0 < len(recovered) < 1995
+    assert got[-3:] == lines(3, 5000)
+    assert stats.overflow_files_lost == 1
+
+
+def test_two_rotations_while_down_both_compressed_read_both(tmp_path: Path) -> None:
+    """lumberjack with --audit-log-compress and the tailer down over two rotations: the rest of
+    the checkpointed file, then the whole middle file, both only as .gz, then the live file."""
+    log = tmp_path / "audit.log"
+    cp = checkpoint_in(log, 10, after=2)
+    rotate_and_compress(log, "audit-2026-11-28T09-00-00.000.log")
+    append(log, lines(6, 10))
+    rotate_and_compress(log, "audit-2026-11-28T09-05-00.000.log")
+    append(log, lines(4, 16))
+    stats = TailStats()
+    again = Follower(str(log), cp, stats=stats, since_ns=0)
+    assert drain(again) == lines(17, 3)
+    assert stats.overflow_files_lost == 0

@@ -72,10 +72,19 @@ def matches(checkpoint: Checkpoint, fd: int) -> bool:
     st = os.fstat(fd)
     if st.st_size < checkpoint.offset:
         return False
-    prefix = read_prefix(fd, checkpoint.fingerprint_size)
-    if len(prefix) != checkpoint.fingerprint_size:
-        return False
-    return fingerprint_of(prefix) == checkpoint.fingerprint
+    return starts_like(checkpoint, read_prefix(fd, checkpoint.fingerprint_size))
+
+
+def starts_like(checkpoint: Checkpoint, prefix: bytes) -> bool:
+    """Whether a file whose first bytes are ``prefix`` is the file ``checkpoint`` was taken in
+    (``prefix`` holds at least ``fingerprint_size`` bytes when it is; the rest is ignored).
+
+    This is the test without the size, for a file whose size is not known before it is read
+    (a gzip-compressed rotated backup).
+    """
+    head = prefix[: checkpoint.fingerprint_size]
+    size, expected = checkpoint.fingerprint_size, checkpoint.fingerprint
+    return len(head) == size and fingerprint_of(head) == expected
 
 
 def load_checkpoint(path: str) -> Checkpoint | None:

@@ -26,6 +26,11 @@ from enumwatch.sources.checkpoint import (
     matches,
     read_prefix,
 )
+from enumwatch.sources.tail.compressed import (
+    RecoveredBackup,
+    decompress_backup,
+    recover_compressed,
+)
 from enumwatch.sources.tail.stats import TailStats
 
 log = logging.getLogger("enumwatch.tail")
@@ -110,7 +115,12 @@ class Follower:
     - Deletion and re-creation, and a path that does not exist yet: waits for it.
     - A line is emitted only once its newline is written; a file left with an unterminated last
       line when it is rotated away counts it in ``partial_lines_dropped``.
-    - ``checkpoint``: resume there if that file is still at ``path`` or was rotated next to it.
+    - ``checkpoint``: resume there if that file is still at ``path`` or was rotated next to it;
+      if it was also compressed meanwhile (``<backup>.gz``, the plain file gone), its rest is
+      decompressed from the backup whose first bytes match (into an unlinked scratch file in
+      ``scratch_dir``) and read, then the backups compressed after it (whole), then the plain
+      newer files. With no such backup, or a damaged one, the file is counted in
+      ``overflow_files_lost`` and logged.
     """
 
     def __init__(
@@ -122,8 +132,10 @@ class Follower:
         chunk_size: int = CHUNK_SIZE,
         fingerprint_size: int = FINGERPRINT_SIZE,
         since_ns: int | None = None,
+        scratch_dir: str | None = None,
     ) -> None:
         self.path = os.path.abspath(path)
+        self.scratch_dir = scratch_dir
         self.stats = stats if stats is not None else TailStats()
         self.chunk_size = chunk_size
         self.fingerprint_size = fingerprint_size
@@ -131,11 +143,14 @@ class Follower:
         base = os.path.basename(self.path)
         stem, ext = os.path.splitext(base)
         # lumberjack backups (audit-2024-01-02T03-04-05.000.log) and logrotate's (audit.log.1)
-        self._sibling_re = re.compile(
-            rf"{re.escape(stem)}-.+{re.escape(ext)}|{re.escape(base)}\.\d+"
-        )
+        backup = rf"{re.escape(stem)}-.+{re.escape(ext)}|{re.escape(base)}\.\d+"
+        self._sibling_re = re.compile(backup)
+        self._compressed_re = re.compile(rf"(?:{backup})\.gz")
         self._cur: _Open | None = None
         self._queue: deque[tuple[int, int]] = deque()
+        #: Queued files that exist only compressed (their ``.gz`` path by its key), decompressed
+        #: when their turn comes.
+        self._compressed: dict[tuple[int, int], str] = {}
         #: Files already read to their end, never queued again by the sibling scan.
         self._finished: deque[tuple[int, int]] = deque(maxlen=64)
         if checkpoint is not None:
@@ -339,15 +354,17 @@ class Follower:
         st = os.fstat(fd)
         return _Open(fd, path, st.st_dev, st.st_ino, offset, read_prefix(fd, self.fingerprint_size))
 
-    def _siblings(self) -> list[tuple[str, os.stat_result]]:
-        """Rotated copies of the log next to it (not the live file), oldest write first."""
+    def _siblings(self, names: re.Pattern[str] | None = None) -> list[tuple[str, os.stat_result]]:
+        """Rotated copies of the log next to it (not the live file), oldest write first; or the
+        files whose names match ``names`` (the compressed backups)."""
+        names = names or self._sibling_re
         found: list[tuple[str, os.stat_result]] = []
         try:
             entries = list(os.scandir(self._dir))
         except FileNotFoundError:
             return found
         for entry in entries:
-            if not self._sibling_re.fullmatch(entry.name):
+            if not names.fullmatch(entry.name):
                 continue
             with contextlib.suppress(OSError):
                 st = entry.stat(follow_symlinks=False)
@@ -381,6 +398,11 @@ class Follower:
         """Open the oldest queued file; True if one is open now."""
         while self._queue:
             device, inode = self._queue.popleft()
+            if (device, inode) in self._compressed:
+                self._cur = self._open_compressed_whole(self._compressed.pop((device, inode)))
+                if self._cur is not None:
+                    return True
+                continue
             st = self._stat_live()
             opened: _Open | None = None
             if st is not None and (st.st_dev, st.st_ino) == (device, inode):
@@ -441,14 +463,81 @@ class Follower:
             self._cur = found
             threshold = os.fstat(found.fd).st_mtime_ns
         else:
-            self.stats.overflow_files_lost += 1
-            log.error(
-                "OVERFLOW: the checkpointed audit log file is gone (rotated and deleted while "
-                "the tailer was down); continuing with the newer files",
-                extra={"path": cp.path, "inode": cp.inode, "offset": cp.offset},
-            )
+            # Compressed meanwhile? Then the plain backups (if any) are the newer files: all
+            # those written since the checkpoint, as when the file is gone altogether.
+            found = self._cur = self._open_compressed(cp)
             threshold = since_ns or 0
+        for key, path in self._compressed_after(found):
+            self._queue.append(key)
+            self._compressed[key] = path
         for _path, st in self._siblings():
             key = (st.st_dev, st.st_ino)
             if st.st_mtime_ns >= threshold and (found is None or key != found.key):
                 self._queue.append(key)
+
+    def _compressed_after(self, found: _Open | None) -> list[tuple[tuple[int, int], str]]:
+        """When the checkpointed file was read from its ``.gz``: the backups compressed after
+        it (rotated after it, several rotations while the tailer was behind), oldest first.
+        They come before every plain backup: with compression on, only the newest backups are
+        still plain (lumberjack compresses each at once, logrotate's delaycompress keeps one)."""
+        if found is None or not self._compressed_re.fullmatch(os.path.basename(found.path)):
+            return []
+        try:
+            after = os.stat(found.path).st_mtime_ns
+        except OSError:
+            return []  # deleted meanwhile: newer ones cannot be told from older ones
+        return [
+            ((st.st_dev, st.st_ino), path)
+            for path, st in self._siblings(self._compressed_re)
+            if st.st_mtime_ns > after and path != found.path
+        ]
+
+    def _open_compressed(self, cp: Checkpoint) -> _Open | None:
+        """The rest of the checkpoint's file from its ``.gz`` backup; count it lost if none."""
+        backups = [path for path, _st in self._siblings(self._compressed_re)]
+        recovered = recover_compressed(cp, reversed(backups), self.scratch_dir)
+        if recovered is None:
+            self.stats.overflow_files_lost += 1
+            log.error(
+                "OVERFLOW: the checkpointed audit log file is gone (rotated and deleted, or "
+                "compressed into no backup that starts like it, while the tailer was down); "
+                "continuing with the newer files",
+                extra={"path": cp.path, "inode": cp.inode, "offset": cp.offset},
+            )
+            return None
+        log.info(
+            "resuming in a compressed rotated audit log file",
+            extra={"path": recovered.path, "offset": cp.offset},
+        )
+        self.stats.rotations += 1
+        return self._scratch(recovered, cp.offset)
+
+    def _open_compressed_whole(self, path: str) -> _Open | None:
+        """A newer file that was compressed before its turn came: all of it; count it lost if
+        it is gone or cannot be read."""
+        recovered = decompress_backup(path, self.scratch_dir)
+        if recovered is None:
+            self.stats.overflow_files_lost += 1
+            log.error(
+                "OVERFLOW: a compressed audit log backup could not be read before its turn; "
+                "its events are lost",
+                extra={"path": path},
+            )
+            return None
+        log.info("reading a compressed rotated audit log file", extra={"path": path})
+        return self._scratch(recovered, 0)
+
+    def _scratch(self, recovered: RecoveredBackup, offset: int) -> _Open:
+        """The decompressed scratch file of a ``.gz`` backup, open for reading at ``offset``;
+        a damaged backup is counted lost (its rest after the damage)."""
+        if not recovered.complete:
+            self.stats.overflow_files_lost += 1
+            log.error(
+                "OVERFLOW: a compressed audit log backup is damaged; reading what it holds "
+                "before the damage, the rest is lost",
+                extra={"path": recovered.path, "offset": offset},
+            )
+        st = os.fstat(recovered.fd)
+        # An unlinked scratch file: "deleted before it was fully read" would be a false alarm.
+        return _Open(recovered.fd, recovered.path, st.st_dev, st.st_ino, offset,
+                     read_prefix(recovered.fd, self.fingerprint_size), warned_deleted=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass
 
 from enumwatch.sources.checkpoint import Checkpoint, save_checkpoint
@@ -82,6 +83,8 @@ class Tailer:
             stats=self.stats,
             chunk_size=cfg.chunk_size,
             since_ns=self._since_ns,
+            # the checkpoint's directory is writable (a read-only root has no other place)
+            scratch_dir=os.path.dirname(os.path.abspath(cfg.checkpoint_path)),
         )
         log.info("tailer started", extra={"path": cfg.path, "forward": cfg.forward_url,
                                           "resume": self.checkpoint is not None})
