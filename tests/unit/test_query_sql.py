@@ -176,7 +176,6 @@ def test_exceptions_are_named_as_not_applied_never_dropped_silently(
     assert status == 0
     assert out == detector_query(DetectorSpec(), "duckdb") + ";\n"
     assert err == (
-        "enumwatch sql: note: spec.exceptions (trivy, lb-health) are not applied: the query "
-        "returns the rule's rows, as `enumwatch scan` does; the operator silences them before "
-        "Findings\n"
+        "enumwatch sql: note: spec.exceptions (trivy, lb-health) are not applied: the rule's "
+        "rows are returned; the operator silences them before Findings\n"
     )

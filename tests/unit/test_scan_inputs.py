@@ -540,3 +540,24 @@ def test_detector_name_needs_a_detector(capsys: pytest.CaptureFixture[str]) -> N
         "",
         "enumwatch scan: --detector-name picks a detector of --detector's file; add --detector\n",
     )
+
+
+def test_a_detectors_exceptions_are_named_as_not_applied(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "detector.yaml"
+    manifest.write_text(
+        "apiVersion: enumwatch.io/v1alpha1\nkind: EnumerationDetector\nmetadata: {name: d}\n"
+        "spec:\n  exceptions:\n  - {name: trivy, sourceCIDRs: [10.0.0.0/8]}\n"
+    )
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"\n".join(realistic_lines(200)) + b"\n")
+    without = main(["scan", "--quiet", str(log)])
+    capsys.readouterr()
+    status = main(["scan", "--quiet", "--detector", str(manifest), str(log)])
+    err = capsys.readouterr().err
+    assert status == without  # the note changes nothing else
+    assert err.splitlines()[0] == (
+        "enumwatch scan: note: spec.exceptions (trivy) are not applied: the rule's rows are "
+        "returned; the operator silences them before Findings"
+    )

@@ -16,8 +16,12 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from enumwatch import __version__
+
+if TYPE_CHECKING:
+    from enumwatch.api.spec import DetectorSpec
 
 #: Modules that contribute a subcommand, in help order. A missing module is skipped so that the
 #: package stays usable while a command is being built.
@@ -30,6 +34,19 @@ COMMAND_MODULES = {
     "manifests": "enumwatch.cli.manifests",
     "version": "enumwatch.cli.version",
 }
+
+
+def unapplied_exceptions(prog: str, spec: DetectorSpec) -> str | None:
+    """The stderr note of a command that returns the rule's rows (``scan``, ``sql``) for a
+    detector with exceptions: they silence rows of a live window before Findings, and are said
+    not to apply here rather than dropped silently."""
+    if not spec.exceptions:
+        return None
+    names = ", ".join(e.name for e in spec.exceptions)
+    return (
+        f"{prog}: note: spec.exceptions ({names}) are not applied: the rule's rows are returned; "
+        "the operator silences them before Findings\n"
+    )
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

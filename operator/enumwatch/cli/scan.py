@@ -23,6 +23,7 @@ from enumwatch.api.manifest import ManifestError, format_validation_error, load_
 from enumwatch.api.seed import SEED_RULE
 from enumwatch.api.spec import DetectorSpec, ScheduleSpec
 from enumwatch.audit import DecodeStats
+from enumwatch.cli.main import unapplied_exceptions
 from enumwatch.rule import Row, Rule
 from enumwatch.scan import (
     ProgressCallback,
@@ -261,6 +262,9 @@ def _run(args: argparse.Namespace) -> int:
             if args.detector
             else (None, DetectorSpec())
         )
+        note = unapplied_exceptions(PROG, spec)
+        if note is not None:
+            err.file.write(note)
         if args.replay:
             schedule = _schedule(spec, args.interval, args.lookback)
         check_readable(args.files)

@@ -13,6 +13,7 @@ import sys
 
 from enumwatch.api.manifest import ManifestError, load_detector
 from enumwatch.api.spec import DetectorSpec
+from enumwatch.cli.main import unapplied_exceptions
 from enumwatch.query import DIALECTS, SOURCE_TABLES, SQL_EXTRA
 
 PROG = "enumwatch sql"
@@ -85,13 +86,8 @@ def run(args: argparse.Namespace) -> int:
     except (ManifestError, ValueError) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")
         return 2
-    if spec.exceptions:
-        # Said, never silently dropped: exceptions silence rows of a live window (``until`` is
-        # compared with its end), which an archive hunt does not have.
-        names = ", ".join(e.name for e in spec.exceptions)
-        sys.stderr.write(
-            f"{PROG}: note: spec.exceptions ({names}) are not applied: the query returns the "
-            "rule's rows, as `enumwatch scan` does; the operator silences them before Findings\n"
-        )
+    note = unapplied_exceptions(PROG, spec)
+    if note is not None:
+        sys.stderr.write(note)
     sys.stdout.write(query + ";\n")
     return 0
