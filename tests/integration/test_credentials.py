@@ -185,15 +185,19 @@ def test_enumwatch_run_authenticates_through_an_exec_plugin(
     kubeconfig = str(plugin.kubeconfig)
     with running_operator(crds, tmp_path / "operator", "--kubeconfig", kubeconfig) as op:
         apply_detector(crds, ns, "via-exec", {})
-        status = wait_for(
-            lambda: detector_status(crds, ns, "via-exec").get("conditions"),
-            what="the detector's status written by the operator",
-        )
-        assert [(c["type"], c["status"]) for c in status] == [
+        def listed() -> list[dict[str, str]]:
+            # RBACPosture leaves Unknown once the bindings were listed (with the plugin's token).
+            conditions = detector_status(crds, ns, "via-exec").get("conditions") or []
+            posture = [c for c in conditions if c["type"] == "RBACPosture"]
+            return conditions if posture and posture[0]["status"] != "Unknown" else []
+
+        status = wait_for(listed, timeout=60, what="the detector's status written by the operator")
+        assert [(c["type"], c["status"]) for c in status if c["type"] != "RBACPosture"] == [
             ("Ready", "True"),
             ("FindingsWritten", "True"),
             ("AuditCoverage", "Unknown"),  # no audit event has arrived yet
         ]
+        assert [c["type"] for c in status][-1] == "RBACPosture"
         assert len(plugin.calls) == 1
         assert op.log_path is not None
         assert "Unauthorized" not in op.log_path.read_text()
