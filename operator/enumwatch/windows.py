@@ -14,8 +14,9 @@ event's time is, per detector (``spec.schedule.timestamp``):
   *future*: both are refused and counted, never buffered without bound or dropped silently.
 
 Pure like :mod:`enumwatch.rule`: no clock (the caller passes the arrival time and ``now``), no
-I/O. Only events the rule matches are buffered, duplicates delivered twice by a retrying tailer
-are dropped by ``(auditID, stage)``, events no future tick can see are evicted, and the buffer has
+I/O. Only events the rule matches are buffered (each event offered once: redeliveries are
+recognised upstream by their identity, :mod:`enumwatch.audit.identity`, before any evaluator
+is fed), events no future tick can see are evicted, and the buffer has
 a hard cap (oldest dropped first, counted) so a flood cannot exhaust the operator's memory.
 Catching up after a pause costs one evaluation per window that holds events, never one per
 elapsed tick.
@@ -96,7 +97,7 @@ class WindowedEvaluator:
     """Buffers matching events and evaluates the rule at each tick over its lookback window.
 
     Counters (all monotonic): ``added``, ``unmatched`` (not matched by the rule), ``undated`` (no
-    timestamp, event-time mode), ``duplicates``, ``late`` (older than any future window,
+    timestamp, event-time mode), ``late`` (older than any future window,
     event-time mode), ``future`` (stamped more than :data:`FUTURE_TOLERANCE_S` after arrival,
     event-time mode), ``overflow`` (dropped because the buffer was full) and ``evicted`` (left
     every future window).
@@ -104,12 +105,10 @@ class WindowedEvaluator:
 
     __slots__ = (
         "_buffer",
-        "_keys",
         "_last_tick",
         "_seq",
         "added",
         "data_stream_namespace",
-        "duplicates",
         "evicted",
         "future",
         "future_tolerance",
@@ -153,10 +152,9 @@ class WindowedEvaluator:
         self.future_tolerance = future_tolerance_s
         # Min-heap of (time, arrival sequence, event): eviction pops the oldest first.
         self._buffer: list[tuple[float, int, AuditEvent]] = []
-        self._keys: set[tuple[str, str | None]] = set()
         self._seq = 0
         self._last_tick: float | None = None
-        self.added = self.unmatched = self.undated = self.duplicates = 0
+        self.added = self.unmatched = self.undated = 0
         self.late = self.future = self.overflow = self.evicted = 0
 
     # ---------------------------------------------------------------------------- inspection
@@ -229,12 +227,6 @@ class WindowedEvaluator:
         return self._buffer_event(ts, event)
 
     def _buffer_event(self, ts: float, event: AuditEvent) -> bool:
-        if event.audit_id is not None:
-            key = (event.audit_id, event.stage)
-            if key in self._keys:
-                self.duplicates += 1
-                return False
-            self._keys.add(key)
         if len(self._buffer) >= self.max_buffered:
             self._pop_oldest()
             self.overflow += 1
@@ -244,9 +236,7 @@ class WindowedEvaluator:
         return True
 
     def _pop_oldest(self) -> None:
-        _, _, old = heapq.heappop(self._buffer)
-        if old.audit_id is not None:
-            self._keys.discard((old.audit_id, old.stage))
+        heapq.heappop(self._buffer)
 
     def _evict(self, horizon: float) -> None:
         buffer = self._buffer

@@ -1,5 +1,5 @@
 """Audit events in: the event model (:mod:`.event`), decoders (:mod:`.decode`), Elastic exports
-(:mod:`.elastic`).
+(:mod:`.elastic`), and what makes two deliveries one event (:mod:`.identity`).
 
 The first layer above the API types: pure functions from bytes and parsed JSON to
 :class:`~enumwatch.audit.event.AuditEvent` objects or field tuples, with every line that cannot
@@ -16,15 +16,18 @@ from enumwatch.audit.decode import (
     iter_events,
 )
 from enumwatch.audit.event import DECISION_ANNOTATION, AuditEvent, EventFields
+from enumwatch.audit.identity import Identity, event_identity
 
 __all__ = [
     "DECISION_ANNOTATION",
     "AuditEvent",
     "DecodeStats",
     "EventFields",
+    "Identity",
     "decode_document",
     "decode_line",
     "decode_object",
+    "event_identity",
     "iter_buffer_events",
     "iter_buffer_fields",
     "iter_events",

@@ -50,6 +50,7 @@ from enumwatch.audit.event import (
     AuditEvent,
     EventFields,
 )
+from enumwatch.audit.identity import event_identity
 from enumwatch.timefmt import try_parse_rfc3339
 
 # Skip reasons, as counted in DecodeStats.skipped. Wrong types are "wrong_type:<field path>".
@@ -289,6 +290,7 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
         code=f[F_CODE],
         message=f[F_MESSAGE],
         decision=f[F_DECISION],
+        identity=event_identity(f),
     )
 
 

@@ -14,7 +14,7 @@ Everything downstream of decoding reads one of two shapes, both defined here and
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, cast
 
@@ -28,7 +28,10 @@ class AuditEvent:
 
     ``None`` means missing or JSON ``null``; tuples are empty when the list was missing or null.
     ``timestamp`` is epoch seconds (``stageTimestamp``, else ``requestReceivedTimestamp``, else
-    Elastic's ``@timestamp``), ``None`` when none was present or parseable.
+    Elastic's ``@timestamp``), ``None`` when none was present or parseable. ``identity`` is the
+    event's identity (:mod:`enumwatch.audit.identity`), made by the decoder from the raw fields
+    (both timestamps as written included): what de-duplication keys on; ``None`` for an event
+    without an ``auditID``, never de-duplicated.
     """
 
     audit_id: str | None = None
@@ -46,6 +49,9 @@ class AuditEvent:
     code: int | None = None
     message: str | None = None
     decision: str | None = None
+    # Derived from the fields (some of them raw, such as both timestamps as written), so not
+    # compared: two events equal in what they hold are equal whoever made them.
+    identity: bytes | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back."""
@@ -65,6 +71,7 @@ class AuditEvent:
             "code": self.code,
             "message": self.message,
             "decision": self.decision,
+            "identity": None if self.identity is None else self.identity.hex(),
         }
 
     @classmethod
@@ -72,6 +79,7 @@ class AuditEvent:
         """Rebuild an event from :meth:`to_dict` output (e.g. persisted window state)."""
         ts = data.get("timestamp")
         code = data.get("code")
+        identity = data.get("identity")
         return cls(
             audit_id=data.get("audit_id"),
             stage=data.get("stage"),
@@ -88,6 +96,7 @@ class AuditEvent:
             code=None if code is None else int(code),
             message=data.get("message"),
             decision=data.get("decision"),
+            identity=None if identity is None else bytes.fromhex(identity),
         )
 
 

@@ -64,7 +64,10 @@ input: JSON lines (the apiserver's --audit-log-path file, Elastic NDJSON exports
 EventList or Elastic document per line), or one JSON document over many lines (an EventList
 saved by kubectl/jq, a JSON array of events, jq '.items[]' output, an Elasticsearch _search
 response: hits.hits[]._source). The kind is told from the first line; gzip from its magic.
-An event met twice (same auditID and stage: a file named twice, overlapping exports) counts once.
+An event met twice (a file named twice, overlapping exports) counts once, in any file order: the
+same auditID *and* stage, timestamps, requestURI, verb, sourceIPs, userAgent, code and every other
+field read (a client picks its Audit-ID header, so the auditID alone proves nothing); events
+without an auditID are all counted.
 
 output: one record per row (a group that passed the thresholds): ES|QL's columns
 (Esql.*, kubernetes.audit.*) by default, or with --records finding the camelCase fields of a

@@ -4,9 +4,11 @@
 webhook backend, so ``--audit-webhook-config-file`` can point straight at the operator, and the
 body the tailer sends. Callers authenticate with a bearer token: a static token (from a file or
 Secret) or any token the API server vouches for through a TokenReview. Bodies over the size limit
-get 413, malformed ones 400 (counted); redelivered events are recognised by (auditID, stage) and
-counted once. An answer names the leader epoch of the state that took the events in, so that a
-source re-sends to a new leader what its predecessor had (see :mod:`enumwatch.sources.forwarder`).
+get 413, malformed ones 400 (counted); redelivered events are recognised by their identity
+(:mod:`enumwatch.audit.identity`: the auditID *and* every field read, never the client-chosen
+auditID alone) and counted once. An answer names the leader epoch of the state that took the
+events in, so that a source re-sends to a new leader what its predecessor had (see
+:mod:`enumwatch.sources.forwarder`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from enumwatch.audit import AuditEvent, decode_object
+from enumwatch.audit import AuditEvent, Identity, decode_object
 from enumwatch.controller import metrics
 from enumwatch.controller.connections import ConnectionGuard
 from enumwatch.controller.persistence import journal_line
@@ -38,7 +40,7 @@ MALFORMED_BODY = "malformed_body"
 
 @dataclass
 class DecodedBatch:
-    """An EventList decoded off the event loop: its events (each ``(auditID, stage)`` once),
+    """An EventList decoded off the event loop: its events (each identity once),
     their journal lines when the operator journals, and what was skipped or repeated."""
 
     events: list[AuditEvent]
@@ -65,7 +67,7 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
         return "expected an audit.k8s.io/v1 EventList object with an items list"
     events: list[AuditEvent] = []
     lines: list[bytes] = []
-    keys: set[tuple[str, str | None]] = set()
+    keys: set[Identity] = set()
     duplicates = 0
     skipped: dict[str, int] = {}
     for index, item in enumerate(doc["items"]):
@@ -76,8 +78,8 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
         if isinstance(result, str):
             skipped[result] = skipped.get(result, 0) + 1
             continue
-        if result.audit_id is not None:
-            key = (result.audit_id, result.stage)
+        key = result.identity
+        if key is not None:
             if key in keys:
                 duplicates += 1
                 continue
@@ -89,16 +91,24 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
 
 
 class SeenKeys:
-    """A bounded memory of (auditID, stage) keys already ingested, oldest forgotten first."""
+    """A bounded memory of the identities already ingested, oldest forgotten first.
+
+    Bounded by count (``capacity`` identities of 16 bytes each, about 25 MB at the default), so a
+    flood of distinct events cannot grow it; an identity forgotten this way is one whose
+    redelivery would come after ``capacity`` newer events, far longer than any sender retries.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
         self.capacity = capacity
-        self._keys: OrderedDict[tuple[str, str | None], None] = OrderedDict()
+        self._keys: OrderedDict[Identity, None] = OrderedDict()
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
-    def add(self, key: tuple[str, str | None]) -> None:
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def add(self, key: Identity) -> None:
         """Record ``key`` (once its batch is committed), forgetting the oldest beyond capacity."""
         self._keys[key] = None
         if len(self._keys) > self.capacity:
@@ -212,6 +222,9 @@ class IngestServer:
         self.is_ready = is_ready
         self.max_body = max_body
         self.seen = SeenKeys()
+        if detectors.store is not None:  # what was acknowledged before a restart
+            for key in detectors.store.journaled_identities():
+                self.seen.add(key)
         self.app = web.Application(client_max_size=max_body, middlewares=[self._progress])
         self.app.add_routes(
             [
@@ -328,12 +341,12 @@ class IngestServer:
             return self._answer(400, error=batch)
         events: list[AuditEvent] = []
         lines: list[bytes] = []
-        keys: list[tuple[str, str | None]] = []
+        keys: list[Identity] = []
         duplicates = batch.duplicates
         seen = self.seen
         for index, event in enumerate(batch.events):
-            if event.audit_id is not None:
-                key = (event.audit_id, event.stage)
+            key = event.identity
+            if key is not None:
                 if key in seen:
                     duplicates += 1
                     continue

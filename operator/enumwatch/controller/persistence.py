@@ -6,6 +6,17 @@ ticks (:mod:`enumwatch.atomicfile`); events acknowledged since then are in an ap
 (with their arrival time: on the default time basis it is their place in the windows), replayed
 on restore and emptied at each checkpoint.
 
+An event counts once after a restart, as before it: the windows do not de-duplicate (a client
+chooses its ``Audit-ID``; redeliveries are recognised upstream by their identity,
+:mod:`enumwatch.audit.identity`), so the replay does. Each journal line carries the event's
+identity; a replay offers each identity once, and skips the part of the rotated journal that the
+detector's state file already holds: a checkpoint ends the journal it rotates with a marker line
+naming the checkpoint, and writes that name into the state files it takes (``folded``), so a
+crash after the state files were written but before the rotated journal was dropped does not
+count its events twice. The identities in the journals are also what the ingest endpoint is told
+it has seen (:meth:`StateStore.journaled_identities`), so a sender's retry after a restart of a
+batch that was journaled is still a duplicate.
+
 The directory also names its *leader epoch*: an id made with the state, the same for as long as
 the state lives (a restart that keeps it needs nothing re-sent), new for a leader without it
 (another replica after a failover, or the state lost). Ingest answers carry it, so that the
@@ -25,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
-from enumwatch.audit import AuditEvent
+from enumwatch.audit import AuditEvent, Identity
 from enumwatch.sink.findings import FailedWrite
 from enumwatch.windows import WindowSnapshot
 
@@ -54,6 +65,9 @@ class StateStore:
         self.epoch = self._epoch()
         # One state file write at a time: the event loop's and a worker thread's.
         self._writing = threading.Lock()
+        #: The name of the latest checkpoint whose journal was rotated: what a state file
+        #: snapshot taken now holds of the journals (see :meth:`rotate_journal`).
+        self.folded: str | None = None
 
     def _epoch(self) -> str:
         """This state's leader epoch, made (and written) with the state when there is none."""
@@ -114,6 +128,7 @@ class StateStore:
             runtime.ref.uid,
             runtime.evaluator.snapshot(),
             [failed.to_dict() for failed in runtime.pending.values()],
+            self.folded,
         )
 
     def write(self, snapshot: DetectorSnapshot) -> None:
@@ -124,10 +139,16 @@ class StateStore:
 
     def rotate_journal(self) -> None:
         """Start a new journal before a checkpoint's snapshot: the old one is removed by
-        :meth:`drop_rotated_journal` once the snapshot is on disk, and replayed until then."""
+        :meth:`drop_rotated_journal` once the snapshot is on disk, and replayed until then.
+
+        The rotated journal ends with a marker line naming this checkpoint (:attr:`folded`,
+        written into the state files snapshotted now): a restore skips what a state file
+        already holds, up to its checkpoint's marker.
+        """
         journal = self.state_dir / JOURNAL
-        if not self.journal_bytes and not (journal.exists() and journal.stat().st_size):
-            return
+        self.folded = new_epoch()
+        with open(journal, "ab") as out:
+            out.write(checkpoint_marker(self.folded))
         previous = self.state_dir / PREVIOUS_JOURNAL
         if previous.exists():  # an earlier checkpoint did not finish: keep both
             with open(previous, "ab") as out:
@@ -147,6 +168,7 @@ class StateStore:
         if runtime.evaluator is None:
             return False
         restored = False
+        folded: object = None
         path = self._state_path(runtime.ref.namespace, runtime.ref.name)
         if path.exists():
             try:
@@ -155,6 +177,7 @@ class StateStore:
                 log.warning("ignoring unreadable window state %s: %s", path, exc)
                 data = {}
             if data.get("uid") == runtime.ref.uid:
+                folded = data.get("folded")
                 runtime.evaluator.restore_state(data.get("window", {}))
                 for item in data.get("pending") or ():
                     try:
@@ -165,17 +188,39 @@ class StateStore:
                     for row in failed.window.rows:
                         runtime.pending[row.key] = failed
                 restored = True
-        for journal in (self.state_dir / PREVIOUS_JOURNAL, self.state_dir / JOURNAL):
-            if not journal.exists():
-                continue
-            for line in journal.read_bytes().splitlines():
-                try:
-                    event, arrival = journal_entry(orjson.loads(line))
-                except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
-                    continue  # a line torn by the crash: it was never acknowledged
-                runtime.offer(event, arrival)
-                restored = True
+        replayed: set[Identity] = set()
+        for event, arrival in self._journaled(folded if isinstance(folded, str) else None):
+            key = event.identity
+            if key is not None:
+                if key in replayed:  # journaled twice (a retry after a restart): one event
+                    continue
+                replayed.add(key)
+            runtime.offer(event, arrival)
+            restored = True
         return restored
+
+    def _journaled(self, folded: str | None = None) -> Iterator[tuple[AuditEvent, float]]:
+        """The journals' events and arrival times, oldest first; with ``folded``, those after
+        that checkpoint's marker only (the state file holds the ones before it)."""
+        for name in (PREVIOUS_JOURNAL, JOURNAL):
+            try:
+                lines = (self.state_dir / name).read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            if folded is not None and name == PREVIOUS_JOURNAL:
+                marker = checkpoint_marker(folded).rstrip(b"\n")
+                if marker in lines:
+                    lines = lines[lines.index(marker) + 1 :]
+            for line in lines:
+                try:
+                    yield journal_entry(orjson.loads(line))
+                except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
+                    continue  # a marker, or a line torn by the crash (never acknowledged)
+
+    def journaled_identities(self) -> list[Identity]:
+        """The identities of the journaled events, oldest first: what the ingest endpoint has
+        acknowledged since the last checkpoint, so that a retry of it is known after a restart."""
+        return [event.identity for event, _ in self._journaled() if event.identity is not None]
 
 
 @dataclass(frozen=True)
@@ -186,12 +231,15 @@ class DetectorSnapshot:
     uid: str
     window: WindowSnapshot
     pending: list[dict[str, Any]]
+    #: The checkpoint whose rotated journal this state holds (see StateStore.rotate_journal).
+    folded: str | None = None
 
     def json_parts(self, chunk: int = 10_000) -> Iterator[bytes]:
         """The state file's JSON, ``chunk`` events at a time (never the whole file in memory)."""
         window = self.window
         ordered = window.ordered()
-        yield orjson.dumps({"uid": self.uid, "pending": self.pending})[:-1] + b',"window":'
+        head = {"uid": self.uid, "pending": self.pending, "folded": self.folded}
+        yield orjson.dumps(head)[:-1] + b',"window":'
         yield orjson.dumps({"lastTick": window.last_tick, "timeBasis": window.time_basis})[:-1]
         yield b',"times":' + orjson.dumps([ts for ts, _, _ in ordered]) + b',"events":['
         for start in range(0, len(ordered), chunk):
@@ -203,6 +251,12 @@ class DetectorSnapshot:
 def new_epoch() -> str:
     """A fresh leader epoch: a random id no other leader has had."""
     return uuid.uuid4().hex
+
+
+def checkpoint_marker(name: str) -> bytes:
+    """The line that ends a journal rotated by the checkpoint ``name`` (no event: skipped by a
+    replay, and by versions that know no markers, as a torn line)."""
+    return orjson.dumps({"checkpoint": name}) + b"\n"
 
 
 def journal_line(event: AuditEvent, arrival: float) -> bytes:

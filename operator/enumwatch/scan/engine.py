@@ -20,7 +20,8 @@ from typing import Any
 
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit.decode import DecodeStats, iter_buffer_events, iter_buffer_fields
-from enumwatch.audit.event import F_AUDIT_ID, F_STAGE
+from enumwatch.audit.event import AuditEvent
+from enumwatch.audit.identity import Identity, event_identity
 from enumwatch.match.prefilter import Prefilter
 from enumwatch.rule import GroupTable, Row, Rule
 from enumwatch.windows import WindowedEvaluator, WindowResult
@@ -62,7 +63,7 @@ def no_cyclic_gc() -> Iterator[None]:
             gc.enable()
 
 
-#: Skip reason for an event decoded again with the same (auditID, stage): counted once.
+#: Skip reason for an event met again with the same identity (a redelivery): counted once.
 DUPLICATE = "duplicate"
 
 
@@ -71,27 +72,27 @@ def feed(
     stats: DecodeStats,
     buffers: Iterable[bytes],
     prefilter: Prefilter,
-    seen: set[int],
+    seen: set[Identity],
 ) -> None:
     """Decode ``buffers`` through ``prefilter`` into ``table``, counting into ``stats``.
 
     A scan needs no timestamps: the fields go to the table without an AuditEvent.
 
-    Like the operator's ingest and its windows, an event counts once per (auditID, stage),
-    however many times it was delivered (the same file scanned twice, overlapping exports): an
-    event whose key is in ``seen`` is counted as :data:`DUPLICATE` instead, and the keys of the
-    others are added. ``seen`` holds the keys' hashes, not the keys: a third of the memory when
-    every event is decoded, and two different events share a 64-bit hash (randomly keyed,
-    SipHash) with a chance below one in a million even over ten million events. Events
-    without an auditID cannot be recognised and are all counted.
+    Like the operator's ingest, an event counts once per identity
+    (:mod:`enumwatch.audit.identity`: the auditID *and* every field read, so a client's fixed
+    ``Audit-ID`` cannot merge its requests), however many times it was delivered (the same file
+    scanned twice, overlapping exports): an event whose identity is in ``seen`` is counted as
+    :data:`DUPLICATE` instead, and the identities of the others are added (16 bytes each, the
+    same in every process). Two events with one identity count the same in the table, so the
+    rows do not depend on which copy came first: the order of the files does not matter.
+    Events without an auditID have no identity and are all counted.
     """
     add = table.add_fields
     remember = seen.add
     duplicates = 0
     for fields in iter_buffer_fields(buffers, stats, prefilter):
-        audit_id = fields[F_AUDIT_ID]
-        if audit_id is not None:
-            key = hash((audit_id, fields[F_STAGE]))
+        key = event_identity(fields)
+        if key is not None:
             if key in seen:
                 duplicates += 1
                 continue
@@ -99,6 +100,23 @@ def feed(
         add(fields)
     if duplicates:
         stats.skipped[DUPLICATE] += duplicates
+
+
+def distinct_events(
+    events: Iterable[AuditEvent], stats: DecodeStats, seen: set[Identity]
+) -> Iterator[AuditEvent]:
+    """``events`` without the redeliveries: :func:`feed`'s de-duplication for decoded events
+    (a replay, which needs their timestamps), counted the same way."""
+    remember = seen.add
+    skipped = stats.skipped
+    for event in events:
+        key = event.identity
+        if key is not None:
+            if key in seen:
+                skipped[DUPLICATE] += 1
+                continue
+            remember(key)
+        yield event
 
 
 def scan(
@@ -110,8 +128,8 @@ def scan(
 ) -> ScanReport:
     """Evaluate the detector over all events in ``buffers`` (whole lines) as one window.
 
-    An event delivered twice (same auditID and stage) counts once, as in :func:`replay` and
-    in the operator.
+    An event delivered twice (same identity, see :func:`feed`) counts once, as in
+    :func:`replay` and in the operator.
     """
     rule = Rule(spec.match, spec.thresholds)
     stats = DecodeStats()
@@ -135,7 +153,8 @@ def replay(
 
     ``interval_s`` and ``lookback_s`` default to the spec's schedule; ``limit`` defaults to
     ``findings.maxPerRun`` like a live run. Like the operator, events delivered twice (same
-    auditID and stage) count once.
+    identity, see :func:`feed`) count once: the evaluator is fed each event once, and the
+    redeliveries are counted as ``duplicates`` in the counters.
     """
     stats = DecodeStats()
     rule = Rule(spec.match, spec.thresholds)
@@ -150,11 +169,13 @@ def replay(
     )
     with no_cyclic_gc():
         events = iter_buffer_events(buffers, stats, Prefilter(rule.matcher))
-        windows = list(evaluator.replay(events))
+        windows = list(evaluator.replay(distinct_events(events, stats, set())))
     counters = {
         name: getattr(evaluator, name)
-        for name in ("added", "unmatched", "undated", "duplicates", "late", "evicted")
+        for name in ("added", "unmatched", "undated", "late", "evicted")
     }
+    # Said once, with the evaluator's counters, as a replay always has.
+    counters["duplicates"] = stats.skipped.pop(DUPLICATE, 0)
     return ReplayReport(windows=windows, stats=stats, counters=counters)
 
 

@@ -6,7 +6,8 @@ worker processes each feed their own :class:`~enumwatch.rule.GroupTable`, and th
 are merged. The aggregates do not depend on the order of events, so the rows are exactly those
 of the serial scan (which stays the path for stdin, gzip, documents and small files). An event
 met by two processes (the same file named twice) would count twice: each process reports the
-hashes of the (auditID, stage) keys it counted, and an overlap sends the scan back to one process.
+identities (:mod:`enumwatch.audit.identity`, digests that are the same in every process) of the
+events it counted, and an overlap sends the scan back to one process.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import cast
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit.decode import DecodeStats
 from enumwatch.audit.documents import InputKind, sniff
+from enumwatch.audit.identity import Identity
 from enumwatch.match.prefilter import Prefilter
 from enumwatch.rule import GroupTable, Rule
 from enumwatch.scan.chunks import (
@@ -64,7 +66,7 @@ def scan_files(
     Plain JSON-lines files of at least :data:`PARALLEL_MIN_BYTES` are cut into line-aligned
     ranges shared by this process and forked workers; stdin, gzip, documents and small files are
     read here. The report is the same as :func:`scan` over all the files' buffers, duplicates
-    (same auditID and stage) counted once: when two processes met the same event, the files are
+    (same identity) counted once: when two processes met the same event, the files are
     scanned again by this process alone. ``progress(path)`` gives a callback for a file; for a
     shared file it extrapolates from this process's share. ``survey`` records each file's kind
     and first events.
@@ -83,7 +85,7 @@ def scan_files(
     shares = [ranges[i::workers] for i in range(workers)]
     children = [_Worker(share, rule, prefilter) for share in shares[1:] if share]
     table, stats = rule.table(), DecodeStats()
-    seen: set[int] = set()
+    seen: set[Identity] = set()
     try:
         with no_cyclic_gc():
             for path in paths:
@@ -164,11 +166,11 @@ class _Worker:
         sender.close()
 
     def merge_into(
-        self, table: GroupTable, stats: DecodeStats, keys: set[int] | None = None
+        self, table: GroupTable, stats: DecodeStats, keys: set[Identity] | None = None
     ) -> bool:
         """Merge the worker's table and counts into these; raise its error as :class:`ScanError`.
 
-        ``keys`` holds the hashed delivery keys counted so far (see :func:`~enumwatch.scan.
+        ``keys`` holds the identities counted so far (see :func:`~enumwatch.scan.
         engine.feed`): when the worker counted one of them too, nothing is merged and ``False``
         is returned (the caller scans again in one process). Otherwise its keys are added to
         ``keys`` (without ``keys``, nothing is checked). The table arrives in parts (see
@@ -212,12 +214,12 @@ class _Worker:
 def _work(
     sender: Connection, share: list[tuple[str, int, int]], rule: Rule, prefilter: Prefilter
 ) -> None:
-    """The body of a :class:`_Worker`: scan ``share``, send the stats, the hashed delivery keys
-    it counted (forked, it hashes strings as its parent does), the table in parts of
+    """The body of a :class:`_Worker`: scan ``share``, send the stats, the identities of the
+    events it counted (digests, the same in every process), the table in parts of
     :data:`TRANSFER_GROUPS` groups and ``None``; or send the error."""
     try:
         table, stats = rule.table(), DecodeStats()
-        seen: set[int] = set()
+        seen: set[Identity] = set()
         with no_cyclic_gc():
             for path, start, end in share:
                 feed(table, stats, read_range(path, start, end), prefilter, seen)
