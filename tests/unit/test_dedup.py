@@ -1,0 +1,260 @@
+"""De-duplication on the event's identity everywhere events come in: ingest, the journal, ``scan``.
+
+A client chooses its ``Audit-ID`` (the apiserver's ``auditID``): eight requests sharing one are
+eight documents, while a true redelivery (the same events again) counts once, after a restart
+too, and ``scan`` gives the same rows in any file order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from enumwatch.api.refs import DetectorRef
+from enumwatch.audit import AuditEvent, decode_object
+from enumwatch.cli.main import main
+from enumwatch.controller.ingest import IngestAuth, IngestServer, decode_batch
+from enumwatch.controller.persistence import JOURNAL, PREVIOUS_JOURNAL
+from enumwatch.controller.runtime import Detectors
+from enumwatch.scan import parallel as parallel_scan
+
+TOKEN = "t0ken"
+REF = DetectorRef("ns", "det", "uid")
+ARRIVAL = 5000.0
+FIXED = "5a1e2b7c-0d9f-4e8a-b6c3-2f1d0e9c8b7a"
+RESOURCES = ["secrets", "pods", "configmaps", "nodes", "services", "roles", "leases", "jobs"]
+
+
+def request(i: int, audit_id: str | None = FIXED, agent: str = "scanner/1.0") -> dict[str, Any]:
+    """The i-th request of an anonymous scan, all of them sent with ``Audit-ID: audit_id``."""
+    event: dict[str, Any] = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Request",
+        "stage": "ResponseComplete",
+        "requestURI": f"/api/v1/{RESOURCES[i % 8]}?n={i}",
+        "verb": "list",
+        "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        "sourceIPs": ["192.0.2.9"],
+        "userAgent": agent,
+        "objectRef": {"resource": RESOURCES[i % 8], "apiVersion": "v1"},
+        "responseStatus": {"code": 403},
+        "annotations": {"authorization.k8s.io/decision": "forbid"},
+        "requestReceivedTimestamp": f"2026-12-06T01:00:{i:02d}.100000Z",
+        "stageTimestamp": f"2026-12-06T01:00:{i:02d}.102000Z",
+    }
+    if audit_id is not None:
+        event["auditID"] = audit_id
+    return event
+
+
+def decoded(item: dict[str, Any]) -> AuditEvent:
+    event = decode_object(item)
+    assert isinstance(event, AuditEvent)
+    return event
+
+
+# ------------------------------------------------------------------------------ ingest
+
+
+def test_a_batch_of_requests_sharing_an_audit_id_keeps_them_all() -> None:
+    body = orjson.dumps({"kind": "EventList", "items": [request(i) for i in range(8)]})
+    batch = decode_batch(body, ARRIVAL, journal=False)
+    assert not isinstance(batch, str)
+    assert (len(batch.events), batch.duplicates) == (8, 0)
+    # The same item twice in one batch is one event.
+    twice = orjson.dumps({"kind": "EventList", "items": [request(0), request(0)]})
+    batch = decode_batch(twice, ARRIVAL, journal=False)
+    assert not isinstance(batch, str) and (len(batch.events), batch.duplicates) == (1, 1)
+
+
+class Ingest:
+    """The operator's own ingest server on 127.0.0.1, persisting to a state directory."""
+
+    def __init__(self, server: IngestServer, session: aiohttp.ClientSession) -> None:
+        self.server, self.session = server, session
+
+    async def post(self, items: list[dict[str, Any]]) -> tuple[int, int]:
+        """POST an EventList; return (accepted, duplicates)."""
+        async with self.session.post(
+            f"http://127.0.0.1:{self.server.port}/ingest",
+            data=orjson.dumps({"kind": "EventList", "items": items}),
+            headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+        ) as resp:
+            assert resp.status == 200
+            answer = orjson.loads(await resp.read())
+        return answer["accepted"], answer["duplicates"]
+
+    @property
+    def buffered(self) -> int:
+        evaluator = self.server.detectors.by_key[(REF.namespace, REF.name)].evaluator
+        assert evaluator is not None
+        return evaluator.buffered
+
+
+async def start(state: Path, session: aiohttp.ClientSession) -> Ingest:
+    detectors = Detectors(state)
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({}, 1)
+    detectors.restore(runtime)
+    server = IngestServer(
+        detectors, IngestAuth(static_tokens=[TOKEN]), is_leader=lambda: True, is_ready=lambda: True
+    )
+    await server.start("127.0.0.1", 0)
+    return Ingest(server, session)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_a_fixed_audit_id_scan_is_eight_documents_and_a_redelivery_none(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    ingest = await start(tmp_path / "state", session)
+    scan = [request(i) for i in range(8)]
+    assert await ingest.post(scan) == (8, 0)
+    assert await ingest.post(scan) == (0, 8)  # the same EventList again: a redelivery
+    assert ingest.buffered == 8
+    await ingest.server.stop()
+
+
+@pytest.mark.parametrize("audit_id", ["", None], ids=["empty", "missing"])
+async def test_events_without_an_audit_id_are_never_collapsed(
+    tmp_path: Path, session: aiohttp.ClientSession, audit_id: str | None
+) -> None:
+    ingest = await start(tmp_path / "state", session)
+    scan = [request(i, audit_id) for i in range(8)]
+    assert await ingest.post(scan) == (8, 0)
+    # Even an exact repeat counts again: nothing tells a redelivery from a second request.
+    assert await ingest.post(scan[:3]) == (3, 0)
+    assert ingest.buffered == 11
+    await ingest.server.stop()
+
+
+async def test_a_redelivery_after_a_restart_is_still_a_duplicate(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """The sender never got the answer (the operator died): it sends the batch again."""
+    first = await start(tmp_path / "state", session)
+    scan = [request(i) for i in range(8)]
+    assert await first.post(scan) == (8, 0)
+    await first.server.stop()
+    second = await start(tmp_path / "state", session)  # restored from the journal
+    assert second.buffered == 8
+    assert await second.post(scan) == (0, 8)
+    assert second.buffered == 8
+    await second.server.stop()
+
+
+# ------------------------------------------------------------------------------ journal
+
+
+def restored(state: Path) -> int:
+    """How many events a detector holds once restored from ``state``."""
+    detectors = Detectors(state)
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({}, 1)
+    assert detectors.restore(runtime)
+    assert runtime.evaluator is not None
+    return runtime.evaluator.buffered
+
+
+def test_an_event_journaled_twice_is_replayed_once(tmp_path: Path) -> None:
+    detectors = Detectors(tmp_path)
+    detectors.get_or_create(REF).configure({}, 1)
+    events = [decoded(request(i)) for i in range(8)]
+    detectors.offer(events, ARRIVAL)
+    detectors.offer(events[:3], ARRIVAL + 1)  # a retry taken in by an ingest that forgot them
+    assert len((tmp_path / JOURNAL).read_bytes().splitlines()) == 11
+    assert restored(tmp_path) == 8
+
+
+def test_a_crash_between_the_checkpoint_and_dropping_its_journal_counts_once(
+    tmp_path: Path,
+) -> None:
+    detectors = Detectors(tmp_path)
+    detectors.get_or_create(REF).configure({}, 1)
+    detectors.offer([decoded(request(i)) for i in range(6)], ARRIVAL)
+    store = detectors.store
+    assert store is not None
+    # A checkpoint that wrote the state files and died before dropping the rotated journal.
+    store.rotate_journal()
+    for snapshot in detectors._snapshots():
+        store.write(snapshot)
+    detectors.offer([decoded(request(i)) for i in range(6, 8)], ARRIVAL + 1)
+    assert (tmp_path / PREVIOUS_JOURNAL).exists()
+    assert restored(tmp_path) == 8
+    # A checkpoint that died before writing the state: the rotated journal is replayed.
+    again = tmp_path / "again"
+    detectors = Detectors(again)
+    detectors.get_or_create(REF).configure({}, 1)
+    detectors.offer([decoded(request(i)) for i in range(8)], ARRIVAL)
+    assert detectors.store is not None
+    detectors.store.rotate_journal()
+    assert restored(again) == 8
+
+
+# ------------------------------------------------------------------------------ scan
+
+
+def write_lines(path: Path, events: list[dict[str, Any]]) -> str:
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    return str(path)
+
+
+def scan(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, str]:
+    assert main(["scan", *args]) == 0
+    out, err = capsys.readouterr()
+    return out, err
+
+
+def test_a_fixed_audit_id_scan_is_one_row_of_eight_documents(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = write_lines(tmp_path / "audit.log", [request(i) for i in range(8)])
+    out, err = scan(capsys, log, "--format", "json")
+    rows = orjson.loads(out)
+    assert [(r["kubernetes.audit.userAgent"], r["Esql.document_count"]) for r in rows] == [
+        ("scanner/1.0", 8)
+    ]
+    assert "duplicate" not in err
+
+
+@pytest.mark.parametrize(
+    "options",
+    [(), ("--replay", "--interval", "1h", "--lookback", "1h"), ("--jobs", "2")],
+    ids=["scan", "replay", "parallel"],
+)
+def test_scan_a_b_equals_scan_b_a_when_files_share_audit_ids(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    options: tuple[str, ...],
+) -> None:
+    """Two exports that reuse auditIDs for other events (as public fixtures do), and share a
+    few true copies: the rows and the summary do not depend on the order of the files."""
+    monkeypatch.setattr(parallel_scan, "PARALLEL_MIN_BYTES", 1)  # --jobs really shares them
+    ids = [f"id-{i}" for i in range(8)]
+    first = [request(i, ids[i], agent="first/1.0") for i in range(8)]
+    second = [request(i + 20, ids[i], agent="second/1.0") for i in range(8)] + first[:3]
+    a = write_lines(tmp_path / "a.log", first)
+    b = write_lines(tmp_path / "b.log", second)
+    ab = scan(capsys, a, b, "--format", "json", *options)
+    ba = scan(capsys, b, a, "--format", "json", *options)
+    assert ab[0] == ba[0]
+    rows = orjson.loads(ab[0])
+    assert sorted((r["kubernetes.audit.userAgent"], r["Esql.document_count"]) for r in rows) == [
+        ("first/1.0", 8),
+        ("second/1.0", 8),
+    ]
+    assert ab[1] == ba[1]  # the summary too
+    said = "duplicates 3" if "--replay" in options else "(duplicate 3)"
+    assert said in ab[1]

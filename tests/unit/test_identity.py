@@ -1,0 +1,136 @@
+"""An event's identity (:mod:`enumwatch.audit.identity`): a redelivery keeps it, a different
+request never shares it, whatever its client-chosen ``Audit-ID``."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+import pytest
+
+from enumwatch.audit import AuditEvent, DecodeStats, decode_object, event_identity
+from enumwatch.audit.decode import iter_buffer_fields
+from enumwatch.audit.identity import IDENTITY_BYTES
+from enumwatch.controller.persistence import journal_entry, journal_line
+from enumwatch.match.prefilter import Prefilter
+from enumwatch.rule import Rule
+
+
+def raw(**changes: Any) -> dict[str, Any]:
+    """A forbidden anonymous request as the apiserver writes it."""
+    event: dict[str, Any] = {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Request",
+        "auditID": "0b6d7a3e-7f4b-4b43-9b1a-6a1de0c4f2d1",
+        "stage": "ResponseComplete",
+        "requestURI": "/api/v1/secrets",
+        "verb": "list",
+        "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        "sourceIPs": ["192.0.2.7"],
+        "userAgent": "curl/8.5.0",
+        "objectRef": {"resource": "secrets", "apiVersion": "v1"},
+        "responseStatus": {"metadata": {}, "status": "Failure", "code": 403},
+        "requestReceivedTimestamp": "2026-12-06T01:00:00.123456Z",
+        "stageTimestamp": "2026-12-06T01:00:00.125001Z",
+        "annotations": {"authorization.k8s.io/decision": "forbid"},
+    }
+    event.update(changes)
+    return event
+
+
+def identity_of(event: dict[str, Any]) -> bytes | None:
+    decoded = decode_object(event)
+    assert isinstance(decoded, AuditEvent)
+    return decoded.identity
+
+
+def test_a_redelivery_is_the_same_event() -> None:
+    event = raw()
+    key = identity_of(event)
+    assert key is not None and len(key) == IDENTITY_BYTES
+    # Written again (another copy, keys in another order, through an EventList): one event.
+    assert identity_of(copy.deepcopy(event)) == key
+    assert identity_of(dict(reversed(list(event.items())))) == key
+    # What enumwatch does not read does not matter (a truncating webhook drops such fields).
+    reason = {"authorization.k8s.io/decision": "forbid", "authorization.k8s.io/reason": ""}
+    assert identity_of(raw(requestObject={"x": 1}, annotations=reason)) == key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"auditID": "another"},
+        {"stage": "ResponseStarted"},
+        {"stageTimestamp": "2026-12-06T01:00:00.125002Z"},
+        {"requestReceivedTimestamp": "2026-12-06T01:00:00.123457Z"},
+        {"requestURI": "/api/v1/pods"},
+        {"verb": "get"},
+        {"sourceIPs": ["198.51.100.1", "192.0.2.7"]},
+        {"userAgent": "curl/8.5.1"},
+        {"responseStatus": {"code": 401}},
+        {"user": {"username": "system:anonymous", "groups": []}},
+        {"level": "RequestResponse"},
+        {"objectRef": {"resource": "pods"}},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_two_requests_differing_in_any_field_read_are_two_events(change: dict[str, Any]) -> None:
+    assert identity_of(raw(**change)) != identity_of(raw())
+
+
+def test_a_fixed_audit_id_does_not_make_eight_requests_one() -> None:
+    paths = ["/api/v1/secrets", "/api/v1/pods", "/api/v1/configmaps", "/api/v1/nodes"]
+    paths += ["/apis/apps/v1/deployments", "/api/v1/services", "/api/v1/roles", "/api/v1/x"]
+    keys = {identity_of(raw(requestURI=path)) for path in paths}
+    assert len(keys) == 8
+    # Even the same path twice, a microsecond apart (the apiserver stamps every request).
+    assert identity_of(raw(stageTimestamp="2026-12-06T01:00:00.125002Z")) != identity_of(raw())
+
+
+@pytest.mark.parametrize("audit_id", ["", None, "missing"])
+def test_an_event_without_an_audit_id_has_no_identity(audit_id: str | None) -> None:
+    event = raw(auditID=audit_id)
+    if audit_id == "missing":
+        del event["auditID"]
+    assert identity_of(event) is None
+
+
+def test_the_scan_fast_path_and_the_decoded_event_agree() -> None:
+    """One definition: the scan's field tuples and the operator's events get one identity."""
+    events = [raw(), raw(requestURI="/api/v1/pods"), raw(auditID="")]
+    buffer = b"".join(orjson.dumps(e) + b"\n" for e in events)
+    prefilter = Prefilter(Rule().matcher)
+    fields = list(iter_buffer_fields([buffer], DecodeStats(), prefilter))
+    assert [event_identity(f) for f in fields] == [identity_of(e) for e in events]
+
+
+def test_the_identity_is_the_same_in_another_process() -> None:
+    """Not Python's randomly seeded hash(): a journal and a scan's workers can share it."""
+    key = identity_of(raw())
+    assert key is not None
+    code = (
+        "import sys, orjson; from enumwatch.audit import decode_object; "
+        "print(decode_object(orjson.loads(sys.argv[1])).identity.hex())"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, orjson.dumps(raw()).decode()],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        assert out.strip() == key.hex()
+
+
+def test_the_identity_survives_the_journal() -> None:
+    event = decode_object(raw())
+    assert isinstance(event, AuditEvent) and event.identity is not None
+    back, arrival = journal_entry(orjson.loads(journal_line(event, 42.0)))
+    assert (back, back.identity, arrival) == (event, event.identity, 42.0)
+    assert AuditEvent.from_dict(event.to_dict()).identity == event.identity
