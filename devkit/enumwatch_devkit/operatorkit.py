@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from enumwatch.timefmt import parse_rfc3339
+from enumwatch_devkit import controlplane, devstack
 from enumwatch_devkit.auditlog import read_events
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.processes import free_port
@@ -257,6 +258,39 @@ def running_operator(
         op.stop()
         # Detectors of this test must not see the next test's events.
         cp.kubectl("delete", "enumerationdetectors", "--all", "--all-namespaces", "--wait=false")
+
+
+@contextlib.contextmanager
+def webhook_stack(workdir: Path) -> Iterator[OperatorProcess]:
+    """A control plane of its own whose audit webhook backend posts to an operator (HTTPS, with
+    the control plane's serving certificate), with the CRDs installed: the path with no tailer.
+
+    The operator runs (its control plane is ``op.cp``); both are stopped at the end.
+    """
+    port = free_port()
+    token = uuid.uuid4().hex
+    cp = controlplane.start(
+        workdir / "cp",
+        audit_webhook_url=f"https://127.0.0.1:{port}/ingest",
+        audit_webhook_token=token,
+    )
+    tls = (
+        "--tls-cert-file",
+        str(cp.workdir / "serving.crt"),
+        "--tls-private-key-file",
+        str(cp.workdir / "serving.key"),
+    )
+    op = OperatorProcess(
+        cp, workdir / "op", "enumwatch-webhook", token=token, port=port, extra_args=tls
+    )
+    try:
+        devstack.install_crds(cp)
+        (workdir / "op").mkdir()
+        op.start()
+        yield op
+    finally:
+        op.stop()
+        cp.stop()
 
 
 def start_tailer(

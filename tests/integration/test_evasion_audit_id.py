@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from enumwatch_devkit import controlplane, devstack
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
@@ -36,8 +35,8 @@ from enumwatch_devkit.operatorkit import (
     unique_agent,
     wait_for,
     wait_for_tick_after,
+    webhook_stack,
 )
-from enumwatch_devkit.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -213,26 +212,8 @@ def test_events_without_an_audit_id_are_never_collapsed(
 def test_a_fixed_audit_id_scan_is_one_finding_through_the_audit_webhook(
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    token = uuid.uuid4().hex
-    cp = controlplane.start(
-        tmp_path / "cp",
-        audit_webhook_url=f"https://127.0.0.1:{port}/ingest",
-        audit_webhook_token=token,
-    )
-    tls = (
-        "--tls-cert-file",
-        str(cp.workdir / "serving.crt"),
-        "--tls-private-key-file",
-        str(cp.workdir / "serving.key"),
-    )
-    op = OperatorProcess(
-        cp, tmp_path / "op", "enumwatch-webhook", token=token, port=port, extra_args=tls
-    )
-    try:
-        devstack.install_crds(cp)
-        (tmp_path / "op").mkdir()
-        op.start()
+    with webhook_stack(tmp_path) as op:
+        cp = op.cp
         apply_detector(cp, "default", "det", DETECTOR)
         agent = unique_agent("webhook-audit-id")
         audit_id = fixed_audit_id_scan(cp, agent)
@@ -249,6 +230,3 @@ def test_a_fixed_audit_id_scan_is_one_finding_through_the_audit_webhook(
         redeliver_twice(op, events)
         wait_for_tick_after(cp, "default", "det", posted, INTERVAL)
         assert_one_whole_finding(the_finding(cp, "default", agent))
-    finally:
-        op.stop()
-        cp.stop()

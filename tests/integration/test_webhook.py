@@ -2,48 +2,26 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
-from enumwatch_devkit import controlplane, devstack
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
-    OperatorProcess,
     anonymous_scan,
     apply_detector,
     findings,
     unique_agent,
     wait_for,
+    webhook_stack,
 )
-from enumwatch_devkit.processes import free_port
 
 pytestmark = pytest.mark.integration
 
 
 def test_audit_webhook_config_file_can_point_at_the_operator(tmp_path: Path) -> None:
-    port = free_port()
-    token = uuid.uuid4().hex
-    cp = controlplane.start(
-        tmp_path / "cp",
-        audit_webhook_url=f"https://127.0.0.1:{port}/ingest",
-        audit_webhook_token=token,
-    )
-    # The operator serves HTTPS with the control plane's own serving certificate (127.0.0.1).
-    tls = (
-        "--tls-cert-file",
-        str(cp.workdir / "serving.crt"),
-        "--tls-private-key-file",
-        str(cp.workdir / "serving.key"),
-    )
-    op = OperatorProcess(
-        cp, tmp_path / "op", "enumwatch-webhook", token=token, port=port, extra_args=tls
-    )
-    try:
-        devstack.install_crds(cp)
-        (tmp_path / "op").mkdir()
-        op.start()
+    with webhook_stack(tmp_path) as op:
+        cp = op.cp
         apply_detector(cp, "default", "det", {"schedule": {"interval": "1s", "lookback": "5m"}})
         agent = unique_agent("webhook")
         anonymous_scan(cp, agent)
@@ -66,6 +44,3 @@ def test_audit_webhook_config_file_can_point_at_the_operator(tmp_path: Path) -> 
         # operator counted those too, and only the anonymous ones matched.
         samples = op.metrics()
         assert samples["enumwatch_events_ingested_total"] > len(SCAN_PATHS)
-    finally:
-        op.stop()
-        cp.stop()

@@ -188,8 +188,17 @@ def test_gke_anonymous_list_decodes_as_the_rule_reads_it() -> None:
         "code": 403,
         "message": "PERMISSION_DENIED",
         "decision": "forbid",
+        "identity": decoded.identity.hex() if decoded.identity else None,
     }
     assert decoded.timestamp == pytest.approx(1735787045.123456)
+    # Pub/Sub redelivers the same message: mapped again, the same event (insertId is its
+    # auditID), so the operator counts it once; another entry of the same request is another.
+    again = decode_object(orjson.loads(gke.event_from_message(orjson.dumps(ANONYMOUS_LIST))))
+    assert not isinstance(again, str) and again.identity == decoded.identity is not None
+    other = decode_object(
+        orjson.loads(gke.event_from_message(orjson.dumps({**ANONYMOUS_LIST, "insertId": "x-2"})))
+    )
+    assert not isinstance(other, str) and other.identity != decoded.identity
 
 
 @pytest.mark.parametrize(

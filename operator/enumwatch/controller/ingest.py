@@ -93,9 +93,10 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
 class SeenKeys:
     """A bounded memory of the identities already ingested, oldest forgotten first.
 
-    Bounded by count (``capacity`` identities of 16 bytes each, about 25 MB at the default), so a
-    flood of distinct events cannot grow it; an identity forgotten this way is one whose
-    redelivery would come after ``capacity`` newer events, far longer than any sender retries.
+    Bounded by count (``capacity`` identities of 16 bytes, about 31 MB at the default as
+    ``bench/dedup_bench.py`` measures it), so a flood of distinct events cannot grow it; an
+    identity forgotten this way is one whose redelivery would come after ``capacity`` newer
+    events, far longer than any sender retries.
     """
 
     def __init__(self, capacity: int = 200_000) -> None:

@@ -31,7 +31,7 @@ EVENTS_INGESTED = Counter(
 )
 EVENTS_DUPLICATE = Counter(
     "enumwatch_events_duplicate_total",
-    "Redelivered audit events ignored (same auditID and stage).",
+    "Redelivered audit events ignored (same identity: auditID and every field read).",
     registry=REGISTRY,
 )
 EVENTS_SKIPPED = Counter(

@@ -15,15 +15,17 @@ without holding an unbounded backlog in memory. Two parts do that for all of the
   source to persist. A position is an opaque token chosen by the source (a
   :class:`~enumwatch.sources.checkpoint.Checkpoint` in a file for the tailer, a cursor or an
   offset for a collector), so a source's checkpoint never runs ahead of what the operator
-  accepted. The operator de-duplicates by ``(auditID, stage)``, which covers the one window
-  left: a crash between an acknowledgement and the checkpoint write.
+  accepted. The operator de-duplicates by each event's identity (:mod:`enumwatch.audit.identity`:
+  the auditID *and* every field read, so a re-sent event is the same event while two requests
+  sharing a client-chosen ``Audit-ID`` stay two), which covers the one window left: a crash
+  between an acknowledgement and the checkpoint write.
 
 The operator's windows live in its leader. A new leader (another replica after a failover, or a
 restart that lost its state) starts without the events its predecessor was sent, so a scan that
 straddles the failover would be seen only in part. Its answers name a *leader epoch*; when the
 epoch changes, the :class:`Outbox` sends again what it forwarded within ``resend_window`` (the
 longest lookback a detector may have), from a record bounded by ``resend_limit`` events, and the
-operator's de-duplication absorbs what the new leader already had.
+operator's de-duplication (by identity, as above) absorbs what the new leader already had.
 """
 
 from __future__ import annotations

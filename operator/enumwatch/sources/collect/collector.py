@@ -9,7 +9,8 @@ drops what no detector can match with the tailer's
 :class:`~enumwatch.sources.forwarder.Forwarder` (backoff, bounded buffer, token re-read), and
 hands each acknowledged batch's end back to :meth:`Source.commit`. So a source's checkpoint never
 runs ahead of what the operator accepted, and a restart re-sends at most the batch whose
-acknowledgement was not yet committed (the operator's dedup absorbs that one).
+acknowledgement was not yet committed: the same records mapped again are the same events, with
+the same identity (:mod:`enumwatch.audit.identity`), so the operator counts them once.
 
 When the provider cannot be reached the loop logs it (once per outage, then every
 ``error_log_interval``), counts it (``source_errors``), waits with capped exponential backoff and

@@ -207,6 +207,8 @@ def audit_event(entry: dict[str, Any]) -> dict[str, Any]:
         "kind": "Event",
         "apiVersion": "audit.k8s.io/v1",
         "level": level_of(payload),
+        # Cloud Logging's id of the entry (unique per entry, kept on redelivery): with the
+        # fields below, what makes a redelivered entry the same event (enumwatch.audit.identity).
         "auditID": insert_id,
         "stage": "ResponseComplete",
         "requestURI": request_uri_of(resource_name, resource_request),

@@ -9,8 +9,9 @@ so far; committing it acknowledges every message up to it, dropped ones included
 foreign messages are acknowledged too, or they would come back forever).
 
 While messages wait in the outbox their ack deadline is extended (``ModifyAckDeadline``), so a
-slow operator does not make Pub/Sub redeliver them; if the collector dies, they are redelivered
-and the operator's dedup on ``(auditID, stage)`` (the entry's ``insertId``) absorbs the repeat.
+slow operator does not make Pub/Sub redeliver them; if the collector dies, they are redelivered,
+each mapped again to the very same event (its ``insertId`` as the ``auditID``, the same fields),
+so it has the same identity (:mod:`enumwatch.audit.identity`) and the operator counts it once.
 
 Credentials are Application Default Credentials (Workload Identity on GKE); with
 ``PUBSUB_EMULATOR_HOST`` set, the emulator is used over plain gRPC, as the Google clients do.
