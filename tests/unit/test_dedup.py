@@ -17,7 +17,9 @@ import pytest
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import AuditEvent, decode_object
+from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.cli.main import main
+from enumwatch.controller import persistence
 from enumwatch.controller.ingest import IngestAuth, IngestServer, decode_batch
 from enumwatch.controller.persistence import JOURNAL, PREVIOUS_JOURNAL
 from enumwatch.controller.runtime import Detectors
@@ -152,6 +154,41 @@ async def test_a_redelivery_after_a_restart_is_still_a_duplicate(
     assert await second.post(scan) == (0, 8)
     assert second.buffered == 8
     await second.server.stop()
+
+
+async def test_a_redelivery_after_a_checkpoint_and_a_restart_is_still_a_duplicate(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    """The batch was taken in and folded into the state by a checkpoint (a tick) before the
+    operator died without answering: the journal no longer holds it, the kept identities do."""
+    first = await start(tmp_path / "state", session)
+    scan = [request(i) for i in range(8)]
+    assert await first.post(scan) == (8, 0)
+    first.server.detectors.checkpoint()
+    assert not (tmp_path / "state" / JOURNAL).read_bytes()
+    await first.server.stop()
+    second = await start(tmp_path / "state", session)
+    assert second.buffered == 8
+    assert await second.post(scan) == (0, 8)
+    assert second.buffered == 8
+    await second.server.stop()
+
+
+def test_the_kept_identities_are_bounded_and_survive_a_torn_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(persistence, "REMEMBERED_IDENTITIES", 4)
+    store = persistence.StateStore(tmp_path)
+    keys = [bytes([i]) * IDENTITY_BYTES for i in range(20)]
+    for i in range(0, 20, 2):
+        store._keep_identities(b"".join(keys[i : i + 2]))
+        assert (tmp_path / persistence.IDENTITIES).stat().st_size <= 2 * 4 * IDENTITY_BYTES
+    assert store.remembered_identities() == keys[-4:]
+    with open(tmp_path / persistence.IDENTITIES, "ab") as out:
+        out.write(b"torn")  # a crash in the middle of an append
+    assert store.remembered_identities() == keys[-4:]
+    store._keep_identities(keys[0])
+    assert store.remembered_identities() == [*keys[-3:], keys[0]]
 
 
 # ------------------------------------------------------------------------------ journal

@@ -29,7 +29,7 @@ from aiohttp import web
 from enumwatch.audit import AuditEvent, Identity, decode_object
 from enumwatch.controller import metrics
 from enumwatch.controller.connections import ConnectionGuard
-from enumwatch.controller.persistence import journal_line
+from enumwatch.controller.persistence import REMEMBERED_IDENTITIES, journal_line
 from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
 
@@ -99,7 +99,7 @@ class SeenKeys:
     events, far longer than any sender retries.
     """
 
-    def __init__(self, capacity: int = 200_000) -> None:
+    def __init__(self, capacity: int = REMEMBERED_IDENTITIES) -> None:
         self.capacity = capacity
         self._keys: OrderedDict[Identity, None] = OrderedDict()
 
@@ -223,8 +223,8 @@ class IngestServer:
         self.is_ready = is_ready
         self.max_body = max_body
         self.seen = SeenKeys()
-        if detectors.store is not None:  # what was acknowledged before a restart
-            for key in detectors.store.journaled_identities():
+        if detectors.store is not None:  # what was taken in before a restart
+            for key in detectors.store.remembered_identities():
                 self.seen.add(key)
         self.app = web.Application(client_max_size=max_body, middlewares=[self._progress])
         self.app.add_routes(

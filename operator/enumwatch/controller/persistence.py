@@ -13,9 +13,11 @@ identity; a replay offers each identity once, and skips the part of the rotated 
 detector's state file already holds: a checkpoint ends the journal it rotates with a marker line
 naming the checkpoint, and writes that name into the state files it takes (``folded``), so a
 crash after the state files were written but before the rotated journal was dropped does not
-count its events twice. The identities in the journals are also what the ingest endpoint is told
-it has seen (:meth:`StateStore.journaled_identities`), so a sender's retry after a restart of a
-batch that was journaled is still a duplicate.
+count its events twice. The identities of the events a checkpoint folded in are kept (the latest
+:data:`REMEMBERED_IDENTITIES`, 16 bytes each, in ``identities``); with those of the journals they
+are what the ingest endpoint is told it has seen (:meth:`StateStore.remembered_identities`), so
+a sender's retry after a restart of a batch that was taken in (its answer lost in the crash) is
+still a duplicate, journaled or already checkpointed.
 
 The directory also names its *leader epoch*: an id made with the state, the same for as long as
 the state lives (a restart that keeps it needs nothing re-sent), new for a leader without it
@@ -37,6 +39,7 @@ import orjson
 
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent, Identity
+from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.sink.findings import FailedWrite
 from enumwatch.windows import WindowSnapshot
 
@@ -48,6 +51,11 @@ JOURNAL = "journal.ndjson"
 #: The journal a checkpoint in progress folds in (replayed too until the checkpoint is written).
 PREVIOUS_JOURNAL = "journal.ndjson.1"
 EPOCH = "epoch"
+#: The identities of events folded into the state by checkpoints, newest last (16 bytes each).
+IDENTITIES = "identities"
+#: How many identities of ingested events are remembered (the ingest's memory of them, and the
+#: file it is restored from after a restart): far more than a sender ever re-sends at once.
+REMEMBERED_IDENTITIES = 200_000
 #: Past this size the journal is folded into the window state files (a checkpoint), so that a
 #: long interval or a flood between two ticks cannot grow it without bound.
 JOURNAL_LIMIT = 16 * 1024 * 1024
@@ -160,8 +168,27 @@ class StateStore:
         self.journal_bytes = 0
 
     def drop_rotated_journal(self) -> None:
-        """The checkpoint is on disk: the journal it folded in is no longer needed."""
-        (self.state_dir / PREVIOUS_JOURNAL).unlink(missing_ok=True)
+        """The checkpoint is on disk: the journal it folded in is no longer needed, once the
+        identities of its events are kept with the others (bounded, the oldest forgotten)."""
+        previous = self.state_dir / PREVIOUS_JOURNAL
+        folded = b"".join(self._identities_in((PREVIOUS_JOURNAL,)))
+        if folded:
+            self._keep_identities(folded)
+        previous.unlink(missing_ok=True)
+
+    def _keep_identities(self, folded: bytes) -> None:
+        """Append identities to the kept ones; past twice the bound (or after a torn append),
+        rewrite the file atomically with the latest :data:`REMEMBERED_IDENTITIES` only."""
+        path = self.state_dir / IDENTITIES
+        size = path.stat().st_size if path.exists() else 0
+        limit = REMEMBERED_IDENTITIES * IDENTITY_BYTES
+        if size % IDENTITY_BYTES or size + len(folded) > 2 * limit:
+            kept = path.read_bytes() if size else b""
+            kept = kept[: len(kept) - len(kept) % IDENTITY_BYTES]
+            write_atomic(path, (kept + folded)[-limit:])
+        else:
+            with open(path, "ab") as out:
+                out.write(folded)
 
     def restore(self, runtime: DetectorRuntime) -> bool:
         """Load a detector's saved window (same object uid only) and replay the journal."""
@@ -199,10 +226,12 @@ class StateStore:
             restored = True
         return restored
 
-    def _journaled(self, folded: str | None = None) -> Iterator[tuple[AuditEvent, float]]:
+    def _journaled(
+        self, folded: str | None = None, names: tuple[str, ...] = (PREVIOUS_JOURNAL, JOURNAL)
+    ) -> Iterator[tuple[AuditEvent, float]]:
         """The journals' events and arrival times, oldest first; with ``folded``, those after
         that checkpoint's marker only (the state file holds the ones before it)."""
-        for name in (PREVIOUS_JOURNAL, JOURNAL):
+        for name in names:
             try:
                 lines = (self.state_dir / name).read_bytes().splitlines()
             except FileNotFoundError:
@@ -217,10 +246,26 @@ class StateStore:
                 except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
                     continue  # a marker, or a line torn by the crash (never acknowledged)
 
-    def journaled_identities(self) -> list[Identity]:
-        """The identities of the journaled events, oldest first: what the ingest endpoint has
-        acknowledged since the last checkpoint, so that a retry of it is known after a restart."""
-        return [event.identity for event, _ in self._journaled() if event.identity is not None]
+    def _identities_in(self, names: tuple[str, ...]) -> list[Identity]:
+        return [
+            event.identity
+            for event, _ in self._journaled(names=names)
+            if event.identity is not None
+        ]
+
+    def remembered_identities(self) -> list[Identity]:
+        """The identities of the events taken in before, oldest first: those the checkpoints
+        folded in (the latest :data:`REMEMBERED_IDENTITIES`), then the journals'. What the
+        ingest endpoint knows after a restart, so that a sender's retry is a duplicate."""
+        try:
+            kept = (self.state_dir / IDENTITIES).read_bytes()
+        except FileNotFoundError:
+            kept = b""
+        size = IDENTITY_BYTES
+        end = len(kept) - len(kept) % size  # a torn last append is no identity
+        start = max(0, end - REMEMBERED_IDENTITIES * size)
+        folded = [kept[i : i + size] for i in range(start, end, size)]
+        return folded + self._identities_in((PREVIOUS_JOURNAL, JOURNAL))
 
 
 @dataclass(frozen=True)
