@@ -26,7 +26,14 @@ from aiohttp import web
 
 from enumwatch.audit import AuditEvent, decode_object
 from enumwatch.controller import metrics
-from enumwatch.controller.connections import ConnectionGuard
+from enumwatch.controller.connections import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_RESERVED_AUTHENTICATED,
+    DEFAULT_UNAUTHENTICATED_TIMEOUT,
+    ConnectionGuard,
+)
 from enumwatch.controller.persistence import journal_line
 from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
@@ -203,8 +210,11 @@ class IngestServer:
         is_leader: Callable[[], bool],
         is_ready: Callable[[], bool],
         max_body: int = DEFAULT_MAX_BODY,
-        max_connections: int = 256,
-        idle_timeout: float = 30.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        reserved_authenticated: int = DEFAULT_RESERVED_AUTHENTICATED,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        unauthenticated_timeout: float = DEFAULT_UNAUTHENTICATED_TIMEOUT,
     ) -> None:
         self.detectors = detectors
         self.auth = auth
@@ -225,14 +235,20 @@ class IngestServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.max_connections = max_connections
+        self.reserved_authenticated = reserved_authenticated
+        self.max_per_address = max_per_address
         self.idle_timeout = idle_timeout
+        self.unauthenticated_timeout = unauthenticated_timeout
         self.port: int | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         """Listen on ``host:port`` (0: any free port, see :attr:`port`); HTTPS with a context.
 
         Connections go through a :class:`ConnectionGuard`: at most ``max_connections`` at once,
-        and none kept without a completed request for ``idle_timeout`` seconds.
+        ``reserved_authenticated`` of them only for connections that presented a valid token, at
+        most ``max_per_address`` unauthenticated ones per client address; an unauthenticated
+        connection is closed after ``unauthenticated_timeout`` seconds without a request, an
+        authenticated one after ``idle_timeout``.
         """
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
@@ -240,7 +256,11 @@ class IngestServer:
         self.guard = ConnectionGuard(
             self._runner.server,
             max_connections=self.max_connections,
+            reserved_authenticated=self.reserved_authenticated,
+            max_per_address=self.max_per_address,
             idle_timeout=self.idle_timeout,
+            unauthenticated_timeout=self.unauthenticated_timeout,
+            on_close=lambda reason: metrics.INGEST_CONNECTIONS_CLOSED.labels(reason).inc(),
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self.guard, host, port, ssl=ssl_context)
@@ -251,7 +271,7 @@ class IngestServer:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4, self.unauthenticated_timeout / 4))
             self.guard.sweep(asyncio.get_running_loop().time())
 
     async def stop(self) -> None:
@@ -293,6 +313,7 @@ class IngestServer:
             return self._answer(503, error=str(exc))
         if not authorized:
             return self._answer(401, error="a valid bearer token is required")
+        self.guard.authenticate(request.transport)  # from now on it may use a reserved slot
         if not self.is_leader():
             return self._answer(503, error="not the leader; retry against the Service")
         if request.content_type != "application/json":
@@ -368,6 +389,9 @@ class IngestServer:
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""
+        authenticated, unauthenticated = self.guard.counts()
+        metrics.INGEST_CONNECTIONS.labels("authenticated").set(authenticated)
+        metrics.INGEST_CONNECTIONS.labels("unauthenticated").set(unauthenticated)
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:
