@@ -25,6 +25,7 @@ from enumwatch.controller.connections import (
 )
 from enumwatch.controller.ingest import IngestAuth, IngestServer
 from enumwatch.controller.runtime import Detectors
+from tests.unit.test_ingest_batches import item
 
 TOKEN = "t0ken"
 
@@ -143,23 +144,6 @@ def test_contradictory_limits_are_refused_with_a_reason() -> None:
             assert words in str(exc)
         else:
             raise AssertionError(f"{limits} accepted")
-
-
-def item(i: int) -> dict[str, Any]:
-    return {
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "Request",
-        "auditID": f"id-{i}",
-        "stage": "ResponseComplete",
-        "requestURI": f"/api/v1/r{i}",
-        "verb": "list",
-        "user": {"username": "system:anonymous"},
-        "sourceIPs": ["192.0.2.1"],
-        "userAgent": "scanner",
-        "responseStatus": {"code": 403},
-        "stageTimestamp": "2026-01-01T00:00:00Z",
-    }
 
 
 async def wait_for(condition: Any, what: str) -> None:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from enumwatch.api.refs import DetectorRef
-from enumwatch.audit import decode_object
+from enumwatch.audit import decode_event_list
 from enumwatch.controller.ingest import IngestAuth, IngestServer, TokenBucket
 from enumwatch.controller.runtime import Detectors
 
@@ -227,11 +227,11 @@ async def test_health_is_answered_while_a_100k_item_body_is_decoded(
     # ingest is (a decode on the event loop answered it only after).
     decoding = threading.Event()
 
-    def decode_and_tell(item: Any) -> Any:
+    def decode_and_tell(body: bytes) -> Any:
         decoding.set()
-        return decode_object(item)
+        return decode_event_list(body)
 
-    monkeypatch.setattr("enumwatch.controller.ingest.decode_object", decode_and_tell)
+    monkeypatch.setattr("enumwatch.controller.ingest.decode_event_list", decode_and_tell)
     detectors = Detectors(tmp_path / "state")
     detectors.get_or_create(DetectorRef("ns", "det", "uid")).configure({}, 1)
     server = IngestServer(

@@ -9,6 +9,8 @@ be decoded counted by reason. The names other layers use are importable from the
 from enumwatch.audit.decode import (
     DecodeStats,
     decode_document,
+    decode_event_bytes,
+    decode_event_list,
     decode_line,
     decode_object,
     iter_buffer_events,
@@ -23,6 +25,8 @@ __all__ = [
     "DecodeStats",
     "EventFields",
     "decode_document",
+    "decode_event_bytes",
+    "decode_event_list",
     "decode_line",
     "decode_object",
     "iter_buffer_events",

@@ -28,7 +28,10 @@ class AuditEvent:
 
     ``None`` means missing or JSON ``null``; tuples are empty when the list was missing or null.
     ``timestamp`` is epoch seconds (``stageTimestamp``, else ``requestReceivedTimestamp``, else
-    Elastic's ``@timestamp``), ``None`` when none was present or parseable.
+    Elastic's ``@timestamp``), ``None`` when none was present or parseable; then
+    ``timestamp_error`` says why when one was written but could not be read (a
+    :data:`enumwatch.timefmt.TIMESTAMP_PROBLEMS` reason), so that the event is counted by that
+    reason wherever its time is needed, never taken silently for one without a time.
     """
 
     audit_id: str | None = None
@@ -46,6 +49,7 @@ class AuditEvent:
     code: int | None = None
     message: str | None = None
     decision: str | None = None
+    timestamp_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back."""
@@ -65,6 +69,7 @@ class AuditEvent:
             "code": self.code,
             "message": self.message,
             "decision": self.decision,
+            "timestamp_error": self.timestamp_error,
         }
 
     @classmethod
@@ -88,6 +93,7 @@ class AuditEvent:
             code=None if code is None else int(code),
             message=data.get("message"),
             decision=data.get("decision"),
+            timestamp_error=data.get("timestamp_error"),
         )
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from enumwatch.audit import AuditEvent, decode_object
+from enumwatch.audit import AuditEvent, decode_event_list
 from enumwatch.controller import metrics
 from enumwatch.controller.connections import (
     DEFAULT_IDLE_TIMEOUT,
@@ -60,26 +60,15 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
     Returns the batch, or why the body is malformed (a 400). Nothing is committed here: the
     caller checks the keys against what was ingested before and journals the rest.
     """
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return f"body is not JSON: {exc}"
-    if (
-        type(doc) is not dict
-        or doc.get("kind") != "EventList"
-        or type(doc.get("items")) is not list
-    ):
-        return "expected an audit.k8s.io/v1 EventList object with an items list"
+    decoded = decode_event_list(raw)
+    if isinstance(decoded, str):
+        return decoded
     events: list[AuditEvent] = []
     lines: list[bytes] = []
     keys: set[tuple[str, str | None]] = set()
     duplicates = 0
     skipped: dict[str, int] = {}
-    for index, item in enumerate(doc["items"]):
-        try:
-            result = decode_object(item)
-        except RecursionError:
-            return f"items[{index}] is nested too deeply to decode"
+    for result in decoded:
         if isinstance(result, str):
             skipped[result] = skipped.get(result, 0) + 1
             continue
@@ -93,6 +82,16 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
         if journal:
             lines.append(journal_line(result, arrival))
     return DecodedBatch(events, lines, duplicates, skipped)
+
+
+def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
+    """How many of ``events`` carry a timestamp that could not be read, by reason."""
+    counts: dict[str, int] = {}
+    for event in events:
+        problem = event.timestamp_error
+        if problem is not None:
+            counts[problem] = counts.get(problem, 0) + 1
+    return counts
 
 
 class SeenKeys:
@@ -375,8 +374,19 @@ class IngestServer:
             metrics.EVENTS_SKIPPED.labels(reason).inc(count)
         metrics.EVENTS_INGESTED.inc(len(events))
         metrics.EVENTS_DUPLICATE.inc(duplicates)
-        # late/future: accepted here, but refused by a detector's windows (event time only);
-        # said in the answer, so that nothing disappears behind a 200.
+        bad_timestamps = unreadable_timestamps(events)
+        for reason, count in bad_timestamps.items():
+            metrics.EVENTS_BAD_TIMESTAMP.labels(reason).inc(count)
+        # late/future/undated: accepted here, but refused by a detector's windows (event time
+        # only); said in the answer, so that nothing disappears behind a 200. bad_timestamps:
+        # accepted events whose time could not be read, by reason (placed by their arrival on
+        # the ingested basis, refused as undated on the event basis). The last two are only
+        # in an answer when there are some.
+        extra: dict[str, object] = {}
+        if offered.undated:
+            extra["undated"] = offered.undated
+        if bad_timestamps:
+            extra["bad_timestamps"] = bad_timestamps
         return self._answer(
             200,
             epoch=self.detectors.epoch,  # first: a sender reads only the answer's first bytes
@@ -385,6 +395,7 @@ class IngestServer:
             skipped=sum(skipped.values()),
             late=offered.late,
             future=offered.future,
+            **extra,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:

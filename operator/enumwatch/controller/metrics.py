@@ -41,6 +41,14 @@ EVENTS_SKIPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+EVENTS_BAD_TIMESTAMP = Counter(
+    "enumwatch_events_bad_timestamp_total",
+    "Ingested events whose timestamp could not be read, by reason (malformed, leap_second, "
+    "out_of_range): placed by their arrival on the ingested basis, refused as undated on the "
+    "event basis.",
+    ["reason"],
+    registry=REGISTRY,
+)
 EVENTS_MATCHED = Counter(
     "enumwatch_events_matched_total",
     "Events that passed a detector's match filter.",
@@ -57,6 +65,13 @@ EVENTS_FUTURE = Counter(
     "enumwatch_events_future_total",
     "Matching events refused as stamped more than 5m after arrival (schedule.timestamp: event).",
     ["namespace", "detector"],
+    registry=REGISTRY,
+)
+EVENTS_UNDATED = Counter(
+    "enumwatch_events_undated_total",
+    "Matching events refused as undated (schedule.timestamp: event), by reason: missing (no "
+    "timestamp) or why the one written could not be read.",
+    ["namespace", "detector", "reason"],
     registry=REGISTRY,
 )
 INGEST_REQUESTS = Counter(
