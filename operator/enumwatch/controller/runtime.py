@@ -103,6 +103,10 @@ class DetectorRuntime:
     #: Matching events refused as undated (event time basis), by reason: ``missing`` or why
     #: the timestamp written could not be read (see :data:`enumwatch.timefmt.TIMESTAMP_PROBLEMS`).
     undated: Counter[str] = field(default_factory=Counter)
+    #: Matched events not yet added to enumwatch_events_matched_total: the metric is updated
+    #: once per batch (:meth:`report_matched`), not once per event (a labelled increment takes
+    #: a lock and a lookup: a fifth of ingest's CPU when done per event).
+    matched_unreported: int = 0
 
     def configure(self, raw_spec: dict[str, Any], generation: int) -> bool:
         """Apply a spec (as stored in the API); return whether anything changed."""
@@ -149,7 +153,7 @@ class DetectorRuntime:
         late, future, undated = evaluator.late, evaluator.future, evaluator.undated
         if evaluator.add(event, arrival):
             self.changed = True
-            metrics.EVENTS_MATCHED.labels(self.ref.namespace, self.ref.name).inc()
+            self.matched_unreported += 1
             return None
         if evaluator.late > late:
             metrics.EVENTS_LATE.labels(self.ref.namespace, self.ref.name).inc()
@@ -177,6 +181,14 @@ class DetectorRuntime:
             result = await asyncio.to_thread(evaluator.compute, tick, events)
         evaluator.advance(tick)
         return result
+
+    def report_matched(self) -> None:
+        """Add the matched events counted since the last report to the metric."""
+        if self.matched_unreported:
+            metrics.EVENTS_MATCHED.labels(self.ref.namespace, self.ref.name).inc(
+                self.matched_unreported
+            )
+            self.matched_unreported = 0
 
     @property
     def events_matched(self) -> int:
@@ -282,6 +294,8 @@ class Detectors:
             late += "late" in refusals
             future += "future" in refusals
             undated += "undated" in refusals
+        for runtime in runtimes:
+            runtime.report_matched()
         return OfferResult(late=late, future=future, undated=undated)
 
     def checkpoint(self) -> None:
