@@ -22,6 +22,7 @@ from enumwatch.audit import (
     DecodeStats,
     decode_document,
     decode_event_list,
+    decode_head,
     decode_line,
     iter_buffer_fields,
 )
@@ -215,3 +216,22 @@ def test_the_typed_path_is_the_one_taken_for_a_well_typed_event() -> None:
     typed = _typed_fields(variant())
     assert typed is not None and typed == _raw_fields(BASE)
     assert _typed_fields(variant(responseStatus={"code": "403"})) is None
+
+
+def test_the_tailers_filter_reads_lines_as_the_generic_path_does() -> None:
+    matchers = [
+        Matcher(MatchSpec()),
+        Matcher(MatchSpec(levels=["Metadata"], includeMissingUsername=False)),  # type: ignore[list-item]
+    ]
+    for line in corpus():
+        head = decode_head(line)
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            obj = None
+        if type(obj) is not dict:
+            assert head is None, line[:200]
+            continue
+        assert head is not None, line[:200]
+        for matcher in matchers:
+            assert matcher.may_match_object(head) == matcher.may_match_object(obj), line[:200]

@@ -416,6 +416,31 @@ def _typed_fields(data: bytes) -> EventFields | None:
     )
 
 
+class _Head(msgspec.Struct, gc=False):
+    """What the tailer's filter reads of a line: the top-level ``level`` and ``user``, untyped
+    (a wrong type proves nothing there: the operator's decoding counts it)."""
+
+    level: object = None
+    user: object = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+def decode_head(line: bytes) -> dict[str, object] | None:
+    """The ``level`` and ``user`` of a line holding one JSON object (``None`` for missing or
+    null), or ``None`` if the line is not one JSON object: what
+    :meth:`enumwatch.match.matcher.Matcher.may_match_object` needs, read by the same decoder as
+    the events themselves, and no more of the line."""
+    if not _valid_utf8(line):
+        return None
+    try:
+        head = _decode_head(line)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return {"level": head.level, "user": head.user}
+
+
 def _valid_utf8(data: bytes) -> bool:
     # The typed decoder does not look into the fields it skips; orjson refuses invalid UTF-8
     # anywhere, and so must we (a cheap check: ASCII is copied, not decoded).
