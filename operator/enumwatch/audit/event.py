@@ -52,8 +52,9 @@ class AuditEvent:
     timestamp_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back."""
-        return {
+        """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back;
+        ``timestamp_error`` only when there is one (the common shape stays as it was)."""
+        data = {
             "audit_id": self.audit_id,
             "stage": self.stage,
             "timestamp": self.timestamp,
@@ -69,8 +70,10 @@ class AuditEvent:
             "code": self.code,
             "message": self.message,
             "decision": self.decision,
-            "timestamp_error": self.timestamp_error,
         }
+        if self.timestamp_error is not None:
+            data["timestamp_error"] = self.timestamp_error
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
