@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from enumwatch.controller import metrics
 from enumwatch.controller.connections import (
@@ -195,3 +196,15 @@ async def test_300_idle_connections_cannot_keep_a_sender_with_a_token_out() -> N
         for _, writer in idle:
             writer.close()
         await server.stop()
+
+
+def test_run_refuses_limits_that_leave_anonymous_clients_no_slot(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from enumwatch.cli import main as cli
+
+    code = cli.main(
+        ["run", "--ingest-max-connections", "64", "--ingest-reserved-connections", "64"]
+    )
+    assert code == 2
+    assert "fewer than the connection limit (64)" in capsys.readouterr().err

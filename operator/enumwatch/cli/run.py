@@ -328,6 +328,15 @@ def run(args: argparse.Namespace) -> int:
     from enumwatch import logs
     from enumwatch.kubeapi import ConfigError
 
+    try:
+        connections.check_limits(
+            args.ingest_max_connections,
+            args.ingest_reserved_connections,
+            args.ingest_max_connections_per_address,
+        )
+    except ValueError as exc:
+        print(f"enumwatch run: --ingest-*connections*: {exc}", file=sys.stderr)
+        return 2
     logs.configure(args.log_format, args.log_level)
     try:
         return asyncio.run(_main(args))
@@ -421,11 +430,7 @@ async def _main(args: argparse.Namespace) -> int:
             tls.load_cert_chain(args.tls_cert_file, args.tls_private_key_file)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load --tls-cert-file {args.tls_cert_file}: {exc}") from exc
-    listen_port = int(port)
-    try:
-        await server.start(host or "0.0.0.0", listen_port, ssl_context=tls)
-    except ValueError as exc:  # connection limits that contradict each other
-        raise ConfigError(f"--ingest-*connections: {exc}") from exc
+    await server.start(host or "0.0.0.0", int(port), ssl_context=tls)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

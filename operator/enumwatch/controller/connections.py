@@ -69,6 +69,17 @@ class Connection:
     authenticated: bool = False
 
 
+def check_limits(max_connections: int, reserved_authenticated: int, max_per_address: int) -> None:
+    """Raise ``ValueError`` naming the limit that leaves unauthenticated connections no slot."""
+    if not 0 <= reserved_authenticated < max_connections:
+        raise ValueError(
+            f"reserved authenticated connections ({reserved_authenticated}) must be at least "
+            f"0 and fewer than the connection limit ({max_connections})"
+        )
+    if max_per_address < 1:
+        raise ValueError(f"connections per address must be at least 1, not {max_per_address}")
+
+
 def peer_address(transport: asyncio.BaseTransport) -> str:
     """The connection's client address: its TCP peer (what the kernel saw, not a header)."""
     peer = transport.get_extra_info("peername")
@@ -91,13 +102,7 @@ class ConnectionGuard:
         unauthenticated_timeout: float = DEFAULT_UNAUTHENTICATED_TIMEOUT,
         on_close: Callable[[str], None] | None = None,
     ) -> None:
-        if not 0 <= reserved_authenticated < max_connections:
-            raise ValueError(
-                f"reserved authenticated connections ({reserved_authenticated}) must be at least "
-                f"0 and fewer than the connection limit ({max_connections})"
-            )
-        if max_per_address < 1:
-            raise ValueError(f"connections per address must be at least 1, not {max_per_address}")
+        check_limits(max_connections, reserved_authenticated, max_per_address)
         self.factory = factory
         self.max_connections = max_connections
         self.reserved_authenticated = reserved_authenticated
