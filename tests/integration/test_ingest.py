@@ -19,6 +19,7 @@ from enumwatch_devkit.operatorkit import (
     apply_detector,
     audit_events_for,
     detector_status,
+    findings,
     fresh_namespace,
     running_operator,
     unique_agent,
@@ -174,3 +175,54 @@ async def test_reviews_of_unknown_tokens_are_rate_limited(crds: ControlPlane) ->
         assert await auth.check("Bearer bogus-0") is False  # an answer, cached: no review
         with pytest.raises(AuthUnavailable):
             await auth.check("Bearer bogus-3")  # a fourth unknown token: not reviewed now
+
+
+def test_unreadable_timestamps_are_counted_by_reason_on_both_time_bases(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    # Issue 21 point 7: a real scan's audit events, their times replaced by a leap second,
+    # garbage and an impossible date. On the ingested basis their arrival places them and the
+    # scan is found; on the event basis they are refused as undated, counted by reason.
+    by_arrival, by_event = fresh_namespace(crds, "ts-arrival"), fresh_namespace(crds, "ts-event")
+    agent = unique_agent("timestamps")
+    anonymous_scan(crds, agent, SCAN_PATHS)
+    events = audit_events_for(crds, agent, len(SCAN_PATHS))
+    stamps = ["2016-12-31T23:59:60.000000Z"] * 3 + ["garbage"] * 3 + ["2026-02-30T00:00:00Z"] * 2
+    for event, stamp in zip(events, stamps, strict=True):
+        event["stageTimestamp"] = event["requestReceivedTimestamp"] = stamp
+    schedule = {"interval": "1s", "lookback": "60s"}
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, by_arrival, "det", {"schedule": schedule})
+        apply_detector(crds, by_event, "det", {"schedule": schedule | {"timestamp": "event"}})
+        for ns in (by_arrival, by_event):
+            wait_for(
+                lambda ns=ns: detector_status(crds, ns, "det").get("conditions"), what="status"
+            )
+        answer = op.ingest(events)
+        assert answer == {
+            "epoch": op.epoch,
+            "accepted": 8,
+            "duplicates": 0,
+            "skipped": 0,
+            "late": 0,
+            "future": 0,
+            "undated": 8,
+            "bad_timestamps": {"leap_second": 3, "malformed": 3, "out_of_range": 2},
+        }
+        found = wait_for(lambda: findings(crds, by_arrival), timeout=20, what="Finding")
+        assert found[0]["spec"]["aggregates"]["documentCount"] == len(SCAN_PATHS)
+        status = wait_for(
+            lambda: detector_status(crds, by_event, "det").get("eventsUndated"),
+            what="eventsUndated in status",
+        )
+        assert status == {"leap_second": 3, "malformed": 3, "out_of_range": 2}
+        assert detector_status(crds, by_arrival, "det").get("eventsUndated", {}) == {}
+        samples = op.metrics()
+        assert findings(crds, by_event) == []
+    for reason, count in (("leap_second", 3), ("malformed", 3), ("out_of_range", 2)):
+        assert samples[f'enumwatch_events_bad_timestamp_total{{reason="{reason}"}}'] == count
+        undated = (
+            f'enumwatch_events_undated_total{{detector="det",namespace="{by_event}",'
+            f'reason="{reason}"}}'
+        )
+        assert samples[undated] == count

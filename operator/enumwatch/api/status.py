@@ -105,6 +105,15 @@ class DetectorStatus(_Model):
             "arrival (schedule.timestamp: event only)."
         ),
     )
+    events_undated: dict[str, int] = Field(
+        default_factory=dict,
+        alias="eventsUndated",
+        description=(
+            "Matching events refused because they had no usable time (schedule.timestamp: "
+            "event only), by reason: missing (no timestamp), malformed, leap_second (23:59:60), "
+            "out_of_range. On the ingested basis such events count, placed by their arrival."
+        ),
+    )
     findings: int = Field(
         default=0, description="Findings of this detector that exist now (the FINDINGS column)."
     )

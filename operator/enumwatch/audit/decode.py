@@ -14,6 +14,16 @@ Wrong types are rejected rather than coerced (a string ``responseStatus.code``, 
 that is not a list of strings): Elasticsearch would coerce some of them, but the apiserver never
 writes them, so such a line is more likely forged or corrupt than meaningful.
 
+Every path decodes with one typed decoder (:func:`decode_event_bytes`, msgspec): it reads only
+the fields the rule and the operator read, straight into their types, which is most of the cost
+of ingest and of a scan. It takes only what the generic path would take the same way: a well-typed
+apiserver ``Event``. Anything else (a wrong type, another shape, an Elastic document, JSON it
+refuses, an integer beyond 64 bits) falls back to the generic path (orjson, then the checks
+below), so skip reasons and results are the same whichever path decided. One difference is
+known and accepted: the typed decoder skips the fields it does not read without converting
+them, so a number beyond the double range (``1e400``) in such a field does not make the line
+invalid JSON as orjson would; the event is decoded from the fields it has.
+
 The line iterators take an optional byte prefilter (:class:`LinePrefilter`, implemented by
 :class:`enumwatch.match.prefilter.Prefilter`): lines it proves cannot match are counted and
 never parsed, which is most of a real log.
@@ -26,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+import msgspec
 import orjson
 
 from enumwatch.audit.elastic import elastic_to_raw, is_elastic_document
@@ -51,7 +62,7 @@ from enumwatch.audit.event import (
     EventFields,
 )
 from enumwatch.audit.identity import event_identity
-from enumwatch.timefmt import try_parse_rfc3339
+from enumwatch.timefmt import read_rfc3339
 
 # Skip reasons, as counted in DecodeStats.skipped. Wrong types are "wrong_type:<field path>".
 INVALID_JSON = "invalid_json"
@@ -138,18 +149,25 @@ class DecodeStats:
 
 def _pick_timestamp(
     stage_ts: str | None, received_ts: str | None, elastic_ts: object
-) -> float | None:
+) -> tuple[float | None, str | None]:
+    """The event's time and, when it has none although one was written, why (the first
+    reason met): ``stageTimestamp``, else ``requestReceivedTimestamp``, else Elastic's."""
+    problem: str | None = None
     for candidate in (stage_ts, received_ts):
         if candidate is not None:
-            ts = try_parse_rfc3339(candidate)
-            if ts is not None:
-                return ts
+            read = read_rfc3339(candidate)
+            if not isinstance(read, str):
+                return read, None
+            problem = problem or read
     if isinstance(elastic_ts, str):
-        return try_parse_rfc3339(elastic_ts)
-    if isinstance(elastic_ts, int | float) and not isinstance(elastic_ts, bool):
+        read = read_rfc3339(elastic_ts)
+        if not isinstance(read, str):
+            return read, None
+        problem = problem or read
+    elif isinstance(elastic_ts, int | float) and not isinstance(elastic_ts, bool):
         # Elasticsearch's default date format also accepts epoch milliseconds.
-        return float(elastic_ts) / 1000.0
-    return None
+        return float(elastic_ts) / 1000.0, None
+    return None, problem
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,10 +292,16 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
     f = _raw_fields(obj)
     if isinstance(f, str):
         return f
+    return _event(f, elastic_ts)
+
+
+def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
+    """The :class:`AuditEvent` of a field tuple (its time picked and read here)."""
+    timestamp, problem = _pick_timestamp(f[F_STAGE_TIMESTAMP], f[F_RECEIVED_TIMESTAMP], elastic_ts)
     return AuditEvent(
         audit_id=f[F_AUDIT_ID],
         stage=f[F_STAGE],
-        timestamp=_pick_timestamp(f[F_STAGE_TIMESTAMP], f[F_RECEIVED_TIMESTAMP], elastic_ts),
+        timestamp=timestamp,
         username=f[F_USERNAME],
         groups=f[F_GROUPS],
         level=f[F_LEVEL],
@@ -291,7 +315,205 @@ def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | 
         message=f[F_MESSAGE],
         decision=f[F_DECISION],
         identity=event_identity(f),
+        timestamp_error=problem,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The typed decoder: only the fields read, straight from the bytes
+
+
+class _User(msgspec.Struct, gc=False):
+    username: str | None = None
+    groups: list[str] | None = None
+
+
+class _ObjectRef(msgspec.Struct, gc=False):
+    resource: str | None = None
+    namespace: str | None = None
+
+
+class _ResponseStatus(msgspec.Struct, gc=False):
+    code: int | None = None
+    message: str | None = None
+
+
+class _Annotations(msgspec.Struct, gc=False):
+    decision: str | None = msgspec.field(default=None, name=DECISION_ANNOTATION)
+
+
+class _Event(msgspec.Struct, gc=False):
+    """The fields of an apiserver Event the rule and the operator read, typed as
+    :func:`_raw_fields` checks them (a value of another type fails the decode)."""
+
+    kind: str | None = None
+    level: str | None = None
+    audit_id: str | None = msgspec.field(default=None, name="auditID")
+    stage: str | None = None
+    request_uri: str | None = msgspec.field(default=None, name="requestURI")
+    verb: str | None = None
+    user: _User | None = None
+    source_ips: list[str] | None = msgspec.field(default=None, name="sourceIPs")
+    user_agent: str | None = msgspec.field(default=None, name="userAgent")
+    object_ref: _ObjectRef | None = msgspec.field(default=None, name="objectRef")
+    response_status: _ResponseStatus | None = msgspec.field(default=None, name="responseStatus")
+    received_ts: str | None = msgspec.field(default=None, name="requestReceivedTimestamp")
+    stage_ts: str | None = msgspec.field(default=None, name="stageTimestamp")
+    annotations: _Annotations | None = None
+
+
+class _EventList(msgspec.Struct, gc=False):
+    """An ``EventList`` body: its items left as raw bytes, each decoded on its own."""
+
+    kind: str
+    items: list[msgspec.Raw]
+
+
+_decode_typed = msgspec.json.Decoder(_Event).decode
+_decode_list = msgspec.json.Decoder(_EventList).decode
+#: The integers orjson reads as integers (beyond, it makes them floats: a wrong-typed code).
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _typed_fields(data: bytes) -> EventFields | None:
+    """The :data:`EventFields` of one JSON value if it is a well-typed apiserver ``Event``;
+    ``None`` when the generic path must decide (anything else, or anything it refuses)."""
+    try:
+        e = _decode_typed(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if e.kind != "Event":
+        return None
+    user, ref, status, notes = e.user, e.object_ref, e.response_status, e.annotations
+    if status is None:
+        code = message = None
+    else:
+        code, message = status.code, status.message
+        if code is not None and not _INT_MIN <= code <= _INT_MAX:
+            return None
+    ips = e.source_ips
+    groups: tuple[str, ...] = ()
+    if user is None:
+        username = None
+    else:
+        username = user.username
+        groups = () if user.groups is None else tuple(user.groups)
+    return (
+        e.verb,
+        e.request_uri,
+        None if ref is None else ref.resource,
+        None if notes is None else notes.decision,
+        code,
+        message,
+        None if ref is None else ref.namespace,
+        username,
+        groups,
+        e.level,
+        () if ips is None else tuple(ips),
+        e.user_agent,
+        e.audit_id,
+        e.stage,
+        e.stage_ts,
+        e.received_ts,
+    )
+
+
+class _Head(msgspec.Struct, gc=False):
+    """What the tailer's filter reads of a line: the top-level ``level`` and ``user``, untyped
+    (a wrong type proves nothing there: the operator's decoding counts it)."""
+
+    level: object = None
+    user: object = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+def decode_head(line: bytes) -> dict[str, object] | None:
+    """The ``level`` and ``user`` of a line holding one JSON object (``None`` for missing or
+    null), or ``None`` if the line is not one JSON object: what
+    :meth:`enumwatch.match.matcher.Matcher.may_match_object` needs, read by the same decoder as
+    the events themselves, and no more of the line."""
+    if not _valid_utf8(line):
+        return None
+    try:
+        head = _decode_head(line)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return {"level": head.level, "user": head.user}
+
+
+def _valid_utf8(data: bytes) -> bool:
+    # The typed decoder does not look into the fields it skips; orjson refuses invalid UTF-8
+    # anywhere, and so must we (a cheap check: ASCII is copied, not decoded).
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def decode_event_bytes(data: bytes) -> AuditEvent | str | None:
+    """Decode one JSON value holding a single audit event, typed: the event, its skip reason,
+    or ``None`` when it is not one JSON value (``invalid_json``: the caller says where)."""
+    if _valid_utf8(data):
+        fields = _typed_fields(data)
+        if fields is not None:
+            return _event(fields)
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return decode_object(obj)
+
+
+def decode_event_list(raw: bytes) -> list[AuditEvent | str] | str:
+    """Decode an ``EventList`` body (the ``/ingest`` body): one result per item, the event or
+    its skip reason; or why the body is malformed (not JSON, not an EventList, an item nested
+    too deeply to decode)."""
+    if _valid_utf8(raw):
+        try:
+            body = _decode_list(raw)
+        except (msgspec.DecodeError, RecursionError):
+            pass
+        else:
+            if body.kind == "EventList":
+                results: list[AuditEvent | str] = []
+                for index, item in enumerate(body.items):
+                    fields = _typed_fields(item)
+                    if fields is not None:
+                        results.append(_event(fields))
+                        continue
+                    try:
+                        result = decode_event_bytes(bytes(item))
+                    except RecursionError:
+                        return f"items[{index}] is nested too deeply to decode"
+                    if result is None:
+                        break  # orjson refuses a part: it refuses the whole (said below)
+                    results.append(result)
+                else:
+                    return results
+    return _decode_event_list_generic(raw)
+
+
+def _decode_event_list_generic(raw: bytes) -> list[AuditEvent | str] | str:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"body is not JSON: {exc}"
+    if (
+        type(doc) is not dict
+        or doc.get("kind") != "EventList"
+        or type(doc.get("items")) is not list
+    ):
+        return "expected an audit.k8s.io/v1 EventList object with an items list"
+    results = []
+    for index, item in enumerate(doc["items"]):
+        try:
+            results.append(decode_object(item))
+        except RecursionError:
+            return f"items[{index}] is nested too deeply to decode"
+    return results
 
 
 def decode_object(obj: object) -> AuditEvent | str:
@@ -415,20 +637,19 @@ def iter_buffer_fields(
         selected, total = select(buffer)
         stats.lines += total
         stats.prefiltered += total - len(selected)
+        valid = _valid_utf8(buffer)
         for line in selected:
+            # The common case, a well-typed apiserver Event line, typed and without dispatch.
+            if valid or _valid_utf8(line):
+                fields = _typed_fields(line)
+                if fields is not None:
+                    stats.events += 1
+                    yield fields
+                    continue
             try:
                 obj = loads(line)
             except orjson.JSONDecodeError:
                 skipped[INVALID_JSON] += 1
-                continue
-            # The common case, an apiserver Event line, without the generic dispatch.
-            if type(obj) is dict and obj.get("kind") == "Event":
-                fields = _raw_fields(obj)
-                if isinstance(fields, str):
-                    skipped[fields] += 1
-                else:
-                    stats.events += 1
-                    yield fields
                 continue
             for result in _decode_document_with(obj, _raw_fields):
                 if isinstance(result, str):
@@ -439,6 +660,16 @@ def iter_buffer_fields(
 
 
 def _parse_line(line: bytes | str, stats: DecodeStats) -> Iterator[AuditEvent]:
+    try:
+        data = line.encode() if isinstance(line, str) else line
+    except UnicodeEncodeError:  # a lone surrogate: the generic path says why
+        data = b""
+    if data and _valid_utf8(data):
+        fields = _typed_fields(data)
+        if fields is not None:
+            stats.events += 1
+            yield _event(fields)
+            return
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:

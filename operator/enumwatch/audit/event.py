@@ -28,10 +28,13 @@ class AuditEvent:
 
     ``None`` means missing or JSON ``null``; tuples are empty when the list was missing or null.
     ``timestamp`` is epoch seconds (``stageTimestamp``, else ``requestReceivedTimestamp``, else
-    Elastic's ``@timestamp``), ``None`` when none was present or parseable. ``identity`` is the
-    event's identity (:mod:`enumwatch.audit.identity`), made by the decoder from the raw fields
-    (both timestamps as written included): what de-duplication keys on; ``None`` for an event
-    without an ``auditID``, never de-duplicated.
+    Elastic's ``@timestamp``), ``None`` when none was present or parseable; then
+    ``timestamp_error`` says why when one was written but could not be read (a
+    :data:`enumwatch.timefmt.TIMESTAMP_PROBLEMS` reason), so that the event is counted by that
+    reason wherever its time is needed, never taken silently for one without a time.
+    ``identity`` is the event's identity (:mod:`enumwatch.audit.identity`), made by the decoder
+    from the raw fields (both timestamps as written included): what de-duplication keys on;
+    ``None`` for an event without an ``auditID``, never de-duplicated.
     """
 
     audit_id: str | None = None
@@ -49,13 +52,15 @@ class AuditEvent:
     code: int | None = None
     message: str | None = None
     decision: str | None = None
+    timestamp_error: str | None = None
     # Derived from the fields (some of them raw, such as both timestamps as written), so not
     # compared: two events equal in what they hold are equal whoever made them.
     identity: bytes | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back."""
-        return {
+        """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back;
+        ``timestamp_error`` only when there is one (the common shape stays as it was)."""
+        data = {
             "audit_id": self.audit_id,
             "stage": self.stage,
             "timestamp": self.timestamp,
@@ -73,6 +78,9 @@ class AuditEvent:
             "decision": self.decision,
             "identity": None if self.identity is None else self.identity.hex(),
         }
+        if self.timestamp_error is not None:
+            data["timestamp_error"] = self.timestamp_error
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditEvent:
@@ -96,6 +104,7 @@ class AuditEvent:
             code=None if code is None else int(code),
             message=data.get("message"),
             decision=data.get("decision"),
+            timestamp_error=data.get("timestamp_error"),
             identity=None if identity is None else bytes.fromhex(identity),
         )
 

@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from enumwatch.controller import connections
+
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
 if TYPE_CHECKING:
@@ -102,6 +104,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=DEFAULT_MAX_BODY,
         help=f"largest accepted ingest body, in bytes; 413 above (default {DEFAULT_MAX_BODY})",
+    )
+    conn = p.add_argument_group(
+        "ingest connections",
+        "slots of the ingest server: a connection is unauthenticated until a valid bearer token "
+        "is presented on it; the client address is the TCP peer, never a header",
+    )
+    conn.add_argument(
+        "--ingest-max-connections",
+        type=int,
+        default=connections.DEFAULT_MAX_CONNECTIONS,
+        help=f"open connections at most (default {connections.DEFAULT_MAX_CONNECTIONS})",
+    )
+    conn.add_argument(
+        "--ingest-reserved-connections",
+        type=int,
+        default=connections.DEFAULT_RESERVED_AUTHENTICATED,
+        help="of those, slots only authenticated connections may hold (default "
+        f"{connections.DEFAULT_RESERVED_AUTHENTICATED})",
+    )
+    conn.add_argument(
+        "--ingest-max-connections-per-address",
+        type=int,
+        default=connections.DEFAULT_MAX_PER_ADDRESS,
+        help="unauthenticated connections per client address; a new one closes that address's "
+        f"oldest (default {connections.DEFAULT_MAX_PER_ADDRESS})",
+    )
+    conn.add_argument(
+        "--ingest-unauthenticated-timeout",
+        type=float,
+        default=connections.DEFAULT_UNAUTHENTICATED_TIMEOUT,
+        help="seconds an unauthenticated connection may stay without a request (default "
+        f"{connections.DEFAULT_UNAUTHENTICATED_TIMEOUT:g})",
+    )
+    conn.add_argument(
+        "--ingest-idle-timeout",
+        type=float,
+        default=connections.DEFAULT_IDLE_TIMEOUT,
+        help="seconds an authenticated connection may stay idle (default "
+        f"{connections.DEFAULT_IDLE_TIMEOUT:g})",
     )
     p.add_argument(
         "--max-buffered-events",
@@ -287,6 +328,15 @@ def run(args: argparse.Namespace) -> int:
     from enumwatch import logs
     from enumwatch.kubeapi import ConfigError
 
+    try:
+        connections.check_limits(
+            args.ingest_max_connections,
+            args.ingest_reserved_connections,
+            args.ingest_max_connections_per_address,
+        )
+    except ValueError as exc:
+        print(f"enumwatch run: --ingest-*connections*: {exc}", file=sys.stderr)
+        return 2
     logs.configure(args.log_format, args.log_level)
     try:
         return asyncio.run(_main(args))
@@ -366,6 +416,11 @@ async def _main(args: argparse.Namespace) -> int:
         is_leader=lambda: leading or elector.is_leader,
         is_ready=operator.ready.is_set,
         max_body=args.max_body_bytes,
+        max_connections=args.ingest_max_connections,
+        reserved_authenticated=args.ingest_reserved_connections,
+        max_per_address=args.ingest_max_connections_per_address,
+        idle_timeout=args.ingest_idle_timeout,
+        unauthenticated_timeout=args.ingest_unauthenticated_timeout,
     )
     host, _, port = args.listen.rpartition(":")
     tls = None

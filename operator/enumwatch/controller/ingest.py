@@ -26,9 +26,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from enumwatch.audit import AuditEvent, Identity, decode_object
+from enumwatch.audit import AuditEvent, Identity, decode_event_list
 from enumwatch.controller import metrics
-from enumwatch.controller.connections import ConnectionGuard
+from enumwatch.controller.connections import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_ADDRESS,
+    DEFAULT_RESERVED_AUTHENTICATED,
+    DEFAULT_UNAUTHENTICATED_TIMEOUT,
+    ConnectionGuard,
+)
 from enumwatch.controller.persistence import REMEMBERED_IDENTITIES, journal_line
 from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
@@ -55,26 +62,15 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
     Returns the batch, or why the body is malformed (a 400). Nothing is committed here: the
     caller checks the keys against what was ingested before and journals the rest.
     """
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return f"body is not JSON: {exc}"
-    if (
-        type(doc) is not dict
-        or doc.get("kind") != "EventList"
-        or type(doc.get("items")) is not list
-    ):
-        return "expected an audit.k8s.io/v1 EventList object with an items list"
+    decoded = decode_event_list(raw)
+    if isinstance(decoded, str):
+        return decoded
     events: list[AuditEvent] = []
     lines: list[bytes] = []
     keys: set[Identity] = set()
     duplicates = 0
     skipped: dict[str, int] = {}
-    for index, item in enumerate(doc["items"]):
-        try:
-            result = decode_object(item)
-        except RecursionError:
-            return f"items[{index}] is nested too deeply to decode"
+    for result in decoded:
         if isinstance(result, str):
             skipped[result] = skipped.get(result, 0) + 1
             continue
@@ -88,6 +84,16 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
         if journal:
             lines.append(journal_line(result, arrival))
     return DecodedBatch(events, lines, duplicates, skipped)
+
+
+def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
+    """How many of ``events`` carry a timestamp that could not be read, by reason."""
+    counts: dict[str, int] = {}
+    for event in events:
+        problem = event.timestamp_error
+        if problem is not None:
+            counts[problem] = counts.get(problem, 0) + 1
+    return counts
 
 
 class SeenKeys:
@@ -214,8 +220,11 @@ class IngestServer:
         is_leader: Callable[[], bool],
         is_ready: Callable[[], bool],
         max_body: int = DEFAULT_MAX_BODY,
-        max_connections: int = 256,
-        idle_timeout: float = 30.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        reserved_authenticated: int = DEFAULT_RESERVED_AUTHENTICATED,
+        max_per_address: int = DEFAULT_MAX_PER_ADDRESS,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        unauthenticated_timeout: float = DEFAULT_UNAUTHENTICATED_TIMEOUT,
     ) -> None:
         self.detectors = detectors
         self.auth = auth
@@ -239,14 +248,20 @@ class IngestServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.max_connections = max_connections
+        self.reserved_authenticated = reserved_authenticated
+        self.max_per_address = max_per_address
         self.idle_timeout = idle_timeout
+        self.unauthenticated_timeout = unauthenticated_timeout
         self.port: int | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
         """Listen on ``host:port`` (0: any free port, see :attr:`port`); HTTPS with a context.
 
         Connections go through a :class:`ConnectionGuard`: at most ``max_connections`` at once,
-        and none kept without a completed request for ``idle_timeout`` seconds.
+        ``reserved_authenticated`` of them only for connections that presented a valid token, at
+        most ``max_per_address`` unauthenticated ones per client address; an unauthenticated
+        connection is closed after ``unauthenticated_timeout`` seconds without a request, an
+        authenticated one after ``idle_timeout``.
         """
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
@@ -254,7 +269,11 @@ class IngestServer:
         self.guard = ConnectionGuard(
             self._runner.server,
             max_connections=self.max_connections,
+            reserved_authenticated=self.reserved_authenticated,
+            max_per_address=self.max_per_address,
             idle_timeout=self.idle_timeout,
+            unauthenticated_timeout=self.unauthenticated_timeout,
+            on_close=lambda reason: metrics.INGEST_CONNECTIONS_CLOSED.labels(reason).inc(),
         )
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self.guard, host, port, ssl=ssl_context)
@@ -265,7 +284,7 @@ class IngestServer:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(min(1.0, self.idle_timeout / 4))
+            await asyncio.sleep(min(1.0, self.idle_timeout / 4, self.unauthenticated_timeout / 4))
             self.guard.sweep(asyncio.get_running_loop().time())
 
     async def stop(self) -> None:
@@ -307,6 +326,7 @@ class IngestServer:
             return self._answer(503, error=str(exc))
         if not authorized:
             return self._answer(401, error="a valid bearer token is required")
+        self.guard.authenticate(request.transport)  # from now on it may use a reserved slot
         if not self.is_leader():
             return self._answer(503, error="not the leader; retry against the Service")
         if request.content_type != "application/json":
@@ -368,8 +388,19 @@ class IngestServer:
             metrics.EVENTS_SKIPPED.labels(reason).inc(count)
         metrics.EVENTS_INGESTED.inc(len(events))
         metrics.EVENTS_DUPLICATE.inc(duplicates)
-        # late/future: accepted here, but refused by a detector's windows (event time only);
-        # said in the answer, so that nothing disappears behind a 200.
+        bad_timestamps = unreadable_timestamps(events)
+        for reason, count in bad_timestamps.items():
+            metrics.EVENTS_BAD_TIMESTAMP.labels(reason).inc(count)
+        # late/future/undated: accepted here, but refused by a detector's windows (event time
+        # only); said in the answer, so that nothing disappears behind a 200. bad_timestamps:
+        # accepted events whose time could not be read, by reason (placed by their arrival on
+        # the ingested basis, refused as undated on the event basis). The last two are only
+        # in an answer when there are some.
+        extra: dict[str, object] = {}
+        if offered.undated:
+            extra["undated"] = offered.undated
+        if bad_timestamps:
+            extra["bad_timestamps"] = bad_timestamps
         return self._answer(
             200,
             epoch=self.detectors.epoch,  # first: a sender reads only the answer's first bytes
@@ -378,10 +409,14 @@ class IngestServer:
             skipped=sum(skipped.values()),
             late=offered.late,
             future=offered.future,
+            **extra,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""
+        authenticated, unauthenticated = self.guard.counts()
+        metrics.INGEST_CONNECTIONS.labels("authenticated").set(authenticated)
+        metrics.INGEST_CONNECTIONS.labels("unauthenticated").set(unauthenticated)
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def healthz(self, request: web.Request) -> web.Response:

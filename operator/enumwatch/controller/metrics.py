@@ -19,6 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from enumwatch.controller.connections import CLOSE_REASONS
 from enumwatch.outputs.dispatch import Outputs
 
 REGISTRY = CollectorRegistry()
@@ -40,6 +41,14 @@ EVENTS_SKIPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+EVENTS_BAD_TIMESTAMP = Counter(
+    "enumwatch_events_bad_timestamp_total",
+    "Ingested events whose timestamp could not be read, by reason (malformed, leap_second, "
+    "out_of_range): placed by their arrival on the ingested basis, refused as undated on the "
+    "event basis.",
+    ["reason"],
+    registry=REGISTRY,
+)
 EVENTS_MATCHED = Counter(
     "enumwatch_events_matched_total",
     "Events that passed a detector's match filter.",
@@ -58,10 +67,35 @@ EVENTS_FUTURE = Counter(
     ["namespace", "detector"],
     registry=REGISTRY,
 )
+EVENTS_UNDATED = Counter(
+    "enumwatch_events_undated_total",
+    "Matching events refused as undated (schedule.timestamp: event), by reason: missing (no "
+    "timestamp) or why the one written could not be read.",
+    ["namespace", "detector", "reason"],
+    registry=REGISTRY,
+)
 INGEST_REQUESTS = Counter(
     "enumwatch_ingest_requests_total",
     "Ingest HTTP requests by status code.",
     ["code"],
+    registry=REGISTRY,
+)
+INGEST_CONNECTIONS_CLOSED = Counter(
+    "enumwatch_ingest_connections_closed_total",
+    "Ingest connections the server refused or closed, by reason: refused_full (every slot "
+    "authenticated), address_limit / unauthenticated_share (the oldest unauthenticated one, to "
+    "admit a new one), unauthenticated_timeout (no request before the short deadline), "
+    "idle_timeout (authenticated, idle).",
+    ["reason"],
+    registry=REGISTRY,
+)
+for _reason in CLOSE_REASONS:  # every reason shown from the start: an alert can rate() it
+    INGEST_CONNECTIONS_CLOSED.labels(_reason)
+INGEST_CONNECTIONS = Gauge(
+    "enumwatch_ingest_connections",
+    "Open ingest connections, by state: authenticated (a valid token was presented on it) or "
+    "unauthenticated.",
+    ["state"],
     registry=REGISTRY,
 )
 EVALUATIONS = Counter(

@@ -152,6 +152,7 @@ class StatusReporter:
             eventsMatched=runtime.events_matched,
             eventsLate=evaluator.late if evaluator is not None else 0,
             eventsFuture=evaluator.future if evaluator is not None else 0,
+            eventsUndated=dict(sorted(runtime.undated.items())),
             findings=runtime.findings,
             findingsCreated=runtime.findings_created,
             findingsUpdated=runtime.findings_updated,

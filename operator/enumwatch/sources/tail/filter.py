@@ -29,6 +29,7 @@ from typing import Protocol
 import orjson
 
 from enumwatch.api.spec import MatchSpec
+from enumwatch.audit import decode_head
 from enumwatch.match.matcher import Matcher
 from enumwatch.match.prefilter import GO_EVENT_HEAD, Prefilter
 from enumwatch.sources.tail.stats import TailStats
@@ -118,15 +119,8 @@ class Filter:
             return False
         if line.startswith(GO_EVENT_HEAD) and not pre.could_match(line):
             return False
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            return False
-        if not (
-            isinstance(event, dict)
-            and event.get("level") == "Metadata"
-            and blind.may_match_object(event)
-        ):
+        head = decode_head(line)
+        if not (head is not None and head["level"] == "Metadata" and blind.may_match_object(head)):
             return False
         counters.anonymous_metadata_dropped += 1
         now = self.clock()
@@ -143,14 +137,12 @@ class Filter:
         return cls(None)
 
     def classify(self, line: bytes) -> int:
-        """Return :data:`KEEP`, :data:`FILTERED` or :data:`MALFORMED` for one line (parses it)."""
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
+        """Return :data:`KEEP`, :data:`FILTERED` or :data:`MALFORMED` for one line (reads its
+        ``level`` and ``user`` with the operator's own decoder, :func:`decode_head`)."""
+        head = decode_head(line)
+        if head is None:
             return MALFORMED
-        if not isinstance(event, dict):
-            return MALFORMED
-        if self.matcher is None or self.matcher.may_match_object(event):
+        if self.matcher is None or self.matcher.may_match_object(head):
             return KEEP
         return FILTERED
 
