@@ -108,11 +108,17 @@ def _node(cp: ControlPlane, name: str, ip: str) -> None:
     )
 
 
-def _scan_from(cp: ControlPlane, op: OperatorProcess, ip: str, label: str) -> str:
+def _forged_scan(cp: ControlPlane, ip: str, label: str) -> tuple[str, list[dict[str, Any]]]:
+    """A scan from 127.0.0.1 claiming ``ip`` (X-Forwarded-For): its agent and audit events."""
     agent = unique_agent(label)
     anonymous_scan(cp, agent, headers={"X-Forwarded-For": ip})
     events = audit_events_for(cp, agent, len(SCAN_PATHS))
     assert {tuple(e["sourceIPs"]) for e in events} == {(ip, "127.0.0.1")}
+    return agent, events
+
+
+def _scan_from(cp: ControlPlane, op: OperatorProcess, ip: str, label: str) -> str:
+    agent, events = _forged_scan(cp, ip, label)
     op.ingest(events)
     return agent
 
@@ -189,8 +195,10 @@ def test_a_scan_from_a_pod_names_the_pod_and_its_deployment(
                  what="the new pod's address through the watch")
         apply_detector(cp, ns, "det", FAST)
         wait_for(lambda: detector_status(cp, ns, "det").get("conditions"), what="status")
-        agent = _scan_from(cp, op, scanner_ip, "from-pod")
-        late_agent = _scan_from(cp, op, late_ip, "from-late-pod")
+        # Both scans from 127.0.0.1, in one delivery: the same windows.
+        agent, events = _forged_scan(cp, scanner_ip, "from-pod")
+        late_agent, late_events = _forged_scan(cp, late_ip, "from-late-pod")
+        op.ingest(events + late_events)
         found = wait_for(lambda: _finding(cp, ns, scanner_ip, agent), what="the pod's Finding")
         assert found["spec"]["source"] == {
             "kind": "pod",
@@ -238,18 +246,25 @@ def test_a_scan_from_a_pod_names_the_pod_and_its_deployment(
         assert (fspec["observedDocuments"], fspec["claimedDocuments"], fspec["claimedBy"]) == (
             0, aggregates["documentCount"], "127.0.0.1",
         )
-        client = finding_name("det", "127.0.0.1", agent)
+        # The client is the address the API server saw, whatever the user agents: one of its
+        # Findings (the first user agent: the late pod's scan) reports both forged addresses.
+        client = finding_name("det", "127.0.0.1", late_agent)
         assert fspec["reportedIn"] == client and fspec["forgedAddresses"] is None
-        assert loopback["spec"]["forgedAddresses"] == {
-            "client": "127.0.0.1", "count": 1, "addresses": [scanner_ip],
+        assert late["spec"]["reportedIn"] == client
+        reporter = kubectl_json(cp, "get", "finding", client, "-n", ns)
+        assert reporter["spec"]["forgedAddresses"] == {
+            "client": "127.0.0.1", "count": 2, "addresses": sorted([scanner_ip, late_ip]),
         }
+        assert loopback["spec"]["forgedAddresses"] is None
         wait_for(lambda: events_for(cp, ns, client), what="the client's Finding's Event")
         (event,) = events_for(cp, ns, client)
         assert event["message"].endswith(
-            f"; 1 forged address claimed by 127.0.0.1 (X-Forwarded-For) in the same window: "
-            f"{scanner_ip}"
+            f"; 2 forged addresses claimed by 127.0.0.1 (X-Forwarded-For) in the same window: "
+            f"{', '.join(sorted([scanner_ip, late_ip]))}"
         )
+        # Written in the same tick as the client's Finding, and silent: no Event of their own.
         assert events_for(cp, ns, found["metadata"]["name"]) == []
+        assert events_for(cp, ns, late["metadata"]["name"]) == []
         header, *rows = cp.kubectl("get", "findings", "-n", ns).splitlines()
         column = header.split().index("SOURCE")
         printed = {row.split()[1]: row.split()[column] for row in rows}
