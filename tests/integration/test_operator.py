@@ -593,5 +593,5 @@ def test_300_scanners_in_one_window_all_get_their_finding_none_lost(
         assert max(writes) == 100 and sum(created) == 300
         # Three ticks create them all (100 a tick); a repeat of a written group never goes first.
         assert [c for c in created if c] == [100, 100, 100]
-        backlog = f'enumwatch_findings_backlog{{namespace="{ns}",detector="det"}}'
+        backlog = f'enumwatch_findings_backlog{{detector="det",namespace="{ns}"}}'
         assert op.metrics()[backlog] == 0
