@@ -3,11 +3,16 @@ their total; the rows one client only claimed are reported once, on that client'
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 
 from enumwatch.api.finding import FindingSpec, finding_name
+from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
+from enumwatch.controller.persistence import StateStore
+from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.outputs.records import ActiveFindings, Notice, Reason, alert_labels
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.backlog import (
@@ -229,3 +234,30 @@ def test_a_pending_write_round_trips_with_its_place_and_its_claim() -> None:
         key: restored.row.document_count if key in restored.window.observed else 0
     }
     assert FindingSpec.model_fields["observed_documents"].default == 0
+
+
+def test_the_backlog_is_saved_and_restored_with_the_detectors_state(tmp_path: Path) -> None:
+    # The rows waiting past maxPerRun are the detector's pending writes: one definition, kept
+    # in its state file, so a restart writes them instead of losing them.
+    ref = DetectorRef(namespace="ns", name="det", uid="uid-1")
+    runtime = DetectorRuntime(ref=ref)
+    runtime.configure({}, 1)
+    w = _evaluator()
+    for agent in ("a", "b", "c"):
+        for event in _scan(T0 - 1, agent, ("10.66.0.1", "127.0.0.1")):
+            w.add(event, arrival=T0 - 1)
+    window = w.evaluate(w.due_ticks(T0)[0])
+    planned = schedule(pending_of(window), {}, set(), cap=2)
+    runtime.pending = dict(planned.wait)
+    assert len(runtime.pending) == 4
+    store = StateStore(tmp_path)
+    store.save(runtime)
+    again = DetectorRuntime(ref=ref)
+    again.configure({}, 1)
+    assert StateStore(tmp_path).restore(again)
+    assert again.pending == runtime.pending
+    claims = claims_of(window)
+    assert {key: w.claim for key, w in again.pending.items()} == {
+        key: claims.get(key) for key in runtime.pending
+    }
+    assert any(w.claim is not None for w in again.pending.values())
