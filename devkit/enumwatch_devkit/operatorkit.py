@@ -8,6 +8,7 @@ events ingested are read back from the audit log it wrote.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,9 +45,33 @@ SCAN_PATHS = (
 
 
 def anonymous_get(
-    cp: ControlPlane, path: str, user_agent: str, headers: dict[str, str] | None = None
+    cp: ControlPlane,
+    path: str,
+    user_agent: str,
+    headers: dict[str, str] | None = None,
+    source: str | None = None,
 ) -> int:
-    """One GET without any credentials (and with any other ``headers``); return the status."""
+    """One GET without any credentials (and with any other ``headers``); return the status.
+
+    ``source``: the local address the connection is made from (a loopback alias such as
+    127.0.0.2 works on Linux), so the API server itself sees the request come from it.
+    """
+    if source is not None:
+        url = urllib.parse.urlsplit(cp.server)
+        conn = http.client.HTTPSConnection(
+            url.hostname or "127.0.0.1",
+            url.port,
+            timeout=10,
+            context=cp.ssl_context(),
+            source_address=(source, 0),
+        )
+        try:
+            conn.request("GET", path, headers={"User-Agent": user_agent, **(headers or {})})
+            response = conn.getresponse()
+            response.read()
+            return int(response.status)
+        finally:
+            conn.close()
     req = urllib.request.Request(
         cp.server + path, headers={"User-Agent": user_agent, **(headers or {})}
     )

@@ -251,15 +251,20 @@ class AddressBook:
 
     def resolve(self, source_ip: str | None, at: float, *, observed: bool = True) -> Source | None:
         """Who ``source_ip`` was at ``at`` (epoch seconds); ``None`` for no IP, or when an
-        unknown address cannot be told from one not listed yet (before the first listing)."""
+        unknown address cannot be told from one not listed yet (before the first listing).
+
+        ``observed``: whether every document of the group came from this address; when not, the
+        Source names who holds the address without naming it as the scanner. A loopback address
+        is the loopback unless an object holds it (a pod whose status says so)."""
         if source_ip is None:
             return None
         ip = normalize_ip(source_ip)
         if ip is None:
             return None
-        if ipaddress.ip_address(ip).is_loopback:
+        holders = self.holders_at(ip, at)
+        if not holders and ipaddress.ip_address(ip).is_loopback:
             return Source(kind="loopback", ref="loopback", observed=observed)
-        return resolve_holders(self.holders_at(ip, at), observed=observed, synced=self.synced)
+        return resolve_holders(holders, observed=observed, synced=self.synced)
 
 
 def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> Source | None:
@@ -313,7 +318,8 @@ def _pod_source(pod: Holder, observed: bool) -> Source:
 
 
 def describe(source: Source) -> str:
-    """A Source in words, for Event messages: the ref, the owner and who it runs as."""
+    """A Source in words, for Event messages: the ref, the owner and who it runs as, and, when
+    documents only claimed the address, that it is named without being blamed."""
     parts = []
     if source.owner is not None:
         parts.append(f"owner {source.owner.kind}/{source.owner.name}")
@@ -324,5 +330,7 @@ def describe(source: Source) -> str:
     if source.kind == "node" and source.host_network_pods:
         parts.append("or hostNetwork pod(s) " + ", ".join(source.host_network_pods[:3]))
     if not source.observed:
-        parts.append("address from X-Forwarded-For/X-Real-Ip, forgeable")
+        parts.append(
+            "address claimed in X-Forwarded-For/X-Real-Ip, forgeable: not named as the scanner"
+        )
     return source.ref + (f" ({'; '.join(parts)})" if parts else "")

@@ -50,9 +50,15 @@ class WindowResult:
     """The outcome of one tick: the window ``(start, end]`` and the rows it produced.
 
     ``last_seen`` maps each row's group key to the time (on the detector's time basis) of the
-    group's latest event in the window; ``observed`` holds the row keys whose source IP is the
-    address the API server itself saw for at least one of the group's events (the last entry of
-    ``sourceIPs``; earlier entries come from ``X-Forwarded-For`` and can be forged);
+    group's latest event in the window. ``observed_documents`` maps each row key to how many of
+    the group's events the API server itself saw coming from the row's source IP (it is the last
+    entry of their ``sourceIPs``; earlier entries come from ``X-Forwarded-For`` and can be
+    forged): the rest only *claimed* the address. "Observed" is a property of the documents, not
+    of the group, so that one real request from an address cannot vouch for a scan that only
+    claims it. ``observed`` holds the row keys with at least one observed event (kept for the
+    readers that only ask "any"). ``claimed_by`` maps each row none of whose events came from its
+    address to the address the API server saw most of them come from (ties: the smallest): the
+    client that claimed it, so that the rows one client forged can be told as one;
     ``succeeded`` maps a row key to the distinct requestURIs (sorted) of the group's events
     that got in: answered (an ``allow`` or a 2xx) on an endpoint that is not public by default
     (:func:`enumwatch.access.got_in`). Rows whose client got nowhere have no entry.
@@ -67,6 +73,8 @@ class WindowResult:
     last_seen: Mapping[GroupKey, float] = field(default_factory=dict)
     observed: frozenset[GroupKey] = frozenset()
     succeeded: Mapping[GroupKey, tuple[str, ...]] = field(default_factory=dict)
+    observed_documents: Mapping[GroupKey, int] = field(default_factory=dict)
+    claimed_by: Mapping[GroupKey, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -302,7 +310,7 @@ class WindowedEvaluator:
         for _, event in events:
             add(event)
         rows = tuple(table.rows(self.data_stream_namespace, self.limit))
-        last_seen, observed, succeeded = self._row_facts(rows, events)
+        last_seen, observed_documents, claimed_by, succeeded = self._row_facts(rows, events)
         return WindowResult(
             tick=tick,
             start=start,
@@ -311,8 +319,10 @@ class WindowedEvaluator:
             events=table.added,
             groups=table.group_count,
             last_seen=last_seen,
-            observed=observed,
+            observed=frozenset(key for key, n in observed_documents.items() if n),
             succeeded=succeeded,
+            observed_documents=observed_documents,
+            claimed_by=claimed_by,
         )
 
     def advance(self, tick: float) -> None:
@@ -321,20 +331,26 @@ class WindowedEvaluator:
             self._last_tick = tick
         self._evict(self.horizon)
 
-    def _row_facts(
-        self, rows: tuple[Row, ...], events: list[tuple[float, AuditEvent]]
-    ) -> tuple[dict[GroupKey, float], frozenset[GroupKey], dict[GroupKey, tuple[str, ...]]]:
+    def _row_facts(self, rows: tuple[Row, ...], events: list[tuple[float, AuditEvent]]) -> tuple[
+        dict[GroupKey, float],
+        dict[GroupKey, int],
+        dict[GroupKey, str],
+        dict[GroupKey, tuple[str, ...]],
+    ]:
         """Facts beside the rule about each row, from a second pass (only when rows fired): its
-        latest event's time, whether its IP is one the API server observed, and the URIs its
-        client got into."""
+        latest event's time, how many of its events came from its IP (the API server saw it),
+        who claimed the IP of a row none of whose events came from it, and the URIs its client
+        got into."""
         if not rows:
-            return {}, frozenset(), {}
+            return {}, {}, {}, {}
         wanted = {row.key for row in rows}
         seen: dict[GroupKey, float] = {}
-        observed: set[GroupKey] = set()
+        observed: dict[GroupKey, int] = dict.fromkeys(wanted, 0)
+        senders: dict[GroupKey, dict[str, int]] = {}
         succeeded: dict[GroupKey, set[str]] = {}
         for ts, event in events:
             entered = got_in(event)
+            last = event.source_ips[-1] if event.source_ips else None
             for key in self.rule.group_keys(event.source_ips, event.user_agent):
                 if key in wanted:
                     if ts > seen.get(key, -math.inf):
@@ -342,13 +358,22 @@ class WindowedEvaluator:
                     if entered:
                         assert event.request_uri is not None
                         succeeded.setdefault(key, set()).add(event.request_uri)
-            if event.source_ips:
-                key = (event.source_ips[-1], event.user_agent)
-                if key in wanted:
-                    observed.add(key)
+                    if last is None:
+                        continue
+                    if key[0] == last:
+                        observed[key] += 1
+                    else:
+                        by = senders.setdefault(key, {})
+                        by[last] = by.get(last, 0) + 1
+        claimed_by = {
+            key: min(by.items(), key=lambda item: (-item[1], item[0]))[0]
+            for key, by in senders.items()
+            if not observed[key]
+        }
         return (
             seen,
-            frozenset(observed),
+            observed,
+            claimed_by,
             {key: tuple(sorted(uris)) for key, uris in succeeded.items()},
         )
 

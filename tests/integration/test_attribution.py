@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
+from enumwatch.api.finding import finding_name
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
     OperatorProcess,
+    anonymous_get,
     anonymous_scan,
     apply_detector,
     audit_events_for,
@@ -106,11 +108,17 @@ def _node(cp: ControlPlane, name: str, ip: str) -> None:
     )
 
 
-def _scan_from(cp: ControlPlane, op: OperatorProcess, ip: str, label: str) -> str:
+def _forged_scan(cp: ControlPlane, ip: str, label: str) -> tuple[str, list[dict[str, Any]]]:
+    """A scan from 127.0.0.1 claiming ``ip`` (X-Forwarded-For): its agent and audit events."""
     agent = unique_agent(label)
     anonymous_scan(cp, agent, headers={"X-Forwarded-For": ip})
     events = audit_events_for(cp, agent, len(SCAN_PATHS))
     assert {tuple(e["sourceIPs"]) for e in events} == {(ip, "127.0.0.1")}
+    return agent, events
+
+
+def _scan_from(cp: ControlPlane, op: OperatorProcess, ip: str, label: str) -> str:
+    agent, events = _forged_scan(cp, ip, label)
     op.ingest(events)
     return agent
 
@@ -187,8 +195,10 @@ def test_a_scan_from_a_pod_names_the_pod_and_its_deployment(
                  what="the new pod's address through the watch")
         apply_detector(cp, ns, "det", FAST)
         wait_for(lambda: detector_status(cp, ns, "det").get("conditions"), what="status")
-        agent = _scan_from(cp, op, scanner_ip, "from-pod")
-        late_agent = _scan_from(cp, op, late_ip, "from-late-pod")
+        # Both scans from 127.0.0.1, in one delivery: the same windows.
+        agent, events = _forged_scan(cp, scanner_ip, "from-pod")
+        late_agent, late_events = _forged_scan(cp, late_ip, "from-late-pod")
+        op.ingest(events + late_events)
         found = wait_for(lambda: _finding(cp, ns, scanner_ip, agent), what="the pod's Finding")
         assert found["spec"]["source"] == {
             "kind": "pod",
@@ -229,19 +239,32 @@ def test_a_scan_from_a_pod_names_the_pod_and_its_deployment(
             "hostNetworkPods": [],
             "observed": True,
         }
-        name = found["metadata"]["name"]
-        wait_for(lambda: events_for(cp, ns, name), what="the Finding's Event")
-        (event,) = events_for(cp, ns, name)
-        aggregates = found["spec"]["aggregates"]
-        assert event["message"] == (
-            f"anonymous enumeration from {scanner_ip} [pod/{ns}/{pod} (owner Deployment/curl; "
-            f"node {node}; service account scanner; address from X-Forwarded-For/X-Real-Ip, "
-            f"forgeable)] (user agent {agent!r}): {aggregates['documentCount']} audit events, "
-            f"{aggregates['requestURICountDistinct']} distinct URIs, "
-            f"{aggregates['resourceCountDistinct']} resources; forbidden "
-            f"{aggregates['authzForbidCount']}, 401/403 {aggregates['statusFailCount']}, "
-            f"not found {aggregates['notFoundCount']}"
+        # Every document of the pod's group only claimed its address, sent from 127.0.0.1: the
+        # pod is named, not blamed, and the Finding of the client that forged it reports it.
+        fspec = found["spec"]
+        aggregates = fspec["aggregates"]
+        assert (fspec["observedDocuments"], fspec["claimedDocuments"], fspec["claimedBy"]) == (
+            0, aggregates["documentCount"], "127.0.0.1",
         )
+        # The client is the address the API server saw, whatever the user agents: one of its
+        # Findings (the first user agent: the late pod's scan) reports both forged addresses.
+        client = finding_name("det", "127.0.0.1", late_agent)
+        assert fspec["reportedIn"] == client and fspec["forgedAddresses"] is None
+        assert late["spec"]["reportedIn"] == client
+        reporter = kubectl_json(cp, "get", "finding", client, "-n", ns)
+        assert reporter["spec"]["forgedAddresses"] == {
+            "client": "127.0.0.1", "count": 2, "addresses": sorted([scanner_ip, late_ip]),
+        }
+        assert loopback["spec"]["forgedAddresses"] is None
+        wait_for(lambda: events_for(cp, ns, client), what="the client's Finding's Event")
+        (event,) = events_for(cp, ns, client)
+        assert event["message"].endswith(
+            f"; 2 forged addresses claimed by 127.0.0.1 (X-Forwarded-For) in the same window: "
+            f"{', '.join(sorted([scanner_ip, late_ip]))}"
+        )
+        # Written in the same tick as the client's Finding, and silent: no Event of their own.
+        assert events_for(cp, ns, found["metadata"]["name"]) == []
+        assert events_for(cp, ns, late["metadata"]["name"]) == []
         header, *rows = cp.kubectl("get", "findings", "-n", ns).splitlines()
         column = header.split().index("SOURCE")
         printed = {row.split()[1]: row.split()[column] for row in rows}
@@ -289,3 +312,56 @@ def test_a_scan_from_a_node_address_names_the_node_and_the_hostnetwork_pods_shar
             assert stored["spec"]["source"]["name"] == node
     finally:
         cp.kubectl("delete", "node", node, "--wait=false")
+
+
+def test_one_real_probe_from_a_pod_does_not_let_a_forged_scan_frame_it(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    """An innocent pod at 127.0.0.2 sends one real anonymous request; a scanner at 127.0.0.1
+    sends its scan with ``X-Forwarded-For: 127.0.0.2`` and the same user agent. The pod's
+    Finding says 1 document observed, 8 only claimed, and does not name the pod as the scanner;
+    the scanner's names what is at 127.0.0.1."""
+    cp = crds
+    ns = fresh_namespace(cp, "frame")
+    node = f"worker-{uuid.uuid4().hex[:6]}"
+    cp.kubectl("create", "serviceaccount", "scanner", "-n", ns)
+    _pod(cp, ns, "innocent", node, "127.0.0.2")
+    with running_operator(cp, tmp_path) as op:
+        wait_for(lambda: op.metrics().get("enumwatch_attribution_synced") == 1.0,
+                 what="pods, nodes and services listed")
+        apply_detector(cp, ns, "det", FAST)
+        wait_for(lambda: detector_status(cp, ns, "det").get("conditions"), what="status")
+        agent = unique_agent("frame")
+        # The probe: a real connection from 127.0.0.2 (a loopback alias).
+        assert anonymous_get(cp, "/api/v1/namespaces", agent, source="127.0.0.2") in (401, 403)
+        anonymous_scan(cp, agent, headers={"X-Forwarded-For": "127.0.0.2"})
+        events = audit_events_for(cp, agent, 1 + len(SCAN_PATHS))
+        assert sorted(tuple(e["sourceIPs"]) for e in events) == [
+            ("127.0.0.2",), *[("127.0.0.2", "127.0.0.1")] * len(SCAN_PATHS)
+        ]
+        op.ingest(events)
+        pod = wait_for(lambda: _finding(cp, ns, "127.0.0.2", agent), what="the pod's Finding")
+        scanner = wait_for(lambda: _finding(cp, ns, "127.0.0.1", agent), what="the scanner's")
+        spec = pod["spec"]
+        assert spec["aggregates"]["documentCount"] == 1 + len(SCAN_PATHS)
+        assert (spec["observedDocuments"], spec["claimedDocuments"]) == (1, len(SCAN_PATHS))
+        assert (spec["claimedBy"], spec["reportedIn"], spec["forgedAddresses"]) == (
+            None, None, None,
+        )
+        assert spec["source"]["ref"] == f"pod/{ns}/innocent"
+        assert spec["source"]["observed"] is False  # named, not blamed
+        name = pod["metadata"]["name"]
+        wait_for(lambda: events_for(cp, ns, name), what="the pod's Finding's Event")
+        (event,) = events_for(cp, ns, name)
+        assert event["message"].startswith(
+            f"anonymous enumeration from 127.0.0.2 [pod/{ns}/innocent (node {node}; service "
+            "account scanner; address claimed in X-Forwarded-For/X-Real-Ip, forgeable: not "
+            f"named as the scanner)] (user agent {agent!r}): 9 audit events"
+        )
+        assert event["message"].endswith(
+            f"; 1 of its 9 audit events came from 127.0.0.2, {len(SCAN_PATHS)} only claimed it "
+            "(X-Forwarded-For/X-Real-Ip, forgeable): not named as the scanner"
+        )
+        real = scanner["spec"]
+        assert (real["observedDocuments"], real["claimedDocuments"]) == (len(SCAN_PATHS), 0)
+        assert (real["source"]["kind"], real["source"]["observed"]) == ("loopback", True)

@@ -23,6 +23,7 @@ from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.notify_receiver import NotifyReceiver, threaded_receiver
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
+    anonymous_get,
     anonymous_scan,
     apply_detector,
     audit_events_for,
@@ -100,6 +101,7 @@ def test_a_scan_becomes_an_alert_within_10s_and_resolves_after_suppress_for(
             "namespace": ns,
             "finding": name,
             "source_ip": fspec["sourceIP"],
+            "source_address": "observed",
             "rule_id": SEED_RULE.id,
             "mitre_technique": "T1613,T1595.003",
             "mitre_tactic": "TA0007,TA0043",
@@ -129,6 +131,63 @@ def test_a_scan_becomes_an_alert_within_10s_and_resolves_after_suppress_for(
         last_fired = parse_rfc3339(findings(crds, ns)[0]["spec"]["lastFired"])
         assert parse_rfc3339(gone["endsAt"]) == last_fired + 3.0
         assert alertmanager.alerts(namespace=ns) == []
+
+
+def test_one_client_behind_150_forged_addresses_is_one_alert(
+    crds: ControlPlane, tmp_path: Path, alertmanager: AlertmanagerProcess
+) -> None:
+    """One scan whose every request claims 150 forged addresses (X-Forwarded-For, in a different
+    order each time) under the seed's ``sourceIPs: all``: 151 rows, so 151 Findings (the seed's
+    rows stay), but one alert, on the Finding of the client the API server saw (127.0.0.1),
+    which says 150 forged addresses; the other 150 Findings name it in reportedIn."""
+    ns = fresh_namespace(crds, "decoy")
+    # A short lookback: the rows fire for two ticks at most, then the backlog drains.
+    spec = {"schedule": {"interval": "1s", "lookback": "2s"}}
+    forged = [f"10.{66 + i // 250}.{i % 250}.9" for i in range(150)]
+    with running_operator(crds, tmp_path / "op", "--alertmanager-url", alertmanager.url) as op:
+        apply_detector(crds, ns, "scan", spec)
+        wait_for(lambda: _ready(crds, ns, "scan"), what="detector Ready")
+        agent = unique_agent("decoy")
+        for i, path in enumerate(SCAN_PATHS):
+            order = forged[i:] + forged[:i]
+            anonymous_get(crds, path, agent, headers={"X-Forwarded-For": ", ".join(order)})
+        events = audit_events_for(crds, agent, len(SCAN_PATHS))
+        assert {len(e["sourceIPs"]) for e in events} == {151}
+        op.ingest(events)
+        # maxPerRun (100) writes a tick: the rest follow at the next ticks, none lost.
+        written = wait_for(
+            lambda: (lambda items: items if len(items) == 151 else None)(findings(crds, ns)),
+            timeout=30,
+            what="151 Findings",
+        )
+        by_ip = {f["spec"]["sourceIP"]: f for f in written}
+        client = by_ip["127.0.0.1"]
+        assert client["spec"]["forgedAddresses"] == {
+            "client": "127.0.0.1", "count": 150, "addresses": sorted(forged)[:20],
+        }
+        assert {by_ip[ip]["spec"]["reportedIn"] for ip in forged} == {client["metadata"]["name"]}
+        (alert,) = wait_for(lambda: alertmanager.alerts(namespace=ns), what="the alert")
+        assert alert["labels"]["source_ip"] == "127.0.0.1"
+        assert alert["labels"]["finding"] == client["metadata"]["name"]
+        assert alert["annotations"]["forged_addresses"] == "150"
+        assert "150 forged addresses claimed by 127.0.0.1" in alert["annotations"]["summary"]
+        # Once every Finding is written and posted, still exactly one alert.
+        wait_for(lambda: detector_status(crds, ns, "scan").get("findingsBacklog") == 0,
+                 what="an empty backlog")
+        before = _sent_to_alertmanager(op.metrics())
+        wait_for(lambda: _sent_to_alertmanager(op.metrics()) >= before + 2,
+                 what="two more posts of the whole alert set")
+        assert [a["labels"]["finding"] for a in alertmanager.alerts(namespace=ns)] == [
+            client["metadata"]["name"]
+        ]
+
+
+def _sent_to_alertmanager(samples: dict[str, float]) -> float:
+    """How many alert sets the operator's Alertmanager output had posted."""
+    return sum(
+        value for name, value in samples.items()
+        if name.startswith("enumwatch_output_sent_total{") and 'output="alertmanager"' in name
+    )
 
 
 def test_a_down_alertmanager_gets_the_alert_when_it_is_back(

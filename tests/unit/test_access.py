@@ -12,8 +12,8 @@ from enumwatch.api.finding import MAX_ACCESS_URIS
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Rule
-from enumwatch.sink.findings import FailedWrite
-from enumwatch.sink.plan import Action, access_summary, only_row, plan
+from enumwatch.sink.backlog import PendingWrite, only_row
+from enumwatch.sink.plan import Action, access_summary, plan
 from enumwatch.windows import WindowedEvaluator, WindowResult
 
 T0 = 1_714_521_600.0
@@ -122,7 +122,7 @@ def test_a_finding_that_got_in_is_raised_to_the_success_severity_and_says_where(
         "omitted": 0,
     }
     assert decided.entered == ("/api/v1/namespaces/a/configmaps",)
-    assert access_summary(row, decided.entered) == (
+    assert access_summary(decided.spec, decided.entered) == (
         "anonymous client 192.0.2.1 (user agent 'curl') was answered on 1 endpoint(s) that are "
         "not public by default: /api/v1/namespaces/a/configmaps"
     )
@@ -182,7 +182,7 @@ def test_the_uris_on_a_finding_are_capped_and_counted() -> None:
 
 def test_the_succeeded_uris_survive_a_failed_write_round_trip() -> None:
     window = _scan_window([_event("/api/v1/namespaces/a/configmaps", 200, "allow")])
-    failed = FailedWrite(window=only_row(window, window.rows[0]), error="boom")
-    again = FailedWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict())))
+    failed = PendingWrite(window=only_row(window, window.rows[0]), error="boom")
+    again = PendingWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict())))
     assert again == failed
     assert again.window.succeeded == window.succeeded

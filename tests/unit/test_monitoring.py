@@ -211,11 +211,12 @@ def _capped(value: str) -> dict[str, Any]:
     return {
         "exp_labels": {"severity": "warning"},
         "exp_annotations": {
-            "summary": "enumwatch left rows out by findings.maxPerRun.",
+            "summary": "enumwatch deferred rows past findings.maxPerRun.",
             "description": (
-                f"{value} rows that fired were left out in the last 15 minutes because a tick "
-                "had more than spec.findings.maxPerRun of them. Look at the newest Findings "
-                "(kubectl get findings -A) and raise maxPerRun if this is expected."
+                f"{value} rows that fired waited for a later tick in the last 15 minutes because "
+                "a tick had more than spec.findings.maxPerRun of them; they are written at the "
+                "next ticks (status.findingsBacklog, findingsDropped if the backlog overflows). "
+                "Raise maxPerRun if this is expected."
             ),
         },
     }

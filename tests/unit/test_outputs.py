@@ -64,6 +64,7 @@ def test_an_alert_has_the_labels_that_route_and_the_annotations_that_explain() -
         "namespace": "team-a",
         "finding": "det-10-1-2-3-abc",
         "source_ip": "10.1.2.3",
+        "source_address": "observed",
         "rule_id": "2dd0d4fd-0cc9-4d18-8b46-1a507e28bbc0",
         "mitre_technique": "T1613,T1595.003",
         "mitre_tactic": "TA0007,TA0043",
@@ -78,6 +79,8 @@ def test_an_alert_has_the_labels_that_route_and_the_annotations_that_explain() -
         "occurrences": "1",
         "last_fired": format_rfc3339(TICK),
         "access_succeeded": "false",
+        "observed_documents": "8",
+        "claimed_documents": "0",
     }
     assert alert["startsAt"] == format_rfc3339(TICK)
     assert alert["endsAt"] == format_rfc3339(TICK + 5 + 210.0)  # now + margin

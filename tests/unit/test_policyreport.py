@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from enumwatch.api.finding import finding_name
+from enumwatch.api.finding import enumeration_summary, finding_name
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.seed import SEED_RULE
 from enumwatch.api.spec import DetectorSpec
@@ -33,7 +33,7 @@ from enumwatch.outputs.policyreport import (
 )
 from enumwatch.rule import Row, Rule
 from enumwatch.sink.findings import SinkResult
-from enumwatch.sink.plan import plan, summary
+from enumwatch.sink.plan import plan
 from enumwatch.timefmt import format_rfc3339
 from enumwatch.windows import WindowResult
 
@@ -57,13 +57,20 @@ def _row(ip: str, agent: str, uris: int = 8) -> Row:
 
 
 def _finding(
-    ip: str, last_seen: float, agent: str = "scanner/1", detector: str = "det", **spec: Any
+    ip: str,
+    last_seen: float,
+    agent: str = "scanner/1",
+    detector: str = "det",
+    observed: int | None = None,
+    **spec: Any,
 ) -> dict[str, Any]:
-    """A Finding object as the sink writes it (its spec made by the sink's own plan)."""
+    """A Finding object as the sink writes it (its spec made by the sink's own plan); all its
+    documents observed from ``ip`` unless ``observed`` says how many."""
     row = _row(ip, agent)
     window = WindowResult(
         tick=last_seen + 10, start=last_seen - 350, end=last_seen + 10, rows=(row,), events=8,
         groups=1, last_seen={row.key: last_seen},
+        observed_documents={row.key: row.document_count if observed is None else observed},
     )
     decided = plan(None, row, window, detector, DetectorSpec.model_validate(spec))
     assert decided.spec is not None
@@ -91,7 +98,7 @@ def test_a_finding_becomes_one_result_with_its_evidence() -> None:
         "result": "fail",
         "scored": True,
         "source": "enumwatch",
-        "message": summary(_row("10.1.2.3", "scanner/1")),
+        "message": enumeration_summary("10.1.2.3", "scanner/1", _row("10.1.2.3", "scanner/1")),
         "timestamp": {"seconds": 1_700_000_000, "nanos": 250_000_000},
         "resources": [
             {
@@ -123,6 +130,16 @@ def test_a_finding_becomes_one_result_with_its_evidence() -> None:
         },
     }
     assert content.summary == {"pass": 0, "fail": 1, "warn": 0, "error": 0, "skip": 0}
+
+
+def test_a_result_says_in_words_how_many_documents_only_claimed_the_address() -> None:
+    claimed = report_content([_finding("10.244.9.9", 1_700_000_000.0, observed=1)], 10)
+    (result,) = claimed.results
+    assert result["message"] == (
+        "1 of its 8 audit events came from 10.244.9.9, 7 only claimed it (X-Forwarded-For/"
+        "X-Real-Ip, forgeable): not named as the scanner; "
+        + enumeration_summary("10.244.9.9", "scanner/1", _row("10.244.9.9", "scanner/1"))
+    )[:253] + "..."
 
 
 @pytest.mark.parametrize(

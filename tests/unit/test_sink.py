@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from enumwatch.api.finding import Source, Workload, finding_name
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Row, Rule
 from enumwatch.sink.aggregates import MAX_LIST_ITEMS, aggregates_from_row
-from enumwatch.sink.findings import FailedWrite
+from enumwatch.sink.backlog import PendingWrite, only_row
 from enumwatch.sink.plan import (
     Action,
     Plan,
     growth,
-    only_row,
     plan,
-    prioritize,
     spec_patch,
     summary,
 )
@@ -48,8 +44,23 @@ def _window(tick: float, row: Row | None = None, last_seen: float | None = None)
     row = row or _row()
     seen = {} if last_seen is None else {row.key: last_seen}
     return WindowResult(
-        tick=tick, start=tick - 360, end=tick, rows=(row,), events=8, groups=1, last_seen=seen
+        tick=tick,
+        start=tick - 360,
+        end=tick,
+        rows=(row,),
+        events=8,
+        groups=1,
+        last_seen=seen,
+        observed=frozenset({row.key}),
+        observed_documents={row.key: row.document_count},
     )
+
+
+def _summary(row: Row, source: Source | None = None) -> str:
+    """The Event message of ``row``'s Finding as first written."""
+    written = plan(None, row, _window(3600.0, row), "det", SPEC, source).spec
+    assert written is not None
+    return summary(written)
 
 
 def test_first_firing_creates() -> None:
@@ -116,7 +127,7 @@ def test_aggregates_are_capped_and_truncated() -> None:
 
 
 def test_summary_names_ip_agent_and_counts() -> None:
-    assert summary(_row()) == (
+    assert _summary(_row()) == (
         "anonymous enumeration from 10.1.2.3 (user agent 'scanner/1'): 8 audit events, "
         "8 distinct URIs, 8 resources; forbidden 8, 401/403 0, not found 0"
     )
@@ -134,7 +145,7 @@ POD = Source(
 
 
 def test_summary_says_who_the_source_is_when_known() -> None:
-    assert summary(_row(), POD) == (
+    assert _summary(_row(), POD) == (
         "anonymous enumeration from 10.1.2.3 [pod/apps/curl-7f9c8d-x2x4q (owner Deployment/curl; "
         "node n1; service account default)] (user agent 'scanner/1'): 8 audit events, "
         "8 distinct URIs, 8 resources; forbidden 8, 401/403 0, not found 0"
@@ -205,20 +216,6 @@ def test_a_failed_write_round_trips_through_json() -> None:
     import orjson
 
     window = only_row(_window(3600.0, last_seen=3599.0), _row())
-    failed = FailedWrite(window=window, error="422 Unprocessable")
-    again = FailedWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict())))
+    failed = PendingWrite(window=window, error="422 Unprocessable")
+    again = PendingWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict())))
     assert again == failed
-
-
-def test_under_the_cap_observed_successes_and_new_groups_go_first() -> None:
-    def row(ip: str, successes: int = 0) -> Row:
-        return replace(_row(), source_ip=ip, success_count=successes)
-
-    rows = (row("10.0.0.1"), row("10.0.0.2"), row("10.0.0.3", 1), row("10.0.0.4"), row("9.9.9.9"))
-    observed = frozenset({("9.9.9.9", "scanner/1")})
-    recorded = {("10.0.0.1", "scanner/1"), ("10.0.0.3", "scanner/1")}
-    written, left_out = prioritize(rows, observed, recorded, cap=3)
-    assert [r.source_ip for r in written] == ["9.9.9.9", "10.0.0.3", "10.0.0.2"]
-    assert [r.source_ip for r in left_out] == ["10.0.0.4", "10.0.0.1"]
-    # Under the cap nothing is left out and the seed's order stands.
-    assert prioritize(rows, observed, recorded, cap=10)[1] == []

@@ -276,6 +276,35 @@ def test_observed_marks_rows_whose_ip_the_apiserver_saw() -> None:
     assert result.observed == frozenset({("192.0.2.7", "curl")})
 
 
+def test_observed_is_counted_per_document_so_one_real_probe_cannot_vouch_for_a_scan() -> None:
+    # An innocent pod at 10.244.9.9 sends one real request; a scanner at 192.0.2.7 sends its scan
+    # with X-Forwarded-For: 10.244.9.9 and the same user agent.
+    w = evaluator()
+    w.add(event(T0 - 20, ip="10.244.9.9", request_uri="/probe", code=403))
+    for i in range(5):
+        w.add(event(T0 - 10 + i, source_ips=("10.244.9.9", "192.0.2.7"), request_uri=f"/{i}"))
+    result = w.evaluate(T0)
+    pod, scanner = ("10.244.9.9", "curl"), ("192.0.2.7", "curl")
+    assert {r.key: r.document_count for r in result.rows} == {pod: 6, scanner: 5}
+    assert result.observed_documents == {pod: 1, scanner: 5}
+    assert result.observed == frozenset({pod, scanner})
+    assert result.claimed_by == {}  # the pod's row has one observed document: not claimed-only
+
+
+def test_claimed_by_names_the_address_that_sent_the_documents_of_a_claimed_only_row() -> None:
+    w = evaluator()
+    forged = tuple(f"10.9.0.{i}" for i in range(3))
+    for i in range(4):  # most from 192.0.2.7, one from 192.0.2.9: the first is the claimer
+        sender = "192.0.2.9" if i == 3 else "192.0.2.7"
+        w.add(event(T0 - 10 + i, source_ips=(*forged, sender), request_uri=f"/{i}", code=404))
+    result = w.evaluate(T0)
+    assert {key: result.observed_documents[key] for key in result.claimed_by} == {
+        (ip, "curl"): 0 for ip in forged
+    }
+    assert result.claimed_by == {(ip, "curl"): "192.0.2.7" for ip in forged}
+    assert result.observed_documents[("192.0.2.7", "curl")] == 3
+
+
 def test_observed_source_ips_make_the_window_facts_agree_with_the_rows() -> None:
     w = WindowedEvaluator(Rule(MatchSpec(sourceIPs="observed"), LOW), 300, 360)
     forged = tuple(f"10.9.0.{i}" for i in range(3))

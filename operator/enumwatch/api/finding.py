@@ -177,10 +177,39 @@ class Source(_Model):
     observed: bool = Field(
         default=True,
         description=(
-            "True when the API server saw this address itself (the connection's peer, the last "
-            "of sourceIPs); false when it came from an X-Forwarded-For or X-Real-Ip header, "
-            "which the client can forge."
+            "True when the API server saw every one of the group's documents come from this "
+            "address itself (the connection's peer, the last of their sourceIPs): this is who "
+            "sent them. False when some or all of them only claimed it in an X-Forwarded-For or "
+            "X-Real-Ip header, which the client can forge: the address is named, never blamed "
+            "as the scanner (see the Finding's observedDocuments and claimedDocuments)."
         ),
+    )
+
+
+#: Most forged addresses listed on a Finding (the rest are counted).
+MAX_FORGED_ADDRESSES = 20
+
+
+class ForgedAddresses(_Model):
+    """Addresses one client only claimed (X-Forwarded-For) in one window, reported together."""
+
+    client: str = Field(
+        description=(
+            "The address the API server saw the documents come from (the last of their "
+            "sourceIPs): the client that claimed the addresses."
+        )
+    )
+    count: int = Field(
+        ge=0,
+        description=(
+            "How many distinct addresses this client only claimed in the window: each is a "
+            "Finding of its own (the seed's rows stay), reported by this one alert and Event."
+        ),
+    )
+    addresses: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=MAX_FORGED_ADDRESSES,
+        description=f"The first of them, sorted (at most {MAX_FORGED_ADDRESSES}).",
     )
 
 
@@ -239,10 +268,60 @@ class FindingSpec(_Model):
             "pods, nodes and services; null when sourceIP is null or the watch had not synced."
         ),
     )
+    observed_documents: int = Field(
+        default=0,
+        ge=0,
+        alias="observedDocuments",
+        description=(
+            "Of the latest firing's documents, how many the API server itself saw coming from "
+            "sourceIP (it is the last entry of their sourceIPs, the connection's peer)."
+        ),
+    )
+    claimed_documents: int = Field(
+        default=0,
+        ge=0,
+        alias="claimedDocuments",
+        description=(
+            "Of the latest firing's documents, how many only claimed sourceIP: it was an "
+            "X-Forwarded-For or X-Real-Ip entry, which the client chooses, and the API server saw "
+            "them come from another address. A pod or node at sourceIP is named as the scanner "
+            "(source.observed) only when this is 0."
+        ),
+    )
+    claimed_by: str | None = Field(
+        default=None,
+        alias="claimedBy",
+        description=(
+            "When no document came from sourceIP (observedDocuments 0): the address the API "
+            "server saw most of them come from, the client that forged sourceIP."
+        ),
+    )
+    reported_in: str | None = Field(
+        default=None,
+        alias="reportedIn",
+        description=(
+            "The Finding (same namespace) whose alert and Event report this one: set on the "
+            "Findings of addresses a client only claimed, reported once on that client's "
+            "Finding (forgedAddresses) instead of one page per forged address."
+        ),
+    )
+    forged_addresses: ForgedAddresses | None = Field(
+        default=None,
+        alias="forgedAddresses",
+        description=(
+            "The addresses this Finding's client only claimed in the same window (their "
+            "Findings name this one in reportedIn); null when it claimed none."
+        ),
+    )
 
-    def summary(self) -> str:
-        """One line on what the Finding shows (an alert's summary, a report result's message)."""
-        return enumeration_summary(self.source_ip, self.user_agent, self.aggregates)
+    def summary(self, who: str | None = None, *, claims_first: bool = False) -> str:
+        """One line on what the Finding shows (an alert's summary, a report result's message,
+        an Event's message with ``who``: the source IP and who it is in the cluster), with
+        where its documents came from and the addresses its client forged, in words: first
+        with ``claims_first``, where the line may be cut (a long user agent must not hide it)."""
+        base = enumeration_summary(who or self.source_ip, self.user_agent, self.aggregates)
+        words = claim_words(self)
+        return "; ".join([*words, base] if claims_first else [base, *words])
 
 
 def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -> str:
@@ -295,6 +374,47 @@ def enumeration_summary(
         f"resources; forbidden {counts.authz_forbid_count}, 401/403 {counts.status_fail_count}, "
         f"not found {counts.not_found_count}"
     )
+
+
+def address_provenance(observed: int, claimed: int) -> Literal["observed", "claimed", "mixed"]:
+    """Where a group's documents came from: all from its address, none, or some."""
+    if not claimed:
+        return "observed"
+    return "mixed" if observed else "claimed"
+
+
+def claim_words(spec: FindingSpec) -> list[str]:
+    """What a Finding's addresses are worth, in words (one clause each): the documents that
+    only claimed its address, the client that forged it (and which Finding reports it), the
+    addresses its own client forged. None for a Finding whose documents all came from its
+    address and whose client forged nothing."""
+    words = []
+    ip, observed, claimed = spec.source_ip, spec.observed_documents, spec.claimed_documents
+    if ip is not None and claimed:
+        total = observed + claimed
+        if observed:
+            words.append(
+                f"{observed} of its {total} audit events came from {ip}, {claimed} only "
+                "claimed it (X-Forwarded-For/X-Real-Ip, forgeable): not named as the scanner"
+            )
+        else:
+            sender = f", sent from {spec.claimed_by}" if spec.claimed_by else ""
+            words.append(
+                f"none of its {total} audit events came from {ip}: all only claimed it "
+                f"(X-Forwarded-For/X-Real-Ip, forgeable){sender}"
+            )
+    if spec.reported_in:
+        words.append(f"reported with Finding {spec.reported_in}")
+    forged = spec.forged_addresses
+    if forged is not None and forged.count:
+        listed = ", ".join(forged.addresses)
+        more = forged.count - len(forged.addresses)
+        words.append(
+            f"{forged.count} forged address{'es' if forged.count > 1 else ''} claimed by "
+            f"{forged.client} (X-Forwarded-For) in the same window: {listed}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+    return words
 
 
 def rule_ref(severity: str, risk_score: int) -> RuleRef:

@@ -337,7 +337,11 @@ class FindingsSpec(_Model):
         ge=1,
         le=1000,
         alias="maxPerRun",
-        description="At most this many Findings are created or updated per run.",
+        description=(
+            "At most this many Findings are created or updated per run (tick): a rate, not a "
+            "total. The other rows wait and are written at the following ticks, observed "
+            "addresses and the oldest first, until every row that fired has its Finding."
+        ),
     )
     suppress_for: SuppressDuration = Field(
         default="1h",

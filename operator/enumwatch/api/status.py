@@ -11,6 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Most rows one detector keeps waiting for their Finding (findings.maxPerRun limits the rate of
+#: writes; past this bound the lowest-ranked rows are dropped, counted in findingsDropped).
+BACKLOG_LIMIT = 10_000
 
 class _Model(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
@@ -136,7 +139,30 @@ class DetectorStatus(_Model):
     findings_capped: int = Field(
         default=0,
         alias="findingsCapped",
-        description="Rows left out because a run produced more than findings.maxPerRun.",
+        description=(
+            "Rows that fired beyond findings.maxPerRun at their tick (since the operator "
+            "started): maxPerRun limits the rate of writes, not their total, so they waited in "
+            "the backlog and were written at the following ticks (observed addresses and the "
+            "oldest first; decoys whose address was only claimed never push a real row back)."
+        ),
+    )
+    findings_backlog: int = Field(
+        default=0,
+        alias="findingsBacklog",
+        description=(
+            "Rows waiting for their Finding now: deferred past findings.maxPerRun or failed "
+            "and retried; kept across a restart with the detector's state (the FindingsWritten "
+            "condition says why)."
+        ),
+    )
+    findings_dropped: int = Field(
+        default=0,
+        alias="findingsDropped",
+        description=(
+            "Rows that never got a Finding because the backlog was full "
+            f"({BACKLOG_LIMIT} rows; the lowest-ranked, claimed addresses first, are "
+            "dropped), since the operator started; a FindingsDropped Event names them."
+        ),
     )
     rows_excepted: int = Field(
         default=0,

@@ -135,7 +135,22 @@ FINDING_WRITE_ERRORS = Counter(
     registry=REGISTRY,
 )
 FINDINGS_CAPPED = Counter(
-    "enumwatch_findings_capped_total", "Rows left out by findings.maxPerRun.", registry=REGISTRY
+    "enumwatch_findings_capped_total",
+    "Rows that fired beyond findings.maxPerRun at their tick: they wait in the backlog and are "
+    "written at the next ticks.",
+    registry=REGISTRY,
+)
+FINDINGS_BACKLOG = Gauge(
+    "enumwatch_findings_backlog",
+    "Rows waiting for their Finding (deferred past findings.maxPerRun, or failed and retried).",
+    ["namespace", "detector"],
+    registry=REGISTRY,
+)
+FINDINGS_DROPPED = Counter(
+    "enumwatch_findings_dropped_total",
+    "Rows dropped because the backlog of rows waiting for their Finding was full.",
+    ["namespace", "detector"],
+    registry=REGISTRY,
 )
 FINDINGS_EXPIRED = Counter(
     "enumwatch_findings_expired_total",

@@ -40,7 +40,7 @@ import orjson
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent, Identity
 from enumwatch.audit.identity import IDENTITY_BYTES
-from enumwatch.sink.findings import FailedWrite
+from enumwatch.sink.backlog import PendingWrite
 from enumwatch.windows import WindowSnapshot
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class StateStore:
                 runtime.evaluator.restore_state(data.get("window", {}))
                 for item in data.get("pending") or ():
                     try:
-                        failed = FailedWrite.from_dict(item)
+                        failed = PendingWrite.from_dict(item)
                     except (KeyError, TypeError, ValueError) as exc:
                         log.warning("ignoring unreadable pending write in %s: %s", path, exc)
                         continue

@@ -28,7 +28,7 @@ from enumwatch.controller.persistence import DetectorSnapshot, StateStore, new_e
 from enumwatch.coverage import Coverage
 from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
-from enumwatch.sink.findings import FailedWrite
+from enumwatch.sink.backlog import PendingWrite
 from enumwatch.windows import DEFAULT_MAX_BUFFERED, WindowedEvaluator, WindowResult
 
 log = logging.getLogger("enumwatch.runtime")
@@ -92,9 +92,11 @@ class DetectorRuntime:
     conditions: list[Condition] = field(default_factory=list)
     #: Anonymous bindings (as described) this detector has posted a Warning Event about.
     bindings_warned: set[str] = field(default_factory=set)
-    #: Rows whose Finding write failed, by group key: retried at the next tick unless that
-    #: tick's window fires the group again (then the fresher row is written instead).
-    pending: dict[GroupKey, FailedWrite] = field(default_factory=dict)
+    #: Rows waiting for their Finding, by group key: deferred past findings.maxPerRun or failed,
+    #: written at the next ticks (a fresher row of the group supersedes its waiting one).
+    pending: dict[GroupKey, PendingWrite] = field(default_factory=dict)
+    #: Rows dropped because the backlog of pending writes was full.
+    findings_dropped: int = 0
     #: Whether the window or the pending writes changed since the state file was written (a
     #: checkpoint writes only the detectors that changed).
     changed: bool = True

@@ -80,15 +80,25 @@ class StatusReporter:
                 f"evaluating every {format_duration(schedule.interval_seconds)} over the last "
                 f"{format_duration(schedule.lookback_seconds)} of audit events ({basis} time)",
             )
-        if runtime.pending:
-            first = next(iter(runtime.pending.values()))
+        failed = [w for w in runtime.pending.values() if w.error]
+        if failed:
             written = self._condition(
                 runtime,
                 "FindingsWritten",
                 "False",
                 "WriteFailed",
-                f"{len(runtime.pending)} Finding write(s) failed and are retried at the next "
-                f"tick; last error: {first.error}"[:1000],
+                f"{len(failed)} Finding write(s) failed and are retried at the next "
+                f"tick; last error: {failed[0].error}"[:1000],
+            )
+        elif runtime.pending:
+            cap = runtime.spec.findings.max_per_run if runtime.spec is not None else 0
+            written = self._condition(
+                runtime,
+                "FindingsWritten",
+                "False",
+                "Backlog",
+                f"{len(runtime.pending)} row(s) wait for their Finding: more fired than "
+                f"findings.maxPerRun={cap} writes a tick; they are written at the next ticks",
             )
         else:
             written = self._condition(
@@ -157,6 +167,8 @@ class StatusReporter:
             findingsCreated=runtime.findings_created,
             findingsUpdated=runtime.findings_updated,
             findingsCapped=runtime.findings_capped,
+            findingsBacklog=len(runtime.pending),
+            findingsDropped=runtime.findings_dropped,
             findingsWriteErrors=runtime.findings_write_errors,
             rowsExcepted=runtime.rows_excepted,
             activeGroups=runtime.active_groups,

@@ -77,19 +77,18 @@ class Ticker:
             due = evaluator.due_ticks(now - self.settle)
             if not due:
                 continue
+            failures = runtime.findings_write_errors
             for tick in due:
                 await self._evaluate(runtime, spec, tick, now)
                 evaluated += 1
                 await asyncio.sleep(0)  # a long catch-up must not starve /healthz or ingest
-            failures = runtime.findings_write_errors
-            await self._retry_pending(runtime, spec, now)
-            if runtime.pending and runtime.findings_write_errors > failures:
-                first = next(iter(runtime.pending.values()))
+            failed = [w for w in runtime.pending.values() if w.error]
+            if failed and runtime.findings_write_errors > failures:
                 await self.sink.event(
                     runtime.ref.involved_object(),
                     REASON_WRITE_FAILED,
-                    f"{len(runtime.pending)} Finding write(s) failed; retried at the next tick. "
-                    f"Last error: {first.error}",
+                    f"{len(failed)} Finding write(s) failed; retried at the next tick. "
+                    f"Last error: {failed[0].error}",
                 )
             runtime.changed = True  # a tick moved the window; writes may be pending
             if self.outputs is not None:
@@ -121,16 +120,15 @@ class Ticker:
         window, excepted = runtime.exceptions.apply(await runtime.evaluate(tick))
         runtime.rows_excepted += excepted
         runtime.active_groups = window.groups
-        result = await self.sink.apply(runtime.ref, spec, window)
-        # A group that fired again supersedes its pending retry: the fresher row was written
-        # (or failed and is pending again, below).
-        for key in result.attempted:
-            runtime.pending.pop(key, None)
+        # The sink writes at most maxPerRun rows, this tick's and the backlog's, and hands back
+        # what waits (a group that fired again supersedes its waiting row).
+        result = await self.sink.apply(runtime.ref, spec, window, runtime.pending)
+        runtime.pending = result.backlog
         self._record(runtime, result)
         self._notify(spec, result, now)
         metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
-        if window.rows:
+        if window.rows or result.attempted:
             log.info(
                 "tick fired",
                 extra={
@@ -140,18 +138,9 @@ class Ticker:
                     "findings_created": result.created,
                     "findings_updated": result.updated,
                     "findings_failed": len(result.failed),
+                    "findings_waiting": len(result.backlog),
                 },
             )
-
-    async def _retry_pending(
-        self, runtime: DetectorRuntime, spec: DetectorSpec, now: float
-    ) -> None:
-        """Write again the Findings whose write failed at an earlier tick."""
-        for key, failed in list(runtime.pending.items()):
-            runtime.pending.pop(key)
-            result = await self.sink.apply(runtime.ref, spec, failed.window)
-            self._record(runtime, result)
-            self._notify(spec, result, now)
 
     def _notify(self, spec: DetectorSpec, result: SinkResult, now: float) -> None:
         """Hand what the sink wrote to the outputs (they only queue it)."""
@@ -163,14 +152,18 @@ class Ticker:
             )
 
     def _record(self, runtime: DetectorRuntime, result: SinkResult) -> None:
-        """Count what the sink did, and keep its failed rows for a retry."""
+        """Count what the sink did (its backlog is the runtime's pending writes)."""
         runtime.findings_created += len(result.created)
         runtime.findings_updated += len(result.updated)
         runtime.findings_capped += result.capped
+        runtime.findings_dropped += result.dropped
         runtime.findings_write_errors += len(result.failed)
-        for failed in result.failed:
-            for row in failed.window.rows:
-                runtime.pending[row.key] = failed
+        metrics.FINDINGS_BACKLOG.labels(runtime.ref.namespace, runtime.ref.name).set(
+            len(runtime.pending)
+        )
+        metrics.FINDINGS_DROPPED.labels(runtime.ref.namespace, runtime.ref.name).inc(
+            result.dropped
+        )
         metrics.FINDINGS_CREATED.inc(len(result.created))
         metrics.FINDINGS_UPDATED.inc(len(result.updated))
         metrics.FINDINGS_SUPPRESSED.inc(len(result.suppressed))

@@ -33,6 +33,7 @@ from enumwatch.outputs.records import (
     ActiveFindings,
     Notice,
     Reason,
+    reported_elsewhere,
     slack_text,
     webhook_record,
 )
@@ -157,7 +158,7 @@ class Outputs:
             )
 
     def _notify(self, notice: Notice, now: float) -> None:
-        if not self.webhooks:
+        if not self.webhooks or reported_elsewhere(notice.finding):
             return
         if self.config.webhook_format == "slack":
             body = orjson.dumps(slack_text(notice.finding, notice.reason, notice.changes))

@@ -129,7 +129,8 @@ def result_of(namespace: str, name: str, uid: str, spec: FindingSpec) -> dict[st
         "result": result_status(spec.rule.severity),
         "scored": True,
         "source": SOURCE,
-        "message": _cut(spec.summary()),
+        # What the addresses are worth first: a long user agent must not cut it off.
+        "message": _cut(spec.summary(claims_first=True)),
         "timestamp": _timestamp(spec.last_seen),
         "resources": [
             {

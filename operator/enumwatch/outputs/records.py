@@ -1,8 +1,11 @@
 """What the outputs send, built from Findings without I/O or a clock (``now`` is passed in).
 
-One Finding is one Alertmanager alert: its labels route (``alertname``, ``severity``,
-``detector``, ``namespace``, ``source_ip``, ``rule_id``, the MITRE mapping, and the Finding's name,
-which keeps two user agents of one address apart), its annotations explain (summary, the
+One Finding is one Alertmanager alert, except a Finding whose address its client only claimed
+(``reportedIn``): the Finding of that client reports it, listing the forged addresses, so one
+client behind 150 forged addresses is one page, not 151. Its labels route (``alertname``,
+``severity``, ``detector``, ``namespace``, ``source_ip``, ``source_address``: observed, claimed or
+mixed, ``rule_id``, the MITRE mapping, and the Finding's name, which keeps two user agents of one
+address apart), its annotations explain (summary, the
 ``kubectl`` command). An alert is active while its Finding is: until ``lastFired + suppressFor``.
 Each post sets ``endsAt`` to ``now + margin`` but never past that moment, so Alertmanager keeps
 the alert while enumwatch re-posts it, resolves it on time even if enumwatch is gone, and a last
@@ -18,7 +21,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from enumwatch.api.finding import FindingSpec
+from enumwatch.api.finding import FindingSpec, address_provenance
 from enumwatch.api.names import API_VERSION, FINDING_KIND
 from enumwatch.api.seed import SEED_RULE
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
@@ -143,8 +146,18 @@ class ActiveFindings:
         return due
 
     def alerts(self, now: float) -> list[dict[str, Any]]:
-        """Every known alert as Alertmanager's API v2 takes it, at ``now``."""
-        return [alertmanager_alert(e, now) for e in [*self.retired, *self.by_key.values()]]
+        """Every known alert as Alertmanager's API v2 takes it, at ``now`` (a Finding another
+        one reports is not an alert of its own)."""
+        return [
+            alertmanager_alert(e, now)
+            for e in [*self.retired, *self.by_key.values()]
+            if not reported_elsewhere(e.finding)
+        ]
+
+
+def reported_elsewhere(finding: dict[str, Any]) -> bool:
+    """Whether another Finding (its client's) reports this one: no alert or notification."""
+    return bool((finding.get("spec") or {}).get("reportedIn"))
 
 
 def alert_labels(finding: dict[str, Any]) -> dict[str, str]:
@@ -157,6 +170,13 @@ def alert_labels(finding: dict[str, Any]) -> dict[str, str]:
         "namespace": meta["namespace"],
         "finding": meta["name"],
         "source_ip": spec.source_ip or "",
+        # Whether the API server saw the documents come from source_ip (observed), or they only
+        # claimed it in X-Forwarded-For (claimed), or some of each (mixed).
+        "source_address": (
+            address_provenance(spec.observed_documents, spec.claimed_documents)
+            if spec.source_ip is not None and (spec.observed_documents or spec.claimed_documents)
+            else ""
+        ),
         "rule_id": spec.rule.id,
         "mitre_technique": ",".join(m.technique_id for m in SEED_RULE.mitre),
         "mitre_tactic": ",".join(m.tactic_id for m in SEED_RULE.mitre),
@@ -177,6 +197,11 @@ def alert_annotations(entry: ActiveFinding) -> dict[str, str]:
         "last_fired": spec.last_fired,
         "access_succeeded": "true" if spec.access.succeeded else "false",
         "grew": "; ".join(entry.changes),
+        "observed_documents": str(spec.observed_documents),
+        "claimed_documents": str(spec.claimed_documents),
+        "forged_addresses": (
+            str(spec.forged_addresses.count) if spec.forged_addresses is not None else ""
+        ),
     }
     return {key: value for key, value in annotations.items() if value}
 

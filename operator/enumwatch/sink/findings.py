@@ -3,8 +3,11 @@
 :func:`enumwatch.sink.plan.plan` decides, :class:`FindingSink` carries it out: names are
 deterministic (:func:`enumwatch.api.finding.finding_name`) and a tick already recorded on a Finding
 is never recorded again, so a retry or a restart never duplicates a Finding or an occurrence. Each
-row's write stands alone: a failure is returned as a :class:`FailedWrite` to be retried, and never
-takes the other rows of its tick with it.
+row's write stands alone: a failure is kept as a :class:`~enumwatch.sink.backlog.PendingWrite` to
+be retried, and never takes the other rows of its tick with it. At most ``findings.maxPerRun``
+writes are made per tick; the other rows wait in the detector's backlog for the next ticks
+(:func:`enumwatch.sink.backlog.schedule`). A Finding whose address its client only claimed is
+written without an Event of its own: the Finding that reports its claim (``reportedIn``) says it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from enumwatch.api.finding import Source, finding_name
@@ -31,14 +34,14 @@ from enumwatch.api.names import (
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
-from enumwatch.rule import GroupKey, Row
+from enumwatch.rule import GroupKey
+from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
 from enumwatch.sink.plan import (
     Action,
     Plan,
     access_summary,
-    only_row,
+    is_observed,
     plan,
-    prioritize,
     spec_patch,
     summary,
 )
@@ -48,54 +51,18 @@ from enumwatch.windows import WindowResult
 log = logging.getLogger("enumwatch.sink")
 REASON_DETECTED = "EnumerationDetected"
 REASON_CAPPED = "FindingsCapped"
+REASON_DROPPED = "FindingsDropped"
 REASON_WRITE_FAILED = "FindingWriteFailed"
 REASON_ACCESS_SUCCEEDED = "AnonymousAccessSucceeded"
 DEFAULT_RETENTION: str = FindingsSpec.model_fields["retention"].default
 
 
-@dataclass(frozen=True)
-class FailedWrite:
-    """A row whose Finding could not be written; retried at the next tick."""
-
-    window: WindowResult  # the row's window, with this row only
-    error: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, so that a pending retry survives a restart of the operator."""
-        w = self.window
-        return {
-            "tick": w.tick,
-            "start": w.start,
-            "end": w.end,
-            "events": w.events,
-            "groups": w.groups,
-            "rows": [asdict(row) for row in w.rows],
-            "lastSeen": [[ip, ua, ts] for (ip, ua), ts in w.last_seen.items()],
-            "observed": [[ip, ua] for ip, ua in sorted(w.observed, key=repr)],
-            "succeeded": [[ip, ua, list(uris)] for (ip, ua), uris in w.succeeded.items()],
-            "error": self.error,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FailedWrite:
-        """Read back :meth:`to_dict`; raises ``KeyError``/``TypeError`` on a malformed one."""
-        fields: list[dict[str, Any]] = [
-            {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
-            for row in data["rows"]
-        ]
-        rows = tuple(Row(**f) for f in fields)
-        window = WindowResult(
-            tick=float(data["tick"]),
-            start=float(data["start"]),
-            end=float(data["end"]),
-            rows=rows,
-            events=int(data["events"]),
-            groups=int(data["groups"]),
-            last_seen={(ip, ua): float(ts) for ip, ua, ts in data["lastSeen"]},
-            observed=frozenset((ip, ua) for ip, ua in data.get("observed", ())),
-            succeeded={(ip, ua): tuple(uris) for ip, ua, uris in data.get("succeeded", ())},
-        )
-        return cls(window=window, error=str(data["error"]))
+def _named(writes: list[PendingWrite], most: int = 10) -> str:
+    """The groups of ``writes`` in words (the first ``most``, then a count)."""
+    named = ", ".join(
+        f"{w.row.source_ip or '<no IP>'}/{w.row.user_agent or '<none>'}" for w in writes[:most]
+    )
+    return named + (f" and {len(writes) - most} more" if len(writes) > most else "")
 
 
 class Attribution(Protocol):
@@ -121,9 +88,12 @@ class SinkResult:
     updated: list[str] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)
     grew: list[str] = field(default_factory=list)
-    capped: int = 0
-    failed: list[FailedWrite] = field(default_factory=list)
+    capped: int = 0  # rows of this tick that wait in the backlog (past maxPerRun)
+    dropped: int = 0  # rows dropped because the backlog was full
+    failed: list[PendingWrite] = field(default_factory=list)
     attempted: list[GroupKey] = field(default_factory=list)  # rows whose write was tried
+    #: What waits for the next ticks (deferred and failed writes), by group key.
+    backlog: dict[GroupKey, PendingWrite] = field(default_factory=dict)
     severities: dict[str, str] = field(default_factory=dict)  # Finding name -> severity written
     written: list[Written] = field(default_factory=list)  # every Finding written, in order
 
@@ -142,34 +112,47 @@ class FindingSink:
         self.instance = instance
         self.attribution = attribution
 
-    def source_of(self, window: WindowResult, row: Row) -> Source | None:
-        """Who the row's source IP was at the time of its latest event (``None``: unknown)."""
+    def source_of(self, write: PendingWrite) -> Source | None:
+        """Who the row's source IP was at the time of its latest event (``None``: unknown),
+        named as the scanner only when every document of the row came from it."""
         if self.attribution is None:
             return None
+        window, row = write.window, write.row
         return self.attribution.resolve(
             row.source_ip,
             window.last_seen.get(row.key, window.tick),
-            observed=row.key in window.observed,
+            observed=is_observed(row, window),
         )
 
     async def apply(
-        self, detector: DetectorRef, spec: DetectorSpec, window: WindowResult
+        self,
+        detector: DetectorRef,
+        spec: DetectorSpec,
+        window: WindowResult,
+        backlog: dict[GroupKey, PendingWrite] | None = None,
     ) -> SinkResult:
-        """Create or update the Findings for ``window.rows`` (at most ``maxPerRun``).
+        """Create or update the Findings for ``window.rows`` and the ``backlog`` left by the
+        earlier ticks: at most ``maxPerRun`` writes, the rest waits (:attr:`SinkResult.backlog`).
 
         Each row's write stands alone: a failure (an invalid object, a conflict that persists,
-        an API outage) is logged and returned in :attr:`SinkResult.failed` for a retry at the
-        next tick, and the other rows are still written.
+        an API outage) is logged and kept in the backlog for a retry at the next tick, and the
+        other rows are still written.
         """
         result = SinkResult()
         cap = spec.findings.max_per_run
-        recorded = await self._recorded(detector) if len(window.rows) > cap else set()
-        chosen, left_out = prioritize(window.rows, window.observed, recorded, cap)
-        result.capped = len(left_out)
-        for row in chosen:
+        backlog = backlog or {}
+        fresh = pending_of(window)
+        recorded = (
+            await self._recorded(detector) if len(fresh) + len(backlog) > cap else set()
+        )
+        planned = schedule(fresh, backlog, recorded, cap)
+        result.capped, result.dropped = planned.newly_waiting, len(planned.dropped)
+        result.backlog = dict(planned.wait)
+        for write in planned.write:
+            row = write.row
             result.attempted.append(row.key)
             try:
-                await self._apply_row(detector, spec, window, row, result)
+                await self._apply_row(detector, spec, write, result)
             except Exception as exc:
                 name = finding_name(detector.name, row.source_ip, row.user_agent)
                 log.warning(
@@ -180,22 +163,25 @@ class FindingSink:
                         "error": str(exc) or type(exc).__name__,
                     },
                 )
-                result.failed.append(
-                    FailedWrite(window=only_row(window, row), error=str(exc) or repr(exc))
-                )
-        if left_out:
-            named = ", ".join(
-                f"{row.source_ip or '<no IP>'}/{row.user_agent or '<none>'}"
-                for row in left_out[:10]
-            )
-            more = f" and {len(left_out) - 10} more" if len(left_out) > 10 else ""
+                failed = replace(write, error=str(exc) or repr(exc))
+                result.failed.append(failed)
+                result.backlog[row.key] = failed
+        if result.capped:
             await self.event(
                 detector.involved_object(),
                 REASON_CAPPED,
-                f"{len(left_out)} more group(s) passed the thresholds at "
-                f"{format_rfc3339(window.tick)} than findings.maxPerRun={cap} allows; they were "
-                f"not written (observed addresses, successes and new groups went first): "
-                f"{named}{more}",
+                f"{len(planned.write) + len(planned.wait)} row(s) to write at "
+                f"{format_rfc3339(window.tick)}, more than findings.maxPerRun={cap} a tick: "
+                f"{len(planned.wait)} wait for the next ticks (observed addresses and the oldest "
+                f"go first; none is lost): {_named(list(planned.wait.values()))}",
+            )
+        if planned.dropped:
+            await self.event(
+                detector.involved_object(),
+                REASON_DROPPED,
+                f"{len(planned.dropped)} row(s) dropped at {format_rfc3339(window.tick)}: more "
+                f"than {len(planned.wait)} waited for their Finding (the lowest-ranked, claimed "
+                f"addresses first, were dropped): {_named(planned.dropped)}",
             )
         return result
 
@@ -214,20 +200,28 @@ class FindingSink:
         self,
         detector: DetectorRef,
         spec: DetectorSpec,
-        window: WindowResult,
-        row: Row,
+        write: PendingWrite,
         result: SinkResult,
     ) -> None:
+        window, row = write.window, write.row
         name = finding_name(detector.name, row.source_ip, row.user_agent)
         path = namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
-        source = self.source_of(window, row)
+        source = self.source_of(write)
         for _attempt in range(3):
             current = await self.client.get_or_none(path)
             decided = plan(
-                current["spec"] if current else None, row, window, detector.name, spec, source
+                current["spec"] if current else None,
+                row,
+                window,
+                detector.name,
+                spec,
+                source,
+                write.claim,
             )
             if decided.action is Action.NOOP or decided.spec is None:
                 return
+            # A claimed address is reported by its client's Finding, not one page each.
+            quiet = decided.spec.reported_in is not None
             body = decided.spec.model_dump(by_alias=True, mode="json")
             result.severities[name] = decided.spec.rule.severity
             try:
@@ -250,8 +244,9 @@ class FindingSink:
                     )
                     result.created.append(name)
                     result.written.append(Written(created, Action.CREATE))
-                    await self._announce(created, detector, summary(row, decided.spec.source))
-                    await self._announce_access(created, detector, row, decided)
+                    if not quiet:
+                        await self._announce(created, detector, summary(decided.spec))
+                        await self._announce_access(created, detector, decided)
                     return
                 patched = await self.client.json_patch(
                     path,
@@ -267,29 +262,28 @@ class FindingSink:
                 result.suppressed.append(name)
             elif decided.action is Action.GREW:
                 result.grew.append(name)
-                await self._announce(
-                    current,
-                    detector,
-                    summary(row, decided.spec.source) + "; grew: " + "; ".join(decided.changes),
-                )
-            else:
-                await self._announce(
-                    current, detector, summary(row, decided.spec.source) + " (new occurrence)"
-                )
-            if decided.action is not Action.SUPPRESSED:
-                await self._announce_access(current, detector, row, decided)
+                if not quiet:
+                    await self._announce(
+                        current,
+                        detector,
+                        summary(decided.spec) + "; grew: " + "; ".join(decided.changes),
+                    )
+            elif not quiet:
+                await self._announce(current, detector, summary(decided.spec) + " (new occurrence)")
+            if decided.action is not Action.SUPPRESSED and not quiet:
+                await self._announce_access(current, detector, decided)
             return
         raise RuntimeError(f"Finding {detector.namespace}/{name} kept conflicting; will retry")
 
     async def _announce_access(
-        self, finding: dict[str, Any], detector: DetectorRef, row: Row, decided: Plan
+        self, finding: dict[str, Any], detector: DetectorRef, decided: Plan
     ) -> None:
         """Say, with its own reason, that the client got into what the plan newly records."""
         if decided.entered and decided.spec is not None:
             await self._announce(
                 finding,
                 detector,
-                access_summary(row, decided.entered, decided.spec.source),
+                access_summary(decided.spec, decided.entered),
                 REASON_ACCESS_SUCCEEDED,
             )
 

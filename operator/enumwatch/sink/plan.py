@@ -9,22 +9,24 @@ the decision out against the API server.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from enumwatch.api.finding import (
     MAX_ACCESS_URIS,
     Access,
     FindingSpec,
+    ForgedAddresses,
     Source,
     Window,
-    enumeration_summary,
+    finding_name,
     rule_ref,
 )
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.attribution import describe
-from enumwatch.rule import GroupKey, Row
+from enumwatch.rule import Row
 from enumwatch.sink.aggregates import aggregates_from_row
+from enumwatch.sink.backlog import Claim
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 
@@ -77,6 +79,9 @@ def growth(existing: dict[str, Any], new: FindingSpec) -> tuple[str, ...]:
     entered = newly_entered(existing, new.access)
     if entered:
         changes.append(f"got in on {len(entered)} more URI(s): " + ", ".join(entered[:5]))
+    before = int((existing.get("forgedAddresses") or {}).get("count") or 0)
+    if new.forged_addresses is not None and new.forged_addresses.count > before:
+        changes.append(f"forged addresses {before} -> {new.forged_addresses.count}")
     old_severity = str((existing.get("rule") or {}).get("severity", ""))
     if _SEVERITY_RANK.get(new.rule.severity, 0) > _SEVERITY_RANK.get(old_severity, 0):
         changes.append(f"severity {old_severity} -> {new.rule.severity}")
@@ -96,13 +101,17 @@ def plan(
     detector: str,
     spec: DetectorSpec,
     source: Source | None = None,
+    claim: Claim | None = None,
 ) -> Plan:
     """Decide what ``row`` does to the Finding whose current spec is ``existing`` (pure).
 
     ``lastSeen`` is the time of the group's latest event in the window; ``lastFired`` the tick.
     A tick at or before the recorded ``lastFired`` is a no-op, so retries never double count.
     ``source`` is who the row's IP is in the cluster; when it is unknown now (the operator's
-    watch has not synced yet) the Finding keeps the source it recorded.
+    watch has not synced yet) the Finding keeps the source it recorded. The Finding counts its
+    documents observed from its address and those that only claimed it; ``claim`` is the row's
+    part in its window's claims (:func:`enumwatch.sink.backlog.claims_of`): the Finding that
+    reports the claimed addresses lists them, the others name it in ``reportedIn``.
     """
     tick = format_rfc3339(window.tick)
     succeeded = window.succeeded.get(row.key, ())
@@ -123,6 +132,7 @@ def plan(
         "aggregates": aggregates_from_row(row),
         "access": access,
         "source": source if source is not None else (existing or {}).get("source"),
+        **provenance(row, window, detector, claim),
     }
     if existing is None:
         return Plan(
@@ -184,55 +194,55 @@ def spec_patch(existing: dict[str, Any], new: dict[str, Any], resource_version: 
     return ops
 
 
-def _who(row: Row, source: Source | None) -> str:
-    """The row's source IP, and who it is in the cluster when known."""
-    ip = row.source_ip or "<no IP>"
-    return ip if source is None else f"{ip} [{describe(source)}]"
+def provenance(
+    row: Row, window: WindowResult, detector: str, claim: Claim | None
+) -> dict[str, Any]:
+    """The Finding's fields on where its documents came from (pure): how many the API server
+    observed from its address and how many only claimed it, and its part in the claims."""
+    observed = window.observed_documents.get(row.key, 0) if row.source_ip is not None else 0
+    claimed = row.document_count - observed if row.source_ip is not None else 0
+    fields: dict[str, Any] = {
+        "observedDocuments": observed,
+        "claimedDocuments": claimed,
+        "claimedBy": window.claimed_by.get(row.key) if not observed else None,
+        "reportedIn": None,
+        "forgedAddresses": None,
+    }
+    if claim is not None:
+        if claim.reporter == row.key:
+            fields["forgedAddresses"] = ForgedAddresses(
+                client=claim.client, count=claim.count, addresses=list(claim.addresses)
+            )
+        else:
+            fields["reportedIn"] = finding_name(detector, *claim.reporter)
+    return fields
 
 
-def access_summary(row: Row, uris: tuple[str, ...], source: Source | None = None) -> str:
+def is_observed(row: Row, window: WindowResult) -> bool:
+    """Whether every document of ``row`` came from its address (the API server saw it): only
+    then is who holds the address named as the scanner."""
+    return row.source_ip is not None and window.observed_documents.get(row.key, 0) >= (
+        row.document_count
+    )
+
+
+def _who(spec: FindingSpec) -> str:
+    """The Finding's source IP, and who it is in the cluster when known."""
+    ip = spec.source_ip or "<no IP>"
+    return ip if spec.source is None else f"{ip} [{describe(spec.source)}]"
+
+
+def access_summary(spec: FindingSpec, uris: tuple[str, ...]) -> str:
     """The AnonymousAccessSucceeded Event message: who got into what."""
     more = f" and {len(uris) - 5} more" if len(uris) > 5 else ""
     return (
-        f"anonymous client {_who(row, source)} (user agent "
-        f"{row.user_agent or '<none>'!r}) was answered on {len(uris)} endpoint(s) that are not "
+        f"anonymous client {_who(spec)} (user agent "
+        f"{spec.user_agent or '<none>'!r}) was answered on {len(uris)} endpoint(s) that are not "
         f"public by default: {', '.join(uris[:5])}{more}"
     )
 
 
-def summary(row: Row, source: Source | None = None) -> str:
-    """The Event message for a row: source IP (and who it is), user agent and the key counts."""
-    return enumeration_summary(_who(row, source), row.user_agent, row)
-
-
-def prioritize(
-    rows: tuple[Row, ...] | list[Row],
-    observed: frozenset[GroupKey],
-    recorded: set[GroupKey],
-    cap: int,
-) -> tuple[list[Row], list[Row]]:
-    """Which rows become Findings when more fire than ``findings.maxPerRun`` allows (pure).
-
-    The rows are the seed's, untouched; this only orders the writing, as an analyst would:
-    groups whose IP the API server observed itself (not a forgeable ``X-Forwarded-For`` entry)
-    first, then groups with a success, then groups not recorded yet, so that decoys cannot push
-    the real scanner out and repeats of known groups never starve new ones. Within a rank the
-    seed's order stands. Returns (written, left out).
-    """
-    ordered = sorted(
-        rows,
-        key=lambda row: (row.key not in observed, row.success_count == 0, row.key in recorded),
-    )
-    return ordered[:cap], ordered[cap:]
-
-
-def only_row(window: WindowResult, row: Row) -> WindowResult:
-    """``window`` narrowed to one of its rows (what a retry of that row needs)."""
-    seen = window.last_seen.get(row.key)
-    return replace(
-        window,
-        rows=(row,),
-        last_seen={} if seen is None else {row.key: seen},
-        observed=window.observed & {row.key},
-        succeeded={row.key: window.succeeded[row.key]} if row.key in window.succeeded else {},
-    )
+def summary(spec: FindingSpec) -> str:
+    """The Event message for a Finding: source IP (and who it is), user agent, the key counts,
+    and where its documents came from, in words."""
+    return spec.summary(_who(spec))
