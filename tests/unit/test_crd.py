@@ -140,8 +140,9 @@ def test_the_readme_reference_has_the_default_in_its_column_not_twice() -> None:
     rows = [row for row in crdgen.reference().splitlines() if row.startswith("| `spec.")]
     assert not [row for row in rows if "Default: " in row]
     assert (
-        "| `spec.thresholds.notFoundAtLeast` | integer | `3` | minimum 1 | Trigger: at least this "
-        "many events answered 404 (no decision). |"
+        "| `spec.thresholds.notFoundAtLeast` | integer | `3` | minimum 1; maximum 99999 | "
+        "Trigger: at least this many events answered 404 (no decision). At most 99999; one "
+        "trigger must be below documentsBelow. |"
     ) in rows
 
 

@@ -151,7 +151,12 @@ class Operator:
                 runtime.evaluator.restore_state({"lastTick": parse_rfc3339(last)})
         if runtime.error is not None:
             log.warning(
-                "detector refused",
+                "detector spec refused"
+                + (
+                    f": generation {runtime.spec_generation} keeps running"
+                    if runtime.spec is not None
+                    else ""
+                ),
                 extra={"detector": f"{namespace}/{name}", "error": runtime.error},
             )
         else:
