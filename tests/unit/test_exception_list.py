@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from enumwatch.api.manifest import format_validation_error
-from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.spec import DetectorSpec, ExceptionSpec
 from enumwatch.audit import AuditEvent
-from enumwatch.exception_list import ExceptionList
+from enumwatch.exception_list import ExceptionList, spoofable
 from enumwatch.rule import Rule
 from enumwatch.timefmt import parse_rfc3339
 from enumwatch.windows import WindowedEvaluator, WindowResult
@@ -177,3 +177,24 @@ def test_exceptions_and_their_lists_are_bounded() -> None:
         DetectorSpec.model_validate({"exceptions": [{"name": "x", "userAgents": ["a"]}] * 51})
     with pytest.raises(ValidationError):
         DetectorSpec.model_validate({"exceptions": [{"name": "x", "userAgents": ["a"] * 51}]})
+
+
+def test_exceptions_a_client_can_meet_by_itself_are_named_with_the_reason() -> None:
+    exceptions = [
+        ExceptionSpec.model_validate({"name": "trivy", "userAgents": ["trivy/*"]}),
+        ExceptionSpec.model_validate({"name": "lb", "sourceCIDRs": ["10.0.0.7/32"]}),
+    ]
+    assert spoofable(exceptions, "all") == [
+        "exception 'trivy' rests on client-chosen fields: it keys on userAgents only, and any "
+        "client can send that User-Agent: add sourceCIDRs with match.sourceIPs: observed",
+        "exception 'lb' rests on client-chosen fields: under match.sourceIPs: all a row's "
+        "address may be an X-Forwarded-For entry the client chose, so a client that forges an "
+        "address in its sourceCIDRs silences that row: set match.sourceIPs: observed to key on "
+        "the address the API server saw",
+    ]
+    # Under observed, a row's address is the one the API server saw: only the agent is spoofable.
+    assert spoofable(exceptions, "observed") == [
+        "exception 'trivy' rests on client-chosen fields: it keys on userAgents only, and any "
+        "client can send that User-Agent: add sourceCIDRs with match.sourceIPs: observed",
+    ]
+    assert spoofable([], "all") == []
