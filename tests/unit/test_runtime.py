@@ -41,9 +41,10 @@ def test_invalid_spec_is_refused_with_a_readable_reason() -> None:
     assert runtime.spec_generation == 2
 
 
-#: A spec the model refuses but the CRDs up to v0.1 admitted (CEL isCIDR without the host-bits
-#: check): the operator meets it when its CRD is older than itself, or for an object stored
-#: before the CRD was tightened. The API server refuses it now, so this path is shown here.
+#: A spec the model refuses but the CRD admitted before issue 21 (CEL isCIDR without the
+#: host-bits check): the operator meets it when its CRD is older than itself, or for an object
+#: stored before the CRD was tightened (tests/integration/test_spec_refused_live.py makes that
+#: happen on the real apiserver). The current CRD refuses it.
 REFUSED_BY_THE_OPERATOR_ONLY = {
     "schedule": {"interval": "1s", "lookback": "30s"},
     "exceptions": [{"name": "lb", "sourceCIDRs": ["10.0.0.5/8"]}],
