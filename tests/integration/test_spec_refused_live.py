@@ -12,7 +12,10 @@ with its window (condition InvalidSpec) while the scan goes on.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +38,7 @@ from enumwatch_devkit.operatorkit import (
 
 pytestmark = pytest.mark.integration
 
-SCHEDULE = {"schedule": {"interval": "1s", "lookback": "60s"}}
+SCHEDULE = {"schedule": {"interval": "1s", "lookback": "120s"}}
 REFUSED = {**SCHEDULE, "exceptions": [{"name": "lb", "sourceCIDRs": ["10.0.0.5/8"]}]}
 CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -71,6 +74,23 @@ def _apply(
     )
 
 
+@contextmanager
+def _older_crd(cp: ControlPlane, ns: str) -> Iterator[None]:
+    """The CRD without the host-bits check, served until the block ends; then the real one,
+    served again (later tests rely on it)."""
+    cp.kubectl(
+        "apply", "--server-side", "-f", "-", input=json.dumps(_crd_without_the_host_bits_check())
+    )
+    try:
+        yield
+    finally:
+        cp.kubectl("apply", "--server-side", "-f", str(CRDS))
+        wait_for(
+            lambda: "no bits set" in _apply(cp, "default", REFUSED, "--dry-run=server").stderr,
+            what="the real CRD served again",
+        )
+
+
 def _condition(cp: ControlPlane, ns: str, kind: str, generation: int) -> dict[str, Any] | None:
     status = detector_status(cp, ns, "det")
     found = [c for c in status.get("conditions", []) if c["type"] == kind]
@@ -95,13 +115,9 @@ def test_a_scan_split_across_a_refused_edit_gives_one_finding_with_all_documents
             )
             assert op.ingest(events[:4])["accepted"] == 4  # 4 URIs: not above 5, no Finding yet
 
-            crds.kubectl(
-                "apply", "--server-side", "-f", "-",
-                input=json.dumps(_crd_without_the_host_bits_check()),
-            )
-            # The older CRD is served once it admits the edit (a moment after the update).
-            wait_for(lambda: _apply(crds, ns, REFUSED).returncode == 0, what="edit admitted")
-            crds.kubectl("apply", "--server-side", "-f", str(CRDS))
+            with _older_crd(crds, ns):
+                # The older CRD is served once it admits the edit (a moment after the update).
+                wait_for(lambda: _apply(crds, ns, REFUSED).returncode == 0, what="edit admitted")
             refused = wait_for(
                 lambda: (c := _condition(crds, ns, "InvalidSpec", 2)) and c["status"] == "True"
                 and c,
@@ -127,10 +143,47 @@ def test_a_scan_split_across_a_refused_edit_gives_one_finding_with_all_documents
             assert sorted(aggregates["requestURIs"]) == sorted(SCAN_PATHS)
             assert found[0]["spec"]["userAgent"] == agent
     finally:
-        crds.kubectl("apply", "--server-side", "-f", str(CRDS))
-        # The real CRD is served again once it refuses the edit (later tests rely on it).
-        wait_for(
-            lambda: "no bits set" in _apply(crds, "default", REFUSED, "--dry-run=server").stderr,
-            what="the real CRD served again",
-        )
+        crds.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_a_detector_refused_at_start_takes_up_its_saved_window_once_fixed(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    ns = fresh_namespace(crds, "fixed")
+    agent = unique_agent("fixed")
+    anonymous_scan(crds, agent, SCAN_PATHS)
+    events = audit_events_for(crds, agent, len(SCAN_PATHS))
+    try:
+        with running_operator(crds, tmp_path) as op:
+            apply_detector(crds, ns, "det", SCHEDULE)
+            wait_for(
+                lambda: (c := _condition(crds, ns, "Ready", 1)) and c["status"] == "True",
+                what="detector Ready",
+            )
+            assert op.ingest(events[:4])["accepted"] == 4
+            op.stop(signal.SIGTERM)  # its window is saved
+            with _older_crd(crds, ns):
+                wait_for(lambda: _apply(crds, ns, REFUSED).returncode == 0, what="edit admitted")
+            op.start()
+            # No valid generation in this instance: nothing runs, and it says why.
+            wait_for(
+                lambda: (c := _condition(crds, ns, "InvalidSpec", 2)) and c["status"] == "True"
+                and c["reason"] == "NoValidSpec",
+                what="InvalidSpec NoValidSpec on generation 2",
+            )
+            ready = _condition(crds, ns, "Ready", 2)
+            assert ready is not None and (ready["status"], ready["reason"]) == (
+                "False",
+                "InvalidSpec",
+            )
+            fixed = {**SCHEDULE, "exceptions": [{"name": "lb", "sourceCIDRs": ["10.0.0.0/8"]}]}
+            apply_detector(crds, ns, "det", fixed)
+            wait_for(
+                lambda: (c := _condition(crds, ns, "Ready", 3)) and c["status"] == "True",
+                what="Ready on generation 3",
+            )
+            assert op.ingest(events[4:])["accepted"] == len(SCAN_PATHS) - 4
+            found = wait_for(lambda: findings(crds, ns), what="the scan's Finding")
+            assert [f["spec"]["aggregates"]["documentCount"] for f in found] == [len(SCAN_PATHS)]
+    finally:
         crds.kubectl("delete", "namespace", ns, "--wait=false")
