@@ -3,7 +3,8 @@
 Each check of :mod:`enumwatch.api.spec` is written once as a CEL rule (in the generated CRD)
 beside the same predicate in Python. This test holds the two to the same verdict on specs
 generated around every boundary the checks draw (CIDRs as Go's ``netip`` reads them, RFC 3339
-times, Go durations, thresholds and their reachability, exceptions that match every client),
+times, Go durations, thresholds and their reachability, exceptions that match every client,
+JSON's integral floats and nulls),
 each alone and in seeded random combinations: the real kube-apiserver answers a server-side dry
 run, the model validates the same spec, and, when the server accepted it, the object it would
 store (defaults applied), which is what the operator receives. The operator can then never
@@ -54,7 +55,7 @@ TIMES = [
     "1969-12-31T23:59:59Z", "1970-01-01T00:59:59+01:00", "0000-01-01T00:00:00Z",
     "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "9999-12-31T23:59:59-01:00",
     "10000-01-01T00:00:00Z", "2026-W52-1T00:00:00Z", "20261231T000000Z",
-    "2026-12-31T00:00:00,5Z", "next week", "",
+    "2026-12-31T00:00:00,5Z", "next week", "", None,
 ]
 DURATIONS = [
     "1s", "0.5s", "999ms", "1000ms", "1.0s", "1s0ms", "0.9999999999s", "1.1s", "1100ms",
@@ -66,6 +67,13 @@ DURATIONS = [
 INTEGERS = [
     -1, 0, 1, 2, 3, 5, 7, 48, 49, 50, 51, 99_998, 99_999, MAX_DOCUMENTS_BELOW,
     MAX_DOCUMENTS_BELOW + 1, 2**31, 2**62, 2**63 - 1, "5", 5.5, True,
+    # JSON has one number type, and a null for a field that is not nullable is dropped.
+    50.0, 5.0, 1e20, -0.0, None,
+]
+#: Nulls where the API server drops them (a default applies) or refuses them.
+NULLS = [
+    "match", "match.usernames", "match.levels", "match.includeMissingUsername", "thresholds",
+    "schedule", "schedule.interval", "findings.retention", "exceptions", "severity", "riskScore",
 ]
 AGENTS = [
     ["*"], ["**"], ["?"], ["*?*"], ["[*]"], ["*a"], ["trivy/*"], [""], ["a", "?*"], ["[!a]*"],
@@ -98,6 +106,10 @@ def _variations() -> Iterator[tuple[str, Any]]:
             yield "match", {"usernames": usernames, "includeMissingUsername": missing}
     for levels in LEVELS:
         yield "match.levels", levels
+    for path in NULLS:
+        yield path, None
+    yield "exceptions", [{"name": None, "userAgents": ["a"]}]
+    yield "match.usernames", [None]
 
 
 def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -105,7 +117,9 @@ def _with(spec: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     *parents, leaf = path.split(".")
     node = spec
     for key in parents:
-        node = node.setdefault(key, {})
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
     node[leaf] = value
     return spec
 
@@ -176,6 +190,6 @@ async def test_the_api_server_and_the_operator_agree_on_every_generated_spec(
             if not _model_accepts(answer):  # what the operator would receive
                 disagreements.append(f"{spec}: the operator refuses the stored {answer}")
     accepted = sum(server for server, _ in verdicts)
-    assert disagreements == []
+    assert disagreements == [], '\n'.join(disagreements)
     # Both sides of every boundary were tried.
     assert 100 < accepted < len(specs) - 100, (accepted, len(specs))

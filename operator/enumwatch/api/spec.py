@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -251,6 +251,39 @@ class _Model(BaseModel):
         populate_by_name=True, extra="forbid", frozen=True, validate_default=True, defer_build=True
     )
 
+    #: Whether this model's CEL rules read its integer fields (then a float is refused).
+    _cel_reads_integers: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_the_api_server_reads(cls, data: Any) -> Any:
+        """Read a spec as the API server stores it, so that a manifest means the same offline
+        (``enumwatch scan --detector``): a null given for a field that is not nullable is
+        dropped (its default applies), and an integral number such as ``50.0`` is the integer
+        ``50`` (JSON has one number type), except in a model whose CEL rules read its integers:
+        there the API server refuses a float ("expected int, got float64"), and so does the
+        model. Anything else is left to the field's own check."""
+        if not isinstance(data, dict):
+            return data
+        fields = {f.alias or name: f for name, f in cls.model_fields.items()}
+        fields |= dict(cls.model_fields)
+        read = {}
+        for key, value in data.items():
+            field = fields.get(key)
+            if field is not None and value is None and type(None) not in get_args(field.annotation):
+                continue
+            if (
+                field is not None
+                and not cls._cel_reads_integers
+                and field.annotation is int
+                and isinstance(value, float)
+                and value.is_integer()
+                and abs(value) <= 2**53
+            ):
+                value = int(value)
+            read[key] = value
+        return read
+
 
 MATCHES_NOBODY_MESSAGE = (
     "usernames is empty and includeMissingUsername is false: the detector would match no event; "
@@ -352,8 +385,9 @@ _RESOURCES_REACHABLE = _distinct_reachable(
     "distinctResourcesAbove", "distinct_resources_above", "resources"
 )
 _TRIGGER_REACHABLE = Check(
-    rule="self.forbiddenAtLeast < self.documentsBelow || "
-    "self.authFailuresAtLeast < self.documentsBelow || self.notFoundAtLeast < self.documentsBelow",
+    # A list, not ||: every trigger is read, so a float in any is refused as in the others.
+    rule="[self.forbiddenAtLeast, self.authFailuresAtLeast, self.notFoundAtLeast]"
+    ".exists(t, t < self.documentsBelow)",
     message=(
         "at least one trigger (forbiddenAtLeast, authFailuresAtLeast, notFoundAtLeast) must be "
         f"below documentsBelow: a group fires with fewer than documentsBelow events, {_UNREACHABLE}"
@@ -372,6 +406,7 @@ class ThresholdsSpec(_Model):
     :data:`THRESHOLDS_DESCRIPTION`."""
 
     model_config = ConfigDict(json_schema_extra=cel_rules(*_THRESHOLD_CHECKS))
+    _cel_reads_integers: ClassVar[bool] = True
 
     @model_validator(mode="after")
     def _checks(self) -> ThresholdsSpec:
