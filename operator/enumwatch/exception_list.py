@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from enumwatch.api.spec import ExceptionSpec
+from enumwatch.api.spec import ExceptionSpec, SourceIPGrouping
 from enumwatch.rule import Row
 from enumwatch.timefmt import parse_rfc3339
 from enumwatch.windows import WindowResult
@@ -93,3 +93,32 @@ class ExceptionList:
         if len(kept) == len(window.rows):
             return window, 0
         return dataclasses.replace(window, rows=kept), len(window.rows) - len(kept)
+
+
+def spoofable(exceptions: Sequence[ExceptionSpec], source_ips: SourceIPGrouping) -> list[str]:
+    """One line per exception that a client can satisfy by itself, naming it and why.
+
+    The client chooses its ``User-Agent`` and its ``X-Forwarded-For`` (the leading
+    ``sourceIPs``); only the last ``sourceIPs`` entry is the address the API server saw. An
+    exception keyed on the user agent alone is met by copying the string; one keyed on
+    addresses is met by forging them when ``match.sourceIPs`` is ``all`` (a row's address may
+    be a claimed one). Only ``sourceCIDRs`` under ``observed`` rest on the observed address.
+    """
+    lines = []
+    for exception in exceptions:
+        if exception.source_cidrs and source_ips == "observed":
+            continue
+        if not exception.source_cidrs:
+            why = (
+                "it keys on userAgents only, and any client can send that User-Agent: add "
+                "sourceCIDRs with match.sourceIPs: observed"
+            )
+        else:
+            why = (
+                "under match.sourceIPs: all a row's address may be an X-Forwarded-For entry "
+                "the client chose, so a client that forges an address in its sourceCIDRs "
+                "silences that row: set match.sourceIPs: observed to key on the address the "
+                "API server saw"
+            )
+        lines.append(f"exception {exception.name!r} rests on client-chosen fields: {why}")
+    return lines

@@ -78,7 +78,7 @@ def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
         ({"findings": {"suppressFor": "1 hour"}}, "should match"),
         ({"match": {"levels": ["Verbose"]}}, 'Unsupported value: "Verbose"'),
         ({"match": {"levels": []}}, "should have at least 1 items"),
-        ({"thresholds": {"documentsBelow": 0}}, "greater than or equal to 1"),
+        ({"thresholds": {"documentsBelow": 0}}, "greater than or equal to 2"),
         ({"thresholds": {"distinctRequestURIsAbove": -1}}, "greater than or equal to 0"),
         ({"thresholds": {"notFoundAtLeast": 0}}, "greater than or equal to 1"),
         ({"findings": {"maxPerRun": 0}}, "greater than or equal to 1"),
@@ -107,9 +107,65 @@ def test_spec_empty_yields_the_seed_rule(crds: ControlPlane) -> None:
         ),
         (
             {"exceptions": [{"name": "x", "sourceCIDRs": ["10.0.0.300/8"]}]},
-            "must be a CIDR such as 10.0.0.0/8 or fd00::/64",
+            "'10.0.0.300/8' is not a CIDR such as 10.0.0.0/8 or fd00::/64",
         ),
         ({"exceptions": [{"name": "x", "userAgents": ["a"] * 51}]}, "must have at most 50 items"),
+        # What the operator refused after the API server had stored it (issue 21, point 5).
+        (
+            {"exceptions": [{"name": "x", "sourceCIDRs": ["10.0.0.5/8"]}]},
+            "must have no bits set after its prefix length, e.g. 10.0.0.0/8 rather than "
+            "10.0.0.5/8",
+        ),
+        (
+            {"exceptions": [{"name": "x", "sourceCIDRs": ["::ffff:10.0.0.0/104"]}]},
+            "'::ffff:10.0.0.0/104' is not a CIDR such as 10.0.0.0/8 or fd00::/64",
+        ),
+        (
+            {"exceptions": [{"name": "x", "userAgents": ["a"], "until": "2026-02-30T00:00:00Z"}]},
+            "must be an RFC 3339 time from 1970 to 9999 with its offset",
+        ),
+        (
+            {"exceptions": [{"name": "x", "userAgents": ["a"], "until": "2026-12-31 00:00:00Z"}]},
+            "must be an RFC 3339 time from 1970 to 9999 with its offset",
+        ),
+        # Bounds that would make a detector silently useless.
+        ({"thresholds": {"documentsBelow": 2**63 - 1}}, "less than or equal to 100000"),
+        ({"thresholds": {"distinctResourcesAbove": 2**62}}, "less than or equal to 99998"),
+        (
+            {"thresholds": {"documentsBelow": 5}},
+            "distinctRequestURIsAbove must be at most documentsBelow - 2",
+        ),
+        (
+            {"thresholds": {"forbiddenAtLeast": 60, "authFailuresAtLeast": 60,
+                            "notFoundAtLeast": 50}},
+            "at least one trigger (forbiddenAtLeast, authFailuresAtLeast, notFoundAtLeast) must "
+            "be below documentsBelow",
+        ),
+        (
+            {"match": {"usernames": [], "includeMissingUsername": False}},
+            "usernames is empty and includeMissingUsername is false: the detector would match "
+            "no event",
+        ),
+        ({"match": {"levels": ["None"]}}, "levels: None alone matches no event"),
+        # Exceptions that match every client (issue 21, point 4).
+        (
+            {"exceptions": [{"name": "x", "userAgents": ["*"]}]},
+            "an exception without sourceCIDRs whose userAgents has a pattern of only * and ? "
+            "matches every client",
+        ),
+        (
+            {"exceptions": [{"name": "x", "userAgents": ["curl/*", "?*"]}]},
+            "matches every client",
+        ),
+        (
+            {"exceptions": [{"name": "x", "sourceCIDRs": ["0.0.0.0/0", "::/0"]}]},
+            "must be /8 or longer: a shorter prefix is more than any one network",
+        ),
+        (
+            {"exceptions": [{"name": "x", "sourceCIDRs": ["0.0.0.0/1", "128.0.0.0/1"],
+                             "userAgents": ["*"]}]},
+            "must be /8 or longer",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_by_the_api_server(

@@ -140,8 +140,9 @@ def test_the_readme_reference_has_the_default_in_its_column_not_twice() -> None:
     rows = [row for row in crdgen.reference().splitlines() if row.startswith("| `spec.")]
     assert not [row for row in rows if "Default: " in row]
     assert (
-        "| `spec.thresholds.notFoundAtLeast` | integer | `3` | minimum 1 | Trigger: at least this "
-        "many events answered 404 (no decision). |"
+        "| `spec.thresholds.notFoundAtLeast` | integer | `3` | minimum 1; maximum 99999 | "
+        "Trigger: at least this many events answered 404 (no decision). At most 99999; one "
+        "trigger must be below documentsBelow. |"
     ) in rows
 
 
@@ -163,3 +164,29 @@ def test_match_source_ips_is_all_or_observed_and_says_why() -> None:
         "all",
     )
     assert "X-Forwarded-For" in match["description"]
+
+
+def test_every_cel_rule_of_the_detector_crd_is_a_check_with_its_python_side() -> None:
+    # One validation: a CEL rule only enters the CRD as a Check, which carries the same
+    # predicate for the model (tests/integration/test_spec_agreement.py holds them together).
+    from enumwatch.api import spec as spec_module
+
+    checks = {
+        (value.rule, value.message)
+        for value in vars(spec_module).values()
+        if isinstance(value, spec_module.Check)
+    }
+    checks |= {
+        (bound["rule"], bound["message"])
+        for value in vars(spec_module).values()
+        if isinstance(value, spec_module.DurationBounds)
+        for bound in value.cel()["x-kubernetes-validations"]
+    }
+    root = crdgen.detector_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    rules = {
+        (rule["rule"], rule["message"])
+        for _, node in _walk(root["properties"]["spec"], "spec")
+        for rule in node.get("x-kubernetes-validations", [])
+    }
+    assert rules <= checks
+    assert len(rules) == 20  # 14 Checks and 6 duration bounds

@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from enumwatch.api.manifest import format_validation_error
-from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.spec import DetectorSpec, ExceptionSpec
 from enumwatch.audit import AuditEvent
-from enumwatch.exception_list import ExceptionList
+from enumwatch.exception_list import ExceptionList, spoofable
 from enumwatch.rule import Rule
 from enumwatch.timefmt import parse_rfc3339
 from enumwatch.windows import WindowedEvaluator, WindowResult
@@ -117,23 +117,50 @@ def test_an_exception_ends_at_until_compared_with_the_windows_end() -> None:
         (
             {"name": "x", "sourceCIDRs": ["10.0.0.300/8"]},
             "spec.exceptions[0].sourceCIDRs[0]: Value error, '10.0.0.300/8' is not a CIDR such as "
-            "10.0.0.0/8 or fd00::/64: '10.0.0.300/8' does not appear to be an IPv4 or IPv6 "
-            "network (got '10.0.0.300/8')",
+            "10.0.0.0/8 or fd00::/64 (an address, / and the prefix length; no zone, no "
+            "IPv4-mapped IPv6 address) (got '10.0.0.300/8')",
         ),
         (
             {"name": "x", "sourceCIDRs": ["10.0.0.7"]},
-            "spec.exceptions[0].sourceCIDRs[0]: Value error, '10.0.0.7' is not a CIDR: write the "
-            "prefix length, e.g. 10.0.0.7/32 (got '10.0.0.7')",
+            "spec.exceptions[0].sourceCIDRs[0]: Value error, '10.0.0.7' is not a CIDR such as "
+            "10.0.0.0/8 or fd00::/64 (an address, / and the prefix length; no zone, no "
+            "IPv4-mapped IPv6 address) (got '10.0.0.7')",
+        ),
+        (
+            {"name": "x", "sourceCIDRs": ["10.0.0.5/8"]},
+            "spec.exceptions[0].sourceCIDRs[0]: Value error, '10.0.0.5/8' has bits set after its "
+            "/8 prefix: write 10.0.0.0/8 (got '10.0.0.5/8')",
+        ),
+        (
+            {"name": "x", "sourceCIDRs": ["0.0.0.0/0", "::/0"]},
+            "spec.exceptions[0].sourceCIDRs[0]: Value error, must be /8 or longer: a shorter "
+            "prefix is more than any one network (0.0.0.0/0 and ::/0 are every address); an "
+            "exception names where a known scanner runs, and one without sourceCIDRs already "
+            "matches any address (got '0.0.0.0/0'); spec.exceptions[0].sourceCIDRs[1]: Value "
+            "error, must be /8 or longer: a shorter prefix is more than any one network "
+            "(0.0.0.0/0 and ::/0 are every address); an exception names where a known scanner "
+            "runs, and one without sourceCIDRs already matches any address (got '::/0')",
+        ),
+        (
+            {"name": "x", "userAgents": ["trivy/*", "*"]},
+            "spec.exceptions[0]: Value error, an exception without sourceCIDRs whose userAgents "
+            "has a pattern of only * and ? matches every client: it would silence every Finding; "
+            "name the scanner's user agent, or its addresses in sourceCIDRs",
         ),
         (
             {"name": "x", "userAgents": ["a"], "until": "next week"},
-            "spec.exceptions[0].until: Value error, 'next week' is not an RFC 3339 time such as "
-            "2026-12-31T00:00:00Z (got 'next week')",
+            "spec.exceptions[0].until: Value error, must be an RFC 3339 time from 1970 to 9999 "
+            "with its offset, such as 2026-12-31T00:00:00Z (got 'next week')",
         ),
         (
             {"name": "x", "userAgents": ["a"], "until": "2026-12-31T00:00:00"},
-            "spec.exceptions[0].until: Value error, '2026-12-31T00:00:00' is not an RFC 3339 time "
-            "such as 2026-12-31T00:00:00Z (got '2026-12-31T00:00:00')",
+            "spec.exceptions[0].until: Value error, must be an RFC 3339 time from 1970 to 9999 "
+            "with its offset, such as 2026-12-31T00:00:00Z (got '2026-12-31T00:00:00')",
+        ),
+        (
+            {"name": "x", "userAgents": ["a"], "until": "2026-02-30T00:00:00Z"},
+            "spec.exceptions[0].until: Value error, must be an RFC 3339 time from 1970 to 9999 "
+            "with its offset, such as 2026-12-31T00:00:00Z (got '2026-02-30T00:00:00Z')",
         ),
     ],
 )
@@ -150,3 +177,24 @@ def test_exceptions_and_their_lists_are_bounded() -> None:
         DetectorSpec.model_validate({"exceptions": [{"name": "x", "userAgents": ["a"]}] * 51})
     with pytest.raises(ValidationError):
         DetectorSpec.model_validate({"exceptions": [{"name": "x", "userAgents": ["a"] * 51}]})
+
+
+def test_exceptions_a_client_can_meet_by_itself_are_named_with_the_reason() -> None:
+    exceptions = [
+        ExceptionSpec.model_validate({"name": "trivy", "userAgents": ["trivy/*"]}),
+        ExceptionSpec.model_validate({"name": "lb", "sourceCIDRs": ["10.0.0.7/32"]}),
+    ]
+    assert spoofable(exceptions, "all") == [
+        "exception 'trivy' rests on client-chosen fields: it keys on userAgents only, and any "
+        "client can send that User-Agent: add sourceCIDRs with match.sourceIPs: observed",
+        "exception 'lb' rests on client-chosen fields: under match.sourceIPs: all a row's "
+        "address may be an X-Forwarded-For entry the client chose, so a client that forges an "
+        "address in its sourceCIDRs silences that row: set match.sourceIPs: observed to key on "
+        "the address the API server saw",
+    ]
+    # Under observed, a row's address is the one the API server saw: only the agent is spoofable.
+    assert spoofable(exceptions, "observed") == [
+        "exception 'trivy' rests on client-chosen fields: it keys on userAgents only, and any "
+        "client can send that User-Agent: add sourceCIDRs with match.sourceIPs: observed",
+    ]
+    assert spoofable([], "all") == []

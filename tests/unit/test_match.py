@@ -59,11 +59,15 @@ _MISSING = object()
 
 @st.composite
 def match_specs(draw: st.DrawFn) -> MatchSpec:
+    usernames = draw(st.lists(st.sampled_from(NAMES), max_size=3))
+    levels = draw(st.lists(st.sampled_from(LEVELS), min_size=1, max_size=3))
+    # A spec that matches no event (no username and no missing one, or level None alone) is
+    # refused by MatchSpec itself.
     return MatchSpec.model_validate(
         {
-            "usernames": draw(st.lists(st.sampled_from(NAMES), max_size=3)),
-            "levels": draw(st.lists(st.sampled_from(LEVELS), min_size=1, max_size=3)),
-            "includeMissingUsername": draw(st.booleans()),
+            "usernames": usernames,
+            "levels": levels if set(levels) != {"None"} else [*levels, "Request"],
+            "includeMissingUsername": draw(st.booleans()) or not usernames,
         }
     )
 

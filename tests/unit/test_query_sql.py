@@ -102,9 +102,13 @@ def test_source_table_and_limit(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_no_username_matches_when_none_is_listed_nor_missing() -> None:
-    spec = DetectorSpec.model_validate(
-        {"match": {"usernames": [], "includeMissingUsername": False}}
-    )
+    # The spec refuses such a match (it matches no event); built unchecked, the query still
+    # says FALSE rather than match everything.
+    with pytest.raises(ValueError, match="would match no event"):
+        DetectorSpec.model_validate({"match": {"usernames": [], "includeMissingUsername": False}})
+    seed = DetectorSpec()
+    nobody = seed.match.model_copy(update={"usernames": [], "include_missing_username": False})
+    spec = seed.model_copy(update={"match": nobody})
     assert "WHERE\n    FALSE\n" in detector_query(spec, "duckdb")
 
 

@@ -38,6 +38,44 @@ def test_invalid_spec_is_refused_with_a_readable_reason() -> None:
     )
     assert runtime.configure({}, 2)
     assert runtime.error is None and runtime.evaluator is not None
+    assert runtime.spec_generation == 2
+
+
+#: A spec the model refuses but the CRD admitted before issue 21 (CEL isCIDR without the
+#: host-bits check): the operator meets it when its CRD is older than itself, or for an object
+#: stored before the CRD was tightened (tests/integration/test_spec_refused_live.py makes that
+#: happen on the real apiserver). The current CRD refuses it.
+REFUSED_BY_THE_OPERATOR_ONLY = {
+    "schedule": {"interval": "1s", "lookback": "30s"},
+    "exceptions": [{"name": "lb", "sourceCIDRs": ["10.0.0.5/8"]}],
+}
+
+
+def test_a_scan_split_across_a_refused_edit_is_one_row_with_every_document() -> None:
+    runtime = DetectorRuntime(ref=REF)
+    runtime.configure({"schedule": {"interval": "1s", "lookback": "30s"}}, 1)
+    evaluator = runtime.evaluator
+    for i in range(4):
+        runtime.offer(_event(i), ARRIVAL)
+    assert runtime.configure(REFUSED_BY_THE_OPERATOR_ONLY, 2)
+    assert runtime.error == (
+        "spec.exceptions[0].sourceCIDRs[0]: Value error, '10.0.0.5/8' has bits set after its "
+        "/8 prefix: write 10.0.0.0/8 (got '10.0.0.5/8')"
+    )
+    # The last valid spec keeps running, with its window: nothing was dropped.
+    assert (runtime.generation, runtime.spec_generation) == (2, 1)
+    assert runtime.spec is not None and runtime.evaluator is evaluator
+    assert not runtime.configure(REFUSED_BY_THE_OPERATOR_ONLY, 2)
+    for i in range(4, 8):
+        runtime.offer(_event(i), ARRIVAL + 1)
+    result = asyncio.run(runtime.evaluate(ARRIVAL + 2))
+    assert [(r.source_ip, r.document_count, r.request_uri_count_distinct) for r in result.rows] == [
+        ("10.0.0.1", 8, 8)
+    ]
+    assert runtime.events_matched == 8
+    # A valid edit after it applies, and the InvalidSpec reason goes.
+    assert runtime.configure({"schedule": {"interval": "1s", "lookback": "30s"}}, 3)
+    assert (runtime.error, runtime.spec_generation) == (None, 3)
 
 
 def test_same_generation_is_not_reapplied_and_a_change_keeps_buffered_events() -> None:

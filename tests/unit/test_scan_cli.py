@@ -141,7 +141,7 @@ def test_limit(capsys: pytest.CaptureFixture[str], log: Path) -> None:
         (
             DETECTOR.replace("distinctRequestURIsAbove: 7", "documentsBelow: 0"),
             "invalid detector {path}: spec.thresholds.documentsBelow: Input should be greater "
-            "than or equal to 1 (got 0)",
+            "than or equal to 2 (got 0)",
         ),
         (
             DETECTOR.replace("distinctRequestURIsAbove: 7", "distinctURIs: 7"),

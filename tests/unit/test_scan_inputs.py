@@ -494,7 +494,7 @@ def _kubectl_list() -> str:
 
     items = [
         yaml.safe_load(DETECTOR.format(name="loose", above=5, risk=21)),
-        yaml.safe_load(DETECTOR.format(name="strict", above=50, risk=90)),
+        yaml.safe_load(DETECTOR.format(name="strict", above=40, risk=90)),
     ]
     return yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items})
 
@@ -505,7 +505,7 @@ def _kubectl_list() -> str:
         _kubectl_list(),
         DETECTOR.format(name="loose", above=5, risk=21)
         + "---\n"
-        + DETECTOR.format(name="strict", above=50, risk=90),
+        + DETECTOR.format(name="strict", above=40, risk=90),
     ],
     ids=["kubectl get -o yaml List", "multi-document YAML"],
 )

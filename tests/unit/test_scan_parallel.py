@@ -142,7 +142,7 @@ def test_parallel_equals_serial_on_adversarial_and_mixed_corpora(
     assert parallel.rows and parallel.stats.skipped
 
 
-@pytest.mark.parametrize("documents_below", [1, 2, 4, 8])
+@pytest.mark.parametrize("documents_below", [2, 4, 8])
 def test_groups_that_die_across_workers_stay_dead(tmp_path: Path, documents_below: int) -> None:
     spec = DetectorSpec(
         thresholds=ThresholdsSpec(
@@ -178,7 +178,11 @@ def test_gzip_and_small_files_are_read_serially(tmp_path: Path) -> None:
 
 def _rule_and_events(seed: int) -> tuple[Rule, list[AuditEvent]]:
     """A rule whose groups die after 5 events, and 2,000 adversarial events."""
-    spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=6))
+    spec = DetectorSpec(
+        thresholds=ThresholdsSpec(
+            documentsBelow=6, distinctRequestURIsAbove=2, distinctResourcesAbove=2
+        )
+    )
     buffer = b"\n".join(adversarial_lines(2_000, seed=seed))
     events = list(iter_buffer_events([buffer], DecodeStats(), Prefilter(Matcher(spec.match))))
     return Rule(spec.match, spec.thresholds), events
@@ -207,7 +211,11 @@ def test_tables_sent_in_parts_equal_serial(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transfer_groups: int
 ) -> None:
     monkeypatch.setattr(parallel, "TRANSFER_GROUPS", transfer_groups)
-    spec = DetectorSpec(thresholds=ThresholdsSpec(documentsBelow=4))
+    spec = DetectorSpec(
+        thresholds=ThresholdsSpec(
+            documentsBelow=4, distinctRequestURIsAbove=1, distinctResourcesAbove=1
+        )
+    )
     path = write(tmp_path / "adv.log", adversarial_lines(3_000, seed=12))
     expected = summary(serial([str(path)], spec))
     assert summary(scan_files([str(path)], spec, workers=3)) == expected

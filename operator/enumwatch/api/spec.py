@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -23,11 +25,12 @@ from pydantic import (
 
 from enumwatch.api.seed import SEED_LEVELS, SEED_RULE, SEED_USERNAMES
 
+_T = TypeVar("_T")
+
 #: Go-style duration, as ``kubectl`` and the API server's CEL ``duration()`` accept it.
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _DURATION_RE = re.compile(DURATION_PATTERN)
-_DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_GO_PART_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))?(ms|s|m|h)")
 
 #: The audit levels a detector may match. ``ResponseComplete`` is not a level (it is a stage) but
 #: the seed lists it, so it stays allowed.
@@ -39,17 +42,66 @@ TimestampSource = Literal["ingested", "event"]
 SourceIPGrouping = Literal["all", "observed"]
 
 
-def parse_duration(text: str) -> float:
-    """Return the number of seconds in a Go-style duration such as ``5m``, ``1h30m`` or ``500ms``.
+_GO_UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+_GO_MAX = 1 << 63
 
-    Raises ``ValueError`` naming the bad value when ``text`` is not such a duration.
+
+def duration_ns(text: str) -> int:
+    """The nanoseconds of a Go-style duration, computed exactly as Go's ``time.ParseDuration``
+    (hence the API server's CEL ``duration()``) does, so that both compare two durations alike
+    (``1.1s`` and ``1100ms`` are equal there; as floats they are not).
+
+    Raises ``ValueError`` naming the bad value when ``text`` is not such a duration, or one
+    longer than Go's durations (about 292 years).
     """
     if not isinstance(text, str) or not _DURATION_RE.fullmatch(text):
         raise ValueError(
             f"invalid duration {text!r}: use a number with a unit ms, s, m or h, "
             "e.g. '5m' or '1h30m'"
         )
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART_RE.findall(text))
+    total = 0
+    for whole, fraction, unit in _DURATION_GO_PART_RE.findall(text):
+        value = 0
+        for digit in whole:  # Go's leadingInt
+            if value > _GO_MAX // 10:
+                raise ValueError(f"invalid duration {text!r}: too long")
+            value = value * 10 + int(digit)
+            if value > _GO_MAX:
+                raise ValueError(f"invalid duration {text!r}: too long")
+        f, scale, overflow = 0, 1.0, False
+        for digit in fraction:  # Go's leadingFraction: digits past int64 are dropped
+            if overflow:
+                continue
+            if f > (_GO_MAX - 1) // 10:
+                overflow = True
+                continue
+            y = f * 10 + int(digit)
+            if y > _GO_MAX:
+                overflow = True
+                continue
+            f, scale = y, scale * 10
+        size = _GO_UNIT_NS[unit]
+        if value > _GO_MAX // size:
+            raise ValueError(f"invalid duration {text!r}: too long")
+        value *= size
+        if f > 0:
+            value += int(float(f) * (float(size) / scale))  # float64, truncated, as Go does
+            if value > _GO_MAX:
+                raise ValueError(f"invalid duration {text!r}: too long")
+        total += value
+        if total > _GO_MAX:
+            raise ValueError(f"invalid duration {text!r}: too long")
+    if total > _GO_MAX - 1:
+        raise ValueError(f"invalid duration {text!r}: too long")
+    return total
+
+
+def parse_duration(text: str) -> float:
+    """Return the number of seconds in a Go-style duration such as ``5m``, ``1h30m`` or ``500ms``.
+
+    Raises ``ValueError`` naming the bad value when ``text`` is not such a duration.
+    """
+    return duration_ns(text) / 1e9
 
 
 def format_duration(seconds: float) -> str:
@@ -64,6 +116,47 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One validation written once for both sides: the API server's CEL rule (in the generated
+    CRD's ``x-kubernetes-validations``) and the same predicate in Python (for the operator,
+    ``enumwatch scan --detector`` and the tests), side by side with its one message.
+    ``tests/integration/test_spec_agreement.py`` holds the two to the same verdicts against
+    the real API server, over generated specs."""
+
+    rule: str
+    message: str
+    holds: Callable[[Any], bool]
+    field_path: str | None = None
+    #: A message naming the value: CEL's ``messageExpression`` and the Python that says the
+    #: same (both used only when the check fails).
+    message_expression: str | None = None
+    explain: Callable[[Any], str] | None = None
+
+    def cel(self) -> dict[str, str]:
+        """The ``x-kubernetes-validations`` entry."""
+        entry = {"rule": self.rule, "message": self.message}
+        if self.message_expression is not None:
+            entry["messageExpression"] = self.message_expression
+        if self.field_path is not None:
+            entry |= {"fieldPath": self.field_path, "reason": "FieldValueInvalid"}
+        return entry
+
+
+def cel_rules(*checks: Check) -> dict[str, Any]:
+    """``json_schema_extra`` carrying the checks' CEL rules into the generated CRD."""
+    return {"x-kubernetes-validations": [check.cel() for check in checks]}
+
+
+def enforce(value: _T, *checks: Check) -> _T:
+    """The pydantic side of ``checks``: ``value`` when every one holds, else the first
+    failing one's message as a ``ValueError``."""
+    for check in checks:
+        if not check.holds(value):
+            raise ValueError(check.message if check.explain is None else check.explain(value))
+    return value
 
 
 class DurationBounds:
@@ -96,11 +189,11 @@ class DurationBounds:
         return {"x-kubernetes-validations": rules}
 
     def __call__(self, value: str) -> str:
-        """The pydantic check (an ``AfterValidator``)."""
-        seconds = parse_duration(value)
-        if self.at_least is not None and seconds < parse_duration(self.at_least):
+        """The pydantic check (an ``AfterValidator``), in Go's exact nanoseconds as CEL's."""
+        ns = duration_ns(value)
+        if self.at_least is not None and ns < duration_ns(self.at_least):
             raise ValueError(f"must be at least {self.at_least}: {self.why_low}")
-        if seconds > parse_duration(self.at_most):
+        if ns > duration_ns(self.at_most):
             raise ValueError(f"must be at most {self.at_most}: {self.why_high}")
         return value
 
@@ -158,9 +251,71 @@ class _Model(BaseModel):
         populate_by_name=True, extra="forbid", frozen=True, validate_default=True, defer_build=True
     )
 
+    #: Whether this model's CEL rules read its integer fields (then a float is refused).
+    _cel_reads_integers: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_the_api_server_reads(cls, data: Any) -> Any:
+        """Read a spec as the API server stores it, so that a manifest means the same offline
+        (``enumwatch scan --detector``): a null given for a field that is not nullable is
+        dropped (its default applies), and an integral number such as ``50.0`` is the integer
+        ``50`` (JSON has one number type), except in a model whose CEL rules read its integers:
+        there the API server refuses a float ("expected int, got float64"), and so does the
+        model. Anything else is left to the field's own check."""
+        if not isinstance(data, dict):
+            return data
+        fields = {f.alias or name: f for name, f in cls.model_fields.items()}
+        fields |= dict(cls.model_fields)
+        read = {}
+        for key, value in data.items():
+            field = fields.get(key)
+            if field is not None and value is None and type(None) not in get_args(field.annotation):
+                continue
+            if (
+                field is not None
+                and not cls._cel_reads_integers
+                and field.annotation is int
+                and isinstance(value, float)
+                and value.is_integer()
+                and abs(value) <= 2**53
+            ):
+                value = int(value)
+            read[key] = value
+        return read
+
+
+MATCHES_NOBODY_MESSAGE = (
+    "usernames is empty and includeMissingUsername is false: the detector would match no event; "
+    "list a username or set includeMissingUsername: true"
+)
+_MATCHES_SOMEBODY = Check(
+    rule="(has(self.usernames) && size(self.usernames) > 0) || "
+    "!has(self.includeMissingUsername) || self.includeMissingUsername",
+    message=MATCHES_NOBODY_MESSAGE,
+    holds=lambda m: bool(m.usernames) or m.include_missing_username,
+    field_path=".usernames",
+)
+_LEVEL_LOGGED = Check(
+    rule="!has(self.levels) || size(self.levels) == 0 || self.levels.exists(l, l != 'None')",
+    message=(
+        "levels: None alone matches no event: the API server writes no audit event at level "
+        "None; add Request, RequestResponse or Metadata"
+    ),
+    holds=lambda m: not m.levels or any(level != "None" for level in m.levels),
+    field_path=".levels",
+)
+_MATCH_CHECKS = (_MATCHES_SOMEBODY, _LEVEL_LOGGED)
+
 
 class MatchSpec(_Model):
     """Which audit events the rule looks at (the seed's ``where`` clause)."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(*_MATCH_CHECKS))
+
+    @model_validator(mode="after")
+    def _checks(self) -> MatchSpec:
+        return enforce(self, *_MATCH_CHECKS)
 
     usernames: list[Annotated[str, Field(max_length=256)]] = Field(
         default_factory=lambda: list(SEED_USERNAMES),
@@ -172,12 +327,17 @@ class MatchSpec(_Model):
     )
     include_missing_username: bool = Field(
         default=True,
+        strict=True,
         alias="includeMissingUsername",
-        description="Also consider events whose user.username is missing, null or empty.",
+        description=(
+            "Also consider events whose user.username is missing, null or empty. False with "
+            "usernames empty matches no event and is refused."
+        ),
     )
     levels: list[AuditLevel] = Field(
         default_factory=lambda: list(SEED_LEVELS),  # type: ignore[arg-type]
         min_length=1,
+        max_length=5,  # each level once at most: bounds the CEL rule's cost
         description=(
             "Audit levels considered (exact, case-sensitive). Metadata is excluded by the seed, "
             "so an audit policy that logs anonymous requests at Metadata defeats the rule."
@@ -199,48 +359,123 @@ class MatchSpec(_Model):
     )
 
 
+#: The largest documentsBelow: a group of 100,000 anonymous requests in one lookback is a flood,
+#: not an enumeration, and the per-group state of a window grows with it. Every other threshold
+#: is bounded by it (below), so none can be set beyond what a group can ever reach.
+MAX_DOCUMENTS_BELOW = 100_000
+_UNREACHABLE = "so a larger value could never fire and the detector would be silently useless"
+def _distinct_reachable(alias: str, attribute: str, what: str) -> Check:
+    """A distinct-count condition a group can meet: more than N distinct values takes N + 1
+    events, and the group must stay under documentsBelow."""
+    return Check(
+        rule=f"self.{alias} <= self.documentsBelow - 2",
+        message=(
+            f"{alias} must be at most documentsBelow - 2: a group fires with more than that many "
+            f"distinct {what} in fewer than documentsBelow events, {_UNREACHABLE}"
+        ),
+        holds=lambda t: getattr(t, attribute) <= t.documents_below - 2,
+        field_path=f".{alias}",
+    )
+
+
+_URIS_REACHABLE = _distinct_reachable(
+    "distinctRequestURIsAbove", "distinct_request_uris_above", "requestURIs"
+)
+_RESOURCES_REACHABLE = _distinct_reachable(
+    "distinctResourcesAbove", "distinct_resources_above", "resources"
+)
+_TRIGGER_REACHABLE = Check(
+    # A list, not ||: every trigger is read, so a float in any is refused as in the others.
+    rule="[self.forbiddenAtLeast, self.authFailuresAtLeast, self.notFoundAtLeast]"
+    ".exists(t, t < self.documentsBelow)",
+    message=(
+        "at least one trigger (forbiddenAtLeast, authFailuresAtLeast, notFoundAtLeast) must be "
+        f"below documentsBelow: a group fires with fewer than documentsBelow events, {_UNREACHABLE}"
+    ),
+    holds=lambda t: min(t.forbidden_at_least, t.auth_failures_at_least, t.not_found_at_least)
+    < t.documents_below,
+    field_path=".documentsBelow",
+)
+_THRESHOLD_CHECKS = (_URIS_REACHABLE, _RESOURCES_REACHABLE, _TRIGGER_REACHABLE)
+_BOUND = f"At most documentsBelow - 2 (reachable by a group), so at most {MAX_DOCUMENTS_BELOW - 2}."
+_TRIGGER_BOUND = f"At most {MAX_DOCUMENTS_BELOW - 1}; one trigger must be below documentsBelow."
+
+
 class ThresholdsSpec(_Model):
     """When a group of events is reported (the seed's final ``where`` clause): see
     :data:`THRESHOLDS_DESCRIPTION`."""
 
+    model_config = ConfigDict(json_schema_extra=cel_rules(*_THRESHOLD_CHECKS))
+    _cel_reads_integers: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _checks(self) -> ThresholdsSpec:
+        return enforce(self, *_THRESHOLD_CHECKS)
+
     distinct_request_uris_above: int = Field(
         default=5,
         ge=0,
+        le=MAX_DOCUMENTS_BELOW - 2,
+        strict=True,
         alias="distinctRequestURIsAbove",
         description=(
             "Condition: the group has more than this many distinct requestURIs. (kubectl "
-            "describe labels this field 'Distinct Request UR Is Above'.)"
+            f"describe labels this field 'Distinct Request UR Is Above'.) {_BOUND}"
         ),
     )
     distinct_resources_above: int = Field(
         default=3,
         ge=0,
+        le=MAX_DOCUMENTS_BELOW - 2,
+        strict=True,
         alias="distinctResourcesAbove",
-        description="Condition: the group has more than this many distinct objectRef.resources.",
+        description=(
+            "Condition: the group has more than this many distinct objectRef.resources. "
+            f"{_BOUND}"
+        ),
     )
     documents_below: int = Field(
         default=50,
-        ge=1,
+        ge=2,
+        le=MAX_DOCUMENTS_BELOW,
+        strict=True,
         alias="documentsBelow",
-        description="Condition: the group has fewer than this many audit events (limits noise).",
+        description=(
+            "Condition: the group has fewer than this many audit events (limits noise). 2 to "
+            f"{MAX_DOCUMENTS_BELOW}: a larger group is a flood, not an enumeration."
+        ),
     )
     forbidden_at_least: int = Field(
         default=1,
         ge=1,
+        le=MAX_DOCUMENTS_BELOW - 1,
+        strict=True,
         alias="forbiddenAtLeast",
-        description="Trigger: at least this many events with authorization decision 'forbid'.",
+        description=(
+            "Trigger: at least this many events with authorization decision 'forbid'. "
+            f"{_TRIGGER_BOUND}"
+        ),
     )
     auth_failures_at_least: int = Field(
         default=1,
         ge=1,
+        le=MAX_DOCUMENTS_BELOW - 1,
+        strict=True,
         alias="authFailuresAtLeast",
-        description="Trigger: at least this many events answered 401 or 403 (no decision).",
+        description=(
+            "Trigger: at least this many events answered 401 or 403 (no decision). "
+            f"{_TRIGGER_BOUND}"
+        ),
     )
     not_found_at_least: int = Field(
         default=3,
         ge=1,
+        le=MAX_DOCUMENTS_BELOW - 1,
+        strict=True,
         alias="notFoundAtLeast",
-        description="Trigger: at least this many events answered 404 (no decision).",
+        description=(
+            f"Trigger: at least this many events answered 404 (no decision). {_TRIGGER_BOUND}"
+        ),
     )
 
 
@@ -262,29 +497,29 @@ LOOKBACK_RATIO_MESSAGE = (
 )
 
 
+_LOOKBACK_COVERS_INTERVAL = Check(
+    rule="duration(self.lookback) >= duration(self.interval)",
+    message="lookback must not be shorter than interval",
+    holds=lambda s: duration_ns(s.lookback) >= duration_ns(s.interval),
+    field_path=".lookback",
+)
+# In whole milliseconds on both sides: CEL has no duration * int, and its getMilliseconds()
+# truncates as the Python floor division does (durations here are never negative).
+_LOOKBACK_RATIO = Check(
+    rule="duration(self.lookback).getMilliseconds() <= "
+    f"duration(self.interval).getMilliseconds() * {MAX_WINDOWS_PER_EVENT}",
+    message=LOOKBACK_RATIO_MESSAGE,
+    holds=lambda s: duration_ns(s.lookback) // 1_000_000
+    <= duration_ns(s.interval) // 1_000_000 * MAX_WINDOWS_PER_EVENT,
+    field_path=".lookback",
+)
+_SCHEDULE_CHECKS = (_LOOKBACK_COVERS_INTERVAL, _LOOKBACK_RATIO)
+
+
 class ScheduleSpec(_Model):
     """Elastic's schedule: every interval, the audit events of the last lookback."""
 
-    # The same checks as the validators below, for the API server (CEL in the generated CRD).
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "duration(self.lookback) >= duration(self.interval)",
-                    "message": "lookback must not be shorter than interval",
-                    "fieldPath": ".lookback",
-                    "reason": "FieldValueInvalid",
-                },
-                {
-                    "rule": "duration(self.lookback).getSeconds() <= "
-                    f"duration(self.interval).getSeconds() * {MAX_WINDOWS_PER_EVENT}",
-                    "message": LOOKBACK_RATIO_MESSAGE,
-                    "fieldPath": ".lookback",
-                    "reason": "FieldValueInvalid",
-                },
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(*_SCHEDULE_CHECKS))
 
     interval: IntervalDuration = Field(
         default="5m",
@@ -311,12 +546,8 @@ class ScheduleSpec(_Model):
     )
 
     @model_validator(mode="after")
-    def _lookback_covers_interval(self) -> ScheduleSpec:
-        if parse_duration(self.lookback) < parse_duration(self.interval):
-            raise ValueError("lookback must not be shorter than interval")
-        if parse_duration(self.lookback) > MAX_WINDOWS_PER_EVENT * parse_duration(self.interval):
-            raise ValueError(LOOKBACK_RATIO_MESSAGE)
-        return self
+    def _checks(self) -> ScheduleSpec:
+        return enforce(self, *_SCHEDULE_CHECKS)
 
     @property
     def interval_seconds(self) -> float:
@@ -335,6 +566,7 @@ class FindingsSpec(_Model):
     max_per_run: int = Field(
         default=SEED_RULE.max_alerts_per_run,
         ge=1,
+        strict=True,
         le=1000,
         alias="maxPerRun",
         description=(
@@ -379,45 +611,124 @@ class FindingsSpec(_Model):
         return parse_duration(self.retention)
 
 
-def _cidr(text: str) -> str:
-    """The pydantic check of a source CIDR (the CRD checks the same with CEL ``isCIDR``)."""
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_prefix(text: object) -> tuple[_Address, int] | None:
+    """The address and prefix length of a CIDR as the API server's CEL ``isCIDR`` reads it
+    (Go's ``netip.ParsePrefix``: the last ``/``, a decimal length without sign or leading zero;
+    the Kubernetes library also refuses zones and IPv4-mapped IPv6), else ``None``."""
+    if not isinstance(text, str):
+        return None
+    address, slash, bits = text.rpartition("/")
+    if not slash or not (bits.isascii() and bits.isdigit()) or (len(bits) > 1 and bits[0] == "0"):
+        return None
+    if "%" in address:
+        return None
     try:
-        ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a CIDR such as 10.0.0.0/8 or fd00::/64: {exc}") from exc
-    if "/" not in text:
-        raise ValueError(f"{text!r} is not a CIDR: write the prefix length, e.g. {text}/32")
-    return text
-
-
-def _timestamp(text: str) -> str:
-    """The pydantic check of an RFC 3339 time with its offset (the CRD: ``format: date-time``).
-
-    Checked here without :mod:`enumwatch.timefmt`: the API imports nothing of the engine.
-    """
-    try:
-        offset = dt.datetime.fromisoformat(text).tzinfo
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        offset = None
-    if offset is None:
-        raise ValueError(f"{text!r} is not an RFC 3339 time such as 2026-12-31T00:00:00Z")
-    return text
+        return None
+    if int(bits) > ip.max_prefixlen:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return None
+    return ip, int(bits)
 
+
+def _masked(text: str) -> str:
+    """The CIDR with the bits after its prefix cleared (CEL ``cidr(x).masked()``)."""
+    prefix = parse_prefix(text)
+    assert prefix is not None
+    return str(ipaddress.ip_network(prefix, strict=False))
+
+
+def _has_host_bits(text: str) -> bool:
+    prefix = parse_prefix(text)
+    return prefix is not None and ipaddress.ip_network(prefix, strict=False).network_address != (
+        prefix[0]
+    )
+
+
+#: The shortest prefix an exception's CIDR may have: a shorter one is more than any one network
+#: (0.0.0.0/0 and ::/0 are every address), and fifty /8s cover a fifth of an address family at
+#: most, so no list of them can make an exception match every client.
+MIN_EXCEPTION_PREFIX = 8
+_NOT_A_CIDR = (
+    " is not a CIDR such as 10.0.0.0/8 or fd00::/64 (an address, / and the prefix length; no "
+    "zone, no IPv4-mapped IPv6 address)"
+)
+_IS_CIDR = Check(
+    rule="isCIDR(self)",
+    message="must be a CIDR such as 10.0.0.0/8 or fd00::/64",
+    holds=lambda text: parse_prefix(text) is not None,
+    message_expression=f"\"'\" + self + \"'{_NOT_A_CIDR}\"",
+    explain=lambda text: f"{text!r}{_NOT_A_CIDR}",
+)
+_MASKED = Check(
+    rule="!isCIDR(self) || cidr(self) == cidr(self).masked()",
+    message="must have no bits set after its prefix length, e.g. 10.0.0.0/8 rather than 10.0.0.5/8",
+    holds=lambda text: not _has_host_bits(text),
+    # No messageExpression naming the masked CIDR: the API server estimates its cost (string
+    # of a CIDR, 2,500 of them) beyond the CRD's budget and refuses the CRD.
+    explain=lambda text: f"{text!r} has bits set after its /{text.rpartition('/')[2]} prefix: "
+    f"write {_masked(text)}",
+)
+_NOT_EVERY_ADDRESS = Check(
+    rule=f"!isCIDR(self) || cidr(self).prefixLength() >= {MIN_EXCEPTION_PREFIX}",
+    message=(
+        f"must be /{MIN_EXCEPTION_PREFIX} or longer: a shorter prefix is more than any one "
+        "network (0.0.0.0/0 and ::/0 are every address); an exception names where a known "
+        "scanner runs, and one without sourceCIDRs already matches any address"
+    ),
+    holds=lambda text: (p := parse_prefix(text)) is None or p[1] >= MIN_EXCEPTION_PREFIX,
+)
+_CIDR_CHECKS = (_IS_CIDR, _MASKED, _NOT_EVERY_ADDRESS)
 
 SourceCIDR = Annotated[
     str,
-    Field(
-        max_length=64,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "isCIDR(self)",
-                    "message": "must be a CIDR such as 10.0.0.0/8 or fd00::/64",
-                }
-            ]
-        },
-    ),
-    AfterValidator(_cidr),
+    Field(max_length=64, json_schema_extra=cel_rules(*_CIDR_CHECKS)),
+    AfterValidator(lambda text: enforce(text, *_CIDR_CHECKS)),
+]
+
+#: RFC 3339 exactly (upper-case T and Z, at most nanoseconds, an offset within a day): what
+#: Go's ``time.Parse(time.RFC3339)`` behind CEL's ``timestamp()`` and Python both read alike.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_RFC3339_RE = re.compile(RFC3339_PATTERN)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _after_epoch(text: str) -> bool:
+    """Whether ``text`` is a real RFC 3339 time (a day of its month, an hour of the day...)
+    from 1970 to 9999 in UTC, as CEL ``timestamp()`` (which refuses other years) compares it.
+    The fraction is cut to microseconds, Python's precision (never enough to cross 1970)."""
+    match = _RFC3339_RE.fullmatch(text)
+    if match is None:
+        return False
+    fraction = (match.group(1) or ".0")[:7]
+    offset = match.group(2).replace("Z", "+00:00")
+    try:
+        when = dt.datetime.fromisoformat(f"{text[:19]}{fraction}{offset}").astimezone(dt.UTC)
+    except (ValueError, OverflowError):
+        return False
+    return when >= _EPOCH
+
+
+_UNTIL_CHECK = Check(
+    # CEL's && absorbs the error of timestamp() when the left side is false.
+    rule=f"self.matches(r'{RFC3339_PATTERN}') && "
+    "timestamp(self) >= timestamp('1970-01-01T00:00:00Z')",
+    message="must be an RFC 3339 time from 1970 to 9999 with its offset, such as "
+    "2026-12-31T00:00:00Z",
+    holds=_after_epoch,
+)
+UntilTime = Annotated[
+    str,
+    Field(max_length=64, json_schema_extra=cel_rules(_UNTIL_CHECK)),
+    AfterValidator(lambda text: enforce(text, _UNTIL_CHECK)),
 ]
 #: Exceptions per detector, CIDRs and patterns per exception: bounded, checked at every row.
 MAX_EXCEPTIONS = 50
@@ -425,24 +736,44 @@ MAX_EXCEPTION_ITEMS = 50
 EXCEPTION_EMPTY_MESSAGE = (
     "an exception needs sourceCIDRs or userAgents: one with neither would silence every Finding"
 )
+EXCEPTION_EVERYONE_MESSAGE = (
+    "an exception without sourceCIDRs whose userAgents has a pattern of only * and ? matches "
+    "every client: it would silence every Finding; name the scanner's user agent, or its "
+    "addresses in sourceCIDRs"
+)
+#: A user-agent pattern without one literal character: it matches every user agent (of at
+#: least its length).
+ANY_AGENT_PATTERN = r"^[*?]+$"
+_ANY_AGENT_RE = re.compile(ANY_AGENT_PATTERN)
+_EXCEPTION_NOT_EMPTY = Check(
+    rule="(has(self.sourceCIDRs) && size(self.sourceCIDRs) > 0) || "
+    "(has(self.userAgents) && size(self.userAgents) > 0)",
+    message=EXCEPTION_EMPTY_MESSAGE,
+    holds=lambda e: bool(e.source_cidrs or e.user_agents),
+)
+_EXCEPTION_NOT_EVERYONE = Check(
+    rule="(has(self.sourceCIDRs) && size(self.sourceCIDRs) > 0) || !has(self.userAgents) || "
+    f"!self.userAgents.exists(p, p.matches(r'{ANY_AGENT_PATTERN}'))",
+    message=EXCEPTION_EVERYONE_MESSAGE,
+    holds=lambda e: bool(e.source_cidrs)
+    or not any(_ANY_AGENT_RE.match(p) for p in e.user_agents),
+)
+_EXCEPTION_CHECKS = (_EXCEPTION_NOT_EMPTY, _EXCEPTION_NOT_EVERYONE)
 
 
 class ExceptionSpec(_Model):
     """A known, accepted scanner (Elastic's rule exceptions): a row, i.e. a (sourceIP, userAgent)
     group that passed the thresholds, is silenced when its source IP is in one of sourceCIDRs (if
-    any) and its user agent matches one of userAgents (if any), until the time until (if set)."""
+    any) and its user agent matches one of userAgents (if any), until the time until (if set).
+    The client chooses its User-Agent and, under match.sourceIPs: all, the addresses it claims
+    (X-Forwarded-For): an exception on those alone can be met by any client, and the detector's
+    ExceptionSpoofable condition names it. One that matches every client is refused."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "(has(self.sourceCIDRs) && size(self.sourceCIDRs) > 0) || "
-                    "(has(self.userAgents) && size(self.userAgents) > 0)",
-                    "message": EXCEPTION_EMPTY_MESSAGE,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(*_EXCEPTION_CHECKS))
+
+    @model_validator(mode="after")
+    def _checks(self) -> ExceptionSpec:
+        return enforce(self, *_EXCEPTION_CHECKS)
 
     name: str = Field(
         min_length=1,
@@ -455,8 +786,12 @@ class ExceptionSpec(_Model):
         alias="sourceCIDRs",
         description=(
             "Rows whose sourceIP is in one of these CIDRs (IPv4 or IPv6, e.g. 10.244.0.0/16 or "
-            "10.0.0.7/32) match. Empty: any source IP. A row without a source IP never matches "
-            "a non-empty list."
+            "10.0.0.7/32; /8 or longer, no bits set after the prefix) match. Empty: any source "
+            "IP. A row without a source IP never matches a non-empty list. Spoofable under "
+            "match.sourceIPs: all, where a row's address may be an X-Forwarded-For entry the "
+            "client chose: a client forging an address in these CIDRs silences that row "
+            "(condition ExceptionSpoofable). Only under match.sourceIPs: observed is the address "
+            "the one the API server saw."
         ),
     )
     user_agents: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
@@ -466,17 +801,14 @@ class ExceptionSpec(_Model):
         description=(
             "Rows whose userAgent matches one of these shell-style patterns (case-sensitive; * "
             "any characters, ? one character, [abc] a class, e.g. 'kube-probe/*') match. "
-            "Empty: any user agent. A row without a user agent never matches a non-empty list."
+            "Empty: any user agent. A row without a user agent never matches a non-empty list. "
+            "Spoofable: the client chooses its User-Agent, so an exception on userAgents alone "
+            "(e.g. trivy/*) is met by any scanner that copies the string (condition "
+            "ExceptionSpoofable); pair it with sourceCIDRs under match.sourceIPs: observed. "
+            "Without sourceCIDRs, a pattern of only * and ? (every client) is refused."
         ),
     )
-    until: (
-        Annotated[
-            str,
-            Field(max_length=64, json_schema_extra={"format": "date-time"}),
-            AfterValidator(_timestamp),
-        ]
-        | None
-    ) = Field(
+    until: UntilTime | None = Field(
         default=None,
         description=(
             "RFC 3339 time after which the exception no longer applies (a window ending later "
@@ -484,11 +816,6 @@ class ExceptionSpec(_Model):
         ),
     )
 
-    @model_validator(mode="after")
-    def _not_everything(self) -> ExceptionSpec:
-        if not self.source_cidrs and not self.user_agents:
-            raise ValueError(EXCEPTION_EMPTY_MESSAGE)
-        return self
 
 
 RETENTION_MESSAGE = (
@@ -497,29 +824,24 @@ RETENTION_MESSAGE = (
 )
 
 
+_RETENTION_COVERS_LOOKBACK = Check(
+    # The guard is for the CRD's own default ({}), checked before cascading.
+    rule="!has(self.findings) || !has(self.schedule) || "
+    "duration(self.findings.retention) >= duration(self.schedule.lookback)",
+    message=RETENTION_MESSAGE,
+    holds=lambda s: duration_ns(s.findings.retention) >= duration_ns(s.schedule.lookback),
+    field_path=".findings.retention",
+)
+
+
 class DetectorSpec(_Model):
     """The whole behaviour of one EnumerationDetector. ``spec: {}`` is the seed rule."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    # The guard is for the CRD's own default ({}), checked before cascading.
-                    "rule": "!has(self.findings) || !has(self.schedule) || "
-                    "duration(self.findings.retention) >= duration(self.schedule.lookback)",
-                    "message": RETENTION_MESSAGE,
-                    "fieldPath": ".findings.retention",
-                    "reason": "FieldValueInvalid",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_rules(_RETENTION_COVERS_LOOKBACK))
 
     @model_validator(mode="after")
-    def _retention_covers_lookback(self) -> DetectorSpec:
-        if self.findings.retention_seconds < self.schedule.lookback_seconds:
-            raise ValueError(RETENTION_MESSAGE)
-        return self
+    def _checks(self) -> DetectorSpec:
+        return enforce(self, _RETENTION_COVERS_LOOKBACK)
 
     def seed_deviations(self) -> list[str]:
         """Where this detector's rule differs from the seed's, one line each, e.g.
@@ -577,6 +899,7 @@ class DetectorSpec(_Model):
     risk_score: int = Field(
         default=SEED_RULE.risk_score,
         ge=0,
+        strict=True,
         le=100,
         alias="riskScore",
         description="Risk score recorded on Findings, 0..100.",

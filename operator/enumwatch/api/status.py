@@ -78,10 +78,21 @@ class DetectorStatus(_Model):
     """What the operator observed while running the detector."""
 
     observed_generation: int | None = Field(
-        default=None, alias="observedGeneration", description="The spec generation in force."
+        default=None,
+        alias="observedGeneration",
+        description=(
+            "The latest spec generation the operator has seen. It is in force unless the "
+            "InvalidSpec condition is True: then the last valid generation keeps running, and "
+            "Ready's message names it."
+        ),
     )
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready: True while the detector runs."
+        default_factory=list,
+        description=(
+            "Ready: True while the detector runs. InvalidSpec: True when the latest generation "
+            "was refused. ExceptionSpoofable: True when an exception rests on fields the client "
+            "chooses. FindingsWritten, AuditCoverage, RBACPosture, OutputsDelivered."
+        ),
     )
     last_evaluation: str | None = Field(
         default=None, alias="lastEvaluation", description="The latest evaluated tick, RFC 3339."

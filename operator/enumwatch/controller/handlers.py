@@ -138,12 +138,15 @@ class Operator:
             self.detectors.by_key[(namespace, name)].ref.uid == ref.uid
         )
         runtime = self.detectors.get_or_create(ref)
+        had_evaluator = runtime.evaluator is not None
         if not runtime.configure(body.get("spec") or {}, int(meta.get("generation") or 0)):
             return
         if not known and self.reports is not None:
             # Rebuild the namespace's report from its Findings (after a restart, too).
             self.reports.touch(namespace)
-        if not known and runtime.evaluator is not None:
+        if not had_evaluator and runtime.evaluator is not None:
+            # Its first valid spec (at start, or once a spec stored before a stricter CRD is
+            # fixed): the window saved by the previous instance is taken up now.
             self.detectors.restore(runtime)
             last = (body.get("status") or {}).get("lastEvaluation")
             if runtime.evaluator.last_tick is None and last:
@@ -151,7 +154,12 @@ class Operator:
                 runtime.evaluator.restore_state({"lastTick": parse_rfc3339(last)})
         if runtime.error is not None:
             log.warning(
-                "detector refused",
+                "detector spec refused"
+                + (
+                    f": generation {runtime.spec_generation} keeps running"
+                    if runtime.spec is not None
+                    else ""
+                ),
                 extra={"detector": f"{namespace}/{name}", "error": runtime.error},
             )
         else:

@@ -3,7 +3,8 @@
 This is the operator's in-memory state, kept apart from kopf (which only tells us what detectors
 exist) and from the ingest server (which only offers events). ``configure`` applies a spec change
 live: thresholds and schedule take effect at the next tick, and buffered events are carried over
-(re-checked against the new match filter).
+(re-checked against the new match filter). A spec the model refuses changes nothing but the
+InvalidSpec condition: the last valid one keeps running with its window.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ class DetectorRuntime:
 
     ref: DetectorRef
     generation: int = 0
+    #: The spec in force: the last one the model accepted (None until one was).
     spec: DetectorSpec | None = None
+    #: The generation of :attr:`spec` (older than :attr:`generation` while an edit is refused).
+    spec_generation: int = 0
+    #: Why the latest generation was refused (the InvalidSpec condition), else None.
     error: str | None = None
     evaluator: WindowedEvaluator | None = None
     events_seen: int = 0
@@ -92,6 +97,8 @@ class DetectorRuntime:
     conditions: list[Condition] = field(default_factory=list)
     #: Anonymous bindings (as described) this detector has posted a Warning Event about.
     bindings_warned: set[str] = field(default_factory=set)
+    #: Spoofable exceptions (as described) this detector has posted a Warning Event about.
+    exceptions_warned: set[str] = field(default_factory=set)
     #: Rows waiting for their Finding, by group key: deferred past findings.maxPerRun or failed,
     #: written at the next ticks (a fresher row of the group supersedes its waiting one).
     pending: dict[GroupKey, PendingWrite] = field(default_factory=dict)
@@ -118,7 +125,10 @@ class DetectorRuntime:
         try:
             spec = DetectorSpec.model_validate(raw_spec or {})
         except ValidationError as exc:
-            self.spec, self.error, self.evaluator = None, format_validation_error(exc), None
+            # The CRD refuses what the model refuses, so this is a CRD older than the operator
+            # or an object stored before a tighter CRD: keep evaluating the last valid spec
+            # (and its window) rather than drop the events of a scan in progress.
+            self.error = format_validation_error(exc)
             return True
         old = self.evaluator
         rule = Rule(spec.match, spec.thresholds)
@@ -139,6 +149,7 @@ class DetectorRuntime:
             evaluator.restore_state(old.export_state())
             evaluator.added, evaluator.late, evaluator.future = old.added, old.late, old.future
         self.spec, self.error, self.evaluator = spec, None, evaluator
+        self.spec_generation = generation
         self.exceptions = ExceptionList(spec.exceptions)
         self.changed = True
         return True

@@ -17,6 +17,7 @@ from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import format_duration
 from enumwatch.api.status import Condition, DetectorStatus, Posture
 from enumwatch.controller.runtime import DetectorRuntime
+from enumwatch.exception_list import spoofable
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.posture import REASON_FOUND, describe, verdict
@@ -24,6 +25,9 @@ from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import format_rfc3339, now_rfc3339
 
 log = logging.getLogger("enumwatch.operator")
+
+#: The Event reason (and condition type) of an exception a client can meet by itself.
+REASON_SPOOFABLE = "ExceptionSpoofable"
 
 
 class StatusReporter:
@@ -62,23 +66,45 @@ class StatusReporter:
         )
 
     def conditions(self, runtime: DetectorRuntime) -> list[Condition]:
-        """Ready (the detector runs), FindingsWritten (no Finding write is pending),
+        """Ready (the detector runs), InvalidSpec (the latest generation was refused: the last
+        valid one keeps running), FindingsWritten (no Finding write is pending),
+        ExceptionSpoofable (an exception a client can meet by itself),
         AuditCoverage (the stream lets the rule see, judged at this moment), RBACPosture
         (no binding grants anonymous clients more than the defaults) and, when outputs are
         configured, OutputsDelivered (no Alertmanager or webhook keeps failing)."""
-        if runtime.error is not None:
-            ready = self._condition(runtime, "Ready", "False", "InvalidSpec", runtime.error)
+        if runtime.spec is None:
+            ready = self._condition(
+                runtime, "Ready", "False", "InvalidSpec", runtime.error or "no valid spec yet"
+            )
         else:
-            assert runtime.spec is not None
             schedule = runtime.spec.schedule
             basis = "arrival" if schedule.timestamp == "ingested" else "event"
-            ready = self._condition(
-                runtime,
-                "Ready",
-                "True",
-                "Running",
+            running = (
                 f"evaluating every {format_duration(schedule.interval_seconds)} over the last "
-                f"{format_duration(schedule.lookback_seconds)} of audit events ({basis} time)",
+                f"{format_duration(schedule.lookback_seconds)} of audit events ({basis} time)"
+            )
+            if runtime.error is not None:
+                running = (
+                    f"{running} with generation {runtime.spec_generation}, the last valid "
+                    f"spec: generation {runtime.generation} is refused (see InvalidSpec)"
+                )
+            ready = self._condition(runtime, "Ready", "True", "Running", running)
+        if runtime.error is None:
+            invalid = self._condition(
+                runtime, "InvalidSpec", "False", "Valid", "the latest spec is in force"
+            )
+        else:
+            kept = (
+                f"; generation {runtime.spec_generation} keeps running with its window"
+                if runtime.spec is not None
+                else "; no generation was valid, so nothing runs"
+            )
+            invalid = self._condition(
+                runtime,
+                "InvalidSpec",
+                "True",
+                "KeptLastValid" if runtime.spec is not None else "NoValidSpec",
+                f"generation {runtime.generation} refused: {runtime.error}{kept}"[:1000],
             )
         failed = [w for w in runtime.pending.values() if w.error]
         if failed:
@@ -104,7 +130,20 @@ class StatusReporter:
             written = self._condition(
                 runtime, "FindingsWritten", "True", "Written", "every Finding was written"
             )
-        conditions = [ready, written]
+        conditions = [ready, invalid, written]
+        if runtime.spec is not None:
+            lines = spoofable(runtime.spec.exceptions, runtime.spec.match.source_ips)
+            conditions.append(
+                self._condition(
+                    runtime,
+                    REASON_SPOOFABLE,
+                    "True" if lines else "False",
+                    "ClientChosenFields" if lines else "ObservedAddress",
+                    "; ".join(lines)[:1000]
+                    if lines
+                    else "no exception rests on fields the client chooses",
+                )
+            )
         if runtime.coverage is not None:
             seen = runtime.coverage.verdict(time.time())
             conditions.append(
@@ -141,11 +180,22 @@ class StatusReporter:
             )
         runtime.bindings_warned = now
 
+    async def _warn_exceptions(self, runtime: DetectorRuntime) -> None:
+        """A Warning Event for each spoofable exception not warned of yet (again when it
+        changes), as the ExceptionSpoofable condition says."""
+        if runtime.spec is None:
+            return
+        now = set(spoofable(runtime.spec.exceptions, runtime.spec.match.source_ips))
+        for line in sorted(now - runtime.exceptions_warned):
+            await self.sink.event(runtime.ref.involved_object(), REASON_SPOOFABLE, line)
+        runtime.exceptions_warned = now
+
     async def patch(self, runtime: DetectorRuntime) -> None:
         """Write the detector's status subresource (conventions: observedGeneration, Ready)."""
         runtime.conditions = self.conditions(runtime)
         posture = self.posture() if self.posture is not None else None
         await self._warn_bindings(runtime, posture)
+        await self._warn_exceptions(runtime)
         evaluator = runtime.evaluator
         if runtime.spec is not None:
             with contextlib.suppress(ApiError, OSError):
