@@ -129,6 +129,29 @@ class DetectorStatus(_Model):
         alias="findingsCapped",
         description="Rows left out because a run produced more than findings.maxPerRun.",
     )
+    window_groups: int = Field(
+        default=0,
+        alias="windowGroups",
+        description="Groups (source IP, user agent) with state in the window now.",
+    )
+    window_state_bytes: int = Field(
+        default=0,
+        alias="windowStateBytes",
+        description="Estimated size of the window state, compared with its budget.",
+    )
+    window_shed: dict[str, int] = Field(
+        default_factory=dict,
+        alias="windowShed",
+        description=(
+            "Groups shed over the window state budget (since the operator started), by reason "
+            "in shedding order: saturated, belowThresholds, oldest. See WindowOverflow."
+        ),
+    )
+    window_shed_documents: int = Field(
+        default=0,
+        alias="windowShedDocuments",
+        description="Documents of the shed groups.",
+    )
     rows_excepted: int = Field(
         default=0,
         alias="rowsExcepted",

@@ -1,8 +1,9 @@
 """The operator's state on disk: each detector's window, pending writes, and the ingest journal.
 
 A restart (or a ``kill -9``) must neither lose an acknowledged event nor duplicate a Finding. Each
-detector's buffered events, last tick and pending Finding writes are saved atomically after its
-ticks (:mod:`enumwatch.atomicfile`); events acknowledged since then are in an append-only journal
+detector's window state (its aggregated cells, not raw events: small), last tick and pending
+Finding writes are saved atomically after its ticks
+(:mod:`enumwatch.atomicfile`); events acknowledged since then are in an append-only journal
 (with their arrival time: on the default time basis it is their place in the windows), replayed
 on restore and emptied at each checkpoint.
 
@@ -27,7 +28,7 @@ import orjson
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent
 from enumwatch.sink.findings import FailedWrite
-from enumwatch.windows import WindowSnapshot
+from enumwatch.windows import WindowSnapshot, saved_cell, value_table
 
 if TYPE_CHECKING:
     from enumwatch.controller.runtime import DetectorRuntime
@@ -187,17 +188,20 @@ class DetectorSnapshot:
     window: WindowSnapshot
     pending: list[dict[str, Any]]
 
-    def json_parts(self, chunk: int = 10_000) -> Iterator[bytes]:
-        """The state file's JSON, ``chunk`` events at a time (never the whole file in memory)."""
+    def json_parts(self) -> Iterator[bytes]:
+        """The state file's JSON, a slice at a time (never the whole file in memory twice).
+
+        The window is its aggregated state (:meth:`~enumwatch.windows.WindowSnapshot.state`):
+        cells with counters and indices into one table of distinct value tuples, written last.
+        """
         window = self.window
-        ordered = window.ordered()
         yield orjson.dumps({"uid": self.uid, "pending": self.pending})[:-1] + b',"window":'
-        yield orjson.dumps({"lastTick": window.last_tick, "timeBasis": window.time_basis})[:-1]
-        yield b',"times":' + orjson.dumps([ts for ts, _, _ in ordered]) + b',"events":['
-        for start in range(0, len(ordered), chunk):
-            part = [event.to_dict() for _, _, event in ordered[start : start + chunk]]
-            yield (b"," if start else b"") + orjson.dumps(part)[1:-1]
-        yield b"]}}"
+        yield orjson.dumps(window.header())[:-1] + b',"slices":['
+        table: dict[tuple[Any, ...], int] = {}
+        for n, (index, events, cells) in enumerate(window.slices):
+            part = [index, events, [saved_cell(cell, table) for cell in cells]]
+            yield (b"," if n else b"") + orjson.dumps(part)
+        yield b'],"values":' + orjson.dumps(value_table(table)) + b"}}"
 
 
 def new_epoch() -> str:

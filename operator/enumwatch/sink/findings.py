@@ -73,6 +73,7 @@ class FailedWrite:
             "lastSeen": [[ip, ua, ts] for (ip, ua), ts in w.last_seen.items()],
             "observed": [[ip, ua] for ip, ua in sorted(w.observed, key=repr)],
             "succeeded": [[ip, ua, list(uris)] for (ip, ua), uris in w.succeeded.items()],
+            "observedDocuments": [[ip, ua, n] for (ip, ua), n in w.observed_documents.items()],
             "error": self.error,
         }
 
@@ -94,6 +95,9 @@ class FailedWrite:
             last_seen={(ip, ua): float(ts) for ip, ua, ts in data["lastSeen"]},
             observed=frozenset((ip, ua) for ip, ua in data.get("observed", ())),
             succeeded={(ip, ua): tuple(uris) for ip, ua, uris in data.get("succeeded", ())},
+            observed_documents={
+                (ip, ua): int(n) for ip, ua, n in data.get("observedDocuments", ())
+            },
         )
         return cls(window=window, error=str(data["error"]))
 

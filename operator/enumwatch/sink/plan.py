@@ -235,4 +235,9 @@ def only_row(window: WindowResult, row: Row) -> WindowResult:
         last_seen={} if seen is None else {row.key: seen},
         observed=window.observed & {row.key},
         succeeded={row.key: window.succeeded[row.key]} if row.key in window.succeeded else {},
+        observed_documents=(
+            {row.key: window.observed_documents[row.key]}
+            if row.key in window.observed_documents
+            else {}
+        ),
     )
