@@ -59,8 +59,20 @@ from typing import Any, Literal
 
 from enumwatch.access import answered_beyond_public
 from enumwatch.audit import AuditEvent
-from enumwatch.audit.event import F_CODE, F_DECISION, F_REQUEST_URI
-from enumwatch.rule import GroupKey, Row, Rule, event_values, fewest_documents, group_row, sort_rows
+from enumwatch.audit.event import AGGREGATED_FIELDS, F_CODE, F_DECISION, F_REQUEST_URI, F_RESOURCE
+from enumwatch.rule import (
+    AUTHN_AUTHZ_FAILED,
+    AUTHZ_FORBID,
+    NOT_FOUND,
+    OUTCOMES,
+    GroupKey,
+    Row,
+    Rule,
+    event_values,
+    fewest_documents,
+    group_row,
+    sort_rows,
+)
 
 #: In event-time mode, how far an event's own timestamp may lie after its arrival (clock skew
 #: between nodes); anything later is refused and counted as ``future``.
@@ -69,9 +81,9 @@ FUTURE_TOLERANCE_S = 300.0
 DEFAULT_STATE_BUDGET = 128 * 2**20
 #: Estimated bytes of a group, a (group, slice) cell and a kept value tuple (with its share of
 #: strings): ``bench/operator_memory.py`` prints what the state really costs per group.
-GROUP_BYTES = 420
-CELL_BYTES = 230
-VALUE_BYTES = 260
+GROUP_BYTES = 540
+CELL_BYTES = 290
+VALUE_BYTES = 320
 MUTED_BYTES = 150
 #: A shed pass frees state down to this share of the budget, so passes stay rare.
 SHED_TO = 0.9
@@ -138,12 +150,40 @@ class _Cell:
         self.observed = 0
 
 
+#: A group's invertible aggregates: outcome counts, requestURI counts, resource counts.
+_Agg = tuple[list[int], dict[str, int], dict[str, int]]
+_OUTCOME_AT = AGGREGATED_FIELDS
+_FORBID_AT, _FAILED_AT, _NOT_FOUND_AT = (
+    OUTCOMES.index(AUTHZ_FORBID),
+    OUTCOMES.index(AUTHN_AUTHZ_FAILED),
+    OUTCOMES.index(NOT_FOUND),
+)
+
+
+def _fold(agg: _Agg, values: Iterable[tuple[Any, ...]], sign: int) -> None:
+    """Add (``sign`` 1) or subtract (-1) documents' value tuples to or from ``agg``."""
+    outcomes, uris, resources = agg
+    for v in values:
+        outcomes[v[_OUTCOME_AT]] += sign
+        for counts, value in ((uris, v[F_REQUEST_URI]), (resources, v[F_RESOURCE])):
+            if value is not None:
+                n = counts.get(value, 0) + sign
+                if n:
+                    counts[value] = n
+                else:
+                    del counts[value]
+
+
 class _Group:
     """One (source IP, user agent) group: its cells by slice and its count in the window."""
 
-    __slots__ = ("cells", "count", "docs", "saturated", "touched")
+    __slots__ = ("agg", "cells", "count", "docs", "saturated", "touched")
 
     def __init__(self) -> None:
+        #: Outcome counts and per-value counts of requestURI and resource over the values of
+        #: its active cells (invertible), kept only while the group has enough documents to
+        #: fire: the thresholds are then checked without reading its documents.
+        self.agg: _Agg | None = None
         self.cells: dict[int, _Cell] = {}
         #: Documents in the slices of the evaluated window (the active slices).
         self.count = 0
@@ -483,11 +523,15 @@ class WindowedEvaluator:
                     cell.values = None
                     group.saturated += 1
                     self._values -= len(kept)
+                    if active and group.agg is not None:
+                        _fold(group.agg, kept, -1)
                 else:
                     if values is None:
                         values = event_values(event)
                     kept.append(values)
                     self._values += 1
+                    if active and group.agg is not None:
+                        _fold(group.agg, (values,), 1)
             if active:
                 if not group.count:
                     self._active_groups += 1
@@ -512,6 +556,8 @@ class WindowedEvaluator:
                 if not group.count:
                     self._active_groups += 1
                 group.count += cell.count
+                if group.agg is not None and cell.values:
+                    _fold(group.agg, cell.values, 1)
                 dirty.add(key)
         self._frontier = index
 
@@ -546,6 +592,8 @@ class WindowedEvaluator:
                     group.count -= cell.count
                     if not group.count:
                         self._active_groups -= 1
+                    if group.agg is not None and cell.values:
+                        _fold(group.agg, cell.values, -1)
                     dirty.add(key)
                 if not group.cells:
                     del groups[key]
@@ -632,12 +680,34 @@ class WindowedEvaluator:
         groups, firing, muted = self._groups, self._firing, self._muted
         fewest, cap = self._fewest, self._cap
         thresholds, namespace = self.rule.thresholds, self.data_stream_namespace
+        t = thresholds
         for key in self._dirty:
             group = groups.get(key)
             if group is None or not fewest <= group.count < cap or key in muted:
+                if group is not None and group.count < fewest:
+                    group.agg = None  # too few documents to fire: no need to keep it up
                 firing.pop(key, None)
                 continue
             # Fewer than documentsBelow documents: no cell in the window is saturated.
+            agg = group.agg
+            if agg is None:
+                agg = group.agg = ([0] * len(OUTCOMES), {}, {})
+                for k, cell in group.cells.items():
+                    if k <= m:
+                        _fold(agg, cell.values, 1)  # type: ignore[arg-type]
+            outcomes, uris_seen, resources_seen = agg
+            if (
+                len(uris_seen) <= t.distinct_request_uris_above
+                or len(resources_seen) <= t.distinct_resources_above
+                or not (
+                    outcomes[_FORBID_AT] >= t.forbidden_at_least
+                    or outcomes[_FAILED_AT] >= t.auth_failures_at_least
+                    or outcomes[_NOT_FOUND_AT] >= t.not_found_at_least
+                )
+            ):
+                firing.pop(key, None)
+                continue
+            # It fires: its row, from the one definition, over its documents.
             kept: list[tuple[Any, ...]] = []
             last, observed = -math.inf, 0
             for k, cell in group.cells.items():

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from enumwatch.api.manifest import format_validation_error
@@ -141,7 +143,7 @@ class DetectorRuntime:
         late, future = evaluator.late, evaluator.future
         if evaluator.add(event, arrival):
             self.changed = True
-            metrics.EVENTS_MATCHED.labels(self.ref.namespace, self.ref.name).inc()
+            self._matched_metric.inc()
             return None
         if evaluator.late > late:
             metrics.EVENTS_LATE.labels(self.ref.namespace, self.ref.name).inc()
@@ -158,6 +160,11 @@ class DetectorRuntime:
         evaluator = self.evaluator
         assert evaluator is not None
         return evaluator.evaluate(tick)
+
+    @functools.cached_property
+    def _matched_metric(self) -> Counter:
+        """This detector's ``enumwatch_events_matched_total`` (looked up once, not per event)."""
+        return metrics.EVENTS_MATCHED.labels(self.ref.namespace, self.ref.name)
 
     @property
     def events_matched(self) -> int:
