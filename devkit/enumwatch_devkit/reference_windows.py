@@ -10,51 +10,30 @@ at every tick. Both use the rule's one definition of a row (:func:`enumwatch.rul
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from enumwatch.access import got_in
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import GroupKey, Row, Rule
-from enumwatch.windows import FUTURE_TOLERANCE_S, TimeBasis, WindowResult
+from enumwatch.windows import FUTURE_TOLERANCE_S, Schedule, TimeBasis, WindowResult
 
 #: Default cap on buffered events.
 DEFAULT_MAX_BUFFERED = 500_000
 
 
-class ReferenceEvaluator:
-    """Buffers matching events and evaluates the rule at each tick over its lookback window.
+class ReferenceEvaluator(Schedule):
+    """Buffers matching events raw and evaluates the rule at each tick over its lookback window.
 
-    Counters (all monotonic): ``added``, ``unmatched`` (not matched by the rule), ``undated`` (no
-    timestamp, event-time mode), ``late`` (older than any future window,
-    event-time mode), ``future`` (stamped more than :data:`FUTURE_TOLERANCE_S` after arrival,
-    event-time mode), ``overflow`` (dropped because the buffer was full) and ``evicted`` (left
-    every future window).
+    The schedule (ticks, horizon, event times, due ticks, the backtest's order) is
+    :class:`~enumwatch.windows.Schedule`'s, shared with the live windows; what differs is only
+    how a window is computed: here, every event of it fed to a fresh table. ``overflow``
+    counts events dropped because the buffer was full (oldest first).
     """
 
-    __slots__ = (
-        "_buffer",
-        "_last_tick",
-        "_seq",
-        "added",
-        "data_stream_namespace",
-        "evicted",
-        "future",
-        "future_tolerance",
-        "interval",
-        "late",
-        "limit",
-        "lookback",
-        "max_buffered",
-        "overflow",
-        "rule",
-        "time_basis",
-        "undated",
-        "unmatched",
-    )
+    __slots__ = ("_buffer", "_seq", "max_buffered", "overflow")
 
     def __init__(
         self,
@@ -68,147 +47,42 @@ class ReferenceEvaluator:
         time_basis: TimeBasis = "event",
         future_tolerance_s: float = FUTURE_TOLERANCE_S,
     ) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"interval must be positive, got {interval_s}")
-        if lookback_s < interval_s:
-            raise ValueError(f"lookback {lookback_s}s must not be shorter than {interval_s}s")
-        if time_basis not in ("ingested", "event"):
-            raise ValueError(f"time basis must be 'ingested' or 'event', got {time_basis!r}")
-        self.rule = rule
-        self.interval = float(interval_s)
-        self.lookback = float(lookback_s)
-        self.data_stream_namespace = data_stream_namespace
-        self.limit = limit
+        super().__init__(
+            rule,
+            interval_s,
+            lookback_s,
+            data_stream_namespace=data_stream_namespace,
+            limit=limit,
+            time_basis=time_basis,
+            future_tolerance_s=future_tolerance_s,
+        )
         self.max_buffered = max_buffered
-        self.time_basis: TimeBasis = time_basis
-        self.future_tolerance = future_tolerance_s
         # Min-heap of (time, arrival sequence, event): eviction pops the oldest first.
         self._buffer: list[tuple[float, int, AuditEvent]] = []
         self._seq = 0
-        self._last_tick: float | None = None
-        self.added = self.unmatched = self.undated = 0
-        self.late = self.future = self.overflow = self.evicted = 0
-
-    # ---------------------------------------------------------------------------- inspection
+        self.overflow = 0
 
     @property
     def buffered(self) -> int:
         """How many events are held for future ticks."""
         return len(self._buffer)
 
-    @property
-    def last_tick(self) -> float | None:
-        """The latest tick evaluated so far, ``None`` before the first."""
-        return self._last_tick
+    def _held_times(self) -> list[float]:
+        return sorted(ts for ts, _, _ in self._buffer)
 
-    @property
-    def horizon(self) -> float:
-        """Events at or before this time can no longer be in any future window."""
-        if self._last_tick is None:
-            return -math.inf
-        return self._last_tick + self.interval - self.lookback
-
-    def tick_at_or_before(self, t: float) -> float:
-        """The latest tick ``<= t``."""
-        return math.floor(t / self.interval) * self.interval
-
-    def tick_at_or_after(self, t: float) -> float:
-        """The earliest tick ``>= t`` (the first window that contains an event at ``t``)."""
-        return math.ceil(t / self.interval) * self.interval
-
-    def _next_tick(self, tick: float) -> float:
-        # Multiply rather than accumulate, so ticks stay exactly epoch-aligned.
-        return (round(tick / self.interval) + 1) * self.interval
-
-    # ---------------------------------------------------------------------------- feeding
-
-    def add(self, event: AuditEvent, arrival: float | None = None) -> bool:
-        """Buffer ``event`` (received at ``arrival``) if the rule matches it and a tick can see it.
-
-        ``arrival`` is required on the ``ingested`` time basis (it *is* the event's time there);
-        on the ``event`` basis it bounds how far ahead the event's own timestamp may be.
-        Returns whether it was buffered; otherwise exactly one counter says why.
-        """
-        if not self.rule.matches(event):
-            self.unmatched += 1
-            return False
-        return self._add_matched(event, arrival)
-
-    def _time_of(self, event: AuditEvent, arrival: float | None) -> float | None:
-        """The event's time on this evaluator's basis; counts and returns ``None`` if refused."""
-        if self.time_basis == "ingested":
-            if arrival is None:
-                raise ValueError("an arrival time is required on the 'ingested' time basis")
-            return arrival
-        ts = event.timestamp
-        if ts is None:
-            self.undated += 1
-            return None
-        if arrival is not None and ts > arrival + self.future_tolerance:
-            self.future += 1
-            return None
-        if ts <= self.horizon:
-            self.late += 1
-            return None
-        return ts
-
-    def _add_matched(self, event: AuditEvent, arrival: float | None) -> bool:
-        ts = self._time_of(event, arrival)
-        if ts is None:
-            return False
-        return self._buffer_event(ts, event)
-
-    def _buffer_event(self, ts: float, event: AuditEvent) -> bool:
+    def _hold(self, ts: float, event: AuditEvent) -> None:
         if len(self._buffer) >= self.max_buffered:
-            self._pop_oldest()
+            heapq.heappop(self._buffer)
             self.overflow += 1
         self._seq += 1
         heapq.heappush(self._buffer, (ts, self._seq, event))
         self.added += 1
-        return True
-
-    def _pop_oldest(self) -> None:
-        heapq.heappop(self._buffer)
 
     def _evict(self, horizon: float) -> None:
         buffer = self._buffer
         while buffer and buffer[0][0] <= horizon:
-            self._pop_oldest()
+            heapq.heappop(buffer)
             self.evicted += 1
-
-    # ---------------------------------------------------------------------------- ticking
-
-    def due_ticks(self, now: float) -> list[float]:
-        """The ticks to evaluate up to ``now``, oldest first: each one whose window holds
-        buffered events, and the latest tick.
-
-        Ticks whose windows are empty produce no rows, so they are passed over: catching up
-        after a pause (or on one event stamped a year ago) costs one evaluation per window that
-        holds events, never one per elapsed tick. Before the first evaluation the first due tick
-        is the one whose window holds the oldest buffered event. To leave events in flight time
-        to arrive, pass ``now`` minus a grace delay.
-        """
-        latest = self.tick_at_or_before(now)
-        if self._last_tick is not None:
-            first = self._next_tick(self._last_tick)
-        elif self._buffer:
-            first = self.tick_at_or_after(self._buffer[0][0])
-        else:
-            first = latest
-        if first > latest:
-            return []
-        times = sorted(ts for ts, _, _ in self._buffer if first - self.lookback < ts <= latest)
-        ticks: list[float] = []
-        tick, i = first, 0
-        while tick < latest and i < len(times):
-            i = bisect.bisect_right(times, tick - self.lookback, i)
-            if i < len(times) and times[i] <= tick:
-                ticks.append(tick)
-                tick = self._next_tick(tick)
-            elif i < len(times):
-                tick = max(self._next_tick(tick), self.tick_at_or_after(times[i]))
-        ticks.append(latest)
-        return ticks
 
     def evaluate(self, tick: float) -> WindowResult:
         """Evaluate the window ``(tick - lookback, tick]``, then evict what no later tick needs."""
@@ -285,43 +159,6 @@ class ReferenceEvaluator:
             {key: tuple(sorted(uris)) for key, uris in succeeded.items()},
         )
 
-    def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
-        """Backtest: run every tick over ``events`` in their own timestamp order.
-
-        A replay is always on the events' own time (there is no arrival to speak of). Events may
-        come in any order (they are sorted first; only matching, dated ones are kept). Yields one
-        result per tick from the first event's window to the last one's, skipping stretches
-        where no event is buffered.
-        """
-        dated: list[tuple[float, int, AuditEvent]] = []
-        for seq, event in enumerate(events):
-            if not self.rule.matches(event):
-                self.unmatched += 1
-            elif event.timestamp is None:
-                self.undated += 1
-            else:
-                dated.append((event.timestamp, seq, event))
-        dated.sort(key=lambda item: (item[0], item[1]))
-        position = 0
-        while position < len(dated) or self._buffer:
-            if self._buffer and self._last_tick is not None:
-                tick = self._next_tick(self._last_tick)
-            else:
-                oldest = self._buffer[0][0] if self._buffer else dated[position][0]
-                tick = self.tick_at_or_after(oldest)
-                if self._last_tick is not None and tick <= self._last_tick:
-                    tick = self._next_tick(self._last_tick)
-            while position < len(dated) and dated[position][0] <= tick:
-                ts, _, event = dated[position]
-                if ts <= self.horizon:
-                    self.late += 1
-                else:
-                    self._buffer_event(ts, event)
-                position += 1
-            yield self.evaluate(tick)
-
-    # ---------------------------------------------------------------------------- persistence
-
     def export_state(self) -> dict[str, Any]:
         """The buffered events (with their times) and the last tick, for :meth:`restore_state`."""
         ordered = sorted(self._buffer)
@@ -333,31 +170,5 @@ class ReferenceEvaluator:
         }
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
-        """Load state saved by :meth:`export_state` into this (fresh) evaluator.
-
-        Events are re-checked against this evaluator's rule, so restoring after a spec change
-        keeps only what the new rule matches. Each event keeps the time it was buffered under:
-        its arrival on the ``ingested`` basis (state written before arrival times were kept,
-        or on the ``event`` basis, supplies the event's own time instead).
-        """
-        events = state.get("events") or ()
-        times = state.get("times") or [None] * len(events)
-        saved_basis = state.get("timeBasis", "event")
-        for data, saved_ts in zip(events, times, strict=False):
-            event = AuditEvent.from_dict(data)
-            if not self.rule.matches(event):
-                self.unmatched += 1
-                continue
-            if self.time_basis == "ingested":
-                arrival = saved_ts if saved_basis == "ingested" else None
-                arrival = arrival if arrival is not None else event.timestamp
-                if arrival is None:
-                    self.undated += 1
-                    continue
-                self._buffer_event(float(arrival), event)
-            else:
-                self._add_matched(event, None)
-        last_tick = state.get("lastTick")
-        if last_tick is not None:
-            self._last_tick = float(last_tick)
-            self._evict(self.horizon)
+        """Load state saved by :meth:`export_state` (events re-checked against this rule)."""
+        self._restore_events(state)

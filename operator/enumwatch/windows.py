@@ -276,16 +276,250 @@ def _match_signature(rule: Rule) -> str:
     return rule.match.model_dump_json()
 
 
-class WindowedEvaluator:
-    """Aggregates matching events by group and slice and evaluates the rule at each tick.
+class Schedule:
+    """Elastic's schedule on one time basis, what every windowed evaluator of the rule shares:
+    epoch-aligned ticks, the horizon past which an event is late, an event's time, the due
+    ticks, a backtest's order of ticks and the reading of raw-event state.
 
+    Subclasses hold the events (:meth:`_hold`), say when they are (:meth:`_held_times`) and
+    evaluate a tick; this is the one definition of when and on what time they do it.
     Counters (all monotonic): ``added``, ``unmatched`` (not matched by the rule), ``undated`` (no
     timestamp, event-time mode), ``late`` (older than any future window, event-time mode),
-    ``future`` (stamped more than :data:`FUTURE_TOLERANCE_S` after arrival, event-time mode),
-    ``evicted`` (events whose slice left every future window), ``shed`` (groups shed over the
-    state budget, by reason) and ``shed_documents`` (their documents). ``rebuilt`` says, after
-    :meth:`carry_over` or :meth:`restore_state` from a different configuration, what could not
-    be carried exactly (``None`` when everything was).
+    ``future`` (stamped more than :data:`FUTURE_TOLERANCE_S` after arrival, event-time mode) and
+    ``evicted`` (left every future window).
+    """
+
+    __slots__ = (
+        "_last_tick",
+        "added",
+        "data_stream_namespace",
+        "evicted",
+        "future",
+        "future_tolerance",
+        "interval",
+        "late",
+        "limit",
+        "lookback",
+        "rule",
+        "time_basis",
+        "undated",
+        "unmatched",
+    )
+
+    def __init__(
+        self,
+        rule: Rule,
+        interval_s: float,
+        lookback_s: float,
+        *,
+        data_stream_namespace: str = "default",
+        limit: int | None = None,
+        time_basis: TimeBasis = "event",
+        future_tolerance_s: float = FUTURE_TOLERANCE_S,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval must be positive, got {interval_s}")
+        if lookback_s < interval_s:
+            raise ValueError(f"lookback {lookback_s}s must not be shorter than {interval_s}s")
+        if time_basis not in ("ingested", "event"):
+            raise ValueError(f"time basis must be 'ingested' or 'event', got {time_basis!r}")
+        self.rule = rule
+        self.interval = float(interval_s)
+        self.lookback = float(lookback_s)
+        self.data_stream_namespace = data_stream_namespace
+        self.limit = limit
+        self.time_basis: TimeBasis = time_basis
+        self.future_tolerance = future_tolerance_s
+        self._last_tick: float | None = None
+        self.added = self.unmatched = self.undated = 0
+        self.late = self.future = self.evicted = 0
+
+    # ---------------------------------------------------------------------------- the holding
+
+    @property
+    def buffered(self) -> int:
+        """How many events are held for future ticks."""
+        raise NotImplementedError
+
+    def _held_times(self) -> list[float]:
+        """When the held events are, ascending (a time that stands for each, as windows see)."""
+        raise NotImplementedError
+
+    def _hold(self, ts: float, event: AuditEvent) -> None:
+        """Hold a matching event at time ``ts``."""
+        raise NotImplementedError
+
+    def evaluate(self, tick: float) -> WindowResult:
+        """Evaluate the window ``(tick - lookback, tick]``, then drop what no later tick needs."""
+        raise NotImplementedError
+
+    def advance(self, tick: float) -> None:
+        """Record ``tick`` as evaluated and drop what no later tick needs."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------- the schedule
+
+    @property
+    def last_tick(self) -> float | None:
+        """The latest tick evaluated so far, ``None`` before the first."""
+        return self._last_tick
+
+    @property
+    def horizon(self) -> float:
+        """Events at or before this time can no longer be in any future window."""
+        if self._last_tick is None:
+            return -math.inf
+        return self._last_tick + self.interval - self.lookback
+
+    def tick_at_or_before(self, t: float) -> float:
+        """The latest tick ``<= t``."""
+        return math.floor(t / self.interval) * self.interval
+
+    def tick_at_or_after(self, t: float) -> float:
+        """The earliest tick ``>= t`` (the first window that contains an event at ``t``)."""
+        return math.ceil(t / self.interval) * self.interval
+
+    def _next_tick(self, tick: float) -> float:
+        # Multiply rather than accumulate, so ticks stay exactly epoch-aligned.
+        return (round(tick / self.interval) + 1) * self.interval
+
+    def add(self, event: AuditEvent, arrival: float | None = None) -> bool:
+        """Count ``event`` (received at ``arrival``) if the rule matches it and a tick can see it.
+
+        ``arrival`` is required on the ``ingested`` time basis (it *is* the event's time there);
+        on the ``event`` basis it bounds how far ahead the event's own timestamp may be.
+        Returns whether it was counted; otherwise exactly one counter says why.
+        """
+        if not self.rule.matches(event):
+            self.unmatched += 1
+            return False
+        ts = self._time_of(event, arrival)
+        if ts is None:
+            return False
+        self._hold(ts, event)
+        return True
+
+    def _time_of(self, event: AuditEvent, arrival: float | None) -> float | None:
+        """The event's time on this evaluator's basis; counts and returns ``None`` if refused."""
+        if self.time_basis == "ingested":
+            if arrival is None:
+                raise ValueError("an arrival time is required on the 'ingested' time basis")
+            return arrival
+        ts = event.timestamp
+        if ts is None:
+            self.undated += 1
+            return None
+        if arrival is not None and ts > arrival + self.future_tolerance:
+            self.future += 1
+            return None
+        if ts <= self.horizon:
+            self.late += 1
+            return None
+        return ts
+
+    def due_ticks(self, now: float) -> list[float]:
+        """The ticks to evaluate up to ``now``, oldest first: each one whose window holds
+        events, and the latest tick.
+
+        Ticks whose windows are empty produce no rows, so they are passed over: catching up
+        after a pause (or on one event stamped a year ago) costs one evaluation per window that
+        holds events, never one per elapsed tick. Before the first evaluation the first due tick
+        is the one whose window holds the oldest event. To leave events in flight time to
+        arrive, pass ``now`` minus a grace delay.
+        """
+        latest = self.tick_at_or_before(now)
+        ends = self._held_times()
+        if self._last_tick is not None:
+            first = self._next_tick(self._last_tick)
+        elif ends:
+            first = self.tick_at_or_after(ends[0])
+        else:
+            first = latest
+        if first > latest:
+            return []
+        times = [t for t in ends if first - self.lookback < t <= latest]
+        ticks: list[float] = []
+        tick, i = first, 0
+        while tick < latest and i < len(times):
+            i = bisect.bisect_right(times, tick - self.lookback, i)
+            if i < len(times) and times[i] <= tick:
+                ticks.append(tick)
+                tick = self._next_tick(tick)
+            elif i < len(times):
+                tick = max(self._next_tick(tick), self.tick_at_or_after(times[i]))
+        ticks.append(latest)
+        return ticks
+
+    def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
+        """Backtest: run every tick over ``events`` in their own timestamp order.
+
+        A replay is always on the events' own time (there is no arrival to speak of). Events may
+        come in any order (they are sorted first; only matching, dated ones are kept). Yields one
+        result per tick from the first event's window to the last one's, skipping stretches
+        where no event is held.
+        """
+        dated: list[tuple[float, int, AuditEvent]] = []
+        for seq, event in enumerate(events):
+            if not self.rule.matches(event):
+                self.unmatched += 1
+            elif event.timestamp is None:
+                self.undated += 1
+            else:
+                dated.append((event.timestamp, seq, event))
+        dated.sort(key=lambda item: (item[0], item[1]))
+        position = 0
+        while position < len(dated) or self.buffered:
+            if self.buffered and self._last_tick is not None:
+                tick = self._next_tick(self._last_tick)
+            else:
+                oldest = self._held_times()[0] if self.buffered else dated[position][0]
+                tick = self.tick_at_or_after(oldest)
+                if self._last_tick is not None and tick <= self._last_tick:
+                    tick = self._next_tick(self._last_tick)
+            while position < len(dated) and dated[position][0] <= tick:
+                ts, _, event = dated[position]
+                if ts <= self.horizon:
+                    self.late += 1
+                else:
+                    self._hold(ts, event)
+                position += 1
+            yield self.evaluate(tick)
+
+    def _restore_events(self, state: Mapping[str, Any]) -> None:
+        """Replay the raw events of a state written by the re-evaluating windows."""
+        events = state.get("events") or ()
+        times = state.get("times") or [None] * len(events)
+        saved_basis = state.get("timeBasis", "event")
+        for data, saved_ts in zip(events, times, strict=False):
+            event = AuditEvent.from_dict(data)
+            if not self.rule.matches(event):
+                self.unmatched += 1
+                continue
+            if self.time_basis == "ingested":
+                arrival = saved_ts if saved_basis == "ingested" else None
+                arrival = arrival if arrival is not None else event.timestamp
+                if arrival is None:
+                    self.undated += 1
+                    continue
+                self._hold(float(arrival), event)
+            else:
+                ts = self._time_of(event, None)
+                if ts is not None:
+                    self._hold(ts, event)
+        last_tick = state.get("lastTick")
+        if last_tick is not None:
+            self._last_tick = float(last_tick)
+            self.advance(self._last_tick)
+
+
+class WindowedEvaluator(Schedule):
+    """Aggregates matching events by group and slice and evaluates the rule at each tick.
+
+    Counters beside :class:`Schedule`'s (``evicted`` counts the events of slices that left
+    every future window): ``shed`` (groups shed over the state budget, by reason) and
+    ``shed_documents`` (their documents). ``rebuilt`` says, after :meth:`carry_over` or
+    :meth:`restore_state` from a different configuration, what could not be carried exactly
+    (``None`` when everything was).
     """
 
     __slots__ = (
@@ -299,31 +533,17 @@ class WindowedEvaluator:
         "_groups",
         "_held",
         "_interval_slices",
-        "_last_tick",
         "_lookback_slices",
         "_muted",
         "_seq",
         "_slices",
         "_values",
         "_window_events",
-        "added",
-        "data_stream_namespace",
-        "evicted",
-        "future",
-        "future_tolerance",
-        "interval",
         "last_shed_at",
-        "late",
-        "limit",
-        "lookback",
         "rebuilt",
-        "rule",
         "shed",
         "shed_documents",
         "state_budget",
-        "time_basis",
-        "undated",
-        "unmatched",
         "width",
     )
 
@@ -339,23 +559,19 @@ class WindowedEvaluator:
         time_basis: TimeBasis = "event",
         future_tolerance_s: float = FUTURE_TOLERANCE_S,
     ) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"interval must be positive, got {interval_s}")
-        if lookback_s < interval_s:
-            raise ValueError(f"lookback {lookback_s}s must not be shorter than {interval_s}s")
-        if time_basis not in ("ingested", "event"):
-            raise ValueError(f"time basis must be 'ingested' or 'event', got {time_basis!r}")
-        self.rule = rule
-        self.interval = float(interval_s)
-        self.lookback = float(lookback_s)
+        super().__init__(
+            rule,
+            interval_s,
+            lookback_s,
+            data_stream_namespace=data_stream_namespace,
+            limit=limit,
+            time_basis=time_basis,
+            future_tolerance_s=future_tolerance_s,
+        )
         self.width = slice_width(self.interval, self.lookback)
         self._lookback_slices = round(self.lookback / self.width)
         self._interval_slices = round(self.interval / self.width)
-        self.data_stream_namespace = data_stream_namespace
-        self.limit = limit
         self.state_budget = state_budget
-        self.time_basis: TimeBasis = time_basis
-        self.future_tolerance = future_tolerance_s
         self._cap = rule.thresholds.documents_below
         self._fewest = fewest_documents(rule.thresholds)
         self._slices: dict[int, _Slice] = {}
@@ -371,9 +587,6 @@ class WindowedEvaluator:
         self._firing: dict[GroupKey, tuple[Row, float, int, tuple[str, ...]]] = {}
         self._window_events = self._active_groups = self._held = 0
         self._cells = self._values = self._seq = 0
-        self._last_tick: float | None = None
-        self.added = self.unmatched = self.undated = 0
-        self.late = self.future = self.evicted = 0
         self.shed: dict[str, int] = dict.fromkeys(SHED_REASONS, 0)
         self.shed_documents = 0
         self.last_shed_at: float | None = None
@@ -401,29 +614,12 @@ class WindowedEvaluator:
             + len(self._muted) * MUTED_BYTES
         )
 
-    @property
-    def last_tick(self) -> float | None:
-        """The latest tick evaluated so far, ``None`` before the first."""
-        return self._last_tick
+    def _held_times(self) -> list[float]:
+        # A slice lies wholly inside or outside every window, so its end stands for its events.
+        return sorted(k * self.width for k, s in self._slices.items() if s.events)
 
-    @property
-    def horizon(self) -> float:
-        """Events at or before this time can no longer be in any future window."""
-        if self._last_tick is None:
-            return -math.inf
-        return self._last_tick + self.interval - self.lookback
-
-    def tick_at_or_before(self, t: float) -> float:
-        """The latest tick ``<= t``."""
-        return math.floor(t / self.interval) * self.interval
-
-    def tick_at_or_after(self, t: float) -> float:
-        """The earliest tick ``>= t`` (the first window that contains an event at ``t``)."""
-        return math.ceil(t / self.interval) * self.interval
-
-    def _next_tick(self, tick: float) -> float:
-        # Multiply rather than accumulate, so ticks stay exactly epoch-aligned.
-        return (round(tick / self.interval) + 1) * self.interval
+    def _hold(self, ts: float, event: AuditEvent) -> None:
+        self._insert(ts, event)
 
     def _slice_of(self, ts: float) -> int:
         """The slice ``k`` with ``(k - 1) * width < ts <= k * width``."""
@@ -440,40 +636,6 @@ class WindowedEvaluator:
         return round(tick / self.width)
 
     # ---------------------------------------------------------------------------- feeding
-
-    def add(self, event: AuditEvent, arrival: float | None = None) -> bool:
-        """Count ``event`` (received at ``arrival``) if the rule matches it and a tick can see it.
-
-        ``arrival`` is required on the ``ingested`` time basis (it *is* the event's time there);
-        on the ``event`` basis it bounds how far ahead the event's own timestamp may be.
-        Returns whether it was counted; otherwise exactly one counter says why.
-        """
-        if not self.rule.matches(event):
-            self.unmatched += 1
-            return False
-        ts = self._time_of(event, arrival)
-        if ts is None:
-            return False
-        self._insert(ts, event)
-        return True
-
-    def _time_of(self, event: AuditEvent, arrival: float | None) -> float | None:
-        """The event's time on this evaluator's basis; counts and returns ``None`` if refused."""
-        if self.time_basis == "ingested":
-            if arrival is None:
-                raise ValueError("an arrival time is required on the 'ingested' time basis")
-            return arrival
-        ts = event.timestamp
-        if ts is None:
-            self.undated += 1
-            return None
-        if arrival is not None and ts > arrival + self.future_tolerance:
-            self.future += 1
-            return None
-        if ts <= self.horizon:
-            self.late += 1
-            return None
-        return ts
 
     def _insert(self, ts: float, event: AuditEvent) -> None:
         """Count one matching event at time ``ts`` in its groups' cells."""
@@ -601,40 +763,6 @@ class WindowedEvaluator:
 
     # ---------------------------------------------------------------------------- ticking
 
-    def due_ticks(self, now: float) -> list[float]:
-        """The ticks to evaluate up to ``now``, oldest first: each one whose window holds
-        events, and the latest tick.
-
-        Ticks whose windows are empty produce no rows, so they are passed over: catching up
-        after a pause (or on one event stamped a year ago) costs one evaluation per window that
-        holds events, never one per elapsed tick. Before the first evaluation the first due tick
-        is the one whose window holds the oldest event. To leave events in flight time to
-        arrive, pass ``now`` minus a grace delay.
-        """
-        latest = self.tick_at_or_before(now)
-        # A slice lies wholly inside or outside every window, so its end stands for its events.
-        ends = sorted(k * self.width for k, s in self._slices.items() if s.events)
-        if self._last_tick is not None:
-            first = self._next_tick(self._last_tick)
-        elif ends:
-            first = self.tick_at_or_after(ends[0])
-        else:
-            first = latest
-        if first > latest:
-            return []
-        times = [t for t in ends if first - self.lookback < t <= latest]
-        ticks: list[float] = []
-        tick, i = first, 0
-        while tick < latest and i < len(times):
-            i = bisect.bisect_right(times, tick - self.lookback, i)
-            if i < len(times) and times[i] <= tick:
-                ticks.append(tick)
-                tick = self._next_tick(tick)
-            elif i < len(times):
-                tick = max(self._next_tick(tick), self.tick_at_or_after(times[i]))
-        ticks.append(latest)
-        return ticks
-
     def evaluate(self, tick: float) -> WindowResult:
         """Evaluate the window ``(tick - lookback, tick]``, then drop what no later tick needs.
 
@@ -737,45 +865,6 @@ class WindowedEvaluator:
         m = self._index(self._last_tick)
         self._activate_through(m)
         self._expire_through(m + self._interval_slices - self._lookback_slices)
-
-    def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
-        """Backtest: run every tick over ``events`` in their own timestamp order.
-
-        A replay is always on the events' own time (there is no arrival to speak of). Events may
-        come in any order (they are sorted first; only matching, dated ones are kept). Yields one
-        result per tick from the first event's window to the last one's, skipping stretches
-        where no event is held.
-        """
-        dated: list[tuple[float, int, AuditEvent]] = []
-        for seq, event in enumerate(events):
-            if not self.rule.matches(event):
-                self.unmatched += 1
-            elif event.timestamp is None:
-                self.undated += 1
-            else:
-                dated.append((event.timestamp, seq, event))
-        dated.sort(key=lambda item: (item[0], item[1]))
-        position = 0
-        while position < len(dated) or self._held:
-            if self._held and self._last_tick is not None:
-                tick = self._next_tick(self._last_tick)
-            else:
-                oldest = (
-                    min(k for k, s in self._slices.items() if s.events) * self.width
-                    if self._held
-                    else dated[position][0]
-                )
-                tick = self.tick_at_or_after(oldest)
-                if self._last_tick is not None and tick <= self._last_tick:
-                    tick = self._next_tick(self._last_tick)
-            while position < len(dated) and dated[position][0] <= tick:
-                ts, _, event = dated[position]
-                if ts <= self.horizon:
-                    self.late += 1
-                else:
-                    self._insert(ts, event)
-                position += 1
-            yield self.evaluate(tick)
 
     # ---------------------------------------------------------------------------- shedding
 
@@ -992,26 +1081,3 @@ class WindowedEvaluator:
         if last_tick is not None:
             self._last_tick = float(last_tick)
             self.advance(self._last_tick)
-
-    def _restore_events(self, state: Mapping[str, Any]) -> None:
-        """Replay the raw events of a state written by the re-evaluating windows."""
-        events = state.get("events") or ()
-        times = state.get("times") or [None] * len(events)
-        saved_basis = state.get("timeBasis", "event")
-        for data, saved_ts in zip(events, times, strict=False):
-            event = AuditEvent.from_dict(data)
-            if not self.rule.matches(event):
-                self.unmatched += 1
-                continue
-            if self.time_basis == "ingested":
-                arrival = saved_ts if saved_basis == "ingested" else None
-                arrival = arrival if arrival is not None else event.timestamp
-                if arrival is None:
-                    self.undated += 1
-                    continue
-                self._insert(float(arrival), event)
-            else:
-                ts = self._time_of(event, None)
-                if ts is not None:
-                    self._insert(ts, event)
-        self._set_last_tick(state.get("lastTick"))
