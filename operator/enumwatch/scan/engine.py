@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enumwatch.api.spec import DetectorSpec
+from enumwatch.audit import AuditEvent
 from enumwatch.audit.decode import DecodeStats, iter_buffer_events, iter_buffer_fields
 from enumwatch.audit.event import F_AUDIT_ID, F_STAGE
 from enumwatch.match.prefilter import Prefilter
@@ -86,17 +87,37 @@ def feed(
     without an auditID cannot be recognised and are all counted.
     """
     add = table.add_fields
-    remember = seen.add
     duplicates = 0
     for fields in iter_buffer_fields(buffers, stats, prefilter):
-        audit_id = fields[F_AUDIT_ID]
-        if audit_id is not None:
-            key = hash((audit_id, fields[F_STAGE]))
-            if key in seen:
-                duplicates += 1
-                continue
-            remember(key)
+        if redelivered(fields[F_AUDIT_ID], fields[F_STAGE], seen):
+            duplicates += 1
+            continue
         add(fields)
+    if duplicates:
+        stats.skipped[DUPLICATE] += duplicates
+
+
+def redelivered(audit_id: str | None, stage: str | None, seen: set[int]) -> bool:
+    """Whether an event with this key was met already (see :func:`feed`); remembers it."""
+    if audit_id is None:
+        return False
+    key = hash((audit_id, stage))
+    if key in seen:
+        return True
+    seen.add(key)
+    return False
+
+
+def once(events: Iterable[AuditEvent], stats: DecodeStats) -> Iterator[AuditEvent]:
+    """``events`` without redeliveries (as :func:`feed` counts them): the windows count every
+    event they are given, so a backtest gives each one once."""
+    seen: set[int] = set()
+    duplicates = 0
+    for event in events:
+        if redelivered(event.audit_id, event.stage, seen):
+            duplicates += 1
+            continue
+        yield event
     if duplicates:
         stats.skipped[DUPLICATE] += duplicates
 
@@ -149,7 +170,7 @@ def replay(
         state_budget=sys.maxsize,
     )
     with no_cyclic_gc():
-        events = iter_buffer_events(buffers, stats, Prefilter(rule.matcher))
+        events = once(iter_buffer_events(buffers, stats, Prefilter(rule.matcher)), stats)
         windows = list(evaluator.replay(events))
     counters = {
         name: getattr(evaluator, name)
