@@ -114,7 +114,7 @@ class StateStore:
         return self.state_dir / f"{namespace}_{name}.json"
 
     def save(self, runtime: DetectorRuntime) -> None:
-        """Persist a detector's window (buffered events, last tick) atomically."""
+        """Persist a detector's window (its aggregated state, last tick) atomically."""
         snapshot = self.snapshot(runtime)
         if snapshot is not None:
             self.write(snapshot)
