@@ -13,33 +13,36 @@ event's time is, per detector (``spec.schedule.timestamp``):
   event older than every future window is *late* and one stamped far ahead of its arrival is
   *future*: both are refused and counted.
 
-How (the way stream processors run sliding windows). Time is cut in *slices* of
-``gcd(interval, lookback)``, aligned with the ticks, so that every window is a whole number of
-slices. Per group (source IP, user agent) and slice, a *cell* keeps what the rule reads of its
-documents: their count, the value tuples the aggregates read (:func:`enumwatch.rule.event_values`),
-the latest time and how many were seen from the group's own IP by the API server. A group keeps
-its count over the window. An event costs a constant amount when it arrives (its cells) and
-when its slice leaves the window (a whole slice is subtracted at once), whatever the
-lookback / interval ratio. A tick recomputes only the groups whose window changed since the last
-tick (the *dirty* set: an arrival, or a slice entering or leaving) and keeps the rows of the
-groups that fire, so a group that keeps firing reports its row at every tick without a scan of
-all groups. A row is computed by :func:`enumwatch.rule.group_row`, the definition a scan uses,
-from at most ``documentsBelow - 1`` tuples: the rows are those of a re-evaluation
-(``enumwatch_devkit.reference_windows`` is that oracle, and the property tests compare them).
+How (the way stream processors run sliding windows). Time is cut in *slices* of ``gcd(interval,
+lookback)``, aligned with the ticks, so that every window is a whole number of slices. Per group
+(source IP, user agent) and slice, a *cell* keeps what the rule reads of its documents: their
+count, the value tuples the aggregates read (:func:`enumwatch.rule.event_values`), the latest time
+and how many were seen from the group's own IP by the API server. A group keeps its count over the
+window and, while it has enough documents to fire, invertible counts of its outcomes, request URIs
+and resources (added on arrival, subtracted on expiry), so the thresholds are checked without
+reading its documents. An event costs a constant amount when it arrives (its cells) and when its
+slice leaves the window (a whole slice is subtracted at once), whatever the lookback / interval
+ratio. A tick recomputes only the groups whose window changed since the last tick (the *dirty* set:
+an arrival, or a slice entering or leaving) and keeps the rows of the groups that fire, so a group
+that keeps firing reports its row at every tick without a scan of all groups. A row is computed by
+:func:`enumwatch.rule.group_row`, the definition a scan uses, from at most ``documentsBelow - 1``
+tuples: the rows are those of a re-evaluation (``enumwatch_devkit.reference_windows`` is that
+oracle, and the property tests compare them).
 
-Bounded without losing exactness: the rule fires only for groups with fewer than
-``documentsBelow`` documents in the window, so a cell whose count reaches ``documentsBelow`` can
-never be part of a firing window: it is *saturated*, keeps its count and drops its values; when
-it leaves the window what remains is exactly the window's values. A cell holds at most
-``documentsBelow - 1`` value tuples plus counters, whatever the flood. What remains unbounded is
-the number of groups (a client chooses its user agent). The state's size is estimated (bytes per
-group, cell and kept value, measured by ``bench/operator_memory.py``); past ``state_budget``
-whole groups are *shed* in an order that never hides a group that could fire while others exist
-that cannot: saturated groups first (they cannot fire while their saturated cell is in the
-window), then groups that do not pass the thresholds now (fewest documents, then the least
-recently fed, first), and only then groups that fire (least recently fed first). Every shed
-group and its documents are counted by reason (:attr:`WindowedEvaluator.shed`), for the
-metrics, the detector's status, a Warning Event and the ``WindowOverflow`` condition.
+Bounded without losing exactness: the rule fires only for groups with fewer than ``documentsBelow``
+documents in the window, so a cell whose count reaches ``documentsBelow`` can never be part of a
+firing window: it is *saturated*, keeps its count and drops its values; when it leaves the window
+what remains is exactly the window's values. A cell holds at most ``documentsBelow - 1`` value
+tuples plus counters, whatever the flood. What remains unbounded is the number of groups (a client
+chooses its user agent). The state's size is estimated (bytes per group, cell and kept value,
+measured by ``bench/operator_memory.py``); past ``state_budget`` whole groups are *shed* in an
+order that never hides a group that could fire while others exist that cannot: saturated groups
+first (they cannot fire while their saturated cell is in the window; they stay *muted* until their
+shed state has left it, so that what follows cannot fire on a partial count), then groups that do
+not pass the thresholds now (fewest documents, then the least recently fed, first), and only then
+groups that fire (least recently fed first). Every shed group and its documents are counted by
+reason (:attr:`WindowedEvaluator.shed`), for the metrics, the detector's status, a Warning Event
+and the ``WindowOverflow`` condition.
 
 De-duplication is not done here: callers pass each event once (one identity definition is
 applied upstream, at ingest, journal replay and scan).
