@@ -240,37 +240,14 @@ class WindowSnapshot:
         }
 
     def state(self) -> dict[str, Any]:
-        """The state as one dict: the header, a table of the distinct value tuples and the
-        slices' cells (``[ip, ua, count, last, observed, [value indices] | null]``)."""
-        table: dict[tuple[Any, ...], int] = {}
-        slices = [
-            [index, events, [saved_cell(cell, table) for cell in cells]]
-            for index, events, cells in self.slices
-        ]
-        return {**self.header(), "values": value_table(table), "slices": slices}
-
-
-def saved_cell(cell: SavedCell, table: dict[tuple[Any, ...], int]) -> list[Any]:
-    """One cell as JSON-ready data, its value tuples as indices into ``table`` (filled here)."""
-    (ip, ua), count, last, observed, values = cell
-    indices = None
-    if values is not None:
-        indices = []
-        for v in values:
-            index = table.get(v)
-            if index is None:
-                index = table[v] = len(table)
-            indices.append(index)
-    return [ip, ua, count, last, observed, indices]
-
-
-def value_table(table: dict[tuple[Any, ...], int]) -> list[list[Any]]:
-    """The value tuples in index order, as JSON-ready lists (``groups`` a list)."""
-    return [[*v[:-2], list(v[-2]), v[-1]] for v in table]
+        """The state as one dict: the header and the slices, ``[index, events, cells]``, each
+        cell ``[[ip, ua], count, last, observed, [value tuples] | null]`` (rendered as it is
+        by orjson, in C: a checkpoint after every tick must cost little)."""
+        return {**self.header(), "slices": [list(s) for s in self.slices]}
 
 
 def _read_values(item: list[Any]) -> tuple[Any, ...]:
-    """A value tuple from its :func:`_value_table` form."""
+    """A value tuple from its JSON form (``groups`` a list there)."""
     return (*item[:-2], tuple(item[-2]), int(item[-1]))
 
 
@@ -969,12 +946,11 @@ class WindowedEvaluator(Schedule):
         if state.get("version") != STATE_VERSION:
             self._restore_events(state)
             return
-        table = [_read_values(item) for item in state.get("values") or ()]
         slices: list[tuple[int, int, list[SavedCell]]] = []
         for k, events, cells in state.get("slices") or ():
             saved: list[SavedCell] = []
-            for ip, ua, count, last, observed, indices in cells:
-                values = None if indices is None else tuple(table[i] for i in indices)
+            for (ip, ua), count, last, observed, items in cells:
+                values = None if items is None else tuple(_read_values(v) for v in items)
                 saved.append(((ip, ua), int(count), float(last), int(observed), values))
             slices.append((int(k), int(events), saved))
         last_tick = state.get("lastTick")

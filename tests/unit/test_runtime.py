@@ -68,7 +68,7 @@ def test_window_state_and_journal_survive_a_restart(tmp_path: Path) -> None:
     # Every event keeps its arrival time (the default basis), from the state file and the journal.
     state = restored.evaluator.export_state()
     assert [(s[0], s[1]) for s in state["slices"]] == [(math.ceil(ARRIVAL / 60), 3)]
-    assert [cell[3] for cell in state["slices"][0][2]] == [ARRIVAL]
+    assert [cell[2] for cell in state["slices"][0][2]] == [ARRIVAL]
 
 
 def test_state_of_another_object_with_the_same_name_is_ignored(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_a_journal_line_of_the_old_format_is_read_at_the_events_own_time(tmp_pat
     restored = first.get_or_create(REF)
     assert first.restore(restored)
     assert restored.evaluator is not None
-    assert restored.evaluator.export_state()["slices"][0][2][0][3] == 1007.0
+    assert restored.evaluator.export_state()["slices"][0][2][0][2] == 1007.0
 
 
 def test_the_journal_is_bounded(tmp_path: Path) -> None:

@@ -326,5 +326,5 @@ def test_shedding_takes_saturated_groups_before_any_other() -> None:
     for i in range(3):  # one more group each: over budget
         w.add(dataclasses.replace(_scan("192.0.2.7", f"late/{i}", T0, 1)[0]), T0 + 1)
     assert (w.shed[SHED_SATURATED], w.shed[SHED_BELOW_THRESHOLDS], w.shed[SHED_OLDEST]) == (1, 1, 0)
-    kept = {(c[0], c[1]) for s in w.export_state()["slices"] for c in s[2]}
+    kept = {tuple(c[0]) for s in w.export_state()["slices"] for c in s[2]}
     assert ("192.0.2.9", "scan/1") not in kept and ("192.0.2.8", "scan/2") in kept

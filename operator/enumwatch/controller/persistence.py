@@ -28,7 +28,7 @@ import orjson
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent
 from enumwatch.sink.findings import FailedWrite
-from enumwatch.windows import WindowSnapshot, saved_cell, value_table
+from enumwatch.windows import WindowSnapshot
 
 if TYPE_CHECKING:
     from enumwatch.controller.runtime import DetectorRuntime
@@ -215,17 +215,15 @@ class DetectorSnapshot:
         """The state file's JSON, a slice at a time (never the whole file in memory twice).
 
         The window is its aggregated state (:meth:`~enumwatch.windows.WindowSnapshot.state`):
-        cells with counters and indices into one table of distinct value tuples, written last.
+        per slice, its cells with their counters and value tuples.
         """
         window = self.window
         head = {"uid": self.uid, "pending": self.pending, "folded": self.folded}
         yield orjson.dumps(head)[:-1] + b',"window":'
         yield orjson.dumps(window.header())[:-1] + b',"slices":['
-        table: dict[tuple[Any, ...], int] = {}
-        for n, (index, events, cells) in enumerate(window.slices):
-            part = [index, events, [saved_cell(cell, table) for cell in cells]]
+        for n, part in enumerate(window.slices):
             yield (b"," if n else b"") + orjson.dumps(part)
-        yield b'],"values":' + orjson.dumps(value_table(table)) + b"}}"
+        yield b"]}}"
 
 
 def new_epoch() -> str:
