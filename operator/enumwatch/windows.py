@@ -226,6 +226,8 @@ class WindowSnapshot:
     match: str
     #: (slice index, events, cells) by slice.
     slices: list[tuple[int, int, list[SavedCell]]]
+    #: Shed saturated groups that cannot fire until this slice leaves the window.
+    muted: list[tuple[GroupKey, int]] = field(default_factory=list)
 
     def header(self) -> dict[str, Any]:
         """Everything but the slices."""
@@ -237,6 +239,7 @@ class WindowSnapshot:
             "documentsBelow": self.documents_below,
             "grouping": self.grouping,
             "match": self.match,
+            "muted": self.muted,
         }
 
     def state(self) -> dict[str, Any]:
@@ -916,6 +919,7 @@ class WindowedEvaluator(Schedule):
             self._grouping(),
             _match_signature(self.rule),
             slices,
+            list(self._muted.items()),
         )
 
     def export_state(self) -> dict[str, Any]:
@@ -963,6 +967,7 @@ class WindowedEvaluator(Schedule):
                 str(state.get("grouping", "all")),
                 str(state.get("match", "")),
                 slices,
+                [((ip, ua), int(k)) for (ip, ua), k in state.get("muted") or ()],
             )
         )
 
@@ -1017,6 +1022,8 @@ class WindowedEvaluator(Schedule):
                         slice_ = self._slices[index] = _Slice()
                 self._load_cell(index, slice_, key, count, last, observed, values)
         self._slices = {k: s for k, s in self._slices.items() if s.events or s.cells}
+        for key, k in snap.muted:  # until the slice holding that time leaves the window
+            self._muted[key] = max(self._muted.get(key, k), self._slice_of(k * snap.width))
         self._set_last_tick(snap.last_tick)
         if notes:
             self.rebuilt = "; ".join(notes)
