@@ -201,11 +201,14 @@ class _Group:
 class _Slice:
     """The cells of one slice of time, and how many events it holds."""
 
-    __slots__ = ("cells", "events")
+    __slots__ = ("cells", "events", "saved")
 
     def __init__(self) -> None:
         self.cells: dict[GroupKey, _Cell] = {}
         self.events = 0
+        #: Its cells as the last snapshot copied them, until one changes: a checkpoint after
+        #: each tick copies only the slices that changed since the last one.
+        self.saved: list[SavedCell] | None = None
 
 
 #: A saved cell: key, count, latest time, observed documents, value tuples (None: saturated).
@@ -627,6 +630,7 @@ class WindowedEvaluator(Schedule):
         if slice_ is None:
             slice_ = self._slices[k] = _Slice()
         slice_.events += 1
+        slice_.saved = None
         self._held += 1
         self.added += 1
         active = self._frontier is not None and k <= self._frontier
@@ -879,7 +883,9 @@ class WindowedEvaluator(Schedule):
     def _drop_group(self, key: GroupKey, group: _Group) -> None:
         """Forget one group's state (its events stay counted in their slices)."""
         for k, cell in group.cells.items():
-            del self._slices[k].cells[key]
+            slice_ = self._slices[k]
+            del slice_.cells[key]
+            slice_.saved = None
             self._cells -= 1
             if cell.values is not None:
                 self._values -= len(cell.values)
@@ -900,16 +906,18 @@ class WindowedEvaluator(Schedule):
         slices = []
         for k in sorted(self._slices):
             slice_ = self._slices[k]
-            cells: list[SavedCell] = [
-                (
-                    key,
-                    cell.count,
-                    cell.last,
-                    cell.observed,
-                    None if cell.values is None else tuple(cell.values),
-                )
-                for key, cell in slice_.cells.items()
-            ]
+            cells = slice_.saved
+            if cells is None:
+                cells = slice_.saved = [
+                    (
+                        key,
+                        cell.count,
+                        cell.last,
+                        cell.observed,
+                        None if cell.values is None else tuple(cell.values),
+                    )
+                    for key, cell in slice_.cells.items()
+                ]
             slices.append((k, slice_.events, cells))
         return WindowSnapshot(
             self._last_tick,
@@ -1040,6 +1048,7 @@ class WindowedEvaluator(Schedule):
         observed: int,
         values: tuple[tuple[Any, ...], ...] | None,
     ) -> None:
+        slice_.saved = None
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()

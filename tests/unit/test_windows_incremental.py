@@ -194,13 +194,16 @@ def test_a_restart_from_the_saved_state_changes_no_tick(
 ) -> None:
     rule = Rule(thresholds=LOW)
     first, _, _ = _run_live(events[:cut], steps, rule, schedule, basis, twice=False)
+    first.snapshot()  # a checkpoint earlier: the next copies only the slices changed since
+    for event in events[cut : cut + 3]:
+        first.add(event, (first.last_tick or T0) + 0.5)
     state = orjson.loads(orjson.dumps(first.export_state()))
     restored = WindowedEvaluator(rule, *schedule, time_basis=basis)  # type: ignore[arg-type]
     restored.restore_state(state)
     assert restored.rebuilt is None
     assert restored.buffered == first.buffered and restored.last_tick == first.last_tick
     now = (first.last_tick or T0) + schedule[0]
-    for event in events[cut:]:
+    for event in events[cut + 3 :]:
         assert first.add(event, now) == restored.add(event, now)
     for tick in first.due_ticks(now + 2 * schedule[1]):
         assert first.evaluate(tick) == restored.evaluate(tick)
