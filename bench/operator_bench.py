@@ -6,12 +6,21 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
 1. Detection latency: the full stack (kube-apiserver with audit logging -> ``enumwatch tail`` ->
    ``enumwatch run``) with a detector ticking every 1 s; each round runs an anonymous scan with a
    fresh user agent and measures the time from the scan's last response to the Finding being
-   visible through the API (polled every 20 ms). Goal: under 3 s.
+   visible through the API (polled every 20 ms). Goal: p95 at most 1.0 s (issue 22).
 2. CPU per 1,000 ingested events per second: anonymous audit events (real ones from the audit log,
    re-keyed with new auditIDs, source IPs and timestamps) POSTed to ``/ingest`` at ``--rate``
    events/s for ``--seconds``; the operator process's CPU time (utime + stime from /proc) over
-   the wall time is the share of one core it needs.
+   the wall time is the share of one core it needs. Goal: at most 20 ms per 1,000 events
+   (issue 22; ingest and decoding included).
 3. Peak ingest throughput: the same events posted as fast as one client can.
+
+``--engine-only`` measures the windows alone, in this process, without a control plane (the
+CPU of the operator's own work on events already decoded, so that a loaded, shared machine
+does not blur it): one detector at interval 1 s, lookback 60 s, ``--rate`` events/s from 2,000
+source IPs (realistic anonymous events, each its own auditID and URI), simulated seconds with
+their due ticks evaluated as the ticker does; after one lookback to fill the window, the CPU
+time (``time.process_time``) of ``--seconds`` simulated seconds per 1,000 events.
+Run: ``.venv/bin/python bench/operator_bench.py --engine-only [--rate 1000] [--seconds 60]``.
 """
 
 from __future__ import annotations
@@ -169,19 +178,89 @@ def measure_throughput(
     return total / wall, wall
 
 
+def engine_only(rate: int, seconds: int) -> None:
+    """The windows' CPU per 1,000 events/s at interval 1 s, lookback 60 s (no control plane)."""
+    import asyncio
+
+    from enumwatch.api.refs import DetectorRef
+    from enumwatch.audit import decode_object
+    from enumwatch.controller.runtime import Detectors
+
+    detectors = Detectors()
+    runtime = detectors.get_or_create(DetectorRef("default", "bench", "uid"))
+    runtime.configure(DETECTOR["spec"], 1)  # type: ignore[arg-type]
+    evaluator = runtime.evaluator
+    assert evaluator is not None
+
+    def second_of(s: int) -> list[Any]:
+        events = []
+        for i in range(rate):
+            n = s * rate + i
+            decoded = decode_object(
+                {
+                    "kind": "Event",
+                    "apiVersion": "audit.k8s.io/v1",
+                    "level": "Request",
+                    "auditID": str(uuid.UUID(int=n)),
+                    "stage": "ResponseComplete",
+                    "requestURI": f"/api/v1/namespaces/ns-{n % 53}/secrets/s-{n % 1009}",
+                    "verb": "get",
+                    "user": {"username": "system:anonymous"},
+                    "sourceIPs": [f"10.{n % 2000 // 250}.{n % 250}.7"],
+                    "userAgent": "kubectl/v1.31",
+                    "objectRef": {"resource": "secrets", "namespace": f"ns-{n % 53}"},
+                    "responseStatus": {"code": 403},
+                    "annotations": {"authorization.k8s.io/decision": "forbid"},
+                }
+            )
+            assert not isinstance(decoded, str)
+            events.append(decoded)
+        return events
+
+    async def run(first: int, count: int) -> tuple[float, int]:
+        cpu, ticks, rows = 0.0, 0, 0
+        base = 1_800_000_000
+        for s in range(first, first + count):
+            batch = second_of(s)
+            began = time.process_time()
+            for k in range(10):  # ten ingest requests a second
+                detectors._offer(batch[k * rate // 10 : (k + 1) * rate // 10], base + s + k / 10)
+            for tick in evaluator.due_ticks(base + s + 0.9):
+                rows = len((await runtime.evaluate(tick)).rows)
+                ticks += 1
+            cpu += time.process_time() - began
+        return cpu, rows
+
+    asyncio.run(run(0, 60))  # fill one lookback
+    cpu, rows = asyncio.run(run(60, seconds))
+    per_1000 = cpu / seconds * 1000 / rate * 1000
+    print(
+        f"windows only, {rate} events/s for {seconds} simulated s (interval 1s, lookback 60s, "
+        f"2000 source IPs, {evaluator.buffered:,} events in the window, {rows} rows at the "
+        f"last tick): {per_1000:.1f} ms CPU per 1,000 events (goal <= 20)"
+    )
+
+
 def main() -> int:
     """Run the three measurements and print their figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=10)
     parser.add_argument("--rate", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--seconds", type=float, help="how long to post (default 20; 60 with --engine-only)"
+    )
     parser.add_argument("--throughput-events", type=int, default=50_000)
     parser.add_argument(
         "--parts",
         default="latency,cpu,throughput",
         help="comma-separated measurements to run (default: all three)",
     )
+    parser.add_argument("--engine-only", action="store_true", help="the windows alone, no cluster")
     args = parser.parse_args()
+    if args.engine_only:
+        engine_only(args.rate, int(args.seconds or 60))
+        return 0
+    args.seconds = args.seconds or 20
     parts = set(args.parts.split(","))
     work = Path(tempfile.mkdtemp(prefix="enumwatch-bench-"))
     cp = controlplane.start(work / "cp")
@@ -198,8 +277,8 @@ def main() -> int:
             print(
                 f"detection latency (last request -> Finding visible), interval 1s, "
                 f"{len(q)} scans: min {q[0]:.2f}s  median {statistics.median(q):.2f}s  "
-                f"p95 {p95:.2f}s  max {q[-1]:.2f}s  (goal < 3 s: "
-                f"{'met' if q[-1] < 3 else 'NOT met'})"
+                f"p95 {p95:.2f}s  max {q[-1]:.2f}s  (goal p95 <= 1.0 s: "
+                f"{'met' if p95 <= 1.0 else 'NOT met'})"
             )
         token = (work / "stack" / "ingest.token").read_text()
         pid = stack.processes["operator"].pid
@@ -214,7 +293,7 @@ def main() -> int:
                 f"operator CPU at {args.rate} ingested events/s for {args.seconds:.0f}s "
                 f"({sent} events, 2000 source IPs, detector ticking every 1s): "
                 f"{cores * 100:.1f}% of one core = {cores * 1000 / args.rate * 1000:.0f} ms "
-                f"CPU per 1,000 events"
+                f"CPU per 1,000 events (goal <= 20)"
             )
         if "throughput" in parts:
             cpu0 = cpu_seconds(pid)

@@ -46,7 +46,12 @@ def is_public(request_uri: str) -> bool:
 
 def got_in(event: AuditEvent) -> bool:
     """Whether ``event`` is an answered request (authorized, or a 2xx) to a non-public endpoint."""
-    if event.request_uri is None:
+    return answered_beyond_public(event.request_uri, event.decision, event.code)
+
+
+def answered_beyond_public(request_uri: str | None, decision: str | None, code: int | None) -> bool:
+    """:func:`got_in` of the event with these fields (what an aggregated window keeps of it)."""
+    if request_uri is None:
         return False
-    answered = event.decision == "allow" or (event.code is not None and 200 <= event.code < 300)
-    return answered and not is_public(event.request_uri)
+    answered = decision == "allow" or (code is not None and 200 <= code < 300)
+    return answered and not is_public(request_uri)

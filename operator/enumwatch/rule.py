@@ -385,68 +385,95 @@ class GroupTable:
         keeps the first rows only (the rule's "maximum alerts per execution").
         """
         t = self._rule.thresholds
-        # A group has at most as many distinct values as events: one with too few events for
-        # the distinct-count thresholds is passed over without looking at its values.
-        fewest = max(t.distinct_request_uris_above, t.distinct_resources_above) + 1
+        fewest = fewest_documents(t)
         rows: list[Row] = []
-        for (ip, user_agent), kept in self._groups.items():
+        for key, kept in self._groups.items():
             if kept is _DEAD or not fewest <= len(kept) < t.documents_below:
                 continue
-            # One transposition in C, then every column is counted and deduplicated in C too.
-            columns = list(zip(*kept, strict=True))
-            outcomes = columns[_OUTCOME]
-            counts = [outcomes.count(i) for i in range(len(OUTCOMES))]
-            if not (
-                counts[_FORBID] >= t.forbidden_at_least
-                or counts[_FAILED] >= t.auth_failures_at_least
-                or counts[_NOT_FOUND] >= t.not_found_at_least
-            ):
-                continue
-            uris = _values(columns[F_REQUEST_URI])
-            if len(uris) <= t.distinct_request_uris_above:
-                continue
-            resources = _values(columns[F_RESOURCE])
-            if len(resources) <= t.distinct_resources_above:
-                continue
-            verbs = _values(columns[F_VERB])
-            decisions = _values(columns[F_DECISION])
-            codes = _values(columns[F_CODE])
-            messages = _values(columns[F_MESSAGE])
-            namespaces = _values(columns[F_NAMESPACE])
-            users = _values(columns[F_USERNAME])
-            groups_ = _values(name for names in set(columns[F_GROUPS]) for name in names)
-            rows.append(
-                Row(
-                    source_ip=ip,
-                    user_agent=user_agent,
-                    document_count=len(kept),
-                    authz_allow_count=counts[_ALLOW],
-                    authz_forbid_count=counts[_FORBID],
-                    status_fail_count=counts[_FAILED],
-                    success_count=counts[_SUCCESS],
-                    not_found_count=counts[_NOT_FOUND],
-                    other_error_count=counts[_OTHER],
-                    unknown_count=counts[_UNKNOWN],
-                    verb_count_distinct=len(verbs),
-                    request_uri_count_distinct=len(uris),
-                    resource_count_distinct=len(resources),
-                    outcome_values=tuple(
-                        sorted(name for name, n in zip(OUTCOMES, counts, strict=True) if n)
-                    ),
-                    decision_values=decisions,
-                    code_values=codes,
-                    message_values=messages,
-                    verb_values=verbs,
-                    resource_values=resources,
-                    namespace_values=namespaces,
-                    username_values=users,
-                    groups_values=groups_,
-                    request_uri_values=uris,
-                    data_stream_namespace_values=(data_stream_namespace,),
-                )
-            )
+            row = group_row(t, key, kept, data_stream_namespace)  # type: ignore[arg-type]
+            if row is not None:
+                rows.append(row)
         rows.sort(key=_sort_key)
         return rows if limit is None else rows[:limit]
+
+
+def fewest_documents(t: ThresholdsSpec) -> int:
+    """The fewest documents a group needs before its distinct counts can pass: a group has at
+    most as many distinct values as events, so one with fewer is passed over unread."""
+    return max(t.distinct_request_uris_above, t.distinct_resources_above) + 1
+
+
+def event_values(event: AuditEvent) -> tuple[Any, ...]:
+    """What the aggregates read of one matching event: its first :data:`AGGREGATED_FIELDS`
+    values and its outcome index, the tuple :func:`group_row` is fed (one per document)."""
+    aggregated = aggregated_values(event)
+    return (*aggregated, _outcome_of(aggregated[F_DECISION], aggregated[F_CODE]))
+
+
+def sort_rows(rows: list[Row]) -> list[Row]:
+    """Rows in the rule's output order (source IP, then user agent, ascending, nulls last)."""
+    rows.sort(key=_sort_key)
+    return rows
+
+
+def group_row(
+    t: ThresholdsSpec, key: GroupKey, kept: list[_Values], data_stream_namespace: str
+) -> Row | None:
+    """The seed's ``stats`` and final ``where`` over one group's documents: its row, or
+    ``None`` when it does not pass the thresholds.
+
+    ``kept`` holds one :func:`event_values` tuple per document of the group (repeated tuples
+    for repeated documents). The one definition of a row: a scan's table and the operator's
+    incremental windows both call it.
+    """
+    if not len(kept) < t.documents_below:
+        return None
+    # One transposition in C, then every column is counted and deduplicated in C too.
+    columns = list(zip(*kept, strict=True))
+    if not columns:
+        return None
+    outcomes = columns[_OUTCOME]
+    counts = [outcomes.count(i) for i in range(len(OUTCOMES))]
+    if not (
+        counts[_FORBID] >= t.forbidden_at_least
+        or counts[_FAILED] >= t.auth_failures_at_least
+        or counts[_NOT_FOUND] >= t.not_found_at_least
+    ):
+        return None
+    uris = _values(columns[F_REQUEST_URI])
+    if len(uris) <= t.distinct_request_uris_above:
+        return None
+    resources = _values(columns[F_RESOURCE])
+    if len(resources) <= t.distinct_resources_above:
+        return None
+    verbs = _values(columns[F_VERB])
+    ip, user_agent = key
+    return Row(
+        source_ip=ip,
+        user_agent=user_agent,
+        document_count=len(kept),
+        authz_allow_count=counts[_ALLOW],
+        authz_forbid_count=counts[_FORBID],
+        status_fail_count=counts[_FAILED],
+        success_count=counts[_SUCCESS],
+        not_found_count=counts[_NOT_FOUND],
+        other_error_count=counts[_OTHER],
+        unknown_count=counts[_UNKNOWN],
+        verb_count_distinct=len(verbs),
+        request_uri_count_distinct=len(uris),
+        resource_count_distinct=len(resources),
+        outcome_values=tuple(sorted(name for name, n in zip(OUTCOMES, counts, strict=True) if n)),
+        decision_values=_values(columns[F_DECISION]),
+        code_values=_values(columns[F_CODE]),
+        message_values=_values(columns[F_MESSAGE]),
+        verb_values=verbs,
+        resource_values=resources,
+        namespace_values=_values(columns[F_NAMESPACE]),
+        username_values=_values(columns[F_USERNAME]),
+        groups_values=_values(name for names in set(columns[F_GROUPS]) for name in names),
+        request_uri_values=uris,
+        data_stream_namespace_values=(data_stream_namespace,),
+    )
 
 
 class Rule:

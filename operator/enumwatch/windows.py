@@ -1,4 +1,4 @@
-"""Elastic's rule schedule: every ``interval``, the events of the last ``lookback``.
+"""Elastic's rule schedule, aggregated as events arrive: every ``interval``, the last ``lookback``.
 
 Elastic runs the seed every ``interval`` over the documents of the last ``lookback``, and it runs
 it with ``timestamp_override = event.ingested``: a document's time is when it *arrived*, so a
@@ -11,38 +11,97 @@ event's time is, per detector (``spec.schedule.timestamp``):
 * ``event``: its own audit timestamp, so that a live run and an offline backtest
   (``enumwatch scan --replay``) produce the same windows from the same events. In this mode an
   event older than every future window is *late* and one stamped far ahead of its arrival is
-  *future*: both are refused and counted, never buffered without bound or dropped silently.
+  *future*: both are refused and counted.
+
+How (the way stream processors run sliding windows). Time is cut in *slices* of ``gcd(interval,
+lookback)``, aligned with the ticks, so that every window is a whole number of slices. Per group
+(source IP, user agent) and slice, a *cell* keeps what the rule reads of its documents: their
+count, the value tuples the aggregates read (:func:`enumwatch.rule.event_values`), the latest time
+and how many were seen from the group's own IP by the API server. A group keeps its count over the
+window and, while it has enough documents to fire, invertible counts of its outcomes, request URIs
+and resources (added on arrival, subtracted on expiry), so the thresholds are checked without
+reading its documents. An event costs a constant amount when it arrives (its cells) and when its
+slice leaves the window (a whole slice is subtracted at once), whatever the lookback / interval
+ratio. A tick recomputes only the groups whose window changed since the last tick (the *dirty* set:
+an arrival, or a slice entering or leaving) and keeps the rows of the groups that fire, so a group
+that keeps firing reports its row at every tick without a scan of all groups. A row is computed by
+:func:`enumwatch.rule.group_row`, the definition a scan uses, from at most ``documentsBelow - 1``
+tuples: the rows are those of a re-evaluation (``enumwatch_devkit.reference_windows`` is that
+oracle, and the property tests compare them).
+
+Bounded without losing exactness: the rule fires only for groups with fewer than ``documentsBelow``
+documents in the window, so a cell whose count reaches ``documentsBelow`` can never be part of a
+firing window: it is *saturated*, keeps its count and drops its values; when it leaves the window
+what remains is exactly the window's values. A cell holds at most ``documentsBelow - 1`` value
+tuples plus counters, whatever the flood. What remains unbounded is the number of groups (a client
+chooses its user agent). The state's size is estimated (bytes per group, cell and kept value,
+measured by ``bench/operator_memory.py``); past ``state_budget`` whole groups are *shed* in an
+order that never hides a group that could fire while others exist that cannot: saturated groups
+first (they cannot fire while their saturated cell is in the window; they stay *muted* until their
+shed state has left it, so that what follows cannot fire on a partial count), then groups that do
+not pass the thresholds now (fewest documents, then the least recently fed, first), and only then
+groups that fire (least recently fed first). Every shed group and its documents are counted by
+reason (:attr:`WindowedEvaluator.shed`), for the metrics, the detector's status, a Warning Event
+and the ``WindowOverflow`` condition.
+
+De-duplication is not done here: callers pass each event once (one identity definition is
+applied upstream, at ingest, journal replay and scan).
 
 Pure like :mod:`enumwatch.rule`: no clock (the caller passes the arrival time and ``now``), no
-I/O. Only events the rule matches are buffered (each event offered once: redeliveries are
-recognised upstream by their identity, :mod:`enumwatch.audit.identity`, before any evaluator
-is fed), events no future tick can see are evicted, and the buffer has
-a hard cap (oldest dropped first, counted) so a flood cannot exhaust the operator's memory.
-Catching up after a pause costs one evaluation per window that holds events, never one per
+I/O. Catching up after a pause costs one evaluation per window that holds events, never one per
 elapsed tick.
 """
 
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from enumwatch.access import got_in
+from enumwatch.access import answered_beyond_public
 from enumwatch.audit import AuditEvent
-from enumwatch.rule import GroupKey, Row, Rule
+from enumwatch.audit.event import AGGREGATED_FIELDS, F_CODE, F_DECISION, F_REQUEST_URI, F_RESOURCE
+from enumwatch.rule import (
+    AUTHN_AUTHZ_FAILED,
+    AUTHZ_FORBID,
+    NOT_FOUND,
+    OUTCOMES,
+    GroupKey,
+    Row,
+    Rule,
+    event_values,
+    fewest_documents,
+    group_row,
+    sort_rows,
+)
 
-#: Default cap on buffered events.
-DEFAULT_MAX_BUFFERED = 500_000
 #: In event-time mode, how far an event's own timestamp may lie after its arrival (clock skew
 #: between nodes); anything later is refused and counted as ``future``.
 FUTURE_TOLERANCE_S = 300.0
+#: Default estimated size a detector's window state may reach before groups are shed.
+DEFAULT_STATE_BUDGET = 128 * 2**20
+#: Estimated bytes of a group, a (group, slice) cell and a kept value tuple (with its share of
+#: strings): ``bench/operator_memory.py`` prints what the state really costs per group.
+GROUP_BYTES = 540
+CELL_BYTES = 290
+VALUE_BYTES = 320
+MUTED_BYTES = 150
+#: A shed pass frees state down to this share of the budget, so passes stay rare.
+SHED_TO = 0.9
+
+#: Why a group was shed, in shedding order.
+SHED_SATURATED = "saturated"
+SHED_BELOW_THRESHOLDS = "belowThresholds"
+SHED_OLDEST = "oldest"
+SHED_REASONS: tuple[str, ...] = (SHED_SATURATED, SHED_BELOW_THRESHOLDS, SHED_OLDEST)
 
 #: Which time places an event in a window: its arrival at the operator, or its own timestamp.
 TimeBasis = Literal["ingested", "event"]
+
+#: The version of :meth:`WindowedEvaluator.export_state`'s format.
+STATE_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +109,17 @@ class WindowResult:
     """The outcome of one tick: the window ``(start, end]`` and the rows it produced.
 
     ``last_seen`` maps each row's group key to the time (on the detector's time basis) of the
-    group's latest event in the window. ``observed_documents`` maps each row key to how many of
-    the group's events the API server itself saw coming from the row's source IP (it is the last
-    entry of their ``sourceIPs``; earlier entries come from ``X-Forwarded-For`` and can be
-    forged): the rest only *claimed* the address. "Observed" is a property of the documents, not
-    of the group, so that one real request from an address cannot vouch for a scan that only
-    claims it. ``observed`` holds the row keys with at least one observed event (kept for the
-    readers that only ask "any"). ``claimed_by`` maps each row none of whose events came from its
+    group's latest event in the window; ``observed_documents`` maps each row key to how many of
+    its documents have the row's source IP as the *last* entry of ``sourceIPs`` (the address
+    the API server itself saw; earlier entries come from ``X-Forwarded-For`` and can be forged);
+    ``observed`` holds the row keys with at least one such document. "Observed" is a property of
+    the documents, not of the group, so that one real request from an address cannot vouch for a
+    scan that only claims it. ``claimed_by`` maps each row none of whose documents came from its
     address to the address the API server saw most of them come from (ties: the smallest): the
-    client that claimed it, so that the rows one client forged can be told as one;
-    ``succeeded`` maps a row key to the distinct requestURIs (sorted) of the group's events
-    that got in: answered (an ``allow`` or a 2xx) on an endpoint that is not public by default
+    client that claimed it, so that the rows one client forged can be told as one.
+    ``succeeded`` maps a row key
+    to the distinct requestURIs (sorted) of the group's events that got in: answered (an
+    ``allow`` or a 2xx) on an endpoint that is not public by default
     (:func:`enumwatch.access.got_in`). Rows whose client got nowhere have no entry.
     """
 
@@ -77,44 +136,172 @@ class WindowResult:
     claimed_by: Mapping[GroupKey, str] = field(default_factory=dict)
 
 
+def slice_width(interval_s: float, lookback_s: float) -> float:
+    """The slice width of a schedule: the greatest common divisor of interval and lookback (on
+    whole milliseconds when both are), so that every window is a whole number of slices."""
+    a, b = round(interval_s * 1000), round(lookback_s * 1000)
+    whole = math.isclose(a, interval_s * 1000) and math.isclose(b, lookback_s * 1000)
+    if a > 0 and b > 0 and whole:
+        return math.gcd(a, b) / 1000
+    return interval_s if lookback_s % interval_s == 0 else min(interval_s, lookback_s)
+
+
+class _Cell:
+    """One group's documents in one slice."""
+
+    __slots__ = ("count", "last", "observed", "senders", "values")
+
+    def __init__(self) -> None:
+        self.count = 0
+        #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow).
+        self.values: list[tuple[Any, ...]] | None = []
+        self.last = -math.inf
+        self.observed = 0
+        #: For the documents that only claimed the group's IP: the address the API server saw
+        #: each come from (the last ``sourceIPs`` entry) and how many; dropped with the values
+        #: once saturated (a saturated cell's group cannot fire, so nobody asks who claimed it).
+        self.senders: dict[str, int] | None = None
+
+
+def claimer(senders: Iterable[Mapping[str, int] | None]) -> str | None:
+    """The address most of these claimed documents came from (ties: the smallest), if any."""
+    total: dict[str, int] = {}
+    for by in senders:
+        if by:
+            for address, n in by.items():
+                total[address] = total.get(address, 0) + n
+    if not total:
+        return None
+    return min(total.items(), key=lambda item: (-item[1], item[0]))[0]
+
+
+#: A group's invertible aggregates: outcome counts, requestURI counts, resource counts.
+_Agg = tuple[list[int], dict[str, int], dict[str, int]]
+_OUTCOME_AT = AGGREGATED_FIELDS
+_FORBID_AT, _FAILED_AT, _NOT_FOUND_AT = (
+    OUTCOMES.index(AUTHZ_FORBID),
+    OUTCOMES.index(AUTHN_AUTHZ_FAILED),
+    OUTCOMES.index(NOT_FOUND),
+)
+
+
+def _fold(agg: _Agg, values: Iterable[tuple[Any, ...]], sign: int) -> None:
+    """Add (``sign`` 1) or subtract (-1) documents' value tuples to or from ``agg``."""
+    outcomes, uris, resources = agg
+    for v in values:
+        outcomes[v[_OUTCOME_AT]] += sign
+        for counts, value in ((uris, v[F_REQUEST_URI]), (resources, v[F_RESOURCE])):
+            if value is not None:
+                n = counts.get(value, 0) + sign
+                if n:
+                    counts[value] = n
+                else:
+                    del counts[value]
+
+
+class _Group:
+    """One (source IP, user agent) group: its cells by slice and its count in the window."""
+
+    __slots__ = ("agg", "cells", "count", "docs", "saturated", "touched")
+
+    def __init__(self) -> None:
+        #: Outcome counts and per-value counts of requestURI and resource over the values of
+        #: its active cells (invertible), kept only while the group has enough documents to
+        #: fire: the thresholds are then checked without reading its documents.
+        self.agg: _Agg | None = None
+        self.cells: dict[int, _Cell] = {}
+        #: Documents in the slices of the evaluated window (the active slices).
+        self.count = 0
+        #: Documents in every cell (active or not).
+        self.docs = 0
+        #: Saturated cells.
+        self.saturated = 0
+        #: The arrival sequence number of its latest document (age order for shedding).
+        self.touched = 0
+
+
+class _Slice:
+    """The cells of one slice of time, and how many events it holds."""
+
+    __slots__ = ("cells", "events", "saved")
+
+    def __init__(self) -> None:
+        self.cells: dict[GroupKey, _Cell] = {}
+        self.events = 0
+        #: Its cells as the last snapshot copied them, until one changes: a checkpoint after
+        #: each tick copies only the slices that changed since the last one.
+        self.saved: list[SavedCell] | None = None
+
+
+#: A saved cell: key, count, latest time, observed documents, value tuples (None: saturated),
+#: the addresses its claimed documents came from (None: none, or saturated).
+SavedCell = tuple[
+    GroupKey, int, float, int, "tuple[tuple[Any, ...], ...] | None", "dict[str, int] | None"
+]
+
+
 @dataclass(frozen=True)
 class WindowSnapshot:
-    """A window's state at one moment (:meth:`WindowedEvaluator.snapshot`), rendered on demand
-    (even in another thread) as the dict :meth:`WindowedEvaluator.restore_state` reads."""
+    """A window's state at one moment (:meth:`WindowedEvaluator.snapshot`), copied in one cheap
+    step on the event loop and rendered later (even in another thread) as the dict
+    :meth:`WindowedEvaluator.restore_state` reads."""
 
     last_tick: float | None
     time_basis: TimeBasis
-    entries: list[tuple[float, int, AuditEvent]]
+    width: float
+    documents_below: int
+    grouping: str
+    match: str
+    #: (slice index, events, cells) by slice.
+    slices: list[tuple[int, int, list[SavedCell]]]
+    #: Shed saturated groups that cannot fire until this slice leaves the window.
+    muted: list[tuple[GroupKey, int]] = field(default_factory=list)
 
-    def ordered(self) -> list[tuple[float, int, AuditEvent]]:
-        """The buffered (time, sequence, event) entries, oldest first."""
-        return sorted(self.entries)
-
-    def state(self) -> dict[str, Any]:
-        """The state as one dict."""
-        ordered = self.ordered()
+    def header(self) -> dict[str, Any]:
+        """Everything but the slices."""
         return {
+            "version": STATE_VERSION,
             "lastTick": self.last_tick,
             "timeBasis": self.time_basis,
-            "times": [ts for ts, _, _ in ordered],
-            "events": [event.to_dict() for _, _, event in ordered],
+            "sliceWidth": self.width,
+            "documentsBelow": self.documents_below,
+            "grouping": self.grouping,
+            "match": self.match,
+            "muted": self.muted,
         }
 
+    def state(self) -> dict[str, Any]:
+        """The state as one dict: the header and the slices, ``[index, events, cells]``, each
+        cell ``[[ip, ua], count, last, observed, [value tuples] | null, {sender: n} | null]``
+        (rendered as it is by orjson, in C: a checkpoint after every tick must cost little)."""
+        return {**self.header(), "slices": [list(s) for s in self.slices]}
 
-class WindowedEvaluator:
-    """Buffers matching events and evaluates the rule at each tick over its lookback window.
 
+def _read_values(item: list[Any]) -> tuple[Any, ...]:
+    """A value tuple from its JSON form (``groups`` a list there)."""
+    return (*item[:-2], tuple(item[-2]), int(item[-1]))
+
+
+def _match_signature(rule: Rule) -> str:
+    """What decides whether the rule keeps an event (its ``match`` spec), as a comparable text."""
+    return rule.match.model_dump_json()
+
+
+class Schedule:
+    """Elastic's schedule on one time basis, what every windowed evaluator of the rule shares:
+    epoch-aligned ticks, the horizon past which an event is late, an event's time, the due
+    ticks, a backtest's order of ticks and the reading of raw-event state.
+
+    Subclasses hold the events (:meth:`_hold`), say when they are (:meth:`_held_times`) and
+    evaluate a tick; this is the one definition of when and on what time they do it.
     Counters (all monotonic): ``added``, ``unmatched`` (not matched by the rule), ``undated`` (no
-    timestamp, event-time mode), ``late`` (older than any future window,
-    event-time mode), ``future`` (stamped more than :data:`FUTURE_TOLERANCE_S` after arrival,
-    event-time mode), ``overflow`` (dropped because the buffer was full) and ``evicted`` (left
-    every future window).
+    timestamp, event-time mode), ``late`` (older than any future window, event-time mode),
+    ``future`` (stamped more than :data:`FUTURE_TOLERANCE_S` after arrival, event-time mode) and
+    ``evicted`` (left every future window).
     """
 
     __slots__ = (
-        "_buffer",
         "_last_tick",
-        "_seq",
         "added",
         "data_stream_namespace",
         "evicted",
@@ -124,8 +311,6 @@ class WindowedEvaluator:
         "late",
         "limit",
         "lookback",
-        "max_buffered",
-        "overflow",
         "rule",
         "time_basis",
         "undated",
@@ -140,7 +325,6 @@ class WindowedEvaluator:
         *,
         data_stream_namespace: str = "default",
         limit: int | None = None,
-        max_buffered: int = DEFAULT_MAX_BUFFERED,
         time_basis: TimeBasis = "event",
         future_tolerance_s: float = FUTURE_TOLERANCE_S,
     ) -> None:
@@ -155,22 +339,36 @@ class WindowedEvaluator:
         self.lookback = float(lookback_s)
         self.data_stream_namespace = data_stream_namespace
         self.limit = limit
-        self.max_buffered = max_buffered
         self.time_basis: TimeBasis = time_basis
         self.future_tolerance = future_tolerance_s
-        # Min-heap of (time, arrival sequence, event): eviction pops the oldest first.
-        self._buffer: list[tuple[float, int, AuditEvent]] = []
-        self._seq = 0
         self._last_tick: float | None = None
         self.added = self.unmatched = self.undated = 0
-        self.late = self.future = self.overflow = self.evicted = 0
+        self.late = self.future = self.evicted = 0
 
-    # ---------------------------------------------------------------------------- inspection
+    # ---------------------------------------------------------------------------- the holding
 
     @property
     def buffered(self) -> int:
         """How many events are held for future ticks."""
-        return len(self._buffer)
+        raise NotImplementedError
+
+    def _held_times(self) -> list[float]:
+        """When the held events are, ascending (a time that stands for each, as windows see)."""
+        raise NotImplementedError
+
+    def _hold(self, ts: float, event: AuditEvent) -> None:
+        """Hold a matching event at time ``ts``."""
+        raise NotImplementedError
+
+    def evaluate(self, tick: float) -> WindowResult:
+        """Evaluate the window ``(tick - lookback, tick]``, then drop what no later tick needs."""
+        raise NotImplementedError
+
+    def advance(self, tick: float) -> None:
+        """Record ``tick`` as evaluated and drop what no later tick needs."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------- the schedule
 
     @property
     def last_tick(self) -> float | None:
@@ -196,19 +394,21 @@ class WindowedEvaluator:
         # Multiply rather than accumulate, so ticks stay exactly epoch-aligned.
         return (round(tick / self.interval) + 1) * self.interval
 
-    # ---------------------------------------------------------------------------- feeding
-
     def add(self, event: AuditEvent, arrival: float | None = None) -> bool:
-        """Buffer ``event`` (received at ``arrival``) if the rule matches it and a tick can see it.
+        """Count ``event`` (received at ``arrival``) if the rule matches it and a tick can see it.
 
         ``arrival`` is required on the ``ingested`` time basis (it *is* the event's time there);
         on the ``event`` basis it bounds how far ahead the event's own timestamp may be.
-        Returns whether it was buffered; otherwise exactly one counter says why.
+        Returns whether it was counted; otherwise exactly one counter says why.
         """
         if not self.rule.matches(event):
             self.unmatched += 1
             return False
-        return self._add_matched(event, arrival)
+        ts = self._time_of(event, arrival)
+        if ts is None:
+            return False
+        self._hold(ts, event)
+        return True
 
     def _time_of(self, event: AuditEvent, arrival: float | None) -> float | None:
         """The event's time on this evaluator's basis; counts and returns ``None`` if refused."""
@@ -228,52 +428,27 @@ class WindowedEvaluator:
             return None
         return ts
 
-    def _add_matched(self, event: AuditEvent, arrival: float | None) -> bool:
-        ts = self._time_of(event, arrival)
-        if ts is None:
-            return False
-        return self._buffer_event(ts, event)
-
-    def _buffer_event(self, ts: float, event: AuditEvent) -> bool:
-        if len(self._buffer) >= self.max_buffered:
-            self._pop_oldest()
-            self.overflow += 1
-        self._seq += 1
-        heapq.heappush(self._buffer, (ts, self._seq, event))
-        self.added += 1
-        return True
-
-    def _pop_oldest(self) -> None:
-        heapq.heappop(self._buffer)
-
-    def _evict(self, horizon: float) -> None:
-        buffer = self._buffer
-        while buffer and buffer[0][0] <= horizon:
-            self._pop_oldest()
-            self.evicted += 1
-
-    # ---------------------------------------------------------------------------- ticking
-
     def due_ticks(self, now: float) -> list[float]:
         """The ticks to evaluate up to ``now``, oldest first: each one whose window holds
-        buffered events, and the latest tick.
+        events, and the latest tick.
 
         Ticks whose windows are empty produce no rows, so they are passed over: catching up
         after a pause (or on one event stamped a year ago) costs one evaluation per window that
         holds events, never one per elapsed tick. Before the first evaluation the first due tick
-        is the one whose window holds the oldest buffered event. To leave events in flight time
-        to arrive, pass ``now`` minus a grace delay.
+        is the one whose window holds the oldest event. To leave events in flight time to
+        arrive, pass ``now`` minus a grace delay.
         """
         latest = self.tick_at_or_before(now)
+        ends = self._held_times()
         if self._last_tick is not None:
             first = self._next_tick(self._last_tick)
-        elif self._buffer:
-            first = self.tick_at_or_after(self._buffer[0][0])
+        elif ends:
+            first = self.tick_at_or_after(ends[0])
         else:
             first = latest
         if first > latest:
             return []
-        times = sorted(ts for ts, _, _ in self._buffer if first - self.lookback < ts <= latest)
+        times = [t for t in ends if first - self.lookback < t <= latest]
         ticks: list[float] = []
         tick, i = first, 0
         while tick < latest and i < len(times):
@@ -286,104 +461,13 @@ class WindowedEvaluator:
         ticks.append(latest)
         return ticks
 
-    def evaluate(self, tick: float) -> WindowResult:
-        """Evaluate the window ``(tick - lookback, tick]``, then evict what no later tick needs."""
-        result = self.compute(tick, self.window_events(tick))
-        self.advance(tick)
-        return result
-
-    def window_events(self, tick: float) -> list[tuple[float, AuditEvent]]:
-        """The buffered (time, event) pairs in the window of ``tick``: one cheap pass that takes
-        what :meth:`compute` reads, so that the computing can happen elsewhere (another thread)
-        while events keep arriving."""
-        start = tick - self.lookback
-        return [(ts, event) for ts, _, event in self._buffer if start < ts <= tick]
-
-    def compute(self, tick: float, events: list[tuple[float, AuditEvent]]) -> WindowResult:
-        """The rule over the window of ``tick`` holding ``events`` (:meth:`window_events`).
-
-        It reads only its arguments and the (immutable) rule: safe in a worker thread.
-        """
-        start = tick - self.lookback
-        table = self.rule.table()
-        add = table.add_matched
-        for _, event in events:
-            add(event)
-        rows = tuple(table.rows(self.data_stream_namespace, self.limit))
-        last_seen, observed_documents, claimed_by, succeeded = self._row_facts(rows, events)
-        return WindowResult(
-            tick=tick,
-            start=start,
-            end=tick,
-            rows=rows,
-            events=table.added,
-            groups=table.group_count,
-            last_seen=last_seen,
-            observed=frozenset(key for key, n in observed_documents.items() if n),
-            succeeded=succeeded,
-            observed_documents=observed_documents,
-            claimed_by=claimed_by,
-        )
-
-    def advance(self, tick: float) -> None:
-        """Record ``tick`` as evaluated and evict what no later tick needs."""
-        if self._last_tick is None or tick > self._last_tick:
-            self._last_tick = tick
-        self._evict(self.horizon)
-
-    def _row_facts(self, rows: tuple[Row, ...], events: list[tuple[float, AuditEvent]]) -> tuple[
-        dict[GroupKey, float],
-        dict[GroupKey, int],
-        dict[GroupKey, str],
-        dict[GroupKey, tuple[str, ...]],
-    ]:
-        """Facts beside the rule about each row, from a second pass (only when rows fired): its
-        latest event's time, how many of its events came from its IP (the API server saw it),
-        who claimed the IP of a row none of whose events came from it, and the URIs its client
-        got into."""
-        if not rows:
-            return {}, {}, {}, {}
-        wanted = {row.key for row in rows}
-        seen: dict[GroupKey, float] = {}
-        observed: dict[GroupKey, int] = dict.fromkeys(wanted, 0)
-        senders: dict[GroupKey, dict[str, int]] = {}
-        succeeded: dict[GroupKey, set[str]] = {}
-        for ts, event in events:
-            entered = got_in(event)
-            last = event.source_ips[-1] if event.source_ips else None
-            for key in self.rule.group_keys(event.source_ips, event.user_agent):
-                if key in wanted:
-                    if ts > seen.get(key, -math.inf):
-                        seen[key] = ts
-                    if entered:
-                        assert event.request_uri is not None
-                        succeeded.setdefault(key, set()).add(event.request_uri)
-                    if last is None:
-                        continue
-                    if key[0] == last:
-                        observed[key] += 1
-                    else:
-                        by = senders.setdefault(key, {})
-                        by[last] = by.get(last, 0) + 1
-        claimed_by = {
-            key: min(by.items(), key=lambda item: (-item[1], item[0]))[0]
-            for key, by in senders.items()
-            if not observed[key]
-        }
-        return (
-            seen,
-            observed,
-            claimed_by,
-            {key: tuple(sorted(uris)) for key, uris in succeeded.items()},
-        )
-
     def replay(self, events: Iterable[AuditEvent]) -> Iterator[WindowResult]:
         """Backtest: run every tick over ``events`` in their own timestamp order.
 
         A replay is always on the events' own time (there is no arrival to speak of). Events may
         come in any order (they are sorted first; only matching, dated ones are kept). Yields one
         result per tick from the first event's window to the last one's, skipping stretches
-        where no event is buffered.
+        where no event is held.
         """
         dated: list[tuple[float, int, AuditEvent]] = []
         for seq, event in enumerate(events):
@@ -395,11 +479,11 @@ class WindowedEvaluator:
                 dated.append((event.timestamp, seq, event))
         dated.sort(key=lambda item: (item[0], item[1]))
         position = 0
-        while position < len(dated) or self._buffer:
-            if self._buffer and self._last_tick is not None:
+        while position < len(dated) or self.buffered:
+            if self.buffered and self._last_tick is not None:
                 tick = self._next_tick(self._last_tick)
             else:
-                oldest = self._buffer[0][0] if self._buffer else dated[position][0]
+                oldest = self._held_times()[0] if self.buffered else dated[position][0]
                 tick = self.tick_at_or_after(oldest)
                 if self._last_tick is not None and tick <= self._last_tick:
                     tick = self._next_tick(self._last_tick)
@@ -408,29 +492,12 @@ class WindowedEvaluator:
                 if ts <= self.horizon:
                     self.late += 1
                 else:
-                    self._buffer_event(ts, event)
+                    self._hold(ts, event)
                 position += 1
             yield self.evaluate(tick)
 
-    # ---------------------------------------------------------------------------- persistence
-
-    def export_state(self) -> dict[str, Any]:
-        """The buffered events (with their times) and the last tick, for :meth:`restore_state`."""
-        return self.snapshot().state()
-
-    def snapshot(self) -> WindowSnapshot:
-        """What :meth:`export_state` exports, taken in one cheap step (a copy of the buffer's
-        references: the events are immutable), to be rendered later, even in another thread."""
-        return WindowSnapshot(self._last_tick, self.time_basis, list(self._buffer))
-
-    def restore_state(self, state: Mapping[str, Any]) -> None:
-        """Load state saved by :meth:`export_state` into this (fresh) evaluator.
-
-        Events are re-checked against this evaluator's rule, so restoring after a spec change
-        keeps only what the new rule matches. Each event keeps the time it was buffered under:
-        its arrival on the ``ingested`` basis (state written before arrival times were kept,
-        or on the ``event`` basis, supplies the event's own time instead).
-        """
+    def _restore_events(self, state: Mapping[str, Any]) -> None:
+        """Replay the raw events of a state written by the re-evaluating windows."""
         events = state.get("events") or ()
         times = state.get("times") or [None] * len(events)
         saved_basis = state.get("timeBasis", "event")
@@ -445,10 +512,617 @@ class WindowedEvaluator:
                 if arrival is None:
                     self.undated += 1
                     continue
-                self._buffer_event(float(arrival), event)
+                self._hold(float(arrival), event)
             else:
-                self._add_matched(event, None)
+                ts = self._time_of(event, None)
+                if ts is not None:
+                    self._hold(ts, event)
         last_tick = state.get("lastTick")
         if last_tick is not None:
             self._last_tick = float(last_tick)
-            self._evict(self.horizon)
+            self.advance(self._last_tick)
+
+
+class WindowedEvaluator(Schedule):
+    """Aggregates matching events by group and slice and evaluates the rule at each tick.
+
+    Counters beside :class:`Schedule`'s (``evicted`` counts the events of slices that left
+    every future window): ``shed`` (groups shed over the state budget, by reason) and
+    ``shed_documents`` (their documents). ``rebuilt`` says, after :meth:`carry_over` or
+    :meth:`restore_state` from a different configuration, what could not be carried exactly
+    (``None`` when everything was).
+    """
+
+    __slots__ = (
+        "_active_groups",
+        "_cap",
+        "_cells",
+        "_dirty",
+        "_fewest",
+        "_firing",
+        "_frontier",
+        "_groups",
+        "_held",
+        "_interval_slices",
+        "_lookback_slices",
+        "_muted",
+        "_seq",
+        "_slices",
+        "_values",
+        "_window_events",
+        "last_shed_at",
+        "rebuilt",
+        "shed",
+        "shed_documents",
+        "state_budget",
+        "width",
+    )
+
+    def __init__(
+        self,
+        rule: Rule,
+        interval_s: float,
+        lookback_s: float,
+        *,
+        data_stream_namespace: str = "default",
+        limit: int | None = None,
+        state_budget: int = DEFAULT_STATE_BUDGET,
+        time_basis: TimeBasis = "event",
+        future_tolerance_s: float = FUTURE_TOLERANCE_S,
+    ) -> None:
+        super().__init__(
+            rule,
+            interval_s,
+            lookback_s,
+            data_stream_namespace=data_stream_namespace,
+            limit=limit,
+            time_basis=time_basis,
+            future_tolerance_s=future_tolerance_s,
+        )
+        self.width = slice_width(self.interval, self.lookback)
+        self._lookback_slices = round(self.lookback / self.width)
+        self._interval_slices = round(self.interval / self.width)
+        self.state_budget = state_budget
+        self._cap = rule.thresholds.documents_below
+        self._fewest = fewest_documents(rule.thresholds)
+        self._slices: dict[int, _Slice] = {}
+        self._groups: dict[GroupKey, _Group] = {}
+        #: The latest slice folded into the groups' window counts (the last tick's slice).
+        self._frontier: int | None = None
+        self._dirty: set[GroupKey] = set()
+        #: Saturated groups that were shed, with the last slice of their shed state: until it
+        #: leaves the window they cannot fire (the oracle's count would still be too high).
+        self._muted: dict[GroupKey, int] = {}
+        #: The groups that fire in the last evaluated window: row, last seen, observed
+        #: documents, succeeded URIs.
+        self._firing: dict[GroupKey, tuple[Row, float, int, tuple[str, ...], str | None]] = {}
+        self._window_events = self._active_groups = self._held = 0
+        self._cells = self._values = self._seq = 0
+        self.shed: dict[str, int] = dict.fromkeys(SHED_REASONS, 0)
+        self.shed_documents = 0
+        self.last_shed_at: float | None = None
+        self.rebuilt: str | None = None
+
+    # ---------------------------------------------------------------------------- inspection
+
+    @property
+    def buffered(self) -> int:
+        """How many events the slices hold for future ticks."""
+        return self._held
+
+    @property
+    def group_count(self) -> int:
+        """How many groups have state (in any slice)."""
+        return len(self._groups)
+
+    @property
+    def state_bytes(self) -> int:
+        """The estimated size of the window state (what the budget is compared with)."""
+        return (
+            len(self._groups) * GROUP_BYTES
+            + self._cells * CELL_BYTES
+            + self._values * VALUE_BYTES
+            + len(self._muted) * MUTED_BYTES
+        )
+
+    def _held_times(self) -> list[float]:
+        # A slice lies wholly inside or outside every window, so its end stands for its events.
+        return sorted(k * self.width for k, s in self._slices.items() if s.events)
+
+    def _hold(self, ts: float, event: AuditEvent) -> None:
+        self._insert(ts, event)
+
+    def _slice_of(self, ts: float) -> int:
+        """The slice ``k`` with ``(k - 1) * width < ts <= k * width``."""
+        w = self.width
+        k = math.ceil(ts / w)
+        if k * w < ts:
+            k += 1
+        elif (k - 1) * w >= ts:
+            k -= 1
+        return k
+
+    def _index(self, tick: float) -> int:
+        """The slice that ends at ``tick``."""
+        return round(tick / self.width)
+
+    # ---------------------------------------------------------------------------- feeding
+
+    def _insert(self, ts: float, event: AuditEvent) -> None:
+        """Count one matching event at time ``ts`` in its groups' cells."""
+        k = self._slice_of(ts)
+        slice_ = self._slices.get(k)
+        if slice_ is None:
+            slice_ = self._slices[k] = _Slice()
+        slice_.events += 1
+        slice_.saved = None
+        self._held += 1
+        self.added += 1
+        active = self._frontier is not None and k <= self._frontier
+        if active:
+            self._window_events += 1
+        source_ips = event.source_ips
+        user_agent = event.user_agent
+        ips: Iterable[str | None] = source_ips or (None,)
+        if len(source_ips) > 1:  # as rule.group_keys
+            ips = source_ips[-1:] if self.rule.observed_only else dict.fromkeys(source_ips)
+        observed_ip = source_ips[-1] if source_ips else None
+        self._seq += 1
+        seq = self._seq
+        groups = self._groups
+        cells = slice_.cells
+        cap = self._cap
+        values: tuple[Any, ...] | None = None
+        for ip in ips:
+            key = (ip, user_agent)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            cell = group.cells.get(k)
+            if cell is None:
+                cell = group.cells[k] = cells[key] = _Cell()
+                self._cells += 1
+            cell.count += 1
+            group.docs += 1
+            group.touched = seq
+            if ts > cell.last:
+                cell.last = ts
+            kept = cell.values
+            if ip is not None and ip == observed_ip:
+                cell.observed += 1
+            elif observed_ip is not None and kept is not None:
+                senders = cell.senders
+                if senders is None:
+                    senders = cell.senders = {}
+                senders[observed_ip] = senders.get(observed_ip, 0) + 1
+            if kept is not None:
+                if cell.count >= cap:
+                    # Saturated: this slice alone keeps the group from firing while it is in
+                    # the window, so its values can never be read again.
+                    cell.values = None
+                    cell.senders = None
+                    group.saturated += 1
+                    self._values -= len(kept)
+                    if active and group.agg is not None:
+                        _fold(group.agg, kept, -1)
+                else:
+                    if values is None:
+                        values = event_values(event)
+                    kept.append(values)
+                    self._values += 1
+                    if active and group.agg is not None:
+                        _fold(group.agg, (values,), 1)
+            if active:
+                if not group.count:
+                    self._active_groups += 1
+                group.count += 1
+                self._dirty.add(key)
+        if self.state_bytes > self.state_budget:
+            self._shed(ts)
+
+    # ---------------------------------------------------------------------------- slices
+
+    def _activate_through(self, index: int) -> None:
+        """Fold the slices up to ``index`` (not yet folded) into the groups' window counts."""
+        start = self._frontier
+        if start is not None and index <= start:
+            return
+        groups, dirty = self._groups, self._dirty
+        for k in sorted(k for k in self._slices if (start is None or k > start) and k <= index):
+            slice_ = self._slices[k]
+            self._window_events += slice_.events
+            for key, cell in slice_.cells.items():
+                group = groups[key]
+                if not group.count:
+                    self._active_groups += 1
+                group.count += cell.count
+                if group.agg is not None and cell.values:
+                    _fold(group.agg, cell.values, 1)
+                dirty.add(key)
+        self._frontier = index
+
+    def _expire_through(self, index: int) -> None:
+        """Take the slices up to ``index`` out of the window state, a whole slice at a time."""
+        if self._muted:
+            ended = [key for key, last in self._muted.items() if last <= index]
+            for key in ended:
+                del self._muted[key]
+                self._dirty.add(key)
+        expired = [k for k in self._slices if k <= index]
+        if not expired:
+            return
+        groups, dirty, frontier = self._groups, self._dirty, self._frontier
+        for k in expired:
+            slice_ = self._slices.pop(k)
+            active = frontier is not None and k <= frontier
+            self._held -= slice_.events
+            self.evicted += slice_.events
+            if active:
+                self._window_events -= slice_.events
+            for key, cell in slice_.cells.items():
+                group = groups[key]
+                del group.cells[k]
+                self._cells -= 1
+                group.docs -= cell.count
+                if cell.values is None:
+                    group.saturated -= 1
+                else:
+                    self._values -= len(cell.values)
+                if active:
+                    group.count -= cell.count
+                    if not group.count:
+                        self._active_groups -= 1
+                    if group.agg is not None and cell.values:
+                        _fold(group.agg, cell.values, -1)
+                    dirty.add(key)
+                if not group.cells:
+                    del groups[key]
+                    dirty.add(key)
+
+    # ---------------------------------------------------------------------------- ticking
+
+    def evaluate(self, tick: float) -> WindowResult:
+        """Evaluate the window ``(tick - lookback, tick]``, then drop what no later tick needs.
+
+        Ticks are evaluated in increasing order (as :meth:`due_ticks` gives them); only the
+        groups whose window changed since the last tick are recomputed.
+        """
+        if self._last_tick is not None and tick < self._last_tick:
+            raise ValueError(f"tick {tick} is before the last evaluated tick {self._last_tick}")
+        m = self._index(tick)
+        self._expire_through(m - self._lookback_slices)
+        self._activate_through(m)
+        self._recompute(m)
+        firing = self._firing
+        rows = sort_rows([entry[0] for entry in firing.values()])
+        if self.limit is not None:
+            rows = rows[: self.limit]
+        last_seen: dict[GroupKey, float] = {}
+        observed_documents: dict[GroupKey, int] = {}
+        claimed_by: dict[GroupKey, str] = {}
+        succeeded: dict[GroupKey, tuple[str, ...]] = {}
+        for row in rows:
+            _, seen, observed, uris, claimed = firing[row.key]
+            last_seen[row.key] = seen
+            observed_documents[row.key] = observed
+            if claimed is not None:
+                claimed_by[row.key] = claimed
+            if uris:
+                succeeded[row.key] = uris
+        result = WindowResult(
+            tick=tick,
+            start=tick - self.lookback,
+            end=tick,
+            rows=tuple(rows),
+            events=self._window_events,
+            groups=self._active_groups,
+            last_seen=last_seen,
+            observed=frozenset(key for key, n in observed_documents.items() if n),
+            succeeded=succeeded,
+            observed_documents=observed_documents,
+            claimed_by=claimed_by,
+        )
+        self.advance(tick)
+        return result
+
+    def _recompute(self, m: int) -> None:
+        """Recompute the rows of the groups whose window changed (the slices up to ``m``)."""
+        groups, firing, muted = self._groups, self._firing, self._muted
+        fewest, cap = self._fewest, self._cap
+        thresholds, namespace = self.rule.thresholds, self.data_stream_namespace
+        t = thresholds
+        for key in self._dirty:
+            group = groups.get(key)
+            if group is None or not fewest <= group.count < cap or key in muted:
+                if group is not None and group.count < fewest:
+                    group.agg = None  # too few documents to fire: no need to keep it up
+                firing.pop(key, None)
+                continue
+            # Fewer than documentsBelow documents: no cell in the window is saturated.
+            agg = group.agg
+            if agg is None:
+                agg = group.agg = ([0] * len(OUTCOMES), {}, {})
+                for k, cell in group.cells.items():
+                    if k <= m:
+                        _fold(agg, cell.values, 1)  # type: ignore[arg-type]
+            outcomes, uris_seen, resources_seen = agg
+            if (
+                len(uris_seen) <= t.distinct_request_uris_above
+                or len(resources_seen) <= t.distinct_resources_above
+                or not (
+                    outcomes[_FORBID_AT] >= t.forbidden_at_least
+                    or outcomes[_FAILED_AT] >= t.auth_failures_at_least
+                    or outcomes[_NOT_FOUND_AT] >= t.not_found_at_least
+                )
+            ):
+                firing.pop(key, None)
+                continue
+            # It fires: its row, from the one definition, over its documents.
+            kept: list[tuple[Any, ...]] = []
+            last, observed = -math.inf, 0
+            for k, cell in group.cells.items():
+                if k <= m:
+                    kept += cell.values  # type: ignore[arg-type]
+                    observed += cell.observed
+                    if cell.last > last:
+                        last = cell.last
+            row = group_row(thresholds, key, kept, namespace)
+            if row is None:
+                firing.pop(key, None)
+                continue
+            uris = sorted(
+                {
+                    v[F_REQUEST_URI]
+                    for v in kept
+                    if answered_beyond_public(v[F_REQUEST_URI], v[F_DECISION], v[F_CODE])
+                }
+            )
+            claimed = (
+                None
+                if observed
+                else claimer(cell.senders for k, cell in group.cells.items() if k <= m)
+            )
+            firing[key] = (row, last, observed, tuple(uris), claimed)
+        self._dirty.clear()
+
+    def advance(self, tick: float) -> None:
+        """Record ``tick`` as evaluated and drop the slices no later tick needs."""
+        if self._last_tick is None or tick > self._last_tick:
+            self._last_tick = tick
+        m = self._index(self._last_tick)
+        self._activate_through(m)
+        self._expire_through(m + self._interval_slices - self._lookback_slices)
+
+    # ---------------------------------------------------------------------------- shedding
+
+    def _shed(self, at: float) -> None:
+        """Shed whole groups until the state is back under :data:`SHED_TO` of the budget, in
+        the order that cannot hide a group that could fire while one that cannot is kept."""
+        cap, firing = self._cap, self._firing
+
+        def order(item: tuple[GroupKey, _Group]) -> tuple[int, int, int]:
+            key, group = item
+            if group.saturated or group.count >= cap:
+                return (0, 0, group.touched)
+            if key not in firing:
+                return (1, group.docs, group.touched)
+            return (2, 0, group.touched)
+
+        target = self.state_budget * SHED_TO
+        for key, group in sorted(self._groups.items(), key=order):
+            if self.state_bytes <= target:
+                break
+            rank = order((key, group))[0]
+            if rank == 0:
+                self._muted[key] = max(max(group.cells), self._muted.get(key, 0))
+            self._drop_group(key, group)
+            self.shed[SHED_REASONS[rank]] += 1
+            self.shed_documents += group.docs
+        self.last_shed_at = at
+
+    def _drop_group(self, key: GroupKey, group: _Group) -> None:
+        """Forget one group's state (its events stay counted in their slices)."""
+        for k, cell in group.cells.items():
+            slice_ = self._slices[k]
+            del slice_.cells[key]
+            slice_.saved = None
+            self._cells -= 1
+            if cell.values is not None:
+                self._values -= len(cell.values)
+        if group.count:
+            self._active_groups -= 1
+        del self._groups[key]
+        self._firing.pop(key, None)
+        self._dirty.discard(key)
+
+    # ---------------------------------------------------------------------------- persistence
+
+    def _grouping(self) -> str:
+        return "observed" if self.rule.observed_only else "all"
+
+    def snapshot(self) -> WindowSnapshot:
+        """The state, copied in one step (the cells' counters and value tuples; the tuples are
+        immutable and shared), to be rendered later, even in another thread."""
+        slices = []
+        for k in sorted(self._slices):
+            slice_ = self._slices[k]
+            cells = slice_.saved
+            if cells is None:
+                cells = slice_.saved = [
+                    (
+                        key,
+                        cell.count,
+                        cell.last,
+                        cell.observed,
+                        None if cell.values is None else tuple(cell.values),
+                        None if not cell.senders else dict(cell.senders),
+                    )
+                    for key, cell in slice_.cells.items()
+                ]
+            slices.append((k, slice_.events, cells))
+        return WindowSnapshot(
+            self._last_tick,
+            self.time_basis,
+            self.width,
+            self._cap,
+            self._grouping(),
+            _match_signature(self.rule),
+            slices,
+            list(self._muted.items()),
+        )
+
+    def export_state(self) -> dict[str, Any]:
+        """The window state and the last tick, for :meth:`restore_state`."""
+        return self.snapshot().state()
+
+    def carry_over(self, old: WindowedEvaluator) -> None:
+        """Take over the state of ``old`` (the same detector before a spec change).
+
+        Carried exactly when the change keeps the match, the grouping, the time basis, the
+        slices and ``documentsBelow`` (thresholds, interval and lookback may change as long
+        as the slices still line up); otherwise rebuilt from what can be, and :attr:`rebuilt`
+        says what was not carried exactly.
+        """
+        self.added, self.late, self.future = old.added, old.late, old.future
+        self.undated, self.unmatched, self.evicted = old.undated, old.unmatched, old.evicted
+        self.shed_documents = old.shed_documents
+        self.shed = dict(old.shed)
+        self.last_shed_at = old.last_shed_at
+        self._load(old.snapshot())
+
+    def restore_state(self, state: Mapping[str, Any]) -> None:
+        """Load state saved by :meth:`export_state` into this (fresh) evaluator.
+
+        State written by the re-evaluating windows (raw events and their times, before
+        version 2) is replayed event by event, re-checked against this evaluator's rule.
+        """
+        if state.get("version") != STATE_VERSION:
+            self._restore_events(state)
+            return
+        slices: list[tuple[int, int, list[SavedCell]]] = []
+        for k, events, cells in state.get("slices") or ():
+            saved: list[SavedCell] = []
+            for (ip, ua), count, last, observed, items, *rest in cells:
+                values = None if items is None else tuple(_read_values(v) for v in items)
+                senders = {str(a): int(n) for a, n in rest[0].items()} if rest and rest[0] else None
+                saved.append(((ip, ua), int(count), float(last), int(observed), values, senders))
+            slices.append((int(k), int(events), saved))
+        last_tick = state.get("lastTick")
+        self._load(
+            WindowSnapshot(
+                None if last_tick is None else float(last_tick),
+                state.get("timeBasis", "event"),
+                float(state["sliceWidth"]),
+                int(state["documentsBelow"]),
+                str(state.get("grouping", "all")),
+                str(state.get("match", "")),
+                slices,
+                [((ip, ua), int(k)) for (ip, ua), k in state.get("muted") or ()],
+            )
+        )
+
+    def _load(self, snap: WindowSnapshot) -> None:
+        """Rebuild the state from a snapshot (this evaluator fresh), exactly when compatible."""
+        notes: list[str] = []
+        if snap.grouping != self._grouping() or snap.match != _match_signature(self.rule):
+            # The cells keep neither the level nor every address of their events: they cannot
+            # be regrouped or filtered again.
+            held = sum(events for _, events, _ in snap.slices)
+            self.rebuilt = (
+                f"the match or grouping changed: the window started empty ({held} events of "
+                "the previous window could not be regrouped)"
+            )
+            self.evicted += held
+            self._set_last_tick(snap.last_tick)
+            return
+        if snap.time_basis != self.time_basis:
+            notes.append(
+                f"the time basis changed from {snap.time_basis} to {self.time_basis}: events "
+                "kept their previous times"
+            )
+        exact_slices = math.isclose(snap.width, self.width) or (
+            self.width > snap.width
+            and math.isclose(self.width / snap.width, round(self.width / snap.width))
+        )
+        if not exact_slices:
+            notes.append(
+                f"the slices changed from {snap.width:g}s to {self.width:g}s: each old slice "
+                "was placed by its latest event"
+            )
+        if snap.documents_below < self._cap:
+            lost = sum(1 for _, _, cells in snap.slices for cell in cells if cell[4] is None)
+            if lost:
+                notes.append(
+                    f"documentsBelow grew: {lost} saturated cells kept only their counts (their "
+                    "groups cannot fire until they leave the window)"
+                )
+        for k, events, cells in snap.slices:
+            end = k * snap.width
+            index = self._slice_of(end)
+            slice_ = self._slices.get(index)
+            if slice_ is None:
+                slice_ = self._slices[index] = _Slice()
+            slice_.events += events
+            self._held += events
+            for key, count, last, observed, values, senders in cells:
+                if not exact_slices:
+                    index = self._slice_of(last)
+                    slice_ = self._slices.get(index)
+                    if slice_ is None:
+                        slice_ = self._slices[index] = _Slice()
+                self._load_cell(index, slice_, key, count, last, observed, values, senders)
+        self._slices = {k: s for k, s in self._slices.items() if s.events or s.cells}
+        for key, k in snap.muted:  # until the slice holding that time leaves the window
+            self._muted[key] = max(self._muted.get(key, k), self._slice_of(k * snap.width))
+        self._set_last_tick(snap.last_tick)
+        if notes:
+            self.rebuilt = "; ".join(notes)
+        if self.state_bytes > self.state_budget:
+            self._shed(snap.last_tick if snap.last_tick is not None else 0.0)
+
+    def _load_cell(
+        self,
+        index: int,
+        slice_: _Slice,
+        key: GroupKey,
+        count: int,
+        last: float,
+        observed: int,
+        values: tuple[tuple[Any, ...], ...] | None,
+        senders: Mapping[str, int] | None = None,
+    ) -> None:
+        slice_.saved = None
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group()
+        cell = group.cells.get(index)
+        if cell is None:
+            cell = group.cells[index] = slice_.cells[key] = _Cell()
+            self._cells += 1
+        self._seq += 1
+        group.touched = self._seq
+        group.docs += count
+        cell.count += count
+        cell.observed += observed
+        cell.last = max(cell.last, last)
+        if cell.values is not None:
+            if values is None or cell.count >= self._cap:
+                self._values -= len(cell.values)
+                cell.values = None
+                cell.senders = None
+                group.saturated += 1
+            else:
+                cell.values.extend(values)
+                self._values += len(values)
+                if senders:
+                    by = cell.senders
+                    if by is None:
+                        by = cell.senders = {}
+                    for address, n in senders.items():
+                        by[address] = by.get(address, 0) + n
+
+    def _set_last_tick(self, last_tick: float | None) -> None:
+        """Make ``last_tick`` the last evaluated tick of freshly loaded state."""
+        if last_tick is not None:
+            self._last_tick = float(last_tick)
+            self.advance(self._last_tick)

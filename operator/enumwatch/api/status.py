@@ -175,6 +175,29 @@ class DetectorStatus(_Model):
             "dropped), since the operator started; a FindingsDropped Event names them."
         ),
     )
+    window_groups: int = Field(
+        default=0,
+        alias="windowGroups",
+        description="Groups (source IP, user agent) with state in the window now.",
+    )
+    window_state_bytes: int = Field(
+        default=0,
+        alias="windowStateBytes",
+        description="Estimated size of the window state, compared with its budget.",
+    )
+    window_shed: dict[str, int] = Field(
+        default_factory=dict,
+        alias="windowShed",
+        description=(
+            "Groups shed over the window state budget (since the operator started), by reason "
+            "in shedding order: saturated, belowThresholds, oldest. See WindowOverflow."
+        ),
+    )
+    window_shed_documents: int = Field(
+        default=0,
+        alias="windowShedDocuments",
+        description="Documents of the shed groups.",
+    )
     rows_excepted: int = Field(
         default=0,
         alias="rowsExcepted",

@@ -145,12 +145,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"{connections.DEFAULT_IDLE_TIMEOUT:g})",
     )
     p.add_argument(
-        "--max-buffered-events",
+        "--window-state-mib",
         type=int,
         help=(
-            "events each detector's window may hold (default: sized from the container's "
-            "memory limit, half of it for the windows at ~1000 bytes an event; 500000 without "
-            "a limit); the oldest are dropped and counted beyond"
+            "estimated window state each detector may keep, in MiB, before it sheds groups "
+            "(saturated first, counted by reason in metrics, status and a Warning Event; "
+            "default: a quarter of the container's memory limit, 128 without a limit)"
         ),
     )
     p.add_argument(
@@ -353,7 +353,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.controller.posture import PostureWatch
-    from enumwatch.controller.runtime import Detectors, max_buffered_for
+    from enumwatch.controller.runtime import Detectors, state_budget_for
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
     from enumwatch.outputs.dispatch import Outputs
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
@@ -376,9 +376,20 @@ async def _main(args: argparse.Namespace) -> int:
     )
     if not auth.static_tokens and auth.client is None:
         log.warning("ingest has no credentials configured: every POST /ingest will get 401")
-    max_buffered = args.max_buffered_events or max_buffered_for(cgroup_memory_limit())
-    log.info("window buffers", extra={"max_buffered_events": max_buffered})
-    detectors = Detectors(args.state_dir, max_buffered=max_buffered)
+    budget = (
+        args.window_state_mib * 2**20
+        if args.window_state_mib
+        else state_budget_for(cgroup_memory_limit())
+    )
+    log.info("window state budget", extra={"window_state_bytes": budget})
+    detectors = Detectors(args.state_dir, state_budget=budget)
+    metrics.watch_windows(
+        lambda: [
+            (r.ref.namespace, r.ref.name, r.evaluator)
+            for r in list(detectors.by_key.values())
+            if r.evaluator is not None
+        ]
+    )
     outputs.client = client
     if outputs.config.enabled:
         metrics.watch_outputs(outputs)

@@ -6,7 +6,7 @@ exactly enumwatch's own figures plus the process collector.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from enumwatch.controller.connections import CLOSE_REASONS
 from enumwatch.outputs.dispatch import Outputs
+from enumwatch.windows import SHED_REASONS, WindowedEvaluator
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
@@ -231,6 +232,70 @@ class OutputsCollector(Collector):
         yield from families.values()
         yield queued
         yield failing
+
+
+#: The detectors' windows, as (namespace, detector, evaluator).
+WindowSource = Callable[[], Sequence[tuple[str, str, WindowedEvaluator]]]
+
+
+class WindowsCollector(Collector):
+    """Each detector's window state and what it shed, read at scrape time from the evaluators
+    (their counters are the one source of truth, carried over a spec change)."""
+
+    def __init__(self, windows: WindowSource) -> None:
+        self.windows = windows
+
+    def collect(self) -> Iterator[Metric]:
+        """The shed counters by reason, and the state's size."""
+        labels = ["namespace", "detector"]
+        shed = CounterMetricFamily(
+            "enumwatch_window_shed_groups",
+            "Groups whose window state was dropped over the state budget, by reason in shedding "
+            "order: saturated (could not fire: documentsBelow reached), belowThresholds (did "
+            "not pass the thresholds), oldest (firing groups, least recently fed first).",
+            labels=[*labels, "reason"],
+        )
+        documents = CounterMetricFamily(
+            "enumwatch_window_shed_documents",
+            "Documents of the groups shed over the state budget.",
+            labels=labels,
+        )
+        size = GaugeMetricFamily(
+            "enumwatch_window_state_bytes",
+            "Estimated size of a detector's window state (compared with its budget).",
+            labels=labels,
+        )
+        budget = GaugeMetricFamily(
+            "enumwatch_window_state_budget_bytes",
+            "The window state size past which a detector sheds groups.",
+            labels=labels,
+        )
+        groups = GaugeMetricFamily(
+            "enumwatch_window_groups", "Groups with state in a detector's window.", labels=labels
+        )
+        events = GaugeMetricFamily(
+            "enumwatch_window_events", "Events held in a detector's window.", labels=labels
+        )
+        for namespace, name, evaluator in self.windows():
+            where = [namespace, name]
+            for reason in SHED_REASONS:
+                shed.add_metric([*where, reason], evaluator.shed.get(reason, 0))
+            documents.add_metric(where, evaluator.shed_documents)
+            size.add_metric(where, evaluator.state_bytes)
+            budget.add_metric(where, evaluator.state_budget)
+            groups.add_metric(where, evaluator.group_count)
+            events.add_metric(where, evaluator.buffered)
+        yield from (shed, documents, size, budget, groups, events)
+
+
+#: Registered at import, so that its families exist (for the alert rules) before any detector.
+WINDOWS = WindowsCollector(list)
+REGISTRY.register(WINDOWS)
+
+
+def watch_windows(windows: WindowSource) -> None:
+    """Serve these detectors' window figures on /metrics."""
+    WINDOWS.windows = windows
 
 
 def watch_outputs(outputs: Outputs) -> None:

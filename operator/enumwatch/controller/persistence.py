@@ -1,8 +1,9 @@
 """The operator's state on disk: each detector's window, pending writes, and the ingest journal.
 
 A restart (or a ``kill -9``) must neither lose an acknowledged event nor duplicate a Finding. Each
-detector's buffered events, last tick and pending Finding writes are saved atomically after its
-ticks (:mod:`enumwatch.atomicfile`); events acknowledged since then are in an append-only journal
+detector's window state (its aggregated cells, not raw events: small), last tick and pending
+Finding writes are saved atomically after its ticks
+(:mod:`enumwatch.atomicfile`); events acknowledged since then are in an append-only journal
 (with their arrival time: on the default time basis it is their place in the windows), replayed
 on restore and emptied at each checkpoint.
 
@@ -121,7 +122,7 @@ class StateStore:
         return self.state_dir / f"{namespace}_{name}.json"
 
     def save(self, runtime: DetectorRuntime) -> None:
-        """Persist a detector's window (buffered events, last tick) atomically."""
+        """Persist a detector's window (its aggregated state, last tick) atomically."""
         snapshot = self.snapshot(runtime)
         if snapshot is not None:
             self.write(snapshot)
@@ -279,17 +280,18 @@ class DetectorSnapshot:
     #: The checkpoint whose rotated journal this state holds (see StateStore.rotate_journal).
     folded: str | None = None
 
-    def json_parts(self, chunk: int = 10_000) -> Iterator[bytes]:
-        """The state file's JSON, ``chunk`` events at a time (never the whole file in memory)."""
+    def json_parts(self) -> Iterator[bytes]:
+        """The state file's JSON, a slice at a time (never the whole file in memory twice).
+
+        The window is its aggregated state (:meth:`~enumwatch.windows.WindowSnapshot.state`):
+        per slice, its cells with their counters and value tuples.
+        """
         window = self.window
-        ordered = window.ordered()
         head = {"uid": self.uid, "pending": self.pending, "folded": self.folded}
         yield orjson.dumps(head)[:-1] + b',"window":'
-        yield orjson.dumps({"lastTick": window.last_tick, "timeBasis": window.time_basis})[:-1]
-        yield b',"times":' + orjson.dumps([ts for ts, _, _ in ordered]) + b',"events":['
-        for start in range(0, len(ordered), chunk):
-            part = [event.to_dict() for _, _, event in ordered[start : start + chunk]]
-            yield (b"," if start else b"") + orjson.dumps(part)[1:-1]
+        yield orjson.dumps(window.header())[:-1] + b',"slices":['
+        for n, part in enumerate(window.slices):
+            yield (b"," if n else b"") + orjson.dumps(part)
         yield b"]}}"
 
 

@@ -2,9 +2,10 @@
 
 This is the operator's in-memory state, kept apart from kopf (which only tells us what detectors
 exist) and from the ingest server (which only offers events). ``configure`` applies a spec change
-live: thresholds and schedule take effect at the next tick, and buffered events are carried over
-(re-checked against the new match filter). A spec the model refuses changes nothing but the
-InvalidSpec condition: the last valid one keeps running with its window.
+live: thresholds and schedule take effect at the next tick, and the window state is carried over
+(exactly when the slices and grouping allow; otherwise rebuilt from what can be, and said). A spec
+the model refuses changes nothing but the InvalidSpec condition: the last valid one keeps running
+with its window.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from enumwatch.coverage import Coverage
 from enumwatch.exception_list import ExceptionList
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.backlog import PendingWrite
-from enumwatch.windows import DEFAULT_MAX_BUFFERED, WindowedEvaluator, WindowResult
+from enumwatch.windows import DEFAULT_STATE_BUDGET, WindowedEvaluator, WindowResult
 
 log = logging.getLogger("enumwatch.runtime")
 
@@ -53,20 +54,16 @@ class OfferResult:
 
 #: Events offered to the detectors between two turns of the event loop.
 OFFER_CHUNK = 2_000
-#: Windows with fewer events are evaluated on the event loop (a few milliseconds at most).
-EVALUATE_ON_LOOP_BELOW = 20_000
-#: What one buffered event costs in a window (measured: ``bench/operator_memory.py`` prints it),
-#: rounded up; the window buffers are sized from the memory limit with it.
-BYTES_PER_BUFFERED_EVENT = 1_000
 
 
-def max_buffered_for(memory_limit: int | None) -> int:
-    """How many events a detector's window may buffer under ``memory_limit`` bytes: half of it
-    for the windows (the rest for ingest bodies, a checkpoint, the process), never more than
-    the default cap; the default cap when no limit is known."""
+def state_budget_for(memory_limit: int | None) -> int:
+    """The estimated window state a detector may keep under ``memory_limit`` bytes before it
+    sheds groups: a quarter of the limit (the rest for the process, ingest bodies, a
+    checkpoint and the estimate's slack: ``bench/operator_memory.py`` measures a 512Mi pod);
+    :data:`~enumwatch.windows.DEFAULT_STATE_BUDGET` when no limit is known."""
     if not memory_limit:
-        return DEFAULT_MAX_BUFFERED
-    return max(1, min(DEFAULT_MAX_BUFFERED, memory_limit // 2 // BYTES_PER_BUFFERED_EVENT))
+        return DEFAULT_STATE_BUDGET
+    return max(1, memory_limit // 4)
 
 
 @dataclass
@@ -107,8 +104,12 @@ class DetectorRuntime:
     #: Whether the window or the pending writes changed since the state file was written (a
     #: checkpoint writes only the detectors that changed).
     changed: bool = True
-    #: The cap on the window's buffered events (sized from the memory limit).
-    max_buffered: int = DEFAULT_MAX_BUFFERED
+    #: The window state's estimated size past which groups are shed (from the memory limit).
+    state_budget: int = DEFAULT_STATE_BUDGET
+    #: What a spec change could not carry over exactly (a Warning Event says it once).
+    window_notice: str | None = None
+    #: Groups shed by the window that a Warning Event has told of.
+    shed_warned: int = 0
     #: Matching events refused as undated (event time basis), by reason: ``missing`` or why
     #: the timestamp written could not be read (see :data:`enumwatch.timefmt.TIMESTAMP_PROBLEMS`).
     undated: Counter[str] = field(default_factory=Counter)
@@ -143,11 +144,11 @@ class DetectorRuntime:
             spec.schedule.lookback_seconds,
             data_stream_namespace=spec.data_stream_namespace,
             time_basis=spec.schedule.timestamp,
-            max_buffered=self.max_buffered,
+            state_budget=self.state_budget,
         )
         if old is not None:
-            evaluator.restore_state(old.export_state())
-            evaluator.added, evaluator.late, evaluator.future = old.added, old.late, old.future
+            evaluator.carry_over(old)
+            self.window_notice = evaluator.rebuilt
         self.spec, self.error, self.evaluator = spec, None, evaluator
         self.spec_generation = generation
         self.exceptions = ExceptionList(spec.exceptions)
@@ -183,17 +184,12 @@ class DetectorRuntime:
         return None
 
     async def evaluate(self, tick: float) -> WindowResult:
-        """Evaluate the window of ``tick``; a large one in a worker thread (a 500k-event window
-        takes seconds), so that ingest and ``/healthz`` are answered meanwhile."""
+        """Evaluate the window of ``tick``: on the event loop, since only the groups whose
+        window changed since the last tick are recomputed (each from fewer than
+        ``documentsBelow`` documents)."""
         evaluator = self.evaluator
         assert evaluator is not None
-        events = evaluator.window_events(tick)
-        if len(events) < EVALUATE_ON_LOOP_BELOW:
-            result = evaluator.compute(tick, events)
-        else:
-            result = await asyncio.to_thread(evaluator.compute, tick, events)
-        evaluator.advance(tick)
-        return result
+        return evaluator.evaluate(tick)
 
     def report_matched(self) -> None:
         """Add the matched events counted since the last report to the metric."""
@@ -217,11 +213,11 @@ class Detectors:
         state_dir: Path | None = None,
         *,
         journal_limit: int | None = None,
-        max_buffered: int = DEFAULT_MAX_BUFFERED,
+        state_budget: int = DEFAULT_STATE_BUDGET,
     ) -> None:
         self.by_key: dict[tuple[str, str], DetectorRuntime] = {}
-        #: Each detector's cap on buffered events (see :func:`max_buffered_for`).
-        self.max_buffered = max_buffered
+        #: Each detector's window state budget (see :func:`state_budget_for`).
+        self.state_budget = state_budget
         self.store = (
             None
             if state_dir is None
@@ -238,7 +234,7 @@ class Detectors:
         key = (ref.namespace, ref.name)
         runtime = self.by_key.get(key)
         if runtime is None or runtime.ref.uid != ref.uid:
-            runtime = DetectorRuntime(ref=ref, max_buffered=self.max_buffered)
+            runtime = DetectorRuntime(ref=ref, state_budget=self.state_budget)
             self.by_key[key] = runtime
             metrics.DETECTORS.set(len(self.by_key))
         return runtime

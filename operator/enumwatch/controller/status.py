@@ -23,6 +23,11 @@ from enumwatch.outputs.dispatch import Outputs
 from enumwatch.posture import REASON_FOUND, describe, verdict
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import format_rfc3339, now_rfc3339
+from enumwatch.windows import WindowedEvaluator
+
+#: Warning Event reasons of the window state.
+REASON_WINDOW_OVERFLOW = "WindowOverflow"
+REASON_WINDOW_REBUILT = "WindowRebuilt"
 
 log = logging.getLogger("enumwatch.operator")
 
@@ -70,7 +75,8 @@ class StatusReporter:
         valid one keeps running), FindingsWritten (no Finding write is pending),
         ExceptionSpoofable (an exception a client can meet by itself),
         AuditCoverage (the stream lets the rule see, judged at this moment), RBACPosture
-        (no binding grants anonymous clients more than the defaults) and, when outputs are
+        (no binding grants anonymous clients more than the defaults), WindowOverflow (groups
+        shed over the window state budget within the last lookback) and, when outputs are
         configured, OutputsDelivered (no Alertmanager or webhook keeps failing)."""
         if runtime.spec is None:
             ready = self._condition(
@@ -144,6 +150,8 @@ class StatusReporter:
                     else "no exception rests on fields the client chooses",
                 )
             )
+        if runtime.evaluator is not None:
+            conditions.append(self._overflow(runtime, runtime.evaluator))
         if runtime.coverage is not None:
             seen = runtime.coverage.verdict(time.time())
             conditions.append(
@@ -166,6 +174,60 @@ class StatusReporter:
                 )
             )
         return conditions
+
+    def _overflow(self, runtime: DetectorRuntime, evaluator: WindowedEvaluator) -> Condition:
+        """WindowOverflow: True while groups were shed over the state budget within the last
+        lookback (the windows those groups were in are not exact), False otherwise."""
+        shed = sum(evaluator.shed.values())
+        budget = f"{evaluator.state_budget / 2**20:.0f} MiB"
+        size = f"{evaluator.state_bytes / 2**20:.1f} MiB"
+        reasons = ", ".join(f"{reason} {n}" for reason, n in evaluator.shed.items() if n)
+        recent = evaluator.last_shed_at is not None and (
+            evaluator.last_tick is None
+            or evaluator.last_shed_at > evaluator.last_tick - evaluator.lookback
+        )
+        if shed and recent:
+            return self._condition(
+                runtime,
+                "WindowOverflow",
+                "True",
+                "StateBudgetReached",
+                f"the window state reached its budget ({budget}): {shed} groups shed "
+                f"({reasons}), {evaluator.shed_documents} documents; see "
+                "enumwatch_window_shed_groups_total",
+            )
+        earlier = f"; {shed} groups shed earlier ({reasons})" if shed else ""
+        return self._condition(
+            runtime,
+            "WindowOverflow",
+            "False",
+            "WithinBudget",
+            f"window state {size} of {budget}, {evaluator.group_count} groups{earlier}",
+        )
+
+    async def _warn_window(self, runtime: DetectorRuntime) -> None:
+        """Warning Events for what the window shed since the last one, and for a spec change
+        the window state could not follow exactly."""
+        evaluator = runtime.evaluator
+        if evaluator is None:
+            return
+        shed = sum(evaluator.shed.values())
+        if shed > runtime.shed_warned:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in evaluator.shed.items() if n)
+            await self.sink.event(
+                runtime.ref.involved_object(),
+                REASON_WINDOW_OVERFLOW,
+                f"window state budget ({evaluator.state_budget / 2**20:.0f} MiB) reached: "
+                f"{shed - runtime.shed_warned} more groups shed, {shed} in all ({reasons}), "
+                f"{evaluator.shed_documents} documents; raise --window-state-mib or the "
+                "memory limit",
+            )
+            runtime.shed_warned = shed
+        if runtime.window_notice is not None:
+            await self.sink.event(
+                runtime.ref.involved_object(), REASON_WINDOW_REBUILT, runtime.window_notice
+            )
+            runtime.window_notice = None
 
     async def _warn_bindings(self, runtime: DetectorRuntime, posture: Posture | None) -> None:
         """A Warning Event on the detector for each anonymous binding it has not warned of."""
@@ -196,6 +258,7 @@ class StatusReporter:
         posture = self.posture() if self.posture is not None else None
         await self._warn_bindings(runtime, posture)
         await self._warn_exceptions(runtime)
+        await self._warn_window(runtime)
         evaluator = runtime.evaluator
         if runtime.spec is not None:
             with contextlib.suppress(ApiError, OSError):
@@ -221,6 +284,10 @@ class StatusReporter:
             findingsDropped=runtime.findings_dropped,
             findingsWriteErrors=runtime.findings_write_errors,
             rowsExcepted=runtime.rows_excepted,
+            windowGroups=evaluator.group_count if evaluator is not None else 0,
+            windowStateBytes=evaluator.state_bytes if evaluator is not None else 0,
+            windowShed=dict(evaluator.shed) if evaluator is not None else {},
+            windowShedDocuments=evaluator.shed_documents if evaluator is not None else 0,
             activeGroups=runtime.active_groups,
             seedDeviations=runtime.spec.seed_deviations() if runtime.spec is not None else [],
             posture=posture,

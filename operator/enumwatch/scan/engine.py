@@ -164,8 +164,8 @@ def replay(
         lookback_s if lookback_s is not None else spec.schedule.lookback_seconds,
         data_stream_namespace=data_stream_namespace or spec.data_stream_namespace,
         limit=limit if limit is not None else spec.findings.max_per_run,
-        # replay() sorts the matching events itself; nothing needs to be dropped.
-        max_buffered=sys.maxsize,
+        # A backtest has no memory limit to keep: nothing is shed.
+        state_budget=sys.maxsize,
     )
     with no_cyclic_gc():
         events = iter_buffer_events(buffers, stats, Prefilter(rule.matcher))

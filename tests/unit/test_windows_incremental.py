@@ -1,0 +1,362 @@
+"""The incremental windows against their oracle, the re-evaluating windows, at every tick.
+
+:class:`enumwatch.windows.WindowedEvaluator` aggregates as events arrive (slices, saturation,
+a dirty set); ``enumwatch_devkit.reference_windows.ReferenceEvaluator`` keeps every event and
+feeds the whole lookback to a fresh group table at each tick. Both must give the same
+:class:`~enumwatch.windows.WindowResult` (rows and the facts beside them) on random and
+adversarial corpora: multi-IP events, null keys, unicode, late and future events, an event
+passed twice, groups over ``documentsBelow``, both time bases, a restart and spec edits
+mid-window. Then the flood: a budget that forces shedding never hides the scanner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from enumwatch.api.spec import MatchSpec, ThresholdsSpec
+from enumwatch.audit import AuditEvent
+from enumwatch.rule import Rule
+from enumwatch.windows import (
+    CELL_BYTES,
+    GROUP_BYTES,
+    SHED_BELOW_THRESHOLDS,
+    SHED_OLDEST,
+    SHED_SATURATED,
+    VALUE_BYTES,
+    WindowedEvaluator,
+    WindowResult,
+)
+from enumwatch_devkit.reference_windows import ReferenceEvaluator
+
+T0 = 1_714_521_600.0  # a multiple of every interval below: a tick
+LOW = ThresholdsSpec(
+    distinctRequestURIsAbove=1, distinctResourcesAbove=0, documentsBelow=6, notFoundAtLeast=1
+)
+SCHEDULES = [(300.0, 360.0), (1.0, 6.0), (5.0, 6.0), (60.0, 60.0), (2.0, 7.0), (1.0, 60.0)]
+RULES = [Rule(thresholds=LOW), Rule(), Rule(MatchSpec(sourceIPs="observed"), LOW)]
+
+#: Addresses, with repeats in one list (X-Forwarded-For chains) and full-width lookalikes.
+_ips = st.sampled_from(["192.0.2.1", "192.0.2.2", "10.0.0.1", "::1", "\uff46\uff45\uff18\uff10::1"])
+_text = st.one_of(st.none(), st.sampled_from(["", "é", "🙂", "curl/8", "a\x00b", "Ωmega"]))
+_events = st.builds(
+    AuditEvent,
+    audit_id=st.sampled_from([None, "fixed-id"]),  # a scanner may repeat one Audit-ID
+    stage=st.sampled_from([None, "ResponseComplete"]),
+    timestamp=st.one_of(st.none(), st.floats(T0 - 800, T0 + 800, allow_nan=False)),
+    username=st.sampled_from(["system:anonymous", "", None, "alice", "system:unauthenticated"]),
+    groups=st.lists(st.sampled_from(["system:unauthenticated", "ü"]), max_size=2).map(tuple),
+    level=st.sampled_from(["Request", "RequestResponse", "Metadata"]),
+    verb=st.sampled_from(["get", "list", None]),
+    request_uri=st.one_of(st.none(), st.sampled_from([f"/api/v1/u{i}" for i in range(8)])),
+    resource=st.sampled_from(["pods", "secrets", "nodes", "ñ", None]),
+    namespace=_text,
+    source_ips=st.lists(_ips, max_size=4).map(tuple),  # repeats and X-Forwarded-For chains
+    user_agent=_text,
+    code=st.sampled_from([200, 201, 401, 403, 404, 500, None]),
+    message=_text,
+    decision=st.sampled_from(["allow", "forbid", "", "foo", None]),
+)
+#: Arrival steps: mostly short, some jumps over many ticks.
+_steps = st.lists(st.floats(0, 400, allow_nan=False), min_size=1, max_size=40)
+
+
+def _same(new: WindowResult, old: WindowResult) -> None:
+    assert new == old
+
+
+def _counters(e: WindowedEvaluator | ReferenceEvaluator) -> tuple[int, ...]:
+    return (e.added, e.unmatched, e.undated, e.late, e.future, e.evicted, e.buffered)
+
+
+def _run_live(
+    events: list[AuditEvent],
+    steps: list[float],
+    rule: Rule,
+    schedule: tuple[float, float],
+    basis: str,
+    twice: bool,
+) -> tuple[WindowedEvaluator, ReferenceEvaluator, int]:
+    """Offer the events over the arrival steps to both engines, evaluate every due tick."""
+    interval, lookback = schedule
+    new = WindowedEvaluator(rule, interval, lookback, time_basis=basis)  # type: ignore[arg-type]
+    old = ReferenceEvaluator(rule, interval, lookback, time_basis=basis)  # type: ignore[arg-type]
+    now = T0 - 600
+    ticks = 0
+    per_step = max(1, len(events) // len(steps))
+    pending = list(events)
+    for step in steps:
+        now += step
+        batch, pending = pending[:per_step], pending[per_step:]
+        for event in batch:
+            for _ in range(2 if twice else 1):
+                assert new.add(event, now) == old.add(event, now)
+        due = new.due_ticks(now - 0.5)
+        assert due == old.due_ticks(now - 0.5)
+        for tick in due:
+            _same(new.evaluate(tick), old.evaluate(tick))
+            ticks += 1
+        assert _counters(new) == _counters(old)
+    return new, old, ticks
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(_events, max_size=80),
+    steps=_steps,
+    rule=st.sampled_from(RULES),
+    schedule=st.sampled_from(SCHEDULES),
+    basis=st.sampled_from(["ingested", "event"]),
+    twice=st.booleans(),
+)
+def test_every_tick_equals_the_reevaluating_oracle(
+    events: list[AuditEvent],
+    steps: list[float],
+    rule: Rule,
+    schedule: tuple[float, float],
+    basis: str,
+    twice: bool,
+) -> None:
+    _run_live(events, steps, rule, schedule, basis, twice)
+
+
+def _scan(ip: str, agent: str, t: float, n: int = 8) -> list[AuditEvent]:
+    """A scanner's ``n`` requests on distinct endpoints, refused, one per second from ``t``."""
+    return [
+        AuditEvent(
+            timestamp=t + i,
+            username="system:anonymous",
+            level="Request",
+            verb="get",
+            request_uri=f"/api/v1/{r}",
+            resource=r,
+            source_ips=(ip,),
+            user_agent=agent,
+            code=403,
+            decision="forbid",
+        )
+        for i, r in enumerate(
+            ["pods", "secrets", "nodes", "configmaps", "services", "roles", "events", "leases"][:n]
+        )
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    loud=st.integers(0, 120),
+    schedule=st.sampled_from(SCHEDULES),
+    basis=st.sampled_from(["ingested", "event"]),
+    steps=_steps,
+)
+def test_groups_over_documents_below_saturate_and_the_rest_stays_exact(
+    loud: int, schedule: tuple[float, float], basis: str, steps: list[float]
+) -> None:
+    # A loud group sharing the scanner's address (a different agent) and another sharing its
+    # agent: saturated cells drop their values, and whatever leaves the window stays exact.
+    scanner = _scan("192.0.2.9", "scan/1", T0 - 300)
+    noise = [
+        dataclasses.replace(e, user_agent="loud", timestamp=T0 - 300 + i % 50, request_uri=f"/{i}")
+        for i, e in enumerate(scanner * (loud // 8 + 1))
+    ][:loud]
+    events = sorted(scanner + noise, key=lambda e: e.timestamp or 0.0)
+    _run_live(events, steps, Rule(), schedule, basis, twice=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=st.lists(_events, max_size=120), schedule=st.sampled_from(SCHEDULES))
+def test_replay_equals_the_oracles_replay(
+    events: list[AuditEvent], schedule: tuple[float, float]
+) -> None:
+    rule = Rule(thresholds=LOW)
+    new = WindowedEvaluator(rule, *schedule)
+    old = ReferenceEvaluator(rule, *schedule)
+    assert list(new.replay(events)) == list(old.replay(events))
+    assert _counters(new) == _counters(old)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=st.lists(_events, min_size=1, max_size=80),
+    steps=_steps,
+    schedule=st.sampled_from(SCHEDULES),
+    basis=st.sampled_from(["ingested", "event"]),
+    cut=st.integers(0, 79),
+)
+def test_a_restart_from_the_saved_state_changes_no_tick(
+    events: list[AuditEvent],
+    steps: list[float],
+    schedule: tuple[float, float],
+    basis: str,
+    cut: int,
+) -> None:
+    rule = Rule(thresholds=LOW)
+    first, _, _ = _run_live(events[:cut], steps, rule, schedule, basis, twice=False)
+    first.snapshot()  # a checkpoint earlier: the next copies only the slices changed since
+    for event in events[cut : cut + 3]:
+        first.add(event, (first.last_tick or T0) + 0.5)
+    state = orjson.loads(orjson.dumps(first.export_state()))
+    restored = WindowedEvaluator(rule, *schedule, time_basis=basis)  # type: ignore[arg-type]
+    restored.restore_state(state)
+    assert restored.rebuilt is None
+    assert restored.buffered == first.buffered and restored.last_tick == first.last_tick
+    now = (first.last_tick or T0) + schedule[0]
+    for event in events[cut + 3 :]:
+        assert first.add(event, now) == restored.add(event, now)
+    for tick in first.due_ticks(now + 2 * schedule[1]):
+        assert first.evaluate(tick) == restored.evaluate(tick)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    events=st.lists(_events, min_size=1, max_size=80),
+    steps=_steps,
+    basis=st.sampled_from(["ingested", "event"]),
+    change=st.sampled_from(["thresholds", "documentsBelow-down", "schedule", "limit"]),
+)
+def test_a_spec_edit_mid_window_carries_the_state_exactly(
+    events: list[AuditEvent], steps: list[float], basis: str, change: str
+) -> None:
+    # Edits the slices can follow: thresholds, a lower documentsBelow, an interval whose
+    # slices are a multiple of the old ones. The oracle re-reads its raw events under the new
+    # spec; the carried state must give the same ticks.
+    first, old, _ = _run_live(events, steps, Rule(thresholds=LOW), (1.0, 6.0), basis, False)
+    rule, schedule, limit = Rule(thresholds=LOW), (1.0, 6.0), None
+    if change == "thresholds":
+        rule = Rule(thresholds=LOW.model_copy(update={"not_found_at_least": 2}))
+    elif change == "documentsBelow-down":
+        rule = Rule(thresholds=LOW.model_copy(update={"documents_below": 3}))
+    elif change == "schedule":
+        schedule = (2.0, 6.0)
+    else:
+        limit = 1
+    new = WindowedEvaluator(rule, *schedule, time_basis=basis, limit=limit)  # type: ignore[arg-type]
+    new.carry_over(first)
+    assert new.rebuilt is None
+    oracle = ReferenceEvaluator(rule, *schedule, time_basis=basis, limit=limit)  # type: ignore[arg-type]
+    oracle.restore_state(old.export_state())
+    now = (first.last_tick or T0) + 20
+    for tick in new.due_ticks(now):
+        assert new.evaluate(tick) == oracle.evaluate(tick)
+
+
+def test_a_grouping_edit_mid_window_rebuilds_and_says_so() -> None:
+    first = WindowedEvaluator(Rule(thresholds=LOW), 1, 6)
+    for event in _scan("192.0.2.9", "scan/1", T0 - 3, 3):
+        first.add(dataclasses.replace(event, source_ips=("10.9.9.9", "192.0.2.9")))
+    observed = WindowedEvaluator(Rule(MatchSpec(sourceIPs="observed"), LOW), 1, 6)
+    observed.carry_over(first)
+    assert observed.rebuilt == (
+        "the match or grouping changed: the window started empty (3 events of the previous "
+        "window could not be regrouped)"
+    )
+    assert (observed.buffered, observed.added, observed.evicted) == (0, 3, 3)
+
+
+def test_a_schedule_edit_the_slices_cannot_follow_is_said() -> None:
+    first = WindowedEvaluator(Rule(thresholds=LOW), 2, 6)
+    for event in _scan("192.0.2.9", "scan/1", T0 - 5, 4):
+        first.add(event)
+    finer = WindowedEvaluator(Rule(thresholds=LOW), 1, 6)
+    finer.carry_over(first)
+    assert finer.rebuilt is not None and "slices changed from 2s to 1s" in finer.rebuilt
+    assert finer.buffered == 4
+
+
+def test_observed_documents_count_the_documents_seen_from_the_rows_address() -> None:
+    w = WindowedEvaluator(Rule(thresholds=LOW), 300, 360)
+    scan = _scan("192.0.2.7", "curl", T0 - 60, 5)
+    for i, event in enumerate(scan):  # two of five came through 10.1.1.1, claiming .7 as XFF
+        ips = ("192.0.2.7",) if i < 3 else ("192.0.2.7", "10.1.1.1")
+        w.add(dataclasses.replace(event, source_ips=ips))
+    result = w.evaluate(T0)
+    key, proxy = ("192.0.2.7", "curl"), ("10.1.1.1", "curl")
+    assert [r.key for r in result.rows] == [proxy, key]
+    assert result.observed_documents == {key: 3, proxy: 2}
+    assert result.observed == frozenset({key, proxy})
+
+
+def test_a_group_that_keeps_firing_reports_its_row_at_every_tick() -> None:
+    w = WindowedEvaluator(Rule(), 1, 60)
+    for event in _scan("192.0.2.9", "scan/1", T0 - 30):
+        w.add(event)
+    rows = [w.evaluate(T0 + i).rows for i in range(5)]
+    assert all(r == rows[0] and len(r) == 1 for r in rows)
+    assert w.evaluate(T0 + 30).rows[0].document_count == 7  # its first request left
+    assert w.evaluate(T0 + 33).rows == ()  # four of its requests left the window
+
+
+def test_a_flood_cannot_erase_a_scan_and_what_is_shed_is_counted() -> None:
+    # A real scanner's 8 events, then 1,000,000 anonymous decoys within one lookback: one loud
+    # group over documentsBelow, and 100,000 one-event groups with distinct user agents, under
+    # a budget that holds about 40,000 of them.
+    budget = 40_000 * (GROUP_BYTES + CELL_BYTES + VALUE_BYTES)
+    w = WindowedEvaluator(Rule(), 1, 60, state_budget=budget, time_basis="ingested")
+    for event in _scan("192.0.2.9", "scan/1", T0):
+        assert w.add(event, T0 + 0.5)
+    loud = _scan("198.51.100.1", "loud/1", T0)
+    decoy = loud[0]
+    arrival = T0 + 1
+    for i in range(1_000_000):
+        if i % 10 == 0:
+            w.add(dataclasses.replace(decoy, user_agent=f"decoy/{i}"), arrival + i / 20_000)
+        else:
+            w.add(loud[i % 8], arrival + i / 20_000)
+    assert w.state_bytes <= budget
+    result = w.evaluate(T0 + 60)
+    assert [row.key for row in result.rows] == [("192.0.2.9", "scan/1")]
+    assert result.rows[0].document_count == 8
+    # The loud group went first each time it was saturated (muted until its documents leave
+    # the window, so that what follows it cannot fire), then one-event decoys.
+    assert w.shed[SHED_SATURATED] >= 1
+    assert w.shed[SHED_BELOW_THRESHOLDS] > 50_000 and w.shed[SHED_OLDEST] == 0
+    assert w.shed_documents > w.shed[SHED_BELOW_THRESHOLDS]
+    assert w.last_shed_at is not None
+
+
+def test_shedding_takes_saturated_groups_before_any_other() -> None:
+    # Room for the two scanners (one saturated cell, three kept values) and two one-event
+    # groups: the third goes over.
+    one = GROUP_BYTES + CELL_BYTES + VALUE_BYTES
+    budget = 2 * (GROUP_BYTES + CELL_BYTES) + 3 * VALUE_BYTES + 3 * one - 300
+    w = WindowedEvaluator(Rule(thresholds=LOW), 1, 60, state_budget=budget, time_basis="ingested")
+    for event in _scan("192.0.2.9", "scan/1", T0, 7):  # saturated: 7 >= documentsBelow 6
+        w.add(event, T0)
+    for event in _scan("192.0.2.8", "scan/2", T0, 3):  # could still fire
+        w.add(event, T0)
+    for i in range(3):  # one more group each: over budget
+        w.add(dataclasses.replace(_scan("192.0.2.7", f"late/{i}", T0, 1)[0]), T0 + 1)
+    assert (w.shed[SHED_SATURATED], w.shed[SHED_BELOW_THRESHOLDS], w.shed[SHED_OLDEST]) == (1, 1, 0)
+    kept = {tuple(c[0]) for s in w.export_state()["slices"] for c in s[2]}
+    assert ("192.0.2.9", "scan/1") not in kept and ("192.0.2.8", "scan/2") in kept
+
+
+def test_a_firing_group_is_shed_last_and_a_muted_group_stays_muted_over_a_restart() -> None:
+    one = GROUP_BYTES + CELL_BYTES + VALUE_BYTES
+    w = WindowedEvaluator(Rule(), 1, 60, state_budget=400 * one, time_basis="ingested")
+    for event in _scan("192.0.2.9", "scan/1", T0 - 10):
+        w.add(event, T0 - 10)
+    loud = _scan("198.51.100.1", "loud/1", T0 - 10)
+    for i in range(60):  # saturated: 60 documents in one slice
+        w.add(loud[i % 8], T0 - 9.5)
+    assert [r.key for r in w.evaluate(T0).rows] == [("192.0.2.9", "scan/1")]
+    decoy = dataclasses.replace(loud[0], source_ips=("198.51.100.7",))
+    for i in range(1_000):  # one-event groups, far over the budget
+        w.add(dataclasses.replace(decoy, user_agent=f"decoy/{i}"), T0 + 0.5)
+    assert w.shed[SHED_SATURATED] == 1 and w.shed[SHED_OLDEST] == 0
+    assert w.shed[SHED_BELOW_THRESHOLDS] > 500
+    # The loud group comes back under documentsBelow: muted while its shed slice is in the
+    # window (the re-evaluating windows would still count its 60 documents), also after a
+    # restart from the saved state.
+    for i in range(8):
+        w.add(dataclasses.replace(loud[i], timestamp=None), T0 + 0.6)
+    restored = WindowedEvaluator(Rule(), 1, 60, state_budget=400 * one, time_basis="ingested")
+    restored.restore_state(orjson.loads(orjson.dumps(w.export_state())))
+    for evaluator in (w, restored):
+        assert [r.key for r in evaluator.evaluate(T0 + 1).rows] == [("192.0.2.9", "scan/1")]
+    # Once the shed slice has left the window, the loud group's new documents fire.
+    for evaluator in (w, restored):
+        keys = [r.key for r in evaluator.evaluate(T0 + 51).rows]
+        assert keys == [("198.51.100.1", "loud/1")]
