@@ -194,7 +194,10 @@ def test_enumwatch_run_authenticates_through_an_exec_plugin(
         status = wait_for(listed, timeout=60, what="the detector's status written by the operator")
         assert [(c["type"], c["status"]) for c in status if c["type"] != "RBACPosture"] == [
             ("Ready", "True"),
+            ("InvalidSpec", "False"),
             ("FindingsWritten", "True"),
+            ("ExceptionSpoofable", "False"),
+            ("WindowOverflow", "False"),
             ("AuditCoverage", "Unknown"),  # no audit event has arrived yet
         ]
         assert [c["type"] for c in status][-1] == "RBACPosture"
