@@ -239,6 +239,62 @@ def test_a_crash_between_the_checkpoint_and_dropping_its_journal_counts_once(
     assert restored(again) == 8
 
 
+def kept_identities(state: Path) -> bytes:
+    return (state / persistence.IDENTITIES).read_bytes()
+
+
+def test_the_identities_a_checkpoint_keeps_are_those_its_journal_holds(tmp_path: Path) -> None:
+    """A checkpoint keeps the identities of the events it folded in, known as they were
+    journaled; after a restart (a journal of an earlier process, not known) they are read
+    back from the journal: the same identities, in the same order, either way."""
+    events = [decoded(request(i)) for i in range(8)]
+    events.append(decoded(request(8, audit_id=None)))  # no identity: nothing to keep
+    known = tmp_path / "known"
+    detectors = Detectors(known)
+    detectors.get_or_create(REF).configure({}, 1)
+    detectors.offer(events[:5], ARRIVAL)
+    detectors.checkpoint()
+    detectors.offer(events[3:], ARRIVAL + 1)  # three redelivered: journaled again
+    detectors.checkpoint()
+    expected = [e.identity for e in [*events[:5], *events[3:]] if e.identity is not None]
+    assert kept_identities(known) == b"".join(expected)
+    # The same journals left by a process that died before its checkpoint dropped them.
+    read = tmp_path / "read"
+    detectors = Detectors(read)
+    detectors.get_or_create(REF).configure({}, 1)
+    detectors.offer(events[:5], ARRIVAL)
+    assert detectors.store is not None
+    detectors.store.rotate_journal()  # the first checkpoint died here
+    detectors.offer(events[3:], ARRIVAL + 1)
+    after_restart = Detectors(read)
+    after_restart.get_or_create(REF).configure({}, 1)
+    after_restart.checkpoint()
+    assert kept_identities(read) == b"".join(expected)
+
+
+def test_a_checkpoint_renders_the_state_file_as_a_full_render_does(tmp_path: Path) -> None:
+    """Slices unchanged since the last checkpoint are written from their rendering then: the
+    file is byte for byte what rendering the whole state gives."""
+    detectors = Detectors(tmp_path)
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({"schedule": {"interval": "1s", "lookback": "10s"}}, 1)
+    assert runtime.evaluator is not None and detectors.store is not None
+    state_file = tmp_path / "ns_det.json"
+    for second in range(14):
+        batch = [decoded(request(i, audit_id=f"id-{second}-{i}")) for i in range(second % 4)]
+        detectors.offer(batch, ARRIVAL + second)
+        for tick in runtime.evaluator.due_ticks(ARRIVAL + second + 0.5):
+            runtime.evaluator.evaluate(tick)
+        runtime.changed = True  # as the ticker says after a tick
+        detectors.checkpoint()
+        snapshot = detectors.store.snapshot(runtime)
+        assert snapshot is not None
+        assert state_file.read_bytes() == b"".join(snapshot.json_parts())
+        full = orjson.loads(orjson.dumps(snapshot.window.state()))
+        assert orjson.loads(state_file.read_bytes())["window"] == full
+    assert len(detectors.store._rendered[state_file]) == len(snapshot.window.slices) > 1
+
+
 # ------------------------------------------------------------------------------ scan
 
 

@@ -286,3 +286,71 @@ def test_a_crash_between_the_state_write_and_the_journals_removal_applies_nothin
     again.configure({}, 1)
     assert third.restore(again)
     assert again.evaluator is not None and again.evaluator.buffered == 3
+
+
+# ------------------------------------------------------------------ ticks and batches in flight
+
+
+def _due_rows(runtime: DetectorRuntime, until: float) -> list[tuple[float, int]]:
+    """Evaluate the ticks due up to ``until``: (tick, documents of its row) for each row."""
+    assert runtime.evaluator is not None
+    rows = []
+    for tick in runtime.evaluator.due_ticks(until):
+        rows += [(tick, row.document_count) for row in runtime.evaluator.evaluate(tick).rows]
+    return rows
+
+
+def _ingested_detector() -> tuple[Detectors, DetectorRuntime]:
+    detectors = Detectors()
+    runtime = detectors.get_or_create(REF)
+    runtime.configure({"schedule": {"interval": "1s", "lookback": "30s"}}, 1)
+    return detectors, runtime
+
+
+def test_a_tick_is_evaluated_when_it_falls_when_no_batch_is_in_flight() -> None:
+    detectors, runtime = _ingested_detector()
+    assert detectors.evaluable_until(runtime, ARRIVAL + 1.0, settle=0.5) == ARRIVAL + 1.0
+    runtime.configure({"schedule": {"interval": "1s", "lookback": "30s", "timestamp": "event"}}, 2)
+    # On the event basis events in flight upstream cannot be known: the fixed settle delay.
+    assert detectors.evaluable_until(runtime, ARRIVAL + 1.0, settle=0.5) == ARRIVAL + 0.5
+
+
+def test_a_tick_waits_for_a_batch_received_before_it_and_counts_it() -> None:
+    detectors, runtime = _ingested_detector()
+    events = [_event(i) for i in range(8)]
+    detectors._offer(events[:4], ARRIVAL + 0.2)
+    with detectors.receiving(ARRIVAL + 0.6):  # the rest of the scan, still being decoded
+        # The tick at ARRIVAL + 1 has fallen, the settle delay has not passed: it waits.
+        until = detectors.evaluable_until(runtime, ARRIVAL + 1.05, settle=0.5)
+        assert until == math.nextafter(ARRIVAL + 0.6, -math.inf)
+        assert _due_rows(runtime, until) == []
+        detectors._offer(events[4:], ARRIVAL + 0.6)
+    until = detectors.evaluable_until(runtime, ARRIVAL + 1.1, settle=0.5)
+    assert until == ARRIVAL + 1.1
+    assert _due_rows(runtime, until) == [(ARRIVAL + 1.0, 8)]
+
+
+def test_a_batch_in_flight_past_the_settle_delay_is_in_the_next_tick_never_lost() -> None:
+    detectors, runtime = _ingested_detector()
+    events = [_event(i) for i in range(8)]
+    detectors._offer(events[:4], ARRIVAL + 0.2)
+    with detectors.receiving(ARRIVAL + 0.6):
+        # Waited for no longer than the settle delay, as a fixed delay did: the tick at
+        # ARRIVAL + 1 is evaluated without the batch (4 documents: no row).
+        until = detectors.evaluable_until(runtime, ARRIVAL + 1.6, settle=0.5)
+        assert until == ARRIVAL + 1.1
+        assert _due_rows(runtime, until) == []
+        detectors._offer(events[4:], ARRIVAL + 0.6)
+    assert _due_rows(runtime, ARRIVAL + 2.0) == [(ARRIVAL + 2.0, 8)]
+
+
+def test_batches_in_flight_are_forgotten_when_taken_in_even_on_failure() -> None:
+    detectors, runtime = _ingested_detector()
+    with detectors.receiving(ARRIVAL), detectors.receiving(ARRIVAL):
+        pass
+    try:
+        with detectors.receiving(ARRIVAL + 0.5):
+            raise OSError("the journal could not be written")
+    except OSError:
+        pass
+    assert detectors.evaluable_until(runtime, ARRIVAL + 1.0, settle=0.5) == ARRIVAL + 1.0

@@ -193,7 +193,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--settle",
         type=float,
         default=0.5,
-        help="seconds after a tick before it is evaluated, for events in flight (default 0.5)",
+        help="seconds after a tick before it is evaluated, for events in flight (default 0.5); "
+        "on the ingested time basis at most that: a tick is evaluated as soon as no batch "
+        "received before it is still being taken in",
     )
     outputs = p.add_argument_group(
         "outputs",

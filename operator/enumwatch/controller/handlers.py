@@ -37,7 +37,9 @@ log = logging.getLogger("enumwatch.operator")
 class OperatorConfig:
     """Knobs of the operator process (not of a detector: those are in the spec)."""
 
-    settle: float = 0.5  # seconds after a tick before it is evaluated (events in flight)
+    # Seconds after a tick before it is evaluated (events in flight); on the ingested basis
+    # at most that (see Detectors.evaluable_until).
+    settle: float = 0.5
     tick_resolution: float = 0.1  # how often the ticker looks for due ticks
     expiry_every: float = 60.0  # at most this long between two retention sweeps
 
@@ -174,7 +176,7 @@ class Operator:
         await self.status.patch(runtime)
 
     async def tick_once(self, now: float) -> int:
-        """Evaluate every detector's due ticks up to ``now - settle``; return ticks evaluated."""
+        """Evaluate every due tick (see :meth:`Ticker.tick_once`); return ticks evaluated."""
         return await self.ticker.tick_once(now)
 
     async def run_ticker(self, stop: asyncio.Event) -> None:

@@ -347,7 +347,8 @@ class IngestServer:
             answer.force_close()  # the rest of the stream cannot be trusted either
             return answer
         arrival = time.time()  # the events' "event.ingested": their time on the default basis
-        with self.guard.work(request.transport):  # slow work of ours is no slow client
+        # In flight until offered: a tick at or after ``arrival`` waits for it (no fixed settle).
+        with self.guard.work(request.transport), self.detectors.receiving(arrival):
             return await self._take(raw, arrival)
 
     async def _take(self, raw: bytes, arrival: float) -> web.Response:

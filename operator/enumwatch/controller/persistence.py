@@ -42,7 +42,7 @@ from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent, Identity
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.sink.backlog import PendingWrite
-from enumwatch.windows import WindowSnapshot
+from enumwatch.windows import SavedCell, WindowSnapshot
 
 if TYPE_CHECKING:
     from enumwatch.controller.runtime import DetectorRuntime
@@ -60,6 +60,16 @@ REMEMBERED_IDENTITIES = 200_000
 #: Past this size the journal is folded into the window state files (a checkpoint), so that a
 #: long interval or a flood between two ticks cannot grow it without bound.
 JOURNAL_LIMIT = 16 * 1024 * 1024
+#: At most this many bytes of rendered slices are kept between two checkpoints of one detector
+#: (see :data:`RenderedSlices`): a checkpoint after every tick re-renders only the slices that
+#: changed, while a state too large to keep twice is rendered in full (memory stays bounded).
+RENDERED_LIMIT = 32 * 1024 * 1024
+
+#: A detector's slices as its last state file rendered them: slice index -> (the snapshot's
+#: cells, the slice's event count, their JSON). A slice whose cells are the very same (a
+#: window's snapshot shares the cells of a slice unchanged since the last one) and whose count
+#: is equal renders to the same bytes.
+RenderedSlices = dict[int, tuple[list[SavedCell], int, bytes]]
 
 
 class StateStore:
@@ -77,6 +87,15 @@ class StateStore:
         #: The name of the latest checkpoint whose journal was rotated: what a state file
         #: snapshot taken now holds of the journals (see :meth:`rotate_journal`).
         self.folded: str | None = None
+        #: Identities of the events in the journal and in the rotated one, in journal order,
+        #: kept as they are journaled so that dropping a rotated journal never reads it back;
+        #: None when a journal left by an earlier process holds events not known here.
+        self._journal_ids: list[Identity] | None = [] if self.journal_bytes == 0 else None
+        self._rotated_ids: list[Identity] | None = (
+            None if (state_dir / PREVIOUS_JOURNAL).exists() else []
+        )
+        #: Each state file's slices as last rendered (written under ``_writing`` only).
+        self._rendered: dict[Path, RenderedSlices] = {}
 
     def _epoch(self) -> str:
         """This state's leader epoch, made (and written) with the state when there is none."""
@@ -108,15 +127,21 @@ class StateStore:
         with open(self.state_dir / JOURNAL, "ab") as journal:
             journal.write(data)
         self.journal_bytes += len(data)
+        if self._journal_ids is not None:
+            self._journal_ids.extend(e.identity for e in events if e.identity is not None)
 
     def clear_journal(self) -> None:
         """Empty the journal: every detector's saved window now holds its events."""
         (self.state_dir / JOURNAL).write_bytes(b"")
         self.journal_bytes = 0
+        self._journal_ids = []
 
     def forget(self, namespace: str, name: str) -> None:
         """Remove a deleted detector's saved state."""
-        self._state_path(namespace, name).unlink(missing_ok=True)
+        path = self._state_path(namespace, name)
+        path.unlink(missing_ok=True)
+        with self._writing:
+            self._rendered.pop(path, None)
 
     def _state_path(self, namespace: str, name: str) -> Path:
         return self.state_dir / f"{namespace}_{name}.json"
@@ -144,7 +169,8 @@ class StateStore:
         """Write a snapshot's state file atomically, rendered in parts (safe in a thread: the
         snapshot shares nothing mutable with the loop)."""
         with self._writing:
-            write_atomic_parts(snapshot.path, snapshot.json_parts())
+            rendered = self._rendered.setdefault(snapshot.path, {})
+            write_atomic_parts(snapshot.path, snapshot.json_parts(rendered))
 
     def rotate_journal(self) -> None:
         """Start a new journal before a checkpoint's snapshot: the old one is removed by
@@ -163,19 +189,28 @@ class StateStore:
             with open(previous, "ab") as out:
                 out.write(journal.read_bytes())
             journal.write_bytes(b"")
+            rotated, current = self._rotated_ids, self._journal_ids
+            self._rotated_ids = None if rotated is None or current is None else rotated + current
         else:
             journal.replace(previous)
             journal.write_bytes(b"")
+            self._rotated_ids = self._journal_ids
+        self._journal_ids = []
         self.journal_bytes = 0
 
     def drop_rotated_journal(self) -> None:
         """The checkpoint is on disk: the journal it folded in is no longer needed, once the
         identities of its events are kept with the others (bounded, the oldest forgotten)."""
         previous = self.state_dir / PREVIOUS_JOURNAL
-        folded = b"".join(self._identities_in((PREVIOUS_JOURNAL,)))
+        known = self._rotated_ids
+        # Known as journaled (the usual case): a checkpoint after every tick must not read and
+        # decode back the events it journaled; else (a journal of an earlier process) read.
+        ids = known if known is not None else self._identities_in((PREVIOUS_JOURNAL,))
+        folded = b"".join(ids)
         if folded:
             self._keep_identities(folded)
         previous.unlink(missing_ok=True)
+        self._rotated_ids = []
 
     def _keep_identities(self, folded: bytes) -> None:
         """Append identities to the kept ones; past twice the bound (or after a torn append),
@@ -280,19 +315,37 @@ class DetectorSnapshot:
     #: The checkpoint whose rotated journal this state holds (see StateStore.rotate_journal).
     folded: str | None = None
 
-    def json_parts(self) -> Iterator[bytes]:
+    def json_parts(self, rendered: RenderedSlices | None = None) -> Iterator[bytes]:
         """The state file's JSON, a slice at a time (never the whole file in memory twice).
 
         The window is its aggregated state (:meth:`~enumwatch.windows.WindowSnapshot.state`):
-        per slice, its cells with their counters and value tuples.
+        per slice, its cells with their counters and value tuples. ``rendered``: the slices of
+        this state file as its last write rendered them, reused where unchanged and replaced
+        by this write's (up to :data:`RENDERED_LIMIT` bytes); the bytes are the same either way.
         """
         window = self.window
         head = {"uid": self.uid, "pending": self.pending, "folded": self.folded}
         yield orjson.dumps(head)[:-1] + b',"window":'
         yield orjson.dumps(window.header())[:-1] + b',"slices":['
-        for n, part in enumerate(window.slices):
-            yield (b"," if n else b"") + orjson.dumps(part)
+        known: RenderedSlices = rendered if rendered is not None else {}
+        kept: RenderedSlices = {}
+        budget = RENDERED_LIMIT if rendered is not None else 0
+        for n, (k, events, cells) in enumerate(window.slices):
+            last = known.get(k)
+            if last is not None and last[0] is cells and last[1] == events:
+                data = last[2]
+            else:
+                data = orjson.dumps((k, events, cells))
+            if len(data) <= budget:
+                kept[k] = (cells, events, data)
+                budget -= len(data)
+            if n:
+                yield b","
+            yield data
         yield b"]}}"
+        if rendered is not None:
+            rendered.clear()
+            rendered.update(kept)
 
 
 def new_epoch() -> str:

@@ -11,9 +11,12 @@ with its window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import math
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -226,8 +229,43 @@ class Detectors:
             else StateStore(state_dir, journal_limit)
         )
         self._checkpointing = asyncio.Lock()
+        #: Arrival stamps of the ingest batches being decoded and committed (see
+        #: :meth:`receiving`), each as many times as there are such batches.
+        self._in_flight: Counter[float] = Counter()
         #: The leader epoch ingest answers name: the state's, or this process's without one.
         self.epoch = new_epoch() if self.store is None else self.store.epoch
+
+    @contextlib.contextmanager
+    def receiving(self, arrival: float) -> Iterator[None]:
+        """Mark a batch stamped ``arrival`` as in flight (being decoded, journaled, offered)
+        for the duration of the block: a tick at or after ``arrival`` waits for it
+        (:meth:`evaluable_until`)."""
+        self._in_flight[arrival] += 1
+        try:
+            yield
+        finally:
+            self._in_flight[arrival] -= 1
+            if not self._in_flight[arrival]:
+                del self._in_flight[arrival]
+
+    def evaluable_until(self, runtime: DetectorRuntime, now: float, settle: float) -> float:
+        """The latest time up to which ``runtime`` 's ticks can be evaluated at ``now``.
+
+        On the ``ingested`` basis an event's time is its batch's arrival stamp, taken when the
+        body was read: every event of a tick's window is then offered already or in a batch
+        in flight, so a tick is evaluated as soon as no batch stamped at or before it is in
+        flight (at ``now`` itself when none is), and never waits longer than ``settle`` for one
+        (as a fixed settle delay did). On the ``event`` basis events in flight upstream cannot
+        be known here: the fixed ``settle`` delay.
+        """
+        horizon = now - settle
+        evaluator = runtime.evaluator
+        if evaluator is None or evaluator.time_basis != "ingested":
+            return horizon
+        if not self._in_flight:
+            return now
+        oldest = min(self._in_flight)
+        return max(horizon, min(now, math.nextafter(oldest, -math.inf)))
 
     def get_or_create(self, ref: DetectorRef) -> DetectorRuntime:
         """The runtime of ``ref``, created (and restored from disk) when new."""

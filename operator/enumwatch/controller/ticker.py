@@ -63,7 +63,8 @@ class Ticker:
         self.reports = reports
 
     async def tick_once(self, now: float) -> int:
-        """Evaluate every detector's due ticks up to ``now - settle``; return ticks evaluated.
+        """Evaluate every detector's due ticks (up to ``now - settle`` at the latest, see
+        :meth:`~enumwatch.controller.runtime.Detectors.evaluable_until`); return ticks evaluated.
 
         Nothing here can take a tick down half way: each Finding write stands alone (a failed
         one is kept and retried at the next tick), and the status patch, the checkpoint and
@@ -74,7 +75,7 @@ class Ticker:
             evaluator, spec = runtime.evaluator, runtime.spec
             if evaluator is None or spec is None:
                 continue
-            due = evaluator.due_ticks(now - self.settle)
+            due = evaluator.due_ticks(self.detectors.evaluable_until(runtime, now, self.settle))
             if not due:
                 continue
             failures = runtime.findings_write_errors
@@ -205,4 +206,18 @@ class Ticker:
             except Exception:  # the schedule must survive a bug in one evaluation
                 log.exception("tick crashed, will retry")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.resolution)
+                await asyncio.wait_for(stop.wait(), timeout=self._until_next(time.time()))
+
+    def _until_next(self, now: float) -> float:
+        """How long to wait before the next round: ``resolution``, or less when a detector's
+        next tick falls sooner (a tick is evaluated when it falls, not up to ``resolution``
+        after it: the detection latency)."""
+        wait = self.resolution
+        for runtime in self.detectors.by_key.values():
+            evaluator = runtime.evaluator
+            if evaluator is None:
+                continue
+            delay = 0.0 if evaluator.time_basis == "ingested" else self.settle
+            due = evaluator.tick_at_or_before(now - delay) + evaluator.interval + delay
+            wait = min(wait, max(0.001, due - now))
+        return wait
