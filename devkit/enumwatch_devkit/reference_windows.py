@@ -149,10 +149,9 @@ class ReferenceEvaluator(Schedule):
                     if entered:
                         assert event.request_uri is not None
                         succeeded.setdefault(key, set()).add(event.request_uri)
-            if event.source_ips:
-                key = (event.source_ips[-1], event.user_agent)
-                if key in wanted:
-                    observed[key] += 1
+            seen_from = self.rule.observed_key(event.source_ips, event.user_agent)
+            if seen_from is not None and seen_from in wanted:
+                observed[seen_from] += 1
         return (
             seen,
             observed,

@@ -37,6 +37,11 @@ TimestampSource = Literal["ingested", "event"]
 #: Which entries of ``sourceIPs`` form the rule's groups: every one (the seed), or only the last,
 #: the address the API server saw the connection come from.
 SourceIPGrouping = Literal["all", "observed"]
+#: What one group of the rule is: a (source IP, user agent) pair (the seed's ``BY sourceIPs,
+#: userAgent``), or a source address alone, its user agents counted as values.
+GroupBy = Literal["sourceIPAndUserAgent", "sourceIP"]
+#: The seed's grouping, the default of ``spec.groupBy``.
+SEED_GROUP_BY: GroupBy = "sourceIPAndUserAgent"
 
 
 def parse_duration(text: str) -> float:
@@ -536,6 +541,8 @@ class DetectorSpec(_Model):
                 lines.append(
                     f"{section}.{info.alias or name}: {_shown(value)} (seed: {_shown(default)})"
                 )
+        if self.group_by != seed.group_by:
+            lines.append(f"groupBy: {self.group_by} (seed: {seed.group_by})")
         if self.schedule.timestamp != seed.schedule.timestamp:
             lines.append(
                 f"schedule.timestamp: {self.schedule.timestamp} "
@@ -548,6 +555,20 @@ class DetectorSpec(_Model):
 
     match: MatchSpec = Field(
         default_factory=MatchSpec, description="Which audit events are considered."
+    )
+    group_by: GroupBy = Field(
+        default=SEED_GROUP_BY,
+        alias="groupBy",
+        description=(
+            "What one group of events is. sourceIPAndUserAgent (the seed): one group per source "
+            "IP and user agent. sourceIP: one group per source address, its user agents listed "
+            "as values (Esql.user_agent_values) and counted (Esql.user_agent_count_distinct); "
+            "the same thresholds apply. A scanner that sends a different User-Agent with each "
+            "request makes one group per request under the seed's grouping, and never fires; "
+            "under sourceIP its requests form one group. Use it with match.sourceIPs: observed, "
+            "or each forged X-Forwarded-For address forms a group of its own. Noise: clients "
+            "behind one NAT gateway or proxy share an address, and form one group."
+        ),
     )
     thresholds: ThresholdsSpec = Field(
         default_factory=ThresholdsSpec, description=THRESHOLDS_DESCRIPTION

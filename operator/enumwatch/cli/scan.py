@@ -268,7 +268,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.replay:
             schedule = _schedule(spec, args.interval, args.lookback)
         check_readable(args.files)
-        matcher = Rule(spec.match, spec.thresholds).matcher
+        matcher = Rule.of(spec).matcher
         survey = Survey(matcher)
         with _Progress(err, enabled=not args.quiet) as progress:
             if args.replay:

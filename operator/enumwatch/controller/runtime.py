@@ -109,7 +109,7 @@ class DetectorRuntime:
             self.spec, self.error, self.evaluator = None, format_validation_error(exc), None
             return True
         old = self.evaluator
-        rule = Rule(spec.match, spec.thresholds)
+        rule = Rule.of(spec)
         self.coverage = (
             Coverage(rule)
             if self.coverage is None

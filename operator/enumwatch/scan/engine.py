@@ -134,7 +134,7 @@ def scan(
     An event delivered twice (same auditID and stage) counts once, as in :func:`replay` and
     in the operator.
     """
-    rule = Rule(spec.match, spec.thresholds)
+    rule = Rule.of(spec)
     stats = DecodeStats()
     table = rule.table()
     with no_cyclic_gc():
@@ -159,7 +159,7 @@ def replay(
     auditID and stage) count once.
     """
     stats = DecodeStats()
-    rule = Rule(spec.match, spec.thresholds)
+    rule = Rule.of(spec)
     evaluator = WindowedEvaluator(
         rule,
         interval_s if interval_s is not None else spec.schedule.interval_seconds,
