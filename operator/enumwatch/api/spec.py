@@ -467,7 +467,9 @@ class ExceptionSpec(_Model):
         description=(
             "Rows whose userAgent matches one of these shell-style patterns (case-sensitive; * "
             "any characters, ? one character, [abc] a class, e.g. 'kube-probe/*') match. "
-            "Empty: any user agent. A row without a user agent never matches a non-empty list."
+            "Empty: any user agent. A row without a user agent never matches a non-empty list; "
+            "a row of a detector grouped by address matches when every one of its user agents "
+            "does."
         ),
     )
     until: (

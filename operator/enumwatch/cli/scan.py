@@ -378,7 +378,7 @@ class _Records:
             "detector": self._detector,
             "rule": self._rule,
             "sourceIP": row.source_ip,
-            "userAgent": row.user_agent,
+            "userAgent": row.user_agent_label,
         }
         if window is not None:
             record["window"] = {
@@ -498,7 +498,7 @@ def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
     for row in rows:
         table.add_row(
             row.source_ip if row.source_ip is not None else "(none)",
-            row.user_agent if row.user_agent is not None else "(none)",
+            row.user_agent_label if row.user_agent_label is not None else "(none)",
             str(row.document_count),
             str(row.authz_forbid_count),
             str(row.status_fail_count),

@@ -102,6 +102,12 @@ class FailedWrite:
         return cls(window=window, error=str(data["error"]))
 
 
+def row_finding_name(detector: DetectorRef, row: Row) -> str:
+    """The name of the Finding of ``row``: one per (detector, address) for a row grouped by
+    address, else per (detector, address, user agent)."""
+    return finding_name(detector.name, row.source_ip, row.user_agent, by_address=row.by_address)
+
+
 class Attribution(Protocol):
     """Who a source IP was in the cluster at a time (:class:`enumwatch.attribution.AddressBook`)."""
 
@@ -167,7 +173,7 @@ class FindingSink:
         """
         result = SinkResult()
         cap = spec.findings.max_per_run
-        recorded = await self._recorded(detector) if len(window.rows) > cap else set()
+        recorded = await self._recorded(detector, spec) if len(window.rows) > cap else set()
         chosen, left_out = prioritize(window.rows, window.observed, recorded, cap)
         result.capped = len(left_out)
         for row in chosen:
@@ -175,7 +181,7 @@ class FindingSink:
             try:
                 await self._apply_row(detector, spec, window, row, result)
             except Exception as exc:
-                name = finding_name(detector.name, row.source_ip, row.user_agent)
+                name = row_finding_name(detector, row)
                 log.warning(
                     "finding write failed, will retry at the next tick",
                     extra={
@@ -189,7 +195,7 @@ class FindingSink:
                 )
         if left_out:
             named = ", ".join(
-                f"{row.source_ip or '<no IP>'}/{row.user_agent or '<none>'}"
+                f"{row.source_ip or '<no IP>'}/{row.user_agent_label or '<none>'}"
                 for row in left_out[:10]
             )
             more = f" and {len(left_out) - 10} more" if len(left_out) > 10 else ""
@@ -203,14 +209,15 @@ class FindingSink:
             )
         return result
 
-    async def _recorded(self, detector: DetectorRef) -> set[GroupKey]:
+    async def _recorded(self, detector: DetectorRef, spec: DetectorSpec) -> set[GroupKey]:
         """The group keys that already have a Finding of ``detector``."""
         listing = await self.client.get(
             namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
             params={"labelSelector": f"{DETECTOR_LABEL}={detector.name}"},
         )
+        by_address = spec.group_by == "sourceIP"  # as rule.group_keys
         return {
-            (item["spec"].get("sourceIP"), item["spec"].get("userAgent"))
+            (item["spec"].get("sourceIP"), None if by_address else item["spec"].get("userAgent"))
             for item in listing.get("items", [])
         }
 
@@ -222,7 +229,7 @@ class FindingSink:
         row: Row,
         result: SinkResult,
     ) -> None:
-        name = finding_name(detector.name, row.source_ip, row.user_agent)
+        name = row_finding_name(detector, row)
         path = namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
         source = self.source_of(window, row)
         for _attempt in range(3):

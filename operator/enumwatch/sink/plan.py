@@ -20,6 +20,7 @@ from enumwatch.api.finding import (
     Window,
     enumeration_summary,
     rule_ref,
+    user_agent_phrase,
 )
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.attribution import describe
@@ -115,7 +116,7 @@ def plan(
         "detector": detector,
         "rule": rule_ref(severity_of(spec, access), spec.risk_score),
         "sourceIP": row.source_ip,
-        "userAgent": row.user_agent,
+        "userAgent": row.user_agent_label,
         "window": Window(start=format_rfc3339(window.start), end=tick),
         "lastSeen": format_rfc3339(window.last_seen.get(row.key, window.tick)),
         "lastFired": tick,
@@ -193,16 +194,18 @@ def _who(row: Row, source: Source | None) -> str:
 def access_summary(row: Row, uris: tuple[str, ...], source: Source | None = None) -> str:
     """The AnonymousAccessSucceeded Event message: who got into what."""
     more = f" and {len(uris) - 5} more" if len(uris) > 5 else ""
+    agent = user_agent_phrase(row.user_agent_label, by_address=row.by_address)
     return (
-        f"anonymous client {_who(row, source)} (user agent "
-        f"{row.user_agent or '<none>'!r}) was answered on {len(uris)} endpoint(s) that are not "
-        f"public by default: {', '.join(uris[:5])}{more}"
+        f"anonymous client {_who(row, source)} {agent} was answered on {len(uris)} endpoint(s) "
+        f"that are not public by default: {', '.join(uris[:5])}{more}"
     )
 
 
 def summary(row: Row, source: Source | None = None) -> str:
     """The Event message for a row: source IP (and who it is), user agent and the key counts."""
-    return enumeration_summary(_who(row, source), row.user_agent, row)
+    return enumeration_summary(
+        _who(row, source), row.user_agent_label, row, by_address=row.by_address
+    )
 
 
 def prioritize(
