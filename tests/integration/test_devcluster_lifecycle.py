@@ -103,16 +103,25 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
         kubectl = ["kubectl", "--kubeconfig", env["KUBECONFIG"]]
         deadline = time.monotonic() + 30
         agents: list[str] = []
-        while time.monotonic() < deadline and "dev-scan" not in agents:
+        addresses: list[str] = []
+        while time.monotonic() < deadline and ("dev-scan" not in agents or not addresses):
             out = subprocess.run(
                 [*kubectl, "get", "findings", "-A", "-o", "json"],
                 capture_output=True,
                 text=True,
                 check=True,
             ).stdout
-            agents = [f["spec"]["userAgent"] for f in json.loads(out)["items"]]
+            items = json.loads(out)["items"]
+            agents = [f["spec"]["userAgent"] for f in items]
+            # The second dev detector groups by address: the scan's address is one Finding.
+            addresses = [
+                f["spec"]["sourceIP"]
+                for f in items
+                if f["spec"]["detector"] == "anonymous-enumeration-by-address"
+            ]
             time.sleep(0.3)
         assert "dev-scan" in agents
+        assert addresses == ["127.0.0.1"]
         # ... and an alert in the real Alertmanager the dev stack runs, within 10 s.
         deadline = time.monotonic() + 10
         alerts: list[dict[str, Any]] = []
