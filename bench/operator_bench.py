@@ -5,11 +5,12 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
 1. Detection latency: the full stack (kube-apiserver with audit logging -> ``enumwatch tail`` ->
    ``enumwatch run``) with a detector ticking every 1 s; each round runs an anonymous scan with a
    fresh user agent and measures the time from the scan's last response to the Finding being
-   visible through the API (polled every 20 ms). Goal: under 3 s.
+   visible through the API (polled every 20 ms). Goal: p95 at most 1.0 s (issue 22).
 2. CPU per 1,000 ingested events per second: anonymous audit events (real ones from the audit log,
    re-keyed with new auditIDs, source IPs and timestamps) POSTed to ``/ingest`` at ``--rate``
    events/s for ``--seconds``; the operator process's CPU time (utime + stime from /proc) over
-   the wall time is the share of one core it needs.
+   the wall time is the share of one core it needs. Goal: at most 20 ms per 1,000 events
+   (issue 22; ingest and decoding included).
 3. Peak ingest throughput: the same events posted as fast as one client can.
 
 ``--engine-only`` measures the windows alone, in this process, without a control plane (the
@@ -231,13 +232,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scans", type=int, default=10)
     parser.add_argument("--rate", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument(
+        "--seconds", type=float, help="how long to post (default 20; 60 with --engine-only)"
+    )
     parser.add_argument("--throughput-events", type=int, default=50_000)
     parser.add_argument("--engine-only", action="store_true", help="the windows alone, no cluster")
     args = parser.parse_args()
     if args.engine_only:
-        engine_only(args.rate, int(args.seconds) if args.seconds != 20 else 60)
+        engine_only(args.rate, int(args.seconds or 60))
         return 0
+    args.seconds = args.seconds or 20
     work = Path(tempfile.mkdtemp(prefix="enumwatch-bench-"))
     cp = controlplane.start(work / "cp")
     stack = None
@@ -252,8 +256,8 @@ def main() -> int:
         print(
             f"detection latency (last request -> Finding visible), interval 1s, "
             f"{len(q)} scans: min {q[0]:.2f}s  median {statistics.median(q):.2f}s  "
-            f"p95 {p95:.2f}s  max {q[-1]:.2f}s  (goal < 3 s: "
-            f"{'met' if q[-1] < 3 else 'NOT met'})"
+            f"p95 {p95:.2f}s  max {q[-1]:.2f}s  (goal p95 <= 1.0 s: "
+            f"{'met' if p95 <= 1.0 else 'NOT met'})"
         )
         token = (work / "stack" / "ingest.token").read_text()
         pid = stack.processes["operator"].pid
@@ -263,7 +267,7 @@ def main() -> int:
             f"operator CPU at {args.rate} ingested events/s for {args.seconds:.0f}s "
             f"({sent} events, 2000 source IPs, detector ticking every 1s): "
             f"{cores * 100:.1f}% of one core = {cores * 1000 / args.rate * 1000:.0f} ms CPU "
-            f"per 1,000 events"
+            f"per 1,000 events (goal <= 20)"
         )
         rate = measure_throughput(stack.operator_url, token, tmpl, args.throughput_events)
         print(f"peak ingest throughput, one client, 500-event lists: {rate:,.0f} events/s")

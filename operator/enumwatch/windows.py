@@ -13,34 +13,37 @@ event's time is, per detector (``spec.schedule.timestamp``):
   event older than every future window is *late* and one stamped far ahead of its arrival is
   *future*: both are refused and counted.
 
-How (the way stream processors run sliding windows). Time is cut in *slices* of
-``gcd(interval, lookback)``, aligned with the ticks, so that every window is a whole number of
-slices. Per group (source IP and user agent, or the address alone with ``groupBy: sourceIP``,
-whose user agents are then one more value) and slice, a *cell* keeps what the rule reads of its
-documents: their count, the value tuples the aggregates read (:func:`enumwatch.rule.event_values`),
-the latest time and how many were seen from the group's own IP by the API server. A group keeps
-its count over the window. An event costs a constant amount when it arrives (its cells) and
-when its slice leaves the window (a whole slice is subtracted at once), whatever the
-lookback / interval ratio. A tick recomputes only the groups whose window changed since the last
-tick (the *dirty* set: an arrival, or a slice entering or leaving) and keeps the rows of the
-groups that fire, so a group that keeps firing reports its row at every tick without a scan of
-all groups. A row is computed by :func:`enumwatch.rule.group_row`, the definition a scan uses,
-from at most ``documentsBelow - 1`` tuples: the rows are those of a re-evaluation
-(``enumwatch_devkit.reference_windows`` is that oracle, and the property tests compare them).
+How (the way stream processors run sliding windows). Time is cut in *slices* of ``gcd(interval,
+lookback)``, aligned with the ticks, so that every window is a whole number of slices. Per group
+(source IP and user agent, or the address alone with ``groupBy: sourceIP``, whose user agents are
+then one more value) and slice, a *cell* keeps what the rule reads of its documents: their
+count, the value tuples the aggregates read (:func:`enumwatch.rule.event_values`), the latest time
+and how many were seen from the group's own IP by the API server. A group keeps its count over the
+window and, while it has enough documents to fire, invertible counts of its outcomes, request URIs
+and resources (added on arrival, subtracted on expiry), so the thresholds are checked without
+reading its documents. An event costs a constant amount when it arrives (its cells) and when its
+slice leaves the window (a whole slice is subtracted at once), whatever the lookback / interval
+ratio. A tick recomputes only the groups whose window changed since the last tick (the *dirty* set:
+an arrival, or a slice entering or leaving) and keeps the rows of the groups that fire, so a group
+that keeps firing reports its row at every tick without a scan of all groups. A row is computed by
+:func:`enumwatch.rule.group_row`, the definition a scan uses, from at most ``documentsBelow - 1``
+tuples: the rows are those of a re-evaluation (``enumwatch_devkit.reference_windows`` is that
+oracle, and the property tests compare them).
 
-Bounded without losing exactness: the rule fires only for groups with fewer than
-``documentsBelow`` documents in the window, so a cell whose count reaches ``documentsBelow`` can
-never be part of a firing window: it is *saturated*, keeps its count and drops its values; when
-it leaves the window what remains is exactly the window's values. A cell holds at most
-``documentsBelow - 1`` value tuples plus counters, whatever the flood. What remains unbounded is
-the number of groups (a client chooses its user agent). The state's size is estimated (bytes per
-group, cell and kept value, measured by ``bench/operator_memory.py``); past ``state_budget``
-whole groups are *shed* in an order that never hides a group that could fire while others exist
-that cannot: saturated groups first (they cannot fire while their saturated cell is in the
-window), then groups that do not pass the thresholds now (fewest documents, then the least
-recently fed, first), and only then groups that fire (least recently fed first). Every shed
-group and its documents are counted by reason (:attr:`WindowedEvaluator.shed`), for the
-metrics, the detector's status, a Warning Event and the ``WindowOverflow`` condition.
+Bounded without losing exactness: the rule fires only for groups with fewer than ``documentsBelow``
+documents in the window, so a cell whose count reaches ``documentsBelow`` can never be part of a
+firing window: it is *saturated*, keeps its count and drops its values; when it leaves the window
+what remains is exactly the window's values. A cell holds at most ``documentsBelow - 1`` value
+tuples plus counters, whatever the flood. What remains unbounded is the number of groups (a client
+chooses its user agent). The state's size is estimated (bytes per group, cell and kept value,
+measured by ``bench/operator_memory.py``); past ``state_budget`` whole groups are *shed* in an
+order that never hides a group that could fire while others exist that cannot: saturated groups
+first (they cannot fire while their saturated cell is in the window; they stay *muted* until their
+shed state has left it, so that what follows cannot fire on a partial count), then groups that do
+not pass the thresholds now (fewest documents, then the least recently fed, first), and only then
+groups that fire (least recently fed first). Every shed group and its documents are counted by
+reason (:attr:`WindowedEvaluator.shed`), for the metrics, the detector's status, a Warning Event
+and the ``WindowOverflow`` condition.
 
 De-duplication is not done here: callers pass each event once (one identity definition is
 applied upstream, at ingest, journal replay and scan).
@@ -206,11 +209,14 @@ class _Group:
 class _Slice:
     """The cells of one slice of time, and how many events it holds."""
 
-    __slots__ = ("cells", "events")
+    __slots__ = ("cells", "events", "saved")
 
     def __init__(self) -> None:
         self.cells: dict[GroupKey, _Cell] = {}
         self.events = 0
+        #: Its cells as the last snapshot copied them, until one changes: a checkpoint after
+        #: each tick copies only the slices that changed since the last one.
+        self.saved: list[SavedCell] | None = None
 
 
 #: A saved cell: key, count, latest time, observed documents, value tuples (None: saturated).
@@ -231,6 +237,8 @@ class WindowSnapshot:
     match: str
     #: (slice index, events, cells) by slice.
     slices: list[tuple[int, int, list[SavedCell]]]
+    #: Shed saturated groups that cannot fire until this slice leaves the window.
+    muted: list[tuple[GroupKey, int]] = field(default_factory=list)
 
     def header(self) -> dict[str, Any]:
         """Everything but the slices."""
@@ -242,41 +250,19 @@ class WindowSnapshot:
             "documentsBelow": self.documents_below,
             "grouping": self.grouping,
             "match": self.match,
+            "muted": self.muted,
         }
 
     def state(self) -> dict[str, Any]:
-        """The state as one dict: the header, a table of the distinct value tuples and the
-        slices' cells (``[ip, ua, count, last, observed, [value indices] | null]``)."""
-        table: dict[tuple[Any, ...], int] = {}
-        slices = [
-            [index, events, [saved_cell(cell, table) for cell in cells]]
-            for index, events, cells in self.slices
-        ]
-        return {**self.header(), "values": value_table(table), "slices": slices}
-
-
-def saved_cell(cell: SavedCell, table: dict[tuple[Any, ...], int]) -> list[Any]:
-    """One cell as JSON-ready data, its value tuples as indices into ``table`` (filled here)."""
-    (ip, ua), count, last, observed, values = cell
-    indices = None
-    if values is not None:
-        indices = []
-        for v in values:
-            index = table.get(v)
-            if index is None:
-                index = table[v] = len(table)
-            indices.append(index)
-    return [ip, ua, count, last, observed, indices]
-
-
-def value_table(table: dict[tuple[Any, ...], int]) -> list[list[Any]]:
-    """The value tuples in index order, as JSON-ready lists (``groups`` a list)."""
-    return [[*v[:F_GROUPS], list(v[F_GROUPS]), *v[F_GROUPS + 1 :]] for v in table]
+        """The state as one dict: the header and the slices, ``[index, events, cells]``, each
+        cell ``[[ip, ua], count, last, observed, [value tuples] | null]`` (rendered as it is
+        by orjson, in C: a checkpoint after every tick must cost little)."""
+        return {**self.header(), "slices": [list(s) for s in self.slices]}
 
 
 def _read_values(item: list[Any]) -> tuple[Any, ...]:
-    """A value tuple from its :func:`_value_table` form (the user agent last, grouped by
-    address)."""
+    """A value tuple from its JSON form (``groups`` a list there; the user agent last, grouped
+    by address)."""
     groups, outcome = tuple(item[F_GROUPS]), int(item[_OUTCOME_AT])
     return (*item[:F_GROUPS], groups, outcome, *item[_OUTCOME_AT + 1 :])
 
@@ -654,6 +640,7 @@ class WindowedEvaluator(Schedule):
         if slice_ is None:
             slice_ = self._slices[k] = _Slice()
         slice_.events += 1
+        slice_.saved = None
         self._held += 1
         self.added += 1
         active = self._frontier is not None and k <= self._frontier
@@ -908,7 +895,9 @@ class WindowedEvaluator(Schedule):
     def _drop_group(self, key: GroupKey, group: _Group) -> None:
         """Forget one group's state (its events stay counted in their slices)."""
         for k, cell in group.cells.items():
-            del self._slices[k].cells[key]
+            slice_ = self._slices[k]
+            del slice_.cells[key]
+            slice_.saved = None
             self._cells -= 1
             if cell.values is not None:
                 self._values -= len(cell.values)
@@ -930,16 +919,18 @@ class WindowedEvaluator(Schedule):
         slices = []
         for k in sorted(self._slices):
             slice_ = self._slices[k]
-            cells: list[SavedCell] = [
-                (
-                    key,
-                    cell.count,
-                    cell.last,
-                    cell.observed,
-                    None if cell.values is None else tuple(cell.values),
-                )
-                for key, cell in slice_.cells.items()
-            ]
+            cells = slice_.saved
+            if cells is None:
+                cells = slice_.saved = [
+                    (
+                        key,
+                        cell.count,
+                        cell.last,
+                        cell.observed,
+                        None if cell.values is None else tuple(cell.values),
+                    )
+                    for key, cell in slice_.cells.items()
+                ]
             slices.append((k, slice_.events, cells))
         return WindowSnapshot(
             self._last_tick,
@@ -949,6 +940,7 @@ class WindowedEvaluator(Schedule):
             self._grouping(),
             _match_signature(self.rule),
             slices,
+            list(self._muted.items()),
         )
 
     def export_state(self) -> dict[str, Any]:
@@ -979,12 +971,11 @@ class WindowedEvaluator(Schedule):
         if state.get("version") != STATE_VERSION:
             self._restore_events(state)
             return
-        table = [_read_values(item) for item in state.get("values") or ()]
         slices: list[tuple[int, int, list[SavedCell]]] = []
         for k, events, cells in state.get("slices") or ():
             saved: list[SavedCell] = []
-            for ip, ua, count, last, observed, indices in cells:
-                values = None if indices is None else tuple(table[i] for i in indices)
+            for (ip, ua), count, last, observed, items in cells:
+                values = None if items is None else tuple(_read_values(v) for v in items)
                 saved.append(((ip, ua), int(count), float(last), int(observed), values))
             slices.append((int(k), int(events), saved))
         last_tick = state.get("lastTick")
@@ -997,6 +988,7 @@ class WindowedEvaluator(Schedule):
                 str(state.get("grouping", "all")),
                 str(state.get("match", "")),
                 slices,
+                [((ip, ua), int(k)) for (ip, ua), k in state.get("muted") or ()],
             )
         )
 
@@ -1051,6 +1043,8 @@ class WindowedEvaluator(Schedule):
                         slice_ = self._slices[index] = _Slice()
                 self._load_cell(index, slice_, key, count, last, observed, values)
         self._slices = {k: s for k, s in self._slices.items() if s.events or s.cells}
+        for key, k in snap.muted:  # until the slice holding that time leaves the window
+            self._muted[key] = max(self._muted.get(key, k), self._slice_of(k * snap.width))
         self._set_last_tick(snap.last_tick)
         if notes:
             self.rebuilt = "; ".join(notes)
@@ -1067,6 +1061,7 @@ class WindowedEvaluator(Schedule):
         observed: int,
         values: tuple[tuple[Any, ...], ...] | None,
     ) -> None:
+        slice_.saved = None
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()

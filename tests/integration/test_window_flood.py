@@ -101,7 +101,7 @@ def test_a_flood_cannot_erase_a_scan_and_what_was_shed_is_visible(
         assert warnings[0]["type"] == "Warning"
         samples = op.metrics()
         key = (
-            f'enumwatch_window_shed_groups_total{{namespace="{ns}",detector="det",'
+            f'enumwatch_window_shed_groups_total{{detector="det",namespace="{ns}",'
             'reason="belowThresholds"}'
         )
         assert samples[key] >= shed["belowThresholds"]

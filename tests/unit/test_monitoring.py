@@ -166,6 +166,7 @@ def test_the_rule_file_holds_the_alerts_the_readme_promises() -> None:
             "EnumwatchFindingWriteErrors",
             "EnumwatchEventsLate",
             "EnumwatchEventsFromTheFuture",
+            "EnumwatchWindowShedding",
         ]
     )
     assert alerts["EnumwatchNoLeader"]["labels"] == {"severity": "critical"}
@@ -177,7 +178,7 @@ def test_the_rule_file_holds_the_alerts_the_readme_promises() -> None:
 def test_promtool_checks_the_shipped_rules(promtool: Path, tmp_path: Path) -> None:
     _rules_file(tmp_path)
     out = _promtool(promtool, "check", "rules", "--lint-fatal", "rules.yaml", cwd=tmp_path)
-    assert out == "Checking rules.yaml\n  SUCCESS: 7 rules found\n\n"
+    assert out == "Checking rules.yaml\n  SUCCESS: 8 rules found\n\n"
 
 
 def _alert(name: str, eval_time: str, *expected: dict[str, Any]) -> dict[str, Any]:
@@ -360,6 +361,26 @@ ALERT_TESTS = [
             ),
         ),
         _alert("EnumwatchEventsLate", "25m"),
+    ),
+    # 4 groups shed below the thresholds between 5m and 6m (a flood of distinct clients).
+    _group(
+        {f'enumwatch_window_shed_groups_total{{{LABELS},reason="belowThresholds"}}': "0x5 4x20"},
+        _alert(
+            "EnumwatchWindowShedding",
+            "6m",
+            {
+                "exp_labels": {"severity": "warning", **DETECTOR, "reason": "belowThresholds"},
+                "exp_annotations": {
+                    "summary": "Detector team-a/anonymous-enumeration sheds window state "
+                    "(belowThresholds).",
+                    "description": "4 groups (belowThresholds) were shed from the window in 15 "
+                    "minutes because its state reached the budget: a flood of distinct clients. "
+                    "The detector's WindowOverflow condition and Events say how many; raise "
+                    "--window-state-mib (and the memory limit) if this is normal traffic.",
+                },
+            },
+        ),
+        _alert("EnumwatchWindowShedding", "25m"),
     ),
 ]
 

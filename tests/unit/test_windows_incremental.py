@@ -205,13 +205,16 @@ def test_a_restart_from_the_saved_state_changes_no_tick(
     rule: Rule,
 ) -> None:
     first, _, _ = _run_live(events[:cut], steps, rule, schedule, basis, twice=False)
+    first.snapshot()  # a checkpoint earlier: the next copies only the slices changed since
+    for event in events[cut : cut + 3]:
+        first.add(event, (first.last_tick or T0) + 0.5)
     state = orjson.loads(orjson.dumps(first.export_state()))
     restored = WindowedEvaluator(rule, *schedule, time_basis=basis)  # type: ignore[arg-type]
     restored.restore_state(state)
     assert restored.rebuilt is None
     assert restored.buffered == first.buffered and restored.last_tick == first.last_tick
     now = (first.last_tick or T0) + schedule[0]
-    for event in events[cut:]:
+    for event in events[cut + 3 :]:
         assert first.add(event, now) == restored.add(event, now)
     for tick in first.due_ticks(now + 2 * schedule[1]):
         assert first.evaluate(tick) == restored.evaluate(tick)
@@ -368,5 +371,34 @@ def test_shedding_takes_saturated_groups_before_any_other() -> None:
     for i in range(3):  # one more group each: over budget
         w.add(dataclasses.replace(_scan("192.0.2.7", f"late/{i}", T0, 1)[0]), T0 + 1)
     assert (w.shed[SHED_SATURATED], w.shed[SHED_BELOW_THRESHOLDS], w.shed[SHED_OLDEST]) == (1, 1, 0)
-    kept = {(c[0], c[1]) for s in w.export_state()["slices"] for c in s[2]}
+    kept = {tuple(c[0]) for s in w.export_state()["slices"] for c in s[2]}
     assert ("192.0.2.9", "scan/1") not in kept and ("192.0.2.8", "scan/2") in kept
+
+
+def test_a_firing_group_is_shed_last_and_a_muted_group_stays_muted_over_a_restart() -> None:
+    one = GROUP_BYTES + CELL_BYTES + VALUE_BYTES
+    w = WindowedEvaluator(Rule(), 1, 60, state_budget=400 * one, time_basis="ingested")
+    for event in _scan("192.0.2.9", "scan/1", T0 - 10):
+        w.add(event, T0 - 10)
+    loud = _scan("198.51.100.1", "loud/1", T0 - 10)
+    for i in range(60):  # saturated: 60 documents in one slice
+        w.add(loud[i % 8], T0 - 9.5)
+    assert [r.key for r in w.evaluate(T0).rows] == [("192.0.2.9", "scan/1")]
+    decoy = dataclasses.replace(loud[0], source_ips=("198.51.100.7",))
+    for i in range(1_000):  # one-event groups, far over the budget
+        w.add(dataclasses.replace(decoy, user_agent=f"decoy/{i}"), T0 + 0.5)
+    assert w.shed[SHED_SATURATED] == 1 and w.shed[SHED_OLDEST] == 0
+    assert w.shed[SHED_BELOW_THRESHOLDS] > 500
+    # The loud group comes back under documentsBelow: muted while its shed slice is in the
+    # window (the re-evaluating windows would still count its 60 documents), also after a
+    # restart from the saved state.
+    for i in range(8):
+        w.add(dataclasses.replace(loud[i], timestamp=None), T0 + 0.6)
+    restored = WindowedEvaluator(Rule(), 1, 60, state_budget=400 * one, time_basis="ingested")
+    restored.restore_state(orjson.loads(orjson.dumps(w.export_state())))
+    for evaluator in (w, restored):
+        assert [r.key for r in evaluator.evaluate(T0 + 1).rows] == [("192.0.2.9", "scan/1")]
+    # Once the shed slice has left the window, the loud group's new documents fire.
+    for evaluator in (w, restored):
+        keys = [r.key for r in evaluator.evaluate(T0 + 51).rows]
+        assert keys == [("198.51.100.1", "loud/1")]

@@ -28,7 +28,7 @@ import orjson
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent
 from enumwatch.sink.findings import FailedWrite
-from enumwatch.windows import WindowSnapshot, saved_cell, value_table
+from enumwatch.windows import WindowSnapshot
 
 if TYPE_CHECKING:
     from enumwatch.controller.runtime import DetectorRuntime
@@ -53,6 +53,10 @@ class StateStore:
         journal = state_dir / JOURNAL
         self.journal_bytes = journal.stat().st_size if journal.exists() else 0
         self.epoch = self._epoch()
+        #: The id of the latest journal rotation (the first line of the rotated journal): a
+        #: state file written after it says it holds that journal's events (``folded``), so a
+        #: restart between the state write and the journal's removal does not apply them twice.
+        self.rotation = self._rotation()
         # One state file write at a time: the event loop's and a worker thread's.
         self._writing = threading.Lock()
 
@@ -67,6 +71,16 @@ class StateStore:
             epoch = new_epoch()
             write_atomic(path, epoch.encode("ascii"))
         return epoch
+
+    def _rotation(self) -> str | None:
+        """The id at the head of a rotated journal left by an unfinished checkpoint."""
+        try:
+            with open(self.state_dir / PREVIOUS_JOURNAL, "rb") as previous:
+                head = orjson.loads(previous.readline())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        rotation = head.get("rotation") if isinstance(head, dict) else None
+        return rotation if isinstance(rotation, str) else None
 
     @property
     def journal_full(self) -> bool:
@@ -100,7 +114,7 @@ class StateStore:
         return self.state_dir / f"{namespace}_{name}.json"
 
     def save(self, runtime: DetectorRuntime) -> None:
-        """Persist a detector's window (buffered events, last tick) atomically."""
+        """Persist a detector's window (its aggregated state, last tick) atomically."""
         snapshot = self.snapshot(runtime)
         if snapshot is not None:
             self.write(snapshot)
@@ -115,6 +129,7 @@ class StateStore:
             runtime.ref.uid,
             runtime.evaluator.snapshot(),
             [failed.to_dict() for failed in runtime.pending.values()],
+            self.rotation,
         )
 
     def write(self, snapshot: DetectorSnapshot) -> None:
@@ -130,13 +145,15 @@ class StateStore:
         if not self.journal_bytes and not (journal.exists() and journal.stat().st_size):
             return
         previous = self.state_dir / PREVIOUS_JOURNAL
-        if previous.exists():  # an earlier checkpoint did not finish: keep both
-            with open(previous, "ab") as out:
-                out.write(journal.read_bytes())
-            journal.write_bytes(b"")
-        else:
-            journal.replace(previous)
-            journal.write_bytes(b"")
+        self.rotation = new_epoch()
+        # The rotated journal starts with its rotation id (a line no reader takes for an
+        # event); an earlier checkpoint's that did not finish is kept, under the new id.
+        body = previous.read_bytes().partition(b"\n")[2] if previous.exists() else b""
+        write_atomic(
+            previous,
+            orjson.dumps({"rotation": self.rotation}) + b"\n" + body + journal.read_bytes(),
+        )
+        journal.write_bytes(b"")
         self.journal_bytes = 0
 
     def drop_rotated_journal(self) -> None:
@@ -148,6 +165,7 @@ class StateStore:
         if runtime.evaluator is None:
             return False
         restored = False
+        folded = None
         path = self._state_path(runtime.ref.namespace, runtime.ref.name)
         if path.exists():
             try:
@@ -156,6 +174,7 @@ class StateStore:
                 log.warning("ignoring unreadable window state %s: %s", path, exc)
                 data = {}
             if data.get("uid") == runtime.ref.uid:
+                folded = data.get("folded")
                 runtime.evaluator.restore_state(data.get("window", {}))
                 for item in data.get("pending") or ():
                     try:
@@ -169,6 +188,8 @@ class StateStore:
         for journal in (self.state_dir / PREVIOUS_JOURNAL, self.state_dir / JOURNAL):
             if not journal.exists():
                 continue
+            if journal.name == PREVIOUS_JOURNAL and folded is not None and folded == self.rotation:
+                continue  # the state file was written after this rotation: it holds these
             for line in journal.read_bytes().splitlines():
                 try:
                     event, arrival = journal_entry(orjson.loads(line))
@@ -187,21 +208,22 @@ class DetectorSnapshot:
     uid: str
     window: WindowSnapshot
     pending: list[dict[str, Any]]
+    #: The journal rotation whose events the window holds (see :attr:`StateStore.rotation`).
+    folded: str | None = None
 
     def json_parts(self) -> Iterator[bytes]:
         """The state file's JSON, a slice at a time (never the whole file in memory twice).
 
         The window is its aggregated state (:meth:`~enumwatch.windows.WindowSnapshot.state`):
-        cells with counters and indices into one table of distinct value tuples, written last.
+        per slice, its cells with their counters and value tuples.
         """
         window = self.window
-        yield orjson.dumps({"uid": self.uid, "pending": self.pending})[:-1] + b',"window":'
+        head = {"uid": self.uid, "pending": self.pending, "folded": self.folded}
+        yield orjson.dumps(head)[:-1] + b',"window":'
         yield orjson.dumps(window.header())[:-1] + b',"slices":['
-        table: dict[tuple[Any, ...], int] = {}
-        for n, (index, events, cells) in enumerate(window.slices):
-            part = [index, events, [saved_cell(cell, table) for cell in cells]]
+        for n, part in enumerate(window.slices):
             yield (b"," if n else b"") + orjson.dumps(part)
-        yield b'],"values":' + orjson.dumps(value_table(table)) + b"}}"
+        yield b"]}}"
 
 
 def new_epoch() -> str:
