@@ -28,6 +28,7 @@ from enumwatch.outputs.records import (
     webhook_record,
 )
 from enumwatch.rule import Row, Rule
+from enumwatch.scan import replay, scan
 from enumwatch.sink.findings import FailedWrite, row_finding_name
 from enumwatch.sink.plan import access_summary, only_row, plan, summary
 from enumwatch.windows import WindowedEvaluator, WindowResult
@@ -178,3 +179,32 @@ def test_a_failed_write_of_an_address_row_round_trips() -> None:
     result = window(rotating_scan())
     failed = FailedWrite(window=only_row(result, result.rows[0]), error="500")
     assert FailedWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict()))) == failed
+
+
+def test_scan_and_replay_of_the_rotating_scan_give_the_live_row() -> None:
+    events = rotating_scan()
+    lines = b"".join(orjson.dumps(live_event(e)) + b"\n" for e in events)
+    live = window(events).rows
+    assert scan([lines], BY_ADDRESS).rows == list(live)
+    (same,) = [w for w in replay([lines], BY_ADDRESS).windows if w.tick == T0]
+    assert same.rows == live
+    assert scan([lines], DetectorSpec()).rows == []
+
+
+def live_event(event: AuditEvent) -> dict[str, Any]:
+    """``event`` as the apiserver writes it in its audit log."""
+    return {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": event.level,
+        "auditID": f"id-{event.user_agent}",
+        "stage": "ResponseComplete",
+        "requestURI": event.request_uri,
+        "verb": event.verb,
+        "user": {"username": event.username, "groups": list(event.groups)},
+        "sourceIPs": list(event.source_ips),
+        "userAgent": event.user_agent,
+        "objectRef": {"resource": event.resource, "apiVersion": "v1"},
+        "responseStatus": {"code": event.code},
+        "stageTimestamp": "2024-04-30T23:59:" + f"{event.timestamp - (T0 - 60):06.3f}Z",
+    }
