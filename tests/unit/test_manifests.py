@@ -330,6 +330,15 @@ def test_a_managed_overlay_collects_instead_of_tailing(
     assert detector["spec"]["match"]["levels"] == [
         "RequestResponse", "ResponseComplete", "Request", "Metadata"
     ]
+    # So does the detector grouped by address, which keeps its grouping.
+    by_address = _one(docs, "EnumerationDetector", "anonymous-enumeration-by-address")["spec"]
+    assert by_address == {
+        "groupBy": "sourceIP",
+        "match": {
+            "sourceIPs": "observed",
+            "levels": ["RequestResponse", "ResponseComplete", "Request", "Metadata"],
+        },
+    }
 
 
 def test_the_aks_collector_pod_opts_into_azure_workload_identity() -> None:
