@@ -40,9 +40,12 @@ LOW = ThresholdsSpec(
 SCHEDULES = [(300.0, 360.0), (1.0, 6.0), (5.0, 6.0), (60.0, 60.0), (2.0, 7.0), (1.0, 60.0)]
 #: Grouped by source address (``groupBy: sourceIP``), as the by-address detector is, and with
 #: every sourceIPs entry.
+#: Room for a group of one address to fire: it gathers every user agent's documents.
+WIDE = LOW.model_copy(update={"documents_below": 30})
 BY_ADDRESS = [
-    Rule(MatchSpec(sourceIPs="observed"), LOW, "sourceIP"),
-    Rule(thresholds=LOW, group_by="sourceIP"),
+    Rule(MatchSpec(sourceIPs="observed"), WIDE, "sourceIP"),
+    Rule(thresholds=WIDE, group_by="sourceIP"),
+    Rule(thresholds=LOW, group_by="sourceIP"),  # saturates often
 ]
 RULES = [Rule(thresholds=LOW), Rule(), Rule(MatchSpec(sourceIPs="observed"), LOW), *BY_ADDRESS]
 
@@ -128,6 +131,41 @@ def test_every_tick_equals_the_reevaluating_oracle(
     twice: bool,
 ) -> None:
     _run_live(events, steps, rule, schedule, basis, twice)
+
+
+#: Scanners that rotate their user agent: matching events from few addresses (and forged
+#: X-Forwarded-For entries before them), so that groups of one address fire often.
+_rotating = st.builds(
+    AuditEvent,
+    timestamp=st.floats(T0 - 800, T0 + 800, allow_nan=False),
+    username=st.sampled_from(["system:anonymous", "", None]),
+    level=st.just("Request"),
+    verb=st.sampled_from(["get", "list"]),
+    request_uri=st.sampled_from([f"/api/v1/u{i}" for i in range(8)]),
+    resource=st.sampled_from(["pods", "secrets", "nodes", None]),
+    source_ips=st.sampled_from([("127.0.0.1",), ("10.66.0.1", "127.0.0.1"), ("10.0.0.2",), ()]),
+    user_agent=_text,
+    code=st.sampled_from([200, 403, 404, None]),
+    decision=st.sampled_from(["forbid", None]),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(_rotating, min_size=4, max_size=60),
+    steps=_steps,
+    rule=st.sampled_from(BY_ADDRESS),
+    schedule=st.sampled_from(SCHEDULES),
+    basis=st.sampled_from(["ingested", "event"]),
+)
+def test_groups_of_one_address_equal_the_oracle_at_every_tick(
+    events: list[AuditEvent],
+    steps: list[float],
+    rule: Rule,
+    schedule: tuple[float, float],
+    basis: str,
+) -> None:
+    _run_live(events, steps, rule, schedule, basis, twice=False)
 
 
 def _scan(ip: str, agent: str, t: float, n: int = 8) -> list[AuditEvent]:
