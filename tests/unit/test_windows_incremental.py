@@ -212,7 +212,7 @@ def test_groups_over_documents_below_saturate_and_the_rest_stays_exact(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    events=st.lists(_events, max_size=120),
+    events=st.lists(st.one_of(_events, _rotating), max_size=120),
     schedule=st.sampled_from(SCHEDULES),
     rule=st.sampled_from([Rule(thresholds=LOW), *BY_ADDRESS]),
 )
@@ -227,7 +227,7 @@ def test_replay_equals_the_oracles_replay(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    events=st.lists(_events, min_size=1, max_size=80),
+    events=st.lists(st.one_of(_events, _rotating), min_size=1, max_size=80),
     steps=_steps,
     schedule=st.sampled_from(SCHEDULES),
     basis=st.sampled_from(["ingested", "event"]),
