@@ -252,7 +252,8 @@ class ThresholdsSpec(_Model):
 #: What ``spec.thresholds`` means as a whole, for ``kubectl explain``: the seed's final ``where``
 #: clause, which ANDs three conditions with the OR of three triggers.
 THRESHOLDS_DESCRIPTION = (
-    "When a group of audit events (one sourceIP and userAgent) is reported: the seed's final "
+    "When a group of audit events (one sourceIP and userAgent; one sourceIP with groupBy: "
+    "sourceIP) is reported: the seed's final "
     "where clause. A group fires when all three conditions hold (distinctRequestURIsAbove AND "
     "distinctResourcesAbove AND documentsBelow) and at least one trigger does. The triggers are "
     "OR'd: forbiddenAtLeast OR authFailuresAtLeast OR notFoundAtLeast."
