@@ -34,6 +34,7 @@ from enumwatch_devkit.operatorkit import (
     apply_detector,
     audit_events_for,
     detector_status,
+    events_for,
     findings,
     fresh_namespace,
     running_operator,
@@ -200,6 +201,13 @@ def test_a_rotating_user_agent_is_one_finding_by_address_and_none_from_the_seed(
         assert (aggregates["documentCount"], aggregates["authzForbidCount"]) == (12, 12)
         assert aggregates["requestURICountDistinct"] == 12
         assert aggregates["resourceCountDistinct"] == 8
+        events_of = wait_for(
+            lambda: events_for(cp, ns, finding["metadata"]["name"]), what="the Finding's Event"
+        )
+        assert events_of[0]["reason"] == "EnumerationDetected"
+        assert "anonymous enumeration from 127.0.0.1 [loopback] (12 user agents): 12 audit " in (
+            events_of[0]["message"]
+        )
         # The printer column says how many user agents; the status says the grouping.
         table = cp.kubectl("get", "findings", "-n", ns)
         assert "(12 user agents)" in table and "127.0.0.1" in table
