@@ -71,6 +71,8 @@ SQL_GOLDEN := tests/unit/golden/sql
 sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a change of the query or of sqlglot)
 	for d in duckdb spark trino bigquery; do \
 	  $(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect $$d > $(SQL_GOLDEN)/$$d.sql || exit 1; done
+	for d in duckdb spark trino bigquery; do \
+	  $(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector-by-address.yaml --dialect $$d > $(SQL_GOLDEN)/by-address-$$d.sql || exit 1; done
 	$(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect bigquery --source gke-export \
 	  --source-table 'my-project.audit.cloudaudit_googleapis_com_data_access' > $(SQL_GOLDEN)/bigquery-gke-export.sql
 

@@ -3,11 +3,14 @@
 1. start etcd + kube-apiserver (built from their Go modules) with audit logging under the policy
    enumwatch ships;
 2. start the operator (kopf) and the tailer following the apiserver's audit log;
-3. apply an EnumerationDetector (the seed rule, run every 2 s instead of 5 min);
+3. apply the install's two EnumerationDetectors (the seed rule, and the same rule grouped by source
+   address), run every 2 s instead of 5 min;
 4. run an anonymous enumeration with a real HTTP client (no credentials at all), plus a harmless
    anonymous client that stays under the thresholds;
 5. wait for the Finding, print ``kubectl get findings`` and the Event;
-6. tear everything down and remove its working directory (etcd's data, the audit log, the logs:
+6. run a scanner that sends a new User-Agent with every request: invisible to the seed's
+   grouping, one Finding of the by-address detector;
+7. tear everything down and remove its working directory (etcd's data, the audit log, the logs:
    some 60 MB under $TMPDIR), also when a step fails. Exits 0 when the Finding appeared, 1
    otherwise.
 """
@@ -21,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from enumwatch_devkit import controlplane, devstack
 from enumwatch_devkit.repo import RepoNotFoundError
@@ -39,7 +44,17 @@ SCAN = [
     "/apis/batch/v1/cronjobs",
     "/api/v1/namespaces/default/pods/does-not-exist/exec",
 ]
-DETECTOR = """\
+ROTATING_SCAN = [
+    "/api/v1/services",
+    "/api/v1/namespaces/default/configmaps",
+    "/apis/apps/v1/daemonsets",
+    "/apis/apps/v1/statefulsets",
+    "/apis/networking.k8s.io/v1/ingresses",
+    "/apis/storage.k8s.io/v1/storageclasses",
+    "/api/v1/persistentvolumes",
+]
+BY_ADDRESS = "anonymous-enumeration-by-address"
+DETECTOR = f"""\
 apiVersion: enumwatch.io/v1alpha1
 kind: EnumerationDetector
 metadata:
@@ -48,6 +63,19 @@ metadata:
 spec:
   schedule:
     interval: 2s   # Elastic runs the rule every 5m; the same rule, near real time
+    lookback: 6m
+---
+apiVersion: enumwatch.io/v1alpha1
+kind: EnumerationDetector
+metadata:
+  name: {BY_ADDRESS}
+  namespace: default
+spec:
+  groupBy: sourceIP        # one group per source address: a rotating User-Agent is one scanner
+  match:
+    sourceIPs: observed    # the address the apiserver saw, not a forgeable X-Forwarded-For
+  schedule:
+    interval: 2s
     lookback: 6m
 """
 
@@ -78,6 +106,21 @@ def anonymous_requests(cp: controlplane.ControlPlane, agent: str, paths: list[st
     conn.close()
 
 
+def wait_for_finding(
+    cp: controlplane.ControlPlane, wanted: Callable[[dict[str, Any]], bool], timeout: float = 60
+) -> dict[str, Any] | None:
+    """The first Finding ``wanted`` accepts, waiting up to ``timeout`` seconds (``None``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = json.loads(cp.kubectl("get", "findings", "-A", "-o", "json"))["items"]
+        found = [f for f in items if wanted(f)]
+        if found:
+            return found[0]  # type: ignore[no-any-return]
+        time.sleep(0.2)
+    print(f"  no such Finding after {timeout:.0f}s: see the logs above", file=sys.stderr)
+    return None
+
+
 def main() -> int:
     """Run the demo in a fresh temporary directory, removed at the end; return the exit status."""
     workdir = Path(tempfile.mkdtemp(prefix="enumwatch-demo-"))
@@ -104,7 +147,7 @@ def run(workdir: Path) -> int:
         print(f"  operator {stack.operator_url} (/ingest, /metrics, /healthz, /readyz)")
         print(f"  logs in {workdir / 'stack'}")
 
-        step("Applying an EnumerationDetector")
+        step("Applying the EnumerationDetectors")
         print(DETECTOR.rstrip())
         subprocess.run(
             ["kubectl", "--kubeconfig", str(cp.kubeconfig), "apply", "-f", "-"],
@@ -158,7 +201,27 @@ def run(workdir: Path) -> int:
             if f["spec"]["userAgent"] == "curl/8.5.0"
         ]
         print(f"\n  Findings for the harmless client: {len(harmless)}")
-        return 0 if not harmless else 1
+
+        step("A scanner that sends a new User-Agent with every request (invisible to the seed)")
+        agents = [f"Mozilla/5.0 (rotating {i})" for i in range(len(ROTATING_SCAN))]
+        for path, agent in zip(ROTATING_SCAN, agents, strict=True):
+            anonymous_requests(cp, agent, [path])
+        by_address = wait_for_finding(
+            cp, lambda f: f["spec"]["detector"] == BY_ADDRESS and set(agents) <= set(
+                f["spec"]["aggregates"].get("userAgents") or ()
+            )
+        )
+        kubectl(cp, "get", "findings", "-A")
+        rotating = [
+            f
+            for f in json.loads(cp.kubectl("get", "findings", "-A", "-o", "json"))["items"]
+            if f["spec"]["userAgent"] in agents
+        ]
+        if by_address is not None:
+            spec = by_address["spec"]
+            print(f"  by-address Finding: {spec['sourceIP']} {spec['userAgent']}")
+        print(f"  seed Findings for the rotating user agents: {len(rotating)}")
+        return 0 if not harmless and by_address is not None and not rotating else 1
     finally:
         step("Tearing down")
         if stack is not None:

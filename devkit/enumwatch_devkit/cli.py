@@ -195,7 +195,7 @@ def up(state: Path, control_plane_only: bool = False, reset: bool = False) -> in
             dev_stack = devstack.start(
                 cp, state.resolve() / "stack", detached=True, alertmanager=True
             )
-            detector = devstack.apply_dev_detector(cp)
+            detectors = devstack.apply_dev_detectors(cp)
         except (controlplane.ControlPlaneError, RepoNotFoundError, RuntimeError) as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             down(state)
@@ -213,7 +213,11 @@ def up(state: Path, control_plane_only: bool = False, reset: bool = False) -> in
             f"tailer log {state / 'stack' / 'tailer.log'}",
             file=sys.stderr,
         )
-        print(f"detector {detector} runs the seed rule every 5s", file=sys.stderr)
+        print(
+            f"detectors {' and '.join(detectors)} run the seed rule every 5s (the second "
+            "grouped by source address)",
+            file=sys.stderr,
+        )
     _write_env(state, cp, env)
     print(f"control plane ready in {cp.started_in:.1f}s at {cp.server}", file=sys.stderr)
     print(f"audit log: {cp.audit_log}", file=sys.stderr)

@@ -26,13 +26,27 @@ from enumwatch_devkit.alertmanager import AlertmanagerProcess
 from enumwatch_devkit.controlplane import ControlPlane, ControlPlaneError
 from enumwatch_devkit.processes import bind_to_parent, free_port, launch, write_pidfile
 
-#: The detector ``dev-up`` applies: the seed rule, run every 5 s so that a scan shows up quickly.
-DEV_DETECTOR = {
-    "apiVersion": "enumwatch.io/v1alpha1",
-    "kind": "EnumerationDetector",
-    "metadata": {"name": "anonymous-enumeration", "namespace": "default"},
-    "spec": {"schedule": {"interval": "5s", "lookback": "6m"}},
-}
+#: The detectors ``dev-up`` applies, as the install has them, run every 5 s so that a scan shows
+#: up quickly: the seed rule, and the same rule grouped by the address the API server saw (a
+#: scanner that rotates its User-Agent; manifests/base/detector-by-address.yaml).
+DEV_DETECTORS = [
+    {
+        "apiVersion": "enumwatch.io/v1alpha1",
+        "kind": "EnumerationDetector",
+        "metadata": {"name": "anonymous-enumeration", "namespace": "default"},
+        "spec": {"schedule": {"interval": "5s", "lookback": "6m"}},
+    },
+    {
+        "apiVersion": "enumwatch.io/v1alpha1",
+        "kind": "EnumerationDetector",
+        "metadata": {"name": "anonymous-enumeration-by-address", "namespace": "default"},
+        "spec": {
+            "groupBy": "sourceIP",
+            "match": {"sourceIPs": "observed"},
+            "schedule": {"interval": "5s", "lookback": "6m"},
+        },
+    },
+]
 
 
 @dataclass
@@ -171,9 +185,12 @@ def start(
     return stack
 
 
-def apply_dev_detector(cp: ControlPlane) -> str:
-    """Apply the dev detector; return ``namespace/name``."""
-    cp.kubectl("apply", "-f", "-", input=json.dumps(DEV_DETECTOR))
-    meta = DEV_DETECTOR["metadata"]
-    assert isinstance(meta, dict)
-    return f"{meta['namespace']}/{meta['name']}"
+def apply_dev_detectors(cp: ControlPlane) -> list[str]:
+    """Apply the dev detectors; return their ``namespace/name``."""
+    names = []
+    for detector in DEV_DETECTORS:
+        cp.kubectl("apply", "-f", "-", input=json.dumps(detector))
+        meta = detector["metadata"]
+        assert isinstance(meta, dict)
+        names.append(f"{meta['namespace']}/{meta['name']}")
+    return names

@@ -254,7 +254,8 @@ def finding_crd() -> dict[str, Any]:
         short_names=["ewf"],
         description=(
             "Finding is one suspected anonymous API enumeration: a (source IP, user agent) group "
-            "of audit events that passed an EnumerationDetector's thresholds. Written by the "
+            "(a source IP group for a detector with groupBy: sourceIP) of audit events that "
+            "passed an EnumerationDetector's thresholds. Written by the "
             "operator; kept as evidence after its detector is deleted."
         ),
         spec=openapi_schema(FindingSpec),

@@ -38,8 +38,14 @@ class _Compiled:
             address = _address(row.source_ip)
             if address is None or not any(address in net for net in self.networks):
                 return False
-        return self.user_agent is None or (
-            row.user_agent is not None and self.user_agent.fullmatch(row.user_agent) is not None
+        if self.user_agent is None:
+            return True
+        # Grouped by address a row has many user agents: every one must match, or a scanner
+        # could borrow one accepted user agent to silence all its others.
+        agents = row.user_agent_values if row.user_agent_values is not None else (row.user_agent,)
+        return bool(agents) and all(
+            agent is not None and self.user_agent.fullmatch(agent) is not None
+            for agent in agents
         )
 
 

@@ -14,6 +14,9 @@ ES|QL details that matter and are reproduced here:
   per *distinct* IP (Elasticsearch keeps a keyword field's values as a set); an empty or missing
   list, like a missing user agent, is the null key. ``match.sourceIPs: observed`` (not the seed,
   an option against forged ``X-Forwarded-For`` decoys) groups by the last entry only.
+  ``groupBy: sourceIP`` (not the seed either: against a scanner that sends a new ``User-Agent``
+  with every request) is ``stats ... by sourceIPs``: the user agent leaves the key and becomes one
+  more value column (``values`` and ``count_distinct``), the same thresholds apply.
 * ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
 * The final ``where`` applies the thresholds. A group's count only grows, so once it reaches
   ``documentsBelow`` it can never fire: everything it kept is dropped (it becomes "dead"), which
@@ -29,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from enumwatch.api.spec import MatchSpec, ThresholdsSpec
+from enumwatch.api.spec import SEED_GROUP_BY, DetectorSpec, GroupBy, MatchSpec, ThresholdsSpec
 from enumwatch.audit.event import (
     AGGREGATED_FIELDS,
     F_CODE,
@@ -70,25 +73,40 @@ OUTCOMES: tuple[str, ...] = (
 )
 _ALLOW, _FORBID, _FAILED, _SUCCESS, _NOT_FOUND, _OTHER, _UNKNOWN = range(len(OUTCOMES))
 
-#: A group key: (one source IP or None, user agent or None).
+#: A group key: (one source IP or None, user agent or None). Grouped by source address alone
+#: (``groupBy: sourceIP``) the user agent part is always None: the key is the address.
 GroupKey = tuple[str | None, str | None]
 
 
 def group_keys(
-    source_ips: tuple[str, ...], user_agent: str | None, observed_only: bool = False
+    source_ips: tuple[str, ...],
+    user_agent: str | None,
+    observed_only: bool = False,
+    by_address: bool = False,
 ) -> tuple[GroupKey, ...]:
     """The groups an event counts in: one per distinct source IP (a null IP when it has none).
 
     This is the ES|QL ``BY`` over a multi-valued ``sourceIPs``. With ``observed_only``
     (``match.sourceIPs: observed``) only the last entry counts, the address the API server saw
     the connection come from; the entries before it are ``X-Forwarded-For`` values any client
-    can forge. :meth:`GroupTable._count` inlines the same expansion on its hot path.
+    can forge. With ``by_address`` (``groupBy: sourceIP``) the user agent is no part of the key
+    (a client chooses it per request). :meth:`GroupTable._count` and
+    :meth:`enumwatch.windows.WindowedEvaluator._insert` inline the same expansion on their hot
+    paths.
     """
+    if by_address:
+        user_agent = None
     if not source_ips:
         return ((None, user_agent),)
     if observed_only:
         return ((source_ips[-1], user_agent),)
     return tuple((ip, user_agent) for ip in dict.fromkeys(source_ips))
+
+
+def user_agents_label(count: int) -> str:
+    """What stands for the user agent of a group of one address (``groupBy: sourceIP``): the
+    Finding's ``userAgent`` (its printer column), a scan's table, the one-line summaries."""
+    return f"({count} user agent{'' if count == 1 else 's'})"
 
 
 def _outcome_index(event: AuditEvent) -> int:
@@ -148,11 +166,27 @@ class Row:
     groups_values: tuple[str, ...]
     request_uri_values: tuple[str, ...]
     data_stream_namespace_values: tuple[str, ...]
+    #: Grouped by source address (``groupBy: sourceIP``): the group's distinct user agents;
+    #: ``None`` under the seed's grouping, where the user agent is the key's.
+    user_agent_values: tuple[str, ...] | None = None
 
     @property
     def key(self) -> GroupKey:
-        """The group key: (source IP, user agent)."""
+        """The group key: (source IP, user agent); (source IP, None) grouped by address."""
         return (self.source_ip, self.user_agent)
+
+    @property
+    def by_address(self) -> bool:
+        """Whether the row is a group of one source address (``groupBy: sourceIP``)."""
+        return self.user_agent_values is not None
+
+    @property
+    def user_agent_label(self) -> str | None:
+        """The user agent as a person reads it: the group's own, or "(n user agents)" for a
+        group of one address (:func:`user_agents_label`)."""
+        if self.user_agent_values is None:
+            return self.user_agent
+        return user_agents_label(len(self.user_agent_values))
 
     def to_esql(self) -> dict[str, Any]:
         """The row as the ES|QL query returns it (column name -> value, lists for values)."""
@@ -181,8 +215,21 @@ class Row:
             "Esql.kubernetes_audit_user_groups_values": list(self.groups_values),
             "Esql.kubernetes_audit_requestURI_values": list(self.request_uri_values),
             "Esql.data_stream_namespace_values": list(self.data_stream_namespace_values),
+            **self._user_agent_columns(),
+        }
+
+    def _user_agent_columns(self) -> dict[str, Any]:
+        """The key columns: ``BY sourceIPs, userAgent`` (the seed), or ``BY sourceIPs`` with
+        the user agents as values and their distinct count."""
+        if self.user_agent_values is None:
+            return {
+                "kubernetes.audit.sourceIPs": self.source_ip,
+                "kubernetes.audit.userAgent": self.user_agent,
+            }
+        return {
+            "Esql.user_agent_count_distinct": len(self.user_agent_values),
+            "Esql.user_agent_values": list(self.user_agent_values),
             "kubernetes.audit.sourceIPs": self.source_ip,
-            "kubernetes.audit.userAgent": self.user_agent,
         }
 
 
@@ -193,9 +240,12 @@ def _values(column: Iterable[Any]) -> tuple[Any, ...]:
 
 
 #: Per event, the values the aggregates read (the leading fields of its EventFields, indexed by
-#: the same F_* constants) and then its outcome index. One tuple is shared by every event (and
-#: every group) with the same values: the table interns them.
+#: the same F_* constants), then its outcome index and, grouped by address only, its user agent.
+#: One tuple is shared by every event (and every group) with the same values: the table interns
+#: them.
 _OUTCOME = AGGREGATED_FIELDS
+#: Where a value tuple holds the event's user agent (grouped by address: a value, not the key).
+USER_AGENT_VALUE = AGGREGATED_FIELDS + 1
 _Values = tuple[Any, ...]
 #: A group's state: the value tuples of its events (its count is their number), or ``_DEAD``.
 _Kept = list[_Values] | tuple[()]
@@ -224,6 +274,7 @@ class GroupTable:
 
     __slots__ = (
         "_accepted",
+        "_by_address",
         "_cap",
         "_groups",
         "_intern",
@@ -240,6 +291,7 @@ class GroupTable:
         # A group whose count reaches this can never pass `count < documentsBelow`.
         self._cap = rule.thresholds.documents_below
         self._observed_only = rule.observed_only
+        self._by_address = rule.by_address
         self._groups: dict[GroupKey, _Kept] = {}
         # Equal strings and equal value tuples of different events stored once: an event's
         # first nine values (or all ten) -> the shared tuple of them and its outcome.
@@ -287,6 +339,9 @@ class GroupTable:
             ips = source_ips[-1:] if self._observed_only else dict.fromkeys(source_ips)
         intern = self._intern.setdefault
         user_agent = intern(user_agent, user_agent)
+        if self._by_address:  # as group_keys: the user agent is a value, not the key
+            aggregated = (*aggregated, user_agent)
+            user_agent = None
         groups = self._groups
         last = self._cap - 1
         values: _Values | None = None
@@ -307,12 +362,14 @@ class GroupTable:
             kept.append(values)  # type: ignore[union-attr]
 
     def _shared_values(self, aggregated: _Values) -> _Values:
-        """The interned value tuple (with the outcome) of a first-seen ``aggregated``."""
+        """The interned value tuple (with the outcome) of a first-seen ``aggregated`` (its
+        first nine values, and its user agent when grouped by address)."""
         intern = self._intern.setdefault
         shared = tuple([intern(value, value) for value in aggregated])
-        values = (*shared, _outcome_of(shared[F_DECISION], shared[F_CODE]))
-        # Keyed by its first nine values for add, and by itself for merge (never equal keys:
-        # the lengths differ).
+        outcome = _outcome_of(shared[F_DECISION], shared[F_CODE])
+        values = (*shared[:_OUTCOME], outcome, *shared[_OUTCOME:])
+        # Keyed by what add passes for add, and by itself for merge (never equal keys: the
+        # lengths differ).
         self._tuples[shared] = self._tuples[values] = values
         return values
 
@@ -326,6 +383,8 @@ class GroupTable:
         """
         if other._cap != self._cap:
             raise ValueError("cannot merge the tables of rules with different thresholds")
+        if other._by_address != self._by_address:
+            raise ValueError("cannot merge the tables of rules with different groupings")
         self.considered += other.considered
         self.added += other.added
         groups = self._groups
@@ -403,11 +462,15 @@ def fewest_documents(t: ThresholdsSpec) -> int:
     return max(t.distinct_request_uris_above, t.distinct_resources_above) + 1
 
 
-def event_values(event: AuditEvent) -> tuple[Any, ...]:
+def event_values(event: AuditEvent, by_address: bool = False) -> tuple[Any, ...]:
     """What the aggregates read of one matching event: its first :data:`AGGREGATED_FIELDS`
-    values and its outcome index, the tuple :func:`group_row` is fed (one per document)."""
+    values, its outcome index and, grouped by address, its user agent: the tuple
+    :func:`group_row` is fed (one per document)."""
     aggregated = aggregated_values(event)
-    return (*aggregated, _outcome_of(aggregated[F_DECISION], aggregated[F_CODE]))
+    outcome = _outcome_of(aggregated[F_DECISION], aggregated[F_CODE])
+    if by_address:
+        return (*aggregated, outcome, event.user_agent)
+    return (*aggregated, outcome)
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
@@ -423,8 +486,9 @@ def group_row(
     ``None`` when it does not pass the thresholds.
 
     ``kept`` holds one :func:`event_values` tuple per document of the group (repeated tuples
-    for repeated documents). The one definition of a row: a scan's table and the operator's
-    incremental windows both call it.
+    for repeated documents); tuples that carry a user agent are a group of one address
+    (``groupBy: sourceIP``), whose row lists its user agents. The one definition of a row: a
+    scan's table and the operator's incremental windows both call it.
     """
     if not len(kept) < t.documents_below:
         return None
@@ -448,6 +512,7 @@ def group_row(
         return None
     verbs = _values(columns[F_VERB])
     ip, user_agent = key
+    user_agents = _values(columns[USER_AGENT_VALUE]) if len(columns) > USER_AGENT_VALUE else None
     return Row(
         source_ip=ip,
         user_agent=user_agent,
@@ -473,29 +538,49 @@ def group_row(
         groups_values=_values(name for names in set(columns[F_GROUPS]) for name in names),
         request_uri_values=uris,
         data_stream_namespace_values=(data_stream_namespace,),
+        user_agent_values=user_agents,
     )
 
 
 class Rule:
     """The seed rule with its parameters: which events it considers and when a group fires."""
 
-    __slots__ = ("match", "matcher", "observed_only", "thresholds")
+    __slots__ = ("by_address", "group_by", "match", "matcher", "observed_only", "thresholds")
 
     def __init__(
-        self, match: MatchSpec | None = None, thresholds: ThresholdsSpec | None = None
+        self,
+        match: MatchSpec | None = None,
+        thresholds: ThresholdsSpec | None = None,
+        group_by: GroupBy = SEED_GROUP_BY,
     ) -> None:
         self.match = match if match is not None else MatchSpec()
         self.thresholds = thresholds if thresholds is not None else ThresholdsSpec()
+        self.group_by: GroupBy = group_by
         #: The first ``where``, compiled (see :mod:`enumwatch.match.matcher`).
         self.matcher = Matcher(self.match)
         #: Whether groups use only the address the API server observed (``sourceIPs: observed``).
         self.observed_only = self.match.source_ips == "observed"
+        #: Whether a group is a source address alone (``groupBy: sourceIP``).
+        self.by_address = group_by == "sourceIP"
+
+    @classmethod
+    def of(cls, spec: DetectorSpec) -> Rule:
+        """The rule of a detector: its match, its thresholds and its grouping."""
+        return cls(spec.match, spec.thresholds, spec.group_by)
 
     def group_keys(
         self, source_ips: tuple[str, ...], user_agent: str | None
     ) -> tuple[GroupKey, ...]:
         """The groups of this rule an event with these ``sourceIPs`` and ``userAgent`` counts in."""
-        return group_keys(source_ips, user_agent, self.observed_only)
+        return group_keys(source_ips, user_agent, self.observed_only, self.by_address)
+
+    def observed_key(self, source_ips: tuple[str, ...], user_agent: str | None) -> GroupKey | None:
+        """The group of the address the API server saw the event come from (the last
+        ``sourceIPs`` entry), ``None`` when it has none: the group whose documents are counted as
+        observed rather than claimed."""
+        if not source_ips:
+            return None
+        return group_keys(source_ips[-1:], user_agent, by_address=self.by_address)[0]
 
     def matches(self, event: AuditEvent) -> bool:
         """The seed's first ``where``: an anonymous (or missing) username at a kept level."""

@@ -15,7 +15,8 @@ event's time is, per detector (``spec.schedule.timestamp``):
 
 How (the way stream processors run sliding windows). Time is cut in *slices* of ``gcd(interval,
 lookback)``, aligned with the ticks, so that every window is a whole number of slices. Per group
-(source IP, user agent) and slice, a *cell* keeps what the rule reads of its documents: their
+(source IP and user agent, or the address alone with ``groupBy: sourceIP``, whose user agents are
+then one more value) and slice, a *cell* keeps what the rule reads of its documents: their
 count, the value tuples the aggregates read (:func:`enumwatch.rule.event_values`), the latest time
 and how many were seen from the group's own IP by the API server. A group keeps its count over the
 window and, while it has enough documents to fire, invertible counts of its outcomes, request URIs
@@ -62,7 +63,14 @@ from typing import Any, Literal
 
 from enumwatch.access import answered_beyond_public
 from enumwatch.audit import AuditEvent
-from enumwatch.audit.event import AGGREGATED_FIELDS, F_CODE, F_DECISION, F_REQUEST_URI, F_RESOURCE
+from enumwatch.audit.event import (
+    AGGREGATED_FIELDS,
+    F_CODE,
+    F_DECISION,
+    F_GROUPS,
+    F_REQUEST_URI,
+    F_RESOURCE,
+)
 from enumwatch.rule import (
     AUTHN_AUTHZ_FAILED,
     AUTHZ_FORBID,
@@ -278,8 +286,10 @@ class WindowSnapshot:
 
 
 def _read_values(item: list[Any]) -> tuple[Any, ...]:
-    """A value tuple from its JSON form (``groups`` a list there)."""
-    return (*item[:-2], tuple(item[-2]), int(item[-1]))
+    """A value tuple from its JSON form (``groups`` a list there; the user agent last, grouped
+    by address)."""
+    groups, outcome = tuple(item[F_GROUPS]), int(item[_OUTCOME_AT])
+    return (*item[:F_GROUPS], groups, outcome, *item[_OUTCOME_AT + 1 :])
 
 
 def _match_signature(rule: Rule) -> str:
@@ -662,10 +672,12 @@ class WindowedEvaluator(Schedule):
         if active:
             self._window_events += 1
         source_ips = event.source_ips
-        user_agent = event.user_agent
+        rule = self.rule
+        # as rule.group_keys: grouped by address, the user agent is a value, not the key
+        user_agent = None if rule.by_address else event.user_agent
         ips: Iterable[str | None] = source_ips or (None,)
         if len(source_ips) > 1:  # as rule.group_keys
-            ips = source_ips[-1:] if self.rule.observed_only else dict.fromkeys(source_ips)
+            ips = source_ips[-1:] if rule.observed_only else dict.fromkeys(source_ips)
         observed_ip = source_ips[-1] if source_ips else None
         self._seq += 1
         seq = self._seq
@@ -707,7 +719,7 @@ class WindowedEvaluator(Schedule):
                         _fold(group.agg, kept, -1)
                 else:
                     if values is None:
-                        values = event_values(event)
+                        values = event_values(event, rule.by_address)
                     kept.append(values)
                     self._values += 1
                     if active and group.agg is not None:
@@ -938,7 +950,8 @@ class WindowedEvaluator(Schedule):
     # ---------------------------------------------------------------------------- persistence
 
     def _grouping(self) -> str:
-        return "observed" if self.rule.observed_only else "all"
+        ips = "observed" if self.rule.observed_only else "all"
+        return f"{ips}/sourceIP" if self.rule.by_address else ips
 
     def snapshot(self) -> WindowSnapshot:
         """The state, copied in one step (the cells' counters and value tuples; the tuples are

@@ -78,6 +78,7 @@ def test_helm_template_piped_to_kubectl_apply_dry_run_server_is_accepted(
             "service/release-name-enumwatch-metrics",
             "deployment.apps/release-name-enumwatch",
             "enumerationdetector.enumwatch.io/anonymous-enumeration",
+            "enumerationdetector.enumwatch.io/anonymous-enumeration-by-address",
         ]
     )
 

@@ -103,16 +103,25 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
         kubectl = ["kubectl", "--kubeconfig", env["KUBECONFIG"]]
         deadline = time.monotonic() + 30
         agents: list[str] = []
-        while time.monotonic() < deadline and "dev-scan" not in agents:
+        addresses: list[str] = []
+        while time.monotonic() < deadline and ("dev-scan" not in agents or not addresses):
             out = subprocess.run(
                 [*kubectl, "get", "findings", "-A", "-o", "json"],
                 capture_output=True,
                 text=True,
                 check=True,
             ).stdout
-            agents = [f["spec"]["userAgent"] for f in json.loads(out)["items"]]
+            items = json.loads(out)["items"]
+            agents = [f["spec"]["userAgent"] for f in items]
+            # The second dev detector groups by address: the scan's address is one Finding.
+            addresses = [
+                f["spec"]["sourceIP"]
+                for f in items
+                if f["spec"]["detector"] == "anonymous-enumeration-by-address"
+            ]
             time.sleep(0.3)
         assert "dev-scan" in agents
+        assert addresses == ["127.0.0.1"]
         # ... and an alert in the real Alertmanager the dev stack runs, within 10 s.
         deadline = time.monotonic() + 10
         alerts: list[dict[str, Any]] = []
@@ -131,14 +140,19 @@ def test_dev_up_turns_anonymous_requests_into_findings_and_dev_down_stops_everyt
     assert _wait_dead(pids) == []
 
 
-def _findings(kubeconfig: str) -> list[str]:
+def _findings(kubeconfig: str, detector: str = "anonymous-enumeration") -> list[str]:
+    """The user agents of ``detector``'s Findings (the seed's by default: one per user agent)."""
     out = subprocess.run(
         ["kubectl", "--kubeconfig", kubeconfig, "get", "findings", "-A", "-o", "json"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return [f["spec"]["userAgent"] for f in json.loads(out)["items"]]
+    return [
+        f["spec"]["userAgent"]
+        for f in json.loads(out)["items"]
+        if f["spec"]["detector"] == detector
+    ]
 
 
 def test_a_second_up_keeps_the_running_stack_and_only_reset_replaces_it(tmp_path: Path) -> None:
@@ -183,12 +197,16 @@ def test_a_second_up_keeps_the_running_stack_and_only_reset_replaces_it(tmp_path
             text=True,
             check=True,
         ).stdout
-        assert detectors == "enumerationdetector.enumwatch.io/anonymous-enumeration\n"
+        assert detectors == (
+            "enumerationdetector.enumwatch.io/anonymous-enumeration\n"
+            "enumerationdetector.enumwatch.io/anonymous-enumeration-by-address\n"
+        )
         # A new shell that sources the env file has the checkout's enumwatch and reaches the stack.
         shell = subprocess.run(
             ["bash", "--noprofile", "--norc", "-c",
              f"source {state / 'env'} && command -v enumwatch && enumwatch version && "
-             "kubectl get findings -A -o jsonpath='{.items[*].spec.userAgent}'"],
+             "kubectl get findings -A -o jsonpath="
+             "'{.items[?(@.spec.detector==\"anonymous-enumeration\")].spec.userAgent}'"],
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/")},
             capture_output=True,
             text=True,
@@ -209,5 +227,6 @@ def test_a_second_up_keeps_the_running_stack_and_only_reset_replaces_it(tmp_path
         assert all(not _alive(int(p)) for t in pids.values() for p in json.loads(t).values())
         fresh = _env(state)
         assert _findings(fresh["KUBECONFIG"]) == []
+        assert _findings(fresh["KUBECONFIG"], "anonymous-enumeration-by-address") == []
     finally:
         subprocess.run([*devkit, "down", "--dir", str(state)], check=True, timeout=60)

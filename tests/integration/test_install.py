@@ -273,6 +273,14 @@ def test_apply_installs_every_piece_and_is_idempotent(installed: ControlPlane) -
     det = kubectl_json(cp, "get", "enumerationdetector", "anonymous-enumeration", "-n", NS)
     assert det["spec"]["schedule"] == {"interval": "5m", "lookback": "6m", "timestamp": "ingested"}
     assert det["spec"]["thresholds"]["distinctRequestURIsAbove"] == 5
+    assert det["spec"]["groupBy"] == "sourceIPAndUserAgent"
+    # Beside it, the same rule grouped by the address the API server saw.
+    by_address = kubectl_json(
+        cp, "get", "enumerationdetector", "anonymous-enumeration-by-address", "-n", NS
+    )["spec"]
+    assert (by_address["groupBy"], by_address["match"]["sourceIPs"]) == ("sourceIP", "observed")
+    assert by_address["thresholds"] == det["spec"]["thresholds"]
+    assert by_address["schedule"] == det["spec"]["schedule"]
     # A second apply changes nothing.
     before = deploy["metadata"]["generation"]
     kubectl(cp, "apply", "--server-side", "-k", "manifests/")
@@ -295,6 +303,10 @@ def test_a_blank_cluster_installs_with_the_readme_commands(
         out = kubectl(cp, "apply", "--server-side", "-k", "manifests/")
         assert "enumerationdetector.enumwatch.io/anonymous-enumeration serverside-applied" in (
             out.stdout
+        )
+        assert (
+            "enumerationdetector.enumwatch.io/anonymous-enumeration-by-address serverside-applied"
+            in out.stdout
         )
         kubectl_json(cp, "get", "deployment", "enumwatch", "-n", NS)
     finally:

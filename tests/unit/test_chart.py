@@ -257,7 +257,7 @@ def test_an_unknown_policyreport_api_is_refused(helm: Path) -> None:
 
 def test_every_templated_object_carries_helms_labels() -> None:
     docs = render("namespace.create=true", *MONITORING, values="values-ha.yaml", crds=False)
-    assert len(docs) == 18
+    assert len(docs) == 19
     for doc in docs:
         labels = doc["metadata"]["labels"]
         assert {k: labels.get(k) for k in HELM_LABELS} == HELM_LABELS, _key(doc)
@@ -327,6 +327,7 @@ def test_a_release_name_prefixes_every_name_and_the_references_follow() -> None:
         ("PodDisruptionBudget", "sec-enumwatch"),
         ("ConfigMap", "sec-enumwatch-audit-policy"),
         ("EnumerationDetector", "anonymous-enumeration"),
+        ("EnumerationDetector", "anonymous-enumeration-by-address"),
     }
     binding = _one(docs, "ClusterRoleBinding", "sec-enumwatch-operator")
     assert binding["roleRef"]["name"] == "sec-enumwatch-operator"

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from enumwatch import crdgen
+from enumwatch.api.spec import DetectorSpec
 from enumwatch_devkit import renders
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,9 +140,17 @@ def test_the_base_holds_every_piece() -> None:
         ("Deployment", "enumwatch"),
         ("Service", "enumwatch"),
         ("EnumerationDetector", "anonymous-enumeration"),
+        ("EnumerationDetector", "anonymous-enumeration-by-address"),
         ("ConfigMap", "enumwatch-audit-policy"),
     }
     assert _one(docs, "EnumerationDetector", "anonymous-enumeration")["spec"] == {}
+    # Beside the seed, the same rule grouped by the address the API server saw.
+    by_address = _one(docs, "EnumerationDetector", "anonymous-enumeration-by-address")["spec"]
+    assert by_address == {"groupBy": "sourceIP", "match": {"sourceIPs": "observed"}}
+    assert DetectorSpec.model_validate(by_address).seed_deviations() == [
+        "match.sourceIPs: observed (seed: all)",
+        "groupBy: sourceIP (seed: sourceIPAndUserAgent)",
+    ]
     cm = _one(docs, "ConfigMap", "enumwatch-audit-policy")
     assert cm["data"]["policy.yaml"] == (REPO / "manifests/audit/policy.yaml").read_text()
     for doc in docs:
@@ -321,6 +330,15 @@ def test_a_managed_overlay_collects_instead_of_tailing(
     assert detector["spec"]["match"]["levels"] == [
         "RequestResponse", "ResponseComplete", "Request", "Metadata"
     ]
+    # So does the detector grouped by address, which keeps its grouping.
+    by_address = _one(docs, "EnumerationDetector", "anonymous-enumeration-by-address")["spec"]
+    assert by_address == {
+        "groupBy": "sourceIP",
+        "match": {
+            "sourceIPs": "observed",
+            "levels": ["RequestResponse", "ResponseComplete", "Request", "Metadata"],
+        },
+    }
 
 
 def test_the_aks_collector_pod_opts_into_azure_workload_identity() -> None:

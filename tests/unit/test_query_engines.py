@@ -53,6 +53,15 @@ DETECTORS = {
             "match": {"includeMissingUsername": False},
         }
     ),
+    # One group per address (its user agents as values), the address the API server saw: the
+    # by-address detector of the install, and one over every sourceIPs entry.
+    "by-address": DetectorSpec.model_validate(
+        {"groupBy": "sourceIP", "match": {"sourceIPs": "observed"}}
+    ),
+    "by-address-all": DetectorSpec.model_validate(
+        {"groupBy": "sourceIP", "thresholds": {"documentsBelow": 200}}
+    ),
+    "observed": DetectorSpec.model_validate({"match": {"sourceIPs": "observed"}}),
 }
 
 CORPORA = {
@@ -62,7 +71,7 @@ CORPORA = {
     "both": lambda: chain(mixed_lines(3_000, seed=23), adversarial_lines(3_000, seed=24)),
 }
 #: The detectors Spark runs (DuckDB runs them all).
-SPARK_DETECTORS = ("named-only", "tuned")
+SPARK_DETECTORS = ("by-address", "named-only", "tuned")
 
 
 def write_corpus(directory: Path, name: str) -> Path:

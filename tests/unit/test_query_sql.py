@@ -25,12 +25,15 @@ from enumwatch.query.sources import GKE_EXPORT, RAW, raw_schema
 
 GOLDEN = Path(__file__).parent / "golden" / "sql"
 DETECTOR = GOLDEN / "detector.yaml"
+#: The install's detector grouped by address (groupBy sourceIP, sourceIPs observed).
+BY_ADDRESS = GOLDEN / "detector-by-address.yaml"
 GKE_TABLE = "my-project.audit.cloudaudit_googleapis_com_data_access"
 
-#: golden file -> (dialect, source, table)
+#: golden file -> (dialect, source, table, detector)
 GOLDENS = {
-    **{f"{d}.sql": (d, RAW, None) for d in DIALECTS},
-    "bigquery-gke-export.sql": ("bigquery", GKE_EXPORT, GKE_TABLE),
+    **{f"{d}.sql": (d, RAW, None, DETECTOR) for d in DIALECTS},
+    "bigquery-gke-export.sql": ("bigquery", GKE_EXPORT, GKE_TABLE, DETECTOR),
+    **{f"by-address-{d}.sql": (d, RAW, None, BY_ADDRESS) for d in DIALECTS},
 }
 
 
@@ -42,8 +45,8 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("name", sorted(GOLDENS))
 def test_query_equals_its_golden_file(capsys: pytest.CaptureFixture[str], name: str) -> None:
-    dialect, source, table = GOLDENS[name]
-    args = ["--detector", str(DETECTOR), "--dialect", dialect, "--source", source.name]
+    dialect, source, table, detector = GOLDENS[name]
+    args = ["--detector", str(detector), "--dialect", dialect, "--source", source.name]
     status, out, err = cli(capsys, *args, *(["--source-table", table] if table else []))
     assert (status, err) == (0, "")
     assert out == (GOLDEN / name).read_text(), f"regenerate with make sql-goldens ({name})"
@@ -51,8 +54,8 @@ def test_query_equals_its_golden_file(capsys: pytest.CaptureFixture[str], name: 
 
 @pytest.mark.parametrize("name", sorted(GOLDENS))
 def test_query_is_deterministic(name: str) -> None:
-    dialect, source, table = GOLDENS[name]
-    spec = load_detector(str(DETECTOR))
+    dialect, source, table, detector = GOLDENS[name]
+    spec = load_detector(str(detector))
     first = detector_query(spec, dialect, source=source, table=table)
     assert detector_query(spec, dialect, source=source, table=table) == first
     # A spec that lists the same usernames and levels in another order is the same rule.
@@ -72,7 +75,7 @@ def test_query_is_deterministic(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(GOLDENS))
 def test_query_parses_back_in_its_dialect(name: str) -> None:
     """sqlglot's parser for the dialect reads the query, and writes the same text back."""
-    dialect, _, _ = GOLDENS[name]
+    dialect, _, _, _ = GOLDENS[name]
     text = (GOLDEN / name).read_text().removesuffix(";\n")
     parsed = sqlglot.parse(text, read=dialect, error_level=sqlglot.ErrorLevel.RAISE)
     assert len(parsed) == 1 and parsed[0] is not None

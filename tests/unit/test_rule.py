@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from enumwatch.api.spec import MatchSpec, ThresholdsSpec
+from enumwatch.api.spec import DetectorSpec, MatchSpec, ThresholdsSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.audit.event import FIELD_NAMES
 from enumwatch.rule import GroupTable, Row, Rule, outcome
@@ -400,3 +400,74 @@ def test_observed_source_ips_agree_on_every_path() -> None:
     for event in events:
         fields_table.add_fields(tuple(getattr(event, name, None) for name in FIELD_NAMES))
     assert fields_table.rows() == rule.evaluate(events)
+
+
+# ---------------------------------------------------------------------------------- groupBy
+
+
+BY_ADDRESS = Rule(MatchSpec(sourceIPs="observed"), group_by="sourceIP")
+
+
+def rotating(ip: str = "127.0.0.1", docs: int = 12) -> list[AuditEvent]:
+    """A scanner that sends a new user agent with every request (one null among them)."""
+    return [
+        replace(e, user_agent=None if i == 3 else f"agent/{i:02}")
+        for i, e in enumerate(probe(uris=docs, resources=8, docs=docs, ip=ip))
+    ]
+
+
+def test_a_rotating_user_agent_fires_by_address_only() -> None:
+    events = rotating()
+    assert Rule().evaluate(events) == []  # the seed: twelve groups of one event
+    (row,) = BY_ADDRESS.evaluate(events)
+    agents = tuple(f"agent/{i:02}" for i in range(12) if i != 3)
+    assert (row.key, row.user_agent, row.user_agent_values) == (("127.0.0.1", None), None, agents)
+    assert (row.document_count, row.request_uri_count_distinct, row.resource_count_distinct) == (
+        12,
+        12,
+        8,
+    )
+    assert row.user_agent_label == "(11 user agents)"  # values() and count_distinct skip null
+    esql = row.to_esql()
+    assert list(esql) == [
+        *ESQL_COLUMNS[:-2],
+        "Esql.user_agent_count_distinct",
+        "Esql.user_agent_values",
+        "kubernetes.audit.sourceIPs",
+    ]
+    assert (esql["Esql.user_agent_count_distinct"], esql["Esql.user_agent_values"]) == (
+        11,
+        list(agents),
+    )
+
+
+def test_the_seeds_grouping_is_the_default_and_its_rows_have_no_user_agent_values() -> None:
+    (row,) = Rule.of(DetectorSpec()).evaluate(probe())
+    assert row.user_agent_values is None and row.user_agent_label == "curl/8.5.0"
+    assert list(row.to_esql()) == ESQL_COLUMNS
+    assert Rule().group_keys(("a",), "curl") == (("a", "curl"),)
+    assert BY_ADDRESS.group_keys(("10.0.0.1", "a"), "curl") == (("a", None),)
+    assert Rule(group_by="sourceIP").group_keys(("b", "a"), "curl") == (("b", None), ("a", None))
+    assert BY_ADDRESS.observed_key(("10.0.0.1", "a"), "curl") == ("a", None)
+    assert Rule().observed_key((), "curl") is None
+
+
+def test_by_address_agrees_on_every_path_and_merges() -> None:
+    events = rotating() + rotating("192.0.2.1") + probe(ip="192.0.2.1", user_agent="curl")
+    fields = [tuple(getattr(event, name, None) for name in FIELD_NAMES) for event in events]
+    by_fields = BY_ADDRESS.table()
+    for item in fields:
+        by_fields.add_fields(item)
+    expected = BY_ADDRESS.evaluate(events)
+    assert [(r.source_ip, r.document_count) for r in expected] == [
+        ("127.0.0.1", 12),
+        ("192.0.2.1", 18),
+    ]
+    assert by_fields.rows() == expected
+    halves = BY_ADDRESS.table(), BY_ADDRESS.table()
+    for i, item in enumerate(fields):
+        halves[i % 2].add_fields(item)
+    halves[0].merge(halves[1])
+    assert halves[0].rows() == expected
+    with pytest.raises(ValueError, match="groupings"):
+        Rule().table().merge(BY_ADDRESS.table())

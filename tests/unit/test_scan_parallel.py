@@ -127,8 +127,9 @@ def test_line_ranges_of_an_empty_file_and_one_long_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("workers", [2, 3, 4])
+@pytest.mark.parametrize("group_by", ["sourceIPAndUserAgent", "sourceIP"])
 def test_parallel_equals_serial_on_adversarial_and_mixed_corpora(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, group_by: str
 ) -> None:
     files = [
         str(write(tmp_path / "adversarial", adversarial_lines(6_000, seed=workers))),
@@ -136,7 +137,7 @@ def test_parallel_equals_serial_on_adversarial_and_mixed_corpora(
         str(write(tmp_path / "mixed", mixed_lines(4_000, seed=workers), trailing_newline=False)),
         str(write(tmp_path / "realistic", realistic_lines(5_000, seed=workers))),
     ]
-    spec = DetectorSpec()
+    spec = DetectorSpec.model_validate({"groupBy": group_by})
     parallel = scan_files(files, spec, workers=workers)
     assert summary(parallel) == summary(serial(files, spec))
     assert parallel.rows and parallel.stats.skipped

@@ -43,6 +43,15 @@ def test_every_difference_in_the_rule_is_one_line_with_the_seeds_value() -> None
     ]
 
 
+def test_grouping_by_address_is_a_deviation_said_with_the_seeds_grouping() -> None:
+    spec = DetectorSpec.model_validate({"groupBy": "sourceIP", "match": {"sourceIPs": "observed"}})
+    assert spec.seed_deviations() == [
+        "match.sourceIPs: observed (seed: all)",
+        "groupBy: sourceIP (seed: sourceIPAndUserAgent)",
+    ]
+    assert DetectorSpec.model_validate({"groupBy": "sourceIPAndUserAgent"}).seed_deviations() == []
+
+
 def test_the_managed_overlays_detectors_say_they_count_metadata() -> None:
     for provider in ("eks", "gke", "aks"):
         path = Path(repo_root(), "manifests", "overlays", provider, "detector.yaml")

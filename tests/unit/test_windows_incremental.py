@@ -6,7 +6,8 @@ feeds the whole lookback to a fresh group table at each tick. Both must give the
 :class:`~enumwatch.windows.WindowResult` (rows and the facts beside them) on random and
 adversarial corpora: multi-IP events, null keys, unicode, late and future events, an event
 passed twice, groups over ``documentsBelow``, both time bases, a restart and spec edits
-mid-window. Then the flood: a budget that forces shedding never hides the scanner.
+mid-window, both groupings (``groupBy: sourceIP`` keeps the user agent as one more value).
+Then the flood: a budget that forces shedding never hides the scanner.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ LOW = ThresholdsSpec(
     distinctRequestURIsAbove=1, distinctResourcesAbove=0, documentsBelow=6, notFoundAtLeast=1
 )
 SCHEDULES = [(300.0, 360.0), (1.0, 6.0), (5.0, 6.0), (60.0, 60.0), (2.0, 7.0), (1.0, 60.0)]
-RULES = [Rule(thresholds=LOW), Rule(), Rule(MatchSpec(sourceIPs="observed"), LOW)]
+#: Grouped by source address (``groupBy: sourceIP``), as the by-address detector is, and with
+#: every sourceIPs entry.
+#: Room for a group of one address to fire: it gathers every user agent's documents.
+WIDE = LOW.model_copy(update={"documents_below": 30})
+BY_ADDRESS = [
+    Rule(MatchSpec(sourceIPs="observed"), WIDE, "sourceIP"),
+    Rule(thresholds=WIDE, group_by="sourceIP"),
+    Rule(thresholds=LOW, group_by="sourceIP"),  # saturates often
+]
+RULES = [Rule(thresholds=LOW), Rule(), Rule(MatchSpec(sourceIPs="observed"), LOW), *BY_ADDRESS]
 
 #: Addresses, with repeats in one list (X-Forwarded-For chains) and full-width lookalikes.
 _ips = st.sampled_from(["192.0.2.1", "192.0.2.2", "10.0.0.1", "::1", "\uff46\uff45\uff18\uff10::1"])
@@ -123,6 +133,41 @@ def test_every_tick_equals_the_reevaluating_oracle(
     _run_live(events, steps, rule, schedule, basis, twice)
 
 
+#: Scanners that rotate their user agent: matching events from few addresses (and forged
+#: X-Forwarded-For entries before them), so that groups of one address fire often.
+_rotating = st.builds(
+    AuditEvent,
+    timestamp=st.floats(T0 - 800, T0 + 800, allow_nan=False),
+    username=st.sampled_from(["system:anonymous", "", None]),
+    level=st.just("Request"),
+    verb=st.sampled_from(["get", "list"]),
+    request_uri=st.sampled_from([f"/api/v1/u{i}" for i in range(8)]),
+    resource=st.sampled_from(["pods", "secrets", "nodes", None]),
+    source_ips=st.sampled_from([("127.0.0.1",), ("10.66.0.1", "127.0.0.1"), ("10.0.0.2",), ()]),
+    user_agent=_text,
+    code=st.sampled_from([200, 403, 404, None]),
+    decision=st.sampled_from(["forbid", None]),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(_rotating, min_size=4, max_size=60),
+    steps=_steps,
+    rule=st.sampled_from(BY_ADDRESS),
+    schedule=st.sampled_from(SCHEDULES),
+    basis=st.sampled_from(["ingested", "event"]),
+)
+def test_groups_of_one_address_equal_the_oracle_at_every_tick(
+    events: list[AuditEvent],
+    steps: list[float],
+    rule: Rule,
+    schedule: tuple[float, float],
+    basis: str,
+) -> None:
+    _run_live(events, steps, rule, schedule, basis, twice=False)
+
+
 def _scan(ip: str, agent: str, t: float, n: int = 8) -> list[AuditEvent]:
     """A scanner's ``n`` requests on distinct endpoints, refused, one per second from ``t``."""
     return [
@@ -166,11 +211,14 @@ def test_groups_over_documents_below_saturate_and_the_rest_stays_exact(
 
 
 @settings(max_examples=60, deadline=None)
-@given(events=st.lists(_events, max_size=120), schedule=st.sampled_from(SCHEDULES))
+@given(
+    events=st.lists(st.one_of(_events, _rotating), max_size=120),
+    schedule=st.sampled_from(SCHEDULES),
+    rule=st.sampled_from([Rule(thresholds=LOW), *BY_ADDRESS]),
+)
 def test_replay_equals_the_oracles_replay(
-    events: list[AuditEvent], schedule: tuple[float, float]
+    events: list[AuditEvent], schedule: tuple[float, float], rule: Rule
 ) -> None:
-    rule = Rule(thresholds=LOW)
     new = WindowedEvaluator(rule, *schedule)
     old = ReferenceEvaluator(rule, *schedule)
     assert list(new.replay(events)) == list(old.replay(events))
@@ -179,11 +227,12 @@ def test_replay_equals_the_oracles_replay(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    events=st.lists(_events, min_size=1, max_size=80),
+    events=st.lists(st.one_of(_events, _rotating), min_size=1, max_size=80),
     steps=_steps,
     schedule=st.sampled_from(SCHEDULES),
     basis=st.sampled_from(["ingested", "event"]),
     cut=st.integers(0, 79),
+    rule=st.sampled_from([Rule(thresholds=LOW), *BY_ADDRESS]),
 )
 def test_a_restart_from_the_saved_state_changes_no_tick(
     events: list[AuditEvent],
@@ -191,8 +240,8 @@ def test_a_restart_from_the_saved_state_changes_no_tick(
     schedule: tuple[float, float],
     basis: str,
     cut: int,
+    rule: Rule,
 ) -> None:
-    rule = Rule(thresholds=LOW)
     first, _, _ = _run_live(events[:cut], steps, rule, schedule, basis, twice=False)
     first.snapshot()  # a checkpoint earlier: the next copies only the slices changed since
     for event in events[cut : cut + 3]:
@@ -253,6 +302,37 @@ def test_a_grouping_edit_mid_window_rebuilds_and_says_so() -> None:
         "window could not be regrouped)"
     )
     assert (observed.buffered, observed.added, observed.evicted) == (0, 3, 3)
+
+
+def test_a_group_by_edit_mid_window_rebuilds_and_says_so() -> None:
+    first = WindowedEvaluator(Rule(thresholds=LOW), 1, 6)
+    for event in _scan("192.0.2.9", "scan/1", T0 - 3, 3):
+        first.add(event)
+    by_address = WindowedEvaluator(Rule(thresholds=LOW, group_by="sourceIP"), 1, 6)
+    by_address.carry_over(first)
+    assert by_address.rebuilt is not None and "grouping changed" in by_address.rebuilt
+    assert (by_address.buffered, by_address.added, by_address.evicted) == (0, 3, 3)
+
+
+def test_a_scanner_rotating_its_user_agent_is_one_group_by_address() -> None:
+    # Twelve requests, each with its own user agent: twelve one-document groups under the
+    # seed's grouping (no row), one group of twelve documents and user agents by address.
+    requests = _scan("127.0.0.1", "", T0 - 60) + _scan("127.0.0.1", "", T0 - 40, 4)
+    scan = [
+        dataclasses.replace(e, user_agent=f"agent/{i:02}", request_uri=f"{e.request_uri}/{i}")
+        for i, e in enumerate(requests)
+    ]
+    seed = WindowedEvaluator(Rule(), 300, 360)
+    observed = MatchSpec(sourceIPs="observed")
+    by_address = WindowedEvaluator(Rule(observed, group_by="sourceIP"), 300, 360)
+    for event in scan:
+        assert seed.add(event) and by_address.add(event)
+    assert seed.evaluate(T0).rows == ()
+    (row,) = by_address.evaluate(T0).rows
+    assert row.key == ("127.0.0.1", None) and row.document_count == 12
+    assert row.user_agent_values == tuple(f"agent/{i:02}" for i in range(12))
+    assert row.to_esql()["Esql.user_agent_count_distinct"] == 12
+    assert row.user_agent_label == "(12 user agents)"
 
 
 def test_a_schedule_edit_the_slices_cannot_follow_is_said() -> None:

@@ -1,7 +1,8 @@
 """The Finding API: what a detector reports.
 
-A Finding is evidence: one object per (detector, source IP, user agent), named deterministically so
-that a retry or a restart updates it rather than creating another. Its ``aggregates`` block carries
+A Finding is evidence: one object per (detector, source IP, user agent), or per (detector, source
+IP) for a detector grouped by address, named deterministically so that a retry or a restart
+updates it rather than creating another. Its ``aggregates`` block carries
 every column of the seed's ES|QL ``stats``, under API-style names, with lists capped so that an
 object never approaches the API server's size limit (what was left out is counted).
 """
@@ -83,6 +84,25 @@ class Aggregates(_Model):
     request_uris: list[str] = Field(alias="requestURIs", description="Distinct requestURIs.")
     data_stream_namespaces: list[str] = Field(
         alias="dataStreamNamespaces", description="data_stream.namespace values."
+    )
+    # Only on a Finding of a detector grouped by address (absent, not null, on the seed's).
+    user_agent_count_distinct: int | None = Field(
+        default=None,
+        alias="userAgentCountDistinct",
+        exclude_if=lambda value: value is None,
+        description=(
+            "Esql.user_agent_count_distinct: distinct user agents of the address (groupBy: "
+            "sourceIP only)."
+        ),
+    )
+    user_agents: list[str] | None = Field(
+        default=None,
+        alias="userAgents",
+        exclude_if=lambda value: value is None,
+        description=(
+            "Esql.user_agent_values: the distinct user agents of the address, sorted (groupBy: "
+            "sourceIP only)."
+        ),
     )
     omitted: dict[str, int] = Field(
         default_factory=dict,
@@ -222,7 +242,11 @@ class FindingSpec(_Model):
         alias="sourceIP", description="Source IP of the group (null when the events had none)."
     )
     user_agent: str | None = Field(
-        alias="userAgent", description="User agent of the group (null when missing)."
+        alias="userAgent",
+        description=(
+            "User agent of the group (null when missing); for a detector grouped by address "
+            "(groupBy: sourceIP) '(n user agents)', listed in aggregates.userAgents."
+        ),
     )
     window: Window = Field(description="The window of the latest firing.")
     first_seen: str = Field(alias="firstSeen", description="End of the first firing window.")
@@ -314,26 +338,43 @@ class FindingSpec(_Model):
         ),
     )
 
+    @property
+    def by_address(self) -> bool:
+        """Whether the Finding is a group of one address (its detector's ``groupBy: sourceIP``)."""
+        return self.aggregates.user_agent_count_distinct is not None
+
     def summary(self, who: str | None = None, *, claims_first: bool = False) -> str:
         """One line on what the Finding shows (an alert's summary, a report result's message,
         an Event's message with ``who``: the source IP and who it is in the cluster), with
         where its documents came from and the addresses its client forged, in words: first
         with ``claims_first``, where the line may be cut (a long user agent must not hide it)."""
-        base = enumeration_summary(who or self.source_ip, self.user_agent, self.aggregates)
+        base = enumeration_summary(
+            who or self.source_ip, self.user_agent, self.aggregates, by_address=self.by_address
+        )
         words = claim_words(self)
         return "; ".join([*words, base] if claims_first else [base, *words])
 
 
-def finding_name(detector: str, source_ip: str | None, user_agent: str | None) -> str:
+#: What stands for the user agent in the name of a Finding grouped by address: no user agent of
+#: a seed group is hashed this way (a missing one is ``\x01null``).
+_BY_ADDRESS_KEY = "\x01address"
+
+
+def finding_name(
+    detector: str, source_ip: str | None, user_agent: str | None, *, by_address: bool = False
+) -> str:
     """The deterministic object name of the Finding for this detector and group.
 
     A readable prefix (detector and IP) plus a hash of the exact key, so distinct keys never
     collide and the same key always maps to the same name (a DNS-1123 subdomain under 253 chars).
+    ``by_address``: the group is the address alone (``groupBy: sourceIP``), one name per
+    (detector, address) whatever its user agents.
     """
+    agent = _BY_ADDRESS_KEY if by_address else user_agent
     digest = hashlib.sha256(
         "\x00".join(
             [detector, "\x01null" if source_ip is None else source_ip,
-             "\x01null" if user_agent is None else user_agent]
+             "\x01null" if agent is None else agent]
         ).encode()
     ).hexdigest()[:12]
     ip = _NAME_SAFE.sub("-", (source_ip or "noip").lower()).strip("-")
@@ -359,17 +400,31 @@ class EnumerationCounts(Protocol):
     def not_found_count(self) -> int: ...
 
 
+def user_agent_phrase(user_agent: str | None, *, by_address: bool = False) -> str:
+    """How a group's user agent reads in a message: ``(user agent 'curl/8')``, or the group's
+    "(n user agents)" when it is one address (``by_address``)."""
+    if by_address and user_agent is not None:
+        return user_agent
+    return f"(user agent {user_agent or '<none>'!r})"
+
+
 def enumeration_summary(
-    source_ip: str | None, user_agent: str | None, counts: EnumerationCounts
+    source_ip: str | None,
+    user_agent: str | None,
+    counts: EnumerationCounts,
+    *,
+    by_address: bool = False,
 ) -> str:
     """One line on a group: source IP, user agent and the counts the seed's thresholds read.
 
     The words of every message about a group (Events on a Finding, report results), so that the
-    same group reads the same wherever it is shown.
+    same group reads the same wherever it is shown. ``by_address``: ``user_agent`` is the
+    "(n user agents)" of a group of one address.
     """
     return (
         f"anonymous enumeration from {source_ip or '<no IP>'} "
-        f"(user agent {user_agent or '<none>'!r}): {counts.document_count} audit events, "
+        f"{user_agent_phrase(user_agent, by_address=by_address)}: "
+        f"{counts.document_count} audit events, "
         f"{counts.request_uri_count_distinct} distinct URIs, {counts.resource_count_distinct} "
         f"resources; forbidden {counts.authz_forbid_count}, 401/403 {counts.status_fail_count}, "
         f"not found {counts.not_found_count}"

@@ -40,6 +40,11 @@ TimestampSource = Literal["ingested", "event"]
 #: Which entries of ``sourceIPs`` form the rule's groups: every one (the seed), or only the last,
 #: the address the API server saw the connection come from.
 SourceIPGrouping = Literal["all", "observed"]
+#: What one group of the rule is: a (source IP, user agent) pair (the seed's ``BY sourceIPs,
+#: userAgent``), or a source address alone, its user agents counted as values.
+GroupBy = Literal["sourceIPAndUserAgent", "sourceIP"]
+#: The seed's grouping, the default of ``spec.groupBy``.
+SEED_GROUP_BY: GroupBy = "sourceIPAndUserAgent"
 
 
 _GO_UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
@@ -482,7 +487,8 @@ class ThresholdsSpec(_Model):
 #: What ``spec.thresholds`` means as a whole, for ``kubectl explain``: the seed's final ``where``
 #: clause, which ANDs three conditions with the OR of three triggers.
 THRESHOLDS_DESCRIPTION = (
-    "When a group of audit events (one sourceIP and userAgent) is reported: the seed's final "
+    "When a group of audit events (one sourceIP and userAgent; one sourceIP with groupBy: "
+    "sourceIP) is reported: the seed's final "
     "where clause. A group fires when all three conditions hold (distinctRequestURIsAbove AND "
     "distinctResourcesAbove AND documentsBelow) and at least one trigger does. The triggers are "
     "OR'd: forbiddenAtLeast OR authFailuresAtLeast OR notFoundAtLeast."
@@ -801,7 +807,9 @@ class ExceptionSpec(_Model):
         description=(
             "Rows whose userAgent matches one of these shell-style patterns (case-sensitive; * "
             "any characters, ? one character, [abc] a class, e.g. 'kube-probe/*') match. "
-            "Empty: any user agent. A row without a user agent never matches a non-empty list. "
+            "Empty: any user agent. A row without a user agent never matches a non-empty list; "
+            "a row of a detector grouped by address matches when every one of its user agents "
+            "does. "
             "Spoofable: the client chooses its User-Agent, so an exception on userAgents alone "
             "(e.g. trivy/*) is met by any scanner that copies the string (condition "
             "ExceptionSpoofable); pair it with sourceCIDRs under match.sourceIPs: observed. "
@@ -862,6 +870,8 @@ class DetectorSpec(_Model):
                 lines.append(
                     f"{section}.{info.alias or name}: {_shown(value)} (seed: {_shown(default)})"
                 )
+        if self.group_by != seed.group_by:
+            lines.append(f"groupBy: {self.group_by} (seed: {seed.group_by})")
         if self.schedule.timestamp != seed.schedule.timestamp:
             lines.append(
                 f"schedule.timestamp: {self.schedule.timestamp} "
@@ -874,6 +884,20 @@ class DetectorSpec(_Model):
 
     match: MatchSpec = Field(
         default_factory=MatchSpec, description="Which audit events are considered."
+    )
+    group_by: GroupBy = Field(
+        default=SEED_GROUP_BY,
+        alias="groupBy",
+        description=(
+            "What one group of events is. sourceIPAndUserAgent (the seed): one group per source "
+            "IP and user agent. sourceIP: one group per source address, its user agents listed "
+            "as values (Esql.user_agent_values) and counted (Esql.user_agent_count_distinct); "
+            "the same thresholds apply. A scanner that sends a different User-Agent with each "
+            "request makes one group per request under the seed's grouping, and never fires; "
+            "under sourceIP its requests form one group. Use it with match.sourceIPs: observed, "
+            "or each forged X-Forwarded-For address forms a group of its own. Noise: clients "
+            "behind one NAT gateway or proxy share an address, and form one group."
+        ),
     )
     thresholds: ThresholdsSpec = Field(
         default_factory=ThresholdsSpec, description=THRESHOLDS_DESCRIPTION

@@ -271,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.replay:
             schedule = _schedule(spec, args.interval, args.lookback)
         check_readable(args.files)
-        matcher = Rule(spec.match, spec.thresholds).matcher
+        matcher = Rule.of(spec).matcher
         survey = Survey(matcher)
         with _Progress(err, enabled=not args.quiet) as progress:
             if args.replay:
@@ -381,7 +381,7 @@ class _Records:
             "detector": self._detector,
             "rule": self._rule,
             "sourceIP": row.source_ip,
-            "userAgent": row.user_agent,
+            "userAgent": row.user_agent_label,
         }
         if window is not None:
             record["window"] = {
@@ -501,7 +501,7 @@ def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
     for row in rows:
         table.add_row(
             row.source_ip if row.source_ip is not None else "(none)",
-            row.user_agent if row.user_agent is not None else "(none)",
+            row.user_agent_label if row.user_agent_label is not None else "(none)",
             str(row.document_count),
             str(row.authz_forbid_count),
             str(row.status_fail_count),

@@ -135,7 +135,7 @@ class DetectorRuntime:
             self.error = format_validation_error(exc)
             return True
         old = self.evaluator
-        rule = Rule(spec.match, spec.thresholds)
+        rule = Rule.of(spec)
         self.coverage = (
             Coverage(rule)
             if self.coverage is None

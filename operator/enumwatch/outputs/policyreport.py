@@ -121,6 +121,9 @@ def result_of(namespace: str, name: str, uid: str, spec: FindingSpec) -> dict[st
         "riskScore": str(spec.rule.risk_score),
         "mitre": ",".join(m.technique for m in spec.rule.mitre),
     }
+    if agg.user_agents is not None:  # a group of one address: its user agents
+        properties["userAgentCountDistinct"] = str(agg.user_agent_count_distinct)
+        properties["userAgents"] = ", ".join(agg.user_agents)
     return {
         "policy": spec.detector,
         "rule": spec.rule.id,

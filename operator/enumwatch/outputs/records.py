@@ -193,6 +193,7 @@ def alert_annotations(entry: ActiveFinding) -> dict[str, str]:
         "description": SEED_RULE.name,
         "command": kubectl_command(meta["namespace"], meta["name"]),
         "user_agent": spec.user_agent or "",
+        "user_agents": ", ".join(spec.aggregates.user_agents or ()),
         "occurrences": str(spec.occurrences),
         "last_fired": spec.last_fired,
         "access_succeeded": "true" if spec.access.succeeded else "false",

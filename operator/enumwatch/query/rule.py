@@ -7,9 +7,11 @@ Each step of the ES|QL rule is one common table expression, with the semantics
   ``''`` username when the spec includes missing ones) and the outcome ``CASE`` (first true branch;
   a comparison with null is not true);
 * ``by_ip``: one row per *distinct* source IP of an event (a multi-IP event counts in each
-  group), a null IP when the list is null or empty;
+  group), a null IP when the list is null or empty; with ``match.sourceIPs: observed`` the last
+  entry only;
 * ``grouped``: ``stats ... by sourceIPs, userAgent``, with the final ``where`` (the thresholds,
-  the three triggers OR'd) as ``HAVING``;
+  the three triggers OR'd) as ``HAVING``; with ``groupBy: sourceIP``, ``by sourceIPs`` with the
+  user agents' distinct count and values as two more stats;
 * ``names``: ``values(user.groups)`` flattened, joined back on the (null-safe) group key;
 * the select: the ES|QL column names and order of :meth:`enumwatch.rule.Row.to_esql`, rows sorted
   by source IP then user agent, nulls last. Value lists are distinct, non-null and sorted; empty,
@@ -138,6 +140,11 @@ _URI_VALUES = "Esql.kubernetes_audit_requestURI_values"
 _NAMESPACE_VALUES = "Esql.data_stream_namespace_values"
 _SOURCE_IP = "kubernetes.audit.sourceIPs"
 _USER_AGENT = "kubernetes.audit.userAgent"
+#: Grouped by address (``groupBy: sourceIP``), the user agent is counted and listed instead.
+_USER_AGENT_STATS = (
+    ("Esql.user_agent_count_distinct", _distinct_count("user_agent")),
+    ("Esql.user_agent_values", _values("user_agent", "STRING")),
+)
 
 
 def _thresholds(t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
@@ -176,13 +183,20 @@ def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dia
         .where(_where(spec.match))
     )
     ips = _col("ips")
+    # as rule.group_keys: every distinct entry, or the last (the address the API server saw)
+    # The last element, on sqlglot's 0-based index (each dialect's offset added as it renders).
+    size = exp.ArraySize(this=ips.copy())
+    last = exp.Bracket(
+        this=ips.copy(), expressions=[exp.Add(this=size, expression=exp.Neg(this=_int(1)))]
+    )
+    observed = spec.match.source_ips == "observed"
     one_per_ip = (
         exp.case()
         .when(
             exp.or_(ips.is_(exp.null()), exp.ArraySize(this=ips.copy()).eq(_int(0))),
             exp.Array(expressions=[exp.cast(exp.null(), _STRING)]),
         )
-        .else_(exp.ArrayDistinct(this=ips.copy()))
+        .else_(exp.Array(expressions=[last]) if observed else exp.ArrayDistinct(this=ips.copy()))
     )
     by_ip = (
         exp.select(exp.Star())
@@ -201,12 +215,17 @@ def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dia
 
     stats = _stats()
     by_name = dict(stats)
-    group_key = [_col("source_ip"), _col("user_agent")]
+    by_address = spec.group_by == "sourceIP"
+    # as rule.group_keys: grouped by address, the user agent is a value, not the key
+    keys = ("source_ip",) if by_address else ("source_ip", "user_agent")
+    agent_stats = [(name, e.copy()) for name, e in _USER_AGENT_STATS] if by_address else []
+    group_key = [_col(c) for c in keys]
     grouped = (
         exp.select(
             *group_key,
             *(exp.alias_(e, _quoted(name)) for name, e in stats),
             exp.alias_(_values("request_uri", "STRING"), _quoted(_URI_VALUES)),
+            *(exp.alias_(e, _quoted(name)) for name, e in agent_stats),
         )
         .from_("by_ip")
         .group_by(*(c.copy() for c in group_key))
@@ -225,11 +244,18 @@ def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dia
         .group_by(*(c.copy() for c in group_key))
     )
     same_key = exp.and_(
-        *(
-            exp.NullSafeEQ(this=_col(c, "g"), expression=_col(c, "n"))
-            for c in ("source_ip", "user_agent")
-        )
+        *(exp.NullSafeEQ(this=_col(c, "g"), expression=_col(c, "n")) for c in keys)
     )
+    if by_address:
+        key_columns = [
+            *(_col(_quoted(name), "g") for name, _ in agent_stats),  # type: ignore[arg-type]
+            exp.alias_(_col("source_ip", "g"), _quoted(_SOURCE_IP)),
+        ]
+    else:
+        key_columns = [
+            exp.alias_(_col("source_ip", "g"), _quoted(_SOURCE_IP)),
+            exp.alias_(_col("user_agent", "g"), _quoted(_USER_AGENT)),
+        ]
     final = (
         exp.select(
             *(_col(_quoted(name), "g") for name, _ in stats),  # type: ignore[arg-type]
@@ -239,14 +265,12 @@ def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dia
                 exp.Array(expressions=[_str(spec.data_stream_namespace)]),
                 _quoted(_NAMESPACE_VALUES),
             ),
-            exp.alias_(_col("source_ip", "g"), _quoted(_SOURCE_IP)),
-            exp.alias_(_col("user_agent", "g"), _quoted(_USER_AGENT)),
+            *key_columns,
         )
         .from_(exp.alias_(exp.to_table("grouped"), "g", table=True))
         .join(exp.alias_(exp.to_table("names"), "n", table=True), on=same_key, join_type="LEFT")
         .order_by(
-            exp.Ordered(this=_col("source_ip", "g"), desc=False, nulls_first=False),
-            exp.Ordered(this=_col("user_agent", "g"), desc=False, nulls_first=False),
+            *(exp.Ordered(this=_col(c, "g"), desc=False, nulls_first=False) for c in keys)
         )
     )
     return (

@@ -131,7 +131,7 @@ def scan(
     An event delivered twice (same identity, see :func:`feed`) counts once, as in
     :func:`replay` and in the operator.
     """
-    rule = Rule(spec.match, spec.thresholds)
+    rule = Rule.of(spec)
     stats = DecodeStats()
     table = rule.table()
     with no_cyclic_gc():
@@ -157,7 +157,7 @@ def replay(
     redeliveries are counted as ``duplicates`` in the counters.
     """
     stats = DecodeStats()
-    rule = Rule(spec.match, spec.thresholds)
+    rule = Rule.of(spec)
     evaluator = WindowedEvaluator(
         rule,
         interval_s if interval_s is not None else spec.schedule.interval_seconds,

@@ -72,7 +72,7 @@ def scan_files(
     and first events.
     """
     workers = default_workers() if workers is None else max(1, workers)
-    rule = Rule(spec.match, spec.thresholds)
+    rule = Rule.of(spec)
     prefilter = Prefilter(rule.matcher)
     serial = [path for path in paths if workers == 1 or not _splittable(path)]
     ranges = [

@@ -26,6 +26,7 @@ def _cap(values: tuple[str, ...] | tuple[int, ...], omitted: dict[str, int], key
 def aggregates_from_row(row: Row) -> Aggregates:
     """Map a rule row to the Finding's ``aggregates`` block, capping long lists."""
     omitted: dict[str, int] = {}
+    agents = row.user_agent_values
     return Aggregates(
         documentCount=row.document_count,
         authzAllowCount=row.authz_allow_count,
@@ -51,5 +52,9 @@ def aggregates_from_row(row: Row) -> Aggregates:
         dataStreamNamespaces=_cap(
             row.data_stream_namespace_values, omitted, "dataStreamNamespaces"
         ),
+        # A group of one address (groupBy: sourceIP): its user agents and how many (absent
+        # under the seed's grouping, whose Findings stay as they were).
+        userAgentCountDistinct=None if agents is None else len(agents),
+        userAgents=None if agents is None else _cap(agents, omitted, "userAgents"),
         omitted=omitted,
     )

@@ -34,7 +34,7 @@ from enumwatch.api.names import (
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
-from enumwatch.rule import GroupKey
+from enumwatch.rule import GroupKey, Row
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
 from enumwatch.sink.plan import (
     Action,
@@ -60,9 +60,16 @@ DEFAULT_RETENTION: str = FindingsSpec.model_fields["retention"].default
 def _named(writes: list[PendingWrite], most: int = 10) -> str:
     """The groups of ``writes`` in words (the first ``most``, then a count)."""
     named = ", ".join(
-        f"{w.row.source_ip or '<no IP>'}/{w.row.user_agent or '<none>'}" for w in writes[:most]
+        f"{w.row.source_ip or '<no IP>'}/{w.row.user_agent_label or '<none>'}"
+        for w in writes[:most]
     )
     return named + (f" and {len(writes) - most} more" if len(writes) > most else "")
+
+
+def row_finding_name(detector: DetectorRef, row: Row) -> str:
+    """The name of the Finding of ``row``: one per (detector, address) for a row grouped by
+    address, else per (detector, address, user agent)."""
+    return finding_name(detector.name, row.source_ip, row.user_agent, by_address=row.by_address)
 
 
 class Attribution(Protocol):
@@ -143,7 +150,7 @@ class FindingSink:
         backlog = backlog or {}
         fresh = pending_of(window)
         recorded = (
-            await self._recorded(detector) if len(fresh) + len(backlog) > cap else set()
+            await self._recorded(detector, spec) if len(fresh) + len(backlog) > cap else set()
         )
         planned = schedule(fresh, backlog, recorded, cap)
         result.capped, result.dropped = planned.newly_waiting, len(planned.dropped)
@@ -154,7 +161,7 @@ class FindingSink:
             try:
                 await self._apply_row(detector, spec, write, result)
             except Exception as exc:
-                name = finding_name(detector.name, row.source_ip, row.user_agent)
+                name = row_finding_name(detector, row)
                 log.warning(
                     "finding write failed, will retry at the next tick",
                     extra={
@@ -185,14 +192,15 @@ class FindingSink:
             )
         return result
 
-    async def _recorded(self, detector: DetectorRef) -> set[GroupKey]:
+    async def _recorded(self, detector: DetectorRef, spec: DetectorSpec) -> set[GroupKey]:
         """The group keys that already have a Finding of ``detector``."""
         listing = await self.client.get(
             namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
             params={"labelSelector": f"{DETECTOR_LABEL}={detector.name}"},
         )
+        by_address = spec.group_by == "sourceIP"  # as rule.group_keys
         return {
-            (item["spec"].get("sourceIP"), item["spec"].get("userAgent"))
+            (item["spec"].get("sourceIP"), None if by_address else item["spec"].get("userAgent"))
             for item in listing.get("items", [])
         }
 
@@ -204,7 +212,7 @@ class FindingSink:
         result: SinkResult,
     ) -> None:
         window, row = write.window, write.row
-        name = finding_name(detector.name, row.source_ip, row.user_agent)
+        name = row_finding_name(detector, row)
         path = namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
         source = self.source_of(write)
         for _attempt in range(3):

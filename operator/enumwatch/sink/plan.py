@@ -21,6 +21,7 @@ from enumwatch.api.finding import (
     Window,
     finding_name,
     rule_ref,
+    user_agent_phrase,
 )
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.attribution import describe
@@ -124,7 +125,7 @@ def plan(
         "detector": detector,
         "rule": rule_ref(severity_of(spec, access), spec.risk_score),
         "sourceIP": row.source_ip,
-        "userAgent": row.user_agent,
+        "userAgent": row.user_agent_label,
         "window": Window(start=format_rfc3339(window.start), end=tick),
         "lastSeen": format_rfc3339(window.last_seen.get(row.key, window.tick)),
         "lastFired": tick,
@@ -214,7 +215,9 @@ def provenance(
                 client=claim.client, count=claim.count, addresses=list(claim.addresses)
             )
         else:
-            fields["reportedIn"] = finding_name(detector, *claim.reporter)
+            fields["reportedIn"] = finding_name(
+                detector, *claim.reporter, by_address=row.by_address
+            )
     return fields
 
 
@@ -235,10 +238,10 @@ def _who(spec: FindingSpec) -> str:
 def access_summary(spec: FindingSpec, uris: tuple[str, ...]) -> str:
     """The AnonymousAccessSucceeded Event message: who got into what."""
     more = f" and {len(uris) - 5} more" if len(uris) > 5 else ""
+    agent = user_agent_phrase(spec.user_agent, by_address=spec.by_address)
     return (
-        f"anonymous client {_who(spec)} (user agent "
-        f"{spec.user_agent or '<none>'!r}) was answered on {len(uris)} endpoint(s) that are not "
-        f"public by default: {', '.join(uris[:5])}{more}"
+        f"anonymous client {_who(spec)} {agent} was answered on {len(uris)} endpoint(s) that "
+        f"are not public by default: {', '.join(uris[:5])}{more}"
     )
 
 
