@@ -29,8 +29,9 @@ from enumwatch.outputs.records import (
 )
 from enumwatch.rule import Row, Rule
 from enumwatch.scan import replay, scan
-from enumwatch.sink.findings import FailedWrite, row_finding_name
-from enumwatch.sink.plan import access_summary, only_row, plan, summary
+from enumwatch.sink.backlog import PendingWrite, only_row
+from enumwatch.sink.findings import row_finding_name
+from enumwatch.sink.plan import access_summary, plan, summary
 from enumwatch.windows import WindowedEvaluator, WindowResult
 
 T0 = 1_714_521_600.0  # a tick
@@ -90,12 +91,13 @@ def test_the_finding_says_how_many_user_agents_and_lists_them() -> None:
     assert spec["aggregates"]["statusFailCount"] == 12
     assert spec["aggregates"]["requestURICountDistinct"] == 12
     assert spec["aggregates"]["resourceCountDistinct"] == 8
-    assert FindingSpec.model_validate(spec).by_address
-    assert summary(row) == (
+    parsed = FindingSpec.model_validate(spec)
+    assert parsed.by_address
+    assert summary(parsed) == (
         "anonymous enumeration from 127.0.0.1 (12 user agents): 12 audit events, 12 distinct "
         "URIs, 8 resources; forbidden 0, 401/403 12, not found 0"
     )
-    assert access_summary(row, ("/api/v1/secrets",)).startswith(
+    assert access_summary(parsed, ("/api/v1/secrets",)).startswith(
         "anonymous client 127.0.0.1 (12 user agents) was answered on 1 endpoint(s)"
     )
 
@@ -177,8 +179,8 @@ def test_a_user_agent_exception_silences_an_address_only_when_every_agent_matche
 
 def test_a_failed_write_of_an_address_row_round_trips() -> None:
     result = window(rotating_scan())
-    failed = FailedWrite(window=only_row(result, result.rows[0]), error="500")
-    assert FailedWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict()))) == failed
+    failed = PendingWrite(window=only_row(result, result.rows[0]), error="500")
+    assert PendingWrite.from_dict(orjson.loads(orjson.dumps(failed.to_dict()))) == failed
 
 
 def test_scan_and_replay_of_the_rotating_scan_give_the_live_row() -> None:
