@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from enumwatch.timefmt import parse_rfc3339
 from enumwatch_devkit import cluster, hostnet, node, repo, upstream
 from enumwatch_devkit.cli import attach
 from enumwatch_devkit.controlplane import ControlPlane
@@ -37,6 +38,7 @@ from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
     apply_detector,
     curl_scan,
+    detector_status,
     events_for,
     findings,
     fresh_namespace,
@@ -407,6 +409,252 @@ def test_a_scan_from_a_pod_names_that_pod_and_its_deployment(local_cluster: Loca
     }
     printed = cp.kubectl("get", "findings", "-n", namespace)
     assert f"pod/{namespace}/{pod['metadata']['name']}" in printed.split()
+    cp.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+# --- a flood against the shipped Deployment (issue 22, point 3) ---------------------------------
+
+#: Decoys posted to the operator's Service: the 300,000 that OOM-killed the pre-22 operator twice
+#: on this node (its raw-event windows), posted in about 22 s; the issue's 1,000,000 with
+#: ``ENUMWATCH_NODE_FLOOD_EVENTS=1000000`` (83 s; the detectors then shed, see the README's
+#: "What a detector keeps, and sizing").
+FLOOD_EVENTS = int(os.environ.get("ENUMWATCH_NODE_FLOOD_EVENTS", "300000"))
+#: One decoy in ten is a one-event group of its own user agent (100,000 of the issue's 1,000,000);
+#: the others are one loud group, far over documentsBelow.
+ONE_EVENT_GROUP_EVERY = 10
+#: Events per POSTed EventList (about 2 MB, well under the 8 MiB body limit) and posters at once.
+FLOOD_BATCH = 2_500
+FLOOD_POSTERS = 2
+#: The flood detector's schedule: the scan and the whole flood in one lookback, and the scan
+#: made just after a tick, so that its first evaluation normally comes after the flood.
+FLOOD_INTERVAL = 120
+FLOOD_LOOKBACK = 300
+LOUD = ("198.51.100.1", "loud/1.0")
+DECOY_ADDRESS = "198.51.100.7"
+
+
+def _decoy_batch(start: int, count: int, stamp: str) -> bytes:
+    """An ``EventList`` of decoys ``start .. start+count``: anonymous, forbidden, distinct
+    auditIDs and URIs (so none is a redelivery of another)."""
+    items = []
+    run = uuid.uuid4().hex[:12]
+    for i in range(start, start + count):
+        own = i % ONE_EVENT_GROUP_EVERY == 0
+        namespace = f"team-{i % 97}"
+        items.append(
+            {
+                "kind": "Event",
+                "apiVersion": "audit.k8s.io/v1",
+                "level": "Request",
+                "auditID": f"{run}-{i:012d}",
+                "stage": "ResponseComplete",
+                "requestURI": f"/api/v1/namespaces/{namespace}/secrets/app-{i}",
+                "verb": "get",
+                "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+                "sourceIPs": [DECOY_ADDRESS if own else LOUD[0]],
+                "userAgent": f"decoy/{i}" if own else LOUD[1],
+                "objectRef": {"resource": "secrets", "namespace": namespace, "apiVersion": "v1"},
+                "responseStatus": {"metadata": {}, "status": "Failure", "code": 403},
+                "requestReceivedTimestamp": stamp,
+                "stageTimestamp": stamp,
+                "annotations": {"authorization.k8s.io/decision": "forbid"},
+            }
+        )
+    body = {"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": items}
+    return json.dumps(body).encode()
+
+
+def _post_flood(url: str, token: str) -> dict[str, int]:
+    """POST :data:`FLOOD_EVENTS` decoys to ``url`` (the Service's /ingest), FLOOD_POSTERS at
+    once; return the answers' counts summed (a refused batch fails the test: none is retried,
+    so that what was taken in is exact)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(start: int) -> dict[str, int]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        body = _decoy_batch(start, min(FLOOD_BATCH, FLOOD_EVENTS - start), stamp)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            answer: dict[str, int] = json.loads(resp.read())
+        return answer
+
+    totals: dict[str, int] = {}
+    with ThreadPoolExecutor(FLOOD_POSTERS) as pool:
+        for answer in pool.map(post, range(0, FLOOD_EVENTS, FLOOD_BATCH)):
+            for key in ("accepted", "duplicates", "skipped", "late", "future"):
+                totals[key] = totals.get(key, 0) + int(answer[key])
+    return totals
+
+
+def _operator_metrics(local: LocalCluster) -> dict[str, float]:
+    """The operator's /metrics samples (name{labels} -> value), through its Service."""
+    url = f"{attach_operator_url(local)}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _container_status(pod: dict[str, Any], container: str) -> dict[str, Any]:
+    (status,) = [s for s in pod["status"]["containerStatuses"] if s["name"] == container]
+    return status
+
+
+def _memory_cgroup(container_id: str) -> Path | None:
+    """The container's memory cgroup on the node (cgroup v1 under the kubelet's root, or v2)."""
+    for found in node.CGROUP_FS.glob(f"*/{node.CGROUP_ROOT}/**/{container_id}"):
+        if (found / "memory.max_usage_in_bytes").exists() or (found / "memory.peak").exists():
+            return found
+    return None
+
+
+def _peak_memory(cgroup: Path | None) -> dict[str, float]:
+    """The container cgroup's peak usage (page cache included) and OOM kills, in MiB/counts."""
+    if cgroup is None:
+        return {}
+    figures: dict[str, float] = {}
+    for name in ("memory.max_usage_in_bytes", "memory.peak"):
+        if (cgroup / name).exists():
+            figures["cgroup_peak_mib"] = round(int((cgroup / name).read_text()) / 2**20, 1)
+    for name in ("memory.oom_control", "memory.events"):
+        if (cgroup / name).exists():
+            for line in (cgroup / name).read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    figures["cgroup_oom_kills"] = int(value)
+    return figures
+
+
+def test_a_flood_posted_to_the_service_neither_oom_kills_the_operator_nor_erases_a_scan(
+    local_cluster: LocalCluster,
+) -> None:
+    """Issue 22, point 3, on the shipped Deployment (512Mi, 500m): a real anonymous curl scan
+    (8 requests through the API server, found by the tailer), then :data:`FLOOD_EVENTS`
+    anonymous decoys posted to the operator's Service with the tailer's token, within one
+    lookback. The operator container is never restarted nor OOM-killed, the scanner's Finding
+    is written with its 8 documents, every decoy was taken in, and nothing was shed: 30,000
+    one-event groups are under each detector's share of a 512Mi pod's window state budget
+    (128 MiB), so the status says so exactly (WindowOverflow False, windowShed all zero)."""
+    cp = local_cluster.cp
+    (before,) = _operator_pods(cp)
+    assert _container_status(before, "operator")["restartCount"] == 0
+    operator_pid = _container_pid(local_cluster, before, "operator")
+    container_id = _container_status(before, "operator")["containerID"].removeprefix(
+        "containerd://"
+    )
+    # The detectors share the window state budget: the ones of namespaces the tests before
+    # deleted must be gone, so that each one's share during the flood is known.
+    wait_for(
+        lambda: not [
+            n for n in kubectl_json(cp, "get", "namespaces")["items"]
+            if n["status"]["phase"] == "Terminating"
+        ],
+        timeout=120,
+        what="the namespaces of the tests before to be deleted",
+    )
+    namespace = fresh_namespace(cp, "flood")
+    spec = {"schedule": {"interval": f"{FLOOD_INTERVAL}s", "lookback": f"{FLOOD_LOOKBACK}s"}}
+    apply_detector(cp, namespace, "flood", spec)
+    wait_for(
+        lambda: detector_status(cp, namespace, "flood").get("conditions"),
+        timeout=30,
+        what="the flood detector's status",
+    )
+    # Just after a tick: the scan's first evaluation is then normally the one after the flood.
+    phase = time.time() % FLOOD_INTERVAL
+    if phase > 10:
+        time.sleep(FLOOD_INTERVAL - phase + 3)
+    agent = f"enum-scanner-flood/{uuid.uuid4().hex[:8]}"
+    curl_scan(cp, agent)
+    # The tailer has forwarded the scan before the flood starts (the detector's metric says).
+    matched = f'enumwatch_events_matched_total{{detector="flood",namespace="{namespace}"}}'
+    wait_for(
+        lambda: _operator_metrics(local_cluster).get(matched, 0) >= len(SCAN_PATHS),
+        timeout=60,
+        what="the scan's events in the flood detector",
+    )
+    running = len(kubectl_json(cp, "get", "enumerationdetectors", "-A")["items"])
+    budget = f'enumwatch_window_state_budget_bytes{{detector="flood",namespace="{namespace}"}}'
+    # A quarter of the container's 512Mi, shared by the shipped detector, this one and those
+    # the tests before left running.
+    assert _operator_metrics(local_cluster)[budget] == 128 * 2**20 // running
+    token = cp.kubectl(
+        "create", "token", "enumwatch", "-n", NAMESPACE, "--audience=enumwatch-ingest"
+    ).strip()
+    began = time.monotonic()
+    totals = _post_flood(f"{attach_operator_url(local_cluster)}/ingest", token)
+    posted_in = time.monotonic() - began
+    flood_ended = time.time()
+    local_cluster.figures["flood_events"] = FLOOD_EVENTS
+    local_cluster.figures["flood_post_s"] = round(posted_in, 1)
+    assert totals == {
+        "accepted": FLOOD_EVENTS,
+        "duplicates": 0,
+        "skipped": 0,
+        "late": 0,
+        "future": 0,
+    }
+
+    finding = wait_for(
+        lambda: _finding_for(cp, namespace, agent),
+        timeout=FLOOD_INTERVAL + 120,
+        what=f"the scanner's Finding ({agent})",
+    )
+    aggregates = finding["spec"]["aggregates"]
+    assert aggregates["documentCount"] == len(SCAN_PATHS) == 8
+    assert sorted(aggregates["requestURIs"]) == sorted(SCAN_PATHS)
+    assert finding["spec"]["sourceIP"] == hostnet.NODE_IP
+    first_tick = parse_rfc3339(finding["spec"]["firstSeen"])
+    local_cluster.figures["flood_finding_tick_after_flood_s"] = round(first_tick - flood_ended, 1)
+    # Only the scanner fired: the loud group is over documentsBelow, each decoy alone.
+    assert [f["spec"]["userAgent"] for f in findings(cp, namespace)] == [agent]
+
+    status = detector_status(cp, namespace, "flood")
+    assert status["eventsMatched"] >= FLOOD_EVENTS + len(SCAN_PATHS)
+    share = f" of {128 / running:.0f} MiB"
+    overflow = {c["type"]: c for c in status["conditions"]}["WindowOverflow"]
+    shed = sum(status["windowShed"].values())
+    if FLOOD_EVENTS <= 300_000 and running <= 3:
+        assert shed == 0  # 30,000 one-event groups: about 33 MiB, under a third of 128 MiB
+    if shed:
+        assert (overflow["status"], overflow["reason"]) == ("True", "StateBudgetReached")
+        assert f"budget ({128 / running:.0f} MiB)" in overflow["message"]
+        assert status["windowShedDocuments"] >= shed
+    else:
+        assert status["windowShed"] == {"saturated": 0, "belowThresholds": 0, "oldest": 0}
+        assert status["windowShedDocuments"] == 0
+        assert (overflow["status"], overflow["reason"]) == ("False", "WithinBudget")
+        assert share + ", " in overflow["message"]
+    local_cluster.figures["flood_window_state_mib"] = round(status["windowStateBytes"] / 2**20, 1)
+
+    # The same pod, its operator never restarted nor OOM-killed (nor evicted: same uid).
+    (after,) = _operator_pods(cp)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["status"]["phase"] == "Running" and _ready(after)
+    operator = _container_status(after, "operator")
+    assert operator["restartCount"] == 0
+    assert operator.get("lastState", {}) == {}
+    assert "running" in operator["state"]
+    peak = _proc_status(operator_pid)
+    for field_name, figure in (("VmHWM", "peak_rss"), ("VmRSS", "rss")):
+        kib = int(peak[field_name].split()[0])
+        local_cluster.figures[f"flood_operator_{figure}_mib"] = round(kib / 1024, 1)
+    cgroup = _peak_memory(_memory_cgroup(container_id))
+    local_cluster.figures.update({f"flood_{k}": v for k, v in cgroup.items()})
+    print(
+        f"\nflood: {FLOOD_EVENTS:,} decoys ({FLOOD_EVENTS // ONE_EVENT_GROUP_EVERY:,} one-event "
+        f"groups) posted in {posted_in:.1f} s; the scanner's Finding at the tick "
+        f"{first_tick - flood_ended:+.1f} s after the flood ended; operator peak RSS "
+        f"{peak['VmHWM']}, cgroup {cgroup}; window state {status['windowStateBytes']:,} B, "
+        f"{status['windowGroups']:,} groups at the last tick",
+        file=sys.stderr,
+    )
+    assert cgroup.get("cgroup_oom_kills", 0) == 0
     cp.kubectl("delete", "namespace", namespace, "--wait=false")
 
 

@@ -245,6 +245,31 @@ def test_window_state_budget_is_sized_from_the_memory_limit_and_sheds_counted() 
     assert evaluator.shed_documents == 5 - evaluator.group_count
 
 
+def test_the_detectors_share_one_state_budget_so_a_flood_sheds_within_it() -> None:
+    # Every detector sees the same flood: with a budget each, N detectors kept N budgets in one
+    # memory limit (the shipped detector plus one more OOM-killed a 512Mi pod on the real node).
+    from enumwatch.windows import GROUP_BYTES
+
+    budget = 6 * (GROUP_BYTES + 500)
+    detectors = Detectors(state_budget=budget)
+    first = detectors.get_or_create(REF)
+    first.configure({"schedule": {"lookback": "24h"}}, 1)
+    assert first.evaluator is not None and first.evaluator.state_budget == budget
+    second = detectors.get_or_create(dataclasses.replace(REF, name="other", uid="uid-2"))
+    second.configure({"schedule": {"lookback": "24h"}}, 1)
+    assert [r.evaluator.state_budget for r in (first, second) if r.evaluator] == [budget // 2] * 2
+    detectors.offer(
+        [dataclasses.replace(_event(i), user_agent=f"ua{i}") for i in range(10)], ARRIVAL
+    )
+    for runtime in (first, second):
+        evaluator = runtime.evaluator
+        assert evaluator is not None and evaluator.buffered == 10
+        assert evaluator.state_bytes <= budget // 2
+        assert sum(evaluator.shed.values()) == 10 - evaluator.group_count > 0
+    detectors.remove(REF.namespace, "other")
+    assert first.evaluator is not None and first.evaluator.state_budget == budget
+
+
 async def test_a_large_window_is_evaluated_with_the_same_result_as_a_fresh_one() -> None:
     detectors = Detectors()
     runtime = detectors.get_or_create(REF)

@@ -148,9 +148,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--window-state-mib",
         type=int,
         help=(
-            "estimated window state each detector may keep, in MiB, before it sheds groups "
-            "(saturated first, counted by reason in metrics, status and a Warning Event; "
-            "default: a quarter of the container's memory limit, 128 without a limit)"
+            "estimated window state all detectors together may keep, in MiB (shared equally), "
+            "before they shed groups (saturated first, counted by reason in metrics, status and "
+            "a Warning Event; default: a quarter of the container's memory limit, 128 without "
+            "a limit)"
         ),
     )
     p.add_argument(

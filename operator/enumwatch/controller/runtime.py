@@ -60,10 +60,10 @@ OFFER_CHUNK = 2_000
 
 
 def state_budget_for(memory_limit: int | None) -> int:
-    """The estimated window state a detector may keep under ``memory_limit`` bytes before it
-    sheds groups: a quarter of the limit (the rest for the process, ingest bodies, a
-    checkpoint and the estimate's slack: ``bench/operator_memory.py`` measures a 512Mi pod);
-    :data:`~enumwatch.windows.DEFAULT_STATE_BUDGET` when no limit is known."""
+    """The estimated window state all detectors together may keep under ``memory_limit``
+    bytes before they shed groups: a quarter of the limit (the rest for the process, ingest
+    bodies, a checkpoint and the estimate's slack: ``bench/operator_memory.py`` measures a
+    512Mi pod); :data:`~enumwatch.windows.DEFAULT_STATE_BUDGET` when no limit is known."""
     if not memory_limit:
         return DEFAULT_STATE_BUDGET
     return max(1, memory_limit // 4)
@@ -219,7 +219,10 @@ class Detectors:
         state_budget: int = DEFAULT_STATE_BUDGET,
     ) -> None:
         self.by_key: dict[tuple[str, str], DetectorRuntime] = {}
-        #: Each detector's window state budget (see :func:`state_budget_for`).
+        #: The window state budget of all detectors together (see :func:`state_budget_for`),
+        #: shared equally: every detector sees the same flood, and a budget each would let N
+        #: detectors keep N budgets in one memory limit (two detectors and 1,000,000 decoys
+        #: OOM-killed a 512Mi pod on the real node with a quarter of the limit each).
         self.state_budget = state_budget
         self.store = (
             None
@@ -275,14 +278,25 @@ class Detectors:
             runtime = DetectorRuntime(ref=ref, state_budget=self.state_budget)
             self.by_key[key] = runtime
             metrics.DETECTORS.set(len(self.by_key))
+            self._share_budget()
         return runtime
 
     def remove(self, namespace: str, name: str) -> None:
         """Stop a deleted detector and forget its saved state."""
         self.by_key.pop((namespace, name), None)
         metrics.DETECTORS.set(len(self.by_key))
+        self._share_budget()
         if self.store is not None:
             self.store.forget(namespace, name)
+
+    def _share_budget(self) -> None:
+        """Give each detector an equal share of :attr:`state_budget` (a detector over its new
+        share sheds at its next event, counted as ever)."""
+        share = max(1, self.state_budget // max(1, len(self.by_key)))
+        for runtime in self.by_key.values():
+            runtime.state_budget = share
+            if runtime.evaluator is not None:
+                runtime.evaluator.state_budget = share
 
     def offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         """Give events received at ``arrival`` to every detector, journaling them first when
