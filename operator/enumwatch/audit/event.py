@@ -21,6 +21,11 @@ from typing import Any, cast
 #: The annotation that carries the authorizer's decision, as the apiserver writes it.
 DECISION_ANNOTATION = "authorization.k8s.io/decision"
 
+#: The annotation on which a forwarder (``tail``, ``collect``) or the ingest endpoint stamps the
+#: name of the cluster an event came from (issue 23). The apiserver never writes it and a client
+#: cannot set audit annotations, so it is only as trusted as the forwarder that stamped it.
+CLUSTER_ANNOTATION = "enumwatch.io/cluster"
+
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
