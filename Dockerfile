@@ -15,7 +15,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN python -m pip wheel --wheel-dir /wheels ".[eks,gke,aks]"
+RUN python -m pip wheel --wheel-dir /wheels ".[eks,gke,aks,kafka]"
 
 FROM ${PYTHON_IMAGE}
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -23,7 +23,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # The runtime user has a passwd entry: kopf names its peering identity after getpass.getuser(),
 # which fails for a uid that /etc/passwd does not know ("getpwuid(): uid not found").
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --no-index --find-links=/wheels "enumwatch[eks,gke,aks]" \
+    python -m pip install --no-index --find-links=/wheels "enumwatch[eks,gke,aks,kafka]" \
  && python -m pip uninstall --yes pip setuptools wheel \
  && groupadd --system --gid 65532 enumwatch \
  && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
