@@ -14,9 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from enumwatch.audit import decode_object
-from enumwatch.sources.collect import aks, eks, gke
-from enumwatch.sources.collect.records import FOREIGN, MALFORMED, SkippedRecord
+from enumwatch.audit import aks, decode_object, eks, gke
+from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord
 
 ANONYMOUS_LIST = {
     "insertId": "8c5a2f0e-1",

@@ -4,7 +4,7 @@ BigQuery is not run here. The mapping's SQL is rendered for DuckDB by sqlglot fr
 over a DuckDB table in the shape of the BigQuery export (``protopayload_auditlog``, the labels
 with ``_`` for the characters a column name cannot hold), and each row of the GKE mapping table
 (``test_collect_mappings.GKE_ROWS``) must give the fields that
-:func:`enumwatch.sources.collect.gke.audit_event` rebuilds and the decoder reads; the whole query
+:func:`enumwatch.audit.gke.audit_event` rebuilds and the decoder reads; the whole query
 must then return the scan's rows for a scanner's entries.
 """
 
@@ -19,12 +19,11 @@ import pytest
 from sqlglot import exp
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.audit import decode_object
+from enumwatch.audit import decode_object, gke
 from enumwatch.audit.event import AuditEvent
 from enumwatch.query.rule import rule_tree
 from enumwatch.query.sources import EVENT_COLUMNS, GKE_DECISION_LABEL, GKE_EXPORT
 from enumwatch.rule import Rule
-from enumwatch.sources.collect import gke
 from tests.unit.test_collect_mappings import GKE_ROWS, _entry
 
 #: The columns of the BigQuery export the mapping reads, as DuckDB types.

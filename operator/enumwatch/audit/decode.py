@@ -40,6 +40,7 @@ import msgspec
 import orjson
 
 from enumwatch.audit.elastic import elastic_to_raw, is_elastic_document
+from enumwatch.audit.envelopes import is_envelope, unwrap
 from enumwatch.audit.event import (
     DECISION_ANNOTATION,
     F_AUDIT_ID,
@@ -561,6 +562,15 @@ def decode_document(obj: object) -> Iterator[AuditEvent | str]:
 def _decode_document_with(
     obj: object, decode_raw: Callable[[dict[str, Any], object], _T | str]
 ) -> Iterator[_T | str]:
+    if is_envelope(obj):
+        # What collect reads (an AKS record or batch, a GKE LogEntry, a shipper's envelope),
+        # unwrapped by the one table both share; a skipped record is counted by its reason.
+        carried = unwrap(obj)
+        for skipped in carried.skipped:
+            yield f"{skipped.reason}_record"
+        for event in carried.events:
+            yield _decode_object_with(event, decode_raw)
+        return
     if type(obj) is dict and obj.get("kind") == "EventList":
         items = obj.get("items")
         if items is None:

@@ -55,11 +55,12 @@ import re
 
 import orjson
 
+from enumwatch.audit.envelopes import GKE_ENTRY_MARK, RAW_EVENT_HEAD
 from enumwatch.match.matcher import Matcher
 
 #: How the API server (Go's encoding/json over the audit.Event struct) starts every event. A line
 #: that starts with it has its top-level ``level`` value right after, unambiguously.
-GO_EVENT_HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"'
+GO_EVENT_HEAD = RAW_EVENT_HEAD + b'"level":"'
 _HEAD_LEN = len(GO_EVENT_HEAD)
 #: A ``\\u`` escape that could spell a letter (``"lev\\u0065l"`` is the key ``level``). Go
 #: escapes ``& < >`` and U+2028/9 as ``\\u0026``, ``\\u003c``...; those cannot form a key name.
@@ -131,6 +132,8 @@ class Prefilter:
                 return False
         if self._unsafe_backslash(line) != -1:
             return True
+        if GKE_ENTRY_MARK in line:
+            return True  # a Cloud Logging entry: its level is inferred, no proof reads it
         if self._level_re.search(line) is None:
             return False
         return self._lists_a_name(line) or not self._username_rules_out(line)
@@ -219,6 +222,14 @@ class Prefilter:
             if end == -1:
                 break
             at = self._unsafe_backslash(buffer, end)
+        # Cloud Logging entries (judged by could_match: always parsed).
+        at = find(GKE_ENTRY_MARK)
+        while at != -1:
+            unsafe.add(rfind(b"\n", 0, at) + 1)
+            end = find(b"\n", at)
+            if end == -1:
+                break
+            at = find(GKE_ENTRY_MARK, end)
         # Lines with a level key whose value is configured or no string: start -> end of the
         # first such level in them. Every other line without an escape is ruled out.
         levels: dict[int, int] = {}

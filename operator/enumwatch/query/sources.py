@@ -11,7 +11,7 @@ them from a table:
   type, so there ``annotations`` is a ``JSON`` column.
 * :data:`GKE_EXPORT`: GKE's Cloud Audit Logs as a Log Router sink exports them to BigQuery
   (``cloudaudit_googleapis_com_activity`` / ``_data_access``), mapped to audit-event fields as
-  :mod:`enumwatch.sources.collect.gke` rebuilds them from the same entries (the README's table).
+  :mod:`enumwatch.audit.gke` rebuilds them from the same entries (the README's table).
 
 A table whose columns hold values of the wrong type cannot exist, so the scan's skip policy (an
 event with a wrong-typed field is skipped and counted) is the loader's: with an explicit schema,
@@ -28,8 +28,8 @@ import sqlglot
 from sqlglot import exp
 
 from enumwatch.audit.event import DECISION_ANNOTATION
+from enumwatch.audit.gke import GRPC_TO_HTTP, KUBERNETES_SERVICE
 from enumwatch.query import DIALECTS, SOURCE_TABLES, Dialect
-from enumwatch.sources.collect.gke import GRPC_TO_HTTP, KUBERNETES_SERVICE
 
 #: The columns of the ``events`` relation the rule reads, and their SQL types (Spark DDL).
 EVENT_COLUMNS: Mapping[str, str] = {
@@ -170,7 +170,7 @@ def _raw_events(table: exp.Table, dialect: Dialect) -> exp.Select:
 #: identifier cannot hold as ``_`` (``authorization.k8s.io/decision``).
 GKE_DECISION_LABEL = re.sub(r"[^A-Za-z0-9_]", "_", DECISION_ANNOTATION)
 
-#: One GKE entry as :func:`enumwatch.sources.collect.gke.audit_event` rebuilds its Event, in
+#: One GKE entry as :func:`enumwatch.audit.gke.audit_event` rebuilds its Event, in
 #: BigQuery SQL over the export's columns (``p`` is ``protopayload_auditlog``; ``path`` its
 #: ``resourceName`` without the outer slashes, ``resource_request`` whether ``methodName`` names a
 #: resource). Each column follows that module's function of the same idea: level_of (the level

@@ -6,11 +6,13 @@ them from there and forwards them to ``/ingest`` through the same
 :class:`~enumwatch.sources.forwarder.Outbox` and
 :class:`~enumwatch.sources.forwarder.Forwarder` as the tailer. One module per job:
 
-* :mod:`.eks`, :mod:`.gke`, :mod:`.aks`: the pure mappings from a provider's record to an
-  ``audit.k8s.io/v1`` Event (the README's mapping tables), with :mod:`.records` for the
-  reasons a record is skipped;
-* :mod:`.cloudwatch`, :mod:`.pubsub`, :mod:`.blob`: the pollers, each with its own position
-  (a token per log stream, acknowledgements, an offset per blob); only the chosen one is
-  imported, and with it its provider's SDK;
+* the pure mappings from a record to ``audit.k8s.io/v1`` Events live in the audit layer, shared
+  with ``enumwatch scan`` and ``enumwatch sql``: :mod:`enumwatch.audit.envelopes` (which shape a
+  payload is, and the cluster it names), over :mod:`enumwatch.audit.eks`,
+  :mod:`enumwatch.audit.gke`, :mod:`enumwatch.audit.aks` (the README's mapping tables) and
+  :mod:`enumwatch.audit.records` (the reasons a record is skipped);
+* :mod:`.cloudwatch`, :mod:`.pubsub`, :mod:`.blob`, :mod:`.kafka`: the pollers, each with its
+  own position (a token per log stream, acknowledgements, an offset per blob, a consumer group's
+  committed offsets); only the chosen one is imported, and with it its provider's SDK;
 * :mod:`.collector`: the read loop that maps, filters and queues, and the counters.
 """

@@ -3,7 +3,8 @@
 ``--source azblob://ACCOUNT/CONTAINER[/PREFIX]`` (the container is ``insights-logs-kube-audit``).
 Azure Monitor appends one JSON record per line to one blob per cluster and hour; the collector
 lists the blobs ending in ``PT1H.json``, reads each from the offset it reached (complete lines
-only: a line still being appended waits for its newline) and maps the lines with :mod:`.aks`. The
+only: a line still being appended waits for its newline) and maps the lines with
+:mod:`enumwatch.audit.aks`. The
 position is the byte offset reached in every blob; it is committed after each acknowledged batch,
 so a restart resumes after the last delivered line. A blob that disappeared (lifecycle rule,
 retention) is forgotten. A last line without a newline is taken once the blob has not changed
@@ -25,7 +26,8 @@ from urllib.parse import urlsplit
 from azure.core.exceptions import AzureError
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
-from enumwatch.sources.collect import aks
+from enumwatch.audit import aks
+from enumwatch.audit.envelopes import Payload, unwrap_payload
 from enumwatch.sources.collect.source import Page, SourceUnavailable
 from enumwatch.sources.collect.state import save_state
 
@@ -79,9 +81,9 @@ class BlobSource:
         """Per blob, the offset after the last line handed out."""
         return self._position
 
-    def mapping(self, record: bytes) -> bytes:
-        """A line is one diagnostic record; unwrap its audit event (see :mod:`.aks`)."""
-        return aks.event_from_line(record)
+    def mapping(self, record: bytes) -> Payload:
+        """A line is one diagnostic record; unwrap its audit event (:mod:`enumwatch.audit.aks`)."""
+        return unwrap_payload(record)
 
     async def read(self) -> Page[Position, _Mark] | None:
         """Complete lines from the first blob with unread bytes; ``None`` when none has."""

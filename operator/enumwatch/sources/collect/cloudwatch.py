@@ -26,7 +26,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from enumwatch.sources.collect import eks
+from enumwatch.audit import eks
+from enumwatch.audit.envelopes import Payload, unwrap_payload
 from enumwatch.sources.collect.source import Page, SourceUnavailable
 from enumwatch.sources.collect.state import save_state
 
@@ -83,9 +84,10 @@ class CloudWatchSource:
         """Per stream, where reading resumes."""
         return self._position
 
-    def mapping(self, record: bytes) -> bytes:
-        """A log event's message is the audit event (see :mod:`.eks`)."""
-        return eks.event_from_message(record)
+    def mapping(self, record: bytes) -> Payload:
+        """A log event's message is the audit event (:mod:`enumwatch.audit.eks`); the log group
+        names its cluster."""
+        return unwrap_payload(record, log_group=self.group)
 
     async def read(self) -> Page[Position, _Mark] | None:
         """The next page of the next stream with something new, ``None`` when none has."""

@@ -2,7 +2,8 @@
 
 One loop for the three providers. A :class:`Source` (a CloudWatch, Pub/Sub or Blob poller) hands
 out pages of raw records, each with a mark of where it ends and the page's end position; the
-collector maps every record with the source's mapping (:mod:`.eks`, :mod:`.gke`, :mod:`.aks`),
+collector maps every record with the source's mapping
+(:mod:`enumwatch.audit.envelopes`),
 drops what no detector can match with the tailer's
 :class:`~enumwatch.sources.tail.filter.Filter`, and queues the rest in the shared
 :class:`~enumwatch.sources.forwarder.Outbox`, which batches them, posts them through the
@@ -27,8 +28,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from enumwatch.audit.envelopes import stamp_bytes
+from enumwatch.audit.records import FOREIGN
 from enumwatch.match.prefilter import GO_EVENT_HEAD
-from enumwatch.sources.collect.records import FOREIGN, SkippedRecord
 from enumwatch.sources.collect.source import Page, Source, SourceUnavailable
 from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
 from enumwatch.sources.tail.filter import FILTERED, KEEP, MALFORMED, Filter
@@ -176,33 +178,36 @@ class Collector(Generic[P]):
         kept: list[tuple[bytes, Any]] = []
         for record, mark in page.records:
             stats.records_read += 1
-            try:
-                event = mapping(record)
-            except SkippedRecord as skipped:
+            payload = mapping(record)
+            for skipped in payload.skipped:
                 if skipped.reason == FOREIGN:
                     stats.records_foreign += 1
                 else:
                     stats.records_malformed += 1
                     log.debug("skipped a malformed record", extra={"reason": skipped.detail})
-                continue
-            # Only lines in the API server's own format are screened by their bytes (as the
-            # tailer does): anything else is parsed, so a malformed record is counted as such.
-            if (
-                could_match is not None
-                and event.startswith(GO_EVENT_HEAD)
-                and not could_match(event)
-            ):
-                verdict = FILTERED
-            else:
-                verdict = classify(event)
-            if verdict == KEEP or (
-                verdict == FILTERED and witness is not None and witness(event, stats)
-            ):
-                kept.append((event, mark))
-            elif verdict == MALFORMED:
-                stats.records_malformed += 1
-            else:
-                stats.events_filtered += 1
+            for event in payload.events:
+                # Only lines in the API server's own format are screened by their bytes (as the
+                # tailer does): anything else is parsed, so a malformed record is counted as such.
+                if (
+                    could_match is not None
+                    and event.startswith(GO_EVENT_HEAD)
+                    and not could_match(event)
+                ):
+                    verdict = FILTERED
+                else:
+                    verdict = classify(event)
+                if verdict == KEEP or (
+                    verdict == FILTERED and witness is not None and witness(event, stats)
+                ):
+                    # An event passed on unparsed gets its record's cluster only now: the ones
+                    # the filter dropped were never parsed for it.
+                    if payload.cluster is not None:
+                        event = stamp_bytes(event, payload.cluster)
+                    kept.append((event, mark))
+                elif verdict == MALFORMED:
+                    stats.records_malformed += 1
+                else:
+                    stats.events_filtered += 1
         outbox.add(kept, page.position_of)
         outbox.consumed(page.end)
 

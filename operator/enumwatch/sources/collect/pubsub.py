@@ -2,11 +2,11 @@
 
 ``--source pubsub://projects/P/subscriptions/S``: the subscription of the topic a Log Router sink
 publishes the cluster's Kubernetes audit entries to (README: "GKE"). Messages are pulled, mapped
-by :mod:`.gke`, and *acknowledged only after the operator accepted the batch they were in*: the
-subscription itself is the durable checkpoint (Pub/Sub keeps every unacknowledged message and
-redelivers it), so nothing is written locally. The position is the number of messages handed out
-so far; committing it acknowledges every message up to it, dropped ones included (malformed or
-foreign messages are acknowledged too, or they would come back forever).
+by :mod:`enumwatch.audit.gke`, and *acknowledged only after the operator accepted the batch they
+were in*: the subscription itself is the durable checkpoint (Pub/Sub keeps every unacknowledged
+message and redelivers it), so nothing is written locally. The position is the number of
+messages handed out so far; committing it acknowledges every message up to it, dropped ones
+included (malformed or foreign messages are acknowledged too, or they would come back forever).
 
 While messages wait in the outbox their ack deadline is extended (``ModifyAckDeadline``), so a
 slow operator does not make Pub/Sub redeliver them; if the collector dies, they are redelivered,
@@ -31,7 +31,7 @@ from google.api_core import exceptions as gexc
 from google.pubsub_v1.services.subscriber import SubscriberAsyncClient
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
-from enumwatch.sources.collect import gke
+from enumwatch.audit.envelopes import Payload, unwrap_payload
 from enumwatch.sources.collect.source import Page, SourceUnavailable
 
 log = logging.getLogger("enumwatch.collect")
@@ -87,9 +87,9 @@ class PubSubSource:
         """Messages handed out so far in this run."""
         return self._handed_out
 
-    def mapping(self, record: bytes) -> bytes:
-        """A message is one LogEntry; rebuild its audit event (see :mod:`.gke`)."""
-        return gke.event_from_message(record)
+    def mapping(self, record: bytes) -> Payload:
+        """A message is one LogEntry; rebuild its audit event (see :mod:`enumwatch.audit.gke`)."""
+        return unwrap_payload(record)
 
     async def read(self) -> Page[int, int] | None:
         """Pull up to ``max_messages``; ``None`` when the subscription has nothing now."""

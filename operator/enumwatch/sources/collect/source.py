@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from enumwatch.audit.envelopes import Payload
+
 P = TypeVar("P")
 M = TypeVar("M")
 
@@ -41,8 +43,9 @@ class Source(Protocol[P]):
     def position(self) -> P:
         """Where the next read starts: everything before it has been handed out."""
 
-    def mapping(self, record: bytes) -> bytes:
-        """The audit Event (JSON) of one raw record; raises :class:`SkippedRecord`."""
+    def mapping(self, record: bytes) -> Payload:
+        """The audit Events (JSON) one raw record carries, and the records skipped in it
+        (:func:`enumwatch.audit.envelopes.unwrap_payload`)."""
 
     async def read(self) -> Page[P, Any] | None:
         """The next page of records, ``None`` when there is nothing new right now; raises

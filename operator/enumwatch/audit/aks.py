@@ -11,7 +11,9 @@ enumeration: it is skipped and counted too, and the README says to enable ``kube
 
 from __future__ import annotations
 
-from enumwatch.sources.collect.records import FOREIGN, MALFORMED, SkippedRecord, json_object
+from typing import Any
+
+from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord, json_object
 
 #: The container Azure Monitor archives the ``kube-audit`` category to.
 AUDIT_CONTAINER = "insights-logs-kube-audit"
@@ -23,7 +25,12 @@ BLOB_SUFFIX = "PT1H.json"
 
 def event_from_line(line: bytes) -> bytes:
     """The audit Event (JSON) of one line of a ``PT1H.json`` blob: its ``properties.log``."""
-    record = json_object(line, "the diagnostic record")
+    return event_from_record(json_object(line, "the diagnostic record"))
+
+
+def event_from_record(record: dict[str, Any]) -> bytes:
+    """The audit Event (JSON) of one parsed diagnostic record (a blob's line, or an item of the
+    ``records`` batch Azure Monitor sends to Event Hubs): its ``properties.log``."""
     category = record.get("category")
     if category is not None and category != AUDIT_CATEGORY:
         raise SkippedRecord(FOREIGN, f"category {category!r} is not {AUDIT_CATEGORY}")
@@ -34,3 +41,21 @@ def event_from_line(line: bytes) -> bytes:
     if not isinstance(log, str):
         raise SkippedRecord(MALFORMED, "properties.log is missing or not a string")
     return log.strip().encode()
+
+
+#: The path segment before a managed cluster's name in an Azure resource ID.
+_MANAGED_CLUSTERS = "managedclusters"
+
+
+def cluster_of_resource_id(resource_id: object) -> str | None:
+    """The AKS cluster a diagnostic record's ``resourceId`` names, lower-cased: Azure Monitor
+    writes the whole ID upper-cased (``.../PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/
+    PROD-1``) while Azure names are case-insensitive and written lower-case everywhere else
+    (``az aks list``, the kubeconfig context). ``None`` when it names no managed cluster."""
+    if not isinstance(resource_id, str):
+        return None
+    parts = resource_id.strip("/").split("/")
+    for index, part in enumerate(parts[:-1]):
+        if part.lower() == _MANAGED_CLUSTERS:
+            return parts[index + 1].lower() or None
+    return None

@@ -30,8 +30,8 @@ from typing import Any
 
 import orjson
 
-from enumwatch.audit import DECISION_ANNOTATION
-from enumwatch.sources.collect.records import FOREIGN, MALFORMED, SkippedRecord, json_object
+from enumwatch.audit.event import DECISION_ANNOTATION
+from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord, json_object
 
 #: ``protoPayload.serviceName`` of the Kubernetes API server's entries.
 KUBERNETES_SERVICE = "k8s.io"
@@ -247,3 +247,12 @@ def audit_event(entry: dict[str, Any]) -> dict[str, Any]:
 def event_from_message(data: bytes) -> bytes:
     """The audit Event (JSON) of one Pub/Sub message published by a Log Router sink."""
     return orjson.dumps(audit_event(json_object(data, "the Pub/Sub message")))
+
+
+def cluster_of_entry(entry: dict[str, Any]) -> str | None:
+    """The cluster a GKE entry names: ``resource.labels.cluster_name`` (the monitored resource
+    ``k8s_cluster``); ``None`` when absent or not a string."""
+    resource = entry.get("resource")
+    labels = resource.get("labels") if isinstance(resource, dict) else None
+    name = labels.get("cluster_name") if isinstance(labels, dict) else None
+    return name if isinstance(name, str) and name else None

@@ -23,3 +23,12 @@ def log_group_of(cluster: str) -> str:
 def event_from_message(message: bytes) -> bytes:
     """The audit Event (JSON) of one CloudWatch log event's message: the message itself."""
     return message
+
+
+def cluster_of_log_group(group: str) -> str | None:
+    """The cluster a log group named by :func:`log_group_of` belongs to; ``None`` for another
+    group (a log group the user named otherwise, or a subscription's destination)."""
+    parts = group.strip("/").split("/")
+    if len(parts) == 4 and parts[0] == "aws" and parts[1] == "eks" and parts[3] == "cluster":
+        return parts[2] or None
+    return None
