@@ -55,3 +55,11 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulat
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulators.Emulator]:
     """Azurite's Blob service."""
     yield from _emulator(emulators.start_azurite, tmp_path_factory.mktemp("azurite"))
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulators.Emulator]:
+    """Apache Kafka (KRaft), once per session: plaintext and SASL_SSL (PLAIN, SCRAM)."""
+    from enumwatch_devkit.kafka import start_kafka
+
+    yield from _emulator(start_kafka, tmp_path_factory.mktemp("kafka"))

@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Pull the API server's audit events from the provider's log service (EKS: "
             "CloudWatch Logs; GKE: a Pub/Sub subscription fed by a Log Router sink; AKS: the "
-            "kube-audit diagnostic archive in Blob storage), map them to audit.k8s.io/v1 "
+            "kube-audit diagnostic archive in Blob storage; Kafka or Azure Event Hubs: a topic "
+            "read by a consumer group), map them to audit.k8s.io/v1 "
             "Events, keep what an anonymous-enumeration detector could match, and POST them "
             "as EventLists to the operator. The position is checkpointed after each "
             "acknowledged batch (Pub/Sub: messages are acknowledged then)."
@@ -74,13 +75,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         required=True,
         metavar="URL",
         help="cloudwatch://LOG_GROUP?region=R | pubsub://projects/P/subscriptions/S | "
-        "azblob://ACCOUNT/CONTAINER[/PREFIX]",
+        "azblob://ACCOUNT/CONTAINER[/PREFIX] | kafka://BOOTSTRAP/TOPIC?group=G[&security=SASL_SSL"
+        "&mechanism=PLAIN|SCRAM-SHA-256|SCRAM-SHA-512&user=U&password_file=F&ca_file=F] "
+        "(Kafka, Azure Event Hubs)",
     )
     p.add_argument(
         "--checkpoint",
         metavar="FILE",
         help="file that keeps the position (CloudWatch, Blob; default: one per source under "
-        "$XDG_STATE_HOME/enumwatch, else ~/.local/state/enumwatch); Pub/Sub needs none",
+        "$XDG_STATE_HOME/enumwatch, else ~/.local/state/enumwatch); Pub/Sub and Kafka need "
+        "none",
     )
     p.add_argument(
         "--ingest-url",
@@ -104,12 +108,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Run the collector until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
     from enumwatch.sources.collect.collector import CollectConfig, Collector
-    from enumwatch.sources.collect.source import SourceError, open_source
+    from enumwatch.sources.collect.source import SourceError, open_source, scheme_of
 
     logs.configure(args.log_format, args.log_level)
     log = logging.getLogger("enumwatch.collect")
     checkpoint = args.checkpoint
-    if checkpoint is None and not args.source.startswith("pubsub://"):
+    scheme = scheme_of(args.source)
+    if checkpoint is None and (scheme is None or scheme.checkpointed):
         checkpoint = default_checkpoint(args.source)
         os.makedirs(os.path.dirname(checkpoint), exist_ok=True)
     try:

@@ -59,50 +59,90 @@ class Source(Protocol[P]):
 
 
 
-#: ``--source`` URL scheme -> (provider, the package extra with its SDK).
-SCHEMES = {
-    "cloudwatch": ("EKS (CloudWatch Logs)", "eks"),
-    "pubsub": ("GKE (Pub/Sub)", "gke"),
-    "azblob": ("AKS (Blob storage)", "aks"),
+class SourceError(Exception):
+    """The ``--source`` (or its checkpoint) cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scheme:
+    """One row of the ``--source`` registry: a log service behind one :class:`Source`."""
+
+    #: Who writes there, for messages.
+    provider: str
+    #: The package extra with its SDK.
+    extra: str
+    #: The URL's shape, for messages and ``--help``.
+    usage: str
+    #: Whether a local checkpoint file keeps the position (else the service keeps it: Pub/Sub
+    #: acknowledgements, Kafka's committed offsets).
+    checkpointed: bool
+    #: ``open(url, checkpoint_path, saved_state)``; imports the SDK only when called.
+    open: Callable[[str, str | None, Any], Source[Any]]
+
+
+def _cloudwatch(url: str, checkpoint: str | None, saved: Any) -> Source[Any]:
+    from enumwatch.sources.collect.cloudwatch import CloudWatchSource
+
+    assert checkpoint is not None
+    return CloudWatchSource(url, checkpoint, saved)
+
+
+def _pubsub(url: str, checkpoint: str | None, saved: Any) -> Source[Any]:
+    from enumwatch.sources.collect.pubsub import PubSubSource
+
+    return PubSubSource(url)
+
+
+def _blob(url: str, checkpoint: str | None, saved: Any) -> Source[Any]:
+    from enumwatch.sources.collect.blob import BlobSource
+
+    assert checkpoint is not None
+    return BlobSource(url, checkpoint, saved)
+
+
+def _kafka(url: str, checkpoint: str | None, saved: Any) -> Source[Any]:
+    from enumwatch.sources.collect.kafka import KafkaSource
+
+    return KafkaSource(url)
+
+
+#: ``--source`` URL scheme -> its log service: a new source is one module and one row here.
+SCHEMES: dict[str, Scheme] = {
+    "cloudwatch": Scheme("EKS (CloudWatch Logs)", "eks", "cloudwatch://LOG_GROUP?region=R",
+                         True, _cloudwatch),
+    "pubsub": Scheme("GKE (Pub/Sub)", "gke", "pubsub://projects/P/subscriptions/S", False,
+                     _pubsub),
+    "azblob": Scheme("AKS (Blob storage)", "aks", "azblob://ACCOUNT/CONTAINER[/PREFIX]", True,
+                     _blob),
+    "kafka": Scheme("Kafka / Azure Event Hubs", "kafka", "kafka://BOOTSTRAP/TOPIC?group=G",
+                    False, _kafka),
 }
 
 
-class SourceError(Exception):
-    """The ``--source`` (or its checkpoint) cannot be used; the message says why and what to do."""
+def scheme_of(url: str) -> Scheme | None:
+    """The registry's row for ``url``'s scheme, ``None`` when it has none."""
+    return SCHEMES.get(url.split("://", 1)[0]) if "://" in url else None
 
 
 def open_source(url: str, checkpoint_path: str | None) -> Source[Any]:
     """The poller for ``url``, resuming from the checkpoint; imports only that provider's SDK."""
     from enumwatch.sources.collect.state import CollectStateError, load_state
 
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in SCHEMES:
-        raise SourceError(
-            f"--source {url}: expected cloudwatch://LOG_GROUP?region=R, "
-            "pubsub://projects/P/subscriptions/S or azblob://ACCOUNT/CONTAINER"
-        )
-    provider, extra = SCHEMES[scheme]
-    if scheme != "pubsub" and not checkpoint_path:
-        raise SourceError(f"--source {url}: {provider} needs --checkpoint FILE")
+    scheme = scheme_of(url)
+    if scheme is None:
+        usages = ", ".join(row.usage for row in SCHEMES.values())
+        raise SourceError(f"--source {url}: expected one of {usages}")
+    if scheme.checkpointed and not checkpoint_path:
+        raise SourceError(f"--source {url}: {scheme.provider} needs --checkpoint FILE")
     try:
-        saved = load_state(checkpoint_path, url) if checkpoint_path and scheme != "pubsub" else None
-        if scheme == "cloudwatch":
-            from enumwatch.sources.collect.cloudwatch import CloudWatchSource
-
-            assert checkpoint_path is not None
-            return CloudWatchSource(url, checkpoint_path, saved)
-        if scheme == "pubsub":
-            from enumwatch.sources.collect.pubsub import PubSubSource
-
-            return PubSubSource(url)
-        from enumwatch.sources.collect.blob import BlobSource
-
-        assert checkpoint_path is not None
-        return BlobSource(url, checkpoint_path, saved)
+        saved = None
+        if checkpoint_path and scheme.checkpointed:
+            saved = load_state(checkpoint_path, url)
+        return scheme.open(url, checkpoint_path, saved)
     except ModuleNotFoundError as exc:
         raise SourceError(
-            f"--source {url}: the {provider} SDK is not installed ({exc.name}); "
-            f"install enumwatch[{extra}]"
+            f"--source {url}: the {scheme.provider} SDK is not installed ({exc.name}); "
+            f"install enumwatch[{scheme.extra}]"
         ) from exc
     except (CollectStateError, ValueError) as exc:
         raise SourceError(str(exc)) from exc
