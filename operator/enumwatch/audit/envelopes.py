@@ -12,8 +12,9 @@ Each row: shape (:class:`Shape`): recognised by -> events carried; cluster stamp
 * ``event_list``: ``kind: EventList`` -> its items; none.
 * ``aks_records`` (Azure Monitor's batch to Event Hubs): ``records`` is a list -> each record,
   as below.
-* ``aks_record`` (one diagnostic record): ``properties.log`` is a string -> that string parsed
-  (category ``kube-audit`` or none; others are foreign); ``resourceId``'s managedClusters name.
+* ``aks_record`` (one diagnostic record): ``properties`` with ``category``, ``resourceId`` or
+  ``operationName`` -> the string ``properties.log`` parsed (category ``kube-audit`` or none;
+  others are foreign); ``resourceId``'s managedClusters name.
 * ``gke_entry`` (Cloud Audit Logs): ``protoPayload`` is an object -> the event rebuilt by
   :mod:`enumwatch.audit.gke`; ``resource.labels.cluster_name``.
 * ``elastic`` (Filebeat's audit module, Elastic Agent): ``kubernetes.audit.*`` keys, or a hit's
@@ -51,6 +52,8 @@ RAW_EVENT_HEAD = b'{"kind":"Event","apiVersion":"audit.k8s.io/v1",'
 GKE_ENTRY_MARK = b'"protoPayload"'
 #: ECS's field for the cluster name (Filebeat / Elastic Agent's ``add_kubernetes_metadata``).
 _ECS_CLUSTER = ("orchestrator", "cluster", "name")
+#: The keys an Azure diagnostic record has beside ``properties`` (one is enough to know it).
+_AKS_RECORD_KEYS = ("category", "resourceId", "operationName")
 #: The keys a line shipper puts the line it read under (Filebeat and Vector: ``message``; Fluent
 #: Bit: ``log``).
 _LINE_KEYS = ("message", "log")
@@ -89,8 +92,7 @@ def shape_of(obj: dict[str, Any]) -> Shape:
         return Shape.EVENT_LIST
     if isinstance(obj.get("records"), list):
         return Shape.AKS_RECORDS
-    properties = obj.get("properties")
-    if isinstance(properties, dict) and isinstance(properties.get("log"), str):
+    if "properties" in obj and any(key in obj for key in _AKS_RECORD_KEYS):
         return Shape.AKS_RECORD
     if isinstance(obj.get("protoPayload"), dict):
         return Shape.GKE_ENTRY
