@@ -25,6 +25,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -76,6 +77,25 @@ class _Outage:
     last_logged: float = field(default=0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class _Inside:
+    """The mark of an event that is not its record's last: where the record *starts* (the
+    previous record's mark, or a position when the record opens the page)."""
+
+    where: Any
+    is_position: bool
+
+    @staticmethod
+    def resolver(position_of: Callable[[Any], P]) -> Callable[[Any], P]:
+        """``position_of`` that also reads :class:`_Inside` marks."""
+        def resolve(mark: Any) -> P:
+            if isinstance(mark, _Inside):
+                return mark.where if mark.is_position else position_of(mark.where)
+            return position_of(mark)
+
+        return resolve
+
+
 class Collector(Generic[P]):
     """Reads ``source`` until :meth:`stop`; maps, filters and forwards; commits after each ack."""
 
@@ -95,6 +115,7 @@ class Collector(Generic[P]):
         self._outbox: Outbox[P] | None = None
         self._outage = _Outage()
         self._paused = False
+        self._last_end: P = source.position
 
     def stop(self) -> None:
         """Ask the collector to flush what it can, commit and return."""
@@ -176,9 +197,14 @@ class Collector(Generic[P]):
         witness = self.filter.witness if self.filter.blind is not None else None
         mapping = self.source.mapping
         kept: list[tuple[bytes, Any]] = []
+        # A record may carry several events (an Event Hubs batch, an EventList): a batch cut
+        # after one of them but before the record's last must not commit the record, so every
+        # event but a record's last ends at the position *before* the record.
+        before = _Inside(self._last_end, is_position=True)
         for record, mark in page.records:
             stats.records_read += 1
             payload = mapping(record)
+            first_kept = len(kept)
             for skipped in payload.skipped:
                 if skipped.reason == FOREIGN:
                     stats.records_foreign += 1
@@ -208,8 +234,12 @@ class Collector(Generic[P]):
                     stats.records_malformed += 1
                 else:
                     stats.events_filtered += 1
-        outbox.add(kept, page.position_of)
+            for index in range(first_kept, len(kept) - 1):
+                kept[index] = (kept[index][0], before)
+            before = _Inside(mark, is_position=False)
+        outbox.add(kept, _Inside.resolver(page.position_of))
         outbox.consumed(page.end)
+        self._last_end = page.end
 
     async def _pause(self, outbox: Outbox[P]) -> None:
         """The outbox is full: stop reading (the provider keeps the records) until room."""
