@@ -161,7 +161,8 @@ def test_the_base_holds_every_piece() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["manifests", *(f"manifests/overlays/{p}" for p in ("ha", "eks", "gke", "aks", "outputs"))],
+    ["manifests", *(f"manifests/overlays/{p}"
+                    for p in ("ha", "eks", "gke", "aks", "aks-event-hubs", "outputs"))],
 )
 def test_rbac_has_no_wildcards_and_nothing_dangerous(path: str) -> None:
     for doc in _render(path):
@@ -339,6 +340,38 @@ def test_a_managed_overlay_collects_instead_of_tailing(
             "levels": ["RequestResponse", "ResponseComplete", "Request", "Metadata"],
         },
     }
+
+
+def test_the_aks_event_hubs_variant_reads_the_hub_as_connection_string_user() -> None:
+    from enumwatch.sources.collect.kafka import parse_source
+
+    docs = _render("manifests/overlays/aks-event-hubs")
+    collect = _one(docs, "Deployment", "enumwatch-collect")
+    container = _containers(collect)["collect"]
+    _assert_hardened(container)
+    (source,) = [a.removeprefix("--source=") for a in container["args"]
+                 if a.startswith("--source=")]
+    target = parse_source(source)
+    mount = "/var/run/secrets/enumwatch/event-hubs"
+    assert (target.topic, target.group, target.security, target.mechanism, target.user,
+            target.password_file) == ("insights-logs-kube-audit", "enumwatch", "SASL_SSL",
+                                      "PLAIN", "$ConnectionString", f"{mount}/connection-string")
+    assert target.bootstrap.endswith(".servicebus.windows.net:9093")
+    assert not any(a.startswith("--checkpoint") for a in container["args"])
+    assert {"name": "event-hubs", "mountPath": mount, "readOnly": True} in (
+        container["volumeMounts"]
+    )
+    secret = next(v for v in collect["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "event-hubs")["secret"]
+    assert secret["secretName"] == "enumwatch-event-hubs"
+    # No Blob access, so no Azure workload identity on the pod or its ServiceAccount.
+    labels = collect["spec"]["template"]["metadata"]["labels"]
+    assert "azure.workload.identity/use" not in labels
+    account = _one(docs, "ServiceAccount", "enumwatch-collect")
+    assert "azure.workload.identity/client-id" not in account["metadata"].get("annotations", {})
+    # Still the AKS detector (Metadata counted).
+    assert "Metadata" in _one(docs, "EnumerationDetector", "anonymous-enumeration")["spec"][
+        "match"]["levels"]
 
 
 def test_the_aks_collector_pod_opts_into_azure_workload_identity() -> None:
