@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import orjson
+
 from enumwatch.audit.decode import DecodeStats, iter_events
 from enumwatch.audit.documents import InputKind, ParsedDocument, describe_head
+from enumwatch.audit.envelopes import Shape, shape_of
 from enumwatch.match.matcher import Matcher
 
 #: How many of an input's first lines (or a document's first events) are decoded in full.
@@ -33,6 +36,21 @@ LEVEL_FIX = (
     "'userGroups: [\"system:unauthenticated\"]' before the Metadata catch-all of the "
     "kube-apiserver's --audit-policy-file, then scan logs written since"
 )
+
+#: What to do instead when the events came from a managed cluster (an AKS diagnostic record, a GKE
+#: LogEntry): its audit policy is the provider's, so no policy can be changed; the detector shipped
+#: for managed clusters reads Metadata too (docs/managed-clusters.md).
+MANAGED_LEVEL_FIX = (
+    "these events come from a managed cluster ({providers}), whose audit policy is the "
+    "provider's and cannot be changed: scan with the managed-cluster detector, which also reads "
+    "Metadata ({detectors}); see docs/managed-clusters.md, 'The audit level on managed clusters'"
+)
+#: The payload shapes that only a managed cluster writes, and the overlay of its detector.
+MANAGED_SHAPES: dict[Shape, tuple[str, str]] = {
+    Shape.AKS_RECORDS: ("AKS", "aks"),
+    Shape.AKS_RECORD: ("AKS", "aks"),
+    Shape.GKE_ENTRY: ("GKE", "gke"),
+}
 
 #: What to do when --replay cannot place the matching events in time.
 UNDATED_FIX = "scan without --replay: the whole input is then one window, which needs no time"
@@ -52,6 +70,8 @@ class InputSurvey:
     candidates: Counter[str | None] = field(default_factory=Counter)
     #: Why sampled lines were skipped, by reason.
     skipped: Counter[str] = field(default_factory=Counter)
+    #: The managed-cluster payloads among the sampled lines, by shape (:data:`MANAGED_SHAPES`).
+    managed: Counter[Shape] = field(default_factory=Counter)
 
     @property
     def sampled(self) -> int:
@@ -87,12 +107,18 @@ class Survey:
             if any(matcher.accepts(level, event.username) for level in matcher.levels):
                 survey.candidates[event.level] += 1
         survey.skipped = stats.skipped
+        survey.managed = _managed_shapes(lines)
         self.inputs.append(survey)
 
     @property
     def levels(self) -> Counter[str | None]:
         """The levels of every input's sampled events."""
         return sum((s.levels for s in self.inputs), Counter())
+
+    @property
+    def managed(self) -> Counter[Shape]:
+        """The managed-cluster payloads of every input's sample, by shape."""
+        return sum((s.managed for s in self.inputs), Counter())
 
     @property
     def candidates(self) -> Counter[str | None]:
@@ -102,6 +128,39 @@ class Survey:
     def problems(self) -> list[str]:
         """``path: problem`` for every input that could not be read (whole or in part)."""
         return [f"{s.path}: {s.problem}" for s in self.inputs if s.problem]
+
+
+def _managed_shapes(lines: list[bytes]) -> Counter[Shape]:
+    """Which sampled lines are payloads only a managed cluster writes (parsed again: a sample)."""
+    found: Counter[Shape] = Counter()
+    for line in lines:
+        if not line.lstrip().startswith(b"{") or (
+            b'"protoPayload"' not in line and b'"properties"' not in line
+            and b'"records"' not in line
+        ):
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and (shape := shape_of(obj)) in MANAGED_SHAPES:
+            found[shape] += 1
+    return found
+
+
+def level_fix(survey: Survey) -> str:
+    """What to do about events logged below the rule's levels: change the audit policy, or, for
+    a managed cluster's events (whose policy is the provider's), use its detector."""
+    managed = survey.managed
+    if not managed:
+        return LEVEL_FIX
+    rows = sorted({MANAGED_SHAPES[shape] for shape in managed})
+    return MANAGED_LEVEL_FIX.format(
+        providers=" and ".join(provider for provider, _ in rows),
+        detectors=" or ".join(
+            f"--detector manifests/overlays/{overlay}/detector.yaml" for _, overlay in rows
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +230,6 @@ def blindness(
                 f"cannot match: the {sampled.total():,} {what} sampled from the start of the "
                 f"input are all logged at levels the rule does not read ({_counts(sampled)}; "
                 f"it reads {rule_levels}), so no rows does not mean no enumeration",
-                LEVEL_FIX,
+                level_fix(survey),
             )
     return None
