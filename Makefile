@@ -82,11 +82,11 @@ sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a c
 demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py
 
-dev-up: venv controlplane ## start the local control plane (+ operator and tailer) in the background, or keep the running one; writes .dev/env
-	$(PY) -m enumwatch_devkit up --dir .dev
+dev-up: venv controlplane ## start the local control plane (+ operator and tailer; KAFKA=1: + a Kafka broker and collect) in the background, or keep the running one; writes .dev/env
+	$(PY) -m enumwatch_devkit up --dir .dev $(if $(filter 1,$(KAFKA)),--kafka)
 
 dev-reset: venv controlplane ## stop the local stack, wipe .dev (its detectors and Findings) and start a new one
-	$(PY) -m enumwatch_devkit up --dir .dev --reset
+	$(PY) -m enumwatch_devkit up --dir .dev --reset $(if $(filter 1,$(KAFKA)),--kafka)
 
 dev-down: ## stop everything dev-up started
 	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit down --dir .dev; fi

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from enumwatch_devkit import cluster, controlplane, devstack, node
+from enumwatch_devkit.emulators import EmulatorMissing
 from enumwatch_devkit.processes import alive, stop_by_pidfile
 from enumwatch_devkit.repo import RepoNotFoundError
 
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--control-plane-only",
                 action="store_true",
                 help="start only etcd and kube-apiserver (no CRDs, operator or tailer)",
+            )
+            command.add_argument(
+                "--kafka",
+                action="store_true",
+                help="also start an Apache Kafka broker (KAFKA_BOOTSTRAP in DIR/env) and "
+                "`enumwatch collect` from its topic k8s-audit into the operator (make dev-up "
+                "KAFKA=1)",
             )
             command.add_argument(
                 "--reset",
@@ -176,7 +184,9 @@ def _kept(state: Path, control_plane_only: bool) -> int | None:
     return 0
 
 
-def up(state: Path, control_plane_only: bool = False, reset: bool = False) -> int:
+def up(
+    state: Path, control_plane_only: bool = False, reset: bool = False, kafka: bool = False
+) -> int:
     """Start the control plane under ``state`` and write ``state/env``; keep the one already
     running there unless ``reset``."""
     if not reset and not cluster.down_needed(state):
@@ -195,12 +205,29 @@ def up(state: Path, control_plane_only: bool = False, reset: bool = False) -> in
             dev_stack = devstack.start(
                 cp, state.resolve() / "stack", detached=True, alertmanager=True
             )
-            detectors = devstack.apply_dev_detectors(cp)
+            detectors = devstack.apply_dev_detectors(cp, managed_levels=kafka)
         except (controlplane.ControlPlaneError, RepoNotFoundError, RuntimeError) as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             down(state)
             return 1
         env["OPERATOR_URL"] = dev_stack.operator_url
+        if kafka:
+            try:
+                env.update(devstack.start_kafka_collect(
+                    cp, state.resolve() / "kafka", dev_stack.operator_url,
+                    state.resolve() / "stack" / "ingest.token",
+                ))
+            except (RuntimeError, OSError, EmulatorMissing) as exc:
+                print(f"{PROG}: kafka: {exc}", file=sys.stderr)
+                down(state)
+                return 1
+            print(
+                f"Kafka at {env['KAFKA_BOOTSTRAP']} (plaintext): audit events produced to the "
+                f"topic {env['KAFKA_TOPIC']} are collected into the operator (log "
+                f"{state / 'kafka' / 'collect.log'}); the detectors read Metadata too, as the "
+                "managed-cluster overlays' do",
+                file=sys.stderr,
+            )
         if dev_stack.alertmanager_url:
             env["ALERTMANAGER_URL"] = dev_stack.alertmanager_url
             print(
@@ -265,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     state: Path = args.dir
     if args.action == "up":
-        return up(state, args.control_plane_only, args.reset)
+        return up(state, args.control_plane_only, args.reset, args.kafka)
     if args.action == "cluster-up":
         return cluster_up(state, args.lock_wait)
     if args.action in ("down", "cluster-down"):

@@ -185,12 +185,85 @@ def start(
     return stack
 
 
-def apply_dev_detectors(cp: ControlPlane) -> list[str]:
-    """Apply the dev detectors; return their ``namespace/name``."""
+#: The levels of the managed-cluster overlays' detectors (manifests/overlays/eks|gke|aks): what
+#: the dev detectors read when the stack collects from Kafka, where managed clusters' records
+#: arrive (a GKE LogEntry's rebuilt event is at Metadata).
+MANAGED_LEVELS = ["RequestResponse", "ResponseComplete", "Request", "Metadata"]
+
+
+def apply_dev_detectors(cp: ControlPlane, *, managed_levels: bool = False) -> list[str]:
+    """Apply the dev detectors (with the managed clusters' levels when ``managed_levels``);
+    return their ``namespace/name``."""
     names = []
     for detector in DEV_DETECTORS:
+        if managed_levels:
+            detector = json.loads(json.dumps(detector))
+            spec = detector["spec"]
+            assert isinstance(spec, dict)
+            spec["match"] = {**spec.get("match", {}), "levels": MANAGED_LEVELS}
         cp.kubectl("apply", "-f", "-", input=json.dumps(detector))
         meta = detector["metadata"]
         assert isinstance(meta, dict)
         names.append(f"{meta['namespace']}/{meta['name']}")
     return names
+
+
+#: The topic ``dev-up --kafka`` collects from: produce audit events there (any payload of the
+#: envelopes table: raw events, Filebeat envelopes, AKS ``{"records": [...]}``, GKE LogEntries).
+DEV_KAFKA_TOPIC = "k8s-audit"
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int = 2) -> None:
+    """Create ``topic`` (idempotent) so that a consumer group can subscribe before anyone
+    produced to it."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, partitions, 1)])
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+
+
+def start_kafka_collect(
+    cp: ControlPlane, state: Path, operator_url: str, token_file: Path
+) -> dict[str, str]:
+    """Start a Kafka broker beside the stack, and ``enumwatch collect`` from its topic
+    :data:`DEV_KAFKA_TOPIC` into the operator; both detached, PIDs in ``state/pids``.
+
+    Returns the variables for ``.dev/env``: ``KAFKA_BOOTSTRAP`` (the plaintext listener on
+    127.0.0.1) and ``KAFKA_TOPIC``."""
+    from enumwatch_devkit.kafka import start_kafka
+
+    state.mkdir(parents=True, exist_ok=True)
+    broker = start_kafka(state / "broker", detached=True)
+    processes: dict[str, subprocess.Popen[bytes]] = {"kafka": broker.proc}
+    try:
+        create_topic(broker.plaintext, DEV_KAFKA_TOPIC)
+        cmd = [
+            sys.executable, "-m", "enumwatch", "collect",
+            "--source", f"kafka://{broker.plaintext}/{DEV_KAFKA_TOPIC}?group=enumwatch-dev",
+            "--ingest-url", operator_url,
+            "--ingest-token-file", str(token_file),
+            "--batch-wait", "0.05",
+            "--poll-interval", "0.2",
+        ]
+        env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
+        processes["kafka-collect"] = launch(cmd, state / "collect.log", preexec=os.setpgrp,
+                                            env=env)
+        write_pidfile(state / "pids", processes)
+    except BaseException:
+        for proc in processes.values():
+            proc.terminate()
+            proc.wait(timeout=20)
+        raise
+    return {"KAFKA_BOOTSTRAP": broker.plaintext, "KAFKA_TOPIC": DEV_KAFKA_TOPIC}

@@ -21,6 +21,7 @@ open port).
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import struct
 import subprocess
@@ -171,8 +172,11 @@ def _api_versions_answered(address: str) -> bool:
         return False
 
 
-def start_kafka(workdir: Path, timeout: float = 120.0) -> KafkaBroker:
-    """Format a KRaft log directory under ``workdir`` and start the broker on free ports."""
+def start_kafka(workdir: Path, timeout: float = 120.0, *, detached: bool = False) -> KafkaBroker:
+    """Format a KRaft log directory under ``workdir`` and start the broker on free ports.
+
+    ``detached`` puts it in a session of its own so that it outlives this process (``dev-up``);
+    otherwise it dies with it, like the tests' other servers."""
     libs = kafka_libs()
     workdir.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port() for name in ("plaintext", "sasl_ssl", "controller")}
@@ -200,7 +204,8 @@ def start_kafka(workdir: Path, timeout: float = 120.0) -> KafkaBroker:
     if formatted.returncode != 0:
         raise RuntimeError(f"kafka storage format failed ({formatted.returncode}):\n"
                            f"{formatted.stdout[-2000:]}{formatted.stderr[-3000:]}")
-    proc = launch([*java, "kafka.Kafka", str(config)], log_path, preexec=bind_to_parent)
+    preexec = os.setpgrp if detached else bind_to_parent
+    proc = launch([*java, "kafka.Kafka", str(config)], log_path, preexec=preexec)
     broker = KafkaBroker(
         "kafka", f"127.0.0.1:{ports['plaintext']}",
         {"KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['plaintext']}"}, proc, log_path,
