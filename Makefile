@@ -12,7 +12,7 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools node test unit integration lint chart-lint docs manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+.PHONY: help venv controlplane tools kafka node test unit integration lint chart-lint docs manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -40,17 +40,20 @@ controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 tools: ## build (or reuse) helm, promtool and alertmanager from their Go modules (the chart, alert-rule and outputs tests)
 	@bash hack/tools/build.sh >/dev/null
 
+kafka: ## resolve (or reuse) the Apache Kafka broker the Kafka / Event Hubs tests and dev-up KAFKA=1 run, from Maven Central
+	@bash hack/kafka/build.sh >/dev/null
+
 node: ## build (or reuse) what cluster-up runs: node packages (as root), Kubernetes node components, CoreDNS, pause
 	@if [ "$$(id -u)" = 0 ]; then bash hack/node/install-packages.sh && bash hack/controlplane/build.sh --cluster >/dev/null; \
 	else echo "make node: not root, the node tests will skip (cluster-up needs root)"; fi
 
-test: venv controlplane tools node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
+test: venv controlplane tools kafka node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: venv tools ## run the tests that need no control plane
 	$(PY) -m pytest -W error -m 'not integration and not e2e and not node' $(PYTEST_ARGS)
 
-integration: venv controlplane tools ## run only the tests against the real control plane
+integration: venv controlplane tools kafka ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
 lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproject.toml)
@@ -82,7 +85,7 @@ sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a c
 demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py
 
-dev-up: venv controlplane ## start the local control plane (+ operator and tailer; KAFKA=1: + a Kafka broker and collect) in the background, or keep the running one; writes .dev/env
+dev-up: venv controlplane $(if $(filter 1,$(KAFKA)),kafka) ## start the local control plane (+ operator and tailer; KAFKA=1: + a Kafka broker and collect) in the background, or keep the running one; writes .dev/env
 	$(PY) -m enumwatch_devkit up --dir .dev $(if $(filter 1,$(KAFKA)),--kafka)
 
 dev-reset: venv controlplane ## stop the local stack, wipe .dev (its detectors and Findings) and start a new one
