@@ -104,6 +104,7 @@ bench: venv ## run the benchmarks and print their figures
 	$(PY) bench/scan_bench.py
 	$(PY) bench/tail_bench.py
 	$(PY) bench/operator_bench.py
+	$(PY) bench/kafka_bench.py
 
 clean: dev-down ## remove local state (keeps the cached control-plane binaries)
 	rm -rf .dev .pytest_cache .mypy_cache .ruff_cache
