@@ -90,8 +90,13 @@ def kafka_libs() -> Path:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (Kafka's ``Uuid``)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A KRaft cluster id: 16 random bytes, base64url without padding (Kafka's ``Uuid``), never
+    starting with ``-`` (Kafka's own ``Uuid.randomUuid`` avoids those too: a command line would
+    read one as an option)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
 
 
 def _jaas_quote(value: str) -> str:
@@ -196,7 +201,7 @@ def start_kafka(workdir: Path, timeout: float = 120.0, *, detached: bool = False
     log_path = workdir / "kafka.log"
     scram = f"name={SCRAM_USER},password={SCRAM_PASSWORD}"
     formatted = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", _cluster_id(),
+        [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={_cluster_id()}",
          "-c", str(config),
          "--add-scram", f"SCRAM-SHA-256=[{scram}]", "--add-scram", f"SCRAM-SHA-512=[{scram}]"],
         capture_output=True, text=True, timeout=timeout, check=False,
