@@ -201,8 +201,8 @@ def start_kafka(workdir: Path, timeout: float = 120.0, *, detached: bool = False
     log_path = workdir / "kafka.log"
     scram = f"name={SCRAM_USER},password={SCRAM_PASSWORD}"
     formatted = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted", f"--cluster-id={_cluster_id()}",
-         "-c", str(config),
+        [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+         f"--cluster-id={_cluster_id()}", "-c", str(config),
          "--add-scram", f"SCRAM-SHA-256=[{scram}]", "--add-scram", f"SCRAM-SHA-512=[{scram}]"],
         capture_output=True, text=True, timeout=timeout, check=False,
     )
