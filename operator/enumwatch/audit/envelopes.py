@@ -96,11 +96,25 @@ def shape_of(obj: dict[str, Any]) -> Shape:
         return Shape.AKS_RECORD
     if isinstance(obj.get("protoPayload"), dict):
         return Shape.GKE_ENTRY
-    if "_source" in obj or is_elastic_document(obj):
+    if "_source" in obj:
         return Shape.ELASTIC
-    if _carried_line(obj) is not None:
+    line = _carried_line(obj)
+    # Filebeat's add_kubernetes_metadata puts `kubernetes.pod.*` beside a shipped line: only
+    # `kubernetes.audit.*` fields make an Elastic audit document.
+    if is_elastic_document(obj) and (line is None or _has_audit_fields(obj)):
+        return Shape.ELASTIC
+    if line is not None:
         return Shape.LINE_ENVELOPE
     return Shape.UNKNOWN
+
+
+def _has_audit_fields(obj: dict[str, Any]) -> bool:
+    if any(key.startswith("kubernetes.audit") for key in obj):
+        return True
+    nested = obj.get("kubernetes")
+    return isinstance(nested, dict) and any(
+        key == "audit" or key.startswith("audit.") for key in nested
+    )
 
 
 #: The shapes :mod:`enumwatch.audit.decode` leaves to this module (it reads the others itself).
