@@ -60,6 +60,7 @@ def scan_files(
     progress: Callable[[str], ProgressCallback] | None = None,
     workers: int | None = None,
     survey: Survey | None = None,
+    near_misses: int = 0,
 ) -> ScanReport:
     """Evaluate the detector over the files ``paths`` as one window, using ``workers`` processes.
 
@@ -69,7 +70,7 @@ def scan_files(
     (same identity) counted once: when two processes met the same event, the files are
     scanned again by this process alone. ``progress(path)`` gives a callback for a file; for a
     shared file it extrapolates from this process's share. ``survey`` records each file's kind
-    and first events.
+    and first events; ``near_misses`` is :func:`~enumwatch.scan.engine.scan`'s.
     """
     workers = default_workers() if workers is None else max(1, workers)
     rule = Rule.of(spec)
@@ -113,13 +114,14 @@ def scan_files(
                 progress=progress,
                 workers=1,
                 survey=survey,
+                near_misses=near_misses,
             )
         with no_cyclic_gc():
             rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
     finally:
         for child in children:
             child.close()
-    return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
+    return ScanReport.of(table, rows, stats, near_misses)
 
 
 def _splittable(path: str) -> bool:

@@ -52,6 +52,9 @@ class CollectStats(ForwardStats):
     anonymous_metadata_dropped: int = 0
     #: Of those, forwarded anyway as coverage witnesses (one per --coverage-witness-every).
     coverage_witnesses: int = 0
+    #: Dropped events forwarded anyway because nothing else was for --coverage-witness-every:
+    #: the operator's AuditCoverage hears that the log is written (authenticated traffic only).
+    coverage_heartbeats: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +177,7 @@ class Collector(Generic[P]):
         witness = self.filter.witness if self.filter.blind is not None else None
         mapping = self.source.mapping
         kept: list[tuple[bytes, Any]] = []
+        first_dropped: tuple[bytes, Any] | None = None
         for record, mark in page.records:
             stats.records_read += 1
             try:
@@ -203,6 +207,11 @@ class Collector(Generic[P]):
                 stats.records_malformed += 1
             else:
                 stats.events_filtered += 1
+                if first_dropped is None:
+                    first_dropped = (event, mark)
+        if first_dropped is not None and self.filter.heartbeat(bool(kept), stats):
+            kept.append(first_dropped)  # kept was empty: the heartbeat is the page's only event
+            stats.events_filtered -= 1
         outbox.add(kept, page.position_of)
         outbox.consumed(page.end)
 
