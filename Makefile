@@ -62,8 +62,8 @@ chart-lint: tools ## helm lint --strict the chart, with its default and its HA v
 	@helm="$$(bash hack/tools/build.sh helm 2>/dev/null)" && \
 	  "$$helm" lint --strict $(CHART) && "$$helm" lint --strict $(CHART) -f $(CHART)/values-ha.yaml
 
-manifests: venv ## regenerate the CRDs (crds/, the chart's) and the docs' CRD reference (docs/reference.md); refresh the chart's copies
-	$(PY) -m enumwatch manifests --output crds --reference docs/reference.md
+manifests: venv ## regenerate the CRDs (crds/, the chart's), the operator's RBAC (manifests, chart, docs) and the docs' CRD reference; refresh the chart's copies
+	$(PY) -m enumwatch manifests --output crds --reference docs/reference.md --rbac-root .
 	$(PY) -m enumwatch manifests --output $(CHART)/crds
 	cp $(CHART_FILES) $(CHART)/files/
 
