@@ -14,11 +14,16 @@ CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.y
 
 .PHONY: help venv controlplane tools node test unit integration lint chart-lint docs manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
+# need-TOOL: fail at once, in one line, when TOOL is missing (what for and how to get it);
+# the first prerequisite of every target that runs TOOL (docs/getting-started.md#prerequisites).
+need-%:
+	@bash hack/need.sh "$(or $(MAKECMDGOALS),$*)" $*
+
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml devkit/pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
+	@bash hack/need.sh venv $(PYTHON)
 	@test -x $(PY) || { echo "==> creating $(VENV)/ with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "==> upgrading pip"
 	@$(PY) -m pip install --quiet --upgrade pip
@@ -35,22 +40,22 @@ $(STAMP): pyproject.toml devkit/pyproject.toml
 venv: $(STAMP) ## create or update .venv/ with the package, its test extras and the dev kit (devkit/)
 
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
-	@bash hack/controlplane/build.sh >/dev/null
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),controlplane)" bash hack/controlplane/build.sh >/dev/null
 
 tools: ## build (or reuse) helm, promtool and alertmanager from their Go modules (the chart, alert-rule and outputs tests)
-	@bash hack/tools/build.sh >/dev/null
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),tools)" bash hack/tools/build.sh >/dev/null
 
 node: ## build (or reuse) what cluster-up runs: node packages (as root), Kubernetes node components, CoreDNS, pause
 	@if [ "$$(id -u)" = 0 ]; then bash hack/node/install-packages.sh && bash hack/controlplane/build.sh --cluster >/dev/null; \
 	else echo "make node: not root, the node tests will skip (cluster-up needs root)"; fi
 
-test: venv controlplane tools node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
+test: need-kubectl controlplane tools venv node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
-unit: venv tools ## run the tests that need no control plane
+unit: tools venv ## run the tests that need no control plane
 	$(PY) -m pytest -W error -m 'not integration and not e2e and not node' $(PYTEST_ARGS)
 
-integration: venv controlplane tools ## run only the tests against the real control plane
+integration: need-kubectl controlplane tools venv ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
 lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproject.toml)
@@ -79,19 +84,19 @@ sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a c
 	$(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect bigquery --source gke-export \
 	  --source-table 'my-project.audit.cloudaudit_googleapis_com_data_access' > $(SQL_GOLDEN)/bigquery-gke-export.sql
 
-demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
+demo: need-kubectl controlplane venv ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py
 
-dev-up: venv controlplane ## start the local control plane (+ operator and tailer) in the background, or keep the running one; writes .dev/env
+dev-up: need-kubectl controlplane venv ## start the local control plane (+ operator and tailer) in the background, or keep the running one; writes .dev/env
 	$(PY) -m enumwatch_devkit up --dir .dev
 
-dev-reset: venv controlplane ## stop the local stack, wipe .dev (its detectors and Findings) and start a new one
+dev-reset: need-kubectl controlplane venv ## stop the local stack, wipe .dev (its detectors and Findings) and start a new one
 	$(PY) -m enumwatch_devkit up --dir .dev --reset
 
 dev-down: ## stop everything dev-up started
 	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit down --dir .dev; fi
 
-cluster-up: venv ## a cluster with a real node (kubelet, containerd) running enumwatch's image and manifests as users install them; writes .dev/env (root)
+cluster-up: need-kubectl venv ## a cluster with a real node (kubelet, containerd) running enumwatch's image and manifests as users install them; writes .dev/env (root)
 	$(PY) -m enumwatch_devkit cluster-up --dir .dev
 
 cluster-down: ## stop everything cluster-up started and clean the host (no process, mount or netns left)
