@@ -12,7 +12,7 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools node test unit integration lint chart-lint docs manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+.PHONY: help venv controlplane tools node test unit integration lint chart-lint docs image manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
 # need-TOOL: fail at once, in one line, when TOOL is missing (what for and how to get it);
 # the first prerequisite of every target that runs TOOL (docs/getting-started.md#prerequisites).
@@ -71,6 +71,9 @@ manifests: venv ## regenerate the CRDs (crds/, the chart's), the operator's RBAC
 	$(PY) -m enumwatch manifests --output crds --reference docs/reference.md --rbac-root .
 	$(PY) -m enumwatch manifests --output $(CHART)/crds
 	cp $(CHART_FILES) $(CHART)/files/
+
+image: ## build the image (docker, podman or buildah) as IMAGE=registry/enumwatch:tag and write manifests/overlays/local/ that installs it
+	@bash hack/image.sh "$(IMAGE)"
 
 docs: venv ## build the docs site (docs/, mkdocs.yml) into site/, failing on a broken link or anchor
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
