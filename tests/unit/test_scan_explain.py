@@ -82,6 +82,12 @@ def test_explain_lists_the_closest_groups_with_every_threshold_each_failed(
         "distinct resources for an enumeration",
     ]
     assert scan(capsys, path, "--replay", "--explain")[0] == EXIT_USAGE
+    loud_only = write(tmp_path / "loud.log", jsonl(loud(60)))
+    replayed = scan(capsys, loud_only, "--replay", "--interval", "1h", "--lookback", "1h")
+    assert replayed[2].splitlines()[-1] == (
+        "enumwatch scan: no rows; without --replay, --explain names the groups that came "
+        "closest and the thresholds they failed"
+    )
 
 
 def test_a_second_detector_for_loud_scanners_finds_the_loud_one(

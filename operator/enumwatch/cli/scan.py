@@ -359,6 +359,11 @@ def _run(args: argparse.Namespace) -> int:
                 f"{PROG}: no rows; closest: {_near_miss(closest)}; --explain lists "
                 f"the {EXPLAIN_GROUPS} closest groups"
             )
+    elif not fired and matched and not args.quiet:
+        err.line(
+            f"{PROG}: no rows; without --replay, --explain names the groups that came closest "
+            "and the thresholds they failed"
+        )
     undated = report.counters["undated"] if args.replay else 0
     blind = blindness(survey, stats, matched, matcher, undated)
     if blind is None or not blind.unreadable:  # else its reason names them already
