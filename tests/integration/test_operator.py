@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from enumwatch_devkit.operatorkit import (
     fresh_namespace,
     kubectl_json,
     running_operator,
+    start_tailer,
     unique_agent,
     wait_for,
     wait_for_tick_after,
@@ -334,25 +334,9 @@ def test_a_detector_fed_only_metadata_level_anonymous_events_says_the_rule_canno
 def _tailing(
     op: Any, log: Path, tmp_path: Path, final: list[dict[str, Any]]
 ) -> Iterator[None]:
-    """``enumwatch tail`` forwarding ``log`` to ``op`` while the block runs; then SIGTERM, and
-    its final stats appended to ``final``."""
-    token = tmp_path / "token"
-    token.write_text(op.token)
-    out = tmp_path / "tailer.out"
-    with open(out, "wb") as sink:
-        tailer = subprocess.Popen(
-            [
-                sys.executable, "-m", "enumwatch", "tail",
-                "--path", str(log),
-                "--checkpoint", str(tmp_path / "tail.checkpoint"),
-                "--forward", f"{op.url}/ingest",
-                "--token-file", str(token),
-                "--batch-wait", "0.05",
-                "--poll-interval", "0.05",
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+    """``enumwatch tail`` (:func:`start_tailer`) forwarding ``log`` to ``op`` while the block
+    runs; then SIGTERM, and its final stats appended to ``final``."""
+    tailer, out = start_tailer(log, op, tmp_path)
     try:
         yield
     finally:
