@@ -237,3 +237,45 @@ def test_no_heartbeat_while_events_are_forwarded_or_when_witnesses_are_off() -> 
     off = TailStats()
     assert SEED.select([alice], 0, off) == []  # witness_every not set (--coverage-witness-every 0)
     assert off.coverage_heartbeats == 0
+
+
+class _Records:
+    """A log service's page of raw records, already audit Events (the mapping is identity)."""
+
+    description = "test records"
+    position = 0
+
+    def mapping(self, record: bytes) -> bytes:
+        return record
+
+
+class _Queued:
+    """Where the collector queues what it keeps (the Outbox's add/consumed, recorded)."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.consumed_to: int | None = None
+
+    def add(self, events: list[tuple[bytes, int]], position_of: object) -> None:
+        self.events += [event for event, _ in events]
+
+    def consumed(self, position: int) -> None:
+        self.consumed_to = position
+
+
+def test_a_collector_page_of_authenticated_events_only_sends_the_heartbeat() -> None:
+    from enumwatch.sources.collect.collector import CollectConfig, Collector, CollectStats
+    from enumwatch.sources.collect.source import Page
+
+    clock = _Clock()
+    filt = Filter(Filter.from_specs([MatchSpec()]).matcher, witness_every=60.0, clock=clock)
+    stats = CollectStats()
+    collector = Collector(_Records(), filt, CollectConfig(forward_url="http://x"), stats=stats)  # type: ignore[arg-type]
+    alice = [event_line(i, username="alice", level="Metadata") for i in range(3)]
+    queued = _Queued()
+    page = Page(records=[(line, i) for i, line in enumerate(alice)], position_of=int, end=3)
+    collector._forward(page, queued)  # type: ignore[arg-type]
+    assert (queued.events, queued.consumed_to) == ([alice[0]], 3)
+    assert (stats.coverage_heartbeats, stats.events_filtered) == (1, 2)
+    collector._forward(page, queued)  # type: ignore[arg-type]
+    assert len(queued.events) == 1 and stats.coverage_heartbeats == 1  # within the minute
