@@ -110,8 +110,8 @@ def test_the_loud_count_is_exact_whatever_the_processes(
     monkeypatch.setattr(parallel_scan, "PARALLEL_MIN_BYTES", 1)
     path = write(tmp_path / "audit.log", jsonl(loud(500)))
     for workers in (1, 3):
-        report = scan_files([path], DetectorSpec(), workers=workers, near_misses=5)
-        assert report.near_misses == [
+        report = scan_files([path], DetectorSpec(), workers=workers)
+        assert report.near_misses(5) == [
             NearMiss(("10.0.0.7", "curl/8"), 500, (Miss("documentsBelow", "500 ≥ 50"),))
         ]
 

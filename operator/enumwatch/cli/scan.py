@@ -325,7 +325,6 @@ def _run(args: argparse.Namespace) -> int:
                     progress=progress.callback,
                     workers=args.jobs if args.jobs is not None else default_workers(),
                     survey=survey,
-                    near_misses=EXPLAIN_GROUPS if args.explain else 1,
                 )
                 stats, matched = result.stats, result.matched
                 fired = [(None, result.rows)]
@@ -352,11 +351,10 @@ def _run(args: argparse.Namespace) -> int:
             )
     if not args.replay:
         if args.explain:
-            _explain(err, result.near_misses)
-        elif not result.rows and result.near_misses and not args.quiet:
-            closest = result.near_misses[0]
+            _explain(err, result.near_misses(EXPLAIN_GROUPS))
+        elif not result.rows and not args.quiet and (closest := result.near_misses(1)):
             err.line(
-                f"{PROG}: no rows; closest: {_near_miss(closest)}; --explain lists "
+                f"{PROG}: no rows; closest: {_near_miss(closest[0])}; --explain lists "
                 f"the {EXPLAIN_GROUPS} closest groups"
             )
     elif not fired and matched and not args.quiet:

@@ -35,22 +35,20 @@ class ScanReport:
     stats: DecodeStats
     matched: int
     groups: int
-    #: The groups that came closest to a row, and the thresholds they failed (``--explain``).
-    near_misses: list[NearMiss] = field(default_factory=list)
+    #: The evaluated table, kept so that its other groups can be explained on demand.
+    table: GroupTable | None = field(default=None, repr=False)
 
     @classmethod
-    def of(
-        cls, table: GroupTable, rows: list[Row], stats: DecodeStats, near_misses: int
-    ) -> ScanReport:
-        """The report of a fed ``table`` whose ``rows`` are drawn, with ``near_misses`` of its
-        other groups explained."""
+    def of(cls, table: GroupTable, rows: list[Row], stats: DecodeStats) -> ScanReport:
+        """The report of a fed ``table`` whose ``rows`` are drawn."""
         return cls(
-            rows=rows,
-            stats=stats,
-            matched=table.added,
-            groups=table.group_count,
-            near_misses=table.near_misses(near_misses),
+            rows=rows, stats=stats, matched=table.added, groups=table.group_count, table=table
         )
+
+    def near_misses(self, most: int) -> list[NearMiss]:
+        """The ``most`` groups that came closest to a row and the thresholds they failed
+        (``--explain``; :meth:`GroupTable.near_misses`), computed only when asked."""
+        return self.table.near_misses(most) if self.table is not None else []
 
 
 @dataclass(slots=True)
@@ -141,13 +139,11 @@ def scan(
     *,
     data_stream_namespace: str | None = None,
     limit: int | None = None,
-    near_misses: int = 0,
 ) -> ScanReport:
     """Evaluate the detector over all events in ``buffers`` (whole lines) as one window.
 
     An event delivered twice (same identity, see :func:`feed`) counts once, as in
-    :func:`replay` and in the operator. ``near_misses``: how many of the groups that are no
-    row to explain (:meth:`GroupTable.near_misses`).
+    :func:`replay` and in the operator.
     """
     rule = Rule.of(spec)
     stats = DecodeStats()
@@ -155,7 +151,7 @@ def scan(
     with no_cyclic_gc():
         feed(table, stats, buffers, Prefilter(rule.matcher), set())
         rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
-    return ScanReport.of(table, rows, stats, near_misses)
+    return ScanReport.of(table, rows, stats)
 
 
 def replay(

@@ -60,7 +60,6 @@ def scan_files(
     progress: Callable[[str], ProgressCallback] | None = None,
     workers: int | None = None,
     survey: Survey | None = None,
-    near_misses: int = 0,
 ) -> ScanReport:
     """Evaluate the detector over the files ``paths`` as one window, using ``workers`` processes.
 
@@ -70,7 +69,7 @@ def scan_files(
     (same identity) counted once: when two processes met the same event, the files are
     scanned again by this process alone. ``progress(path)`` gives a callback for a file; for a
     shared file it extrapolates from this process's share. ``survey`` records each file's kind
-    and first events; ``near_misses`` is :func:`~enumwatch.scan.engine.scan`'s.
+    and first events.
     """
     workers = default_workers() if workers is None else max(1, workers)
     rule = Rule.of(spec)
@@ -114,14 +113,13 @@ def scan_files(
                 progress=progress,
                 workers=1,
                 survey=survey,
-                near_misses=near_misses,
             )
         with no_cyclic_gc():
             rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
     finally:
         for child in children:
             child.close()
-    return ScanReport.of(table, rows, stats, near_misses)
+    return ScanReport.of(table, rows, stats)
 
 
 def _splittable(path: str) -> bool:
