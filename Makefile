@@ -12,13 +12,18 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools kafka node test unit integration lint chart-lint docs manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+.PHONY: help venv controlplane tools kafka node test unit integration lint chart-lint docs image manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+
+# need-TOOL: fail at once, in one line, when TOOL is missing (what for and how to get it);
+# the first prerequisite of every target that runs TOOL (docs/getting-started.md#prerequisites).
+need-%:
+	@bash hack/need.sh "$(or $(MAKECMDGOALS),$*)" $*
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml devkit/pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python >= 3.11)"; exit 1; }
+	@bash hack/need.sh venv $(PYTHON)
 	@test -x $(PY) || { echo "==> creating $(VENV)/ with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "==> upgrading pip"
 	@$(PY) -m pip install --quiet --upgrade pip
@@ -35,10 +40,10 @@ $(STAMP): pyproject.toml devkit/pyproject.toml
 venv: $(STAMP) ## create or update .venv/ with the package, its test extras and the dev kit (devkit/)
 
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
-	@bash hack/controlplane/build.sh >/dev/null
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),controlplane)" bash hack/controlplane/build.sh >/dev/null
 
 tools: ## build (or reuse) helm, promtool and alertmanager from their Go modules (the chart, alert-rule and outputs tests)
-	@bash hack/tools/build.sh >/dev/null
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),tools)" bash hack/tools/build.sh >/dev/null
 
 kafka: ## resolve (or reuse) the Apache Kafka broker the Kafka / Event Hubs tests and dev-up KAFKA=1 run, from Maven Central
 	@bash hack/kafka/build.sh >/dev/null
@@ -47,13 +52,13 @@ node: ## build (or reuse) what cluster-up runs: node packages (as root), Kuberne
 	@if [ "$$(id -u)" = 0 ]; then bash hack/node/install-packages.sh && bash hack/controlplane/build.sh --cluster >/dev/null; \
 	else echo "make node: not root, the node tests will skip (cluster-up needs root)"; fi
 
-test: venv controlplane tools kafka node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
+test: need-kubectl controlplane tools kafka venv node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -p no:cacheprovider $(PYTEST_ARGS)
 
-unit: venv tools ## run the tests that need no control plane
+unit: tools venv ## run the tests that need no control plane
 	$(PY) -m pytest -W error -m 'not integration and not e2e and not node' $(PYTEST_ARGS)
 
-integration: venv controlplane tools kafka ## run only the tests against the real control plane
+integration: need-kubectl controlplane tools kafka venv ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PY) -m pytest -W error -m integration $(PYTEST_ARGS)
 
 lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproject.toml)
@@ -65,10 +70,13 @@ chart-lint: tools ## helm lint --strict the chart, with its default and its HA v
 	@helm="$$(bash hack/tools/build.sh helm 2>/dev/null)" && \
 	  "$$helm" lint --strict $(CHART) && "$$helm" lint --strict $(CHART) -f $(CHART)/values-ha.yaml
 
-manifests: venv ## regenerate the CRDs (crds/, the chart's) and the docs' CRD reference (docs/reference.md); refresh the chart's copies
-	$(PY) -m enumwatch manifests --output crds --reference docs/reference.md
+manifests: venv ## regenerate the CRDs (crds/, the chart's), the operator's RBAC (manifests, chart, docs) and the docs' CRD reference; refresh the chart's copies
+	$(PY) -m enumwatch manifests --output crds --reference docs/reference.md --rbac-root .
 	$(PY) -m enumwatch manifests --output $(CHART)/crds
 	cp $(CHART_FILES) $(CHART)/files/
+
+image: ## build the image (docker, podman or buildah) as IMAGE=registry/enumwatch:tag and write manifests/overlays/local/ that installs it
+	@bash hack/image.sh "$(IMAGE)"
 
 docs: venv ## build the docs site (docs/, mkdocs.yml) into site/, failing on a broken link or anchor
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
@@ -82,19 +90,19 @@ sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a c
 	$(PY) -m enumwatch sql --detector $(SQL_GOLDEN)/detector.yaml --dialect bigquery --source gke-export \
 	  --source-table 'my-project.audit.cloudaudit_googleapis_com_data_access' > $(SQL_GOLDEN)/bigquery-gke-export.sql
 
-demo: venv controlplane ## the whole story on a local control plane: scan -> Finding
+demo: need-kubectl controlplane venv ## the whole story on a local control plane: scan -> Finding
 	$(PY) hack/demo.py
 
-dev-up: venv controlplane $(if $(filter 1,$(KAFKA)),kafka) ## start the local control plane (+ operator and tailer; KAFKA=1: + a Kafka broker and collect) in the background, or keep the running one; writes .dev/env
+dev-up: need-kubectl controlplane venv $(if $(filter 1,$(KAFKA)),kafka) ## start the local control plane (+ operator and tailer; KAFKA=1: + a Kafka broker and collect) in the background, or keep the running one; writes .dev/env
 	$(PY) -m enumwatch_devkit up --dir .dev $(if $(filter 1,$(KAFKA)),--kafka)
 
-dev-reset: venv controlplane ## stop the local stack, wipe .dev (its detectors and Findings) and start a new one
+dev-reset: need-kubectl controlplane venv ## stop the local stack, wipe .dev (its detectors and Findings) and start a new one
 	$(PY) -m enumwatch_devkit up --dir .dev --reset $(if $(filter 1,$(KAFKA)),--kafka)
 
 dev-down: ## stop everything dev-up started
 	@if [ -x $(PY) ]; then $(PY) -m enumwatch_devkit down --dir .dev; fi
 
-cluster-up: venv ## a cluster with a real node (kubelet, containerd) running enumwatch's image and manifests as users install them; writes .dev/env (root)
+cluster-up: need-kubectl venv ## a cluster with a real node (kubelet, containerd) running enumwatch's image and manifests as users install them; writes .dev/env (root)
 	$(PY) -m enumwatch_devkit cluster-up --dir .dev
 
 cluster-down: ## stop everything cluster-up started and clean the host (no process, mount or netns left)

@@ -7,6 +7,8 @@
 # Usage: hack/controlplane/build.sh [--cluster]   prints the bin directory on its last line.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../need.sh
+source "$here/../need.sh"
 pin() {  # pin GO_MOD MODULE: the required version of MODULE in GO_MOD
   awk -v m="$2" '($1=="require" && $2==m) {print $3} ($1==m) {print $2}' "$1" | head -1
 }
@@ -21,6 +23,7 @@ build() {  # build NAME MODULE_DIR PACKAGE [LDFLAGS]
     echo "control plane: $name cached at $cache/$name" >&2
     return
   fi
+  need_tool "${MAKE_TARGET:-controlplane}" go   # only when something must be built
   echo "control plane: building $name from $pkg (first build takes several minutes)..." >&2
   local start=$SECONDS
   (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$cache/$name.tmp" "$pkg")

@@ -5,6 +5,8 @@
 # Usage: hack/tools/build.sh [helm|promtool|alertmanager]...   (default: all); prints one binary path a line.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../need.sh
+source "$here/../need.sh"
 bin="${XDG_CACHE_HOME:-$HOME/.cache}/enumwatch/bin"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 pinned() {  # pinned DIR MODULE: the version DIR/go.mod requires
@@ -18,6 +20,7 @@ build() {  # build NAME DIR PACKAGE VERSION TAGS LDFLAGS
     echo "$out"
     return
   fi
+  need_tool "${MAKE_TARGET:-tools}" go   # only when something must be built
   mkdir -p "$(dirname "$out")"
   echo "tools: building $name $version from $pkg (the first build takes a few minutes)..." >&2
   local start=$SECONDS
@@ -57,6 +60,7 @@ alertmanager() {
     # The module embeds ui/app/dist, which upstream's Makefile builds with npm and which the
     # module zip therefore lacks: build from a copy of the module (its own go.mod and go.sum) with
     # a one-page placeholder there. The tests use the API only (/api/v2/alerts).
+    need_tool "${MAKE_TARGET:-tools}" go
     module="$(cd "$dir" && go mod download -json github.com/prometheus/alertmanager | awk -F'"' '$2=="Dir" {print $4}')"
     rm -rf "$src.tmp" && mkdir -p "$(dirname "$src")"
     cp -r "$module" "$src.tmp" && chmod -R u+w "$src.tmp"

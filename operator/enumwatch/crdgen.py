@@ -402,7 +402,10 @@ def reference() -> str:
         if "status" in schema:
             fields = ", ".join(f"`{name}`" for name in schema["status"]["properties"])
             parts += ["", f"`status`: {fields}"]
-        columns = ", ".join(c["name"].upper() for c in version["additionalPrinterColumns"])
+        columns = ", ".join(
+            c["name"].upper() + (" (-o wide)" if c.get("priority") else "")
+            for c in version["additionalPrinterColumns"]
+        )
         parts += ["", f"`kubectl get` columns: {columns}"]
     parts += ["", REFERENCE_END]
     return "\n".join(parts)

@@ -28,6 +28,7 @@ SQL default for ``ASC``), comparing strings by code point.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -250,13 +251,77 @@ _Values = tuple[Any, ...]
 #: A group's state: the value tuples of its events (its count is their number), or ``_DEAD``.
 _Kept = list[_Values] | tuple[()]
 #: The state of a group whose count reached ``documentsBelow``: it can never fire, so nothing of
-#: it is kept but its existence (it still counts in :attr:`GroupTable.group_count`).
+#: it is kept but its existence (it still counts in :attr:`GroupTable.group_count`) and its
+#: number of documents (:attr:`GroupTable.loud`: a scan explains why such a group is no row).
 _DEAD: tuple[()] = ()
 
 
-def _sort_key(row: Row) -> tuple[bool, str, bool, str]:
-    ip, ua = row.source_ip, row.user_agent
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """One threshold a group failed: its name in the spec, what the group had, and the test."""
+
+    threshold: str
+    #: The failed test as a reader checks it, e.g. ``60 ≥ 50`` or ``4 ≤ 5``.
+    test: str
+
+
+@dataclass(frozen=True, slots=True)
+class NearMiss:
+    """A group that matched the rule's ``where`` but is no row, and every threshold it failed."""
+
+    key: GroupKey
+    documents: int
+    misses: tuple[Miss, ...]
+
+
+def near_miss(
+    t: ThresholdsSpec, key: GroupKey, documents: int, kept: list[_Values] | None
+) -> NearMiss | None:
+    """The thresholds group ``key`` fails (``kept``: its value tuples, or ``None`` for a group
+    that reached ``documentsBelow`` and kept only its count); ``None`` when it is a row.
+
+    The same tests as :func:`group_row`, all of them rather than the first that fails, so that
+    ``enumwatch scan --explain`` can say how close each group came.
+    """
+    if kept is None or documents >= t.documents_below:
+        # A loud group's values are not kept: documentsBelow is the one test known to fail.
+        loud = Miss("documentsBelow", f"{documents} ≥ {t.documents_below}")
+        return NearMiss(key, documents, (loud,))
+    misses: list[Miss] = []
+    columns = list(zip(*kept, strict=True))
+    outcomes = columns[_OUTCOME] if columns else ()
+    counts = [outcomes.count(i) for i in range(len(OUTCOMES))]
+    if not (
+        counts[_FORBID] >= t.forbidden_at_least
+        or counts[_FAILED] >= t.auth_failures_at_least
+        or counts[_NOT_FOUND] >= t.not_found_at_least
+    ):
+        misses.append(
+            Miss(
+                "forbiddenAtLeast|authFailuresAtLeast|notFoundAtLeast",
+                f"{counts[_FORBID]} < {t.forbidden_at_least}, {counts[_FAILED]} < "
+                f"{t.auth_failures_at_least}, {counts[_NOT_FOUND]} < {t.not_found_at_least}",
+            )
+        )
+    uris = len(_values(columns[F_REQUEST_URI])) if columns else 0
+    if uris <= t.distinct_request_uris_above:
+        misses.append(Miss("distinctRequestURIsAbove", f"{uris} ≤ {t.distinct_request_uris_above}"))
+    resources = len(_values(columns[F_RESOURCE])) if columns else 0
+    if resources <= t.distinct_resources_above:
+        misses.append(
+            Miss("distinctResourcesAbove", f"{resources} ≤ {t.distinct_resources_above}")
+        )
+    return NearMiss(key, documents, tuple(misses)) if misses else None
+
+
+def _group_sort_key(key: GroupKey) -> tuple[bool, str, bool, str]:
+    """The rule's output order: source IP, then user agent, ascending, nulls last."""
+    ip, ua = key
     return (ip is None, ip or "", ua is None, ua or "")
+
+
+def _sort_key(row: Row) -> tuple[bool, str, bool, str]:
+    return _group_sort_key((row.source_ip, row.user_agent))
 
 
 class GroupTable:
@@ -283,6 +348,7 @@ class GroupTable:
         "_tuples",
         "added",
         "considered",
+        "loud",
     )
 
     def __init__(self, rule: Rule) -> None:
@@ -300,6 +366,8 @@ class GroupTable:
         #: Events offered to :meth:`add` and events that matched the rule's ``where``.
         self.considered = 0
         self.added = 0
+        #: The document count of each group that reached ``documentsBelow`` (``_DEAD``).
+        self.loud: dict[GroupKey, int] = {}
 
     @property
     def group_count(self) -> int:
@@ -351,9 +419,11 @@ class GroupTable:
             if kept is None:
                 kept = groups[key] = []
             elif kept is _DEAD:
+                self.loud[key] += 1
                 continue
             if len(kept) >= last:
                 groups[key] = _DEAD
+                self.loud[key] = len(kept) + 1
                 continue
             if values is None:
                 values = self._tuples.get(aggregated)
@@ -388,19 +458,25 @@ class GroupTable:
         self.considered += other.considered
         self.added += other.added
         groups = self._groups
+        loud, their_loud = self.loud, other.loud
         shared = self._tuples.setdefault
         last = self._cap - 1
         for key, theirs in other._groups.items():
             mine = groups.get(key)
+            count = their_loud[key] if theirs is _DEAD else len(theirs)
             if mine is None:
                 groups[key] = theirs if theirs is _DEAD else [shared(v, v) for v in theirs]
+                if theirs is _DEAD:
+                    loud[key] = count
             elif mine is _DEAD:
-                continue
+                loud[key] += count
             elif theirs is _DEAD or len(mine) + len(theirs) > last:
                 groups[key] = _DEAD
+                loud[key] = len(mine) + count
             else:
                 mine.extend([shared(v, v) for v in theirs])  # type: ignore[union-attr]
         other._groups = {}
+        other.loud = {}
 
     def split(self, size: int) -> Iterator[GroupTable]:
         """Move this table's content into tables of at most ``size`` groups, one at a time.
@@ -419,6 +495,8 @@ class GroupTable:
             while groups and len(batch) < size:
                 key, kept = groups.popitem()
                 batch[key] = kept
+                if kept is _DEAD:
+                    part.loud[key] = self.loud.pop(key)
             yield part
             part = GroupTable(self._rule)
 
@@ -429,6 +507,7 @@ class GroupTable:
             "groups": self._groups,
             "added": self.added,
             "considered": self.considered,
+            "loud": self.loud,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -436,6 +515,7 @@ class GroupTable:
         self._groups = state["groups"]
         self.added = state["added"]
         self.considered = state["considered"]
+        self.loud = state["loud"]
 
     def rows(self, data_stream_namespace: str = "default", limit: int | None = None) -> list[Row]:
         """The groups that pass the thresholds, sorted by source IP then user agent.
@@ -454,6 +534,32 @@ class GroupTable:
                 rows.append(row)
         rows.sort(key=_sort_key)
         return rows if limit is None else rows[:limit]
+
+
+    def near_misses(self, most: int) -> list[NearMiss]:
+        """The ``most`` groups that came closest to a row: fewest thresholds failed first, then
+        most documents (a loud group first). Only the largest groups are examined, so that
+        explaining a scan of a million small groups costs a sort, not a million evaluations."""
+        if most < 1:
+            return []
+        t = self._rule.thresholds
+        loud = self.loud
+        sizes = heapq.nsmallest(
+            max(most * 20, 200),
+            (
+                (loud[key] if kept is _DEAD else len(kept), key)
+                for key, kept in self._groups.items()
+            ),
+            key=lambda pair: (-pair[0], _group_sort_key(pair[1])),
+        )
+        misses = []
+        for documents, key in sizes:
+            kept = self._groups[key]
+            miss = near_miss(t, key, documents, None if kept is _DEAD else kept)  # type: ignore[arg-type]
+            if miss is not None:
+                misses.append(miss)
+        misses.sort(key=lambda m: (len(m.misses), -m.documents, _group_sort_key(m.key)))
+        return misses[:most]
 
 
 def fewest_documents(t: ThresholdsSpec) -> int:

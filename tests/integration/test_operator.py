@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from enumwatch_devkit.operatorkit import (
     fresh_namespace,
     kubectl_json,
     running_operator,
+    start_tailer,
     unique_agent,
     wait_for,
     wait_for_tick_after,
@@ -328,6 +330,25 @@ def test_a_detector_fed_only_metadata_level_anonymous_events_says_the_rule_canno
         wait_for(lambda: findings(crds, ns), what="a Finding")
 
 
+@contextmanager
+def _tailing(
+    op: Any, log: Path, tmp_path: Path, final: list[dict[str, Any]]
+) -> Iterator[None]:
+    """``enumwatch tail`` (:func:`start_tailer`) forwarding ``log`` to ``op`` while the block
+    runs; then SIGTERM, and its final stats appended to ``final``."""
+    tailer, out = start_tailer(log, op, tmp_path)
+    try:
+        yield
+    finally:
+        tailer.send_signal(signal.SIGTERM)
+        assert tailer.wait(timeout=15) == 0
+    final += [
+        orjson.loads(line)["tailer_stats"]
+        for line in out.read_bytes().splitlines()
+        if line.startswith(b'{"tailer_stats"')
+    ]
+
+
 def test_a_tailer_that_drops_metadata_level_anonymous_events_still_lets_coverage_see_them(
     crds: ControlPlane, tmp_path: Path
 ) -> None:
@@ -343,24 +364,8 @@ def test_a_tailer_that_drops_metadata_level_anonymous_events_still_lets_coverage
     with running_operator(crds, tmp_path / "operator") as op:
         apply_detector(crds, ns, "det", FAST)
         wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
-        token = tmp_path / "token"
-        token.write_text(op.token)
-        out = tmp_path / "tailer.out"
-        with open(out, "wb") as sink:
-            tailer = subprocess.Popen(
-                [
-                    sys.executable, "-m", "enumwatch", "tail",
-                    "--path", str(log),
-                    "--checkpoint", str(tmp_path / "tail.checkpoint"),
-                    "--forward", f"{op.url}/ingest",
-                    "--token-file", str(token),
-                    "--batch-wait", "0.05",
-                    "--poll-interval", "0.05",
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        try:
+        final: list[dict[str, Any]] = []
+        with _tailing(op, log, tmp_path, final):
             blind = wait_for(
                 lambda: (c := _coverage(crds, ns, "det")) and c["status"] == "False" and c,
                 what="AuditCoverage False",
@@ -368,19 +373,46 @@ def test_a_tailer_that_drops_metadata_level_anonymous_events_still_lets_coverage
             assert blind["reason"] == "AnonymousOnlyAtMetadata"
             status = detector_status(crds, ns, "det")
             assert (status["eventsSeen"], status["eventsMatched"]) == (1, 0)
-        finally:
-            tailer.send_signal(signal.SIGTERM)
-            assert tailer.wait(timeout=15) == 0
-        final = [
-            orjson.loads(line)["tailer_stats"]
-            for line in out.read_bytes().splitlines()
-            if line.startswith(b'{"tailer_stats"')
-        ]
         assert final and (
             final[0]["anonymous_metadata_dropped"],
             final[0]["coverage_witnesses"],
             final[0]["events_filtered"],
         ) == (len(events), 1, len(events) - 1)
+        assert findings(crds, ns) == []
+
+
+def test_a_log_of_authenticated_traffic_only_keeps_coverage_true_through_the_heartbeat(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    # The dev stack between two scans: the apiserver writes only authenticated events, which
+    # the tailer's filter drops. Its heartbeat forwards one, so AuditCoverage says Covered
+    # (the log is written) instead of NoAuditEvents after ten minutes.
+    _, events = _scan_events(crds, "heartbeat")
+    log = tmp_path / "audit.log"
+    log.write_bytes(
+        b"".join(
+            orjson.dumps({**e, "level": "Metadata", "user": {"username": "alice"}}) + b"\n"
+            for e in events
+        )
+    )
+    ns = fresh_namespace(crds, "heartbeat")
+    with running_operator(crds, tmp_path / "operator") as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        final: list[dict[str, Any]] = []
+        with _tailing(op, log, tmp_path, final):
+            covered = wait_for(
+                lambda: (c := _coverage(crds, ns, "det")) and c["status"] == "True" and c,
+                what="AuditCoverage True",
+            )
+            assert covered["reason"] == "Covered"
+            status = detector_status(crds, ns, "det")
+            assert (status["eventsSeen"], status["eventsMatched"]) == (1, 0)
+        assert final and (
+            final[0]["coverage_heartbeats"],
+            final[0]["anonymous_metadata_dropped"],
+            final[0]["events_filtered"],
+        ) == (1, 0, len(events) - 1)
         assert findings(crds, ns) == []
 
 

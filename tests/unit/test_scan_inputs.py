@@ -223,11 +223,22 @@ def test_nothing_usable_exits_blind_and_says_why(
     assert lines[1].startswith("enumwatch scan: fix: pass kube-apiserver audit logs: JSON lines")
 
 
-def test_an_empty_input_is_not_blind(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_an_empty_input_is_blind(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # No audit log of a running cluster is empty (the apiserver logs its own clients): an
+    # empty input is the wrong file, and "no rows" would be a false all clear.
     for data in (b"", b"\n \n"):
         path = write(tmp_path / "empty", data)
-        assert scan(capsys, path, "-q", "--format", "json") == (EXIT_OK, "[]\n", "")
-    assert scan(capsys, "/dev/null", "-q", "--format", "json") == (EXIT_OK, "[]\n", "")
+        status, out, err = scan(capsys, path, "-q", "--format", "json")
+        assert (status, out) == (EXIT_BLIND, "[]\n")
+        assert err.splitlines()[0] == (
+            f"enumwatch scan: blind: the input is empty ({path}): no audit log of a running "
+            "cluster is, since the apiserver logs its own clients; an empty file is a log not "
+            "yet written, rotated away, or the wrong path"
+        )
+    assert scan(capsys, "/dev/null", "-q", "--format", "json")[0] == EXIT_BLIND
+    # One empty file beside a log is no reason to call the whole scan blind.
+    log = write(tmp_path / "audit.log", jsonl(scanner_events()))
+    assert scan(capsys, path, log, "-q", "--format", "json")[0] == EXIT_OK
 
 
 def test_a_metadata_level_log_cannot_match(
@@ -379,7 +390,7 @@ def test_the_same_file_twice_counts_once(
     assert status == EXIT_OK
     assert orjson.loads(out) == once
     assert err.splitlines()[1] == rule  # the same events matched, groups and rows
-    decoded = int(read.split(": ")[1].split(" events decoded")[0])
+    decoded = int(read.split(": ")[1].split(" counted")[0].replace(",", ""))
     assert err.splitlines()[0].endswith(f"(duplicate {decoded:,})")
     # A pretty copy of the same events and the JSON lines: still once.
     pretty = write(tmp_path / "copy.json", json.dumps({"kind": "EventList", "items": events}))
@@ -439,8 +450,9 @@ def test_ndjson_and_csv_hold_the_json_records(
             == (row["Esql.kubernetes_audit_verb_values"])
         )
     # No rows: nothing at all (no header without columns, no blank line).
+    quiet = write(tmp_path / "quiet.log", jsonl(scanner_events()[:2]))
     for fmt in ("csv", "ndjson"):
-        assert scan(capsys, "/dev/null", "--format", fmt, "-q") == (EXIT_OK, "", "")
+        assert scan(capsys, quiet, "--format", fmt, "-q") == (EXIT_OK, "", "")
 
 
 def test_finding_records_use_the_sinks_aggregates(

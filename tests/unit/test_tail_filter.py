@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enumwatch.api.spec import MatchSpec
+from enumwatch.audit.envelopes import Payload, unwrap_payload
 from enumwatch.match.prefilter import GO_EVENT_HEAD
 from enumwatch.sources.tail import FILTERED, KEEP, MALFORMED, Filter, TailStats
 from enumwatch_devkit.tail_receiver import event_line
@@ -202,3 +203,80 @@ def test_without_witnesses_or_when_metadata_is_matched_nothing_changes() -> None
     assert wide.blind is None  # the detectors see Metadata themselves
     assert [x for x, _ in wide.select([line], 0, stats)] == [line]
     assert stats.coverage_witnesses == 0
+
+
+def test_a_log_of_authenticated_traffic_only_sends_one_heartbeat_a_period() -> None:
+    # The dev stack, a quiet night: every event is authenticated and dropped; without a
+    # heartbeat nothing would reach the operator and AuditCoverage would say NoAuditEvents
+    # while the apiserver writes its log.
+    clock = _Clock()
+    filt = Filter(Filter.from_specs([MatchSpec()]).matcher, witness_every=60.0, clock=clock)
+    alice = [event_line(i, username="alice", level="Metadata") for i in range(4)]
+    stats = TailStats()
+    first = filt.select(alice[:2], 0, stats)
+    assert first == [(alice[0], len(alice[0]) + 1)]  # the batch's first dropped event
+    assert (stats.coverage_heartbeats, stats.events_filtered) == (1, 1)
+    clock.now += 59.9
+    assert filt.select(alice[2:], 0, stats) == []
+    assert (stats.coverage_heartbeats, stats.events_filtered) == (1, 3)
+    clock.now += 0.1
+    assert [line for line, _ in filt.select(alice[3:], 0, stats)] == [alice[3]]
+    assert (stats.coverage_heartbeats, stats.coverage_witnesses) == (2, 0)
+
+
+def test_no_heartbeat_while_events_are_forwarded_or_when_witnesses_are_off() -> None:
+    clock = _Clock()
+    filt = Filter(Filter.from_specs([MatchSpec()]).matcher, witness_every=60.0, clock=clock)
+    seen, alice = event_line(1), event_line(2, username="alice", level="Metadata")
+    stats = TailStats()
+    assert [line for line, _ in filt.select([alice, seen], 0, stats)] == [seen]
+    clock.now += 30.0
+    assert filt.select([alice], 0, stats) == []  # something was forwarded 30 s ago
+    clock.now += 30.0
+    assert [line for line, _ in filt.select([alice], 0, stats)] == [alice]
+    assert stats.coverage_heartbeats == 1
+    off = TailStats()
+    assert SEED.select([alice], 0, off) == []  # witness_every not set (--coverage-witness-every 0)
+    assert off.coverage_heartbeats == 0
+
+
+class _Records:
+    """A log service's page of raw records, already audit Events (the shared payload table)."""
+
+    description = "test records"
+    position = 0
+
+    def mapping(self, record: bytes) -> Payload:
+        return unwrap_payload(record)
+
+
+class _Queued:
+    """Where the collector queues what it keeps (the Outbox's add/consumed, recorded)."""
+
+    def __init__(self) -> None:
+        self.events: list[bytes] = []
+        self.consumed_to: int | None = None
+
+    def add(self, events: list[tuple[bytes, int]], position_of: object) -> None:
+        self.events += [event for event, _ in events]
+
+    def consumed(self, position: int) -> None:
+        self.consumed_to = position
+
+
+def test_a_collector_page_of_authenticated_events_only_sends_the_heartbeat() -> None:
+    from enumwatch.sources.collect.collector import CollectConfig, Collector, CollectStats
+    from enumwatch.sources.collect.source import Page
+
+    clock = _Clock()
+    filt = Filter(Filter.from_specs([MatchSpec()]).matcher, witness_every=60.0, clock=clock)
+    stats = CollectStats()
+    collector = Collector(_Records(), filt, CollectConfig(forward_url="http://x"), stats=stats)  # type: ignore[arg-type]
+    alice = [event_line(i, username="alice", level="Metadata") for i in range(3)]
+    queued = _Queued()
+    page = Page(records=[(line, i) for i, line in enumerate(alice)], position_of=int, end=3)
+    collector._forward(page, queued)  # type: ignore[arg-type]
+    assert (queued.events, queued.consumed_to) == ([alice[0]], 3)
+    assert (stats.coverage_heartbeats, stats.events_filtered) == (1, 2)
+    collector._forward(page, queued)  # type: ignore[arg-type]
+    assert len(queued.events) == 1 and stats.coverage_heartbeats == 1  # within the minute

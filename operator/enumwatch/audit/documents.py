@@ -27,6 +27,12 @@ import orjson
 
 #: The byte-order mark some Windows tools write before UTF-8 text.
 _BOM = b"\xef\xbb\xbf"
+
+
+def strip_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte-order mark: JSON has none, and an input read with
+    one would lose its first event as invalid JSON."""
+    return data[len(_BOM) :] if data.startswith(_BOM) else data
 _WHITESPACE = b" \t\r\n"
 #: When the first line does not parse, how many more are tried before calling it a document.
 _LOOKAHEAD = 8
@@ -51,8 +57,7 @@ def sniff(head: bytes) -> InputKind:
     Only the first line is parsed (a JSON-lines input costs one ``orjson.loads`` more), and
     when it does not parse, the next few: one that holds a whole object means JSON lines.
     """
-    text = head[len(_BOM) :] if head.startswith(_BOM) else head
-    text = text.lstrip(_WHITESPACE)
+    text = strip_bom(head).lstrip(_WHITESPACE)
     if not text:
         return InputKind.EMPTY
     first = text[:1]
@@ -128,6 +133,9 @@ class ParsedDocument:
     lines: list[bytes] = field(default_factory=list)
     #: Where parsing stopped (``line L column C: reason``), or ``None`` when all was read.
     problem: str | None = None
+    #: The input's own lines (as a text editor counts them) and the JSON values they held.
+    source_lines: int = 0
+    documents: int = 0
 
 
 def document_lines(data: bytes) -> ParsedDocument:
@@ -137,9 +145,8 @@ def document_lines(data: bytes) -> ParsedDocument:
     with the standard library's ``raw_decode``. What follows a value that does not parse is left
     out and described in :attr:`ParsedDocument.problem`.
     """
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    parsed = ParsedDocument()
+    data = strip_bom(data)
+    parsed = ParsedDocument(source_lines=data.count(b"\n") + (not data.endswith(b"\n")))
     try:
         values: list[object] = [orjson.loads(data)]
     except orjson.JSONDecodeError:
@@ -162,6 +169,7 @@ def document_lines(data: bytes) -> ParsedDocument:
                 parsed.problem = f"line {exc.lineno} column {exc.colno}: {exc.msg}"
                 break
             values.append(value)
+    parsed.documents = len(values)
     for value in values:
         parsed.lines.extend(_compact(item) for item in document_items(value))
     return parsed

@@ -88,7 +88,9 @@ def add_filter_options(p: argparse.ArgumentParser, *, levels_help: str) -> None:
     p.add_argument("--coverage-witness-every", type=seconds, default=60.0, metavar="DURATION",
                    help="anonymous events logged at level Metadata (which the rule cannot see) "
                    "are counted and one is forwarded this often, so that the operator's "
-                   "AuditCoverage condition can say so; 0: drop them all (default 60s)")
+                   "AuditCoverage condition can say so; and when nothing was forwarded for "
+                   "this long (authenticated traffic only), one dropped event is, so that it "
+                   "does not judge the log unwritten; 0: neither (default 60s)")
 
 
 def add_log_options(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from enumwatch import crdgen
+from enumwatch import crdgen, rbacgen
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +32,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also regenerate the CRD reference block of this page, e.g. docs/reference.md "
         "(default: none)",
     )
+    parser.add_argument(
+        "--rbac-root",
+        type=Path,
+        default=None,
+        help="also regenerate the operator's RBAC (manifests/base/rbac.yaml, the chart's "
+        "template, the PolicyReport component, docs/security.md's table) under this "
+        "repository root (default: none)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -45,4 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference is not None:
         changed = crdgen.update_reference(args.reference)
         print(f"{'updated' if changed else 'unchanged'} {args.reference}", file=sys.stderr)
+    if args.rbac_root is not None:
+        for path in rbacgen.write(args.rbac_root):
+            print(f"updated {path}", file=sys.stderr)
     return 0

@@ -24,8 +24,9 @@ from enumwatch.api.seed import SEED_RULE
 from enumwatch.api.spec import DetectorSpec, ScheduleSpec
 from enumwatch.audit import DecodeStats
 from enumwatch.cli.main import unapplied_exceptions
-from enumwatch.rule import Row, Rule
+from enumwatch.rule import NearMiss, Row, Rule
 from enumwatch.scan import (
+    DUPLICATE,
     ProgressCallback,
     ScanError,
     Survey,
@@ -50,9 +51,23 @@ PROG = "enumwatch scan"
 PROGRESS_AFTER_S = 1.0
 #: The console width when the output is not a terminal: wide enough never to wrap a row.
 _UNWRAPPED = 100_000
+#: How many of the groups that came closest to a row ``--explain`` lists.
+EXPLAIN_GROUPS = 5
+#: Where the docs say why a threshold is what it is, and what to run instead.
+_THRESHOLD_DOCS = "docs/hunting.md#why-a-scan-finds-nothing-the-seeds-thresholds"
+#: What each failed threshold means for the group that failed it.
+_MISS_MEANING = {
+    "documentsBelow": "a loud client is outside the seed's rule (Elastic's choice: an "
+    "enumeration is a few requests per endpoint); a second detector with a higher "
+    "documentsBelow catches it",
+    "distinctRequestURIsAbove": "too few distinct URIs for an enumeration",
+    "distinctResourcesAbove": "too few distinct resources for an enumeration",
+    "forbiddenAtLeast|authFailuresAtLeast|notFoundAtLeast": "no trigger reached (forbidden, "
+    "401/403, 404 answers)",
+}
 
 
-#: Exit statuses (documented in ``scan --help`` and the README).
+#: Exit statuses (documented in ``scan --help`` and docs/hunting.md).
 EXIT_OK = 0
 #: Bad usage or input: a wrong flag (argparse's own status), an unreadable file, a bad detector.
 EXIT_USAGE = 2
@@ -82,7 +97,7 @@ exit status:
   {EXIT_OK}  the scan ran (rows or not; see --exit-code)
   N  with --exit-code N: the rule produced at least one row
   {EXIT_USAGE}  usage or input error: a bad flag, an unreadable file, an invalid detector
-  {EXIT_BLIND}  blind: a non-empty input held nothing usable (not JSON, no audit events), or the
+  {EXIT_BLIND}  blind: the input is empty or held nothing usable (not JSON, no audit events), or the
      events are logged at a level the rule cannot match (Metadata), or (--replay) the
      matching events have no timestamps; stderr says why and what to fix. An empty
      result then does not mean no enumeration.
@@ -174,6 +189,15 @@ def register(subparsers: Any) -> None:
         help="with --replay: e.g. 6m (default: the detector's schedule.lookback)",
     )
     parser.add_argument(
+        "--explain",
+        action="store_true",
+        help=(
+            f"after the rows, list the {EXPLAIN_GROUPS} groups that came closest to a row and "
+            "every threshold each failed (not with --replay) (default: off; when there are no "
+            "rows the summary names the closest one anyway)"
+        ),
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         metavar="N",
@@ -253,6 +277,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ScanError("--detector-name picks a detector of --detector's file; add --detector")
     if not args.replay and (args.interval or args.lookback):
         raise ScanError("--interval and --lookback only apply with --replay; add --replay")
+    if args.replay and args.explain:
+        raise ScanError(
+            "--explain explains the input as one window; drop --replay (the groups are the same, "
+            "the windows only cut them smaller)"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -307,19 +336,32 @@ def _run(args: argparse.Namespace) -> int:
     records = _Records(args.records, name or SEED_RULE_DETECTOR, spec)
     _print(out, fired, args.format, records, replayed=args.replay)
     if not args.quiet:
-        _summary(err, stats)
+        _summary(err, stats, survey)
         if args.replay:
             counters = ", ".join(f"{k} {v:,}" for k, v in report.counters.items())
             err.line(
                 f"replay over the events' own timestamps (event time): "
-                f"{len(report.windows):,} windows evaluated, {len(fired):,} with rows "
+                f"{_count(len(report.windows), 'window')} evaluated, {len(fired):,} with rows "
                 f"(interval {schedule.interval}, lookback {schedule.lookback}); events {counters}"
             )
         else:
             err.line(
-                f"rule: {result.matched:,} events matched, {result.groups:,} groups, "
-                f"{len(result.rows):,} rows"
+                f"rule: {_count(result.matched, 'event')} matched, "
+                f"{_count(result.groups, 'group')}, {_count(len(result.rows), 'row')}"
             )
+    if not args.replay:
+        if args.explain:
+            _explain(err, result.near_misses(EXPLAIN_GROUPS))
+        elif not result.rows and not args.quiet and (closest := result.near_misses(1)):
+            err.line(
+                f"{PROG}: no rows; closest: {_near_miss(closest[0])}; --explain lists "
+                f"the {EXPLAIN_GROUPS} closest groups"
+            )
+    elif not fired and matched and not args.quiet:
+        err.line(
+            f"{PROG}: no rows; without --replay, --explain names the groups that came closest "
+            "and the thresholds they failed"
+        )
     undated = report.counters["undated"] if args.replay else 0
     blind = blindness(survey, stats, matched, matcher, undated)
     if blind is None or not blind.unreadable:  # else its reason names them already
@@ -516,13 +558,58 @@ def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
     return table
 
 
-def _summary(err: _Stream, stats: DecodeStats) -> None:
+def _count(n: int, noun: str) -> str:
+    """``1 group``, ``2 groups``: the summary's counts, singular or plural as they are."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
+def _summary(err: _Stream, stats: DecodeStats, survey: Survey) -> None:
+    """One line, the same words for every kind of input: the input's lines, the JSON documents
+    they held (one per line for JSON lines; an array or EventList is one), the events those
+    held, and what became of each event: counted, skipped unparsed, or skipped by reason. The
+    last three add up to the events."""
+    documents = [s for s in survey.inputs if s.documents]
+    items = sum(s.items for s in documents)
+    # The decoder counts one entry per JSON line and one per item of a document.
+    per_line = stats.lines - items
+    lines = per_line + sum(s.source_lines for s in documents)
+    values = per_line + sum(s.documents for s in documents)
     skipped = ", ".join(f"{reason} {n:,}" for reason, n in sorted(stats.skipped.items()))
+    # A redelivery is decoded, then skipped: it is counted once, under its skip reason.
+    counted = stats.events - stats.skipped.get(DUPLICATE, 0)
+    events = counted + stats.prefiltered + stats.skipped_total
     err.line(
-        f"read {stats.lines:,} lines: {stats.events:,} events decoded, "
-        f"{stats.prefiltered:,} lines skipped unparsed (cannot match), "
+        f"read {_count(lines, 'line')}, {_count(values, 'document')}, "
+        f"{_count(events, 'event')}: {counted:,} counted, "
+        f"{stats.prefiltered:,} skipped unparsed (cannot match), "
         f"{stats.skipped_total:,} skipped" + (f" ({skipped})" if skipped else "")
     )
+
+
+def _group_name(miss: NearMiss) -> str:
+    ip, user_agent = miss.key
+    return f"{ip or '(no source IP)'} {user_agent or '(any user agent)'}"
+
+
+def _near_miss(miss: NearMiss) -> str:
+    """``10.0.0.7 curl/8: 60 documents, fails documentsBelow (60 ≥ 50): what that means``."""
+    fails = "; ".join(
+        f"fails {m.threshold} ({m.test}): {_MISS_MEANING.get(m.threshold, '')}".rstrip(": ")
+        for m in miss.misses
+    )
+    return f"{_group_name(miss)}: {_count(miss.documents, 'document')}, {fails}"
+
+
+def _explain(err: _Stream, misses: Sequence[NearMiss]) -> None:
+    """``--explain``: the groups that came closest to a row, each with what it failed."""
+    if not misses:
+        err.line(f"{PROG}: explain: no group failed a threshold (every group is a row, or none "
+                 "matched the rule's where)")
+        return
+    err.line(f"{PROG}: explain: the {_count(len(misses), 'group')} closest to a row "
+             f"(see {_THRESHOLD_DOCS}):")
+    for miss in misses:
+        err.line(f"  {_near_miss(miss)}")
 
 
 # --------------------------------------------------------------------------------------------

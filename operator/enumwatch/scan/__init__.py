@@ -20,6 +20,7 @@ from enumwatch.scan.chunks import (
     read_range,
 )
 from enumwatch.scan.engine import (
+    DUPLICATE,
     ReplayReport,
     ScanReport,
     no_cyclic_gc,
@@ -32,6 +33,7 @@ from enumwatch.scan.parallel import default_workers, scan_files
 from enumwatch.scan.survey import INPUT_FIX, LEVEL_FIX, Blindness, Survey, blindness
 
 __all__ = [
+    "DUPLICATE",
     "INPUT_FIX",
     "LEVEL_FIX",
     "STDIN",

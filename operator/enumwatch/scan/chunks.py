@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import pairwise
 from typing import IO, cast
 
-from enumwatch.audit.documents import InputKind, document_lines, sniff
+from enumwatch.audit.documents import InputKind, document_lines, sniff, strip_bom
 from enumwatch.scan.errors import ScanError, reason_of
 from enumwatch.scan.survey import Survey
 
@@ -85,6 +85,7 @@ def read_buffers(
                 survey.record_document(path, document)
             yield from _batches(document.lines)
             return
+        head = strip_bom(head)
         if survey is not None:
             survey.record_head(path, kind, head)
         if head:
@@ -144,7 +145,10 @@ def read_range(
             def report() -> None:
                 progress(stream.tell() - start, end - start)
 
-        yield from _whole_lines(path, stream, end - start, report, seekable=True)
+        buffers = _whole_lines(path, stream, end - start, report, seekable=True)
+        if start == 0:  # the file's first line may carry a byte-order mark
+            yield strip_bom(next(buffers, b""))
+        yield from buffers
 
 
 def _whole_lines(

@@ -23,7 +23,7 @@ from enumwatch.audit.decode import DecodeStats, iter_buffer_events, iter_buffer_
 from enumwatch.audit.event import AuditEvent
 from enumwatch.audit.identity import Identity, event_identity
 from enumwatch.match.prefilter import Prefilter
-from enumwatch.rule import GroupTable, Row, Rule
+from enumwatch.rule import GroupTable, NearMiss, Row, Rule
 from enumwatch.windows import WindowedEvaluator, WindowResult
 
 
@@ -35,6 +35,20 @@ class ScanReport:
     stats: DecodeStats
     matched: int
     groups: int
+    #: The evaluated table, kept so that its other groups can be explained on demand.
+    table: GroupTable | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, table: GroupTable, rows: list[Row], stats: DecodeStats) -> ScanReport:
+        """The report of a fed ``table`` whose ``rows`` are drawn."""
+        return cls(
+            rows=rows, stats=stats, matched=table.added, groups=table.group_count, table=table
+        )
+
+    def near_misses(self, most: int) -> list[NearMiss]:
+        """The ``most`` groups that came closest to a row and the thresholds they failed
+        (``--explain``; :meth:`GroupTable.near_misses`), computed only when asked."""
+        return self.table.near_misses(most) if self.table is not None else []
 
 
 @dataclass(slots=True)
@@ -137,7 +151,7 @@ def scan(
     with no_cyclic_gc():
         feed(table, stats, buffers, Prefilter(rule.matcher), set())
         rows = table.rows(data_stream_namespace or spec.data_stream_namespace, limit)
-    return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
+    return ScanReport.of(table, rows, stats)
 
 
 def replay(
@@ -154,7 +168,7 @@ def replay(
     ``interval_s`` and ``lookback_s`` default to the spec's schedule; ``limit`` defaults to
     ``findings.maxPerRun`` like a live run. Like the operator, events delivered twice (same
     identity, see :func:`feed`) count once: the evaluator is fed each event once, and the
-    redeliveries are counted as ``duplicates`` in the counters.
+    redeliveries are counted as skipped (:data:`DUPLICATE`), as in :func:`scan`.
     """
     stats = DecodeStats()
     rule = Rule.of(spec)
@@ -174,8 +188,7 @@ def replay(
         name: getattr(evaluator, name)
         for name in ("added", "unmatched", "undated", "late", "evicted")
     }
-    # Said once, with the evaluator's counters, as a replay always has.
-    counters["duplicates"] = stats.skipped.pop(DUPLICATE, 0)
+    # Redeliveries stay in stats.skipped: the summary says them as a plain scan does.
     return ReplayReport(windows=windows, stats=stats, counters=counters)
 
 

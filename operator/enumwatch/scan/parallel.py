@@ -119,7 +119,7 @@ def scan_files(
     finally:
         for child in children:
             child.close()
-    return ScanReport(rows=rows, stats=stats, matched=table.added, groups=table.group_count)
+    return ScanReport.of(table, rows, stats)
 
 
 def _splittable(path: str) -> bool:

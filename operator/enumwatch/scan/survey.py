@@ -72,6 +72,11 @@ class InputSurvey:
     skipped: Counter[str] = field(default_factory=Counter)
     #: The managed-cluster payloads among the sampled lines, by shape (:data:`MANAGED_SHAPES`).
     managed: Counter[Shape] = field(default_factory=Counter)
+    #: A document's own lines, the JSON values they held, and the events (items) in those; all
+    #: 0 for JSON lines, where each line is one of each (the decoder counts them).
+    source_lines: int = 0
+    documents: int = 0
+    items: int = 0
 
     @property
     def sampled(self) -> int:
@@ -97,6 +102,9 @@ class Survey:
         """Record an input read whole as a JSON document."""
         problem = f"invalid JSON at {document.problem}" if document.problem else None
         self._record(path, InputKind.DOCUMENT, document.lines[:SAMPLE_LINES], problem)
+        survey = self.inputs[-1]
+        survey.source_lines, survey.documents = document.source_lines, document.documents
+        survey.items = len(document.lines)
 
     def _record(self, path: str, kind: InputKind, lines: list[bytes], problem: str | None) -> None:
         survey = InputSurvey(path, kind, problem)
@@ -201,7 +209,15 @@ def blindness(
     """
     read = [s for s in survey.inputs if s.kind is not InputKind.EMPTY]
     if not read:
-        return None
+        return Blindness(
+            "the input is empty ("
+            + ", ".join(s.path for s in survey.inputs)
+            + "): no audit log of a running cluster is, since the apiserver logs its own "
+            "clients; an empty file is a log not yet written, rotated away, or the wrong path",
+            "pass the --audit-log-path file (or its rotated copies) of a running apiserver, "
+            "or an export that holds events",
+            unreadable=True,
+        )
     levels = survey.levels
     if stats.events == 0 and not levels:
         return Blindness(

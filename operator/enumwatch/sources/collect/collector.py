@@ -55,6 +55,9 @@ class CollectStats(ForwardStats):
     anonymous_metadata_dropped: int = 0
     #: Of those, forwarded anyway as coverage witnesses (one per --coverage-witness-every).
     coverage_witnesses: int = 0
+    #: Dropped events forwarded anyway because nothing else was for --coverage-witness-every:
+    #: the operator's AuditCoverage hears that the log is written (authenticated traffic only).
+    coverage_heartbeats: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +204,7 @@ class Collector(Generic[P]):
         # after one of them but before the record's last must not commit the record, so every
         # event but a record's last ends at the position *before* the record.
         before = _Inside(self._last_end, is_position=True)
+        first_dropped: tuple[bytes, Any] | None = None
         for record, mark in page.records:
             stats.records_read += 1
             payload = mapping(record)
@@ -234,9 +238,14 @@ class Collector(Generic[P]):
                     stats.records_malformed += 1
                 else:
                     stats.events_filtered += 1
+                    if first_dropped is None:
+                        first_dropped = (event, mark)
             for index in range(first_kept, len(kept) - 1):
                 kept[index] = (kept[index][0], before)
             before = _Inside(mark, is_position=False)
+        if first_dropped is not None and self.filter.heartbeat(bool(kept), stats):
+            kept.append(first_dropped)  # kept was empty: the heartbeat is the page's only event
+            stats.events_filtered -= 1
         outbox.add(kept, _Inside.resolver(page.position_of))
         outbox.consumed(page.end)
         self._last_end = page.end

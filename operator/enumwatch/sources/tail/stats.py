@@ -33,3 +33,6 @@ class TailStats(ForwardStats):
     anonymous_metadata_dropped: int = 0
     #: Of those, forwarded anyway as coverage witnesses (one per --coverage-witness-every).
     coverage_witnesses: int = 0
+    #: Dropped events forwarded anyway because nothing else was for --coverage-witness-every:
+    #: the operator's AuditCoverage hears that the log is written (authenticated traffic only).
+    coverage_heartbeats: int = 0
