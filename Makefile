@@ -46,7 +46,7 @@ tools: ## build (or reuse) helm, promtool and alertmanager from their Go modules
 	@MAKE_TARGET="$(or $(MAKECMDGOALS),tools)" bash hack/tools/build.sh >/dev/null
 
 kafka: ## resolve (or reuse) the Apache Kafka broker the Kafka / Event Hubs tests and dev-up KAFKA=1 run, from Maven Central
-	@bash hack/kafka/build.sh >/dev/null
+	@MAKE_TARGET="$(or $(MAKECMDGOALS),kafka)" bash hack/kafka/build.sh >/dev/null
 
 node: ## build (or reuse) what cluster-up runs: node packages (as root), Kubernetes node components, CoreDNS, pause
 	@if [ "$$(id -u)" = 0 ]; then bash hack/node/install-packages.sh && bash hack/controlplane/build.sh --cluster >/dev/null; \

@@ -7,6 +7,7 @@ how() {
   case "$1" in
     go) echo "Go >= 1.24 builds kube-apiserver, etcd and the test tools from their modules: install it from https://go.dev/dl/ (or apt-get install golang-go) and put it on PATH" ;;
     kubectl) echo "kubectl talks to the local apiserver: install it from https://kubernetes.io/docs/tasks/tools/ (or apt-get install kubernetes-client)" ;;
+    java | mvn) echo "a JDK (>= 17) and Maven resolve and run the Apache Kafka broker of the Kafka / Event Hubs tests: apt-get install openjdk-17-jdk-headless maven" ;;
     curl) echo "curl is the tour's anonymous scanner: apt-get install curl (or your system's package)" ;;
     python3.11 | python3*) echo "Python >= 3.11 makes .venv/: apt-get install python3.11 python3.11-venv, or run make PYTHON=/path/to/python3.12" ;;
     *) echo "install it and put it on PATH" ;;

@@ -19,8 +19,10 @@ if [[ -f "$libs/.complete" ]]; then
   echo "$libs"
   exit 0
 fi
-for tool in java mvn; do
-  command -v "$tool" >/dev/null || { echo "kafka: $tool not found: install a JDK (>= 17) and Maven to run the Kafka tests" >&2; exit 3; }
+# shellcheck source=../need.sh
+source "$here/../need.sh"
+for tool in java mvn; do  # exit 3, not need_tool's 1: the fixture tells "missing" from "failed"
+  command -v "$tool" >/dev/null || { echo "make ${MAKE_TARGET:-kafka}: needs $tool, which is not on PATH. $(how "$tool")" >&2; exit 3; }
 done
 mkdir -p "$cache"
 exec 9>"$prefix.lock"

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 #: What the Makefile and the build scripts run besides the tools under test.
-BASICS = ("bash", "make", "env", "dirname", "awk", "cut", "head", "mkdir", "mv", "cat", "id")
+BASICS = ("bash", "make", "env", "dirname", "awk", "cut", "head", "mkdir", "mv", "cat", "id", "sed")
 
 
 @pytest.fixture
@@ -65,6 +65,18 @@ def test_a_build_without_go_says_so_in_one_line_before_building(
         "install golang-go) and put it on PATH"
     ]
     assert not any((tmp_path / "cache").rglob(built))
+
+
+def test_the_kafka_broker_without_a_jdk_says_so_in_one_line(bare_path: str, tmp_path: Path) -> None:
+    done = make("kafka", bare_path, tmp_path)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("make: ***")]
+    assert lines == [
+        "make kafka: needs java, which is not on PATH. a JDK (>= 17) and Maven resolve and run "
+        "the Apache Kafka broker of the Kafka / Event Hubs tests: apt-get install "
+        "openjdk-17-jdk-headless maven"
+    ]
+    assert not (tmp_path / "cache").exists()  # nothing was resolved
 
 
 def test_cached_binaries_need_no_go(bare_path: str, tmp_path: Path) -> None:
