@@ -120,6 +120,23 @@ class DetectorRuntime:
     #: once per batch (:meth:`report_matched`), not once per event (a labelled increment takes
     #: a lock and a lookup: a fifth of ingest's CPU when done per event).
     matched_unreported: int = 0
+    #: Steps of this detector's ticks that failed and were retried at the next tick, by step
+    #: (status.tickErrors, enumwatch_tick_step_errors_total).
+    step_errors: Counter[str] = field(default_factory=Counter)
+
+    def step_failed(self, step: str, exc: BaseException) -> None:
+        """Count a step of a tick that failed, retried at the next tick (status.tickErrors and
+        enumwatch_tick_step_errors_total): a failure is seen, never silent."""
+        self.step_errors[step] += 1
+        metrics.TICK_STEP_ERRORS.labels(self.ref.namespace, self.ref.name, step).inc()
+        log.warning(
+            "tick step failed, will retry at the next tick",
+            extra={
+                "detector": f"{self.ref.namespace}/{self.ref.name}",
+                "step": step,
+                "error": str(exc) or type(exc).__name__,
+            },
+        )
 
     def configure(self, raw_spec: dict[str, Any], generation: int) -> bool:
         """Apply a spec (as stored in the API); return whether anything changed."""
