@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -473,3 +474,36 @@ def scanner(
         event["stageTimestamp"] = format_rfc3339(t + i * 0.01 + 0.002, "microseconds")
         events.append(event)
     return events
+
+
+def scrape(url: str) -> dict[str, float]:
+    """GET a Prometheus text exposition (``http://ADDR/metrics``) and return its samples
+    (``name{labels}`` -> value); ``{}`` when nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def sample(samples: dict[str, float], name: str, **labels: str) -> float | None:
+    """The value of the series ``name`` with exactly ``labels`` among scraped ``samples`` (as
+    :func:`scrape` or :meth:`OperatorProcess.metrics` return them), whatever order the labels
+    are written in; ``None`` when there is no such series."""
+    for key, value in samples.items():
+        found = _SAMPLE.match(key)
+        if found is None or found["name"] != name:
+            continue
+        if dict(_LABEL.findall(found["labels"] or "")) == labels:
+            return value
+    return None

@@ -14,7 +14,6 @@ written, once, with all its events: with fewer rows than ``findings.maxPerRun`` 
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from enumwatch_devkit.operatorkit import (
     findings,
     fresh_namespace,
     running_operator,
+    sample,
     scanner,
     wait_for,
 )
@@ -51,19 +51,9 @@ DETECTOR = {
     "findings": {"maxPerRun": MAX_PER_RUN},
 }
 DOCUMENTS = 10
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?$")
-
-
-def sample(op: OperatorProcess, name: str, **labels: str) -> float:
-    """The value of the sample ``name`` with exactly ``labels`` on /metrics (0 when absent)."""
-    for key, value in op.metrics().items():
-        found = _SAMPLE.match(key)
-        if found is None or found["name"] != name:
-            continue
-        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', found["labels"] or ""))
-        if have == labels:
-            return value
-    return 0.0
+def metric(op: OperatorProcess, name: str, **labels: str) -> float:
+    """The operator's series ``name`` with exactly ``labels`` (0 while it has none)."""
+    return sample(op.metrics(), name, **labels) or 0.0
 
 
 @contextlib.contextmanager
@@ -114,12 +104,12 @@ def test_an_apiserver_stopped_mid_tick_costs_a_retry_never_a_row(
                 first = "listing" if groups > MAX_PER_RUN else None
                 wait_for(
                     lambda: (
-                        sample(op, "enumwatch_finding_write_errors_total", **where) >= 1
-                        and sample(op, "enumwatch_tick_step_errors_total", **where, step="status")
+                        metric(op, "enumwatch_finding_write_errors_total", **where) >= 1
+                        and metric(op, "enumwatch_tick_step_errors_total", **where, step="status")
                         >= 1
                         and (
                             first is None
-                            or sample(op, "enumwatch_tick_step_errors_total", **where, step=first)
+                            or metric(op, "enumwatch_tick_step_errors_total", **where, step=first)
                             >= 1
                         )
                     ),

@@ -174,6 +174,7 @@ class Collector(Generic[P]):
         witness = self.filter.witness if self.filter.blind is not None else None
         mapping = self.source.mapping
         kept: list[tuple[bytes, Any]] = []
+        event = b""
         for record, mark in page.records:
             stats.records_read += 1
             try:
@@ -203,6 +204,7 @@ class Collector(Generic[P]):
                 stats.records_malformed += 1
             else:
                 stats.events_filtered += 1
+        stats.read_up_to(event)  # the newest event read (for the lag on /metrics)
         outbox.add(kept, page.position_of)
         outbox.consumed(page.end)
 
