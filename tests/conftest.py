@@ -1,7 +1,9 @@
 """Shared fixtures: the real local control plane, and the rule that integration tests never skip.
 
 ``make test`` sets ``ENUMWATCH_REQUIRE_INTEGRATION=1``; then a skipped ``integration`` test fails
-the session, so CI can never pass on a machine where the control plane did not come up.
+the session, so CI can never pass on a machine where the control plane did not come up. Run as
+root, a skipped ``node`` test fails it too: root is what the real node needs, so a skip there
+means the node did not come up, not that it could not.
 """
 
 from __future__ import annotations
@@ -29,9 +31,15 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[controlp
         cp.stop()
 
 
+def required_markers(euid: int) -> tuple[str, ...]:
+    """The markers whose tests must not skip under ``make test``: ``integration`` always, and
+    ``node`` when running as root (without root the node cannot run, and its tests say so)."""
+    return ("integration", "node") if euid == 0 else ("integration",)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Remember integration tests that were skipped."""
-    if report.skipped and "integration" in report.keywords:
+    """Remember required tests (see :func:`required_markers`) that were skipped."""
+    if report.skipped and any(m in report.keywords for m in required_markers(os.geteuid())):
         _skipped_integration.append(report.nodeid)
 
 
@@ -41,8 +49,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(
-                f"FAILED: {len(_skipped_integration)} integration test(s) were skipped; "
-                "make test requires the real control plane: " + ", ".join(_skipped_integration),
+                f"FAILED: {len(_skipped_integration)} integration/node test(s) were skipped; "
+                "make test requires the real control plane (and the real node as root): "
+                + ", ".join(_skipped_integration),
                 red=True,
             )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -42,6 +42,8 @@ ACTIONS = {
     "cluster-down": "stop the cluster and remove all it left on the host (make cluster-down)",
 }
 PROG = "python -m enumwatch_devkit"
+#: The processes of the stack on top of the control plane, which ``up`` restarts when they died.
+STACK_PROCESSES = frozenset({"operator", "tailer", "alertmanager"})
 #: How to throw a running local stack away, said wherever ``up`` keeps one.
 RESET_HINT = "`make dev-reset` (up --reset) starts a new one; its detectors and Findings are lost"
 
@@ -157,6 +159,26 @@ def _kept(state: Path, control_plane_only: bool) -> int | None:
     if not any(processes.values()) or not (state / "env").exists():
         return None
     stopped = sorted(name for name, running in processes.items() if not running)
+    stack_dir = state / "stack"
+    if stopped and set(stopped) <= STACK_PROCESSES and (stack_dir / devstack.COMMANDS).exists():
+        # Only the stack's own processes died (the operator killed, say): the control plane
+        # and its etcd still hold every detector and Finding, the state directories the
+        # windows and the tailer's position. Start again what is missing, as it was.
+        info = json.loads((state / "controlplane.json").read_text())
+        try:
+            devstack.restart(
+                stack_dir, stopped, Path(info["KUBECONFIG"]), info.get("OPERATOR_URL", "")
+            )
+        except (controlplane.ControlPlaneError, OSError) as exc:
+            print(f"{PROG}: could not restart {', '.join(stopped)}: {exc}: {RESET_HINT}",
+                  file=sys.stderr)
+            return 1
+        print(
+            f"the local stack under {state} ran only partly: restarted {', '.join(stopped)}, "
+            "state kept",
+            file=sys.stderr,
+        )
+        stopped = []
     if stopped:
         print(
             f"{PROG}: the local stack under {state} runs only partly ({', '.join(stopped)} "
@@ -226,6 +248,12 @@ def up(
                 f"topic {env['KAFKA_TOPIC']} are collected into the operator (log "
                 f"{state / 'kafka' / 'collect.log'}); the detectors read Metadata too, as the "
                 "managed-cluster overlays' do",
+                file=sys.stderr,
+            )
+        if dev_stack.tailer_metrics_url:
+            env["TAILER_METRICS_URL"] = dev_stack.tailer_metrics_url
+            print(
+                f"tailer metrics at {dev_stack.tailer_metrics_url}/metrics",
                 file=sys.stderr,
             )
         if dev_stack.alertmanager_url:

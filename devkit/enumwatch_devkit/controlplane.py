@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import ssl
 import subprocess
 import sys
@@ -379,6 +380,41 @@ def start(
         raise
     cp.started_in = time.monotonic() - began
     return cp
+
+
+@contextlib.contextmanager
+def apiserver_paused(cp: ControlPlane) -> Iterator[int]:
+    """SIGSTOP this control plane's kube-apiserver (by its PID) for the block, SIGCONT after.
+
+    A stopped apiserver still accepts TCP connections (the kernel queues them) but answers
+    nothing: what a client sees of an apiserver hung or partitioned away. Yields the PID.
+    """
+    pid = cp.processes["kube-apiserver"].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def kill_apiserver(cp: ControlPlane) -> None:
+    """SIGKILL this control plane's kube-apiserver (by its PID): connections refused until
+    :func:`restart_apiserver`. etcd, and so every object, stays."""
+    proc = cp.processes["kube-apiserver"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def restart_apiserver(cp: ControlPlane, ready_timeout: float = 90.0) -> None:
+    """Start the kube-apiserver killed by :func:`kill_apiserver` again, with the same command
+    (port, certificates, audit log), and wait for /readyz."""
+    proc = cp.processes["kube-apiserver"]
+    assert isinstance(proc.args, list)  # as _launch_servers started it
+    cp.processes["kube-apiserver"] = launch(
+        [str(arg) for arg in proc.args], cp.workdir / "kube-apiserver.log", preexec=bind_to_parent
+    )
+    write_pidfile(cp.workdir / "pids", cp.processes)
+    _wait_ready(cp, ready_timeout)
 
 
 @contextlib.contextmanager

@@ -57,6 +57,8 @@ class Stack:
     operator_url: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     alertmanager_url: str | None = None
+    #: The tailer's Prometheus metrics (``.../metrics``: its counters, lag, checkpoint age).
+    tailer_metrics_url: str | None = None
 
     def stop(self) -> None:
         """SIGTERM the processes (tailer first, so it delivers what it holds), then wait."""
@@ -127,6 +129,7 @@ def start(
     token_file.chmod(0o600)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    tailer_metrics = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
     commands = {
         "operator": [
@@ -162,9 +165,11 @@ def start(
             "0.05",
             "--poll-interval",
             "0.05",
+            "--metrics-listen",
+            tailer_metrics,
         ],
     }
-    stack = Stack(state=state, operator_url=url)
+    stack = Stack(state=state, operator_url=url, tailer_metrics_url=f"http://{tailer_metrics}")
     preexec = os.setpgrp if detached else bind_to_parent
     try:
         if alertmanager:
@@ -179,10 +184,42 @@ def start(
             if name == "operator":
                 _wait_ready(url, stack.processes[name], log_path, timeout=60)
         write_pidfile(state / "pids", stack.processes)
+        # How each was started, so that `up` can start again one that died, as it was.
+        (state / COMMANDS).write_text(
+            json.dumps({name: [str(a) for a in _args(p)] for name, p in stack.processes.items()})
+        )
     except BaseException:
         stack.stop()
         raise
     return stack
+
+
+#: The file (in the stack's directory) with the command line of each of its processes.
+COMMANDS = "commands.json"
+
+
+def _args(proc: subprocess.Popen[bytes]) -> list[str]:
+    assert isinstance(proc.args, list)  # every process here is started from a list
+    return [str(a) for a in proc.args]
+
+
+def restart(state: Path, names: list[str], kubeconfig: Path, operator_url: str) -> None:
+    """Start again, detached and with the command each was first started with, the stack
+    processes ``names`` (under ``state``, as :func:`start` left it) that are not running: the
+    same port, token, operator state directory (the detectors' windows and waiting writes) and
+    tailer checkpoint (its position in the audit log), so nothing is lost and nothing is read
+    twice. The PID file is rewritten; the operator is awaited until ready."""
+    commands = json.loads((state / COMMANDS).read_text())
+    pids = json.loads((state / "pids").read_text())
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    # The operator first: the tailer forwards to it.
+    for name in sorted(names, key=lambda n: n != "operator"):
+        log_path = state / f"{name}.log"
+        proc = launch(commands[name], log_path, preexec=os.setpgrp, env=env)
+        pids[name] = proc.pid
+        if name == "operator":
+            _wait_ready(operator_url, proc, log_path, timeout=60)
+    (state / "pids").write_text(json.dumps(pids))
 
 
 #: The levels of the managed-cluster overlays' detectors (manifests/overlays/eks|gke|aks): what

@@ -12,6 +12,8 @@ import http.client
 import json
 import math
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enumwatch.timefmt import parse_rfc3339
-from enumwatch_devkit import controlplane, devstack
+from enumwatch.timefmt import format_rfc3339, parse_rfc3339
+from enumwatch_devkit import controlplane, corpus, devstack
 from enumwatch_devkit.auditlog import read_events
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.processes import free_port
@@ -441,3 +443,67 @@ def wait_for_tick_after(
         return isinstance(last, str) and parse_rfc3339(last) >= target
 
     wait_for(reached, timeout=timeout, what=f"{namespace}/{name} to evaluate a tick after {t}")
+
+
+def scanner(
+    ip: str | None, agent: str | None, count: int, t: float, seed: int
+) -> list[dict[str, Any]]:
+    """``count`` forbidden anonymous requests over distinct URIs and resources from one client,
+    stamped from ``t`` on (10 ms apart): a scan to post to /ingest as a source would."""
+    rng = random.Random(seed)
+    resources = ["secrets", "pods", "configmaps", "nodes", "services", "roles", "leases"]
+    events = []
+    for i in range(count):
+        event = corpus.audit_event(
+            rng,
+            corpus.EPOCH,
+            username="system:anonymous",
+            groups=["system:unauthenticated"],
+            level="Request",
+            verb="list",
+            uri=f"/api/v1/{resources[i % len(resources)]}?page={seed}-{i}",
+            resource=resources[i % len(resources)],
+            namespace=None,
+            source_ips=[] if ip is None else [ip],
+            user_agent=agent,
+            code=403,
+            decision="forbid",
+            message="forbidden",
+        )
+        event["requestReceivedTimestamp"] = format_rfc3339(t + i * 0.01, "microseconds")
+        event["stageTimestamp"] = format_rfc3339(t + i * 0.01 + 0.002, "microseconds")
+        events.append(event)
+    return events
+
+
+def scrape(url: str) -> dict[str, float]:
+    """GET a Prometheus text exposition (``http://ADDR/metrics``) and return its samples
+    (``name{labels}`` -> value); ``{}`` when nothing answers there."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+    except (urllib.error.URLError, ConnectionError):
+        return {}
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def sample(samples: dict[str, float], name: str, **labels: str) -> float | None:
+    """The value of the series ``name`` with exactly ``labels`` among scraped ``samples`` (as
+    :func:`scrape` or :meth:`OperatorProcess.metrics` return them), whatever order the labels
+    are written in; ``None`` when there is no such series."""
+    for key, value in samples.items():
+        found = _SAMPLE.match(key)
+        if found is None or found["name"] != name:
+            continue
+        if dict(_LABEL.findall(found["labels"] or "")) == labels:
+            return value
+    return None

@@ -51,6 +51,13 @@ class ApiError(Exception):
         self.message = message
 
 
+#: What a call to the API server raises when it fails: an error answer (:class:`ApiError`), or no
+#: answer at all (the connection refused, reset or timed out while the apiserver restarts or is
+#: stopped: aiohttp's errors, not all of them OSError). A caller that must survive an outage
+#: catches these, never only ``ApiError``.
+CALL_ERRORS: tuple[type[Exception], ...] = (ApiError, aiohttp.ClientError, OSError, TimeoutError)
+
+
 class ConfigError(Exception):
     """No usable credentials were found; the message says where we looked."""
 

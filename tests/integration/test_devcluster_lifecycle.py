@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from enumwatch_devkit.operatorkit import SCAN_PATHS
+from enumwatch_devkit.operatorkit import SCAN_PATHS, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -230,3 +230,79 @@ def test_a_second_up_keeps_the_running_stack_and_only_reset_replaces_it(tmp_path
         assert _findings(fresh["KUBECONFIG"], "anonymous-enumeration-by-address") == []
     finally:
         subprocess.run([*devkit, "down", "--dir", str(state)], check=True, timeout=60)
+
+
+def _scan(env: dict[str, str], agent: str) -> None:
+    ctx = __import__("ssl").create_default_context(cafile=_info(env)["ca_file"])
+    for path in SCAN_PATHS:
+        req = urllib.request.Request(env["APISERVER"] + path, headers={"User-Agent": agent})
+        try:
+            urllib.request.urlopen(req, context=ctx, timeout=5).close()
+        except urllib.error.HTTPError as exc:
+            exc.close()
+
+
+def _info(env: dict[str, str]) -> dict[str, Any]:
+    info: dict[str, Any] = json.loads(
+        (Path(env["KUBECONFIG"]).parent.parent / "controlplane.json").read_text()
+    )
+    return info
+
+
+def test_up_restarts_a_killed_operator_with_its_state_and_it_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "dev"
+    devkit = [sys.executable, "-m", "enumwatch_devkit"]
+    subprocess.run([*devkit, "up", "--dir", str(state)], check=True, timeout=120)
+    try:
+        env = _env(state)
+        _scan(env, "before-kill")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "before-kill" not in _findings(env["KUBECONFIG"]):
+            time.sleep(0.3)
+        assert _findings(env["KUBECONFIG"]) == ["before-kill"]
+        stack_pids = json.loads((state / "stack" / "pids").read_text())
+        os.kill(stack_pids["operator"], signal.SIGKILL)
+        assert _wait_dead([stack_pids["operator"]]) == []
+
+        again = subprocess.run(
+            [*devkit, "up", "--dir", str(state)], capture_output=True, text=True, timeout=120
+        )
+        assert again.returncode == 0, again.stderr
+        assert (
+            f"the local stack under {state} ran only partly: restarted operator, state kept"
+            in again.stderr.splitlines()
+        )
+        now = json.loads((state / "stack" / "pids").read_text())
+        assert now["operator"] != stack_pids["operator"]
+        assert {k: v for k, v in now.items() if k != "operator"} == {
+            k: v for k, v in stack_pids.items() if k != "operator"
+        }
+        assert all(_alive(int(p)) for p in now.values())
+        assert _env(state) == env  # the same control plane, operator URL, Alertmanager
+        # The restarted operator picks up where the killed one was: the same detectors, the
+        # Finding kept, and a new scan becomes a Finding through the same tailer.
+        _scan(env, "after-restart")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "after-restart" not in _findings(
+            env["KUBECONFIG"]
+        ):
+            time.sleep(0.3)
+        assert sorted(_findings(env["KUBECONFIG"])) == ["after-restart", "before-kill"]
+        # The local tailer serves its metrics: both scans went through it.
+        tailer = scrape(env["TAILER_METRICS_URL"] + "/metrics")
+        assert tailer["enumwatch_tailer_events_forwarded_total"] >= 2 * len(SCAN_PATHS)
+        # The operator kept its state directory (its epoch): the tailer saw no new leader.
+        assert tailer["enumwatch_tailer_leader_changes_total"] == 0
+    finally:
+        subprocess.run([*devkit, "down", "--dir", str(state)], check=True, timeout=60)
+    # dev-down's SIGTERM is a clean stop: no "kopf stopped unexpectedly" in the operator's log.
+    records = [
+        json.loads(line)
+        for line in (state / "stack" / "operator.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    messages = [r.get("msg", "") for r in records]
+    assert "stopping: kopf stopped on a signal" in messages
+    assert not [m for m in messages if m.startswith("kopf stopped unexpectedly")]

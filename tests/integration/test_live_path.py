@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,8 @@ import pytest
 
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch_devkit import corpus
-from enumwatch_devkit.controlplane import ControlPlane, running
+from enumwatch_devkit.controlplane import ControlPlane, kill_apiserver, running
+from enumwatch_devkit.controlplane import restart_apiserver as devkit_restart_apiserver
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
     OperatorProcess,
@@ -37,11 +36,11 @@ from enumwatch_devkit.operatorkit import (
     findings,
     fresh_namespace,
     running_operator,
+    scanner,
     unique_agent,
     wait_for,
     wait_for_tick_after,
 )
-from enumwatch_devkit.processes import bind_to_parent, launch
 
 pytestmark = pytest.mark.integration
 
@@ -130,34 +129,6 @@ def restamped(events: list[dict[str, Any]], start: float, span: float) -> list[d
             }
         )
     return out
-
-
-def scanner(ip: str | None, agent: str | None, count: int, t: float, seed: int) -> list[dict]:  # type: ignore[type-arg]
-    """``count`` forbidden anonymous requests over distinct URIs and resources from one client."""
-    rng = random.Random(seed)
-    resources = ["secrets", "pods", "configmaps", "nodes", "services", "roles", "leases"]
-    events = []
-    for i in range(count):
-        event = corpus.audit_event(
-            rng,
-            corpus.EPOCH,
-            username="system:anonymous",
-            groups=["system:unauthenticated"],
-            level="Request",
-            verb="list",
-            uri=f"/api/v1/{resources[i % len(resources)]}?page={seed}-{i}",
-            resource=resources[i % len(resources)],
-            namespace=None,
-            source_ips=[] if ip is None else [ip],
-            user_agent=agent,
-            code=403,
-            decision="forbid",
-            message="forbidden",
-        )
-        event["requestReceivedTimestamp"] = format_rfc3339(t + i * 0.01, "microseconds")
-        event["stageTimestamp"] = format_rfc3339(t + i * 0.01 + 0.002, "microseconds")
-        events.append(event)
-    return events
 
 
 DETECTOR = {
@@ -329,6 +300,18 @@ def test_a_refused_row_does_not_take_the_tick_down_and_is_written_later(
             samples = op.metrics()
             labels = f'{{detector="det",namespace="{ns}"}}'
             assert samples[f"enumwatch_finding_write_errors_total{labels}"] >= 1
+            # The detector's Warning Event says it, with the apiserver's own refusal.
+            failed = wait_for(
+                lambda: [
+                    e for e in events_for(crds, ns, "det") if e["reason"] == "FindingWriteFailed"
+                ],
+                what="the FindingWriteFailed Event",
+            )
+            message = min(failed, key=lambda e: e["firstTimestamp"])["message"]
+            prefix = "1 Finding write(s) failed; retried at the next tick. Last error: POST "
+            assert message.startswith(prefix), message
+            assert message.endswith("test policy refuses Findings of 203.0.113.66"), message
+            assert {e["type"] for e in failed} == {"Warning"}
             crds.kubectl("delete", "validatingadmissionpolicybinding", name)
             wait_for(lambda: len(findings(crds, ns)) == 3, timeout=30, what="the retried write")
             wait_for(
@@ -349,19 +332,10 @@ def test_a_refused_row_does_not_take_the_tick_down_and_is_written_later(
 
 def restart_apiserver(cp: ControlPlane, down_for: float, during: Any) -> None:
     """Kill the apiserver, run ``during()`` while it is down for ``down_for`` s, start it again."""
-    proc = cp.processes["kube-apiserver"]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    kill_apiserver(cp)
     during()
     time.sleep(down_for)
-    cp.processes["kube-apiserver"] = launch(
-        list(proc.args), cp.workdir / "kube-apiserver.log", preexec=bind_to_parent
-    )
-    wait_for(
-        lambda: cp.kubectl("get", "--raw", "/readyz", check=False) == "ok",
-        timeout=60,
-        what="readyz",
-    )
+    devkit_restart_apiserver(cp)
 
 
 def test_an_apiserver_outage_mid_tick_is_written_once_it_is_back(tmp_path: Path) -> None:

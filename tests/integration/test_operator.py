@@ -7,6 +7,7 @@ ones it wrote to its audit log; the operator is ``enumwatch run`` with kopf.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -285,8 +286,13 @@ def test_an_anonymous_client_that_got_in_gets_a_high_finding_and_its_own_event(
             f"endpoint(s) "
             f"that are not public by default: {granted}"
         )
-        printed = crds.kubectl("get", "findings", "-n", ns)
-        assert "high" in printed
+        # kubectl's own table: the Finding's row shows the severity in the SEVERITY column.
+        header, *lines = crds.kubectl("get", "findings", "-n", ns).splitlines()
+        starts = [m.start() for m in re.finditer(r"\S+", header)]
+        spans = list(zip(starts, [*starts[1:], None], strict=True))
+        (row,) = [dict(zip(header.split(), (line[a:b].strip() for a, b in spans), strict=True))
+                  for line in lines]
+        assert (row["NAME"], row["SEVERITY"], row["USER-AGENT"]) == (name, "high", agent)
 
 
 def _coverage(cp: ControlPlane, ns: str, name: str) -> dict[str, Any] | None:

@@ -30,10 +30,9 @@ from enumwatch_devkit.operatorkit import (
     findings,
     fresh_namespace,
     running_operator,
+    scanner,
     wait_for,
 )
-
-from .test_live_path import scanner
 
 pytestmark = pytest.mark.integration
 

@@ -257,7 +257,7 @@ def test_an_unknown_policyreport_api_is_refused(helm: Path) -> None:
 
 def test_every_templated_object_carries_helms_labels() -> None:
     docs = render("namespace.create=true", *MONITORING, values="values-ha.yaml", crds=False)
-    assert len(docs) == 19
+    assert len(docs) == 20
     for doc in docs:
         labels = doc["metadata"]["labels"]
         assert {k: labels.get(k) for k in HELM_LABELS} == HELM_LABELS, _key(doc)
@@ -324,6 +324,7 @@ def test_a_release_name_prefixes_every_name_and_the_references_follow() -> None:
         ("DaemonSet", "sec-enumwatch-tailer"),
         ("Service", "sec-enumwatch"),
         ("Service", "sec-enumwatch-metrics"),
+        ("Service", "sec-enumwatch-tailer-metrics"),
         ("PodDisruptionBudget", "sec-enumwatch"),
         ("ConfigMap", "sec-enumwatch-audit-policy"),
         ("EnumerationDetector", "anonymous-enumeration"),
@@ -370,8 +371,13 @@ def test_the_webhook_values_serve_https_to_the_named_identities_only() -> None:
     assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
     assert _one(docs, "Service", "enumwatch")["spec"]["clusterIP"] == "10.96.0.200"
     assert _one(docs, "PodDisruptionBudget", "enumwatch")["spec"]["minAvailable"] == 1
-    (endpoint,) = _one(docs, "ServiceMonitor", "enumwatch")["spec"]["endpoints"]
+    endpoint, *sources = _one(docs, "ServiceMonitor", "enumwatch")["spec"]["endpoints"]
     assert (endpoint["scheme"], endpoint["tlsConfig"]) == ("https", {"serverName": "x"})
+    # The tailer's and collector's metrics stay plain HTTP (they serve no /ingest).
+    assert [(s["port"], "scheme" in s) for s in sources] == [
+        ("tailer-metrics", False),
+        ("collect-metrics", False),
+    ]
 
 
 def test_a_static_ingest_token_comes_from_a_secret() -> None:

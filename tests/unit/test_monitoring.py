@@ -17,8 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
 from enumwatch.controller import metrics
+from enumwatch.outputs.dispatch import Outputs, OutputsConfig
+from enumwatch.sources import metrics as source_metrics
+from enumwatch.sources.collect.collector import CollectStats
+from enumwatch.sources.tail.stats import TailStats
 from enumwatch_devkit import monitoring, renders, upstream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,8 +65,21 @@ def test_metric_names_are_read_from_promql_without_functions_labels_or_durations
     }
 
 
+def _exposed() -> set[str]:
+    """What the operator exposes: its registry, and the outputs' families (registered when
+    outputs are configured)."""
+    outputs = CollectorRegistry()
+    outputs.register(metrics.OutputsCollector(Outputs(OutputsConfig())))
+    return monitoring.exposed_names(metrics.REGISTRY) | monitoring.exposed_names(outputs)
+
+
 def _known_metrics() -> set[str]:
-    return monitoring.exposed_names(metrics.REGISTRY) | monitoring.APISERVER_METRICS
+    sources = {
+        name
+        for source, stats in (("tailer", TailStats()), ("collector", CollectStats()))
+        for name in monitoring.exposed_names(source_metrics.registry(source, stats, lambda: 0))
+    }
+    return _exposed() | sources | monitoring.APISERVER_METRICS
 
 
 def test_every_alert_names_only_metrics_that_exist() -> None:
@@ -92,7 +110,8 @@ def test_the_rules_and_the_dashboard_use_every_apiserver_metric_they_declare() -
         monitoring.dashboard_exprs(monitoring.dashboard()).values()
     ):
         used |= monitoring.metric_names(expr)
-    assert used - monitoring.exposed_names(metrics.REGISTRY) == monitoring.APISERVER_METRICS
+    assert used - _known_metrics() == set()
+    assert used & monitoring.APISERVER_METRICS == monitoring.APISERVER_METRICS
 
 
 # --- the dashboard -------------------------------------------------------------------------------
@@ -167,6 +186,11 @@ def test_the_rule_file_holds_the_alerts_the_readme_promises() -> None:
             "EnumwatchEventsLate",
             "EnumwatchEventsFromTheFuture",
             "EnumwatchWindowShedding",
+            "EnumwatchAuditCoverageLost",
+            "EnumwatchOutputFailing",
+            "EnumwatchTickStepErrors",
+            "EnumwatchSourceErrors",
+            "EnumwatchTailerLagging",
         ]
     )
     assert alerts["EnumwatchNoLeader"]["labels"] == {"severity": "critical"}
@@ -175,10 +199,33 @@ def test_the_rule_file_holds_the_alerts_the_readme_promises() -> None:
         assert set(alert["annotations"]) == {"summary", "description"}, name
 
 
+def _alert_table() -> dict[str, str]:
+    """The documentation's alert table (wherever the docs hold it: README.md or docs/*.md),
+    as alert name -> severity; a row may name several alerts (`A` / `B`)."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))]
+    header = "| alert | fires when | severity |"
+    (page,) = [p for p in pages if p.exists() and header in p.read_text()]
+    lines = page.read_text().split(header, 1)[1].splitlines()[2:]
+    table: dict[str, str] = {}
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        names, _, severity = (cell.strip() for cell in line.strip("|").rsplit("|", 2))
+        for name in names.split(" / "):
+            table[name.strip("`")] = severity
+    return table
+
+
+def test_the_documented_alert_table_is_the_rule_file() -> None:
+    shipped = {r["alert"]: r["labels"]["severity"] for r in monitoring.rules()}
+    assert _alert_table() == shipped
+
+
 def test_promtool_checks_the_shipped_rules(promtool: Path, tmp_path: Path) -> None:
     _rules_file(tmp_path)
     out = _promtool(promtool, "check", "rules", "--lint-fatal", "rules.yaml", cwd=tmp_path)
-    assert out == "Checking rules.yaml\n  SUCCESS: 8 rules found\n\n"
+    assert out == f"Checking rules.yaml\n  SUCCESS: {len(monitoring.rules())} rules found\n\n"
+    assert len(monitoring.rules()) == 13
 
 
 def _alert(name: str, eval_time: str, *expected: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +433,124 @@ ALERT_TESTS = [
 ]
 
 
+COVERAGE = (
+    'enumwatch_detector_condition{namespace="team-a",detector="anonymous-enumeration",'
+    'pod="enumwatch-a",type="AuditCoverage",status="%s"}'
+)
+RBAC = (
+    'enumwatch_detector_condition{namespace="team-a",detector="anonymous-enumeration",'
+    'pod="enumwatch-a",type="RBACPosture",status="False"}'
+)
+OUTPUT = (
+    'enumwatch_output_failing{output="alertmanager",endpoint="http://am:9093",pod="enumwatch-a"}'
+)
+COLLECTOR = 'enumwatch_collector_source_errors_total{namespace="enumwatch-system",pod="collect-0"}'
+TAILER = 'enumwatch_tailer_lag_seconds{namespace="kube-system",pod="%s"}'
+
+COVERAGE_LOST = _per_detector(
+    "critical",
+    "Detector team-a/anonymous-enumeration cannot see (AuditCoverage False).",
+    "For 15 minutes the AuditCoverage condition of this detector has been False: the audit "
+    "events it receives cannot show an anonymous enumeration, so no Finding would be written. "
+    "Its message says why and what to fix (kubectl get ewd -n team-a anonymous-enumeration -o "
+    "yaml).",
+)
+OUTPUT_FAILING = {
+    "exp_labels": {"severity": "warning", "output": "alertmanager", "endpoint": "http://am:9093"},
+    "exp_annotations": {
+        "summary": "enumwatch cannot deliver to its alertmanager output http://am:9093.",
+        "description": "For 10 minutes every delivery attempt to http://am:9093 has failed "
+        "(retried with backoff): the Findings are written, but nobody is notified of them there. "
+        "The detectors' OutputsDelivered condition and the operator's logs say why.",
+    },
+}
+STEP_ERRORS = {
+    "exp_labels": {"severity": "warning", **DETECTOR, "step": "status"},
+    "exp_annotations": {
+        "summary": "The status step of detector team-a/anonymous-enumeration keeps failing.",
+        "description": "15 status steps of this detector's ticks failed in 15 minutes, for 15 "
+        "minutes (each retried at the next tick; status.tickErrors counts them). The operator's "
+        "logs say why: usually the API server, or its RBAC.",
+    },
+}
+SOURCE_ERRORS = {
+    "exp_labels": {"severity": "warning", "namespace": "enumwatch-system", "pod": "collect-0"},
+    "exp_annotations": {
+        "summary": "enumwatch collect enumwatch-system/collect-0 cannot read its source.",
+        "description": "30 reads from the provider failed in 15 minutes, for 15 minutes "
+        "(retried with backoff): no audit event of that cluster is forwarded. The collector's "
+        "logs name the source and the error (credentials, permissions, the subscription or log "
+        "group).",
+    },
+}
+
+
+def _lagging(pod: str, ago: str) -> dict[str, Any]:
+    return {
+        "exp_labels": {"severity": "warning", "namespace": "kube-system", "pod": pod},
+        "exp_annotations": {
+            "summary": f"enumwatch tail kube-system/{pod} is behind the audit log.",
+            "description": f"The newest audit event the tailer read was stamped {ago} ago, for "
+            "10 minutes: detections come that much late. Check its backpressure_pauses and "
+            "pending_events (an operator that does not keep up) and its logs (the audit log "
+            "path, rotation).",
+        },
+    }
+
+
+ALERT_TESTS += [
+    # Coverage goes False at 11m and stays: pending for 15m, firing from 26m. RBACPosture False
+    # (a gauge too) pages nobody through this alert.
+    _group(
+        {COVERAGE % "True": "1x10 0x30", COVERAGE % "False": "0x10 1x30", RBAC: "1x40"},
+        _alert("EnumwatchAuditCoverageLost", "25m"),
+        _alert("EnumwatchAuditCoverageLost", "26m", COVERAGE_LOST),
+    ),
+    # False for 10 minutes only, then True again: never fires.
+    _group(
+        {COVERAGE % "False": "0x10 1x10 0x20", COVERAGE % "True": "1x10 0x10 1x20"},
+        *(_alert("EnumwatchAuditCoverageLost", f"{m}m") for m in (15, 20, 25, 35)),
+    ),
+    # An Alertmanager fails from 6m on; another that failed for 5 minutes pages nobody.
+    _group(
+        {
+            OUTPUT: "0x5 1x30",
+            OUTPUT.replace("http://am:9093", "http://am2:9093"): "0x5 1x5 0x25",
+        },
+        _alert("EnumwatchOutputFailing", "15m"),
+        _alert("EnumwatchOutputFailing", "16m", OUTPUT_FAILING),
+        _alert("EnumwatchOutputFailing", "30m", OUTPUT_FAILING),
+    ),
+    # A status patch fails every minute (the apiserver does not answer); a single failed
+    # listing, retried at once, pages nobody.
+    _group(
+        {
+            f'enumwatch_tick_step_errors_total{{{LABELS},step="status"}}': "0+1x40",
+            f'enumwatch_tick_step_errors_total{{{LABELS},step="listing"}}': "0x5 1x35",
+        },
+        _alert("EnumwatchTickStepErrors", "15m"),
+        _alert("EnumwatchTickStepErrors", "30m", STEP_ERRORS),
+    ),
+    # The collector's reads fail twice a minute from the start; one failure at 5m is nothing.
+    _group(
+        {
+            COLLECTOR: "0+2x40",
+            COLLECTOR.replace("collect-0", "collect-1"): "0x5 1x35",
+        },
+        _alert("EnumwatchSourceErrors", "15m"),
+        _alert("EnumwatchSourceErrors", "30m", SOURCE_ERRORS),
+    ),
+    # One tailer falls behind by a minute each minute from 11m (past 5 minutes from 16m); the
+    # other keeps up (5 s).
+    _group(
+        {TAILER % "apiserver-a": "5x10 60+60x30", TAILER % "apiserver-b": "5x40"},
+        _alert("EnumwatchTailerLagging", "19m"),
+        _alert("EnumwatchTailerLagging", "25m"),
+        _alert("EnumwatchTailerLagging", "26m", _lagging("apiserver-a", "16m 0s")),
+    ),
+]
+
+
 def test_promtool_unit_tests_of_the_alerts(promtool: Path, tmp_path: Path) -> None:
     _rules_file(tmp_path)
     tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": ALERT_TESTS}
@@ -423,7 +588,34 @@ def test_the_service_monitor_scrapes_the_headless_metrics_service_by_port_name()
     service = selected[0]
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True  # standbys are scraped too
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    endpoint, tailer, collect = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["port"] in {
+        p["name"] for p in service["spec"]["ports"]
+    }
     assert endpoint["path"] == "/metrics"
     assert endpoint["honorLabels"] is True  # the detector's namespace label survives
+    # enumwatch tail and collect: a Service port named for each, onto their container port
+    # `metrics`, wherever they run (the sidecar, overlays/ha's DaemonSet, the managed collector),
+    # in a namespace the ServiceMonitor selects.
+    namespaces = set(monitor["spec"]["namespaceSelector"]["matchNames"])
+    for overlay, name, port in (
+        ("manifests", "enumwatch-metrics", tailer["port"]),
+        ("manifests/overlays/ha", "enumwatch-tailer-metrics", tailer["port"]),
+        ("manifests/overlays/eks", "enumwatch-collect-metrics", collect["port"]),
+    ):
+        docs = renders.kustomize(overlay)
+        (svc,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == name]
+        assert selector.items() <= svc["metadata"]["labels"].items(), name
+        assert svc["metadata"]["namespace"] in namespaces, name
+        (target,) = [p["targetPort"] for p in svc["spec"]["ports"] if p["name"] == port]
+        selects = svc["spec"]["selector"].items()
+        pods = [
+            d["spec"]["template"]
+            for d in docs
+            if d["kind"] in ("Deployment", "DaemonSet")
+            and selects <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        containers = [c for pod in pods for c in pod["spec"]["containers"]]
+        served = [c for c in containers if "--metrics-listen=0.0.0.0:9102" in c["args"]]
+        assert len(served) == 1, name
+        assert {"name": target, "containerPort": 9102, "protocol": "TCP"} in served[0]["ports"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from datetime import datetime
@@ -53,10 +54,25 @@ def test_json_output_and_summary(capsys: pytest.CaptureFixture[str], log: Path) 
     assert status == 0
     rows = orjson.loads(out)
     assert rows and rows[0]["Esql.data_stream_namespace_values"] == ["default"]
-    assert "3,000 lines" not in err or "read" in err
-    assert " events: " in err and " counted, " in err
-    assert "invalid_json" in err  # skipped by reason
-    assert "wrong_type:" in err
+    # The summary accounts for every line of the file, once: decoded, proved unable to match
+    # (unparsed), or skipped by reason, and its reasons add up to its skipped count.
+    summary, rule = err.splitlines()[:2]
+    found = re.fullmatch(
+        r"read (?P<lines>[\d,]+) lines, (?P<documents>[\d,]+) documents, "
+        r"(?P<events>[\d,]+) events: (?P<decoded>[\d,]+) counted, "
+        r"(?P<unparsed>[\d,]+) skipped unparsed \(cannot match\), "
+        r"(?P<skipped>[\d,]+) skipped \((?P<reasons>[^)]*)\)",
+        summary,
+    )
+    assert found is not None, summary
+    count = {k: int(v.replace(",", "")) for k, v in found.groupdict().items() if k != "reasons"}
+    assert count["lines"] == 3_000 == len(log.read_bytes().splitlines())
+    assert count["documents"] == count["events"] == count["lines"]  # JSON lines: one of each
+    assert count["decoded"] + count["unparsed"] + count["skipped"] == count["lines"]
+    reasons = dict(r.rsplit(" ", 1) for r in found["reasons"].split(", "))
+    assert sum(int(n) for n in reasons.values()) == count["skipped"]
+    assert {"invalid_json", "wrong_type:level"} <= set(reasons)  # skipped by reason
+    assert rule.endswith(f", {len(rows)} rows")
 
 
 def test_yaml_output_equals_json(capsys: pytest.CaptureFixture[str], log: Path) -> None:

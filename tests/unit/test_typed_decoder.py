@@ -235,3 +235,14 @@ def test_the_tailers_filter_reads_lines_as_the_generic_path_does() -> None:
         assert head is not None, line[:200]
         for matcher in matchers:
             assert matcher.may_match_object(head) == matcher.may_match_object(obj), line[:200]
+
+
+def test_a_long_body_is_checked_for_utf8_a_slice_at_a_time_across_the_slice_edges() -> None:
+    from enumwatch.audit.decode import _UTF8_SLICE, _valid_utf8
+
+    # A two-byte character across every slice edge, valid; then broken at the edge, and past it.
+    body = ("é" * (_UTF8_SLICE + 7)).encode()
+    assert len(body) > 2 * _UTF8_SLICE and _valid_utf8(body)
+    assert not _valid_utf8(body[: _UTF8_SLICE + 1] + b"a" * _UTF8_SLICE)
+    assert not _valid_utf8(body[:-1])  # a character cut at the very end
+    assert not _valid_utf8(b"a" * (3 * _UTF8_SLICE) + b"\xff")

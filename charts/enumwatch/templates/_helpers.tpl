@@ -122,9 +122,14 @@ Argument: (dict "root" $ "forward" URL).
     - --forward={{ .forward }}
     - --token-file=/var/run/secrets/enumwatch/ingest/token
     - --log-format=json
+    - --metrics-listen=0.0.0.0:9102
     {{- range $v.tailer.extraArgs }}
     - {{ . }}
     {{- end }}
+  ports:
+    - name: metrics
+      containerPort: 9102
+      protocol: TCP
   resources:
     {{- toYaml $v.tailer.resources | nindent 4 }}
   securityContext:

@@ -175,6 +175,16 @@ class DetectorStatus(_Model):
             "dropped), since the operator started; a FindingsDropped Event names them."
         ),
     )
+    tick_errors: dict[str, int] = Field(
+        default_factory=dict,
+        alias="tickErrors",
+        description=(
+            "Steps of this detector's ticks that failed (an error answer, or the API server "
+            "unreachable) and were retried at the next tick, since the operator started, by "
+            "step: evaluate, listing, outputs, status. No step takes the rest of the tick (the "
+            "other detectors, the status, the checkpoint) with it."
+        ),
+    )
     window_groups: int = Field(
         default=0,
         alias="windowGroups",

@@ -27,6 +27,7 @@ from enumwatch.cli.forwarding import (
     add_batching_options,
     add_filter_options,
     add_log_options,
+    add_metrics_option,
     build_filter,
     seconds,
 )
@@ -102,6 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_filter_options(p, levels_help="audit levels kept (default: " + ", ".join(DEFAULT_LEVELS)
                        + ")")
     add_log_options(p)
+    add_metrics_option(p)
     p.set_defaults(func=run)
 
 
@@ -109,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the collector until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
     from enumwatch.sources.collect.collector import CollectConfig, Collector
     from enumwatch.sources.collect.source import SourceError, open_source, scheme_of
+    from enumwatch.sources.metrics import registry as metrics_registry
+    from enumwatch.sources.metrics import serving
 
     logs.configure(args.log_format, args.log_level)
     log = logging.getLogger("enumwatch.collect")
@@ -151,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, collector.stop)
-        stats = await collector.run()
+        served = metrics_registry("collector", collector.stats, lambda: collector.pending_events)
+        async with serving(args.metrics_listen, served):
+            stats = await collector.run()
         sys.stdout.write(orjson.dumps({"collect_stats": stats.as_dict()}).decode() + "\n")
         sys.stdout.flush()
         return 0

@@ -93,6 +93,25 @@ def add_filter_options(p: argparse.ArgumentParser, *, levels_help: str) -> None:
                    "does not judge the log unwritten; 0: neither (default 60s)")
 
 
+def listen_address(text: str) -> str:
+    """An argparse type: ``HOST:PORT`` to serve metrics on."""
+    from enumwatch.sources.metrics import parse_listen
+
+    try:
+        parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def add_metrics_option(p: argparse.ArgumentParser) -> None:
+    """``--metrics-listen``: Prometheus metrics on /metrics (off unless given)."""
+    p.add_argument("--metrics-listen", type=listen_address, metavar="ADDR",
+                   help="serve Prometheus metrics on http://ADDR/metrics, e.g. 0.0.0.0:9102 "
+                   "(default: off): every counter of the stats line, the lag, the checkpoint's "
+                   "age")
+
+
 def add_log_options(p: argparse.ArgumentParser) -> None:
     """Structured (JSON) or text logs, and their level."""
     p.add_argument("--log-format", choices=("json", "text"), default="json",

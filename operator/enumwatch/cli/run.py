@@ -191,6 +191,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(default 15)",
     )
     p.add_argument(
+        "--api-timeout",
+        type=float,
+        default=30.0,
+        help="seconds one request to the API server may take before it fails and is retried "
+        "at the next tick (default 30)",
+    )
+    p.add_argument(
         "--settle",
         type=float,
         default=0.5,
@@ -364,7 +371,7 @@ async def _main(args: argparse.Namespace) -> int:
 
     outputs = Outputs(outputs_config(args))
     credentials = await load_credentials(args.kubeconfig)
-    client = KubeClient(credentials)
+    client = KubeClient(credentials, timeout=args.api_timeout)
     tokens = []
     for path in args.ingest_token_file:
         try:
@@ -393,6 +400,9 @@ async def _main(args: argparse.Namespace) -> int:
             if r.evaluator is not None
         ]
     )
+    metrics.watch_conditions(
+        lambda: [(r.ref.namespace, r.ref.name, r.conditions) for r in detectors.by_key.values()]
+    )
     outputs.client = client
     if outputs.config.enabled:
         metrics.watch_outputs(outputs)
@@ -403,10 +413,12 @@ async def _main(args: argparse.Namespace) -> int:
         )
     apis = REPORT_APIS[args.policy_report]
     addresses = AddressBook()
+    sink = FindingSink(client, instance=args.identity, attribution=addresses)
+    metrics.watch_events(lambda: sink.event_errors)
     operator = Operator(
         client,
         detectors,
-        FindingSink(client, instance=args.identity, attribution=addresses),
+        sink,
         OperatorConfig(settle=args.settle),
         reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
         if apis
@@ -535,8 +547,14 @@ async def _lead(
             log.error("lost leadership, stopping: %s", exc)
             status = 1
     if kopf_task in done and not stop.is_set():
-        log.error("kopf stopped unexpectedly: %s", kopf_task.exception())
-        status = 1
+        # kopf installs its own SIGTERM/SIGINT handlers over ours and returns when one comes:
+        # a clean stop. Only an exception is unexpected.
+        failed = kopf_task.exception()
+        if failed is not None:
+            log.error("kopf stopped unexpectedly: %s", failed)
+            status = 1
+        else:
+            log.info("stopping: kopf stopped on a signal")
     stop.set()
     kopf_stop.set()
     operator.ready.clear()

@@ -25,6 +25,7 @@ from enumwatch.cli.forwarding import (
     add_batching_options,
     add_filter_options,
     add_log_options,
+    add_metrics_option,
     build_filter,
 )
 from enumwatch.sources.checkpoint import CheckpointError, load_checkpoint
@@ -56,11 +57,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_filter_options(p, levels_help="audit levels considered (default: the seed's, "
                        + ", ".join(SEED_LEVELS) + ")")
     add_log_options(p)
+    add_metrics_option(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the tailer until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
+    from enumwatch.sources.metrics import registry as metrics_registry
+    from enumwatch.sources.metrics import serving
     from enumwatch.sources.tail import TailConfig, Tailer
 
     logs.configure(args.log_format, args.log_level)
@@ -94,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, tailer.stop)
-        stats = await tailer.run()
+        served = metrics_registry("tailer", tailer.stats, lambda: tailer.pending_events)
+        async with serving(args.metrics_listen, served):
+            stats = await tailer.run()
         sys.stdout.write(orjson.dumps({"tailer_stats": stats.as_dict()}).decode() + "\n")
         sys.stdout.flush()
 

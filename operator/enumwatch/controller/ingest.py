@@ -96,6 +96,33 @@ def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
     return counts
 
 
+def _fresh(
+    batch: DecodedBatch, seen: SeenKeys
+) -> tuple[list[AuditEvent], list[bytes], list[Identity], int]:
+    """The batch's events not ingested before (and their journal lines), their identities, and
+    how many were duplicates (within the batch, or of earlier ones)."""
+    events: list[AuditEvent] = []
+    lines: list[bytes] = []
+    keys: list[Identity] = []
+    duplicates = batch.duplicates
+    for index, event in enumerate(batch.events):
+        key = event.identity
+        if key is not None:
+            if key in seen:
+                duplicates += 1
+                continue
+            keys.append(key)
+        events.append(event)
+        if batch.lines:
+            lines.append(batch.lines[index])
+    return events, lines, keys, duplicates
+
+
+def _remember(seen: SeenKeys, keys: list[Identity]) -> None:
+    for key in keys:
+        seen.add(key)
+
+
 class SeenKeys:
     """A bounded memory of the identities already ingested, oldest forgotten first.
 
@@ -232,6 +259,9 @@ class IngestServer:
         self.is_ready = is_ready
         self.max_body = max_body
         self.seen = SeenKeys()
+        #: One body at a time from de-duplication to commit: the journal is written off the
+        #: loop, and a redelivery arriving meanwhile must still be seen as one.
+        self._committing = asyncio.Lock()
         if detectors.store is not None:  # what was taken in before a restart
             for key in detectors.store.remembered_identities():
                 self.seen.add(key)
@@ -361,35 +391,27 @@ class IngestServer:
         if isinstance(batch, str):
             metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
             return self._answer(400, error=batch)
-        events: list[AuditEvent] = []
-        lines: list[bytes] = []
-        keys: list[Identity] = []
-        duplicates = batch.duplicates
         seen = self.seen
-        for index, event in enumerate(batch.events):
-            key = event.identity
-            if key is not None:
-                if key in seen:
-                    duplicates += 1
-                    continue
-                keys.append(key)
-            events.append(event)
-            if batch.lines:
-                lines.append(batch.lines[index])
-        try:
-            self.detectors.commit(events, arrival, lines if batch.lines else None)
-        except OSError as exc:
-            log.error("could not journal an ingested batch: %s", exc)
-            return self._answer(500, error=f"the batch could not be stored ({exc}); retry")
-        for key in keys:  # committed: from now on a redelivery is a duplicate
-            seen.add(key)
+        # Each pass over a 100k-event batch takes a tenth of a second: the passes run in worker
+        # threads, under the lock that alone touches `seen` (so the loop answers meanwhile).
+        async with self._committing:
+            events, lines, keys, duplicates = await asyncio.to_thread(_fresh, batch, seen)
+            try:
+                await self.detectors.commit_async(
+                    events, arrival, lines if batch.lines else None
+                )
+            except OSError as exc:
+                log.error("could not journal an ingested batch: %s", exc)
+                return self._answer(500, error=f"the batch could not be stored ({exc}); retry")
+            # committed: from now on a redelivery is a duplicate
+            await asyncio.to_thread(_remember, seen, keys)
         offered = await self.detectors.offer_committed(events, arrival)
         skipped = batch.skipped
         for reason, count in skipped.items():
             metrics.EVENTS_SKIPPED.labels(reason).inc(count)
         metrics.EVENTS_INGESTED.inc(len(events))
         metrics.EVENTS_DUPLICATE.inc(duplicates)
-        bad_timestamps = unreadable_timestamps(events)
+        bad_timestamps = await asyncio.to_thread(unreadable_timestamps, events)
         for reason, count in bad_timestamps.items():
             metrics.EVENTS_BAD_TIMESTAMP.labels(reason).inc(count)
         # late/future/undated: accepted here, but refused by a detector's windows (event time

@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from enumwatch.controller import metrics
-from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
 from enumwatch.timefmt import now_rfc3339, parse_rfc3339
 
 log = logging.getLogger("enumwatch.leader")
@@ -114,8 +114,8 @@ class LeaseElector:
                     metrics.LEADER.set(1)
                     log.info("became leader", extra={"lease": self.name, "identity": self.identity})
                     return
-            except (ApiError, OSError) as exc:
-                log.warning("lease attempt failed: %s", exc)
+            except CALL_ERRORS as exc:
+                log.warning("lease attempt failed: %s", str(exc) or type(exc).__name__)
             if not announced:
                 log.info(
                     "standing by: lease %s/%s is held by %s", self.namespace, self.name, self.holder
@@ -135,8 +135,8 @@ class LeaseElector:
                 self.is_leader = False
                 metrics.LEADER.set(0)
                 raise LostLeadership(f"lease taken over by {self.holder}")
-            except (ApiError, OSError) as exc:
-                log.warning("lease renewal failed: %s", exc)
+            except CALL_ERRORS as exc:  # the apiserver restarting: retried until the deadline
+                log.warning("lease renewal failed: %s", str(exc) or type(exc).__name__)
             if asyncio.get_running_loop().time() - last_ok > self.lease_seconds * 0.8:
                 self.is_leader = False
                 metrics.LEADER.set(0)
@@ -154,5 +154,5 @@ class LeaseElector:
                 current["spec"]["holderIdentity"] = None
                 current["spec"]["leaseDurationSeconds"] = 1
                 await self.client.replace(self._path, current)
-        except (ApiError, OSError) as exc:
-            log.warning("could not release the lease: %s", exc)
+        except CALL_ERRORS as exc:
+            log.warning("could not release the lease: %s", str(exc) or type(exc).__name__)

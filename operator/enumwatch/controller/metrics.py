@@ -6,7 +6,7 @@ exactly enumwatch's own figures plus the process collector.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from enumwatch.api.status import Condition
 from enumwatch.controller.connections import CLOSE_REASONS
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.windows import SHED_REASONS, WindowedEvaluator
@@ -135,6 +136,16 @@ FINDING_WRITE_ERRORS = Counter(
     ["namespace", "detector"],
     registry=REGISTRY,
 )
+TICK_STEP_ERRORS = Counter(
+    "enumwatch_tick_step_errors_total",
+    "Steps of a tick that failed (an error answer, or the apiserver unreachable) and are retried "
+    "at the next tick, by step: evaluate, listing (the Findings, to rank rows past maxPerRun), "
+    "outputs, status (the status patch), checkpoint, retention. A step never takes the rest of "
+    "the tick with it. namespace and detector are empty for the steps shared by every detector "
+    "(checkpoint, retention).",
+    ["namespace", "detector", "step"],
+    registry=REGISTRY,
+)
 FINDINGS_CAPPED = Counter(
     "enumwatch_findings_capped_total",
     "Rows that fired beyond findings.maxPerRun at their tick: they wait in the backlog and are "
@@ -192,6 +203,36 @@ ADDRESSES_SYNCED = Gauge(
     "1 once pods, nodes and services have all been listed for source attribution.",
     registry=REGISTRY,
 )
+
+
+class EventsCollector(Collector):
+    """Warning Events that could not be posted, by reason, read at scrape time from the sink
+    (its :attr:`~enumwatch.sink.findings.FindingSink.event_errors`, the one count)."""
+
+    def __init__(self, errors: Callable[[], Mapping[str, int]]) -> None:
+        self.errors = errors
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per Event reason that failed at least once."""
+        family = CounterMetricFamily(
+            "enumwatch_event_post_errors",
+            "Warning Events that could not be posted (an error answer, or the apiserver "
+            "unreachable), by reason; the tick goes on without them.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.errors().items()):
+            family.add_metric([reason], count)
+        yield family
+
+
+#: Registered at import, so that its family exists (for the alert rules) before any sink.
+EVENTS = EventsCollector(dict)
+REGISTRY.register(EVENTS)
+
+
+def watch_events(errors: Callable[[], Mapping[str, int]]) -> None:
+    """Serve these Event post failures on /metrics."""
+    EVENTS.errors = errors
 
 
 class OutputsCollector(Collector):
@@ -286,6 +327,48 @@ class WindowsCollector(Collector):
             groups.add_metric(where, evaluator.group_count)
             events.add_metric(where, evaluator.buffered)
         yield from (shed, documents, size, budget, groups, events)
+
+
+#: The detectors' conditions, as (namespace, detector, conditions).
+ConditionSource = Callable[[], Sequence[tuple[str, str, Sequence[Condition]]]]
+#: The statuses a condition can have (API conventions): one sample each.
+CONDITION_STATUSES = ("True", "False", "Unknown")
+
+
+class ConditionsCollector(Collector):
+    """Each detector's status conditions as a gauge, read at scrape time from what the last
+    status patch computed (the one verdict: the same as ``kubectl get ewd`` shows), so that
+    AuditCoverage, RBACPosture and OutputsDelivered can page someone."""
+
+    def __init__(self, conditions: ConditionSource) -> None:
+        self.conditions = conditions
+
+    def collect(self) -> Iterator[Metric]:
+        """1 for the status each condition has, 0 for the two others."""
+        family = GaugeMetricFamily(
+            "enumwatch_detector_condition",
+            "A detector's status conditions (AuditCoverage, RBACPosture, OutputsDelivered, "
+            "Ready, FindingsWritten, WindowOverflow...): 1 for the condition's status now, 0 "
+            "for the others.",
+            labels=["namespace", "detector", "type", "status"],
+        )
+        for namespace, name, conditions in self.conditions():
+            for condition in conditions:
+                for status in CONDITION_STATUSES:
+                    family.add_metric(
+                        [namespace, name, condition.type, status],
+                        1 if condition.status == status else 0,
+                    )
+        yield family
+
+
+CONDITIONS = ConditionsCollector(list)
+REGISTRY.register(CONDITIONS)
+
+
+def watch_conditions(conditions: ConditionSource) -> None:
+    """Serve these detectors' conditions on /metrics."""
+    CONDITIONS.conditions = conditions
 
 
 #: Registered at import, so that its families exist (for the alert rules) before any detector.

@@ -13,7 +13,7 @@ import math
 
 from enumwatch.controller import metrics
 from enumwatch.controller.runtime import Detectors
-from enumwatch.kubeapi import ApiError
+from enumwatch.kubeapi import CALL_ERRORS
 from enumwatch.sink.findings import FindingSink
 
 log = logging.getLogger("enumwatch.operator")
@@ -63,8 +63,9 @@ class RetentionSweep:
 
         try:
             deleted, next_expiry = await self.sink.expire(now, retention_of)
-        except (ApiError, OSError) as exc:
-            log.warning("retention sweep failed, will retry: %s", exc)
+        except CALL_ERRORS as exc:
+            metrics.TICK_STEP_ERRORS.labels("", "", "retention").inc()
+            log.warning("retention sweep failed, will retry: %s", str(exc) or type(exc).__name__)
             return []
         self._next_expiry = math.inf if next_expiry is None else next_expiry
         if deleted:

@@ -18,7 +18,7 @@ from enumwatch.api.spec import format_duration
 from enumwatch.api.status import Condition, DetectorStatus, Posture
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.exception_list import spoofable
-from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.posture import REASON_FOUND, describe, verdict
 from enumwatch.sink.findings import FindingSink
@@ -214,7 +214,7 @@ class StatusReporter:
         shed = sum(evaluator.shed.values())
         if shed > runtime.shed_warned:
             reasons = ", ".join(f"{reason} {n}" for reason, n in evaluator.shed.items() if n)
-            await self.sink.event(
+            posted = await self.sink.event(
                 runtime.ref.involved_object(),
                 REASON_WINDOW_OVERFLOW,
                 f"window state budget ({evaluator.state_budget / 2**20:.0f} MiB) reached: "
@@ -222,11 +222,11 @@ class StatusReporter:
                 f"{evaluator.shed_documents} documents; raise --window-state-mib or the "
                 "memory limit",
             )
-            runtime.shed_warned = shed
-        if runtime.window_notice is not None:
-            await self.sink.event(
-                runtime.ref.involved_object(), REASON_WINDOW_REBUILT, runtime.window_notice
-            )
+            if posted:  # else told at the next tick
+                runtime.shed_warned = shed
+        if runtime.window_notice is not None and await self.sink.event(
+            runtime.ref.involved_object(), REASON_WINDOW_REBUILT, runtime.window_notice
+        ):
             runtime.window_notice = None
 
     async def _warn_bindings(self, runtime: DetectorRuntime, posture: Posture | None) -> None:
@@ -235,11 +235,12 @@ class StatusReporter:
             return
         now = {describe(b) for b in posture.anonymous_bindings}
         for text in sorted(now - runtime.bindings_warned):
-            await self.sink.event(
+            if not await self.sink.event(
                 runtime.ref.involved_object(),
                 REASON_FOUND,
                 f"{text}; anonymous clients can use it without any credentials",
-            )
+            ):
+                now.discard(text)  # not told yet: again at the next tick
         runtime.bindings_warned = now
 
     async def _warn_exceptions(self, runtime: DetectorRuntime) -> None:
@@ -249,7 +250,8 @@ class StatusReporter:
             return
         now = set(spoofable(runtime.spec.exceptions, runtime.spec.match.source_ips))
         for line in sorted(now - runtime.exceptions_warned):
-            await self.sink.event(runtime.ref.involved_object(), REASON_SPOOFABLE, line)
+            if not await self.sink.event(runtime.ref.involved_object(), REASON_SPOOFABLE, line):
+                now.discard(line)  # not told yet: again at the next tick
         runtime.exceptions_warned = now
 
     async def patch(self, runtime: DetectorRuntime) -> None:
@@ -261,7 +263,7 @@ class StatusReporter:
         await self._warn_window(runtime)
         evaluator = runtime.evaluator
         if runtime.spec is not None:
-            with contextlib.suppress(ApiError, OSError):
+            with contextlib.suppress(*CALL_ERRORS):  # the count of the last patch stays
                 runtime.findings = await self.sink.count(runtime.ref)
         status = DetectorStatus(
             observedGeneration=runtime.generation,
@@ -284,6 +286,7 @@ class StatusReporter:
             findingsDropped=runtime.findings_dropped,
             findingsWriteErrors=runtime.findings_write_errors,
             rowsExcepted=runtime.rows_excepted,
+            tickErrors=dict(sorted(runtime.step_errors.items())),
             windowGroups=evaluator.group_count if evaluator is not None else 0,
             windowStateBytes=evaluator.state_bytes if evaluator is not None else 0,
             windowShed=dict(evaluator.shed) if evaluator is not None else {},
@@ -304,6 +307,6 @@ class StatusReporter:
             )
         except ApiError as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
-                log.warning("status patch failed: %s", exc)
-        except OSError as exc:
-            log.warning("status patch failed: %s", exc)
+                runtime.step_failed("status", exc)
+        except CALL_ERRORS as exc:  # the apiserver unreachable: patched again at the next tick
+            runtime.step_failed("status", exc)

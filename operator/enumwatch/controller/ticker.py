@@ -3,8 +3,10 @@
 Elastic runs the seed every ``interval``; the ticker does the same for every detector (its due
 ticks come from :meth:`~enumwatch.windows.WindowedEvaluator.due_ticks`, a short settle delay
 after each tick for events still in flight). Nothing here can take a tick down half way: each
-Finding write stands alone (a failed one is kept and retried at the next tick), and the status
-patch, the checkpoint and the retention sweep happen whatever the writes did.
+Finding write stands alone (a failed one is kept and retried at the next tick), each step of a
+detector's tick (evaluate, Events, outputs, status) stands alone too, counted when it fails and
+retried at the next tick, and the checkpoint and the retention sweep happen whatever the
+detectors did: an apiserver that restarts mid-tick costs a retry, never a tick.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.controller import metrics
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
-from enumwatch.kubeapi import ApiError
+from enumwatch.kubeapi import CALL_ERRORS
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.outputs.records import Notice, Reason
@@ -80,12 +83,14 @@ class Ticker:
                 continue
             failures = runtime.findings_write_errors
             for tick in due:
-                await self._evaluate(runtime, spec, tick, now)
+                work = self._evaluate(runtime, spec, tick, now)
+                if not await self._step(runtime, "evaluate", work):
+                    break  # this tick is due again at the next round
                 evaluated += 1
                 await asyncio.sleep(0)  # a long catch-up must not starve /healthz or ingest
             failed = [w for w in runtime.pending.values() if w.error]
             if failed and runtime.findings_write_errors > failures:
-                await self.sink.event(
+                await self.sink.event(  # never raises: a failure is counted by the sink
                     runtime.ref.involved_object(),
                     REASON_WRITE_FAILED,
                     f"{len(failed)} Finding write(s) failed; retried at the next tick. "
@@ -93,16 +98,38 @@ class Ticker:
                 )
             runtime.changed = True  # a tick moved the window; writes may be pending
             if self.outputs is not None:
-                await self.outputs.after_tick(runtime.ref, spec, now)
-            await self.status.patch(runtime)
+                after = self.outputs.after_tick(runtime.ref, spec, now)
+                await self._step(runtime, "outputs", after)
+            await self._step(runtime, "status", self.status.patch(runtime))
         if evaluated:
-            await self.detectors.checkpoint_async()
+            try:
+                await self.detectors.checkpoint_async()
+            except Exception:  # written again at the next round; the tick's work stays in memory
+                metrics.TICK_STEP_ERRORS.labels("", "", "checkpoint").inc()
+                log.exception("checkpoint failed, will retry at the next tick")
         expired = await self.retention.run(now)
         if self.reports is not None:
             for finding in expired:
                 self.reports.touch(finding.partition("/")[0])
             await self._flush_reports(self.reports, now)
         return evaluated
+
+    @staticmethod
+    async def _step(runtime: DetectorRuntime, step: str, work: Awaitable[None]) -> bool:
+        """Run one step of a detector's tick; a failure is counted (status.tickErrors and
+        enumwatch_tick_step_errors_total) and retried at the next tick, never raised: one
+        detector's error, or the apiserver unreachable, does not take the other steps and
+        detectors of the round with it. Return whether the step succeeded."""
+        try:
+            await work
+        except CALL_ERRORS as exc:
+            runtime.step_failed(step, exc)
+            return False
+        except Exception as exc:  # a bug in one detector's step must not stop the others
+            log.exception("tick step %s crashed", step)
+            runtime.step_failed(step, exc)
+            return False
+        return True
 
     async def _flush_reports(self, reports: PolicyReportWriter, now: float) -> None:
         """Rebuild the policy reports whose Findings changed (after the Findings are written)."""
@@ -125,6 +152,8 @@ class Ticker:
         # what waits (a group that fired again supersedes its waiting row).
         result = await self.sink.apply(runtime.ref, spec, window, runtime.pending)
         runtime.pending = result.backlog
+        if result.listing_error:
+            runtime.step_failed("listing", RuntimeError(result.listing_error))
         self._record(runtime, result)
         self._notify(spec, result, now)
         metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
@@ -201,7 +230,9 @@ class Ticker:
         while not stop.is_set():
             try:
                 await self.tick_once(time.time())
-            except (ApiError, OSError, RuntimeError) as exc:
+            except CALL_ERRORS as exc:
+                log.warning("tick failed, will retry: %s", str(exc) or type(exc).__name__)
+            except RuntimeError as exc:
                 log.warning("tick failed, will retry: %s", exc)
             except Exception:  # the schedule must survive a bug in one evaluation
                 log.exception("tick crashed, will retry")

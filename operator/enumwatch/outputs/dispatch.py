@@ -27,7 +27,7 @@ import orjson
 from enumwatch.api.names import DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.kubeapi import CALL_ERRORS, KubeClient, namespaced_path
 from enumwatch.outputs.delivery import Delivery, Endpoint
 from enumwatch.outputs.records import (
     ActiveFindings,
@@ -141,7 +141,7 @@ class Outputs:
                 namespaced_path(GROUP, VERSION, ref.namespace, FINDING_PLURAL),
                 params={"labelSelector": f"{DETECTOR_LABEL}={ref.name}"},
             )
-        except (ApiError, OSError) as exc:
+        except CALL_ERRORS as exc:
             log.warning("could not list Findings to re-post their alerts; will retry: %s", exc)
             return
         self._adopted.add(key)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -33,7 +34,7 @@ from enumwatch.api.names import (
 )
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
-from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
 from enumwatch.rule import GroupKey, Row
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
 from enumwatch.sink.plan import (
@@ -103,6 +104,9 @@ class SinkResult:
     backlog: dict[GroupKey, PendingWrite] = field(default_factory=dict)
     severities: dict[str, str] = field(default_factory=dict)  # Finding name -> severity written
     written: list[Written] = field(default_factory=list)  # every Finding written, in order
+    #: Why listing the detector's Findings (to rank a backlog past maxPerRun) failed, else "":
+    #: the rows are still scheduled (ranked as if none had a Finding yet) and none is lost.
+    listing_error: str = ""
 
 
 class FindingSink:
@@ -118,6 +122,8 @@ class FindingSink:
         self.client = client
         self.instance = instance
         self.attribution = attribution
+        #: Events that could not be posted, by reason (enumwatch_event_post_errors_total).
+        self.event_errors: Counter[str] = Counter()
 
     def source_of(self, write: PendingWrite) -> Source | None:
         """Who the row's source IP was at the time of its latest event (``None``: unknown),
@@ -149,9 +155,21 @@ class FindingSink:
         cap = spec.findings.max_per_run
         backlog = backlog or {}
         fresh = pending_of(window)
-        recorded = (
-            await self._recorded(detector, spec) if len(fresh) + len(backlog) > cap else set()
-        )
+        recorded: set[GroupKey] = set()
+        if len(fresh) + len(backlog) > cap:
+            # The evaluator has already moved past this tick: a failed listing must not lose
+            # its rows, so they are scheduled (and kept) without the ranking it would give.
+            try:
+                recorded = await self._recorded(detector, spec)
+            except CALL_ERRORS as exc:
+                result.listing_error = str(exc) or type(exc).__name__
+                log.warning(
+                    "listing the Findings failed; rows scheduled without it",
+                    extra={
+                        "detector": f"{detector.namespace}/{detector.name}",
+                        "error": result.listing_error,
+                    },
+                )
         planned = schedule(fresh, backlog, recorded, cap)
         result.capped, result.dropped = planned.newly_waiting, len(planned.dropped)
         result.backlog = dict(planned.wait)
@@ -320,8 +338,12 @@ class FindingSink:
             f"Finding {meta['name']}: {message}",
         )
 
-    async def event(self, involved: dict[str, str], reason: str, message: str) -> None:
-        """Post a Warning Event about ``involved``; failures are logged, never fatal."""
+    async def event(self, involved: dict[str, str], reason: str, message: str) -> bool:
+        """Post a Warning Event about ``involved``; return whether it was posted.
+
+        A failure (an error answer, or no answer while the apiserver restarts) is logged and
+        counted in :attr:`event_errors`, never raised: an Event must not take the rest of a
+        tick (the status patch, the checkpoint, the other detectors) with it."""
         now = dt.datetime.now(dt.UTC)
         stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
         micro = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -349,8 +371,16 @@ class FindingSink:
             await self.client.create(
                 namespaced_path("", "v1", involved["namespace"], "events"), body
             )
-        except ApiError as exc:
-            log.warning("could not post Event %s on %s: %s", reason, involved["name"], exc)
+        except CALL_ERRORS as exc:
+            self.event_errors[reason] += 1
+            log.warning(
+                "could not post Event %s on %s: %s",
+                reason,
+                involved["name"],
+                str(exc) or type(exc).__name__,
+            )
+            return False
+        return True
 
     async def count(self, detector: DetectorRef) -> int:
         """How many Findings of ``detector`` exist now (the detector's FINDINGS column)."""

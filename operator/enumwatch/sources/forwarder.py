@@ -43,6 +43,7 @@ import aiohttp
 import orjson
 
 from enumwatch.backoff import Backoff
+from enumwatch.timefmt import try_parse_rfc3339
 
 _log = logging.getLogger("enumwatch.forwarder")
 
@@ -69,10 +70,36 @@ class ForwardStats:
     #: Longest time (microseconds) between an acknowledgement arriving and the checkpoint after
     #: it being on disk: the only moment a crash makes the next run send a batch again.
     ack_to_checkpoint_max_us: int = 0
+    #: When (epoch seconds) the newest event read was stamped by the apiserver, and when the
+    #: newest checkpoint was written (0: none yet): the lag and the checkpoint's age on /metrics.
+    newest_event_at: float = 0.0
+    checkpoint_at: float = 0.0
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | float]:
         """Return the counters as a plain dict (for structured logs and tests)."""
         return asdict(self)
+
+    def read_up_to(self, line: bytes) -> None:
+        """Note ``line``, the newest event read (the last of a chunk or page), for the lag."""
+        stamped = event_time(line)
+        if stamped is not None and stamped > self.newest_event_at:
+            self.newest_event_at = stamped
+
+
+_STAGE_STAMP = b'"stageTimestamp"'
+
+
+def event_time(line: bytes) -> float | None:
+    """The ``stageTimestamp`` of an audit event line, found by its bytes (once per chunk read,
+    never per line: the lag needs only the newest); ``None`` when it has none readable."""
+    at = line.rfind(_STAGE_STAMP)
+    if at < 0:
+        return None
+    start = line.find(b'"', at + len(_STAGE_STAMP))  # past the colon (and any blank)
+    end = line.find(b'"', start + 1)
+    if start < 0 or end < 0 or line[at + len(_STAGE_STAMP) : start].strip() != b":":
+        return None
+    return try_parse_rfc3339(line[start + 1 : end].decode("ascii", "replace"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -473,6 +500,7 @@ class Outbox(Generic[Position]):
             if batch.end is not None:
                 self._commit(batch.end)
                 stats.checkpoints_written += 1
+                stats.checkpoint_at = time.time()
                 if result.acked_at:
                     window = int((time.monotonic() - result.acked_at) * 1e6)
                     stats.ack_to_checkpoint_max_us = max(stats.ack_to_checkpoint_max_us, window)

@@ -205,6 +205,7 @@ class Collector(Generic[P]):
         # event but a record's last ends at the position *before* the record.
         before = _Inside(self._last_end, is_position=True)
         first_dropped: tuple[bytes, Any] | None = None
+        event = b""
         for record, mark in page.records:
             stats.records_read += 1
             payload = mapping(record)
@@ -246,6 +247,7 @@ class Collector(Generic[P]):
         if first_dropped is not None and self.filter.heartbeat(bool(kept), stats):
             kept.append(first_dropped)  # kept was empty: the heartbeat is the page's only event
             stats.events_filtered -= 1
+        stats.read_up_to(event)  # the newest event read (for the lag on /metrics)
         outbox.add(kept, _Inside.resolver(page.position_of))
         outbox.consumed(page.end)
         self._last_end = page.end

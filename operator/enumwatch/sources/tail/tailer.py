@@ -120,6 +120,8 @@ class Tailer:
     def _forward(self, chunk: Chunk, outbox: Outbox[Checkpoint]) -> None:
         """Queue the chunk's lines a detector could match; the rest only moves the position."""
         kept = self.filter.select(chunk.lines, chunk.file.offset, self.stats)
+        if chunk.lines:
+            self.stats.read_up_to(chunk.lines[-1])
         outbox.add(kept, chunk.file.at)
         outbox.consumed(chunk.end_position)
 
