@@ -40,8 +40,8 @@ from enumwatch.api.spec import SEED_GROUP_BY, DetectorSpec, GroupBy, MatchSpec, 
 from enumwatch.audit.elastic import ELASTIC_CLUSTER_ANNOTATION, ELASTIC_PREFIX
 from enumwatch.audit.event import (
     AGGREGATED_FIELDS,
-    F_CODE,
     F_CLUSTER,
+    F_CODE,
     F_DECISION,
     F_GROUPS,
     F_LEVEL,

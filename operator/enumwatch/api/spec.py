@@ -373,7 +373,7 @@ class MatchSpec(_Model):
             "The clusters whose events the detector considers, by the name their source "
             "stamped on them (the enumwatch.io/cluster audit annotation: enumwatch tail or "
             "collect --cluster-name, or an ingest token pinned with enumwatch run "
-            "--ingest-cluster-token). Empty (the default): every cluster, and events without a "
+            "--ingest-cluster-token). Empty: every cluster, and events without a "
             "cluster. Listed: only events stamped with one of these names; events without a "
             "cluster are then not considered. A cluster name is 1 to 100 letters, digits, '-', "
             "'_' or '.', starting and ending with a letter or digit."

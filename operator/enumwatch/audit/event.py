@@ -124,9 +124,10 @@ class AuditEvent:
 #: The fields of one event as a flat tuple, in this order: first what the rule's aggregates read
 #: (see :mod:`enumwatch.rule`), then what it filters and groups by, then what only an
 #: :class:`AuditEvent` carries, the cluster last (``None`` when unset: see
-#: :func:`enumwatch.audit.identity.event_identity`). The names are :class:`AuditEvent` attributes, except the two raw
-#: timestamps, which the tuple keeps as the strings the event was written with (the scan's fast
-#: path parses no timestamp; an :class:`AuditEvent` holds the one it picked, as epoch seconds).
+#: :func:`enumwatch.audit.identity.event_identity`). The names are :class:`AuditEvent`
+#: attributes, except the two raw timestamps, which the tuple keeps as the strings the event was
+#: written with (the scan's fast path parses no timestamp; an :class:`AuditEvent` holds the one
+#: it picked, as epoch seconds).
 FIELD_NAMES: tuple[str, ...] = (
     "verb",
     "request_uri",

@@ -39,7 +39,7 @@ def stamp_cluster(event: dict[str, Any], name: str, *, replace: bool = True) -> 
         return False
     if replace or CLUSTER_ANNOTATION not in annotations:
         annotations[CLUSTER_ANNOTATION] = name
-    return annotations[CLUSTER_ANNOTATION] == name
+    return bool(annotations[CLUSTER_ANNOTATION] == name)
 
 
 def stamp_cluster_line(line: bytes, name: str, *, replace: bool = True) -> bytes:

@@ -87,7 +87,9 @@ class Matcher:
                     "usernames": sorted({u for s in specs for u in s.usernames}),
                     "levels": sorted({lv for s in specs for lv in s.levels}),
                     "includeMissingUsername": any(s.include_missing_username for s in specs),
-                    "clusters": [] if every_cluster else sorted({c for s in specs for c in s.clusters}),
+                    "clusters": (
+                        [] if every_cluster else sorted({c for s in specs for c in s.clusters})
+                    ),
                 }
             )
         )
