@@ -261,6 +261,7 @@ def finding_crd() -> dict[str, Any]:
         spec=openapi_schema(FindingSpec),
         status=None,
         columns=[
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
             {"name": "Source-IP", "type": "string", "jsonPath": ".spec.sourceIP"},
             {"name": "Source", "type": "string", "jsonPath": ".spec.source.ref"},
             {"name": "User-Agent", "type": "string", "jsonPath": ".spec.userAgent"},

@@ -457,7 +457,9 @@ async def _main(args: argparse.Namespace) -> int:
     operator = Operator(
         client,
         detectors,
-        FindingSink(client, instance=args.identity, attribution=addresses),
+        FindingSink(
+            client, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
+        ),
         OperatorConfig(settle=args.settle),
         reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
         if apis

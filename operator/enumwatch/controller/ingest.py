@@ -285,6 +285,7 @@ class IngestServer:
         self.is_ready = is_ready
         self.max_body = max_body
         self.seen = SeenKeys()
+        self._cluster_labels: set[str] = set()  # the clusters counted by name so far
         if detectors.store is not None:  # what was taken in before a restart
             for key in detectors.store.remembered_identities():
                 self.seen.add(key)
@@ -447,6 +448,7 @@ class IngestServer:
         for reason, count in skipped.items():
             metrics.EVENTS_SKIPPED.labels(reason).inc(count)
         metrics.EVENTS_INGESTED.inc(len(events))
+        self._count_clusters(events)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         bad_timestamps = unreadable_timestamps(events)
         for reason, count in bad_timestamps.items():
@@ -471,6 +473,21 @@ class IngestServer:
             future=offered.future,
             **extra,
         )
+
+    def _count_clusters(self, events: list[AuditEvent]) -> None:
+        """``enumwatch_cluster_events_ingested_total``: the accepted events by cluster, at most
+        :data:`~enumwatch.controller.metrics.MAX_CLUSTER_LABELS` names (then "(other)")."""
+        counts: dict[str, int] = {}
+        for event in events:
+            if event.cluster is not None:
+                counts[event.cluster] = counts.get(event.cluster, 0) + 1
+        for cluster, n in counts.items():
+            if cluster not in self._cluster_labels:
+                if len(self._cluster_labels) >= metrics.MAX_CLUSTER_LABELS:
+                    cluster = metrics.OTHER_CLUSTERS
+                else:
+                    self._cluster_labels.add(cluster)
+            metrics.CLUSTER_EVENTS.labels(cluster).inc(n)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from enumwatch.api.finding import Source, finding_name
+from enumwatch.attribution import unattributable
 from enumwatch.api.names import (
     API_VERSION,
     DETECTOR_LABEL,
@@ -34,7 +35,7 @@ from enumwatch.api.names import (
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
-from enumwatch.rule import GroupKey, Row
+from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
 from enumwatch.sink.plan import (
     Action,
@@ -69,7 +70,9 @@ def _named(writes: list[PendingWrite], most: int = 10) -> str:
 def row_finding_name(detector: DetectorRef, row: Row) -> str:
     """The name of the Finding of ``row``: one per (detector, address) for a row grouped by
     address, else per (detector, address, user agent)."""
-    return finding_name(detector.name, row.source_ip, row.user_agent, by_address=row.by_address)
+    return finding_name(
+        detector.name, row.source_ip, row.user_agent, row.cluster, by_address=row.by_address
+    )
 
 
 class Attribution(Protocol):
@@ -102,6 +105,7 @@ class SinkResult:
     #: What waits for the next ticks (deferred and failed writes), by group key.
     backlog: dict[GroupKey, PendingWrite] = field(default_factory=dict)
     severities: dict[str, str] = field(default_factory=dict)  # Finding name -> severity written
+    clusters: dict[str, str | None] = field(default_factory=dict)  # Finding name -> its cluster
     written: list[Written] = field(default_factory=list)  # every Finding written, in order
 
 
@@ -114,17 +118,22 @@ class FindingSink:
         *,
         instance: str = "enumwatch",
         attribution: Attribution | None = None,
+        own_cluster: str | None = None,
     ) -> None:
         self.client = client
         self.instance = instance
         self.attribution = attribution
+        #: The cluster the operator runs in (``enumwatch run --cluster-name``): only its groups
+        #: are attributed (:func:`enumwatch.attribution.unattributable`).
+        self.own_cluster = own_cluster
 
     def source_of(self, write: PendingWrite) -> Source | None:
-        """Who the row's source IP was at the time of its latest event (``None``: unknown),
-        named as the scanner only when every document of the row came from it."""
-        if self.attribution is None:
-            return None
+        """Who the row's source IP was at the time of its latest event (``None``: unknown, or
+        another cluster's), named as the scanner only when every document of the row came from
+        it."""
         window, row = write.window, write.row
+        if self.attribution is None or unattributable(row.cluster, self.own_cluster):
+            return None
         return self.attribution.resolve(
             row.source_ip,
             window.last_seen.get(row.key, window.tick),
@@ -200,7 +209,11 @@ class FindingSink:
         )
         by_address = spec.group_by == "sourceIP"  # as rule.group_keys
         return {
-            (item["spec"].get("sourceIP"), None if by_address else item["spec"].get("userAgent"))
+            cluster_key(
+                item["spec"].get("sourceIP"),
+                None if by_address else item["spec"].get("userAgent"),
+                item["spec"].get("cluster"),
+            )
             for item in listing.get("items", [])
         }
 
@@ -225,6 +238,7 @@ class FindingSink:
                 spec,
                 source,
                 write.claim,
+                unattributable(row.cluster, self.own_cluster),
             )
             if decided.action is Action.NOOP or decided.spec is None:
                 return
@@ -232,6 +246,7 @@ class FindingSink:
             quiet = decided.spec.reported_in is not None
             body = decided.spec.model_dump(by_alias=True, mode="json")
             result.severities[name] = decided.spec.rule.severity
+            result.clusters[name] = row.cluster
             try:
                 if current is None:
                     created = await self.client.create(

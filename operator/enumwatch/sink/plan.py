@@ -103,6 +103,7 @@ def plan(
     spec: DetectorSpec,
     source: Source | None = None,
     claim: Claim | None = None,
+    unattributed: str | None = None,
 ) -> Plan:
     """Decide what ``row`` does to the Finding whose current spec is ``existing`` (pure).
 
@@ -113,6 +114,8 @@ def plan(
     documents observed from its address and those that only claimed it; ``claim`` is the row's
     part in its window's claims (:func:`enumwatch.sink.backlog.claims_of`): the Finding that
     reports the claimed addresses lists them, the others name it in ``reportedIn``.
+    ``unattributed``: why the row's addresses cannot be attributed (another cluster's, see
+    :func:`enumwatch.attribution.unattributable`), said on the Finding.
     """
     tick = format_rfc3339(window.tick)
     succeeded = window.succeeded.get(row.key, ())
@@ -124,6 +127,8 @@ def plan(
     common: dict[str, Any] = {
         "detector": detector,
         "rule": rule_ref(severity_of(spec, access), spec.risk_score),
+        "cluster": row.cluster,
+        "attributionUnavailable": unattributed,
         "sourceIP": row.source_ip,
         "userAgent": row.user_agent_label,
         "window": Window(start=format_rfc3339(window.start), end=tick),
