@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from enumwatch.api.finding import Source, finding_name
-from enumwatch.attribution import unattributable
 from enumwatch.api.names import (
     API_VERSION,
     DETECTOR_LABEL,
@@ -34,6 +33,7 @@ from enumwatch.api.names import (
 )
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
+from enumwatch.attribution import unattributable
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
