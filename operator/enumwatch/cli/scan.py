@@ -377,12 +377,11 @@ class _Records:
                 record["window.start"] = format_rfc3339(window.start, "auto")
                 record["window.end"] = format_rfc3339(window.end, "auto")
             return record
-        record = {
-            "detector": self._detector,
-            "rule": self._rule,
-            "sourceIP": row.source_ip,
-            "userAgent": row.user_agent_label,
-        }
+        record = {"detector": self._detector, "rule": self._rule}
+        if row.cluster is not None:  # as on a Finding: only when the events carry one
+            record["cluster"] = row.cluster
+        record["sourceIP"] = row.source_ip
+        record["userAgent"] = row.user_agent_label
         if window is not None:
             record["window"] = {
                 "start": format_rfc3339(window.start, "auto"),
@@ -488,6 +487,10 @@ def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
     from rich.table import Table  # imported here: see _Stream
 
     table = Table(title=title, title_justify="left", show_lines=False)
+    # A cluster column only when the events carry one (a single cluster's table is unchanged).
+    clusters = any(row.cluster is not None for row in rows)
+    if clusters:
+        table.add_column("cluster", no_wrap=True)
     table.add_column("source IP", no_wrap=True)
     table.add_column("user agent", overflow="fold", max_width=32 if folded else None)
     table.add_column("docs", justify="right")
@@ -500,6 +503,7 @@ def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
     table.add_column("sample URIs", overflow="fold")
     for row in rows:
         table.add_row(
+            *([row.cluster or "(none)"] if clusters else []),
             row.source_ip if row.source_ip is not None else "(none)",
             row.user_agent_label if row.user_agent_label is not None else "(none)",
             str(row.document_count),
