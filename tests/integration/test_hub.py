@@ -164,12 +164,12 @@ def test_the_same_scan_of_two_clusters_is_one_finding_per_cluster(hub: Hub) -> N
 
 def test_a_detector_scoped_to_one_cluster_sees_only_it(hub: Hub) -> None:
     ns = _detector(hub, "scoped", {**FAST, "match": {"clusters": ["b"]}})
-    agent = unique_agent("scoped")
-    curl_scan(hub.a, agent, SCAN_PATHS)
-    curl_scan(hub.b, agent, SCAN_PATHS)
     # A canary detector in another namespace sees both: once it has a's Finding, a's events
     # have certainly been evaluated by the scoped detector too.
     canary = _detector(hub, "canary")
+    agent = unique_agent("scoped")
+    curl_scan(hub.a, agent, SCAN_PATHS)
+    curl_scan(hub.b, agent, SCAN_PATHS)
     wait_for(
         lambda: {f["spec"]["cluster"] for f in _mine(hub, canary, agent)} == {"a", "b"},
         timeout=40,
