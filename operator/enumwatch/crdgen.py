@@ -332,7 +332,8 @@ def _validation(node: Schema) -> str:
         if key in node:
             checks.append(f"{label} {node[key]}")
     if "pattern" in node:
-        checks.append(f"pattern {node['pattern']}")
+        # Escaped: "[x](y)" in a pattern would read as a Markdown link.
+        checks.append("pattern " + node["pattern"].replace("[", "\\["))
     checks += [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
     items = node.get("items", {})
     if node.get("type") == "array" and "properties" not in items and _validation(items):

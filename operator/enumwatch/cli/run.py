@@ -118,7 +118,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the name of the cluster the operator runs in (hub mode): source attribution "
         "(pod, node, Service of an address) applies only to events of this cluster, since "
         "the operator sees only its own cluster's pods; a Finding of another cluster says "
-        "so. Default: none, the events without a cluster name are the operator's own",
+        "so (default: none, the events without a cluster name are the operator's own)",
     )
     p.add_argument(
         "--tls-cert-file",
