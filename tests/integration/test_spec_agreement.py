@@ -3,8 +3,8 @@
 Each check of :mod:`enumwatch.api.spec` is written once as a CEL rule (in the generated CRD)
 beside the same predicate in Python. This test holds the two to the same verdict on specs
 generated around every boundary the checks draw (CIDRs as Go's ``netip`` reads them, RFC 3339
-times, Go durations, thresholds and their reachability, exceptions that match every client, cluster names,
-JSON's integral floats and nulls),
+times, Go durations, thresholds and their reachability, exceptions that match every client,
+cluster names, JSON's integral floats and nulls),
 each alone and in seeded random combinations: the real kube-apiserver answers a server-side dry
 run, the model validates the same spec, and, when the server accepted it, the object it would
 store (defaults applied), which is what the operator receives. The operator can then never
