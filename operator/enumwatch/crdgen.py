@@ -261,8 +261,10 @@ def finding_crd() -> dict[str, Any]:
         spec=openapi_schema(FindingSpec),
         status=None,
         columns=[
-            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
             {"name": "Source-IP", "type": "string", "jsonPath": ".spec.sourceIP"},
+            # Hub mode: <none> for a Finding without a cluster. After the IP, so that a script
+            # reading the second field of a row still reads the address.
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
             {"name": "Source", "type": "string", "jsonPath": ".spec.source.ref"},
             {"name": "User-Agent", "type": "string", "jsonPath": ".spec.userAgent"},
             {"name": "Documents", "type": "integer", "jsonPath": ".spec.aggregates.documentCount"},
