@@ -262,9 +262,6 @@ def finding_crd() -> dict[str, Any]:
         status=None,
         columns=[
             {"name": "Source-IP", "type": "string", "jsonPath": ".spec.sourceIP"},
-            # Hub mode: <none> for a Finding without a cluster. After the IP, so that a script
-            # reading the second field of a row still reads the address.
-            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
             {"name": "Source", "type": "string", "jsonPath": ".spec.source.ref"},
             {"name": "User-Agent", "type": "string", "jsonPath": ".spec.userAgent"},
             {"name": "Documents", "type": "integer", "jsonPath": ".spec.aggregates.documentCount"},
@@ -287,6 +284,9 @@ def finding_crd() -> dict[str, Any]:
             },
             {"name": "Last-Seen", "type": "date", "jsonPath": ".spec.lastSeen"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            # Hub mode. Last: kubectl prints an empty cell for a Finding without a cluster, which
+            # would shift every later field of a row split on whitespace.
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
         ],
     )
 
