@@ -375,3 +375,27 @@ def _write(tmp_path: Path, lines: list[bytes]) -> Path:
     path = tmp_path / "audit.log"
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     return path
+
+
+def test_the_scan_command_shows_a_rows_cluster_only_when_the_events_carry_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from enumwatch.cli.main import main
+
+    two = _write(tmp_path, [orjson.dumps(e) for e in raw_scan("b") + raw_scan("a")])
+    assert main(["scan", str(two), "--format", "json", "--records", "finding"]) == 0
+    records = orjson.loads(capsys.readouterr().out)
+    assert [(r["cluster"], r["sourceIP"]) for r in records] == [
+        ("a", "10.0.0.5"), ("b", "10.0.0.5")
+    ]
+    assert main(["scan", str(two), "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert "cluster" in table.splitlines()[2] and " a " in table and " b " in table
+    one = tmp_path / "one" / "audit.log"
+    one.parent.mkdir()
+    one.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in raw_scan(None)))
+    assert main(["scan", str(one), "--format", "json", "--records", "finding"]) == 0
+    (record,) = orjson.loads(capsys.readouterr().out)
+    assert "cluster" not in record
+    assert main(["scan", str(one), "--format", "table"]) == 0
+    assert "cluster" not in capsys.readouterr().out
