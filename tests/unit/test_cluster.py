@@ -399,3 +399,17 @@ def test_the_scan_command_shows_a_rows_cluster_only_when_the_events_carry_one(
     assert "cluster" not in record
     assert main(["scan", str(one), "--format", "table"]) == 0
     assert "cluster" not in capsys.readouterr().out
+
+
+def test_the_access_event_names_the_cluster() -> None:
+    from enumwatch.sink.plan import access_summary
+
+    evaluator = WindowedEvaluator(Rule(), 60, 120, time_basis="ingested")
+    for event in decoded(raw_scan("b")):
+        evaluator.add(event, T0 - 30)
+    window = evaluator.evaluate(T0)
+    decided = plan(None, window.rows[0], window, "det", DetectorSpec())
+    assert decided.spec is not None
+    assert access_summary(decided.spec, ("/api/v1/secrets",)).startswith(
+        "anonymous client 10.0.0.5 in cluster b (user agent 'curl/8') was answered on 1"
+    )

@@ -244,8 +244,9 @@ def access_summary(spec: FindingSpec, uris: tuple[str, ...]) -> str:
     """The AnonymousAccessSucceeded Event message: who got into what."""
     more = f" and {len(uris) - 5} more" if len(uris) > 5 else ""
     agent = user_agent_phrase(spec.user_agent, by_address=spec.by_address)
+    where = "" if spec.cluster is None else f" in cluster {spec.cluster}"
     return (
-        f"anonymous client {_who(spec)} {agent} was answered on {len(uris)} endpoint(s) that "
+        f"anonymous client {_who(spec)}{where} {agent} was answered on {len(uris)} endpoint(s) that "
         f"are not public by default: {', '.join(uris[:5])}{more}"
     )
 
