@@ -246,8 +246,8 @@ def access_summary(spec: FindingSpec, uris: tuple[str, ...]) -> str:
     agent = user_agent_phrase(spec.user_agent, by_address=spec.by_address)
     where = "" if spec.cluster is None else f" in cluster {spec.cluster}"
     return (
-        f"anonymous client {_who(spec)}{where} {agent} was answered on {len(uris)} endpoint(s) that "
-        f"are not public by default: {', '.join(uris[:5])}{more}"
+        f"anonymous client {_who(spec)}{where} {agent} was answered on {len(uris)} endpoint(s) "
+        f"that are not public by default: {', '.join(uris[:5])}{more}"
     )
 
 
