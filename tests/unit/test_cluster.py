@@ -123,6 +123,10 @@ def test_stamp_writes_the_annotation_and_replaces_only_when_asked() -> None:
     assert event["annotations"] == {
         CLUSTER_ANNOTATION: "b", "authorization.k8s.io/decision": "forbid"
     }
+    # A name read from a record that is not a cluster name is not written (the event would be
+    # skipped for it).
+    assert not stamp_cluster(event, "arn:aws:eks/x") and event["annotations"][
+        CLUSTER_ANNOTATION] == "b"
     # Malformed lines are left for the operator to count, never repaired by a stamp.
     assert stamp_cluster_line(b"not json", "a") == b"not json"
     assert stamp_cluster_line(b"[1]", "a") == b"[1]"

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from enumwatch.api.cluster import is_cluster_name
 from enumwatch.audit.event import CLUSTER_ANNOTATION
 
 
@@ -28,9 +29,13 @@ def stamp_cluster(event: dict[str, Any], name: str, *, replace: bool = True) -> 
 
     Returns whether the event carries ``name`` now. An event whose ``annotations`` is not an
     object is left as it is (``False``): the operator's decoder counts it as a wrong type, and
-    a stamp must not turn a malformed event into a well-formed one. ``name`` is assumed valid
-    (:func:`enumwatch.api.cluster.check_cluster_name` where it was given).
+    a stamp must not turn a malformed event into a well-formed one. A ``name`` that is not a
+    cluster name (:func:`enumwatch.api.cluster.is_cluster_name`; e.g. read from a record) is not
+    written (``False``): the operator would skip the event for it, and an unnamed event still
+    counts.
     """
+    if not is_cluster_name(name):
+        return False
     annotations = event.get("annotations")
     if annotations is None:
         event["annotations"] = {CLUSTER_ANNOTATION: name}
