@@ -15,7 +15,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,9 @@ from enumwatch_devkit.operatorkit import (
 )
 
 pytestmark = pytest.mark.integration
-FAST = {"schedule": {"interval": "1s", "lookback": "30s"}}
+#: Every second over the last 15 s: long enough for both clusters' scans and their batches, and
+#: a firing row is written again at each tick only for as long as it is in the window.
+FAST = {"schedule": {"interval": "1s", "lookback": "15s"}}
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Hub:
     operator: OperatorProcess
     pinned_b: str  # the token pinned to cluster b
     tailers: list[tuple[subprocess.Popen[bytes], Path]]
+    #: The namespaces of the current test's detectors (deleted after it).
+    namespaces: list[str] = field(default_factory=list)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +97,16 @@ def hub(crds: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         b.stop()
 
 
+@pytest.fixture(autouse=True)
+def _detectors_go(hub: Hub) -> Iterator[None]:
+    """Each test's detectors are deleted after it: a detector whose rows keep firing writes its
+    Findings at every tick, and the next test's must not wait behind them."""
+    yield
+    for ns in hub.namespaces:
+        hub.a.kubectl("delete", "enumerationdetectors", "--all", "-n", ns, "--wait=false")
+    hub.namespaces.clear()
+
+
 def _mine(hub: Hub, ns: str, agent: str) -> list[dict[str, Any]]:
     return [f for f in findings(hub.a, ns) if f["spec"]["userAgent"] == agent]
 
@@ -106,6 +120,7 @@ def _both_whole(hub: Hub, ns: str, agent: str) -> list[dict[str, Any]]:
 
 def _detector(hub: Hub, label: str, spec: dict[str, Any] = FAST) -> str:
     ns = fresh_namespace(hub.a, label)
+    hub.namespaces.append(ns)
     apply_detector(hub.a, ns, "det", spec)
     wait_for(
         lambda: "True"
