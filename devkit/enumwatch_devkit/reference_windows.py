@@ -149,7 +149,7 @@ class ReferenceEvaluator(Schedule):
         for ts, event in events:
             entered = got_in(event)
             last = event.source_ips[-1] if event.source_ips else None
-            for key in self.rule.group_keys(event.source_ips, event.user_agent):
+            for key in self.rule.group_keys(event.source_ips, event.user_agent, event.cluster):
                 if key in wanted:
                     if ts > seen.get(key, -math.inf):
                         seen[key] = ts

@@ -334,3 +334,36 @@ def describe(source: Source) -> str:
             "address claimed in X-Forwarded-For/X-Real-Ip, forgeable: not named as the scanner"
         )
     return source.ref + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def unattributable(cluster: str | None, own_cluster: str | None) -> str | None:
+    """Why the addresses of a group from ``cluster`` cannot be attributed by an operator that
+    runs in ``own_cluster`` (``enumwatch run --cluster-name``), ``None`` when they can.
+
+    The operator watches the pods, nodes and Services of the cluster it runs in, and nothing
+    else; an address of another cluster (hub mode) would be resolved against the wrong cluster's
+    objects, and pod IPs repeat across clusters: naming a pod of the hub for a scan of another
+    cluster would blame the wrong workload. So only the operator's own cluster's groups are
+    attributed: the groups of its ``--cluster-name``, or, without one, the groups whose events
+    carry no cluster name (a single cluster, as before clusters existed).
+    """
+    if cluster == own_cluster:
+        return None
+    if cluster is None:
+        return (
+            "source attribution is not available: these audit events carry no cluster name, and "
+            f"the operator resolves addresses only for its own cluster {own_cluster} (enumwatch "
+            f"run --cluster-name); stamp the source of {own_cluster}'s events with "
+            f"--cluster-name {own_cluster} to have them attributed"
+        )
+    if own_cluster is None:
+        return (
+            f"source attribution is not available for cluster {cluster}: the operator sees only "
+            "the pods, nodes and Services of the cluster it runs in, which is not named "
+            "(enumwatch run --cluster-name), so only events without a cluster name are attributed"
+        )
+    return (
+        f"source attribution is not available for cluster {cluster}: the operator runs in "
+        f"cluster {own_cluster} and sees only its pods, nodes and Services, not {cluster}'s "
+        "(an address there may be any workload of that cluster)"
+    )

@@ -284,6 +284,9 @@ def finding_crd() -> dict[str, Any]:
             },
             {"name": "Last-Seen", "type": "date", "jsonPath": ".spec.lastSeen"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+            # Hub mode. Last: kubectl prints an empty cell for a Finding without a cluster, which
+            # would shift every later field of a row split on whitespace.
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
         ],
     )
 
@@ -331,7 +334,8 @@ def _validation(node: Schema) -> str:
         if key in node:
             checks.append(f"{label} {node[key]}")
     if "pattern" in node:
-        checks.append(f"pattern {node['pattern']}")
+        # Escaped: "[x](y)" in a pattern would read as a Markdown link.
+        checks.append("pattern " + node["pattern"].replace("[", "\\["))
     checks += [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
     items = node.get("items", {})
     if node.get("type") == "array" and "properties" not in items and _validation(items):

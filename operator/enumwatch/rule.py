@@ -17,13 +17,17 @@ ES|QL details that matter and are reproduced here:
   ``groupBy: sourceIP`` (not the seed either: against a scanner that sends a new ``User-Agent``
   with every request) is ``stats ... by sourceIPs``: the user agent leaves the key and becomes one
   more value column (``values`` and ``count_distinct``), the same thresholds apply.
+* The cluster an event came from (its ``enumwatch.io/cluster`` annotation, stamped by the source
+  that forwarded it) extends the key when it is set: two clusters' same address and user agent
+  are two groups. An event without one is keyed exactly as the seed keys it (``(ip, ua)``), so
+  rows, goldens and Finding names of a single cluster do not change.
 * ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
 * The final ``where`` applies the thresholds. A group's count only grows, so once it reaches
   ``documentsBelow`` it can never fire: everything it kept is dropped (it becomes "dead"), which
   bounds memory on a flood from one source.
 
-Rows are sorted by source IP, then user agent, both ascending with nulls last (the ES|QL and
-SQL default for ``ASC``), comparing strings by code point.
+Rows are sorted by cluster, source IP, then user agent, all ascending with nulls last (the ES|QL
+and SQL default for ``ASC``), comparing strings by code point.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from enumwatch.api.spec import SEED_GROUP_BY, DetectorSpec, GroupBy, MatchSpec, ThresholdsSpec
+from enumwatch.audit.elastic import ELASTIC_CLUSTER_ANNOTATION, ELASTIC_PREFIX
 from enumwatch.audit.event import (
     AGGREGATED_FIELDS,
+    F_CLUSTER,
     F_CODE,
     F_DECISION,
     F_GROUPS,
@@ -74,9 +80,21 @@ OUTCOMES: tuple[str, ...] = (
 )
 _ALLOW, _FORBID, _FAILED, _SUCCESS, _NOT_FOUND, _OTHER, _UNKNOWN = range(len(OUTCOMES))
 
-#: A group key: (one source IP or None, user agent or None). Grouped by source address alone
-#: (``groupBy: sourceIP``) the user agent part is always None: the key is the address.
-GroupKey = tuple[str | None, str | None]
+#: A group key: (one source IP or None, user agent or None), and the cluster third when the
+#: event has one (:func:`cluster_key`). Grouped by source address alone (``groupBy: sourceIP``)
+#: the user agent part is always None: the key is the address (in its cluster).
+GroupKey = tuple[str | None, ...]
+
+
+def cluster_key(ip: str | None, user_agent: str | None, cluster: str | None) -> GroupKey:
+    """The group key of one address and user agent in ``cluster``: the seed's ``(ip, ua)``
+    when the event has no cluster, so a single cluster's keys are those of the seed."""
+    return (ip, user_agent) if cluster is None else (ip, user_agent, cluster)
+
+
+def key_cluster(key: GroupKey) -> str | None:
+    """The cluster of a group key (``None`` for a key without one)."""
+    return key[2] if len(key) > 2 else None
 
 
 def group_keys(
@@ -84,6 +102,7 @@ def group_keys(
     user_agent: str | None,
     observed_only: bool = False,
     by_address: bool = False,
+    cluster: str | None = None,
 ) -> tuple[GroupKey, ...]:
     """The groups an event counts in: one per distinct source IP (a null IP when it has none).
 
@@ -91,17 +110,17 @@ def group_keys(
     (``match.sourceIPs: observed``) only the last entry counts, the address the API server saw
     the connection come from; the entries before it are ``X-Forwarded-For`` values any client
     can forge. With ``by_address`` (``groupBy: sourceIP``) the user agent is no part of the key
-    (a client chooses it per request). :meth:`GroupTable._count` and
-    :meth:`enumwatch.windows.WindowedEvaluator._insert` inline the same expansion on their hot
-    paths.
+    (a client chooses it per request). ``cluster`` extends each key (:func:`cluster_key`).
+    :meth:`GroupTable._count` and :meth:`enumwatch.windows.WindowedEvaluator._insert` inline
+    the same expansion on their hot paths.
     """
     if by_address:
         user_agent = None
     if not source_ips:
-        return ((None, user_agent),)
+        return (cluster_key(None, user_agent, cluster),)
     if observed_only:
-        return ((source_ips[-1], user_agent),)
-    return tuple((ip, user_agent) for ip in dict.fromkeys(source_ips))
+        return (cluster_key(source_ips[-1], user_agent, cluster),)
+    return tuple(cluster_key(ip, user_agent, cluster) for ip in dict.fromkeys(source_ips))
 
 
 def user_agents_label(count: int) -> str:
@@ -170,11 +189,14 @@ class Row:
     #: Grouped by source address (``groupBy: sourceIP``): the group's distinct user agents;
     #: ``None`` under the seed's grouping, where the user agent is the key's.
     user_agent_values: tuple[str, ...] | None = None
+    #: The cluster of the group's events (part of its key), ``None`` when they carry none.
+    cluster: str | None = None
 
     @property
     def key(self) -> GroupKey:
-        """The group key: (source IP, user agent); (source IP, None) grouped by address."""
-        return (self.source_ip, self.user_agent)
+        """The group key: (source IP, user agent); (source IP, None) grouped by address; the
+        cluster third when set."""
+        return cluster_key(self.source_ip, self.user_agent, self.cluster)
 
     @property
     def by_address(self) -> bool:
@@ -221,15 +243,19 @@ class Row:
 
     def _user_agent_columns(self) -> dict[str, Any]:
         """The key columns: ``BY sourceIPs, userAgent`` (the seed), or ``BY sourceIPs`` with
-        the user agents as values and their distinct count."""
+        the user agents as values and their distinct count; the cluster's annotation (as Elastic
+        names it) first when the group has one."""
+        cluster = {} if self.cluster is None else {ESQL_CLUSTER_COLUMN: self.cluster}
         if self.user_agent_values is None:
             return {
+                **cluster,
                 "kubernetes.audit.sourceIPs": self.source_ip,
                 "kubernetes.audit.userAgent": self.user_agent,
             }
         return {
             "Esql.user_agent_count_distinct": len(self.user_agent_values),
             "Esql.user_agent_values": list(self.user_agent_values),
+            **cluster,
             "kubernetes.audit.sourceIPs": self.source_ip,
         }
 
@@ -245,6 +271,8 @@ def _values(column: Iterable[Any]) -> tuple[Any, ...]:
 #: One tuple is shared by every event (and every group) with the same values: the table interns
 #: them.
 _OUTCOME = AGGREGATED_FIELDS
+#: The ES|QL column of a row's cluster: its annotation, as Elastic names annotation keys.
+ESQL_CLUSTER_COLUMN = ELASTIC_PREFIX + "annotations." + ELASTIC_CLUSTER_ANNOTATION
 #: Where a value tuple holds the event's user agent (grouped by address: a value, not the key).
 USER_AGENT_VALUE = AGGREGATED_FIELDS + 1
 _Values = tuple[Any, ...]
@@ -314,14 +342,15 @@ def near_miss(
     return NearMiss(key, documents, tuple(misses)) if misses else None
 
 
-def _group_sort_key(key: GroupKey) -> tuple[bool, str, bool, str]:
-    """The rule's output order: source IP, then user agent, ascending, nulls last."""
-    ip, ua = key
-    return (ip is None, ip or "", ua is None, ua or "")
+def _group_sort_key(key: GroupKey) -> tuple[bool, str, bool, str, bool, str]:
+    """The rule's output order: cluster (when set), source IP, then user agent, ascending,
+    nulls last."""
+    ip, ua, cluster = key[0], key[1], key_cluster(key)
+    return (cluster is None, cluster or "", ip is None, ip or "", ua is None, ua or "")
 
 
-def _sort_key(row: Row) -> tuple[bool, str, bool, str]:
-    return _group_sort_key((row.source_ip, row.user_agent))
+def _sort_key(row: Row) -> tuple[bool, str, bool, str, bool, str]:
+    return _group_sort_key(row.key)
 
 
 class GroupTable:
@@ -341,6 +370,7 @@ class GroupTable:
         "_accepted",
         "_by_address",
         "_cap",
+        "_clusters",
         "_groups",
         "_intern",
         "_observed_only",
@@ -358,6 +388,7 @@ class GroupTable:
         self._cap = rule.thresholds.documents_below
         self._observed_only = rule.observed_only
         self._by_address = rule.by_address
+        self._clusters = rule.matcher.clusters
         self._groups: dict[GroupKey, _Kept] = {}
         # Equal strings and equal value tuples of different events stored once: an event's
         # first nine values (or all ten) -> the shared tuple of them and its outcome.
@@ -371,7 +402,7 @@ class GroupTable:
 
     @property
     def group_count(self) -> int:
-        """How many (source IP, user agent) groups have at least one event."""
+        """How many (source IP, user agent[, cluster]) groups have at least one event."""
         return len(self._groups)
 
     def add(self, event: AuditEvent) -> bool:
@@ -384,7 +415,7 @@ class GroupTable:
 
     def add_matched(self, event: AuditEvent) -> None:
         """Count an event already known to match the rule (skips the ``where`` test)."""
-        self._count(event.source_ips, event.user_agent, aggregated_values(event))
+        self._count(event.source_ips, event.user_agent, aggregated_values(event), event.cluster)
 
     def add_fields(self, fields: EventFields) -> bool:
         """:meth:`add` for an event decoded as :data:`~enumwatch.audit.event.EventFields` (a scan).
@@ -394,11 +425,20 @@ class GroupTable:
         self.considered += 1
         if fields[F_USERNAME] not in self._accepted(fields[F_LEVEL], ()):
             return False
-        self._count(fields[F_SOURCE_IPS], fields[F_USER_AGENT], fields[:AGGREGATED_FIELDS])
+        cluster = fields[F_CLUSTER]
+        if self._clusters is not None and cluster not in self._clusters:
+            return False
+        self._count(
+            fields[F_SOURCE_IPS], fields[F_USER_AGENT], fields[:AGGREGATED_FIELDS], cluster
+        )
         return True
 
     def _count(
-        self, source_ips: tuple[str, ...], user_agent: str | None, aggregated: _Values
+        self,
+        source_ips: tuple[str, ...],
+        user_agent: str | None,
+        aggregated: _Values,
+        cluster: str | None = None,
     ) -> None:
         """Count one matching event in its groups; ``aggregated`` is its first nine values."""
         self.added += 1
@@ -414,7 +454,7 @@ class GroupTable:
         last = self._cap - 1
         values: _Values | None = None
         for ip in ips:
-            key = (ip, user_agent)
+            key = (ip, user_agent) if cluster is None else (ip, user_agent, cluster)
             kept = groups.get(key)
             if kept is None:
                 kept = groups[key] = []
@@ -580,7 +620,8 @@ def event_values(event: AuditEvent, by_address: bool = False) -> tuple[Any, ...]
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:
-    """Rows in the rule's output order (source IP, then user agent, ascending, nulls last)."""
+    """Rows in the rule's output order (cluster, source IP, then user agent, ascending, nulls
+    last)."""
     rows.sort(key=_sort_key)
     return rows
 
@@ -617,7 +658,7 @@ def group_row(
     if len(resources) <= t.distinct_resources_above:
         return None
     verbs = _values(columns[F_VERB])
-    ip, user_agent = key
+    ip, user_agent = key[0], key[1]
     user_agents = _values(columns[USER_AGENT_VALUE]) if len(columns) > USER_AGENT_VALUE else None
     return Row(
         source_ip=ip,
@@ -645,6 +686,7 @@ def group_row(
         request_uri_values=uris,
         data_stream_namespace_values=(data_stream_namespace,),
         user_agent_values=user_agents,
+        cluster=key_cluster(key),
     )
 
 
@@ -675,18 +717,23 @@ class Rule:
         return cls(spec.match, spec.thresholds, spec.group_by)
 
     def group_keys(
-        self, source_ips: tuple[str, ...], user_agent: str | None
+        self, source_ips: tuple[str, ...], user_agent: str | None, cluster: str | None = None
     ) -> tuple[GroupKey, ...]:
-        """The groups of this rule an event with these ``sourceIPs`` and ``userAgent`` counts in."""
-        return group_keys(source_ips, user_agent, self.observed_only, self.by_address)
+        """The groups of this rule an event with these ``sourceIPs`` and ``userAgent`` (from
+        ``cluster``) counts in."""
+        return group_keys(source_ips, user_agent, self.observed_only, self.by_address, cluster)
 
-    def observed_key(self, source_ips: tuple[str, ...], user_agent: str | None) -> GroupKey | None:
+    def observed_key(
+        self, source_ips: tuple[str, ...], user_agent: str | None, cluster: str | None = None
+    ) -> GroupKey | None:
         """The group of the address the API server saw the event come from (the last
         ``sourceIPs`` entry), ``None`` when it has none: the group whose documents are counted as
         observed rather than claimed."""
         if not source_ips:
             return None
-        return group_keys(source_ips[-1:], user_agent, by_address=self.by_address)[0]
+        return group_keys(
+            source_ips[-1:], user_agent, by_address=self.by_address, cluster=cluster
+        )[0]
 
     def matches(self, event: AuditEvent) -> bool:
         """The seed's first ``where``: an anonymous (or missing) username at a kept level."""

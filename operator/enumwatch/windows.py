@@ -280,7 +280,8 @@ class WindowSnapshot:
 
     def state(self) -> dict[str, Any]:
         """The state as one dict: the header and the slices, ``[index, events, cells]``, each
-        cell ``[[ip, ua], count, last, observed, [value tuples] | null, {sender: n} | null]``
+        cell ``[[ip, ua(, cluster)], count, last, observed, [value tuples] | null, {sender: n} |
+        null]``
         (rendered as it is by orjson, in C: a checkpoint after every tick must cost little)."""
         return {**self.header(), "slices": [list(s) for s in self.slices]}
 
@@ -293,8 +294,9 @@ def _read_values(item: list[Any]) -> tuple[Any, ...]:
 
 
 def _match_signature(rule: Rule) -> str:
-    """What decides whether the rule keeps an event (its ``match`` spec), as a comparable text."""
-    return rule.match.model_dump_json()
+    """What decides whether the rule keeps an event (its ``match`` spec), as a comparable text;
+    an empty ``clusters`` left out, so that state saved before clusters existed still loads."""
+    return rule.match.model_dump_json(exclude=None if rule.match.clusters else {"clusters"})
 
 
 class Schedule:
@@ -679,6 +681,7 @@ class WindowedEvaluator(Schedule):
         if len(source_ips) > 1:  # as rule.group_keys
             ips = source_ips[-1:] if rule.observed_only else dict.fromkeys(source_ips)
         observed_ip = source_ips[-1] if source_ips else None
+        cluster = event.cluster  # as rule.cluster_key: extends the key only when set
         self._seq += 1
         seq = self._seq
         groups = self._groups
@@ -686,7 +689,7 @@ class WindowedEvaluator(Schedule):
         cap = self._cap
         values: tuple[Any, ...] | None = None
         for ip in ips:
-            key = (ip, user_agent)
+            key = (ip, user_agent) if cluster is None else (ip, user_agent, cluster)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Group()
@@ -1015,10 +1018,10 @@ class WindowedEvaluator(Schedule):
         slices: list[tuple[int, int, list[SavedCell]]] = []
         for k, events, cells in state.get("slices") or ():
             saved: list[SavedCell] = []
-            for (ip, ua), count, last, observed, items, *rest in cells:
+            for key, count, last, observed, items, *rest in cells:
                 values = None if items is None else tuple(_read_values(v) for v in items)
                 senders = {str(a): int(n) for a, n in rest[0].items()} if rest and rest[0] else None
-                saved.append(((ip, ua), int(count), float(last), int(observed), values, senders))
+                saved.append((tuple(key), int(count), float(last), int(observed), values, senders))
             slices.append((int(k), int(events), saved))
         last_tick = state.get("lastTick")
         self._load(
@@ -1030,7 +1033,7 @@ class WindowedEvaluator(Schedule):
                 str(state.get("grouping", "all")),
                 str(state.get("match", "")),
                 slices,
-                [((ip, ua), int(k)) for (ip, ua), k in state.get("muted") or ()],
+                [(tuple(key), int(k)) for key, k in state.get("muted") or ()],
             )
         )
 

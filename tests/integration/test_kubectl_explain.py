@@ -139,3 +139,20 @@ def test_describe_labels_the_uri_threshold_as_its_description_says(
         ]
     finally:
         crds.kubectl("delete", "namespace", "explain-describe", "--wait=false")
+
+
+def test_explain_says_what_match_clusters_and_a_findings_cluster_are(
+    crds: controlplane.ControlPlane,
+) -> None:
+    clusters = " ".join(line.strip() for line in _explain(crds, "ewd.spec.match.clusters"))
+    assert "FIELD: clusters <[]string>" in clusters
+    assert (
+        "Empty: every cluster, and events without a cluster. Listed: only events stamped with "
+        "one of these names; events without a cluster are then not considered." in clusters
+    )
+    assert clusters.rstrip().endswith("starting and ending with a letter or digit. Default: none.")
+    cluster = " ".join(line.strip() for line in _explain(crds, "finding.spec.cluster"))
+    assert "FIELD: cluster <string>" in cluster
+    assert "two clusters' same source IP and user agent are two Findings" in cluster
+    why = " ".join(line.strip() for line in _explain(crds, "finding.spec.attributionUnavailable"))
+    assert "enumwatch run --cluster-name" in why

@@ -176,7 +176,7 @@ def test_a_scan_is_a_policyreport_result_and_an_openreports_result(
     assert samples[f'enumwatch_policy_report_writes_total{{resource="{POLR}"}}'] >= 1
     assert samples[f'enumwatch_policy_report_writes_total{{resource="{REPORTS}"}}'] >= 1
     created = (
-        f'enumwatch_detector_findings_total{{action="created",detector="det",'
+        f'enumwatch_detector_findings_total{{action="created",cluster="",detector="det",'
         f'namespace="{ns}",severity="medium"}}'
     )
     assert samples[created] == 1

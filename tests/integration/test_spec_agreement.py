@@ -4,7 +4,7 @@ Each check of :mod:`enumwatch.api.spec` is written once as a CEL rule (in the ge
 beside the same predicate in Python. This test holds the two to the same verdict on specs
 generated around every boundary the checks draw (CIDRs as Go's ``netip`` reads them, RFC 3339
 times, Go durations, thresholds and their reachability, exceptions that match every client,
-JSON's integral floats and nulls),
+cluster names, JSON's integral floats and nulls),
 each alone and in seeded random combinations: the real kube-apiserver answers a server-side dry
 run, the model validates the same spec, and, when the server accepted it, the object it would
 store (defaults applied), which is what the operator receives. The operator can then never
@@ -80,6 +80,11 @@ AGENTS = [
 ]
 USERNAMES = [[], ["system:anonymous"], [""], ["x" * 257]]
 LEVELS = [["None"], ["None", "Metadata"], [], ["Request"], ["Request"] * 6, ["Verbose"]]
+#: spec.match.clusters around a cluster name's syntax and the list's bound (hub mode).
+CLUSTERS = [
+    [], ["a"], ["prod-eu-1"], ["EKS_a.b"], ["-a"], ["a-"], ["a b"], ["a/b"], [""], ["x" * 100],
+    ["x" * 101], ["\u00e9"], ["a\n"], ["c"] * 256, ["c"] * 257, [None], "a", [1],
+]
 
 
 def _variations() -> Iterator[tuple[str, Any]]:
@@ -106,6 +111,8 @@ def _variations() -> Iterator[tuple[str, Any]]:
             yield "match", {"usernames": usernames, "includeMissingUsername": missing}
     for levels in LEVELS:
         yield "match.levels", levels
+    for clusters in CLUSTERS:
+        yield "match.clusters", clusters
     for path in NULLS:
         yield path, None
     yield "exceptions", [{"name": None, "userAgents": ["a"]}]

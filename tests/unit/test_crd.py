@@ -110,6 +110,7 @@ def test_every_default_of_the_detector_spec_is_said_in_its_description() -> None
         "spec.match.includeMissingUsername": "true.",
         "spec.match.levels": "RequestResponse, ResponseComplete, Request.",
         "spec.match.sourceIPs": "all.",
+        "spec.match.clusters": "none.",
         "spec.groupBy": "sourceIPAndUserAgent.",
         "spec.thresholds.distinctRequestURIsAbove": "5.",
         "spec.thresholds.distinctResourcesAbove": "3.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 
 from enumwatch.sources.forwarder import Forwarder, ForwardStats, Outbox
@@ -188,3 +189,27 @@ async def test_only_a_change_of_a_named_epoch_resends_and_only_within_the_window
         await outbox.close(5.0)
     assert stats.events_resent == resent
     assert len(receiver.ids) == 4 + resent
+
+
+async def test_a_cluster_name_is_stamped_on_every_event_any_source_adds(
+    receiver: Receiver,
+) -> None:
+    """``tail``/``collect --cluster-name``: the outbox every source shares stamps each event it
+    is given (replacing a stamp the record carried), once, before it is batched."""
+    from enumwatch.audit import CLUSTER_ANNOTATION, stamp_cluster_line
+
+    commit = Committed(receiver)
+    carried = [(stamp_cluster_line(event_line(2), "other"), "cursor-3")]
+    async with Forwarder(receiver.url) as forwarder:
+        outbox: Outbox[str] = Outbox(
+            forwarder, commit, start=None, batch_size=10, batch_wait=60.0, buffer_limit=100,
+            cluster_name="prod-eu",
+        )
+        outbox.start()
+        outbox.add(page(0, 2) + carried, str)
+        outbox.consumed("cursor-3")
+        outbox.flush()
+        await outbox.close(5.0)
+    assert [e["annotations"][CLUSTER_ANNOTATION] for e in receiver.items] == ["prod-eu"] * 3
+    assert receiver.ids == [orjson.loads(event_line(i))["auditID"] for i in range(3)]
+    assert commit.positions == ["cursor-3"]

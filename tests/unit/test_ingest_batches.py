@@ -227,9 +227,9 @@ async def test_health_is_answered_while_a_100k_item_body_is_decoded(
     # ingest is (a decode on the event loop answered it only after).
     decoding = threading.Event()
 
-    def decode_and_tell(body: bytes) -> Any:
+    def decode_and_tell(body: bytes, cluster: str | None = None) -> Any:
         decoding.set()
-        return decode_event_list(body)
+        return decode_event_list(body, cluster)
 
     monkeypatch.setattr("enumwatch.controller.ingest.decode_event_list", decode_and_tell)
     detectors = Detectors(tmp_path / "state")

@@ -357,7 +357,8 @@ def test_the_prefilter_rules_out_lines_with_escapes_in_the_api_servers_order() -
 
 
 def test_field_indices_come_from_one_list() -> None:
-    assert len(FIELD_NAMES) == 16 and FIELD_NAMES[F_LEVEL] == "level"
+    assert len(FIELD_NAMES) == 17 and FIELD_NAMES[F_LEVEL] == "level"
+    assert FIELD_NAMES[-1] == "cluster"  # last: an event without one hashes as before it
     assert FIELD_NAMES[F_USERNAME] == "username"
     event = AuditEvent(verb="get", request_uri="/", resource="pods", decision="forbid", code=403,
                        message="m", namespace="ns", username="u", groups=("g",))

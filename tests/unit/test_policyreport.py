@@ -260,10 +260,14 @@ def test_finding_writes_are_counted_by_namespace_detector_severity_and_action() 
     )
     Ticker._count_by_detector(runtime, result)
     Ticker._count_by_detector(runtime, SinkResult(created=["f"], severities={"f": "medium"}))
+    # Hub mode: a Finding of cluster b is counted under its cluster.
+    Ticker._count_by_detector(
+        runtime, SinkResult(created=["g"], severities={"g": "medium"}, clusters={"g": "b"})
+    )
 
-    def key(severity: str, action: str) -> tuple[tuple[str, str], ...]:
+    def key(severity: str, action: str, cluster: str = "") -> tuple[tuple[str, str], ...]:
         labels = {"namespace": "ns-metrics", "detector": "det-m", "severity": severity,
-                  "action": action}
+                  "action": action, "cluster": cluster}
         return tuple(sorted(labels.items()))
 
     ours = {
@@ -273,6 +277,7 @@ def test_finding_writes_are_counted_by_namespace_detector_severity_and_action() 
     }
     assert ours == {
         key("medium", "created"): 2.0,
+        key("medium", "created", "b"): 1.0,
         key("high", "created"): 1.0,
         key("medium", "suppressed"): 1.0,
         key("medium", "grew"): 1.0,

@@ -13,7 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
+from enumwatch.audit.event import CLUSTER_ANNOTATION
 from enumwatch.cli.scan import EXIT_BLIND
+from enumwatch.rule import ESQL_CLUSTER_COLUMN
 from enumwatch.scan.survey import MANAGED_LEVEL_FIX
 from enumwatch_devkit.repo import repo_root
 from tests.unit.test_scan_cli import run as scan
@@ -85,6 +87,10 @@ def test_one_file_mixing_every_shape_is_read_line_by_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     events = scanner_events(ip="10.4.4.4", level="Request")
+    # The AKS records name their cluster (prod-aks, from resourceId); the other shapes carry it
+    # as a forwarder stamps it, so that the eight events are one group of one cluster.
+    for event in events:
+        event.setdefault("annotations", {})[CLUSTER_ANNOTATION] = "prod-aks"
     lines = [
         events[0], aks_record(events[1]), {"records": [aks_record(events[2]),
                                                       aks_record(events[3])]},
@@ -92,7 +98,20 @@ def test_one_file_mixing_every_shape_is_read_line_by_line(
         {"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events[6:]},
     ]
     path = write(tmp_path / "mixed.json", jsonl(lines))
-    _one_row(rows_of(capsys, path, "-q"), "10.4.4.4")
+    rows = rows_of(capsys, path, "-q")
+    _one_row(rows, "10.4.4.4")
+    assert [r[ESQL_CLUSTER_COLUMN] for r in rows] == ["prod-aks"]
+
+
+def test_an_aks_record_and_a_raw_event_of_the_same_client_are_two_clusters_groups(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The record names its cluster, the bare event names none: the same address and user agent
+    # in two clusters (or in a named and an unnamed one) are two groups, never merged.
+    events = scanner_events(ip="10.4.4.4", level="Request")
+    lines = [*events[:4], *(aks_record(e) for e in events[4:])]
+    path = write(tmp_path / "split.json", jsonl(lines))
+    assert rows_of(capsys, path, "-q") == []
 
 
 def test_gke_entries_are_blind_to_the_seed_and_the_fix_is_the_gke_detector(

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from enumwatch.api.cluster import ClusterName
 from enumwatch.api.seed import SEED_RULE
 from enumwatch.api.spec import Duration, FindingsSpec
 
@@ -238,6 +239,29 @@ class FindingSpec(_Model):
 
     detector: str = Field(description="Name of the EnumerationDetector (same namespace).")
     rule: RuleRef = Field(description="The rule and its scoring.")
+    # Only on a Finding of events stamped with a cluster (absent, not null, otherwise).
+    cluster: ClusterName | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description=(
+            "The cluster the group's audit events came from, as their source stamped it (the "
+            "enumwatch.io/cluster audit annotation: enumwatch tail or collect --cluster-name, "
+            "or the cluster an ingest token is pinned to): part of the group, so two clusters' "
+            "same source IP and user agent are two Findings. Absent when the events carry no "
+            "cluster name. As trusted as the source that stamped it: the API server never "
+            "writes it and a client cannot set it."
+        ),
+    )
+    attribution_unavailable: str | None = Field(
+        default=None,
+        alias="attributionUnavailable",
+        exclude_if=lambda value: value is None,
+        description=(
+            "Why source is not resolved for this Finding: its events come from another cluster "
+            "than the operator's own (enumwatch run --cluster-name), whose pods, nodes and "
+            "Services the operator cannot see. Absent when attribution applies."
+        ),
+    )
     source_ip: str | None = Field(
         alias="sourceIP", description="Source IP of the group (null when the events had none)."
     )
@@ -348,8 +372,11 @@ class FindingSpec(_Model):
         an Event's message with ``who``: the source IP and who it is in the cluster), with
         where its documents came from and the addresses its client forged, in words: first
         with ``claims_first``, where the line may be cut (a long user agent must not hide it)."""
+        who = who or self.source_ip
+        if self.cluster is not None:  # two clusters' same address must read apart
+            who = f"{who or '<no IP>'} in cluster {self.cluster}"
         base = enumeration_summary(
-            who or self.source_ip, self.user_agent, self.aggregates, by_address=self.by_address
+            who, self.user_agent, self.aggregates, by_address=self.by_address
         )
         words = claim_words(self)
         return "; ".join([*words, base] if claims_first else [base, *words])
@@ -361,24 +388,35 @@ _BY_ADDRESS_KEY = "\x01address"
 
 
 def finding_name(
-    detector: str, source_ip: str | None, user_agent: str | None, *, by_address: bool = False
+    detector: str,
+    source_ip: str | None,
+    user_agent: str | None,
+    cluster: str | None = None,
+    *,
+    by_address: bool = False,
 ) -> str:
     """The deterministic object name of the Finding for this detector and group.
 
-    A readable prefix (detector and IP) plus a hash of the exact key, so distinct keys never
-    collide and the same key always maps to the same name (a DNS-1123 subdomain under 253 chars).
-    ``by_address``: the group is the address alone (``groupBy: sourceIP``), one name per
-    (detector, address) whatever its user agents.
+    A readable prefix (detector, cluster when set, and IP) plus a hash of the exact key, so
+    distinct keys never collide and the same key always maps to the same name (a DNS-1123
+    subdomain under 253 chars). ``by_address``: the group is the address alone (``groupBy:
+    sourceIP``), one name per (detector, address) whatever its user agents. ``cluster`` (the
+    key's third part, :func:`enumwatch.rule.cluster_key`) is hashed only when set, so the name
+    of a group without one is the one it had before clusters existed.
     """
     agent = _BY_ADDRESS_KEY if by_address else user_agent
-    digest = hashlib.sha256(
-        "\x00".join(
-            [detector, "\x01null" if source_ip is None else source_ip,
-             "\x01null" if agent is None else agent]
-        ).encode()
-    ).hexdigest()[:12]
+    parts = [
+        detector,
+        "\x01null" if source_ip is None else source_ip,
+        "\x01null" if agent is None else agent,
+    ]
+    if cluster is not None:
+        parts.append(cluster)
+    digest = hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:12]
     ip = _NAME_SAFE.sub("-", (source_ip or "noip").lower()).strip("-")
     prefix = _NAME_SAFE.sub("-", detector.lower()).strip("-")[:40]
+    if cluster is not None:
+        prefix += "-" + _NAME_SAFE.sub("-", cluster.lower()).strip("-")[:40]
     return f"{prefix}-{ip[:45]}-{digest}".strip("-")
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from enumwatch.api.cluster import ClusterName
 from enumwatch.api.seed import SEED_LEVELS, SEED_RULE, SEED_USERNAMES
 
 _T = TypeVar("_T")
@@ -311,6 +312,9 @@ _LEVEL_LOGGED = Check(
     field_path=".levels",
 )
 _MATCH_CHECKS = (_MATCHES_SOMEBODY, _LEVEL_LOGGED)
+#: The most clusters one detector may list (a hub serves tens to hundreds of clusters; more is a
+#: label selector's job, not a list's).
+MAX_MATCH_CLUSTERS = 256
 
 
 class MatchSpec(_Model):
@@ -360,6 +364,19 @@ class MatchSpec(_Model):
             "decoy groups beside its real one under all, and exactly one (its own) under "
             "observed. Choose observed unless a trusted proxy in front of the API server "
             "forwards clients' addresses."
+        ),
+    )
+    clusters: list[ClusterName] = Field(
+        default_factory=list,
+        max_length=MAX_MATCH_CLUSTERS,
+        description=(
+            "The clusters whose events the detector considers, by the name their source "
+            "stamped on them (the enumwatch.io/cluster audit annotation: enumwatch tail or "
+            "collect --cluster-name, or an ingest token pinned with enumwatch run "
+            "--ingest-cluster-token). Empty: every cluster, and events without a "
+            "cluster. Listed: only events stamped with one of these names; events without a "
+            "cluster are then not considered. A cluster name is 1 to 100 letters, digits, '-', "
+            "'_' or '.', starting and ending with a letter or digit."
         ),
     )
 

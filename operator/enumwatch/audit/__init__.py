@@ -1,5 +1,6 @@
 """Audit events in: the event model (:mod:`.event`), decoders (:mod:`.decode`), Elastic exports
-(:mod:`.elastic`), and what makes two deliveries one event (:mod:`.identity`).
+(:mod:`.elastic`), what makes two deliveries one event (:mod:`.identity`), and the cluster stamp
+a forwarder writes on a raw event (:mod:`.stamp`).
 
 The first layer above the API types: pure functions from bytes and parsed JSON to
 :class:`~enumwatch.audit.event.AuditEvent` objects or field tuples, with every line that cannot
@@ -18,10 +19,17 @@ from enumwatch.audit.decode import (
     iter_buffer_fields,
     iter_events,
 )
-from enumwatch.audit.event import DECISION_ANNOTATION, AuditEvent, EventFields
+from enumwatch.audit.event import (
+    CLUSTER_ANNOTATION,
+    DECISION_ANNOTATION,
+    AuditEvent,
+    EventFields,
+)
 from enumwatch.audit.identity import Identity, event_identity
+from enumwatch.audit.stamp import stamp_cluster, stamp_cluster_line
 
 __all__ = [
+    "CLUSTER_ANNOTATION",
     "DECISION_ANNOTATION",
     "AuditEvent",
     "DecodeStats",
@@ -37,4 +45,6 @@ __all__ = [
     "iter_buffer_events",
     "iter_buffer_fields",
     "iter_events",
+    "stamp_cluster",
+    "stamp_cluster_line",
 ]

@@ -35,16 +35,20 @@ import codecs
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 import orjson
 
+from enumwatch.api.cluster import is_cluster_name
 from enumwatch.audit.elastic import elastic_to_raw, is_elastic_document
 from enumwatch.audit.envelopes import is_envelope, unwrap
 from enumwatch.audit.event import (
+    CLUSTER_ANNOTATION,
     DECISION_ANNOTATION,
     F_AUDIT_ID,
+    F_CLUSTER,
     F_CODE,
     F_DECISION,
     F_GROUPS,
@@ -71,6 +75,9 @@ INVALID_JSON = "invalid_json"
 NOT_AN_OBJECT = "not_an_object"
 NOT_AN_AUDIT_EVENT = "not_an_audit_event"
 ITEMS_NOT_A_LIST = "wrong_type:items"
+#: Skip reason: the cluster annotation is a string but not a cluster name
+#: (:mod:`enumwatch.api.cluster`); a forwarder never stamps one, so the line was made by hand.
+INVALID_CLUSTER = "invalid:annotations." + CLUSTER_ANNOTATION
 
 _STR_OR_NONE = frozenset((str, type(None)))
 _T = TypeVar("_T")
@@ -87,6 +94,7 @@ _STRING_FIELDS: tuple[tuple[int, str], ...] = (
     (F_NAMESPACE, "objectRef.namespace"),
     (F_MESSAGE, "responseStatus.message"),
     (F_DECISION, "annotations." + DECISION_ANNOTATION),
+    (F_CLUSTER, "annotations." + CLUSTER_ANNOTATION),
     (F_AUDIT_ID, "auditID"),
     (F_STAGE, "stage"),
     (F_STAGE_TIMESTAMP, "stageTimestamp"),
@@ -188,11 +196,15 @@ def _string_list(value: object) -> tuple[str, ...] | None:
     return tuple(value)
 
 
-def _raw_fields(obj: dict[str, Any], elastic_ts: object = None) -> EventFields | str:
+def _raw_fields(
+    obj: dict[str, Any], elastic_ts: object = None, pinned: str | None = None
+) -> EventFields | str:
     """Extract and type-check the fields of one ``audit.k8s.io/v1`` Event object (a dict).
 
     Returns the :data:`EventFields` tuple, or the skip reason. ``elastic_ts`` is unused: the
     signature is that of :func:`_decode_raw`, so both plug into :func:`_decode_object_with`.
+    ``pinned``: the cluster the event is taken as, whatever its annotation says (an ingest
+    token pinned to a cluster).
     """
     get = obj.get
     user = get("user")
@@ -231,11 +243,14 @@ def _raw_fields(obj: dict[str, Any], elastic_ts: object = None) -> EventFields |
 
     annotations = get("annotations")
     if annotations is None:
-        decision = None
+        decision = cluster = None
     elif type(annotations) is dict:
         decision = annotations.get(DECISION_ANNOTATION)
+        cluster = annotations.get(CLUSTER_ANNOTATION)
     else:
         return "wrong_type:annotations"
+    if pinned is not None:
+        cluster = pinned
 
     source_ips = _string_list(get("sourceIPs"))
     if source_ips is None:
@@ -266,6 +281,7 @@ def _raw_fields(obj: dict[str, Any], elastic_ts: object = None) -> EventFields |
         stage,
         stage_ts,
         received_ts,
+        cluster,
     )
     # One chained test on the hot path; the loop only runs to name the culprit.
     if not (
@@ -282,16 +298,22 @@ def _raw_fields(obj: dict[str, Any], elastic_ts: object = None) -> EventFields |
         and type(stage) in _STR_OR_NONE
         and type(stage_ts) in _STR_OR_NONE
         and type(received_ts) in _STR_OR_NONE
+        and type(cluster) in _STR_OR_NONE
     ):
         for index, path in _STRING_FIELDS:
             if type(fields[index]) not in _STR_OR_NONE:
                 return "wrong_type:" + path
+    if cluster is not None and not is_cluster_name(cluster):
+        return INVALID_CLUSTER
     return fields
 
 
-def _decode_raw(obj: dict[str, Any], elastic_ts: object = None) -> AuditEvent | str:
-    """Decode one ``audit.k8s.io/v1`` Event object (already known to be a dict)."""
-    f = _raw_fields(obj)
+def _decode_raw(
+    obj: dict[str, Any], elastic_ts: object = None, pinned: str | None = None
+) -> AuditEvent | str:
+    """Decode one ``audit.k8s.io/v1`` Event object (already known to be a dict); ``pinned``:
+    its cluster, whatever its annotation says."""
+    f = _raw_fields(obj, pinned=pinned)
     if isinstance(f, str):
         return f
     return _event(f, elastic_ts)
@@ -318,6 +340,7 @@ def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
         decision=f[F_DECISION],
         identity=event_identity(f),
         timestamp_error=problem,
+        cluster=f[F_CLUSTER],
     )
 
 
@@ -342,6 +365,7 @@ class _ResponseStatus(msgspec.Struct, gc=False):
 
 class _Annotations(msgspec.Struct, gc=False):
     decision: str | None = msgspec.field(default=None, name=DECISION_ANNOTATION)
+    cluster: str | None = msgspec.field(default=None, name=CLUSTER_ANNOTATION)
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -377,9 +401,10 @@ _decode_list = msgspec.json.Decoder(_EventList).decode
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
-def _typed_fields(data: bytes) -> EventFields | None:
+def _typed_fields(data: bytes, pinned: str | None = None) -> EventFields | None:
     """The :data:`EventFields` of one JSON value if it is a well-typed apiserver ``Event``;
-    ``None`` when the generic path must decide (anything else, or anything it refuses)."""
+    ``None`` when the generic path must decide (anything else, or anything it refuses).
+    ``pinned``: the cluster the event is taken as, whatever its annotation says."""
     try:
         e = _decode_typed(data)
     except (msgspec.DecodeError, RecursionError):
@@ -393,6 +418,14 @@ def _typed_fields(data: bytes) -> EventFields | None:
         code, message = status.code, status.message
         if code is not None and not _INT_MIN <= code <= _INT_MAX:
             return None
+    if notes is None:
+        decision = cluster = None
+    else:
+        decision, cluster = notes.decision, notes.cluster
+    if pinned is not None:
+        cluster = pinned
+    elif cluster is not None and not is_cluster_name(cluster):
+        return None  # the generic path counts why
     ips = e.source_ips
     groups: tuple[str, ...] = ()
     if user is None:
@@ -404,7 +437,7 @@ def _typed_fields(data: bytes) -> EventFields | None:
         e.verb,
         e.request_uri,
         None if ref is None else ref.resource,
-        None if notes is None else notes.decision,
+        decision,
         code,
         message,
         None if ref is None else ref.namespace,
@@ -417,6 +450,7 @@ def _typed_fields(data: bytes) -> EventFields | None:
         e.stage,
         e.stage_ts,
         e.received_ts,
+        cluster,
     )
 
 
@@ -467,24 +501,32 @@ def _valid_utf8(data: bytes) -> bool:
     return True
 
 
-def decode_event_bytes(data: bytes) -> AuditEvent | str | None:
+def decode_event_bytes(data: bytes, cluster: str | None = None) -> AuditEvent | str | None:
     """Decode one JSON value holding a single audit event, typed: the event, its skip reason,
-    or ``None`` when it is not one JSON value (``invalid_json``: the caller says where)."""
+    or ``None`` when it is not one JSON value (``invalid_json``: the caller says where).
+    ``cluster``: the cluster the event is taken as, whatever its annotation says."""
     if _valid_utf8(data):
-        fields = _typed_fields(data)
+        fields = _typed_fields(data, cluster)
         if fields is not None:
             return _event(fields)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
-    return decode_object(obj)
+    if cluster is None:
+        return decode_object(obj)
+    return _decode_object_with(obj, partial(_decode_raw, pinned=cluster))
 
 
-def decode_event_list(raw: bytes) -> list[AuditEvent | str] | str:
+def decode_event_list(raw: bytes, cluster: str | None = None) -> list[AuditEvent | str] | str:
     """Decode an ``EventList`` body (the ``/ingest`` body): one result per item, the event or
     its skip reason; or why the body is malformed (not JSON, not an EventList, an item nested
-    too deeply to decode)."""
+    too deeply to decode).
+
+    ``cluster``: the cluster every event is taken as, whatever its annotation says (the body
+    came with a token pinned to that cluster): a forwarder of one cluster cannot write events
+    as another's. ``None``: each event's own annotation, if any.
+    """
     if _valid_utf8(raw):
         try:
             body = _decode_list(raw)
@@ -494,12 +536,12 @@ def decode_event_list(raw: bytes) -> list[AuditEvent | str] | str:
             if body.kind == "EventList":
                 results: list[AuditEvent | str] = []
                 for index, item in enumerate(body.items):
-                    fields = _typed_fields(item)
+                    fields = _typed_fields(item, cluster)
                     if fields is not None:
                         results.append(_event(fields))
                         continue
                     try:
-                        result = decode_event_bytes(bytes(item))
+                        result = decode_event_bytes(bytes(item), cluster)
                     except RecursionError:
                         return f"items[{index}] is nested too deeply to decode"
                     if result is None:
@@ -507,10 +549,12 @@ def decode_event_list(raw: bytes) -> list[AuditEvent | str] | str:
                     results.append(result)
                 else:
                     return results
-    return _decode_event_list_generic(raw)
+    return _decode_event_list_generic(raw, cluster)
 
 
-def _decode_event_list_generic(raw: bytes) -> list[AuditEvent | str] | str:
+def _decode_event_list_generic(
+    raw: bytes, cluster: str | None = None
+) -> list[AuditEvent | str] | str:
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -522,9 +566,10 @@ def _decode_event_list_generic(raw: bytes) -> list[AuditEvent | str] | str:
     ):
         return "expected an audit.k8s.io/v1 EventList object with an items list"
     results = []
+    decode_raw = _decode_raw if cluster is None else partial(_decode_raw, pinned=cluster)
     for index, item in enumerate(doc["items"]):
         try:
-            results.append(decode_object(item))
+            results.append(_decode_object_with(item, decode_raw))
         except RecursionError:
             return f"items[{index}] is nested too deeply to decode"
     return results

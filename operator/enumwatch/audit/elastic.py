@@ -14,10 +14,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from enumwatch.audit.event import DECISION_ANNOTATION
+from enumwatch.audit.event import CLUSTER_ANNOTATION, DECISION_ANNOTATION
 
 #: The decision annotation's key as Elastic's integration stores it (dots become underscores).
 ELASTIC_DECISION_ANNOTATION = "authorization_k8s_io/decision"
+#: The cluster annotation's key as Elastic's integration would store it.
+ELASTIC_CLUSTER_ANNOTATION = "enumwatch_io/cluster"
+#: The annotations read from an Elastic document: each raw key, as written and as Elastic
+#: spells it.
+_ANNOTATIONS = {
+    DECISION_ANNOTATION: DECISION_ANNOTATION,
+    ELASTIC_DECISION_ANNOTATION: DECISION_ANNOTATION,
+    CLUSTER_ANNOTATION: CLUSTER_ANNOTATION,
+    ELASTIC_CLUSTER_ANNOTATION: CLUSTER_ANNOTATION,
+}
 #: The prefix of every audit field in an Elastic document.
 ELASTIC_PREFIX = "kubernetes.audit."
 #: Skip reason: two keys of a document spell the same field (nested and dotted, or twice).
@@ -62,12 +72,12 @@ def elastic_to_raw(obj: dict[str, Any]) -> dict[str, Any] | str:
         if not path.startswith(ELASTIC_PREFIX):
             continue
         if path.startswith(annotations_prefix):
-            key = path[len(annotations_prefix) :]
-            if key in (ELASTIC_DECISION_ANNOTATION, DECISION_ANNOTATION):
+            key = _ANNOTATIONS.get(path[len(annotations_prefix) :])
+            if key is not None:
                 annotations = raw.setdefault("annotations", {})
                 if type(annotations) is not dict:
                     return CONFLICTING_KEYS
-                annotations[DECISION_ANNOTATION] = value
+                annotations[key] = value
             continue
         parts = path[len(ELASTIC_PREFIX) :].split(".")
         node = raw

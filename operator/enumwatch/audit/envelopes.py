@@ -41,8 +41,8 @@ import orjson
 
 from enumwatch.audit import aks, eks, gke
 from enumwatch.audit.elastic import elastic_to_raw, is_elastic_document
-from enumwatch.audit.event import CLUSTER_ANNOTATION
 from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord
+from enumwatch.audit.stamp import stamp_cluster, stamp_cluster_line
 
 #: How the API server (Go's encoding/json) starts every event: such a payload is passed on as it
 #: is, unparsed (the byte prefilter reads it there). Kept equal to the match layer's constant.
@@ -138,27 +138,17 @@ def _carried_line(obj: dict[str, Any]) -> str | None:
 
 
 def stamp(event: dict[str, Any], cluster: str | None) -> dict[str, Any]:
-    """Put ``cluster`` on ``event`` as :data:`CLUSTER_ANNOTATION` unless it has one already
-    (the record's own stamp, e.g. an upstream enumwatch, is kept); returns ``event``."""
-    if cluster is None:
-        return event
-    annotations = event.get("annotations")
-    if annotations is None:
-        event["annotations"] = {CLUSTER_ANNOTATION: cluster}
-    elif isinstance(annotations, dict):
-        annotations.setdefault(CLUSTER_ANNOTATION, cluster)
+    """Put the record's ``cluster`` on ``event`` unless it has one already (the record's own
+    stamp, e.g. an upstream enumwatch, is kept): :func:`enumwatch.audit.stamp.stamp_cluster`
+    with ``replace=False``; returns ``event``."""
+    if cluster is not None:
+        stamp_cluster(event, cluster, replace=False)
     return event
 
 
 def stamp_bytes(event: bytes, cluster: str) -> bytes:
     """:func:`stamp` on a JSON event (for events passed on unparsed); unchanged if not an object."""
-    try:
-        obj = orjson.loads(event)
-    except orjson.JSONDecodeError:
-        return event
-    if not isinstance(obj, dict):
-        return event
-    return orjson.dumps(stamp(obj, cluster))
+    return stamp_cluster_line(event, cluster, replace=False)
 
 
 def _ecs_cluster(doc: dict[str, Any]) -> str | None:

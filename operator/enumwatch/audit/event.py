@@ -58,13 +58,17 @@ class AuditEvent:
     message: str | None = None
     decision: str | None = None
     timestamp_error: str | None = None
+    #: The cluster the event came from (its :data:`CLUSTER_ANNOTATION`), ``None`` when no
+    #: source stamped one: part of the group key and of the identity when set.
+    cluster: str | None = None
     # Derived from the fields (some of them raw, such as both timestamps as written), so not
     # compared: two events equal in what they hold are equal whoever made them.
     identity: bytes | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (lists for tuples) that :meth:`from_dict` reads back;
-        ``timestamp_error`` only when there is one (the common shape stays as it was)."""
+        ``timestamp_error`` and ``cluster`` only when there is one (the common shape stays as it
+        was)."""
         data = {
             "audit_id": self.audit_id,
             "stage": self.stage,
@@ -85,6 +89,8 @@ class AuditEvent:
         }
         if self.timestamp_error is not None:
             data["timestamp_error"] = self.timestamp_error
+        if self.cluster is not None:
+            data["cluster"] = self.cluster
         return data
 
     @classmethod
@@ -110,15 +116,18 @@ class AuditEvent:
             message=data.get("message"),
             decision=data.get("decision"),
             timestamp_error=data.get("timestamp_error"),
+            cluster=data.get("cluster"),
             identity=None if identity is None else bytes.fromhex(identity),
         )
 
 
 #: The fields of one event as a flat tuple, in this order: first what the rule's aggregates read
 #: (see :mod:`enumwatch.rule`), then what it filters and groups by, then what only an
-#: :class:`AuditEvent` carries. The names are :class:`AuditEvent` attributes, except the two raw
-#: timestamps, which the tuple keeps as the strings the event was written with (the scan's fast
-#: path parses no timestamp; an :class:`AuditEvent` holds the one it picked, as epoch seconds).
+#: :class:`AuditEvent` carries, the cluster last (``None`` when unset: see
+#: :func:`enumwatch.audit.identity.event_identity`). The names are :class:`AuditEvent`
+#: attributes, except the two raw timestamps, which the tuple keeps as the strings the event was
+#: written with (the scan's fast path parses no timestamp; an :class:`AuditEvent` holds the one
+#: it picked, as epoch seconds).
 FIELD_NAMES: tuple[str, ...] = (
     "verb",
     "request_uri",
@@ -136,6 +145,7 @@ FIELD_NAMES: tuple[str, ...] = (
     "stage",
     "stage_timestamp",
     "received_timestamp",
+    "cluster",
 )
 (
     F_VERB,
@@ -154,6 +164,7 @@ FIELD_NAMES: tuple[str, ...] = (
     F_STAGE,
     F_STAGE_TIMESTAMP,
     F_RECEIVED_TIMESTAMP,
+    F_CLUSTER,
 ) = range(len(FIELD_NAMES))
 #: How many leading fields the rule's aggregates read (verb .. groups).
 AGGREGATED_FIELDS = F_GROUPS + 1

@@ -11,12 +11,16 @@ So the identity is the ``auditID`` *and everything enumwatch reads of the event*
 raw timestamps (``stageTimestamp`` and ``requestReceivedTimestamp``, as written, to the
 microsecond), ``requestURI``, ``verb``, ``sourceIPs``, ``userAgent``, ``responseStatus.code``,
 and the other fields of :data:`~enumwatch.audit.event.FIELD_NAMES` (user, level, objectRef,
-message, decision). A genuine redelivery is the same event written again, equal in every one of
-them, so it keeps its identity; two different requests differ in at least one of them (the
-path, the time the API server received them, the answer...), so they never share one, whatever
-``Audit-ID`` they sent. Because every field the rule counts is in it, two events with one
-identity contribute exactly the same to a window: which copy is kept cannot change a row, so a
-scan over several files gives the same rows in any order.
+message, decision) and the cluster the event came from: two clusters' API servers can write one
+``auditID`` (a client chooses it), and the same request answered by two clusters is two events.
+An event without a cluster is hashed exactly as before clusters existed (the field is left out,
+not hashed as null), so identities journaled by an older operator still match. A genuine
+redelivery is the same event written again, equal in every one of them, so it keeps its identity;
+two different requests differ in at least one of them (the path, the time the API server
+received them, the answer...), so they never share one, whatever ``Audit-ID`` they sent.
+Because every field the rule counts is in it, two events with one identity contribute exactly
+the same to a window: which copy is kept cannot change a row, so a scan over several files gives
+the same rows in any order.
 
 An event without an ``auditID`` (missing, ``null`` or ``""``) has no identity and is never
 de-duplicated: even an exact repeat of it counts twice. The API server always writes an
@@ -36,7 +40,7 @@ from hashlib import blake2b
 
 import orjson
 
-from enumwatch.audit.event import F_AUDIT_ID, EventFields
+from enumwatch.audit.event import F_AUDIT_ID, F_CLUSTER, EventFields
 
 #: How many bytes an identity has (BLAKE2b-128: collisions out of reach, small to remember).
 IDENTITY_BYTES = 16
@@ -55,4 +59,5 @@ def event_identity(fields: EventFields) -> Identity | None:
     """
     if not fields[F_AUDIT_ID]:
         return None
-    return blake2b(orjson.dumps(fields), digest_size=IDENTITY_BYTES).digest()
+    hashed = fields if fields[F_CLUSTER] is not None else fields[:F_CLUSTER]
+    return blake2b(orjson.dumps(hashed), digest_size=IDENTITY_BYTES).digest()

@@ -25,6 +25,7 @@ from enumwatch import logs
 from enumwatch.api.manifest import ManifestError
 from enumwatch.cli.forwarding import (
     add_batching_options,
+    add_cluster_option,
     add_filter_options,
     add_log_options,
     add_metrics_option,
@@ -102,6 +103,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="longest wait between retries of an unreachable source (default 30s)")
     add_filter_options(p, levels_help="audit levels kept (default: " + ", ".join(DEFAULT_LEVELS)
                        + ")")
+    add_cluster_option(p)
     add_log_options(p)
     add_metrics_option(p)
     p.set_defaults(func=run)
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         stats_interval=args.stats_interval,
         resend_window=args.resend_window,
         resend_limit=args.resend_limit,
+        cluster_name=args.cluster_name,
     )
     if checkpoint:
         log.info("checkpoint", extra={"checkpoint": checkpoint})

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from enumwatch.api.cluster import check_cluster_name
 from enumwatch.api.manifest import ManifestError, load_detectors
 from enumwatch.api.names import DETECTOR_KIND
 from enumwatch.api.seed import SEED_USERNAMES
@@ -39,6 +40,31 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def cluster_name(text: str) -> str:
+    """Parse a cluster name (argparse type; :mod:`enumwatch.api.cluster` says what is one)."""
+    try:
+        return check_cluster_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cluster_assignment(text: str) -> tuple[str, str]:
+    """Parse ``CLUSTER=VALUE`` (argparse type): a valid cluster name and a non-empty value."""
+    cluster, sep, value = text.partition("=")
+    if not sep or not value:
+        raise argparse.ArgumentTypeError(f"expected CLUSTER=VALUE, got {text!r}")
+    return cluster_name(cluster), value
+
+
+def add_cluster_option(p: argparse.ArgumentParser) -> None:
+    """``--cluster-name``: the cluster whose events this source forwards (hub mode)."""
+    p.add_argument("--cluster-name", type=cluster_name, metavar="NAME",
+                   help="stamp every forwarded event with this cluster name (its "
+                   "enumwatch.io/cluster audit annotation, replacing one the record may carry), "
+                   "so that one operator fed by several clusters keeps their groups and "
+                   "Findings apart (default: none, events are forwarded as they are)")
 
 
 def add_batching_options(

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from enumwatch.cli.forwarding import cluster_assignment, cluster_name
 from enumwatch.controller import connections
 
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
@@ -89,6 +90,35 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --ingest-tokenreview: the token must be issued for this audience "
         "(e.g. a projected token with audience enumwatch-ingest; repeatable; default: the API "
         "server's own)",
+    )
+    p.add_argument(
+        "--ingest-cluster-token",
+        action="append",
+        default=[],
+        type=cluster_assignment,
+        metavar="CLUSTER=FILE",
+        help="hub mode: a static bearer token (in FILE) accepted by /ingest and pinned to "
+        "CLUSTER: every event posted with it is CLUSTER's, whatever its enumwatch.io/cluster "
+        "annotation says, and no other token may post events of CLUSTER (repeatable; "
+        "default: none)",
+    )
+    p.add_argument(
+        "--ingest-cluster-user",
+        action="append",
+        default=[],
+        type=cluster_assignment,
+        metavar="CLUSTER=USERNAME",
+        help="hub mode, with --ingest-tokenreview: tokens the API server authenticates as "
+        "USERNAME are accepted and pinned to CLUSTER, as --ingest-cluster-token (repeatable; "
+        "default: none)",
+    )
+    p.add_argument(
+        "--cluster-name",
+        type=cluster_name,
+        help="the name of the cluster the operator runs in (hub mode): source attribution "
+        "(pod, node, Service of an address) applies only to events of this cluster, since "
+        "the operator sees only its own cluster's pods; a Finding of another cluster says "
+        "so (default: none, the events without a cluster name are the operator's own)",
     )
     p.add_argument(
         "--tls-cert-file",
@@ -378,13 +408,34 @@ async def _main(args: argparse.Namespace) -> int:
             tokens.append(path.read_text().strip())
         except OSError as exc:
             raise ConfigError(f"cannot read --ingest-token-file {path}: {exc}") from exc
+    cluster_tokens: dict[str, str] = {}
+    for cluster, path in args.ingest_cluster_token:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read --ingest-cluster-token {cluster}={path}: {exc}"
+            ) from exc
+        if not token:
+            raise ConfigError(f"--ingest-cluster-token {cluster}={path}: the file is empty")
+        if token in tokens or cluster_tokens.get(token, cluster) != cluster:
+            raise ConfigError(
+                f"--ingest-cluster-token {cluster}={path}: the same token is also given for "
+                "another cluster or unpinned (--ingest-token-file): a token is pinned to one "
+                "cluster or none"
+            )
+        cluster_tokens[token] = cluster
     auth = IngestAuth(
         static_tokens=[t for t in tokens if t],
+        cluster_tokens=cluster_tokens,
+        cluster_users={user: cluster for cluster, user in args.ingest_cluster_user},
         client=client if args.ingest_tokenreview else None,
         allowed_users=args.ingest_allow_user,
         audiences=args.ingest_audience,
     )
-    if not auth.static_tokens and auth.client is None:
+    if args.ingest_cluster_user and not args.ingest_tokenreview:
+        raise ConfigError("--ingest-cluster-user needs --ingest-tokenreview")
+    if not auth.static_tokens and not auth.cluster_tokens and auth.client is None:
         log.warning("ingest has no credentials configured: every POST /ingest will get 401")
     budget = (
         args.window_state_mib * 2**20
@@ -413,7 +464,9 @@ async def _main(args: argparse.Namespace) -> int:
         )
     apis = REPORT_APIS[args.policy_report]
     addresses = AddressBook()
-    sink = FindingSink(client, instance=args.identity, attribution=addresses)
+    sink = FindingSink(
+        client, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
+    )
     metrics.watch_events(lambda: sink.event_errors)
     operator = Operator(
         client,

@@ -24,7 +24,7 @@ from enumwatch.api.seed import SEED_RULE
 from enumwatch.api.spec import DetectorSpec, ScheduleSpec
 from enumwatch.audit import DecodeStats
 from enumwatch.cli.main import unapplied_exceptions
-from enumwatch.rule import NearMiss, Row, Rule
+from enumwatch.rule import NearMiss, Row, Rule, key_cluster
 from enumwatch.scan import (
     DUPLICATE,
     ProgressCallback,
@@ -419,12 +419,11 @@ class _Records:
                 record["window.start"] = format_rfc3339(window.start, "auto")
                 record["window.end"] = format_rfc3339(window.end, "auto")
             return record
-        record = {
-            "detector": self._detector,
-            "rule": self._rule,
-            "sourceIP": row.source_ip,
-            "userAgent": row.user_agent_label,
-        }
+        record = {"detector": self._detector, "rule": self._rule}
+        if row.cluster is not None:  # as on a Finding: only when the events carry one
+            record["cluster"] = row.cluster
+        record["sourceIP"] = row.source_ip
+        record["userAgent"] = row.user_agent_label
         if window is not None:
             record["window"] = {
                 "start": format_rfc3339(window.start, "auto"),
@@ -530,6 +529,10 @@ def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
     from rich.table import Table  # imported here: see _Stream
 
     table = Table(title=title, title_justify="left", show_lines=False)
+    # A cluster column only when the events carry one (a single cluster's table is unchanged).
+    clusters = any(row.cluster is not None for row in rows)
+    if clusters:
+        table.add_column("cluster", no_wrap=True)
     table.add_column("source IP", no_wrap=True)
     table.add_column("user agent", overflow="fold", max_width=32 if folded else None)
     table.add_column("docs", justify="right")
@@ -542,6 +545,7 @@ def _table(rows: Sequence[Row], title: str, *, folded: bool) -> Table:
     table.add_column("sample URIs", overflow="fold")
     for row in rows:
         table.add_row(
+            *([row.cluster or "(none)"] if clusters else []),
             row.source_ip if row.source_ip is not None else "(none)",
             row.user_agent_label if row.user_agent_label is not None else "(none)",
             str(row.document_count),
@@ -587,8 +591,9 @@ def _summary(err: _Stream, stats: DecodeStats, survey: Survey) -> None:
 
 
 def _group_name(miss: NearMiss) -> str:
-    ip, user_agent = miss.key
-    return f"{ip or '(no source IP)'} {user_agent or '(any user agent)'}"
+    ip, user_agent, cluster = miss.key[0], miss.key[1], key_cluster(miss.key)
+    name = f"{ip or '(no source IP)'} {user_agent or '(any user agent)'}"
+    return name if cluster is None else f"{name} in cluster {cluster}"
 
 
 def _near_miss(miss: NearMiss) -> str:

@@ -58,6 +58,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--limit", type=int, metavar="N", help="return at most N rows (as scan --limit)"
     )
+    parser.add_argument(
+        "--by-cluster",
+        action="store_true",
+        help=(
+            "hub mode: group by the events' cluster too (their enumwatch.io/cluster annotation; "
+            "a GKE export's resource.labels.cluster_name), so two clusters' same address and "
+            "user agent are two rows, as in `enumwatch scan`; implied when the detector lists "
+            "spec.match.clusters (default: off, the seed's query)"
+        ),
+    )
     parser.set_defaults(func=run)
 
 
@@ -82,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             source=source_for(args.source),
             table=args.source_table,
             limit=args.limit,
+            by_cluster=args.by_cluster,
         )
     except (ManifestError, ValueError) as exc:
         sys.stderr.write(f"{PROG}: {exc}\n")

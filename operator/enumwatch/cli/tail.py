@@ -23,6 +23,7 @@ from enumwatch import logs
 from enumwatch.api.seed import SEED_LEVELS
 from enumwatch.cli.forwarding import (
     add_batching_options,
+    add_cluster_option,
     add_filter_options,
     add_log_options,
     add_metrics_option,
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          poll_help="how often to look for new data and rotation")
     add_filter_options(p, levels_help="audit levels considered (default: the seed's, "
                        + ", ".join(SEED_LEVELS) + ")")
+    add_cluster_option(p)
     add_log_options(p)
     add_metrics_option(p)
     p.set_defaults(func=run)
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         stats_interval=args.stats_interval,
         resend_window=args.resend_window,
         resend_limit=args.resend_limit,
+        cluster_name=args.cluster_name,
     )
 
     async def main() -> None:

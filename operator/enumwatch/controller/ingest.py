@@ -9,6 +9,15 @@ get 413, malformed ones 400 (counted); redelivered events are recognised by thei
 auditID alone) and counted once. An answer names the leader epoch of the state that took the
 events in, so that a source re-sends to a new leader what its predecessor had (see
 :mod:`enumwatch.sources.forwarder`).
+
+Hub mode (issue 23): a token can be *pinned* to a cluster (``enumwatch run --ingest-cluster-token
+CLUSTER=FILE`` for a static token, ``--ingest-cluster-user CLUSTER=USERNAME`` for a reviewed
+identity). Every event of a body posted with a pinned token is taken as that cluster's, whatever
+its ``enumwatch.io/cluster`` annotation says, so a forwarder of cluster A cannot write events as
+cluster B; and a pinned cluster's name is reserved: an unpinned token's event that claims it is
+skipped and counted (``cluster_reserved``), not taken. A body's annotation is trusted only from
+an unpinned token, as the forwarder that stamped it. The cluster is set per token, never per
+path: a path is chosen by whoever sends the request.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ from enumwatch.kubeapi import ApiError, KubeClient
 log = logging.getLogger("enumwatch.ingest")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 MALFORMED_BODY = "malformed_body"
+#: Skip reason: an unpinned token's event claims a cluster pinned to another token.
+CLUSTER_RESERVED = "cluster_reserved"
 
 
 @dataclass
@@ -56,13 +67,22 @@ class DecodedBatch:
     skipped: dict[str, int]
 
 
-def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | str:
+def decode_batch(
+    raw: bytes,
+    arrival: float,
+    journal: bool,
+    cluster: str | None = None,
+    reserved: frozenset[str] = frozenset(),
+) -> DecodedBatch | str:
     """Parse and decode one ``/ingest`` body (pure: safe in a worker thread).
 
     Returns the batch, or why the body is malformed (a 400). Nothing is committed here: the
     caller checks the keys against what was ingested before and journals the rest.
+    ``cluster``: the cluster the body's token is pinned to (every event is taken as that
+    cluster's); without one, an event claiming a ``reserved`` cluster (pinned to another
+    token) is skipped as :data:`CLUSTER_RESERVED`.
     """
-    decoded = decode_event_list(raw)
+    decoded = decode_event_list(raw, cluster)
     if isinstance(decoded, str):
         return decoded
     events: list[AuditEvent] = []
@@ -73,6 +93,9 @@ def decode_batch(raw: bytes, arrival: float, journal: bool) -> DecodedBatch | st
     for result in decoded:
         if isinstance(result, str):
             skipped[result] = skipped.get(result, 0) + 1
+            continue
+        if cluster is None and result.cluster in reserved:
+            skipped[CLUSTER_RESERVED] = skipped.get(CLUSTER_RESERVED, 0) + 1
             continue
         key = result.identity
         if key is not None:
@@ -171,49 +194,80 @@ class AuthUnavailable(Exception):
     """The token could not be checked now (the API server did not answer the TokenReview)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """An accepted token: the cluster it is pinned to, ``None`` when it is not pinned."""
+
+    cluster: str | None = None
+
+
 @dataclass
 class IngestAuth:
-    """Who may post events: static bearer tokens, and/or tokens checked by TokenReview."""
+    """Who may post events: static bearer tokens, and/or tokens checked by TokenReview; and
+    which of them are pinned to a cluster (hub mode)."""
 
     static_tokens: list[str] = field(default_factory=list)
+    #: Static tokens pinned to a cluster: token -> cluster (accepted like ``static_tokens``).
+    cluster_tokens: dict[str, str] = field(default_factory=dict)
+    #: Reviewed usernames pinned to a cluster: username -> cluster.
+    cluster_users: dict[str, str] = field(default_factory=dict)
     client: KubeClient | None = None  # set to enable TokenReview
     allowed_users: list[str] = field(default_factory=list)  # empty: any reviewed identity
     audiences: list[str] = field(default_factory=list)  # TokenReview spec.audiences
     cache_seconds: float = 60.0
     #: Reviews of tokens not in the cache: a flood of bogus tokens must not flood the apiserver.
     reviews: TokenBucket = field(default_factory=lambda: TokenBucket(rate=20.0, burst=50.0))
-    _cache: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    _cache: dict[str, tuple[float, Admission | None]] = field(default_factory=dict)
+
+    @property
+    def reserved_clusters(self) -> frozenset[str]:
+        """The clusters pinned to a token: only that token may write their events."""
+        return frozenset(self.cluster_tokens.values()) | frozenset(self.cluster_users.values())
 
     async def check(self, header: str | None) -> bool:
-        """Whether the ``Authorization`` header carries an accepted token.
+        """Whether the ``Authorization`` header carries an accepted token (see :meth:`admit`)."""
+        return await self.admit(header) is not None
+
+    async def admit(self, header: str | None) -> Admission | None:
+        """The admission of the ``Authorization`` header's token (with the cluster it is
+        pinned to), ``None`` when no accepted token is there.
 
         Raises :class:`AuthUnavailable` when the token needs a TokenReview that cannot be had
         now: the API server failed to answer (only answers are cached, so the next request
         asks again), or too many unknown tokens are being reviewed at once.
         """
         if not header or not header.startswith("Bearer "):
-            return False
+            return None
         token = header[len("Bearer ") :].strip()
         if not token:
-            return False
+            return None
+        for known, cluster in self.cluster_tokens.items():
+            if hmac.compare_digest(token.encode(), known.encode()):
+                return Admission(cluster)
         for known in self.static_tokens:
             if hmac.compare_digest(token.encode(), known.encode()):
-                return True
+                return Admission()
         if self.client is None:
-            return False
+            return None
         now = time.monotonic()
         cached = self._cache.get(token)
         if cached and cached[0] > now:
             return cached[1]
         if not self.reviews.take(now):
             raise AuthUnavailable("too many unknown tokens to review; retry later")
-        ok = await self._review(token)
+        user = await self._review(token)
+        admission: Admission | None = None
+        if user is not None and user in self.cluster_users:  # a pinned user is allowed too
+            admission = Admission(self.cluster_users[user])
+        elif user is not None and (not self.allowed_users or user in self.allowed_users):
+            admission = Admission()
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[token] = (now + self.cache_seconds, ok)
-        return ok
+        self._cache[token] = (now + self.cache_seconds, admission)
+        return admission
 
-    async def _review(self, token: str) -> bool:
+    async def _review(self, token: str) -> str | None:
+        """The username the API server authenticates ``token`` as, ``None`` if it does not."""
         assert self.client is not None
         try:
             answer = await self.client.create(
@@ -231,9 +285,8 @@ class IngestAuth:
             raise AuthUnavailable(f"the token could not be reviewed now ({exc}); retry") from exc
         status = answer.get("status", {})
         if not status.get("authenticated"):
-            return False
-        user = status.get("user", {}).get("username", "")
-        return not self.allowed_users or user in self.allowed_users
+            return None
+        return str(status.get("user", {}).get("username", ""))
 
 
 class IngestServer:
@@ -262,6 +315,7 @@ class IngestServer:
         #: One body at a time from de-duplication to commit: the journal is written off the
         #: loop, and a redelivery arriving meanwhile must still be seen as one.
         self._committing = asyncio.Lock()
+        self._cluster_labels: set[str] = set()  # the clusters counted by name so far
         if detectors.store is not None:  # what was taken in before a restart
             for key in detectors.store.remembered_identities():
                 self.seen.add(key)
@@ -351,10 +405,10 @@ class IngestServer:
         "duplicates" of events that were never kept.
         """
         try:
-            authorized = await self.auth.check(request.headers.get("Authorization"))
+            admission = await self.auth.admit(request.headers.get("Authorization"))
         except AuthUnavailable as exc:
             return self._answer(503, error=str(exc))
-        if not authorized:
+        if admission is None:
             return self._answer(401, error="a valid bearer token is required")
         self.guard.authenticate(request.transport)  # from now on it may use a reserved slot
         if not self.is_leader():
@@ -379,14 +433,20 @@ class IngestServer:
         arrival = time.time()  # the events' "event.ingested": their time on the default basis
         # In flight until offered: a tick at or after ``arrival`` waits for it (no fixed settle).
         with self.guard.work(request.transport), self.detectors.receiving(arrival):
-            return await self._take(raw, arrival)
+            return await self._take(raw, arrival, admission.cluster)
 
-    async def _take(self, raw: bytes, arrival: float) -> web.Response:
-        """Decode, commit and offer one body read in full (see :meth:`ingest`)."""
+    async def _take(self, raw: bytes, arrival: float, cluster: str | None = None) -> web.Response:
+        """Decode, commit and offer one body read in full (see :meth:`ingest`); ``cluster``:
+        the cluster its token is pinned to."""
         # Parsing and decoding a large body takes a second or more: a worker thread does it, so
         # /healthz and other senders are answered meanwhile.
         batch = await asyncio.to_thread(
-            decode_batch, raw, arrival, self.detectors.store is not None
+            decode_batch,
+            raw,
+            arrival,
+            self.detectors.store is not None,
+            cluster,
+            self.auth.reserved_clusters,
         )
         if isinstance(batch, str):
             metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
@@ -410,6 +470,7 @@ class IngestServer:
         for reason, count in skipped.items():
             metrics.EVENTS_SKIPPED.labels(reason).inc(count)
         metrics.EVENTS_INGESTED.inc(len(events))
+        self._count_clusters(events)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
         bad_timestamps = await asyncio.to_thread(unreadable_timestamps, events)
         for reason, count in bad_timestamps.items():
@@ -434,6 +495,21 @@ class IngestServer:
             future=offered.future,
             **extra,
         )
+
+    def _count_clusters(self, events: list[AuditEvent]) -> None:
+        """``enumwatch_cluster_events_ingested_total``: the accepted events by cluster, at most
+        :data:`~enumwatch.controller.metrics.MAX_CLUSTER_LABELS` names (then "(other)")."""
+        counts: dict[str, int] = {}
+        for event in events:
+            if event.cluster is not None:
+                counts[event.cluster] = counts.get(event.cluster, 0) + 1
+        for cluster, n in counts.items():
+            if cluster not in self._cluster_labels:
+                if len(self._cluster_labels) >= metrics.MAX_CLUSTER_LABELS:
+                    cluster = metrics.OTHER_CLUSTERS
+                else:
+                    self._cluster_labels.add(cluster)
+            metrics.CLUSTER_EVENTS.labels(cluster).inc(n)
 
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text exposition."""

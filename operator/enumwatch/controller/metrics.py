@@ -32,6 +32,20 @@ EVENTS_INGESTED = Counter(
     "Audit events accepted by the ingest endpoint.",
     registry=REGISTRY,
 )
+#: The most distinct clusters counted by name in :data:`CLUSTER_EVENTS`; events of further
+#: clusters are counted under :data:`OTHER_CLUSTERS` (an unpinned token may write any name: the
+#: label set must stay bounded).
+MAX_CLUSTER_LABELS = 256
+OTHER_CLUSTERS = "(other)"
+CLUSTER_EVENTS = Counter(
+    "enumwatch_cluster_events_ingested_total",
+    "Audit events accepted by /ingest, by the cluster stamped on them (hub mode; events without "
+    f"a cluster are not counted here). Beyond {MAX_CLUSTER_LABELS} clusters, the rest are "
+    f"counted as cluster=\"{OTHER_CLUSTERS}\". A cluster whose count stops growing has lost its "
+    "source.",
+    ["cluster"],
+    registry=REGISTRY,
+)
 EVENTS_DUPLICATE = Counter(
     "enumwatch_events_duplicate_total",
     "Redelivered audit events ignored (same identity: auditID and every field read).",
@@ -173,8 +187,9 @@ DETECTOR_FINDINGS = Counter(
     "enumwatch_detector_findings_total",
     "Findings written, by detector, severity and what the write was: created (a new Finding), "
     "occurrence (a repeat after suppressFor), grew (a repeat within it whose evidence grew), "
-    "suppressed (a repeat within it).",
-    ["namespace", "detector", "severity", "action"],
+    "suppressed (a repeat within it); cluster: the Finding's cluster in hub mode (empty for "
+    "events without one).",
+    ["namespace", "detector", "severity", "action", "cluster"],
     registry=REGISTRY,
 )
 POLICY_REPORT_WRITES = Counter(

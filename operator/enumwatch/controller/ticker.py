@@ -223,6 +223,7 @@ class Ticker:
                 runtime.ref.name,
                 result.severities.get(name, ""),
                 action,
+                result.clusters.get(name) or "",
             ).inc()
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -13,7 +13,10 @@ shape the event has reached it in:
   (the tailer, which forwards raw lines and leaves decoding to the operator).
 
 All three reduce to :meth:`Matcher.accepts` on the event's ``level`` and ``user.username``, a
-lookup in the compiled table :attr:`Matcher.accepted` (which the scan's hot loop reads directly).
+lookup in the compiled table :attr:`Matcher.accepted` (which the scan's hot loop reads directly),
+and, for a detector scoped to clusters (``match.clusters``, not the seed's: empty = every
+cluster), a test of the event's cluster (:attr:`Matcher.clusters`). A raw object's cluster is not
+read (:meth:`Matcher.may_match_object`): a forwarder stamps it after its filter.
 The byte-level proof that a line cannot match, :mod:`enumwatch.match.prefilter`, is built from
 a Matcher too.
 
@@ -28,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from enumwatch.api.spec import MatchSpec
-from enumwatch.audit.event import F_LEVEL, F_USERNAME, AuditEvent, EventFields
+from enumwatch.audit.event import F_CLUSTER, F_LEVEL, F_USERNAME, AuditEvent, EventFields
 
 
 class Matcher:
@@ -37,6 +40,7 @@ class Matcher:
     __slots__ = (
         "_a_level",
         "accepted",
+        "clusters",
         "include_missing_username",
         "levels",
         "spec",
@@ -61,22 +65,31 @@ class Matcher:
             self.levels, passing
         )
         self._a_level = min(self.levels)  # a MatchSpec lists at least one
+        #: The clusters whose events match, ``None`` for every cluster (and events without one).
+        self.clusters: frozenset[str | None] | None = (
+            frozenset(self.spec.clusters) if self.spec.clusters else None
+        )
 
     @classmethod
     def union(cls, specs: Iterable[MatchSpec]) -> Matcher:
         """A matcher that keeps whatever any of ``specs`` could match (the seed's when empty).
 
-        It is wider than the exact union: any of the levels with any of the usernames. That is
-        what a filter in front of several detectors needs (it must never drop what one of them
-        would match) and it stays one set lookup per field.
+        It is wider than the exact union: any of the levels with any of the usernames (and of
+        the clusters, every one if a spec takes every one). That is what a filter in front of
+        several detectors needs (it must never drop what one of them would match) and it stays
+        one set lookup per field.
         """
         specs = list(specs) or [MatchSpec()]
+        every_cluster = any(not s.clusters for s in specs)
         return cls(
             MatchSpec.model_validate(
                 {
                     "usernames": sorted({u for s in specs for u in s.usernames}),
                     "levels": sorted({lv for s in specs for lv in s.levels}),
                     "includeMissingUsername": any(s.include_missing_username for s in specs),
+                    "clusters": (
+                        [] if every_cluster else sorted({c for s in specs for c in s.clusters})
+                    ),
                 }
             )
         )
@@ -86,12 +99,20 @@ class Matcher:
         return username in self.accepted.get(level, ())
 
     def matches(self, event: AuditEvent) -> bool:
-        """Whether the decoded ``event`` passes the ``where``."""
-        return self.accepts(event.level, event.username)
+        """Whether the decoded ``event`` passes the ``where`` (and comes from a matched
+        cluster)."""
+        clusters = self.clusters
+        return self.accepts(event.level, event.username) and (
+            clusters is None or event.cluster in clusters
+        )
 
     def matches_fields(self, fields: EventFields) -> bool:
-        """Whether the event decoded as ``fields`` passes the ``where``."""
-        return self.accepts(fields[F_LEVEL], fields[F_USERNAME])
+        """Whether the event decoded as ``fields`` passes the ``where`` (and comes from a
+        matched cluster)."""
+        clusters = self.clusters
+        return self.accepts(fields[F_LEVEL], fields[F_USERNAME]) and (
+            clusters is None or fields[F_CLUSTER] in clusters
+        )
 
     def may_match_object(self, obj: Mapping[str, Any]) -> bool:
         """Whether the raw Event object ``obj`` (parsed JSON, not type-checked) could match.
@@ -120,5 +141,7 @@ class Matcher:
     def __repr__(self) -> str:
         return (
             f"Matcher(levels={sorted(self.levels)}, usernames={sorted(self.usernames)}, "
-            f"include_missing_username={self.include_missing_username})"
+            f"include_missing_username={self.include_missing_username}"
+            + ("" if self.clusters is None else f", clusters={sorted(map(str, self.clusters))}")
+            + ")"
         )

@@ -124,6 +124,10 @@ def result_of(namespace: str, name: str, uid: str, spec: FindingSpec) -> dict[st
     if agg.user_agents is not None:  # a group of one address: its user agents
         properties["userAgentCountDistinct"] = str(agg.user_agent_count_distinct)
         properties["userAgents"] = ", ".join(agg.user_agents)
+    if spec.cluster is not None:  # hub mode: the cluster the events came from
+        properties["cluster"] = spec.cluster
+    if spec.attribution_unavailable is not None:
+        properties["attributionUnavailable"] = spec.attribution_unavailable
     return {
         "policy": spec.detector,
         "rule": spec.rule.id,

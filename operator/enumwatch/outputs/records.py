@@ -169,6 +169,8 @@ def alert_labels(finding: dict[str, Any]) -> dict[str, str]:
         "detector": spec.detector,
         "namespace": meta["namespace"],
         "finding": meta["name"],
+        # Hub mode: the cluster the events came from (absent for events without one).
+        "cluster": spec.cluster or "",
         "source_ip": spec.source_ip or "",
         # Whether the API server saw the documents come from source_ip (observed), or they only
         # claimed it in X-Forwarded-For (claimed), or some of each (mixed).
@@ -231,7 +233,7 @@ def webhook_record(
             "namespace": meta["namespace"],
             "labels": meta.get("labels") or {},
         },
-        "spec": finding["spec"],
+        "spec": finding["spec"],  # with spec.cluster in hub mode
         "notification": {
             "reason": reason.value,
             "changes": list(changes),

@@ -17,6 +17,12 @@ Each step of the ES|QL rule is one common table expression, with the semantics
   by source IP then user agent, nulls last. Value lists are distinct, non-null and sorted; empty,
   never null.
 
+Hub mode (``by_cluster``, and always when ``spec.match.clusters`` lists clusters): the events'
+cluster (their ``enumwatch.io/cluster`` annotation) leads the group key and the order, the
+``kept`` step keeps only the listed clusters, and the row names its cluster in
+:data:`enumwatch.rule.ESQL_CLUSTER_COLUMN`, as a scan's row does. Without it the query is the
+seed's, to the character.
+
 sqlglot renders the tree in each dialect. Two constructs it does not translate to BigQuery are
 rewritten there by :func:`_bigquery_arrays` into BigQuery's own idioms.
 """
@@ -28,11 +34,12 @@ from sqlglot import exp
 
 from enumwatch.api.spec import DetectorSpec, MatchSpec, ThresholdsSpec
 from enumwatch.query import DIALECTS, Dialect
-from enumwatch.query.sources import RAW, Source
+from enumwatch.query.sources import CLUSTER_COLUMN, RAW, Source
 from enumwatch.rule import (
     AUTHN_AUTHZ_FAILED,
     AUTHZ_ALLOW,
     AUTHZ_FORBID,
+    ESQL_CLUSTER_COLUMN,
     NOT_FOUND,
     OTHER_ERROR,
     SUCCESS,
@@ -175,12 +182,26 @@ def column_name(name: str, dialect: Dialect) -> str:
     return name.replace(".", "_") if dialect == "bigquery" else name
 
 
-def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dialect) -> exp.Select:
-    """The whole query as one sqlglot tree (before any dialect's rewrite)."""
+def rule_tree(
+    spec: DetectorSpec,
+    source: Source,
+    table: exp.Table,
+    dialect: Dialect,
+    *,
+    by_cluster: bool = False,
+) -> exp.Select:
+    """The whole query as one sqlglot tree (before any dialect's rewrite); ``by_cluster``: the
+    events' cluster leads the group key (forced when the spec lists clusters)."""
+    by_cluster = by_cluster or bool(spec.match.clusters)
+    where = _where(spec.match)
+    if spec.match.clusters:
+        where = exp.and_(
+            where, _col(CLUSTER_COLUMN).isin(*(_str(c) for c in sorted(set(spec.match.clusters))))
+        )
     kept = (
         exp.select(exp.Star(), exp.alias_(_outcome(), "outcome"))
         .from_("events")
-        .where(_where(spec.match))
+        .where(where)
     )
     ips = _col("ips")
     # as rule.group_keys: every distinct entry, or the last (the address the API server saw)
@@ -217,7 +238,9 @@ def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dia
     by_name = dict(stats)
     by_address = spec.group_by == "sourceIP"
     # as rule.group_keys: grouped by address, the user agent is a value, not the key
-    keys = ("source_ip",) if by_address else ("source_ip", "user_agent")
+    keys: tuple[str, ...] = ("source_ip",) if by_address else ("source_ip", "user_agent")
+    if by_cluster:  # as rule.cluster_key, and first in the order as rule.sort_rows
+        keys = (CLUSTER_COLUMN, *keys)
     agent_stats = [(name, e.copy()) for name, e in _USER_AGENT_STATS] if by_address else []
     group_key = [_col(c) for c in keys]
     grouped = (
@@ -246,13 +269,18 @@ def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dia
     same_key = exp.and_(
         *(exp.NullSafeEQ(this=_col(c, "g"), expression=_col(c, "n")) for c in keys)
     )
+    cluster_columns = (
+        [exp.alias_(_col(CLUSTER_COLUMN, "g"), _quoted(ESQL_CLUSTER_COLUMN))] if by_cluster else []
+    )
     if by_address:
         key_columns = [
             *(_col(_quoted(name), "g") for name, _ in agent_stats),  # type: ignore[arg-type]
+            *cluster_columns,
             exp.alias_(_col("source_ip", "g"), _quoted(_SOURCE_IP)),
         ]
     else:
         key_columns = [
+            *cluster_columns,
             exp.alias_(_col("source_ip", "g"), _quoted(_SOURCE_IP)),
             exp.alias_(_col("user_agent", "g"), _quoted(_USER_AGENT)),
         ]
@@ -274,7 +302,7 @@ def rule_tree(spec: DetectorSpec, source: Source, table: exp.Table, dialect: Dia
         )
     )
     return (
-        final.with_("events", source.events(table, dialect))
+        final.with_("events", source.events(table, dialect, cluster=by_cluster))
         .with_("kept", kept)
         .with_("by_ip", by_ip)
         .with_("grouped", grouped)
@@ -313,11 +341,13 @@ def detector_query(
     source: Source = RAW,
     table: str | None = None,
     limit: int | None = None,
+    by_cluster: bool = False,
 ) -> str:
     """The detector's rule as one query in ``dialect``, reading ``table`` (default: the source's).
 
-    ``limit`` keeps the first rows only (as ``scan --limit``). Raises ``ValueError`` for a dialect
-    the source does not exist in, or a table name the dialect cannot parse.
+    ``limit`` keeps the first rows only (as ``scan --limit``); ``by_cluster`` groups by the
+    events' cluster too (hub mode; forced when the spec lists clusters). Raises ``ValueError``
+    for a dialect the source does not exist in, or a table name the dialect cannot parse.
     """
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}: use one of {', '.join(DIALECTS)}")
@@ -331,7 +361,7 @@ def detector_query(
         parsed = exp.to_table(name, dialect=dialect)
     except sqlglot.errors.ParseError as exc:
         raise ValueError(f"cannot read {name!r} as a table name in {dialect}: {exc}") from None
-    query = rule_tree(spec, source, parsed, dialect)
+    query = rule_tree(spec, source, parsed, dialect, by_cluster=by_cluster)
     if limit is not None:
         query = query.limit(limit)
     tree: exp.Expr = query

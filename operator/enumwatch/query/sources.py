@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import sqlglot
 from sqlglot import exp
 
-from enumwatch.audit.event import DECISION_ANNOTATION
+from enumwatch.audit.event import CLUSTER_ANNOTATION, DECISION_ANNOTATION
 from enumwatch.audit.gke import GRPC_TO_HTTP, KUBERNETES_SERVICE
 from enumwatch.query import DIALECTS, SOURCE_TABLES, Dialect
 
@@ -46,6 +46,9 @@ EVENT_COLUMNS: Mapping[str, str] = {
     "decision": "STRING",
     "ips": "ARRAY<STRING>",
 }
+#: The column a query grouped by cluster (hub mode) reads besides :data:`EVENT_COLUMNS`, last: the
+#: event's ``enumwatch.io/cluster`` annotation (a GKE export: the entry's cluster_name label).
+CLUSTER_COLUMN = "cluster"
 
 #: The raw Event's fields the rule reads, as the columns of a table of raw events (Spark DDL
 #: types; rendered for each engine by :func:`raw_schema`). Other fields may be present.
@@ -82,11 +85,12 @@ class Source:
     dialects: tuple[Dialect, ...]
     default_table: str
 
-    def events(self, table: exp.Table, dialect: Dialect) -> exp.Select:
-        """The ``events`` relation: :data:`EVENT_COLUMNS` selected from ``table``."""
+    def events(self, table: exp.Table, dialect: Dialect, *, cluster: bool = False) -> exp.Select:
+        """The ``events`` relation: :data:`EVENT_COLUMNS` selected from ``table``, and
+        :data:`CLUSTER_COLUMN` with ``cluster`` (a query grouped by cluster)."""
         if self is GKE_EXPORT:
-            return _gke_events(table)
-        return _raw_events(table, dialect)
+            return _gke_events(table, cluster)
+        return _raw_events(table, dialect, cluster)
 
 
 RAW = Source(
@@ -123,30 +127,35 @@ def _field(*path: str) -> exp.Column | exp.Dot:
 
 
 def _select(columns: Mapping[str, exp.Expr], table: exp.Table) -> exp.Select:
-    assert list(columns) == list(EVENT_COLUMNS), "a source must map every event column, in order"
+    names = list(columns)
+    assert names[: len(EVENT_COLUMNS)] == list(EVENT_COLUMNS) and names[len(EVENT_COLUMNS) :] in (
+        [],
+        [CLUSTER_COLUMN],
+    ), "a source must map every event column, in order"
     return exp.select(*(exp.alias_(e, name) for name, e in columns.items())).from_(table)
 
 
-def _raw_events(table: exp.Table, dialect: Dialect) -> exp.Select:
+def _annotation(key: str, dialect: Dialect) -> exp.Expr:
+    """One audit annotation of a raw event, NULL when it is missing."""
     annotations = _field("annotations")
-    decision: exp.Expr
     if dialect == "bigquery":
         # No map type in BigQuery: the annotations object is a JSON column.
-        decision = exp.JSONExtractScalar(
+        return exp.JSONExtractScalar(
             this=annotations,
             expression=sqlglot.parse_one(
-                f"JSON_VALUE(j, '$.\"{DECISION_ANNOTATION}\"')", read="bigquery"
+                f"JSON_VALUE(j, '$.\"{key}\"')", read="bigquery"
             ).expression,
         )
-    else:
-        # A safe lookup: NULL for a missing key in every engine (Trino's m[k] raises, and so does
-        # Spark's in ANSI mode); sqlglot writes element_at, try_element_at or m[k].
-        decision = exp.Bracket(
-            this=annotations,
-            expressions=[exp.Literal.string(DECISION_ANNOTATION)],
-            offset=1,
-            safe=True,
-        )
+    # A safe lookup: NULL for a missing key in every engine (Trino's m[k] raises, and so does
+    # Spark's in ANSI mode); sqlglot writes element_at, try_element_at or m[k].
+    return exp.Bracket(
+        this=annotations, expressions=[exp.Literal.string(key)], offset=1, safe=True
+    )
+
+
+def _raw_events(table: exp.Table, dialect: Dialect, cluster: bool = False) -> exp.Select:
+    decision = _annotation(DECISION_ANNOTATION, dialect)
+    extra = {CLUSTER_COLUMN: _annotation(CLUSTER_ANNOTATION, dialect)} if cluster else {}
     return _select(
         {
             "username": _field("user", "username"),
@@ -161,6 +170,7 @@ def _raw_events(table: exp.Table, dialect: Dialect) -> exp.Select:
             "code": _field("responseStatus", "code"),
             "decision": decision,
             "ips": _field("sourceIPs"),
+            **extra,
         },
         table,
     )
@@ -208,10 +218,10 @@ SELECT
      FROM UNNEST(p.authorizationInfo) AS a)
   ) AS decision,
   CASE WHEN COALESCE(p.requestMetadata.callerIp, '') = '' THEN CAST([] AS ARRAY<STRING>)
-       ELSE [p.requestMetadata.callerIp] END AS ips
+       ELSE [p.requestMetadata.callerIp] END AS ips:cluster_column
 FROM (
   SELECT
-    e.protopayload_auditlog AS p,
+    e.protopayload_auditlog AS p,:cluster_label
     e.labels.:decision_label AS label_decision,
     TRIM(COALESCE(e.protopayload_auditlog.resourceName, ''), '/') AS path,
     STARTS_WITH(e.protopayload_auditlog.methodName, 'io.k8s.')
@@ -224,18 +234,25 @@ FROM (
 """
 
 
-def _gke_events(table: exp.Table) -> exp.Select:
+def _gke_events(table: exp.Table, cluster: bool = False) -> exp.Select:
+    # Grouped by cluster: the entry's resource.labels.cluster_name (where GKE names the cluster).
+    column = f",\n  cluster_name AS {CLUSTER_COLUMN}" if cluster else ""
+    label = "\n    e.resource.labels.cluster_name AS cluster_name," if cluster else ""
+    text = _GKE_EVENTS.replace(":cluster_column", column).replace(":cluster_label", label)
     grpc = exp.case(exp.func("COALESCE", exp.column("code", "status", "p"), exp.Literal.number(0)))
     for grpc_code, http in sorted(GRPC_TO_HTTP.items()):
         grpc = grpc.when(exp.Literal.number(grpc_code), exp.Literal.number(http))
     grpc = grpc.else_(exp.Literal.number(500))
     select = exp.replace_placeholders(
-        sqlglot.parse_one(_GKE_EVENTS, read="bigquery"),
+        sqlglot.parse_one(text, read="bigquery"),
         http_code=grpc,
         decision_label=exp.to_identifier(GKE_DECISION_LABEL),
         table=table,
         service=exp.Literal.string(KUBERNETES_SERVICE),
     )
     assert isinstance(select, exp.Select)
-    assert [e.alias for e in select.expressions] == list(EVENT_COLUMNS)
+    assert [e.alias for e in select.expressions] == [
+        *EVENT_COLUMNS,
+        *([CLUSTER_COLUMN] if cluster else []),
+    ]
     return select

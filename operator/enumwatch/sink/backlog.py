@@ -53,8 +53,8 @@ class Claim:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Claim:
         """Read back :meth:`to_dict`."""
-        ip, agent = data["reporter"]
-        return cls(str(data["client"]), (ip, agent), int(data["count"]), tuple(data["addresses"]))
+        reporter = tuple(data["reporter"])  # (ip, ua), and the cluster when the row has one
+        return cls(str(data["client"]), reporter, int(data["count"]), tuple(data["addresses"]))
 
 
 def claims_of(window: WindowResult) -> dict[GroupKey, Claim]:
@@ -63,19 +63,24 @@ def claims_of(window: WindowResult) -> dict[GroupKey, Claim]:
     A client's claimed-only rows are the rows with an address, no document observed from it,
     and that client in :attr:`WindowResult.claimed_by`. Their reporter is the client's own row
     (one with documents observed from the client's address; of several, the one sharing the
-    user agent of most of the claimed rows, then the first), else the first claimed row.
+    user agent of most of the claimed rows, then the first), else the first claimed row. A
+    client is an address in one cluster: two clusters' same address are two clients.
     """
-    by_client: dict[str, list[Row]] = {}
+    by_client: dict[tuple[str | None, str], list[Row]] = {}
     for row in window.rows:
         client = window.claimed_by.get(row.key)
         if row.source_ip is not None and client is not None and row.key not in window.observed:
-            by_client.setdefault(client, []).append(row)
+            by_client.setdefault((row.cluster, client), []).append(row)
     claims: dict[GroupKey, Claim] = {}
-    for client, claimed in by_client.items():
+    for (cluster, client), claimed in by_client.items():
         agents: dict[str | None, int] = {}
         for row in claimed:
             agents[row.user_agent] = agents.get(row.user_agent, 0) + 1
-        own = [r for r in window.rows if r.source_ip == client and r.key in window.observed]
+        own = [
+            r
+            for r in window.rows
+            if r.source_ip == client and r.cluster == cluster and r.key in window.observed
+        ]
         reporter = (
             min(own, key=lambda r: (-agents.get(r.user_agent, 0), r.user_agent or ""))
             if own
@@ -138,11 +143,13 @@ class PendingWrite:
             "events": w.events,
             "groups": w.groups,
             "rows": [asdict(row) for row in w.rows],
-            "lastSeen": [[ip, ua, ts] for (ip, ua), ts in w.last_seen.items()],
-            "observed": [[ip, ua] for ip, ua in sorted(w.observed, key=repr)],
-            "observedDocuments": [[ip, ua, n] for (ip, ua), n in w.observed_documents.items()],
-            "claimedBy": [[ip, ua, by] for (ip, ua), by in w.claimed_by.items()],
-            "succeeded": [[ip, ua, list(uris)] for (ip, ua), uris in w.succeeded.items()],
+            # Each entry is the group key's parts ([ip, ua], with the cluster third when the
+            # row has one), then the value.
+            "lastSeen": [[*key, ts] for key, ts in w.last_seen.items()],
+            "observed": [list(key) for key in sorted(w.observed, key=repr)],
+            "observedDocuments": [[*key, n] for key, n in w.observed_documents.items()],
+            "claimedBy": [[*key, by] for key, by in w.claimed_by.items()],
+            "succeeded": [[*key, list(uris)] for key, uris in w.succeeded.items()],
             "error": self.error,
             "since": self.since,
             "claim": None if self.claim is None else self.claim.to_dict(),
@@ -159,9 +166,9 @@ class PendingWrite:
             for row in data["rows"]
         ]
         rows = tuple(Row(**f) for f in fields)
-        observed = frozenset((ip, ua) for ip, ua in data.get("observed", ()))
+        observed = frozenset(tuple(key) for key in data.get("observed", ()))
         if "observedDocuments" in data:
-            counts = {(ip, ua): int(n) for ip, ua, n in data["observedDocuments"]}
+            counts = {tuple(key): int(n) for *key, n in data["observedDocuments"]}
         else:
             counts = {row.key: row.document_count if row.key in observed else 0 for row in rows}
         window = WindowResult(
@@ -171,11 +178,11 @@ class PendingWrite:
             rows=rows,
             events=int(data["events"]),
             groups=int(data["groups"]),
-            last_seen={(ip, ua): float(ts) for ip, ua, ts in data["lastSeen"]},
+            last_seen={tuple(key): float(ts) for *key, ts in data["lastSeen"]},
             observed=observed,
-            succeeded={(ip, ua): tuple(uris) for ip, ua, uris in data.get("succeeded", ())},
+            succeeded={tuple(key): tuple(uris) for *key, uris in data.get("succeeded", ())},
             observed_documents=counts,
-            claimed_by={(ip, ua): str(by) for ip, ua, by in data.get("claimedBy", ())},
+            claimed_by={tuple(key): str(by) for *key, by in data.get("claimedBy", ())},
         )
         since, claim = data.get("since"), data.get("claim")
         return cls(

@@ -34,8 +34,9 @@ from enumwatch.api.names import (
 )
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
+from enumwatch.attribution import unattributable
 from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
-from enumwatch.rule import GroupKey, Row
+from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
 from enumwatch.sink.plan import (
     Action,
@@ -70,7 +71,9 @@ def _named(writes: list[PendingWrite], most: int = 10) -> str:
 def row_finding_name(detector: DetectorRef, row: Row) -> str:
     """The name of the Finding of ``row``: one per (detector, address) for a row grouped by
     address, else per (detector, address, user agent)."""
-    return finding_name(detector.name, row.source_ip, row.user_agent, by_address=row.by_address)
+    return finding_name(
+        detector.name, row.source_ip, row.user_agent, row.cluster, by_address=row.by_address
+    )
 
 
 class Attribution(Protocol):
@@ -103,6 +106,7 @@ class SinkResult:
     #: What waits for the next ticks (deferred and failed writes), by group key.
     backlog: dict[GroupKey, PendingWrite] = field(default_factory=dict)
     severities: dict[str, str] = field(default_factory=dict)  # Finding name -> severity written
+    clusters: dict[str, str | None] = field(default_factory=dict)  # Finding name -> its cluster
     written: list[Written] = field(default_factory=list)  # every Finding written, in order
     #: Why listing the detector's Findings (to rank a backlog past maxPerRun) failed, else "":
     #: the rows are still scheduled (ranked as if none had a Finding yet) and none is lost.
@@ -118,19 +122,24 @@ class FindingSink:
         *,
         instance: str = "enumwatch",
         attribution: Attribution | None = None,
+        own_cluster: str | None = None,
     ) -> None:
         self.client = client
         self.instance = instance
         self.attribution = attribution
         #: Events that could not be posted, by reason (enumwatch_event_post_errors_total).
         self.event_errors: Counter[str] = Counter()
+        #: The cluster the operator runs in (``enumwatch run --cluster-name``): only its groups
+        #: are attributed (:func:`enumwatch.attribution.unattributable`).
+        self.own_cluster = own_cluster
 
     def source_of(self, write: PendingWrite) -> Source | None:
-        """Who the row's source IP was at the time of its latest event (``None``: unknown),
-        named as the scanner only when every document of the row came from it."""
-        if self.attribution is None:
-            return None
+        """Who the row's source IP was at the time of its latest event (``None``: unknown, or
+        another cluster's), named as the scanner only when every document of the row came from
+        it."""
         window, row = write.window, write.row
+        if self.attribution is None or unattributable(row.cluster, self.own_cluster):
+            return None
         return self.attribution.resolve(
             row.source_ip,
             window.last_seen.get(row.key, window.tick),
@@ -218,7 +227,11 @@ class FindingSink:
         )
         by_address = spec.group_by == "sourceIP"  # as rule.group_keys
         return {
-            (item["spec"].get("sourceIP"), None if by_address else item["spec"].get("userAgent"))
+            cluster_key(
+                item["spec"].get("sourceIP"),
+                None if by_address else item["spec"].get("userAgent"),
+                item["spec"].get("cluster"),
+            )
             for item in listing.get("items", [])
         }
 
@@ -243,6 +256,7 @@ class FindingSink:
                 spec,
                 source,
                 write.claim,
+                unattributable(row.cluster, self.own_cluster),
             )
             if decided.action is Action.NOOP or decided.spec is None:
                 return
@@ -250,6 +264,7 @@ class FindingSink:
             quiet = decided.spec.reported_in is not None
             body = decided.spec.model_dump(by_alias=True, mode="json")
             result.severities[name] = decided.spec.rule.severity
+            result.clusters[name] = row.cluster
             try:
                 if current is None:
                     created = await self.client.create(

@@ -103,6 +103,7 @@ def plan(
     spec: DetectorSpec,
     source: Source | None = None,
     claim: Claim | None = None,
+    unattributed: str | None = None,
 ) -> Plan:
     """Decide what ``row`` does to the Finding whose current spec is ``existing`` (pure).
 
@@ -113,6 +114,8 @@ def plan(
     documents observed from its address and those that only claimed it; ``claim`` is the row's
     part in its window's claims (:func:`enumwatch.sink.backlog.claims_of`): the Finding that
     reports the claimed addresses lists them, the others name it in ``reportedIn``.
+    ``unattributed``: why the row's addresses cannot be attributed (another cluster's, see
+    :func:`enumwatch.attribution.unattributable`), said on the Finding.
     """
     tick = format_rfc3339(window.tick)
     succeeded = window.succeeded.get(row.key, ())
@@ -124,6 +127,8 @@ def plan(
     common: dict[str, Any] = {
         "detector": detector,
         "rule": rule_ref(severity_of(spec, access), spec.risk_score),
+        "cluster": row.cluster,
+        "attributionUnavailable": unattributed,
         "sourceIP": row.source_ip,
         "userAgent": row.user_agent_label,
         "window": Window(start=format_rfc3339(window.start), end=tick),
@@ -239,9 +244,10 @@ def access_summary(spec: FindingSpec, uris: tuple[str, ...]) -> str:
     """The AnonymousAccessSucceeded Event message: who got into what."""
     more = f" and {len(uris) - 5} more" if len(uris) > 5 else ""
     agent = user_agent_phrase(spec.user_agent, by_address=spec.by_address)
+    where = "" if spec.cluster is None else f" in cluster {spec.cluster}"
     return (
-        f"anonymous client {_who(spec)} {agent} was answered on {len(uris)} endpoint(s) that "
-        f"are not public by default: {', '.join(uris[:5])}{more}"
+        f"anonymous client {_who(spec)}{where} {agent} was answered on {len(uris)} endpoint(s) "
+        f"that are not public by default: {', '.join(uris[:5])}{more}"
     )
 
 

@@ -42,6 +42,7 @@ from typing import Generic, TypeVar
 import aiohttp
 import orjson
 
+from enumwatch.audit.stamp import stamp_cluster_line
 from enumwatch.backoff import Backoff
 from enumwatch.timefmt import try_parse_rfc3339
 
@@ -121,6 +122,9 @@ class ForwardConfig:
     #: lookback a detector may have), at most ``resend_limit`` of them.
     resend_window: float = 86_400.0
     resend_limit: int = 20_000
+    #: The cluster stamped on every forwarded event (``--cluster-name``), replacing a stamp the
+    #: record carried; ``None``: events are forwarded as they are.
+    cluster_name: str | None = None
 
 
 _LIST_HEAD = b'{"apiVersion":"audit.k8s.io/v1","kind":"EventList","items":['
@@ -364,8 +368,11 @@ class Outbox(Generic[Position]):
         buffer_limit: int,
         resend_window: float = 0.0,
         resend_limit: int = 0,
+        cluster_name: str | None = None,
     ) -> None:
         self._forwarder = forwarder
+        #: Stamped on every event added (``--cluster-name``): one place for every source.
+        self._cluster_name = cluster_name
         self._commit = commit
         self._stats = forwarder.stats
         self._batch_size = batch_size
@@ -403,9 +410,13 @@ class Outbox(Generic[Position]):
     def add(
         self, events: Iterable[tuple[bytes, Mark]], position_of: Callable[[Mark], Position]
     ) -> None:
-        """Queue ``events`` (raw JSON objects), each with the mark of where it ends."""
+        """Queue ``events`` (raw JSON objects), each with the mark of where it ends; stamped
+        with the outbox's cluster name when it has one (:func:`stamp_cluster_line`)."""
         batch = self._batch
+        cluster = self._cluster_name
         for event, mark in events:
+            if cluster is not None:
+                event = stamp_cluster_line(event, cluster)
             if not batch.events:
                 self._started = time.monotonic()
             batch.events.append(event)
@@ -583,6 +594,7 @@ async def forwarding(
             buffer_limit=config.buffer_limit,
             resend_window=config.resend_window,
             resend_limit=config.resend_limit,
+            cluster_name=config.cluster_name,
         )
         outbox.start()
         reporter = asyncio.create_task(
