@@ -308,6 +308,23 @@ def test_every_container_runs_an_enumwatch_command_line_that_parses(
         assert container["image"] == "enumwatch:0.1.0"
 
 
+@pytest.mark.parametrize("values", [None, "values-ha.yaml"], ids=["sidecar", "daemonset"])
+def test_the_cluster_name_reaches_the_operator_and_every_tailer(values: str | None) -> None:
+    # Hub mode (docs/hub.md): the tailer stamps the name, the operator knows it as its own.
+    def names(*sets: str) -> dict[str, Any]:
+        workloads = [
+            d for d in render(*sets, values=values, crds=False)
+            if d["kind"] in ("Deployment", "DaemonSet")
+        ]
+        return {
+            name: _args_parse(c).cluster_name
+            for w in workloads for name, c in _containers(w).items()
+        }
+
+    assert names("clusterName=prod-eu") == {"operator": "prod-eu", "tailer": "prod-eu"}
+    assert names() == {"operator": None, "tailer": None}  # unset: today's single cluster
+
+
 def test_a_release_name_prefixes_every_name_and_the_references_follow() -> None:
     docs = render("namespace.create=true", values="values-ha.yaml", release="sec")
     names = {(d["kind"], d["metadata"]["name"]) for d in docs if d["kind"] != "Namespace"}

@@ -123,6 +123,9 @@ Argument: (dict "root" $ "forward" URL).
     - --token-file=/var/run/secrets/enumwatch/ingest/token
     - --log-format=json
     - --metrics-listen=0.0.0.0:9102
+    {{- with $v.clusterName }}
+    - --cluster-name={{ . }}
+    {{- end }}
     {{- range $v.tailer.extraArgs }}
     - {{ . }}
     {{- end }}
