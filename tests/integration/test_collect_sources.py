@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from enumwatch.sources.collect.source import Page, SourceUnavailable
+from enumwatch.sources.collect.page import Page, SourceUnavailable
 from enumwatch.sources.collect.state import load_state
 from enumwatch_devkit.emulators import Emulator
 from enumwatch_devkit.processes import free_port

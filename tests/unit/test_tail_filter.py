@@ -266,7 +266,7 @@ class _Queued:
 
 def test_a_collector_page_of_authenticated_events_only_sends_the_heartbeat() -> None:
     from enumwatch.sources.collect.collector import CollectConfig, Collector, CollectStats
-    from enumwatch.sources.collect.source import Page
+    from enumwatch.sources.collect.page import Page
 
     clock = _Clock()
     filt = Filter(Filter.from_specs([MatchSpec()]).matcher, witness_every=60.0, clock=clock)

@@ -241,36 +241,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "author cannot change it). URLs may also come from the environment (comma-separated), "
         "e.g. from a Secret, so that a webhook's secret URL is not in the pod spec.",
     )
-    outputs.add_argument(
-        "--alertmanager-url",
-        action="append",
-        default=_env_urls("ENUMWATCH_ALERTMANAGER_URL"),
-        help="post alerts to this Alertmanager (its base URL, e.g. http://alertmanager:9093; "
-        "repeatable: each member of a cluster gets every alert; env "
-        "ENUMWATCH_ALERTMANAGER_URL; default: none, no alerts posted)",
-    )
-    outputs.add_argument(
-        "--alertmanager-token-file",
-        help="bearer token for Alertmanager, read again on every attempt (default: none)",
-    )
-    outputs.add_argument(
-        "--webhook-url",
-        action="append",
-        default=_env_urls("ENUMWATCH_WEBHOOK_URL"),
-        help="POST each new, escalated and resolved Finding to this URL (repeatable; env "
-        "ENUMWATCH_WEBHOOK_URL; default: none, no webhook)",
-    )
-    outputs.add_argument(
-        "--webhook-format",
-        choices=["json", "slack"],
-        default=os.environ.get("ENUMWATCH_WEBHOOK_FORMAT", "json"),
-        help="json: the Finding-shaped record; slack: a Slack-compatible {\"text\": ...} body "
-        "(default json; env ENUMWATCH_WEBHOOK_FORMAT)",
-    )
-    outputs.add_argument(
-        "--webhook-token-file",
-        help="bearer token for the webhooks, read again on every attempt (default: none)",
-    )
+    from enumwatch.outputs.registry import OUTPUTS
+
+    for output in OUTPUTS.values():
+        output.flags(outputs)
     outputs.add_argument(
         "--outputs-queue",
         type=int,
@@ -331,32 +305,16 @@ def _max_results(text: str) -> int:
     return value
 
 
-def _env_urls(name: str) -> list[str]:
-    """The comma-separated URLs in environment variable ``name``."""
-    return [url.strip() for url in os.environ.get(name, "").split(",") if url.strip()]
-
-
 def outputs_config(args: argparse.Namespace) -> OutputsConfig:
     """The outputs the flags ask for; a URL that is not http(s) is refused (ConfigError)."""
-    from enumwatch.kubeapi import ConfigError
-    from enumwatch.outputs.delivery import Endpoint
     from enumwatch.outputs.dispatch import OutputsConfig
+    from enumwatch.outputs.registry import OUTPUTS
 
-    def endpoints(output: str, urls: list[str], token_file: str | None) -> tuple[Endpoint, ...]:
-        found = []
-        for url in dict.fromkeys(urls):
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError(f"--{output}-url {url!r}: expected an http:// or https:// URL")
-            if output == "alertmanager":
-                url = url.rstrip("/") + "/api/v2/alerts"
-            found.append(Endpoint(output, url, token_file, args.outputs_timeout))
-        return tuple(found)
-
+    found = {name: output.endpoints(args) for name, output in OUTPUTS.items()}
     return OutputsConfig(
-        alertmanagers=endpoints(
-            "alertmanager", args.alertmanager_url, args.alertmanager_token_file
-        ),
-        webhooks=endpoints("webhook", args.webhook_url, args.webhook_token_file),
+        alertmanagers=found.pop("alertmanager"),
+        webhooks=found.pop("webhook"),
+        more=tuple(endpoint for endpoints in found.values() for endpoint in endpoints),
         webhook_format=args.webhook_format,
         queue=max(1, args.outputs_queue),
         backoff_max=args.outputs_backoff_max,

@@ -1,9 +1,10 @@
 """The outputs as the operator sees them: told what the sink wrote, asked once per tick to post.
 
-:class:`Outputs` keeps the active alerts (:class:`~enumwatch.outputs.records.ActiveFindings`),
-queues a webhook notification for each new, escalated or resolved Finding, and after a
-detector's tick queues the whole alert set for every Alertmanager (each is sent every alert, as
-Prometheus does for an Alertmanager cluster). Nothing here waits on the network: the
+:class:`Outputs` keeps the active alerts (:class:`~enumwatch.outputs.records.ActiveFindings`)
+and loops over the output registry (:data:`~enumwatch.outputs.registry.OUTPUTS`): it queues a
+notification for each new, escalated or resolved Finding on the per-notice outputs (webhooks),
+and after a detector's tick the whole alert set on the per-tick ones (every Alertmanager is sent
+every alert, as Prometheus does for an Alertmanager cluster). Nothing here waits on the network: the
 :class:`~enumwatch.outputs.delivery.Delivery` tasks do.
 
 The Finding CR is the source of truth: the first tick of each detector in this process (a start,
@@ -22,21 +23,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-import orjson
-
 from enumwatch.api.names import DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.kubeapi import CALL_ERRORS, KubeClient, namespaced_path
 from enumwatch.outputs.delivery import Delivery, Endpoint
-from enumwatch.outputs.records import (
-    ActiveFindings,
-    Notice,
-    Reason,
-    reported_elsewhere,
-    slack_text,
-    webhook_record,
-)
+from enumwatch.outputs.output import Outgoing
+from enumwatch.outputs.records import ActiveFindings, Notice, Reason, reported_elsewhere
+from enumwatch.outputs.registry import OUTPUTS
 from enumwatch.timefmt import format_rfc3339
 
 log = logging.getLogger("enumwatch.outputs")
@@ -55,14 +49,21 @@ class OutputsConfig:
     alertmanagers: tuple[Endpoint, ...] = ()
     webhooks: tuple[Endpoint, ...] = ()
     webhook_format: WebhookFormat = "json"
+    #: The endpoints of the other rows of :data:`~enumwatch.outputs.registry.OUTPUTS`.
+    more: tuple[Endpoint, ...] = ()
     queue: int = 1000  # webhook notifications held per endpoint while it is unreachable
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
 
     @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every endpoint, in the registry's order of outputs."""
+        return (*self.alertmanagers, *self.webhooks, *self.more)
+
+    @property
     def enabled(self) -> bool:
         """Whether any output is configured."""
-        return bool(self.alertmanagers or self.webhooks)
+        return bool(self.endpoints)
 
 
 def margin(spec: DetectorSpec) -> float:
@@ -71,36 +72,50 @@ def margin(spec: DetectorSpec) -> float:
 
 
 class Outputs:
-    """Alertmanager and webhook deliveries fed from the sink's writes."""
+    """The deliveries of every output of the registry, fed from the sink's writes."""
 
     def __init__(self, config: OutputsConfig, client: KubeClient | None = None) -> None:
         self.config = config
         self.client = client
         self.active = ActiveFindings()
-        self.alertmanagers = [
-            Delivery(
-                endpoint,
-                coalesce=True,
-                backoff_initial=config.backoff_initial,
-                backoff_max=config.backoff_max,
+        #: Output name -> its deliveries, in the registry's order.
+        self.by_output: dict[str, list[Delivery]] = {name: [] for name in OUTPUTS}
+        for endpoint in config.endpoints:
+            self.by_output[endpoint.output].append(
+                Delivery(
+                    endpoint,
+                    capacity=config.queue,
+                    coalesce=OUTPUTS[endpoint.output].per_tick,
+                    backoff_initial=config.backoff_initial,
+                    backoff_max=config.backoff_max,
+                )
             )
-            for endpoint in config.alertmanagers
-        ]
-        self.webhooks = [
-            Delivery(
-                endpoint,
-                capacity=config.queue,
-                backoff_initial=config.backoff_initial,
-                backoff_max=config.backoff_max,
-            )
-            for endpoint in config.webhooks
-        ]
         self._adopted: set[tuple[str, str, str]] = set()
 
     @property
+    def alertmanagers(self) -> list[Delivery]:
+        """The Alertmanager deliveries."""
+        return self.by_output["alertmanager"]
+
+    @property
+    def webhooks(self) -> list[Delivery]:
+        """The webhook deliveries."""
+        return self.by_output["webhook"]
+
+    @property
     def deliveries(self) -> list[Delivery]:
-        """Every delivery, Alertmanagers first."""
-        return [*self.alertmanagers, *self.webhooks]
+        """Every delivery, in the registry's order (Alertmanagers first)."""
+        return [delivery for group in self.by_output.values() for delivery in group]
+
+    def _post(self, per_tick: bool, notice: Notice | None, now: float) -> None:
+        """Queue the body of each configured output of that kind for all its endpoints."""
+        for name, deliveries in self.by_output.items():
+            output = OUTPUTS[name]
+            if output.per_tick != per_tick or not deliveries:
+                continue
+            body = output.encode(Outgoing(notice, self.active, now, self.config))
+            for delivery in deliveries:
+                delivery.put(body)
 
     def start(self) -> None:
         """Start the sending tasks."""
@@ -126,15 +141,13 @@ class Outputs:
         await self._adopt(ref, spec, now)
         for entry in self.active.resolve_due(now):
             self._notify(Notice(entry.finding, Reason.RESOLVED), now)
-        if self.alertmanagers:
-            body = orjson.dumps(self.active.alerts(now))
-            for delivery in self.alertmanagers:
-                delivery.put(body)
+        self._post(True, None, now)
 
     async def _adopt(self, ref: DetectorRef, spec: DetectorSpec, now: float) -> None:
         """Adopt the detector's stored Findings that are still active (once per detector)."""
         key = (ref.namespace, ref.name, ref.uid)
-        if key in self._adopted or self.client is None or not self.alertmanagers:
+        per_tick = any(OUTPUTS[name].per_tick for name, d in self.by_output.items() if d)
+        if key in self._adopted or self.client is None or not per_tick:
             return
         try:
             listing = await self.client.get(
@@ -158,14 +171,8 @@ class Outputs:
             )
 
     def _notify(self, notice: Notice, now: float) -> None:
-        if not self.webhooks or reported_elsewhere(notice.finding):
-            return
-        if self.config.webhook_format == "slack":
-            body = orjson.dumps(slack_text(notice.finding, notice.reason, notice.changes))
-        else:
-            body = orjson.dumps(webhook_record(notice.finding, notice.reason, notice.changes, now))
-        for delivery in self.webhooks:
-            delivery.put(body)
+        if not reported_elsewhere(notice.finding):
+            self._post(False, notice, now)
 
     def health(self) -> tuple[bool, str]:
         """(delivering, what to say): False while an endpoint keeps failing; the message also

@@ -28,7 +28,7 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from enumwatch.audit import aks
 from enumwatch.audit.envelopes import Payload, unwrap_payload
-from enumwatch.sources.collect.source import Page, SourceUnavailable
+from enumwatch.sources.collect.page import Page, SourceUnavailable
 from enumwatch.sources.collect.state import save_state
 
 Position = dict[str, int]
@@ -179,3 +179,9 @@ class BlobSource:
             return {**base, blob: line_end}
 
         return Page(records, position_of, after)
+
+
+def open_blob(url: str, checkpoint: str | None, saved: Any) -> BlobSource:
+    """The :mod:`.registry`'s opener for ``azblob://`` (the row says it is checkpointed)."""
+    assert checkpoint is not None
+    return BlobSource(url, checkpoint, saved)

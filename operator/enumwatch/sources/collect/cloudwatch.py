@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from enumwatch.audit import eks
 from enumwatch.audit.envelopes import Payload, unwrap_payload
-from enumwatch.sources.collect.source import Page, SourceUnavailable
+from enumwatch.sources.collect.page import Page, SourceUnavailable
 from enumwatch.sources.collect.state import save_state
 
 #: Per stream: [token of the page being read (None: the stream's head), events of it handed out].
@@ -175,3 +175,9 @@ class CloudWatchSource:
             return {**base, stream: (page_token, handed_out)}
 
         return Page(records, position_of, end)
+
+
+def open_cloudwatch(url: str, checkpoint: str | None, saved: Any) -> CloudWatchSource:
+    """The :mod:`.registry`'s opener for ``cloudwatch://`` (the row says it is checkpointed)."""
+    assert checkpoint is not None
+    return CloudWatchSource(url, checkpoint, saved)

@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 from enumwatch.audit.envelopes import stamp_bytes
 from enumwatch.audit.records import FOREIGN
 from enumwatch.match.prefilter import GO_EVENT_HEAD
-from enumwatch.sources.collect.source import Page, Source, SourceUnavailable
+from enumwatch.sources.collect.page import Page, Source, SourceUnavailable
 from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
 from enumwatch.sources.tail.filter import FILTERED, KEEP, MALFORMED, Filter
 

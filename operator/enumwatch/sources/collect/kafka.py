@@ -46,7 +46,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from enumwatch.audit.envelopes import Payload, unwrap_payload
-from enumwatch.sources.collect.source import Page, SourceUnavailable
+from enumwatch.sources.collect.page import Page, SourceUnavailable
 
 log = logging.getLogger("enumwatch.collect")
 
@@ -296,3 +296,9 @@ class KafkaSource:
                 await asyncio.wait_for(self._commit_accepted(), 10)
             with contextlib.suppress(KafkaError, OSError):
                 await self._consumer.stop()
+
+
+def open_kafka(url: str, checkpoint: str | None, saved: Any) -> KafkaSource:
+    """The :mod:`.registry`'s opener for ``kafka://``: the group's committed offsets keep the
+    position."""
+    return KafkaSource(url)
