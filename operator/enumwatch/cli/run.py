@@ -198,6 +198,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "on the ingested time basis at most that: a tick is evaluated as soon as no batch "
         "received before it is still being taken in",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=10.0,
+        help="at most this many seconds between two checkpoints of the window state after "
+        "ticks (default 10); the ingest journal holds what arrived since the last one and "
+        "is replayed after a crash, and a clean shutdown always writes one",
+    )
+    p.add_argument(
+        "--status-every",
+        type=float,
+        default=5.0,
+        help="at most this many seconds between two status writes of a detector whose "
+        "conditions, generation, Findings and backlog did not change: its "
+        "counters and lastEvaluation are then up to that old (default 5); a change of any "
+        "of those is written at the tick that made it",
+    )
     outputs = p.add_argument_group(
         "outputs",
         "where Findings are sent besides the API server (operator configuration: a detector's "
@@ -407,7 +424,11 @@ async def _main(args: argparse.Namespace) -> int:
         client,
         detectors,
         FindingSink(client, instance=args.identity, attribution=addresses),
-        OperatorConfig(settle=args.settle),
+        OperatorConfig(
+            settle=args.settle,
+            checkpoint_every=args.checkpoint_every,
+            status_every=args.status_every,
+        ),
         reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
         if apis
         else None,

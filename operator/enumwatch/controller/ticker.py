@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 
 from enumwatch.api.spec import DetectorSpec
@@ -52,8 +53,12 @@ class Ticker:
         resolution: float,
         reports: PolicyReportWriter | None = None,
         outputs: Outputs | None = None,
+        checkpoint_every: float = 0.0,
     ) -> None:
         self.detectors = detectors
+        #: At most this many seconds between two checkpoints after ticks (0: after each).
+        self.checkpoint_every = checkpoint_every
+        self._checkpointed = -math.inf
         self.outputs = outputs
         self.sink = sink
         self.status = status
@@ -94,8 +99,12 @@ class Ticker:
             runtime.changed = True  # a tick moved the window; writes may be pending
             if self.outputs is not None:
                 await self.outputs.after_tick(runtime.ref, spec, now)
-            await self.status.patch(runtime)
-        if evaluated:
+            await self.status.patch(runtime, force=False)
+        if evaluated and now - self._checkpointed >= self.checkpoint_every:
+            # The journal holds what arrived since the last checkpoint (replayed after a
+            # crash; a re-evaluated tick is never recorded twice on a Finding), so a state
+            # file rewritten after every tick bought nothing but CPU.
+            self._checkpointed = now
             await self.detectors.checkpoint_async()
         expired = await self.retention.run(now)
         if self.reports is not None:
