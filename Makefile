@@ -12,7 +12,7 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools node test unit integration lint chart-lint manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+.PHONY: help venv controlplane tools node test unit integration lint chart-lint docs manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,10 +62,13 @@ chart-lint: tools ## helm lint --strict the chart, with its default and its HA v
 	@helm="$$(bash hack/tools/build.sh helm 2>/dev/null)" && \
 	  "$$helm" lint --strict $(CHART) && "$$helm" lint --strict $(CHART) -f $(CHART)/values-ha.yaml
 
-manifests: venv ## regenerate the CRDs (crds/, the chart's) and README's CRD reference; refresh the chart's copies
-	$(PY) -m enumwatch manifests --output crds --readme README.md
+manifests: venv ## regenerate the CRDs (crds/, the chart's) and the docs' CRD reference (docs/reference.md); refresh the chart's copies
+	$(PY) -m enumwatch manifests --output crds --reference docs/reference.md
 	$(PY) -m enumwatch manifests --output $(CHART)/crds
 	cp $(CHART_FILES) $(CHART)/files/
+
+docs: venv ## build the docs site (docs/, mkdocs.yml) into site/, failing on a broken link or anchor
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 SQL_GOLDEN := tests/unit/golden/sql
 sql-goldens: venv ## regenerate the golden queries of `enumwatch sql` (after a change of the query or of sqlglot)

@@ -88,13 +88,13 @@ def test_generated_yaml_loads() -> None:
         assert doc["kind"] == "CustomResourceDefinition"
 
 
-def test_the_readme_crd_reference_is_generated_from_the_crds() -> None:
+def test_the_docs_crd_reference_is_generated_from_the_crds() -> None:
     from enumwatch import crdgen
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    start = readme.index(crdgen.REFERENCE_START)
-    end = readme.index(crdgen.REFERENCE_END) + len(crdgen.REFERENCE_END)
-    assert readme[start:end] == crdgen.reference(), "run `make manifests`"
+    page = (Path(__file__).resolve().parents[2] / "docs" / "reference.md").read_text()
+    start = page.index(crdgen.REFERENCE_START)
+    end = page.index(crdgen.REFERENCE_END) + len(crdgen.REFERENCE_END)
+    assert page[start:end] == crdgen.reference(), "run `make manifests`"
 
 
 def test_every_default_of_the_detector_spec_is_said_in_its_description() -> None:
@@ -137,7 +137,7 @@ def test_every_default_of_the_detector_spec_is_said_in_its_description() -> None
     )
 
 
-def test_the_readme_reference_has_the_default_in_its_column_not_twice() -> None:
+def test_the_docs_reference_has_the_default_in_its_column_not_twice() -> None:
     rows = [row for row in crdgen.reference().splitlines() if row.startswith("| `spec.")]
     assert not [row for row in rows if "Default: " in row]
     assert (

@@ -348,8 +348,8 @@ def test_the_aks_collector_pod_opts_into_azure_workload_identity() -> None:
 
 
 def _readme_rbac_table() -> set[tuple[str, str, str]]:
-    """(apiGroup, resource, verb) of every row of README's RBAC table."""
-    text = (REPO / "README.md").read_text()
+    """(apiGroup, resource, verb) of every row of the RBAC table (docs/security.md)."""
+    text = (REPO / "docs" / "security.md").read_text()
     table = text[text.index("| API | verbs | scope |"):].split("\n\n", 1)[0]
     rows = set()
     for line in table.splitlines()[2:]:
@@ -364,7 +364,7 @@ def _readme_rbac_table() -> set[tuple[str, str, str]]:
     return rows
 
 
-def test_the_readmes_rbac_table_is_exactly_the_shipped_rules() -> None:
+def test_the_docs_rbac_table_is_exactly_the_shipped_rules() -> None:
     # The table lists the base install's rules and the rows granted only with the PolicyReport
     # component (its scope says so): the base with that component renders them all.
     _render("manifests")  # skips without kubectl

@@ -1,5 +1,5 @@
 {{/*
-Names. The release "enumwatch" (README) gives exactly the names of manifests/; another release
+Names. The release "enumwatch" (docs/install.md) gives exactly the names of manifests/; another release
 name prefixes them, like any chart.
 */}}
 {{- define "enumwatch.fullname" -}}

@@ -26,10 +26,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="write one file per CRD into this directory (default: print them to stdout)",
     )
     parser.add_argument(
-        "--readme",
+        "--reference",
         type=Path,
         default=None,
-        help="also regenerate the CRD reference block of this README (default: none)",
+        help="also regenerate the CRD reference block of this page, e.g. docs/reference.md "
+        "(default: none)",
     )
     parser.set_defaults(func=run)
 
@@ -41,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         for path in crdgen.write(args.output):
             print(f"wrote {path}", file=sys.stderr)
-    if args.readme is not None:
-        changed = crdgen.update_readme(args.readme)
-        print(f"{'updated' if changed else 'unchanged'} {args.readme}", file=sys.stderr)
+    if args.reference is not None:
+        changed = crdgen.update_reference(args.reference)
+        print(f"{'updated' if changed else 'unchanged'} {args.reference}", file=sys.stderr)
     return 0
