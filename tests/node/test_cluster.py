@@ -614,13 +614,14 @@ def test_a_flood_posted_to_the_service_neither_oom_kills_the_operator_nor_erases
     # Only the scanner fired: the loud group is over documentsBelow, each decoy alone.
     assert [f["spec"]["userAgent"] for f in findings(cp, namespace)] == [agent]
 
-    # The status's counters are written at most every --status-every seconds (5) unless a
-    # condition or the Findings change: the write that follows the flood carries them all.
+    # The status is written after ticks (its counters at most every --status-every seconds
+    # unless a condition or the Findings change): when the scanner's tick fell during the
+    # flood, the next tick's write carries the whole flood.
     status = wait_for(
         lambda: (s := detector_status(cp, namespace, "flood"))["eventsMatched"]
         >= FLOOD_EVENTS + len(SCAN_PATHS)
         and s,
-        timeout=60,
+        timeout=FLOOD_INTERVAL + 60,
         what="the flood detector's status written after the flood",
     )
     share = f" of {128 / running:.0f} MiB"
