@@ -13,6 +13,7 @@ blind spot they would otherwise hide is judged here too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from enumwatch.audit import AuditEvent
@@ -70,6 +71,24 @@ class Coverage:
             self.last_anonymous_visible = arrival
         elif event.level == "Metadata" and self._anonymous(event):
             self.last_anonymous_metadata = arrival
+
+    def observe_batch(
+        self, events: Sequence[AuditEvent], matched: Sequence[bool], arrival: float
+    ) -> None:
+        """:meth:`observe` for a batch offered at ``arrival`` (``matched``: the rule's answer
+        for each event), with the same outcome."""
+        if not events:
+            return
+        self.last_arrival = arrival
+        for event, match in zip(events, matched, strict=True):
+            if event.stage == "RequestReceived":
+                self.last_request_received = arrival
+            if event.timestamp is not None:
+                self.lag = arrival - event.timestamp
+            if match:
+                self.last_anonymous_visible = arrival
+            elif event.level == "Metadata" and self._anonymous(event):
+                self.last_anonymous_metadata = arrival
 
     def _anonymous(self, event: AuditEvent) -> bool:
         """Whether the rule would match ``event`` at a level it keeps (its user is anonymous)."""

@@ -440,3 +440,54 @@ def test_a_firing_group_is_shed_last_and_a_muted_group_stays_muted_over_a_restar
     for evaluator in (w, restored):
         keys = [r.key for r in evaluator.evaluate(T0 + 51).rows]
         assert keys == [("198.51.100.1", "loud/1")]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    events=st.lists(_events, max_size=80),
+    steps=_steps,
+    rule=st.sampled_from(RULES),
+    schedule=st.sampled_from(SCHEDULES),
+    basis=st.sampled_from(["ingested", "event"]),
+    budget=st.sampled_from([None, 3 * (GROUP_BYTES + CELL_BYTES + VALUE_BYTES)]),
+)
+def test_a_batch_counts_as_its_events_one_by_one(
+    events: list[AuditEvent],
+    steps: list[float],
+    rule: Rule,
+    schedule: tuple[float, float],
+    basis: str,
+    budget: int | None,
+) -> None:
+    # The ingest offers a whole batch at once (one arrival time, the rule asked once per
+    # event): the same counts, refusals, sheds and rows as the events offered one by one,
+    # also when the batch reaches the state budget half way.
+    interval, lookback = schedule
+    extra = {} if budget is None else {"state_budget": budget}
+    one = WindowedEvaluator(rule, interval, lookback, time_basis=basis, **extra)  # type: ignore[arg-type]
+    many = WindowedEvaluator(rule, interval, lookback, time_basis=basis, **extra)  # type: ignore[arg-type]
+    now = T0 - 600
+    per_step = max(1, len(events) // len(steps))
+    pending = list(events)
+    for step in steps:
+        now += step
+        batch, pending = pending[:per_step], pending[per_step:]
+        expected = {}
+        for index, event in enumerate(batch):
+            before = (one.late, one.future, one.undated)
+            one.add(event, now)
+            after = (one.late, one.future, one.undated)
+            if after != before:
+                expected[index] = ("late", "future", "undated")[
+                    [a > b for a, b in zip(after, before, strict=True)].index(True)
+                ]
+        refused = many.add_batch(batch, [rule.matches(e) for e in batch], now)
+        assert refused == expected
+        assert _counters(many) == _counters(one)
+        assert (many.shed, many.shed_documents, many.state_bytes) == (
+            one.shed,
+            one.shed_documents,
+            one.state_bytes,
+        )
+        for tick in one.due_ticks(now - 0.5):
+            _same(many.evaluate(tick), one.evaluate(tick))

@@ -42,6 +42,8 @@ class OperatorConfig:
     settle: float = 0.5
     tick_resolution: float = 0.1  # how often the ticker looks for due ticks
     expiry_every: float = 60.0  # at most this long between two retention sweeps
+    checkpoint_every: float = 0.0  # at most this long between two checkpoints after ticks
+    status_every: float = 0.0  # at most this long between two status writes with no news
 
 
 class Operator:
@@ -75,6 +77,7 @@ class Operator:
             sink,
             None if posture is None else lambda: posture.current,
             outputs=outputs,
+            every=config.status_every,
         )
         self.retention = RetentionSweep(detectors, sink, config.expiry_every)
         self.ticker = Ticker(
@@ -86,6 +89,7 @@ class Operator:
             resolution=config.tick_resolution,
             reports=reports,
             outputs=outputs,
+            checkpoint_every=config.checkpoint_every,
         )
 
     # ------------------------------------------------------------------ kopf registration

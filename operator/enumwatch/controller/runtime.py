@@ -114,6 +114,11 @@ class DetectorRuntime:
     window_notice: str | None = None
     #: Groups shed by the window that a Warning Event has told of.
     shed_warned: int = 0
+    #: What the last status written said that is written as soon as it changes (see
+    #: :meth:`enumwatch.controller.status.StatusReporter.patch`), and when it was written.
+    status_written: tuple[object, float] | None = None
+    #: findings_created when :attr:`findings` was last counted, and when (monotonic).
+    findings_counted: tuple[int, float] | None = None
     #: Matching events refused as undated (event time basis), by reason: ``missing`` or why
     #: the timestamp written could not be read (see :data:`enumwatch.timefmt.TIMESTAMP_PROBLEMS`).
     undated: Counter[str] = field(default_factory=Counter)
@@ -203,6 +208,41 @@ class DetectorRuntime:
             metrics.EVENTS_UNDATED.labels(self.ref.namespace, self.ref.name, reason).inc()
             return "undated"
         return None
+
+    def offer_batch(self, events: list[AuditEvent], arrival: float) -> dict[int, Refusal]:
+        """:meth:`offer` for a batch received at ``arrival``: the rule is asked once per event
+        (the coverage and the windows share its answer) and the windows take the batch at once;
+        returns why each refused event (by its index) was refused."""
+        self.events_seen += len(events)
+        evaluator = self.evaluator
+        if evaluator is None:
+            if self.coverage is not None:
+                for event in events:
+                    self.coverage.observe(event, arrival)
+            return {}
+        matches = evaluator.rule.matches
+        matched = [matches(event) for event in events]
+        if self.coverage is not None:
+            self.coverage.observe_batch(events, matched, arrival)
+        added, undated = evaluator.added, evaluator.undated
+        refused = evaluator.add_batch(events, matched, arrival)
+        if evaluator.added > added:
+            self.changed = True
+            self.matched_unreported += evaluator.added - added
+        if refused:
+            labels = (self.ref.namespace, self.ref.name)
+            for index, reason in refused.items():
+                if reason == "late":
+                    metrics.EVENTS_LATE.labels(*labels).inc()
+                elif reason == "future":
+                    metrics.EVENTS_FUTURE.labels(*labels).inc()
+                else:
+                    why = events[index].timestamp_error or UNDATED_MISSING
+                    self.undated[why] += 1
+                    metrics.EVENTS_UNDATED.labels(*labels, why).inc()
+            if evaluator.undated > undated:
+                self.changed = True
+        return refused
 
     async def evaluate(self, tick: float) -> WindowResult:
         """Evaluate the window of ``tick``: on the event loop, since only the groups whose
@@ -379,11 +419,16 @@ class Detectors:
     def _offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         runtimes = list(self.by_key.values())
         late = future = undated = 0
-        for event in events:
-            refusals = {runtime.offer(event, arrival) for runtime in runtimes}
-            late += "late" in refusals
-            future += "future" in refusals
-            undated += "undated" in refusals
+        # Each detector takes the batch at once (their states are independent); an event is
+        # counted once per reason however many detectors refused it.
+        refusals: dict[int, set[Refusal]] = {}
+        for runtime in runtimes:
+            for index, reason in runtime.offer_batch(events, arrival).items():
+                refusals.setdefault(index, set()).add(reason)
+        for reasons in refusals.values():
+            late += "late" in reasons
+            future += "future" in reasons
+            undated += "undated" in reasons
         for runtime in runtimes:
             runtime.report_matched()
         return OfferResult(late=late, future=future, undated=undated)

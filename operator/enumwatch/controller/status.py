@@ -33,6 +33,9 @@ log = logging.getLogger("enumwatch.operator")
 
 #: The Event reason (and condition type) of an exception a client can meet by itself.
 REASON_SPOOFABLE = "ExceptionSpoofable"
+#: At most this many seconds between two counts of a detector's Findings that created none
+#: (the count is a LIST of them all; one deleted by retention or by hand shows within this).
+RECOUNT_EVERY = 60.0
 
 
 class StatusReporter:
@@ -44,9 +47,13 @@ class StatusReporter:
         sink: FindingSink,
         posture: Callable[[], Posture | None] | None = None,
         outputs: Outputs | None = None,
+        every: float = 0.0,
     ) -> None:
         self.client = client
         self.sink = sink
+        #: At most this many seconds between two writes of a status whose conditions,
+        #: generation, Findings and backlog did not change (0: every call writes).
+        self.every = every
         #: The cluster's RBAC posture now (None inside: not listed yet; None: not watched).
         self.posture = posture
         self.outputs = outputs
@@ -254,17 +261,59 @@ class StatusReporter:
                 now.discard(line)  # not told yet: again at the next tick
         runtime.exceptions_warned = now
 
-    async def patch(self, runtime: DetectorRuntime) -> None:
-        """Write the detector's status subresource (conventions: observedGeneration, Ready)."""
+    def _count_due(self, runtime: DetectorRuntime, now: float) -> bool:
+        """Whether to count the detector's Findings again (a LIST of all of them): when it
+        created one since the last count, else at most every :data:`RECOUNT_EVERY` seconds
+        (a Finding deleted by retention or by hand)."""
+        counted = runtime.findings_counted
+        return (
+            counted is None
+            or counted[0] != runtime.findings_created
+            or now - counted[1] >= RECOUNT_EVERY
+        )
+
+    @staticmethod
+    def _significant(status: DetectorStatus) -> object:
+        """What a status write carries as soon as it changes: the generation, each condition's
+        status and reason, the Findings created and their count, the backlog, write errors,
+        the tick's failed steps, what was shed, the posture. The rest (events seen, window
+        sizes, Findings updated, lastEvaluation, conditions' messages) moves with every event
+        or tick and is written at most every ``every`` seconds."""
+        return (
+            status.observed_generation,
+            tuple((c.type, c.status, c.reason) for c in status.conditions),
+            status.findings,
+            status.findings_created,
+            status.findings_capped,
+            status.findings_backlog,
+            status.findings_dropped,
+            status.findings_write_errors,
+            status.rows_excepted,
+            tuple(sorted(status.tick_errors.items())),
+            tuple(sorted(status.window_shed.items())),
+            tuple(sorted(status.events_undated.items())),
+            tuple(status.seed_deviations),
+            status.posture,
+        )
+
+    async def patch(self, runtime: DetectorRuntime, *, force: bool = True) -> None:
+        """Write the detector's status subresource (conventions: observedGeneration, Ready).
+
+        Unless ``force``, a status whose :meth:`_significant` part is unchanged is written only
+        when ``every`` seconds passed since the last write (the ticker's call: at interval 1 s,
+        a status write and the watch event it causes each second were a fixed cost with no
+        news in it); the Warning Events are posted either way."""
         runtime.conditions = self.conditions(runtime)
         posture = self.posture() if self.posture is not None else None
         await self._warn_bindings(runtime, posture)
         await self._warn_exceptions(runtime)
         await self._warn_window(runtime)
         evaluator = runtime.evaluator
-        if runtime.spec is not None:
+        now = time.monotonic()
+        if runtime.spec is not None and self._count_due(runtime, now):
             with contextlib.suppress(*CALL_ERRORS):  # the count of the last patch stays
                 runtime.findings = await self.sink.count(runtime.ref)
+                runtime.findings_counted = (runtime.findings_created, now)
         status = DetectorStatus(
             observedGeneration=runtime.generation,
             conditions=runtime.conditions,
@@ -295,6 +344,16 @@ class StatusReporter:
             seedDeviations=runtime.spec.seed_deviations() if runtime.spec is not None else [],
             posture=posture,
         )
+        significant = self._significant(status)
+        written = runtime.status_written
+        if (
+            not force
+            and written is not None
+            and written[0] == significant
+            and now - written[1] < self.every
+        ):
+            return
+        runtime.status_written = (significant, now)
         path = (
             namespaced_path(
                 GROUP, VERSION, runtime.ref.namespace, DETECTOR_PLURAL, runtime.ref.name
@@ -306,7 +365,9 @@ class StatusReporter:
                 path, {"status": status.model_dump(by_alias=True, exclude_none=True, mode="json")}
             )
         except ApiError as exc:
+            runtime.status_written = None  # not written: the next call writes
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 runtime.step_failed("status", exc)
         except CALL_ERRORS as exc:  # the apiserver unreachable: patched again at the next tick
+            runtime.status_written = None
             runtime.step_failed("status", exc)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable
 
@@ -55,8 +56,12 @@ class Ticker:
         resolution: float,
         reports: PolicyReportWriter | None = None,
         outputs: Outputs | None = None,
+        checkpoint_every: float = 0.0,
     ) -> None:
         self.detectors = detectors
+        #: At most this many seconds between two checkpoints after ticks (0: after each).
+        self.checkpoint_every = checkpoint_every
+        self._checkpointed = -math.inf
         self.outputs = outputs
         self.sink = sink
         self.status = status
@@ -100,13 +105,18 @@ class Ticker:
             if self.outputs is not None:
                 after = self.outputs.after_tick(runtime.ref, spec, now)
                 await self._step(runtime, "outputs", after)
-            await self._step(runtime, "status", self.status.patch(runtime))
-        if evaluated:
+            await self._step(runtime, "status", self.status.patch(runtime, force=False))
+        if evaluated and now - self._checkpointed >= self.checkpoint_every:
+            # The journal holds what arrived since the last checkpoint (replayed after a
+            # crash; a re-evaluated tick is never recorded twice on a Finding), so a state
+            # file rewritten after every tick bought nothing but CPU.
             try:
                 await self.detectors.checkpoint_async()
             except Exception:  # written again at the next round; the tick's work stays in memory
                 metrics.TICK_STEP_ERRORS.labels("", "", "checkpoint").inc()
                 log.exception("checkpoint failed, will retry at the next tick")
+            else:
+                self._checkpointed = now
         expired = await self.retention.run(now)
         if self.reports is not None:
             for finding in expired:

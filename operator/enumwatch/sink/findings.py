@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -57,6 +57,8 @@ REASON_DROPPED = "FindingsDropped"
 REASON_WRITE_FAILED = "FindingWriteFailed"
 REASON_ACCESS_SUCCEEDED = "AnonymousAccessSucceeded"
 DEFAULT_RETENTION: str = FindingsSpec.model_fields["retention"].default
+#: How many Findings the sink keeps as it last wrote them (see :attr:`FindingSink._known`).
+KNOWN_FINDINGS = 256
 
 
 def _named(writes: list[PendingWrite], most: int = 10) -> str:
@@ -132,6 +134,19 @@ class FindingSink:
         #: The cluster the operator runs in (``enumwatch run --cluster-name``): only its groups
         #: are attributed (:func:`enumwatch.attribution.unattributable`).
         self.own_cluster = own_cluster
+        #: The latest Findings this sink wrote, as the API server returned them, by path (at
+        #: most :data:`KNOWN_FINDINGS`): a row of a Finding written at an earlier tick is
+        #: planned on it without reading it back first. The write is conditional on its
+        #: resourceVersion, so a Finding changed or deleted meanwhile answers 409 or 404 and
+        #: the row is planned again on a fresh read.
+        self._known: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def _remember(self, path: str, finding: dict[str, Any]) -> None:
+        """Keep ``finding`` as the latest known state of ``path`` (the oldest forgotten)."""
+        self._known[path] = finding
+        self._known.move_to_end(path)
+        if len(self._known) > KNOWN_FINDINGS:
+            self._known.popitem(last=False)
 
     def source_of(self, write: PendingWrite) -> Source | None:
         """Who the row's source IP was at the time of its latest event (``None``: unknown, or
@@ -246,8 +261,10 @@ class FindingSink:
         name = row_finding_name(detector, row)
         path = namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
         source = self.source_of(write)
-        for _attempt in range(3):
-            current = await self.client.get_or_none(path)
+        for attempt in range(3):
+            current = self._known.pop(path, None) if attempt == 0 else None
+            if current is None:
+                current = await self.client.get_or_none(path)
             decided = plan(
                 current["spec"] if current else None,
                 row,
@@ -259,6 +276,8 @@ class FindingSink:
                 unattributable(row.cluster, self.own_cluster),
             )
             if decided.action is Action.NOOP or decided.spec is None:
+                if current is not None:
+                    self._remember(path, current)
                 return
             # A claimed address is reported by its client's Finding, not one page each.
             quiet = decided.spec.reported_in is not None
@@ -283,6 +302,7 @@ class FindingSink:
                             "spec": body,
                         },
                     )
+                    self._remember(path, created)
                     result.created.append(name)
                     result.written.append(Written(created, Action.CREATE))
                     if not quiet:
@@ -296,7 +316,10 @@ class FindingSink:
             except ApiError as exc:
                 if exc.status == 409:  # created or changed concurrently: plan again
                     continue
+                if exc.status == 404 and attempt == 0:  # deleted since we wrote it
+                    continue
                 raise
+            self._remember(path, patched)
             result.updated.append(name)
             result.written.append(Written(patched, decided.action, decided.changes))
             if decided.action is Action.SUPPRESSED:
@@ -431,9 +454,11 @@ class FindingSink:
                 retention = parse_duration(spec.get("retention") or DEFAULT_RETENTION)
             expires = parse_rfc3339(last_seen) + retention
             if expires < now:
-                await self.client.delete(
-                    namespaced_path(GROUP, VERSION, meta["namespace"], FINDING_PLURAL, meta["name"])
+                path = namespaced_path(
+                    GROUP, VERSION, meta["namespace"], FINDING_PLURAL, meta["name"]
                 )
+                self._known.pop(path, None)
+                await self.client.delete(path)
                 deleted.append(f"{meta['namespace']}/{meta['name']}")
             elif next_expiry is None or expires < next_expiry:
                 next_expiry = expires
