@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from enumwatch.controller import connections
+from enumwatch.controller import connections, gcpolicy
 
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
@@ -526,6 +526,7 @@ async def _lead(
     )
     if operator.outputs is not None:
         operator.outputs.start()
+    gcpolicy.settle()  # what start-up built (modules, restored state): out of the GC's way
     ticker = asyncio.create_task(operator.run_ticker(stop))
     watches = asyncio.create_task(operator.run_watches(stop))
     keeper = asyncio.create_task(elector.keep()) if args.leader_election else None

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.controller import metrics
+from enumwatch.controller import gcpolicy, metrics
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
@@ -236,6 +236,7 @@ class Ticker:
                 log.warning("tick failed, will retry: %s", exc)
             except Exception:  # the schedule must survive a bug in one evaluation
                 log.exception("tick crashed, will retry")
+            gcpolicy.settle()  # the round changed the window state: out of the GC's way
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._until_next(time.time()))
 
