@@ -58,14 +58,6 @@ def _event(i: int, t: float, agent: str) -> dict[str, Any]:
     }
 
 
-@pytest.mark.xfail(
-    reason="not met yet: with the window state at its budget, the garbage collector's full "
-    "collections while the 100k events are alive stop the interpreter (and /healthz) for "
-    "0.3-1.0 s on a loaded 2-core machine (with gc disabled the worst stall was 0.12 s); the "
-    "journal, the de-duplication and the offer no longer hold the loop (0.55 s and 0.2 s "
-    "before). Needs the events untracked by the GC (issue 22's engine work).",
-    strict=False,
-)
 def test_healthz_answers_within_100ms_while_a_100k_body_is_decoded_at_full_state(
     crds: ControlPlane, tmp_path: Path
 ) -> None:
