@@ -62,7 +62,7 @@ def _event(i: int, t: float, agent: str) -> dict[str, Any]:
     reason="not reliably met on the shared 2-core machine: the full collections and the "
     "whole-body decode no longer hold the loop (bench/loop_stall_bench.py: worst stalls "
     "0.04-0.08 s, longest full collection 0.02-0.04 s, was 0.26-0.92 s), but at load average "
-    "5-10 isolated answers still take 0.10-0.39 s (7 of 14 runs passed); the ticker's rounds "
+    "5-10 isolated answers still take 0.10-0.39 s (7 of 16 runs passed); the ticker's rounds "
     "use under 0.08 s of CPU, an idle process there wakes 0.05 s late: the scheduler, and the "
     "GIL held by a descheduled decoding thread, are what is left (see docs/operations.md)",
     strict=False,
