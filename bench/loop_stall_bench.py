@@ -6,11 +6,14 @@ A real :class:`~enumwatch.controller.ingest.IngestServer` over real
 groups fill the window state to ``--state-mib`` (it sheds), then one body of ``--items`` events
 goes through the same path as a POST (decode in a worker thread, de-duplication, journal, offer).
 A probe task sleeping 5 ms on the loop measures how late it wakes: the worst lateness is the
-longest the loop was held. Printed: the phases' times and the worst stalls (with when they
-happened), with the garbage collector on (as in production) and, with ``--no-gc``, off (what
-the collector's full collections cost).
+longest the loop was held. Printed: the phases' times, the worst stalls (with when they
+happened) and the longest collections by generation during the load, with the garbage collector
+on and the operator's policy (:mod:`enumwatch.controller.gcpolicy`, settled at start-up as
+``enumwatch run`` does), with ``--no-policy`` without it (the collector's defaults), with
+``--no-gc`` off.
 
-Run: ``.venv/bin/python bench/loop_stall_bench.py [--items 100000] [--state-mib 2] [--no-gc]``.
+Run: ``.venv/bin/python bench/loop_stall_bench.py [--items 100000] [--state-mib 2] [--no-policy]
+[--no-gc]``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from enumwatch.api.refs import DetectorRef
+from enumwatch.controller import gcpolicy
 from enumwatch.controller.ingest import IngestAuth, IngestServer
 from enumwatch.controller.runtime import Detectors
 from enumwatch.timefmt import format_rfc3339
@@ -51,10 +55,39 @@ def event(i: int, t: float, agent: str) -> dict[str, Any]:
     }
 
 
-async def measure(items: int, state_mib: int) -> None:
+class Collections:
+    """How long each garbage collection took, by generation (from ``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.times[info["generation"]].append(time.perf_counter() - self._started)
+
+    def clear(self) -> None:
+        for times in self.times.values():
+            times.clear()
+
+    def summary(self) -> str:
+        return "; ".join(
+            f"gen {g}: {len(t)}, longest {max(t, default=0.0):.3f} s" for g, t in self.times.items()
+        )
+
+
+async def measure(items: int, state_mib: int, policy: bool) -> None:
     detectors = Detectors(Path(tempfile.mkdtemp()) / "state", state_budget=state_mib * 2**20)
     runtime = detectors.get_or_create(DetectorRef("ns", "det", "uid"))
     runtime.configure({"schedule": {"interval": "2s", "lookback": "5m"}}, 1)
+    if policy:
+        gcpolicy.settle()  # as `enumwatch run` does once started
+    else:
+        gcpolicy.settle = lambda: None  # type: ignore[assignment]  # the collector's defaults
+    collections = Collections()
     server = IngestServer(
         detectors,
         IngestAuth(static_tokens=["t"]),
@@ -88,6 +121,7 @@ async def measure(items: int, state_mib: int) -> None:
             woke = time.perf_counter()
             stalls.append((woke - asked - 0.005, woke - started))
 
+    collections.clear()
     probing = asyncio.create_task(probe())
     answer = await server._take(body, time.time())
     done.set()
@@ -96,6 +130,7 @@ async def measure(items: int, state_mib: int) -> None:
           f"{time.perf_counter() - started:.2f} s: HTTP {answer.status}")
     worst = sorted(stalls)[-5:]
     print("worst loop stalls (s, at s): " + ", ".join(f"{s:.3f} at {at:.2f}" for s, at in worst))
+    print(f"collections during the load: {collections.summary()}")
 
 
 def main() -> None:
@@ -103,11 +138,15 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--state-mib", type=int, default=2)
     parser.add_argument("--no-gc", action="store_true", help="the garbage collector off")
+    parser.add_argument(
+        "--no-policy", action="store_true", help="the collector's defaults (no gcpolicy.settle)"
+    )
     args = parser.parse_args()
     if args.no_gc:
         gc.disable()
-    print(f"garbage collector {'off' if args.no_gc else 'on'}")
-    asyncio.run(measure(args.items, args.state_mib))
+    policy = not args.no_policy
+    print(f"garbage collector {'off' if args.no_gc else 'on'}, policy {'on' if policy else 'off'}")
+    asyncio.run(measure(args.items, args.state_mib, policy))
 
 
 if __name__ == "__main__":

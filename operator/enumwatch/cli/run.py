@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from enumwatch.cli.forwarding import cluster_assignment, cluster_name
-from enumwatch.controller import connections
+from enumwatch.controller import connections, gcpolicy
 
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
@@ -38,8 +37,6 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 #: MAX_RESULTS_LIMIT of enumwatch.outputs.policyreport, which imports the API client).
 DEFAULT_REPORT_RESULTS = 100
 MAX_REPORT_RESULTS = 1000
-#: Allocations (net) between two passes of the collector over its young generation.
-GC_YOUNG = 20_000
 
 log = logging.getLogger("enumwatch.run")
 
@@ -378,11 +375,9 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.sink.findings import FindingSink
 
     # What is imported by now (kopf, pydantic, aiohttp, the models) lives as long as the
-    # process: frozen, the collector's full passes no longer walk it; and a young generation
-    # of GC_YOUNG objects rather than 700 (the ingest allocates a few per event) makes its
-    # passes 30x rarer. Together a tenth of the operator's CPU at 1,000 events/s.
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, *gc.get_threshold()[1:])
+    # process: frozen, the collector's full passes no longer walk it (and its young generation
+    # is larger): see enumwatch.controller.gcpolicy.
+    gcpolicy.configure()
     outputs = Outputs(outputs_config(args))
     credentials = await load_credentials(args.kubeconfig)
     client = KubeClient(credentials, timeout=args.api_timeout)
@@ -567,6 +562,7 @@ async def _lead(
     )
     if operator.outputs is not None:
         operator.outputs.start()
+    gcpolicy.settle()  # what start-up built (modules, restored state): out of the GC's way
     ticker = asyncio.create_task(operator.run_ticker(stop))
     watches = asyncio.create_task(operator.run_watches(stop))
     keeper = asyncio.create_task(elector.keep()) if args.leader_election else None

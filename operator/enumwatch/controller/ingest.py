@@ -35,8 +35,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from enumwatch.audit import AuditEvent, Identity, decode_event_list
-from enumwatch.controller import metrics
+from enumwatch.audit import (
+    AuditEvent,
+    Identity,
+    decode_event_list,
+    event_list_items,
+)
+from enumwatch.controller import gcpolicy, metrics
 from enumwatch.controller.connections import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -85,7 +90,62 @@ def decode_batch(
     cluster's); without one, an event claiming a ``reserved`` cluster (pinned to another
     token) is skipped as :data:`CLUSTER_RESERVED`.
     """
-    decoded = decode_event_list(raw, cluster)
+    return batch_of(decode_event_list(raw, cluster), arrival, journal, cluster, reserved)
+
+
+#: Items decoded per call by :func:`decode_in_parts`: about 50 ms of work in a worker thread;
+#: between two parts the collector is settled (see :mod:`enumwatch.controller.gcpolicy`).
+DECODE_PART = 5_000
+_PART_HEAD, _PART_SEP, _PART_TAIL = b'{"kind":"EventList","items":[', b",", b"]}"
+
+
+def _decode_part(items: list[Any], cluster: str | None) -> list[AuditEvent | str] | str:
+    """Decode some items of a scanned body as an EventList of their own."""
+    return decode_event_list(_PART_HEAD + _PART_SEP.join(items) + _PART_TAIL, cluster)
+
+
+async def decode_in_parts(
+    raw: bytes,
+    arrival: float,
+    journal: bool,
+    cluster: str | None = None,
+    reserved: frozenset[str] = frozenset(),
+) -> DecodedBatch | str:
+    """:func:`decode_batch` in worker threads a part of the body at a time, same results.
+
+    Decoding a 100k-item body takes seconds, and its events, alive meanwhile, were traversed by
+    full collections that held the interpreter (and the loop: /healthz) for a third of a second
+    each. Here the body's items are found by one scan, then each part of them is decoded as an
+    EventList of its own by :func:`decode_event_list` (the one decoder), and the events decoded
+    are frozen out of the collector's way (:func:`gcpolicy.settle`) between parts. A body that
+    the scan cannot read, or a part found malformed, is decided on the whole body, as
+    :func:`decode_batch` decides it.
+    """
+    whole = (raw, arrival, journal, cluster, reserved)
+    items = await asyncio.to_thread(event_list_items, raw)
+    if items is None:
+        return await asyncio.to_thread(decode_batch, *whole)
+    decoded: list[AuditEvent | str] = []
+    for start in range(0, len(items), DECODE_PART):
+        part = items[start : start + DECODE_PART]
+        results = await asyncio.to_thread(_decode_part, part, cluster)
+        if isinstance(results, str) or len(results) != len(part):
+            return await asyncio.to_thread(decode_batch, *whole)
+        decoded += results
+        gcpolicy.settle()
+    return await asyncio.to_thread(batch_of, decoded, arrival, journal, cluster, reserved)
+
+
+def batch_of(
+    decoded: list[AuditEvent | str] | str,
+    arrival: float,
+    journal: bool,
+    cluster: str | None = None,
+    reserved: frozenset[str] = frozenset(),
+) -> DecodedBatch | str:
+    """The batch of a decoded body (each identity once, journal lines when journaling; an
+    event claiming a ``reserved`` cluster skipped unless the body's token is pinned to
+    ``cluster``), or why the body is malformed."""
     if isinstance(decoded, str):
         return decoded
     events: list[AuditEvent] = []
@@ -441,15 +501,15 @@ class IngestServer:
     async def _take(self, raw: bytes, arrival: float, cluster: str | None = None) -> web.Response:
         """Decode, commit and offer one body read in full (see :meth:`ingest`); ``cluster``:
         the cluster its token is pinned to."""
-        # Parsing and decoding a large body takes a second or more: a worker thread does it, so
-        # /healthz and other senders are answered meanwhile. A small one (a few ms) is decoded
-        # here: handing it to a thread and back cost more CPU than decoding it.
+        # Parsing and decoding a large body takes a second or more: worker threads do it a part
+        # at a time, so /healthz and other senders are answered meanwhile. A small one (a few
+        # ms) is decoded here: handing it to a thread and back cost more CPU than decoding it.
         journal = self.detectors.store is not None
         decode = (raw, arrival, journal, cluster, self.auth.reserved_clusters)
         if len(raw) <= INLINE_DECODE_BYTES:
             batch = decode_batch(*decode)
         else:
-            batch = await asyncio.to_thread(decode_batch, *decode)
+            batch = await decode_in_parts(*decode)
         if isinstance(batch, str):
             metrics.EVENTS_SKIPPED.labels(MALFORMED_BODY).inc()
             return self._answer(400, error=batch)
@@ -468,6 +528,8 @@ class IngestServer:
             # committed: from now on a redelivery is a duplicate
             await asyncio.to_thread(_remember, seen, keys)
         offered = await self.detectors.offer_committed(events, arrival)
+        if len(raw) > INLINE_DECODE_BYTES:  # a small body's objects: the next tick's settle
+            gcpolicy.settle()  # the window state grew: out of the collector's way
         skipped = batch.skipped
         for reason, count in skipped.items():
             metrics.EVENTS_SKIPPED.labels(reason).inc(count)

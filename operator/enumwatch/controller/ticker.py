@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.controller import metrics
+from enumwatch.controller import gcpolicy, metrics
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
@@ -239,14 +239,17 @@ class Ticker:
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate due ticks until ``stop`` is set; errors are logged and retried next round."""
         while not stop.is_set():
+            evaluated = 0
             try:
-                await self.tick_once(time.time())
+                evaluated = await self.tick_once(time.time())
             except CALL_ERRORS as exc:
                 log.warning("tick failed, will retry: %s", str(exc) or type(exc).__name__)
             except RuntimeError as exc:
                 log.warning("tick failed, will retry: %s", exc)
             except Exception:  # the schedule must survive a bug in one evaluation
                 log.exception("tick crashed, will retry")
+            if evaluated:
+                gcpolicy.settle()  # the round changed the window state: out of the GC's way
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self._until_next(time.time()))
 
