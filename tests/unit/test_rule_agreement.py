@@ -349,7 +349,8 @@ def test_the_compiled_check_is_the_table(metrics: GroupMetrics, t: ThresholdsSpe
 
 
 def _holds(c: Condition, metrics: GroupMetrics, t: ThresholdsSpec) -> bool:
-    value, bound = getattr(metrics, c.metric), getattr(t, c.threshold)
+    value: int = getattr(metrics, c.metric)
+    bound: int = getattr(t, c.threshold)
     return {"<": value < bound, ">": value > bound, ">=": value >= bound}[c.op]
 
 
