@@ -926,14 +926,12 @@ class WindowedEvaluator(Schedule):
                         _fold(agg, cell.values, 1)  # type: ignore[arg-type]
             outcomes, uris_seen, resources_seen = agg
             if not fires(
-                (
-                    group.count,
-                    len(uris_seen),
-                    len(resources_seen),
-                    outcomes[_FORBID_AT],
-                    outcomes[_FAILED_AT],
-                    outcomes[_NOT_FOUND_AT],
-                )
+                group.count,
+                len(uris_seen),
+                len(resources_seen),
+                outcomes[_FORBID_AT],
+                outcomes[_FAILED_AT],
+                outcomes[_NOT_FOUND_AT],
             ):
                 firing.pop(key, None)
                 continue

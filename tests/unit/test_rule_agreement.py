@@ -345,7 +345,7 @@ def test_the_compiled_check_is_the_table(metrics: GroupMetrics, t: ThresholdsSpe
         else _holds(c, metrics, t)
         for c in FIRE_CONDITIONS
     )
-    assert fires(metrics, t) is fire_check(t)(tuple(metrics)) is expected
+    assert fires(metrics, t) is fire_check(t)(*metrics) is expected
 
 
 def _holds(c: Condition, metrics: GroupMetrics, t: ThresholdsSpec) -> bool:
