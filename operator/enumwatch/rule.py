@@ -690,11 +690,12 @@ class GroupTable:
         """
         t = self._rule.thresholds
         fewest = fewest_documents(t)
+        check = fire_check(t)
         rows: list[Row] = []
         for key, kept in self._groups.items():
             if kept is _DEAD or not fewest <= len(kept) < self._cap:
                 continue
-            row = group_row(t, key, kept, data_stream_namespace)  # type: ignore[arg-type]
+            row = group_row(t, key, kept, data_stream_namespace, check)  # type: ignore[arg-type]
             if row is not None:
                 rows.append(row)
         rows.sort(key=_sort_key)
@@ -767,7 +768,11 @@ def sort_rows(rows: list[Row]) -> list[Row]:
 
 
 def group_row(
-    t: ThresholdsSpec, key: GroupKey, kept: list[_Values], data_stream_namespace: str
+    t: ThresholdsSpec,
+    key: GroupKey,
+    kept: list[_Values],
+    data_stream_namespace: str,
+    check: FireCheck | None = None,
 ) -> Row | None:
     """The seed's ``stats`` and final ``where`` over one group's documents: its row, or
     ``None`` when it does not pass the thresholds.
@@ -775,7 +780,9 @@ def group_row(
     ``kept`` holds one :func:`event_values` tuple per document of the group (repeated tuples
     for repeated documents); tuples that carry a user agent are a group of one address
     (``groupBy: sourceIP``), whose row lists its user agents. The one definition of a row: a
-    scan's table and the operator's incremental windows both call it.
+    scan's table and the operator's incremental windows both call it. ``check``:
+    :func:`fire_check` of ``t`` when the caller holds it (a table's rows, a tick), else
+    :func:`fires` reads the table.
     """
     if not len(kept) < saturation_bound(t):
         return None
@@ -787,10 +794,10 @@ def group_row(
     counts = [outcomes.count(i) for i in range(len(OUTCOMES))]
     uris = _values(columns[F_REQUEST_URI])
     resources = _values(columns[F_RESOURCE])
-    metrics = GroupMetrics(
+    metrics = (
         len(kept), len(uris), len(resources), counts[_FORBID], counts[_FAILED], counts[_NOT_FOUND]
     )
-    if not fires(metrics, t):
+    if not (check(*metrics) if check is not None else fires(GroupMetrics(*metrics), t)):
         return None
     verbs = _values(columns[F_VERB])
     ip, user_agent = key[0], key[1]

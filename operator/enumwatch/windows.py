@@ -944,7 +944,7 @@ class WindowedEvaluator(Schedule):
                     observed += cell.observed
                     if cell.last > last:
                         last = cell.last
-            row = group_row(thresholds, key, kept, namespace)
+            row = group_row(thresholds, key, kept, namespace, fires)
             if row is None:
                 firing.pop(key, None)
                 continue
