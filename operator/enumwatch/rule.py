@@ -744,9 +744,17 @@ def _metrics(kept: list[_Values], columns: list[tuple[Any, ...]]) -> GroupMetric
 
 
 def fewest_documents(t: ThresholdsSpec) -> int:
-    """The fewest documents a group needs before its distinct counts can pass: a group has at
-    most as many distinct values as events, so one with fewer is passed over unread."""
-    return max(t.distinct_request_uris_above, t.distinct_resources_above) + 1
+    """The fewest documents a group needs before it can pass :data:`FIRE_CONDITIONS`: every
+    metric counts some of the group's documents (or their distinct values), so none exceeds
+    ``document_count``, and a group with fewer documents than a ``>``/``>=`` bound asks is
+    passed over unread (the second assumption the engines optimise on, derived from the table)."""
+
+    def least(c: Condition | AnyOf) -> int:
+        if isinstance(c, AnyOf):
+            return min(least(d) for d in c.conditions)
+        return {">": c.bound(t) + 1, ">=": c.bound(t)}.get(c.op, 0)
+
+    return max(1, *(least(c) for c in FIRE_CONDITIONS))
 
 
 def event_values(event: AuditEvent, by_address: bool = False) -> tuple[Any, ...]:

@@ -44,6 +44,7 @@ from enumwatch.rule import (
     GroupMetrics,
     Row,
     Rule,
+    fewest_documents,
     fire_check,
     fires,
     near_miss,
@@ -461,16 +462,30 @@ def test_a_path_whose_condition_diverges_is_caught_and_named(
         assert_agree(rows)
 
 
-def test_a_table_read_differently_by_the_python_paths_is_caught(
+def test_a_table_read_differently_by_the_scan_and_the_oracle_is_caught(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The pure rule's reading (the scan, and the windows' rows, and the oracle's) with
-    # notFoundAtLeast + 1, against the SQL rendered from the table as it is.
+    # A group table's reading (the scan's rows, and the re-evaluating oracle's, which feeds a
+    # table) with notFoundAtLeast + 1: two paths against two, no majority, still caught.
     t = EDGE.thresholds
     strict = t.model_copy(update={"not_found_at_least": t.not_found_at_least + 1})
-    real = fires
-    monkeypatch.setattr("enumwatch.rule.fires", lambda metrics, _: real(metrics, strict))
+    real = fire_check
+    monkeypatch.setattr("enumwatch.rule.fire_check", lambda _: real(strict))
     rows = rows_of_every_path(EDGE, _edge_events(), tmp_path, False)
-    assert rows["scan"] == rows["reference"] == [] and len(rows["duckdb"]) == 1
-    with pytest.raises(AssertionError, match="disagree"):
+    assert rows["scan"] == rows["reference"] == []
+    assert len(rows["windows"]) == len(rows["duckdb"]) == 1
+    with pytest.raises(AssertionError, match="the paths disagree"):
         assert_agree(rows)
+
+
+@settings(max_examples=200, deadline=None)
+@given(metrics=_metrics, t=_thresholds())
+def test_no_group_with_fewer_documents_than_the_table_asks_fires(
+    metrics: GroupMetrics, t: ThresholdsSpec
+) -> None:
+    # Every metric counts some of the group's documents: none exceeds its document count.
+    possible = GroupMetrics(
+        metrics.document_count, *(min(m, metrics.document_count) for m in metrics[1:])
+    )
+    if fires(possible, t):
+        assert possible.document_count >= fewest_documents(t)
