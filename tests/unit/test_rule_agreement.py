@@ -33,6 +33,7 @@ from enumwatch.api.spec import DetectorSpec, ThresholdsSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.audit.decode import decode_document
 from enumwatch.audit.event import CLUSTER_ANNOTATION, DECISION_ANNOTATION
+from enumwatch.cli import scan as scan_cli
 from enumwatch.cli.main import main as enumwatch
 from enumwatch.query import rule as query_rule
 from enumwatch.rule import (
@@ -318,6 +319,8 @@ def test_every_condition_has_a_renderer_in_each_sql_and_names_a_real_metric_and_
         assert c.op in OPERATORS
         assert c.metric in query_rule.METRIC_STATS and c.op in query_rule.COMPARISONS
         assert c.metric in duckdb_rule.METRIC_SQL
+    # scan --explain says what failing each entry means.
+    assert {c.name for c in FIRE_CONDITIONS} == set(scan_cli._MISS_MEANING)
     # Every threshold of the spec means something in the table.
     assert {c.threshold for c in _comparisons()} == set(ThresholdsSpec.model_fields)
 
