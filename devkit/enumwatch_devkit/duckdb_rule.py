@@ -3,10 +3,45 @@
 Shared by the oracle test (tests/unit/test_rule_duckdb.py, which reads raw JSON with the skip
 policy) and the benchmark (bench/scan_bench.py, which reads typed columns). Each supplies an
 ``events`` relation with the columns username, user_groups, level, verb, request_uri, user_agent,
-resource, namespace, message, code, decision and ips, followed by ``RULE_SQL``.
+resource, namespace, message, code, decision and ips, followed by ``RULE_SQL`` (the seed's
+thresholds) or :func:`rule_sql` of other thresholds.
+
+Independent of :mod:`enumwatch.query` in everything but the thresholds' meaning: the ``HAVING``
+is rendered from :data:`enumwatch.rule.FIRE_CONDITIONS` (the one definition), with this module's
+own SQL for each metric (:data:`METRIC_SQL`; a unit test checks every metric has one).
 """
 
-RULE_SQL = """
+from enumwatch.api.spec import ThresholdsSpec
+from enumwatch.rule import FIRE_CONDITIONS, AnyOf, Condition
+
+#: The DuckDB aggregate each metric of the rule's conditions reads.
+METRIC_SQL: dict[str, str] = {
+    "document_count": "count(*)",
+    "request_uri_count_distinct": "count(DISTINCT request_uri)",
+    "resource_count_distinct": "count(DISTINCT resource)",
+    "authz_forbid_count": "count(*) FILTER (outcome = 'authz_forbid')",
+    "status_fail_count": "count(*) FILTER (outcome = 'authn_authz_failed')",
+    "not_found_count": "count(*) FILTER (outcome = 'not_found')",
+}
+
+
+def _condition(c: Condition | AnyOf, t: ThresholdsSpec) -> str:
+    if isinstance(c, AnyOf):
+        return "(" + "\n        OR ".join(_condition(d, t) for d in c.conditions) + ")"
+    return f"{METRIC_SQL[c.metric]} {c.op} {c.bound(t)}"
+
+
+def having(t: ThresholdsSpec) -> str:
+    """The final ``where`` as DuckDB's ``HAVING`` clause, rendered from the rule's table."""
+    return "HAVING " + "\n   AND ".join(_condition(c, t) for c in FIRE_CONDITIONS)
+
+
+def rule_sql(t: ThresholdsSpec) -> str:
+    """The rule (after the ``events`` relation) with the thresholds ``t``."""
+    return _RULE_SQL.replace("{having}", having(t))
+
+
+_RULE_SQL = """
 kept AS (
     SELECT *,
         CASE
@@ -59,11 +94,8 @@ SELECT
     user_agent AS "kubernetes.audit.userAgent"
 FROM by_ip
 GROUP BY source_ip, user_agent
-HAVING count(DISTINCT request_uri) > 5
-   AND count(DISTINCT resource) > 3
-   AND count(*) < 50
-   AND (count(*) FILTER (outcome = 'authz_forbid') >= 1
-        OR count(*) FILTER (outcome = 'authn_authz_failed') >= 1
-        OR count(*) FILTER (outcome = 'not_found') >= 3)
+{having}
 ORDER BY source_ip ASC NULLS LAST, user_agent ASC NULLS LAST
 """
+#: The seed's rule, its thresholds' defaults.
+RULE_SQL = rule_sql(ThresholdsSpec())

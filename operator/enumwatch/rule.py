@@ -22,9 +22,12 @@ ES|QL details that matter and are reproduced here:
   are two groups. An event without one is keyed exactly as the seed keys it (``(ip, ua)``), so
   rows, goldens and Finding names of a single cluster do not change.
 * ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
-* The final ``where`` applies the thresholds. A group's count only grows, so once it reaches
-  ``documentsBelow`` it can never fire: everything it kept is dropped (it becomes "dead"), which
-  bounds memory on a flood from one source.
+* The final ``where`` applies the thresholds: :data:`FIRE_CONDITIONS` is that clause as data, the
+  one definition every path reads (:func:`fires` here; :func:`fire_check`, compiled once per
+  spec, in :mod:`enumwatch.windows`; :mod:`enumwatch.query.rule` and the test kit's DuckDB
+  formulation render it into SQL). A group's count only grows, so once it reaches
+  ``documentsBelow`` it can never fire (:data:`SATURATION`): everything it kept is dropped (it
+  becomes "dead"), which bounds memory on a flood from one source.
 
 Rows are sorted by cluster, source IP, then user agent, all ascending with nulls last (the ES|QL
 and SQL default for ``ASC``), comparing strings by code point.
@@ -33,9 +36,10 @@ and SQL default for ``ASC``), comparing strings by code point.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from enumwatch.api.spec import SEED_GROUP_BY, DetectorSpec, GroupBy, MatchSpec, ThresholdsSpec
 from enumwatch.audit.elastic import ELASTIC_CLUSTER_ANNOTATION, ELASTIC_PREFIX
@@ -152,6 +156,147 @@ def _outcome_of(decision: str | None, code: int | None) -> int:
 def outcome(event: AuditEvent) -> str:
     """The seed's ``Esql.outcome`` of one event (the first true branch of its ``case()``)."""
     return OUTCOMES[_outcome_index(event)]
+
+
+class GroupMetrics(NamedTuple):
+    """What the final ``where`` reads of a group: its count, distinct counts and trigger counts.
+
+    The field names are :class:`Row`'s, so a row is its own metrics (``fires(row, t)``).
+    """
+
+    document_count: int
+    request_uri_count_distinct: int
+    resource_count_distinct: int
+    authz_forbid_count: int
+    status_fail_count: int
+    not_found_count: int
+
+
+#: A comparison of the final ``where``: metric OP threshold.
+Op = Literal["<", ">", ">="]
+#: What each operator a condition may use computes (the SQL renderers have one per operator).
+OPERATORS: dict[str, Callable[[int, int], bool]] = {
+    "<": operator.lt,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+#: How a failed comparison reads (``60 ≥ 50`` for a failed ``<``), for ``scan --explain``.
+_FAILED_AS = {"<": "≥", ">": "≤", ">=": "<"}
+_METRIC_INDEX = {name: i for i, name in enumerate(GroupMetrics._fields)}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """``metric op threshold``: one comparison of the seed's final ``where``."""
+
+    #: A :class:`GroupMetrics` field (a :class:`Row` field too).
+    metric: str
+    op: Op
+    #: A :class:`~enumwatch.api.spec.ThresholdsSpec` attribute.
+    threshold: str
+
+    @property
+    def name(self) -> str:
+        """The threshold's name in a detector's spec (``documentsBelow``)."""
+        alias = ThresholdsSpec.model_fields[self.threshold].alias
+        return alias if alias is not None else self.threshold
+
+    def bound(self, t: ThresholdsSpec) -> int:
+        """The threshold's value in ``t``."""
+        value: int = getattr(t, self.threshold)
+        return value
+
+    def holds(self, metrics: GroupMetrics | Row, t: ThresholdsSpec) -> bool:
+        """Whether the group with ``metrics`` passes this comparison under ``t``."""
+        return OPERATORS[self.op](getattr(metrics, self.metric), self.bound(t))
+
+    def failed(self, metrics: GroupMetrics | Row, t: ThresholdsSpec) -> str:
+        """The failed comparison as a reader checks it: ``4 ≤ 5``."""
+        return f"{getattr(metrics, self.metric)} {_FAILED_AS[self.op]} {self.bound(t)}"
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    """Comparisons OR'd (the seed's triggers): at least one must hold."""
+
+    conditions: tuple[Condition, ...]
+
+    @property
+    def name(self) -> str:
+        """The thresholds' names joined by ``|``."""
+        return "|".join(c.name for c in self.conditions)
+
+    def holds(self, metrics: GroupMetrics | Row, t: ThresholdsSpec) -> bool:
+        """Whether at least one comparison holds."""
+        return any(c.holds(metrics, t) for c in self.conditions)
+
+    def failed(self, metrics: GroupMetrics | Row, t: ThresholdsSpec) -> str:
+        """Every failed comparison, comma-separated."""
+        return ", ".join(c.failed(metrics, t) for c in self.conditions)
+
+
+#: The one metric whose growth can only unfire a group: its count. Once a group (or one slice
+#: of its window) reaches the bound, no later event can make it fire while that count stands,
+#: so its values can be dropped. Both engines optimise on it (:class:`GroupTable`'s dead
+#: groups, :mod:`enumwatch.windows`' saturated cells); :func:`saturation_bound` is its value.
+SATURATION = Condition("document_count", "<", "documents_below")
+
+#: The seed's final ``where``, in its order: every top-level entry must hold (AND); an
+#: :class:`AnyOf` holds when one of its comparisons does. The one definition of the thresholds'
+#: meaning: :func:`fires`, :func:`fire_check`, :func:`near_miss` and the SQL renderers
+#: (:mod:`enumwatch.query.rule`, ``enumwatch_devkit.duckdb_rule``) all read it.
+FIRE_CONDITIONS: tuple[Condition | AnyOf, ...] = (
+    Condition("request_uri_count_distinct", ">", "distinct_request_uris_above"),
+    Condition("resource_count_distinct", ">", "distinct_resources_above"),
+    SATURATION,
+    AnyOf(
+        (
+            Condition("authz_forbid_count", ">=", "forbidden_at_least"),
+            Condition("status_fail_count", ">=", "auth_failures_at_least"),
+            Condition("not_found_count", ">=", "not_found_at_least"),
+        )
+    ),
+)
+
+
+def fires(metrics: GroupMetrics | Row, t: ThresholdsSpec) -> bool:
+    """Whether a group with ``metrics`` passes the final ``where`` under ``t`` (reads
+    :data:`FIRE_CONDITIONS`; :func:`fire_check` is the same test compiled for a hot path)."""
+    return all(c.holds(metrics, t) for c in FIRE_CONDITIONS)
+
+
+#: :func:`fires` compiled for one spec: the metrics as positional ints, in
+#: :class:`GroupMetrics` order.
+FireCheck = Callable[[int, int, int, int, int, int], bool]
+
+
+def fire_check(t: ThresholdsSpec) -> FireCheck:
+    """:func:`fires` compiled once for ``t``, for a hot path (the live windows' tick).
+
+    Interpreting the table costs twice the comparisons themselves per group, so the table is
+    rendered, once per spec, into one Python expression (``request_uri_count_distinct > 5 and
+    ... and (authz_forbid_count >= 1 or ...)``) over the metrics as arguments: the same
+    short-circuit comparisons a hand-written test would make. Only the table's own names,
+    :data:`OPERATORS` and the spec's integer bounds enter the text, evaluated without builtins.
+    """
+
+    def render(c: Condition | AnyOf) -> str:
+        if isinstance(c, AnyOf):
+            return "(" + " or ".join(render(d) for d in c.conditions) + ")"
+        if c.metric not in _METRIC_INDEX or c.op not in OPERATORS:
+            raise ValueError(f"not a condition of the rule: {c}")
+        return f"{c.metric} {c.op} {int(c.bound(t))}"
+
+    source = "lambda {}: {}".format(
+        ", ".join(GroupMetrics._fields), " and ".join(render(c) for c in FIRE_CONDITIONS)
+    )
+    check: FireCheck = eval(source, {"__builtins__": {}})
+    return check
+
+
+def saturation_bound(t: ThresholdsSpec) -> int:
+    """The count at which a group can never fire again (:data:`SATURATION`'s bound)."""
+    return SATURATION.bound(t)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,38 +453,18 @@ def near_miss(
     """The thresholds group ``key`` fails (``kept``: its value tuples, or ``None`` for a group
     that reached ``documentsBelow`` and kept only its count); ``None`` when it is a row.
 
-    The same tests as :func:`group_row`, all of them rather than the first that fails, so that
-    ``enumwatch scan --explain`` can say how close each group came.
+    The same tests as :func:`group_row` (:data:`FIRE_CONDITIONS`), all of them rather than the
+    first that fails, so that ``enumwatch scan --explain`` can say how close each group came.
     """
-    if kept is None or documents >= t.documents_below:
-        # A loud group's values are not kept: documentsBelow is the one test known to fail.
-        loud = Miss("documentsBelow", f"{documents} ≥ {t.documents_below}")
-        return NearMiss(key, documents, (loud,))
-    misses: list[Miss] = []
-    columns = list(zip(*kept, strict=True))
-    outcomes = columns[_OUTCOME] if columns else ()
-    counts = [outcomes.count(i) for i in range(len(OUTCOMES))]
-    if not (
-        counts[_FORBID] >= t.forbidden_at_least
-        or counts[_FAILED] >= t.auth_failures_at_least
-        or counts[_NOT_FOUND] >= t.not_found_at_least
-    ):
-        misses.append(
-            Miss(
-                "forbiddenAtLeast|authFailuresAtLeast|notFoundAtLeast",
-                f"{counts[_FORBID]} < {t.forbidden_at_least}, {counts[_FAILED]} < "
-                f"{t.auth_failures_at_least}, {counts[_NOT_FOUND]} < {t.not_found_at_least}",
-            )
-        )
-    uris = len(_values(columns[F_REQUEST_URI])) if columns else 0
-    if uris <= t.distinct_request_uris_above:
-        misses.append(Miss("distinctRequestURIsAbove", f"{uris} ≤ {t.distinct_request_uris_above}"))
-    resources = len(_values(columns[F_RESOURCE])) if columns else 0
-    if resources <= t.distinct_resources_above:
-        misses.append(
-            Miss("distinctResourcesAbove", f"{resources} ≤ {t.distinct_resources_above}")
-        )
-    return NearMiss(key, documents, tuple(misses)) if misses else None
+    if kept is None or documents >= saturation_bound(t):
+        # A loud group's values are not kept: its count is the one test known to fail.
+        loud = GroupMetrics(documents, 0, 0, 0, 0, 0)
+        return NearMiss(key, documents, (Miss(SATURATION.name, SATURATION.failed(loud, t)),))
+    metrics = _metrics(kept, list(zip(*kept, strict=True)))
+    misses = tuple(
+        Miss(c.name, c.failed(metrics, t)) for c in FIRE_CONDITIONS if not c.holds(metrics, t)
+    )
+    return NearMiss(key, documents, misses) if misses else None
 
 
 def _group_sort_key(key: GroupKey) -> tuple[bool, str, bool, str, bool, str]:
@@ -384,8 +509,8 @@ class GroupTable:
     def __init__(self, rule: Rule) -> None:
         self._rule = rule
         self._accepted = rule.matcher.accepted.get
-        # A group whose count reaches this can never pass `count < documentsBelow`.
-        self._cap = rule.thresholds.documents_below
+        # A group whose count reaches this can never fire (SATURATION).
+        self._cap = saturation_bound(rule.thresholds)
         self._observed_only = rule.observed_only
         self._by_address = rule.by_address
         self._clusters = rule.matcher.clusters
@@ -565,11 +690,12 @@ class GroupTable:
         """
         t = self._rule.thresholds
         fewest = fewest_documents(t)
+        check = fire_check(t)
         rows: list[Row] = []
         for key, kept in self._groups.items():
-            if kept is _DEAD or not fewest <= len(kept) < t.documents_below:
+            if kept is _DEAD or not fewest <= len(kept) < self._cap:
                 continue
-            row = group_row(t, key, kept, data_stream_namespace)  # type: ignore[arg-type]
+            row = group_row(t, key, kept, data_stream_namespace, check)  # type: ignore[arg-type]
             if row is not None:
                 rows.append(row)
         rows.sort(key=_sort_key)
@@ -602,10 +728,33 @@ class GroupTable:
         return misses[:most]
 
 
+def _metrics(kept: list[_Values], columns: list[tuple[Any, ...]]) -> GroupMetrics:
+    """The :class:`GroupMetrics` of a group's value tuples (``columns``: their transposition)."""
+    if not columns:
+        return GroupMetrics(len(kept), 0, 0, 0, 0, 0)
+    outcomes = columns[_OUTCOME]
+    return GroupMetrics(
+        len(kept),
+        len(_values(columns[F_REQUEST_URI])),
+        len(_values(columns[F_RESOURCE])),
+        outcomes.count(_FORBID),
+        outcomes.count(_FAILED),
+        outcomes.count(_NOT_FOUND),
+    )
+
+
 def fewest_documents(t: ThresholdsSpec) -> int:
-    """The fewest documents a group needs before its distinct counts can pass: a group has at
-    most as many distinct values as events, so one with fewer is passed over unread."""
-    return max(t.distinct_request_uris_above, t.distinct_resources_above) + 1
+    """The fewest documents a group needs before it can pass :data:`FIRE_CONDITIONS`: every
+    metric counts some of the group's documents (or their distinct values), so none exceeds
+    ``document_count``, and a group with fewer documents than a ``>``/``>=`` bound asks is
+    passed over unread (the second assumption the engines optimise on, derived from the table)."""
+
+    def least(c: Condition | AnyOf) -> int:
+        if isinstance(c, AnyOf):
+            return min(least(d) for d in c.conditions)
+        return {">": c.bound(t) + 1, ">=": c.bound(t)}.get(c.op, 0)
+
+    return max(1, *(least(c) for c in FIRE_CONDITIONS))
 
 
 def event_values(event: AuditEvent, by_address: bool = False) -> tuple[Any, ...]:
@@ -627,7 +776,11 @@ def sort_rows(rows: list[Row]) -> list[Row]:
 
 
 def group_row(
-    t: ThresholdsSpec, key: GroupKey, kept: list[_Values], data_stream_namespace: str
+    t: ThresholdsSpec,
+    key: GroupKey,
+    kept: list[_Values],
+    data_stream_namespace: str,
+    check: FireCheck | None = None,
 ) -> Row | None:
     """The seed's ``stats`` and final ``where`` over one group's documents: its row, or
     ``None`` when it does not pass the thresholds.
@@ -635,9 +788,11 @@ def group_row(
     ``kept`` holds one :func:`event_values` tuple per document of the group (repeated tuples
     for repeated documents); tuples that carry a user agent are a group of one address
     (``groupBy: sourceIP``), whose row lists its user agents. The one definition of a row: a
-    scan's table and the operator's incremental windows both call it.
+    scan's table and the operator's incremental windows both call it. ``check``:
+    :func:`fire_check` of ``t`` when the caller holds it (a table's rows, a tick), else
+    :func:`fires` reads the table.
     """
-    if not len(kept) < t.documents_below:
+    if not len(kept) < saturation_bound(t):
         return None
     # One transposition in C, then every column is counted and deduplicated in C too.
     columns = list(zip(*kept, strict=True))
@@ -645,17 +800,12 @@ def group_row(
         return None
     outcomes = columns[_OUTCOME]
     counts = [outcomes.count(i) for i in range(len(OUTCOMES))]
-    if not (
-        counts[_FORBID] >= t.forbidden_at_least
-        or counts[_FAILED] >= t.auth_failures_at_least
-        or counts[_NOT_FOUND] >= t.not_found_at_least
-    ):
-        return None
     uris = _values(columns[F_REQUEST_URI])
-    if len(uris) <= t.distinct_request_uris_above:
-        return None
     resources = _values(columns[F_RESOURCE])
-    if len(resources) <= t.distinct_resources_above:
+    metrics = (
+        len(kept), len(uris), len(resources), counts[_FORBID], counts[_FAILED], counts[_NOT_FOUND]
+    )
+    if not (check(*metrics) if check is not None else fires(GroupMetrics(*metrics), t)):
         return None
     verbs = _values(columns[F_VERB])
     ip, user_agent = key[0], key[1]

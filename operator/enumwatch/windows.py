@@ -28,9 +28,12 @@ an arrival, or a slice entering or leaving) and keeps the rows of the groups tha
 that keeps firing reports its row at every tick without a scan of all groups. A row is computed by
 :func:`enumwatch.rule.group_row`, the definition a scan uses, from at most ``documentsBelow - 1``
 tuples: the rows are those of a re-evaluation (``enumwatch_devkit.reference_windows`` is that
-oracle, and the property tests compare them).
+oracle, and the property tests compare them). Whether a group fires is the rule's one table of
+conditions (:data:`enumwatch.rule.FIRE_CONDITIONS`), compiled once per spec
+(:func:`enumwatch.rule.fire_check`).
 
-Bounded without losing exactness: the rule fires only for groups with fewer than ``documentsBelow``
+Bounded without losing exactness (:data:`enumwatch.rule.SATURATION`, the one assumption this
+engine optimises on): the rule fires only for groups with fewer than ``documentsBelow``
 documents in the window, so a cell whose count reaches ``documentsBelow`` can never be part of a
 firing window: it is *saturated*, keeps its count and drops its values; when it leaves the window
 what remains is exactly the window's values. A cell holds at most ``documentsBelow - 1`` value
@@ -81,7 +84,9 @@ from enumwatch.rule import (
     Rule,
     event_values,
     fewest_documents,
+    fire_check,
     group_row,
+    saturation_bound,
     sort_rows,
 )
 
@@ -582,6 +587,7 @@ class WindowedEvaluator(Schedule):
         "_checked",
         "_dirty",
         "_fewest",
+        "_fires",
         "_firing",
         "_frontier",
         "_groups",
@@ -627,7 +633,9 @@ class WindowedEvaluator(Schedule):
         self._lookback_slices = round(self.lookback / self.width)
         self._interval_slices = round(self.interval / self.width)
         self.state_budget = state_budget
-        self._cap = rule.thresholds.documents_below
+        self._cap = saturation_bound(rule.thresholds)
+        #: The thresholds' test (rule.FIRE_CONDITIONS), compiled once for this spec.
+        self._fires = fire_check(rule.thresholds)
         self._fewest = fewest_documents(rule.thresholds)
         self._slices: dict[int, _Slice] = {}
         self._groups: dict[GroupKey, _Group] = {}
@@ -900,9 +908,8 @@ class WindowedEvaluator(Schedule):
     def _recompute(self, m: int) -> None:
         """Recompute the rows of the groups whose window changed (the slices up to ``m``)."""
         groups, firing, muted = self._groups, self._firing, self._muted
-        fewest, cap = self._fewest, self._cap
+        fewest, cap, fires = self._fewest, self._cap, self._fires
         thresholds, namespace = self.rule.thresholds, self.data_stream_namespace
-        t = thresholds
         for key in self._dirty:
             group = groups.get(key)
             if group is None or not fewest <= group.count < cap or key in muted:
@@ -918,14 +925,13 @@ class WindowedEvaluator(Schedule):
                     if k <= m:
                         _fold(agg, cell.values, 1)  # type: ignore[arg-type]
             outcomes, uris_seen, resources_seen = agg
-            if (
-                len(uris_seen) <= t.distinct_request_uris_above
-                or len(resources_seen) <= t.distinct_resources_above
-                or not (
-                    outcomes[_FORBID_AT] >= t.forbidden_at_least
-                    or outcomes[_FAILED_AT] >= t.auth_failures_at_least
-                    or outcomes[_NOT_FOUND_AT] >= t.not_found_at_least
-                )
+            if not fires(
+                group.count,
+                len(uris_seen),
+                len(resources_seen),
+                outcomes[_FORBID_AT],
+                outcomes[_FAILED_AT],
+                outcomes[_NOT_FOUND_AT],
             ):
                 firing.pop(key, None)
                 continue
@@ -938,7 +944,7 @@ class WindowedEvaluator(Schedule):
                     observed += cell.observed
                     if cell.last > last:
                         last = cell.last
-            row = group_row(thresholds, key, kept, namespace)
+            row = group_row(thresholds, key, kept, namespace, fires)
             if row is None:
                 firing.pop(key, None)
                 continue

@@ -40,10 +40,13 @@ from enumwatch.rule import (
     AUTHZ_ALLOW,
     AUTHZ_FORBID,
     ESQL_CLUSTER_COLUMN,
+    FIRE_CONDITIONS,
     NOT_FOUND,
     OTHER_ERROR,
     SUCCESS,
     UNKNOWN,
+    AnyOf,
+    Condition,
 )
 
 _STRING = "VARCHAR"
@@ -154,23 +157,30 @@ _USER_AGENT_STATS = (
 )
 
 
+#: The stat each metric of :data:`enumwatch.rule.FIRE_CONDITIONS` reads (a unit test checks
+#: that every metric of the table has one).
+METRIC_STATS: dict[str, str] = {
+    "document_count": "Esql.document_count",
+    "request_uri_count_distinct": "Esql.kubernetes_audit_requestURI_count_distinct",
+    "resource_count_distinct": "Esql.kubernetes_audit_objectRef_resource_count_distinct",
+    "authz_forbid_count": "Esql.authz_forbid_count",
+    "status_fail_count": "Esql.status_fail_count",
+    "not_found_count": "Esql.not_found_count",
+}
+#: The sqlglot comparison of each operator a condition may use.
+COMPARISONS: dict[str, type[exp.Binary]] = {"<": exp.LT, ">": exp.GT, ">=": exp.GTE}
+
+
+def _condition(c: Condition | AnyOf, t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
+    """One entry of the rule's table as SQL: a comparison, or the OR of some in parentheses."""
+    if isinstance(c, AnyOf):
+        return exp.paren(exp.or_(*(_condition(d, t, stats) for d in c.conditions)), copy=False)
+    return COMPARISONS[c.op](this=stats[METRIC_STATS[c.metric]].copy(), expression=_int(c.bound(t)))
+
+
 def _thresholds(t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
-    """The seed's final ``where``: distinct counts, the count bound, and the triggers OR'd."""
-    return exp.and_(
-        stats["Esql.kubernetes_audit_requestURI_count_distinct"].copy()
-        > _int(t.distinct_request_uris_above),
-        stats["Esql.kubernetes_audit_objectRef_resource_count_distinct"].copy()
-        > _int(t.distinct_resources_above),
-        stats["Esql.document_count"].copy() < _int(t.documents_below),
-        exp.paren(
-            exp.or_(
-                stats["Esql.authz_forbid_count"].copy() >= _int(t.forbidden_at_least),
-                stats["Esql.status_fail_count"].copy() >= _int(t.auth_failures_at_least),
-                stats["Esql.not_found_count"].copy() >= _int(t.not_found_at_least),
-            ),
-            copy=False,
-        ),
-    )
+    """The seed's final ``where``: :data:`enumwatch.rule.FIRE_CONDITIONS` rendered, in order."""
+    return exp.and_(*(_condition(c, t, stats) for c in FIRE_CONDITIONS))
 
 
 def column_name(name: str, dialect: Dialect) -> str:
