@@ -13,6 +13,10 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
    the wall time is the share of one core it needs. Goal: at most 20 ms per 1,000 events
    (issue 22; ingest and decoding included).
 3. Peak ingest throughput: the same events posted as fast as one client can.
+4. ``idle`` (not in the default parts): the operator's CPU for ``--seconds`` with nothing
+   posted (the detector still ticking every 1 s, its one firing group's Finding patched at
+   each tick): the fixed cost that every rate pays. With ``--rate 10 --parts cpu`` beside it
+   (ten 1-event POSTs a second), the cost of a request is the difference.
 
 ``--engine-only`` measures the windows alone, in this process, without a control plane (the
 CPU of the operator's own work on events already decoded, so that a loaded, shared machine
@@ -282,9 +286,17 @@ def main() -> int:
             )
         token = (work / "stack" / "ingest.token").read_text()
         pid = stack.processes["operator"].pid
-        if parts & {"cpu", "throughput"}:
+        if parts & {"cpu", "throughput", "idle"}:
             scan(cp, "template-scan/1.0")  # anonymous events to copy, whatever else ran
             tmpl = templates(cp)
+        if "idle" in parts:
+            cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+            time.sleep(args.seconds)
+            cores = (cpu_seconds(pid) - cpu0) / (time.monotonic() - wall0)
+            print(
+                f"idle operator for {args.seconds:.0f}s (nothing posted, detector ticking every "
+                f"1s): {cores * 100:.2f}% of one core = {cores * 1000:.1f} ms CPU per second"
+            )
         if "cpu" in parts:
             cores, sent = measure_cpu(
                 stack.operator_url, token, pid, tmpl, args.rate, args.seconds

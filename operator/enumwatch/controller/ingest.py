@@ -506,7 +506,8 @@ class IngestServer:
         # ms) is decoded here: handing it to a thread and back cost more CPU than decoding it.
         journal = self.detectors.store is not None
         decode = (raw, arrival, journal, cluster, self.auth.reserved_clusters)
-        if len(raw) <= INLINE_DECODE_BYTES:
+        inline = len(raw) <= INLINE_DECODE_BYTES
+        if inline:
             batch = decode_batch(*decode)
         else:
             batch = await decode_in_parts(*decode)
@@ -516,17 +517,25 @@ class IngestServer:
         seen = self.seen
         # Each pass over a 100k-event batch takes a tenth of a second: the passes run in worker
         # threads, under the lock that alone touches `seen` (so the loop answers meanwhile).
+        # A small body's passes take well under a millisecond: run here, as its decoding (a
+        # worker thread's hand-off and wake-ups cost more CPU than the passes themselves).
         async with self._committing:
-            events, lines, keys, duplicates = await asyncio.to_thread(_fresh, batch, seen)
+            if inline:
+                events, lines, keys, duplicates = _fresh(batch, seen)
+            else:
+                events, lines, keys, duplicates = await asyncio.to_thread(_fresh, batch, seen)
             try:
                 await self.detectors.commit_async(
-                    events, arrival, lines if batch.lines else None
+                    events, arrival, lines if batch.lines else None, inline=inline
                 )
             except OSError as exc:
                 log.error("could not journal an ingested batch: %s", exc)
                 return self._answer(500, error=f"the batch could not be stored ({exc}); retry")
             # committed: from now on a redelivery is a duplicate
-            await asyncio.to_thread(_remember, seen, keys)
+            if inline:
+                _remember(seen, keys)
+            else:
+                await asyncio.to_thread(_remember, seen, keys)
         offered = await self.detectors.offer_committed(events, arrival)
         if len(raw) > INLINE_DECODE_BYTES:  # a small body's objects: the next tick's settle
             gcpolicy.settle()  # the window state grew: out of the collector's way
@@ -536,7 +545,11 @@ class IngestServer:
         metrics.EVENTS_INGESTED.inc(len(events))
         self._count_clusters(events)
         metrics.EVENTS_DUPLICATE.inc(duplicates)
-        bad_timestamps = await asyncio.to_thread(unreadable_timestamps, events)
+        bad_timestamps = (
+            unreadable_timestamps(events)
+            if inline
+            else await asyncio.to_thread(unreadable_timestamps, events)
+        )
         for reason, count in bad_timestamps.items():
             metrics.EVENTS_BAD_TIMESTAMP.labels(reason).inc(count)
         # late/future/undated: accepted here, but refused by a detector's windows (event time

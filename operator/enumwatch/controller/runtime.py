@@ -376,12 +376,24 @@ class Detectors:
             self.store.journal(events, arrival, lines)
 
     async def commit_async(
-        self, events: list[AuditEvent], arrival: float, lines: list[bytes] | None = None
+        self,
+        events: list[AuditEvent],
+        arrival: float,
+        lines: list[bytes] | None = None,
+        *,
+        inline: bool = False,
     ) -> None:
         """:meth:`commit` in a worker thread: a 100k-event batch's journal takes half a second
         to write, which on the event loop stalls /healthz. The checkpoint's lock keeps the
-        journal from being rotated meanwhile, and two batches from interleaving their lines."""
+        journal from being rotated meanwhile, and two batches from interleaving their lines.
+
+        ``inline``: a small batch (one append of a few kilobytes) is written here when no
+        checkpoint holds the lock: nothing can interleave with a write that does not await,
+        and a thread's hand-off cost more CPU than the write."""
         if self.store is None or not events:
+            return
+        if inline and not self._checkpointing.locked():
+            self.commit(events, arrival, lines)
             return
         async with self._checkpointing:
             await asyncio.to_thread(self.commit, events, arrival, lines)

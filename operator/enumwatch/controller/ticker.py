@@ -32,6 +32,9 @@ from enumwatch.sink.plan import Action
 from enumwatch.timefmt import format_rfc3339
 
 log = logging.getLogger("enumwatch.operator")
+#: The longest the ticker sleeps when no tick is due sooner: a detector added meanwhile gets
+#: its first tick, and a retention sweep its turn, at most this late.
+IDLE_WAIT = 1.0
 
 #: What a write the sink decided means to the outputs (the sink's decision, not recomputed).
 _REASONS = {
@@ -254,15 +257,25 @@ class Ticker:
                 await asyncio.wait_for(stop.wait(), timeout=self._until_next(time.time()))
 
     def _until_next(self, now: float) -> float:
-        """How long to wait before the next round: ``resolution``, or less when a detector's
-        next tick falls sooner (a tick is evaluated when it falls, not up to ``resolution``
-        after it: the detection latency)."""
-        wait = self.resolution
+        """How long to wait before the next round: until a detector's next tick falls (it is
+        evaluated when it falls, not up to ``resolution`` after it: the detection latency);
+        ``resolution`` while one is due but not evaluated yet; at most :data:`IDLE_WAIT`.
+
+        A round that finds nothing due still costs CPU (a wake-up, every detector's due
+        ticks, the retention check): waking every ``resolution`` whatever was due cost the
+        idle operator ten rounds a second (issue 22)."""
+        wait = max(self.resolution, IDLE_WAIT)
         for runtime in self.detectors.by_key.values():
             evaluator = runtime.evaluator
             if evaluator is None:
                 continue
             delay = 0.0 if evaluator.time_basis == "ingested" else self.settle
-            due = evaluator.tick_at_or_before(now - delay) + evaluator.interval + delay
-            wait = min(wait, max(0.001, due - now))
+            latest = evaluator.tick_at_or_before(now - delay)
+            last = evaluator.last_tick
+            if last is None or last < latest:
+                # Due and not evaluated yet (held by a batch in flight, or a step failed):
+                # look again every ``resolution``.
+                wait = min(wait, self.resolution)
+                continue
+            wait = min(wait, max(0.001, latest + evaluator.interval + delay - now))
         return wait
