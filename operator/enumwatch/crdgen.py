@@ -284,9 +284,10 @@ def finding_crd() -> dict[str, Any]:
             },
             {"name": "Last-Seen", "type": "date", "jsonPath": ".spec.lastSeen"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-            # Hub mode. Last: kubectl prints an empty cell for a Finding without a cluster, which
-            # would shift every later field of a row split on whitespace.
-            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
+            # Hub mode, with -o wide only: a single cluster's Findings have none, and an empty
+            # column would only confuse. Last: kubectl prints an empty cell for a Finding without
+            # a cluster, which would shift every later field of a row split on whitespace.
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster", "priority": 1},
         ],
     )
 

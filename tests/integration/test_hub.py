@@ -162,8 +162,8 @@ def test_the_same_scan_of_two_clusters_is_one_finding_per_cluster(hub: Hub) -> N
     names = {f["metadata"]["name"] for f in found}
     assert len(names) == 2 and all(n.startswith("det-") for n in names)
     assert {n.split("-")[1] for n in names} == {"a", "b"}
-    # kubectl shows the cluster as a column.
-    table = hub.a.kubectl("get", "findings", "-n", ns)
+    # kubectl shows the cluster as a column (-o wide: a single cluster's Findings have none).
+    table = hub.a.kubectl("get", "findings", "-n", ns, "-o", "wide")
     header, *rows = table.splitlines()
     assert header.split()[-2:] == ["AGE", "CLUSTER"]
     assert sorted(row.split()[-1] for row in rows if agent[:20] in row) == ["a", "b"]

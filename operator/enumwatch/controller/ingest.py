@@ -537,7 +537,7 @@ class IngestServer:
             else:
                 await asyncio.to_thread(_remember, seen, keys)
         offered = await self.detectors.offer_committed(events, arrival)
-        if len(raw) > INLINE_DECODE_BYTES:  # a small body's objects: the next tick's settle
+        if not inline:  # a small body's objects: the next tick's settle
             gcpolicy.settle()  # the window state grew: out of the collector's way
         skipped = batch.skipped
         for reason, count in skipped.items():
