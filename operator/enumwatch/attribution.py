@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from enumwatch.api.finding import MAX_HOST_NETWORK_PODS, Source, Workload
+from enumwatch.api.finding import MAX_HOST_NETWORK_PODS, FindingSource, Workload
 from enumwatch.timefmt import parse_rfc3339
 
 #: The kinds of object watched for addresses.
@@ -249,13 +249,15 @@ class AddressBook:
         ]
         return sorted(then or current, key=lambda h: h.key)
 
-    def resolve(self, source_ip: str | None, at: float, *, observed: bool = True) -> Source | None:
+    def resolve(
+        self, source_ip: str | None, at: float, *, observed: bool = True
+    ) -> FindingSource | None:
         """Who ``source_ip`` was at ``at`` (epoch seconds); ``None`` for no IP, or when an
         unknown address cannot be told from one not listed yet (before the first listing).
 
         ``observed``: whether every document of the group came from this address; when not, the
-        Source names who holds the address without naming it as the scanner. A loopback address
-        is the loopback unless an object holds it (a pod whose status says so)."""
+        FindingSource names who holds the address without naming it as the scanner. A loopback
+        address is the loopback unless an object holds it (a pod whose status says so)."""
         if source_ip is None:
             return None
         ip = normalize_ip(source_ip)
@@ -263,12 +265,12 @@ class AddressBook:
             return None
         holders = self.holders_at(ip, at)
         if not holders and ipaddress.ip_address(ip).is_loopback:
-            return Source(kind="loopback", ref="loopback", observed=observed)
+            return FindingSource(kind="loopback", ref="loopback", observed=observed)
         return resolve_holders(holders, observed=observed, synced=self.synced)
 
 
-def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> Source | None:
-    """The Source for an address held by ``holders`` (pure; ``synced`` as in AddressBook)."""
+def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> FindingSource | None:
+    """The FindingSource for an address held by ``holders`` (pure; ``synced`` as in AddressBook)."""
     nodes = [h for h in holders if h.kind == "node"]
     host_pods = [h for h in holders if h.kind == "pod" and h.host_network]
     pods = [h for h in holders if h.kind == "pod" and not h.host_network]
@@ -281,7 +283,7 @@ def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> S
         ref = f"node/{node}"
         if shared:
             ref += f" (+{len(shared)} hostNetwork pod{'s' if len(shared) > 1 else ''})"
-        return Source(
+        return FindingSource(
             kind="node",
             ref=ref,
             name=node,
@@ -294,16 +296,16 @@ def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> S
         return _pod_source(host_pods[0], observed)
     if services:
         svc = services[0]
-        return Source(
+        return FindingSource(
             kind="service", ref=svc.ref, namespace=svc.namespace, name=svc.name, observed=observed
         )
     if not synced:
         return None
-    return Source(kind="external", ref="external", observed=observed)
+    return FindingSource(kind="external", ref="external", observed=observed)
 
 
-def _pod_source(pod: Holder, observed: bool) -> Source:
-    return Source(
+def _pod_source(pod: Holder, observed: bool) -> FindingSource:
+    return FindingSource(
         kind="pod",
         ref=pod.ref + (" (hostNetwork)" if pod.host_network else ""),
         namespace=pod.namespace,
@@ -317,9 +319,9 @@ def _pod_source(pod: Holder, observed: bool) -> Source:
     )
 
 
-def describe(source: Source) -> str:
-    """A Source in words, for Event messages: the ref, the owner and who it runs as, and, when
-    documents only claimed the address, that it is named without being blamed."""
+def describe(source: FindingSource) -> str:
+    """A FindingSource in words, for Event messages: the ref, the owner and who it runs as, and,
+    when documents only claimed the address, that it is named without being blamed."""
     parts = []
     if source.owner is not None:
         parts.append(f"owner {source.owner.kind}/{source.owner.name}")

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from enumwatch.api.finding import Source, Workload
+from enumwatch.api.finding import FindingSource, Workload
 from enumwatch.attribution import (
     KINDS,
     AddressBook,
@@ -87,7 +87,7 @@ def test_node_addresses_are_read_from_addresses_not_a_nonexistent_ip_field() -> 
 
 def test_a_pod_address_names_the_pod_its_deployment_node_and_service_account() -> None:
     book = synced(pod=[pod("curl-7f9c8d-x2x4q", ["10.244.1.7", "fd00::7"])])
-    expected = Source(
+    expected = FindingSource(
         kind="pod",
         ref="pod/default/curl-7f9c8d-x2x4q",
         namespace="default",
@@ -127,16 +127,16 @@ def test_node_service_loopback_and_external() -> None:
         node=[node("cp-1", ("InternalIP", "10.0.0.1"))],
         service=[service("kubernetes", "10.96.0.1")],
     )
-    assert book.resolve("10.0.0.1", T0) == Source(
+    assert book.resolve("10.0.0.1", T0) == FindingSource(
         kind="node", ref="node/cp-1", name="cp-1", node="cp-1"
     )
-    assert book.resolve("10.96.0.1", T0) == Source(
+    assert book.resolve("10.96.0.1", T0) == FindingSource(
         kind="service", ref="service/default/kubernetes", namespace="default", name="kubernetes"
     )
-    assert book.resolve("127.0.0.1", T0) == Source(kind="loopback", ref="loopback")
-    assert book.resolve("::1", T0) == Source(kind="loopback", ref="loopback")
-    assert book.resolve("::ffff:127.0.0.1", T0) == Source(kind="loopback", ref="loopback")
-    assert book.resolve("198.51.100.4", T0, observed=False) == Source(
+    assert book.resolve("127.0.0.1", T0) == FindingSource(kind="loopback", ref="loopback")
+    assert book.resolve("::1", T0) == FindingSource(kind="loopback", ref="loopback")
+    assert book.resolve("::ffff:127.0.0.1", T0) == FindingSource(kind="loopback", ref="loopback")
+    assert book.resolve("198.51.100.4", T0, observed=False) == FindingSource(
         kind="external", ref="external", observed=False
     )
     assert book.resolve(None, T0) is None
@@ -154,7 +154,7 @@ def test_an_address_shared_by_a_node_and_its_hostnetwork_pods_is_reported_as_suc
         ],
     )
     source = book.resolve("10.0.0.1", T0 + 1)
-    assert source == Source(
+    assert source == FindingSource(
         kind="node",
         ref="node/cp-1 (+2 hostNetwork pods)",
         name="cp-1",
@@ -185,17 +185,17 @@ def test_before_the_first_listing_an_unknown_address_is_not_called_external() ->
     relist(book, "node", [], T0)
     assert book.resolve("198.51.100.4", T0) is None
     relist(book, "service", [], T0)
-    assert book.resolve("198.51.100.4", T0) == Source(kind="external", ref="external")
+    assert book.resolve("198.51.100.4", T0) == FindingSource(kind="external", ref="external")
 
 
 def test_watch_events_add_move_and_delete_addresses() -> None:
     book = synced()
     book.apply("pod", "ADDED", pod("p1", []), T0)  # pending: no IP yet
-    assert book.resolve("10.244.0.5", T0 + 1) == Source(kind="external", ref="external")
+    assert book.resolve("10.244.0.5", T0 + 1) == FindingSource(kind="external", ref="external")
     book.apply("pod", "MODIFIED", pod("p1", ["10.244.0.5"]), T0 + 1)
     assert book.resolve("10.244.0.5", T0 + 2).name == "p1"  # type: ignore[union-attr]
     book.apply("pod", "MODIFIED", pod("p1", ["10.244.0.5"], phase="Succeeded"), T0 + 3)
-    assert book.resolve("10.244.0.5", T0 + 4) == Source(kind="external", ref="external")
+    assert book.resolve("10.244.0.5", T0 + 4) == FindingSource(kind="external", ref="external")
     assert len(book) == 0
 
 
@@ -204,7 +204,7 @@ def test_a_scanner_pod_deleted_before_the_tick_is_still_named() -> None:
     book.apply("pod", "DELETED", pod("scanner", ["10.244.0.9"]), T0 + 20)
     assert book.resolve("10.244.0.9", T0 + 10).name == "scanner"  # type: ignore[union-attr]
     # After its deletion it held nothing: a later scan from that IP is not its doing.
-    assert book.resolve("10.244.0.9", T0 + 30) == Source(kind="external", ref="external")
+    assert book.resolve("10.244.0.9", T0 + 30) == FindingSource(kind="external", ref="external")
 
 
 def test_a_recycled_ip_is_attributed_to_whoever_held_it_at_the_time_of_the_scan() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enumwatch.api.finding import Source, Workload, finding_name
+from enumwatch.api.finding import FindingSource, Workload, finding_name
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.rule import Row, Rule
@@ -56,7 +56,7 @@ def _window(tick: float, row: Row | None = None, last_seen: float | None = None)
     )
 
 
-def _summary(row: Row, source: Source | None = None) -> str:
+def _summary(row: Row, source: FindingSource | None = None) -> str:
     """The Event message of ``row``'s Finding as first written."""
     written = plan(None, row, _window(3600.0, row), "det", SPEC, source).spec
     assert written is not None
@@ -133,7 +133,7 @@ def test_summary_names_ip_agent_and_counts() -> None:
     )
 
 
-POD = Source(
+POD = FindingSource(
     kind="pod",
     ref="pod/apps/curl-7f9c8d-x2x4q",
     namespace="apps",
@@ -161,7 +161,7 @@ def test_the_source_is_recorded_and_kept_while_it_cannot_be_resolved() -> None:
     again = plan(stored, row, _window(3660.0, row), "det", SPEC, None).spec
     assert again is not None and again.source == POD
     # Resolved again, to something else (the IP now belongs to a node): the newer answer wins.
-    node = Source(kind="node", ref="node/n1", name="n1", node="n1")
+    node = FindingSource(kind="node", ref="node/n1", name="n1", node="n1")
     moved = plan(stored, row, _window(3720.0, row), "det", SPEC, node).spec
     assert moved is not None and moved.source == node
     assert plan(None, row, _window(3600.0, row), "det", SPEC).spec.source is None  # type: ignore[union-attr]

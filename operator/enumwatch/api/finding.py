@@ -149,7 +149,7 @@ class Workload(_Model):
     name: str = Field(description="Name of the owner, in the pod's namespace.")
 
 
-class Source(_Model):
+class FindingSource(_Model):
     """Who the source IP is in this cluster, resolved from a watch of pods, nodes and services."""
 
     kind: SourceKind = Field(
@@ -308,7 +308,7 @@ class FindingSpec(_Model):
             "findings.successSeverity and an AnonymousAccessSucceeded Event is posted."
         ),
     )
-    source: Source | None = Field(
+    source: FindingSource | None = Field(
         default=None,
         description=(
             "Who sourceIP is in this cluster when the Finding was last written (a pod and its "

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from enumwatch.api.finding import Source, finding_name
+from enumwatch.api.finding import FindingSource as Source
+from enumwatch.api.finding import finding_name
 from enumwatch.api.names import (
     API_VERSION,
     DETECTOR_LABEL,

@@ -17,12 +17,12 @@ from enumwatch.api.finding import (
     Access,
     FindingSpec,
     ForgedAddresses,
-    Source,
     Window,
     finding_name,
     rule_ref,
     user_agent_phrase,
 )
+from enumwatch.api.finding import FindingSource as Source
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.attribution import describe
 from enumwatch.rule import Row
