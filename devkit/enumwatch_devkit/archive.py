@@ -7,7 +7,7 @@ JSON, not an object, a field of the wrong type) left out, as an explicit schema 
 them. Lines are kept byte for byte where they can be (each engine parses Go's escapes, other
 serializers' whitespace and shuffled keys itself); an ``EventList`` item is re-serialized.
 
-The engines then read the file with :data:`enumwatch.query.sources.RAW_SCHEMA`: DuckDB's
+The engines then read the file with :data:`enumwatch.query.inputs.RAW_SCHEMA`: DuckDB's
 ``read_json`` (:func:`duckdb_view`) and Spark's ``spark.read.json`` (in the tests).
 """
 
@@ -21,7 +21,7 @@ import orjson
 
 from enumwatch.audit.decode import decode_document
 from enumwatch.audit.event import AuditEvent
-from enumwatch.query.sources import raw_schema
+from enumwatch.query.inputs import raw_schema
 
 
 def archived_lines(lines: Iterable[bytes]) -> Iterator[bytes]:

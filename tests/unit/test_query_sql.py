@@ -20,8 +20,8 @@ from enumwatch.api.manifest import load_detector
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.cli.main import main
 from enumwatch.query import DIALECTS
+from enumwatch.query.inputs import GKE_EXPORT, RAW, raw_schema
 from enumwatch.query.rule import detector_query
-from enumwatch.query.sources import GKE_EXPORT, RAW, raw_schema
 
 GOLDEN = Path(__file__).parent / "golden" / "sql"
 DETECTOR = GOLDEN / "detector.yaml"

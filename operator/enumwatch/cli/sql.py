@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``enumwatch sql``; returns the exit status (2 on bad input)."""
     try:
         # sqlglot is imported here, not at registration: `enumwatch --help` must work without it.
+        from enumwatch.query.inputs import source_for
         from enumwatch.query.rule import detector_query
-        from enumwatch.query.sources import source_for
     except ModuleNotFoundError as exc:
         if exc.name != "sqlglot":
             raise

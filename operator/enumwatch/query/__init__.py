@@ -11,8 +11,8 @@ The query is one sqlglot expression tree rendered for each dialect: no SQL text 
 sqlglot does not translate a construct to an engine (BigQuery has no ``ARRAY_DISTINCT`` and sorts
 inside ``ARRAY_AGG``), a transform of the tree rewrites it into that engine's idiom (see
 :mod:`enumwatch.query.rule`). Where the events come from is a
-:class:`~enumwatch.query.sources.Source`: raw ``audit.k8s.io/v1`` events, or GKE's Cloud Audit
-Logs export to BigQuery, mapped as ``enumwatch collect`` maps them.
+:class:`~enumwatch.query.inputs.QuerySource`: raw ``audit.k8s.io/v1`` events, or GKE's Cloud
+Audit Logs export to BigQuery, mapped as ``enumwatch collect`` maps them.
 
 This package's top level holds only the names the CLI offers, so that ``enumwatch --help`` works
 without sqlglot (the ``sql`` extra, not installed in the image): the query itself is
@@ -24,7 +24,7 @@ from typing import Literal
 Dialect = Literal["duckdb", "spark", "trino", "bigquery"]
 #: The engines a query is written for, as sqlglot names their dialects.
 DIALECTS: tuple[Dialect, ...] = ("duckdb", "spark", "trino", "bigquery")
-#: The kinds of table a query reads (:data:`enumwatch.query.sources.SOURCES`), each with the
+#: The kinds of table a query reads (:data:`enumwatch.query.inputs.SOURCES`), each with the
 #: table it reads unless told another.
 SOURCE_TABLES: dict[str, str] = {
     "raw": "audit_events",

@@ -34,7 +34,7 @@ from sqlglot import exp
 
 from enumwatch.api.spec import DetectorSpec, MatchSpec, ThresholdsSpec
 from enumwatch.query import DIALECTS, Dialect
-from enumwatch.query.sources import CLUSTER_COLUMN, RAW, Source
+from enumwatch.query.inputs import CLUSTER_COLUMN, RAW, QuerySource
 from enumwatch.rule import (
     AUTHN_AUTHZ_FAILED,
     AUTHZ_ALLOW,
@@ -194,7 +194,7 @@ def column_name(name: str, dialect: Dialect) -> str:
 
 def rule_tree(
     spec: DetectorSpec,
-    source: Source,
+    source: QuerySource,
     table: exp.Table,
     dialect: Dialect,
     *,
@@ -348,7 +348,7 @@ def detector_query(
     spec: DetectorSpec,
     dialect: Dialect,
     *,
-    source: Source = RAW,
+    source: QuerySource = RAW,
     table: str | None = None,
     limit: int | None = None,
     by_cluster: bool = False,

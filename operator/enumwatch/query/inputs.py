@@ -2,8 +2,8 @@
 
 The rule (:mod:`enumwatch.query.rule`) reads one relation, ``events``, with one row per audit
 event and the columns of :data:`EVENT_COLUMNS` (the fields of
-:class:`~enumwatch.audit.event.AuditEvent` the seed reads). A :class:`Source` says how to select
-them from a table:
+:class:`~enumwatch.audit.event.AuditEvent` the seed reads). A :class:`QuerySource` says how to
+select them from a table:
 
 * :data:`RAW`: the ``audit.k8s.io/v1`` Event itself, its JSON fields as nested columns
   (:data:`RAW_SCHEMA`), e.g. the API server's log files read by DuckDB's ``read_json`` or Spark's
@@ -77,7 +77,7 @@ def raw_schema(dialect: Dialect) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Source:
+class QuerySource:
     """A kind of table holding audit events: its name, the engines it exists in, its mapping."""
 
     name: str
@@ -93,24 +93,24 @@ class Source:
         return _raw_events(table, dialect, cluster)
 
 
-RAW = Source(
+RAW = QuerySource(
     name="raw",
     description="audit.k8s.io/v1 Events, their JSON fields as nested columns",
     dialects=DIALECTS,
     default_table=SOURCE_TABLES["raw"],
 )
-GKE_EXPORT = Source(
+GKE_EXPORT = QuerySource(
     name="gke-export",
     description="GKE's Cloud Audit Logs exported to BigQuery by a Log Router sink",
     dialects=("bigquery",),
     default_table=SOURCE_TABLES["gke-export"],
 )
 #: Every source, by name (the CLI's --source).
-SOURCES: Mapping[str, Source] = {s.name: s for s in (RAW, GKE_EXPORT)}
+SOURCES: Mapping[str, QuerySource] = {s.name: s for s in (RAW, GKE_EXPORT)}
 assert {s.name: s.default_table for s in SOURCES.values()} == SOURCE_TABLES
 
 
-def source_for(name: str) -> Source:
+def source_for(name: str) -> QuerySource:
     """The source called ``name``; ``ValueError`` naming the known ones otherwise."""
     try:
         return SOURCES[name]
