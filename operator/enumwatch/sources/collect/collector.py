@@ -1,6 +1,6 @@
 """The collector: read a provider's records, map them to audit events, filter, forward, resume.
 
-One loop for the three providers. A :class:`Source` (a CloudWatch, Pub/Sub or Blob poller) hands
+One loop for the three providers. A :class:`LogSource` (a CloudWatch, Pub/Sub or Blob poller) hands
 out pages of raw records, each with a mark of where it ends and the page's end position; the
 collector maps every record with the source's mapping
 (:mod:`enumwatch.audit.envelopes`),
@@ -8,7 +8,7 @@ drops what no detector can match with the tailer's
 :class:`~enumwatch.sources.tail.filter.Filter`, and queues the rest in the shared
 :class:`~enumwatch.sources.forwarder.Outbox`, which batches them, posts them through the
 :class:`~enumwatch.sources.forwarder.Forwarder` (backoff, bounded buffer, token re-read), and
-hands each acknowledged batch's end back to :meth:`Source.commit`. So a source's checkpoint never
+hands each acknowledged batch's end back to :meth:`LogSource.commit`. So a source's checkpoint never
 runs ahead of what the operator accepted, and a restart re-sends at most the batch whose
 acknowledgement was not yet committed: the same records mapped again are the same events, with
 the same identity (:mod:`enumwatch.audit.identity`), so the operator counts them once.
@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 from enumwatch.audit.envelopes import stamp_bytes
 from enumwatch.audit.records import FOREIGN
 from enumwatch.match.prefilter import GO_EVENT_HEAD
-from enumwatch.sources.collect.page import Page, Source, SourceUnavailable
+from enumwatch.sources.collect.page import LogSource, Page, SourceUnavailable
 from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
 from enumwatch.sources.tail.filter import FILTERED, KEEP, MALFORMED, Filter
 
@@ -104,7 +104,7 @@ class Collector(Generic[P]):
 
     def __init__(
         self,
-        source: Source[P],
+        source: LogSource[P],
         filter: Filter,
         config: CollectConfig,
         *,

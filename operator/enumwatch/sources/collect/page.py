@@ -1,7 +1,7 @@
 """What a managed-cluster source is to the collector: pages of raw records and a position.
 
 Each poller (:mod:`.cloudwatch`, :mod:`.pubsub`, :mod:`.blob`, :mod:`.kafka`) implements
-:class:`Source`; the :mod:`.collector` needs nothing else of it. Kept apart from the collector so
+:class:`LogSource`; the :mod:`.collector` needs nothing else of it. Kept apart from the collector so
 that a poller, and its tests, do not load the forwarding machinery, and apart from the
 :mod:`.registry` so that a poller never imports the table that names it (no cycle).
 """
@@ -34,7 +34,7 @@ class Page(Generic[P, M]):
     end: P
 
 
-class Source(Protocol[P]):
+class LogSource(Protocol[P]):
     """A provider's log service, read from a position and told what was delivered."""
 
     #: Where the records come from, for logs (the --source URL).

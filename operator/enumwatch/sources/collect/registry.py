@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from enumwatch.sources.collect.page import Source
+from enumwatch.sources.collect.page import LogSource
 
 
 class SourceError(Exception):
@@ -23,12 +23,12 @@ class SourceError(Exception):
 
 
 #: ``opener(url, checkpoint_path, saved_state)``: the poller for one ``--source`` URL.
-Opener = Callable[[str, str | None, Any], Source[Any]]
+Opener = Callable[[str, str | None, Any], LogSource[Any]]
 
 
 @dataclass(frozen=True, slots=True)
 class Scheme:
-    """One row of the ``--source`` registry: a log service behind one :class:`Source`."""
+    """One row of the ``--source`` registry: a log service behind one :class:`LogSource`."""
 
     #: Who writes there, for messages.
     provider: str
@@ -42,7 +42,7 @@ class Scheme:
     #: ``"package.module:function"``, an :data:`Opener`; imported (with its SDK) only when used.
     opener: str
 
-    def open(self, url: str, checkpoint: str | None, saved: Any) -> Source[Any]:
+    def open(self, url: str, checkpoint: str | None, saved: Any) -> LogSource[Any]:
         """Import the opener's module (and so the SDK) and call it."""
         module, _, name = self.opener.partition(":")
         return cast(Opener, getattr(importlib.import_module(module), name))(url, checkpoint, saved)
@@ -68,7 +68,7 @@ def scheme_of(url: str) -> Scheme | None:
     return SCHEMES.get(url.split("://", 1)[0]) if "://" in url else None
 
 
-def open_source(url: str, checkpoint_path: str | None) -> Source[Any]:
+def open_source(url: str, checkpoint_path: str | None) -> LogSource[Any]:
     """The poller for ``url``, resuming from the checkpoint; imports only that provider's SDK."""
     from enumwatch.sources.collect.state import CollectStateError, load_state
 
