@@ -17,7 +17,7 @@ from typing import Any
 from enumwatch.api.status import Posture
 from enumwatch.controller.informer import ListWatch, run_all
 from enumwatch.kubeapi import ApiError, KubeClient
-from enumwatch.posture import BindingKind, BindingRef, Rules, anonymous_binding, posture
+from enumwatch.rbac_posture import BindingKind, BindingRef, Rules, anonymous_binding, posture
 
 log = logging.getLogger("enumwatch.posture")
 

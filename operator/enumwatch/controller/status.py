@@ -20,7 +20,7 @@ from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.exception_list import spoofable
 from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
 from enumwatch.outputs.dispatch import Outputs
-from enumwatch.posture import REASON_FOUND, describe, verdict
+from enumwatch.rbac_posture import REASON_FOUND, describe, verdict
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import format_rfc3339, now_rfc3339
 from enumwatch.windows import WindowedEvaluator

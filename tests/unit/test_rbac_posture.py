@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from enumwatch.api.status import AnonymousBinding, Posture
-from enumwatch.posture import (
+from enumwatch.rbac_posture import (
     BindingKind,
     anonymous_binding,
     describe,
