@@ -1,9 +1,10 @@
 """The CRD generator: ``crds/*.yaml`` rendered from the :mod:`enumwatch.api` package alone.
 
-The API is written once, as Python types (:mod:`enumwatch.api.spec`, :mod:`~enumwatch.api.status`,
-:mod:`~enumwatch.api.finding`) and names (:mod:`enumwatch.api.names`); this module reads nothing
-else. ``make manifests`` (``enumwatch manifests``) writes the YAML, and a test checks the committed
-files for drift, as kubebuilder projects do. The conversion turns pydantic's JSON Schema into a
+The API is written once, as Python types (:mod:`enumwatch.api.spec`,
+:mod:`~enumwatch.api.detector_status`, :mod:`~enumwatch.api.finding`) and names
+(:mod:`enumwatch.api.names`); this module reads nothing else. ``make manifests`` (``enumwatch
+manifests``) writes the YAML, and a test checks the committed files for drift, as kubebuilder
+projects do. The conversion turns pydantic's JSON Schema into a
 *structural* OpenAPI v3 schema as the API server requires: references inlined, ``Optional`` as
 ``nullable``, titles and ``additionalProperties: false`` dropped, and defaults that cascade, so
 that ``spec: {}`` is filled with the seed rule's values by the API server itself.
@@ -19,6 +20,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from enumwatch.api.detector_status import DetectorStatus
 from enumwatch.api.finding import FindingSpec
 from enumwatch.api.names import (
     DETECTOR_KIND,
@@ -29,7 +31,6 @@ from enumwatch.api.names import (
     VERSION,
 )
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.api.status import DetectorStatus
 
 Schema = dict[str, Any]
 

@@ -14,7 +14,7 @@ The defaults, as a fresh kube-apiserver (and kubeadm) define them:
 * kubeadm's ``kube-public/kubeadm:bootstrap-signer-clusterinfo``: ``get`` on the ``cluster-info``
   ConfigMap only, for joining nodes.
 
-Pure: objects in, a :class:`~enumwatch.api.status.Posture` out; the shell does the reading.
+Pure: objects in, a :class:`~enumwatch.api.detector_status.Posture` out; the shell does the reading.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from enumwatch.api.status import MAX_ANONYMOUS_BINDINGS, AnonymousBinding, Posture
+from enumwatch.api.detector_status import MAX_ANONYMOUS_BINDINGS, AnonymousBinding, Posture
 
 BindingKind = Literal["ClusterRoleBinding", "RoleBinding"]
 #: The subjects that mean "anyone": the anonymous user and the group every anonymous request has.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from enumwatch.api.status import Condition
+from enumwatch.api.detector_status import Condition
 from enumwatch.controller.metrics import ConditionsCollector
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enumwatch.api.status import AnonymousBinding, Posture
+from enumwatch.api.detector_status import AnonymousBinding, Posture
 from enumwatch.rbac_posture import (
     BindingKind,
     anonymous_binding,

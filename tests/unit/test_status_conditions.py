@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import cast
 
+from enumwatch.api.detector_status import Condition
 from enumwatch.api.refs import DetectorRef
-from enumwatch.api.status import Condition
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.controller.status import StatusReporter
 from enumwatch.kubeapi import KubeClient

@@ -19,7 +19,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from enumwatch.api.status import Condition
+from enumwatch.api.detector_status import Condition
 from enumwatch.controller.connections import CLOSE_REASONS
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.windows import SHED_REASONS, WindowedEvaluator

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from typing import Any
 
-from enumwatch.api.status import Posture
+from enumwatch.api.detector_status import Posture
 from enumwatch.controller.informer import ListWatch, run_all
 from enumwatch.kubeapi import ApiError, KubeClient
 from enumwatch.rbac_posture import BindingKind, BindingRef, Rules, anonymous_binding, posture

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from enumwatch.api.detector_status import Condition
 from enumwatch.api.manifest import format_validation_error
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.api.status import Condition
 from enumwatch.audit import AuditEvent
 from enumwatch.controller import metrics
 from enumwatch.controller.persistence import DetectorSnapshot, StateStore, new_epoch

@@ -2,8 +2,8 @@
 
 kstatus, Argo CD and Flux judge health from ``observedGeneration`` and a ``Ready`` condition; a
 person reads the counters and ``FindingsWritten`` (False while a Finding write is waiting for a
-retry). The body is built from :class:`~enumwatch.api.status.DetectorStatus`, the same model the
-CRD schema is generated from, so the two cannot disagree.
+retry). The body is built from :class:`~enumwatch.api.detector_status.DetectorStatus`, the same
+model the CRD schema is generated from, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from enumwatch.api.detector_status import Condition, DetectorStatus, Posture
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import format_duration
-from enumwatch.api.status import Condition, DetectorStatus, Posture
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.exception_list import spoofable
 from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from enumwatch.api.detector_status import BACKLOG_LIMIT
 from enumwatch.api.finding import MAX_FORGED_ADDRESSES
-from enumwatch.api.status import BACKLOG_LIMIT
 from enumwatch.rule import GroupKey, Row
 from enumwatch.windows import WindowResult
 
