@@ -24,7 +24,7 @@ ES|QL details that matter and are reproduced here:
 * ``count_distinct`` and ``values`` ignore nulls; ``values(user.groups)`` flattens the lists.
 * The final ``where`` applies the thresholds: :data:`FIRE_CONDITIONS` is that clause as data, the
   one definition every path reads (:func:`fires` here; :func:`fire_check`, compiled once per
-  spec, in :mod:`enumwatch.windows`; :mod:`enumwatch.query.rule` and the test kit's DuckDB
+  spec, in :mod:`enumwatch.windows`; :mod:`enumwatch.query.rule_sql` and the test kit's DuckDB
   formulation render it into SQL). A group's count only grows, so once it reaches
   ``documentsBelow`` it can never fire (:data:`SATURATION`): everything it kept is dropped (it
   becomes "dead"), which bounds memory on a flood from one source.
@@ -244,7 +244,7 @@ SATURATION = Condition("document_count", "<", "documents_below")
 #: The seed's final ``where``, in its order: every top-level entry must hold (AND); an
 #: :class:`AnyOf` holds when one of its comparisons does. The one definition of the thresholds'
 #: meaning: :func:`fires`, :func:`fire_check`, :func:`near_miss` and the SQL renderers
-#: (:mod:`enumwatch.query.rule`, ``enumwatch_devkit.duckdb_rule``) all read it.
+#: (:mod:`enumwatch.query.rule_sql`, ``enumwatch_devkit.duckdb_rule``) all read it.
 FIRE_CONDITIONS: tuple[Condition | AnyOf, ...] = (
     Condition("request_uri_count_distinct", ">", "distinct_request_uris_above"),
     Condition("resource_count_distinct", ">", "distinct_resources_above"),

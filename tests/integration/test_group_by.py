@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.query.rule import detector_query
+from enumwatch.query.rule_sql import detector_query
 from enumwatch_devkit.archive import duckdb_view, write_archive
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (

@@ -42,7 +42,7 @@ from enumwatch.controller.ingest import CLUSTER_RESERVED, IngestAuth, decode_bat
 from enumwatch.match.matcher import Matcher
 from enumwatch.outputs.policyreport import result_of
 from enumwatch.outputs.records import Reason, alert_labels, webhook_record
-from enumwatch.query.rule import detector_query
+from enumwatch.query.rule_sql import detector_query
 from enumwatch.rule import ESQL_CLUSTER_COLUMN, Rule, group_keys
 from enumwatch.scan import read_buffers, scan
 from enumwatch.sink.backlog import PendingWrite, pending_of

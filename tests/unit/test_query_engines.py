@@ -22,7 +22,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.query.rule import detector_query
+from enumwatch.query.rule_sql import detector_query
 from enumwatch.scan import read_buffers, scan
 from enumwatch_devkit.archive import duckdb_view, spark_schema, write_archive
 from enumwatch_devkit.corpus import adversarial_lines, mixed_lines

@@ -22,7 +22,7 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import decode_object, gke
 from enumwatch.audit.event import AuditEvent
 from enumwatch.query.inputs import EVENT_COLUMNS, GKE_DECISION_LABEL, GKE_EXPORT
-from enumwatch.query.rule import rule_tree
+from enumwatch.query.rule_sql import rule_tree
 from enumwatch.rule import Rule
 from tests.unit.test_collect_mappings import GKE_ROWS, _entry
 

@@ -21,7 +21,7 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch.cli.main import main
 from enumwatch.query import DIALECTS
 from enumwatch.query.inputs import GKE_EXPORT, RAW, raw_schema
-from enumwatch.query.rule import detector_query
+from enumwatch.query.rule_sql import detector_query
 
 GOLDEN = Path(__file__).parent / "golden" / "sql"
 DETECTOR = GOLDEN / "detector.yaml"

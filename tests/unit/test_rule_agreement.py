@@ -35,7 +35,7 @@ from enumwatch.audit.decode import decode_document
 from enumwatch.audit.event import CLUSTER_ANNOTATION, DECISION_ANNOTATION
 from enumwatch.cli import scan as scan_cli
 from enumwatch.cli.main import main as enumwatch
-from enumwatch.query import rule as query_rule
+from enumwatch.query import rule_sql
 from enumwatch.rule import (
     FIRE_CONDITIONS,
     OPERATORS,
@@ -317,7 +317,7 @@ def test_every_condition_has_a_renderer_in_each_sql_and_names_a_real_metric_and_
         assert c.metric in GroupMetrics._fields and c.metric in Row.__dataclass_fields__
         assert c.threshold in ThresholdsSpec.model_fields
         assert c.op in OPERATORS
-        assert c.metric in query_rule.METRIC_STATS and c.op in query_rule.COMPARISONS
+        assert c.metric in rule_sql.METRIC_STATS and c.op in rule_sql.COMPARISONS
         assert c.metric in duckdb_rule.METRIC_SQL
     # scan --explain says what failing each entry means.
     assert {c.name for c in FIRE_CONDITIONS} == set(scan_cli._MISS_MEANING)
@@ -440,12 +440,12 @@ def test_the_edge_fires_in_every_path(tmp_path: Path) -> None:
 def _gte_for_gt(c: Condition | AnyOf, t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
     """The SQL builder's renderer with one condition off by one (``>=`` for ``>``)."""
     if isinstance(c, Condition) and c.op == ">":
-        metric = stats[query_rule.METRIC_STATS[c.metric]].copy()
+        metric = stats[rule_sql.METRIC_STATS[c.metric]].copy()
         return exp.GTE(this=metric, expression=exp.Literal.number(c.bound(t)))
     return _RENDER(c, t, stats)
 
 
-_RENDER = query_rule._condition
+_RENDER = rule_sql._condition
 
 
 @pytest.mark.parametrize("diverging", ["windows", "duckdb"])
@@ -458,7 +458,7 @@ def test_a_path_whose_condition_diverges_is_caught_and_named(
         strict = t.model_copy(update={"not_found_at_least": t.not_found_at_least + 1})
         monkeypatch.setattr("enumwatch.windows.fire_check", lambda _: fire_check(strict))
     else:  # the SQL builder's renderer: >= where the table says >
-        monkeypatch.setattr(query_rule, "_condition", _gte_for_gt)
+        monkeypatch.setattr(rule_sql, "_condition", _gte_for_gt)
     rows = rows_of_every_path(EDGE, _edge_events(), tmp_path, False)
     assert disagreeing(rows) == [diverging]
     with pytest.raises(AssertionError, match=f"^{diverging} disagree"):

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         # sqlglot is imported here, not at registration: `enumwatch --help` must work without it.
         from enumwatch.query.inputs import source_for
-        from enumwatch.query.rule import detector_query
+        from enumwatch.query.rule_sql import detector_query
     except ModuleNotFoundError as exc:
         if exc.name != "sqlglot":
             raise

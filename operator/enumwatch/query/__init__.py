@@ -10,13 +10,13 @@ is the same rows as a scan of the same events, column for column.
 The query is one sqlglot expression tree rendered for each dialect: no SQL text per engine. Where
 sqlglot does not translate a construct to an engine (BigQuery has no ``ARRAY_DISTINCT`` and sorts
 inside ``ARRAY_AGG``), a transform of the tree rewrites it into that engine's idiom (see
-:mod:`enumwatch.query.rule`). Where the events come from is a
+:mod:`enumwatch.query.rule_sql`). Where the events come from is a
 :class:`~enumwatch.query.inputs.QuerySource`: raw ``audit.k8s.io/v1`` events, or GKE's Cloud
 Audit Logs export to BigQuery, mapped as ``enumwatch collect`` maps them.
 
 This package's top level holds only the names the CLI offers, so that ``enumwatch --help`` works
 without sqlglot (the ``sql`` extra, not installed in the image): the query itself is
-:func:`enumwatch.query.rule.detector_query`.
+:func:`enumwatch.query.rule_sql.detector_query`.
 """
 
 from typing import Literal

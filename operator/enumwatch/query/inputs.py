@@ -1,6 +1,6 @@
 """Where a query's events come from: the table's columns, mapped to the fields the rule reads.
 
-The rule (:mod:`enumwatch.query.rule`) reads one relation, ``events``, with one row per audit
+The rule (:mod:`enumwatch.query.rule_sql`) reads one relation, ``events``, with one row per audit
 event and the columns of :data:`EVENT_COLUMNS` (the fields of
 :class:`~enumwatch.audit.event.AuditEvent` the seed reads). A :class:`QuerySource` says how to
 select them from a table:
