@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from enumwatch.audit import aks, decode_object, eks, gke
-from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord
+from enumwatch.audit.skip_reasons import FOREIGN, MALFORMED, SkippedRecord
 
 ANONYMOUS_LIST = {
     "insertId": "8c5a2f0e-1",

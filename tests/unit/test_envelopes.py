@@ -19,7 +19,7 @@ from enumwatch.audit import aks, decode_line, eks, gke
 from enumwatch.audit.decode import DecodeStats
 from enumwatch.audit.envelopes import Shape, stamp_bytes, unwrap, unwrap_payload
 from enumwatch.audit.event import CLUSTER_ANNOTATION
-from enumwatch.audit.records import FOREIGN, MALFORMED
+from enumwatch.audit.skip_reasons import FOREIGN, MALFORMED
 from enumwatch.match.matcher import Matcher
 from enumwatch.match.prefilter import Prefilter
 from tests.unit.test_collect_mappings import ANONYMOUS_LIST, APISERVER_EVENT

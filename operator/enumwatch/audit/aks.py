@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord, json_object
+from enumwatch.audit.skip_reasons import FOREIGN, MALFORMED, SkippedRecord, json_object
 
 #: The container Azure Monitor archives the ``kube-audit`` category to.
 AUDIT_CONTAINER = "insights-logs-kube-audit"

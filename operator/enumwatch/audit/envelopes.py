@@ -27,8 +27,8 @@ Each row: shape (:class:`Shape`): recognised by -> events carried; cluster stamp
 The cluster is stamped on each event as the annotation
 :data:`~enumwatch.audit.event.CLUSTER_ANNOTATION` (never over one already there), the provider's
 own name for it; an explicit ``--cluster-name`` of the source overrides it downstream. Records that
-carry no event are skipped and counted by :class:`~enumwatch.audit.records.SkippedRecord` reason
-(``malformed`` or ``foreign``), never fatal. Pure: no I/O, no clock.
+carry no event are skipped and counted by :class:`~enumwatch.audit.skip_reasons.SkippedRecord`
+reason (``malformed`` or ``foreign``), never fatal. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import orjson
 
 from enumwatch.audit import aks, eks, gke
 from enumwatch.audit.elastic import elastic_to_raw, is_elastic_document
-from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord
+from enumwatch.audit.skip_reasons import FOREIGN, MALFORMED, SkippedRecord
 from enumwatch.audit.stamp import stamp_cluster, stamp_cluster_line
 
 #: How the API server (Go's encoding/json) starts every event: such a payload is passed on as it

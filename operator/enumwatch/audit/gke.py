@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from enumwatch.audit.event import DECISION_ANNOTATION
-from enumwatch.audit.records import FOREIGN, MALFORMED, SkippedRecord, json_object
+from enumwatch.audit.skip_reasons import FOREIGN, MALFORMED, SkippedRecord, json_object
 
 #: ``protoPayload.serviceName`` of the Kubernetes API server's entries.
 KUBERNETES_SERVICE = "k8s.io"

@@ -10,7 +10,7 @@ them from there and forwards them to ``/ingest`` through the same
   with ``enumwatch scan`` and ``enumwatch sql``: :mod:`enumwatch.audit.envelopes` (which shape a
   payload is, and the cluster it names), over :mod:`enumwatch.audit.eks`,
   :mod:`enumwatch.audit.gke`, :mod:`enumwatch.audit.aks` (the README's mapping tables) and
-  :mod:`enumwatch.audit.records` (the reasons a record is skipped);
+  :mod:`enumwatch.audit.skip_reasons` (the reasons a record is skipped);
 * :mod:`.cloudwatch`, :mod:`.pubsub`, :mod:`.blob`, :mod:`.kafka`: the pollers, each with its
   own position (a token per log stream, acknowledgements, an offset per blob, a consumer group's
   committed offsets); only the chosen one is imported, and with it its provider's SDK;

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from enumwatch.audit.envelopes import stamp_bytes
-from enumwatch.audit.records import FOREIGN
+from enumwatch.audit.skip_reasons import FOREIGN
 from enumwatch.match.prefilter import GO_EVENT_HEAD
 from enumwatch.sources.collect.page import LogSource, Page, SourceUnavailable
 from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
