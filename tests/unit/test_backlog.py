@@ -13,7 +13,7 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.controller.persistence import StateStore
 from enumwatch.controller.runtime import DetectorRuntime
-from enumwatch.outputs.records import ActiveFindings, Notice, Reason, alert_labels
+from enumwatch.outputs.notices import ActiveFindings, Notice, Reason, alert_labels
 from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.backlog import (
     Claim,

@@ -40,8 +40,8 @@ from enumwatch.audit.identity import IDENTITY_BYTES, event_identity
 from enumwatch.cli.forwarding import cluster_assignment, cluster_name
 from enumwatch.controller.ingest import CLUSTER_RESERVED, IngestAuth, decode_batch
 from enumwatch.match.matcher import Matcher
+from enumwatch.outputs.notices import Reason, alert_labels, webhook_record
 from enumwatch.outputs.policyreport import result_of
-from enumwatch.outputs.records import Reason, alert_labels, webhook_record
 from enumwatch.query.rule_sql import detector_query
 from enumwatch.rule import ESQL_CLUSTER_COLUMN, Rule, group_keys
 from enumwatch.scan import read_buffers, scan

@@ -11,7 +11,7 @@ import pytest
 from enumwatch.api.refs import DetectorRef
 from enumwatch.outputs.delivery import Endpoint
 from enumwatch.outputs.dispatch import Outputs
-from enumwatch.outputs.records import Notice, Reason
+from enumwatch.outputs.notices import Notice, Reason
 from enumwatch.outputs.registry import OUTPUTS
 from enumwatch_devkit.notify_receiver import NotifyReceiver
 from enumwatch_devkit.tail_receiver import until

@@ -19,14 +19,14 @@ from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.audit import AuditEvent
 from enumwatch.exception_list import ExceptionList
-from enumwatch.outputs.policyreport import result_of
-from enumwatch.outputs.records import (
+from enumwatch.outputs.notices import (
     ActiveFindings,
     Notice,
     Reason,
     alertmanager_alert,
     webhook_record,
 )
+from enumwatch.outputs.policyreport import result_of
 from enumwatch.rule import Row, Rule
 from enumwatch.scan import replay, scan
 from enumwatch.sink.backlog import PendingWrite, only_row

@@ -15,7 +15,7 @@ from enumwatch.api.spec import DetectorSpec
 from enumwatch.backoff import Backoff
 from enumwatch.outputs.delivery import Delivery, Endpoint
 from enumwatch.outputs.dispatch import Outputs, OutputsConfig, margin
-from enumwatch.outputs.records import (
+from enumwatch.outputs.notices import (
     RESOLVED_LINGER,
     ActiveFindings,
     Notice,

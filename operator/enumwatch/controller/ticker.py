@@ -25,8 +25,8 @@ from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.kubeapi import CALL_ERRORS
 from enumwatch.outputs.dispatch import Outputs
+from enumwatch.outputs.notices import Notice, Reason
 from enumwatch.outputs.policyreport import PolicyReportWriter
-from enumwatch.outputs.records import Notice, Reason
 from enumwatch.sink.findings import REASON_WRITE_FAILED, FindingSink, SinkResult
 from enumwatch.sink.plan import Action
 from enumwatch.timefmt import format_rfc3339

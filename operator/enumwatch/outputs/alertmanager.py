@@ -1,7 +1,7 @@
 """Alertmanager as an output: every active Finding as an alert, the whole set after each tick.
 
 Each member of an Alertmanager cluster is sent every alert (as Prometheus does); an alert stays
-active while its Finding keeps being written (:class:`~enumwatch.outputs.records.ActiveFindings`).
+active while its Finding keeps being written (:class:`~enumwatch.outputs.notices.ActiveFindings`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The outputs as the operator sees them: told what the sink wrote, asked once per tick to post.
 
-:class:`Outputs` keeps the active alerts (:class:`~enumwatch.outputs.records.ActiveFindings`)
+:class:`Outputs` keeps the active alerts (:class:`~enumwatch.outputs.notices.ActiveFindings`)
 and loops over the output registry (:data:`~enumwatch.outputs.registry.OUTPUTS`): it queues a
 notification for each new, escalated or resolved Finding on the per-notice outputs (webhooks),
 and after a detector's tick the whole alert set on the per-tick ones (every Alertmanager is sent
@@ -28,8 +28,8 @@ from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.kubeapi import CALL_ERRORS, KubeClient, namespaced_path
 from enumwatch.outputs.delivery import Delivery, Endpoint
+from enumwatch.outputs.notices import ActiveFindings, Notice, Reason, reported_elsewhere
 from enumwatch.outputs.output import Outgoing
-from enumwatch.outputs.records import ActiveFindings, Notice, Reason, reported_elsewhere
 from enumwatch.outputs.registry import OUTPUTS
 from enumwatch.timefmt import format_rfc3339
 

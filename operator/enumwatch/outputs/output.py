@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from enumwatch.kubeapi import ConfigError
 from enumwatch.outputs.delivery import Endpoint
-from enumwatch.outputs.records import ActiveFindings, Notice
+from enumwatch.outputs.notices import ActiveFindings, Notice
 
 if TYPE_CHECKING:
     from enumwatch.outputs.dispatch import OutputsConfig

@@ -1,8 +1,8 @@
 """Generic webhooks as an output: one POST per new, escalated or resolved Finding.
 
 Two encoders of the same notice, chosen by ``--webhook-format``: ``json`` (the Finding-shaped
-record, :func:`~enumwatch.outputs.records.webhook_record`) and ``slack`` (a ``{"text": ...}``
-body, :func:`~enumwatch.outputs.records.slack_text`).
+record, :func:`~enumwatch.outputs.notices.webhook_record`) and ``slack`` (a ``{"text": ...}``
+body, :func:`~enumwatch.outputs.notices.slack_text`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Callable
 import orjson
 
 from enumwatch.outputs.delivery import Endpoint
+from enumwatch.outputs.notices import Notice, slack_text, webhook_record
 from enumwatch.outputs.output import Outgoing, env_urls, http_endpoints
-from enumwatch.outputs.records import Notice, slack_text, webhook_record
 
 
 def _json(notice: Notice, now: float) -> bytes:
