@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from enumwatch.sources import metrics as source_metrics
+from enumwatch.sources import source_metrics
 from enumwatch.sources.collect.collector import CollectStats
 from enumwatch.sources.tail.stats import TailStats
 from enumwatch.timefmt import parse_rfc3339

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from enumwatch.controller import metrics
 from enumwatch.outputs.dispatch import Outputs, OutputsConfig
-from enumwatch.sources import metrics as source_metrics
+from enumwatch.sources import source_metrics
 from enumwatch.sources.collect.collector import CollectStats
 from enumwatch.sources.tail.stats import TailStats
 from enumwatch_devkit import monitoring, renders, upstream

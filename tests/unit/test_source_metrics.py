@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from enumwatch.sources import metrics
+from enumwatch.sources import source_metrics
 from enumwatch.sources.collect.collector import CollectStats
 from enumwatch.sources.forwarder import event_time
 from enumwatch.sources.tail.stats import TailStats
@@ -14,8 +14,10 @@ from enumwatch.timefmt import parse_rfc3339
 
 
 def test_every_counter_of_both_stats_lines_has_its_help_text() -> None:
-    names = set(metrics.counter_names(TailStats())) | set(metrics.counter_names(CollectStats()))
-    assert names == set(metrics.COUNTERS)
+    names = set(source_metrics.counter_names(TailStats())) | set(
+        source_metrics.counter_names(CollectStats())
+    )
+    assert names == set(source_metrics.COUNTERS)
 
 
 def _samples(registry: object) -> dict[str, float]:
@@ -30,9 +32,9 @@ def _samples(registry: object) -> dict[str, float]:
 def test_a_scrape_reads_the_stats_and_the_clock_now() -> None:
     stats = TailStats(events_forwarded=7, lines_read=40, bytes_lost=512, leader_changes=1)
     stats.ack_to_checkpoint_max_us = 2_500
-    registry = metrics.CollectorRegistry()
+    registry = source_metrics.CollectorRegistry()
     clock = [1_000.0]
-    registry.register(metrics.SourceCollector("tailer", stats, lambda: 3, lambda: clock[0]))
+    registry.register(source_metrics.SourceCollector("tailer", stats, lambda: 3, lambda: clock[0]))
     before = _samples(registry)
     # Nothing read, nothing checkpointed yet: no lag, no age (an alert must not page on it).
     assert before["enumwatch_tailer_lag_seconds"] == 0
@@ -51,7 +53,7 @@ def test_a_scrape_reads_the_stats_and_the_clock_now() -> None:
     assert after["enumwatch_tailer_checkpoint_age_seconds"] == 30.0
     assert after["enumwatch_tailer_lines_read_total"] == 41
     counters = {k for k in after if k.endswith("_total")}
-    assert counters == {f"enumwatch_tailer_{n}_total" for n in metrics.counter_names(stats)}
+    assert counters == {f"enumwatch_tailer_{n}_total" for n in source_metrics.counter_names(stats)}
 
 
 def test_the_newest_event_read_only_moves_forward() -> None:
@@ -83,13 +85,13 @@ def test_event_time_is_read_from_the_bytes(line: bytes, expected: str | None) ->
      ("[::1]:9102", ("::1", 9102))],
 )
 def test_metrics_listen_addresses(text: str, parsed: tuple[str, int]) -> None:
-    assert metrics.parse_listen(text) == parsed
+    assert source_metrics.parse_listen(text) == parsed
 
 
 @pytest.mark.parametrize("text", ["9102", "host:", "host:http", "host:70000", "host:0"])
 def test_a_bad_metrics_listen_address_says_what_is_expected(text: str) -> None:
     with pytest.raises(ValueError, match="expected HOST:PORT"):
-        metrics.parse_listen(text)
+        source_metrics.parse_listen(text)
 
 
 @pytest.mark.parametrize("command", ["tail", "collect"])

@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the collector until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
     from enumwatch.sources.collect.collector import CollectConfig, Collector
     from enumwatch.sources.collect.registry import SourceError, open_source, scheme_of
-    from enumwatch.sources.metrics import registry as metrics_registry
-    from enumwatch.sources.metrics import serving
+    from enumwatch.sources.source_metrics import registry as metrics_registry
+    from enumwatch.sources.source_metrics import serving
 
     logs.configure(args.log_format, args.log_level)
     log = logging.getLogger("enumwatch.collect")

@@ -121,7 +121,7 @@ def add_filter_options(p: argparse.ArgumentParser, *, levels_help: str) -> None:
 
 def listen_address(text: str) -> str:
     """An argparse type: ``HOST:PORT`` to serve metrics on."""
-    from enumwatch.sources.metrics import parse_listen
+    from enumwatch.sources.source_metrics import parse_listen
 
     try:
         parse_listen(text)

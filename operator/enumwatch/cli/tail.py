@@ -65,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run the tailer until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
-    from enumwatch.sources.metrics import registry as metrics_registry
-    from enumwatch.sources.metrics import serving
+    from enumwatch.sources.source_metrics import registry as metrics_registry
+    from enumwatch.sources.source_metrics import serving
     from enumwatch.sources.tail import TailConfig, Tailer
 
     logs.configure(args.log_format, args.log_level)
