@@ -33,7 +33,7 @@ from tail_bench import RECEIVER
 
 from enumwatch.api.spec import MatchSpec
 from enumwatch.sources.collect.collector import CollectConfig, Collector
-from enumwatch.sources.collect.registry import open_source
+from enumwatch.sources.collect.source_registry import open_source
 from enumwatch.sources.tail.filter import Filter
 from enumwatch_devkit import emulators
 

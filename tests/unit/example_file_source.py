@@ -4,7 +4,7 @@ of the envelopes table), read from a byte offset.
 It exists to show what adding a source costs: this module, its test
 (``test_example_file_source.py``, which holds its one registration line), and one line in
 docs/developing.md. A shipped source puts that registration line in
-:mod:`enumwatch.sources.collect.registry` instead: four files.
+:mod:`enumwatch.sources.collect.source_registry` instead: four files.
 """
 
 from __future__ import annotations

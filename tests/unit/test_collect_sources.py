@@ -12,7 +12,7 @@ from enumwatch.sources.collect.kafka import (
     consumer_options,
     parse_source,
 )
-from enumwatch.sources.collect.registry import SCHEMES, SourceError, open_source, scheme_of
+from enumwatch.sources.collect.source_registry import SCHEMES, SourceError, open_source, scheme_of
 
 
 def test_every_scheme_is_one_row_and_says_where_its_position_lives() -> None:

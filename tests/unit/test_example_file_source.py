@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from enumwatch.sources.collect.registry import SCHEMES, Scheme, open_source, scheme_of
+from enumwatch.sources.collect.source_registry import SCHEMES, Scheme, open_source, scheme_of
 
 EVENT = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "auditID": "a-1",
          "stage": "ResponseComplete", "verb": "get", "requestURI": "/api",

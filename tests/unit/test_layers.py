@@ -66,10 +66,13 @@ def test_a_poller_importing_the_source_registry_breaks_the_contract(tmp_path: Pa
     # so a poller that imports the registry (or the collector) is refused.
     _copy_package(tmp_path)
     kafka = tmp_path / "operator" / "enumwatch" / "sources" / "collect" / "kafka.py"
-    kafka.write_text(kafka.read_text() + "\nimport enumwatch.sources.collect.registry  # cycle\n")
+    kafka.write_text(
+        kafka.read_text() + "\nimport enumwatch.sources.collect.source_registry  # cycle\n"
+    )
     result = lint_imports(tmp_path)
     assert result.returncode == 1
-    assert "enumwatch.sources.collect.kafka -> enumwatch.sources.collect.registry" in " ".join(
-        result.stdout.split()
+    assert (
+        "enumwatch.sources.collect.kafka -> enumwatch.sources.collect.source_registry"
+        in " ".join(result.stdout.split())
     )
     assert f"Contracts: {CONTRACTS - 1} kept, 1 broken." in result.stdout

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from enumwatch.outputs.registry import OUTPUTS
-from enumwatch.sources.collect.registry import SCHEMES
+from enumwatch.sources.collect.source_registry import SCHEMES
 from tests.unit.example_digest_output import DIGEST
 
 REPO = Path(__file__).resolve().parents[2]

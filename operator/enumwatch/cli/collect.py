@@ -112,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Run the collector until SIGTERM or SIGINT; exit 0 after a clean flush, 2 on bad input."""
     from enumwatch.sources.collect.collector import CollectConfig, Collector
-    from enumwatch.sources.collect.registry import SourceError, open_source, scheme_of
+    from enumwatch.sources.collect.source_registry import SourceError, open_source, scheme_of
     from enumwatch.sources.source_metrics import registry as metrics_registry
     from enumwatch.sources.source_metrics import serving
 

@@ -16,7 +16,7 @@ them from there and forwards them to ``/ingest`` through the same
   committed offsets); only the chosen one is imported, and with it its provider's SDK;
 * :mod:`.page`: what a poller is to the collector (:class:`~.page.LogSource`, :class:`~.page.Page`);
   the pollers import it, and :mod:`.state`, and nothing else of this package;
-* :mod:`.registry`: the ``--source`` table, one row per scheme naming its poller's opener by
+* :mod:`.source_registry`: the ``--source`` table, one row per scheme naming its poller's opener by
   dotted path, imported only when used (so no import edge from the table to the pollers);
 * :mod:`.collector`: the read loop that maps, filters and queues, and the counters.
 """

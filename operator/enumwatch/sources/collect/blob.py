@@ -182,6 +182,6 @@ class BlobSource:
 
 
 def open_blob(url: str, checkpoint: str | None, saved: Any) -> BlobSource:
-    """The :mod:`.registry`'s opener for ``azblob://`` (the row says it is checkpointed)."""
+    """The :mod:`.source_registry`'s opener for ``azblob://`` (the row says it is checkpointed)."""
     assert checkpoint is not None
     return BlobSource(url, checkpoint, saved)

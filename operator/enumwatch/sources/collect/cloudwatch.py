@@ -178,6 +178,7 @@ class CloudWatchSource:
 
 
 def open_cloudwatch(url: str, checkpoint: str | None, saved: Any) -> CloudWatchSource:
-    """The :mod:`.registry`'s opener for ``cloudwatch://`` (the row says it is checkpointed)."""
+    """The :mod:`.source_registry`'s opener for ``cloudwatch://`` (the row says it is
+    checkpointed)."""
     assert checkpoint is not None
     return CloudWatchSource(url, checkpoint, saved)

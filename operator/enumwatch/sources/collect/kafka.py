@@ -299,6 +299,6 @@ class KafkaSource:
 
 
 def open_kafka(url: str, checkpoint: str | None, saved: Any) -> KafkaSource:
-    """The :mod:`.registry`'s opener for ``kafka://``: the group's committed offsets keep the
+    """The :mod:`.source_registry`'s opener for ``kafka://``: the group's committed offsets keep the
     position."""
     return KafkaSource(url)

@@ -3,7 +3,7 @@
 Each poller (:mod:`.cloudwatch`, :mod:`.pubsub`, :mod:`.blob`, :mod:`.kafka`) implements
 :class:`LogSource`; the :mod:`.collector` needs nothing else of it. Kept apart from the collector so
 that a poller, and its tests, do not load the forwarding machinery, and apart from the
-:mod:`.registry` so that a poller never imports the table that names it (no cycle).
+:mod:`.source_registry` so that a poller never imports the table that names it (no cycle).
 """
 
 from __future__ import annotations

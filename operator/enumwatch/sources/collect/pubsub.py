@@ -181,5 +181,6 @@ class PubSubSource:
 
 
 def open_pubsub(url: str, checkpoint: str | None, saved: Any) -> PubSubSource:
-    """The :mod:`.registry`'s opener for ``pubsub://``: acknowledgements keep the position."""
+    """The :mod:`.source_registry`'s opener for ``pubsub://``: acknowledgements keep the
+    position."""
     return PubSubSource(url)
