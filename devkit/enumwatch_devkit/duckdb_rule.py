@@ -12,7 +12,7 @@ own SQL for each metric (:data:`METRIC_SQL`; a unit test checks every metric has
 """
 
 from enumwatch.api.spec import ThresholdsSpec
-from enumwatch.rule import FIRE_CONDITIONS, AnyOf, Condition
+from enumwatch.rule import FIRE_CONDITIONS, AnyOf, Comparison
 
 #: The DuckDB aggregate each metric of the rule's conditions reads.
 METRIC_SQL: dict[str, str] = {
@@ -25,7 +25,7 @@ METRIC_SQL: dict[str, str] = {
 }
 
 
-def _condition(c: Condition | AnyOf, t: ThresholdsSpec) -> str:
+def _condition(c: Comparison | AnyOf, t: ThresholdsSpec) -> str:
     if isinstance(c, AnyOf):
         return "(" + "\n        OR ".join(_condition(d, t) for d in c.conditions) + ")"
     return f"{METRIC_SQL[c.metric]} {c.op} {c.bound(t)}"

@@ -186,7 +186,7 @@ _METRIC_INDEX = {name: i for i, name in enumerate(GroupMetrics._fields)}
 
 
 @dataclass(frozen=True, slots=True)
-class Condition:
+class Comparison:
     """``metric op threshold``: one comparison of the seed's final ``where``."""
 
     #: A :class:`GroupMetrics` field (a :class:`Row` field too).
@@ -219,7 +219,7 @@ class Condition:
 class AnyOf:
     """Comparisons OR'd (the seed's triggers): at least one must hold."""
 
-    conditions: tuple[Condition, ...]
+    conditions: tuple[Comparison, ...]
 
     @property
     def name(self) -> str:
@@ -239,21 +239,21 @@ class AnyOf:
 #: of its window) reaches the bound, no later event can make it fire while that count stands,
 #: so its values can be dropped. Both engines optimise on it (:class:`GroupTable`'s dead
 #: groups, :mod:`enumwatch.windows`' saturated cells); :func:`saturation_bound` is its value.
-SATURATION = Condition("document_count", "<", "documents_below")
+SATURATION = Comparison("document_count", "<", "documents_below")
 
 #: The seed's final ``where``, in its order: every top-level entry must hold (AND); an
 #: :class:`AnyOf` holds when one of its comparisons does. The one definition of the thresholds'
 #: meaning: :func:`fires`, :func:`fire_check`, :func:`near_miss` and the SQL renderers
 #: (:mod:`enumwatch.query.rule_sql`, ``enumwatch_devkit.duckdb_rule``) all read it.
-FIRE_CONDITIONS: tuple[Condition | AnyOf, ...] = (
-    Condition("request_uri_count_distinct", ">", "distinct_request_uris_above"),
-    Condition("resource_count_distinct", ">", "distinct_resources_above"),
+FIRE_CONDITIONS: tuple[Comparison | AnyOf, ...] = (
+    Comparison("request_uri_count_distinct", ">", "distinct_request_uris_above"),
+    Comparison("resource_count_distinct", ">", "distinct_resources_above"),
     SATURATION,
     AnyOf(
         (
-            Condition("authz_forbid_count", ">=", "forbidden_at_least"),
-            Condition("status_fail_count", ">=", "auth_failures_at_least"),
-            Condition("not_found_count", ">=", "not_found_at_least"),
+            Comparison("authz_forbid_count", ">=", "forbidden_at_least"),
+            Comparison("status_fail_count", ">=", "auth_failures_at_least"),
+            Comparison("not_found_count", ">=", "not_found_at_least"),
         )
     ),
 )
@@ -280,7 +280,7 @@ def fire_check(t: ThresholdsSpec) -> FireCheck:
     :data:`OPERATORS` and the spec's integer bounds enter the text, evaluated without builtins.
     """
 
-    def render(c: Condition | AnyOf) -> str:
+    def render(c: Comparison | AnyOf) -> str:
         if isinstance(c, AnyOf):
             return "(" + " or ".join(render(d) for d in c.conditions) + ")"
         if c.metric not in _METRIC_INDEX or c.op not in OPERATORS:
@@ -749,7 +749,7 @@ def fewest_documents(t: ThresholdsSpec) -> int:
     ``document_count``, and a group with fewer documents than a ``>``/``>=`` bound asks is
     passed over unread (the second assumption the engines optimise on, derived from the table)."""
 
-    def least(c: Condition | AnyOf) -> int:
+    def least(c: Comparison | AnyOf) -> int:
         if isinstance(c, AnyOf):
             return min(least(d) for d in c.conditions)
         return {">": c.bound(t) + 1, ">=": c.bound(t)}.get(c.op, 0)

@@ -41,7 +41,7 @@ from enumwatch.rule import (
     OPERATORS,
     SATURATION,
     AnyOf,
-    Condition,
+    Comparison,
     GroupMetrics,
     Row,
     Rule,
@@ -308,7 +308,7 @@ def test_scan_windows_duckdb_and_the_reference_return_the_same_rows(
 # --- the table and its renderers ------------------------------------------------------------------
 
 
-def _comparisons() -> list[Condition]:
+def _comparisons() -> list[Comparison]:
     return [d for c in FIRE_CONDITIONS for d in (c.conditions if isinstance(c, AnyOf) else (c,))]
 
 
@@ -352,7 +352,7 @@ def test_the_compiled_check_is_the_table(metrics: GroupMetrics, t: ThresholdsSpe
     assert fires(metrics, t) is fire_check(t)(*metrics) is expected
 
 
-def _holds(c: Condition, metrics: GroupMetrics, t: ThresholdsSpec) -> bool:
+def _holds(c: Comparison, metrics: GroupMetrics, t: ThresholdsSpec) -> bool:
     value: int = getattr(metrics, c.metric)
     bound: int = getattr(t, c.threshold)
     return {"<": value < bound, ">": value > bound, ">=": value >= bound}[c.op]
@@ -437,9 +437,9 @@ def test_the_edge_fires_in_every_path(tmp_path: Path) -> None:
     ]
 
 
-def _gte_for_gt(c: Condition | AnyOf, t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
+def _gte_for_gt(c: Comparison | AnyOf, t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
     """The SQL builder's renderer with one condition off by one (``>=`` for ``>``)."""
-    if isinstance(c, Condition) and c.op == ">":
+    if isinstance(c, Comparison) and c.op == ">":
         metric = stats[rule_sql.METRIC_STATS[c.metric]].copy()
         return exp.GTE(this=metric, expression=exp.Literal.number(c.bound(t)))
     return _RENDER(c, t, stats)

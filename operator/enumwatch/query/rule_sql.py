@@ -46,7 +46,7 @@ from enumwatch.rule import (
     SUCCESS,
     UNKNOWN,
     AnyOf,
-    Condition,
+    Comparison,
 )
 
 _STRING = "VARCHAR"
@@ -171,7 +171,7 @@ METRIC_STATS: dict[str, str] = {
 COMPARISONS: dict[str, type[exp.Binary]] = {"<": exp.LT, ">": exp.GT, ">=": exp.GTE}
 
 
-def _condition(c: Condition | AnyOf, t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
+def _condition(c: Comparison | AnyOf, t: ThresholdsSpec, stats: dict[str, exp.Expr]) -> exp.Expr:
     """One entry of the rule's table as SQL: a comparison, or the OR of some in parentheses."""
     if isinstance(c, AnyOf):
         return exp.paren(exp.or_(*(_condition(d, t, stats) for d in c.conditions)), copy=False)
