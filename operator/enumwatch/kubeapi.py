@@ -38,7 +38,7 @@ Obj = dict[str, Any]
 T = TypeVar("T")
 #: Reload the credentials; ``True`` starts over from the source (after a 401).
 Reload = Callable[[bool], Awaitable["ConnectionInfo"]]
-log = logging.getLogger("enumwatch.kubeapi")
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):

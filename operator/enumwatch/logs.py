@@ -1,8 +1,10 @@
 """Structured logging: one JSON object per line on stderr, with the ``extra`` fields kept.
 
 Operators are read by log pipelines; a line such as
-``{"ts": "...", "level": "info", "logger": "enumwatch.operator", "msg": "tick fired", "rows": 1}``
-is searchable without regular expressions. ``--log-format text`` gives the classic form.
+``{"ts": "...", "level": "info", "logger": "enumwatch.controller.ticker", "msg": "tick fired"}``
+is searchable without regular expressions. ``--log-format text`` gives the classic form. Every
+enumwatch module logs as ``logging.getLogger(__name__)``, so ``logger`` names the module that
+wrote the line (``tests/unit/test_names.py`` checks it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,14 @@ import orjson
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 #: kopf attaches its whole settings object and internal flags to every record: not for humans.
 _DROPPED = {"settings", "k8s_skip"}
+#: Other libraries' loggers that are too chatty at INFO, and why they are raised to WARNING.
+_QUIETED: dict[str, str] = {
+    "aiohttp.access": "one line per HTTP request served (/ingest, /metrics, /healthz)",
+    "kopf.objects": "kopf logs every successful handler call; status patches make that one a tick",
+    "azure.core.pipeline.policies.http_logging_policy": (
+        "the Azure SDK logs every HTTP request and response, headers included"
+    ),
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,8 +71,5 @@ def configure(fmt: str = "json", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    # kopf logs every successful handler call at INFO; status patches make that once a tick.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # The Azure SDK logs every HTTP request and response (headers included) at INFO.
-    logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+    for name in _QUIETED:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from enumwatch.sources.source_metrics import serving
 
     logs.configure(args.log_format, args.log_level)
-    log = logging.getLogger("enumwatch.collect")
+    log = logging.getLogger(__name__)
     checkpoint = args.checkpoint
     scheme = scheme_of(args.source)
     if checkpoint is None and (scheme is None or scheme.checkpointed):

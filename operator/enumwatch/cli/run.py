@@ -38,7 +38,7 @@ DEFAULT_MAX_BODY = 8 * 1024 * 1024
 DEFAULT_REPORT_RESULTS = 100
 MAX_REPORT_RESULTS = 1000
 
-log = logging.getLogger("enumwatch.run")
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

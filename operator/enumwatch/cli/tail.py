@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from enumwatch.sources.tail import TailConfig, Tailer
 
     logs.configure(args.log_format, args.log_level)
-    log = logging.getLogger("enumwatch.tail")
+    log = logging.getLogger(__name__)
     try:
         filt = build_filter(args)
         checkpoint = load_checkpoint(args.checkpoint)

@@ -18,7 +18,7 @@ from enumwatch.controller import metrics
 from enumwatch.controller.informer import ListWatch, run_all
 from enumwatch.kubeapi import KubeClient
 
-log = logging.getLogger("enumwatch.addresses")
+log = logging.getLogger(__name__)
 
 #: The collection watched for each kind.
 PATHS: dict[Kind, str] = {

@@ -30,7 +30,7 @@ from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import parse_rfc3339
 
-log = logging.getLogger("enumwatch.operator")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

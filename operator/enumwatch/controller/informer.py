@@ -19,7 +19,7 @@ import aiohttp
 
 from enumwatch.kubeapi import ApiError, KubeClient
 
-log = logging.getLogger("enumwatch.informer")
+log = logging.getLogger(__name__)
 
 #: Seconds between attempts after a failure, growing to the maximum.
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0

@@ -54,7 +54,7 @@ from enumwatch.controller.persistence import REMEMBERED_IDENTITIES, journal_line
 from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import ApiError, KubeClient
 
-log = logging.getLogger("enumwatch.ingest")
+log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 MALFORMED_BODY = "malformed_body"
 #: Skip reason: an unpinned token's event claims a cluster pinned to another token.

@@ -18,7 +18,7 @@ from enumwatch.controller import metrics
 from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
 from enumwatch.timefmt import now_rfc3339, parse_rfc3339
 
-log = logging.getLogger("enumwatch.leader")
+log = logging.getLogger(__name__)
 
 
 class LostLeadership(Exception):

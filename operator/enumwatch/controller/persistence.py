@@ -47,7 +47,7 @@ from enumwatch.windows import SavedCell, WindowSnapshot
 if TYPE_CHECKING:
     from enumwatch.controller.runtime import DetectorRuntime
 
-log = logging.getLogger("enumwatch.runtime")
+log = logging.getLogger(__name__)
 JOURNAL = "journal.ndjson"
 #: The journal a checkpoint in progress folds in (replayed too until the checkpoint is written).
 PREVIOUS_JOURNAL = "journal.ndjson.1"

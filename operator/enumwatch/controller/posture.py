@@ -19,7 +19,7 @@ from enumwatch.controller.informer import ListWatch, run_all
 from enumwatch.kubeapi import ApiError, KubeClient
 from enumwatch.rbac_posture import BindingKind, BindingRef, Rules, anonymous_binding, posture
 
-log = logging.getLogger("enumwatch.posture")
+log = logging.getLogger(__name__)
 
 PATHS: dict[BindingKind, str] = {
     "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",

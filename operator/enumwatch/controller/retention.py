@@ -16,7 +16,7 @@ from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeapi import CALL_ERRORS
 from enumwatch.sink.findings import FindingSink
 
-log = logging.getLogger("enumwatch.operator")
+log = logging.getLogger(__name__)
 
 
 class RetentionSweep:

@@ -36,7 +36,7 @@ from enumwatch.rule import GroupKey, Rule
 from enumwatch.sink.backlog import PendingWrite
 from enumwatch.windows import DEFAULT_STATE_BUDGET, WindowedEvaluator, WindowResult
 
-log = logging.getLogger("enumwatch.runtime")
+log = logging.getLogger(__name__)
 
 
 #: Why a matching event was refused by a detector's windows (counted, never silent).

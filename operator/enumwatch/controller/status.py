@@ -29,7 +29,7 @@ from enumwatch.windows import WindowedEvaluator
 REASON_WINDOW_OVERFLOW = "WindowOverflow"
 REASON_WINDOW_REBUILT = "WindowRebuilt"
 
-log = logging.getLogger("enumwatch.operator")
+log = logging.getLogger(__name__)
 
 #: The Event reason (and condition type) of an exception a client can meet by itself.
 REASON_SPOOFABLE = "ExceptionSpoofable"

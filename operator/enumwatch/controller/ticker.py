@@ -31,7 +31,7 @@ from enumwatch.sink.findings import REASON_WRITE_FAILED, FindingSink, SinkResult
 from enumwatch.sink.plan import Action
 from enumwatch.timefmt import format_rfc3339
 
-log = logging.getLogger("enumwatch.operator")
+log = logging.getLogger(__name__)
 #: The longest the ticker sleeps when no tick is due sooner: a detector added meanwhile gets
 #: its first tick, and a retention sweep its turn, at most this late.
 IDLE_WAIT = 1.0

@@ -24,7 +24,7 @@ import aiohttp
 
 from enumwatch.backoff import Backoff
 
-log = logging.getLogger("enumwatch.outputs")
+log = logging.getLogger(__name__)
 
 
 @dataclass

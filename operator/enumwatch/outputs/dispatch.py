@@ -33,7 +33,7 @@ from enumwatch.outputs.output import Outgoing
 from enumwatch.outputs.registry import OUTPUTS
 from enumwatch.timefmt import format_rfc3339
 
-log = logging.getLogger("enumwatch.outputs")
+log = logging.getLogger(__name__)
 
 WebhookFormat = Literal["json", "slack"]
 #: How long past its post an alert stays active without another: this many detector intervals

@@ -40,7 +40,7 @@ from enumwatch.api.names import (
 from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
 from enumwatch.timefmt import parse_rfc3339
 
-log = logging.getLogger("enumwatch.outputs")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

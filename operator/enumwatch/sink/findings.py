@@ -51,7 +51,7 @@ from enumwatch.sink.plan import (
 from enumwatch.timefmt import format_rfc3339, parse_rfc3339
 from enumwatch.windows import WindowResult
 
-log = logging.getLogger("enumwatch.sink")
+log = logging.getLogger(__name__)
 REASON_DETECTED = "EnumerationDetected"
 REASON_CAPPED = "FindingsCapped"
 REASON_DROPPED = "FindingsDropped"

@@ -46,7 +46,7 @@ from enumwatch.audit.stamp import stamp_cluster_line
 from enumwatch.backoff import Backoff
 from enumwatch.timefmt import try_parse_rfc3339
 
-_log = logging.getLogger("enumwatch.forwarder")
+_log = logging.getLogger(__name__)
 
 #: A source's position: where to resume once everything before it is delivered.
 Position = TypeVar("Position")

@@ -36,7 +36,7 @@ from enumwatch.sources.collect.page import LogSource, Page, SourceUnavailable
 from enumwatch.sources.forwarder import ForwardConfig, ForwardStats, Outbox, forwarding
 from enumwatch.sources.tail.filter import FILTERED, KEEP, MALFORMED, Filter
 
-log = logging.getLogger("enumwatch.collect")
+log = logging.getLogger(__name__)
 
 P = TypeVar("P")
 

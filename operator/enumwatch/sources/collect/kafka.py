@@ -48,7 +48,7 @@ from aiokafka.helpers import create_ssl_context
 from enumwatch.audit.envelopes import Payload, unwrap_payload
 from enumwatch.sources.collect.page import Page, SourceUnavailable
 
-log = logging.getLogger("enumwatch.collect")
+log = logging.getLogger(__name__)
 
 #: The environment variable holding the SASL password when no ``password_file`` is given.
 PASSWORD_ENV = "ENUMWATCH_KAFKA_PASSWORD"

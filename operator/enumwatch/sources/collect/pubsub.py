@@ -35,7 +35,7 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncI
 from enumwatch.audit.envelopes import Payload, unwrap_payload
 from enumwatch.sources.collect.page import Page, SourceUnavailable
 
-log = logging.getLogger("enumwatch.collect")
+log = logging.getLogger(__name__)
 
 _SUBSCRIPTION_RE = re.compile(r"^projects/[^/]+/subscriptions/[^/]+$")
 #: Acknowledgement IDs per Acknowledge / ModifyAckDeadline call.

@@ -24,7 +24,7 @@ from typing import IO
 
 from enumwatch.sources.checkpoint import Checkpoint, starts_like
 
-log = logging.getLogger("enumwatch.tail")
+log = logging.getLogger(__name__)
 
 #: Bytes decompressed per read while skipping to the offset and copying the rest.
 _STEP = 1 << 20

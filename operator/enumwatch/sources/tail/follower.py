@@ -33,7 +33,7 @@ from enumwatch.sources.tail.compressed import (
 )
 from enumwatch.sources.tail.stats import TailStats
 
-log = logging.getLogger("enumwatch.tail")
+log = logging.getLogger(__name__)
 
 #: Bytes read per system call. Large reads keep the per-line cost in the splitter and filter.
 CHUNK_SIZE = 1 << 20

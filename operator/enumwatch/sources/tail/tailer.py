@@ -28,7 +28,7 @@ from enumwatch.sources.tail.filter import Filter
 from enumwatch.sources.tail.follower import CHUNK_SIZE, Chunk, Follower
 from enumwatch.sources.tail.stats import TailStats
 
-log = logging.getLogger("enumwatch.tail")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
