@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from enumwatch import kubeapi
-from enumwatch.kubeapi import ConfigError, Credentials, KubeClient, load_credentials
+from enumwatch import kubeclient
+from enumwatch.kubeclient import ConfigError, Credentials, KubeApi, load_credentials
 from enumwatch_devkit.controlplane import ADMIN_USER, ControlPlane
 from enumwatch_devkit.operatorkit import (
     apply_detector,
@@ -96,9 +96,9 @@ def _in(minutes: float) -> str:
 
 async def _username(credentials: Credentials) -> str:
     """Who the API server takes these credentials for."""
-    async with KubeClient(credentials) as client:
-        review = await client.create(
-            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    async with KubeApi(credentials) as api:
+        review = await api.call(
+            api.authn.create_self_subject_review,
             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
         )
     username: str = review["status"]["userInfo"]["username"]
@@ -219,7 +219,7 @@ async def test_in_cluster_service_account_credentials_follow_the_rotating_token(
     sa_dir.mkdir()
     (sa_dir / "token").write_text(tokens[0])
     shutil.copy(cp.ca_file, sa_dir / "ca.crt")
-    monkeypatch.setattr(kubeapi, "SA_DIR", sa_dir)
+    monkeypatch.setattr(kubeclient, "SA_DIR", sa_dir)
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cp.apiserver_port))
