@@ -253,3 +253,34 @@ async def test_the_client_is_built_again_when_reloaded_credentials_bring_other_t
         api._current()
         assert custom.api_client is core.api_client is not first
         assert custom.api_client.configuration.verify_ssl is True
+
+
+async def test_kopf_logs_in_with_the_very_credentials_the_client_is_built_from(
+    tmp_path: Path,
+) -> None:
+    """The operator's registry: its one login handler returns :attr:`Credentials.info` itself,
+    so a proxy-url and basic auth reach kopf's watch as they reach the client."""
+    from kopf._core.intents.causes import Activity
+
+    from enumwatch.controller.handlers import Operator
+    from enumwatch.controller.runtime import Detectors
+    from enumwatch.kubeapi import KubeClient
+    from enumwatch.sink.findings import FindingSink
+
+    path = _kubeconfig(
+        tmp_path / "config",
+        {"proxy-url": "http://127.0.0.1:3128"},
+        {"username": "ann", "password": "s3cret"},
+    )
+    credentials = await load_credentials(str(path))
+    client = KubeClient(credentials)
+    operator = Operator(client, Detectors(tmp_path / "state"), FindingSink(client))
+    registry = operator.registry(credentials)
+    logins = registry._activities.get_handlers(activity=Activity.AUTHENTICATION)
+    assert len(logins) == 1
+    info = await logins[0].fn()
+    assert info is credentials.info
+    assert info.proxy_url == "http://127.0.0.1:3128"
+    assert info.as_http_headers() == {
+        "Authorization": "Basic " + base64.b64encode(b"ann:s3cret").decode()
+    }
