@@ -341,7 +341,7 @@ def outputs_config(args: argparse.Namespace) -> OutputsConfig:
 def run(args: argparse.Namespace) -> int:
     """Run until stopped; exit 0 on a clean stop, 1 when leadership is lost or setup fails."""
     from enumwatch import logs
-    from enumwatch.kubeapi import ConfigError
+    from enumwatch.kubeclient import ConfigError
 
     try:
         connections.check_limits(
@@ -369,7 +369,8 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.controller.posture import PostureWatch
     from enumwatch.controller.runtime import Detectors, state_budget_for
-    from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
+    from enumwatch.kubeapi import KubeClient
+    from enumwatch.kubeclient import ConfigError, KubeApi, load_credentials
     from enumwatch.outputs.dispatch import Outputs
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
     from enumwatch.sink.findings import FindingSink
@@ -380,7 +381,8 @@ async def _main(args: argparse.Namespace) -> int:
     gcpolicy.configure()
     outputs = Outputs(outputs_config(args))
     credentials = await load_credentials(args.kubeconfig)
-    client = KubeClient(credentials, timeout=args.api_timeout)
+    client = KubeClient(credentials, timeout=args.api_timeout)  # the list-and-watch only
+    api = KubeApi(credentials, timeout=args.api_timeout)
     tokens = []
     for path in args.ingest_token_file:
         try:
@@ -464,7 +466,7 @@ async def _main(args: argparse.Namespace) -> int:
         outputs=outputs if outputs.config.enabled else None,
     )
     elector = LeaseElector(
-        client,
+        api,
         args.lease_namespace,
         args.lease_name,
         args.identity,
@@ -517,6 +519,7 @@ async def _main(args: argparse.Namespace) -> int:
             await elector.release()
         await server.stop()
         await client.close()
+        await api.close()
         refresher.cancel()
     return status
 
