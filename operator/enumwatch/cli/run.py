@@ -410,7 +410,7 @@ async def _main(args: argparse.Namespace) -> int:
         static_tokens=[t for t in tokens if t],
         cluster_tokens=cluster_tokens,
         cluster_users={user: cluster for cluster, user in args.ingest_cluster_user},
-        client=client if args.ingest_tokenreview else None,
+        client=api if args.ingest_tokenreview else None,
         allowed_users=args.ingest_allow_user,
         audiences=args.ingest_audience,
     )
