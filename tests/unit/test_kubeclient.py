@@ -265,6 +265,7 @@ async def test_kopf_logs_in_with_the_very_credentials_the_client_is_built_from(
     from enumwatch.controller.handlers import Operator
     from enumwatch.controller.runtime import Detectors
     from enumwatch.kubeapi import KubeClient
+    from enumwatch.kubeclient import KubeApi
     from enumwatch.sink.findings import FindingSink
 
     path = _kubeconfig(
@@ -274,7 +275,7 @@ async def test_kopf_logs_in_with_the_very_credentials_the_client_is_built_from(
     )
     credentials = await load_credentials(str(path))
     client = KubeClient(credentials)
-    operator = Operator(client, Detectors(tmp_path / "state"), FindingSink(client))
+    operator = Operator(client, Detectors(tmp_path / "state"), FindingSink(KubeApi(credentials)))
     registry = operator.registry(credentials)
     logins = registry._activities.get_handlers(activity=Activity.AUTHENTICATION)
     assert len(logins) == 1

@@ -446,7 +446,7 @@ async def _main(args: argparse.Namespace) -> int:
     apis = REPORT_APIS[args.policy_report]
     addresses = AddressBook()
     sink = FindingSink(
-        client, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
+        api, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
     )
     metrics.watch_events(lambda: sink.event_errors)
     operator = Operator(
