@@ -458,7 +458,7 @@ async def _main(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             status_every=args.status_every,
         ),
-        reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
+        reports=PolicyReportWriter(api, apis, max_results=args.policy_report_max_results)
         if apis
         else None,
         addresses=AddressWatch(client, addresses),
