@@ -435,7 +435,7 @@ async def _main(args: argparse.Namespace) -> int:
     metrics.watch_conditions(
         lambda: [(r.ref.namespace, r.ref.name, r.conditions) for r in detectors.by_key.values()]
     )
-    outputs.client = client
+    outputs.client = api
     if outputs.config.enabled:
         metrics.watch_outputs(outputs)
         log.info(
