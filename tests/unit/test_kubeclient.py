@@ -264,7 +264,6 @@ async def test_kopf_logs_in_with_the_very_credentials_the_client_is_built_from(
 
     from enumwatch.controller.handlers import Operator
     from enumwatch.controller.runtime import Detectors
-    from enumwatch.kubeapi import KubeClient
     from enumwatch.kubeclient import KubeApi
     from enumwatch.sink.findings import FindingSink
 
@@ -274,8 +273,8 @@ async def test_kopf_logs_in_with_the_very_credentials_the_client_is_built_from(
         {"username": "ann", "password": "s3cret"},
     )
     credentials = await load_credentials(str(path))
-    client = KubeClient(credentials)
-    operator = Operator(client, Detectors(tmp_path / "state"), FindingSink(KubeApi(credentials)))
+    api = KubeApi(credentials)
+    operator = Operator(api, Detectors(tmp_path / "state"), FindingSink(api))
     registry = operator.registry(credentials)
     logins = registry._activities.get_handlers(activity=Activity.AUTHENTICATION)
     assert len(logins) == 1

@@ -450,7 +450,7 @@ async def _main(args: argparse.Namespace) -> int:
     )
     metrics.watch_events(lambda: sink.event_errors)
     operator = Operator(
-        client,
+        api,
         detectors,
         sink,
         OperatorConfig(

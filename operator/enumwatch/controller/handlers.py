@@ -23,8 +23,7 @@ from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
-from enumwatch.kubeapi import KubeClient
-from enumwatch.kubeclient import Credentials, login_info
+from enumwatch.kubeclient import Credentials, KubeApi, login_info
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import FindingSink
@@ -51,7 +50,7 @@ class Operator:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: KubeApi,
         detectors: Detectors,
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
