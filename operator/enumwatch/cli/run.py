@@ -462,7 +462,7 @@ async def _main(args: argparse.Namespace) -> int:
         if apis
         else None,
         addresses=AddressWatch(client, addresses),
-        posture=PostureWatch(client),
+        posture=PostureWatch(client, api),
         outputs=outputs if outputs.config.enabled else None,
     )
     elector = LeaseElector(
