@@ -44,6 +44,9 @@ REFRESH_SECONDS = 60.0
 #: How long kopf keeps credentials that can change under it (a rotating token file) before it
 #: asks the login handler again.
 LOGIN_FOR = dt.timedelta(minutes=10)
+#: At most this many connections to the API server at once (the client's default is 100): the
+#: operator's writes queue behind them rather than open a connection per Finding in a burst.
+CONNECTIONS = 16
 Obj = dict[str, Any]
 #: Reload the credentials; ``True`` starts over from the source (after a 401).
 Reload = Callable[[bool], Awaitable["ConnectionInfo"]]
@@ -344,6 +347,7 @@ def api_client(credentials: Credentials) -> ApiClient:
     configuration.cert_file = _path_or_none(info.certificate_path)
     configuration.key_file = _path_or_none(info.private_key_path)
     configuration.proxy = info.proxy_url
+    configuration.connection_pool_maxsize = CONNECTIONS
 
     def authorize(into: Configuration) -> None:
         header = credentials.headers().get("Authorization")  # Bearer, Basic or another scheme

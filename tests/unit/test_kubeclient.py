@@ -134,6 +134,7 @@ def _kinds(tmp_path: Path) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
 
 async def _same(credentials: Any) -> None:
     """The client's configuration says what kopf's ConnectionInfo says, field by field."""
+    from enumwatch import kubeclient
     from enumwatch.kubeclient import api_client, login_info
 
     info = await login_info(credentials)
@@ -151,6 +152,7 @@ async def _same(credentials: Any) -> None:
         sent = (await config.auth_settings()).get("BearerToken", {}).get("value")
         assert sent == info.as_http_headers().get("Authorization")
         assert client.rest_client.pool_manager.trust_env is info.trust_env is False
+        assert client.rest_client.pool_manager.connector.limit == kubeclient.CONNECTIONS
     finally:
         await client.close()
 
