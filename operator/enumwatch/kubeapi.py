@@ -8,41 +8,21 @@ list-and-watch (issue 26).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
 
-from enumwatch.kubeclient import (
-    CALL_ERRORS,
-    SA_DIR,
-    ApiError,
-    ConfigError,
-    Credentials,
-    load_credentials,
-    renewed,
-    tls_material,
-)
+from enumwatch.kubeclient import ApiError, Credentials, renewed, tls_material
 
 if TYPE_CHECKING:
     from kopf import ConnectionInfo
 
-__all__ = [
-    "CALL_ERRORS",
-    "SA_DIR",
-    "ApiError",
-    "ConfigError",
-    "Credentials",
-    "KubeClient",
-    "load_credentials",
-    "namespaced_path",
-]
+__all__ = ["ApiError", "KubeClient"]  # ApiError: what the informer catches (a 410)
 
 Obj = dict[str, Any]
 T = TypeVar("T")
-log = logging.getLogger("enumwatch.kubeapi")
 
 
 class KubeClient:
@@ -146,35 +126,6 @@ class KubeClient:
         """GET ``path``."""
         return await self.request("GET", path, params=params)
 
-    async def get_or_none(self, path: str) -> Obj | None:
-        """GET ``path``, or ``None`` when it does not exist."""
-        try:
-            return await self.get(path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def create(self, path: str, body: Obj) -> Obj:
-        """POST a new object to the collection at ``path``."""
-        return await self.request("POST", path, body=body)
-
-    async def replace(self, path: str, body: Obj) -> Obj:
-        """PUT ``body`` at ``path`` (optimistic concurrency through metadata.resourceVersion)."""
-        return await self.request("PUT", path, body=body)
-
-    async def merge_patch(self, path: str, patch: Obj) -> Obj:
-        """Apply a JSON merge patch to the object at ``path``."""
-        return await self.request(
-            "PATCH", path, body=patch, content_type="application/merge-patch+json"
-        )
-
-    async def json_patch(self, path: str, operations: list[Any]) -> Obj:
-        """Apply a JSON Patch (RFC 6902) to the object at ``path``."""
-        return await self.request(
-            "PATCH", path, body=operations, content_type="application/json-patch+json"
-        )
-
     async def list_all(
         self, path: str, reduce: Callable[[Obj], T], *, page: int = 500
     ) -> tuple[list[T], str]:
@@ -237,18 +188,3 @@ class KubeClient:
                             path,
                         )
                     yield event
-
-    async def delete(self, path: str) -> None:
-        """DELETE the object at ``path``; a missing object is not an error."""
-        try:
-            await self.request("DELETE", path)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-
-
-def namespaced_path(group: str, version: str, namespace: str, plural: str, name: str = "") -> str:
-    """The REST path of a namespaced collection, or of one object in it."""
-    base = f"/api/{version}" if group == "" else f"/apis/{group}/{version}"
-    path = f"{base}/namespaces/{namespace}/{plural}"
-    return f"{path}/{name}" if name else path
