@@ -7,20 +7,29 @@ the API server itself (a SelfSubjectReview), so a test passes only when those cr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from enumwatch import kubeapi
-from enumwatch.kubeapi import ConfigError, Credentials, KubeClient, load_credentials
-from enumwatch_devkit.controlplane import ADMIN_USER, ControlPlane
+from enumwatch import kubeclient
+from enumwatch.kubeclient import ConfigError, Credentials, KubeApi, load_credentials
+from enumwatch_devkit.connect_proxy import ConnectProxy
+from enumwatch_devkit.controlplane import (
+    ADMIN_USER,
+    ControlPlane,
+    kubeconfig_document,
+    write_kubeconfig,
+)
 from enumwatch_devkit.operatorkit import (
     apply_detector,
     detector_status,
@@ -96,9 +105,9 @@ def _in(minutes: float) -> str:
 
 async def _username(credentials: Credentials) -> str:
     """Who the API server takes these credentials for."""
-    async with KubeClient(credentials) as client:
-        review = await client.create(
-            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+    async with KubeApi(credentials) as api:
+        review = await api.call(
+            api.authn.create_self_subject_review,
             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
         )
     username: str = review["status"]["userInfo"]["username"]
@@ -174,6 +183,29 @@ async def test_a_failing_exec_plugin_is_a_config_error_that_says_what_to_run(
     ]
 
 
+def _the_operator_runs_a_detector(cp: ControlPlane, namespace: str, name: str) -> None:
+    """Apply a detector; wait for the status the running operator writes once kopf's watch saw it
+    and the bindings were listed; assert its conditions."""
+    apply_detector(cp, namespace, name, {})
+
+    def listed() -> list[dict[str, str]]:
+        # RBACPosture leaves Unknown once the bindings were listed (with the same credentials).
+        conditions = detector_status(cp, namespace, name).get("conditions") or []
+        posture = [c for c in conditions if c["type"] == "RBACPosture"]
+        return conditions if posture and posture[0]["status"] != "Unknown" else []
+
+    status = wait_for(listed, timeout=60, what="the detector's status written by the operator")
+    assert [(c["type"], c["status"]) for c in status if c["type"] != "RBACPosture"] == [
+        ("Ready", "True"),
+        ("InvalidSpec", "False"),
+        ("FindingsWritten", "True"),
+        ("ExceptionSpoofable", "False"),
+        ("WindowOverflow", "False"),
+        ("AuditCoverage", "Unknown"),  # no audit event has arrived yet
+    ]
+    assert [c["type"] for c in status][-1] == "RBACPosture"
+
+
 def test_enumwatch_run_authenticates_through_an_exec_plugin(
     crds: ControlPlane, tmp_path: Path
 ) -> None:
@@ -184,23 +216,7 @@ def test_enumwatch_run_authenticates_through_an_exec_plugin(
     ns = fresh_namespace(crds, "exec")
     kubeconfig = str(plugin.kubeconfig)
     with running_operator(crds, tmp_path / "operator", "--kubeconfig", kubeconfig) as op:
-        apply_detector(crds, ns, "via-exec", {})
-        def listed() -> list[dict[str, str]]:
-            # RBACPosture leaves Unknown once the bindings were listed (with the plugin's token).
-            conditions = detector_status(crds, ns, "via-exec").get("conditions") or []
-            posture = [c for c in conditions if c["type"] == "RBACPosture"]
-            return conditions if posture and posture[0]["status"] != "Unknown" else []
-
-        status = wait_for(listed, timeout=60, what="the detector's status written by the operator")
-        assert [(c["type"], c["status"]) for c in status if c["type"] != "RBACPosture"] == [
-            ("Ready", "True"),
-            ("InvalidSpec", "False"),
-            ("FindingsWritten", "True"),
-            ("ExceptionSpoofable", "False"),
-            ("WindowOverflow", "False"),
-            ("AuditCoverage", "Unknown"),  # no audit event has arrived yet
-        ]
-        assert [c["type"] for c in status][-1] == "RBACPosture"
+        _the_operator_runs_a_detector(crds, ns, "via-exec")
         assert len(plugin.calls) == 1
         assert op.log_path is not None
         assert "Unauthorized" not in op.log_path.read_text()
@@ -219,7 +235,7 @@ async def test_in_cluster_service_account_credentials_follow_the_rotating_token(
     sa_dir.mkdir()
     (sa_dir / "token").write_text(tokens[0])
     shutil.copy(cp.ca_file, sa_dir / "ca.crt")
-    monkeypatch.setattr(kubeapi, "SA_DIR", sa_dir)
+    monkeypatch.setattr(kubeclient, "SA_DIR", sa_dir)
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(cp.apiserver_port))
@@ -231,3 +247,89 @@ async def test_in_cluster_service_account_credentials_follow_the_rotating_token(
     (sa_dir / "token").write_text(tokens[1])  # the kubelet rotates the projected token
     assert credentials.bearer() == tokens[1]
     assert await _username(credentials) == "system:serviceaccount:default:incluster-b"
+
+
+#: A name this machine cannot resolve, in the control plane's serving certificate: only the proxy
+#: knows where it is, so a client that ignored the kubeconfig's proxy-url would not connect.
+PROXIED_HOST = "kubernetes.default.svc"
+
+
+@contextlib.contextmanager
+def _through_a_proxy(cp: ControlPlane, directory: Path) -> Iterator[tuple[ConnectProxy, Path]]:
+    """A CONNECT proxy to the control plane, and an admin kubeconfig that names it (proxy-url)."""
+    target = f"{PROXIED_HOST}:{cp.apiserver_port}"
+    with ConnectProxy({target: ("127.0.0.1", cp.apiserver_port)}).running() as proxy:
+        document = kubeconfig_document(
+            f"https://{target}", cp.ca_file, "admin", {"token": cp.admin_token}, "proxied"
+        )
+        document["clusters"][0]["cluster"]["proxy-url"] = proxy.url
+        directory.mkdir(parents=True, exist_ok=True)
+        yield proxy, write_kubeconfig(directory / "proxied.kubeconfig", document)
+
+
+async def test_a_proxy_url_kubeconfig_carries_the_client_and_kopf_through_the_proxy(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """One ConnectionInfo: the client (a SelfSubjectReview) and kopf (its watch of a ConfigMap the
+    client created) each open tunnels through the proxy, the only way to the API server."""
+    import kopf
+
+    from enumwatch.kubeclient import login_info
+
+    cp = control_plane
+    ns = fresh_namespace(cp, "proxy")
+    with _through_a_proxy(cp, tmp_path) as (proxy, kubeconfig):
+        credentials = await load_credentials(str(kubeconfig))
+        assert credentials.info.proxy_url == proxy.url
+        assert await _username(credentials) == ADMIN_USER
+        client_tunnels = proxy.opened
+        assert client_tunnels > 0
+
+        registry = kopf.OperatorRegistry()
+        seen: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        @kopf.on.startup(registry=registry)
+        async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+            settings.scanning.disabled = True
+            settings.posting.enabled = False
+
+        @kopf.on.login(registry=registry)
+        async def login(**_: Any) -> kopf.ConnectionInfo:
+            return await login_info(credentials)
+
+        @kopf.on.event("", "v1", "configmaps", registry=registry)  # type: ignore[arg-type]
+        async def configmap(body: kopf.Body, **_: Any) -> None:
+            if body.metadata.name == "via-proxy" and not seen.done():
+                seen.set_result(str(body.metadata.uid))
+
+        stop = asyncio.Event()
+        operator = asyncio.create_task(
+            kopf.operator(registry=registry, namespaces=[ns], standalone=True, stop_flag=stop)
+        )
+        try:
+            async with KubeApi(credentials) as api:
+                created = await api.call(
+                    api.core.create_namespaced_config_map, ns, {"metadata": {"name": "via-proxy"}}
+                )
+            assert await asyncio.wait_for(seen, 60) == created["metadata"]["uid"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(operator, 30)
+        kopf_tunnels = proxy.opened - client_tunnels - 1  # one more: the ConfigMap's creation
+        assert kopf_tunnels > 0
+        assert proxy.refused == 0
+
+
+def test_enumwatch_run_through_a_proxy_url(crds: ControlPlane, tmp_path: Path) -> None:
+    """The Lease, kopf's watch, the bindings' listing and the status writes all go through the
+    kubeconfig's proxy-url (there is no other way to the API server's name)."""
+    ns = fresh_namespace(crds, "proxied")
+    with (
+        _through_a_proxy(crds, tmp_path / "proxy") as (proxy, kubeconfig),
+        running_operator(crds, tmp_path / "operator", "--kubeconfig", str(kubeconfig)) as op,
+    ):
+        _the_operator_runs_a_detector(crds, ns, "via-proxy")
+        assert proxy.opened > 0 and proxy.refused == 0
+        assert set(proxy.tunnels) == {f"{PROXIED_HOST}:{crds.apiserver_port}"}
+        assert op.log_path is not None
+        assert "Unauthorized" not in op.log_path.read_text()

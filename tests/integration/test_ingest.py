@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from enumwatch.controller.ingest import AuthUnavailable, IngestAuth, TokenBucket
-from enumwatch.kubeapi import KubeClient, load_credentials
+from enumwatch.kubeclient import KubeApi, load_credentials
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
@@ -156,7 +156,7 @@ async def test_a_failed_tokenreview_is_not_cached_as_a_rejection(crds: ControlPl
     # An API server that does not answer: a port where nothing listens.
     down = await load_credentials(str(crds.kubeconfig))
     down.info = dataclasses.replace(down.info, server=f"https://127.0.0.1:{free_port()}")
-    async with KubeClient(down) as unreachable, KubeClient(credentials) as reachable:
+    async with KubeApi(down) as unreachable, KubeApi(credentials) as reachable:
         auth = IngestAuth(client=unreachable)
         with pytest.raises(AuthUnavailable):
             await auth.check(f"Bearer {token}")
@@ -166,7 +166,7 @@ async def test_a_failed_tokenreview_is_not_cached_as_a_rejection(crds: ControlPl
 
 async def test_reviews_of_unknown_tokens_are_rate_limited(crds: ControlPlane) -> None:
     credentials = await load_credentials(str(crds.kubeconfig))
-    async with KubeClient(credentials) as client:
+    async with KubeApi(credentials) as client:
         auth = IngestAuth(client=client, reviews=TokenBucket(rate=0.0, burst=3.0))
         answers = []
         for i in range(3):

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from enumwatch.api.names import DETECTOR_KIND, DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import MAX_DOCUMENTS_BELOW, DetectorSpec
-from enumwatch.kubeapi import ApiError, KubeClient, load_credentials, namespaced_path
+from enumwatch.kubeclient import ApiError, KubeApi, load_credentials
 from enumwatch_devkit.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
@@ -153,7 +153,7 @@ def _model_accepts(spec: dict[str, Any]) -> bool:
 
 
 async def _server_verdict(
-    client: KubeClient, path: str, index: int, spec: dict[str, Any]
+    api: KubeApi, index: int, spec: dict[str, Any]
 ) -> tuple[bool, dict[str, Any] | str]:
     """Whether a server-side dry run creates a detector with ``spec``; the spec it would
     store, or its refusal."""
@@ -164,7 +164,15 @@ async def _server_verdict(
         "spec": spec,
     }
     try:
-        stored = await client.request("POST", path, body=body, params={"dryRun": "All"})
+        stored = await api.call(
+            api.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            "default",
+            DETECTOR_PLURAL,
+            body,
+            dry_run="All",
+        )
     except ApiError as exc:
         assert exc.status in (400, 422), exc
         return False, str(exc)
@@ -175,14 +183,13 @@ async def test_the_api_server_and_the_operator_agree_on_every_generated_spec(
     crds: ControlPlane,
 ) -> None:
     specs = _specs()
-    path = namespaced_path(GROUP, VERSION, "default", DETECTOR_PLURAL)
     credentials = await load_credentials(str(crds.kubeconfig))
     verdicts: list[tuple[bool, dict[str, Any] | str]] = []
-    async with KubeClient(credentials) as client:
+    async with KubeApi(credentials) as api:
         for start in range(0, len(specs), 16):
             verdicts += await asyncio.gather(
                 *(
-                    _server_verdict(client, path, start + i, spec)
+                    _server_verdict(api, start + i, spec)
                     for i, spec in enumerate(specs[start : start + 16])
                 )
             )

@@ -316,7 +316,7 @@ def test_the_delivery_counters_are_exposed_per_output_and_endpoint() -> None:
 def test_the_run_flags_configure_the_outputs() -> None:
     from enumwatch.cli.main import build_parser
     from enumwatch.cli.run import outputs_config
-    from enumwatch.kubeapi import ConfigError
+    from enumwatch.kubeclient import ConfigError
 
     args = build_parser("run").parse_args([
         "run", "--alertmanager-url", "http://am-0:9093/", "--alertmanager-url", "http://am-1:9093",

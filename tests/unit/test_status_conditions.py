@@ -11,7 +11,7 @@ from enumwatch.api.detector_status import Condition
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.controller.status import StatusReporter
-from enumwatch.kubeapi import KubeClient
+from enumwatch.kubeclient import KubeApi
 from enumwatch.sink.findings import FindingSink
 
 REF = DetectorRef(namespace="ns", name="det", uid="uid-1")
@@ -22,7 +22,7 @@ REFUSED = {**FAST, "exceptions": [{"name": "lb", "sourceCIDRs": ["10.0.0.5/8"]}]
 
 def _conditions(runtime: DetectorRuntime) -> dict[str, tuple[str, str, str]]:
     # conditions() reads neither the client nor the sink: no cluster needed.
-    reporter = StatusReporter(cast(KubeClient, None), cast(FindingSink, None))
+    reporter = StatusReporter(cast(KubeApi, None), cast(FindingSink, None))
     found: list[Condition] = reporter.conditions(runtime)
     return {c.type: (c.status, c.reason, c.message) for c in found}
 

@@ -341,7 +341,7 @@ def outputs_config(args: argparse.Namespace) -> OutputsConfig:
 def run(args: argparse.Namespace) -> int:
     """Run until stopped; exit 0 on a clean stop, 1 when leadership is lost or setup fails."""
     from enumwatch import logs
-    from enumwatch.kubeapi import ConfigError
+    from enumwatch.kubeclient import ConfigError
 
     try:
         connections.check_limits(
@@ -369,7 +369,8 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.controller.posture import PostureWatch
     from enumwatch.controller.runtime import Detectors, state_budget_for
-    from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
+    from enumwatch.kubeapi import KubeClient
+    from enumwatch.kubeclient import ConfigError, KubeApi, load_credentials
     from enumwatch.outputs.dispatch import Outputs
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
     from enumwatch.sink.findings import FindingSink
@@ -380,7 +381,8 @@ async def _main(args: argparse.Namespace) -> int:
     gcpolicy.configure()
     outputs = Outputs(outputs_config(args))
     credentials = await load_credentials(args.kubeconfig)
-    client = KubeClient(credentials, timeout=args.api_timeout)
+    client = KubeClient(credentials, timeout=args.api_timeout)  # the list-and-watch only
+    api = KubeApi(credentials, timeout=args.api_timeout)
     tokens = []
     for path in args.ingest_token_file:
         try:
@@ -408,7 +410,7 @@ async def _main(args: argparse.Namespace) -> int:
         static_tokens=[t for t in tokens if t],
         cluster_tokens=cluster_tokens,
         cluster_users={user: cluster for cluster, user in args.ingest_cluster_user},
-        client=client if args.ingest_tokenreview else None,
+        client=api if args.ingest_tokenreview else None,
         allowed_users=args.ingest_allow_user,
         audiences=args.ingest_audience,
     )
@@ -433,7 +435,7 @@ async def _main(args: argparse.Namespace) -> int:
     metrics.watch_conditions(
         lambda: [(r.ref.namespace, r.ref.name, r.conditions) for r in detectors.by_key.values()]
     )
-    outputs.client = client
+    outputs.client = api
     if outputs.config.enabled:
         metrics.watch_outputs(outputs)
         log.info(
@@ -444,11 +446,11 @@ async def _main(args: argparse.Namespace) -> int:
     apis = REPORT_APIS[args.policy_report]
     addresses = AddressBook()
     sink = FindingSink(
-        client, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
+        api, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
     )
     metrics.watch_events(lambda: sink.event_errors)
     operator = Operator(
-        client,
+        api,
         detectors,
         sink,
         OperatorConfig(
@@ -456,15 +458,15 @@ async def _main(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             status_every=args.status_every,
         ),
-        reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
+        reports=PolicyReportWriter(api, apis, max_results=args.policy_report_max_results)
         if apis
         else None,
         addresses=AddressWatch(client, addresses),
-        posture=PostureWatch(client),
+        posture=PostureWatch(client, api),
         outputs=outputs if outputs.config.enabled else None,
     )
     elector = LeaseElector(
-        client,
+        api,
         args.lease_namespace,
         args.lease_name,
         args.identity,
@@ -517,6 +519,7 @@ async def _main(args: argparse.Namespace) -> int:
             await elector.release()
         await server.stop()
         await client.close()
+        await api.close()
         refresher.cancel()
     return status
 

@@ -9,7 +9,6 @@ the rows to :mod:`enumwatch.sink`; :mod:`enumwatch.controller.status` reports ba
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
-from enumwatch.kubeapi import Credentials, KubeClient
+from enumwatch.kubeclient import Credentials, KubeApi, login_info
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import FindingSink
@@ -51,7 +50,7 @@ class Operator:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: KubeApi,
         detectors: Detectors,
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
@@ -109,17 +108,8 @@ class Operator:
 
         @kopf.on.login(registry=registry)
         async def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(
-                server=credentials.server,
-                ca_path=credentials.ca_file,
-                insecure=credentials.insecure,
-                token=credentials.bearer(),
-                certificate_path=credentials.cert_file,
-                private_key_path=credentials.key_file,
-                expiration=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
-                if credentials.token_file
-                else None,
-            )
+            # The very credentials the client is built from (proxy-url, basic auth included).
+            return await login_info(credentials)
 
         @kopf.on.event(GROUP, VERSION, DETECTOR_PLURAL, registry=registry)  # type: ignore[arg-type]
         async def detector_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:

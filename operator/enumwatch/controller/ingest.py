@@ -52,7 +52,7 @@ from enumwatch.controller.connections import (
 )
 from enumwatch.controller.persistence import REMEMBERED_IDENTITIES, journal_line
 from enumwatch.controller.runtime import Detectors
-from enumwatch.kubeapi import ApiError, KubeClient
+from enumwatch.kubeclient import ApiError, KubeApi
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
@@ -274,7 +274,7 @@ class IngestAuth:
     cluster_tokens: dict[str, str] = field(default_factory=dict)
     #: Reviewed usernames pinned to a cluster: username -> cluster.
     cluster_users: dict[str, str] = field(default_factory=dict)
-    client: KubeClient | None = None  # set to enable TokenReview
+    client: KubeApi | None = None  # set to enable TokenReview
     allowed_users: list[str] = field(default_factory=list)  # empty: any reviewed identity
     audiences: list[str] = field(default_factory=list)  # TokenReview spec.audiences
     cache_seconds: float = 60.0
@@ -333,8 +333,8 @@ class IngestAuth:
         """The username the API server authenticates ``token`` as, ``None`` if it does not."""
         assert self.client is not None
         try:
-            answer = await self.client.create(
-                "/apis/authentication.k8s.io/v1/tokenreviews",
+            answer = await self.client.call(
+                self.client.authn.create_token_review,
                 {
                     "apiVersion": "authentication.k8s.io/v1",
                     "kind": "TokenReview",

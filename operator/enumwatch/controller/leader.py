@@ -15,7 +15,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from enumwatch.controller import metrics
-from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
+from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi
 from enumwatch.timefmt import now_rfc3339, parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class LeaseElector:
 
     def __init__(
         self,
-        client: KubeClient,
+        api: KubeApi,
         namespace: str,
         name: str,
         identity: str,
@@ -39,7 +39,7 @@ class LeaseElector:
         renew_every: float = 5.0,
         retry_every: float = 2.0,
     ) -> None:
-        self.client = client
+        self.api = api
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -48,7 +48,6 @@ class LeaseElector:
         self.retry_every = retry_every
         self.is_leader = False
         self.holder: str | None = None
-        self._path = namespaced_path("coordination.k8s.io", "v1", namespace, "leases", name)
 
     def _spec(self, transitions: int, acquire_time: str | None) -> dict[str, Any]:
         now = now_rfc3339("microseconds")
@@ -62,7 +61,10 @@ class LeaseElector:
 
     async def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease; return whether we hold it now."""
-        current = await self.client.get_or_none(self._path)
+        leases = self.api.coordination
+        current = await self.api.call_or_none(
+            leases.read_namespaced_lease, self.name, self.namespace
+        )
         if current is None:
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
@@ -71,9 +73,7 @@ class LeaseElector:
                 "spec": self._spec(0, None),
             }
             return await self._claim(
-                self.client.create(
-                    namespaced_path("coordination.k8s.io", "v1", self.namespace, "leases"), body
-                )
+                self.api.call(leases.create_namespaced_lease, self.namespace, body)
             )
         spec = current.get("spec", {})
         holder = spec.get("holderIdentity") or None
@@ -90,7 +90,9 @@ class LeaseElector:
         current["spec"] = self._spec(
             transitions, spec.get("acquireTime") if holder == self.identity else None
         )
-        return await self._claim(self.client.replace(self._path, current))
+        return await self._claim(
+            self.api.call(leases.replace_namespaced_lease, self.name, self.namespace, current)
+        )
 
     async def _claim(self, write: Awaitable[Any]) -> bool:
         """Send the write that makes this instance the holder; ``False`` if another won the race
@@ -149,10 +151,15 @@ class LeaseElector:
         self.is_leader = False
         metrics.LEADER.set(0)
         try:
-            current = await self.client.get_or_none(self._path)
+            leases = self.api.coordination
+            current = await self.api.call_or_none(
+                leases.read_namespaced_lease, self.name, self.namespace
+            )
             if current and current.get("spec", {}).get("holderIdentity") == self.identity:
                 current["spec"]["holderIdentity"] = None
                 current["spec"]["leaseDurationSeconds"] = 1
-                await self.client.replace(self._path, current)
+                await self.api.call(
+                    leases.replace_namespaced_lease, self.name, self.namespace, current
+                )
         except CALL_ERRORS as exc:
             log.warning("could not release the lease: %s", str(exc) or type(exc).__name__)

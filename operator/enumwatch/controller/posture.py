@@ -16,7 +16,8 @@ from typing import Any
 
 from enumwatch.api.detector_status import Posture
 from enumwatch.controller.informer import ListWatch, run_all
-from enumwatch.kubeapi import ApiError, KubeClient
+from enumwatch.kubeapi import KubeClient
+from enumwatch.kubeclient import ApiError, KubeApi
 from enumwatch.rbac_posture import BindingKind, BindingRef, Rules, anonymous_binding, posture
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ REFRESH_SECONDS = 60.0
 class PostureWatch:
     """Keeps :attr:`current` (``None`` until both binding kinds are listed) up to date."""
 
-    def __init__(self, client: KubeClient, *, refresh_seconds: float = REFRESH_SECONDS) -> None:
-        self.client = client
+    def __init__(
+        self, client: KubeClient, api: KubeApi, *, refresh_seconds: float = REFRESH_SECONDS
+    ) -> None:
+        self.client = client  # the bindings' list-and-watch
+        self.api = api  # the roles' reads
         self.refresh_seconds = refresh_seconds
         self.current: Posture | None = None
         self._bindings: dict[str, BindingRef] = {}
@@ -95,12 +99,13 @@ class PostureWatch:
         return posture(found)
 
     async def _rules(self, ref: BindingRef) -> Rules | None:
-        base = "/apis/rbac.authorization.k8s.io/v1"
+        rbac = self.api.rbac
         if ref.role_kind == "ClusterRole":
-            path = f"{base}/clusterroles/{ref.role_name}"
+            role = await self.api.call_or_none(rbac.read_cluster_role, ref.role_name)
         else:
-            path = f"{base}/namespaces/{ref.namespace}/roles/{ref.role_name}"
-        role = await self.client.get_or_none(path)
+            role = await self.api.call_or_none(
+                rbac.read_namespaced_role, ref.role_name, ref.namespace
+            )
         return None if role is None else list(role.get("rules") or [])
 
 

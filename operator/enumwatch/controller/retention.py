@@ -13,7 +13,7 @@ import math
 
 from enumwatch.controller import metrics
 from enumwatch.controller.runtime import Detectors
-from enumwatch.kubeapi import CALL_ERRORS
+from enumwatch.kubeclient import CALL_ERRORS
 from enumwatch.sink.findings import FindingSink
 
 log = logging.getLogger(__name__)

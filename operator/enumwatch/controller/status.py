@@ -18,7 +18,7 @@ from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import format_duration
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.exception_list import spoofable
-from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
+from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.rbac_posture import REASON_FOUND, describe, verdict
 from enumwatch.sink.findings import FindingSink
@@ -43,7 +43,7 @@ class StatusReporter:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: KubeApi,
         sink: FindingSink,
         posture: Callable[[], Posture | None] | None = None,
         outputs: Outputs | None = None,
@@ -354,15 +354,16 @@ class StatusReporter:
         ):
             return
         runtime.status_written = (significant, now)
-        path = (
-            namespaced_path(
-                GROUP, VERSION, runtime.ref.namespace, DETECTOR_PLURAL, runtime.ref.name
-            )
-            + "/status"
-        )
         try:
-            await self.client.merge_patch(
-                path, {"status": status.model_dump(by_alias=True, exclude_none=True, mode="json")}
+            await self.client.call(
+                self.client.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                runtime.ref.namespace,
+                DETECTOR_PLURAL,
+                runtime.ref.name,
+                {"status": status.model_dump(by_alias=True, exclude_none=True, mode="json")},
+                _content_type="application/merge-patch+json",
             )
         except ApiError as exc:
             runtime.status_written = None  # not written: the next call writes

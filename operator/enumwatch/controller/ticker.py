@@ -23,7 +23,7 @@ from enumwatch.controller import gcpolicy, metrics
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
-from enumwatch.kubeapi import CALL_ERRORS
+from enumwatch.kubeclient import CALL_ERRORS
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.notices import Notice, Reason
 from enumwatch.outputs.policyreport import PolicyReportWriter

@@ -26,7 +26,7 @@ from typing import Literal
 from enumwatch.api.names import DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.kubeapi import CALL_ERRORS, KubeClient, namespaced_path
+from enumwatch.kubeclient import CALL_ERRORS, KubeApi
 from enumwatch.outputs.delivery import Delivery, Endpoint
 from enumwatch.outputs.notices import ActiveFindings, Notice, Reason, reported_elsewhere
 from enumwatch.outputs.output import Outgoing
@@ -74,7 +74,7 @@ def margin(spec: DetectorSpec) -> float:
 class Outputs:
     """The deliveries of every output of the registry, fed from the sink's writes."""
 
-    def __init__(self, config: OutputsConfig, client: KubeClient | None = None) -> None:
+    def __init__(self, config: OutputsConfig, client: KubeApi | None = None) -> None:
         self.config = config
         self.client = client
         self.active = ActiveFindings()
@@ -150,9 +150,13 @@ class Outputs:
         if key in self._adopted or self.client is None or not per_tick:
             return
         try:
-            listing = await self.client.get(
-                namespaced_path(GROUP, VERSION, ref.namespace, FINDING_PLURAL),
-                params={"labelSelector": f"{DETECTOR_LABEL}={ref.name}"},
+            listing = await self.client.call(
+                self.client.custom.list_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                ref.namespace,
+                FINDING_PLURAL,
+                label_selector=f"{DETECTOR_LABEL}={ref.name}",
             )
         except CALL_ERRORS as exc:
             log.warning("could not list Findings to re-post their alerts; will retry: %s", exc)

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from enumwatch.kubeapi import ConfigError
+from enumwatch.kubeclient import ConfigError
 from enumwatch.outputs.delivery import Endpoint
 from enumwatch.outputs.notices import ActiveFindings, Notice
 

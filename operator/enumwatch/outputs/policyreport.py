@@ -37,7 +37,7 @@ from enumwatch.api.names import (
     MANAGED_BY_LABEL,
     VERSION,
 )
-from enumwatch.kubeapi import ApiError, KubeClient, namespaced_path
+from enumwatch.kubeclient import ApiError, KubeApi
 from enumwatch.timefmt import parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ class PolicyReportWriter:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: KubeApi,
         apis: tuple[ReportApi, ...],
         *,
         max_results: int = DEFAULT_MAX_RESULTS,
@@ -297,9 +297,13 @@ class PolicyReportWriter:
     async def reconcile(self, namespace: str, result: FlushResult | None = None) -> None:
         """Make the report(s) of ``namespace`` say what its Findings say (idempotent)."""
         result = result if result is not None else FlushResult()
-        listing = await self.client.get(
-            namespaced_path(GROUP, VERSION, namespace, FINDING_PLURAL),
-            params={"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"},
+        listing = await self.client.call(
+            self.client.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            FINDING_PLURAL,
+            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
         )
         content = report_content(listing.get("items", []), self.max_results)
         if content.skipped:
@@ -318,15 +322,17 @@ class PolicyReportWriter:
         self, api: ReportApi, namespace: str, desired: dict[str, Any], any_results: bool
     ) -> bool:
         """Create or replace one report; whether anything was written."""
-        collection = namespaced_path(api.group, api.version, namespace, api.plural)
-        path = f"{collection}/{REPORT_NAME}"
+        reports = self.client.custom
+        where = (api.group, api.version, namespace, api.plural)
         for _attempt in range(3):
-            current = await self.client.get_or_none(path)
+            current = await self.client.call_or_none(
+                reports.get_namespaced_custom_object, *where, REPORT_NAME
+            )
             try:
                 if current is None:
                     if not any_results:
                         return False  # no Finding, no report: nothing to say
-                    await self.client.create(collection, desired)
+                    await self.client.call(reports.create_namespaced_custom_object, *where, desired)
                     return True
                 if _owned(current) == _owned(desired):
                     return False
@@ -343,7 +349,9 @@ class PolicyReportWriter:
                         },
                     },
                 }
-                await self.client.replace(path, body)
+                await self.client.call(
+                    reports.replace_namespaced_custom_object, *where, REPORT_NAME, body
+                )
                 return True
             except ApiError as exc:
                 if exc.status == 409:  # changed or created concurrently: read it again

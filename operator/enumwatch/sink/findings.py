@@ -36,7 +36,7 @@ from enumwatch.api.names import (
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec, FindingsSpec, parse_duration
 from enumwatch.attribution import unattributable
-from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
+from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi
 from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
 from enumwatch.sink.plan import (
@@ -121,7 +121,7 @@ class FindingSink:
 
     def __init__(
         self,
-        client: KubeClient,
+        client: KubeApi,
         *,
         instance: str = "enumwatch",
         attribution: Attribution | None = None,
@@ -237,10 +237,7 @@ class FindingSink:
 
     async def _recorded(self, detector: DetectorRef, spec: DetectorSpec) -> set[GroupKey]:
         """The group keys that already have a Finding of ``detector``."""
-        listing = await self.client.get(
-            namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
-            params={"labelSelector": f"{DETECTOR_LABEL}={detector.name}"},
-        )
+        listing = await self._list(detector)
         by_address = spec.group_by == "sourceIP"  # as rule.group_keys
         return {
             cluster_key(
@@ -260,12 +257,20 @@ class FindingSink:
     ) -> None:
         window, row = write.window, write.row
         name = row_finding_name(detector, row)
-        path = namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL, name)
+        path = f"{detector.namespace}/{name}"
+        findings = self.client.custom
         source = self.source_of(write)
         for attempt in range(3):
             current = self._known.pop(path, None) if attempt == 0 else None
             if current is None:
-                current = await self.client.get_or_none(path)
+                current = await self.client.call_or_none(
+                    findings.get_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    detector.namespace,
+                    FINDING_PLURAL,
+                    name,
+                )
             decided = plan(
                 current["spec"] if current else None,
                 row,
@@ -287,8 +292,12 @@ class FindingSink:
             result.clusters[name] = row.cluster
             try:
                 if current is None:
-                    created = await self.client.create(
-                        namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
+                    created = await self.client.call(
+                        findings.create_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        detector.namespace,
+                        FINDING_PLURAL,
                         {
                             "apiVersion": API_VERSION,
                             "kind": FINDING_KIND,
@@ -310,9 +319,15 @@ class FindingSink:
                         await self._announce(created, detector, summary(decided.spec))
                         await self._announce_access(created, detector, decided)
                     return
-                patched = await self.client.json_patch(
-                    path,
+                patched = await self.client.call(
+                    findings.patch_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    detector.namespace,
+                    FINDING_PLURAL,
+                    name,
                     spec_patch(current["spec"], body, current["metadata"]["resourceVersion"]),
+                    _content_type="application/json-patch+json",
                 )
             except ApiError as exc:
                 if exc.status == 409:  # created or changed concurrently: plan again
@@ -407,8 +422,8 @@ class FindingSink:
             "count": 1,
         }
         try:
-            await self.client.create(
-                namespaced_path("", "v1", involved["namespace"], "events"), body
+            await self.client.call(
+                self.client.core.create_namespaced_event, involved["namespace"], body
             )
         except CALL_ERRORS as exc:
             self.event_errors[reason] += 1
@@ -423,11 +438,19 @@ class FindingSink:
 
     async def count(self, detector: DetectorRef) -> int:
         """How many Findings of ``detector`` exist now (the detector's FINDINGS column)."""
-        listing = await self.client.get(
-            namespaced_path(GROUP, VERSION, detector.namespace, FINDING_PLURAL),
-            params={"labelSelector": f"{DETECTOR_LABEL}={detector.name}"},
-        )
+        listing = await self._list(detector)
         return len(listing.get("items", []))
+
+    async def _list(self, detector: DetectorRef) -> dict[str, Any]:
+        """The Findings of ``detector`` (its label), as one list answer."""
+        return await self.client.call(
+            self.client.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            detector.namespace,
+            FINDING_PLURAL,
+            label_selector=f"{DETECTOR_LABEL}={detector.name}",
+        )
 
     async def expire(
         self, now: float, retention_of: Callable[[str, str], float | None]
@@ -439,9 +462,13 @@ class FindingSink:
         applies, so evidence of a deleted detector still expires. Returns namespace/name of
         each Finding deleted, and when the next of the remaining ones expires (``None``: none).
         """
-        listing = await self.client.get(
-            f"/apis/{GROUP}/{VERSION}/{FINDING_PLURAL}",
-            params={"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"},
+        findings = self.client.custom
+        listing = await self.client.call(
+            findings.list_cluster_custom_object,
+            GROUP,
+            VERSION,
+            FINDING_PLURAL,
+            label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
         )
         deleted = []
         next_expiry: float | None = None
@@ -455,11 +482,15 @@ class FindingSink:
                 retention = parse_duration(spec.get("retention") or DEFAULT_RETENTION)
             expires = parse_rfc3339(last_seen) + retention
             if expires < now:
-                path = namespaced_path(
-                    GROUP, VERSION, meta["namespace"], FINDING_PLURAL, meta["name"]
+                self._known.pop(f"{meta['namespace']}/{meta['name']}", None)
+                await self.client.call_or_none(  # deleted meanwhile (404): as good
+                    findings.delete_namespaced_custom_object,
+                    GROUP,
+                    VERSION,
+                    meta["namespace"],
+                    FINDING_PLURAL,
+                    meta["name"],
                 )
-                self._known.pop(path, None)
-                await self.client.delete(path)
                 deleted.append(f"{meta['namespace']}/{meta['name']}")
             elif next_expiry is None or expires < next_expiry:
                 next_expiry = expires
