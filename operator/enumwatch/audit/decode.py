@@ -66,6 +66,7 @@ from enumwatch.audit.event import (
     F_VERB,
     AuditEvent,
     EventFields,
+    new_event,
 )
 from enumwatch.audit.identity import event_identity
 from enumwatch.timefmt import read_rfc3339
@@ -322,25 +323,26 @@ def _decode_raw(
 def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
     """The :class:`AuditEvent` of a field tuple (its time picked and read here)."""
     timestamp, problem = _pick_timestamp(f[F_STAGE_TIMESTAMP], f[F_RECEIVED_TIMESTAMP], elastic_ts)
-    return AuditEvent(
-        audit_id=f[F_AUDIT_ID],
-        stage=f[F_STAGE],
-        timestamp=timestamp,
-        username=f[F_USERNAME],
-        groups=f[F_GROUPS],
-        level=f[F_LEVEL],
-        verb=f[F_VERB],
-        request_uri=f[F_REQUEST_URI],
-        resource=f[F_RESOURCE],
-        namespace=f[F_NAMESPACE],
-        source_ips=f[F_SOURCE_IPS],
-        user_agent=f[F_USER_AGENT],
-        code=f[F_CODE],
-        message=f[F_MESSAGE],
-        decision=f[F_DECISION],
-        identity=event_identity(f),
-        timestamp_error=problem,
-        cluster=f[F_CLUSTER],
+    # In EVENT_ATTRIBUTES order (test_audit checks it against AuditEvent's keywords).
+    return new_event(
+        f[F_AUDIT_ID],
+        f[F_STAGE],
+        timestamp,
+        f[F_USERNAME],
+        f[F_GROUPS],
+        f[F_LEVEL],
+        f[F_VERB],
+        f[F_REQUEST_URI],
+        f[F_RESOURCE],
+        f[F_NAMESPACE],
+        f[F_SOURCE_IPS],
+        f[F_USER_AGENT],
+        f[F_CODE],
+        f[F_MESSAGE],
+        f[F_DECISION],
+        problem,
+        f[F_CLUSTER],
+        event_identity(f),
     )
 
 
