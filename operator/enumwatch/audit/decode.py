@@ -403,6 +403,17 @@ _decode_list = msgspec.json.Decoder(_EventList).decode
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
+class _TypedEventList(msgspec.Struct, gc=False):
+    """An ``EventList`` body whose every item is typed as :class:`_Event` (one call for the
+    body: a third of scanning it for its items and decoding each on its own)."""
+
+    kind: str
+    items: list[_Event]
+
+
+_decode_typed_list = msgspec.json.Decoder(_TypedEventList).decode
+
+
 def _typed_fields(data: bytes, pinned: str | None = None) -> EventFields | None:
     """The :data:`EventFields` of one JSON value if it is a well-typed apiserver ``Event``;
     ``None`` when the generic path must decide (anything else, or anything it refuses).
@@ -411,6 +422,33 @@ def _typed_fields(data: bytes, pinned: str | None = None) -> EventFields | None:
         e = _decode_typed(data)
     except (msgspec.DecodeError, RecursionError):
         return None
+    return _fields_of(e, pinned)
+
+
+def _typed_event_list(raw: bytes, cluster: str | None) -> list[AuditEvent | str] | None:
+    """The events of an ``EventList`` body whose every item the typed decoder takes, decoded
+    in one call; ``None`` when one item (or the body) is anything else: then each item is
+    decided on its own by :func:`decode_event_list`, so the results are the same."""
+    if not _valid_utf8(raw):
+        return None
+    try:
+        body = _decode_typed_list(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if body.kind != "EventList":
+        return None
+    results: list[AuditEvent | str] = []
+    for item in body.items:
+        fields = _fields_of(item, cluster)
+        if fields is None:
+            return None
+        results.append(_event(fields))
+    return results
+
+
+def _fields_of(e: _Event, pinned: str | None) -> EventFields | None:
+    """The :data:`EventFields` of a typed event, ``None`` when the generic path must decide
+    (not an ``Event``, a code orjson would not read as an integer, an invalid cluster name)."""
     if e.kind != "Event":
         return None
     user, ref, status, notes = e.user, e.object_ref, e.response_status, e.annotations
@@ -529,6 +567,9 @@ def decode_event_list(raw: bytes, cluster: str | None = None) -> list[AuditEvent
     came with a token pinned to that cluster): a forwarder of one cluster cannot write events
     as another's. ``None``: each event's own annotation, if any.
     """
+    typed = _typed_event_list(raw, cluster)
+    if typed is not None:
+        return typed
     items = event_list_items(raw)
     if items is not None:
         results: list[AuditEvent | str] = []
