@@ -839,14 +839,17 @@ class WindowedEvaluator(Schedule):
         for k in sorted(k for k in self._slices if (start is None or k > start) and k <= index):
             slice_ = self._slices[k]
             self._window_events += slice_.events
+            entered = 0
             for key, cell in slice_.cells.items():
                 group = groups[key]
                 if not group.count:
-                    self._active_groups += 1
+                    entered += 1
                 group.count += cell.count
-                if group.agg is not None and cell.values:
-                    _fold(group.agg, cell.values, 1)
-                dirty.add(key)
+                agg, values = group.agg, cell.values
+                if agg is not None and values:
+                    _fold(agg, values, 1)
+            self._active_groups += entered
+            dirty.update(slice_.cells)
         self._frontier = index
 
     def _expire_through(self, index: int) -> None:
@@ -867,25 +870,34 @@ class WindowedEvaluator(Schedule):
             self.evicted += slice_.events
             if active:
                 self._window_events -= slice_.events
-            for key, cell in slice_.cells.items():
+            cells = slice_.cells
+            self._cells -= len(cells)
+            values_left = left = 0
+            for key, cell in cells.items():
                 group = groups[key]
-                del group.cells[k]
-                self._cells -= 1
-                group.docs -= cell.count
-                if cell.values is None:
+                group_cells = group.cells
+                del group_cells[k]
+                count, values = cell.count, cell.values
+                group.docs -= count
+                if values is None:
                     group.saturated -= 1
                 else:
-                    self._values -= len(cell.values)
+                    values_left += len(values)
                 if active:
-                    group.count -= cell.count
+                    group.count -= count
                     if not group.count:
-                        self._active_groups -= 1
-                    if group.agg is not None and cell.values:
-                        _fold(group.agg, cell.values, -1)
-                    dirty.add(key)
-                if not group.cells:
+                        left += 1
+                    agg = group.agg
+                    if agg is not None and values:
+                        _fold(agg, values, -1)
+                if not group_cells:
                     del groups[key]
-                    dirty.add(key)
+                    if not active:
+                        dirty.add(key)
+            self._values -= values_left
+            self._active_groups -= left
+            if active:
+                dirty.update(cells)
 
     # ---------------------------------------------------------------------------- ticking
 
