@@ -13,11 +13,11 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
    the wall time is the share of one core it needs. Goal: at most 20 ms per 1,000 events
    (issue 22; ingest and decoding included). The client posts as ``enumwatch tail`` does with
    its default options: one keep-alive connection, a batch cut at ``batch_size`` events or
-   ``batch_wait`` seconds after its first event (:class:`~enumwatch.sources.forwarder.
-   ForwardConfig`'s defaults: 500 events, 0.2 s, so 200-event lists five times a second at
-   1,000 events/s). Until issue 22's third CPU round it opened a new connection for each of
-   ten lists a second, a cost (accept, close, a request's parsing) the tailer does not make
-   the operator pay; ``--new-connections`` still measures that way.
+   ``batch_wait`` seconds after its first event (the defaults of
+   ``enumwatch.sources.forwarder.ForwardConfig``: 500 events, 0.2 s, so 200-event lists five
+   times a second at 1,000 events/s). Until issue 22's third CPU round it opened a new
+   connection for each of ten lists a second, a cost (accept, close, a request's parsing) the
+   tailer does not make the operator pay; ``--new-connections`` still measures that way.
 3. Peak ingest throughput: the same events posted as fast as one client can.
 4. ``idle`` (not in the default parts): the operator's CPU for ``--seconds`` with nothing
    posted (the detector still ticking every 1 s, its one firing group's Finding patched at
