@@ -9,7 +9,8 @@ measures the first two without the third, in one process on one core, so that a 
 decoder or the handler shows in its own figure:
 
 1. ``decode``: :func:`enumwatch.controller.ingest.decode_batch` over 500-event bodies (what the
-   worker thread does per POST), journal lines included as the operator makes them with
+   operator does per POST), with the batch's journal record
+   (:func:`~enumwatch.controller.persistence.journal_record`) as the operator makes it with
    ``--state-dir``;
 2. ``handler``: the operator's real :class:`~enumwatch.controller.ingest.IngestServer` on
    127.0.0.1 with no detector (so no window work), one client posting the same bodies back to
@@ -39,6 +40,7 @@ import orjson
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller.ingest import IngestAuth, IngestServer, decode_batch
+from enumwatch.controller.persistence import journal_record
 from enumwatch.controller.runtime import Detectors
 from enumwatch_devkit import corpus
 
@@ -81,15 +83,16 @@ def bodies(total: int) -> list[bytes]:
 
 
 def measure_decode(batches: list[bytes], repeat: int) -> float:
-    """Events/s of :func:`decode_batch` (journal lines made), best of ``repeat``."""
+    """Events/s of :func:`decode_batch` and the journal record, best of ``repeat``."""
     events = 0
     best = float("inf")
     for _ in range(repeat):
         start = time.process_time()
         events = 0
         for raw in batches:
-            batch = decode_batch(raw, time.time(), True)
+            batch = decode_batch(raw)
             assert not isinstance(batch, str)
+            journal_record(batch.events, time.time())
             events += len(batch.events)
         best = min(best, time.process_time() - start)
     return events / best
@@ -160,7 +163,7 @@ def main() -> int:
     size = sum(map(len, batches)) / args.events
     print(f"{args.events:,} events in {len(batches)} lists of {BATCH} ({size:.0f} bytes/event)")
     rate = measure_decode(batches, args.repeat)
-    print(f"decode_batch (journal lines included): {rate:,.0f} events/s of CPU")
+    print(f"decode_batch (journal record included): {rate:,.0f} events/s of CPU")
     rate = measure_handler(batches, args.repeat, detector=False)
     print(f"IngestServer, no detector, one client: {rate:,.0f} events/s of server CPU")
     rate = measure_handler(batches, args.repeat, detector=True)

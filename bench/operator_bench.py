@@ -11,7 +11,13 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
    re-keyed with new auditIDs, source IPs and timestamps) POSTed to ``/ingest`` at ``--rate``
    events/s for ``--seconds``; the operator process's CPU time (utime + stime from /proc) over
    the wall time is the share of one core it needs. Goal: at most 20 ms per 1,000 events
-   (issue 22; ingest and decoding included).
+   (issue 22; ingest and decoding included). The client posts as ``enumwatch tail`` does with
+   its default options: one keep-alive connection, a batch cut at ``batch_size`` events or
+   ``batch_wait`` seconds after its first event (the defaults of
+   ``enumwatch.sources.forwarder.ForwardConfig``: 500 events, 0.2 s, so 200-event lists five
+   times a second at 1,000 events/s). Until issue 22's third CPU round it opened a new
+   connection for each of ten lists a second, a cost (accept, close, a request's parsing) the
+   tailer does not make the operator pay; ``--new-connections`` still measures that way.
 3. Peak ingest throughput: the same events posted as fast as one client can.
 4. ``idle`` (not in the default parts): the operator's CPU for ``--seconds`` with nothing
    posted (the detector still ticking every 1 s, its one firing group's Finding patched at
@@ -42,6 +48,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from enumwatch.sources.forwarder import ForwardConfig
 from enumwatch_devkit import controlplane, devstack
 from enumwatch_devkit.operatorkit import SCAN_PATHS
 
@@ -131,7 +138,7 @@ def batch(tmpl: list[dict[str, Any]], size: int, seq: int) -> bytes:
 
 
 def post(url: str, token: str, body: bytes) -> None:
-    """POST one EventList to the operator."""
+    """POST one EventList to the operator on a new connection."""
     req = urllib.request.Request(
         url + "/ingest",
         data=body,
@@ -142,20 +149,66 @@ def post(url: str, token: str, body: bytes) -> None:
         assert resp.status == 200
 
 
+class Sender:
+    """POSTs EventLists to the operator on one keep-alive connection, as a tailer keeps one."""
+
+    def __init__(self, url: str, token: str) -> None:
+        host, port = url.split("//", 1)[1].rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def post(self, body: bytes) -> None:
+        """POST one EventList and read its answer."""
+        self.conn.request("POST", "/ingest", body=body, headers=self.headers)
+        resp = self.conn.getresponse()
+        resp.read()
+        assert resp.status == 200, resp.status
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+def tailer_batches(rate: int) -> tuple[int, float]:
+    """(events per list, seconds between lists) of a tailer with its default options fed
+    ``rate`` events/s: a batch is cut when it holds ``batch_size`` events or ``batch_wait``
+    seconds after its first one."""
+    defaults = ForwardConfig(forward_url="")
+    per_batch = max(1, min(defaults.batch_size, round(rate * defaults.batch_wait)))
+    return per_batch, per_batch / rate
+
+
 def measure_cpu(
-    url: str, token: str, pid: int, tmpl: list[dict[str, Any]], rate: int, seconds: float
+    url: str,
+    token: str,
+    pid: int,
+    tmpl: list[dict[str, Any]],
+    rate: int,
+    seconds: float,
+    new_connections: bool = False,
 ) -> tuple[float, int]:
-    """Post ``rate`` events/s for ``seconds``; return (operator CPU cores used, events sent)."""
-    per_batch = max(1, rate // 10)
-    bodies = [batch(tmpl, per_batch, k * per_batch) for k in range(int(seconds * 10))]
+    """Post ``rate`` events/s for ``seconds`` as a tailer does (``new_connections``: ten lists
+    a second, each on a new connection, as this bench did before); return (operator CPU cores
+    used, events sent)."""
+    if new_connections:
+        per_batch, period = max(1, rate // 10), 0.1
+    else:
+        per_batch, period = tailer_batches(rate)
+    count = max(1, round(seconds / period))
+    bodies = [batch(tmpl, per_batch, k * per_batch) for k in range(count)]
+    sender = Sender(url, token)
     cpu0, wall0 = cpu_seconds(pid), time.monotonic()
     for k, body in enumerate(bodies):
-        target = wall0 + k / 10
+        target = wall0 + k * period
         delay = target - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        post(url, token, body)
+        if new_connections:
+            post(url, token, body)
+        else:
+            sender.post(body)
     time.sleep(max(0.0, wall0 + seconds - time.monotonic()))
+    sender.close()
     cpu1, wall1 = cpu_seconds(pid), time.monotonic()
     return (cpu1 - cpu0) / (wall1 - wall0), per_batch * len(bodies)
 
@@ -168,17 +221,12 @@ def measure_throughput(
     bodies = [batch(tmpl, 500, k * 500) for k in range(total // 500)]
     # One keep-alive connection, as a tailer keeps one: the client's own cost is a send and
     # a read, not a connection per list.
-    host, port = url.split("//", 1)[1].rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    sender = Sender(url, token)
     start = time.monotonic()
     for body in bodies:
-        conn.request("POST", "/ingest", body=body, headers=headers)
-        resp = conn.getresponse()
-        resp.read()
-        assert resp.status == 200, resp.status
+        sender.post(body)
     wall = time.monotonic() - start
-    conn.close()
+    sender.close()
     return total / wall, wall
 
 
@@ -260,6 +308,12 @@ def main() -> int:
         help="comma-separated measurements to run (default: all three)",
     )
     parser.add_argument("--engine-only", action="store_true", help="the windows alone, no cluster")
+    parser.add_argument(
+        "--new-connections",
+        action="store_true",
+        help="--parts cpu: ten lists a second, each on a new connection (the bench before "
+        "issue 22's third CPU round) instead of a tailer's keep-alive batches",
+    )
     args = parser.parse_args()
     if args.engine_only:
         engine_only(args.rate, int(args.seconds or 60))
@@ -273,7 +327,11 @@ def main() -> int:
         stack = devstack.start(cp, work / "stack", detached=False)
         cp.kubectl("apply", "-f", "-", input=json.dumps(DETECTOR))
         time.sleep(2)
-        print(f"control plane ready in {cp.started_in:.1f}s; nproc={os.cpu_count()}")
+        print(
+            f"control plane ready in {cp.started_in:.1f}s; nproc={os.cpu_count()}; operator "
+            f"pid {stack.processes['operator'].pid}",
+            flush=True,
+        )
         if "latency" in parts:
             latencies = measure_latency(cp, args.scans)
             q = sorted(latencies)
@@ -299,11 +357,23 @@ def main() -> int:
             )
         if "cpu" in parts:
             cores, sent = measure_cpu(
-                stack.operator_url, token, pid, tmpl, args.rate, args.seconds
+                stack.operator_url,
+                token,
+                pid,
+                tmpl,
+                args.rate,
+                args.seconds,
+                args.new_connections,
+            )
+            per_batch, period = tailer_batches(args.rate)
+            client = (
+                "10 lists/s, each on a new connection"
+                if args.new_connections
+                else f"{per_batch}-event lists every {period:g}s on one connection"
             )
             print(
                 f"operator CPU at {args.rate} ingested events/s for {args.seconds:.0f}s "
-                f"({sent} events, 2000 source IPs, detector ticking every 1s): "
+                f"({sent} events, {client}, 2000 source IPs, detector ticking every 1s): "
                 f"{cores * 100:.1f}% of one core = {cores * 1000 / args.rate * 1000:.0f} ms "
                 f"CPU per 1,000 events (goal <= 20)"
             )

@@ -201,15 +201,23 @@ _FORBID_AT, _FAILED_AT, _NOT_FOUND_AT = (
 def _fold(agg: _Agg, values: Iterable[tuple[Any, ...]], sign: int) -> None:
     """Add (``sign`` 1) or subtract (-1) documents' value tuples to or from ``agg``."""
     outcomes, uris, resources = agg
+    # Written out for both counts: a tick folds a slice's documents in and another's out (a
+    # loop over the two would make a tuple of pairs per document).
     for v in values:
         outcomes[v[_OUTCOME_AT]] += sign
-        for counts, value in ((uris, v[F_REQUEST_URI]), (resources, v[F_RESOURCE])):
-            if value is not None:
-                n = counts.get(value, 0) + sign
-                if n:
-                    counts[value] = n
-                else:
-                    del counts[value]
+        uri, resource = v[F_REQUEST_URI], v[F_RESOURCE]
+        if uri is not None:
+            n = uris.get(uri, 0) + sign
+            if n:
+                uris[uri] = n
+            else:
+                del uris[uri]
+        if resource is not None:
+            n = resources.get(resource, 0) + sign
+            if n:
+                resources[resource] = n
+            else:
+                del resources[resource]
 
 
 class _Group:
@@ -377,6 +385,11 @@ class Schedule:
         """Hold a matching event at time ``ts``."""
         raise NotImplementedError
 
+    def _hold_all(self, ts: float, events: Sequence[AuditEvent]) -> None:
+        """Hold matching events, in order, all at time ``ts`` (a batch's arrival)."""
+        for event in events:
+            self._hold(ts, event)
+
     def evaluate(self, tick: float) -> WindowResult:
         """Evaluate the window ``(tick - lookback, tick]``, then drop what no later tick needs."""
         raise NotImplementedError
@@ -436,10 +449,9 @@ class Schedule:
         refused: dict[int, Literal["late", "future", "undated"]] = {}
         hold = self._hold
         if self.time_basis == "ingested":
-            for event, match in zip(events, matched, strict=True):
-                if match:
-                    hold(arrival, event)
-            self.unmatched += len(events) - sum(matched)
+            kept = [event for event, match in zip(events, matched, strict=True) if match]
+            self._hold_all(arrival, kept)
+            self.unmatched += len(events) - len(kept)
             return refused
         for index, (event, match) in enumerate(zip(events, matched, strict=True)):
             if not match:
@@ -706,6 +718,9 @@ class WindowedEvaluator(Schedule):
         finally:
             self._checked = True
 
+    def _hold_all(self, ts: float, events: Sequence[AuditEvent]) -> None:
+        self._insert_all(ts, events)
+
     def _slice_of(self, ts: float) -> int:
         """The slice ``k`` with ``(k - 1) * width < ts <= k * width``."""
         w = self.width
@@ -724,6 +739,14 @@ class WindowedEvaluator(Schedule):
 
     def _insert(self, ts: float, event: AuditEvent) -> None:
         """Count one matching event at time ``ts`` in its groups' cells."""
+        self._insert_all(ts, (event,))
+
+    def _insert_all(self, ts: float, events: Sequence[AuditEvent]) -> None:
+        """Count matching events at time ``ts`` (a batch's arrival) in their groups' cells, in
+        order: what :meth:`_insert` does for each, with what is the same for all of them (the
+        slice, whether it is in the evaluated window, the rule's grouping) looked up once."""
+        if not events:
+            return
         cached_ts, k = self._slice_cache
         if ts != cached_ts:
             k = self._slice_of(ts)
@@ -731,74 +754,79 @@ class WindowedEvaluator(Schedule):
         slice_ = self._slices.get(k)
         if slice_ is None:
             slice_ = self._slices[k] = _Slice()
-        slice_.events += 1
+        n = len(events)
+        slice_.events += n
         slice_.saved = None
-        self._held += 1
-        self.added += 1
+        self._held += n
+        self.added += n
         active = self._frontier is not None and k <= self._frontier
         if active:
-            self._window_events += 1
-        source_ips = event.source_ips
+            self._window_events += n
         rule = self.rule
-        # as rule.group_keys: grouped by address, the user agent is a value, not the key
-        user_agent = None if rule.by_address else event.user_agent
-        ips: Iterable[str | None] = source_ips or (None,)
-        if len(source_ips) > 1:  # as rule.group_keys
-            ips = source_ips[-1:] if rule.observed_only else dict.fromkeys(source_ips)
-        observed_ip = source_ips[-1] if source_ips else None
-        cluster = event.cluster  # as rule.cluster_key: extends the key only when set
-        self._seq += 1
-        seq = self._seq
+        by_address, observed_only = rule.by_address, rule.observed_only
         groups = self._groups
         cells = slice_.cells
         cap = self._cap
-        values: tuple[Any, ...] | None = None
-        for ip in ips:
-            key = (ip, user_agent) if cluster is None else (ip, user_agent, cluster)
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = _Group()
-            cell = group.cells.get(k)
-            if cell is None:
-                cell = group.cells[k] = cells[key] = _Cell()
-                self._cells += 1
-            cell.count += 1
-            group.docs += 1
-            group.touched = seq
-            if ts > cell.last:
-                cell.last = ts
-            kept = cell.values
-            if ip is not None and ip == observed_ip:
-                cell.observed += 1
-            elif observed_ip is not None and kept is not None:
-                senders = cell.senders
-                if senders is None:
-                    senders = cell.senders = {}
-                senders[observed_ip] = senders.get(observed_ip, 0) + 1
-            if kept is not None:
-                if cell.count >= cap:
-                    # Saturated: this slice alone keeps the group from firing while it is in
-                    # the window, so its values can never be read again.
-                    cell.values = None
-                    cell.senders = None
-                    group.saturated += 1
-                    self._values -= len(kept)
-                    if active and group.agg is not None:
-                        _fold(group.agg, kept, -1)
-                else:
-                    if values is None:
-                        values = event_values(event, rule.by_address)
-                    kept.append(values)
-                    self._values += 1
-                    if active and group.agg is not None:
-                        _fold(group.agg, (values,), 1)
-            if active:
-                if not group.count:
-                    self._active_groups += 1
-                group.count += 1
-                self._dirty.add(key)
-        if self._checked and self.state_bytes > self.state_budget:
-            self._shed(ts)
+        dirty = self._dirty
+        checked = self._checked
+        for event in events:
+            source_ips = event.source_ips
+            # as rule.group_keys: grouped by address, the user agent is a value, not the key
+            user_agent = None if by_address else event.user_agent
+            ips: Iterable[str | None] = source_ips or (None,)
+            if len(source_ips) > 1:  # as rule.group_keys
+                ips = source_ips[-1:] if observed_only else dict.fromkeys(source_ips)
+            observed_ip = source_ips[-1] if source_ips else None
+            cluster = event.cluster  # as rule.cluster_key: extends the key only when set
+            self._seq += 1
+            seq = self._seq
+            values: tuple[Any, ...] | None = None
+            for ip in ips:
+                key = (ip, user_agent) if cluster is None else (ip, user_agent, cluster)
+                group = groups.get(key)
+                if group is None:
+                    group = groups[key] = _Group()
+                cell = group.cells.get(k)
+                if cell is None:
+                    cell = group.cells[k] = cells[key] = _Cell()
+                    self._cells += 1
+                cell.count += 1
+                group.docs += 1
+                group.touched = seq
+                if ts > cell.last:
+                    cell.last = ts
+                kept = cell.values
+                if ip is not None and ip == observed_ip:
+                    cell.observed += 1
+                elif observed_ip is not None and kept is not None:
+                    senders = cell.senders
+                    if senders is None:
+                        senders = cell.senders = {}
+                    senders[observed_ip] = senders.get(observed_ip, 0) + 1
+                if kept is not None:
+                    if cell.count >= cap:
+                        # Saturated: this slice alone keeps the group from firing while it is
+                        # in the window, so its values can never be read again.
+                        cell.values = None
+                        cell.senders = None
+                        group.saturated += 1
+                        self._values -= len(kept)
+                        if active and group.agg is not None:
+                            _fold(group.agg, kept, -1)
+                    else:
+                        if values is None:
+                            values = event_values(event, by_address)
+                        kept.append(values)
+                        self._values += 1
+                        if active and group.agg is not None:
+                            _fold(group.agg, (values,), 1)
+                if active:
+                    if not group.count:
+                        self._active_groups += 1
+                    group.count += 1
+                    dirty.add(key)
+            if checked and self.state_bytes > self.state_budget:
+                self._shed(ts)
 
     # ---------------------------------------------------------------------------- slices
 
@@ -811,14 +839,17 @@ class WindowedEvaluator(Schedule):
         for k in sorted(k for k in self._slices if (start is None or k > start) and k <= index):
             slice_ = self._slices[k]
             self._window_events += slice_.events
+            entered = 0
             for key, cell in slice_.cells.items():
                 group = groups[key]
                 if not group.count:
-                    self._active_groups += 1
+                    entered += 1
                 group.count += cell.count
-                if group.agg is not None and cell.values:
-                    _fold(group.agg, cell.values, 1)
-                dirty.add(key)
+                agg, values = group.agg, cell.values
+                if agg is not None and values:
+                    _fold(agg, values, 1)
+            self._active_groups += entered
+            dirty.update(slice_.cells)
         self._frontier = index
 
     def _expire_through(self, index: int) -> None:
@@ -839,25 +870,34 @@ class WindowedEvaluator(Schedule):
             self.evicted += slice_.events
             if active:
                 self._window_events -= slice_.events
-            for key, cell in slice_.cells.items():
+            cells = slice_.cells
+            self._cells -= len(cells)
+            values_left = left = 0
+            for key, cell in cells.items():
                 group = groups[key]
-                del group.cells[k]
-                self._cells -= 1
-                group.docs -= cell.count
-                if cell.values is None:
+                group_cells = group.cells
+                del group_cells[k]
+                count, values = cell.count, cell.values
+                group.docs -= count
+                if values is None:
                     group.saturated -= 1
                 else:
-                    self._values -= len(cell.values)
+                    values_left += len(values)
                 if active:
-                    group.count -= cell.count
+                    group.count -= count
                     if not group.count:
-                        self._active_groups -= 1
-                    if group.agg is not None and cell.values:
-                        _fold(group.agg, cell.values, -1)
-                    dirty.add(key)
-                if not group.cells:
+                        left += 1
+                    agg = group.agg
+                    if agg is not None and values:
+                        _fold(agg, values, -1)
+                if not group_cells:
                     del groups[key]
-                    dirty.add(key)
+                    if not active:
+                        dirty.add(key)
+            self._values -= values_left
+            self._active_groups -= left
+            if active:
+                dirty.update(cells)
 
     # ---------------------------------------------------------------------------- ticking
 

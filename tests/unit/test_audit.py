@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from typing import Any
 
 import orjson
@@ -22,7 +22,8 @@ from enumwatch.audit import (
     iter_buffer_fields,
     iter_events,
 )
-from enumwatch.audit.event import FIELD_NAMES
+from enumwatch.audit.decode import decode_event_bytes
+from enumwatch.audit.event import EVENT_ATTRIBUTES, FIELD_NAMES, new_event
 from enumwatch.match import Matcher, Prefilter
 from enumwatch.rule import Rule
 from enumwatch_devkit.corpus import (
@@ -86,6 +87,36 @@ def raw(**changes: Any) -> dict[str, Any]:
 
 def test_raw_event() -> None:
     assert decode_object(raw()) == EXPECTED
+
+
+def test_every_field_lands_in_its_attribute_on_both_paths() -> None:
+    # Distinct values everywhere (a cluster, an unreadable stage time): a field set into the
+    # wrong attribute by new_event's positional order would show.
+    changed = raw(stageTimestamp="2024-05-01T25:00:00Z", requestReceivedTimestamp="bad")
+    changed["annotations"]["enumwatch.io/cluster"] = "prod-eu"
+    expected = replace(EXPECTED, timestamp=None, timestamp_error="out_of_range", cluster="prod-eu")
+    typed = decode_event_bytes(orjson.dumps(changed))
+    generic = decode_object(changed)
+    assert typed == generic == expected
+    assert isinstance(typed, AuditEvent) and isinstance(generic, AuditEvent)
+    assert typed.identity == generic.identity is not None
+    assert {name: getattr(typed, name) for name in EVENT_ATTRIBUTES} == {
+        name: getattr(expected, name) for name in EVENT_ATTRIBUTES if name != "identity"
+    } | {"identity": generic.identity}
+
+
+def test_new_event_is_the_dataclass_of_its_keywords_and_as_frozen() -> None:
+    values = (
+        "id", "stage", 1.5, "user", ("g",), "Request", "get", "/u", "pods", "ns", ("1.2.3.4",),
+        "ua", 403, "msg", "forbid", "malformed", "prod", b"\x01" * 16,
+    )  # fmt: skip
+    made = new_event(*values)
+    assert made == AuditEvent(**dict(zip(EVENT_ATTRIBUTES, values, strict=True)))
+    assert made.identity == b"\x01" * 16
+    with pytest.raises(FrozenInstanceError):
+        made.verb = "list"  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        new_event(*values[:-1])  # every attribute, or none
 
 
 def test_event_without_kind_is_still_an_event() -> None:

@@ -335,12 +335,12 @@ def test_a_pinned_token_writes_only_its_cluster_and_reserves_the_name(tmp_path: 
     assert [a.cluster if a else "refused" for a in admitted] == ["a", "b", None, "refused"]
     assert auth.reserved_clusters == {"a", "b"}
     # The forwarder of a posts events claiming b: they are a's.
-    batch = decode_batch(event_list(raw_scan("b")), T0, False, "a", auth.reserved_clusters)
+    batch = decode_batch(event_list(raw_scan("b")), "a", auth.reserved_clusters)
     assert not isinstance(batch, str)
     assert {e.cluster for e in batch.events} == {"a"} and len(batch.events) == 12
     # An unpinned token cannot write as a pinned cluster; other names pass as stamped.
     body = event_list(raw_scan("b")[:2] + raw_scan("c")[:3] + raw_scan(None)[:1])
-    batch = decode_batch(body, T0, False, None, auth.reserved_clusters)
+    batch = decode_batch(body, None, auth.reserved_clusters)
     assert not isinstance(batch, str)
     assert batch.skipped == {CLUSTER_RESERVED: 2}
     assert [e.cluster for e in batch.events] == ["c", "c", "c", None]

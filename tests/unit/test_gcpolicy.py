@@ -18,8 +18,6 @@ import pytest
 from enumwatch.controller import gcpolicy, ingest
 from enumwatch.controller.ingest import decode_batch, decode_in_parts
 
-ARRIVAL = 5000.0
-
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
@@ -83,16 +81,15 @@ async def test_decode_by_parts_gives_the_whole_bodys_batch(
     items[12] = item(2)  # a duplicate of an earlier part's event
     items[20] = {"_source": {"kind": "Event", "verb": "get"}}  # generic path
     raw = body(items)
-    for journal in (False, True):
-        whole = decode_batch(raw, ARRIVAL, journal)
-        parts = await decode_in_parts(raw, ARRIVAL, journal)
-        assert not isinstance(whole, str)
-        assert parts == whole
-        assert (len(whole.events), whole.duplicates, whole.skipped) == (
-            28,
-            1,
-            {"wrong_type:responseStatus.code": 1},
-        )
+    whole = decode_batch(raw)
+    parts = await decode_in_parts(raw)
+    assert not isinstance(whole, str)
+    assert parts == whole
+    assert (len(whole.events), whole.duplicates, whole.skipped) == (
+        28,
+        1,
+        {"wrong_type:responseStatus.code": 1},
+    )
 
 
 @pytest.mark.parametrize(
@@ -110,9 +107,9 @@ async def test_decode_by_parts_decides_a_malformed_body_as_the_whole(
     raw: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ingest, "DECODE_PART", 4)
-    whole = decode_batch(raw, ARRIVAL, False)
+    whole = decode_batch(raw)
     assert isinstance(whole, str)  # why the body is malformed: a 400
-    assert await decode_in_parts(raw, ARRIVAL, False) == whole
+    assert await decode_in_parts(raw) == whole
 
 
 async def test_decode_by_parts_keeps_the_tokens_cluster_and_the_reserved_names(
@@ -126,8 +123,8 @@ async def test_decode_by_parts_keeps_the_tokens_cluster_and_the_reserved_names(
         claimed["annotations"] = {"enumwatch.io/cluster": "b"}
     raw = body(items)
     for cluster, reserved in (("a", frozenset({"a"})), (None, frozenset({"b"}))):
-        whole = decode_batch(raw, ARRIVAL, True, cluster, reserved)
-        parts = await decode_in_parts(raw, ARRIVAL, True, cluster, reserved)
+        whole = decode_batch(raw, cluster, reserved)
+        parts = await decode_in_parts(raw, cluster, reserved)
         assert not isinstance(whole, str)
         assert parts == whole
         if cluster == "a":

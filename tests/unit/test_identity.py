@@ -15,7 +15,7 @@ import pytest
 from enumwatch.audit import AuditEvent, DecodeStats, decode_object, event_identity
 from enumwatch.audit.decode import iter_buffer_fields
 from enumwatch.audit.identity import IDENTITY_BYTES
-from enumwatch.controller.persistence import journal_entry, journal_line
+from enumwatch.controller.persistence import journal_entries, journal_record
 from enumwatch.match.prefilter import Prefilter
 from enumwatch.rule import Rule
 
@@ -131,6 +131,6 @@ def test_the_identity_is_the_same_in_another_process() -> None:
 def test_the_identity_survives_the_journal() -> None:
     event = decode_object(raw())
     assert isinstance(event, AuditEvent) and event.identity is not None
-    back, arrival = journal_entry(orjson.loads(journal_line(event, 42.0)))
+    [(back, arrival)] = journal_entries(orjson.loads(journal_record([event], 42.0)))
     assert (back, back.identity, arrival) == (event, event.identity, 42.0)
     assert AuditEvent.from_dict(event.to_dict()).identity == event.identity

@@ -7,6 +7,8 @@ import dataclasses
 import math
 from pathlib import Path
 
+import orjson
+
 from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import AuditEvent
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
@@ -159,6 +161,59 @@ def test_a_journal_line_of_the_old_format_is_read_at_the_events_own_time(tmp_pat
     assert first.restore(restored)
     assert restored.evaluator is not None
     assert restored.evaluator.export_state()["slices"][0][2][0][2] == 1007.0
+
+
+def test_a_journal_record_reads_back_every_field_of_its_events() -> None:
+    from enumwatch.controller.persistence import journal_entries, journal_record
+
+    events = [
+        dataclasses.replace(_event(1), identity=bytes(range(16)), groups=("system:unauth",)),
+        dataclasses.replace(_event(2), timestamp=None, timestamp_error="malformed"),
+        dataclasses.replace(_event(3), cluster="prod-eu", message="é \u2028 \"x\"", code=None),
+        AuditEvent(),  # every field unset
+    ]
+    record = journal_record(events, ARRIVAL)
+    assert record.endswith(b"\n") and record.count(b"\n") == 1  # one line, one write
+    entries = journal_entries(orjson.loads(record))
+    assert entries == [(event, ARRIVAL) for event in events]
+    assert [event.identity for event, _ in entries] == [event.identity for event in events]
+    # Each event's values are those of to_dict, but for the unset optional keys (read the same).
+    data = orjson.loads(record)
+    assert [
+        {
+            k: v
+            for k, v in zip(data["attributes"], values, strict=True)
+            if v is not None or k not in ("timestamp_error", "cluster")
+        }
+        for values in data["events"]
+    ] == [event.to_dict() for event in events]
+
+
+def test_a_journal_line_of_one_event_with_its_arrival_is_read(tmp_path: Path) -> None:
+    first = Detectors(tmp_path)
+    first.get_or_create(REF).configure({}, 1)
+    line = {"arrival": ARRIVAL, "event": _event(7).to_dict()}
+    (tmp_path / "journal.ndjson").write_bytes(orjson.dumps(line) + b"\n")
+    restored = first.get_or_create(REF)
+    assert first.restore(restored)
+    assert restored.evaluator is not None
+    assert restored.evaluator.export_state()["slices"][0][2][0][2] == ARRIVAL
+
+
+def test_a_journal_record_torn_by_a_crash_is_skipped_whole(tmp_path: Path) -> None:
+    detectors = Detectors(tmp_path)
+    detectors.get_or_create(REF).configure({}, 1)
+    detectors.commit([_event(i) for i in range(3)], ARRIVAL)
+    journal = tmp_path / "journal.ndjson"
+    whole = journal.read_bytes()
+    detectors.commit([_event(i) for i in range(3, 8)], ARRIVAL + 1)
+    torn = journal.read_bytes()[: len(whole) + (journal.stat().st_size - len(whole)) // 2]
+    journal.write_bytes(torn)  # the second batch's write cut half way: never acknowledged
+    restored = Detectors(tmp_path)
+    runtime = restored.get_or_create(REF)
+    runtime.configure({}, 1)
+    assert restored.restore(runtime)
+    assert runtime.evaluator is not None and runtime.evaluator.buffered == 3
 
 
 def test_the_journal_is_bounded(tmp_path: Path) -> None:

@@ -218,6 +218,30 @@ def test_the_typed_path_is_the_one_taken_for_a_well_typed_event() -> None:
     assert _typed_fields(variant(responseStatus={"code": "403"})) is None
 
 
+def test_a_well_typed_body_is_decoded_in_one_call_and_any_other_item_by_item() -> None:
+    # The whole-body path gives what each item decoded alone gives, and steps aside (None)
+    # as soon as one item is not a well-typed Event, for the item-by-item path to decide.
+    from enumwatch.audit.decode import _typed_event_list
+
+    def body(*items: bytes) -> bytes:
+        return b'{"kind":"EventList","items":[' + b",".join(items) + b"]}"
+
+    good = body(variant(), variant(auditID="a-2"), variant(annotations=None))
+    whole = _typed_event_list(good, None)
+    assert whole is not None and whole == _decode_event_list_generic(good)
+    assert _typed_event_list(good, "prod") == _decode_event_list_generic(good, "prod")
+    for odd in (
+        variant(responseStatus={"code": "403"}),  # a wrong type
+        variant(kind="Other"),  # not an Event
+        variant(responseStatus={"code": 7}).replace(b":7", b":18446744073709551616"),  # > u64
+        variant(annotations={"enumwatch.io/cluster": "Not A Name"}),
+        b"[1]",
+    ):
+        mixed = body(variant(), odd)
+        assert _typed_event_list(mixed, None) is None
+        assert decode_event_list(mixed) == _decode_event_list_generic(mixed)
+
+
 def test_the_tailers_filter_reads_lines_as_the_generic_path_does() -> None:
     matchers = [
         Matcher(MatchSpec()),

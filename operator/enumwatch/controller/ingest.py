@@ -50,7 +50,7 @@ from enumwatch.controller.connections import (
     DEFAULT_UNAUTHENTICATED_TIMEOUT,
     ConnectionGuard,
 )
-from enumwatch.controller.persistence import REMEMBERED_IDENTITIES, journal_line
+from enumwatch.controller.persistence import REMEMBERED_IDENTITIES
 from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeclient import ApiError, KubeApi
 
@@ -66,19 +66,16 @@ INLINE_DECODE_BYTES = 1024 * 1024
 
 @dataclass
 class DecodedBatch:
-    """An EventList decoded off the event loop: its events (each identity once),
-    their journal lines when the operator journals, and what was skipped or repeated."""
+    """An EventList decoded (on the loop or off it): its events (each identity once), and
+    what was skipped or repeated."""
 
     events: list[AuditEvent]
-    lines: list[bytes]
     duplicates: int
     skipped: dict[str, int]
 
 
 def decode_batch(
     raw: bytes,
-    arrival: float,
-    journal: bool,
     cluster: str | None = None,
     reserved: frozenset[str] = frozenset(),
 ) -> DecodedBatch | str:
@@ -90,7 +87,7 @@ def decode_batch(
     cluster's); without one, an event claiming a ``reserved`` cluster (pinned to another
     token) is skipped as :data:`CLUSTER_RESERVED`.
     """
-    return batch_of(decode_event_list(raw, cluster), arrival, journal, cluster, reserved)
+    return batch_of(decode_event_list(raw, cluster), cluster, reserved)
 
 
 #: Items decoded per call by :func:`decode_in_parts`: about 50 ms of work in a worker thread;
@@ -106,8 +103,6 @@ def _decode_part(items: list[Any], cluster: str | None) -> list[AuditEvent | str
 
 async def decode_in_parts(
     raw: bytes,
-    arrival: float,
-    journal: bool,
     cluster: str | None = None,
     reserved: frozenset[str] = frozenset(),
 ) -> DecodedBatch | str:
@@ -121,7 +116,7 @@ async def decode_in_parts(
     the scan cannot read, or a part found malformed, is decided on the whole body, as
     :func:`decode_batch` decides it.
     """
-    whole = (raw, arrival, journal, cluster, reserved)
+    whole = (raw, cluster, reserved)
     items = await asyncio.to_thread(event_list_items, raw)
     if items is None:
         return await asyncio.to_thread(decode_batch, *whole)
@@ -133,23 +128,20 @@ async def decode_in_parts(
             return await asyncio.to_thread(decode_batch, *whole)
         decoded += results
         gcpolicy.settle()
-    return await asyncio.to_thread(batch_of, decoded, arrival, journal, cluster, reserved)
+    return await asyncio.to_thread(batch_of, decoded, cluster, reserved)
 
 
 def batch_of(
     decoded: list[AuditEvent | str] | str,
-    arrival: float,
-    journal: bool,
     cluster: str | None = None,
     reserved: frozenset[str] = frozenset(),
 ) -> DecodedBatch | str:
-    """The batch of a decoded body (each identity once, journal lines when journaling; an
-    event claiming a ``reserved`` cluster skipped unless the body's token is pinned to
-    ``cluster``), or why the body is malformed."""
+    """The batch of a decoded body (each identity once; an event claiming a ``reserved``
+    cluster skipped unless the body's token is pinned to ``cluster``), or why the body is
+    malformed."""
     if isinstance(decoded, str):
         return decoded
     events: list[AuditEvent] = []
-    lines: list[bytes] = []
     keys: set[Identity] = set()
     duplicates = 0
     skipped: dict[str, int] = {}
@@ -167,9 +159,7 @@ def batch_of(
                 continue
             keys.add(key)
         events.append(result)
-        if journal:
-            lines.append(journal_line(result, arrival))
-    return DecodedBatch(events, lines, duplicates, skipped)
+    return DecodedBatch(events, duplicates, skipped)
 
 
 def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
@@ -182,16 +172,13 @@ def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
     return counts
 
 
-def _fresh(
-    batch: DecodedBatch, seen: SeenKeys
-) -> tuple[list[AuditEvent], list[bytes], list[Identity], int]:
-    """The batch's events not ingested before (and their journal lines), their identities, and
-    how many were duplicates (within the batch, or of earlier ones)."""
+def _fresh(batch: DecodedBatch, seen: SeenKeys) -> tuple[list[AuditEvent], list[Identity], int]:
+    """The batch's events not ingested before, their identities, and how many were
+    duplicates (within the batch, or of earlier ones)."""
     events: list[AuditEvent] = []
-    lines: list[bytes] = []
     keys: list[Identity] = []
     duplicates = batch.duplicates
-    for index, event in enumerate(batch.events):
+    for event in batch.events:
         key = event.identity
         if key is not None:
             if key in seen:
@@ -199,9 +186,7 @@ def _fresh(
                 continue
             keys.append(key)
         events.append(event)
-        if batch.lines:
-            lines.append(batch.lines[index])
-    return events, lines, keys, duplicates
+    return events, keys, duplicates
 
 
 def _remember(seen: SeenKeys, keys: list[Identity]) -> None:
@@ -504,8 +489,7 @@ class IngestServer:
         # Parsing and decoding a large body takes a second or more: worker threads do it a part
         # at a time, so /healthz and other senders are answered meanwhile. A small one (a few
         # ms) is decoded here: handing it to a thread and back cost more CPU than decoding it.
-        journal = self.detectors.store is not None
-        decode = (raw, arrival, journal, cluster, self.auth.reserved_clusters)
+        decode = (raw, cluster, self.auth.reserved_clusters)
         inline = len(raw) <= INLINE_DECODE_BYTES
         if inline:
             batch = decode_batch(*decode)
@@ -521,13 +505,11 @@ class IngestServer:
         # worker thread's hand-off and wake-ups cost more CPU than the passes themselves).
         async with self._committing:
             if inline:
-                events, lines, keys, duplicates = _fresh(batch, seen)
+                events, keys, duplicates = _fresh(batch, seen)
             else:
-                events, lines, keys, duplicates = await asyncio.to_thread(_fresh, batch, seen)
+                events, keys, duplicates = await asyncio.to_thread(_fresh, batch, seen)
             try:
-                await self.detectors.commit_async(
-                    events, arrival, lines if batch.lines else None, inline=inline
-                )
+                await self.detectors.commit_async(events, arrival, inline=inline)
             except OSError as exc:
                 log.error("could not journal an ingested batch: %s", exc)
                 return self._answer(500, error=f"the batch could not be stored ({exc}); retry")

@@ -5,7 +5,10 @@ detector's window state (its aggregated cells, not raw events: small), last tick
 Finding writes are saved atomically after its ticks
 (:mod:`enumwatch.atomicfile`); events acknowledged since then are in an append-only journal
 (with their arrival time: on the default time basis it is their place in the windows), replayed
-on restore and emptied at each checkpoint.
+on restore and emptied at each checkpoint. The journal holds one line per acknowledged batch
+(:func:`journal_record`: its arrival and its events' values, rendered in one call), written
+in one append before the batch is answered: a line torn by a crash is a batch that was never
+acknowledged, skipped whole by the replay (a line per event cost a fifth of ingest's CPU).
 
 An event counts once after a restart, as before it: the windows do not de-duplicate (a client
 chooses its ``Audit-ID``; redeliveries are recognised upstream by their identity,
@@ -33,6 +36,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +44,7 @@ import orjson
 
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent, Identity
+from enumwatch.audit.event import EVENT_ATTRIBUTES
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.sink.backlog import PendingWrite
 from enumwatch.windows import SavedCell, WindowSnapshot
@@ -114,16 +119,10 @@ class StateStore:
         """Whether the journal has outgrown its limit (time for a checkpoint)."""
         return self.journal_bytes > self.journal_limit
 
-    def journal(
-        self, events: list[AuditEvent], arrival: float, lines: list[bytes] | None = None
-    ) -> None:
-        """Append acknowledged events (with their arrival time) before they are offered.
-
-        ``lines``: their :func:`journal_line` s, when already made (off the event loop).
-        """
-        if lines is None:
-            lines = [journal_line(e, arrival) for e in events]
-        data = b"".join(lines)
+    def journal(self, events: list[AuditEvent], arrival: float) -> None:
+        """Append acknowledged events received together at ``arrival`` before they are
+        offered: one :func:`journal_record`, one write."""
+        data = journal_record(events, arrival)
         with open(self.state_dir / JOURNAL, "ab") as journal:
             journal.write(data)
         self.journal_bytes += len(data)
@@ -278,9 +277,10 @@ class StateStore:
                     lines = lines[lines.index(marker) + 1 :]
             for line in lines:
                 try:
-                    yield journal_entry(orjson.loads(line))
+                    entries = journal_entries(orjson.loads(line))
                 except (orjson.JSONDecodeError, TypeError, ValueError, KeyError):
                     continue  # a marker, or a line torn by the crash (never acknowledged)
+                yield from entries
 
     def _identities_in(self, names: tuple[str, ...]) -> list[Identity]:
         return [
@@ -359,13 +359,54 @@ def checkpoint_marker(name: str) -> bytes:
     return orjson.dumps({"checkpoint": name}) + b"\n"
 
 
-def journal_line(event: AuditEvent, arrival: float) -> bytes:
-    """The journal line of one event received at ``arrival`` (read by :func:`journal_entry`)."""
-    return orjson.dumps({"arrival": arrival, "event": event.to_dict()}) + b"\n"
+def journal_record(events: list[AuditEvent], arrival: float) -> bytes:
+    """The journal line of a batch of events received together at ``arrival`` (read back by
+    :func:`journal_entries`): the attribute names once, then each event's values in that
+    order (its identity in hex, as :meth:`AuditEvent.to_dict` writes it). Reading the values
+    with one ``attrgetter`` and rendering lists of them costs a third of a dict and a dump per
+    event."""
+    return (
+        orjson.dumps(
+            {
+                "arrival": arrival,
+                "attributes": EVENT_ATTRIBUTES,
+                "events": list(map(_event_values, events)),
+            },
+            default=_identity_hex,
+        )
+        + b"\n"
+    )
+
+
+_event_values = attrgetter(*EVENT_ATTRIBUTES)
+
+
+def _identity_hex(value: object) -> str:
+    """What orjson cannot render of an event: its identity (bytes), in hex as in to_dict."""
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"not journaled: {type(value).__name__}")
+
+
+def journal_entries(data: Any) -> list[tuple[AuditEvent, float]]:
+    """One journal line: its events and their arrival time, all or none (a line is one write).
+
+    Reads the lines of earlier versions too: one event per line with its arrival
+    (``{"arrival", "event"}``), and before that the bare event (see :func:`journal_entry`).
+    """
+    if isinstance(data, dict) and "events" in data:
+        arrival = float(data["arrival"])
+        names = data["attributes"]
+        return [
+            (AuditEvent.from_dict(dict(zip(names, values, strict=True))), arrival)
+            for values in data["events"]
+        ]
+    return [journal_entry(data)]
 
 
 def journal_entry(data: Any) -> tuple[AuditEvent, float]:
-    """One journal line: the event and its arrival time.
+    """One journal line of an earlier version (one event a line): the event and its arrival
+    time.
 
     Lines written before arrival times were journaled hold the bare event; their arrival is
     taken to be the event's own time (the best that is known of it).

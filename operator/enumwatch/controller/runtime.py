@@ -365,23 +365,16 @@ class Detectors:
             self.checkpoint()  # fold the journal into the detectors' window state
         return result
 
-    def commit(
-        self, events: list[AuditEvent], arrival: float, lines: list[bytes] | None = None
-    ) -> None:
+    def commit(self, events: list[AuditEvent], arrival: float) -> None:
         """Journal events received at ``arrival`` (when persistent): from here a restart
-        replays them. ``lines``: their journal lines, when made already (off the loop)."""
+        replays them."""
         if self.store is not None and events:
             # Journaled even before any detector is known: after a restart, events can arrive
             # before kopf has told us the detectors, and the journal replays them into each.
-            self.store.journal(events, arrival, lines)
+            self.store.journal(events, arrival)
 
     async def commit_async(
-        self,
-        events: list[AuditEvent],
-        arrival: float,
-        lines: list[bytes] | None = None,
-        *,
-        inline: bool = False,
+        self, events: list[AuditEvent], arrival: float, *, inline: bool = False
     ) -> None:
         """:meth:`commit` in a worker thread: a 100k-event batch's journal takes half a second
         to write, which on the event loop stalls /healthz. The checkpoint's lock keeps the
@@ -393,10 +386,10 @@ class Detectors:
         if self.store is None or not events:
             return
         if inline and not self._checkpointing.locked():
-            self.commit(events, arrival, lines)
+            self.commit(events, arrival)
             return
         async with self._checkpointing:
-            await asyncio.to_thread(self.commit, events, arrival, lines)
+            await asyncio.to_thread(self.commit, events, arrival)
 
     async def offer_committed(
         self, events: list[AuditEvent], arrival: float, chunk: int = OFFER_CHUNK
