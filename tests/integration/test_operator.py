@@ -531,6 +531,58 @@ def test_deleting_a_detector_stops_it_and_keeps_its_findings(
         assert op.metrics()["enumwatch_detectors"] == 0
 
 
+def _written_by_others_than_kubectl(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
+    """What is on the detector besides its spec and status, and who wrote which part: the
+    operator may own its ``status`` subresource and nothing else."""
+    meta = kubectl_json(
+        cp, "get", "enumerationdetector", name, "-n", ns, "--show-managed-fields"
+    )["metadata"]
+    return {
+        "finalizers": meta.get("finalizers", []),
+        "annotations": sorted(meta.get("annotations", {})),
+        "outside status": sorted(
+            (m["manager"], m["operation"])
+            for m in meta.get("managedFields", [])
+            if not m["manager"].startswith("kubectl") and m.get("subresource") != "status"
+        ),
+        # (managedFields are shown: else "outside status" would be empty for want of them)
+        "status written": any(
+            m.get("subresource") == "status" for m in meta.get("managedFields", [])
+        ),
+    }
+
+
+def test_the_operator_writes_nothing_on_a_detector_but_its_status(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    # kopf's defaults would write a finalizer and annotations (diff-base, progress): the
+    # install grants no patch on detectors, and a finalizer would hold kubectl delete.
+    ns = fresh_namespace(crds, "untouched")
+    clean = {
+        "finalizers": [],
+        "annotations": ["kubectl.kubernetes.io/last-applied-configuration"],
+        "outside status": [],
+        "status written": True,
+    }
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        assert _written_by_others_than_kubectl(crds, ns, "det") == clean
+        apply_detector(crds, ns, "det", {**FAST, "thresholds": {"distinctRequestURIsAbove": 20}})
+        wait_for(lambda: _ready(crds, ns, "det", generation=2), what="generation 2 observed")
+        assert _written_by_others_than_kubectl(crds, ns, "det") == clean
+        op.stop()
+        restarted = time.time()
+        op.start()
+        wait_for_tick_after(crds, ns, "det", restarted, 1.0)
+        assert _written_by_others_than_kubectl(crds, ns, "det") == clean
+        # No finalizer: the deletion completes at once, and the operator lets the detector go.
+        crds.kubectl(
+            "delete", "enumerationdetector", "det", "-n", ns, "--wait=true", "--timeout=20s"
+        )
+        wait_for(lambda: op.metrics()["enumwatch_detectors"] == 0, what="the detector stopped")
+
+
 def test_operator_restart_mid_scan_yields_exactly_one_finding(
     crds: ControlPlane, tmp_path: Path
 ) -> None:

@@ -27,7 +27,7 @@ from enumwatch.controller import connections, gcpolicy
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
 if TYPE_CHECKING:
-    from enumwatch.controller.handlers import Operator
+    from enumwatch.controller.kopf_shell import Operator
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.outputs.dispatch import OutputsConfig
 
@@ -364,8 +364,8 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.attribution import AddressBook
     from enumwatch.controller import metrics
     from enumwatch.controller.addresses import AddressWatch
-    from enumwatch.controller.handlers import Operator, OperatorConfig
     from enumwatch.controller.ingest import IngestAuth, IngestServer
+    from enumwatch.controller.kopf_shell import Operator, OperatorConfig
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.controller.posture import PostureWatch
     from enumwatch.controller.runtime import Detectors, state_budget_for
@@ -548,13 +548,12 @@ async def _lead(
 
     kopf_stop = asyncio.Event()
     kopf_ready = asyncio.Event()
-    registry = operator.registry(credentials)  # type: ignore[arg-type]
-    namespaces = args.namespace
+    # kopf watches cluster-wide; --namespace limits the detectors handled (a when= filter).
+    registry = operator.registry(credentials, args.namespace)  # type: ignore[arg-type]
     kopf_task = asyncio.create_task(
         kopf.operator(
             registry=registry,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
+            clusterwide=True,
             stop_flag=kopf_stop,
             ready_flag=kopf_ready,
             standalone=True,

@@ -1,9 +1,11 @@
-"""The kopf shell: detectors come and go through kopf; the rest is composed here.
+"""The kopf shell: detectors come and go through kopf's handlers; the rest is composed here.
 
-Handlers stay thin. kopf tells us which EnumerationDetectors exist (``on.event``: no finalizers,
-no annotations written on the user's objects); :mod:`enumwatch.controller.runtime` keeps one
-windowed evaluator per detector; :mod:`enumwatch.controller.ticker` runs their schedules and hands
-the rows to :mod:`enumwatch.sink`; :mod:`enumwatch.controller.status` reports back.
+Handlers stay thin. kopf tells us when an EnumerationDetector is created, when its ``spec``
+changes and when it is deleted; :mod:`enumwatch.controller.runtime` keeps one windowed evaluator
+per detector; :mod:`enumwatch.controller.ticker` runs their schedules and hands the rows to
+:mod:`enumwatch.sink`; :mod:`enumwatch.controller.status` reports back. Nothing is written on
+the user's detector but its status: no finalizer (no ``on.delete``, no daemon or timer), and
+kopf's own bookkeeping is kept in memory (:mod:`enumwatch.controller.kopf_state`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,7 @@ import kopf
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller.addresses import AddressWatch
+from enumwatch.controller.kopf_state import MemoryDiffBase, MemoryProgress
 from enumwatch.controller.posture import PostureWatch
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
@@ -31,6 +35,50 @@ from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import parse_rfc3339
 
 log = logging.getLogger("enumwatch.operator")
+
+#: Rows per page of kopf's listings (the server's continue token pages the rest).
+LIST_CHUNK = 500
+#: Seconds the API server keeps one watch request open before kopf opens the next.
+WATCH_SECONDS = 300
+#: Seconds one request of kopf's may take (a watch is a stream: its own timeout above).
+REQUEST_SECONDS = 60
+#: Seconds between kopf's retries of a failed API request, and of a failed Event post.
+ERROR_BACKOFFS = (1, 2, 4, 8, 16, 30)
+
+
+class DetectorScope:
+    """Which detectors this instance handles: every namespace's, or ``--namespace``'s only
+    (a ``when=`` filter: kopf itself watches cluster-wide)."""
+
+    def __init__(self, namespaces: Sequence[str] = ()) -> None:
+        self.namespaces = frozenset(namespaces)
+
+    def handles(self, namespace: str | None = None, **_: Any) -> bool:
+        """kopf's ``when=``: whether a detector in ``namespace`` is ours."""
+        return not self.namespaces or namespace in self.namespaces
+
+    def deleted(
+        self, type: str | None = None, body: kopf.Body | None = None, **kwargs: Any
+    ) -> bool:
+        """kopf's ``when=`` of the deletion handler: a DELETED watch event, or a detector
+        marked for deletion (another party's finalizer holds it), in scope."""
+        deleting = body is not None and bool(body.metadata.get("deletionTimestamp"))
+        return (type == "DELETED" or deleting) and self.handles(**kwargs)
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings, for what kopf does for us (watching, paging, retries, Event posting)."""
+    settings.peering.standalone = True  # leadership comes from our Lease (controller.leader)
+    # Our CRDs are installed before the operator; RBAC grants no list on CRDs.
+    settings.scanning.disabled = True
+    # kopf's own INFO logs about handlers stay logs; our Warning Events are posted.
+    settings.posting.level = logging.WARNING
+    settings.posting.default_backoffs = ERROR_BACKOFFS
+    settings.watching.server_timeout = WATCH_SECONDS
+    settings.watching.client_timeout = WATCH_SECONDS + 30
+    settings.watching.chunk_size = LIST_CHUNK
+    settings.networking.request_timeout = REQUEST_SECONDS
+    settings.networking.error_backoffs = ERROR_BACKOFFS
 
 
 @dataclass(frozen=True)
@@ -72,6 +120,9 @@ class Operator:
         self.posture = posture
         self.outputs = outputs
         self.ready = asyncio.Event()
+        #: kopf's bookkeeping of the detectors, in memory (see kopf_state).
+        self.diffbase = MemoryDiffBase()
+        self.progress = MemoryProgress()
         self.status = StatusReporter(
             client,
             sink,
@@ -94,18 +145,34 @@ class Operator:
 
     # ------------------------------------------------------------------ kopf registration
 
-    def registry(self, credentials: Credentials) -> kopf.OperatorRegistry:
-        """A kopf registry with this operator's handlers (no global state)."""
+    def registry(
+        self, credentials: Credentials, namespaces: Sequence[str] = ()
+    ) -> kopf.OperatorRegistry:
+        """A kopf registry with this operator's handlers (no global state).
+
+        kopf runs cluster-wide (the facts beside the rule, such as a scanner pod's address, are
+        cluster-wide by design); ``namespaces`` (``--namespace``) limits the detectors handled.
+        No handler needs a finalizer and kopf keeps its bookkeeping in memory
+        (:mod:`~enumwatch.controller.kopf_state`): the operator writes nothing on a detector but
+        its status. No ``@kopf.daemon`` or ``@kopf.timer`` either: kopf adds a finalizer for
+        them whatever they say, so the schedule is one operator-level loop (the ticker)."""
         registry = kopf.OperatorRegistry()
+        scope = DetectorScope(namespaces)
+        changes: dict[str, Any] = {
+            "registry": registry,
+            "when": scope.handles,
+            # A spec kopf cannot read is a condition (InvalidSpec), never an exception: what
+            # raises is a bug, retried a second later (kopf logs it; no Event is posted).
+            "errors": kopf.ErrorsMode.TEMPORARY,
+            "backoff": 1.0,
+            "retries": None,
+        }
 
         @kopf.on.startup(registry=registry)
         async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-            settings.peering.standalone = True  # leadership comes from our Lease
-            # Our CRDs are installed before the operator; RBAC grants no list on CRDs.
-            settings.scanning.disabled = True
-            settings.posting.level = logging.WARNING
-            settings.watching.server_timeout = 300
-            settings.networking.request_timeout = 60
+            configure_kopf(settings)
+            settings.persistence.diffbase_storage = self.diffbase
+            settings.persistence.progress_storage = self.progress
 
         @kopf.on.login(registry=registry)
         async def login(**_: Any) -> kopf.ConnectionInfo:
@@ -121,24 +188,46 @@ class Operator:
                 else None,
             )
 
-        @kopf.on.event(GROUP, VERSION, DETECTOR_PLURAL, registry=registry)  # type: ignore[arg-type]
-        async def detector_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
-            await self.on_detector(event.get("type"), dict(body))
+        @kopf.on.create(GROUP, VERSION, DETECTOR_PLURAL, **changes)
+        @kopf.on.resume(GROUP, VERSION, DETECTOR_PLURAL, **changes)
+        @kopf.on.update(GROUP, VERSION, DETECTOR_PLURAL, field="spec", **changes)
+        async def configure_detector(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+            await self.configure_detector(dict(body), patch.status)
+
+        # Not @kopf.on.delete: without a finalizer kopf calls no change handler for a deletion
+        # (it is GONE by the time kopf sees it). The watch event says it.
+        @kopf.on.event(
+            GROUP, VERSION, DETECTOR_PLURAL, registry=registry, when=scope.deleted
+        )
+        async def stop_detector(body: kopf.Body, **_: Any) -> None:
+            self.stop_detector(dict(body))
 
         return registry
 
     # ------------------------------------------------------------------ detectors
 
-    async def on_detector(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """Start, reconfigure or stop a detector after a watch event."""
+    def stop_detector(self, body: dict[str, Any]) -> None:
+        """Stop a deleted (or deleting) detector; its Findings stay."""
         meta = body.get("metadata", {})
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
-        if event_type == "DELETED" or meta.get("deletionTimestamp"):
-            self.detectors.remove(namespace, name)
-            # Its Findings now expire by their own recorded retention: sweep soon to learn when.
-            self.retention.soon()
-            log.info("detector stopped", extra={"detector": f"{namespace}/{name}"})
+        self.diffbase.forget(meta.get("uid", ""))
+        self.progress.forget(meta.get("uid", ""))
+        if (namespace, name) not in self.detectors.by_key:
             return
+        self.detectors.remove(namespace, name)
+        # Its Findings now expire by their own recorded retention: sweep soon to learn when.
+        self.retention.soon()
+        log.info("detector stopped", extra={"detector": f"{namespace}/{name}"})
+
+    async def configure_detector(
+        self, body: dict[str, Any], status: MutableMapping[str, Any] | None = None
+    ) -> None:
+        """Start or reconfigure a detector from its object (created, changed spec, or seen at
+        start). Its status is put into ``status`` (kopf's patch) when given, else written."""
+        meta = body.get("metadata", {})
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        if meta.get("deletionTimestamp"):
+            return  # stop_detector's: a detector being deleted is not started again
         ref = DetectorRef(namespace=namespace, name=name, uid=meta.get("uid", ""))
         known = (namespace, name) in self.detectors.by_key and (
             self.detectors.by_key[(namespace, name)].ref.uid == ref.uid
@@ -173,7 +262,12 @@ class Operator:
                 "detector configured",
                 extra={"detector": f"{namespace}/{name}", "generation": runtime.generation},
             )
-        await self.status.patch(runtime)
+        if status is None:
+            await self.status.patch(runtime)
+            return
+        written = await self.status.body(runtime)
+        if written is not None:
+            status.update(written)
 
     async def patch_status(self, runtime: DetectorRuntime) -> None:
         """Write the detector's status subresource."""
