@@ -367,7 +367,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.kopf_shell import Operator, OperatorConfig
     from enumwatch.controller.leader import LeaseElector
-    from enumwatch.controller.posture import PostureWatch
+    from enumwatch.controller.posture_facts import PostureFacts
     from enumwatch.controller.runtime import Detectors, state_budget_for
     from enumwatch.kubeapi import ConfigError, KubeClient, load_credentials
     from enumwatch.outputs.dispatch import Outputs
@@ -460,7 +460,7 @@ async def _main(args: argparse.Namespace) -> int:
         if apis
         else None,
         addresses=AddressWatch(client, addresses),
-        posture=PostureWatch(client),
+        posture=PostureFacts(client),
         outputs=outputs if outputs.config.enabled else None,
     )
     elector = LeaseElector(

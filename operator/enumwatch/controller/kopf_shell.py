@@ -21,9 +21,10 @@ import kopf
 
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
+from enumwatch.controller import posture_facts
 from enumwatch.controller.addresses import AddressWatch
 from enumwatch.controller.kopf_state import MemoryDiffBase, MemoryProgress
-from enumwatch.controller.posture import PostureWatch
+from enumwatch.controller.posture_facts import PostureFacts
 from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
@@ -106,7 +107,7 @@ class Operator:
         reports: PolicyReportWriter | None = None,
         *,
         addresses: AddressWatch | None = None,
-        posture: PostureWatch | None = None,
+        posture: PostureFacts | None = None,
         outputs: Outputs | None = None,
     ) -> None:
         self.client = client
@@ -169,10 +170,13 @@ class Operator:
         }
 
         @kopf.on.startup(registry=registry)
-        async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        async def configure(settings: kopf.OperatorSettings, **indexes: Any) -> None:
             configure_kopf(settings)
             settings.persistence.diffbase_storage = self.diffbase
             settings.persistence.progress_storage = self.progress
+            # kopf's indexes exist (empty) from the start: the facts read them from now on.
+            if self.posture is not None:
+                self.posture.start(indexes[posture_facts.INDEX])
 
         @kopf.on.login(registry=registry)
         async def login(**_: Any) -> kopf.ConnectionInfo:
@@ -202,6 +206,10 @@ class Operator:
         async def stop_detector(body: kopf.Body, **_: Any) -> None:
             self.stop_detector(dict(body))
 
+        # The facts beside the rule: kopf indexes them (and holds every other resource
+        # handler, the detectors' included, until they are listed).
+        if self.posture is not None:
+            self.posture.register(registry)
         return registry
 
     # ------------------------------------------------------------------ detectors
@@ -282,7 +290,7 @@ class Operator:
         await self.ticker.run(stop)
 
     async def run_watches(self, stop: asyncio.Event) -> None:
-        """Watch what the facts beside the rule need (pods, nodes, services; RBAC bindings)
-        until ``stop``."""
+        """Watch what the facts beside the rule need (pods, nodes, services; the roles of the
+        anonymous bindings, which kopf indexes) until ``stop``."""
         runs = [w.run(stop) for w in (self.addresses, self.posture) if w is not None]
         await asyncio.gather(*runs)

@@ -1,0 +1,82 @@
+"""The facts beside the rule as kopf indexes them: the handlers the operator registers, run on
+objects through kopf's own indexer (what kopf does with each watch event), without a cluster.
+
+Live: tests/integration/test_posture.py (bindings) and tests/integration/test_attribution.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import kopf
+from kopf._core.engines.indexing import OperatorIndexer
+
+from enumwatch.controller import posture_facts
+from enumwatch.controller.posture_facts import PostureFacts
+from enumwatch.kubeapi import KubeClient
+from enumwatch.posture import BindingRef
+
+
+def _index(registry: kopf.OperatorRegistry, index: str) -> dict[str, Any]:
+    """Each indexed plural -> a function feeding one object (or its deletion) to ``index``."""
+    handlers = [h for h in registry._indexing.get_all_handlers() if h.id == index]
+    return {h.selector.any_name: h for h in handlers if h.selector is not None}
+
+
+def _feed(
+    indexer: OperatorIndexer, handler: Any, group: str, plural: str, obj: dict[str, Any] | None,
+    key: tuple[str | None, str, str],
+) -> None:
+    if obj is None:
+        indexer.discard(key)  # kopf: a DELETED event leaves the index at once
+        return
+    resource = kopf.Resource(group, "v1", plural)
+    indexer.replace(key, handler.fn(resource=resource, body=kopf.Body(obj)))
+
+
+def _binding(name: str, *subjects: str, namespace: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}"}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return {
+        "metadata": meta,
+        "roleRef": {"kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "Group", "name": s} for s in subjects],
+    }
+
+
+def test_only_anonymous_bindings_are_indexed_and_one_that_loses_them_leaves() -> None:
+    facts = PostureFacts(cast(KubeClient, None))
+    registry = kopf.OperatorRegistry()
+    facts.register(registry)
+    handlers = _index(registry, posture_facts.INDEX)
+    assert sorted(handlers) == ["clusterrolebindings", "rolebindings"]
+    watched = sorted(h.selector.any_name for h in registry._watching.get_all_handlers()
+                     if h.selector is not None)
+    assert watched == ["clusterrolebindings", "rolebindings"]
+    indexer = OperatorIndexer()
+    facts.start(indexer.index)
+    group = posture_facts.RBAC_GROUP
+    crb, rb = handlers["clusterrolebindings"], handlers["rolebindings"]
+    open_crb = _binding("open", "system:unauthenticated")
+    _feed(indexer, crb, group, "clusterrolebindings", open_crb, (None, "open", "uid-open"))
+    _feed(indexer, crb, group, "clusterrolebindings", _binding("admins", "admins"),
+          (None, "admins", "uid-admins"))
+    ns_rb = _binding("peek", "system:anonymous", namespace="ns")
+    _feed(indexer, rb, group, "rolebindings", ns_rb, ("ns", "peek", "uid-peek"))
+    found = sorted(ref.key for refs in facts.bindings.values() for ref in refs)
+    assert found == ["ClusterRoleBinding/open", "RoleBinding/ns/peek"]
+    # Edited to name no anonymous subject any more: it leaves the index (kopf replaces what an
+    # object put there with what it puts now: nothing).
+    _feed(indexer, crb, group, "clusterrolebindings", _binding("open", "admins"),
+          (None, "open", "uid-open"))
+    _feed(indexer, rb, group, "rolebindings", None, ("ns", "peek", "uid-peek"))
+    assert dict(facts.bindings) == {}
+    assert all(isinstance(r, BindingRef) for refs in facts.bindings.values() for r in refs)
+
+
+def test_the_posture_waits_for_kopfs_listing() -> None:
+    facts = PostureFacts(cast(KubeClient, None))
+    assert (facts.listed, facts.current) == (False, None)
+    facts.seen()  # kopf's first watch handler call: its indexes are populated
+    assert facts.listed
