@@ -6,15 +6,21 @@ Live: tests/integration/test_posture.py (bindings) and tests/integration/test_at
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, cast
 
 import kopf
 from kopf._core.engines.indexing import OperatorIndexer
 
-from enumwatch.controller import posture_facts
+from enumwatch.api.finding import Source
+from enumwatch.attribution import AddressBook
+from enumwatch.controller import address_facts, posture_facts
+from enumwatch.controller.address_facts import AddressFacts
 from enumwatch.controller.posture_facts import PostureFacts
 from enumwatch.kubeapi import KubeClient
 from enumwatch.posture import BindingRef
+from enumwatch.timefmt import format_rfc3339
 
 
 def _index(registry: kopf.OperatorRegistry, index: str) -> dict[str, Any]:
@@ -80,3 +86,43 @@ def test_the_posture_waits_for_kopfs_listing() -> None:
     assert (facts.listed, facts.current) == (False, None)
     facts.seen()  # kopf's first watch handler call: its indexes are populated
     assert facts.listed
+
+
+def test_pods_nodes_and_services_are_indexed_by_address_and_a_deleted_pod_is_remembered() -> None:
+    book = AddressBook()
+    facts = AddressFacts(book)
+    registry = kopf.OperatorRegistry()
+    facts.register(registry)
+    handlers = _index(registry, address_facts.INDEX)
+    assert sorted(handlers) == ["nodes", "pods", "services"]
+    watchers = {h.selector.any_name: h for h in registry._watching.get_all_handlers()
+                if h.selector is not None}
+    assert sorted(watchers) == ["nodes", "pods", "services"]
+    indexer = OperatorIndexer()
+    facts.start(indexer.index)
+    scanner = {
+        "metadata": {"name": "scanner", "namespace": "ns", "uid": "u1",
+                     "creationTimestamp": format_rfc3339(time.time() - 3600)},
+        "spec": {"nodeName": "n1"},
+        "status": {"phase": "Running", "podIP": "10.244.0.9", "podIPs": [{"ip": "10.244.0.9"}]},
+    }
+    svc = {"metadata": {"name": "kubernetes", "namespace": "default", "uid": "u2"},
+           "spec": {"clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"]}}
+    _feed(indexer, handlers["pods"], "", "pods", scanner, ("ns", "scanner", "u1"))
+    _feed(indexer, handlers["services"], "", "services", svc, ("default", "kubernetes", "u2"))
+    assert book.holder_count() == 2
+    assert book.resolve("198.51.100.4", 0.0) is None  # kopf has not released its handlers
+    listed = kopf.Resource("", "v1", "services")
+    asyncio.run(watchers["services"].fn(resource=listed, type=None, body=kopf.Body(svc)))
+    assert book.synced  # a watch handler runs only once every index is populated
+    assert book.resolve("198.51.100.4", 0.0) == Source(kind="external", ref="external")
+    scanned = time.time() - 60  # the scan, a minute ago
+    created = book.resolve("10.244.0.9", scanned)
+    assert created is not None and created.ref == "pod/ns/scanner"
+    # Deleted: out of kopf's index at once, in the book's memory of pods that left.
+    _feed(indexer, handlers["pods"], "", "pods", None, ("ns", "scanner", "u1"))
+    pods = kopf.Resource("", "v1", "pods")
+    asyncio.run(watchers["pods"].fn(resource=pods, type="DELETED", body=kopf.Body(scanner)))
+    assert book.holder_count() == 1
+    named = book.resolve("10.244.0.9", scanned)  # the handler stamped the deletion: now
+    assert named is not None and named.ref == "pod/ns/scanner"

@@ -363,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     from enumwatch.attribution import AddressBook
     from enumwatch.controller import metrics
-    from enumwatch.controller.addresses import AddressWatch
+    from enumwatch.controller.address_facts import AddressFacts
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.kopf_shell import Operator, OperatorConfig
     from enumwatch.controller.leader import LeaseElector
@@ -459,7 +459,7 @@ async def _main(args: argparse.Namespace) -> int:
         reports=PolicyReportWriter(client, apis, max_results=args.policy_report_max_results)
         if apis
         else None,
-        addresses=AddressWatch(client, addresses),
+        addresses=AddressFacts(addresses),
         posture=PostureFacts(client),
         outputs=outputs if outputs.config.enabled else None,
     )

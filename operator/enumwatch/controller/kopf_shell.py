@@ -21,8 +21,8 @@ import kopf
 
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
-from enumwatch.controller import posture_facts
-from enumwatch.controller.addresses import AddressWatch
+from enumwatch.controller import address_facts, posture_facts
+from enumwatch.controller.address_facts import AddressFacts
 from enumwatch.controller.kopf_state import MemoryDiffBase, MemoryProgress
 from enumwatch.controller.posture_facts import PostureFacts
 from enumwatch.controller.retention import RetentionSweep
@@ -106,7 +106,7 @@ class Operator:
         config: OperatorConfig = OperatorConfig(),
         reports: PolicyReportWriter | None = None,
         *,
-        addresses: AddressWatch | None = None,
+        addresses: AddressFacts | None = None,
         posture: PostureFacts | None = None,
         outputs: Outputs | None = None,
     ) -> None:
@@ -175,6 +175,8 @@ class Operator:
             settings.persistence.diffbase_storage = self.diffbase
             settings.persistence.progress_storage = self.progress
             # kopf's indexes exist (empty) from the start: the facts read them from now on.
+            if self.addresses is not None:
+                self.addresses.start(indexes[address_facts.INDEX])
             if self.posture is not None:
                 self.posture.start(indexes[posture_facts.INDEX])
 
@@ -208,8 +210,9 @@ class Operator:
 
         # The facts beside the rule: kopf indexes them (and holds every other resource
         # handler, the detectors' included, until they are listed).
-        if self.posture is not None:
-            self.posture.register(registry)
+        for facts in (self.addresses, self.posture):
+            if facts is not None:
+                facts.register(registry)
         return registry
 
     # ------------------------------------------------------------------ detectors
@@ -290,7 +293,7 @@ class Operator:
         await self.ticker.run(stop)
 
     async def run_watches(self, stop: asyncio.Event) -> None:
-        """Watch what the facts beside the rule need (pods, nodes, services; the roles of the
-        anonymous bindings, which kopf indexes) until ``stop``."""
-        runs = [w.run(stop) for w in (self.addresses, self.posture) if w is not None]
-        await asyncio.gather(*runs)
+        """Keep the roles of the anonymous bindings read (kopf watches the bindings, pods, nodes
+        and services) until ``stop``."""
+        if self.posture is not None:
+            await self.posture.run(stop)
