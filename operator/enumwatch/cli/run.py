@@ -549,6 +549,7 @@ async def _lead(
     kopf_stop = asyncio.Event()
     kopf_ready = asyncio.Event()
     # kopf watches cluster-wide; --namespace limits the detectors handled (a when= filter).
+    await operator.check_access()  # facts the RBAC does not grant must not hold kopf back
     registry = operator.registry(credentials, args.namespace)  # type: ignore[arg-type]
     kopf_task = asyncio.create_task(
         kopf.operator(

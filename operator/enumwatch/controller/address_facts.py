@@ -31,8 +31,15 @@ INDEX = "address_holders"
 class AddressFacts:
     """Registers the address index and the gone-pod memory for an :class:`AddressBook`."""
 
+    #: What these facts are, and the collections they list and watch (core API group).
+    WHAT = "source attribution"
+    GROUP = ""
+    COLLECTIONS = tuple(PLURALS)
+
     def __init__(self, book: AddressBook) -> None:
         self.book = book
+        #: Off when the RBAC does not let the operator list and watch all three kinds.
+        self.enabled = True
         metrics.ADDRESSES.set_function(book.holder_count)
         metrics.ADDRESSES_SYNCED.set_function(lambda: 1 if book.synced else 0)
 

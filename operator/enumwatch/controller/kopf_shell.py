@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime, Detectors
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
-from enumwatch.kubeapi import Credentials, KubeClient
+from enumwatch.kubeapi import CALL_ERRORS, Credentials, KubeClient
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import FindingSink
@@ -65,6 +65,27 @@ class DetectorScope:
         marked for deletion (another party's finalizer holds it), in scope."""
         deleting = body is not None and bool(body.metadata.get("deletionTimestamp"))
         return (type == "DELETED" or deleting) and self.handles(**kwargs)
+
+
+async def denied(client: KubeClient, group: str, plurals: Iterable[str]) -> list[str]:
+    """What of list and watch on ``plurals`` (cluster-wide) this identity may not do, each
+    asked with a SelfSubjectAccessReview (every authenticated identity may ask)."""
+    missing = []
+    for plural in plurals:
+        for verb in ("list", "watch"):
+            review = await client.create(
+                "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                {
+                    "apiVersion": "authorization.k8s.io/v1",
+                    "kind": "SelfSubjectAccessReview",
+                    "spec": {
+                        "resourceAttributes": {"group": group, "resource": plural, "verb": verb}
+                    },
+                },
+            )
+            if not (review.get("status") or {}).get("allowed"):
+                missing.append(f"{verb} {plural}")
+    return missing
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -175,9 +196,9 @@ class Operator:
             settings.persistence.diffbase_storage = self.diffbase
             settings.persistence.progress_storage = self.progress
             # kopf's indexes exist (empty) from the start: the facts read them from now on.
-            if self.addresses is not None:
+            if self.addresses is not None and self.addresses.enabled:
                 self.addresses.start(indexes[address_facts.INDEX])
-            if self.posture is not None:
+            if self.posture is not None and self.posture.enabled:
                 self.posture.start(indexes[posture_facts.INDEX])
 
         @kopf.on.login(registry=registry)
@@ -211,9 +232,32 @@ class Operator:
         # The facts beside the rule: kopf indexes them (and holds every other resource
         # handler, the detectors' included, until they are listed).
         for facts in (self.addresses, self.posture):
-            if facts is not None:
+            if facts is not None and facts.enabled:
                 facts.register(registry)
         return registry
+
+    async def check_access(self) -> None:
+        """Leave out the facts whose objects this identity may not list and watch.
+
+        kopf runs no resource handler, the detectors' included, before every index is listed,
+        and a listing refused (403) never ends: a kind the RBAC does not grant would hold every
+        detector back. Such facts are off instead (said in the log): attribution then names no
+        one, and the RBACPosture condition stays Unknown, as before they were listed."""
+        for facts in (self.addresses, self.posture):
+            if facts is None:
+                continue
+            try:
+                missing = await denied(self.client, facts.GROUP, facts.COLLECTIONS)
+            except CALL_ERRORS as exc:  # not known: kopf will tell
+                log.warning("could not review the access of %s: %s", facts.WHAT, exc)
+                continue
+            if missing:
+                facts.enabled = False
+                log.warning(
+                    "%s is off: the operator may not %s (RBAC); detectors run without it",
+                    facts.WHAT,
+                    ", ".join(missing),
+                )
 
     # ------------------------------------------------------------------ detectors
 

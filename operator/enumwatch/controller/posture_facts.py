@@ -42,8 +42,15 @@ BindingIndex = Mapping[str, Collection[BindingRef]]
 class PostureFacts:
     """Keeps :attr:`current` (``None`` until kopf has listed both binding kinds) up to date."""
 
+    #: What these facts are, and the collections they list and watch.
+    WHAT = "the RBAC posture"
+    GROUP = RBAC_GROUP
+    COLLECTIONS = tuple(PLURALS)
+
     def __init__(self, client: KubeClient, *, refresh_seconds: float = REFRESH_SECONDS) -> None:
         self.client = client
+        #: Off when the RBAC does not let the operator list and watch both binding kinds.
+        self.enabled = True
         self.refresh_seconds = refresh_seconds
         self.current: Posture | None = None
         #: kopf's index of the anonymous bindings (set at kopf's startup).
