@@ -147,3 +147,26 @@ def test_a_detector_being_deleted_is_not_started() -> None:
     asyncio.run(operator.configure_detector(deleting, patch.status))
     assert (list(operator.detectors.by_key), dict(patch)) == ([], {})
     assert DETECTOR_PLURAL == "enumerationdetectors"
+
+
+def test_the_schedule_runs_inside_kopfs_lifetime() -> None:
+    operator = _operator()
+    registry = operator.registry(cast(Credentials, None))
+    activities = {h.activity.value: h for h in registry._activities.get_all_handlers()}
+    assert {"startup", "cleanup"} <= set(activities)
+
+    async def lifetime() -> tuple[list[str], bool, list[str]]:
+        settings = kopf.OperatorSettings()
+        await activities["startup"].fn(settings=settings)  # type: ignore[call-arg]
+        started = sorted(t.get_name() for t in operator._background)
+        await asyncio.sleep(0.05)
+        ticker = next(t for t in operator._background if t.get_name() == "enumwatch ticker")
+        ticking = not ticker.done()  # it runs until kopf's cleanup stops it
+        tasks = list(operator._background)
+        await activities["cleanup"].fn()  # type: ignore[call-arg]
+        return started, ticking, [t.get_name() for t in tasks if not t.done()]
+
+    started, ticking, left = asyncio.run(lifetime())
+    assert started == ["enumwatch posture roles", "enumwatch ticker"]
+    assert ticking and left == []
+    assert operator._stop.is_set()

@@ -563,8 +563,8 @@ async def _lead(
     if operator.outputs is not None:
         operator.outputs.start()
     gcpolicy.settle()  # what start-up built (modules, restored state): out of the GC's way
-    ticker = asyncio.create_task(operator.run_ticker(stop))
-    watches = asyncio.create_task(operator.run_watches(stop))
+    # The ticker and the posture's role reader are started by kopf's startup handler and
+    # stopped by its cleanup handler (Operator.start_background/stop_background).
     keeper = asyncio.create_task(elector.keep()) if args.leader_election else None
 
     async def mark_ready() -> None:
@@ -595,11 +595,12 @@ async def _lead(
     stop.set()
     kopf_stop.set()
     operator.ready.clear()
-    for task in (ticker, watches, readiness, keeper):
+    for task in (readiness, keeper):
         if task is not None:
             task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await asyncio.wait_for(kopf_task, timeout=10)
+    await operator.stop_background()  # done by kopf's cleanup, unless kopf was cut short
     if operator.outputs is not None:
         await operator.outputs.close()
     return status

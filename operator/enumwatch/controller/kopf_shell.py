@@ -142,6 +142,9 @@ class Operator:
         self.posture = posture
         self.outputs = outputs
         self.ready = asyncio.Event()
+        #: The ticker and the posture's role reader while kopf runs (start_background).
+        self._stop = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
         #: kopf's bookkeeping of the detectors, in memory (see kopf_state).
         self.diffbase = MemoryDiffBase()
         self.progress = MemoryProgress()
@@ -200,6 +203,11 @@ class Operator:
                 self.addresses.start(indexes[address_facts.INDEX])
             if self.posture is not None and self.posture.enabled:
                 self.posture.start(indexes[posture_facts.INDEX])
+            self.start_background()
+
+        @kopf.on.cleanup(registry=registry)
+        async def cleanup(**_: Any) -> None:
+            await self.stop_background()
 
         @kopf.on.login(registry=registry)
         async def login(**_: Any) -> kopf.ConnectionInfo:
@@ -335,6 +343,27 @@ class Operator:
     async def run_ticker(self, stop: asyncio.Event) -> None:
         """Run the schedules until ``stop`` is set."""
         await self.ticker.run(stop)
+
+    def start_background(self) -> None:
+        """Start the schedule and the posture's role reader, as kopf's startup handler does:
+        they run inside kopf's lifetime (started after its settings, stopped by its cleanup)."""
+        if self._background:
+            return
+        self._stop = asyncio.Event()
+        self._background = [
+            asyncio.create_task(self.run_ticker(self._stop), name="enumwatch ticker"),
+            asyncio.create_task(self.run_watches(self._stop), name="enumwatch posture roles"),
+        ]
+
+    async def stop_background(self) -> None:
+        """Stop what :meth:`start_background` started (kopf's cleanup handler; again after kopf
+        returned, in case it was cut short). A tick cut here is evaluated again after a
+        restart, from the checkpoint and the journal."""
+        self._stop.set()
+        tasks, self._background = self._background, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run_watches(self, stop: asyncio.Event) -> None:
         """Keep the roles of the anonymous bindings read (kopf watches the bindings, pods, nodes
