@@ -486,8 +486,11 @@ def test_repeat_after_suppression_is_a_new_occurrence(crds: ControlPlane, tmp_pa
         )
         assert len(findings(crds, ns)) == 1
         name = found[0]["metadata"]["name"]
-        reasons = [e["reason"] for e in events_for(crds, ns, name)]
-        assert reasons.count("EnumerationDetected") == 2
+        wait_for(
+            lambda: [e["reason"] for e in events_for(crds, ns, name)].count("EnumerationDetected")
+            == 2,
+            what="an EnumerationDetected Event for each occurrence",
+        )
 
 
 def test_spec_change_applies_live(crds: ControlPlane, tmp_path: Path) -> None:
@@ -605,9 +608,10 @@ def test_operator_restart_mid_scan_yields_exactly_one_finding(
         assert len(found) == 1
         assert found[0]["spec"]["occurrences"] == 1
         assert found[0]["spec"]["aggregates"]["documentCount"] == len(SCAN_PATHS)
-        assert [e["reason"] for e in events_for(crds, ns, found[0]["metadata"]["name"])] == [
-            "EnumerationDetected"
-        ]
+        name = found[0]["metadata"]["name"]
+        # One Event, posted by kopf from its queue: wait for it, then it is the only one.
+        wait_for(lambda: events_for(crds, ns, name), what="the Finding's Event")
+        assert [e["reason"] for e in events_for(crds, ns, name)] == ["EnumerationDetected"]
 
 
 def test_two_operators_never_both_act(crds: ControlPlane, tmp_path: Path) -> None:
@@ -669,8 +673,11 @@ def test_at_most_max_per_run_findings_per_tick(crds: ControlPlane, tmp_path: Pat
         writes = [len(r["findings_created"]) + len(r["findings_updated"]) for r in fired]
         assert writes and max(writes) == 2, writes
         assert len(fired[0]["findings_created"]) == 2
-        capped = [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"]
-        assert capped and "maxPerRun=2" in capped[0]["message"]
+        capped = wait_for(
+            lambda: [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"],
+            what="the FindingsCapped Event",
+        )
+        assert "maxPerRun=2" in capped[0]["message"]
         assert op.metrics()["enumwatch_findings_capped_total"] >= 1
 
 

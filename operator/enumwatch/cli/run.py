@@ -365,6 +365,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.controller import metrics
     from enumwatch.controller.address_facts import AddressFacts
     from enumwatch.controller.ingest import IngestAuth, IngestServer
+    from enumwatch.controller.kopf_events import KopfEvents
     from enumwatch.controller.kopf_shell import Operator, OperatorConfig
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.controller.posture_facts import PostureFacts
@@ -447,6 +448,8 @@ async def _main(args: argparse.Namespace) -> int:
         client, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
     )
     metrics.watch_events(lambda: sink.event_errors)
+    # Warning Events go through kopf (kopf.event), counted by reason when they cannot be posted.
+    sink.poster = events = KopfEvents(sink.event_errors, instance=args.identity)
     operator = Operator(
         client,
         detectors,
@@ -462,6 +465,7 @@ async def _main(args: argparse.Namespace) -> int:
         addresses=AddressFacts(addresses),
         posture=PostureFacts(client),
         outputs=outputs if outputs.config.enabled else None,
+        events=events,
     )
     elector = LeaseElector(
         client,

@@ -23,6 +23,7 @@ from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller import address_facts, posture_facts
 from enumwatch.controller.address_facts import AddressFacts
+from enumwatch.controller.kopf_events import KopfEvents
 from enumwatch.controller.kopf_state import MemoryDiffBase, MemoryProgress
 from enumwatch.controller.posture_facts import PostureFacts
 from enumwatch.controller.retention import RetentionSweep
@@ -96,6 +97,8 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # kopf's own INFO logs about handlers stay logs; our Warning Events are posted.
     settings.posting.level = logging.WARNING
     settings.posting.default_backoffs = ERROR_BACKOFFS
+    settings.posting.reporting_component = "enumwatch"
+    settings.posting.event_name_prefix = "enumwatch-"
     settings.watching.server_timeout = WATCH_SECONDS
     settings.watching.client_timeout = WATCH_SECONDS + 30
     settings.watching.chunk_size = LIST_CHUNK
@@ -130,6 +133,7 @@ class Operator:
         addresses: AddressFacts | None = None,
         posture: PostureFacts | None = None,
         outputs: Outputs | None = None,
+        events: KopfEvents | None = None,
     ) -> None:
         self.client = client
         self.detectors = detectors
@@ -141,6 +145,8 @@ class Operator:
         #: Keeps the RBAC posture current (None: not reported).
         self.posture = posture
         self.outputs = outputs
+        #: The Warning Events' poster, through kopf (None: the sink posts them itself).
+        self.events = events
         self.ready = asyncio.Event()
         #: The ticker and the posture's role reader while kopf runs (start_background).
         self._stop = asyncio.Event()
@@ -196,6 +202,8 @@ class Operator:
         @kopf.on.startup(registry=registry)
         async def configure(settings: kopf.OperatorSettings, **indexes: Any) -> None:
             configure_kopf(settings)
+            if self.events is not None:  # the Events say which instance posted them
+                settings.posting.reporting_instance = self.events.instance
             settings.persistence.diffbase_storage = self.diffbase
             settings.persistence.progress_storage = self.progress
             # kopf's indexes exist (empty) from the start: the facts read them from now on.
@@ -227,6 +235,8 @@ class Operator:
         @kopf.on.resume(GROUP, VERSION, DETECTOR_PLURAL, **changes)
         @kopf.on.update(GROUP, VERSION, DETECTOR_PLURAL, field="spec", **changes)
         async def configure_detector(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+            if self.events is not None:
+                self.events.capture()  # kopf's Event queue lives in a handler's context
             await self.configure_detector(dict(body), patch.status)
 
         # Not @kopf.on.delete: without a finalizer kopf calls no change handler for a deletion

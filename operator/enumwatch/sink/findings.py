@@ -38,6 +38,7 @@ from enumwatch.attribution import unattributable
 from enumwatch.kubeapi import CALL_ERRORS, ApiError, KubeClient, namespaced_path
 from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
+from enumwatch.sink.events import EventPoster
 from enumwatch.sink.plan import (
     Action,
     Plan,
@@ -128,6 +129,8 @@ class FindingSink:
     ) -> None:
         self.client = client
         self.instance = instance
+        #: Who posts the Warning Events (None: this sink, through the client).
+        self.poster: EventPoster | None = None
         self.attribution = attribution
         #: Events that could not be posted, by reason (enumwatch_event_post_errors_total).
         self.event_errors: Counter[str] = Counter()
@@ -382,6 +385,8 @@ class FindingSink:
         A failure (an error answer, or no answer while the apiserver restarts) is logged and
         counted in :attr:`event_errors`, never raised: an Event must not take the rest of a
         tick (the status patch, the checkpoint, the other detectors) with it."""
+        if self.poster is not None:  # the operator's: kopf posts it (enumwatch.sink.events)
+            return self.poster.post(involved, reason, message)
         now = dt.datetime.now(dt.UTC)
         stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
         micro = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
