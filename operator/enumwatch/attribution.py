@@ -2,10 +2,10 @@
 
 A SIEM sees an address; an operator inside the cluster can say whose it is: a pod (with the
 workload that owns it, its node and service account), a node, a Service's cluster IP, the
-loopback, or nothing the cluster knows (external). The controller shell watches pods, nodes and
-services and feeds the events here; this module keeps only what resolution needs (a few strings
-per object, never the objects), so memory grows with the number of addresses, not with the size
-of the objects.
+loopback, or nothing the cluster knows (external). The controller shell has kopf index pods, nodes
+and services by address (:func:`address_entries` of :func:`holder_of`: a few strings per object,
+never the objects, so memory grows with the number of addresses, not with the size of the
+objects); :class:`AddressBook` resolves over that index and remembers the pods that left.
 
 Two subtleties:
 
@@ -15,7 +15,8 @@ Two subtleties:
 * Pods come and go, and their IPs are reused. A deleted pod is remembered for a while (bounded in
   count and age), and resolution asks who held the address *at the time of the scan*: a scanner
   pod deleted before the tick is still named, and a pod created after the scan with a recycled IP
-  is not blamed for it.
+  is not blamed for it. After a gap in the watch an index may still hold a pod that is gone; two
+  pods cannot hold one pod-network address at once, so the one created last is the holder.
 
 Pure: objects and times in, answers out; no I/O, no clock.
 """
@@ -23,8 +24,10 @@ Pure: objects and times in, answers out; no I/O, no clock.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from enumwatch.api.finding import MAX_HOST_NETWORK_PODS, FindingSource, Workload
@@ -120,15 +123,29 @@ def _since(meta: dict[str, Any]) -> float | None:
         return None
 
 
+def pod_ips(pod: dict[str, Any]) -> tuple[str, ...]:
+    """The addresses a pod's status names (finished or not)."""
+    status = pod.get("status") or {}
+    return _ips(status.get("podIPs")) or _ips([status.get("podIP")])
+
+
+def finished(pod: dict[str, Any]) -> bool:
+    """Whether the pod has finished: its addresses are then free for the next pod."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def address_entries(holder: Holder) -> dict[str, Holder]:
+    """What the address index keeps for one object: each of its addresses -> the object."""
+    return dict.fromkeys(holder.ips, holder)
+
+
 def holder_of(kind: Kind, obj: dict[str, Any]) -> Holder:
     """The addresses ``obj`` (a Pod, Node or Service as the API returns it) holds, and who it is."""
     meta = obj.get("metadata") or {}
     namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     if kind == "pod":
-        ips = _ips(status.get("podIPs")) or _ips([status.get("podIP")])
-        if status.get("phase") in ("Succeeded", "Failed"):
-            ips = ()  # a finished pod's IP is free for the next one
+        ips = () if finished(obj) else pod_ips(obj)  # a finished pod's IP is free for the next one
         return Holder(
             kind="pod",
             namespace=namespace,
@@ -150,101 +167,77 @@ def holder_of(kind: Kind, obj: dict[str, Any]) -> Holder:
     return Holder(kind="service", namespace=namespace, name=name, ips=_ips(cluster_ips))
 
 
-class AddressBook:
-    """IP -> the objects holding it, kept current from watch events (bounded memory).
+#: The address index as the controller shell keeps it (kopf's ``@kopf.index``): address -> the
+#: objects that hold it now.
+AddressIndex = Mapping[str, Collection[Holder]]
 
-    ``synced`` says whether every kind has been listed once: before that an unknown address may
-    be one not listed yet, so :meth:`resolve` says nothing rather than "external".
+
+class AddressBook:
+    """Who holds an address: the current holders (``index``) and the pods that left (bounded).
+
+    ``synced`` says whether pods, nodes and services have been listed: before that an unknown
+    address may be one not listed yet, so :meth:`resolve` says nothing rather than "external".
     """
 
-    def __init__(self, *, gone_seconds: float = GONE_SECONDS, max_gone: int = MAX_GONE) -> None:
+    def __init__(
+        self,
+        index: AddressIndex | None = None,
+        *,
+        gone_seconds: float = GONE_SECONDS,
+        max_gone: int = MAX_GONE,
+    ) -> None:
+        self.index: AddressIndex = {} if index is None else index
         self.gone_seconds = gone_seconds
         self.max_gone = max_gone
-        self._holders: dict[tuple[Kind, str, str], Holder] = {}
-        self._by_ip: dict[str, set[tuple[Kind, str, str]]] = {}
-        #: Deleted pods: (holder, deleted at), oldest first; and their IPs.
-        self._gone: OrderedDict[int, tuple[Holder, float]] = OrderedDict()
-        self._gone_by_ip: dict[str, set[int]] = {}
-        self._gone_seq = 0
-        self._synced: set[Kind] = set()
+        #: Pods that left their addresses: (holder, left at) by pod, oldest first; and by IP.
+        self._gone: OrderedDict[tuple[Kind, str, str], tuple[Holder, float]] = OrderedDict()
+        self._gone_by_ip: dict[str, set[tuple[Kind, str, str]]] = {}
+        self.synced = False
 
-    @property
-    def synced(self) -> bool:
-        """Whether pods, nodes and services have all been listed."""
-        return self._synced.issuperset(KINDS)
+    def holder_count(self) -> int:
+        """Objects holding an address now."""
+        return len({h.key for holders in list(self.index.values()) for h in holders})
 
-    def __len__(self) -> int:
-        return len(self._holders)
-
-    def apply(self, kind: Kind, event_type: str, obj: dict[str, Any], now: float) -> None:
-        """One watch event (ADDED, MODIFIED, DELETED) for ``obj`` of ``kind``, at ``now``."""
-        holder = holder_of(kind, obj)
-        if event_type == "DELETED":
-            self._remove(holder.key, now)
-        else:
-            self._put(holder, now)
-
-    def replace(self, kind: Kind, holders: list[Holder], now: float) -> None:
-        """A full listing of ``kind`` (each object reduced by :func:`holder_of`): what is no
-        longer there was deleted at ``now``."""
-        present = {h.key for h in holders}
-        for key in [k for k in self._holders if k[0] == kind and k not in present]:
-            self._remove(key, now)
-        for holder in holders:
-            self._put(holder, now)
-        self._synced.add(kind)
-
-    def _put(self, holder: Holder, now: float) -> None:
-        old = self._holders.get(holder.key)
-        if old is not None:
-            if old.ips == holder.ips:
-                self._holders[holder.key] = holder
-                return
-            self._remove(holder.key, now)
-        if not holder.ips:
+    def observe(self, kind: Kind, event_type: str | None, obj: dict[str, Any], now: float) -> None:
+        """A watch event of ``obj`` at ``now``: a pod deleted or finished has left its addresses
+        (remembered for a while: a scan it made before is still its doing)."""
+        if kind != "pod" or not (event_type == "DELETED" or finished(obj)):
             return
-        self._holders[holder.key] = holder
-        for ip in holder.ips:
-            self._by_ip.setdefault(ip, set()).add(holder.key)
-
-    def _remove(self, key: tuple[Kind, str, str], now: float) -> None:
-        holder = self._holders.pop(key, None)
-        if holder is None:
-            return
-        for ip in holder.ips:
-            keys = self._by_ip.get(ip)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_ip[ip]
-        if holder.kind == "pod":
-            self._remember_gone(holder, now)
+        ips = pod_ips(obj)
+        if ips:
+            self._remember_gone(replace(holder_of("pod", obj), ips=ips), now)
 
     def _remember_gone(self, holder: Holder, now: float) -> None:
-        self._gone_seq += 1
-        self._gone[self._gone_seq] = (holder, now)
+        known = self._gone.get(holder.key)
+        if known is not None and known[0].ips == holder.ips:
+            return  # finished, then deleted: it left when it finished
+        self._forget(holder.key)
+        self._gone[holder.key] = (holder, now)
         for ip in holder.ips:
-            self._gone_by_ip.setdefault(ip, set()).add(self._gone_seq)
+            self._gone_by_ip.setdefault(ip, set()).add(holder.key)
         while self._gone and (
             len(self._gone) > self.max_gone
             or next(iter(self._gone.values()))[1] < now - self.gone_seconds
         ):
-            seq, (old, _) = self._gone.popitem(last=False)
-            for ip in old.ips:
-                seqs = self._gone_by_ip.get(ip)
-                if seqs is not None:
-                    seqs.discard(seq)
-                    if not seqs:
-                        del self._gone_by_ip[ip]
+            self._forget(next(iter(self._gone)))
+
+    def _forget(self, key: tuple[Kind, str, str]) -> None:
+        old = self._gone.pop(key, None)
+        for ip in old[0].ips if old is not None else ():
+            keys = self._gone_by_ip.get(ip)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._gone_by_ip[ip]
 
     def holders_at(self, ip: str, at: float) -> list[Holder]:
         """The objects that held ``ip`` at time ``at``: current ones that already existed, and
         pods deleted since; when none qualifies by time, the current holders."""
-        current = [self._holders[k] for k in self._by_ip.get(ip, ())]
+        current = list(self.index.get(ip, ()))
         then = [h for h in current if h.since is None or h.since - SKEW_SECONDS <= at]
         then += [
             holder
-            for holder, deleted in (self._gone[s] for s in self._gone_by_ip.get(ip, ()))
+            for holder, deleted in (self._gone[k] for k in self._gone_by_ip.get(ip, ()))
             if deleted >= at and (holder.since is None or holder.since - SKEW_SECONDS <= at)
         ]
         return sorted(then or current, key=lambda h: h.key)
@@ -276,8 +269,8 @@ def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> F
     pods = [h for h in holders if h.kind == "pod" and not h.host_network]
     services = [h for h in holders if h.kind == "service"]
     shared = [f"{h.namespace}/{h.name}" for h in host_pods]
-    if pods:  # a pod network address belongs to one pod at a time
-        return _pod_source(pods[0], observed)
+    if pods:  # a pod network address belongs to one pod at a time: the one created last
+        return _pod_source(max(pods, key=_created), observed)
     if nodes or len(host_pods) > 1:
         node = nodes[0].name if nodes else (host_pods[0].node or "")
         ref = f"node/{node}"
@@ -302,6 +295,11 @@ def resolve_holders(holders: list[Holder], *, observed: bool, synced: bool) -> F
     if not synced:
         return None
     return FindingSource(kind="external", ref="external", observed=observed)
+
+
+def _created(pod: Holder) -> float:
+    """When a pod started to hold its address (unknown: before any other)."""
+    return -math.inf if pod.since is None else pod.since
 
 
 def _pod_source(pod: Holder, observed: bool) -> FindingSource:

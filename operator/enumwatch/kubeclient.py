@@ -406,6 +406,7 @@ class KubeApi:
                 "coordination": k.CoordinationV1Api,
                 "authn": k.AuthenticationV1Api,
                 "rbac": k.RbacAuthorizationV1Api,
+                "authz": k.AuthorizationV1Api,
             }[name]
             self._groups[name] = make(self._current())
         return self._groups[name]
@@ -434,6 +435,11 @@ class KubeApi:
     def rbac(self) -> Any:
         """``RbacAuthorizationV1Api``: roles read for the RBAC posture."""
         return self._group("rbac")
+
+    @property
+    def authz(self) -> Any:
+        """``AuthorizationV1Api``: SelfSubjectAccessReviews (which facts the RBAC lets us read)."""
+        return self._group("authz")
 
     async def close(self) -> None:
         """Close every HTTP session this holder opened."""

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from enumwatch.api.finding import finding_name
+from enumwatch.rbacgen import PERMISSIONS
 from enumwatch_devkit.controlplane import ControlPlane
 from enumwatch_devkit.operatorkit import (
     SCAN_PATHS,
@@ -365,3 +366,52 @@ def test_one_real_probe_from_a_pod_does_not_let_a_forged_scan_frame_it(
         real = scanner["spec"]
         assert (real["observedDocuments"], real["claimedDocuments"]) == (len(SCAN_PATHS), 0)
         assert (real["source"]["kind"], real["source"]["observed"]) == ("loopback", True)
+
+
+def test_without_rbac_on_pods_detectors_still_run_and_attribution_says_nothing(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    """kopf handles no resource before its indexes are listed; a kind the operator may not list
+    must not hold the detectors back (plan of issue 26, risk 4)."""
+    cp = crds
+    suffix = uuid.uuid4().hex[:6]
+    account, sa_ns = f"no-pods-{suffix}", "default"
+    rules = [
+        {"apiGroups": [p.api_group], "resources": list(p.resources), "verbs": list(p.verbs)}
+        for p in PERMISSIONS
+        if p.role is None and p.output is None and "pods" not in p.resources
+    ]
+    cp.kubectl("create", "serviceaccount", account, "-n", sa_ns)
+    cp.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": account}, "rules": rules},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": account},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": account},
+             "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": sa_ns}]},
+        ]}))
+    token = cp.kubectl("create", "token", account, "-n", sa_ns).strip()
+    config = json.loads(cp.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    kubeconfig = tmp_path / "no-pods.kubeconfig"
+    kubeconfig.write_text(json.dumps(config))
+    kubeconfig.chmod(0o600)
+    ns = fresh_namespace(cp, "nopods")
+    with running_operator(
+        cp, tmp_path / "operator", "--kubeconfig", str(kubeconfig), "--no-leader-election"
+    ) as op:
+        apply_detector(cp, ns, "det", FAST)
+
+        def ready() -> dict[str, Any] | None:
+            conditions = detector_status(cp, ns, "det").get("conditions") or []
+            return next((c for c in conditions if c["type"] == "Ready"), None)
+
+        condition = wait_for(ready, timeout=60, what="the detector configured without pods RBAC")
+        assert (condition["status"], condition["reason"]) == ("True", "Running")
+        assert op.metrics()["enumwatch_attribution_synced"] == 0.0
+        assert op.log_path is not None
+        assert "source attribution is off" in op.log_path.read_text()

@@ -185,7 +185,12 @@ def test_live_findings_equal_the_scan_with_null_keys_hours_old_and_a_later_scann
             for f in findings(crds, ns)
             if (f["spec"]["sourceIP"], f["spec"]["userAgent"]) == (None, None)
         )
-        events = events_for(crds, ns, null_finding["metadata"]["name"])
+        def both_told() -> list[dict[str, Any]]:
+            # Posted by kopf from its queue: read once both growth Events are there.
+            told = events_for(crds, ns, null_finding["metadata"]["name"])
+            return told if sum(e["reason"] == "EnumerationDetected" for e in told) >= 2 else []
+
+        events = wait_for(both_told, what="the null-key Finding's two EnumerationDetected Events")
         # The corpus's null-key clients also got answers beyond the public endpoints: those
         # Events have their own reason (AnonymousAccessSucceeded), counted apart.
         assert {e["reason"] for e in events} <= {"EnumerationDetected", "AnonymousAccessSucceeded"}
@@ -438,7 +443,10 @@ def test_forged_forwarded_for_decoys_cannot_push_the_real_scanner_out(
         ingest_under_detector(crds, op, ns, {**DETECTOR, "findings": {"maxPerRun": 100}}, events)
         written = {f["spec"]["sourceIP"] for f in findings(crds, ns)}
         assert observed in written  # the address the apiserver saw is never a decoy's victim
-        capped = [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"]
+        capped = wait_for(
+            lambda: [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"],
+            what="the FindingsCapped Event",
+        )
         first = min(capped, key=lambda e: e["firstTimestamp"])["message"]
         assert first.startswith("151 row(s) to write at ")
         assert "more than findings.maxPerRun=100 a tick: 51 wait for the next ticks" in first

@@ -486,8 +486,11 @@ def test_repeat_after_suppression_is_a_new_occurrence(crds: ControlPlane, tmp_pa
         )
         assert len(findings(crds, ns)) == 1
         name = found[0]["metadata"]["name"]
-        reasons = [e["reason"] for e in events_for(crds, ns, name)]
-        assert reasons.count("EnumerationDetected") == 2
+        wait_for(
+            lambda: [e["reason"] for e in events_for(crds, ns, name)].count("EnumerationDetected")
+            == 2,
+            what="an EnumerationDetected Event for each occurrence",
+        )
 
 
 def test_spec_change_applies_live(crds: ControlPlane, tmp_path: Path) -> None:
@@ -531,6 +534,58 @@ def test_deleting_a_detector_stops_it_and_keeps_its_findings(
         assert op.metrics()["enumwatch_detectors"] == 0
 
 
+def _written_by_others_than_kubectl(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
+    """What is on the detector besides its spec and status, and who wrote which part: the
+    operator may own its ``status`` subresource and nothing else."""
+    meta = kubectl_json(
+        cp, "get", "enumerationdetector", name, "-n", ns, "--show-managed-fields"
+    )["metadata"]
+    return {
+        "finalizers": meta.get("finalizers", []),
+        "annotations": sorted(meta.get("annotations", {})),
+        "outside status": sorted(
+            (m["manager"], m["operation"])
+            for m in meta.get("managedFields", [])
+            if not m["manager"].startswith("kubectl") and m.get("subresource") != "status"
+        ),
+        # (managedFields are shown: else "outside status" would be empty for want of them)
+        "status written": any(
+            m.get("subresource") == "status" for m in meta.get("managedFields", [])
+        ),
+    }
+
+
+def test_the_operator_writes_nothing_on_a_detector_but_its_status(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    # kopf's defaults would write a finalizer and annotations (diff-base, progress): the
+    # install grants no patch on detectors, and a finalizer would hold kubectl delete.
+    ns = fresh_namespace(crds, "untouched")
+    clean = {
+        "finalizers": [],
+        "annotations": ["kubectl.kubernetes.io/last-applied-configuration"],
+        "outside status": [],
+        "status written": True,
+    }
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        assert _written_by_others_than_kubectl(crds, ns, "det") == clean
+        apply_detector(crds, ns, "det", {**FAST, "thresholds": {"distinctRequestURIsAbove": 20}})
+        wait_for(lambda: _ready(crds, ns, "det", generation=2), what="generation 2 observed")
+        assert _written_by_others_than_kubectl(crds, ns, "det") == clean
+        op.stop()
+        restarted = time.time()
+        op.start()
+        wait_for_tick_after(crds, ns, "det", restarted, 1.0)
+        assert _written_by_others_than_kubectl(crds, ns, "det") == clean
+        # No finalizer: the deletion completes at once, and the operator lets the detector go.
+        crds.kubectl(
+            "delete", "enumerationdetector", "det", "-n", ns, "--wait=true", "--timeout=20s"
+        )
+        wait_for(lambda: op.metrics()["enumwatch_detectors"] == 0, what="the detector stopped")
+
+
 def test_operator_restart_mid_scan_yields_exactly_one_finding(
     crds: ControlPlane, tmp_path: Path
 ) -> None:
@@ -553,9 +608,10 @@ def test_operator_restart_mid_scan_yields_exactly_one_finding(
         assert len(found) == 1
         assert found[0]["spec"]["occurrences"] == 1
         assert found[0]["spec"]["aggregates"]["documentCount"] == len(SCAN_PATHS)
-        assert [e["reason"] for e in events_for(crds, ns, found[0]["metadata"]["name"])] == [
-            "EnumerationDetected"
-        ]
+        name = found[0]["metadata"]["name"]
+        # One Event, posted by kopf from its queue: wait for it, then it is the only one.
+        wait_for(lambda: events_for(crds, ns, name), what="the Finding's Event")
+        assert [e["reason"] for e in events_for(crds, ns, name)] == ["EnumerationDetected"]
 
 
 def test_two_operators_never_both_act(crds: ControlPlane, tmp_path: Path) -> None:
@@ -617,8 +673,11 @@ def test_at_most_max_per_run_findings_per_tick(crds: ControlPlane, tmp_path: Pat
         writes = [len(r["findings_created"]) + len(r["findings_updated"]) for r in fired]
         assert writes and max(writes) == 2, writes
         assert len(fired[0]["findings_created"]) == 2
-        capped = [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"]
-        assert capped and "maxPerRun=2" in capped[0]["message"]
+        capped = wait_for(
+            lambda: [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsCapped"],
+            what="the FindingsCapped Event",
+        )
+        assert "maxPerRun=2" in capped[0]["message"]
         assert op.metrics()["enumwatch_findings_capped_total"] >= 1
 
 

@@ -1,16 +1,22 @@
-"""Source attribution without a cluster: API objects in, who an IP was, out."""
+"""Source attribution without a cluster: API objects in, who an IP was, out.
+
+The objects go through what the operator does with kopf's watch events: kopf's own index
+(``kopf.index``, its real indexer here) of :func:`address_entries`, and the gone-pod memory
+(:meth:`AddressBook.observe`), as ``enumwatch.controller.address_facts`` registers them."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from kopf._core.engines.indexing import OperatorIndexer
 
 from enumwatch.api.finding import FindingSource, Workload
 from enumwatch.attribution import (
     KINDS,
     AddressBook,
     Kind,
+    address_entries,
     describe,
     holder_of,
     normalize_ip,
@@ -66,15 +72,34 @@ def service(name: str, *ips: str, namespace: str = "default") -> dict[str, Any]:
     }
 
 
-def relist(book: AddressBook, kind: Kind, objs: list[dict[str, Any]], now: float) -> None:
-    book.replace(kind, [holder_of(kind, obj) for obj in objs], now)
+class Cluster:
+    """Watch events through kopf's index and the gone memory, as the operator has them."""
+
+    def __init__(self, **book: Any) -> None:
+        self.indexer = OperatorIndexer()
+        self.book = AddressBook(self.indexer.index, **book)
+
+    def apply(self, kind: Kind, event_type: str | None, obj: dict[str, Any], now: float) -> None:
+        meta = obj["metadata"]
+        key = (meta.get("namespace"), meta["name"], meta.get("uid"))
+        if event_type == "DELETED":
+            self.indexer.discard(key)  # kopf: a deleted object leaves the index at once
+        else:
+            self.indexer.replace(key, address_entries(holder_of(kind, obj)))
+        self.book.observe(kind, event_type, obj, now)
+
+    def resolve(self, ip: str | None, at: float, *, observed: bool = True) -> FindingSource | None:
+        return self.book.resolve(ip, at, observed=observed)
 
 
-def synced(**kinds: list[dict[str, Any]]) -> AddressBook:
-    book = AddressBook()
+def synced(**kinds: list[dict[str, Any]]) -> Cluster:
+    """A cluster whose pods, nodes and services kopf has listed (its startup gate is open)."""
+    cluster = Cluster()
     for kind in KINDS:
-        relist(book, kind, kinds.get(kind, []), T0)
-    return book
+        for obj in kinds.get(kind, []):
+            cluster.apply(kind, None, obj, T0)  # a listing: kopf's events of type None
+    cluster.book.synced = True
+    return cluster
 
 
 def test_node_addresses_are_read_from_addresses_not_a_nonexistent_ip_field() -> None:
@@ -179,13 +204,12 @@ def test_one_hostnetwork_pod_on_a_node_not_known_is_that_pod_with_the_caveat() -
 
 
 def test_before_the_first_listing_an_unknown_address_is_not_called_external() -> None:
-    book = AddressBook()
-    assert book.resolve("198.51.100.4", T0) is None
-    relist(book, "pod", [], T0)
-    relist(book, "node", [], T0)
-    assert book.resolve("198.51.100.4", T0) is None
-    relist(book, "service", [], T0)
-    assert book.resolve("198.51.100.4", T0) == FindingSource(kind="external", ref="external")
+    cluster = Cluster()
+    assert cluster.resolve("198.51.100.4", T0) is None
+    cluster.apply("service", None, service("kubernetes", "10.96.0.1"), T0)
+    assert cluster.resolve("198.51.100.4", T0) is None
+    cluster.book.synced = True  # kopf listed every kind (address_facts says so)
+    assert cluster.resolve("198.51.100.4", T0) == FindingSource(kind="external", ref="external")
 
 
 def test_watch_events_add_move_and_delete_addresses() -> None:
@@ -196,7 +220,7 @@ def test_watch_events_add_move_and_delete_addresses() -> None:
     assert book.resolve("10.244.0.5", T0 + 2).name == "p1"  # type: ignore[union-attr]
     book.apply("pod", "MODIFIED", pod("p1", ["10.244.0.5"], phase="Succeeded"), T0 + 3)
     assert book.resolve("10.244.0.5", T0 + 4) == FindingSource(kind="external", ref="external")
-    assert len(book) == 0
+    assert book.book.holder_count() == 0
 
 
 def test_a_scanner_pod_deleted_before_the_tick_is_still_named() -> None:
@@ -209,17 +233,29 @@ def test_a_scanner_pod_deleted_before_the_tick_is_still_named() -> None:
 
 def test_a_recycled_ip_is_attributed_to_whoever_held_it_at_the_time_of_the_scan() -> None:
     book = synced(pod=[pod("old", ["10.244.0.9"], created=T0)])
-    relist(book, "pod", [pod("new", ["10.244.0.9"], created=T0 + 100)], T0 + 90)
+    book.apply("pod", "DELETED", pod("old", ["10.244.0.9"], created=T0), T0 + 90)
+    book.apply("pod", "ADDED", pod("new", ["10.244.0.9"], created=T0 + 100), T0 + 100)
     assert book.resolve("10.244.0.9", T0 + 50).name == "old"  # type: ignore[union-attr]
     assert book.resolve("10.244.0.9", T0 + 150).name == "new"  # type: ignore[union-attr]
 
 
+def test_a_stale_holder_left_by_a_watch_gap_yields_to_the_pod_created_last() -> None:
+    # kopf's relist after a watch gap does not drop what vanished meanwhile: "old" was deleted
+    # in the gap and is still in the index beside "new", which got its address since.
+    book = synced(pod=[pod("old", ["10.244.0.9"], created=T0)])
+    book.apply("pod", None, pod("new", ["10.244.0.9"], created=T0 + 100), T0 + 100)
+    assert book.book.holder_count() == 2
+    assert book.resolve("10.244.0.9", T0 + 150).name == "new"  # type: ignore[union-attr]
+    # Before "new" existed the address was "old"'s: still named for a scan then.
+    assert book.resolve("10.244.0.9", T0 + 50).name == "old"  # type: ignore[union-attr]
+
+
 def test_memory_is_bounded_deleted_pods_are_forgotten_by_count_and_age() -> None:
-    book = AddressBook(max_gone=3, gone_seconds=60)
-    relist(book, "node", [], T0)
-    relist(book, "service", [], T0)
+    book = Cluster(max_gone=3, gone_seconds=60)
     pods = [pod(f"p{i}", [f"10.244.0.{i}"]) for i in range(5)]
-    relist(book, "pod", pods, T0)
+    for p in pods:
+        book.apply("pod", None, p, T0)
+    book.book.synced = True
     for i, p in enumerate(pods):
         book.apply("pod", "DELETED", p, T0 + 10 + i)
     names = [getattr(book.resolve(f"10.244.0.{i}", T0 + 5), "name", None) for i in range(5)]
@@ -228,7 +264,18 @@ def test_memory_is_bounded_deleted_pods_are_forgotten_by_count_and_age() -> None
     book.apply("pod", "DELETED", pod("p9", ["10.244.1.1"]), T0 + 200)  # ages out the others
     names = [getattr(book.resolve(f"10.244.0.{i}", T0 + 5), "name", None) for i in range(5)]
     assert names == [None] * 5
-    assert len(book._gone) == 1 and set(book._gone_by_ip) == {"10.244.1.1"}
+    assert len(book.book._gone) == 1 and set(book.book._gone_by_ip) == {"10.244.1.1"}
+
+
+def test_a_finished_pod_left_its_address_when_it_finished_not_when_deleted() -> None:
+    book = synced(pod=[pod("job", ["10.244.0.7"])])
+    book.apply("pod", "MODIFIED", pod("job", ["10.244.0.7"], phase="Succeeded"), T0 + 10)
+    book.apply("pod", "MODIFIED", pod("job", ["10.244.0.7"], phase="Succeeded"), T0 + 20)
+    book.apply("pod", "DELETED", pod("job", ["10.244.0.7"], phase="Succeeded"), T0 + 30)
+    assert book.resolve("10.244.0.7", T0 + 5).name == "job"  # type: ignore[union-attr]
+    # It left at T0 + 10 (finished), once: a scan after that is not its doing.
+    assert book.resolve("10.244.0.7", T0 + 15) == FindingSource(kind="external", ref="external")
+    assert len(book.book._gone) == 1
 
 
 def test_normalize_ip() -> None:

@@ -27,7 +27,7 @@ from enumwatch.controller import connections, gcpolicy
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
 if TYPE_CHECKING:
-    from enumwatch.controller.handlers import Operator
+    from enumwatch.controller.kopf_shell import Operator
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.outputs.dispatch import OutputsConfig
 
@@ -363,13 +363,13 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     from enumwatch.attribution import AddressBook
     from enumwatch.controller import metrics
-    from enumwatch.controller.addresses import AddressWatch
-    from enumwatch.controller.handlers import Operator, OperatorConfig
+    from enumwatch.controller.address_facts import AddressFacts
     from enumwatch.controller.ingest import IngestAuth, IngestServer
+    from enumwatch.controller.kopf_events import KopfEvents
+    from enumwatch.controller.kopf_shell import Operator, OperatorConfig
     from enumwatch.controller.leader import LeaseElector
-    from enumwatch.controller.posture import PostureWatch
+    from enumwatch.controller.posture_facts import PostureFacts
     from enumwatch.controller.runtime import Detectors, state_budget_for
-    from enumwatch.kubeapi import KubeClient
     from enumwatch.kubeclient import ConfigError, KubeApi, load_credentials
     from enumwatch.outputs.dispatch import Outputs
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
@@ -381,7 +381,6 @@ async def _main(args: argparse.Namespace) -> int:
     gcpolicy.configure()
     outputs = Outputs(outputs_config(args))
     credentials = await load_credentials(args.kubeconfig)
-    client = KubeClient(credentials, timeout=args.api_timeout)  # the list-and-watch only
     api = KubeApi(credentials, timeout=args.api_timeout)
     tokens = []
     for path in args.ingest_token_file:
@@ -449,6 +448,8 @@ async def _main(args: argparse.Namespace) -> int:
         api, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
     )
     metrics.watch_events(lambda: sink.event_errors)
+    # Warning Events go through kopf (kopf.event), counted by reason when they cannot be posted.
+    sink.poster = events = KopfEvents(sink.event_errors, instance=args.identity)
     operator = Operator(
         api,
         detectors,
@@ -461,9 +462,10 @@ async def _main(args: argparse.Namespace) -> int:
         reports=PolicyReportWriter(api, apis, max_results=args.policy_report_max_results)
         if apis
         else None,
-        addresses=AddressWatch(client, addresses),
-        posture=PostureWatch(client, api),
+        addresses=AddressFacts(addresses),
+        posture=PostureFacts(api),
         outputs=outputs if outputs.config.enabled else None,
+        events=events,
     )
     elector = LeaseElector(
         api,
@@ -518,7 +520,6 @@ async def _main(args: argparse.Namespace) -> int:
         if args.leader_election:
             await elector.release()
         await server.stop()
-        await client.close()
         await api.close()
         refresher.cancel()
     return status
@@ -551,13 +552,13 @@ async def _lead(
 
     kopf_stop = asyncio.Event()
     kopf_ready = asyncio.Event()
-    registry = operator.registry(credentials)  # type: ignore[arg-type]
-    namespaces = args.namespace
+    # kopf watches cluster-wide; --namespace limits the detectors handled (a when= filter).
+    await operator.check_access()  # facts the RBAC does not grant must not hold kopf back
+    registry = operator.registry(credentials, args.namespace)  # type: ignore[arg-type]
     kopf_task = asyncio.create_task(
         kopf.operator(
             registry=registry,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
+            clusterwide=True,
             stop_flag=kopf_stop,
             ready_flag=kopf_ready,
             standalone=True,
@@ -566,8 +567,8 @@ async def _lead(
     if operator.outputs is not None:
         operator.outputs.start()
     gcpolicy.settle()  # what start-up built (modules, restored state): out of the GC's way
-    ticker = asyncio.create_task(operator.run_ticker(stop))
-    watches = asyncio.create_task(operator.run_watches(stop))
+    # The ticker and the posture's role reader are started by kopf's startup handler and
+    # stopped by its cleanup handler (Operator.start_background/stop_background).
     keeper = asyncio.create_task(elector.keep()) if args.leader_election else None
 
     async def mark_ready() -> None:
@@ -598,11 +599,12 @@ async def _lead(
     stop.set()
     kopf_stop.set()
     operator.ready.clear()
-    for task in (ticker, watches, readiness, keeper):
+    for task in (readiness, keeper):
         if task is not None:
             task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await asyncio.wait_for(kopf_task, timeout=10)
+    await operator.stop_background()  # done by kopf's cleanup, unless kopf was cut short
     if operator.outputs is not None:
         await operator.outputs.close()
     return status

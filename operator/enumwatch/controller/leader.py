@@ -4,6 +4,15 @@ Two operator instances against one API server must never both act: both would wr
 Findings and post the same Events. The instance that holds the Lease runs the detectors; the other
 waits, serves ``/healthz`` but answers ``/readyz`` and ingest with 503, and takes over when the
 holder stops renewing.
+
+Why not kopf's own: kopf has no leader election. Its peering (``settings.peering``) is
+priority-based freezing through KopfPeering objects (a CRD of its own and RBAC on it): two
+replicas of the same priority both warn and both freeze, and the cluster is then not served,
+the opposite of a standby. ``kubernetes.aio.leaderelection`` (client 37.x only) does not release
+the Lease on a clean stop (the standby would wait out the Lease instead of taking over at once,
+see ``test_two_operators_never_both_act``) and has no ``is_leader`` for ingest's 503. So kopf
+runs with ``peering.standalone`` and this small Lease holder decides who acts; setting
+``settings.peering.mandatory`` would make kopf refuse to start without a peering CRD.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from enumwatch.api.detector_status import Condition, DetectorStatus, Posture
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
@@ -302,7 +303,36 @@ class StatusReporter:
         Unless ``force``, a status whose :meth:`_significant` part is unchanged is written only
         when ``every`` seconds passed since the last write (the ticker's call: at interval 1 s,
         a status write and the watch event it causes each second were a fixed cost with no
-        news in it); the Warning Events are posted either way."""
+        news in it); the Warning Events are posted either way.
+
+        One body, two writers: after a tick this method writes it; after a spec change kopf's
+        handler puts :meth:`body` into kopf's ``patch`` and kopf merge-patches ``/status``.
+        Both are merge patches of the same shape, so the last writer wins with no mix."""
+        status = await self.body(runtime, force=force)
+        if status is None:
+            return
+        try:
+            await self.client.call(
+                self.client.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                runtime.ref.namespace,
+                DETECTOR_PLURAL,
+                runtime.ref.name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiError as exc:
+            runtime.status_written = None  # not written: the next call writes
+            if exc.status != 404:  # deleted meanwhile: nothing to report on
+                runtime.step_failed("status", exc)
+        except CALL_ERRORS as exc:  # the apiserver unreachable: patched again at the next tick
+            runtime.status_written = None
+            runtime.step_failed("status", exc)
+
+    async def body(self, runtime: DetectorRuntime, *, force: bool = True) -> dict[str, Any] | None:
+        """The detector's status now, as the ``status`` of a merge patch (``None``: nothing to
+        write yet, see :meth:`patch`); the Warning Events it calls for are posted meanwhile."""
         runtime.conditions = self.conditions(runtime)
         posture = self.posture() if self.posture is not None else None
         await self._warn_bindings(runtime, posture)
@@ -352,23 +382,6 @@ class StatusReporter:
             and written[0] == significant
             and now - written[1] < self.every
         ):
-            return
+            return None
         runtime.status_written = (significant, now)
-        try:
-            await self.client.call(
-                self.client.custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                runtime.ref.namespace,
-                DETECTOR_PLURAL,
-                runtime.ref.name,
-                {"status": status.model_dump(by_alias=True, exclude_none=True, mode="json")},
-                _content_type="application/merge-patch+json",
-            )
-        except ApiError as exc:
-            runtime.status_written = None  # not written: the next call writes
-            if exc.status != 404:  # deleted meanwhile: nothing to report on
-                runtime.step_failed("status", exc)
-        except CALL_ERRORS as exc:  # the apiserver unreachable: patched again at the next tick
-            runtime.status_written = None
-            runtime.step_failed("status", exc)
+        return status.model_dump(by_alias=True, exclude_none=True, mode="json")

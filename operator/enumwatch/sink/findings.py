@@ -20,8 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from enumwatch.api.finding import FindingSource as Source
-from enumwatch.api.finding import finding_name
+from enumwatch.api.finding import FindingSource, finding_name
 from enumwatch.api.names import (
     API_VERSION,
     DETECTOR_LABEL,
@@ -39,6 +38,7 @@ from enumwatch.attribution import unattributable
 from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi
 from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
+from enumwatch.sink.events import EventPoster
 from enumwatch.sink.plan import (
     Action,
     Plan,
@@ -82,9 +82,13 @@ def row_finding_name(detector: DetectorRef, row: Row) -> str:
 class Attribution(Protocol):
     """Who a source IP was in the cluster at a time (:class:`enumwatch.attribution.AddressBook`)."""
 
-    def resolve(self, source_ip: str | None, at: float, *, observed: bool = True) -> Source | None:
-        """The Source of ``source_ip`` at ``at``; ``None`` when unknown."""
+    def resolve(
+        self, source_ip: str | None, at: float, *, observed: bool = True
+    ) -> FindingSource | None:
+        """The FindingSource of ``source_ip`` at ``at``; ``None`` when unknown."""
         ...
+
+
 @dataclass(frozen=True)
 class Written:
     """A Finding as this tick left it, and what the write meant (the outputs' input)."""
@@ -129,6 +133,8 @@ class FindingSink:
     ) -> None:
         self.client = client
         self.instance = instance
+        #: Who posts the Warning Events (None: this sink, through the client).
+        self.poster: EventPoster | None = None
         self.attribution = attribution
         #: Events that could not be posted, by reason (enumwatch_event_post_errors_total).
         self.event_errors: Counter[str] = Counter()
@@ -149,7 +155,7 @@ class FindingSink:
         if len(self._known) > KNOWN_FINDINGS:
             self._known.popitem(last=False)
 
-    def source_of(self, write: PendingWrite) -> Source | None:
+    def source_of(self, write: PendingWrite) -> FindingSource | None:
         """Who the row's source IP was at the time of its latest event (``None``: unknown, or
         another cluster's), named as the scanner only when every document of the row came from
         it."""
@@ -398,6 +404,8 @@ class FindingSink:
         A failure (an error answer, or no answer while the apiserver restarts) is logged and
         counted in :attr:`event_errors`, never raised: an Event must not take the rest of a
         tick (the status patch, the checkpoint, the other detectors) with it."""
+        if self.poster is not None:  # the operator's: kopf posts it (enumwatch.sink.events)
+            return self.poster.post(involved, reason, message)
         now = dt.datetime.now(dt.UTC)
         stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
         micro = now.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -15,6 +15,7 @@ from typing import Any
 from enumwatch.api.finding import (
     MAX_ACCESS_URIS,
     Access,
+    FindingSource,
     FindingSpec,
     ForgedAddresses,
     Window,
@@ -22,7 +23,6 @@ from enumwatch.api.finding import (
     rule_ref,
     user_agent_phrase,
 )
-from enumwatch.api.finding import FindingSource as Source
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.attribution import describe
 from enumwatch.rule import Row
@@ -101,7 +101,7 @@ def plan(
     window: WindowResult,
     detector: str,
     spec: DetectorSpec,
-    source: Source | None = None,
+    source: FindingSource | None = None,
     claim: Claim | None = None,
     unattributed: str | None = None,
 ) -> Plan:
