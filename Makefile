@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # 0: one serial pytest, no worker process.
 TEST_WORKERS ?= 0
 PYTEST := $(PY) -m pytest -W error -p no:cacheprovider
-PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) --durations=25
+PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --durations=25
 CHART := charts/enumwatch
 # Files the chart ships as copies (its templates read them with .Files.Get); `make manifests`
 # refreshes them and tests/unit/test_chart.py checks that they match.

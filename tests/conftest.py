@@ -6,9 +6,10 @@ root, a skipped ``node`` test fails it too: root is what the real node needs, so
 means the node did not come up, not that it could not.
 
 ``make test`` runs the tests but the node's in parallel workers (pytest-xdist, ``--dist
-loadgroup``): each worker has its own session fixtures (its own control plane, on free ports,
-under its own temporary directory), and :func:`pytest_collection_modifyitems` sends a module's
-tests to one worker, so that a module's fixtures start once (see ``docs/developing.md``).
+loadfile``: a module's tests on one worker, so that its module fixtures start once). Each worker
+has its own session fixtures: its own control plane, on free ports, under its own temporary
+directory (see ``docs/developing.md``). The guard below runs in the controller, which receives
+every worker's reports.
 """
 
 from __future__ import annotations
@@ -40,31 +41,6 @@ def required_markers(euid: int) -> tuple[str, ...]:
     """The markers whose tests must not skip under ``make test``: ``integration`` always, and
     ``node`` when running as root (without root the node cannot run, and its tests say so)."""
     return ("integration", "node") if euid == 0 else ("integration",)
-
-
-#: Modules whose tests share a session fixture costly to start (the managed-cluster emulators:
-#: moto, the Pub/Sub emulator, Azurite): under pytest-xdist one worker runs them all.
-SHARED_GROUPS = {
-    "emulators": ("test_collect_full_path.py", "test_collect_sources.py", "test_source_metrics.py"),
-}
-
-
-def xdist_group_of(path: Path) -> str:
-    """The pytest-xdist group of the tests of a module: its :data:`SHARED_GROUPS` group, or
-    the module itself (its module-scoped fixtures start once, on one worker)."""
-    for group, modules in SHARED_GROUPS.items():
-        if path.name in modules:
-            return group
-    return path.stem
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give every test without an ``xdist_group`` its module's group (:func:`xdist_group_of`);
-    without pytest-xdist the mark is only a mark."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(xdist_group_of(item.path)))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

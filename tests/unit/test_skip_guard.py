@@ -25,7 +25,7 @@ def test_node_tests_are_required_only_as_root() -> None:
 
 
 @pytest.mark.parametrize(
-    "workers", [(), ("-n", "2", "--dist", "loadgroup")], ids=["serial", "xdist"]
+    "workers", [(), ("-n", "2", "--dist", "loadfile")], ids=["serial", "xdist"]
 )
 @pytest.mark.parametrize(
     ("marker", "required", "failed"),
