@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Parallel workers of `make test`, `make unit` and `make integration` (pytest-xdist; each worker
 # starts its own control plane). The node tests (one real kubelet per machine) run after, alone.
 # 0: one serial pytest, no worker process.
-TEST_WORKERS ?= 0
+TEST_WORKERS ?= 3
 PYTEST := $(PY) -m pytest -W error -p no:cacheprovider
 PARALLEL := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) --durations=25
 CHART := charts/enumwatch
