@@ -4,6 +4,12 @@
 the session, so CI can never pass on a machine where the control plane did not come up. Run as
 root, a skipped ``node`` test fails it too: root is what the real node needs, so a skip there
 means the node did not come up, not that it could not.
+
+``make test`` runs the tests but the node's in parallel workers (pytest-xdist, ``--dist
+loadfile``: a module's tests on one worker, so that its module fixtures start once). Each worker
+has its own session fixtures: its own control plane, on free ports, under its own temporary
+directory (see ``docs/developing.md``). The guard below runs in the controller, which receives
+every worker's reports.
 """
 
 from __future__ import annotations

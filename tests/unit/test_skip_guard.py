@@ -2,7 +2,8 @@
 
 ``tests/conftest.py`` runs here on a small session of its own (pytest's ``pytester``): a skipped
 ``integration`` test fails it whoever runs it, a skipped ``node`` test fails it when run as root
-(the node needs root: a skip there means the node did not come up).
+(the node needs root: a skip there means the node did not come up). The same in parallel
+workers (pytest-xdist, as ``make test`` runs): the workers' reports reach the controller's guard.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ def test_node_tests_are_required_only_as_root() -> None:
 
 
 @pytest.mark.parametrize(
+    "workers", [(), ("-n", "2", "--dist", "loadfile")], ids=["serial", "xdist"]
+)
+@pytest.mark.parametrize(
     ("marker", "required", "failed"),
     [("integration", "1", True), ("node", "1", None), ("node", "0", False)],
 )
@@ -33,6 +37,7 @@ def test_a_required_test_that_skips_fails_the_session(
     marker: str,
     required: str,
     failed: bool | None,
+    workers: tuple[str, ...],
 ) -> None:
     pytester.makeconftest(CONFTEST.read_text())
     pytester.makeini("[pytest]\nmarkers =\n    integration: x\n    node: x\n")
@@ -43,11 +48,14 @@ def test_a_required_test_that_skips_fails_the_session(
         @pytest.mark.{marker}
         def test_skips():
             pytest.skip("no real part here")
+
+        def test_passes():
+            assert 1 + 1 == 2
         """
     )
     monkeypatch.setenv("ENUMWATCH_REQUIRE_INTEGRATION", required)
-    result = pytester.runpytest_subprocess()
-    result.assert_outcomes(skipped=1)
+    result = pytester.runpytest_subprocess(*workers)
+    result.assert_outcomes(skipped=1, passed=1)
     expected = failed if failed is not None else os.geteuid() == 0
     assert result.ret == (pytest.ExitCode.TESTS_FAILED if expected else pytest.ExitCode.OK)
     shown = "integration/node test(s) were skipped" in result.stdout.str()
