@@ -598,9 +598,9 @@ class IngestServer:
             **extra,
         )
         if not inline:  # the batch's objects are freed in steps, after the answer
-            for held in (events, lines, keys):  # the batch's own lists still hold them
+            for held in (events, keys):  # the batch's own list still holds them
                 held.clear()
-            releasing = asyncio.create_task(release_in_steps(batch.events, batch.lines))
+            releasing = asyncio.create_task(release_in_steps(batch.events))
             self._releasing.add(releasing)
             releasing.add_done_callback(self._releasing.discard)
         return answer
