@@ -58,18 +58,21 @@ node: ## build (or reuse) what cluster-up runs: node packages (as root), Kuberne
 	@if [ "$$(id -u)" = 0 ]; then bash hack/node/install-packages.sh && bash hack/controlplane/build.sh --cluster >/dev/null; \
 	else echo "make node: not root, the node tests will skip (cluster-up needs root)"; fi
 
-# `make test`: lint, then every test but the node's in TEST_WORKERS parallel workers, then the node
-# tests alone (serial). A PYTEST_ARGS that selects no node test is not a failure of the second run.
+# `make test`: lint, then every test but the node's and the timing ones in TEST_WORKERS parallel
+# workers, then the node tests and the `alone` ones (a time bound that other tests' load would
+# break) serially, with nothing else running. A PYTEST_ARGS that selects nothing in one of the two
+# runs is not a failure of that run.
+FORGIVE_EMPTY = || { rc=$$?; [ $$rc -eq 5 ] && $(if $(strip $(PYTEST_ARGS)),true,false) || exit $$rc; }
 test: need-kubectl controlplane tools kafka venv node lint ## run every test (lint, unit, integration against a real apiserver, the node as root)
-	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) $(PARALLEL) -m 'not node' $(PYTEST_ARGS)
-	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) -m node $(PYTEST_ARGS) || \
-	  { rc=$$?; [ $$rc -eq 5 ] && $(if $(strip $(PYTEST_ARGS)),true,false) || exit $$rc; }
+	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) $(PARALLEL) -m 'not node and not alone' $(PYTEST_ARGS) $(FORGIVE_EMPTY)
+	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) -m 'node or alone' $(PYTEST_ARGS) $(FORGIVE_EMPTY)
 
 unit: tools venv ## run the tests that need no control plane
 	$(PYTEST) $(PARALLEL) -m 'not integration and not e2e and not node' $(PYTEST_ARGS)
 
 integration: need-kubectl controlplane tools kafka venv ## run only the tests against the real control plane
-	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) $(PARALLEL) -m integration $(PYTEST_ARGS)
+	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) $(PARALLEL) -m 'integration and not alone' $(PYTEST_ARGS) $(FORGIVE_EMPTY)
+	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) -m 'integration and alone' $(PYTEST_ARGS) $(FORGIVE_EMPTY)
 
 lint: venv ## ruff, mypy --strict and the import contract (the layers, in pyproject.toml)
 	$(VENV)/bin/ruff check operator devkit tests bench hack

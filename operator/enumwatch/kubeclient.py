@@ -475,7 +475,7 @@ class KubeApi:
                 response.status,
                 str(answer.get("reason", response.reason)),
                 str(answer.get("message", "")),
-                name,
+                str(getattr(response, "method", name)),  # "POST /apis/...": what was refused
                 str(response.url.path),
             )
         return answer if isinstance(answer, dict) else {"items": answer}

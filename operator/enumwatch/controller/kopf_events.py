@@ -4,8 +4,9 @@ kopf queues an Event and posts it in the background, with its own retries
 (``settings.posting.default_backoffs``). ``kopf.event`` needs kopf's per-object context: in kopf
 1.45 the Event queue is a context variable set only inside a resource handler's task, not in the
 tasks a startup handler spawns (the ticker). So the poster keeps the context of the first detector
-handler call and posts within it (``contextvars``: kopf's public API only). Before any detector was
-handled there is nothing to post about; such a call is counted and refused.
+handler call and posts within it (``contextvars``: kopf's public API only). Until kopf has handled
+a detector (after a restart the ticker may already write a restored window's Finding), the poster
+declines and the sink posts the Event itself with the client: no Event waits on kopf's start.
 
 A post kopf gives up on (after its retries) is logged by kopf; :class:`KopfEvents` counts those
 records by reason in the same counter as a refused post (``enumwatch_event_post_errors_total``):
@@ -49,10 +50,9 @@ class KopfEvents(logging.Filter):
             self._context = contextvars.copy_context()
 
     def post(self, involved: dict[str, str], reason: str, message: str) -> bool:
-        if self._context is None:
-            self.errors[reason] += 1
-            log.warning("could not post Event %s on %s: kopf is not handling detectors yet",
-                        reason, involved.get("name"))
+        if self._context is None:  # kopf has handled no detector yet: the sink posts it
+            log.debug("Event %s on %s: kopf not handling detectors yet, posted by the client",
+                      reason, involved.get("name"))
             return False
         body: dict[str, Any] = {
             "apiVersion": involved["apiVersion"],

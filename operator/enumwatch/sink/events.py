@@ -16,7 +16,8 @@ MAX_MESSAGE = 1000
 
 class EventPoster(Protocol):
     """Posts one Warning Event about ``involved`` (an object reference: apiVersion, kind,
-    name, namespace, uid); returns whether it was accepted for posting."""
+    name, namespace, uid); returns whether it took the Event (``False``: the caller posts it
+    itself, with the client)."""
 
     def post(self, involved: dict[str, str], reason: str, message: str) -> bool: ...
 

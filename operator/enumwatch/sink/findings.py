@@ -404,8 +404,10 @@ class FindingSink:
         A failure (an error answer, or no answer while the apiserver restarts) is logged and
         counted in :attr:`event_errors`, never raised: an Event must not take the rest of a
         tick (the status patch, the checkpoint, the other detectors) with it."""
-        if self.poster is not None:  # the operator's: kopf posts it (enumwatch.sink.events)
-            return self.poster.post(involved, reason, message)
+        # The operator's poster: kopf posts it (enumwatch.sink.events); until kopf has handled a
+        # detector it declines, and the Event is posted here with the client.
+        if self.poster is not None and self.poster.post(involved, reason, message):
+            return True
         now = dt.datetime.now(dt.UTC)
         stamp = now.isoformat(timespec="seconds").replace("+00:00", "Z")
         micro = now.isoformat(timespec="microseconds").replace("+00:00", "Z")
