@@ -16,10 +16,10 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -58,6 +58,33 @@ class OfferResult:
 #: Events offered to the detectors between two turns of the event loop (at a full window state,
 #: shedding as it goes, 2,000 took 0.2 s: /healthz must be answered within 100 ms).
 OFFER_CHUNK = 250
+
+
+class SinkOutcome(Protocol):
+    """What :meth:`DetectorRuntime.record` reads of a tick's writes
+    (:class:`enumwatch.sink.findings.SinkResult`): named here, so that the runtime does not
+    import the sink and, through it, the Kubernetes client."""
+
+    @property
+    def created(self) -> Sequence[str]: ...
+    @property
+    def updated(self) -> Sequence[str]: ...
+    @property
+    def suppressed(self) -> Sequence[str]: ...
+    @property
+    def grew(self) -> Sequence[str]: ...
+    @property
+    def capped(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def failed(self) -> Sized: ...
+    @property
+    def backlog(self) -> dict[GroupKey, PendingWrite]: ...
+    @property
+    def severities(self) -> Mapping[str, str]: ...
+    @property
+    def clusters(self) -> Mapping[str, str | None]: ...
 
 
 def state_budget_for(memory_limit: int | None) -> int:
@@ -129,6 +156,127 @@ class DetectorRuntime:
     #: Steps of this detector's ticks that failed and were retried at the next tick, by step
     #: (status.tickErrors, enumwatch_tick_step_errors_total).
     step_errors: Counter[str] = field(default_factory=Counter)
+
+    def mark_changed(self) -> None:
+        """A tick moved the window (and writes may be pending): the next checkpoint writes
+        this detector's state file."""
+        self.changed = True
+
+    def share_budget(self, share: int) -> None:
+        """Take ``share`` as this detector's window state budget (a detector over it sheds at
+        its next event, counted as ever)."""
+        self.state_budget = share
+        if self.evaluator is not None:
+            self.evaluator.state_budget = share
+
+    def apply_exceptions(self, window: WindowResult) -> WindowResult:
+        """The tick's window without the rows the detector's exceptions remove (counted in
+        rowsExcepted); its group count is the status' activeGroups."""
+        window, excepted = self.exceptions.apply(window)
+        self.rows_excepted += excepted
+        self.active_groups = window.groups
+        return window
+
+    def record(self, result: SinkOutcome) -> None:
+        """Count what the sink did for one tick (status counters and metrics) and keep what
+        waits for the next ticks: the sink's backlog is this detector's pending writes."""
+        self.pending = result.backlog
+        self.findings_created += len(result.created)
+        self.findings_updated += len(result.updated)
+        self.findings_capped += result.capped
+        self.findings_dropped += result.dropped
+        self.findings_write_errors += len(result.failed)
+        namespace, name = self.ref.namespace, self.ref.name
+        metrics.FINDINGS_BACKLOG.labels(namespace, name).set(len(self.pending))
+        metrics.FINDINGS_DROPPED.labels(namespace, name).inc(result.dropped)
+        metrics.FINDINGS_CREATED.inc(len(result.created))
+        metrics.FINDINGS_UPDATED.inc(len(result.updated))
+        metrics.FINDINGS_SUPPRESSED.inc(len(result.suppressed))
+        metrics.FINDINGS_GREW.inc(len(result.grew))
+        metrics.FINDINGS_CAPPED.inc(result.capped)
+        self._count_by_detector(result)
+        if len(result.failed):
+            metrics.FINDING_WRITE_ERRORS.labels(namespace, name).inc(len(result.failed))
+
+    def _count_by_detector(self, result: SinkOutcome) -> None:
+        """``enumwatch_detector_findings_total``: each write by detector, severity and action."""
+        repeats = set(result.suppressed) | set(result.grew)
+        writes = [
+            *(("created", name) for name in result.created),
+            *(("occurrence", name) for name in result.updated if name not in repeats),
+            *(("grew", name) for name in result.grew),
+            *(("suppressed", name) for name in result.suppressed),
+        ]
+        for action, name in writes:
+            metrics.DETECTOR_FINDINGS.labels(
+                self.ref.namespace,
+                self.ref.name,
+                result.severities.get(name, ""),
+                action,
+                result.clusters.get(name) or "",
+            ).inc()
+
+    def set_conditions(self, conditions: list[Condition]) -> None:
+        """The conditions of the status being written (read back as the previous ones by the
+        next status: a condition's lastTransitionTime moves only when its status does)."""
+        self.conditions = conditions
+
+    def mark_warned(
+        self,
+        *,
+        bindings: set[str] | None = None,
+        exceptions: set[str] | None = None,
+        shed: int | None = None,
+        notice_told: bool = False,
+    ) -> None:
+        """What the Warning Events have told now: the anonymous bindings and spoofable
+        exceptions in force (as described), the groups shed so far, the window notice."""
+        if bindings is not None:
+            self.bindings_warned = bindings
+        if exceptions is not None:
+            self.exceptions_warned = exceptions
+        if shed is not None:
+            self.shed_warned = shed
+        if notice_told:
+            self.window_notice = None
+
+    def counted_findings(self, findings: int, now: float) -> None:
+        """The detector's Findings were counted (a LIST) at ``now`` (monotonic)."""
+        self.findings = findings
+        self.findings_counted = (self.findings_created, now)
+
+    def status_sent(self, significant: object, now: float) -> None:
+        """A status whose significant part is ``significant`` goes out at ``now``."""
+        self.status_written = (significant, now)
+
+    def status_lost(self) -> None:
+        """The status did not get written: the next call writes, whatever changed."""
+        self.status_written = None
+
+    def snapshot(self, store: StateStore) -> DetectorSnapshot | None:
+        """This detector's state file content now, taken on the event loop in one cheap step
+        (no rendering); the detector counts as unchanged from here."""
+        if self.evaluator is None:
+            return None
+        self.changed = False
+        return store.snapshot(self.ref, self.evaluator.snapshot(), list(self.pending.values()))
+
+    def restore(self, store: StateStore) -> bool:
+        """Load this detector's saved window and pending writes (same object uid only) and
+        replay the journal into it; return whether anything was restored."""
+        if self.evaluator is None:
+            return False
+        saved = store.load(self.ref)
+        restored = saved is not None
+        if saved is not None:
+            self.evaluator.restore_state(saved.window)
+            for failed in saved.pending:
+                for row in failed.window.rows:
+                    self.pending[row.key] = failed
+        for event, arrival in store.replay(saved.folded if saved is not None else None):
+            self.offer(event, arrival)
+            restored = True
+        return restored
 
     def step_failed(self, step: str, exc: BaseException) -> None:
         """Count a step of a tick that failed, retried at the next tick (status.tickErrors and
@@ -352,9 +500,7 @@ class Detectors:
         share sheds at its next event, counted as ever)."""
         share = max(1, self.state_budget // max(1, len(self.by_key)))
         for runtime in self.by_key.values():
-            runtime.state_budget = share
-            if runtime.evaluator is not None:
-                runtime.evaluator.state_budget = share
+            runtime.share_budget(share)
 
     def offer(self, events: list[AuditEvent], arrival: float) -> OfferResult:
         """Give events received at ``arrival`` to every detector, journaling them first when
@@ -471,7 +617,7 @@ class Detectors:
         snapshots = []
         for runtime in self.by_key.values():
             if runtime.changed:
-                snapshot = self.store.snapshot(runtime)
+                snapshot = runtime.snapshot(self.store)
                 if snapshot is not None:
                     snapshots.append(snapshot)
         return snapshots
@@ -479,8 +625,10 @@ class Detectors:
     def save(self, runtime: DetectorRuntime) -> None:
         """Persist one detector's window (when persistent)."""
         if self.store is not None:
-            self.store.save(runtime)
+            snapshot = runtime.snapshot(self.store)
+            if snapshot is not None:
+                self.store.write(snapshot)
 
     def restore(self, runtime: DetectorRuntime) -> bool:
         """Load a detector's saved window and replay the journal into it (when persistent)."""
-        return self.store.restore(runtime) if self.store is not None else False
+        return runtime.restore(self.store) if self.store is not None else False
