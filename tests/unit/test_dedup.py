@@ -20,9 +20,9 @@ from enumwatch.audit import AuditEvent, decode_object
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.cli.main import main
 from enumwatch.controller import persistence
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer, decode_batch
 from enumwatch.controller.persistence import JOURNAL, PREVIOUS_JOURNAL
-from enumwatch.controller.runtime import Detectors
 from enumwatch.scan import parallel as parallel_scan
 
 TOKEN = "t0ken"

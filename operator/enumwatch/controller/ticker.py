@@ -20,8 +20,9 @@ from collections.abc import Awaitable
 
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.controller import gcpolicy, metrics
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.retention import RetentionSweep
-from enumwatch.controller.runtime import DetectorRuntime, Detectors
+from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.controller.status import StatusReporter
 from enumwatch.kubeclient import CALL_ERRORS
 from enumwatch.outputs.dispatch import Outputs
@@ -75,7 +76,7 @@ class Ticker:
 
     async def tick_once(self, now: float) -> int:
         """Evaluate every detector's due ticks (up to ``now - settle`` at the latest, see
-        :meth:`~enumwatch.controller.runtime.Detectors.evaluable_until`); return ticks evaluated.
+        :meth:`~enumwatch.controller.fleet.Detectors.evaluable_until`); return ticks evaluated.
 
         Nothing here can take a tick down half way: each Finding write stands alone (a failed
         one is kept and retried at the next tick), and the status patch, the checkpoint and
