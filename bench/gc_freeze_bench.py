@@ -4,7 +4,7 @@
 Freezing moves objects out of the collector's sight; an object frozen while alive is still freed
 by reference counting, so memory only grows if frozen objects die in unreachable cycles. This
 drives a real :class:`~enumwatch.controller.ingest.IngestServer` over real
-:class:`~enumwatch.controller.runtime.Detectors` (the window state at its budget, shedding):
+:class:`~enumwatch.controller.fleet.Detectors` (the window state at its budget, shedding):
 ``--rounds`` rounds, each a body of ``--items`` new events (distinct addresses and agents, so the
 state churns) then a tick round's :func:`gcpolicy.settle`; it prints, every few rounds, the
 frozen objects, the tracked ones not frozen, the bytes Python holds (``tracemalloc``) and the
@@ -31,8 +31,8 @@ from loop_stall_bench import event
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller import gcpolicy
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer
-from enumwatch.controller.runtime import Detectors
 
 
 def rss_mib() -> float:

@@ -39,9 +39,9 @@ import aiohttp
 import orjson
 
 from enumwatch.api.refs import DetectorRef
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer, decode_batch
 from enumwatch.controller.persistence import journal_record
-from enumwatch.controller.runtime import Detectors
 from enumwatch_devkit import corpus
 
 TOKEN = "bench"

@@ -2,7 +2,7 @@
 ingested with the window state at its budget (issue 24.6: the goal is under 100 ms).
 
 A real :class:`~enumwatch.controller.ingest.IngestServer` over real
-:class:`~enumwatch.controller.runtime.Detectors` (one detector, persistent state): one-event
+:class:`~enumwatch.controller.fleet.Detectors` (one detector, persistent state): one-event
 groups fill the window state to ``--state-mib`` (it sheds), then one body of ``--items`` events
 goes through the same path as a POST (decode in a worker thread, de-duplication, journal, offer).
 A probe task sleeping 5 ms on the loop measures how late it wakes: the worst lateness is the
@@ -30,8 +30,8 @@ from typing import Any
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller import gcpolicy
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer
-from enumwatch.controller.runtime import Detectors
 from enumwatch.timefmt import format_rfc3339
 
 

@@ -236,7 +236,7 @@ def engine_only(rate: int, seconds: int) -> None:
 
     from enumwatch.api.refs import DetectorRef
     from enumwatch.audit import decode_object
-    from enumwatch.controller.runtime import Detectors
+    from enumwatch.controller.fleet import Detectors
 
     detectors = Detectors()
     runtime = detectors.get_or_create(DetectorRef("default", "bench", "uid"))

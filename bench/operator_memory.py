@@ -8,7 +8,7 @@ Each phase runs in a fresh Python process, so that its peak resident set (``VmHW
    requests, then ``--events`` anonymous decoys within one lookback: one loud group (over
    ``documentsBelow``) and one-event groups with distinct user agents (one decoy in ten, so
    100,000 of them for the default 1,000,000). Decoded exactly as ``/ingest`` decodes them and
-   offered through :class:`~enumwatch.controller.runtime.Detectors`. Prints the RSS before and
+   offered through :class:`~enumwatch.controller.fleet.Detectors`. Prints the RSS before and
    after (goal: at most 300 MiB), the state's estimate and real cost per group, what was shed,
    whether the scanner's row fires, then the checkpoint of that state: its size, the time to
    take the snapshot (on the event loop) and to write it (goal: at most 2 s), and the peak RSS.
@@ -90,7 +90,7 @@ def flood_object(i: int, scanner: bool = False) -> dict[str, object]:
 def offer_all(detectors: object, objects: Iterator[dict[str, object]], arrival: float) -> None:
     """Decode and offer events in batches of 10,000, as ingest does (no journal)."""
     from enumwatch.audit import AuditEvent, decode_object
-    from enumwatch.controller.runtime import Detectors
+    from enumwatch.controller.fleet import Detectors
 
     assert isinstance(detectors, Detectors)
     batch: list[AuditEvent] = []
@@ -107,7 +107,7 @@ def offer_all(detectors: object, objects: Iterator[dict[str, object]], arrival: 
 def run_phase(phase: str, events: int) -> None:
     """Fill one detector's window and report (in this process)."""
     from enumwatch.api.refs import DetectorRef
-    from enumwatch.controller.runtime import Detectors, state_budget_for
+    from enumwatch.controller.fleet import Detectors, state_budget_for
 
     budget = state_budget_for(512 * 2**20)
     with tempfile.TemporaryDirectory() as tmp:

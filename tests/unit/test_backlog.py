@@ -251,10 +251,12 @@ def test_the_backlog_is_saved_and_restored_with_the_detectors_state(tmp_path: Pa
     runtime.pending = dict(planned.wait)
     assert len(runtime.pending) == 4
     store = StateStore(tmp_path)
-    store.save(runtime)
+    snapshot = runtime.snapshot(store)
+    assert snapshot is not None
+    store.write(snapshot)
     again = DetectorRuntime(ref=ref)
     again.configure({}, 1)
-    assert StateStore(tmp_path).restore(again)
+    assert again.restore(StateStore(tmp_path))
     assert again.pending == runtime.pending
     claims = claims_of(window)
     assert {key: w.claim for key, w in again.pending.items()} == {

@@ -24,8 +24,8 @@ from enumwatch.controller.connections import (
     ConnectionGuard,
     peer_address,
 )
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer
-from enumwatch.controller.runtime import Detectors
 from tests.unit.test_ingest_batches import item
 
 TOKEN = "t0ken"

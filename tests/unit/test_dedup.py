@@ -20,9 +20,9 @@ from enumwatch.audit import AuditEvent, decode_object
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.cli.main import main
 from enumwatch.controller import persistence
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer, decode_batch
 from enumwatch.controller.persistence import JOURNAL, PREVIOUS_JOURNAL
-from enumwatch.controller.runtime import Detectors
 from enumwatch.scan import parallel as parallel_scan
 
 TOKEN = "t0ken"
@@ -286,9 +286,9 @@ def test_a_checkpoint_renders_the_state_file_as_a_full_render_does(tmp_path: Pat
         detectors.offer(batch, ARRIVAL + second)
         for tick in runtime.evaluator.due_ticks(ARRIVAL + second + 0.5):
             runtime.evaluator.evaluate(tick)
-        runtime.changed = True  # as the ticker says after a tick
+        runtime.mark_changed()  # as the ticker says after a tick
         detectors.checkpoint()
-        snapshot = detectors.store.snapshot(runtime)
+        snapshot = runtime.snapshot(detectors.store)
         assert snapshot is not None
         assert state_file.read_bytes() == b"".join(snapshot.json_parts())
         full = orjson.loads(orjson.dumps(snapshot.window.state()))

@@ -21,8 +21,8 @@ import pytest
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import decode_event_list
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer, TokenBucket
-from enumwatch.controller.runtime import Detectors
 
 TOKEN = "t0ken"
 

@@ -14,8 +14,8 @@ from typing import Any, cast
 import kopf
 
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.kopf_shell import DetectorScope, Operator, configure_kopf
-from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeclient import Credentials, KubeApi
 from enumwatch.sink.findings import FindingSink
 

@@ -264,8 +264,8 @@ async def test_kopf_logs_in_with_the_very_credentials_the_client_is_built_from(
     so a proxy-url and basic auth reach kopf's watch as they reach the client."""
     from kopf._core.intents.causes import Activity
 
+    from enumwatch.controller.fleet import Detectors
     from enumwatch.controller.kopf_shell import Operator
-    from enumwatch.controller.runtime import Detectors
     from enumwatch.kubeclient import KubeApi
     from enumwatch.sink.findings import FindingSink
 

@@ -43,6 +43,15 @@ def _copy_package(root: Path) -> None:
     )
 
 
+def lint_with(root: Path, module: str, line: str) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` on a copy of the package under ``root`` whose ``module`` (a path under
+    ``enumwatch/``) ends with ``line``: an import added on purpose, to see a contract bite."""
+    _copy_package(root)
+    path = root / "operator" / "enumwatch" / module
+    path.write_text(path.read_text() + f"\n{line}\n")
+    return lint_imports(root)
+
+
 def test_the_package_keeps_its_layers() -> None:
     result = lint_imports(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -50,26 +59,41 @@ def test_the_package_keeps_its_layers() -> None:
 
 
 def test_an_upward_import_breaks_the_contract(tmp_path: Path) -> None:
-    _copy_package(tmp_path)
-    rule = tmp_path / "operator" / "enumwatch" / "rule.py"
-    rule.write_text(rule.read_text() + "\nimport enumwatch.controller.kopf_shell  # upward\n")
-    result = lint_imports(tmp_path)
+    result = lint_with(tmp_path, "rule.py", "import enumwatch.controller.kopf_shell  # upward")
     assert result.returncode == 1
     assert "enumwatch.rule is not allowed to import enumwatch.controller" in result.stdout
-    # Through the shell the rule now reaches kopf and aiohttp: the pure core is broken too.
+    # Through the shell the rule now reaches kopf and aiohttp: the pure core is broken too,
+    # and so are the controller's inside (the runtime, which uses the rule, now reaches the
+    # shell above it) and the runtime's own ban on cluster I/O.
     assert "enumwatch.controller.kopf_shell -> kopf" in result.stdout
-    assert f"Contracts: {CONTRACTS - 2} kept, 2 broken." in result.stdout
+    assert "enumwatch.controller.runtime is not allowed to import" in result.stdout
+    assert f"Contracts: {CONTRACTS - 4} kept, 4 broken." in result.stdout
+
+
+def test_the_state_files_importing_the_runtime_break_the_controller_layers(
+    tmp_path: Path,
+) -> None:
+    # The runtime <-> persistence cycle of issue 26: persistence takes and returns plain
+    # snapshots; importing the runtime back (even for a type) is refused.
+    result = lint_with(
+        tmp_path, "controller/persistence.py", "import enumwatch.controller.runtime  # cycle"
+    )
+    assert result.returncode == 1
+    assert (
+        "enumwatch.controller.persistence is not allowed to import enumwatch.controller.runtime"
+        in " ".join(result.stdout.split())
+    )
+    assert f"Contracts: {CONTRACTS - 1} kept, 1 broken." in result.stdout
 
 
 def test_a_poller_importing_the_source_registry_breaks_the_contract(tmp_path: Path) -> None:
     # The source <-> provider cycle of issue 26: the registry names its pollers by dotted path,
     # so a poller that imports the registry (or the collector) is refused.
-    _copy_package(tmp_path)
-    kafka = tmp_path / "operator" / "enumwatch" / "sources" / "collect" / "kafka.py"
-    kafka.write_text(
-        kafka.read_text() + "\nimport enumwatch.sources.collect.source_registry  # cycle\n"
+    result = lint_with(
+        tmp_path,
+        "sources/collect/kafka.py",
+        "import enumwatch.sources.collect.source_registry  # cycle",
     )
-    result = lint_imports(tmp_path)
     assert result.returncode == 1
     assert (
         "enumwatch.sources.collect.kafka -> enumwatch.sources.collect.source_registry"

@@ -19,7 +19,6 @@ from enumwatch.cli import run as run_cli
 from enumwatch.cli.main import build_parser
 from enumwatch.controller import metrics
 from enumwatch.controller.runtime import DetectorRuntime
-from enumwatch.controller.ticker import Ticker
 from enumwatch.outputs import policyreport
 from enumwatch.outputs.policyreport import (
     MAX_PROPERTY,
@@ -258,11 +257,11 @@ def test_finding_writes_are_counted_by_namespace_detector_severity_and_action() 
         grew=["d"],
         severities={"a": "medium", "b": "high", "c": "medium", "d": "medium", "e": "high"},
     )
-    Ticker._count_by_detector(runtime, result)
-    Ticker._count_by_detector(runtime, SinkResult(created=["f"], severities={"f": "medium"}))
+    runtime._count_by_detector(result)
+    runtime._count_by_detector(SinkResult(created=["f"], severities={"f": "medium"}))
     # Hub mode: a Finding of cluster b is counted under its cluster.
-    Ticker._count_by_detector(
-        runtime, SinkResult(created=["g"], severities={"g": "medium"}, clusters={"g": "b"})
+    runtime._count_by_detector(
+        SinkResult(created=["g"], severities={"g": "medium"}, clusters={"g": "b"})
     )
 
     def key(severity: str, action: str, cluster: str = "") -> tuple[tuple[str, str], ...]:

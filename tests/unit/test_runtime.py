@@ -11,7 +11,8 @@ import orjson
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import AuditEvent
-from enumwatch.controller.runtime import DetectorRuntime, Detectors
+from enumwatch.controller.fleet import Detectors
+from enumwatch.controller.runtime import DetectorRuntime
 
 REF = DetectorRef(namespace="ns", name="det", uid="uid-1")
 ARRIVAL = 5000.0
@@ -279,7 +280,7 @@ async def test_a_checkpoint_is_written_off_the_loop_and_loses_what_arrives_meanw
 
 
 def test_window_state_budget_is_sized_from_the_memory_limit_and_sheds_counted() -> None:
-    from enumwatch.controller.runtime import state_budget_for
+    from enumwatch.controller.fleet import state_budget_for
     from enumwatch.windows import DEFAULT_STATE_BUDGET, GROUP_BYTES
 
     assert state_budget_for(512 * 2**20) == 128 * 2**20  # a quarter of a 512Mi pod

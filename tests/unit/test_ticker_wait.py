@@ -9,7 +9,8 @@ import asyncio
 import pytest
 
 from enumwatch.api.refs import DetectorRef
-from enumwatch.controller.runtime import DetectorRuntime, Detectors
+from enumwatch.controller.fleet import Detectors
+from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.controller.ticker import IDLE_WAIT, Ticker
 
 NOW = 1_800_000_000.25  # a quarter of a second after a whole second (a 1s tick)

@@ -19,8 +19,8 @@ import pytest
 from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import AuditEvent, DecodeStats, decode_event_list, decode_line, decode_object
 from enumwatch.controller import metrics
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.ingest import IngestAuth, IngestServer
-from enumwatch.controller.runtime import Detectors
 from enumwatch.timefmt import (
     LEAP_SECOND,
     MALFORMED_TIMESTAMP,

@@ -364,12 +364,12 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.attribution import AddressBook
     from enumwatch.controller import metrics
     from enumwatch.controller.address_facts import AddressFacts
+    from enumwatch.controller.fleet import Detectors, state_budget_for
     from enumwatch.controller.ingest import IngestAuth, IngestServer
     from enumwatch.controller.kopf_events import KopfEvents
     from enumwatch.controller.kopf_shell import Operator, OperatorConfig
     from enumwatch.controller.leader import LeaseElector
     from enumwatch.controller.posture_facts import PostureFacts
-    from enumwatch.controller.runtime import Detectors, state_budget_for
     from enumwatch.kubeclient import ConfigError, KubeApi, load_credentials
     from enumwatch.outputs.dispatch import Outputs
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter

@@ -50,8 +50,8 @@ from enumwatch.controller.connections import (
     DEFAULT_UNAUTHENTICATED_TIMEOUT,
     ConnectionGuard,
 )
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.persistence import REMEMBERED_IDENTITIES
-from enumwatch.controller.runtime import Detectors
 from enumwatch.kubeclient import ApiError, KubeApi
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,12 @@ from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller import address_facts, posture_facts
 from enumwatch.controller.address_facts import AddressFacts
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.kopf_events import KopfEvents
 from enumwatch.controller.kopf_state import MemoryDiffBase, MemoryProgress
 from enumwatch.controller.posture_facts import PostureFacts
 from enumwatch.controller.retention import RetentionSweep
-from enumwatch.controller.runtime import DetectorRuntime, Detectors
+from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
 from enumwatch.kubeclient import CALL_ERRORS, Credentials, KubeApi, login_info

@@ -7,6 +7,7 @@ exactly enumwatch's own figures plus the process collector.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -21,7 +22,6 @@ from prometheus_client.registry import Collector
 
 from enumwatch.api.detector_status import Condition
 from enumwatch.controller.connections import CLOSE_REASONS
-from enumwatch.outputs.dispatch import Outputs
 from enumwatch.windows import SHED_REASONS, WindowedEvaluator
 
 REGISTRY = CollectorRegistry()
@@ -250,6 +250,50 @@ def watch_events(errors: Callable[[], Mapping[str, int]]) -> None:
     EVENTS.errors = errors
 
 
+class EndpointView(Protocol):
+    """What the metrics show of an endpoint (:class:`enumwatch.outputs.delivery.Endpoint`)."""
+
+    @property
+    def output(self) -> str: ...
+    @property
+    def where(self) -> str: ...
+
+
+class StatsView(Protocol):
+    """A delivery's counters (:class:`enumwatch.outputs.delivery.DeliveryStats`)."""
+
+    @property
+    def sent(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    @property
+    def failing_since(self) -> float | None: ...
+
+
+class DeliveryView(Protocol):
+    """One delivery as the metrics read it (:class:`enumwatch.outputs.delivery.Delivery`)."""
+
+    @property
+    def endpoint(self) -> EndpointView: ...
+    @property
+    def stats(self) -> StatsView: ...
+    @property
+    def pending(self) -> int: ...
+
+
+class OutputsView(Protocol):
+    """The outputs' deliveries (:class:`enumwatch.outputs.dispatch.Outputs`), named here so
+    that the metrics (which the detector runtime imports) do not import the outputs and,
+    through them, the Kubernetes and HTTP clients."""
+
+    @property
+    def deliveries(self) -> Sequence[DeliveryView]: ...
+
+
 class OutputsCollector(Collector):
     """The outputs' delivery counters, read at scrape time from their one source of truth
     (:class:`~enumwatch.outputs.delivery.DeliveryStats`), by output and endpoint."""
@@ -261,7 +305,7 @@ class OutputsCollector(Collector):
         ("dropped", "Notifications dropped, oldest first, because the output's queue was full."),
     )
 
-    def __init__(self, outputs: Outputs) -> None:
+    def __init__(self, outputs: OutputsView) -> None:
         self.outputs = outputs
 
     def collect(self) -> Iterator[Metric]:
@@ -396,7 +440,7 @@ def watch_windows(windows: WindowSource) -> None:
     WINDOWS.windows = windows
 
 
-def watch_outputs(outputs: Outputs) -> None:
+def watch_outputs(outputs: OutputsView) -> None:
     """Serve ``outputs``' counters on /metrics (once per process)."""
     REGISTRY.register(OutputsCollector(outputs))
 

@@ -38,19 +38,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
+from enumwatch.api.refs import DetectorRef
 from enumwatch.atomicfile import write_atomic, write_atomic_parts
 from enumwatch.audit import AuditEvent, Identity
 from enumwatch.audit.event import EVENT_ATTRIBUTES
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.sink.backlog import PendingWrite
 from enumwatch.windows import SavedCell, WindowSnapshot
-
-if TYPE_CHECKING:
-    from enumwatch.controller.runtime import DetectorRuntime
 
 log = logging.getLogger(__name__)
 JOURNAL = "journal.ndjson"
@@ -145,22 +143,16 @@ class StateStore:
     def _state_path(self, namespace: str, name: str) -> Path:
         return self.state_dir / f"{namespace}_{name}.json"
 
-    def save(self, runtime: DetectorRuntime) -> None:
-        """Persist a detector's window (its aggregated state, last tick) atomically."""
-        snapshot = self.snapshot(runtime)
-        if snapshot is not None:
-            self.write(snapshot)
-
-    def snapshot(self, runtime: DetectorRuntime) -> DetectorSnapshot | None:
-        """What :meth:`save` writes, taken on the event loop in one cheap step (no rendering)."""
-        if runtime.evaluator is None:
-            return None
-        runtime.changed = False
+    def snapshot(
+        self, ref: DetectorRef, window: WindowSnapshot, pending: list[PendingWrite]
+    ) -> DetectorSnapshot:
+        """The state file content of a detector's window and pending writes as they are now
+        (taken on the event loop in one cheap step: rendered by :meth:`write`)."""
         return DetectorSnapshot(
-            self._state_path(runtime.ref.namespace, runtime.ref.name),
-            runtime.ref.uid,
-            runtime.evaluator.snapshot(),
-            [failed.to_dict() for failed in runtime.pending.values()],
+            self._state_path(ref.namespace, ref.name),
+            ref.uid,
+            window,
+            [failed.to_dict() for failed in pending],
             self.folded,
         )
 
@@ -225,41 +217,44 @@ class StateStore:
             with open(path, "ab") as out:
                 out.write(folded)
 
-    def restore(self, runtime: DetectorRuntime) -> bool:
-        """Load a detector's saved window (same object uid only) and replay the journal."""
-        if runtime.evaluator is None:
-            return False
-        restored = False
-        folded: object = None
-        path = self._state_path(runtime.ref.namespace, runtime.ref.name)
-        if path.exists():
+    def load(self, ref: DetectorRef) -> SavedDetector | None:
+        """A detector's saved state file, if it has one of the same object uid (an unreadable
+        file, or a pending write in it, is skipped and said)."""
+        path = self._state_path(ref.namespace, ref.name)
+        if not path.exists():
+            return None
+        try:
+            data = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("ignoring unreadable window state %s: %s", path, exc)
+            return None
+        if data.get("uid") != ref.uid:
+            return None
+        pending = []
+        for item in data.get("pending") or ():
             try:
-                data = orjson.loads(path.read_bytes())
-            except (OSError, orjson.JSONDecodeError) as exc:
-                log.warning("ignoring unreadable window state %s: %s", path, exc)
-                data = {}
-            if data.get("uid") == runtime.ref.uid:
-                folded = data.get("folded")
-                runtime.evaluator.restore_state(data.get("window", {}))
-                for item in data.get("pending") or ():
-                    try:
-                        failed = PendingWrite.from_dict(item)
-                    except (KeyError, TypeError, ValueError) as exc:
-                        log.warning("ignoring unreadable pending write in %s: %s", path, exc)
-                        continue
-                    for row in failed.window.rows:
-                        runtime.pending[row.key] = failed
-                restored = True
+                pending.append(PendingWrite.from_dict(item))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("ignoring unreadable pending write in %s: %s", path, exc)
+        folded = data.get("folded")
+        return SavedDetector(
+            window=data.get("window", {}),
+            pending=tuple(pending),
+            folded=folded if isinstance(folded, str) else None,
+        )
+
+    def replay(self, folded: str | None) -> Iterator[tuple[AuditEvent, float]]:
+        """The journaled events (and their arrival) a detector whose state file holds the
+        checkpoint ``folded`` has not seen, oldest first, each identity once (a batch
+        journaled twice, a sender's retry after a restart, is one batch)."""
         replayed: set[Identity] = set()
-        for event, arrival in self._journaled(folded if isinstance(folded, str) else None):
+        for event, arrival in self._journaled(folded):
             key = event.identity
             if key is not None:
-                if key in replayed:  # journaled twice (a retry after a restart): one event
+                if key in replayed:
                     continue
                 replayed.add(key)
-            runtime.offer(event, arrival)
-            restored = True
-        return restored
+            yield event, arrival
 
     def _journaled(
         self, folded: str | None = None, names: tuple[str, ...] = (PREVIOUS_JOURNAL, JOURNAL)
@@ -302,6 +297,18 @@ class StateStore:
         start = max(0, end - REMEMBERED_IDENTITIES * size)
         folded = [kept[i : i + size] for i in range(start, end, size)]
         return folded + self._identities_in((PREVIOUS_JOURNAL, JOURNAL))
+
+
+@dataclass(frozen=True)
+class SavedDetector:
+    """One detector's state file as read back (see :meth:`StateStore.load`)."""
+
+    #: The window's aggregated state (:meth:`~enumwatch.windows.WindowedEvaluator.restore_state`).
+    window: dict[str, Any]
+    #: The rows that waited for their Finding (each write once, for all its rows).
+    pending: tuple[PendingWrite, ...]
+    #: The checkpoint whose rotated journal the state holds (see StateStore.rotate_journal).
+    folded: str | None
 
 
 @dataclass(frozen=True)

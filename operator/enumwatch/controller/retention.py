@@ -12,7 +12,7 @@ import logging
 import math
 
 from enumwatch.controller import metrics
-from enumwatch.controller.runtime import Detectors
+from enumwatch.controller.fleet import Detectors
 from enumwatch.kubeclient import CALL_ERRORS
 from enumwatch.sink.findings import FindingSink
 

@@ -231,11 +231,11 @@ class StatusReporter:
                 "memory limit",
             )
             if posted:  # else told at the next tick
-                runtime.shed_warned = shed
+                runtime.mark_warned(shed=shed)
         if runtime.window_notice is not None and await self.sink.event(
             runtime.ref.involved_object(), REASON_WINDOW_REBUILT, runtime.window_notice
         ):
-            runtime.window_notice = None
+            runtime.mark_warned(notice_told=True)
 
     async def _warn_bindings(self, runtime: DetectorRuntime, posture: Posture | None) -> None:
         """A Warning Event on the detector for each anonymous binding it has not warned of."""
@@ -249,7 +249,7 @@ class StatusReporter:
                 f"{text}; anonymous clients can use it without any credentials",
             ):
                 now.discard(text)  # not told yet: again at the next tick
-        runtime.bindings_warned = now
+        runtime.mark_warned(bindings=now)
 
     async def _warn_exceptions(self, runtime: DetectorRuntime) -> None:
         """A Warning Event for each spoofable exception not warned of yet (again when it
@@ -260,7 +260,7 @@ class StatusReporter:
         for line in sorted(now - runtime.exceptions_warned):
             if not await self.sink.event(runtime.ref.involved_object(), REASON_SPOOFABLE, line):
                 now.discard(line)  # not told yet: again at the next tick
-        runtime.exceptions_warned = now
+        runtime.mark_warned(exceptions=now)
 
     def _count_due(self, runtime: DetectorRuntime, now: float) -> bool:
         """Whether to count the detector's Findings again (a LIST of all of them): when it
@@ -323,17 +323,17 @@ class StatusReporter:
                 _content_type="application/merge-patch+json",
             )
         except ApiError as exc:
-            runtime.status_written = None  # not written: the next call writes
+            runtime.status_lost()  # not written: the next call writes
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 runtime.step_failed("status", exc)
         except CALL_ERRORS as exc:  # the apiserver unreachable: patched again at the next tick
-            runtime.status_written = None
+            runtime.status_lost()
             runtime.step_failed("status", exc)
 
     async def body(self, runtime: DetectorRuntime, *, force: bool = True) -> dict[str, Any] | None:
         """The detector's status now, as the ``status`` of a merge patch (``None``: nothing to
         write yet, see :meth:`patch`); the Warning Events it calls for are posted meanwhile."""
-        runtime.conditions = self.conditions(runtime)
+        runtime.set_conditions(self.conditions(runtime))
         posture = self.posture() if self.posture is not None else None
         await self._warn_bindings(runtime, posture)
         await self._warn_exceptions(runtime)
@@ -342,8 +342,7 @@ class StatusReporter:
         now = time.monotonic()
         if runtime.spec is not None and self._count_due(runtime, now):
             with contextlib.suppress(*CALL_ERRORS):  # the count of the last patch stays
-                runtime.findings = await self.sink.count(runtime.ref)
-                runtime.findings_counted = (runtime.findings_created, now)
+                runtime.counted_findings(await self.sink.count(runtime.ref), now)
         status = DetectorStatus(
             observedGeneration=runtime.generation,
             conditions=runtime.conditions,
@@ -383,5 +382,5 @@ class StatusReporter:
             and now - written[1] < self.every
         ):
             return None
-        runtime.status_written = (significant, now)
+        runtime.status_sent(significant, now)
         return status.model_dump(by_alias=True, exclude_none=True, mode="json")

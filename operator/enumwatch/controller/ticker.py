@@ -20,8 +20,9 @@ from collections.abc import Awaitable
 
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.controller import gcpolicy, metrics
+from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.retention import RetentionSweep
-from enumwatch.controller.runtime import DetectorRuntime, Detectors
+from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.controller.status import StatusReporter
 from enumwatch.kubeclient import CALL_ERRORS
 from enumwatch.outputs.dispatch import Outputs
@@ -75,7 +76,7 @@ class Ticker:
 
     async def tick_once(self, now: float) -> int:
         """Evaluate every detector's due ticks (up to ``now - settle`` at the latest, see
-        :meth:`~enumwatch.controller.runtime.Detectors.evaluable_until`); return ticks evaluated.
+        :meth:`~enumwatch.controller.fleet.Detectors.evaluable_until`); return ticks evaluated.
 
         Nothing here can take a tick down half way: each Finding write stands alone (a failed
         one is kept and retried at the next tick), and the status patch, the checkpoint and
@@ -104,7 +105,7 @@ class Ticker:
                     f"{len(failed)} Finding write(s) failed; retried at the next tick. "
                     f"Last error: {failed[0].error}",
                 )
-            runtime.changed = True  # a tick moved the window; writes may be pending
+            runtime.mark_changed()  # a tick moved the window; writes may be pending
             if self.outputs is not None:
                 after = self.outputs.after_tick(runtime.ref, spec, now)
                 await self._step(runtime, "outputs", after)
@@ -158,16 +159,15 @@ class Ticker:
         """Evaluate one tick and write its Findings."""
         assert runtime.evaluator is not None
         started = time.perf_counter()
-        window, excepted = runtime.exceptions.apply(await runtime.evaluate(tick))
-        runtime.rows_excepted += excepted
-        runtime.active_groups = window.groups
+        window = runtime.apply_exceptions(await runtime.evaluate(tick))
         # The sink writes at most maxPerRun rows, this tick's and the backlog's, and hands back
-        # what waits (a group that fired again supersedes its waiting row).
+        # what waits (a group that fired again supersedes its waiting row): the runtime keeps it.
         result = await self.sink.apply(runtime.ref, spec, window, runtime.pending)
-        runtime.pending = result.backlog
+        runtime.record(result)
         if result.listing_error:
             runtime.step_failed("listing", RuntimeError(result.listing_error))
-        self._record(runtime, result)
+        if self.reports is not None and (result.created or result.updated):
+            self.reports.touch(runtime.ref.namespace)
         self._notify(spec, result, now)
         metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
@@ -193,51 +193,6 @@ class Ticker:
                 [Notice(w.finding, _REASONS[w.action], w.changes) for w in result.written],
                 now,
             )
-
-    def _record(self, runtime: DetectorRuntime, result: SinkResult) -> None:
-        """Count what the sink did (its backlog is the runtime's pending writes)."""
-        runtime.findings_created += len(result.created)
-        runtime.findings_updated += len(result.updated)
-        runtime.findings_capped += result.capped
-        runtime.findings_dropped += result.dropped
-        runtime.findings_write_errors += len(result.failed)
-        metrics.FINDINGS_BACKLOG.labels(runtime.ref.namespace, runtime.ref.name).set(
-            len(runtime.pending)
-        )
-        metrics.FINDINGS_DROPPED.labels(runtime.ref.namespace, runtime.ref.name).inc(
-            result.dropped
-        )
-        metrics.FINDINGS_CREATED.inc(len(result.created))
-        metrics.FINDINGS_UPDATED.inc(len(result.updated))
-        metrics.FINDINGS_SUPPRESSED.inc(len(result.suppressed))
-        metrics.FINDINGS_GREW.inc(len(result.grew))
-        metrics.FINDINGS_CAPPED.inc(result.capped)
-        self._count_by_detector(runtime, result)
-        if self.reports is not None and (result.created or result.updated):
-            self.reports.touch(runtime.ref.namespace)
-        if result.failed:
-            metrics.FINDING_WRITE_ERRORS.labels(runtime.ref.namespace, runtime.ref.name).inc(
-                len(result.failed)
-            )
-
-    @staticmethod
-    def _count_by_detector(runtime: DetectorRuntime, result: SinkResult) -> None:
-        """``enumwatch_detector_findings_total``: each write by detector, severity and action."""
-        repeats = set(result.suppressed) | set(result.grew)
-        writes = [
-            *(("created", name) for name in result.created),
-            *(("occurrence", name) for name in result.updated if name not in repeats),
-            *(("grew", name) for name in result.grew),
-            *(("suppressed", name) for name in result.suppressed),
-        ]
-        for action, name in writes:
-            metrics.DETECTOR_FINDINGS.labels(
-                runtime.ref.namespace,
-                runtime.ref.name,
-                result.severities.get(name, ""),
-                action,
-                result.clusters.get(name) or "",
-            ).inc()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate due ticks until ``stop`` is set; errors are logged and retried next round."""
