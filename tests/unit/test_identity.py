@@ -134,3 +134,26 @@ def test_the_identity_survives_the_journal() -> None:
     [(back, arrival)] = journal_entries(orjson.loads(journal_record([event], 42.0)))
     assert (back, back.identity, arrival) == (event, event.identity, 42.0)
     assert AuditEvent.from_dict(event.to_dict()).identity == event.identity
+
+
+def test_a_large_batch_is_journaled_as_the_one_line_a_single_dump_would_write() -> None:
+    # journal_record renders JOURNAL_CHUNK events per call (a single call over a 100k-event
+    # batch held the interpreter, and /healthz, for a tenth of a second): same bytes, same events.
+    from operator import attrgetter
+
+    from enumwatch.audit.event import EVENT_ATTRIBUTES
+    from enumwatch.controller.persistence import JOURNAL_CHUNK
+
+    events = []
+    for n in range(2 * JOURNAL_CHUNK + 7):
+        event = decode_object(raw(auditID=f"id-{n}", requestURI=f"/api/v1/n{n}"))
+        assert isinstance(event, AuditEvent)
+        events.append(event)
+    values = attrgetter(*EVENT_ATTRIBUTES)
+    whole = orjson.dumps(
+        {"arrival": 7.5, "attributes": EVENT_ATTRIBUTES, "events": [values(e) for e in events]},
+        default=lambda value: value.hex(),
+    )
+    line = journal_record(events, 7.5)
+    assert line == whole + b"\n"
+    assert [back for back, _ in journal_entries(orjson.loads(line))] == events
