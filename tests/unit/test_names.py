@@ -22,13 +22,6 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "enumwatch"
 SHARED_BASENAMES_ALLOWED = {"__init__", "__main__"}
 VERBS = {f"{m.removeprefix('enumwatch.').replace('.', '/')}.py" for m in COMMAND_MODULES.values()}
 
-#: Class names defined twice for now. Issue 26 (point 5): ``sink/`` and ``controller/`` are being
-#: rewritten (kopf handlers, the client); their names are renamed there, as the rewrite goes.
-#: ``sink.backlog.Schedule`` (what one tick writes) is not ``windows.Schedule`` (Elastic's
-#: schedule); remove this entry with that rename.
-CLASS_NAMES_PENDING_RENAME = {"Schedule": {"sink/backlog.py", "windows.py"}}
-
-
 def _modules(root: Path) -> list[Path]:
     return sorted(root.rglob("*.py"))
 
@@ -78,22 +71,7 @@ def literal_logger_names(root: Path) -> list[str]:
 
 
 def test_every_public_class_name_is_defined_once() -> None:
-    twice = class_definitions(PACKAGE)
-    pending = {
-        name: where
-        for name, where in twice.items()
-        if {place.partition(":")[0] for place in where} == CLASS_NAMES_PENDING_RENAME.get(name)
-    }
-    assert {name: where for name, where in twice.items() if name not in pending} == {}
-
-
-def test_the_pending_renames_are_still_pending() -> None:
-    # An allowed duplicate that is gone must leave the allow-list too, or it would hide the next.
-    twice = class_definitions(PACKAGE)
-    assert {
-        name: {place.partition(":")[0] for place in twice.get(name, [])}
-        for name in CLASS_NAMES_PENDING_RENAME
-    } == CLASS_NAMES_PENDING_RENAME
+    assert class_definitions(PACKAGE) == {}
 
 
 def test_no_two_modules_share_a_name_across_packages() -> None:

@@ -4,6 +4,7 @@ tests/integration/test_policyreport.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -26,6 +27,7 @@ from enumwatch.outputs.policyreport import (
     OPENREPORTS,
     REPORT_APIS,
     WGPOLICYK8S,
+    FlushResult,
     report_body,
     report_content,
     result_status,
@@ -234,6 +236,40 @@ def test_the_flag_chooses_the_apis() -> None:
 def test_the_writer_refuses_a_bound_out_of_range() -> None:
     with pytest.raises(ValueError, match=r"max_results must be 1\.\.1000, not 0"):
         policyreport.PolicyReportWriter(None, (WGPOLICYK8S,), max_results=0)  # type: ignore[arg-type]
+
+
+def test_a_round_with_no_report_due_writes_nothing_and_is_still_counted() -> None:
+    told: list[FlushResult] = []
+    writer = policyreport.PolicyReportWriter(
+        None, (WGPOLICYK8S,), counted=told.append  # type: ignore[arg-type]
+    )
+    asyncio.run(writer.after_round((), 1000.0))
+    assert told == [FlushResult()]
+
+
+def test_report_rebuilds_are_counted_by_resource_and_namespace() -> None:
+    def ours(name: str, label: str, values: set[str]) -> dict[str, float]:
+        return {
+            dict(k)[label]: v for k, v in _samples(name).items() if dict(k).get(label) in values
+        }
+
+    resources = {"polr.count-test", "reports.count-test"}
+    before = ours("enumwatch_policy_report_writes_total", "resource", resources)
+    metrics.count_policy_reports(
+        FlushResult(
+            written=[("polr.count-test", "ns-a"), ("polr.count-test", "ns-b"),
+                     ("reports.count-test", "ns-a")],
+            failed={"ns-count-failed": "boom"},
+        )
+    )
+    after = ours("enumwatch_policy_report_writes_total", "resource", resources)
+    assert {k: v - before.get(k, 0.0) for k, v in after.items()} == {
+        "polr.count-test": 2.0,
+        "reports.count-test": 1.0,
+    }
+    assert ours("enumwatch_policy_report_errors_total", "namespace", {"ns-count-failed"}) == {
+        "ns-count-failed": 1.0
+    }
 
 
 # --- finding counters by detector ----------------------------------------------------------------

@@ -450,6 +450,17 @@ async def _main(args: argparse.Namespace) -> int:
     metrics.watch_events(lambda: sink.event_errors)
     # Warning Events go through kopf (kopf.event), counted by reason when they cannot be posted.
     sink.poster = events = KopfEvents(sink.event_errors, instance=args.identity)
+    posting = outputs if outputs.config.enabled else None
+    reports = (
+        PolicyReportWriter(
+            api,
+            apis,
+            max_results=args.policy_report_max_results,
+            counted=metrics.count_policy_reports,
+        )
+        if apis
+        else None
+    )
     operator = Operator(
         api,
         detectors,
@@ -459,12 +470,10 @@ async def _main(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             status_every=args.status_every,
         ),
-        reports=PolicyReportWriter(api, apis, max_results=args.policy_report_max_results)
-        if apis
-        else None,
+        listeners=tuple(listener for listener in (posting, reports) if listener is not None),
         addresses=AddressFacts(addresses),
         posture=PostureFacts(api),
-        outputs=outputs if outputs.config.enabled else None,
+        outputs=posting,
         events=events,
     )
     elector = LeaseElector(

@@ -32,7 +32,7 @@ from enumwatch.controller.status import StatusReporter
 from enumwatch.controller.ticker import Ticker
 from enumwatch.kubeclient import CALL_ERRORS, Credentials, KubeApi, login_info
 from enumwatch.outputs.dispatch import Outputs
-from enumwatch.outputs.policyreport import PolicyReportWriter
+from enumwatch.outputs.listener import FindingsListener
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import parse_rfc3339
 
@@ -128,7 +128,7 @@ class Operator:
         detectors: Detectors,
         sink: FindingSink,
         config: OperatorConfig = OperatorConfig(),
-        reports: PolicyReportWriter | None = None,
+        listeners: Sequence[FindingsListener] = (),
         *,
         addresses: AddressFacts | None = None,
         posture: PostureFacts | None = None,
@@ -139,7 +139,8 @@ class Operator:
         self.detectors = detectors
         self.sink = sink
         self.config = config
-        self.reports = reports
+        #: Told of the detectors and their Findings (the HTTP outputs, the PolicyReports).
+        self.listeners = tuple(listeners)
         #: Keeps the source attribution's address book current (None: no attribution).
         self.addresses = addresses
         #: Keeps the RBAC posture current (None: not reported).
@@ -169,8 +170,7 @@ class Operator:
             self.retention,
             settle=config.settle,
             resolution=config.tick_resolution,
-            reports=reports,
-            outputs=outputs,
+            listeners=self.listeners,
             checkpoint_every=config.checkpoint_every,
         )
 
@@ -300,9 +300,9 @@ class Operator:
         had_evaluator = runtime.evaluator is not None
         if not runtime.configure(body.get("spec") or {}, int(meta.get("generation") or 0)):
             return
-        if not known and self.reports is not None:
-            # Rebuild the namespace's report from its Findings (after a restart, too).
-            self.reports.touch(namespace)
+        if not known:
+            for listener in self.listeners:
+                listener.started(ref)
         if not had_evaluator and runtime.evaluator is not None:
             # Its first valid spec (at start, or once a spec stored before a stricter CRD is
             # fixed): the window saved by the previous instance is taken up now.

@@ -204,6 +204,28 @@ POLICY_REPORT_ERRORS = Counter(
     ["namespace"],
     registry=REGISTRY,
 )
+
+
+class FlushView(Protocol):
+    """What one rebuild of the policy reports did
+    (:class:`enumwatch.outputs.policyreport.FlushResult`), named here as :class:`OutputsView`."""
+
+    @property
+    def written(self) -> Sequence[tuple[str, str]]: ...  # (API resource, namespace)
+
+    @property
+    def failed(self) -> Mapping[str, str]: ...  # namespace -> error
+
+
+def count_policy_reports(flushed: FlushView) -> None:
+    """Count what one rebuild of the policy reports wrote and what failed, by resource and
+    namespace (:attr:`enumwatch.outputs.policyreport.PolicyReportWriter.counted`)."""
+    for resource, _namespace in flushed.written:
+        POLICY_REPORT_WRITES.labels(resource).inc()
+    for namespace in flushed.failed:
+        POLICY_REPORT_ERRORS.labels(namespace).inc()
+
+
 DETECTORS = Gauge("enumwatch_detectors", "Detectors currently running.", registry=REGISTRY)
 LEADER = Gauge(
     "enumwatch_leader", "1 while this instance holds the leader lease.", registry=REGISTRY

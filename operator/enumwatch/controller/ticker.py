@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 from enumwatch.api.spec import DetectorSpec
 from enumwatch.controller import gcpolicy, metrics
@@ -25,9 +25,8 @@ from enumwatch.controller.retention import RetentionSweep
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.controller.status import StatusReporter
 from enumwatch.kubeclient import CALL_ERRORS
-from enumwatch.outputs.dispatch import Outputs
+from enumwatch.outputs.listener import FindingsListener
 from enumwatch.outputs.notices import Notice, Reason
-from enumwatch.outputs.policyreport import PolicyReportWriter
 from enumwatch.sink.findings import REASON_WRITE_FAILED, FindingSink, SinkResult
 from enumwatch.sink.plan import Action
 from enumwatch.timefmt import format_rfc3339
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 #: its first tick, and a retention sweep its turn, at most this late.
 IDLE_WAIT = 1.0
 
-#: What a write the sink decided means to the outputs (the sink's decision, not recomputed).
+#: What a write the sink decided means to the listeners (the sink's decision, not recomputed).
 _REASONS = {
     Action.CREATE: Reason.NEW,
     Action.NEW_OCCURRENCE: Reason.NEW,
@@ -58,21 +57,21 @@ class Ticker:
         *,
         settle: float,
         resolution: float,
-        reports: PolicyReportWriter | None = None,
-        outputs: Outputs | None = None,
+        listeners: Sequence[FindingsListener] = (),
         checkpoint_every: float = 0.0,
     ) -> None:
         self.detectors = detectors
         #: At most this many seconds between two checkpoints after ticks (0: after each).
         self.checkpoint_every = checkpoint_every
         self._checkpointed = -math.inf
-        self.outputs = outputs
+        #: Told what the ticks wrote and when a detector's ticks and the round are over (the
+        #: HTTP outputs, the PolicyReports), in this order.
+        self.listeners = tuple(listeners)
         self.sink = sink
         self.status = status
         self.retention = retention
         self.settle = settle
         self.resolution = resolution
-        self.reports = reports
 
     async def tick_once(self, now: float) -> int:
         """Evaluate every detector's due ticks (up to ``now - settle`` at the latest, see
@@ -106,8 +105,8 @@ class Ticker:
                     f"Last error: {failed[0].error}",
                 )
             runtime.mark_changed()  # a tick moved the window; writes may be pending
-            if self.outputs is not None:
-                after = self.outputs.after_tick(runtime.ref, spec, now)
+            for listener in self.listeners:
+                after = listener.after_ticks(runtime.ref, spec, now)
                 await self._step(runtime, "outputs", after)
             await self._step(runtime, "status", self.status.patch(runtime, force=False))
         if evaluated and now - self._checkpointed >= self.checkpoint_every:
@@ -122,10 +121,8 @@ class Ticker:
             else:
                 self._checkpointed = now
         expired = await self.retention.run(now)
-        if self.reports is not None:
-            for finding in expired:
-                self.reports.touch(finding.partition("/")[0])
-            await self._flush_reports(self.reports, now)
+        for listener in self.listeners:
+            await listener.after_round(expired, now)
         return evaluated
 
     @staticmethod
@@ -145,14 +142,6 @@ class Ticker:
             return False
         return True
 
-    async def _flush_reports(self, reports: PolicyReportWriter, now: float) -> None:
-        """Rebuild the policy reports whose Findings changed (after the Findings are written)."""
-        flushed = await reports.flush(now)
-        for resource, _namespace in flushed.written:
-            metrics.POLICY_REPORT_WRITES.labels(resource).inc()
-        for namespace in flushed.failed:
-            metrics.POLICY_REPORT_ERRORS.labels(namespace).inc()
-
     async def _evaluate(
         self, runtime: DetectorRuntime, spec: DetectorSpec, tick: float, now: float
     ) -> None:
@@ -166,9 +155,7 @@ class Ticker:
         runtime.record(result)
         if result.listing_error:
             runtime.step_failed("listing", RuntimeError(result.listing_error))
-        if self.reports is not None and (result.created or result.updated):
-            self.reports.touch(runtime.ref.namespace)
-        self._notify(spec, result, now)
+        self._notify(runtime, spec, result, now)
         metrics.EVALUATIONS.labels(runtime.ref.namespace, runtime.ref.name).inc()
         metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
         if window.rows or result.attempted:
@@ -185,14 +172,15 @@ class Ticker:
                 },
             )
 
-    def _notify(self, spec: DetectorSpec, result: SinkResult, now: float) -> None:
-        """Hand what the sink wrote to the outputs (they only queue it)."""
-        if self.outputs is not None and result.written:
-            self.outputs.record(
-                spec,
-                [Notice(w.finding, _REASONS[w.action], w.changes) for w in result.written],
-                now,
-            )
+    def _notify(
+        self, runtime: DetectorRuntime, spec: DetectorSpec, result: SinkResult, now: float
+    ) -> None:
+        """Hand what the sink wrote to the listeners (they only take note of it)."""
+        if not result.written:
+            return
+        notices = [Notice(w.finding, _REASONS[w.action], w.changes) for w in result.written]
+        for listener in self.listeners:
+            listener.written(runtime.ref, spec, notices, now)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate due ticks until ``stop`` is set; errors are logged and retried next round."""

@@ -19,7 +19,7 @@ values): whoever may create a detector in some namespace cannot send its Finding
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -134,6 +134,24 @@ class Outputs:
             self.active.observe(notice, spec.findings.suppress_for_seconds, margin(spec))
             if notice.reason in (Reason.NEW, Reason.ESCALATED):
                 self._notify(notice, now)
+
+    def started(self, ref: DetectorRef) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: nothing to do (a detector's
+        active Findings are adopted at its first tick, :meth:`after_tick`)."""
+
+    def written(
+        self, ref: DetectorRef, spec: DetectorSpec, notices: Sequence[Notice], now: float
+    ) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: :meth:`record`."""
+        self.record(spec, notices, now)
+
+    async def after_ticks(self, ref: DetectorRef, spec: DetectorSpec, now: float) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: :meth:`after_tick`."""
+        await self.after_tick(ref, spec, now)
+
+    async def after_round(self, expired: Sequence[str], now: float) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: nothing to do (an alert
+        resolves by time, :meth:`after_tick`, not by its Finding's deletion)."""
 
     async def after_tick(self, ref: DetectorRef, spec: DetectorSpec, now: float) -> None:
         """After one of ``ref``'s ticks: adopt its active Findings (once per process), say which

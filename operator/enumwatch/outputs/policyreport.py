@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,10 @@ from enumwatch.api.names import (
     MANAGED_BY_LABEL,
     VERSION,
 )
+from enumwatch.api.refs import DetectorRef
+from enumwatch.api.spec import DetectorSpec
 from enumwatch.kubeclient import ApiError, KubeApi
+from enumwatch.outputs.notices import Notice
 from enumwatch.timefmt import parse_rfc3339
 
 log = logging.getLogger(__name__)
@@ -255,6 +258,7 @@ class PolicyReportWriter:
         max_results: int = DEFAULT_MAX_RESULTS,
         resync: float = 300.0,
         retry_after: float = 30.0,
+        counted: Callable[[FlushResult], None] | None = None,
     ) -> None:
         if not 1 <= max_results <= MAX_RESULTS_LIMIT:
             raise ValueError(f"max_results must be 1..{MAX_RESULTS_LIMIT}, not {max_results}")
@@ -263,6 +267,8 @@ class PolicyReportWriter:
         self.max_results = max_results
         self.resync = resync
         self.retry_after = retry_after
+        #: Told what each round's flush did (the operator's metrics, which outputs do not import).
+        self.counted = counted
         self._due: dict[str, float] = {}  # namespace -> when its rebuild is due
         self._known: set[str] = set()
         self._last_resync = -math.inf
@@ -271,6 +277,32 @@ class PolicyReportWriter:
         """The Findings of ``namespace`` changed (or may have): rebuild its report soon."""
         self._known.add(namespace)
         self._due[namespace] = -math.inf
+
+    def started(self, ref: DetectorRef) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: rebuild the namespace's
+        report from its Findings (after a restart, too)."""
+        self.touch(ref.namespace)
+
+    def written(
+        self, ref: DetectorRef, spec: DetectorSpec, notices: Sequence[Notice], now: float
+    ) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: the detector's namespace
+        changed."""
+        self.touch(ref.namespace)
+
+    async def after_ticks(self, ref: DetectorRef, spec: DetectorSpec, now: float) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: nothing to do (the reports
+        are rebuilt once per round, :meth:`after_round`)."""
+
+    async def after_round(self, expired: Sequence[str], now: float) -> None:
+        """A :class:`~enumwatch.outputs.listener.FindingsListener`: the namespaces of the
+        Findings retention deleted changed too; rebuild what is due (after the Findings are
+        written) and tell :attr:`counted`."""
+        for finding in expired:
+            self.touch(finding.partition("/")[0])
+        flushed = await self.flush(now)
+        if self.counted is not None:
+            self.counted(flushed)
 
     async def flush(self, now: float) -> FlushResult:
         """Rebuild every report that is due; failures are returned and retried later."""

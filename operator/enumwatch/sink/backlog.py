@@ -203,7 +203,7 @@ def pending_of(window: WindowResult) -> list[PendingWrite]:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class WriteSchedule:
     """What one tick writes, what waits for the next ticks, and what the bound dropped."""
 
     write: list[PendingWrite]
@@ -218,7 +218,7 @@ def schedule(
     recorded: set[GroupKey],
     cap: int,
     limit: int = BACKLOG_LIMIT,
-) -> Schedule:
+) -> WriteSchedule:
     """Merge this tick's rows into the backlog, then take the first ``cap`` to write (pure).
 
     A fresh row supersedes the waiting write of its group and keeps its place in the queue (its
@@ -250,7 +250,7 @@ def schedule(
     ordered = sorted(merged.values(), key=rank)
     now, rest = ordered[:cap], ordered[cap:]
     kept, dropped = rest[:limit], rest[limit:]
-    return Schedule(
+    return WriteSchedule(
         write=now,
         wait={w.row.key: w for w in kept},
         newly_waiting=sum(1 for w in rest if w.row.key in arrived),
