@@ -49,10 +49,12 @@ def test_a_frozen_object_is_still_freed_by_reference_counting() -> None:
     alive = weakref.ref(kept)
     gcpolicy.settle()
     assert alive() is kept  # frozen, not collected while referenced
-    frozen = gc.get_freeze_count()
+    # In the permanent generation (frozen), which gc.get_objects() does not list. (Not the
+    # freeze count's exact drop: in a pytest-xdist worker other threads free frozen objects
+    # meanwhile.)
+    assert all(obj is not kept for obj in gc.get_objects())
     del kept
     assert alive() is None
-    assert gc.get_freeze_count() == frozen - 1
 
 
 def item(i: int, audit_id: str = "a") -> dict[str, Any]:
