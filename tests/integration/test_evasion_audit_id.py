@@ -38,7 +38,12 @@ from enumwatch_devkit.operatorkit import (
     webhook_stack,
 )
 
-pytestmark = pytest.mark.integration
+# alone: in a fresh-clone CI run with 3 xdist workers on 2 cores, the two cases of
+# test_events_without_an_audit_id_are_never_collapsed timed out (30 s) waiting for their Finding
+# right after the module's first test took 38 s; they passed alone, with 3 workers on three
+# modules, and with 3 busy loops added. Until that is explained (the operator's log was not kept),
+# make test runs this module after the parallel run, serially.
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 DETECTOR = {"schedule": {"interval": "1s", "lookback": "5m"}}
 INTERVAL = 1.0
