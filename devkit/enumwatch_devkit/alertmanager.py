@@ -11,7 +11,6 @@ same Alertmanager coming back.
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from enumwatch_devkit import upstream
-from enumwatch_devkit.processes import bind_to_parent, launch, stop_group
+from enumwatch_devkit.processes import launch, stop_group
 
 #: How the test Alertmanager groups alerts (the route's group_by).
 GROUP_BY = ("alertname", "namespace", "detector")
@@ -98,8 +97,8 @@ class AlertmanagerProcess:
             "--cluster.listen-address=",  # a single instance: no gossip port
             "--log.level=info",
         ]
-        preexec = os.setpgrp if self.detached else bind_to_parent
-        self.proc = launch(cmd, self.workdir / "alertmanager.log", preexec=preexec)
+        die_with_parent = not self.detached
+        self.proc = launch(cmd, self.workdir / "alertmanager.log", die_with_parent=die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -132,6 +131,4 @@ class AlertmanagerProcess:
     def alerts(self, **labels: str) -> list[dict[str, Any]]:
         """The alerts ``/api/v2/alerts`` lists now (active ones), those with ``labels`` only."""
         found: list[dict[str, Any]] = self.get("/api/v2/alerts")
-        return [
-            a for a in found if all(a["labels"].get(k) == v for k, v in labels.items())
-        ]
+        return [a for a in found if all(a["labels"].get(k) == v for k, v in labels.items())]

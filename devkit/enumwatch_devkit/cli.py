@@ -170,8 +170,10 @@ def _kept(state: Path, control_plane_only: bool) -> int | None:
                 stack_dir, stopped, Path(info["KUBECONFIG"]), info.get("OPERATOR_URL", "")
             )
         except (controlplane.ControlPlaneError, OSError) as exc:
-            print(f"{PROG}: could not restart {', '.join(stopped)}: {exc}: {RESET_HINT}",
-                  file=sys.stderr)
+            print(
+                f"{PROG}: could not restart {', '.join(stopped)}: {exc}: {RESET_HINT}",
+                file=sys.stderr,
+            )
             return 1
         print(
             f"the local stack under {state} ran only partly: restarted {', '.join(stopped)}, "
@@ -235,10 +237,14 @@ def up(
         env["OPERATOR_URL"] = dev_stack.operator_url
         if kafka:
             try:
-                env.update(devstack.start_kafka_collect(
-                    cp, state.resolve() / "kafka", dev_stack.operator_url,
-                    state.resolve() / "stack" / "ingest.token",
-                ))
+                env.update(
+                    devstack.start_kafka_collect(
+                        cp,
+                        state.resolve() / "kafka",
+                        dev_stack.operator_url,
+                        state.resolve() / "stack" / "ingest.token",
+                    )
+                )
             except (RuntimeError, OSError, EmulatorMissing) as exc:
                 print(f"{PROG}: kafka: {exc}", file=sys.stderr)
                 down(state)

@@ -32,7 +32,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +172,7 @@ def _start_controllers(
     pki: ControlPlanePki,
     bindir: Path,
     directory: Path,
-    preexec: Callable[[], None],
+    die_with_parent: bool,
 ) -> dict[str, subprocess.Popen[bytes]]:
     """kube-controller-manager, kube-scheduler and CoreDNS, each with its own identity."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -220,7 +219,7 @@ def _start_controllers(
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for name, cmd in commands.items():
-        processes[name] = launch(cmd, directory / f"{name}.log", preexec=preexec)
+        processes[name] = launch(cmd, directory / f"{name}.log", die_with_parent=die_with_parent)
         write_pidfile(directory / "pids", processes)
     return processes
 
@@ -307,7 +306,9 @@ def start(state: Path, *, lock_wait: float = 0.0) -> Cluster:
         record.save()
         pki = write_control_plane_pki(_fresh_dir(state / "controlplane"), (hostnet.NODE_IP,))
         cp = _start_control_plane(state, pki)
-        controllers = _start_controllers(cp, pki, bindir, state / "controllers", os.setpgrp)
+        controllers = _start_controllers(
+            cp, pki, bindir, state / "controllers", die_with_parent=False
+        )
         the_node = node.start(
             cp,
             pki.ca,
@@ -315,7 +316,7 @@ def start(state: Path, *, lock_wait: float = 0.0) -> Cluster:
             bindir,
             pause_image=pause_image.name,
             images=[pause_image.archive, enumwatch_image.archive],
-            preexec=os.setpgrp,
+            die_with_parent=False,
             record=record,
             # containerd and the kubelet hold the lock for as long as they run.
             pass_fds=(lock,),

@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,6 @@ from enumwatch_devkit import repo
 from enumwatch_devkit.pki import ControlPlanePki, write_control_plane_pki
 from enumwatch_devkit.processes import ControlPlaneError as ControlPlaneError
 from enumwatch_devkit.processes import (
-    bind_to_parent,
     free_port,
     launch,
     stop_group,
@@ -265,11 +264,13 @@ def _audit_webhook_flags(workdir: Path, ca_file: Path, url: str, token: str | No
 
 
 def _launch_servers(
-    cp: ControlPlane, commands: dict[str, list[str]], preexec: Callable[[], None]
+    cp: ControlPlane, commands: dict[str, list[str]], die_with_parent: bool
 ) -> None:
     """Start each server with its log in the workdir; record the PIDs for ``dev-down``."""
     for name, cmd in commands.items():
-        cp.processes[name] = launch(cmd, cp.workdir / f"{name}.log", preexec=preexec)
+        cp.processes[name] = launch(
+            cmd, cp.workdir / f"{name}.log", die_with_parent=die_with_parent
+        )
     write_pidfile(cp.workdir / "pids", cp.processes)
 
 
@@ -373,7 +374,7 @@ def start(
         "kube-apiserver": apiserver_cmd,
     }
     try:
-        _launch_servers(cp, commands, bind_to_parent if die_with_parent else os.setpgrp)
+        _launch_servers(cp, commands, die_with_parent)
         _wait_ready(cp, ready_timeout)
     except BaseException:
         cp.stop()
@@ -411,7 +412,7 @@ def restart_apiserver(cp: ControlPlane, ready_timeout: float = 90.0) -> None:
     proc = cp.processes["kube-apiserver"]
     assert isinstance(proc.args, list)  # as _launch_servers started it
     cp.processes["kube-apiserver"] = launch(
-        [str(arg) for arg in proc.args], cp.workdir / "kube-apiserver.log", preexec=bind_to_parent
+        [str(arg) for arg in proc.args], cp.workdir / "kube-apiserver.log", die_with_parent=True
     )
     write_pidfile(cp.workdir / "pids", cp.processes)
     _wait_ready(cp, ready_timeout)

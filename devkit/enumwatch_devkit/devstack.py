@@ -24,7 +24,7 @@ from pathlib import Path
 from enumwatch_devkit import repo
 from enumwatch_devkit.alertmanager import AlertmanagerProcess
 from enumwatch_devkit.controlplane import ControlPlane, ControlPlaneError
-from enumwatch_devkit.processes import bind_to_parent, free_port, launch, write_pidfile
+from enumwatch_devkit.processes import free_port, launch, write_pidfile
 
 #: The detectors ``dev-up`` applies, as the install has them, run every 5 s so that a scan shows
 #: up quickly: the seed rule, and the same rule grouped by the address the API server saw (a
@@ -170,7 +170,7 @@ def start(
         ],
     }
     stack = Stack(state=state, operator_url=url, tailer_metrics_url=f"http://{tailer_metrics}")
-    preexec = os.setpgrp if detached else bind_to_parent
+    die_with_parent = not detached
     try:
         if alertmanager:
             am = AlertmanagerProcess(state / "alertmanager", detached=detached)
@@ -180,7 +180,7 @@ def start(
             commands["operator"] += ["--alertmanager-url", am.url]
         for name, cmd in commands.items():
             log_path = state / f"{name}.log"
-            stack.processes[name] = launch(cmd, log_path, preexec=preexec, env=env)
+            stack.processes[name] = launch(cmd, log_path, die_with_parent=die_with_parent, env=env)
             if name == "operator":
                 _wait_ready(url, stack.processes[name], log_path, timeout=60)
         write_pidfile(state / "pids", stack.processes)
@@ -215,7 +215,7 @@ def restart(state: Path, names: list[str], kubeconfig: Path, operator_url: str) 
     # The operator first: the tailer forwards to it.
     for name in sorted(names, key=lambda n: n != "operator"):
         log_path = state / f"{name}.log"
-        proc = launch(commands[name], log_path, preexec=os.setpgrp, env=env)
+        proc = launch(commands[name], log_path, die_with_parent=False, env=env)
         pids[name] = proc.pid
         if name == "operator":
             _wait_ready(operator_url, proc, log_path, timeout=60)
@@ -287,16 +287,25 @@ def start_kafka_collect(
     try:
         create_topic(broker.plaintext, DEV_KAFKA_TOPIC)
         cmd = [
-            sys.executable, "-m", "enumwatch", "collect",
-            "--source", f"kafka://{broker.plaintext}/{DEV_KAFKA_TOPIC}?group=enumwatch-dev",
-            "--ingest-url", operator_url,
-            "--ingest-token-file", str(token_file),
-            "--batch-wait", "0.05",
-            "--poll-interval", "0.2",
+            sys.executable,
+            "-m",
+            "enumwatch",
+            "collect",
+            "--source",
+            f"kafka://{broker.plaintext}/{DEV_KAFKA_TOPIC}?group=enumwatch-dev",
+            "--ingest-url",
+            operator_url,
+            "--ingest-token-file",
+            str(token_file),
+            "--batch-wait",
+            "0.05",
+            "--poll-interval",
+            "0.2",
         ]
         env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
-        processes["kafka-collect"] = launch(cmd, state / "collect.log", preexec=os.setpgrp,
-                                            env=env)
+        processes["kafka-collect"] = launch(
+            cmd, state / "collect.log", die_with_parent=False, env=env
+        )
         write_pidfile(state / "pids", processes)
     except BaseException:
         for proc in processes.values():

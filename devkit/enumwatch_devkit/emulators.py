@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from enumwatch_devkit.processes import bind_to_parent, free_port, launch, stop_group
+from enumwatch_devkit.processes import free_port, launch, stop_group
 from enumwatch_devkit.repo import repo_root
 
 #: Azurite's well-known development account (documented, not a secret).
@@ -58,8 +58,9 @@ def _wait_until(emulator: Emulator, ready: Callable[[], bool], timeout: float) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if emulator.proc.poll() is not None:
-            raise RuntimeError(f"{emulator.name} exited {emulator.proc.returncode}:\n"
-                               f"{emulator.log()}")
+            raise RuntimeError(
+                f"{emulator.name} exited {emulator.proc.returncode}:\n{emulator.log()}"
+            )
         if ready():
             return emulator
         time.sleep(0.2)
@@ -85,8 +86,7 @@ def start_moto(workdir: Path, timeout: float = 60.0) -> Emulator:
         raise EmulatorMissing("moto_server not found: install the test extras (moto[server])")
     port = free_port()
     log_path = workdir / "moto.log"
-    proc = launch([str(server), "-H", "127.0.0.1", "-p", str(port)], log_path,
-                  preexec=bind_to_parent)
+    proc = launch([str(server), "-H", "127.0.0.1", "-p", str(port)], log_path, die_with_parent=True)
     endpoint = f"http://127.0.0.1:{port}"
     env = {
         "AWS_ENDPOINT_URL": endpoint,
@@ -102,21 +102,31 @@ def start_pubsub(workdir: Path, timeout: float = 120.0) -> Emulator:
     """Google's Pub/Sub emulator (``gcloud beta emulators pubsub start``) on 127.0.0.1."""
     gcloud = shutil.which("gcloud")
     if gcloud is None:
-        raise EmulatorMissing("gcloud not found: install the Google Cloud SDK with the "
-                              "pubsub-emulator component")
+        raise EmulatorMissing(
+            "gcloud not found: install the Google Cloud SDK with the pubsub-emulator component"
+        )
     port = free_port()
     data_dir = workdir / "pubsub-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "pubsub.log"
     proc = launch(
-        [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
-         f"--data-dir={data_dir}", "--quiet"],
+        [
+            gcloud,
+            "beta",
+            "emulators",
+            "pubsub",
+            "start",
+            f"--host-port=127.0.0.1:{port}",
+            f"--data-dir={data_dir}",
+            "--quiet",
+        ],
         log_path,
-        preexec=bind_to_parent,
+        die_with_parent=True,
     )
     endpoint = f"127.0.0.1:{port}"
-    emulator = Emulator("pubsub-emulator", endpoint, {"PUBSUB_EMULATOR_HOST": endpoint}, proc,
-                        log_path)
+    emulator = Emulator(
+        "pubsub-emulator", endpoint, {"PUBSUB_EMULATOR_HOST": endpoint}, proc, log_path
+    )
     return _wait_until(emulator, lambda: _answers(f"http://{endpoint}/"), timeout)
 
 
@@ -139,16 +149,27 @@ def start_azurite(workdir: Path, timeout: float = 60.0) -> Emulator:
     location.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "azurite.log"
     proc = launch(
-        [str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-         "--location", str(location), "--skipApiVersionCheck", "--loose", "--silent"],
+        [
+            str(binary),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(location),
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+        ],
         log_path,
-        preexec=bind_to_parent,
+        die_with_parent=True,
     )
     endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
     connection = (
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};"
         f"AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};"
     )
-    emulator = Emulator("azurite-blob", endpoint, {"AZURE_STORAGE_CONNECTION_STRING": connection},
-                        proc, log_path)
+    emulator = Emulator(
+        "azurite-blob", endpoint, {"AZURE_STORAGE_CONNECTION_STRING": connection}, proc, log_path
+    )
     return _wait_until(emulator, lambda: _answers(f"http://127.0.0.1:{port}/"), timeout)

@@ -21,7 +21,6 @@ open port).
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import struct
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from enumwatch_devkit.emulators import Emulator, EmulatorMissing
 from enumwatch_devkit.pki import CertificateAuthority
-from enumwatch_devkit.processes import bind_to_parent, free_port, launch
+from enumwatch_devkit.processes import free_port, launch
 from enumwatch_devkit.repo import repo_root
 
 #: The user Event Hubs' Kafka endpoint expects with SASL PLAIN, literally.
@@ -104,9 +103,7 @@ def _jaas_quote(value: str) -> str:
 
 
 def _properties(workdir: Path, ports: dict[str, int], keystore: Path) -> str:
-    plain_users = (
-        f"user_{CONNECTION_STRING_USER}={_jaas_quote(EVENT_HUBS_CONNECTION_STRING)}"
-    )
+    plain_users = f"user_{CONNECTION_STRING_USER}={_jaas_quote(EVENT_HUBS_CONNECTION_STRING)}"
     lines = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -147,6 +144,7 @@ def _properties(workdir: Path, ports: dict[str, int], keystore: Path) -> str:
         "ssl.keystore.type": "PEM",
         "ssl.keystore.location": str(keystore),
     }
+
     # java.util.Properties escapes: a backslash, and the separators ':' '=' in keys.
     def escape(value: str) -> str:
         return value.replace("\\", "\\\\")
@@ -196,25 +194,52 @@ def start_kafka(workdir: Path, timeout: float = 120.0, *, detached: bool = False
     config.write_text(_properties(workdir, ports, keystore))
     log4j = workdir / "log4j2.properties"
     log4j.write_text(_LOG4J2)
-    java = ["java", HEAP, "-Xss1m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
+    java = [
+        "java",
+        HEAP,
+        "-Xss1m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        f"{libs}/*",
+    ]
     log_path = workdir / "kafka.log"
     scram = f"name={SCRAM_USER},password={SCRAM_PASSWORD}"
     formatted = subprocess.run(
-        [*java, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-         f"--cluster-id={_cluster_id()}", "-c", str(config),
-         "--add-scram", f"SCRAM-SHA-256=[{scram}]", "--add-scram", f"SCRAM-SHA-512=[{scram}]"],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        [
+            *java,
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            f"--cluster-id={_cluster_id()}",
+            "-c",
+            str(config),
+            "--add-scram",
+            f"SCRAM-SHA-256=[{scram}]",
+            "--add-scram",
+            f"SCRAM-SHA-512=[{scram}]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if formatted.returncode != 0:
-        raise RuntimeError(f"kafka storage format failed ({formatted.returncode}):\n"
-                           f"{formatted.stdout[-2000:]}{formatted.stderr[-3000:]}")
-    preexec = os.setpgrp if detached else bind_to_parent
-    proc = launch([*java, "kafka.Kafka", str(config)], log_path, preexec=preexec)
+        raise RuntimeError(
+            f"kafka storage format failed ({formatted.returncode}):\n"
+            f"{formatted.stdout[-2000:]}{formatted.stderr[-3000:]}"
+        )
+    die_with_parent = not detached
+    proc = launch([*java, "kafka.Kafka", str(config)], log_path, die_with_parent=die_with_parent)
     broker = KafkaBroker(
-        "kafka", f"127.0.0.1:{ports['plaintext']}",
-        {"KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['plaintext']}"}, proc, log_path,
-        sasl_ssl=f"127.0.0.1:{ports['sasl_ssl']}", ca_file=ca.cert_file,
+        "kafka",
+        f"127.0.0.1:{ports['plaintext']}",
+        {"KAFKA_BOOTSTRAP": f"127.0.0.1:{ports['plaintext']}"},
+        proc,
+        log_path,
+        sasl_ssl=f"127.0.0.1:{ports['sasl_ssl']}",
+        ca_file=ca.cert_file,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

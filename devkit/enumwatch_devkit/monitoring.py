@@ -33,8 +33,20 @@ _SUFFIXES = {
 }
 #: PromQL words that look like a metric name but are not one.
 _KEYWORDS = frozenset(
-    {"and", "or", "unless", "bool", "offset", "inf", "nan", "start", "end", "atan2", "by",
-     "without"}
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "start",
+        "end",
+        "atan2",
+        "by",
+        "without",
+    }
 )
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"' + r"|'(?:[^'\\]|\\.)*'")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")

@@ -321,7 +321,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def start_containerd(
-    directory: Path, pause_image: str, preexec: Callable[[], None], pass_fds: tuple[int, ...]
+    directory: Path, pause_image: str, die_with_parent: bool, pass_fds: tuple[int, ...]
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """Start the node's containerd; return it and its socket once it answers."""
     ctrd = directory / "containerd"
@@ -332,7 +332,7 @@ def start_containerd(
     proc = launch(
         ["containerd", "--config", str(config)],
         directory / "containerd.log",
-        preexec=preexec,
+        die_with_parent=die_with_parent,
         pass_fds=pass_fds,
     )
 
@@ -358,7 +358,7 @@ def start(
     *,
     pause_image: str,
     images: list[Path],
-    preexec: Callable[[], None],
+    die_with_parent: bool,
     record: NodeRecord,
     pass_fds: tuple[int, ...] = (),
 ) -> Node:
@@ -368,7 +368,7 @@ def start(
     completed here and saved before each process starts, so a failure can always be torn down.
     """
     node = Node(record=record)
-    containerd, socket = start_containerd(directory, pause_image, preexec, pass_fds)
+    containerd, socket = start_containerd(directory, pause_image, die_with_parent, pass_fds)
     node.processes["containerd"] = containerd
     record.containerd_socket = str(socket)
     record.save()
@@ -400,7 +400,9 @@ def start(
         "--v=1",
     ]
     for name, cmd, fds in (("kubelet", kubelet_cmd, pass_fds), ("kube-proxy", proxy_cmd, ())):
-        node.processes[name] = launch(cmd, directory / f"{name}.log", preexec=preexec, pass_fds=fds)
+        node.processes[name] = launch(
+            cmd, directory / f"{name}.log", die_with_parent=die_with_parent, pass_fds=fds
+        )
         write_pidfile(directory / "pids", node.processes)
     return node
 

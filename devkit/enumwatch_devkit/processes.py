@@ -9,14 +9,13 @@ SIGKILL; ``make dev-up`` detaches them instead and records their PIDs for ``dev-
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -32,32 +31,35 @@ def free_port() -> int:
         return port
 
 
-def bind_to_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """preexec_fn: own process group, and SIGKILL when the parent dies (even by SIGKILL)."""
-    os.setpgrp()
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+# The child is bound to its parent by ``setpriv`` rather than a ``preexec_fn``: Python code run
+# between fork and exec also runs the parent's fork handlers, and gRPC's (the Pub/Sub client's)
+# restart its poller in the child, where ``close_fds`` then closes the poller's epoll descriptor:
+# the child aborted (SIGABRT, "epoll_wait error: Bad file descriptor") before its exec. With no
+# ``preexec_fn`` the child runs no Python and the process group comes from ``process_group=0``.
+BIND_TO_PARENT = ("setpriv", "--pdeathsig", "KILL", "--")
 
 
 def launch(
     cmd: Sequence[str],
     log_path: Path,
     *,
-    preexec: Callable[[], None],
+    die_with_parent: bool,
     env: Mapping[str, str] | None = None,
     pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` with stdout and stderr appended to ``log_path`` and no stdin; the child
-    inherits no descriptor but ``pass_fds``."""
+    """Start ``cmd`` in its own process group with stdout and stderr appended to ``log_path`` and
+    no stdin; the child inherits no descriptor but ``pass_fds``. ``die_with_parent``: the child
+    gets SIGKILL when the thread that started it ends, even by SIGKILL (``PR_SET_PDEATHSIG``);
+    without it the child outlives us (``make dev-up``, which records its PID for ``dev-down``)."""
+    argv = [*BIND_TO_PARENT, *cmd] if die_with_parent else list(cmd)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            list(cmd),
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=None if env is None else dict(env),
-            preexec_fn=preexec,
+            process_group=0,
             close_fds=True,
             pass_fds=pass_fds,
         )

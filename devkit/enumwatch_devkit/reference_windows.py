@@ -129,7 +129,9 @@ class ReferenceEvaluator(Schedule):
             self._last_tick = tick
         self._evict(self.horizon)
 
-    def _row_facts(self, rows: tuple[Row, ...], events: list[tuple[float, AuditEvent]]) -> tuple[
+    def _row_facts(
+        self, rows: tuple[Row, ...], events: list[tuple[float, AuditEvent]]
+    ) -> tuple[
         dict[GroupKey, float],
         dict[GroupKey, int],
         dict[GroupKey, str],

@@ -89,7 +89,5 @@ def helm_template(
     """The output of `helm template` (the pinned helm) of the chart; see
     :func:`helm_template_args`. Raises :class:`subprocess.CalledProcessError` when helm refuses."""
     args = helm_template_args(release, *sets, namespace=namespace, values=values, crds=crds)
-    out = subprocess.run(
-        [str(upstream.helm()), *args], capture_output=True, text=True, check=True
-    )
+    out = subprocess.run([str(upstream.helm()), *args], capture_output=True, text=True, check=True)
     return out.stdout

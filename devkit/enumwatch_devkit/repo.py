@@ -71,10 +71,10 @@ def run_script(script: Path, *args: str, what: str) -> list[str]:
     )
     if proc.returncode != 0:
         command = " ".join(["bash", str(script), *args])
-        raise ScriptError(
-            f"{what} failed (exit {proc.returncode}); rerun `{command}` to see why"
-        )
+        raise ScriptError(f"{what} failed (exit {proc.returncode}); rerun `{command}` to see why")
     return proc.stdout.splitlines()
+
+
 def cache_dir() -> Path:
     """The dev kit's cache outside any checkout, shared with ``build.sh``:
     ``${XDG_CACHE_HOME:-~/.cache}/enumwatch``."""
