@@ -17,6 +17,14 @@ Two subtleties:
   pod deleted before the tick is still named, and a pod created after the scan with a recycled IP
   is not blamed for it. After a gap in the watch an index may still hold a pod that is gone; two
   pods cannot hold one pod-network address at once, so the one created last is the holder.
+* A pod sends requests before the cluster knows its address: the container starts, then the
+  kubelet reports the pod's IP in its status, a second or more later, and a scanner pod is done
+  by then (seen on a real node: the Finding was written while the pod was still ``Pending`` in
+  the API). While a pod scheduled on a node has no reported address yet (for at most
+  :data:`AWAITED_SECONDS` after its creation), an address no one holds is not called external:
+  resolution says nothing, the Finding's source stays empty, and the next tick's write, once
+  the pod's IP is known, names the pod. Otherwise a scanner pod could pass for an outsider just
+  by scanning in its first second.
 
 Pure: objects and times in, answers out; no I/O, no clock.
 """
@@ -31,7 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from enumwatch.api.finding import MAX_HOST_NETWORK_PODS, FindingSource, Workload
-from enumwatch.timefmt import parse_rfc3339
+from enumwatch.timefmt import created_at
 
 #: The kinds of object watched for addresses.
 Kind = Literal["pod", "node", "service"]
@@ -43,6 +51,10 @@ NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
 GONE_SECONDS = 3600.0
 #: At most this many deleted pods are remembered (the oldest is forgotten first).
 MAX_GONE = 4096
+#: How long after its creation a scheduled pod without a reported address makes unknown
+#: addresses unresolved rather than external (its IP is normally reported within seconds; a pod
+#: whose sandbox cannot start must not keep every outsider unnamed).
+AWAITED_SECONDS = 120.0
 #: A pod is taken to hold its IP from a little before its creation (clock skew between the
 #: API server that stamped it and the one that audited the scan).
 SKEW_SECONDS = 5.0
@@ -113,16 +125,6 @@ def pod_owner(pod: dict[str, Any]) -> Workload | None:
     return Workload(kind=kind, name=name)
 
 
-def _since(meta: dict[str, Any]) -> float | None:
-    stamp = meta.get("creationTimestamp")
-    if not isinstance(stamp, str):
-        return None
-    try:
-        return parse_rfc3339(stamp)
-    except ValueError:
-        return None
-
-
 def pod_ips(pod: dict[str, Any]) -> tuple[str, ...]:
     """The addresses a pod's status names (finished or not)."""
     status = pod.get("status") or {}
@@ -155,7 +157,7 @@ def holder_of(kind: Kind, obj: dict[str, Any]) -> Holder:
             node=spec.get("nodeName") or None,
             service_account=spec.get("serviceAccountName") or None,
             host_network=bool(spec.get("hostNetwork")),
-            since=_since(meta),
+            since=created_at(meta),
         )
     if kind == "node":
         addresses = [
@@ -192,6 +194,8 @@ class AddressBook:
         #: Pods that left their addresses: (holder, left at) by pod, oldest first; and by IP.
         self._gone: OrderedDict[tuple[Kind, str, str], tuple[Holder, float]] = OrderedDict()
         self._gone_by_ip: dict[str, set[tuple[Kind, str, str]]] = {}
+        #: Pods scheduled on a node whose address is not reported yet, by pod: their creation.
+        self._awaited: dict[tuple[Kind, str, str], float] = {}
         self.synced = False
 
     def holder_count(self) -> int:
@@ -200,12 +204,36 @@ class AddressBook:
 
     def observe(self, kind: Kind, event_type: str | None, obj: dict[str, Any], now: float) -> None:
         """A watch event of ``obj`` at ``now``: a pod deleted or finished has left its addresses
-        (remembered for a while: a scan it made before is still its doing)."""
-        if kind != "pod" or not (event_type == "DELETED" or finished(obj)):
+        (remembered for a while: a scan it made before is still its doing); a pod on a node
+        whose address is not reported yet is awaited."""
+        if kind != "pod":
+            return
+        gone = event_type == "DELETED" or finished(obj)
+        self._await(holder_of("pod", obj), awaiting=not gone and not pod_ips(obj))
+        if not gone:
             return
         ips = pod_ips(obj)
         if ips:
             self._remember_gone(replace(holder_of("pod", obj), ips=ips), now)
+
+    def _await(self, pod: Holder, *, awaiting: bool) -> None:
+        if awaiting and pod.node is not None and not pod.host_network and pod.since is not None:
+            self._awaited[pod.key] = pod.since
+        else:
+            self._awaited.pop(pod.key, None)
+
+    def awaited_count(self) -> int:
+        """Pods scheduled on a node whose address is not reported yet."""
+        return len(self._awaited)
+
+    def awaiting_address(self, at: float) -> bool:
+        """Whether a pod that existed at ``at`` (created at most :data:`AWAITED_SECONDS`
+        before) runs on a node with its address not reported yet: an unknown address seen at
+        ``at`` may be its."""
+        return any(
+            since - SKEW_SECONDS <= at <= since + AWAITED_SECONDS
+            for since in self._awaited.values()
+        )
 
     def _remember_gone(self, holder: Holder, now: float) -> None:
         known = self._gone.get(holder.key)
@@ -246,7 +274,8 @@ class AddressBook:
         self, source_ip: str | None, at: float, *, observed: bool = True
     ) -> FindingSource | None:
         """Who ``source_ip`` was at ``at`` (epoch seconds); ``None`` for no IP, or when an
-        unknown address cannot be told from one not listed yet (before the first listing).
+        unknown address cannot be told from one not listed yet (before the first listing) or
+        from the address of a pod not reported yet (:meth:`awaiting_address`).
 
         ``observed``: whether every document of the group came from this address; when not, the
         FindingSource names who holds the address without naming it as the scanner. A loopback
@@ -259,6 +288,8 @@ class AddressBook:
         holders = self.holders_at(ip, at)
         if not holders and ipaddress.ip_address(ip).is_loopback:
             return FindingSource(kind="loopback", ref="loopback", observed=observed)
+        if not holders and self.awaiting_address(at):
+            return None  # maybe the pod whose address is not reported yet: not external
         return resolve_holders(holders, observed=observed, synced=self.synced)
 
 

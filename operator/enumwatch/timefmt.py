@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 #: ``auto`` writes microseconds only when there are some (what a window bound needs to read back
 #: exactly, without padding whole seconds).
@@ -76,3 +77,15 @@ def read_rfc3339(text: str) -> float | str:
         return LEAP_SECOND if shape.group(1) == "60" else OUT_OF_RANGE
     except OverflowError:
         return OUT_OF_RANGE
+
+
+def created_at(meta: Mapping[str, Any]) -> float | None:
+    """An object's ``metadata.creationTimestamp`` in epoch seconds; ``None`` when absent or
+    unreadable."""
+    stamp = meta.get("creationTimestamp")
+    if not isinstance(stamp, str):
+        return None
+    try:
+        return parse_rfc3339(stamp)
+    except ValueError:
+        return None

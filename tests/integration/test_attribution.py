@@ -66,13 +66,14 @@ def _pod(
     ns: str,
     name: str,
     node: str,
-    ip: str,
+    ip: str | None,
     *,
     owner: dict[str, Any] | None = None,
     labels: dict[str, str] | None = None,
     host_network: bool = False,
 ) -> None:
-    """A Pod bound to ``node``, with ``ip`` in its status as the kubelet would report it."""
+    """A Pod bound to ``node``, with ``ip`` in its status as the kubelet would report it
+    (``None``: not reported yet, :func:`_report_ip`)."""
     meta: dict[str, Any] = {"name": name, "namespace": ns, "labels": labels or {}}
     if owner is not None:
         meta["ownerReferences"] = [owner]
@@ -91,6 +92,14 @@ def _pod(
             },
         },
     )
+    if ip is not None:
+        _report_ip(cp, ns, name, ip, host_network=host_network)
+
+
+def _report_ip(
+    cp: ControlPlane, ns: str, name: str, ip: str, *, host_network: bool = False
+) -> None:
+    """What the kubelet does once the pod's sandbox has its address."""
     status = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
     if host_network:
         status["hostIP"] = ip
@@ -313,6 +322,45 @@ def test_a_scan_from_a_node_address_names_the_node_and_the_hostnetwork_pods_shar
             assert stored["spec"]["source"]["name"] == node
     finally:
         cp.kubectl("delete", "node", node, "--wait=false")
+
+
+def test_a_pod_that_scans_before_its_address_is_reported_is_named_once_it_is(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    """On a real node the scanner's container scanned while the API still had its pod Pending
+    without an IP, and the Finding said "external". While a scheduled pod awaits its address,
+    an unknown address is left unresolved (not external); once the kubelet reports it, the next
+    tick's write names the pod."""
+    cp = crds
+    ns = fresh_namespace(cp, "attrearly")
+    node, ip = f"worker-{uuid.uuid4().hex[:6]}", _address()
+    cp.kubectl("create", "serviceaccount", "scanner", "-n", ns)
+    with running_operator(cp, tmp_path) as op:
+        wait_for(lambda: op.metrics().get("enumwatch_attribution_synced") == 1.0,
+                 what="pods, nodes and services listed")
+        apply_detector(cp, ns, "det", FAST)
+        wait_for(lambda: detector_status(cp, ns, "det").get("conditions"), what="status")
+        _pod(cp, ns, "early", node, None)  # scheduled; its address not reported yet
+        awaiting = "enumwatch_attribution_pods_awaiting_address"
+        wait_for(lambda: op.metrics().get(awaiting) == 1.0, what="the pod awaited")
+        agent = _scan_from(cp, op, ip, "early")
+        first = wait_for(lambda: _finding(cp, ns, ip, agent), what="the Finding")
+        assert first["spec"]["source"] is None  # not "external"
+        _report_ip(cp, ns, "early", ip)
+
+        def named() -> dict[str, Any] | None:
+            found = _finding(cp, ns, ip, agent)
+            return found if found is not None and found["spec"]["source"] else None
+
+        source = wait_for(named, what="the pod named")["spec"]["source"]
+        assert (source["kind"], source["ref"], source["name"], source["node"]) == (
+            "pod",
+            f"pod/{ns}/early",
+            "early",
+            node,
+        )
+        assert op.metrics()[awaiting] == 0.0
+    cp.kubectl("delete", "pod", "early", "-n", ns, "--wait=false")
 
 
 def test_one_real_probe_from_a_pod_does_not_let_a_forged_scan_frame_it(

@@ -385,10 +385,16 @@ def test_a_scan_from_a_pod_names_that_pod_and_its_deployment(local_cluster: Loca
         },
     }
     cp.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+
+    def named() -> dict[str, Any] | None:
+        # The pod scans in its first second, often before the kubelet has reported its IP:
+        # the first write may leave the source unresolved (never "external"); a later tick's
+        # write names the pod.
+        found = _finding_for(cp, namespace, agent)
+        return found if found is not None and found["spec"]["source"] else None
+
     try:
-        finding = wait_for(
-            lambda: _finding_for(cp, namespace, agent), timeout=120, what="the pod's Finding"
-        )
+        finding = wait_for(named, timeout=120, what="the pod's Finding naming its source")
     except AssertionError as exc:
         seen = cp.kubectl("get", "all,events", "-n", namespace, "-o", "wide", check=False)
         logs = cp.kubectl("logs", "-n", namespace, "deployment/scanner", check=False)

@@ -13,6 +13,7 @@ from kopf._core.engines.indexing import OperatorIndexer
 
 from enumwatch.api.finding import FindingSource, Workload
 from enumwatch.attribution import (
+    AWAITED_SECONDS,
     KINDS,
     AddressBook,
     Kind,
@@ -215,12 +216,50 @@ def test_before_the_first_listing_an_unknown_address_is_not_called_external() ->
 def test_watch_events_add_move_and_delete_addresses() -> None:
     book = synced()
     book.apply("pod", "ADDED", pod("p1", []), T0)  # pending: no IP yet
-    assert book.resolve("10.244.0.5", T0 + 1) == FindingSource(kind="external", ref="external")
+    assert book.resolve("10.244.0.5", T0 + 1) is None  # maybe p1's: not external
     book.apply("pod", "MODIFIED", pod("p1", ["10.244.0.5"]), T0 + 1)
     assert book.resolve("10.244.0.5", T0 + 2).name == "p1"  # type: ignore[union-attr]
     book.apply("pod", "MODIFIED", pod("p1", ["10.244.0.5"], phase="Succeeded"), T0 + 3)
     assert book.resolve("10.244.0.5", T0 + 4) == FindingSource(kind="external", ref="external")
     assert book.book.holder_count() == 0
+
+
+def test_a_pod_that_scans_before_its_address_is_reported_is_named_once_it_is() -> None:
+    """Seen on a real node: the scanner's container ran and scanned while the API still had the
+    pod Pending without an IP; the Finding said "external". An unknown address is not called
+    external while a scheduled pod awaits its address; the next resolution names the pod."""
+    book = synced(pod=[pod("running", ["10.244.0.2"])])
+    outsider = FindingSource(kind="external", ref="external")
+    assert book.resolve("10.244.0.3", T0 + 1) == outsider
+    book.apply("pod", "ADDED", pod("scanner", [], created=T0 + 10), T0 + 10)
+    assert book.resolve("10.244.0.3", T0 + 11) is None
+    # Only for scans made while it existed, and not forever (a sandbox that never starts).
+    assert book.resolve("10.244.0.3", T0 + 1) == outsider
+    assert book.resolve("10.244.0.3", T0 + 10 + AWAITED_SECONDS + 1) == outsider
+    book.apply("pod", "MODIFIED", pod("scanner", ["10.244.0.3"], created=T0 + 10), T0 + 12)
+    assert book.resolve("10.244.0.3", T0 + 11).ref == "pod/default/scanner"  # type: ignore[union-attr]
+    # Known now: other unknown addresses are external again.
+    assert book.resolve("198.51.100.4", T0 + 11) == outsider
+
+
+@pytest.mark.parametrize(
+    ("what", "obj", "event_type"),
+    [
+        ("not scheduled yet", pod("unscheduled", [], node="", created=T0 + 10), "ADDED"),
+        ("hostNetwork", pod("agent", [], host_network=True, created=T0 + 10), "ADDED"),
+        ("deleted before its IP", pod("gone", [], created=T0 + 10), "DELETED"),
+        ("failed before its IP", pod("failed", [], phase="Failed", created=T0 + 10), "MODIFIED"),
+    ],
+)
+def test_pods_that_will_not_get_a_pod_address_are_not_awaited(
+    what: str, obj: dict[str, Any], event_type: str
+) -> None:
+    book = synced()
+    if event_type != "ADDED":  # it was scheduled without an address first
+        book.apply("pod", "ADDED", pod(obj["metadata"]["name"], [], created=T0 + 10), T0 + 10)
+        assert book.resolve("10.244.0.3", T0 + 12) is None, what
+    book.apply("pod", event_type, obj, T0 + 11)
+    assert book.resolve("10.244.0.3", T0 + 12) == FindingSource(kind="external", ref="external")
 
 
 def test_a_scanner_pod_deleted_before_the_tick_is_still_named() -> None:

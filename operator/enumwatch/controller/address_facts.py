@@ -41,6 +41,7 @@ class AddressFacts:
         #: Off when the RBAC does not let the operator list and watch all three kinds.
         self.enabled = True
         metrics.ADDRESSES.set_function(book.holder_count)
+        metrics.ADDRESSES_AWAITED.set_function(book.awaited_count)
         metrics.ADDRESSES_SYNCED.set_function(lambda: 1 if book.synced else 0)
 
     def register(self, registry: kopf.OperatorRegistry) -> None:

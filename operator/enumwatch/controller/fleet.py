@@ -268,6 +268,7 @@ class Detectors:
             if snapshot is not None:
                 self.store.write(snapshot)
 
-    def restore(self, runtime: DetectorRuntime) -> bool:
-        """Load a detector's saved window and replay the journal into it (when persistent)."""
-        return runtime.restore(self.store) if self.store is not None else False
+    def restore(self, runtime: DetectorRuntime, created: float | None = None) -> bool:
+        """Load a detector's saved window and replay the journal into it (when persistent):
+        the events that arrived from its creation (epoch seconds, when known) on."""
+        return runtime.restore(self.store, created) if self.store is not None else False

@@ -34,7 +34,7 @@ from enumwatch.kubeclient import CALL_ERRORS, Credentials, KubeApi, login_info
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.outputs.listener import FindingsListener
 from enumwatch.sink.findings import FindingSink
-from enumwatch.timefmt import parse_rfc3339
+from enumwatch.timefmt import created_at, parse_rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class Operator:
         if not had_evaluator and runtime.evaluator is not None:
             # Its first valid spec (at start, or once a spec stored before a stricter CRD is
             # fixed): the window saved by the previous instance is taken up now.
-            self.detectors.restore(runtime)
+            self.detectors.restore(runtime, created_at(meta))
             last = (body.get("status") or {}).get("lastEvaluation")
             if runtime.evaluator.last_tick is None and last:
                 # Resume the schedule where the previous instance stopped.

@@ -235,6 +235,12 @@ ADDRESSES = Gauge(
     "Objects (pods, nodes, services) holding an address known to source attribution.",
     registry=REGISTRY,
 )
+ADDRESSES_AWAITED = Gauge(
+    "enumwatch_attribution_pods_awaiting_address",
+    "Pods scheduled on a node whose address is not reported yet (an unknown address seen in "
+    "their first two minutes is left unresolved, not called external).",
+    registry=REGISTRY,
+)
 ADDRESSES_SYNCED = Gauge(
     "enumwatch_attribution_synced",
     "1 once pods, nodes and services have all been listed for source attribution.",

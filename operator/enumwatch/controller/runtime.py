@@ -236,9 +236,14 @@ class DetectorRuntime:
         self.changed = False
         return store.snapshot(self.ref, self.evaluator.snapshot(), list(self.pending.values()))
 
-    def restore(self, store: StateStore) -> bool:
+    def restore(self, store: StateStore, created: float | None = None) -> bool:
         """Load this detector's saved window and pending writes (same object uid only) and
-        replay the journal into it; return whether anything was restored."""
+        replay the journal into it; return whether anything was restored.
+
+        Only the journaled events that arrived at or after ``created`` (the detector's
+        ``creationTimestamp``, when known) are replayed: a detector sees the events that arrive
+        from its creation on, never some of those before it (the journal holds the last
+        seconds before a checkpoint; whether an older scan was still in it would be luck)."""
         if self.evaluator is None:
             return False
         saved = store.load(self.ref)
@@ -249,6 +254,8 @@ class DetectorRuntime:
                 for row in failed.window.rows:
                     self.pending[row.key] = failed
         for event, arrival in store.replay(saved.folded if saved is not None else None):
+            if created is not None and arrival < created:
+                continue
             self.offer(event, arrival)
             restored = True
         return restored
