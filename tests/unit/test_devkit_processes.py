@@ -59,13 +59,22 @@ def test_the_child_runs_no_fork_handler_and_leads_its_own_group(tmp_path: Path) 
     assert (group, handler_ran) == (pid, "False")
 
 
+def program(pid: int) -> str:
+    """The program ``pid`` runs (its argv[0]); empty once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return ""
+
+
 def test_a_child_bound_to_its_parent_dies_when_the_parent_is_killed(tmp_path: Path) -> None:
     code = launcher(tmp_path / "sleep.log", True) + "import time\ntime.sleep(600)\n"
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert parent.stdout is not None
     with parent.stdout:
         child = int(parent.stdout.readline())
-    assert alive(child)
+    # setpriv sets the parent-death signal, then execs: once the child is ``sleep`` it is set.
+    wait_until(lambda: program(child) == "sleep")
     parent.kill()
     parent.wait(timeout=10)
     wait_until(lambda: not alive(child))
