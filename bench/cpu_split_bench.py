@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import operator_bench  # this folder: the lists that bench posts
 
 from enumwatch.api.refs import DetectorRef
 from enumwatch.controller import ingest
@@ -78,21 +78,6 @@ def template(path: str) -> dict[str, Any]:
 TEMPLATES = [template(path) for path in SCAN_PATHS]
 
 
-def body(seq: int, now: float) -> bytes:
-    """One list of fresh events, as ``operator_bench.batch`` makes them."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".000000Z"
-    items = []
-    for i in range(PER_LIST):
-        event = dict(TEMPLATES[(seq + i) % len(TEMPLATES)])
-        n = (seq + i) % 2000
-        event["auditID"] = str(uuid.uuid4())
-        event["sourceIPs"] = [f"10.{n // 250}.{n % 250}.7"]
-        event["stageTimestamp"] = event["requestReceivedTimestamp"] = stamp
-        items.append(event)
-    listed = {"apiVersion": "audit.k8s.io/v1", "kind": "EventList", "items": items}
-    return json.dumps(listed).encode()
-
-
 def main() -> int:
     """Print each stage's CPU per 1,000 events."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,7 +97,7 @@ def main() -> int:
     async def run(first: int, count: int) -> None:
         for s in range(first, first + count):
             for k in range(lists):
-                raw = body((s * lists + k) * PER_LIST, base + s)
+                raw = operator_bench.batch(TEMPLATES, PER_LIST, (s * lists + k) * PER_LIST)
                 arrival = base + s + k / lists
                 t0 = time.process_time()
                 batch = ingest.decode_batch(raw)
