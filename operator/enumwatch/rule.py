@@ -889,6 +889,10 @@ class Rule:
         """The seed's first ``where``: an anonymous (or missing) username at a kept level."""
         return self.matcher.matches(event)
 
+    def matches_all(self, events: Iterable[AuditEvent]) -> list[bool]:
+        """:meth:`matches` of each of ``events``, in order (an ingest batch)."""
+        return self.matcher.matches_all(events)
+
     def outcome(self, event: AuditEvent) -> str:
         """The event's ``Esql.outcome`` (same as the module-level :func:`outcome`)."""
         return outcome(event)

@@ -249,6 +249,10 @@ def test_match_clusters_scopes_a_detector() -> None:
     lines = b"".join(orjson.dumps(e) + b"\n" for e in raw_scan("a") + raw_scan("b"))
     assert [r.cluster for r in scan([lines], only_b).rows] == ["b"]
     assert [r.cluster for r in Rule().evaluate(events)] == ["a", "b", None]
+    # An ingest batch is asked at once (the windows' add_batch): the same answers.
+    rule_b = Rule.of(only_b)
+    assert rule_b.matches_all(events) == [rule_b.matches(e) for e in events]
+    assert rule_b.matches_all(events).count(True) == len(decoded(raw_scan("b")))
     # A filter in front of several detectors keeps what any of them could match.
     assert Matcher.union([only_b.match, MatchSpec()]).clusters is None
     assert Matcher.union([only_b.match, MatchSpec(clusters=["a"])]).clusters == {"a", "b"}

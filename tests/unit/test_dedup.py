@@ -21,7 +21,7 @@ from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.cli.main import main
 from enumwatch.controller import persistence
 from enumwatch.controller.fleet import Detectors
-from enumwatch.controller.ingest import IngestAuth, IngestServer, decode_batch
+from enumwatch.controller.ingest import IngestAuth, IngestServer, SeenKeys, decode_batch
 from enumwatch.controller.persistence import JOURNAL, PREVIOUS_JOURNAL
 from enumwatch.scan import parallel as parallel_scan
 
@@ -189,6 +189,23 @@ def test_the_kept_identities_are_bounded_and_survive_a_torn_append(
     assert store.remembered_identities() == keys[-4:]
     store._keep_identities(keys[0])
     assert store.remembered_identities() == [*keys[-3:], keys[0]]
+
+
+def test_the_ingest_forgets_the_oldest_identities_beyond_its_capacity() -> None:
+    keys = [bytes([i]) * IDENTITY_BYTES for i in range(10)]
+    one_by_one, batched = SeenKeys(capacity=4), SeenKeys(capacity=4)
+    for key in keys[:3]:
+        one_by_one.add(key)
+    one_by_one.add(keys[0])  # remembered already: keeps its place, the oldest
+    batched.add_all(keys[:3])
+    assert list(one_by_one.known) == list(batched.known) == keys[:3]
+    for key in keys[3:6]:
+        one_by_one.add(key)
+    batched.add_all(keys[3:6])  # a batch's fresh identities, at once
+    assert list(one_by_one.known) == list(batched.known) == keys[2:6]
+    assert len(batched) == 4 and keys[1] not in batched and keys[2] in batched
+    batched.add_all(keys[6:])  # more than the capacity in one batch: its last four stay
+    assert list(batched.known) == keys[6:]
 
 
 # ------------------------------------------------------------------------------ journal

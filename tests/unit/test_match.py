@@ -214,6 +214,8 @@ def test_event_fields_and_object_paths_agree(event: dict[str, Any], spec: MatchS
         assert expected is not None  # a decodable event has no field of the wrong type
         assert matcher.matches(decoded) is expected
         assert Rule(spec).matches(decoded) is expected
+        assert matcher.matches_all([decoded, decoded]) == [expected, expected]  # a batch
+        assert Rule(spec).matches_all([decoded]) == [expected]
         (fields,) = list(iter_buffer_fields([go_json(event)], DecodeStats(), _NO_PREFILTER))
         assert matcher.matches_fields(fields) is expected
         assert (fields[F_LEVEL], fields[F_USERNAME]) == (decoded.level, decoded.username)

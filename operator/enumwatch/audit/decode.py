@@ -352,7 +352,7 @@ def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
 
 class _User(msgspec.Struct, gc=False):
     username: str | None = None
-    groups: list[str] | None = None
+    groups: tuple[str, ...] | None = None  # a JSON array, read straight into the event's type
 
 
 class _ObjectRef(msgspec.Struct, gc=False):
@@ -381,7 +381,7 @@ class _Event(msgspec.Struct, gc=False):
     request_uri: str | None = msgspec.field(default=None, name="requestURI")
     verb: str | None = None
     user: _User | None = None
-    source_ips: list[str] | None = msgspec.field(default=None, name="sourceIPs")
+    source_ips: tuple[str, ...] | None = msgspec.field(default=None, name="sourceIPs")
     user_agent: str | None = msgspec.field(default=None, name="userAgent")
     object_ref: _ObjectRef | None = msgspec.field(default=None, name="objectRef")
     response_status: _ResponseStatus | None = msgspec.field(default=None, name="responseStatus")
@@ -472,7 +472,7 @@ def _fields_of(e: _Event, pinned: str | None) -> EventFields | None:
         username = None
     else:
         username = user.username
-        groups = () if user.groups is None else tuple(user.groups)
+        groups = () if user.groups is None else user.groups
     return (
         e.verb,
         e.request_uri,
@@ -484,7 +484,7 @@ def _fields_of(e: _Event, pinned: str | None) -> EventFields | None:
         username,
         groups,
         e.level,
-        () if ips is None else tuple(ips),
+        () if ips is None else ips,
         e.user_agent,
         e.audit_id,
         e.stage,

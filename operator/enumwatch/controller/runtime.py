@@ -350,8 +350,7 @@ class DetectorRuntime:
                 for event in events:
                     self.coverage.observe(event, arrival)
             return {}
-        matches = evaluator.rule.matches
-        matched = [matches(event) for event in events]
+        matched = evaluator.rule.matches_all(events)
         if self.coverage is not None:
             self.coverage.observe_batch(events, matched, arrival)
         added, undated = evaluator.added, evaluator.undated

@@ -6,7 +6,7 @@
 shape the event has reached it in:
 
 * :meth:`Matcher.matches`: a decoded :class:`~enumwatch.audit.event.AuditEvent` (the operator's
-  windows, the rule);
+  windows, the rule), and :meth:`Matcher.matches_all` for a batch of them (ingest);
 * :meth:`Matcher.matches_fields`: a decoded :data:`~enumwatch.audit.event.EventFields` tuple (an
   offline scan's fast path);
 * :meth:`Matcher.may_match_object`: a raw, not yet type-checked ``audit.k8s.io/v1`` Event object
@@ -105,6 +105,14 @@ class Matcher:
         return self.accepts(event.level, event.username) and (
             clusters is None or event.cluster in clusters
         )
+
+    def matches_all(self, events: Iterable[AuditEvent]) -> list[bool]:
+        """:meth:`matches` of each event, in order: the compiled table read in one loop (an
+        ingest batch; three calls per event cost more than the tests themselves)."""
+        accepted, clusters = self.accepted, self.clusters
+        if clusters is None:
+            return [e.username in accepted.get(e.level, ()) for e in events]
+        return [e.username in accepted.get(e.level, ()) and e.cluster in clusters for e in events]
 
     def matches_fields(self, fields: EventFields) -> bool:
         """Whether the event decoded as ``fields`` passes the ``where`` (and comes from a

@@ -1,0 +1,139 @@
+"""Split the operator's own CPU at 1,000 events/s, interval 1 s, lookback 60 s, by stage.
+
+Run: ``.venv/bin/python bench/cpu_split_bench.py [--seconds 30] [--rate 1000]``
+
+Why: ``bench/operator_bench.py --parts cpu`` measures the whole process on a shared machine
+(its figure moves by 10% from one run to the next), so a change that saves half a millisecond
+per 1,000 events cannot be seen there. This bench runs the operator's own functions in this
+process, on what that bench posts (200-event ``EventList`` bodies five times a second, events
+shaped as the apiserver writes an anonymous scan of ``SCAN_PATHS``, one of 2,000 source IPs,
+a fresh auditID each), in the order the ingest handler calls them, with a persistent state
+(the journal written) and one detector at 1s/60s ticked every simulated second; after one
+lookback to fill the window, the CPU time (``time.process_time``) of each stage over
+``--seconds`` simulated seconds, per 1,000 events: decoding (``decode_batch``: msgspec, the
+typed fields, identity, timestamps, the batch's own duplicates), de-duplication against the
+remembered identities (``fresh``, ``remember``), the journal record and its append, the
+windows' insert (``offer``: the rule's match, the cells) and the tick (``evaluate``). What it
+leaves out is the process around them: aiohttp, the ticker's Finding and status writes, the
+checkpoint, the collector (``--parts idle`` of ``operator_bench.py`` measures the fixed part).
+To compare two versions, run it with ``PYTHONPATH`` pointing at the other's ``operator/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import operator_bench  # this folder: the lists that bench posts
+
+from enumwatch.api.refs import DetectorRef
+from enumwatch.controller import ingest
+from enumwatch.controller.fleet import Detectors
+from enumwatch_devkit.operatorkit import SCAN_PATHS
+
+PER_LIST = 200  # the tailer's lists at 1,000 events/s (see operator_bench.tailer_batches)
+
+
+def template(path: str) -> dict[str, Any]:
+    """An anonymous ``list`` of ``path`` refused by RBAC, as the apiserver audits it."""
+    parts = path.strip("/").split("/")
+    ref: dict[str, Any] = {"resource": parts[-1], "apiVersion": parts[-2]}
+    if parts[0] == "apis":
+        ref["apiGroup"] = parts[1]
+    if "namespaces" in parts:
+        ref["namespace"] = parts[parts.index("namespaces") + 1]
+    kind = parts[-1] if parts[0] == "api" else f"{parts[-1]}.{parts[1]}"
+    return {
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Request",
+        "stage": "ResponseComplete",
+        "requestURI": path,
+        "verb": "list",
+        "user": {"username": "system:anonymous", "groups": ["system:unauthenticated"]},
+        "userAgent": "template-scan/1.0",
+        "objectRef": ref,
+        "responseStatus": {
+            "metadata": {},
+            "status": "Failure",
+            "message": f'{kind} is forbidden: User "system:anonymous" cannot list resource '
+            f'"{parts[-1]}" in API group "" at the cluster scope',
+            "reason": "Forbidden",
+            "details": {"kind": parts[-1]},
+            "code": 403,
+        },
+        "annotations": {
+            "authorization.k8s.io/decision": "forbid",
+            "authorization.k8s.io/reason": "",
+        },
+    }
+
+
+TEMPLATES = [template(path) for path in SCAN_PATHS]
+
+
+def main() -> int:
+    """Print each stage's CPU per 1,000 events."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--rate", type=int, default=1000)
+    args = parser.parse_args()
+    lists = max(1, args.rate // PER_LIST)
+    detectors = Detectors(Path(tempfile.mkdtemp(prefix="enumwatch-split-")) / "state")
+    runtime = detectors.get_or_create(DetectorRef("default", "bench", "uid"))
+    runtime.configure({"schedule": {"interval": "1s", "lookback": "60s"}}, 1)
+    evaluator = runtime.evaluator
+    assert evaluator is not None
+    seen = ingest.SeenKeys()
+    base = 1_800_000_000
+    cost: dict[str, float] = defaultdict(float)
+
+    async def run(first: int, count: int) -> None:
+        for s in range(first, first + count):
+            for k in range(lists):
+                raw = operator_bench.batch(TEMPLATES, PER_LIST, (s * lists + k) * PER_LIST)
+                arrival = base + s + k / lists
+                t0 = time.process_time()
+                batch = ingest.decode_batch(raw)
+                assert not isinstance(batch, str)
+                t1 = time.process_time()
+                events, keys, _ = ingest._fresh(batch, seen)
+                t2 = time.process_time()
+                detectors.commit(events, arrival)
+                t3 = time.process_time()
+                ingest._remember(seen, keys)
+                t4 = time.process_time()
+                detectors._offer(events, arrival)
+                t5 = time.process_time()
+                for name, spent in zip(
+                    ("decode", "fresh", "journal", "remember", "offer"),
+                    (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4),
+                    strict=True,
+                ):
+                    cost[name] += spent
+            t0 = time.process_time()
+            for tick in evaluator.due_ticks(base + s + 0.99):
+                await runtime.evaluate(tick)
+            cost["evaluate"] += time.process_time() - t0
+
+    asyncio.run(run(0, 60))  # fill one lookback
+    cost.clear()
+    asyncio.run(run(60, args.seconds))
+    scale = 1000 / (args.seconds * lists * PER_LIST) * 1000  # ms per 1,000 events
+    print(
+        f"stages at {lists * PER_LIST} events/s for {args.seconds} simulated s (interval 1s, "
+        f"lookback 60s, {PER_LIST}-event lists), ms CPU per 1,000 events: "
+        + "  ".join(f"{name} {spent * scale:.2f}" for name, spent in cost.items())
+        + f"  total {sum(cost.values()) * scale:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
