@@ -491,3 +491,18 @@ def test_a_batch_counts_as_its_events_one_by_one(
         )
         for tick in one.due_ticks(now - 0.5):
             _same(many.evaluate(tick), one.evaluate(tick))
+
+
+def test_only_the_count_bounds_a_group_from_above_so_a_leaving_slice_rechecks_few() -> None:
+    """A slice leaving the window marks for a recompute only the groups that fired or were at
+    documentsBelow: read from the rule's table, which has no other upper bound; a table with
+    one would make every touched group be rechecked (the oracle tests above hold either way)."""
+    from enumwatch.rule import FIRE_CONDITIONS, SATURATION, AnyOf, Comparison
+    from enumwatch.windows import FALLING_COUNTS_CANNOT_FIRE, _only_saturation_is_an_upper_bound
+
+    assert FALLING_COUNTS_CANNOT_FIRE is True
+    at_most = Comparison("request_uri_count_distinct", "<=", "distinct_request_uris_above")
+    assert _only_saturation_is_an_upper_bound((*FIRE_CONDITIONS, at_most)) is False
+    assert _only_saturation_is_an_upper_bound((SATURATION, AnyOf((at_most,)))) is False
+    assert _only_saturation_is_an_upper_bound((SATURATION,)) is True
+
