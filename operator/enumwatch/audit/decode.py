@@ -49,16 +49,13 @@ from enumwatch.audit.event import (
     DECISION_ANNOTATION,
     F_AUDIT_ID,
     F_CLUSTER,
-    F_CODE,
     F_DECISION,
-    F_GROUPS,
     F_LEVEL,
     F_MESSAGE,
     F_NAMESPACE,
     F_RECEIVED_TIMESTAMP,
     F_REQUEST_URI,
     F_RESOURCE,
-    F_SOURCE_IPS,
     F_STAGE,
     F_STAGE_TIMESTAMP,
     F_USER_AGENT,
@@ -66,7 +63,7 @@ from enumwatch.audit.event import (
     F_VERB,
     AuditEvent,
     EventFields,
-    new_event,
+    event_from_fields,
 )
 from enumwatch.audit.identity import event_identity
 from enumwatch.timefmt import read_rfc3339
@@ -322,28 +319,14 @@ def _decode_raw(
 
 def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
     """The :class:`AuditEvent` of a field tuple (its time picked and read here)."""
-    timestamp, problem = _pick_timestamp(f[F_STAGE_TIMESTAMP], f[F_RECEIVED_TIMESTAMP], elastic_ts)
-    # In EVENT_ATTRIBUTES order (test_audit checks it against AuditEvent's keywords).
-    return new_event(
-        f[F_AUDIT_ID],
-        f[F_STAGE],
-        timestamp,
-        f[F_USERNAME],
-        f[F_GROUPS],
-        f[F_LEVEL],
-        f[F_VERB],
-        f[F_REQUEST_URI],
-        f[F_RESOURCE],
-        f[F_NAMESPACE],
-        f[F_SOURCE_IPS],
-        f[F_USER_AGENT],
-        f[F_CODE],
-        f[F_MESSAGE],
-        f[F_DECISION],
-        problem,
-        f[F_CLUSTER],
-        event_identity(f),
-    )
+    stage_ts = f[F_STAGE_TIMESTAMP]
+    # The usual case first: a readable stageTimestamp is the time (as _pick_timestamp picks).
+    if stage_ts is not None:
+        timestamp = read_rfc3339(stage_ts)
+        if type(timestamp) is float:
+            return event_from_fields(f, timestamp, None, event_identity(f))
+    picked, problem = _pick_timestamp(stage_ts, f[F_RECEIVED_TIMESTAMP], elastic_ts)
+    return event_from_fields(f, picked, problem, event_identity(f))
 
 
 # --------------------------------------------------------------------------------------------
