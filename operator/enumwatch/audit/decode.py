@@ -36,7 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from itertools import repeat
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 import orjson
@@ -420,13 +421,10 @@ def _typed_event_list(raw: bytes, cluster: str | None) -> list[AuditEvent | str]
         return None
     if body.kind != "EventList":
         return None
-    results: list[AuditEvent | str] = []
-    for item in body.items:
-        fields = _fields_of(item, cluster)
-        if fields is None:
-            return None
-        results.append(_event(fields))
-    return results
+    fields = list(map(_fields_of, body.items, repeat(cluster)))
+    if None in fields:
+        return None
+    return list(map(_event, cast(list[EventFields], fields)))
 
 
 def _fields_of(e: _Event, pinned: str | None) -> EventFields | None:
