@@ -12,7 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
-from enumwatch.audit import AuditEvent, DecodeStats, decode_object, event_identity
+from enumwatch.audit import (
+    AuditEvent,
+    DecodeStats,
+    decode_event_bytes,
+    decode_object,
+    event_identity,
+)
 from enumwatch.audit.decode import iter_buffer_fields
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.controller.persistence import journal_entries, journal_record
@@ -126,6 +132,22 @@ def test_the_identity_is_the_same_in_another_process() -> None:
             env={**os.environ, "PYTHONHASHSEED": seed},
         ).stdout
         assert out.strip() == key.hex()
+
+
+def test_the_identity_is_the_one_older_operators_journaled() -> None:
+    # Pinned as the operator of 2026-12-06 (4cc7e2b) made them, with and without a cluster, on
+    # both decoding paths: the remembered and journaled identities of an older operator must
+    # still match the events decoded after an upgrade (however the digest is computed).
+    claimed = raw(
+        annotations={"authorization.k8s.io/decision": "forbid", "enumwatch.io/cluster": "prod-eu"}
+    )
+    for event, pinned in (
+        (raw(), "7e272e304d14233e6b800dc9278d85df"),
+        (claimed, "5de8edc54e9ceccff5b11ed4e435dea1"),
+    ):
+        typed = decode_event_bytes(orjson.dumps(event))
+        assert isinstance(typed, AuditEvent) and typed.identity is not None
+        assert identity_of(event) == typed.identity == bytes.fromhex(pinned)
 
 
 def test_the_identity_survives_the_journal() -> None:
