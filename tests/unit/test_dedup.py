@@ -198,14 +198,15 @@ def test_the_ingest_forgets_the_oldest_identities_beyond_its_capacity() -> None:
         one_by_one.add(key)
     one_by_one.add(keys[0])  # remembered already: keeps its place, the oldest
     batched.add_all(keys[:3])
-    assert list(one_by_one.known) == list(batched.known) == keys[:3]
+    assert list(one_by_one) == list(batched) == keys[:3]  # oldest first
     for key in keys[3:6]:
         one_by_one.add(key)
     batched.add_all(keys[3:6])  # a batch's fresh identities, at once
-    assert list(one_by_one.known) == list(batched.known) == keys[2:6]
+    assert list(one_by_one) == list(batched) == keys[2:6]
+    assert one_by_one.known == batched.known == set(keys[2:6])
     assert len(batched) == 4 and keys[1] not in batched and keys[2] in batched
     batched.add_all(keys[6:])  # more than the capacity in one batch: its last four stay
-    assert list(batched.known) == keys[6:]
+    assert list(batched) == keys[6:] and batched.known == set(keys[6:])
 
 
 # ------------------------------------------------------------------------------ journal
