@@ -67,7 +67,7 @@ from enumwatch.audit.event import (
     event_from_fields,
 )
 from enumwatch.audit.identity import event_identity
-from enumwatch.timefmt import read_rfc3339
+from enumwatch.timefmt import parse_rfc3339, read_rfc3339
 
 # Skip reasons, as counted in DecodeStats.skipped. Wrong types are "wrong_type:<field path>".
 INVALID_JSON = "invalid_json"
@@ -321,10 +321,14 @@ def _decode_raw(
 def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
     """The :class:`AuditEvent` of a field tuple (its time picked and read here)."""
     stage_ts = f[F_STAGE_TIMESTAMP]
-    # The usual case first: a readable stageTimestamp is the time (as _pick_timestamp picks).
+    # The usual case first: a readable stageTimestamp is the time (as _pick_timestamp picks);
+    # what read_rfc3339 would say of an unreadable one, _pick_timestamp asks it.
     if stage_ts is not None:
-        timestamp = read_rfc3339(stage_ts)
-        if type(timestamp) is float:
+        try:
+            timestamp = parse_rfc3339(stage_ts)
+        except (ValueError, OverflowError):
+            pass
+        else:
             return event_from_fields(f, timestamp, None, event_identity(f))
     picked, problem = _pick_timestamp(stage_ts, f[F_RECEIVED_TIMESTAMP], elastic_ts)
     return event_from_fields(f, picked, problem, event_identity(f))
