@@ -394,11 +394,12 @@ def journal_record(events: list[AuditEvent], arrival: float) -> bytes:
     with one ``attrgetter`` and rendering lists of them costs a third of a dict and a dump per
     event.
 
-    The values are rendered :data:`JOURNAL_CHUNK` events per call and joined into the one line
-    (the same bytes as one dump of the whole): a single call over a 100k-event batch held the
-    interpreter for a tenth of a second, from the worker thread that writes the journal, and
-    the event loop (``/healthz``) with it."""
-    if len(events) <= JOURNAL_CHUNK:  # the usual batch: one call, no copies to join
+    A batch of up to :data:`JOURNAL_CHUNK` events (an ingest body of the tailer's, the
+    webhook's) is rendered in one call; a larger one :data:`JOURNAL_CHUNK` events per call,
+    joined into the one line (the same bytes as one dump of the whole): a single call over a
+    100k-event batch held the interpreter for a tenth of a second, from the worker thread that
+    writes the journal, and the event loop (``/healthz``) with it."""
+    if len(events) <= JOURNAL_CHUNK:  # no chunks to copy and join
         return orjson.dumps(
             {
                 "arrival": arrival,
