@@ -762,10 +762,15 @@ def event_values(event: AuditEvent, by_address: bool = False) -> tuple[Any, ...]
     values, its outcome index and, grouped by address, its user agent: the tuple
     :func:`group_row` is fed (one per document)."""
     aggregated = aggregated_values(event)
-    outcome = _outcome_of(aggregated[F_DECISION], aggregated[F_CODE])
+    # Two tuples joined: a tuple built of the values unpacked cost a tenth more.
+    outcome = _OUTCOME_TAILS[_outcome_of(aggregated[F_DECISION], aggregated[F_CODE])]
     if by_address:
-        return (*aggregated, outcome, event.user_agent)
-    return (*aggregated, outcome)
+        return aggregated + outcome + (event.user_agent,)
+    return aggregated + outcome
+
+
+#: Each outcome index as a tuple of one, what :func:`event_values` ends with.
+_OUTCOME_TAILS = tuple((index,) for index in range(len(OUTCOMES)))
 
 
 def sort_rows(rows: list[Row]) -> list[Row]:

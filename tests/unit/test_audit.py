@@ -23,7 +23,7 @@ from enumwatch.audit import (
     iter_events,
 )
 from enumwatch.audit.decode import decode_event_bytes
-from enumwatch.audit.event import EVENT_ATTRIBUTES, FIELD_NAMES, new_event
+from enumwatch.audit.event import EVENT_ATTRIBUTES, FIELD_NAMES, event_from_fields
 from enumwatch.match import Matcher, Prefilter
 from enumwatch.rule import Rule
 from enumwatch_devkit.corpus import (
@@ -91,7 +91,7 @@ def test_raw_event() -> None:
 
 def test_every_field_lands_in_its_attribute_on_both_paths() -> None:
     # Distinct values everywhere (a cluster, an unreadable stage time): a field set into the
-    # wrong attribute by new_event's positional order would show.
+    # wrong attribute by event_from_fields' order would show.
     changed = raw(stageTimestamp="2024-05-01T25:00:00Z", requestReceivedTimestamp="bad")
     changed["annotations"]["enumwatch.io/cluster"] = "prod-eu"
     expected = replace(EXPECTED, timestamp=None, timestamp_error="out_of_range", cluster="prod-eu")
@@ -105,18 +105,26 @@ def test_every_field_lands_in_its_attribute_on_both_paths() -> None:
     } | {"identity": generic.identity}
 
 
-def test_new_event_is_the_dataclass_of_its_keywords_and_as_frozen() -> None:
-    values = (
-        "id", "stage", 1.5, "user", ("g",), "Request", "get", "/u", "pods", "ns", ("1.2.3.4",),
-        "ua", 403, "msg", "forbid", "malformed", "prod", b"\x01" * 16,
+def test_event_from_fields_is_the_dataclass_of_its_keywords_and_as_frozen() -> None:
+    fields = (
+        "get", "/u", "pods", "forbid", 403, "msg", "ns", "user", ("g",), "Request", ("1.2.3.4",),
+        "ua", "id", "stage", "2024-05-01T00:00:00Z", "2024-05-01T00:00:01Z", "prod",
     )  # fmt: skip
-    made = new_event(*values)
-    assert made == AuditEvent(**dict(zip(EVENT_ATTRIBUTES, values, strict=True)))
-    assert made.identity == b"\x01" * 16
+    made = event_from_fields(fields, 1.5, "malformed", b"\x01" * 16)
+    named = dict(zip(FIELD_NAMES, fields, strict=True))
+    del named["stage_timestamp"], named["received_timestamp"]
+    expected = AuditEvent(
+        **named, timestamp=1.5, timestamp_error="malformed", identity=b"\x01" * 16
+    )
+    assert type(made) is AuditEvent
+    assert made == expected and hash(made) == hash(expected)
+    assert {name: getattr(made, name) for name in EVENT_ATTRIBUTES} == {
+        name: getattr(expected, name) for name in EVENT_ATTRIBUTES
+    }
     with pytest.raises(FrozenInstanceError):
         made.verb = "list"  # type: ignore[misc]
     with pytest.raises(ValueError):
-        new_event(*values[:-1])  # every attribute, or none
+        event_from_fields(fields[:-1], 1.5, None, None)  # every field, or none
 
 
 def test_event_without_kind_is_still_an_event() -> None:

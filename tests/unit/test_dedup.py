@@ -198,14 +198,15 @@ def test_the_ingest_forgets_the_oldest_identities_beyond_its_capacity() -> None:
         one_by_one.add(key)
     one_by_one.add(keys[0])  # remembered already: keeps its place, the oldest
     batched.add_all(keys[:3])
-    assert list(one_by_one.known) == list(batched.known) == keys[:3]
+    assert list(one_by_one) == list(batched) == keys[:3]  # oldest first
     for key in keys[3:6]:
         one_by_one.add(key)
     batched.add_all(keys[3:6])  # a batch's fresh identities, at once
-    assert list(one_by_one.known) == list(batched.known) == keys[2:6]
+    assert list(one_by_one) == list(batched) == keys[2:6]
+    assert one_by_one.known == batched.known == set(keys[2:6])
     assert len(batched) == 4 and keys[1] not in batched and keys[2] in batched
     batched.add_all(keys[6:])  # more than the capacity in one batch: its last four stay
-    assert list(batched.known) == keys[6:]
+    assert list(batched) == keys[6:] and batched.known == set(keys[6:])
 
 
 # ------------------------------------------------------------------------------ journal
@@ -230,6 +231,35 @@ def test_an_event_journaled_twice_is_replayed_once(tmp_path: Path) -> None:
     records = [orjson.loads(line) for line in (tmp_path / JOURNAL).read_bytes().splitlines()]
     assert [len(record["events"]) for record in records] == [8, 3]  # a line per batch
     assert restored(tmp_path) == 8
+
+
+def test_a_journal_of_the_previous_shape_is_replayed_and_remembered_after_an_upgrade(
+    tmp_path: Path,
+) -> None:
+    """A journal line as the operator of 4cc7e2b wrote every batch (each identity in hex among
+    its event's values), then one of this version (the identities once, apart): after the
+    restart both are replayed, a retry journaled in both counts once, and every identity is
+    remembered, so that a sender's retry of either is a duplicate."""
+    from enumwatch.audit.event import EVENT_ATTRIBUTES
+    from enumwatch.controller.persistence import StateStore
+
+    events = [decoded(request(i)) for i in range(8)]
+    previous = orjson.dumps(
+        {
+            "arrival": ARRIVAL,
+            "attributes": EVENT_ATTRIBUTES,
+            "events": [[getattr(e, name) for name in EVENT_ATTRIBUTES] for e in events[:5]],
+        },
+        default=lambda value: value.hex(),
+    )
+    (tmp_path / JOURNAL).write_bytes(previous + b"\n")
+    detectors = Detectors(tmp_path)
+    detectors.commit(events[3:], ARRIVAL + 1)  # 3 and 4 again: a retry after the upgrade
+    records = [orjson.loads(line) for line in (tmp_path / JOURNAL).read_bytes().splitlines()]
+    assert ["identities" in record for record in records] == [False, True]
+    assert restored(tmp_path) == 8
+    remembered = StateStore(tmp_path).remembered_identities()
+    assert remembered == [e.identity for e in events[:5]] + [e.identity for e in events[3:]]
 
 
 def test_a_crash_between_the_checkpoint_and_dropping_its_journal_counts_once(

@@ -7,12 +7,19 @@ import copy
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 
-from enumwatch.audit import AuditEvent, DecodeStats, decode_object, event_identity
+from enumwatch.audit import (
+    AuditEvent,
+    DecodeStats,
+    decode_event_bytes,
+    decode_object,
+    event_identity,
+)
 from enumwatch.audit.decode import iter_buffer_fields
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.controller.persistence import journal_entries, journal_record
@@ -41,6 +48,13 @@ def raw(**changes: Any) -> dict[str, Any]:
     }
     event.update(changes)
     return event
+
+
+def decoded(event: dict[str, Any]) -> AuditEvent:
+    """The event decoded, with its identity."""
+    result = decode_object(event)
+    assert isinstance(result, AuditEvent) and result.identity is not None
+    return result
 
 
 def identity_of(event: dict[str, Any]) -> bytes | None:
@@ -128,6 +142,22 @@ def test_the_identity_is_the_same_in_another_process() -> None:
         assert out.strip() == key.hex()
 
 
+def test_the_identity_is_the_one_older_operators_journaled() -> None:
+    # Pinned as the operator of 2026-12-06 (4cc7e2b) made them, with and without a cluster, on
+    # both decoding paths: the remembered and journaled identities of an older operator must
+    # still match the events decoded after an upgrade (however the digest is computed).
+    claimed = raw(
+        annotations={"authorization.k8s.io/decision": "forbid", "enumwatch.io/cluster": "prod-eu"}
+    )
+    for event, pinned in (
+        (raw(), "7e272e304d14233e6b800dc9278d85df"),
+        (claimed, "5de8edc54e9ceccff5b11ed4e435dea1"),
+    ):
+        typed = decode_event_bytes(orjson.dumps(event))
+        assert isinstance(typed, AuditEvent) and typed.identity is not None
+        assert identity_of(event) == typed.identity == bytes.fromhex(pinned)
+
+
 def test_the_identity_survives_the_journal() -> None:
     event = decode_object(raw())
     assert isinstance(event, AuditEvent) and event.identity is not None
@@ -147,13 +177,65 @@ def test_a_large_batch_is_journaled_as_the_one_line_a_single_dump_would_write() 
     events = []
     for n in range(2 * JOURNAL_CHUNK + 7):
         event = decode_object(raw(auditID=f"id-{n}", requestURI=f"/api/v1/n{n}"))
-        assert isinstance(event, AuditEvent)
+        assert isinstance(event, AuditEvent) and event.identity is not None
         events.append(event)
-    values = attrgetter(*EVENT_ATTRIBUTES)
+    names = tuple(name for name in EVENT_ATTRIBUTES if name != "identity")
+    values = attrgetter(*names)
     whole = orjson.dumps(
-        {"arrival": 7.5, "attributes": EVENT_ATTRIBUTES, "events": [values(e) for e in events]},
-        default=lambda value: value.hex(),
+        {
+            "arrival": 7.5,
+            "attributes": names,
+            "identities": "".join(e.identity.hex() for e in events if e.identity is not None),
+            "events": [values(e) for e in events],
+        }
     )
     line = journal_record(events, 7.5)
     assert line == whole + b"\n"
     assert [back for back, _ in journal_entries(orjson.loads(line))] == events
+    # With an event without an identity, each identity is among its event's values (the shape
+    # of the lines before), chunked the same way.
+    events[JOURNAL_CHUNK + 3] = replace(events[JOURNAL_CHUNK + 3], audit_id=None, identity=None)
+    whole = orjson.dumps(
+        {
+            "arrival": 7.5,
+            "attributes": EVENT_ATTRIBUTES,
+            "events": [attrgetter(*EVENT_ATTRIBUTES)(e) for e in events],
+        },
+        default=lambda value: value.hex(),
+    )
+    line = journal_record(events, 7.5)
+    assert line == whole + b"\n"
+    back = [event for event, _ in journal_entries(orjson.loads(line))]
+    assert back == events and [e.identity for e in back] == [e.identity for e in events]
+
+
+def test_a_journal_line_of_the_previous_shape_is_read_with_its_identities() -> None:
+    # What the operator of 4cc7e2b journaled for every batch: each identity in hex among its
+    # event's values. An upgraded operator replays it with the same events and identities.
+    from enumwatch.audit.event import EVENT_ATTRIBUTES
+
+    events = [decoded(raw(auditID=f"id-{n}")) for n in range(3)]
+    previous = orjson.dumps(
+        {
+            "arrival": 42.0,
+            "attributes": EVENT_ATTRIBUTES,
+            "events": [[getattr(e, name) for name in EVENT_ATTRIBUTES] for e in events],
+        },
+        default=lambda value: value.hex(),
+    )
+    entries = journal_entries(orjson.loads(previous))
+    assert entries == [(e, 42.0) for e in events]
+    assert [e.identity for e, _ in entries] == [e.identity for e in events]
+    # The new shape of the same batch: the identities once, apart from the values.
+    line = orjson.loads(journal_record(events, 42.0))
+    assert "identity" not in line["attributes"]
+    assert line["identities"] == b"".join(e.identity or b"" for e in events).hex()
+    assert journal_entries(line) == entries
+
+
+def test_a_journal_line_whose_identities_do_not_match_its_events_is_refused_whole() -> None:
+    events = [decoded(raw(auditID=f"id-{n}")) for n in range(2)]
+    line = orjson.loads(journal_record(events, 42.0))
+    for identities in (line["identities"][:-2], line["identities"] + "00", None, "zz" * 32):
+        with pytest.raises((ValueError, TypeError)):
+            journal_entries(line | {"identities": identities})

@@ -36,7 +36,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from itertools import repeat
+from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 import orjson
@@ -49,16 +50,13 @@ from enumwatch.audit.event import (
     DECISION_ANNOTATION,
     F_AUDIT_ID,
     F_CLUSTER,
-    F_CODE,
     F_DECISION,
-    F_GROUPS,
     F_LEVEL,
     F_MESSAGE,
     F_NAMESPACE,
     F_RECEIVED_TIMESTAMP,
     F_REQUEST_URI,
     F_RESOURCE,
-    F_SOURCE_IPS,
     F_STAGE,
     F_STAGE_TIMESTAMP,
     F_USER_AGENT,
@@ -66,10 +64,10 @@ from enumwatch.audit.event import (
     F_VERB,
     AuditEvent,
     EventFields,
-    new_event,
+    event_from_fields,
 )
 from enumwatch.audit.identity import event_identity
-from enumwatch.timefmt import read_rfc3339
+from enumwatch.timefmt import parse_rfc3339, read_rfc3339
 
 # Skip reasons, as counted in DecodeStats.skipped. Wrong types are "wrong_type:<field path>".
 INVALID_JSON = "invalid_json"
@@ -322,28 +320,18 @@ def _decode_raw(
 
 def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
     """The :class:`AuditEvent` of a field tuple (its time picked and read here)."""
-    timestamp, problem = _pick_timestamp(f[F_STAGE_TIMESTAMP], f[F_RECEIVED_TIMESTAMP], elastic_ts)
-    # In EVENT_ATTRIBUTES order (test_audit checks it against AuditEvent's keywords).
-    return new_event(
-        f[F_AUDIT_ID],
-        f[F_STAGE],
-        timestamp,
-        f[F_USERNAME],
-        f[F_GROUPS],
-        f[F_LEVEL],
-        f[F_VERB],
-        f[F_REQUEST_URI],
-        f[F_RESOURCE],
-        f[F_NAMESPACE],
-        f[F_SOURCE_IPS],
-        f[F_USER_AGENT],
-        f[F_CODE],
-        f[F_MESSAGE],
-        f[F_DECISION],
-        problem,
-        f[F_CLUSTER],
-        event_identity(f),
-    )
+    stage_ts = f[F_STAGE_TIMESTAMP]
+    # The usual case first: a readable stageTimestamp is the time (as _pick_timestamp picks);
+    # what read_rfc3339 would say of an unreadable one, _pick_timestamp asks it.
+    if stage_ts is not None:
+        try:
+            timestamp = parse_rfc3339(stage_ts)
+        except (ValueError, OverflowError):
+            pass
+        else:
+            return event_from_fields(f, timestamp, None, event_identity(f))
+    picked, problem = _pick_timestamp(stage_ts, f[F_RECEIVED_TIMESTAMP], elastic_ts)
+    return event_from_fields(f, picked, problem, event_identity(f))
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,13 +425,10 @@ def _typed_event_list(raw: bytes, cluster: str | None) -> list[AuditEvent | str]
         return None
     if body.kind != "EventList":
         return None
-    results: list[AuditEvent | str] = []
-    for item in body.items:
-        fields = _fields_of(item, cluster)
-        if fields is None:
-            return None
-        results.append(_event(fields))
-    return results
+    fields = list(map(_fields_of, body.items, repeat(cluster)))
+    if None in fields:
+        return None
+    return list(map(_event, cast(list[EventFields], fields)))
 
 
 def _fields_of(e: _Event, pinned: str | None) -> EventFields | None:

@@ -60,4 +60,12 @@ def event_identity(fields: EventFields) -> Identity | None:
     if not fields[F_AUDIT_ID]:
         return None
     hashed = fields if fields[F_CLUSTER] is not None else fields[:F_CLUSTER]
-    return blake2b(orjson.dumps(hashed), digest_size=IDENTITY_BYTES).digest()
+    digest = _UNKEYED.copy()
+    digest.update(orjson.dumps(hashed))
+    return digest.digest()
+
+
+#: BLAKE2b-128 with nothing hashed yet: each identity starts from a copy of it, the same state
+#: as ``blake2b(digest_size=IDENTITY_BYTES)`` (so the same digests) without parsing the
+#: parameters again for every event (a tenth of an identity's time).
+_UNKEYED = blake2b(digest_size=IDENTITY_BYTES)

@@ -28,9 +28,11 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from operator import attrgetter
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
@@ -183,6 +185,14 @@ def batch_of(
     malformed."""
     if isinstance(decoded, str):
         return decoded
+    # The usual body, decided in C: every item an event, none claiming a reserved cluster,
+    # each identity once; anything else is sorted out event by event below.
+    if str not in map(type, decoded) and (
+        cluster is not None or not reserved or reserved.isdisjoint(map(_CLUSTER, decoded))
+    ):
+        identities = list(map(_IDENTITY, decoded))
+        if None not in identities and len(set(identities)) == len(identities):
+            return DecodedBatch(cast(list[AuditEvent], decoded), 0, {})
     events: list[AuditEvent] = []
     keys: set[Identity] = set()
     duplicates = 0
@@ -204,6 +214,10 @@ def batch_of(
     return DecodedBatch(events, duplicates, skipped)
 
 
+_IDENTITY = attrgetter("identity")
+_CLUSTER = attrgetter("cluster")
+
+
 def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
     """How many of ``events`` carry a timestamp that could not be read, by reason."""
     counts: dict[str, int] = {}
@@ -217,10 +231,15 @@ def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
 def _fresh(batch: DecodedBatch, seen: SeenKeys) -> tuple[list[AuditEvent], list[Identity], int]:
     """The batch's events not ingested before, their identities, and how many were
     duplicates (within the batch, or of earlier ones)."""
+    known = seen.known  # the mapping itself: a method call per event cost as much as the test
+    identities = list(map(_IDENTITY, batch.events))
+    if None not in identities and known.isdisjoint(identities):
+        # The usual batch, decided in C: every event has an identity, none seen before. A copy
+        # of the list: a large batch's own is emptied in steps (see IngestServer._take).
+        return batch.events[:], cast(list[Identity], identities), batch.duplicates
     events: list[AuditEvent] = []
     keys: list[Identity] = []
     duplicates = batch.duplicates
-    known = seen.known  # the mapping itself: a method call per event cost as much as the test
     for event in batch.events:
         key = event.identity
         if key is not None:
@@ -241,15 +260,17 @@ class SeenKeys:
 
     Bounded by count (``capacity`` identities of 16 bytes), so a flood of distinct events
     cannot grow it; an identity forgotten this way is one whose redelivery would come after
-    ``capacity`` newer events, far longer than any sender retries. A dict to test and a queue of
-    the same keys in the order they came: 21.9 MB at the default with the keys, as
-    ``bench/dedup_bench.py`` measures it, where an ``OrderedDict`` took 31 MB and, its entries
-    linked, twice the time to add a batch's keys (``bench/cpu_split_bench.py``).
+    ``capacity`` newer events, far longer than any sender retries. A set to test and a queue of
+    the same keys in the order they came. A set rather than a dict: each test of a batch's
+    identities against 200,000 remembered ones is a cache miss, and a set's entries are its
+    table (a dict reads an index, then an entry), which made the test and the add a third
+    cheaper (``bench/cpu_split_bench.py``); ``bench/dedup_bench.py`` measures its memory
+    (an ``OrderedDict`` took 31 MB and, its entries linked, twice the time to add).
     """
 
     def __init__(self, capacity: int = REMEMBERED_IDENTITIES) -> None:
         self.capacity = capacity
-        self._keys: dict[Identity, None] = {}
+        self._keys: set[Identity] = set()
         self._order: deque[Identity] = deque()
 
     def __contains__(self, key: object) -> bool:
@@ -258,8 +279,12 @@ class SeenKeys:
     def __len__(self) -> int:
         return len(self._keys)
 
+    def __iter__(self) -> Iterator[Identity]:
+        """The remembered identities, oldest first (the next to be forgotten first)."""
+        return iter(self._order)
+
     @property
-    def known(self) -> Mapping[Identity, None]:
+    def known(self) -> AbstractSet[Identity]:
         """The remembered identities (read only: :meth:`add` and :meth:`add_all` write)."""
         return self._keys
 
@@ -267,19 +292,19 @@ class SeenKeys:
         """Record ``key`` (once its batch is committed), forgetting the oldest beyond capacity;
         a key remembered already keeps its place."""
         if key not in self._keys:
-            self._keys[key] = None
+            self._keys.add(key)
             self._order.append(key)
             if len(self._order) > self.capacity:
-                del self._keys[self._order.popleft()]
+                self._keys.remove(self._order.popleft())
 
     def add_all(self, keys: Collection[Identity]) -> None:
         """Record ``keys``, none of them remembered yet and each once (a batch's fresh
         identities, see :func:`_fresh`): :meth:`add` of each in order, in one update."""
         remembered, order = self._keys, self._order
-        remembered.update(dict.fromkeys(keys))
+        remembered.update(keys)
         order.extend(keys)
         for _ in range(len(order) - self.capacity):
-            del remembered[order.popleft()]
+            remembered.remove(order.popleft())
 
 
 class TokenBucket:
