@@ -103,13 +103,17 @@ def _in(minutes: float) -> str:
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-async def _username(credentials: Credentials) -> str:
-    """Who the API server takes these credentials for."""
+async def _username(credentials: Credentials, *, plain: bool = False) -> str:
+    """Who the API server takes these credentials for (``plain``: asked with
+    ``KubeApi.request``, the path of the writes made at every tick, rather than ``call``)."""
+    review_body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
     async with KubeApi(credentials) as api:
-        review = await api.call(
-            api.authn.create_self_subject_review,
-            {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
-        )
+        if plain:
+            review = await api.request(
+                "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", review_body
+            )
+        else:
+            review = await api.call(api.authn.create_self_subject_review, review_body)
     username: str = review["status"]["userInfo"]["username"]
     return username
 
@@ -138,15 +142,16 @@ async def test_an_exec_plugin_authenticates_the_client_as_it_does_kubectl(
     assert json.loads(whoami.stdout)["status"]["userInfo"]["username"] == ADMIN_USER
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["call", "request"])
 async def test_a_rejected_exec_token_runs_the_plugin_again_and_the_request_is_retried(
-    control_plane: ControlPlane, tmp_path: Path
+    control_plane: ControlPlane, tmp_path: Path, plain: bool
 ) -> None:
     plugin = ExecPlugin(
         control_plane, tmp_path, tokens=["revoked-token", control_plane.admin_token]
     )
     credentials = await load_credentials(str(plugin.kubeconfig))
     assert credentials.bearer() == "revoked-token"
-    assert await _username(credentials) == ADMIN_USER
+    assert await _username(credentials, plain=plain) == ADMIN_USER
     assert len(plugin.calls) == 2
     assert credentials.bearer() == control_plane.admin_token
 

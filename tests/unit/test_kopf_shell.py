@@ -107,6 +107,54 @@ def test_the_memory_storages_keep_and_forget_per_object() -> None:
     assert operator.progress.fetch(key="configure", body=body) is None
 
 
+class _KopfDiffBase(kopf.DiffBaseStorage):
+    """kopf's own essence (its ``build``), to compare the memory storage's with."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
+def test_the_memory_diffbase_builds_the_essence_kopf_builds() -> None:
+    """Built without copying the status and the metadata kopf drops: the same essence."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EnumerationDetector",
+        "metadata": {
+            "name": "d",
+            "namespace": "ns",
+            "uid": "u",
+            "generation": 3,
+            "labels": {"team": "sec"},
+            "annotations": {
+                "note": "kept",
+                "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                "kopf.zalando.org/last-handled-configuration": "{}",
+                "kopf.zalando.org/touch-dummy": "x",
+            },
+            "managedFields": [{"manager": "enumwatch", "fieldsV1": {"f:status": {}}}],
+        },
+        "spec": {"schedule": {"interval": "1s"}, "exceptions": [{"name": "a"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}], "eventsSeen": 5},
+    }
+    mine = _operator().diffbase
+    for fields in (None, [("spec",)], ["spec.schedule"], [("status", "eventsSeen")],
+                   ["metadata.generation"], [("spec",), ("status", "conditions")]):
+        for variant in (body, {k: v for k, v in body.items() if k != "status"}):
+            seen = kopf.Body(cast(kopf.RawBody, variant))
+            ours = mine.build(body=seen, extra_fields=fields)
+            assert ours == _KopfDiffBase().build(body=seen, extra_fields=fields), fields
+    assert mine.build(body=kopf.Body(cast(kopf.RawBody, body))) == {
+        "spec": body["spec"],
+        "metadata": {"labels": {"team": "sec"}, "annotations": {"note": "kept"}},
+    }
+    built = mine.build(body=kopf.Body(cast(kopf.RawBody, body)))
+    built["spec"]["exceptions"][0]["name"] = "changed"  # a copy: the body stays as it was
+    assert body["spec"]["exceptions"] == [{"name": "a"}]
+
+
 def test_namespace_flags_filter_detectors_not_kopf() -> None:
     everywhere, some = DetectorScope(), DetectorScope(["a", "b"])
     assert everywhere.handles(namespace="z")

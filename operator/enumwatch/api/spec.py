@@ -9,6 +9,7 @@ the snake_case attributes. Defaults are the seed rule's values, so ``spec: {}`` 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import re
 from collections.abc import Callable
@@ -875,6 +876,14 @@ class DetectorSpec(_Model):
         rule runs, not what it detects). Reported in ``status.seedDeviations``, so a detector
         that deviates on purpose (the managed-cluster overlays count Metadata) says so where its
         Findings are read."""
+        return list(self._seed_deviations)
+
+    @functools.cached_property
+    def _seed_deviations(self) -> tuple[str, ...]:
+        """:meth:`seed_deviations`, computed once per spec object: the status reads it at every
+        tick, and building the seed's spec to compare with cost half a millisecond a call
+        (issue 22). The spec is frozen, and the cache is not a field (not dumped, not
+        compared)."""
         seed = DetectorSpec()
         lines: list[str] = []
         for section in ("match", "thresholds"):
@@ -897,7 +906,7 @@ class DetectorSpec(_Model):
         if self.exceptions:
             names = ", ".join(e.name for e in self.exceptions)
             lines.append(f"exceptions: {names} (seed: none)")
-        return lines
+        return tuple(lines)
 
     match: MatchSpec = Field(
         default_factory=MatchSpec, description="Which audit events are considered."

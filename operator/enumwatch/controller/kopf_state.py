@@ -10,9 +10,22 @@ configuring a detector is idempotent per generation; its window comes from ``--s
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import kopf
+
+#: What kopf's essence drops of a body (:meth:`kopf.DiffBaseStorage.build`), but the
+#: metadata's :data:`_KEPT_METADATA`.
+_DROPPED = ("metadata", "status")
+_KEPT_METADATA = ("labels", "annotations")
+
+
+def _top(field: kopf.FieldSpec) -> str:
+    """The top-level key of a kopf field (``"status.x"`` or ``("status", "x")``)."""
+    if isinstance(field, str):
+        return field.split(".", 1)[0]
+    return field[0] if field else ""
 
 
 class MemoryDiffBase(kopf.DiffBaseStorage):
@@ -21,6 +34,22 @@ class MemoryDiffBase(kopf.DiffBaseStorage):
     def __init__(self) -> None:
         super().__init__()
         self.essences: dict[str, kopf.BodyEssence] = {}
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None
+    ) -> kopf.BodyEssence:
+        """kopf's essence of ``body``, built from the body without what kopf drops anyway (the
+        status, the metadata but its labels and annotations) unless a handler's field is there.
+
+        kopf deep-copies the whole body first: the status and the managedFields were most of
+        the work of each watch event the operator's own status writes cause (issue 22)."""
+        fields = list(extra_fields or ())
+        if any(_top(field) in _DROPPED for field in fields):
+            return super().build(body=body, extra_fields=fields)
+        metadata = body.get("metadata") or {}
+        trimmed = {key: value for key, value in body.items() if key not in _DROPPED}
+        trimmed["metadata"] = {key: metadata[key] for key in _KEPT_METADATA if key in metadata}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, trimmed)), extra_fields=fields)
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return self.essences.get(body.metadata.uid or "")

@@ -19,7 +19,7 @@ from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
 from enumwatch.api.spec import format_duration
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.exception_list import spoofable
-from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi
+from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi, object_path
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.rbac_posture import REASON_FOUND, describe, verdict
 from enumwatch.sink.findings import FindingSink
@@ -64,6 +64,14 @@ class StatusReporter:
     ) -> Condition:
         """A condition whose lastTransitionTime moves only when its status changes."""
         previous = next((c for c in runtime.conditions if c.type == type_), None)
+        if (
+            previous is not None
+            and previous.status == status
+            and previous.reason == reason
+            and previous.message == message
+            and previous.observed_generation == runtime.generation
+        ):
+            return previous  # the same condition: not built (and validated) again every tick
         since = (
             previous.last_transition_time
             if previous is not None and previous.status == status
@@ -274,27 +282,32 @@ class StatusReporter:
         )
 
     @staticmethod
-    def _significant(status: DetectorStatus) -> object:
+    def _significant(runtime: DetectorRuntime, posture: Posture | None) -> object:
         """What a status write carries as soon as it changes: the generation, each condition's
         status and reason, the Findings created and their count, the backlog, write errors,
         the tick's failed steps, what was shed, the posture. The rest (events seen, window
         sizes, Findings updated, lastEvaluation, conditions' messages) moves with every event
-        or tick and is written at most every ``every`` seconds."""
+        or tick and is written at most every ``every`` seconds.
+
+        Read from the runtime, as :meth:`body` puts each into the status, not from a built
+        :class:`DetectorStatus`: most ticks write nothing, and building (and dumping) the
+        model at every tick was a fixed cost of the idle operator (issue 22)."""
+        evaluator, spec = runtime.evaluator, runtime.spec
         return (
-            status.observed_generation,
-            tuple((c.type, c.status, c.reason) for c in status.conditions),
-            status.findings,
-            status.findings_created,
-            status.findings_capped,
-            status.findings_backlog,
-            status.findings_dropped,
-            status.findings_write_errors,
-            status.rows_excepted,
-            tuple(sorted(status.tick_errors.items())),
-            tuple(sorted(status.window_shed.items())),
-            tuple(sorted(status.events_undated.items())),
-            tuple(status.seed_deviations),
-            status.posture,
+            runtime.generation,
+            tuple((c.type, c.status, c.reason) for c in runtime.conditions),
+            runtime.findings,
+            runtime.findings_created,
+            runtime.findings_capped,
+            len(runtime.pending),
+            runtime.findings_dropped,
+            runtime.findings_write_errors,
+            runtime.rows_excepted,
+            tuple(sorted(runtime.step_errors.items())),
+            tuple(sorted(evaluator.shed.items())) if evaluator is not None else (),
+            tuple(sorted(runtime.undated.items())),
+            tuple(spec.seed_deviations()) if spec is not None else (),
+            posture,
         )
 
     async def patch(self, runtime: DetectorRuntime, *, force: bool = True) -> None:
@@ -312,15 +325,18 @@ class StatusReporter:
         if status is None:
             return
         try:
-            await self.client.call(
-                self.client.custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                runtime.ref.namespace,
-                DETECTOR_PLURAL,
-                runtime.ref.name,
+            await self.client.request(
+                "PATCH",
+                object_path(
+                    GROUP,
+                    VERSION,
+                    runtime.ref.namespace,
+                    DETECTOR_PLURAL,
+                    runtime.ref.name,
+                    "status",
+                ),
                 {"status": status},
-                _content_type="application/merge-patch+json",
+                content_type="application/merge-patch+json",
             )
         except ApiError as exc:
             runtime.status_lost()  # not written: the next call writes
@@ -343,6 +359,15 @@ class StatusReporter:
         if runtime.spec is not None and self._count_due(runtime, now):
             with contextlib.suppress(*CALL_ERRORS):  # the count of the last patch stays
                 runtime.counted_findings(await self.sink.count(runtime.ref), now)
+        significant = self._significant(runtime, posture)
+        written = runtime.status_written
+        if (
+            not force
+            and written is not None
+            and written[0] == significant
+            and now - written[1] < self.every
+        ):
+            return None
         status = DetectorStatus(
             observedGeneration=runtime.generation,
             conditions=runtime.conditions,
@@ -373,14 +398,5 @@ class StatusReporter:
             seedDeviations=runtime.spec.seed_deviations() if runtime.spec is not None else [],
             posture=posture,
         )
-        significant = self._significant(status)
-        written = runtime.status_written
-        if (
-            not force
-            and written is not None
-            and written[0] == significant
-            and now - written[1] < self.every
-        ):
-            return None
         runtime.status_sent(significant, now)
         return status.model_dump(by_alias=True, exclude_none=True, mode="json")
