@@ -18,11 +18,14 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
    times a second at 1,000 events/s). The figure is the steady state: the same load is posted for
    ``--fill`` seconds first (default 60, the detector's lookback), so that the window is full and
    every second a slice leaves it as one enters, the remembered identities and the checkpoint at
-   their full size. Until issue 22's fifth CPU round the bench measured the first 20 s after
-   start, a window filling up with nothing leaving it: 30.5 ms there against 35-37 ms in the
-   steady state, on the same operator. Until issue 22's third CPU round it opened a new
-   connection for each of ten lists a second, a cost (accept, close, a request's parsing) the
-   tailer does not make the operator pay; ``--new-connections`` still measures that way.
+   their full size. Then ``--rounds`` windows of ``--seconds`` (default 3 of 20 s) are measured
+   one after the other, each printed with its user and system time, and their median: one 20 s
+   window moves by 10% from one run to the next on this machine. Until issue 22's fifth CPU
+   round the bench measured the first 20 s after start, a window filling up with nothing
+   leaving it: 30.5 ms there against 35-37 ms in the steady state, on the same operator. Until
+   issue 22's third CPU round it opened a new connection for each of ten lists a second, a cost
+   (accept, close, a request's parsing) the tailer does not make the operator pay;
+   ``--new-connections`` still measures that way.
 3. Peak ingest throughput: the same events posted as fast as one client can.
 4. ``idle`` (not in the default parts): the operator's CPU for ``--seconds`` with nothing
    posted (the detector still ticking every 1 s, its one firing group's Finding patched at
@@ -67,9 +70,15 @@ DETECTOR = {
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, in seconds."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process, in seconds: the interpreter's own work, and the kernel's on
+    its behalf (reads, writes, page faults)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def scan(cp: controlplane.ControlPlane, agent: str) -> float:
@@ -315,6 +324,14 @@ def main() -> int:
         "the window is full (default 60, the lookback; 0 measures a window filling up)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="--parts cpu: measure this many --seconds windows one after the other (after the "
+        "fill) and print each and their median (default 3: one 20 s window moves by 10%% "
+        "from one run to the next on this shared machine)",
+    )
+    parser.add_argument(
         "--parts",
         default="latency,cpu,throughput",
         help="comma-separated measurements to run (default: all three)",
@@ -370,27 +387,41 @@ def main() -> int:
         if "cpu" in parts:
             if args.fill > 0:  # the steady state: a full window, slices leaving it
                 measure_cpu(stack.operator_url, token, pid, tmpl, args.rate, args.fill)
-            cores, sent = measure_cpu(
-                stack.operator_url,
-                token,
-                pid,
-                tmpl,
-                args.rate,
-                args.seconds,
-                args.new_connections,
-            )
             per_batch, period = tailer_batches(args.rate)
             client = (
                 "10 lists/s, each on a new connection"
                 if args.new_connections
                 else f"{per_batch}-event lists every {period:g}s on one connection"
             )
+            figures = []
+            for n in range(1, args.rounds + 1):
+                user0, system0 = cpu_split(pid)
+                cores, sent = measure_cpu(
+                    stack.operator_url,
+                    token,
+                    pid,
+                    tmpl,
+                    args.rate,
+                    args.seconds,
+                    args.new_connections,
+                )
+                user1, system1 = cpu_split(pid)
+                figure = cores * 1000 / args.rate * 1000
+                figures.append(figure)
+                print(
+                    f"operator CPU at {args.rate} ingested events/s, round {n} of "
+                    f"{args.rounds}: {args.seconds:.0f}s after {args.fill:.0f}s of the same "
+                    f"and {n - 1} earlier round(s) ({sent} events, {client}, 2000 source IPs, "
+                    f"detector ticking every 1s): {cores * 100:.1f}% of one core = "
+                    f"{figure:.0f} ms CPU per 1,000 events (user {user1 - user0:.2f}s, "
+                    f"system {system1 - system0:.2f}s)",
+                    flush=True,
+                )
             print(
-                f"operator CPU at {args.rate} ingested events/s for {args.seconds:.0f}s "
-                f"after {args.fill:.0f}s of the same ({sent} events, {client}, 2000 source "
-                f"IPs, detector ticking every 1s): "
-                f"{cores * 100:.1f}% of one core = {cores * 1000 / args.rate * 1000:.0f} ms "
-                f"CPU per 1,000 events (goal <= 20)"
+                f"operator CPU at {args.rate} ingested events/s, steady state: median "
+                f"{statistics.median(figures):.0f} ms CPU per 1,000 events over "
+                f"{args.rounds} round(s) of {args.seconds:.0f}s "
+                f"({', '.join(f'{f:.0f}' for f in figures)}) (goal <= 20)"
             )
         if "throughput" in parts:
             cpu0 = cpu_seconds(pid)

@@ -320,27 +320,149 @@ def test_the_identities_a_checkpoint_keeps_are_those_its_journal_holds(tmp_path:
     assert kept_identities(read) == b"".join(expected)
 
 
-def test_a_checkpoint_renders_the_state_file_as_a_full_render_does(tmp_path: Path) -> None:
-    """Slices unchanged since the last checkpoint are written from their rendering then: the
-    file is byte for byte what rendering the whole state gives."""
-    detectors = Detectors(tmp_path)
+def segment_names(state_file: Path) -> list[str]:
+    """The segment of each slice that a state file names, in slice order."""
+    return [entry[2] for entry in orjson.loads(state_file.read_bytes())["segments"]]
+
+
+def ticked_detectors(path: Path, lookback: str = "10s") -> Detectors:
+    detectors = Detectors(path)
     runtime = detectors.get_or_create(REF)
-    runtime.configure({"schedule": {"interval": "1s", "lookback": "10s"}}, 1)
-    assert runtime.evaluator is not None and detectors.store is not None
+    runtime.configure({"schedule": {"interval": "1s", "lookback": lookback}}, 1)
+    return detectors
+
+
+def tick_second(detectors: Detectors, second: int) -> None:
+    """A second of the ticker's work: its events offered, its due ticks evaluated, the
+    detector said changed."""
+    runtime = detectors.get_or_create(REF)
+    assert runtime.evaluator is not None
+    batch = [decoded(request(i, audit_id=f"id-{second}-{i}")) for i in range(second % 4)]
+    detectors.offer(batch, ARRIVAL + second)
+    for tick in runtime.evaluator.due_ticks(ARRIVAL + second + 0.5):
+        runtime.evaluator.evaluate(tick)
+    runtime.mark_changed()  # as the ticker says after a tick
+
+
+def test_a_checkpoint_writes_only_the_slices_that_changed_and_reads_back_whole(
+    tmp_path: Path,
+) -> None:
+    """Each checkpoint puts the slices new or changed since the last one (and no other) into
+    one new segment; the state file reads back as the whole state; no segment is left that
+    the state file does not name."""
+    detectors = ticked_detectors(tmp_path)
+    runtime = detectors.get_or_create(REF)
+    assert detectors.store is not None
     state_file = tmp_path / "ns_det.json"
+    segments = persistence.segments_of(state_file)
+    before: dict[int, tuple[Any, int]] = {}
+    kept: set[str] = set()
     for second in range(14):
-        batch = [decoded(request(i, audit_id=f"id-{second}-{i}")) for i in range(second % 4)]
-        detectors.offer(batch, ARRIVAL + second)
-        for tick in runtime.evaluator.due_ticks(ARRIVAL + second + 0.5):
-            runtime.evaluator.evaluate(tick)
-        runtime.mark_changed()  # as the ticker says after a tick
+        tick_second(detectors, second)
+        snapshot = runtime.snapshot(detectors.store)  # what the checkpoint takes (the same
+        assert snapshot is not None  # cells: a slice's copy is made once until it changes)
+        runtime.mark_changed()
         detectors.checkpoint()
-        snapshot = runtime.snapshot(detectors.store)
-        assert snapshot is not None
-        assert state_file.read_bytes() == b"".join(snapshot.json_parts())
-        full = orjson.loads(orjson.dumps(snapshot.window.state()))
-        assert orjson.loads(state_file.read_bytes())["window"] == full
-    assert len(detectors.store._rendered[state_file]) == len(snapshot.window.slices) > 1
+        now = {k: (cells, events) for k, events, cells in snapshot.window.slices}
+        changed = sorted(
+            k
+            for k, (cells, events) in now.items()
+            if k not in before or before[k][0] is not cells or before[k][1] != events
+        )
+        names = segment_names(state_file)
+        newest = set(names) - kept  # the segment this checkpoint wrote, if any slice changed
+        assert len(newest) == (1 if changed else 0)
+        assert [k for k, name in zip(sorted(now), names, strict=True) if name in newest] == changed
+        kept = set(names)
+        assert sorted(p.name for p in segments.iterdir()) == sorted(kept)
+        saved = detectors.store.load(REF)
+        assert saved is not None
+        assert saved.window == orjson.loads(orjson.dumps(snapshot.window.state()))
+        before = now
+    assert len(names) > 2 and len(kept) > 1  # several slices, in more than one segment
+
+
+def test_a_crash_before_the_state_file_is_replaced_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed after its new segment is on disk but before the state file names it: the state
+    read back is the last checkpoint's, whole; the next checkpoint removes the stray segment."""
+    detectors = ticked_detectors(tmp_path)
+    for second in range(6):
+        tick_second(detectors, second)
+    detectors.checkpoint()
+    store = detectors.store
+    assert store is not None
+    last = store.load(REF)
+    state_file = tmp_path / "ns_det.json"
+    named = set(segment_names(state_file))
+    for second in range(6, 9):
+        tick_second(detectors, second)
+
+    def killed(path: Any, data: bytes, **_: Any) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr(persistence, "write_atomic", killed)
+    with pytest.raises(OSError, match="killed"):
+        detectors.checkpoint()
+    monkeypatch.undo()
+    segments = persistence.segments_of(state_file)
+    stray = {p.name for p in segments.iterdir()} - named
+    assert len(stray) == 1  # the new segment, named by no state file
+    restarted = persistence.StateStore(tmp_path)
+    assert restarted.load(REF) == last
+    again = ticked_detectors(tmp_path)
+    again.get_or_create(REF).mark_changed()
+    again.checkpoint()
+    assert {p.name for p in segments.iterdir()} == set(segment_names(state_file))
+    assert not stray & {p.name for p in segments.iterdir()}
+
+
+def test_a_state_file_with_its_slices_inline_still_reads(tmp_path: Path) -> None:
+    """A state file written before the segments (its slices inline) reads as it did."""
+    detectors = ticked_detectors(tmp_path)
+    for second in range(6):
+        tick_second(detectors, second)
+    runtime = detectors.get_or_create(REF)
+    assert detectors.store is not None
+    snapshot = runtime.snapshot(detectors.store)
+    assert snapshot is not None
+    window = orjson.loads(orjson.dumps(snapshot.window.state()))
+    assert window["slices"]
+    inline = {"uid": REF.uid, "pending": [], "folded": "f1", "window": window}
+    (tmp_path / "ns_det.json").write_bytes(orjson.dumps(inline))
+    saved = persistence.StateStore(tmp_path).load(REF)
+    assert saved is not None
+    assert (saved.window, saved.pending, saved.folded) == (window, (), "f1")
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "other_slice", "outside"])
+def test_a_damaged_segment_makes_the_state_unreadable_and_says_so(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A segment that is gone, cut short or not holding the slice the state file says is an
+    unreadable state (said, and the detector starts empty), never a window read wrong."""
+    detectors = ticked_detectors(tmp_path)
+    for second in range(6):
+        tick_second(detectors, second)
+    detectors.checkpoint()
+    state_file = tmp_path / "ns_det.json"
+    data = orjson.loads(state_file.read_bytes())
+    segment = persistence.segments_of(state_file) / data["segments"][0][2]
+    if damage == "missing":
+        segment.unlink()
+    elif damage == "truncated":
+        segment.write_bytes(segment.read_bytes()[:-3])
+    elif damage == "other_slice":
+        data["segments"][0][0] += 1
+        state_file.write_bytes(orjson.dumps(data))
+    else:
+        data["segments"][0][2] = "../ns_det.json"
+        state_file.write_bytes(orjson.dumps(data))
+    assert persistence.StateStore(tmp_path).load(REF) is None
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        f"ignoring unreadable window state {state_file}"
+    ]
 
 
 # ------------------------------------------------------------------------------ scan
