@@ -262,17 +262,20 @@ class StateStore:
 
     def load(self, ref: DetectorRef) -> SavedDetector | None:
         """A detector's saved state file, if it has one of the same object uid (an unreadable
-        file, or a pending write in it, is skipped and said)."""
+        file, or a pending write in it, is skipped and said). Read under the write lock: a
+        checkpoint in a worker thread never replaces the state file and removes the segments
+        it named between the reading of the one and of the others."""
         path = self._state_path(ref.namespace, ref.name)
         if not path.exists():
             return None
         try:
-            data = orjson.loads(path.read_bytes())
-            if data.get("uid") != ref.uid:
-                return None
-            window = data.get("window", {})
-            if "segments" in data:  # else inline, as written before issue 22's sixth round
-                window["slices"] = read_segments(segments_of(path), data["segments"])
+            with self._writing:
+                data = orjson.loads(path.read_bytes())
+                if data.get("uid") != ref.uid:
+                    return None
+                window = data.get("window", {})
+                if "segments" in data:  # else inline, as written before issue 22's sixth round
+                    window["slices"] = read_segments(segments_of(path), data["segments"])
         except (OSError, AttributeError, TypeError, ValueError) as exc:
             log.warning("ignoring unreadable window state %s: %s", path, exc)
             return None
