@@ -25,7 +25,9 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
    leaving it: 30.5 ms there against 35-37 ms in the steady state, on the same operator. Until
    issue 22's third CPU round it opened a new connection for each of ten lists a second, a cost
    (accept, close, a request's parsing) the tailer does not make the operator pay;
-   ``--new-connections`` still measures that way.
+   ``--new-connections`` still measures that way. ``--sources N`` spreads the events over N
+   source IPs instead of 2,000 (fewer sources: fewer groups, each past ``documentsBelow``
+   sooner, so fewer cells per event).
 3. Peak ingest throughput: the same events posted as fast as one client can.
 4. ``idle`` (not in the default parts): the operator's CPU for ``--seconds`` with nothing
    posted (the detector still ticking every 1 s, its one firing group's Finding patched at
@@ -47,6 +49,7 @@ import argparse
 import http.client
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -135,13 +138,17 @@ def templates(cp: controlplane.ControlPlane) -> list[dict[str, Any]]:
     return events
 
 
-def batch(tmpl: list[dict[str, Any]], size: int, seq: int) -> bytes:
-    """``size`` fresh events: new auditID, one of 2,000 source IPs, timestamp now."""
+#: Source IPs the posted events come from, one after the other (``--sources``).
+SOURCES = 2000
+
+
+def batch(tmpl: list[dict[str, Any]], size: int, seq: int, sources: int = SOURCES) -> bytes:
+    """``size`` fresh events: new auditID, one of ``sources`` source IPs, timestamp now."""
     now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + ".000000Z"
     items = []
     for i in range(size):
         event = dict(tmpl[(seq + i) % len(tmpl)])
-        n = (seq + i) % 2000
+        n = (seq + i) % sources
         event["auditID"] = str(uuid.uuid4())
         event["sourceIPs"] = [f"10.{n // 250}.{n % 250}.7"]
         event["stageTimestamp"] = event["requestReceivedTimestamp"] = now
@@ -200,16 +207,17 @@ def measure_cpu(
     rate: int,
     seconds: float,
     new_connections: bool = False,
+    sources: int = SOURCES,
 ) -> tuple[float, int]:
-    """Post ``rate`` events/s for ``seconds`` as a tailer does (``new_connections``: ten lists
-    a second, each on a new connection, as this bench did before); return (operator CPU cores
-    used, events sent)."""
+    """Post ``rate`` events/s from ``sources`` source IPs for ``seconds`` as a tailer does
+    (``new_connections``: ten lists a second, each on a new connection, as this bench did
+    before); return (operator CPU cores used, events sent)."""
     if new_connections:
         per_batch, period = max(1, rate // 10), 0.1
     else:
         per_batch, period = tailer_batches(rate)
     count = max(1, round(seconds / period))
-    bodies = [batch(tmpl, per_batch, k * per_batch) for k in range(count)]
+    bodies = [batch(tmpl, per_batch, k * per_batch, sources) for k in range(count)]
     sender = Sender(url, token)
     cpu0, wall0 = cpu_seconds(pid), time.monotonic()
     for k, body in enumerate(bodies):
@@ -336,6 +344,14 @@ def main() -> int:
         default="latency,cpu,throughput",
         help="comma-separated measurements to run (default: all three)",
     )
+    parser.add_argument(
+        "--sources",
+        type=int,
+        default=SOURCES,
+        help="--parts cpu: the posted events come from this many source IPs in turn (default "
+        f"{SOURCES}: at 1,000 events/s nearly every event is the only one of its group in its "
+        "second, the most cells per event; fewer sources, fewer cells per event)",
+    )
     parser.add_argument("--engine-only", action="store_true", help="the windows alone, no cluster")
     parser.add_argument(
         "--new-connections",
@@ -358,7 +374,8 @@ def main() -> int:
         time.sleep(2)
         print(
             f"control plane ready in {cp.started_in:.1f}s; nproc={os.cpu_count()}; operator "
-            f"pid {stack.processes['operator'].pid}",
+            f"pid {stack.processes['operator'].pid} on Python {platform.python_version()} "
+            f"({sys.executable})",
             flush=True,
         )
         if "latency" in parts:
@@ -386,7 +403,15 @@ def main() -> int:
             )
         if "cpu" in parts:
             if args.fill > 0:  # the steady state: a full window, slices leaving it
-                measure_cpu(stack.operator_url, token, pid, tmpl, args.rate, args.fill)
+                measure_cpu(
+                    stack.operator_url,
+                    token,
+                    pid,
+                    tmpl,
+                    args.rate,
+                    args.fill,
+                    sources=args.sources,
+                )
             per_batch, period = tailer_batches(args.rate)
             client = (
                 "10 lists/s, each on a new connection"
@@ -404,6 +429,7 @@ def main() -> int:
                     args.rate,
                     args.seconds,
                     args.new_connections,
+                    args.sources,
                 )
                 user1, system1 = cpu_split(pid)
                 figure = cores * 1000 / args.rate * 1000
@@ -411,7 +437,8 @@ def main() -> int:
                 print(
                     f"operator CPU at {args.rate} ingested events/s, round {n} of "
                     f"{args.rounds}: {args.seconds:.0f}s after {args.fill:.0f}s of the same "
-                    f"and {n - 1} earlier round(s) ({sent} events, {client}, 2000 source IPs, "
+                    f"and {n - 1} earlier round(s) ({sent} events, {client}, "
+                    f"{args.sources} source IPs, "
                     f"detector ticking every 1s): {cores * 100:.1f}% of one core = "
                     f"{figure:.0f} ms CPU per 1,000 events (user {user1 - user0:.2f}s, "
                     f"system {system1 - system0:.2f}s)",
