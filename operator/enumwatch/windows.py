@@ -39,7 +39,9 @@ firing window: it is *saturated*, keeps its count and drops its values; when it 
 what remains is exactly the window's values. A cell holds at most ``documentsBelow - 1`` value
 tuples plus counters, whatever the flood. What remains unbounded is the number of groups (a client
 chooses its user agent). The state's size is estimated (bytes per group, cell and kept value,
-measured by ``bench/operator_memory.py``); past ``state_budget`` whole groups are *shed* in an
+measured by ``bench/operator_memory.py``, and the text a kept value holds beyond
+:data:`VALUE_CHARS` characters, :func:`value_excess`: a path is the client's to choose, up to
+1 MiB); past ``state_budget`` whole groups are *shed* in an
 order that never hides a group that could fire while others exist that cannot: saturated groups
 first (they cannot fire while their saturated cell is in the window; they stay *muted* until their
 shed state has left it, so that what follows cannot fire on a partial count), then groups that do
@@ -72,8 +74,11 @@ from enumwatch.audit.event import (
     F_CODE,
     F_DECISION,
     F_GROUPS,
+    F_MESSAGE,
+    F_NAMESPACE,
     F_REQUEST_URI,
     F_RESOURCE,
+    F_VERB,
 )
 from enumwatch.rule import (
     AUTHN_AUTHZ_FAILED,
@@ -106,6 +111,28 @@ GROUP_BYTES = 540
 CELL_BYTES = 290
 VALUE_BYTES = 320
 MUTED_BYTES = 150
+#: The characters of text a kept value tuple holds within :data:`VALUE_BYTES` (an anonymous
+#: request's verb, path, resource, answer message...: a few hundred). The path, the verb and,
+#: through them, the resource, the namespace and the message are the client's to choose, up to
+#: the API server's limit on a request's head (1 MiB): a kept value beyond this counts each
+#: further character as :func:`value_excess` says, or a flood of long paths would hold
+#: gigabytes under a budget that counted a few hundred bytes for each.
+VALUE_CHARS = 1024
+
+
+def value_excess(values: tuple[Any, ...]) -> int:
+    """The bytes a kept value tuple holds beyond :data:`VALUE_BYTES`: the text of the values a
+    client chooses (the verb, requestURI, resource, message and namespace, and the user agent
+    when it is a value) past :data:`VALUE_CHARS` characters, one byte a character if it is
+    ASCII, else four (the most a Python string spends on one)."""
+    # One string of them, in C (a null formats as "None"; without the user agent the last
+    # value is the outcome's index, a digit): a few characters over, never under.
+    text = (
+        f"{values[F_VERB]}{values[F_REQUEST_URI]}{values[F_RESOURCE]}"
+        f"{values[F_MESSAGE]}{values[F_NAMESPACE]}{values[-1]}"
+    )
+    size = len(text) if text.isascii() else 4 * len(text)
+    return size - VALUE_CHARS if size > VALUE_CHARS else 0
 #: A shed pass frees state down to this share of the budget, so passes stay rare.
 SHED_TO = 0.9
 
@@ -187,12 +214,14 @@ def slice_width(interval_s: float, lookback_s: float) -> float:
 class _Cell:
     """One group's documents in one slice."""
 
-    __slots__ = ("count", "last", "observed", "senders", "values")
+    __slots__ = ("count", "excess", "last", "observed", "senders", "values")
 
     def __init__(self) -> None:
         self.count = 0
         #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow).
         self.values: list[tuple[Any, ...]] | None = []
+        #: What its value tuples hold beyond :data:`VALUE_BYTES` each (:func:`value_excess`).
+        self.excess = 0
         self.last = -math.inf
         self.observed = 0
         #: For the documents that only claimed the group's IP: the address the API server saw
@@ -626,6 +655,7 @@ class WindowedEvaluator(Schedule):
         "_cells",
         "_checked",
         "_dirty",
+        "_excess",
         "_fewest",
         "_fires",
         "_firing",
@@ -695,6 +725,8 @@ class WindowedEvaluator(Schedule):
         self._firing: dict[GroupKey, tuple[Row, float, int, tuple[str, ...], str | None]] = {}
         self._window_events = self._active_groups = self._held = 0
         self._cells = self._values = self._seq = 0
+        #: The kept value tuples' bytes beyond VALUE_BYTES each (value_excess), over all cells.
+        self._excess = 0
         self.shed: dict[str, int] = dict.fromkeys(SHED_REASONS, 0)
         self.shed_documents = 0
         self.last_shed_at: float | None = None
@@ -719,6 +751,7 @@ class WindowedEvaluator(Schedule):
             len(self._groups) * GROUP_BYTES
             + self._cells * CELL_BYTES
             + self._values * VALUE_BYTES
+            + self._excess
             + len(self._muted) * MUTED_BYTES
         )
 
@@ -800,7 +833,7 @@ class WindowedEvaluator(Schedule):
         checked = self._checked
         # Counters kept in locals and stored back before anything reads them (the budget check,
         # the end): an attribute write per event was a tenth of the insert.
-        seq, made_cells, made_values = self._seq, 0, 0
+        seq, made_cells, made_values, made_excess = self._seq, 0, 0, 0
         for event in events:
             source_ips = event.source_ips
             # as rule.group_keys: grouped by address, the user agent is a value, not the key
@@ -812,6 +845,7 @@ class WindowedEvaluator(Schedule):
             cluster = event.cluster  # as rule.cluster_key: extends the key only when set
             seq += 1
             values: tuple[Any, ...] | None = None
+            excess = 0
             for ip in ips:
                 key = (ip, user_agent) if cluster is None else (ip, user_agent, cluster)
                 group = groups.get(key)
@@ -843,13 +877,19 @@ class WindowedEvaluator(Schedule):
                         cell.senders = None
                         group.saturated += 1
                         made_values -= len(kept)
+                        made_excess -= cell.excess
+                        cell.excess = 0
                         if active and group.agg is not None:
                             _fold(group.agg, kept, -1)
                     else:
                         if values is None:
                             values = event_values(event, by_address)
+                            excess = value_excess(values)
                         kept.append(values)
                         made_values += 1
+                        if excess:
+                            cell.excess += excess
+                            made_excess += excess
                         if active and group.agg is not None:
                             _fold(group.agg, (values,), 1)
                 if active:
@@ -857,16 +897,20 @@ class WindowedEvaluator(Schedule):
                         self._active_groups += 1
                     group.count += 1
                     dirty.add(key)
-            if checked:
+            # A long value is compared with the budget even within a batch that could not
+            # reach it by the per-event bound (add_batch): its text is the client's to choose.
+            if checked or excess:
                 self._seq = seq
                 self._cells += made_cells
                 self._values += made_values
-                made_cells = made_values = 0
+                self._excess += made_excess
+                made_cells = made_values = made_excess = 0
                 if self.state_bytes > self.state_budget:
                     self._shed(ts)
         self._seq = seq
         self._cells += made_cells
         self._values += made_values
+        self._excess += made_excess
 
     # ---------------------------------------------------------------------------- slices
 
@@ -914,7 +958,7 @@ class WindowedEvaluator(Schedule):
                 self._window_events -= slice_.events
             cells = slice_.cells
             self._cells -= len(cells)
-            values_left = left = 0
+            values_left = left = excess_left = 0
             for key, cell in cells.items():
                 group = groups[key]
                 group_cells = group.cells
@@ -925,6 +969,7 @@ class WindowedEvaluator(Schedule):
                     group.saturated -= 1
                 else:
                     values_left += len(values)
+                    excess_left += cell.excess
                 if active:
                     before = group.count
                     group.count = before - count
@@ -944,6 +989,7 @@ class WindowedEvaluator(Schedule):
                     if not active:
                         dirty.add(key)
             self._values -= values_left
+            self._excess -= excess_left
             self._active_groups -= left
 
     # ---------------------------------------------------------------------------- ticking
@@ -1094,6 +1140,7 @@ class WindowedEvaluator(Schedule):
             self._cells -= 1
             if cell.values is not None:
                 self._values -= len(cell.values)
+                self._excess -= cell.excess
         if group.count:
             self._active_groups -= 1
         del self._groups[key]
@@ -1274,12 +1321,17 @@ class WindowedEvaluator(Schedule):
         if cell.values is not None:
             if values is None or cell.count >= self._cap:
                 self._values -= len(cell.values)
+                self._excess -= cell.excess
                 cell.values = None
                 cell.senders = None
+                cell.excess = 0
                 group.saturated += 1
             else:
                 cell.values.extend(values)
                 self._values += len(values)
+                excess = sum(map(value_excess, values))
+                cell.excess += excess
+                self._excess += excess
                 if senders:
                     by = cell.senders
                     if by is None:

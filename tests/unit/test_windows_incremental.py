@@ -28,8 +28,10 @@ from enumwatch.windows import (
     SHED_OLDEST,
     SHED_SATURATED,
     VALUE_BYTES,
+    VALUE_CHARS,
     WindowedEvaluator,
     WindowResult,
+    value_excess,
 )
 from enumwatch_devkit.reference_windows import ReferenceEvaluator
 
@@ -51,7 +53,11 @@ RULES = [Rule(thresholds=LOW), Rule(), Rule(MatchSpec(sourceIPs="observed"), LOW
 
 #: Addresses, with repeats in one list (X-Forwarded-For chains) and full-width lookalikes.
 _ips = st.sampled_from(["192.0.2.1", "192.0.2.2", "10.0.0.1", "::1", "\uff46\uff45\uff18\uff10::1"])
-_text = st.one_of(st.none(), st.sampled_from(["", "é", "🙂", "curl/8", "a\x00b", "Ωmega"]))
+#: Text, with a value a client can make long (a path, a user agent) in ASCII and beyond.
+_text = st.one_of(
+    st.none(),
+    st.sampled_from(["", "é", "🙂", "curl/8", "a\x00b", "Ωmega", "p" * 3_000, "é" * 400]),
+)
 _events = st.builds(
     AuditEvent,
     audit_id=st.sampled_from([None, "fixed-id"]),  # a scanner may repeat one Audit-ID
@@ -506,3 +512,72 @@ def test_only_the_count_bounds_a_group_from_above_so_a_leaving_slice_rechecks_fe
     assert _only_saturation_is_an_upper_bound((SATURATION, AnyOf((at_most,)))) is False
     assert _only_saturation_is_an_upper_bound((SATURATION,)) is True
 
+
+
+def _long(ip: str, agent: str, uri_chars: int, t: float) -> AuditEvent:
+    """One anonymous request for a path of ``uri_chars`` characters (a client's choice, up to
+    the API server's 1 MiB limit on a request's head), refused."""
+    return AuditEvent(
+        timestamp=t,
+        username="system:anonymous",
+        level="Request",
+        verb="get",
+        request_uri="/" + "a" * (uri_chars - 1),
+        resource="pods",
+        source_ips=(ip,),
+        user_agent=agent,
+        code=403,
+        decision="forbid",
+    )
+
+
+def test_what_a_kept_value_holds_beyond_its_estimate() -> None:
+    # verb 3 + path 100,000 + resource 4 + message "None" 4 + namespace "None" 4 + outcome 1.
+    values = ("get", "/" + "a" * 99_999, "pods", "forbid", 403, None, None, "x", (), 1)
+    assert value_excess(values) == 100_016 - VALUE_CHARS
+    # Not ASCII: four bytes a character, the most a Python string spends.
+    assert value_excess(("get", "é" * 300, "pods", None, 403, None, None, "x", (), 1)) == (
+        4 * (3 + 300 + 4 + 4 + 4 + 1) - VALUE_CHARS
+    )
+    assert value_excess(("get", "/api/v1/pods", "pods", None, 403, None, None, "x", (), 1)) == 0
+
+
+def test_a_long_path_counts_against_the_budget_until_its_slice_leaves() -> None:
+    one = GROUP_BYTES + CELL_BYTES + VALUE_BYTES
+    w = WindowedEvaluator(Rule(), 1, 60, time_basis="ingested")
+    event = _long("192.0.2.5", "long/1", 100_000, T0)
+    w.add(event, T0 + 0.5)
+    assert w.state_bytes == one + 100_016 - VALUE_CHARS
+    restored = WindowedEvaluator(Rule(), 1, 60, time_basis="ingested")
+    restored.restore_state(orjson.loads(orjson.dumps(w.export_state())))
+    assert restored.state_bytes == w.state_bytes
+    w.evaluate(T0 + 1)
+    assert w.state_bytes == one + 100_016 - VALUE_CHARS
+    w.evaluate(T0 + 61)  # its slice has left the window
+    assert w.state_bytes == 0
+
+
+def test_a_cell_that_saturates_drops_what_its_long_values_held() -> None:
+    one = GROUP_BYTES + CELL_BYTES  # a saturated cell keeps no value
+    w = WindowedEvaluator(Rule(thresholds=LOW), 1, 60, time_basis="ingested")
+    for i in range(6):  # documentsBelow 6: the sixth saturates the cell
+        w.add(_long("192.0.2.5", "long/1", 10_000 + i, T0), T0 + 0.5)
+    assert w.state_bytes == one
+
+
+def test_a_flood_of_long_paths_is_shed_and_cannot_erase_a_scan() -> None:
+    # Room for about 2,000 ordinary one-event groups; 300 decoys of one 200,000-character
+    # path each would hold 60 MB while counted as 0.3 MB: counted as what they hold, they are
+    # shed (below the thresholds), and the scanner still fires.
+    budget = 2_000 * (GROUP_BYTES + CELL_BYTES + VALUE_BYTES)
+    w = WindowedEvaluator(Rule(), 1, 60, state_budget=budget, time_basis="ingested")
+    for event in _scan("192.0.2.9", "scan/1", T0):
+        assert w.add(event, T0 + 0.5)
+    decoys = [_long("198.51.100.7", f"decoy/{i}", 200_000, T0) for i in range(300)]
+    w.add_batch(decoys, [True] * len(decoys), T0 + 0.7)
+    assert w.state_bytes <= budget
+    assert w.shed[SHED_BELOW_THRESHOLDS] >= 300 - budget // 200_000
+    assert w.shed[SHED_SATURATED] == w.shed[SHED_OLDEST] == 0
+    result = w.evaluate(T0 + 1)
+    assert [row.key for row in result.rows] == [("192.0.2.9", "scan/1")]
+    assert result.rows[0].document_count == 8
