@@ -40,8 +40,9 @@ what remains is exactly the window's values. A cell holds at most ``documentsBel
 tuples plus counters, whatever the flood. What remains unbounded is the number of groups (a client
 chooses its user agent). The state's size is estimated (bytes per group, cell and kept value,
 measured by ``bench/operator_memory.py``, and the text a kept value holds beyond
-:data:`VALUE_CHARS` characters, :func:`value_excess`: a path is the client's to choose, up to
-1 MiB); past ``state_budget`` whole groups are *shed* in an
+:data:`VALUE_CHARS` characters and a group's key beyond :data:`KEY_CHARS`,
+:func:`value_excess` and :func:`key_excess`: a path and a user agent are the client's to
+choose); past ``state_budget`` whole groups are *shed* in an
 order that never hides a group that could fire while others exist that cannot: saturated groups
 first (they cannot fire while their saturated cell is in the window; they stay *muted* until their
 shed state has left it, so that what follows cannot fire on a partial count), then groups that do
@@ -118,6 +119,10 @@ MUTED_BYTES = 150
 #: further character as :func:`value_excess` says, or a flood of long paths would hold
 #: gigabytes under a budget that counted a few hundred bytes for each.
 VALUE_CHARS = 1024
+#: The characters of a group's key (its address and user agent) within :data:`GROUP_BYTES`. The
+#: user agent is the client's to choose (the API server keeps 1,024 characters of it); beyond
+#: this, each character counts as :func:`key_excess` says.
+KEY_CHARS = 128
 
 
 def value_excess(values: tuple[Any, ...]) -> int:
@@ -133,6 +138,15 @@ def value_excess(values: tuple[Any, ...]) -> int:
     )
     size = len(text) if text.isascii() else 4 * len(text)
     return size - VALUE_CHARS if size > VALUE_CHARS else 0
+
+
+def key_excess(key: GroupKey) -> int:
+    """The bytes a group's key holds beyond :data:`GROUP_BYTES`: the text of its address and
+    user agent past :data:`KEY_CHARS` characters, counted as :func:`value_excess` counts
+    (a cluster's name, when the key has one, is a short validated name)."""
+    text = f"{key[0]}{key[1]}"
+    size = len(text) if text.isascii() else 4 * len(text)
+    return size - KEY_CHARS if size > KEY_CHARS else 0
 #: A shed pass frees state down to this share of the budget, so passes stay rare.
 SHED_TO = 0.9
 
@@ -280,9 +294,9 @@ def _fold(agg: _Agg, values: Iterable[tuple[Any, ...]], sign: int) -> None:
 class _Group:
     """One (source IP, user agent) group: its cells by slice and its count in the window."""
 
-    __slots__ = ("agg", "cells", "count", "docs", "saturated", "touched")
+    __slots__ = ("agg", "cells", "count", "docs", "excess", "saturated", "touched")
 
-    def __init__(self) -> None:
+    def __init__(self, excess: int = 0) -> None:
         #: Outcome counts and per-value counts of requestURI and resource over the values of
         #: its active cells (invertible), kept only while the group has enough documents to
         #: fire: the thresholds are then checked without reading its documents.
@@ -296,6 +310,8 @@ class _Group:
         self.saturated = 0
         #: The arrival sequence number of its latest document (age order for shedding).
         self.touched = 0
+        #: What its key holds beyond GROUP_BYTES (key_excess).
+        self.excess = excess
 
 
 class _Slice:
@@ -725,7 +741,8 @@ class WindowedEvaluator(Schedule):
         self._firing: dict[GroupKey, tuple[Row, float, int, tuple[str, ...], str | None]] = {}
         self._window_events = self._active_groups = self._held = 0
         self._cells = self._values = self._seq = 0
-        #: The kept value tuples' bytes beyond VALUE_BYTES each (value_excess), over all cells.
+        #: What the kept value tuples and the groups' keys hold beyond VALUE_BYTES and
+        #: GROUP_BYTES each (value_excess, key_excess).
         self._excess = 0
         self.shed: dict[str, int] = dict.fromkeys(SHED_REASONS, 0)
         self.shed_documents = 0
@@ -845,12 +862,14 @@ class WindowedEvaluator(Schedule):
             cluster = event.cluster  # as rule.cluster_key: extends the key only when set
             seq += 1
             values: tuple[Any, ...] | None = None
-            excess = 0
+            excess = keyed = 0
             for ip in ips:
                 key = (ip, user_agent) if cluster is None else (ip, user_agent, cluster)
                 group = groups.get(key)
                 if group is None:
-                    group = groups[key] = _Group()
+                    keyed = key_excess(key)
+                    group = groups[key] = _Group(keyed)
+                    made_excess += keyed
                 group_cells = group.cells
                 cell = group_cells.get(k)
                 if cell is None:
@@ -897,9 +916,9 @@ class WindowedEvaluator(Schedule):
                         self._active_groups += 1
                     group.count += 1
                     dirty.add(key)
-            # A long value is compared with the budget even within a batch that could not
-            # reach it by the per-event bound (add_batch): its text is the client's to choose.
-            if checked or excess:
+            # A long value or key is compared with the budget even within a batch that could
+            # not reach it by the per-event bound (add_batch): its text is the client's.
+            if checked or excess or keyed:
                 self._seq = seq
                 self._cells += made_cells
                 self._values += made_values
@@ -986,6 +1005,7 @@ class WindowedEvaluator(Schedule):
                         dirty.add(key)
                 if not group_cells:
                     del groups[key]
+                    excess_left += group.excess
                     if not active:
                         dirty.add(key)
             self._values -= values_left
@@ -1144,6 +1164,7 @@ class WindowedEvaluator(Schedule):
         if group.count:
             self._active_groups -= 1
         del self._groups[key]
+        self._excess -= group.excess
         self._firing.pop(key, None)
         self._dirty.discard(key)
 
@@ -1307,7 +1328,8 @@ class WindowedEvaluator(Schedule):
         slice_.saved = None
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group()
+            group = self._groups[key] = _Group(key_excess(key))
+            self._excess += group.excess
         cell = group.cells.get(index)
         if cell is None:
             cell = group.cells[index] = slice_.cells[key] = _Cell()

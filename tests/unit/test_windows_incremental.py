@@ -24,6 +24,7 @@ from enumwatch.rule import Rule
 from enumwatch.windows import (
     CELL_BYTES,
     GROUP_BYTES,
+    KEY_CHARS,
     SHED_BELOW_THRESHOLDS,
     SHED_OLDEST,
     SHED_SATURATED,
@@ -31,6 +32,7 @@ from enumwatch.windows import (
     VALUE_CHARS,
     WindowedEvaluator,
     WindowResult,
+    key_excess,
     value_excess,
 )
 from enumwatch_devkit.reference_windows import ReferenceEvaluator
@@ -581,3 +583,20 @@ def test_a_flood_of_long_paths_is_shed_and_cannot_erase_a_scan() -> None:
     result = w.evaluate(T0 + 1)
     assert [row.key for row in result.rows] == [("192.0.2.9", "scan/1")]
     assert result.rows[0].document_count == 8
+
+
+def test_a_long_user_agent_counts_against_the_budget_while_its_group_lives() -> None:
+    assert key_excess(("192.0.2.5", "u" * 1_024)) == 9 + 1_024 - KEY_CHARS
+    assert key_excess(("192.0.2.5", None)) == 0  # "None": within the allowance
+    assert key_excess(("::1", "é" * 40)) == 4 * 43 - KEY_CHARS
+    one = GROUP_BYTES + CELL_BYTES + VALUE_BYTES
+    w = WindowedEvaluator(Rule(), 1, 60, time_basis="ingested")
+    event = dataclasses.replace(_scan("192.0.2.5", "u" * 1_024, T0, 1)[0])
+    w.add(event, T0 + 0.5)
+    w.add(event, T0 + 1.5)  # a second cell of the same group: the key counts once
+    assert w.state_bytes == 2 * one - GROUP_BYTES + 9 + 1_024 - KEY_CHARS
+    restored = WindowedEvaluator(Rule(), 1, 60, time_basis="ingested")
+    restored.restore_state(orjson.loads(orjson.dumps(w.export_state())))
+    assert restored.state_bytes == w.state_bytes
+    w.evaluate(T0 + 62)  # both slices have left the window: the group is gone
+    assert w.state_bytes == 0
