@@ -9,7 +9,8 @@ is handed back only once everything before it is acknowledged, in order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import orjson
 import pytest
@@ -30,6 +31,23 @@ async def receiver() -> AsyncIterator[Receiver]:
 def page(first: int, count: int) -> list[tuple[bytes, str]]:
     """Events of one page of a cloud log API, each marked with the cursor just after it."""
     return [(event_line(i), f"cursor-{i + 1}") for i in range(first, first + count)]
+
+
+def big_page(first: int, count: int) -> list[tuple[bytes, str]]:
+    """A page of long events (a client's long path), each marked with the cursor after it."""
+    return [(event_line(i, pad=10_000), f"cursor-{i + 1}") for i in range(first, first + count)]
+
+
+#: The bytes of one of them (every id has the same width).
+BIG = len(event_line(0, pad=10_000))
+
+
+def _outbox(forwarder: Forwarder, commit: Committed, **bounds: Any) -> Outbox[str]:
+    """An outbox from no position, cutting batches by their size and bytes only."""
+    return Outbox(
+        forwarder, commit, start=None, batch_wait=60.0, **{"buffer_limit": 100, **bounds}
+    )
+
 
 
 class Committed:
@@ -121,8 +139,18 @@ async def test_closing_while_the_operator_is_down_hands_back_nothing_unacknowled
     assert commit.positions == [] and outbox.pending == 3
 
 
+@pytest.mark.parametrize(
+    ("events", "bounds"),
+    [
+        (page, {"resend_limit": 3}),  # whole batches: the newest 2 events kept, the oldest not
+        # The same record bounded by its bytes: room for one batch of two long events.
+        (big_page, {"resend_limit": 1_000, "resend_limit_bytes": 3 * BIG}),
+    ],
+)
 async def test_a_new_leader_epoch_gets_what_was_forwarded_within_the_record_again(
     receiver: Receiver,
+    events: Callable[[int, int], list[tuple[bytes, str]]],
+    bounds: dict[str, int],
 ) -> None:
     # The operator's windows live in its leader: a new leader (its answers carry a new epoch)
     # starts without the events the old one was sent, so the source sends them again and the
@@ -131,23 +159,14 @@ async def test_a_new_leader_epoch_gets_what_was_forwarded_within_the_record_agai
     stats = ForwardStats()
     commit = Committed(receiver)
     async with Forwarder(receiver.url, stats=stats) as forwarder:
-        outbox: Outbox[str] = Outbox(
-            forwarder,
-            commit,
-            start=None,
-            batch_size=2,
-            batch_wait=60.0,
-            buffer_limit=100,
-            resend_window=3600.0,
-            resend_limit=3,  # whole batches: the newest 2 events are kept, the oldest forgotten
-        )
+        outbox = _outbox(forwarder, commit, batch_size=2, resend_window=3600.0, **bounds)
         outbox.start()
-        outbox.add(page(0, 4), str)
+        outbox.add(events(0, 4), str)
         await until(lambda: len(receiver.ids) == 4, what="the first leader's batches")
         receiver.epoch = "leader-2"
-        outbox.add(page(4, 2), str)
+        outbox.add(events(4, 2), str)
         await until(lambda: len(receiver.ids) == 8, what="the re-sent batch")
-        outbox.add(page(6, 2), str)  # the same leader again: nothing re-sent
+        outbox.add(events(6, 2), str)  # the same leader again: nothing re-sent
         await outbox.close(5.0)
     assert receiver.ids == [f"id-{i:08d}" for i in (0, 1, 2, 3, 4, 5, 2, 3, 6, 7)]
     assert (stats.leader_changes, stats.events_resent) == (1, 2)
@@ -213,3 +232,38 @@ async def test_a_cluster_name_is_stamped_on_every_event_any_source_adds(
     assert [e["annotations"][CLUSTER_ANNOTATION] for e in receiver.items] == ["prod-eu"] * 3
     assert receiver.ids == [orjson.loads(event_line(i))["auditID"] for i in range(3)]
     assert commit.positions == ["cursor-3"]
+
+
+async def test_a_batch_is_cut_at_its_bytes_as_at_its_events(receiver: Receiver) -> None:
+    # An event's size is the client's to choose: a batch of 500 events of a 1 MiB path each
+    # would be a body the operator refuses. Cut once it holds batch_bytes: here 3 events.
+    commit = Committed(receiver)
+    async with Forwarder(receiver.url) as forwarder:
+        outbox = _outbox(forwarder, commit, batch_size=500, batch_bytes=2 * BIG + 1)
+        outbox.start()
+        outbox.add(big_page(0, 10), str)
+        outbox.consumed("cursor-10")
+        outbox.flush()
+        await outbox.close(5.0)
+    assert [len(batch) for batch in receiver.batches] == [3, 3, 3, 1]
+    assert commit.positions == ["cursor-3", "cursor-6", "cursor-9", "cursor-10"]
+
+
+async def test_the_bytes_waiting_stop_the_source_as_the_events_do(receiver: Receiver) -> None:
+    receiver.fail_status, receiver.fail_remaining = 503, 2
+    stats = ForwardStats()
+    commit = Committed(receiver)
+    async with Forwarder(receiver.url, stats=stats, backoff_initial=0.05) as forwarder:
+        outbox = _outbox(forwarder, commit, batch_size=2, buffer_limit_bytes=4 * BIG)
+        outbox.start()
+        outbox.add(big_page(0, 3), str)
+        assert not outbox.full  # 3 events' bytes waiting
+        outbox.add(big_page(3, 1), str)
+        assert outbox.full  # 4
+        await until(lambda: stats.retries >= 1, what="a retry")
+        assert outbox.full and commit.positions == []
+        while outbox.full:
+            await outbox.wait_for_room(1.0)
+        await outbox.close(5.0)
+    assert commit.positions == ["cursor-2", "cursor-4"]
+

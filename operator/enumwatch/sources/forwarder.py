@@ -103,6 +103,12 @@ def event_time(line: bytes) -> float | None:
     return try_parse_rfc3339(line[start + 1 : end].decode("ascii", "replace"))
 
 
+#: A source's byte bounds (:class:`ForwardConfig`): a batch, the events waiting, the resend
+#: record.
+BATCH_BYTES = 4 * 2**20
+BUFFER_LIMIT_BYTES = RESEND_LIMIT_BYTES = 32 * 2**20
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardConfig:
     """How a source forwards and paces: its command's options, the same for every source."""
@@ -112,6 +118,13 @@ class ForwardConfig:
     batch_size: int = 500
     batch_wait: float = 0.2
     buffer_limit: int = 20_000
+    #: The same bounds in bytes: an event's size is the client's to choose (a request's path,
+    #: up to the API server's 1 MiB limit on a request's head, lands in the event two or
+    #: three times), so 20,000 events can be 80 GB. A batch is cut at ``batch_bytes`` (under
+    #: the operator's 8 MiB body limit), reading stops at ``buffer_limit_bytes`` waiting, and
+    #: the resend record forgets its oldest batches past ``resend_limit_bytes``.
+    batch_bytes: int = BATCH_BYTES
+    buffer_limit_bytes: int = BUFFER_LIMIT_BYTES
     poll_interval: float = 0.1
     request_timeout: float = 10.0
     backoff_initial: float = 0.1
@@ -122,6 +135,7 @@ class ForwardConfig:
     #: lookback a detector may have), at most ``resend_limit`` of them.
     resend_window: float = 86_400.0
     resend_limit: int = 20_000
+    resend_limit_bytes: int = RESEND_LIMIT_BYTES
     #: The cluster stamped on every forwarded event (``--cluster-name``), replacing a stamp the
     #: record carried; ``None``: events are forwarded as they are.
     cluster_name: str | None = None
@@ -331,6 +345,8 @@ class _Batch(Generic[Position]):
 
     events: list[bytes] = field(default_factory=list)
     end: Position | None = None
+    #: The events' bytes.
+    size: int = 0
 
 
 class Outbox(Generic[Position]):
@@ -369,6 +385,9 @@ class Outbox(Generic[Position]):
         resend_window: float = 0.0,
         resend_limit: int = 0,
         cluster_name: str | None = None,
+        batch_bytes: int = BATCH_BYTES,
+        buffer_limit_bytes: int = BUFFER_LIMIT_BYTES,
+        resend_limit_bytes: int = RESEND_LIMIT_BYTES,
     ) -> None:
         self._forwarder = forwarder
         #: Stamped on every event added (``--cluster-name``): one place for every source.
@@ -378,12 +397,16 @@ class Outbox(Generic[Position]):
         self._batch_size = batch_size
         self._batch_wait = batch_wait
         self._buffer_limit = buffer_limit
+        self._batch_bytes = batch_bytes
+        self._buffer_limit_bytes = buffer_limit_bytes
+        self._resend_limit_bytes = resend_limit_bytes
         self._batch: _Batch[Position] = _Batch()
         self._started = 0.0  # when the current batch got its first event
         self._last_flush = time.monotonic()
         self._consumed = start  # the source has handled everything before this
         self._marked = start  # the end of the last batch queued
         self._pending = 0
+        self._pending_bytes = 0
         self._queue: asyncio.Queue[_Batch[Position] | None] = asyncio.Queue()
         self._space = asyncio.Event()
         self._give_up = asyncio.Event()
@@ -391,8 +414,9 @@ class Outbox(Generic[Position]):
         self._resend_window = resend_window
         self._resend_limit = resend_limit
         #: Acknowledged batches a new leader would get again: (monotonic ack time, events).
-        self._sent: deque[tuple[float, list[bytes]]] = deque()
+        self._sent: deque[tuple[float, list[bytes], int]] = deque()
         self._sent_events = 0
+        self._sent_bytes = 0
         self._epoch: str | None = None
 
     @property
@@ -402,8 +426,12 @@ class Outbox(Generic[Position]):
 
     @property
     def full(self) -> bool:
-        """Whether ``buffer_limit`` events are waiting: the source must stop reading."""
-        return self._pending + len(self._batch.events) >= self._buffer_limit
+        """Whether ``buffer_limit`` events, or ``buffer_limit_bytes`` of them, are waiting: the
+        source must stop reading."""
+        return (
+            self._pending + len(self._batch.events) >= self._buffer_limit
+            or self._pending_bytes + self._batch.size >= self._buffer_limit_bytes
+        )
 
     # -- the source's side -------------------------------------------------------------------------
 
@@ -420,7 +448,8 @@ class Outbox(Generic[Position]):
             if not batch.events:
                 self._started = time.monotonic()
             batch.events.append(event)
-            if len(batch.events) >= self._batch_size:
+            batch.size += len(event)
+            if len(batch.events) >= self._batch_size or batch.size >= self._batch_bytes:
                 batch.end = position_of(mark)
                 self._marked = batch.end
                 self._enqueue(batch)
@@ -473,6 +502,7 @@ class Outbox(Generic[Position]):
 
     def _enqueue(self, batch: _Batch[Position]) -> None:
         self._pending += len(batch.events)
+        self._pending_bytes += batch.size
         self._queue.put_nowait(batch)
 
     # -- the operator's side -----------------------------------------------------------------------
@@ -516,17 +546,30 @@ class Outbox(Generic[Position]):
                     window = int((time.monotonic() - result.acked_at) * 1e6)
                     stats.ack_to_checkpoint_max_us = max(stats.ack_to_checkpoint_max_us, window)
             self._pending -= len(batch.events)
+            self._pending_bytes -= batch.size
             self._space.set()
-            self._remember(batch.events)
+            self._remember(batch.events, batch.size)
 
-    def _remember(self, events: list[bytes]) -> None:
-        """Keep an acknowledged batch for a new leader, within the record's bounds."""
-        if not events or self._resend_window <= 0 or len(events) > self._resend_limit:
+    def _remember(self, events: list[bytes], size: int) -> None:
+        """Keep an acknowledged batch (of ``size`` bytes) for a new leader, within the record's
+        bounds (events and bytes; the oldest batches forgotten first)."""
+        if (
+            not events
+            or self._resend_window <= 0
+            or len(events) > self._resend_limit
+            or size > self._resend_limit_bytes
+        ):
             return
-        self._sent.append((time.monotonic(), events))
+        self._sent.append((time.monotonic(), events, size))
         self._sent_events += len(events)
-        while self._sent_events > self._resend_limit:
-            self._sent_events -= len(self._sent.popleft()[1])
+        self._sent_bytes += size
+        while self._sent_events > self._resend_limit or self._sent_bytes > self._resend_limit_bytes:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        _, events, size = self._sent.popleft()
+        self._sent_events -= len(events)
+        self._sent_bytes -= size
 
     async def _follow_leader(self, epoch: str | None) -> bool:
         """After an acknowledgement naming ``epoch``: if it names a new leader, send it what was
@@ -539,7 +582,7 @@ class Outbox(Generic[Position]):
         self._stats.leader_changes += 1
         oldest = time.monotonic() - self._resend_window
         while self._sent and self._sent[0][0] < oldest:
-            self._sent_events -= len(self._sent.popleft()[1])
+            self._forget_oldest()
         self._forwarder.log.warning(
             "the operator has a new leader; sending it again what was forwarded within the "
             "resend window (its de-duplication absorbs what it already has)",
@@ -547,7 +590,7 @@ class Outbox(Generic[Position]):
                    "resend_window": self._resend_window},
         )
         while True:
-            for _, events in list(self._sent):
+            for _, events, _size in list(self._sent):
                 result = await self._forwarder.deliver(events, self._give_up)
                 if not result.complete:
                     return False
@@ -595,6 +638,9 @@ async def forwarding(
             resend_window=config.resend_window,
             resend_limit=config.resend_limit,
             cluster_name=config.cluster_name,
+            batch_bytes=config.batch_bytes,
+            buffer_limit_bytes=config.buffer_limit_bytes,
+            resend_limit_bytes=config.resend_limit_bytes,
         )
         outbox.start()
         reporter = asyncio.create_task(
