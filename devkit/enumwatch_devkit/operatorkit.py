@@ -327,7 +327,10 @@ def start_tailer(
     """Start ``enumwatch tail`` following ``path`` into ``op`` (fast batching and polling).
 
     Its checkpoint, token file and output go to ``workdir``; returns the process and the path
-    of its output (JSON logs, then its final counters as ``{"tailer_stats": ...}``).
+    of its output (JSON logs, then its final counters as ``{"tailer_stats": ...}``). When
+    ``path`` exists, returns once the tailer holds a file of its directory open: a new tailer
+    starts at the live file, so requests made while it was still starting (its imports take a
+    second or two on a loaded machine) would be in a file rotated away before it looked.
     """
     token = workdir / "token"
     token.write_text(op.token)
@@ -356,7 +359,52 @@ def start_tailer(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    if path.exists():
+        wait_for(
+            lambda: _holds_a_file_in(tailer, path.resolve().parent, log),
+            timeout=30,
+            what="the tailer to open the audit log",
+        )
     return tailer, log
+
+
+@contextlib.contextmanager
+def tailed_operator(cp: ControlPlane, workdir: Path) -> Iterator[tuple[OperatorProcess, Path]]:
+    """A started operator and a tailer following ``cp``'s audit log into it: (operator, the
+    tailer's output); the tailer is stopped (SIGTERM) before the operator."""
+    with running_operator(cp, workdir / "operator") as op:
+        tailer, log = start_tailer(cp.audit_log, op, workdir)
+        try:
+            yield op, log
+        finally:
+            tailer.send_signal(signal.SIGTERM)
+            tailer.wait(timeout=20)
+
+
+def ready_detector(cp: ControlPlane, prefix: str, spec: dict[str, Any]) -> str:
+    """A fresh namespace (``prefix``-...) with the detector ``det`` of ``spec``, once Ready."""
+    ns = fresh_namespace(cp, prefix)
+    apply_detector(cp, ns, "det", spec)
+    jsonpath = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+    wait_for(
+        lambda: cp.kubectl("get", "enumerationdetector", "det", "-n", ns, "-o", jsonpath)
+        == "True",
+        what="detector Ready",
+    )
+    return ns
+
+
+def _holds_a_file_in(process: subprocess.Popen[bytes], directory: Path, log: Path) -> bool:
+    """Whether ``process`` has a file of ``directory`` open (its descriptors in /proc)."""
+    if process.poll() is not None:
+        raise AssertionError(f"the tailer exited: {log.read_text()[-2000:]}")
+    fds = Path(f"/proc/{process.pid}/fd")
+    with contextlib.suppress(FileNotFoundError):
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                if Path(os.readlink(fd)).parent == directory:
+                    return True
+    return False
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:

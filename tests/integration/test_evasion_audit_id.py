@@ -29,7 +29,7 @@ from enumwatch_devkit.operatorkit import (
     anonymous_get,
     apply_detector,
     audit_events_for,
-    fresh_namespace,
+    ready_detector,
     running_operator,
     start_tailer,
     unique_agent,
@@ -105,19 +105,6 @@ def redeliver_twice(op: OperatorProcess, events: list[dict[str, Any]]) -> None:
         assert (answer["accepted"], answer["duplicates"]) == (0, len(events))
 
 
-def ready_detector(cp: ControlPlane, label: str) -> str:
-    """A fresh namespace with the detector ``det``, once the operator runs it."""
-    ns = fresh_namespace(cp, label)
-    apply_detector(cp, ns, "det", DETECTOR)
-    jsonpath = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
-    wait_for(
-        lambda: cp.kubectl("get", "enumerationdetector", "det", "-n", ns, "-o", jsonpath)
-        == "True",
-        what="detector Ready",
-    )
-    return ns
-
-
 @dataclass
 class Stack:
     """The operator and a tailer following the control plane's audit log."""
@@ -142,7 +129,7 @@ def test_a_fixed_audit_id_scan_is_one_finding_through_the_tailer_and_the_scan(
     stack: Stack, tmp_path: Path
 ) -> None:
     cp, op = stack.cp, stack.operator
-    ns = ready_detector(cp, "auditid")
+    ns = ready_detector(cp, "auditid", DETECTOR)
     agent = unique_agent("fixed-audit-id")
     audit_id = fixed_audit_id_scan(cp, agent)
     events = real_events(cp, agent, audit_id)
@@ -178,7 +165,7 @@ def test_events_without_an_audit_id_are_never_collapsed(
     """Real scan events, their auditID emptied or removed and their user agent renamed, posted
     twice: none is taken for another (an exact repeat without an auditID counts again)."""
     cp, op = stack.cp, stack.operator
-    ns = ready_detector(cp, "noauditid")
+    ns = ready_detector(cp, "noauditid", DETECTOR)
     source = unique_agent("source")
     for path in SCAN_PATHS:
         assert anonymous_get(cp, path, source) == 403

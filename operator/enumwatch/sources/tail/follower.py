@@ -151,8 +151,10 @@ class Follower:
         #: Queued files that exist only compressed (their ``.gz`` path by its key), decompressed
         #: when their turn comes.
         self._compressed: dict[tuple[int, int], str] = {}
-        #: Files already read to their end, never queued again by the sibling scan.
-        self._finished: deque[tuple[int, int]] = deque(maxlen=64)
+        #: The files read to their end, with their first bytes: a file's (device, inode) is
+        #: not its identity for long (a deleted backup's inode is given to the next file the
+        #: writer creates), so a sibling is the finished file only if it starts as it did.
+        self._finished: deque[tuple[tuple[int, int], bytes]] = deque(maxlen=64)
         if checkpoint is not None:
             self._resume(checkpoint, since_ns)
 
@@ -270,7 +272,7 @@ class Follower:
             extra={"path": cur.path, "inode": cur.inode, "offset": cur.offset},
         )
         finished_at = os.fstat(cur.fd).st_mtime_ns
-        self._finished.append(cur.key)
+        self._finished.append((cur.key, cur.prefix))
         self.close()
         self.watch()
         self._queue.extendleft(reversed(self._rotated_since(finished_at, cur.prefix)))
@@ -287,19 +289,24 @@ class Follower:
         """Files rotated next to the log since ``mtime_ns`` that are not read nor queued yet
         (a second rotation before the tailer looked), oldest first."""
         live = self._stat_live()
-        skip = {*self._finished, *self._queue}
+        skip = set(self._queue)
         if live is not None:
             skip.add((live.st_dev, live.st_ino))
         if self._cur is not None:
             skip.add(self._cur.key)
+        finished = dict(self._finished)
         found = []
         for path, st in self._siblings():
             key = (st.st_dev, st.st_ino)
             if st.st_mtime_ns < mtime_ns or key in skip or not st.st_size:
                 continue
             with open(path, "rb") as f:
-                if prefix and f.read(len(prefix)) == prefix:
-                    continue  # another copy of what was read
+                head = f.read(self.fingerprint_size)
+            if prefix and head.startswith(prefix):
+                continue  # another copy of what was read
+            done = finished.get(key)
+            if done and head.startswith(done):
+                continue  # read already (the same file, not a new one given its inode)
             found.append(key)
         return found
 
