@@ -917,8 +917,10 @@ class WindowedEvaluator(Schedule):
                     group.count += 1
                     dirty.add(key)
             # A long value or key is compared with the budget even within a batch that could
-            # not reach it by the per-event bound (add_batch): its text is the client's.
+            # not reach it by the per-event bound (add_batch): its text is the client's. From
+            # there on that bound no longer holds, so every event is, as one by one.
             if checked or excess or keyed:
+                checked = True
                 self._seq = seq
                 self._cells += made_cells
                 self._values += made_values

@@ -600,3 +600,26 @@ def test_a_long_user_agent_counts_against_the_budget_while_its_group_lives() -> 
     assert restored.state_bytes == w.state_bytes
     w.evaluate(T0 + 62)  # both slices have left the window: the group is gone
     assert w.state_bytes == 0
+
+
+def test_a_batch_with_a_long_value_sheds_where_its_events_one_by_one_would() -> None:
+    # The batch's bound (4 one-event groups fit) holds only while no text is long: after the
+    # long path, the next ordinary events go over the budget, and must shed there, as one by
+    # one. 1,150 + 6,492 (the long path's excess), then 3 x 1,150: over 10,000 at the last.
+    one = GROUP_BYTES + CELL_BYTES + VALUE_BYTES
+    events = [_long("192.0.2.5", "long/0", 7_500, T0)] + [
+        dataclasses.replace(_long("192.0.2.5", f"short/{i}", 20, T0)) for i in range(3)
+    ]
+    assert value_excess(("get", "/" + "a" * 7_499, "pods", None, 403, None, None, 0)) == 6_492
+    single = WindowedEvaluator(Rule(), 1, 60, state_budget=10_000, time_basis="ingested")
+    batch = WindowedEvaluator(Rule(), 1, 60, state_budget=10_000, time_basis="ingested")
+    for event in events:
+        single.add(event, T0 + 0.5)
+    batch.add_batch(events, [True] * len(events), T0 + 0.5)
+    assert single.shed[SHED_BELOW_THRESHOLDS] == 1  # the long one, least recently fed
+    assert (batch.shed, batch.shed_documents, batch.state_bytes) == (
+        single.shed,
+        single.shed_documents,
+        single.state_bytes,
+    )
+    assert batch.state_bytes == 3 * one
