@@ -1,6 +1,6 @@
 """Split the operator's own CPU at 1,000 events/s, interval 1 s, lookback 60 s, by stage.
 
-Run: ``.venv/bin/python bench/cpu_split_bench.py [--seconds 30] [--rate 1000]``
+Run: ``.venv/bin/python bench/cpu_split_bench.py [--seconds 30] [--rate 1000] [--paced]``
 
 Why: ``bench/operator_bench.py --parts cpu`` measures the whole process on a shared machine
 (its figure moves by 10% from one run to the next), so a change that saves half a millisecond
@@ -17,6 +17,9 @@ windows' insert (``offer``: the rule's match, the cells) and the tick (``evaluat
 leaves out is the process around them: aiohttp, the ticker's Finding and status writes, the
 checkpoint, the collector (``--parts idle`` of ``operator_bench.py`` measures the fixed part).
 To compare two versions, run it with ``PYTHONPATH`` pointing at the other's ``operator/``.
+``--paced`` handles the measured seconds' lists in real time, five a second with this process
+idle in between as the operator is between two bodies: the same work, back to back or paced,
+shows what idling between bodies costs the same code.
 """
 
 from __future__ import annotations
@@ -83,6 +86,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument(
+        "--paced",
+        action="store_true",
+        help="measured seconds in real time: each list handled when it is due (five a second "
+        "at 1,000 events/s), this process idle in between, as the operator between two bodies "
+        "(the fill stays back to back)",
+    )
     args = parser.parse_args()
     lists = max(1, args.rate // PER_LIST)
     detectors = Detectors(Path(tempfile.mkdtemp(prefix="enumwatch-split-")) / "state")
@@ -94,10 +104,15 @@ def main() -> int:
     base = 1_800_000_000
     cost: dict[str, float] = defaultdict(float)
 
-    async def run(first: int, count: int) -> None:
+    async def run(first: int, count: int, paced: bool = False) -> None:
+        start = time.monotonic()
         for s in range(first, first + count):
             for k in range(lists):
                 raw = operator_bench.batch(TEMPLATES, PER_LIST, (s * lists + k) * PER_LIST)
+                if paced:  # wait for the list's moment, idle (not measured: no CPU spent)
+                    await asyncio.sleep(
+                        max(0.0, start + (s - first) + k / lists - time.monotonic())
+                    )
                 arrival = base + s + k / lists
                 t0 = time.process_time()
                 batch = ingest.decode_batch(raw)
@@ -124,11 +139,12 @@ def main() -> int:
 
     asyncio.run(run(0, 60))  # fill one lookback
     cost.clear()
-    asyncio.run(run(60, args.seconds))
+    asyncio.run(run(60, args.seconds, args.paced))
     scale = 1000 / (args.seconds * lists * PER_LIST) * 1000  # ms per 1,000 events
     print(
         f"stages at {lists * PER_LIST} events/s for {args.seconds} simulated s (interval 1s, "
-        f"lookback 60s, {PER_LIST}-event lists), ms CPU per 1,000 events: "
+        f"lookback 60s, {PER_LIST}-event lists{', paced in real time' if args.paced else ''}),"
+        " ms CPU per 1,000 events: "
         + "  ".join(f"{name} {spent * scale:.2f}" for name, spent in cost.items())
         + f"  total {sum(cost.values()) * scale:.2f}"
     )
