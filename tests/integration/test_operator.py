@@ -694,6 +694,52 @@ def test_findings_older_than_retention_are_deleted(crds: ControlPlane, tmp_path:
         assert op.metrics()["enumwatch_findings_expired_total"] >= 1
 
 
+def test_findings_past_max_stored_are_deleted_oldest_first(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    """A client rotating its user agent makes a Finding per agent: past findings.maxStored the
+    sweep deletes the oldest (once their events left the window, so none is written again),
+    counted in the status, the metric, an Event and the FindingsEvicted condition."""
+    ns = fresh_namespace(crds, "stored")
+    spec = {
+        "schedule": {"interval": "1s", "lookback": "2s"},
+        "findings": {"maxStored": 2, "maxPerRun": 2},
+    }
+    agents, events = _many_scans(crds, 4)
+    by_agent = {a: [e for e in events if e["userAgent"] == a] for a in agents}
+
+    def stored() -> dict[str, str]:
+        return {f["spec"]["userAgent"]: f["metadata"]["name"] for f in findings(crds, ns)}
+
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", spec)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        names: dict[str, str] = {}
+        for agent in agents:  # one after the other: each its own arrival time
+            op.ingest(by_agent[agent])
+            names[agent] = wait_for(lambda a=agent: stored().get(a), what=f"{agent}'s Finding")
+        wait_for(lambda: stored() == {a: names[a] for a in agents[2:]}, what="the two newest")
+        status = wait_for(
+            lambda: (s := detector_status(crds, ns, "det")).get("findingsEvicted") == 2 and s,
+            what="findingsEvicted 2",
+        )
+        (condition,) = [c for c in status["conditions"] if c["type"] == "FindingsEvicted"]
+        assert (condition["status"], condition["reason"]) == ("True", "MaxStoredReached")
+        series = f'{{detector="det",namespace="{ns}"}}'
+        assert op.metrics()[f"enumwatch_findings_evicted_total{series}"] == 2
+        told = wait_for(
+            lambda: [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsEvicted"],
+            what="the FindingsEvicted Event",
+        )
+        assert all(e["type"] == "Warning" for e in told)
+        for agent in agents[:2]:
+            assert any(names[agent] in e["message"] for e in told), (agent, told)
+        # Their events had left the window: no tick writes the deleted Findings again.
+        wait_for_tick_after(crds, ns, "det", time.time(), 1.0)
+        assert stored() == {a: names[a] for a in agents[2:]}
+        assert detector_status(crds, ns, "det")["findingsCreated"] == 4
+
+
 def _many_scans(cp: ControlPlane, count: int) -> tuple[list[str], list[dict[str, Any]]]:
     """``count`` real anonymous scans, each with its own user agent: the agents and the audit
     events the apiserver wrote for them (read once from its audit log)."""

@@ -104,7 +104,7 @@ def _variations() -> Iterator[tuple[str, Any]]:
     for number in INTEGERS:
         for key in ("thresholds.documentsBelow", "thresholds.distinctRequestURIsAbove",
                     "thresholds.distinctResourcesAbove", "thresholds.notFoundAtLeast",
-                    "findings.maxPerRun", "riskScore"):
+                    "findings.maxPerRun", "findings.maxStored", "riskScore"):
             yield key, number
     for usernames in USERNAMES:
         for missing in (True, False, "false"):

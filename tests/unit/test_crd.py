@@ -122,6 +122,7 @@ def test_every_default_of_the_detector_spec_is_said_in_its_description() -> None
         "spec.schedule.lookback": "6m.",
         "spec.schedule.timestamp": "ingested.",
         "spec.findings.maxPerRun": "100.",
+        "spec.findings.maxStored": "10000.",
         "spec.findings.suppressFor": "1h.",
         "spec.findings.successSeverity": "high.",
         "spec.findings.retention": "168h.",
@@ -191,4 +192,4 @@ def test_every_cel_rule_of_the_detector_crd_is_a_check_with_its_python_side() ->
         for rule in node.get("x-kubernetes-validations", [])
     }
     assert rules <= checks
-    assert len(rules) == 20  # 14 Checks and 6 duration bounds
+    assert len(rules) == 21  # 15 Checks and 6 duration bounds

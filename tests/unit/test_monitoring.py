@@ -186,6 +186,7 @@ def test_the_rule_file_holds_the_alerts_the_readme_promises() -> None:
             "EnumwatchEventsLate",
             "EnumwatchEventsFromTheFuture",
             "EnumwatchWindowShedding",
+            "EnumwatchFindingsEvicted",
             "EnumwatchAuditCoverageLost",
             "EnumwatchOutputFailing",
             "EnumwatchTickStepErrors",
@@ -225,7 +226,7 @@ def test_promtool_checks_the_shipped_rules(promtool: Path, tmp_path: Path) -> No
     _rules_file(tmp_path)
     out = _promtool(promtool, "check", "rules", "--lint-fatal", "rules.yaml", cwd=tmp_path)
     assert out == f"Checking rules.yaml\n  SUCCESS: {len(monitoring.rules())} rules found\n\n"
-    assert len(monitoring.rules()) == 13
+    assert len(monitoring.rules()) == 14
 
 
 def _alert(name: str, eval_time: str, *expected: dict[str, Any]) -> dict[str, Any]:
@@ -429,6 +430,26 @@ ALERT_TESTS = [
             },
         ),
         _alert("EnumwatchWindowShedding", "25m"),
+    ),
+    # 3 Findings deleted past maxStored between 5m and 6m (a client rotating its user agent).
+    _group(
+        {f"enumwatch_findings_evicted_total{{{LABELS}}}": "0x5 3x20"},
+        _alert("EnumwatchFindingsEvicted", "5m"),
+        _alert(
+            "EnumwatchFindingsEvicted",
+            "6m",
+            _per_detector(
+                "warning",
+                "Detector team-a/anonymous-enumeration deletes Findings past "
+                "findings.maxStored.",
+                "3 Findings of this detector were deleted before their retention in 15 minutes "
+                "because it holds more than spec.findings.maxStored (claimed addresses, then the "
+                "lowest severity, then the oldest lastSeen go first; FindingsEvicted Events name "
+                "them): many clients or user agents scanned. Raise maxStored if this is normal "
+                "traffic.",
+            ),
+        ),
+        _alert("EnumwatchFindingsEvicted", "25m"),
     ),
 ]
 

@@ -86,3 +86,31 @@ def test_an_exception_on_the_user_agent_alone_is_named_as_spoofable() -> None:
         "ObservedAddress",
         "no exception rests on fields the client chooses",
     )
+
+
+def test_findings_evicted_is_true_while_the_detector_is_at_its_bound() -> None:
+    runtime = DetectorRuntime(ref=REF)
+    runtime.configure({**FAST, "findings": {"maxStored": 5, "maxPerRun": 2}}, 1)
+    assert _conditions(runtime)["FindingsEvicted"] == (
+        "False",
+        "WithinMaxStored",
+        "0 Findings stored, findings.maxStored=5",
+    )
+    runtime.swept(stored=5, evicted=3)
+    assert _conditions(runtime)["FindingsEvicted"] == (
+        "True",
+        "MaxStoredReached",
+        "5 Findings stored, findings.maxStored=5: the retention sweep deletes the ones past it "
+        "before their retention (claimed addresses, then the lowest severity, then the oldest "
+        "lastSeen); 3 deleted so far, 3 by the last sweep; see "
+        "enumwatch_findings_evicted_total",
+    )
+    runtime.swept(stored=5, evicted=0)  # still at the bound: the next new Finding evicts one
+    assert _conditions(runtime)["FindingsEvicted"][:2] == ("True", "MaxStoredReached")
+    runtime.swept(stored=2, evicted=0)  # retention took the others
+    assert _conditions(runtime)["FindingsEvicted"] == (
+        "False",
+        "WithinMaxStored",
+        "2 Findings stored, findings.maxStored=5; 3 deleted past it earlier",
+    )
+    assert runtime.findings_evicted == 3

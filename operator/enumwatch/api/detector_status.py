@@ -175,6 +175,16 @@ class DetectorStatus(_Model):
             "dropped), since the operator started; a FindingsDropped Event names them."
         ),
     )
+    findings_evicted: int = Field(
+        default=0,
+        alias="findingsEvicted",
+        description=(
+            "Findings deleted before their retention because the detector had more than "
+            "spec.findings.maxStored (since the operator started): claimed addresses first, "
+            "then the lowest severity, then the oldest lastSeen; a FindingsEvicted Event names "
+            "them and the FindingsEvicted condition is True while the detector is at its bound."
+        ),
+    )
     tick_errors: dict[str, int] = Field(
         default_factory=dict,
         alias="tickErrors",

@@ -584,8 +584,30 @@ class ScheduleSpec(_Model):
         return parse_duration(self.lookback)
 
 
+#: How many Findings a detector keeps at most by default (about 3.3 kB each in etcd).
+DEFAULT_MAX_STORED = 10_000
+MAX_STORED_LIMIT = 1_000_000
+
+_MAX_STORED_COVERS_RUN = Check(
+    # The guards are for the CRD's own default ({}), checked before cascading.
+    rule="!has(self.maxStored) || !has(self.maxPerRun) || self.maxStored >= self.maxPerRun",
+    message=(
+        "findings.maxStored must not be smaller than findings.maxPerRun: one tick's writes "
+        "would be deleted at the next sweep"
+    ),
+    holds=lambda f: f.max_stored >= f.max_per_run,
+    field_path=".maxStored",
+)
+
+
 class FindingsSpec(_Model):
     """How rows become Finding objects."""
+
+    model_config = ConfigDict(json_schema_extra=cel_rules(_MAX_STORED_COVERS_RUN))
+
+    @model_validator(mode="after")
+    def _checks(self) -> FindingsSpec:
+        return enforce(self, _MAX_STORED_COVERS_RUN)
 
     max_per_run: int = Field(
         default=SEED_RULE.max_alerts_per_run,
@@ -621,6 +643,23 @@ class FindingsSpec(_Model):
         description=(
             "Findings whose lastSeen is older than this are deleted (1s to 8760h; not shorter "
             "than schedule.lookback)."
+        ),
+    )
+    max_stored: int = Field(
+        default=DEFAULT_MAX_STORED,
+        ge=1,
+        le=MAX_STORED_LIMIT,
+        strict=True,
+        alias="maxStored",
+        description=(
+            "At most this many Findings of this detector are kept: past it, the retention "
+            "sweep deletes the ones least worth keeping before their retention, in this order: "
+            "those of addresses their client only claimed (X-Forwarded-For), then the lowest "
+            "severity, then the oldest lastSeen. Counted in status.findingsEvicted, "
+            "enumwatch_findings_evicted_total and a FindingsEvicted Event; the FindingsEvicted "
+            "condition is True while the last sweep had to. A bound on what a client rotating "
+            "its user agent can make the detector write, never a refusal of a new Finding. Not "
+            "smaller than maxPerRun."
         ),
     )
 

@@ -183,6 +183,14 @@ FINDINGS_EXPIRED = Counter(
     "Findings deleted after their retention.",
     registry=REGISTRY,
 )
+FINDINGS_EVICTED = Counter(
+    "enumwatch_findings_evicted_total",
+    "Findings deleted before their retention because their detector had more than "
+    "spec.findings.maxStored: claimed addresses first, then the lowest severity, then the "
+    "oldest lastSeen.",
+    ["namespace", "detector"],
+    registry=REGISTRY,
+)
 DETECTOR_FINDINGS = Counter(
     "enumwatch_detector_findings_total",
     "Findings written, by detector, severity and what the write was: created (a new Finding), "

@@ -107,6 +107,10 @@ class DetectorRuntime:
     pending: dict[GroupKey, PendingWrite] = field(default_factory=dict)
     #: Rows dropped because the backlog of pending writes was full.
     findings_dropped: int = 0
+    #: Findings the retention sweeps deleted past findings.maxStored (since the operator
+    #: started), and how many the last sweep did (the FindingsEvicted condition).
+    findings_evicted: int = 0
+    evicted_last_sweep: int = 0
     #: Whether the window or the pending writes changed since the state file was written (a
     #: checkpoint writes only the detectors that changed).
     changed: bool = True
@@ -214,6 +218,14 @@ class DetectorRuntime:
             self.shed_warned = shed
         if notice_told:
             self.window_notice = None
+
+    def swept(self, stored: int, evicted: int) -> None:
+        """A retention sweep left ``stored`` Findings of this detector, deleting ``evicted``
+        past findings.maxStored (counted in status.findingsEvicted and the metric)."""
+        self.findings = stored
+        self.evicted_last_sweep = evicted
+        self.findings_evicted += evicted
+        metrics.FINDINGS_EVICTED.labels(self.ref.namespace, self.ref.name).inc(evicted)
 
     def counted_findings(self, findings: int, now: float) -> None:
         """The detector's Findings were counted (a LIST) at ``now`` (monotonic)."""

@@ -22,6 +22,7 @@ from enumwatch.exception_list import spoofable
 from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi, object_path
 from enumwatch.outputs.dispatch import Outputs
 from enumwatch.rbac_posture import REASON_FOUND, describe, verdict
+from enumwatch.sink.capacity import REASON_EVICTED
 from enumwatch.sink.findings import FindingSink
 from enumwatch.timefmt import format_rfc3339, now_rfc3339
 from enumwatch.windows import WindowedEvaluator
@@ -92,8 +93,9 @@ class StatusReporter:
         ExceptionSpoofable (an exception a client can meet by itself),
         AuditCoverage (the stream lets the rule see, judged at this moment), RBACPosture
         (no binding grants anonymous clients more than the defaults), WindowOverflow (groups
-        shed over the window state budget within the last lookback) and, when outputs are
-        configured, OutputsDelivered (no Alertmanager or webhook keeps failing)."""
+        shed over the window state budget within the last lookback), FindingsEvicted (the
+        detector is at its findings.maxStored) and, when outputs are configured,
+        OutputsDelivered (no Alertmanager or webhook keeps failing)."""
         if runtime.spec is None:
             ready = self._condition(
                 runtime, "Ready", "False", "InvalidSpec", runtime.error or "no valid spec yet"
@@ -168,6 +170,8 @@ class StatusReporter:
             )
         if runtime.evaluator is not None:
             conditions.append(self._overflow(runtime, runtime.evaluator))
+        if runtime.spec is not None:
+            conditions.append(self._evicted(runtime, runtime.spec.findings.max_stored))
         if runtime.coverage is not None:
             seen = runtime.coverage.verdict(time.time())
             conditions.append(
@@ -219,6 +223,31 @@ class StatusReporter:
             "False",
             "WithinBudget",
             f"window state {size} of {budget}, {evaluator.group_count} groups{earlier}",
+        )
+
+    def _evicted(self, runtime: DetectorRuntime, cap: int) -> Condition:
+        """FindingsEvicted: True while the detector is at its findings.maxStored (the last
+        retention sweep deleted Findings past it, or the next new Finding will), else False."""
+        earlier = runtime.findings_evicted
+        if runtime.evicted_last_sweep or runtime.findings >= cap:
+            return self._condition(
+                runtime,
+                REASON_EVICTED,
+                "True",
+                "MaxStoredReached",
+                f"{runtime.findings} Findings stored, findings.maxStored={cap}: the retention "
+                f"sweep deletes the ones past it before their retention (claimed addresses, then "
+                f"the lowest severity, then the oldest lastSeen); {earlier} deleted so far, "
+                f"{runtime.evicted_last_sweep} by the last sweep; see "
+                "enumwatch_findings_evicted_total",
+            )
+        return self._condition(
+            runtime,
+            REASON_EVICTED,
+            "False",
+            "WithinMaxStored",
+            f"{runtime.findings} Findings stored, findings.maxStored={cap}"
+            + (f"; {earlier} deleted past it earlier" if earlier else ""),
         )
 
     async def _warn_window(self, runtime: DetectorRuntime) -> None:
@@ -301,6 +330,7 @@ class StatusReporter:
             runtime.findings_capped,
             len(runtime.pending),
             runtime.findings_dropped,
+            runtime.findings_evicted,
             runtime.findings_write_errors,
             runtime.rows_excepted,
             tuple(sorted(runtime.step_errors.items())),
@@ -387,6 +417,7 @@ class StatusReporter:
             findingsCapped=runtime.findings_capped,
             findingsBacklog=len(runtime.pending),
             findingsDropped=runtime.findings_dropped,
+            findingsEvicted=runtime.findings_evicted,
             findingsWriteErrors=runtime.findings_write_errors,
             rowsExcepted=runtime.rows_excepted,
             tickErrors=dict(sorted(runtime.step_errors.items())),

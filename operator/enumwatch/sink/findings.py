@@ -38,6 +38,7 @@ from enumwatch.attribution import unattributable
 from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi, object_path
 from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
+from enumwatch.sink.capacity import StoreBound, evictions
 from enumwatch.sink.events import EventPoster
 from enumwatch.sink.plan import (
     Action,
@@ -96,6 +97,31 @@ class Written:
     finding: dict[str, Any]  # the object as the API server returned it after the write
     action: Action
     changes: tuple[str, ...] = ()  # what grew (Action.GREW), as the Event says
+
+
+@dataclass
+class Sweep:
+    """What one retention sweep deleted and kept (:meth:`FindingSink.expire`)."""
+
+    #: namespace/name of each Finding deleted after its retention.
+    expired: list[str] = field(default_factory=list)
+    #: The names of the Findings deleted past ``findings.maxStored``, by (namespace, detector),
+    #: in the order they were given up.
+    evicted: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    #: How many Findings each running detector keeps after the sweep, by (namespace, detector).
+    stored: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: When the next of the remaining Findings expires, or one past its detector's bound can go
+    #: (``None``: neither).
+    next_expiry: float | None = None
+
+    @property
+    def deleted(self) -> list[str]:
+        """namespace/name of every Finding the sweep deleted, for whatever reason."""
+        return self.expired + [
+            f"{namespace}/{name}"
+            for (namespace, _), names in self.evicted.items()
+            for name in names
+        ]
 
 
 @dataclass
@@ -459,14 +485,19 @@ class FindingSink:
         )
 
     async def expire(
-        self, now: float, retention_of: Callable[[str, str], float | None]
-    ) -> tuple[list[str], float | None]:
-        """Delete every Finding (all namespaces) whose lastSeen is older than its retention.
+        self,
+        now: float,
+        retention_of: Callable[[str, str], float | None],
+        bound_of: Callable[[str, str], StoreBound | None] = lambda namespace, detector: None,
+    ) -> Sweep:
+        """Delete every Finding (all namespaces) whose lastSeen is older than its retention,
+        then, of each running detector's remaining Findings, those past its
+        ``findings.maxStored`` (:func:`enumwatch.sink.capacity.evictions` says which).
 
         ``retention_of(namespace, detector)`` gives a running detector's retention in seconds;
         for a Finding whose detector is gone, the retention recorded on the Finding itself
-        applies, so evidence of a deleted detector still expires. Returns namespace/name of
-        each Finding deleted, and when the next of the remaining ones expires (``None``: none).
+        applies, so evidence of a deleted detector still expires. ``bound_of`` gives a
+        running detector's bound (``None``: no bound, the detector is gone).
         """
         findings = self.client.custom
         listing = await self.client.call(
@@ -476,28 +507,51 @@ class FindingSink:
             FINDING_PLURAL,
             label_selector=f"{MANAGED_BY_LABEL}={MANAGED_BY}",
         )
-        deleted = []
-        next_expiry: float | None = None
+        sweep = Sweep()
+        kept: dict[tuple[str, str], list[tuple[dict[str, Any], float]]] = {}
         for item in listing.get("items", []):
             spec, meta = item.get("spec") or {}, item["metadata"]
             last_seen = spec.get("lastSeen")
             if not last_seen:
                 continue
-            retention = retention_of(meta["namespace"], spec.get("detector", ""))
+            detector = (meta.get("labels") or {}).get(DETECTOR_LABEL) or spec.get("detector", "")
+            retention = retention_of(meta["namespace"], detector)
             if retention is None:
                 retention = parse_duration(spec.get("retention") or DEFAULT_RETENTION)
             expires = parse_rfc3339(last_seen) + retention
             if expires < now:
-                self._known.pop(f"{meta['namespace']}/{meta['name']}", None)
-                await self.client.call_or_none(  # deleted meanwhile (404): as good
-                    findings.delete_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    meta["namespace"],
-                    FINDING_PLURAL,
-                    meta["name"],
-                )
-                deleted.append(f"{meta['namespace']}/{meta['name']}")
-            elif next_expiry is None or expires < next_expiry:
-                next_expiry = expires
-        return deleted, next_expiry
+                await self._delete(meta["namespace"], meta["name"])
+                sweep.expired.append(f"{meta['namespace']}/{meta['name']}")
+            else:
+                kept.setdefault((meta["namespace"], detector), []).append((item, expires))
+        upcoming: list[float] = []  # when each remaining Finding expires, or one past the bound
+        for (namespace, detector), items in kept.items():  # can go
+            bound = bound_of(namespace, detector)
+            if bound is not None:
+                decided = evictions([item for item, _ in items], bound)
+                for item in decided.gone:
+                    await self._delete(namespace, item["metadata"]["name"])
+                if decided.gone:
+                    sweep.evicted[(namespace, detector)] = [
+                        str(item["metadata"]["name"]) for item in decided.gone
+                    ]
+                    gone = {id(item) for item in decided.gone}
+                    items = [(item, expires) for item, expires in items if id(item) not in gone]
+                if decided.next_at is not None:
+                    upcoming.append(decided.next_at)
+                sweep.stored[(namespace, detector)] = len(items)
+            upcoming.extend(expires for _, expires in items)
+        sweep.next_expiry = min(upcoming, default=None)
+        return sweep
+
+    async def _delete(self, namespace: str, name: str) -> None:
+        """Delete one Finding (one deleted meanwhile, a 404, is as good)."""
+        self._known.pop(f"{namespace}/{name}", None)
+        await self.client.call_or_none(
+            self.client.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            FINDING_PLURAL,
+            name,
+        )
