@@ -179,10 +179,6 @@ def test_a_finding_a_row_waits_to_write_is_never_given_up() -> None:
         ({"maxStored": 0}, "greater than or equal to 1"),
         ({"maxStored": 1_000_001}, "less than or equal to 1000000"),
         ({"maxStored": "10"}, "valid integer"),
-        (
-            {"maxStored": 99},
-            "findings.maxStored must not be smaller than findings.maxPerRun",
-        ),
     ],
 )
 def test_max_stored_bounds(findings: dict[str, Any], message: str) -> None:
@@ -190,7 +186,10 @@ def test_max_stored_bounds(findings: dict[str, Any], message: str) -> None:
         DetectorSpec.model_validate({"findings": findings})
 
 
-def test_max_stored_default_and_a_small_bound_with_a_small_rate() -> None:
+def test_max_stored_default_and_a_bound_below_the_rate() -> None:
+    # Harmless: a Finding is only given up once no row can write it again.
     assert DetectorSpec().findings.max_stored == 10_000
-    spec = DetectorSpec.model_validate({"findings": {"maxStored": 3, "maxPerRun": 3}})
-    assert (spec.findings.max_stored, spec.findings.max_per_run) == (3, 3)
+    spec = DetectorSpec.model_validate({"findings": {"maxStored": 3, "maxPerRun": 100}})
+    assert (spec.findings.max_stored, spec.findings.max_per_run) == (3, 100)
+    # JSON has one number type: read as the API server stores it.
+    assert DetectorSpec.model_validate({"findings": {"maxStored": 7.0}}).findings.max_stored == 7

@@ -192,4 +192,4 @@ def test_every_cel_rule_of_the_detector_crd_is_a_check_with_its_python_side() ->
         for rule in node.get("x-kubernetes-validations", [])
     }
     assert rules <= checks
-    assert len(rules) == 21  # 15 Checks and 6 duration bounds
+    assert len(rules) == 20  # 14 Checks and 6 duration bounds

@@ -588,26 +588,8 @@ class ScheduleSpec(_Model):
 DEFAULT_MAX_STORED = 10_000
 MAX_STORED_LIMIT = 1_000_000
 
-_MAX_STORED_COVERS_RUN = Check(
-    # The guards are for the CRD's own default ({}), checked before cascading.
-    rule="!has(self.maxStored) || !has(self.maxPerRun) || self.maxStored >= self.maxPerRun",
-    message=(
-        "findings.maxStored must not be smaller than findings.maxPerRun: one tick's writes "
-        "would be deleted at the next sweep"
-    ),
-    holds=lambda f: f.max_stored >= f.max_per_run,
-    field_path=".maxStored",
-)
-
-
 class FindingsSpec(_Model):
     """How rows become Finding objects."""
-
-    model_config = ConfigDict(json_schema_extra=cel_rules(_MAX_STORED_COVERS_RUN))
-
-    @model_validator(mode="after")
-    def _checks(self) -> FindingsSpec:
-        return enforce(self, _MAX_STORED_COVERS_RUN)
 
     max_per_run: int = Field(
         default=SEED_RULE.max_alerts_per_run,
@@ -657,9 +639,11 @@ class FindingsSpec(_Model):
             "those of addresses their client only claimed (X-Forwarded-For), then the lowest "
             "severity, then the oldest lastSeen. Counted in status.findingsEvicted, "
             "enumwatch_findings_evicted_total and a FindingsEvicted Event; the FindingsEvicted "
-            "condition is True while the last sweep had to. A bound on what a client rotating "
-            "its user agent can make the detector write, never a refusal of a new Finding. Not "
-            "smaller than maxPerRun."
+            "condition is True while the detector is at its bound. A bound on what a client "
+            "rotating its user agent can make the detector write, never a refusal of a new "
+            "Finding. A "
+            "Finding is only deleted once its events have left the window: the Findings of "
+            "groups still in it are kept past the bound."
         ),
     )
 
