@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.sink.capacity import StoreBound, claimed_only, eviction_rank, evictions
+from enumwatch.api.worth import claimed_only
+from enumwatch.sink.capacity import StoreBound, eviction_rank, evictions
 from enumwatch.timefmt import parse_rfc3339
 
 #: Long after every lastSeen below: every Finding's events have left the window.

@@ -185,6 +185,24 @@ def test_the_report_keeps_the_most_recently_seen_and_counts_the_rest() -> None:
     assert body["metadata"]["annotations"] == {OMITTED_ANNOTATION: "7"}
 
 
+def test_decoys_a_client_makes_cheaply_never_push_a_real_scan_out_of_the_report() -> None:
+    # Newer Findings of addresses a client only claimed (X-Forwarded-For), and newer ones of a
+    # lower severity, rank below an older observed scan that got in.
+    got_in = _finding("10.0.0.1", 1000.0, severity="high")
+    refused = _finding("10.0.0.2", 1001.0)
+    claimed = [_finding(f"10.9.0.{i}", 2000.0 + i, observed=0) for i in range(5)]
+    newer = [_finding(f"10.0.1.{i}", 1500.0 + i) for i in range(3)]
+    content = report_content([*claimed, *newer, refused, got_in], max_results=4)
+    assert [r["properties"]["sourceIP"] for r in content.results] == [
+        "10.0.0.1", "10.0.1.2", "10.0.1.1", "10.0.1.0",
+    ]
+    assert content.omitted == 6
+    content = report_content([*claimed, refused], max_results=3)
+    assert [r["properties"]["sourceIP"] for r in content.results] == [
+        "10.0.0.2", "10.9.0.4", "10.9.0.3",
+    ]
+
+
 def test_the_same_findings_in_any_order_give_the_same_report() -> None:
     findings = [_finding(f"10.0.0.{i}", 1000.0 + i % 3) for i in range(9)]
     first = report_body(OPENREPORTS, NS, report_content(findings, 4), 4)

@@ -11,8 +11,11 @@ appended to. So a rebuild is deterministic (the same Findings give the same repo
 and idempotent (an unchanged report is not written), a restart loses nothing (the next rebuild
 reads the Findings), and a Finding deleted by retention leaves the report at the next rebuild.
 
-Bounded: at most ``max_results`` results, the most recently seen Findings first; the older ones
-are left out and counted in the annotation :data:`OMITTED_ANNOTATION` (and, for openreports, the
+Bounded: at most ``max_results`` results, the Findings most worth keeping in view first
+(:func:`enumwatch.api.worth.worth`: observed addresses before claimed ones, then the highest
+severity, then the most recently seen, so that decoys a client makes cheaply never push a real
+scan out of the report); the others are left out and counted in the annotation
+:data:`OMITTED_ANNOTATION` (and, for openreports, the
 bound is declared in ``configuration.limits.maxResults``), and every property value is cut to
 :data:`MAX_PROPERTY` characters, so a report stays far below the API server's object size limit.
 """
@@ -39,6 +42,7 @@ from enumwatch.api.names import (
 )
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.worth import worth
 from enumwatch.kubeclient import ApiError, KubeApi
 from enumwatch.outputs.notices import Notice
 from enumwatch.timefmt import parse_rfc3339
@@ -175,22 +179,23 @@ class ReportContent:
 def report_content(findings: Sequence[dict[str, Any]], max_results: int) -> ReportContent:
     """The results of a namespace's report from its Finding objects (pure, deterministic).
 
-    The most recently seen Findings are kept (ties by name), at most ``max_results``; the older
-    ones are counted as omitted.
+    The Findings most worth keeping in view are kept (:func:`enumwatch.api.worth.worth`, the
+    highest first, ties by name), at most ``max_results``; the others are counted as omitted.
     """
-    readable: list[tuple[float, str, dict[str, Any]]] = []
+    readable: list[tuple[tuple[int, int, float], str, dict[str, Any]]] = []
     skipped = 0
     for item in findings:
         meta = item.get("metadata") or {}
         try:
             spec = FindingSpec.model_validate(item.get("spec") or {})
-            seen = parse_rfc3339(spec.last_seen)
+            parse_rfc3339(spec.last_seen)
         except (ValidationError, ValueError):
             skipped += 1
             continue
         name = str(meta.get("name", ""))
         result = result_of(str(meta.get("namespace", "")), name, str(meta.get("uid", "")), spec)
-        readable.append((-seen, name, result))
+        observed, severity, seen = worth(item)
+        readable.append(((-observed, -severity, -seen), name, result))
     readable.sort(key=lambda entry: (entry[0], entry[1]))
     kept = [result for _, _, result in readable[:max_results]]
     return ReportContent(

@@ -2,37 +2,26 @@
 
 A client that changes its user agent every few requests makes a new group, and so a new Finding,
 each time: the number of Findings is bounded by ``findings.maxPerRun`` and the retention, not by
-itself. Past ``maxStored`` the retention sweep deletes Findings early, in the order that keeps the
-evidence least cheap to forge:
-
-1. Findings of an address its client only claimed (``observedDocuments`` 0, ``claimedDocuments``
-   above 0): any client makes as many as it sends X-Forwarded-For entries, and its own Finding
-   still names them (``forgedAddresses``);
-2. then the lowest severity (an anonymous client that got in is ``successSeverity``: kept over
-   the ones that were refused);
-3. then the oldest ``lastSeen`` (a time the operator stamps or the API server wrote, never the
-   client): what was seen longest ago has been announced by its Event and exported long ago;
-4. then the name, so that two sweeps of the same Findings choose the same.
+itself. Past ``maxStored`` the retention sweep deletes Findings early, the least worth keeping
+first (:func:`enumwatch.api.worth.worth`: claimed addresses, then the lowest severity, then the
+oldest ``lastSeen``), ties by name so that two sweeps of the same Findings choose the same. What
+was seen longest ago was announced by its Event and sent to the outputs when it was written.
 
 A Finding whose group is still in the window is never given up (it would be written again at the
-next tick): see :func:`evictions`.
-
-Refusing new Findings at the bound instead would let decoys fill it before a real scan.
+next tick): see :func:`evictions`. Refusing new Findings at the bound instead would let decoys
+fill it before a real scan.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from enumwatch.timefmt import try_parse_rfc3339
+from enumwatch.api.worth import last_seen, name_of, worth
 
 #: The Warning Event reason (and condition type) of Findings deleted past findings.maxStored.
 REASON_EVICTED = "FindingsEvicted"
-#: Severities from the least to the most worth keeping (an unknown one goes first).
-SEVERITY_RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 
 
 class StoreBound(NamedTuple):
@@ -51,31 +40,9 @@ class StoreBound(NamedTuple):
     waiting: frozenset[str] = frozenset()
 
 
-def claimed_only(spec: Mapping[str, Any]) -> bool:
-    """Whether no document of the Finding came from its address: its client only claimed it."""
-    return not spec.get("observedDocuments") and bool(spec.get("claimedDocuments"))
-
-
 def eviction_rank(finding: Mapping[str, Any]) -> tuple[int, int, float, str]:
-    """The order in which Findings are given up: the lowest first (see the module)."""
-    spec = finding.get("spec") or {}
-    severity = (spec.get("rule") or {}).get("severity")
-    return (
-        0 if claimed_only(spec) else 1,
-        SEVERITY_RANK.get(severity, -1) if isinstance(severity, str) else -1,
-        _last_seen(finding),
-        _name(finding),
-    )
-
-
-def _name(finding: Mapping[str, Any]) -> str:
-    return str((finding.get("metadata") or {}).get("name", ""))
-
-
-def _last_seen(finding: Mapping[str, Any]) -> float:
-    last_seen = (finding.get("spec") or {}).get("lastSeen")
-    seen = try_parse_rfc3339(last_seen) if isinstance(last_seen, str) else None
-    return -math.inf if seen is None else seen
+    """The order in which Findings are given up: the lowest first."""
+    return (*worth(finding), name_of(finding))
 
 
 @dataclass(frozen=True)
@@ -107,9 +74,9 @@ def evictions(findings: Sequence[Mapping[str, Any]], bound: StoreBound) -> Evict
     gone: list[Mapping[str, Any]] = []
     waiting: list[float] = []
     for finding in ranked:
-        seen = _last_seen(finding)
+        seen = last_seen(finding)
         if seen > settled:
             waiting.append(seen + bound.lookback)
-        elif len(gone) < excess and _name(finding) not in bound.waiting:
+        elif len(gone) < excess and name_of(finding) not in bound.waiting:
             gone.append(finding)
     return Evictions(gone, min(waiting) if len(gone) < excess and waiting else None)
