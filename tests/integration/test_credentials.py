@@ -206,6 +206,7 @@ def _the_operator_runs_a_detector(cp: ControlPlane, namespace: str, name: str) -
         ("FindingsWritten", "True"),
         ("ExceptionSpoofable", "False"),
         ("WindowOverflow", "False"),
+        ("FindingsEvicted", "False"),
         ("AuditCoverage", "Unknown"),  # no audit event has arrived yet
     ]
     assert [c["type"] for c in status][-1] == "RBACPosture"
