@@ -694,19 +694,25 @@ def test_findings_older_than_retention_are_deleted(crds: ControlPlane, tmp_path:
         assert op.metrics()["enumwatch_findings_expired_total"] >= 1
 
 
-def test_findings_past_max_stored_are_deleted_oldest_first(
+def test_findings_past_max_stored_are_deleted_the_rotating_clients_own_first(
     crds: ControlPlane, tmp_path: Path
 ) -> None:
     """A client rotating its user agent makes a Finding per agent: past findings.maxStored the
-    sweep deletes the oldest (once their events left the window, so none is written again),
-    counted in the status, the metric, an Event and the FindingsEvicted condition."""
+    sweep deletes its own oldest ones (once their events left the window, so none is written
+    again), never the Finding of another address seen before it, and counts them in the
+    status, the metric, an Event and the FindingsEvicted condition."""
     ns = fresh_namespace(crds, "stored")
     spec = {
         "schedule": {"interval": "1s", "lookback": "2s"},
         "findings": {"maxStored": 2, "maxPerRun": 2},
     }
-    agents, events = _many_scans(crds, 4)
-    by_agent = {a: [e for e in events if e["userAgent"] == a] for a in agents}
+    real = unique_agent("real")
+    for path in SCAN_PATHS:  # another scanner, from another address the API server sees
+        anonymous_get(crds, path, real, source="127.0.0.2")
+    real_events = audit_events_for(crds, real, len(SCAN_PATHS))
+    assert {tuple(e["sourceIPs"]) for e in real_events} == {("127.0.0.2",)}
+    agents, events = _many_scans(crds, 4)  # one client, four user agents
+    by_agent = {real: real_events} | {a: [e for e in events if e["userAgent"] == a] for a in agents}
 
     def stored() -> dict[str, str]:
         return {f["spec"]["userAgent"]: f["metadata"]["name"] for f in findings(crds, ns)}
@@ -715,29 +721,30 @@ def test_findings_past_max_stored_are_deleted_oldest_first(
         apply_detector(crds, ns, "det", spec)
         wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
         names: dict[str, str] = {}
-        for agent in agents:  # one after the other: each its own arrival time
+        for agent in [real, *agents]:  # one after the other: each its own arrival time
             op.ingest(by_agent[agent])
             names[agent] = wait_for(lambda a=agent: stored().get(a), what=f"{agent}'s Finding")
-        wait_for(lambda: stored() == {a: names[a] for a in agents[2:]}, what="the two newest")
+        kept = {real: names[real], agents[-1]: names[agents[-1]]}
+        wait_for(lambda: stored() == kept, what="the other scanner's and the newest")
         status = wait_for(
-            lambda: (s := detector_status(crds, ns, "det")).get("findingsEvicted") == 2 and s,
-            what="findingsEvicted 2",
+            lambda: (s := detector_status(crds, ns, "det")).get("findingsEvicted") == 3 and s,
+            what="findingsEvicted 3",
         )
         (condition,) = [c for c in status["conditions"] if c["type"] == "FindingsEvicted"]
         assert (condition["status"], condition["reason"]) == ("True", "MaxStoredReached")
         series = f'{{detector="det",namespace="{ns}"}}'
-        assert op.metrics()[f"enumwatch_findings_evicted_total{series}"] == 2
+        assert op.metrics()[f"enumwatch_findings_evicted_total{series}"] == 3
         told = wait_for(
             lambda: [e for e in events_for(crds, ns, "det") if e["reason"] == "FindingsEvicted"],
             what="the FindingsEvicted Event",
         )
         assert all(e["type"] == "Warning" for e in told)
-        for agent in agents[:2]:
+        for agent in agents[:3]:
             assert any(names[agent] in e["message"] for e in told), (agent, told)
         # Their events had left the window: no tick writes the deleted Findings again.
         wait_for_tick_after(crds, ns, "det", time.time(), 1.0)
-        assert stored() == {a: names[a] for a in agents[2:]}
-        assert detector_status(crds, ns, "det")["findingsCreated"] == 4
+        assert stored() == kept
+        assert detector_status(crds, ns, "det")["findingsCreated"] == 5
 
 
 def _many_scans(cp: ControlPlane, count: int) -> tuple[list[str], list[dict[str, Any]]]:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.api.worth import claimed_only
-from enumwatch.sink.capacity import StoreBound, eviction_rank, evictions
+from enumwatch.api.worth import address_of, claimed_only, worth
+from enumwatch.sink.capacity import StoreBound, evictions
 from enumwatch.timefmt import parse_rfc3339
 
 #: Long after every lastSeen below: every Finding's events have left the window.
@@ -23,10 +23,12 @@ def _finding(
     severity: str = "medium",
     observed: int = 8,
     claimed: int = 0,
+    ip: str = "10.0.0.1",
 ) -> dict[str, Any]:
     return {
         "metadata": {"name": name, "namespace": "ns"},
         "spec": {
+            "sourceIP": ip,
             "rule": {"severity": severity},
             "lastSeen": last_seen,
             "observedDocuments": observed,
@@ -116,23 +118,71 @@ def test_ties_are_broken_by_name_whatever_the_listing_order() -> None:
         assert _gone(findings, 5) == expected
 
 
-def test_the_kept_are_exactly_the_highest_ranked() -> None:
+def test_a_client_rotating_its_user_agent_gives_up_its_own_findings_first() -> None:
+    # One address makes a Finding per user agent, all newer than another scanner's one.
+    real = _finding("real", "2026-12-07T09:00:00Z", ip="10.0.0.9")
+    other = _finding("other", "2026-12-07T09:30:00Z", severity="low", ip="10.0.0.8")
+    decoys = [
+        _finding(f"decoy-{i:02}", f"2026-12-07T10:{i:02}:00Z", ip="10.6.6.6") for i in range(20)
+    ]
+    assert _gone([*decoys, real, other], 5) == [f"decoy-{i:02}" for i in range(17)]
+    # Down to as many as the others hold, the addresses take turns, the least worth first.
+    assert _gone([*decoys, real, other], 2) == [*(f"decoy-{i:02}" for i in range(19)), "other"]
+    assert _gone([*decoys, real, other], 1) == [
+        *(f"decoy-{i:02}" for i in range(19)), "other", "real",
+    ]
+
+
+def test_an_address_of_two_clusters_is_two_addresses() -> None:
+    a = _finding("a", "2026-12-07T09:00:00Z", ip="10.0.0.1")
+    b = _finding("b", "2026-12-07T09:10:00Z", ip="10.0.0.1")
+    c = _finding("c", "2026-12-07T09:20:00Z", ip="10.0.0.1")
+    c["spec"]["cluster"] = "prod"
+    assert address_of(a) == address_of(b) != address_of(c)
+    assert _gone([a, b, c], 2) == ["a"]
+
+
+def test_what_is_kept_is_fair_and_the_least_worth_goes_within_each_address() -> None:
     rng = random.Random(3)
     severities = ["low", "medium", "high", "critical"]
     findings = [
         _finding(
-            f"f{i}",
+            f"f{i:03}",
             f"2026-12-07T10:{rng.randrange(60):02}:{rng.randrange(60):02}Z",
             severity=rng.choice(severities),
             observed=rng.choice([0, 3]),
             claimed=rng.choice([0, 5]),
+            ip=f"10.0.0.{rng.choice([1, 1, 1, 1, 2, 2, 3, 4, 5])}",
         )
         for i in range(200)
     ]
     gone = evictions(findings, StoreBound(50, LOOKBACK, LATER)).gone
     assert len(gone) == 150
     kept = [f for f in findings if f not in gone]
-    assert max(map(eviction_rank, gone)) < min(map(eviction_rank, kept))
+    claimed = [f for f in findings if claimed_only(f["spec"])]
+    assert len(findings) - len(claimed) > 50
+    assert all(f in gone for f in claimed)  # the claimed go first
+    held: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for f in kept:
+        held.setdefault(address_of(f), []).append(f)
+    assert len(held) == 5
+    for f in gone:
+        if f not in claimed:
+            # An address gave up only while it held the most: it keeps at most one fewer than
+            # any other, and what it gave up is worth less than what it keeps.
+            mine = held[address_of(f)]
+            assert all(len(mine) + 1 >= len(theirs) for theirs in held.values())
+            assert worth(f) < min(map(worth, mine))
+
+
+def test_an_address_whose_findings_cannot_go_yet_makes_the_others_wait() -> None:
+    # The flood's address holds the most but is still in the window: the other scanners'
+    # Findings are not given up in its place.
+    now = parse_rfc3339("2026-12-07T10:10:00Z")
+    flood = [_finding(f"flood-{i}", "2026-12-07T10:09:00Z", ip="10.6.6.6") for i in range(5)]
+    real = _finding("real", "2026-12-07T09:00:00Z", ip="10.0.0.9")
+    decided = evictions([*flood, real], StoreBound(2, LOOKBACK, now))
+    assert (decided.gone, decided.next_at) == ([], parse_rfc3339("2026-12-07T10:15:00Z"))
 
 
 def test_a_finding_whose_events_are_still_in_the_window_is_kept_until_they_leave() -> None:

@@ -443,10 +443,9 @@ ALERT_TESTS = [
                 "Detector team-a/anonymous-enumeration deletes Findings past "
                 "findings.maxStored.",
                 "3 Findings of this detector were deleted before their retention in 15 minutes "
-                "because it holds more than spec.findings.maxStored (claimed addresses, then the "
-                "lowest severity, then the oldest lastSeen go first; FindingsEvicted Events name "
-                "them): many clients or user agents scanned. Raise maxStored if this is normal "
-                "traffic.",
+                "because it holds more than spec.findings.maxStored (claimed addresses first, then "
+                "from the address holding the most; the FindingsEvicted Events name them): many "
+                "clients or user agents scanned. Raise maxStored if this is normal traffic.",
             ),
         ),
         _alert("EnumwatchFindingsEvicted", "25m"),

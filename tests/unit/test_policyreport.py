@@ -203,6 +203,18 @@ def test_decoys_a_client_makes_cheaply_never_push_a_real_scan_out_of_the_report(
     ]
 
 
+def test_a_client_rotating_its_user_agent_never_pushes_another_scanner_out() -> None:
+    real = _finding("10.0.0.9", 1000.0)
+    decoys = [_finding("10.6.6.6", 2000.0 + i, agent=f"decoy/{i}") for i in range(20)]
+    content = report_content([*decoys, real], max_results=5)
+    shown = [(r["properties"]["sourceIP"], r["properties"]["userAgent"]) for r in content.results]
+    assert shown == [
+        ("10.6.6.6", "decoy/19"), ("10.6.6.6", "decoy/18"), ("10.6.6.6", "decoy/17"),
+        ("10.6.6.6", "decoy/16"), ("10.0.0.9", "scanner/1"),
+    ]
+    assert content.omitted == 16
+
+
 def test_the_same_findings_in_any_order_give_the_same_report() -> None:
     findings = [_finding(f"10.0.0.{i}", 1000.0 + i % 3) for i in range(9)]
     first = report_body(OPENREPORTS, NS, report_content(findings, 4), 4)

@@ -101,9 +101,10 @@ def test_findings_evicted_is_true_while_the_detector_is_at_its_bound() -> None:
         "True",
         "MaxStoredReached",
         "5 Findings stored, findings.maxStored=5: the retention sweep deletes the ones past it "
-        "before their retention (claimed addresses, then the lowest severity, then the oldest "
-        "lastSeen); 3 deleted so far, 3 by the last sweep; see "
-        "enumwatch_findings_evicted_total",
+        "before their retention (addresses their client only claimed (X-Forwarded-For) first, "
+        "then one at a time from the address holding the most Findings (a client rotating its "
+        "user agent gives up its own first), its lowest severity and oldest lastSeen first); 3 "
+        "deleted so far, 3 by the last sweep; see enumwatch_findings_evicted_total",
     )
     runtime.swept(stored=5, evicted=0)  # still at the bound: the next new Finding evicts one
     assert _conditions(runtime)["FindingsEvicted"][:2] == ("True", "MaxStoredReached")

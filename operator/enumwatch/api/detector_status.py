@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from enumwatch.api.spec import GIVE_UP_ORDER
+
 #: Most rows one detector keeps waiting for their Finding (findings.maxPerRun limits the rate of
 #: writes; past this bound the lowest-ranked rows are dropped, counted in findingsDropped).
 BACKLOG_LIMIT = 10_000
@@ -180,9 +182,9 @@ class DetectorStatus(_Model):
         alias="findingsEvicted",
         description=(
             "Findings deleted before their retention because the detector had more than "
-            "spec.findings.maxStored (since the operator started): claimed addresses first, "
-            "then the lowest severity, then the oldest lastSeen; a FindingsEvicted Event names "
-            "them and the FindingsEvicted condition is True while the detector is at its bound."
+            f"spec.findings.maxStored (since the operator started): {GIVE_UP_ORDER}. A "
+            "FindingsEvicted Event names them and the FindingsEvicted condition is True while "
+            "the detector is at its bound."
         ),
     )
     tick_errors: dict[str, int] = Field(

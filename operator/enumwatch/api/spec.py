@@ -584,6 +584,12 @@ class ScheduleSpec(_Model):
         return parse_duration(self.lookback)
 
 
+#: The order of :func:`enumwatch.api.worth.give_up` in words (descriptions, Events, conditions).
+GIVE_UP_ORDER = (
+    "addresses their client only claimed (X-Forwarded-For) first, then one at a time from the "
+    "address holding the most Findings (a client rotating its user agent gives up its own "
+    "first), its lowest severity and oldest lastSeen first"
+)
 #: How many Findings a detector keeps at most by default (about 3.3 kB each in etcd).
 DEFAULT_MAX_STORED = 10_000
 MAX_STORED_LIMIT = 1_000_000
@@ -635,15 +641,13 @@ class FindingsSpec(_Model):
         alias="maxStored",
         description=(
             "At most this many Findings of this detector are kept: past it, the retention "
-            "sweep deletes the ones least worth keeping before their retention, in this order: "
-            "those of addresses their client only claimed (X-Forwarded-For), then the lowest "
-            "severity, then the oldest lastSeen. Counted in status.findingsEvicted, "
+            f"sweep deletes some before their retention, in this order: {GIVE_UP_ORDER}. "
+            "Counted in status.findingsEvicted, "
             "enumwatch_findings_evicted_total and a FindingsEvicted Event; the FindingsEvicted "
             "condition is True while the detector is at its bound. A bound on what a client "
             "rotating its user agent can make the detector write, never a refusal of a new "
-            "Finding. A "
-            "Finding is only deleted once its events have left the window: the Findings of "
-            "groups still in it are kept past the bound."
+            "Finding. A Finding is only deleted once its events have left the window: the "
+            "Findings of groups still in it are kept past the bound."
         ),
     )
 

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from enumwatch.api.detector_status import Condition
+from enumwatch.api.spec import GIVE_UP_ORDER
 from enumwatch.controller.connections import CLOSE_REASONS
 from enumwatch.windows import SHED_REASONS, WindowedEvaluator
 
@@ -186,8 +187,7 @@ FINDINGS_EXPIRED = Counter(
 FINDINGS_EVICTED = Counter(
     "enumwatch_findings_evicted_total",
     "Findings deleted before their retention because their detector had more than "
-    "spec.findings.maxStored: claimed addresses first, then the lowest severity, then the "
-    "oldest lastSeen.",
+    f"spec.findings.maxStored: {GIVE_UP_ORDER}.",
     ["namespace", "detector"],
     registry=REGISTRY,
 )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 
+from enumwatch.api.spec import GIVE_UP_ORDER
 from enumwatch.controller import metrics
 from enumwatch.controller.fleet import Detectors
 from enumwatch.controller.runtime import DetectorRuntime
@@ -152,7 +153,6 @@ class RetentionSweep:
             runtime.ref.involved_object(),
             REASON_EVICTED,
             f"{len(evicted)} Finding(s) deleted before their retention: the detector had "
-            f"{stored + len(evicted)}, more than findings.maxStored={cap} (claimed addresses, "
-            f"then the lowest severity, then the oldest lastSeen go first; "
+            f"{stored + len(evicted)}, more than findings.maxStored={cap} ({GIVE_UP_ORDER}; "
             f"{runtime.findings_evicted} in all): {named}{more}",
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from enumwatch.api.detector_status import Condition, DetectorStatus, Posture
 from enumwatch.api.names import DETECTOR_PLURAL, GROUP, VERSION
-from enumwatch.api.spec import format_duration
+from enumwatch.api.spec import GIVE_UP_ORDER, format_duration
 from enumwatch.controller.runtime import DetectorRuntime
 from enumwatch.exception_list import spoofable
 from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi, object_path
@@ -236,8 +236,8 @@ class StatusReporter:
                 "True",
                 "MaxStoredReached",
                 f"{runtime.findings} Findings stored, findings.maxStored={cap}: the retention "
-                f"sweep deletes the ones past it before their retention (claimed addresses, then "
-                f"the lowest severity, then the oldest lastSeen); {earlier} deleted so far, "
+                f"sweep deletes the ones past it before their retention ({GIVE_UP_ORDER}); "
+                f"{earlier} deleted so far, "
                 f"{runtime.evicted_last_sweep} by the last sweep; see "
                 "enumwatch_findings_evicted_total",
             )

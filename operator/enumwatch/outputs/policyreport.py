@@ -11,10 +11,10 @@ appended to. So a rebuild is deterministic (the same Findings give the same repo
 and idempotent (an unchanged report is not written), a restart loses nothing (the next rebuild
 reads the Findings), and a Finding deleted by retention leaves the report at the next rebuild.
 
-Bounded: at most ``max_results`` results, the Findings most worth keeping in view first
-(:func:`enumwatch.api.worth.worth`: observed addresses before claimed ones, then the highest
-severity, then the most recently seen, so that decoys a client makes cheaply never push a real
-scan out of the report); the others are left out and counted in the annotation
+Bounded: at most ``max_results`` results; the others are left out in the order a detector's
+``maxStored`` gives up Findings (:func:`enumwatch.api.worth.give_up`: claimed addresses first,
+then from the address holding the most, so that decoys a client makes cheaply never push
+another scanner out of the report) and counted in the annotation
 :data:`OMITTED_ANNOTATION` (and, for openreports, the
 bound is declared in ``configuration.limits.maxResults``), and every property value is cut to
 :data:`MAX_PROPERTY` characters, so a report stays far below the API server's object size limit.
@@ -42,7 +42,7 @@ from enumwatch.api.names import (
 )
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.api.worth import worth
+from enumwatch.api.worth import claimed_only, give_up, worth
 from enumwatch.kubeclient import ApiError, KubeApi
 from enumwatch.outputs.notices import Notice
 from enumwatch.timefmt import parse_rfc3339
@@ -176,13 +176,22 @@ class ReportContent:
         return counts
 
 
+def _shown_first(entry: tuple[dict[str, Any], dict[str, Any]]) -> tuple[bool, int, float, str]:
+    """The order of a report's results: observed addresses, the highest severity, the most
+    recently seen, then the name."""
+    severity, seen, name = worth(entry[0])
+    return claimed_only(entry[0].get("spec") or {}), -severity, -seen, name
+
+
 def report_content(findings: Sequence[dict[str, Any]], max_results: int) -> ReportContent:
     """The results of a namespace's report from its Finding objects (pure, deterministic).
 
-    The Findings most worth keeping in view are kept (:func:`enumwatch.api.worth.worth`, the
-    highest first, ties by name), at most ``max_results``; the others are counted as omitted.
+    At most ``max_results`` results: the others are left out in the order of
+    :func:`enumwatch.api.worth.give_up` (as a detector's ``maxStored`` gives up Findings) and
+    counted as omitted. The results are listed observed addresses first, then the highest
+    severity, then the most recently seen, ties by name.
     """
-    readable: list[tuple[tuple[int, int, float], str, dict[str, Any]]] = []
+    readable: list[tuple[dict[str, Any], dict[str, Any]]] = []
     skipped = 0
     for item in findings:
         meta = item.get("metadata") or {}
@@ -194,10 +203,11 @@ def report_content(findings: Sequence[dict[str, Any]], max_results: int) -> Repo
             continue
         name = str(meta.get("name", ""))
         result = result_of(str(meta.get("namespace", "")), name, str(meta.get("uid", "")), spec)
-        observed, severity, seen = worth(item)
-        readable.append(((-observed, -severity, -seen), name, result))
-    readable.sort(key=lambda entry: (entry[0], entry[1]))
-    kept = [result for _, _, result in readable[:max_results]]
+        readable.append((item, result))
+    left_out = {id(f) for f in give_up([item for item, _ in readable], len(readable) - max_results)}
+    shown = [(item, result) for item, result in readable if id(item) not in left_out]
+    shown.sort(key=_shown_first)
+    kept = [result for _, result in shown]
     return ReportContent(
         results=kept, omitted=max(0, len(readable) - max_results), skipped=skipped
     )

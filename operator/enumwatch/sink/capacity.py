@@ -2,10 +2,11 @@
 
 A client that changes its user agent every few requests makes a new group, and so a new Finding,
 each time: the number of Findings is bounded by ``findings.maxPerRun`` and the retention, not by
-itself. Past ``maxStored`` the retention sweep deletes Findings early, the least worth keeping
-first (:func:`enumwatch.api.worth.worth`: claimed addresses, then the lowest severity, then the
-oldest ``lastSeen``), ties by name so that two sweeps of the same Findings choose the same. What
-was seen longest ago was announced by its Event and sent to the outputs when it was written.
+itself. Past ``maxStored`` the retention sweep deletes Findings early, in the order of
+:func:`enumwatch.api.worth.give_up`: claimed addresses first, then one at a time from the address
+holding the most (a client rotating its user agent gives up its own first), the lowest severity
+and the oldest ``lastSeen`` first. What was seen longest ago was announced by its Event and sent
+to the outputs when it was written.
 
 A Finding whose group is still in the window is never given up (it would be written again at the
 next tick): see :func:`evictions`. Refusing new Findings at the bound instead would let decoys
@@ -18,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from enumwatch.api.worth import last_seen, name_of, worth
+from enumwatch.api.worth import give_up, last_seen, name_of
 
 #: The Warning Event reason (and condition type) of Findings deleted past findings.maxStored.
 REASON_EVICTED = "FindingsEvicted"
@@ -38,11 +39,6 @@ class StoreBound(NamedTuple):
     #: The names of the Findings a row waits to write (``findings.maxPerRun``, a failed
     #: write): never given up, the write would make them again.
     waiting: frozenset[str] = frozenset()
-
-
-def eviction_rank(finding: Mapping[str, Any]) -> tuple[int, int, float, str]:
-    """The order in which Findings are given up: the lowest first."""
-    return (*worth(finding), name_of(finding))
 
 
 @dataclass(frozen=True)
@@ -70,13 +66,10 @@ def evictions(findings: Sequence[Mapping[str, Any]], bound: StoreBound) -> Evict
     if excess <= 0:
         return Evictions([], None)
     settled = bound.evaluated - bound.lookback
-    ranked = sorted(findings, key=eviction_rank)
-    gone: list[Mapping[str, Any]] = []
-    waiting: list[float] = []
-    for finding in ranked:
-        seen = last_seen(finding)
-        if seen > settled:
-            waiting.append(seen + bound.lookback)
-        elif len(gone) < excess and name_of(finding) not in bound.waiting:
-            gone.append(finding)
+
+    def can_go(finding: Mapping[str, Any]) -> bool:
+        return last_seen(finding) <= settled and name_of(finding) not in bound.waiting
+
+    gone = give_up(findings, excess, can_go)
+    waiting = [seen + bound.lookback for f in findings if (seen := last_seen(f)) > settled]
     return Evictions(gone, min(waiting) if len(gone) < excess and waiting else None)
