@@ -9,9 +9,11 @@ Finding itself. It runs when the earliest known Finding expires, not on a fixed 
 Nor without bound: a client that changes its user agent every few requests makes a Finding each
 time, so a running detector keeps at most ``findings.maxStored`` (the sweep deletes the rest in
 :func:`enumwatch.sink.capacity.evictions`' order, counted in ``status.findingsEvicted``,
-``enumwatch_findings_evicted_total`` and a ``FindingsEvicted`` Event). The sweep runs as soon as
-a detector may have gone past it (its Findings at the last sweep and those it created since), so
-a detector holds at most ``maxStored`` plus one round's writes.
+``enumwatch_findings_evicted_total`` and a ``FindingsEvicted`` Event). The sweep runs within
+:data:`OVER_EVERY` seconds once a detector may have gone past it (its Findings at the last sweep
+and those it created since), and when a Finding kept past it because its group is still in the
+window can go: a detector holds at most ``maxStored``, the Findings of groups still in the
+window, and the writes of those seconds.
 """
 
 from __future__ import annotations
