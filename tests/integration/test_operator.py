@@ -681,6 +681,44 @@ def test_at_most_max_per_run_findings_per_tick(crds: ControlPlane, tmp_path: Pat
         assert op.metrics()["enumwatch_findings_capped_total"] >= 1
 
 
+def test_a_client_rotating_its_user_agent_does_not_delay_another_scanners_finding(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    """Six firing groups from one address (a user agent each) wait for their Findings at
+    maxPerRun 1; another scanner from another address that fires after them takes its turn
+    before the rotating client's remaining rows, not after all of them."""
+    ns = fresh_namespace(crds, "turns")
+    spec = {"schedule": {"interval": "1s", "lookback": "60s"}, "findings": {"maxPerRun": 1}}
+    real = unique_agent("real")
+    for path in SCAN_PATHS:
+        anonymous_get(crds, path, real, source="127.0.0.2")
+    real_events = audit_events_for(crds, real, len(SCAN_PATHS))
+    agents, events = _many_scans(crds, 6)
+    with running_operator(crds, tmp_path) as op:
+        apply_detector(crds, ns, "det", spec)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        op.ingest(events)
+        wait_for(lambda: findings(crds, ns), what="the rotating client's first Finding")
+        op.ingest(real_events)
+        every = wait_for(
+            lambda: items if len(items := findings(crds, ns)) == 7 else None,
+            what="all seven Findings",
+        )
+        name = {f["spec"]["userAgent"]: f["metadata"]["name"] for f in every}
+        assert set(name) == {real, *agents}
+        assert op.log_path is not None
+        records = [json.loads(line) for line in op.log_path.read_text().splitlines()]
+        created = [
+            finding
+            for r in records
+            if r.get("msg") == "tick fired"
+            for finding in r["findings_created"]
+        ]
+        assert sorted(created) == sorted(name.values())
+        # Oldest first alone would write it seventh, after every row of the rotating client.
+        assert created.index(name[real]) < 6, created
+
+
 def test_findings_older_than_retention_are_deleted(crds: ControlPlane, tmp_path: Path) -> None:
     ns = fresh_namespace(crds, "retain")
     spec = {"schedule": {"interval": "1s", "lookback": "2s"}, "findings": {"retention": "3s"}}

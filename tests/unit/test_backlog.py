@@ -10,6 +10,7 @@ import orjson
 from enumwatch.api.finding import FindingSpec, finding_name
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.worth import share
 from enumwatch.audit import AuditEvent
 from enumwatch.controller.persistence import StateStore
 from enumwatch.controller.runtime import DetectorRuntime
@@ -122,6 +123,50 @@ def test_decoys_never_push_a_real_row_back_and_the_bound_drops_them_first() -> N
     assert {x.row.key for x in planned.write} == {("192.0.2.7", "real"), ("198.51.100.9", "decoy")}
     assert len(planned.wait) == 100 and len(planned.dropped) == 50
     assert all(x.row.key not in window.observed for x in planned.dropped)
+
+
+def test_a_client_rotating_its_user_agent_waits_behind_its_own_rows_only() -> None:
+    # 50 firing groups from one address (a user agent each) fill the backlog at maxPerRun 1;
+    # another scanner that fires a tick later is written at that tick, not 50 ticks later.
+    w = _evaluator()
+    for i in range(50):
+        for event in _scan(T0 - 0.5, f"rotating/{i:02}", ("192.0.2.66",)):
+            w.add(event, arrival=T0 - 0.5)
+    first = w.evaluate(w.due_ticks(T0)[0])
+    one = schedule(pending_of(first), {}, set(), cap=1)
+    assert len(one.write) == 1 and len(one.wait) == 49
+    for event in _scan(T0 + 4, "real", ("198.51.100.7",)):
+        w.add(event, arrival=T0 + 4)
+    second = w.evaluate(w.due_ticks(T0 + 5)[0])
+    recorded = {one.write[0].row.key}
+    two = schedule(pending_of(second), one.wait, recorded, cap=1)
+    assert [x.row.key for x in two.write] == [("198.51.100.7", "real")]
+    # Past the bound, the rows of the client with the most waiting are dropped first.
+    three = schedule(pending_of(second), one.wait, recorded, cap=1, limit=10)
+    assert [x.row.key for x in three.write] == [("198.51.100.7", "real")]
+    assert len(three.wait) == 10 and len(three.dropped) == 40  # the 50 fired again
+    assert {x.row.source_ip for x in (*three.wait.values(), *three.dropped)} == {"192.0.2.66"}
+
+
+def test_clients_take_turns_and_an_ipv6_64_is_one_client() -> None:
+    w = _evaluator()
+    sources = [
+        *((f"2001:db8:1:1::{i:x}", f"a/{i}") for i in range(1, 5)),  # one /64, four addresses
+        ("2001:db8:1:2::1", "b"),
+        ("192.0.2.1", "c/1"),
+        ("192.0.2.1", "c/2"),
+    ]
+    for ip, agent in sources:
+        for event in _scan(T0 - 0.5, agent, (ip,)):
+            w.add(event, arrival=T0 - 0.5)
+    window = w.evaluate(w.due_ticks(T0)[0])
+    planned = schedule(pending_of(window), {}, set(), cap=7)
+    clients = [share(None, x.row.source_ip)[1] for x in planned.write]
+    # First turn: each client's first row, fewest waiting first; then the second turn...
+    assert clients == [
+        "2001:db8:1:2::/64", "192.0.2.1", "2001:db8:1:1::/64", "192.0.2.1",
+        "2001:db8:1:1::/64", "2001:db8:1:1::/64", "2001:db8:1:1::/64",
+    ]
 
 
 def test_the_rows_one_client_only_claimed_are_reported_by_its_own_finding() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.api.worth import address_of, claimed_only, worth
+from enumwatch.api.worth import address_of, claimed_only, share, worth
 from enumwatch.sink.capacity import StoreBound, evictions
 from enumwatch.timefmt import parse_rfc3339
 
@@ -244,3 +244,31 @@ def test_max_stored_default_and_a_bound_below_the_rate() -> None:
     assert (spec.findings.max_stored, spec.findings.max_per_run) == (3, 100)
     # JSON has one number type: read as the API server stores it.
     assert DetectorSpec.model_validate({"findings": {"maxStored": 7.0}}).findings.max_stored == 7
+
+
+@pytest.mark.parametrize(
+    ("cluster", "address", "expected"),
+    [
+        (None, "192.0.2.7", ("", "192.0.2.7")),
+        ("prod", "192.0.2.7", ("prod", "192.0.2.7")),
+        (None, "2001:db8:1:1::7", ("", "2001:db8:1:1::/64")),
+        (None, "2001:db8:1:1:ffff:ffff:ffff:ffff", ("", "2001:db8:1:1::/64")),
+        (None, "::ffff:192.0.2.7", ("", "192.0.2.7")),  # IPv4-mapped: the IPv4 address
+        (None, "not an address", ("", "not an address")),
+        (None, None, ("", "")),
+    ],
+)
+def test_the_share_of_an_address(
+    cluster: str | None, address: str | None, expected: tuple[str, str]
+) -> None:
+    assert share(cluster, address) == expected
+
+
+def test_addresses_of_one_ipv6_64_are_one_client() -> None:
+    # A host is given a /64: its addresses rotate as cheaply as its user agent.
+    real = _finding("real", "2026-12-07T09:00:00Z", ip="2001:db8:9::1")
+    decoys = [
+        _finding(f"decoy-{i}", f"2026-12-07T10:0{i}:00Z", ip=f"2001:db8:6:6::{i + 1}")
+        for i in range(5)
+    ]
+    assert _gone([*decoys, real], 2) == [f"decoy-{i}" for i in range(4)]

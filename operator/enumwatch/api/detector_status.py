@@ -155,8 +155,9 @@ class DetectorStatus(_Model):
         description=(
             "Rows that fired beyond findings.maxPerRun at their tick (since the operator "
             "started): maxPerRun limits the rate of writes, not their total, so they waited in "
-            "the backlog and were written at the following ticks (observed addresses and the "
-            "oldest first; decoys whose address was only claimed never push a real row back)."
+            "the backlog and were written at the following ticks (observed addresses first, "
+            "the clients taking turns: decoys whose address was only claimed, or the firing "
+            "groups of one client rotating its user agent, never push another scanner back)."
         ),
     )
     findings_backlog: int = Field(

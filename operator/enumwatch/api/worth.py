@@ -5,11 +5,14 @@ what a client can make cheaply never pushes out what it cannot.
 1. Findings of an address their client only claimed (``observedDocuments`` 0,
    ``claimedDocuments`` above 0: an X-Forwarded-For entry, as many as the client sends) go
    before any observed one (their client's own Finding names them in ``forgedAddresses``).
-2. Then, among observed ones, the address (cluster and source IP) with the most Findings gives
-   one up, then again: a client that changes its user agent every few requests makes a Finding
-   each time, all from its one address, and gives up its own before any other address's. To
-   push out another scanner's Finding a client needs as many addresses the API server saw as
-   the bound holds, not as many requests.
+2. Then, among observed ones, the address (cluster and source IP, an IPv6 address's /64: see
+   :func:`share`) with the most Findings gives one up, then again: a client that changes its
+   user agent every few requests makes a Finding each time, all from its one address, and
+   gives up its own before any other address's. To push out another scanner's Finding a client
+   needs as many addresses the API server saw as the bound holds, not as many requests.
+
+The rows waiting for their Finding past ``findings.maxPerRun`` take turns by the same shares
+(:func:`enumwatch.sink.backlog.schedule`).
 3. Within an address, and between addresses with as many: the least worth first
    (:func:`worth`): the lowest severity (an anonymous client that got in has
    ``findings.successSeverity``), then the oldest ``lastSeen`` (a time the operator or the API
@@ -20,6 +23,7 @@ what a client can make cheaply never pushes out what it cannot.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -60,10 +64,26 @@ def worth(finding: Mapping[str, Any]) -> tuple[int, float, str]:
     )
 
 
+def share(cluster: str | None, address: str | None) -> tuple[str, str]:
+    """The share a client's Findings (and the rows waiting for them) are counted in: its
+    cluster (hub mode) and its address, or for an IPv6 address its /64 network: a host is
+    given a /64 as cheaply as one address, so every address in it is one client here."""
+    text = address or ""
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return (cluster or "", text)
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        network = ipaddress.ip_network((ip, 64), strict=False)
+        text = str(mapped) if mapped is not None else str(network)
+    return (cluster or "", text)
+
+
 def address_of(finding: Mapping[str, Any]) -> tuple[str, str]:
-    """The address a Finding's documents came from, with its cluster (hub mode)."""
+    """The share (:func:`share`) of the address a Finding's documents came from."""
     spec = finding.get("spec") or {}
-    return (str(spec.get("cluster") or ""), str(spec.get("sourceIP") or ""))
+    return share(spec.get("cluster"), spec.get("sourceIP"))
 
 
 def _always(finding: Mapping[str, Any]) -> bool:

@@ -7,11 +7,14 @@ Two decisions the sink takes before any I/O, pure so that they are tested withou
   most ``maxPerRun`` of them and keeps the rest for the following ticks, so 300 scanners in one
   window all get their Finding within a few ticks instead of 200 of them never. The order is an
   analyst's: rows with documents the API server observed from their address before rows whose
-  address was only claimed (decoys can never push a real scanner back), then the oldest first
-  (a row waits at most as long as the rows before it), then successes, then groups not recorded
-  yet. A row that fires again while it waits is superseded by the fresher row and keeps its place.
-  The backlog is bounded (:data:`BACKLOG_LIMIT`): past it the lowest-ranked rows are dropped, and
-  counted, never silently.
+  address was only claimed (decoys can never push a real scanner back); then successes, then
+  groups not recorded yet, then the repeats of groups that have their Finding; within each,
+  the clients take turns (the address the API server saw, an IPv6 /64: one client rotating its
+  user agent over thousands of firing groups waits behind its own rows, never another
+  scanner's), the oldest first (a row waits at most as long as the rows before it). A row that
+  fires again while it waits is superseded by the fresher row and keeps its place. The backlog
+  is bounded (:data:`BACKLOG_LIMIT`): past it the lowest-ranked rows are dropped (repeats, then
+  the clients' with the most waiting first), and counted, never silently.
 * **The claims.** Under ``match.sourceIPs: all`` every ``X-Forwarded-For`` entry is a group, so
   one client behind 150 forged addresses makes 151 rows. The rows stay (they are the seed's), but
   the rows whose documents only *claimed* their address are grouped by the address the API server
@@ -28,6 +31,7 @@ from typing import Any
 
 from enumwatch.api.detector_status import BACKLOG_LIMIT
 from enumwatch.api.finding import MAX_FORGED_ADDRESSES
+from enumwatch.api.worth import share
 from enumwatch.rule import GroupKey, Row
 from enumwatch.windows import WindowResult
 
@@ -212,6 +216,15 @@ class WriteSchedule:
     dropped: list[PendingWrite]  # past BACKLOG_LIMIT, lowest-ranked first to go
 
 
+def client_of(write: PendingWrite) -> tuple[str, str]:
+    """Whose turn a waiting row takes (:func:`enumwatch.api.worth.share`): the address the API
+    server saw its documents come from (a claimed-only row's client, never the address it
+    claimed), in its cluster."""
+    row, window = write.row, write.window
+    seen = row.source_ip if row.key in window.observed else window.claimed_by.get(row.key)
+    return share(row.cluster, seen or row.source_ip)
+
+
 def schedule(
     fresh: Iterable[PendingWrite],
     backlog: Mapping[GroupKey, PendingWrite],
@@ -223,8 +236,11 @@ def schedule(
 
     A fresh row supersedes the waiting write of its group and keeps its place in the queue (its
     ``since``), and clears the error of a failed one. The order (module docstring): observed
-    rows first, then the oldest, successes, groups not ``recorded`` yet, the seed's order. What
-    remains waits, up to ``limit`` rows; the rest is dropped (the lowest-ranked).
+    rows first; then successes, then groups not ``recorded`` yet, then repeats; within each,
+    clients take turns (:func:`client_of`: each client's first row before any client's second,
+    of two n-th rows the one of the client with fewer waiting); then the oldest, the seed's
+    order. What remains waits, up to ``limit`` rows; the rest is dropped (the lowest-ranked:
+    repeats, then the n-th rows of the clients with the most waiting first).
     """
     merged: dict[GroupKey, PendingWrite] = dict(backlog)
     arrived: set[GroupKey] = set()
@@ -237,17 +253,26 @@ def schedule(
             arrived.add(key)
     order = {key: i for i, key in enumerate(merged)}
 
-    def rank(write: PendingWrite) -> tuple[bool, float, bool, bool, int]:
+    def urgency(write: PendingWrite) -> tuple[bool, int]:
+        """Observed rows first; then successes, first Findings, repeats of recorded groups."""
         row = write.row
-        return (
-            row.key not in write.window.observed,
-            write.waiting_since,
-            row.success_count == 0,
-            row.key in recorded,
-            order[row.key],
-        )
+        kind = 0 if row.success_count else 2 if row.key in recorded else 1
+        return (row.key not in write.window.observed, kind)
 
-    ordered = sorted(merged.values(), key=rank)
+    def rank(write: PendingWrite) -> tuple[float, int]:
+        return (write.waiting_since, order[write.row.key])
+
+    # Turns by client within each urgency: a client's rows the oldest first, its first row
+    # before any client's second, and of two clients' n-th rows, the one of the client with
+    # fewer waiting first.
+    queues: dict[tuple[tuple[bool, int], tuple[str, str]], list[PendingWrite]] = {}
+    for write in sorted(merged.values(), key=rank):
+        queues.setdefault((urgency(write), client_of(write)), []).append(write)
+    turn: dict[GroupKey, tuple[bool, int, int, int]] = {}
+    for (urgent, _), writes in queues.items():
+        for index, write in enumerate(writes):
+            turn[write.row.key] = (*urgent, index, len(writes))
+    ordered = sorted(merged.values(), key=lambda w: (*turn[w.row.key], *rank(w)))
     now, rest = ordered[:cap], ordered[cap:]
     kept, dropped = rest[:limit], rest[limit:]
     return WriteSchedule(

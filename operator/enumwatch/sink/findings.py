@@ -254,8 +254,8 @@ class FindingSink:
                 REASON_CAPPED,
                 f"{len(planned.write) + len(planned.wait)} row(s) to write at "
                 f"{format_rfc3339(window.tick)}, more than findings.maxPerRun={cap} a tick: "
-                f"{len(planned.wait)} wait for the next ticks (observed addresses and the oldest "
-                f"go first; none is lost): {_named(list(planned.wait.values()))}",
+                f"{len(planned.wait)} wait for the next ticks (observed addresses first, the "
+                f"clients taking turns; none is lost): {_named(list(planned.wait.values()))}",
             )
         if planned.dropped:
             await self.event(
