@@ -606,10 +606,10 @@ class FindingsSpec(_Model):
         description=(
             "At most this many Findings are created or updated per run (tick): a rate, not a "
             "total. The other rows wait and are written at the following ticks until every row "
-            "that fired has its Finding: observed addresses first, then successes, first "
-            "Findings, repeats; within each, the clients (the address the API server saw) take "
-            "turns, the oldest first, so that a client rotating its user agent waits behind "
-            "its own rows."
+            "that fired has its Finding: observed addresses first, then first Findings before "
+            "repeats; within each, the clients (the address the API server saw) take turns, "
+            "the oldest first, so that a client rotating its user agent waits behind its own "
+            "rows."
         ),
     )
     suppress_for: SuppressDuration = Field(

@@ -7,11 +7,11 @@ Two decisions the sink takes before any I/O, pure so that they are tested withou
   most ``maxPerRun`` of them and keeps the rest for the following ticks, so 300 scanners in one
   window all get their Finding within a few ticks instead of 200 of them never. The order is an
   analyst's: rows with documents the API server observed from their address before rows whose
-  address was only claimed (decoys can never push a real scanner back); then successes, then
-  groups not recorded yet, then the repeats of groups that have their Finding; within each,
-  the clients take turns (the address the API server saw, an IPv6 /64: one client rotating its
-  user agent over thousands of firing groups waits behind its own rows, never another
-  scanner's), the oldest first (a row waits at most as long as the rows before it). A row that
+  address was only claimed (decoys can never push a real scanner back); then groups not
+  recorded yet before the repeats of groups that have their Finding; within each, the clients
+  take turns (the address the API server saw, an IPv6 /64: one client rotating its user agent
+  over thousands of firing groups waits behind its own rows, never another scanner's), the
+  oldest first (a row waits at most as long as the rows before it), then successes. A row that
   fires again while it waits is superseded by the fresher row and keeps its place. The backlog
   is bounded (:data:`BACKLOG_LIMIT`): past it the lowest-ranked rows are dropped (repeats, then
   the clients' with the most waiting first), and counted, never silently.
@@ -236,11 +236,11 @@ def schedule(
 
     A fresh row supersedes the waiting write of its group and keeps its place in the queue (its
     ``since``), and clears the error of a failed one. The order (module docstring): observed
-    rows first; then successes, then groups not ``recorded`` yet, then repeats; within each,
-    clients take turns (:func:`client_of`: each client's first row before any client's second,
-    of two n-th rows the one of the client with fewer waiting); then the oldest, the seed's
-    order. What remains waits, up to ``limit`` rows; the rest is dropped (the lowest-ranked:
-    repeats, then the n-th rows of the clients with the most waiting first).
+    rows first; then groups not ``recorded`` yet, then repeats; within each, clients take turns
+    (:func:`client_of`: each client's first row before any client's second, of two n-th rows
+    the one of the client with fewer waiting); then the oldest, successes, the seed's order.
+    What remains waits, up to ``limit`` rows; the rest is dropped (the lowest-ranked: claimed
+    rows, repeats, then the n-th rows of the clients with the most waiting first).
     """
     merged: dict[GroupKey, PendingWrite] = dict(backlog)
     arrived: set[GroupKey] = set()
@@ -253,22 +253,21 @@ def schedule(
             arrived.add(key)
     order = {key: i for i, key in enumerate(merged)}
 
-    def urgency(write: PendingWrite) -> tuple[bool, int]:
-        """Observed rows first; then successes, first Findings, repeats of recorded groups."""
+    def urgency(write: PendingWrite) -> tuple[bool, bool]:
+        """Observed rows first; then first Findings before repeats of recorded groups."""
         row = write.row
-        kind = 0 if row.success_count else 2 if row.key in recorded else 1
-        return (row.key not in write.window.observed, kind)
+        return (row.key not in write.window.observed, row.key in recorded)
 
-    def rank(write: PendingWrite) -> tuple[float, int]:
-        return (write.waiting_since, order[write.row.key])
+    def rank(write: PendingWrite) -> tuple[float, bool, int]:
+        return (write.waiting_since, write.row.success_count == 0, order[write.row.key])
 
     # Turns by client within each urgency: a client's rows the oldest first, its first row
     # before any client's second, and of two clients' n-th rows, the one of the client with
     # fewer waiting first.
-    queues: dict[tuple[tuple[bool, int], tuple[str, str]], list[PendingWrite]] = {}
+    queues: dict[tuple[tuple[bool, bool], tuple[str, str]], list[PendingWrite]] = {}
     for write in sorted(merged.values(), key=rank):
         queues.setdefault((urgency(write), client_of(write)), []).append(write)
-    turn: dict[GroupKey, tuple[bool, int, int, int]] = {}
+    turn: dict[GroupKey, tuple[bool, bool, int, int]] = {}
     for (urgent, _), writes in queues.items():
         for index, write in enumerate(writes):
             turn[write.row.key] = (*urgent, index, len(writes))
