@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from enumwatch.api.spec import DetectorSpec
-from enumwatch.api.worth import address_of, claimed_only, share, worth
+from enumwatch.api.worth import address_of, claimed_only, client_of, share, worth
 from enumwatch.sink.capacity import StoreBound, evictions
 from enumwatch.timefmt import parse_rfc3339
 
@@ -272,3 +272,11 @@ def test_addresses_of_one_ipv6_64_are_one_client() -> None:
         for i in range(5)
     ]
     assert _gone([*decoys, real], 2) == [f"decoy-{i}" for i in range(4)]
+
+
+def test_the_client_of_a_finding_is_the_address_the_api_server_saw() -> None:
+    observed = _finding("observed", ip="192.0.2.7")
+    claimed = _finding("claimed", ip="10.9.9.9", observed=0, claimed=8)
+    claimed["spec"]["claimedBy"] = "2001:db8:6:6::5"
+    assert client_of(observed) == ("", "192.0.2.7")
+    assert client_of(claimed) == ("", "2001:db8:6:6::/64")

@@ -234,6 +234,26 @@ async def test_a_full_queue_drops_the_oldest_and_counts_it(receiver: NotifyRecei
         await delivery.close()
 
 
+async def test_a_full_queue_drops_the_flooding_clients_own_notifications_first(
+    receiver: NotifyReceiver,
+) -> None:
+    # The endpoint is down while one client rotates its user agent: its Findings' notifications
+    # push out its own, never the one queued for another scanner before the flood.
+    delivery = _delivery(receiver.url, capacity=3)
+    delivery.put(b'{"who": "real"}', ("", "198.51.100.7"))
+    for n in range(5):
+        delivery.put(orjson.dumps({"who": f"flood/{n}"}), ("", "192.0.2.66"))
+    assert (delivery.pending, delivery.stats.dropped) == (3, 3)
+    delivery.put(b'{"who": "other"}', ("", "203.0.113.5"))  # the flood's oldest goes again
+    delivery.start()
+    try:
+        await until(lambda: len(receiver.bodies) == 3, what="what is left")
+        assert receiver.bodies == [{"who": "real"}, {"who": "flood/4"}, {"who": "other"}]
+        assert delivery.stats.dropped == 4
+    finally:
+        await delivery.close()
+
+
 async def test_a_coalescing_delivery_sends_the_newest_snapshot_only(
     receiver: NotifyReceiver,
 ) -> None:

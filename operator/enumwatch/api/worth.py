@@ -86,6 +86,14 @@ def address_of(finding: Mapping[str, Any]) -> tuple[str, str]:
     return share(spec.get("cluster"), spec.get("sourceIP"))
 
 
+def client_of(finding: Mapping[str, Any]) -> tuple[str, str]:
+    """The share of the client that made a Finding: the address the API server saw, which for
+    a Finding of an address only claimed is the client that claimed it (``claimedBy``)."""
+    spec = finding.get("spec") or {}
+    seen = spec.get("claimedBy") if claimed_only(spec) else None
+    return share(spec.get("cluster"), seen or spec.get("sourceIP"))
+
+
 def _always(finding: Mapping[str, Any]) -> bool:
     return True
 

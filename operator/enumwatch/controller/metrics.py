@@ -338,7 +338,11 @@ class OutputsCollector(Collector):
         ("sent", "Notifications an output accepted (2xx)."),
         ("failures", "Delivery attempts that failed and were retried with backoff."),
         ("rejected", "Notifications an output refused for good (4xx), not retried."),
-        ("dropped", "Notifications dropped, oldest first, because the output's queue was full."),
+        (
+            "dropped",
+            "Notifications dropped because the output's queue was full: the oldest of the "
+            "client (the address the API server saw) with the most queued first.",
+        ),
     )
 
     def __init__(self, outputs: OutputsView) -> None:

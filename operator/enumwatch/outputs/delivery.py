@@ -4,7 +4,9 @@ Both outputs deliver the same way. :meth:`Delivery.put` only queues (the tick ne
 network); a task of its own POSTs the oldest body until the endpoint answers, waiting between
 attempts with the one :class:`~enumwatch.backoff.Backoff` every sender uses. 2xx: delivered.
 408, 429, 5xx, refused connections and timeouts: retried. Any other 4xx: the body is refused for
-good (counted, logged, dropped). When the queue is full the oldest body is dropped and counted.
+good (counted, logged, dropped). When the queue is full a body is dropped and counted: the oldest
+of the client with the most bodies queued (:meth:`Delivery.put`), so that one client's flood of
+Findings while the endpoint is down pushes out its own notifications, not another scanner's.
 
 A *coalescing* delivery keeps only the newest body: Alertmanager is sent the whole set of alerts
 each time, so a newer snapshot supersedes an older one that was not sent yet (nothing is lost).
@@ -16,7 +18,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -34,7 +37,7 @@ class DeliveryStats:
     sent: int = 0  # bodies the endpoint accepted (2xx)
     failures: int = 0  # attempts that failed and were retried
     rejected: int = 0  # bodies refused for good (4xx other than 408 and 429)
-    dropped: int = 0  # bodies dropped, oldest first, because the queue was full
+    dropped: int = 0  # bodies dropped because the queue was full (the most queued client's)
     superseded: int = 0  # coalescing: unsent snapshots replaced by a newer one (no loss)
     last_error: str = ""
     #: time.time() of the first failure since the last success; None while delivering fine.
@@ -78,7 +81,9 @@ class Delivery:
         self.capacity = 1 if coalesce else max(1, capacity)
         self.coalesce = coalesce
         self.stats = DeliveryStats()
-        self._queue: deque[bytes] = deque()
+        #: (client, body), the oldest first; and how many bodies each client has queued.
+        self._queue: deque[tuple[Hashable, bytes]] = deque()
+        self._clients: Counter[Hashable] = Counter()
         self._waiting = asyncio.Event()
         self._stopping = asyncio.Event()
         self._backoff = Backoff(backoff_initial, backoff_max, self._stopping)
@@ -90,21 +95,36 @@ class Delivery:
         """Bodies queued and not delivered yet."""
         return len(self._queue)
 
-    def put(self, body: bytes) -> None:
-        """Queue ``body`` (never waits); the oldest is dropped when the queue is full."""
+    def put(self, body: bytes, client: Hashable = None) -> None:
+        """Queue ``body``, about ``client`` (never waits). When the queue is full, a coalescing
+        delivery drops its older snapshot; any other drops the oldest body of the client with
+        the most bodies queued (the oldest of all when no client has more than another)."""
         if len(self._queue) >= self.capacity:
-            self._queue.popleft()
             if self.coalesce:
+                self._forget(0)
                 self.stats.superseded += 1
             else:
+                most = max(self._clients.values())
+                queue = self._queue
+                self._forget(next(i for i, (c, _) in enumerate(queue) if self._clients[c] == most))
                 self.stats.dropped += 1
                 log.warning(
-                    "output queue full: dropped the oldest notification",
+                    "output queue full: dropped the oldest notification of the client with the "
+                    "most queued",
                     extra={"output": self.endpoint.output, "endpoint": self.endpoint.where,
                            "dropped": self.stats.dropped},
                 )
-        self._queue.append(body)
+        self._queue.append((client, body))
+        self._clients[client] += 1
         self._waiting.set()
+
+    def _forget(self, index: int) -> None:
+        """Take the ``index``-th queued body off the queue."""
+        client, _ = self._queue[index]
+        del self._queue[index]
+        self._clients[client] -= 1
+        if not self._clients[client]:
+            del self._clients[client]
 
     def start(self) -> None:
         """Start the sending task."""
@@ -138,7 +158,7 @@ class Delivery:
             if not self._queue:
                 self._waiting.clear()
                 continue
-            body = self._queue[0]
+            body = self._queue[0][1]
             status, detail = await self._post(body)
             if status is not None and 200 <= status < 300:
                 self._done(body)
@@ -171,8 +191,8 @@ class Delivery:
 
     def _done(self, body: bytes) -> None:
         """Take ``body`` off the queue, unless a newer snapshot already replaced it."""
-        if self._queue and self._queue[0] is body:
-            self._queue.popleft()
+        if self._queue and self._queue[0][1] is body:
+            self._forget(0)
 
     async def _post(self, body: bytes) -> tuple[int | None, str]:
         """POST once: (status or None, what went wrong)."""

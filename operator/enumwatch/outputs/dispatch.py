@@ -26,6 +26,7 @@ from typing import Literal
 from enumwatch.api.names import DETECTOR_LABEL, FINDING_PLURAL, GROUP, VERSION
 from enumwatch.api.refs import DetectorRef
 from enumwatch.api.spec import DetectorSpec
+from enumwatch.api.worth import client_of
 from enumwatch.kubeclient import CALL_ERRORS, KubeApi
 from enumwatch.outputs.delivery import Delivery, Endpoint
 from enumwatch.outputs.notices import ActiveFindings, Notice, Reason, reported_elsewhere
@@ -114,8 +115,9 @@ class Outputs:
             if output.per_tick != per_tick or not deliveries:
                 continue
             body = output.encode(Outgoing(notice, self.active, now, self.config))
+            client = None if notice is None else client_of(notice.finding)
             for delivery in deliveries:
-                delivery.put(body)
+                delivery.put(body, client)
 
     def start(self) -> None:
         """Start the sending tasks."""
