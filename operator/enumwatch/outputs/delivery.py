@@ -96,10 +96,12 @@ class Delivery:
         return len(self._queue)
 
     def put(self, body: bytes, client: Hashable = None) -> None:
-        """Queue ``body``, about ``client`` (never waits). When the queue is full, a coalescing
+        """Queue ``body``, about ``client`` (never waits). Past the capacity, a coalescing
         delivery drops its older snapshot; any other drops the oldest body of the client with
-        the most bodies queued (the oldest of all when no client has more than another)."""
-        if len(self._queue) >= self.capacity:
+        the most bodies queued, this one counted (the oldest of all when none has more)."""
+        self._queue.append((client, body))
+        self._clients[client] += 1
+        if len(self._queue) > self.capacity:
             if self.coalesce:
                 self._forget(0)
                 self.stats.superseded += 1
@@ -114,8 +116,6 @@ class Delivery:
                     extra={"output": self.endpoint.output, "endpoint": self.endpoint.where,
                            "dropped": self.stats.dropped},
                 )
-        self._queue.append((client, body))
-        self._clients[client] += 1
         self._waiting.set()
 
     def _forget(self, index: int) -> None:
