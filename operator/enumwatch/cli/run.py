@@ -293,8 +293,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--policy-report-max-results",
         type=_max_results,
         default=DEFAULT_REPORT_RESULTS,
-        help="most results in one namespace's report, the most recently seen Findings first; "
-        "the rest are counted in its annotation enumwatch.io/results-omitted "
+        help="most results in one namespace's report; past it Findings are left out as "
+        "findings.maxStored gives them up (claimed addresses first, then from the address "
+        "holding the most), counted in its annotation enumwatch.io/results-omitted "
         f"(1..{MAX_REPORT_RESULTS}, default {DEFAULT_REPORT_RESULTS})",
     )
     p.add_argument(
