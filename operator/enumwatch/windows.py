@@ -21,7 +21,11 @@ count, the value tuples the aggregates read (:func:`enumwatch.rule.event_values`
 and how many were seen from the group's own IP by the API server. A group keeps its count over the
 window and, while it has enough documents to fire, invertible counts of its outcomes, request URIs
 and resources (added on arrival, subtracted on expiry), so the thresholds are checked without
-reading its documents. An event costs a constant amount when it arrives (its cells) and when its
+reading its documents. A group with enough documents whose request URIs or resources are too few
+to pass the thresholds (a health check, a probe: most anonymous traffic) keeps instead the
+distinct request URIs and resources its documents have had (its *spread*, which only grows), and
+is counted in and out of the window by its count alone until that spread could let it fire.
+An event costs a constant amount when it arrives (its cells) and when its
 slice leaves the window (a whole slice is subtracted at once), whatever the lookback / interval
 ratio. A tick recomputes only the groups whose window changed since the last tick (the *dirty* set:
 an arrival, or a slice entering or leaving) and keeps the rows of the groups that fire, so a group
@@ -294,13 +298,20 @@ def _fold(agg: _Agg, values: Iterable[tuple[Any, ...]], sign: int) -> None:
 class _Group:
     """One (source IP, user agent) group: its cells by slice and its count in the window."""
 
-    __slots__ = ("agg", "cells", "count", "docs", "excess", "saturated", "touched")
+    __slots__ = ("agg", "cells", "count", "docs", "excess", "saturated", "spread", "touched")
 
     def __init__(self, excess: int = 0) -> None:
         #: Outcome counts and per-value counts of requestURI and resource over the values of
         #: its active cells (invertible), kept only while the group has enough documents to
         #: fire: the thresholds are then checked without reading its documents.
         self.agg: _Agg | None = None
+        #: While the group has enough documents to fire but too few distinct request URIs or
+        #: resources (see :meth:`WindowedEvaluator._may_fire`), instead of ``agg``: the
+        #: requestURIs and the resources of every value tuple kept since it was made (a
+        #: superset of its window's, so their sizes bound the window's distinct counts from
+        #: above); a dimension is ``None`` once it held more values than the group has
+        #: documents (its bound is then the count).
+        self.spread: list[set[Any] | None] | None = None
         self.cells: dict[int, _Cell] = {}
         #: Documents in the slices of the evaluated window (the active slices).
         self.count = 0
@@ -911,6 +922,16 @@ class WindowedEvaluator(Schedule):
                             made_excess += excess
                         if active and group.agg is not None:
                             _fold(group.agg, (values,), 1)
+                        spread = group.spread
+                        if spread is not None and excess:  # long text: not collected
+                            spread[0] = spread[1] = None
+                        elif spread is not None:
+                            seen = spread[0]
+                            if seen is not None:
+                                seen.add(values[F_REQUEST_URI])
+                            seen = spread[1]
+                            if seen is not None:
+                                seen.add(values[F_RESOURCE])
                 if active:
                     if not group.count:
                         self._active_groups += 1
@@ -1065,15 +1086,25 @@ class WindowedEvaluator(Schedule):
         groups, firing, muted = self._groups, self._firing, self._muted
         fewest, cap, fires = self._fewest, self._cap, self._fires
         thresholds, namespace = self.rule.thresholds, self.data_stream_namespace
+        bounded = FALLING_COUNTS_CANNOT_FIRE
         for key in self._dirty:
             group = groups.get(key)
             if group is None or not fewest <= group.count < cap or key in muted:
-                if group is not None and group.count < fewest:
-                    group.agg = None  # too few documents to fire: no need to keep it up
+                if group is not None:
+                    if group.count < fewest:
+                        group.agg = None  # too few documents to fire: no need to keep it up
+                        group.spread = None
+                    elif group.spread is not None:
+                        self._spread_bounds(group)  # it still collects: keep that bounded
                 firing.pop(key, None)
                 continue
             # Fewer than documentsBelow documents: no cell in the window is saturated.
             agg = group.agg
+            if agg is None and bounded and not self._may_fire(group):
+                # Its spread cannot pass the thresholds with any of its documents: it is not
+                # aggregated (nor folded in and out at each tick) until it could.
+                firing.pop(key, None)
+                continue
             if agg is None:
                 agg = group.agg = ([0] * len(OUTCOMES), {}, {})
                 for k, cell in group.cells.items():
@@ -1117,6 +1148,58 @@ class WindowedEvaluator(Schedule):
             )
             firing[key] = (row, last, observed, tuple(uris), claimed)
         self._dirty.clear()
+
+    def _may_fire(self, group: _Group) -> bool:
+        """Whether ``group`` (between the fewest documents and ``documentsBelow``, not
+        aggregated) could pass the thresholds as far as its spread tells; when it could, its
+        spread is dropped (it is aggregated from then on).
+
+        Every condition but documentsBelow is then a lower bound (``FALLING_COUNTS_CANNOT_FIRE``)
+        on a count that its spread, or its document count, bounds from above: the window's
+        distinct request URIs and resources are among its spread's, and no outcome is counted
+        more often than the group has documents. If the thresholds fail on these bounds they
+        fail on the window's counts."""
+        count = group.count
+        n_uris, n_resources = self._spread_bounds(group)
+        if self._fires(count, n_uris, n_resources, count, count, count):
+            group.spread = None
+            return True
+        return False
+
+    @staticmethod
+    def _spread_bounds(group: _Group) -> tuple[int, int]:
+        """Upper bounds of the distinct request URIs and resources of ``group``'s window, from
+        its spread (made from its cells when it has none yet). A dimension that collected more
+        values than the group has documents stops collecting (its bound is the count), and so
+        does one that meets a value with long text (:func:`value_excess`): so a spread holds at
+        most as many short strings as the group has documents, plus those of the events since
+        its last recompute (at the next tick), mostly the same strings as its kept values (not
+        counted in :attr:`state_bytes` beside them)."""
+        count, spread = group.count, group.spread
+        if spread is None:
+            uris: set[Any] = set()
+            resources: set[Any] = set()
+            for cell in group.cells.values():
+                values = cell.values
+                if cell.excess:  # long text: not collected (a spread holds short strings)
+                    spread = group.spread = [None, None]
+                    return count, count
+                if values:  # a saturated cell keeps none (nor can its group fire meanwhile)
+                    for v in values:
+                        uris.add(v[F_REQUEST_URI])
+                        resources.add(v[F_RESOURCE])
+            spread = group.spread = [uris, resources]
+        bounds = []
+        for i, seen in enumerate(spread):
+            if seen is None:
+                bounds.append(count)
+                continue
+            n = len(seen) - (None in seen)  # the rule counts distinct non-null values
+            if n > count:  # no tighter than the count: stop collecting (bounded memory)
+                spread[i] = None
+                n = count
+            bounds.append(n)
+        return bounds[0], bounds[1]
 
     def advance(self, tick: float) -> None:
         """Record ``tick`` as evaluated and drop the slices no later tick needs."""

@@ -623,3 +623,129 @@ def test_a_batch_with_a_long_value_sheds_where_its_events_one_by_one_would() -> 
         single.state_bytes,
     )
     assert batch.state_bytes == 3 * one
+
+
+def _probe(ip: str, uri: str, resource: str | None, t: float) -> AuditEvent:
+    """One anonymous request refused: what a health check or a slow scanner sends."""
+    return AuditEvent(
+        timestamp=t,
+        username="system:anonymous",
+        level="Request",
+        verb="get",
+        request_uri=uri,
+        resource=resource,
+        source_ips=(ip,),
+        user_agent="probe/1",
+        code=403,
+        decision="forbid",
+    )
+
+
+#: Stretches of requests of groups that keep to one endpoint (or to one resource over ever new
+#: endpoints) and then spread out: (requests, new URIs?, new resources?, address, seconds apart).
+_stretches = st.lists(
+    st.tuples(
+        st.integers(1, 40),
+        st.booleans(),
+        st.booleans(),
+        st.sampled_from(["192.0.2.1", "192.0.2.2"]),
+        st.sampled_from([0.2, 0.5, 1.0, 3.0]),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stretches=_stretches,
+    steps=st.lists(st.floats(0, 30, allow_nan=False), min_size=1, max_size=60),
+    rule=st.sampled_from(
+        [Rule(), Rule(thresholds=LOW), Rule(thresholds=WIDE, group_by="sourceIP")]
+    ),
+    schedule=st.sampled_from([(1.0, 6.0), (5.0, 60.0), (2.0, 7.0), (1.0, 60.0)]),
+    basis=st.sampled_from(["ingested", "event"]),
+)
+def test_a_group_that_cannot_fire_by_its_spread_fires_at_the_oracles_tick(
+    stretches: list[tuple[int, bool, bool, str, float]],
+    steps: list[float],
+    rule: Rule,
+    schedule: tuple[float, float],
+    basis: str,
+) -> None:
+    """A group with enough documents but too few distinct URIs or resources is counted by its
+    spread instead of being aggregated; when its requests spread out (even after its spread
+    of one dimension outgrew its count and stopped), it fires at the tick the oracle does."""
+    resources = ["pods", "secrets", "nodes", "configmaps", "services", "roles", None]
+    events, t, n = [], T0 - 500, 0
+    for requests, new_uris, new_resources, ip, apart in stretches:
+        for _ in range(requests):
+            n, t = n + 1, t + apart
+            uri = f"/api/v1/u{n}" if new_uris else "/api/v1/u0"
+            events.append(_probe(ip, uri, resources[n % 7] if new_resources else "pods", t))
+    _run_live(events, steps, rule, schedule, basis, twice=False)
+
+
+def test_a_probe_is_counted_by_its_spread_and_fires_once_it_spreads_out() -> None:
+    """A health check on one endpoint keeps a spread, not aggregates (nothing folded in or
+    out at each tick); a client that keeps to one resource over ever new endpoints stops
+    collecting them once they outnumber its documents, whether it has fewer documents than
+    documentsBelow or not; each fires exactly when the oracle says."""
+    rule = Rule()  # distinct URIs > 5, resources > 3, fewer than 50 documents
+    new = WindowedEvaluator(rule, 1.0, 60.0, time_basis="ingested")
+    old = ReferenceEvaluator(rule, 1.0, 60.0, time_basis="ingested")
+
+    def offer(event: AuditEvent, at: float) -> None:
+        assert new.add(event, at) == old.add(event, at)
+
+    def tick_to(t: float) -> set[str]:
+        fired = set()
+        for tick in new.due_ticks(t):
+            result = new.evaluate(tick)
+            _same(result, old.evaluate(tick))
+            fired |= {row.key[0] for row in result.rows}
+        return fired
+
+    for i in range(160):
+        now = T0 + i
+        offer(_probe("192.0.2.1", "/healthz", None, now), now)  # a probe, every second
+        if i % 2 == 0:  # a walker over one resource: 30 documents in the window
+            offer(_probe("192.0.2.2", f"/api/v1/namespaces/n{i}/pods", "pods", now), now)
+        # a faster walker: 60 documents in the window, more than documentsBelow
+        offer(_probe("192.0.2.3", f"/api/v1/namespaces/n{i}/secrets", "secrets", now), now)
+        assert tick_to(now) == set()
+    probe, walker, fast = (
+        new._groups[(ip, "probe/1")] for ip in ("192.0.2.1", "192.0.2.2", "192.0.2.3")
+    )
+    assert (probe.agg, probe.spread) == (None, [{"/healthz"}, {None}])
+    assert (walker.agg, walker.spread) == (None, [None, {"pods"}])  # URIs: the count bounds them
+    assert (fast.agg, fast.spread) == (None, [None, {"secrets"}])
+    for i, resource in enumerate(["secrets", "nodes", "configmaps", "services"]):
+        now = T0 + 160 + i
+        for ip in ("192.0.2.1", "192.0.2.2"):
+            offer(_probe(ip, f"/api/v1/{resource}", resource, now), now)
+        assert tick_to(now) == ({"192.0.2.2"} if i >= 2 else set())  # pods and three more
+    assert walker.spread is None and walker.agg is not None  # aggregated once it could fire
+    # The probe's five URIs and four resources could not pass "more than five URIs" yet.
+    assert probe.agg is None and probe.spread is not None
+    assert len(probe.spread[0]) == 5  # type: ignore[arg-type]
+
+
+def test_a_spread_never_holds_long_text() -> None:
+    """A value with long text (a client's path) is not collected in a spread, which the state
+    budget does not count: its group is aggregated instead, as any group that may fire."""
+    new = WindowedEvaluator(Rule(), 1.0, 60.0, time_basis="ingested")
+    old = ReferenceEvaluator(Rule(), 1.0, 60.0, time_basis="ingested")
+    for i in range(12):
+        now = T0 + i
+        path = "/healthz" if i != 10 else "/healthz/" + "x" * VALUE_CHARS
+        for engine in (new, old):
+            engine.add(_probe("192.0.2.1", path, None, now), now)
+        for tick in new.due_ticks(now):
+            _same(new.evaluate(tick), old.evaluate(tick))
+        group = new._groups[("192.0.2.1", "probe/1")]
+        if i < 10:
+            spread = [{"/healthz"}, {None}] if i >= 5 else None  # six documents: fewest to fire
+            assert group.agg is None and group.spread == spread
+        else:
+            assert group.spread is None and group.agg is not None
