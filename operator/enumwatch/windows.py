@@ -1100,11 +1100,26 @@ class WindowedEvaluator(Schedule):
                 continue
             # Fewer than documentsBelow documents: no cell in the window is saturated.
             agg = group.agg
-            if agg is None and bounded and not self._may_fire(group):
+            if agg is None and bounded:
                 # Its spread cannot pass the thresholds with any of its documents: it is not
                 # aggregated (nor folded in and out at each tick) until it could.
-                firing.pop(key, None)
-                continue
+                # The usual case tested here (a null counted: a looser bound); a group without
+                # a spread yet, one that outgrew its count, or one that may fire by _may_fire.
+                spread, count = group.spread, group.count
+                if spread is not None:
+                    seen_uris, seen_resources = spread
+                    n_uris = count if seen_uris is None else len(seen_uris)
+                    n_resources = count if seen_resources is None else len(seen_resources)
+                    blocked = (
+                        n_uris <= count
+                        and n_resources <= count
+                        and not fires(count, n_uris, n_resources, count, count, count)
+                    )
+                else:
+                    blocked = False
+                if blocked or not self._may_fire(group):
+                    firing.pop(key, None)
+                    continue
             if agg is None:
                 agg = group.agg = ([0] * len(OUTCOMES), {}, {})
                 for k, cell in group.cells.items():
@@ -1159,11 +1174,20 @@ class WindowedEvaluator(Schedule):
         distinct request URIs and resources are among its spread's, and no outcome is counted
         more often than the group has documents. If the thresholds fail on these bounds they
         fail on the window's counts."""
-        count = group.count
+        count, fires = group.count, self._fires
         n_uris, n_resources = self._spread_bounds(group)
-        if self._fires(count, n_uris, n_resources, count, count, count):
+        if fires(count, n_uris, n_resources, count, count, count):
             group.spread = None
             return True
+        spread = group.spread
+        assert spread is not None
+        # One dimension that alone keeps it from firing is enough to collect (half the work
+        # of each arrival): the other's bound is then its count, like one that outgrew it.
+        if spread[0] is not None and spread[1] is not None:
+            if not fires(count, count, n_resources, count, count, count):
+                spread[0] = None
+            elif not fires(count, n_uris, count, count, count, count):
+                spread[1] = None
         return False
 
     @staticmethod
