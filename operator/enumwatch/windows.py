@@ -1094,8 +1094,13 @@ class WindowedEvaluator(Schedule):
                     if group.count < fewest:
                         group.agg = None  # too few documents to fire: no need to keep it up
                         group.spread = None
-                    elif group.spread is not None:
-                        self._spread_bounds(group)  # it still collects: keep that bounded
+                    elif group.spread is not None:  # it still collects: keep that bounded
+                        seen_uris, seen_resources = group.spread
+                        count = group.count
+                        if (seen_uris is not None and len(seen_uris) > count) or (
+                            seen_resources is not None and len(seen_resources) > count
+                        ):
+                            self._spread_bounds(group)
                 firing.pop(key, None)
                 continue
             # Fewer than documentsBelow documents: no cell in the window is saturated.

@@ -216,13 +216,16 @@ def batch_of(
 
 _IDENTITY = attrgetter("identity")
 _CLUSTER = attrgetter("cluster")
+_TIMESTAMP_ERROR = attrgetter("timestamp_error")
 
 
 def unreadable_timestamps(events: list[AuditEvent]) -> dict[str, int]:
     """How many of ``events`` carry a timestamp that could not be read, by reason."""
+    problems = list(map(_TIMESTAMP_ERROR, events))
+    if problems.count(None) == len(problems):  # the usual batch, decided in C
+        return {}
     counts: dict[str, int] = {}
-    for event in events:
-        problem = event.timestamp_error
+    for problem in problems:
         if problem is not None:
             counts[problem] = counts.get(problem, 0) + 1
     return counts
@@ -653,10 +656,13 @@ class IngestServer:
     def _count_clusters(self, events: list[AuditEvent]) -> None:
         """``enumwatch_cluster_events_ingested_total``: the accepted events by cluster, at most
         :data:`~enumwatch.controller.metrics.MAX_CLUSTER_LABELS` names (then "(other)")."""
+        clusters = list(map(_CLUSTER, events))
+        if clusters.count(None) == len(clusters):  # a single cluster's events, decided in C
+            return
         counts: dict[str, int] = {}
-        for event in events:
-            if event.cluster is not None:
-                counts[event.cluster] = counts.get(event.cluster, 0) + 1
+        for cluster in clusters:
+            if cluster is not None:
+                counts[cluster] = counts.get(cluster, 0) + 1
         for cluster, n in counts.items():
             if cluster not in self._cluster_labels:
                 if len(self._cluster_labels) >= metrics.MAX_CLUSTER_LABELS:

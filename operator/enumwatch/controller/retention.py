@@ -64,6 +64,8 @@ class RetentionSweep:
         every :data:`OVER_EVERY` seconds), and at least every ``expiry_every`` seconds; never
         more than once a second.
         """
+        if now < self._last_sweep + 1.0:
+            return []
         retentions = [
             r.spec.findings.retention_seconds for r in self.detectors.by_key.values() if r.spec
         ]
@@ -74,8 +76,6 @@ class RetentionSweep:
                 *(self._last_sweep + r for r in retentions),
             ]
         )
-        if now < self._last_sweep + 1.0:
-            return []
         if now < due and not (now >= self._last_sweep + OVER_EVERY and self._over()):
             return []
         self._last_sweep = now
