@@ -785,6 +785,49 @@ def test_findings_past_max_stored_are_deleted_the_rotating_clients_own_first(
         assert detector_status(crds, ns, "det")["findingsCreated"] == 5
 
 
+def test_events_about_a_detector_past_the_burst_are_counted_and_said_in_one(
+    crds: ControlPlane, tmp_path: Path
+) -> None:
+    """A client rotating its user agent makes a Finding per agent, each said in an Event on
+    the Finding and one on the detector: past --detector-event-burst the detector's are held
+    back, counted in the metric and said in one Event when one may be posted again; each
+    Finding keeps its own."""
+    ns = fresh_namespace(crds, "evburst")
+    agents, events = _many_scans(crds, 4)
+    budget = ("--detector-event-burst", "1", "--detector-event-every", "4")
+    with running_operator(crds, tmp_path, *budget) as op:
+        apply_detector(crds, ns, "det", FAST)
+        wait_for(lambda: _ready(crds, ns, "det"), what="detector Ready")
+        op.ingest(events)  # one body: the four Findings at one tick
+        found = _all_findings(crds, ns, 4)
+        assert {f["spec"]["userAgent"] for f in found} == set(agents)
+
+        def detected() -> list[dict[str, Any]]:
+            return [
+                e for e in events_for(crds, ns, "det") if e["reason"] == "EnumerationDetected"
+            ]
+
+        wait_for(
+            lambda: any(e["message"].startswith("3 more EnumerationDetected") for e in detected()),
+            timeout=30,
+            what="the Event that says the three held back",
+        )
+        told = detected()
+        assert len(told) == 2, told  # the first Finding's, then the summary of the others
+        (summary,) = [e for e in told if e["message"].startswith("3 more")]
+        assert "at most 1 at once, then one every 4s" in summary["message"]
+        assert op.metrics()['enumwatch_events_suppressed_total{reason="EnumerationDetected"}'] == 3
+        for finding in found:  # each Finding's own Event is not limited
+            name = finding["metadata"]["name"]
+            own = wait_for(
+                lambda n=name: [
+                    e for e in events_for(crds, ns, n) if e["reason"] == "EnumerationDetected"
+                ],
+                what=f"the Event on {name}",
+            )
+            assert len(own) == 1, own
+
+
 def _many_scans(cp: ControlPlane, count: int) -> tuple[list[str], list[dict[str, Any]]]:
     """``count`` real anonymous scans, each with its own user agent: the agents and the audit
     events the apiserver wrote for them (read once from its audit log)."""

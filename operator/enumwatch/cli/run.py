@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from enumwatch.cli.forwarding import cluster_assignment, cluster_name
 from enumwatch.controller import connections, gcpolicy
+from enumwatch.sink.events import EVENT_BURST, EVENT_REFILL_SECONDS
 
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
 # `enumwatch scan` and `enumwatch tail` should not pay for them.
@@ -252,6 +254,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "counters and lastEvaluation are then up to that old (default 5); a change of any "
         "of those is written at the tick that made it",
     )
+    p.add_argument(
+        "--detector-event-burst",
+        type=_at_least_one,
+        default=EVENT_BURST,
+        help="at most this many Warning Events about one detector with one reason are posted "
+        f"at once (default {EVENT_BURST}, as Kubernetes limits the Events about one object), "
+        "then one every --detector-event-every seconds; the rest are counted "
+        "(enumwatch_events_suppressed_total) and said in one Event when one may be posted "
+        "again. Events about a Finding are not limited",
+    )
+    p.add_argument(
+        "--detector-event-every",
+        type=_seconds,
+        default=EVENT_REFILL_SECONDS,
+        help=f"see --detector-event-burst (default {EVENT_REFILL_SECONDS:g})",
+    )
     outputs = p.add_argument_group(
         "outputs",
         "where Findings are sent besides the API server (operator configuration: a detector's "
@@ -312,14 +330,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def _max_results(text: str) -> int:
-    """``--policy-report-max-results``: an integer in 1..MAX_REPORT_RESULTS."""
+def _whole(text: str, low: int, high: float = math.inf) -> int:
+    """A flag's whole number in ``low..high``, or an ``ArgumentTypeError`` that says why."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 1 <= value <= MAX_REPORT_RESULTS:
-        raise argparse.ArgumentTypeError(f"must be 1..{MAX_REPORT_RESULTS}, not {value}")
+    if not low <= value <= high:
+        allowed = f"at least {low}" if high == math.inf else f"{low}..{high}"
+        raise argparse.ArgumentTypeError(f"must be {allowed}, not {value}")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    """``--detector-event-burst``: a whole number, at least 1."""
+    return _whole(text, 1)
+
+
+def _max_results(text: str) -> int:
+    """``--policy-report-max-results``: an integer in 1..MAX_REPORT_RESULTS."""
+    return _whole(text, 1, MAX_REPORT_RESULTS)
+
+
+def _seconds(text: str) -> float:
+    """``--detector-event-every``: a number of seconds, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
     return value
 
 
@@ -374,6 +414,7 @@ async def _main(args: argparse.Namespace) -> int:
     from enumwatch.kubeclient import ConfigError, KubeApi, load_credentials
     from enumwatch.outputs.dispatch import Outputs
     from enumwatch.outputs.policyreport import REPORT_APIS, PolicyReportWriter
+    from enumwatch.sink.events import EventBudget
     from enumwatch.sink.findings import FindingSink
 
     # What is imported by now (kopf, pydantic, aiohttp, the models) lives as long as the
@@ -446,9 +487,13 @@ async def _main(args: argparse.Namespace) -> int:
     apis = REPORT_APIS[args.policy_report]
     addresses = AddressBook()
     sink = FindingSink(
-        api, instance=args.identity, attribution=addresses, own_cluster=args.cluster_name
+        api,
+        instance=args.identity,
+        attribution=addresses,
+        own_cluster=args.cluster_name,
+        budget=EventBudget(args.detector_event_burst, args.detector_event_every),
     )
-    metrics.watch_events(lambda: sink.event_errors)
+    metrics.watch_events(lambda: sink.event_errors, lambda: sink.events_suppressed)
     # Warning Events go through kopf (kopf.event), counted by reason when they cannot be posted.
     sink.poster = events = KopfEvents(sink.event_errors, instance=args.identity)
     posting = outputs if outputs.config.enabled else None

@@ -257,23 +257,41 @@ ADDRESSES_SYNCED = Gauge(
 
 
 class EventsCollector(Collector):
-    """Warning Events that could not be posted, by reason, read at scrape time from the sink
-    (its :attr:`~enumwatch.sink.findings.FindingSink.event_errors`, the one count)."""
+    """Warning Events that could not be posted, and those the detectors' Event budget held
+    back, by reason, read at scrape time from the sink (its
+    :attr:`~enumwatch.sink.findings.FindingSink.event_errors` and
+    :attr:`~enumwatch.sink.findings.FindingSink.events_suppressed`, the one counts)."""
 
-    def __init__(self, errors: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(
+        self,
+        errors: Callable[[], Mapping[str, int]],
+        suppressed: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
         self.errors = errors
+        self.suppressed = suppressed
 
     def collect(self) -> Iterator[Metric]:
-        """One sample per Event reason that failed at least once."""
-        family = CounterMetricFamily(
-            "enumwatch_event_post_errors",
-            "Warning Events that could not be posted (an error answer, or the apiserver "
-            "unreachable), by reason; the tick goes on without them.",
-            labels=["reason"],
-        )
-        for reason, count in sorted(self.errors().items()):
-            family.add_metric([reason], count)
-        yield family
+        """One sample per Event reason that failed (or was held back) at least once."""
+        for name, documentation, counts in (
+            (
+                "enumwatch_event_post_errors",
+                "Warning Events that could not be posted (an error answer, or the apiserver "
+                "unreachable), by reason; the tick goes on without them.",
+                self.errors(),
+            ),
+            (
+                "enumwatch_events_suppressed",
+                "Warning Events about a detector not posted because more with the same reason "
+                "came than --detector-event-burst at once, then one every "
+                "--detector-event-every seconds (each said later in one Event per detector and "
+                "reason), by reason.",
+                self.suppressed(),
+            ),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=["reason"])
+            for reason, count in sorted(counts.items()):
+                family.add_metric([reason], count)
+            yield family
 
 
 #: Registered at import, so that its family exists (for the alert rules) before any sink.
@@ -281,9 +299,11 @@ EVENTS = EventsCollector(dict)
 REGISTRY.register(EVENTS)
 
 
-def watch_events(errors: Callable[[], Mapping[str, int]]) -> None:
-    """Serve these Event post failures on /metrics."""
-    EVENTS.errors = errors
+def watch_events(
+    errors: Callable[[], Mapping[str, int]], suppressed: Callable[[], Mapping[str, int]] = dict
+) -> None:
+    """Serve these Event post failures, and the Events held back, on /metrics."""
+    EVENTS.errors, EVENTS.suppressed = errors, suppressed
 
 
 class EndpointView(Protocol):

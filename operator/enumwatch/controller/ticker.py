@@ -121,6 +121,7 @@ class Ticker:
             else:
                 self._checkpointed = now
         expired = await self.retention.run(now)
+        await self.sink.post_suppressed()  # what the detectors' Event budget held back
         for listener in self.listeners:
             await listener.after_round(expired, now)
         return evaluated

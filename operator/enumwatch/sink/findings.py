@@ -15,14 +15,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from enumwatch.api.finding import FindingSource, finding_name
 from enumwatch.api.names import (
     API_VERSION,
+    DETECTOR_KIND,
     DETECTOR_LABEL,
     FINDING_KIND,
     FINDING_PLURAL,
@@ -39,7 +41,7 @@ from enumwatch.kubeclient import CALL_ERRORS, ApiError, KubeApi, object_path
 from enumwatch.rule import GroupKey, Row, cluster_key
 from enumwatch.sink.backlog import PendingWrite, pending_of, schedule
 from enumwatch.sink.capacity import StoreBound, evictions
-from enumwatch.sink.events import EventPoster
+from enumwatch.sink.events import EventBudget, EventPoster, suppressed_message
 from enumwatch.sink.plan import (
     Action,
     Plan,
@@ -156,11 +158,19 @@ class FindingSink:
         instance: str = "enumwatch",
         attribution: Attribution | None = None,
         own_cluster: str | None = None,
+        budget: EventBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.instance = instance
         #: Who posts the Warning Events (None: this sink, through the client).
         self.poster: EventPoster | None = None
+        #: How many Events about one detector with one reason are posted (the rest counted in
+        #: ``events_suppressed`` and said in one Event later, :meth:`post_suppressed`).
+        self.budget = budget if budget is not None else EventBudget()
+        self.clock = clock
+        #: Events the budget did not post, by reason (enumwatch_events_suppressed_total).
+        self.events_suppressed: Counter[str] = Counter()
         self.attribution = attribution
         #: Events that could not be posted, by reason (enumwatch_event_post_errors_total).
         self.event_errors: Counter[str] = Counter()
@@ -421,11 +431,31 @@ class FindingSink:
         )
 
     async def event(self, involved: dict[str, str], reason: str, message: str) -> bool:
-        """Post a Warning Event about ``involved``; return whether it was posted.
+        """Post a Warning Event about ``involved``; return whether it was posted, or counted
+        as one the detector's Event budget holds back (said in one Event as soon as one may be
+        posted again, :meth:`post_suppressed`): the Events about a detector repeat per Finding
+        and per tick, so a client rotating its user agent would otherwise make as many.
+        Events about a Finding are posted as they come (a few in its life).
 
         A failure (an error answer, or no answer while the apiserver restarts) is logged and
         counted in :attr:`event_errors`, never raised: an Event must not take the rest of a
         tick (the status patch, the checkpoint, the other detectors) with it."""
+        if involved.get("kind") == DETECTOR_KIND:
+            subject = f"{involved['namespace']}/{involved['name']}"
+            if not self.budget.take(subject, reason, involved, message, self.clock()):
+                self.events_suppressed[reason] += 1
+                return True
+        return await self._post(involved, reason, message)
+
+    async def post_suppressed(self) -> None:
+        """Say, in one Event per detector and reason, what the Event budget held back, when
+        one may be posted again (called after each round of ticks)."""
+        for held in self.budget.due(self.clock()):
+            involved = cast(dict[str, str], held.subject)
+            await self._post(involved, held.reason, suppressed_message(held, self.budget))
+
+    async def _post(self, involved: dict[str, str], reason: str, message: str) -> bool:
+        """Post one Warning Event (see :meth:`event`)."""
         # The operator's poster: kopf posts it (enumwatch.sink.events); until kopf has handled a
         # detector it declines, and the Event is posted here with the client.
         if self.poster is not None and self.poster.post(involved, reason, message):
