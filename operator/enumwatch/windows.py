@@ -72,6 +72,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal
 
+import msgspec
+
 from enumwatch.access import answered_beyond_public
 from enumwatch.audit import AuditEvent
 from enumwatch.audit.event import (
@@ -229,23 +231,26 @@ def slice_width(interval_s: float, lookback_s: float) -> float:
     return interval_s if lookback_s % interval_s == 0 else min(interval_s, lookback_s)
 
 
-class _Cell:
-    """One group's documents in one slice."""
+class _Cell(msgspec.Struct, gc=False):
+    """One group's documents in one slice.
 
-    __slots__ = ("count", "excess", "last", "observed", "senders", "values")
+    Not tracked by the cyclic garbage collector (``gc=False``): a cell refers to no cell, so
+    it is never part of a cycle, and one is made per document of a sparse group (at 1,000
+    events/s from 2,000 addresses, nearly every event makes one): each tracked cell was
+    traversed by the collector once more before the operator froze it
+    (:mod:`enumwatch.controller.gcpolicy`). Made in C, without an ``__init__`` call."""
 
-    def __init__(self) -> None:
-        self.count = 0
-        #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow).
-        self.values: list[tuple[Any, ...]] | None = []
-        #: What its value tuples hold beyond :data:`VALUE_BYTES` each (:func:`value_excess`).
-        self.excess = 0
-        self.last = -math.inf
-        self.observed = 0
-        #: For the documents that only claimed the group's IP: the address the API server saw
-        #: each come from (the last ``sourceIPs`` entry) and how many; dropped with the values
-        #: once saturated (a saturated cell's group cannot fire, so nobody asks who claimed it).
-        self.senders: dict[str, int] | None = None
+    count: int = 0
+    #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow).
+    values: list[tuple[Any, ...]] | None = []  # a new empty list per cell
+    #: What its value tuples hold beyond :data:`VALUE_BYTES` each (:func:`value_excess`).
+    excess: int = 0
+    last: float = -math.inf
+    observed: int = 0
+    #: For the documents that only claimed the group's IP: the address the API server saw
+    #: each come from (the last ``sourceIPs`` entry) and how many; dropped with the values
+    #: once saturated (a saturated cell's group cannot fire, so nobody asks who claimed it).
+    senders: dict[str, int] | None = None
 
 
 def claimer(senders: Iterable[Mapping[str, int] | None]) -> str | None:
@@ -298,9 +303,22 @@ def _fold(agg: _Agg, values: Iterable[tuple[Any, ...]], sign: int) -> None:
 class _Group:
     """One (source IP, user agent) group: its cells by slice and its count in the window."""
 
-    __slots__ = ("agg", "cells", "count", "docs", "excess", "saturated", "spread", "touched")
+    __slots__ = (
+        "agg",
+        "cells",
+        "count",
+        "docs",
+        "excess",
+        "key",
+        "saturated",
+        "spread",
+        "touched",
+    )
 
-    def __init__(self, excess: int = 0) -> None:
+    def __init__(self, key: GroupKey, excess: int = 0) -> None:
+        #: Its key, the one object its slices' cells are kept under: an event's own key tuple
+        #: is let go once its group is found, not kept once per cell.
+        self.key = key
         #: Outcome counts and per-value counts of requestURI and resource over the values of
         #: its active cells (invertible), kept only while the group has enough documents to
         #: fire: the thresholds are then checked without reading its documents.
@@ -879,12 +897,12 @@ class WindowedEvaluator(Schedule):
                 group = groups.get(key)
                 if group is None:
                     keyed = key_excess(key)
-                    group = groups[key] = _Group(keyed)
+                    group = groups[key] = _Group(key, keyed)
                     made_excess += keyed
                 group_cells = group.cells
                 cell = group_cells.get(k)
                 if cell is None:
-                    cell = group_cells[k] = cells[key] = _Cell()
+                    cell = group_cells[k] = cells[group.key] = _Cell()
                     made_cells += 1
                 cell.count += 1
                 group.docs += 1
@@ -1442,11 +1460,11 @@ class WindowedEvaluator(Schedule):
         slice_.saved = None
         group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = _Group(key_excess(key))
+            group = self._groups[key] = _Group(key, key_excess(key))
             self._excess += group.excess
         cell = group.cells.get(index)
         if cell is None:
-            cell = group.cells[index] = slice_.cells[key] = _Cell()
+            cell = group.cells[index] = slice_.cells[group.key] = _Cell()
             self._cells += 1
         self._seq += 1
         group.touched = self._seq
