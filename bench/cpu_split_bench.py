@@ -13,9 +13,13 @@ lookback to fill the window, the CPU time (``time.process_time``) of each stage 
 ``--seconds`` simulated seconds, per 1,000 events: decoding (``decode_batch``: msgspec, the
 typed fields, identity, timestamps, the batch's own duplicates), de-duplication against the
 remembered identities (``fresh``, ``remember``), the journal record and its append, the
-windows' insert (``offer``: the rule's match, the cells) and the tick (``evaluate``). What it
-leaves out is the process around them: aiohttp, the ticker's Finding and status writes, the
-checkpoint, the collector (``--parts idle`` of ``operator_bench.py`` measures the fixed part).
+windows' insert (``offer``: the rule's match, the cells), the tick (``evaluate``), and, as the
+operator's ticker does after a tick, the checkpoint every 10 s (``checkpoint``: the snapshot on
+the loop, the files written by a worker thread) and the collector's settle
+(``settle``: :func:`enumwatch.controller.gcpolicy.settle`, with the operator's collector
+thresholds set as ``enumwatch run`` sets them); until issue 22's twelfth CPU round the bench
+left those two out. What it leaves out is the process around them: aiohttp, the ticker's
+Finding and status writes (``--parts idle`` of ``operator_bench.py`` measures the fixed part).
 To compare two versions, run it with ``PYTHONPATH`` pointing at the other's ``operator/``.
 ``--paced`` handles the measured seconds' lists in real time, five a second with this process
 idle in between as the operator is between two bodies: the same work, back to back or paced,
@@ -36,11 +40,12 @@ from typing import Any
 import operator_bench  # this folder: the lists that bench posts
 
 from enumwatch.api.refs import DetectorRef
-from enumwatch.controller import ingest
+from enumwatch.controller import gcpolicy, ingest
 from enumwatch.controller.fleet import Detectors
 from enumwatch_devkit.operatorkit import SCAN_PATHS
 
 PER_LIST = 200  # the tailer's lists at 1,000 events/s (see operator_bench.tailer_batches)
+CHECKPOINT_EVERY = 10  # simulated seconds: `enumwatch run --checkpoint-every`'s default
 
 
 def template(path: str) -> dict[str, Any]:
@@ -101,6 +106,7 @@ def main() -> int:
     evaluator = runtime.evaluator
     assert evaluator is not None
     seen = ingest.SeenKeys()
+    gcpolicy.configure()  # as `enumwatch run` does at start-up
     base = 1_800_000_000
     cost: dict[str, float] = defaultdict(float)
 
@@ -135,7 +141,15 @@ def main() -> int:
             t0 = time.process_time()
             for tick in evaluator.due_ticks(base + s + 0.99):
                 await runtime.evaluate(tick)
-            cost["evaluate"] += time.process_time() - t0
+            t1 = time.process_time()
+            if s % CHECKPOINT_EVERY == 0:  # as the ticker's --checkpoint-every default
+                await detectors.checkpoint_async()
+            t2 = time.process_time()
+            gcpolicy.settle()  # as the ticker after a round that evaluated
+            t3 = time.process_time()
+            cost["evaluate"] += t1 - t0
+            cost["checkpoint"] += t2 - t1
+            cost["settle"] += t3 - t2
 
     asyncio.run(run(0, 60))  # fill one lookback
     cost.clear()

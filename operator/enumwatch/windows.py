@@ -231,26 +231,37 @@ def slice_width(interval_s: float, lookback_s: float) -> float:
     return interval_s if lookback_s % interval_s == 0 else min(interval_s, lookback_s)
 
 
-class _Cell(msgspec.Struct, gc=False):
+class _Cell(msgspec.Struct, gc=False, array_like=True):
     """One group's documents in one slice.
 
     Not tracked by the cyclic garbage collector (``gc=False``): a cell refers to no cell, so
     it is never part of a cycle, and one is made per document of a sparse group (at 1,000
     events/s from 2,000 addresses, nearly every event makes one): each tracked cell was
     traversed by the collector once more before the operator froze it
-    (:mod:`enumwatch.controller.gcpolicy`). Made in C, without an ``__init__`` call."""
+    (:mod:`enumwatch.controller.gcpolicy`). Made in C, without an ``__init__`` call.
 
+    ``array_like``: a slice's cells are rendered for a checkpoint by one call in C
+    (:meth:`WindowedEvaluator.snapshot`), each as the array ``[key, count, last, observed,
+    values, senders, excess]``, the saved cell of :meth:`WindowSnapshot.state` (whose readers
+    take its first six items)."""
+
+    #: Its group's key (the group's own object, shared).
+    key: GroupKey
     count: int = 0
-    #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow).
-    values: list[tuple[Any, ...]] | None = []  # a new empty list per cell
-    #: What its value tuples hold beyond :data:`VALUE_BYTES` each (:func:`value_excess`).
-    excess: int = 0
     last: float = -math.inf
     observed: int = 0
+    #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow).
+    values: list[tuple[Any, ...]] | None = []  # a new empty list per cell
     #: For the documents that only claimed the group's IP: the address the API server saw
     #: each come from (the last ``sourceIPs`` entry) and how many; dropped with the values
     #: once saturated (a saturated cell's group cannot fire, so nobody asks who claimed it).
     senders: dict[str, int] | None = None
+    #: What its value tuples hold beyond :data:`VALUE_BYTES` each (:func:`value_excess`).
+    excess: int = 0
+
+
+#: Renders a slice's cells (a list of :class:`_Cell`) as JSON, in C.
+_render_cells = msgspec.json.Encoder().encode
 
 
 def claimer(senders: Iterable[Mapping[str, int] | None]) -> str | None:
@@ -351,9 +362,10 @@ class _Slice:
     def __init__(self) -> None:
         self.cells: dict[GroupKey, _Cell] = {}
         self.events = 0
-        #: Its cells as the last snapshot copied them, until one changes: a checkpoint after
-        #: each tick copies only the slices that changed since the last one.
-        self.saved: list[SavedCell] | None = None
+        #: Its cells as the last snapshot rendered them (JSON, the ``cells`` of
+        #: :meth:`WindowSnapshot.state`), until one changes: a checkpoint after each tick
+        #: renders only the slices that changed since the last one.
+        self.saved: bytes | None = None
 
 
 #: A saved cell: key, count, latest time, observed documents, value tuples (None: saturated),
@@ -361,6 +373,8 @@ class _Slice:
 SavedCell = tuple[
     GroupKey, int, float, int, "tuple[tuple[Any, ...], ...] | None", "dict[str, int] | None"
 ]
+#: The slices of a state read back: (slice index, events, cells).
+_SavedSlices = list[tuple[int, int, list[SavedCell]]]
 
 
 @dataclass(frozen=True)
@@ -375,8 +389,8 @@ class WindowSnapshot:
     documents_below: int
     grouping: str
     match: str
-    #: (slice index, events, cells) by slice.
-    slices: list[tuple[int, int, list[SavedCell]]]
+    #: (slice index, events, cells) by slice, the cells rendered as their JSON array.
+    slices: list[tuple[int, int, bytes]]
     #: Shed saturated groups that cannot fire until this slice leaves the window.
     muted: list[tuple[GroupKey, int]] = field(default_factory=list)
 
@@ -396,9 +410,9 @@ class WindowSnapshot:
     def state(self) -> dict[str, Any]:
         """The state as one dict: the header and the slices, ``[index, events, cells]``, each
         cell ``[[ip, ua(, cluster)], count, last, observed, [value tuples] | null, {sender: n} |
-        null]``
-        (rendered as it is by orjson, in C: a checkpoint after every tick must cost little)."""
-        return {**self.header(), "slices": [list(s) for s in self.slices]}
+        null, excess]`` (the readers take the first six items)."""
+        slices = [[k, events, msgspec.json.decode(cells)] for k, events, cells in self.slices]
+        return {**self.header(), "slices": slices}
 
 
 def _read_values(item: list[Any]) -> tuple[Any, ...]:
@@ -902,7 +916,7 @@ class WindowedEvaluator(Schedule):
                 group_cells = group.cells
                 cell = group_cells.get(k)
                 if cell is None:
-                    cell = group_cells[k] = cells[group.key] = _Cell()
+                    cell = group_cells[k] = cells[group.key] = _Cell(group.key)
                     made_cells += 1
                 cell.count += 1
                 group.docs += 1
@@ -1307,24 +1321,18 @@ class WindowedEvaluator(Schedule):
         return f"{ips}/sourceIP" if self.rule.by_address else ips
 
     def snapshot(self) -> WindowSnapshot:
-        """The state, copied in one step (the cells' counters and value tuples; the tuples are
-        immutable and shared), to be rendered later, even in another thread."""
+        """The state as it is now, each slice's cells rendered as JSON (one call in C per
+        slice that changed since the last snapshot; the others as they were rendered then):
+        nothing in it is shared with the live state, so it can be written later, even from
+        another thread. Until issue 22's twelfth CPU round the snapshot copied each cell into a
+        tuple (with its value tuples) and a worker thread rendered them: a tuple per cell
+        made by Python, kept (and traversed by the collector) while its slice lived."""
         slices = []
         for k in sorted(self._slices):
             slice_ = self._slices[k]
             cells = slice_.saved
             if cells is None:
-                cells = slice_.saved = [
-                    (
-                        key,
-                        cell.count,
-                        cell.last,
-                        cell.observed,
-                        None if cell.values is None else tuple(cell.values),
-                        None if not cell.senders else dict(cell.senders),
-                    )
-                    for key, cell in slice_.cells.items()
-                ]
+                cells = slice_.saved = _render_cells(list(slice_.cells.values()))
             slices.append((k, slice_.events, cells))
         return WindowSnapshot(
             self._last_tick,
@@ -1354,7 +1362,7 @@ class WindowedEvaluator(Schedule):
         self.shed_documents = old.shed_documents
         self.shed = dict(old.shed)
         self.last_shed_at = old.last_shed_at
-        self._load(old.snapshot())
+        self.restore_state(old.export_state())
 
     def restore_state(self, state: Mapping[str, Any]) -> None:
         """Load state saved by :meth:`export_state` into this (fresh) evaluator.
@@ -1365,7 +1373,7 @@ class WindowedEvaluator(Schedule):
         if state.get("version") != STATE_VERSION:
             self._restore_events(state)
             return
-        slices: list[tuple[int, int, list[SavedCell]]] = []
+        slices: _SavedSlices = []
         for k, events, cells in state.get("slices") or ():
             saved: list[SavedCell] = []
             for key, count, last, observed, items, *rest in cells:
@@ -1382,18 +1390,20 @@ class WindowedEvaluator(Schedule):
                 int(state["documentsBelow"]),
                 str(state.get("grouping", "all")),
                 str(state.get("match", "")),
-                slices,
+                [],
                 [(tuple(key), int(k)) for key, k in state.get("muted") or ()],
-            )
+            ),
+            slices,
         )
 
-    def _load(self, snap: WindowSnapshot) -> None:
-        """Rebuild the state from a snapshot (this evaluator fresh), exactly when compatible."""
+    def _load(self, snap: WindowSnapshot, slices: _SavedSlices) -> None:
+        """Rebuild the state from a snapshot's header and its slices, read (this evaluator
+        fresh), exactly when compatible."""
         notes: list[str] = []
         if snap.grouping != self._grouping() or snap.match != _match_signature(self.rule):
             # The cells keep neither the level nor every address of their events: they cannot
             # be regrouped or filtered again.
-            held = sum(events for _, events, _ in snap.slices)
+            held = sum(events for _, events, _ in slices)
             self.rebuilt = (
                 f"the match or grouping changed: the window started empty ({held} events of "
                 "the previous window could not be regrouped)"
@@ -1416,13 +1426,13 @@ class WindowedEvaluator(Schedule):
                 "was placed by its latest event"
             )
         if snap.documents_below < self._cap:
-            lost = sum(1 for _, _, cells in snap.slices for cell in cells if cell[4] is None)
+            lost = sum(1 for _, _, cells in slices for cell in cells if cell[4] is None)
             if lost:
                 notes.append(
                     f"documentsBelow grew: {lost} saturated cells kept only their counts (their "
                     "groups cannot fire until they leave the window)"
                 )
-        for k, events, cells in snap.slices:
+        for k, events, cells in slices:
             end = k * snap.width
             index = self._slice_of(end)
             slice_ = self._slices.get(index)
@@ -1464,7 +1474,7 @@ class WindowedEvaluator(Schedule):
             self._excess += group.excess
         cell = group.cells.get(index)
         if cell is None:
-            cell = group.cells[index] = slice_.cells[group.key] = _Cell()
+            cell = group.cells[index] = slice_.cells[group.key] = _Cell(group.key)
             self._cells += 1
         self._seq += 1
         group.touched = self._seq
