@@ -24,7 +24,9 @@ and resources (added on arrival, subtracted on expiry), so the thresholds are ch
 reading its documents. A group with enough documents whose request URIs or resources are too few
 to pass the thresholds (a health check, a probe: most anonymous traffic) keeps instead the
 distinct request URIs and resources its documents have had (its *spread*, which only grows), and
-is counted in and out of the window by its count alone until that spread could let it fire.
+is counted in and out of the window by its count alone until that spread could let it fire;
+one whose spread could not let it fire at any count below ``documentsBelow`` is not even
+recomputed at the ticks until a value new to its spread comes.
 An event costs a constant amount when it arrives (its cells) and when its
 slice leaves the window (a whole slice is subtracted at once), whatever the lookback / interval
 ratio. A tick recomputes only the groups whose window changed since the last tick (the *dirty* set:
@@ -316,6 +318,7 @@ class _Group:
 
     __slots__ = (
         "agg",
+        "blocked",
         "cells",
         "count",
         "docs",
@@ -341,6 +344,11 @@ class _Group:
         #: above); a dimension is ``None`` once it held more values than the group has
         #: documents (its bound is then the count).
         self.spread: list[set[Any] | None] | None = None
+        #: Whether its spread alone keeps it from firing at *any* count below documentsBelow
+        #: (see :meth:`WindowedEvaluator._blocked`): then nothing but a new value entering its
+        #: spread can let it fire, so documents that bring none, and its slices entering the
+        #: window, leave it out of the next tick's recompute. Only set while it has a spread.
+        self.blocked = False
         self.cells: dict[int, _Cell] = {}
         #: Documents in the slices of the evaluated window (the active slices).
         self.count = 0
@@ -957,18 +965,23 @@ class WindowedEvaluator(Schedule):
                         spread = group.spread
                         if spread is not None and excess:  # long text: not collected
                             spread[0] = spread[1] = None
+                            group.blocked = False
                         elif spread is not None:
-                            seen = spread[0]
-                            if seen is not None:
-                                seen.add(values[F_REQUEST_URI])
-                            seen = spread[1]
-                            if seen is not None:
-                                seen.add(values[F_RESOURCE])
+                            # A value new to the spread may let the group fire: recompute it.
+                            seen, value = spread[0], values[F_REQUEST_URI]
+                            if seen is not None and value not in seen:
+                                seen.add(value)
+                                group.blocked = False
+                            seen, value = spread[1], values[F_RESOURCE]
+                            if seen is not None and value not in seen:
+                                seen.add(value)
+                                group.blocked = False
                 if active:
                     if not group.count:
                         self._active_groups += 1
                     group.count += 1
-                    dirty.add(key)
+                    if not group.blocked:
+                        dirty.add(key)
             # A long value or key is compared with the budget even within a batch that could
             # not reach it by the per-event bound (add_batch): its text is the client's. From
             # there on that bound no longer holds, so every event is, as one by one.
@@ -1006,8 +1019,9 @@ class WindowedEvaluator(Schedule):
                 agg, values = group.agg, cell.values
                 if agg is not None and values:
                     _fold(agg, values, 1)
+                if not group.blocked:
+                    dirty.add(key)
             self._active_groups += entered
-            dirty.update(slice_.cells)
         self._frontier = index
 
     def _expire_through(self, index: int) -> None:
@@ -1126,6 +1140,7 @@ class WindowedEvaluator(Schedule):
                     if group.count < fewest:
                         group.agg = None  # too few documents to fire: no need to keep it up
                         group.spread = None
+                        group.blocked = False
                     elif group.spread is not None:  # it still collects: keep that bounded
                         seen_uris, seen_resources = group.spread
                         count = group.count
@@ -1133,6 +1148,7 @@ class WindowedEvaluator(Schedule):
                             seen_resources is not None and len(seen_resources) > count
                         ):
                             self._spread_bounds(group)
+                            group.blocked = False  # a looser bound now: decided again
                 firing.pop(key, None)
                 continue
             # Fewer than documentsBelow documents: no cell in the window is saturated.
@@ -1156,6 +1172,7 @@ class WindowedEvaluator(Schedule):
                     blocked = False
                 if blocked or not self._may_fire(group):
                     firing.pop(key, None)
+                    group.blocked = self._blocked(group)
                     continue
             if agg is None:
                 agg = group.agg = ([0] * len(OUTCOMES), {}, {})
@@ -1215,6 +1232,7 @@ class WindowedEvaluator(Schedule):
         n_uris, n_resources = self._spread_bounds(group)
         if fires(count, n_uris, n_resources, count, count, count):
             group.spread = None
+            group.blocked = False
             return True
         spread = group.spread
         assert spread is not None
@@ -1226,6 +1244,27 @@ class WindowedEvaluator(Schedule):
             elif not fires(count, n_uris, count, count, count, count):
                 spread[1] = None
         return False
+
+    def _blocked(self, group: _Group) -> bool:
+        """Whether ``group``'s spread keeps it from firing whatever its count below
+        documentsBelow: the thresholds fail with every count at documentsBelow - 1 (the most
+        a group that may fire has; documentsBelow itself then holds) and the distinct request
+        URIs and resources at its spread's sizes (a dimension that does not collect at that
+        count too). Every other condition is a lower bound (``FALLING_COUNTS_CANNOT_FIRE``),
+        so no window of its documents can pass them until a value new to its spread comes:
+        its documents and slices need no recompute until then."""
+        spread, most = group.spread, self._cap - 1
+        if spread is None:
+            return False
+        uris, resources = spread
+        return not self._fires(
+            most,
+            most if uris is None else len(uris),
+            most if resources is None else len(resources),
+            most,
+            most,
+            most,
+        )
 
     @staticmethod
     def _spread_bounds(group: _Group) -> tuple[int, int]:

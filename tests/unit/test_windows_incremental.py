@@ -741,6 +741,55 @@ def test_a_probe_is_counted_by_its_spread_and_fires_once_it_spreads_out() -> Non
     )
 
 
+class _Recomputed(WindowedEvaluator):
+    """The windows, recording which groups each tick recomputes."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.recomputed: list[set[object]] = []
+
+    def _recompute(self, m: int) -> None:
+        self.recomputed.append(set(self._dirty))
+        super()._recompute(m)
+
+
+def test_a_group_its_spread_blocks_is_recomputed_only_when_a_value_new_to_it_comes() -> None:
+    """A probe whose resources alone keep it from firing at any count below documentsBelow is
+    left out of the ticks' recomputes while its requests bring nothing new (its slices still
+    enter and leave its count); a resource new to it puts it back, and it fires exactly when
+    the oracle says."""
+    rule = Rule()  # distinct URIs > 5, resources > 3, fewer than 50 documents
+    new = _Recomputed(rule, 1.0, 60.0, time_basis="ingested")
+    old = ReferenceEvaluator(rule, 1.0, 60.0, time_basis="ingested")
+    key = ("192.0.2.1", "probe/1")
+
+    def second(i: int, resource: str) -> set[object]:
+        now = T0 + i
+        event = _probe("192.0.2.1", f"/api/v1/namespaces/n{i}/{resource}", resource, now)
+        assert new.add(event, now) == old.add(event, now)
+        fired: set[object] = set()
+        for tick in new.due_ticks(now):
+            result = new.evaluate(tick)
+            _same(result, old.evaluate(tick))
+            fired |= {row.key for row in result.rows}
+        return fired
+
+    for i in range(20):
+        assert second(i, "pods") == set()
+    group = new._groups[key]
+    assert group.blocked and group.spread == [None, {"pods"}]
+    recomputes = len(new.recomputed)
+    for i in range(20, 30):  # more of the same: its count grows, no recompute
+        assert second(i, "pods") == set()
+    assert group.count == 30
+    assert not any(key in dirty for dirty in new.recomputed[recomputes:])
+    for i, resource in enumerate(["secrets", "nodes", "configmaps"]):
+        fired = second(30 + i, resource)
+        assert key in new.recomputed[-1]  # a new resource: recomputed at the next tick
+        assert fired == ({key} if resource == "configmaps" else set())  # the fourth resource
+    assert group.spread is None and group.agg is not None
+
+
 def test_a_spread_never_holds_long_text() -> None:
     """A value with long text (a client's path) is not collected in a spread, which the state
     budget does not count: its group is aggregated instead, as any group that may fire."""
