@@ -107,6 +107,30 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
     raise ControlPlaneError(f"the operator was not ready after {timeout:.0f}s; see {log}")
 
 
+def operator_command(
+    port: int, token_file: Path, state_dir: Path, lease_namespace: str, settle: float, *more: str
+) -> list[str]:
+    """The command line of a dev stack's operator (``enumwatch run`` from this interpreter),
+    listening on ``127.0.0.1:port``, and ``more`` arguments."""
+    return [
+        sys.executable,
+        "-m",
+        "enumwatch",
+        "run",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--ingest-token-file",
+        str(token_file),
+        "--state-dir",
+        str(state_dir),
+        "--lease-namespace",
+        lease_namespace,
+        "--settle",
+        str(settle),
+        *more,
+    ]
+
+
 def start(
     cp: ControlPlane,
     state: Path,
@@ -132,22 +156,9 @@ def start(
     tailer_metrics = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "KUBECONFIG": str(cp.kubeconfig)}
     commands = {
-        "operator": [
-            sys.executable,
-            "-m",
-            "enumwatch",
-            "run",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--ingest-token-file",
-            str(token_file),
-            "--state-dir",
-            str(state / "operator-state"),
-            "--lease-namespace",
-            "enumwatch-system",
-            "--settle",
-            str(settle),
-        ],
+        "operator": operator_command(
+            port, token_file, state / "operator-state", "enumwatch-system", settle
+        ),
         "tailer": [
             sys.executable,
             "-m",
