@@ -20,17 +20,17 @@ posted at ``--rate`` events/s as a tailer with its default options posts them (2
 five times a second at 1,000 events/s, one keep-alive connection per operator), each list to
 both operators, the first of the two alternating from one list to the next. After ``--fill``
 seconds of that load (unmeasured: the window fills up, then slices leave it as they enter),
-``--rounds`` rounds of ``--seconds``, back to back: each operator's CPU time (its process CPU
-clock, to the nanosecond; /proc's utime + stime count 10 ms ticks) over the round's wall time,
-per 1,000 events/s, for each round and side, and B - A. The summary gives the median of A, of B
-and of the rounds' differences, in how many rounds B was lower, and the rounds taken as one
+``--rounds`` rounds of ``--seconds``, back to back: each operator's CPU time
+(``operator_bench.cpu_seconds``: its process CPU clock, to the nanosecond) over the round's wall
+time, per 1,000 events/s, for each round and side, and B - A. The summary gives the median of A,
+of B and of the rounds' differences, in how many rounds B was lower, and the rounds taken as one
 span. That last figure is the steadiest: periodic work (a checkpoint every 10 s, a collection)
-lands on either side of a round's end at different moments in the two processes, which moves
-one round's B - A by 1-2 ms with the same code on both sides; over the whole span only its two
-ends can cut such work. With the same code on both sides it still came out within +-0.4 ms on
-this machine: run again with ``--a`` and ``--b`` swapped before believing a smaller difference.
-Each round's lists are made just before it (their timestamps then, as ``measure_cpu`` makes
-them), within the span measured: no CPU is left out between rounds.
+lands on either side of a round's end at different moments in the two processes, which moves one
+round's B - A by 1-2 ms with the same code on both sides; over the whole span only its two ends
+can cut such work. With the same code on both sides it still came out within +-0.4 ms on this
+machine: run again with ``--a`` and ``--b`` swapped before believing a smaller difference. Each
+round's lists are made just before it (their timestamps then, as ``measure_cpu`` makes them),
+within the span measured: no CPU is left out between rounds.
 
 Caveat: two operators share the machine (and the apiserver: each also receives the watch events
 of the other's detector, as kopf watches cluster-wide), so each figure is higher than one
@@ -105,17 +105,9 @@ def start_operator(
     return Side(name.upper(), code, proc, f"http://127.0.0.1:{port}"), token
 
 
-def cpu_time(pid: int) -> float:
-    """CPU seconds used so far by all threads of process ``pid``, to the nanosecond: its process
-    CPU clock (``clock_getcpuclockid(3)``: ``~pid << 3 | CPUCLOCK_SCHED``). The utime + stime of
-    /proc (``operator_bench.cpu_split``) count 10 ms ticks: 0.5 ms per 1,000 events in a 20 s
-    round at 1,000 events/s, as much as the differences this bench is for."""
-    return time.clock_gettime((~pid << 3) | 2)
-
-
 def mark(sides: list[Side]) -> tuple[float, list[float]]:
     """The monotonic time now and each side's CPU time."""
-    return time.monotonic(), [cpu_time(side.proc.pid) for side in sides]
+    return time.monotonic(), [operator_bench.cpu_seconds(side.proc.pid) for side in sides]
 
 
 def per_1000(
