@@ -265,6 +265,11 @@ class _Cell(msgspec.Struct, gc=False, array_like=True):
 #: Renders a slice's cells (a list of :class:`_Cell`) as JSON, in C.
 _render_cells = msgspec.json.Encoder().encode
 
+#: At most this many cells of a snapshot are rendered on the event loop (about 10 ms); the
+#: rest are copied there and rendered by the thread that writes it (see
+#: :meth:`WindowedEvaluator.snapshot`).
+RENDERED_ON_LOOP = 10_000
+
 
 def claimer(senders: Iterable[Mapping[str, int] | None]) -> str | None:
     """The address most of these claimed documents came from (ties: the smallest), if any."""
@@ -370,10 +375,10 @@ class _Slice:
     def __init__(self) -> None:
         self.cells: dict[GroupKey, _Cell] = {}
         self.events = 0
-        #: Its cells as the last snapshot rendered them (JSON, the ``cells`` of
-        #: :meth:`WindowSnapshot.state`), until one changes: a checkpoint after each tick
-        #: renders only the slices that changed since the last one.
-        self.saved: bytes | None = None
+        #: Its cells as the last snapshot took them (rendered as JSON, the ``cells`` of
+        #: :meth:`WindowSnapshot.state`, or copied, to be rendered), until one changes: a
+        #: checkpoint after each tick takes only the slices that changed since the last one.
+        self.saved: bytes | list[SavedCell] | None = None
 
 
 #: A saved cell: key, count, latest time, observed documents, value tuples (None: saturated),
@@ -397,8 +402,9 @@ class WindowSnapshot:
     documents_below: int
     grouping: str
     match: str
-    #: (slice index, events, cells) by slice, the cells rendered as their JSON array.
-    slices: list[tuple[int, int, bytes]]
+    #: (slice index, events, cells) by slice, the cells rendered as their JSON array, or
+    #: copied (see :meth:`WindowedEvaluator.snapshot`).
+    slices: list[tuple[int, int, bytes | list[SavedCell]]]
     #: Shed saturated groups that cannot fire until this slice leaves the window.
     muted: list[tuple[GroupKey, int]] = field(default_factory=list)
 
@@ -418,8 +424,11 @@ class WindowSnapshot:
     def state(self) -> dict[str, Any]:
         """The state as one dict: the header and the slices, ``[index, events, cells]``, each
         cell ``[[ip, ua(, cluster)], count, last, observed, [value tuples] | null, {sender: n} |
-        null, excess]`` (the readers take the first six items)."""
-        slices = [[k, events, msgspec.json.decode(cells)] for k, events, cells in self.slices]
+        null, excess]`` (the readers take the first six items; a copied cell has six)."""
+        slices = [
+            [k, events, msgspec.json.decode(cells) if isinstance(cells, bytes) else cells]
+            for k, events, cells in self.slices
+        ]
         return {**self.header(), "slices": slices}
 
 
@@ -1360,18 +1369,40 @@ class WindowedEvaluator(Schedule):
         return f"{ips}/sourceIP" if self.rule.by_address else ips
 
     def snapshot(self) -> WindowSnapshot:
-        """The state as it is now, each slice's cells rendered as JSON (one call in C per
-        slice that changed since the last snapshot; the others as they were rendered then):
-        nothing in it is shared with the live state, so it can be written later, even from
-        another thread. Until issue 22's twelfth CPU round the snapshot copied each cell into a
-        tuple (with its value tuples) and a worker thread rendered them: a tuple per cell
-        made by Python, kept (and traversed by the collector) while its slice lived."""
-        slices = []
+        """The state as it is now, each slice that changed since the last snapshot copied
+        (the others as they were then): nothing in it is shared with the live state, so it can
+        be written later, even from another thread.
+
+        The first :data:`RENDERED_ON_LOOP` cells of it are rendered as JSON here, a slice in
+        one call in C (all of them at 1,000 events/s and a checkpoint every 10 s); the cells
+        of the slices past that are copied into tuples (their value tuples shared), rendered
+        by whoever writes the snapshot: rendering costs more than copying, and a snapshot is
+        taken on the event loop. Until issue 22's twelfth CPU round every cell was copied
+        into a tuple made by Python, kept (and traversed by the collector) while its slice
+        lived, and rendered by the worker thread."""
+        slices: list[tuple[int, int, bytes | list[SavedCell]]] = []
+        budget = RENDERED_ON_LOOP
         for k in sorted(self._slices):
             slice_ = self._slices[k]
             cells = slice_.saved
             if cells is None:
-                cells = slice_.saved = _render_cells(list(slice_.cells.values()))
+                kept = slice_.cells
+                if len(kept) <= budget:
+                    budget -= len(kept)
+                    cells = _render_cells(list(kept.values()))
+                else:
+                    cells = [
+                        (
+                            cell.key,
+                            cell.count,
+                            cell.last,
+                            cell.observed,
+                            None if cell.values is None else tuple(cell.values),
+                            None if not cell.senders else dict(cell.senders),
+                        )
+                        for cell in kept.values()
+                    ]
+                slice_.saved = cells
             slices.append((k, slice_.events, cells))
         return WindowSnapshot(
             self._last_tick,

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
+from enumwatch import windows
 from enumwatch.api.refs import DetectorRef
 from enumwatch.audit import AuditEvent, decode_object
 from enumwatch.audit.identity import IDENTITY_BYTES
@@ -344,12 +345,17 @@ def tick_second(detectors: Detectors, second: int) -> None:
     runtime.mark_changed()  # as the ticker says after a tick
 
 
+@pytest.mark.parametrize("on_loop", [windows.RENDERED_ON_LOOP, 3, 0])
 def test_a_checkpoint_writes_only_the_slices_that_changed_and_reads_back_whole(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_loop: int
 ) -> None:
     """Each checkpoint puts the slices new or changed since the last one (and no other) into
     one new segment; the state file reads back as the whole state; no segment is left that
-    the state file does not name."""
+    the state file does not name. Whether a snapshot's slices were rendered on the loop (up to
+    ``on_loop`` cells) or copied and rendered by the writer, the same: and a window restored
+    from either evaluates to the same rows as the live one."""
+    monkeypatch.setattr(windows, "RENDERED_ON_LOOP", on_loop)
+    kinds: set[type] = set()
     detectors = ticked_detectors(tmp_path)
     runtime = detectors.get_or_create(REF)
     assert detectors.store is not None
@@ -364,6 +370,7 @@ def test_a_checkpoint_writes_only_the_slices_that_changed_and_reads_back_whole(
         runtime.mark_changed()
         detectors.checkpoint()
         now = {k: (cells, events) for k, events, cells in snapshot.window.slices}
+        kinds |= {type(cells) for cells, _ in now.values()}
         changed = sorted(
             k
             for k, (cells, events) in now.items()
@@ -380,6 +387,20 @@ def test_a_checkpoint_writes_only_the_slices_that_changed_and_reads_back_whole(
         assert saved.window == orjson.loads(orjson.dumps(snapshot.window.state()))
         before = now
     assert len(names) > 2 and len(kept) > 1  # several slices, in more than one segment
+    assert kinds == {bytes} if on_loop > 20 else {list} if not on_loop else {bytes, list}
+    live = detectors.get_or_create(REF).evaluator
+    restored = ticked_detectors(tmp_path / "restored").get_or_create(REF).evaluator
+    assert live is not None and restored is not None
+    saved = detectors.store.load(REF)
+    assert saved is not None
+    restored.restore_state(saved.window)
+
+    def cells_of(evaluator: windows.WindowedEvaluator) -> list[Any]:
+        """Its state's slices, each cell's first six items (a copied cell has no seventh)."""
+        state = orjson.loads(orjson.dumps(evaluator.export_state()))
+        return [[k, n, [cell[:6] for cell in cells]] for k, n, cells in state["slices"]]
+
+    assert cells_of(restored) == cells_of(live) != []
 
 
 def test_a_crash_before_the_state_file_is_replaced_keeps_the_last_checkpoint(

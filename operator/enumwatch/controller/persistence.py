@@ -52,7 +52,7 @@ from enumwatch.audit import AuditEvent, Identity
 from enumwatch.audit.event import EVENT_ATTRIBUTES
 from enumwatch.audit.identity import IDENTITY_BYTES
 from enumwatch.sink.backlog import PendingWrite
-from enumwatch.windows import WindowSnapshot
+from enumwatch.windows import SavedCell, WindowSnapshot
 
 log = logging.getLogger(__name__)
 JOURNAL = "journal.ndjson"
@@ -72,11 +72,11 @@ JOURNAL_LIMIT = 16 * 1024 * 1024
 SEGMENTS_SUFFIX = ".segments"
 
 #: Where a detector's slice is on disk as its last state file wrote it: slice index -> (the
-#: snapshot's rendered cells, the slice's event count, segment file name, offset, length). A
-#: slice whose cells are the very same bytes object (a window's snapshot shares the rendering
-#: of a slice unchanged since the last one) and whose count is equal is still what that
-#: segment holds.
-WrittenSlices = dict[int, tuple[bytes, int, str, int, int]]
+#: snapshot's cells, rendered or copied, the slice's event count, segment file name, offset,
+#: length). A slice whose cells are the very same object (a window's snapshot shares those of
+#: a slice unchanged since the last one) and whose count is equal is still what that segment
+#: holds.
+WrittenSlices = dict[int, tuple[bytes | list[SavedCell], int, str, int, int]]
 
 
 class StateStore:
@@ -196,7 +196,9 @@ class StateStore:
                     # a slice at a time: a first write never holds the whole state twice
                     offset = 0
                     for k, events, cells in changed:
-                        data = orjson.dumps((k, events, orjson.Fragment(cells)))
+                        # rendered on the loop already, or copied there to render here
+                        part = orjson.Fragment(cells) if isinstance(cells, bytes) else cells
+                        data = orjson.dumps((k, events, part))
                         written[k] = (cells, events, segment, offset, len(data))
                         offset += len(data)
                         yield data
