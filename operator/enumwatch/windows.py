@@ -252,8 +252,10 @@ class _Cell(msgspec.Struct, gc=False, array_like=True):
     count: int = 0
     last: float = -math.inf
     observed: int = 0
-    #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow).
-    values: list[tuple[Any, ...]] | None = []  # a new empty list per cell
+    #: One value tuple per document, or ``None`` once saturated (count >= documentsBelow): a
+    #: tuple, made anew by each document (fewer than documentsBelow), not a list: one object
+    #: where a list is two (and a tuple of untracked tuples leaves the collector's sight).
+    values: tuple[tuple[Any, ...], ...] | None = ()
     #: For the documents that only claimed the group's IP: the address the API server saw
     #: each come from (the last ``sourceIPs`` entry) and how many; dropped with the values
     #: once saturated (a saturated cell's group cannot fire, so nobody asks who claimed it).
@@ -964,7 +966,7 @@ class WindowedEvaluator(Schedule):
                         if values is None:
                             values = event_values(event, by_address)
                             excess = value_excess(values)
-                        kept.append(values)
+                        cell.values = kept + (values,)  # noqa: RUF005 (half the time)
                         made_values += 1
                         if excess:
                             cell.excess += excess
@@ -1397,7 +1399,7 @@ class WindowedEvaluator(Schedule):
                             cell.count,
                             cell.last,
                             cell.observed,
-                            None if cell.values is None else tuple(cell.values),
+                            cell.values,
                             None if not cell.senders else dict(cell.senders),
                         )
                         for cell in kept.values()
@@ -1561,7 +1563,7 @@ class WindowedEvaluator(Schedule):
                 cell.excess = 0
                 group.saturated += 1
             else:
-                cell.values.extend(values)
+                cell.values += values
                 self._values += len(values)
                 excess = sum(map(value_excess, values))
                 cell.excess += excess
