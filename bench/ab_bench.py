@@ -19,18 +19,19 @@ of one anonymous scan, re-keyed (new auditIDs, one of ``--sources`` source IPs, 
 posted at ``--rate`` events/s as a tailer with its default options posts them (200-event lists
 five times a second at 1,000 events/s, one keep-alive connection per operator), each list to
 both operators, the first of the two alternating from one list to the next. After ``--fill``
-seconds of that load (unmeasured: the window fills up, then slices leave it as they enter),
-``--rounds`` rounds of ``--seconds``, back to back: each operator's CPU time
-(``operator_bench.cpu_seconds``: its process CPU clock, to the nanosecond) over the round's wall
-time, per 1,000 events/s, for each round and side, and B - A. The summary gives the median of A,
-of B and of the rounds' differences, in how many rounds B was lower, and the rounds taken as one
-span. That last figure is the steadiest: periodic work (a checkpoint every 10 s, a collection)
-lands on either side of a round's end at different moments in the two processes, which moves one
-round's B - A by 1-2 ms with the same code on both sides; over the whole span only its two ends
-can cut such work. With the same code on both sides it still came out within +-0.4 ms on this
-machine: run again with ``--a`` and ``--b`` swapped before believing a smaller difference. Each
-round's lists are made just before it (their timestamps then, as ``measure_cpu`` makes them),
-within the span measured: no CPU is left out between rounds.
+seconds of that load (unmeasured: the window fills up, then slices leave it as they enter; by
+default 200 s at 1,000 events/s, ``operator_bench.default_fill``: the remembered identities at
+their capacity too), ``--rounds`` rounds of ``--seconds``, back to back: each operator's CPU
+time (``operator_bench.cpu_seconds``: its process CPU clock, to the nanosecond) over the round's
+wall time, per 1,000 events/s, for each round and side, and B - A. The summary gives the median
+of A, of B and of the rounds' differences, in how many rounds B was lower, and the rounds taken
+as one span. That last figure is the steadiest: periodic work (a checkpoint every 10 s, a
+collection) lands on either side of a round's end at different moments in the two processes,
+which moves one round's B - A by 1-2 ms with the same code on both sides; over the whole span
+only its two ends can cut such work. With the same code on both sides it still came out within
++-0.4 ms on this machine: run again with ``--a`` and ``--b`` swapped before believing a smaller
+difference. Each round's lists are made just before it (their timestamps then, as
+``measure_cpu`` makes them), within the span measured: no CPU is left out between rounds.
 
 Caveat: two operators share the machine (and the apiserver: each also receives the watch events
 of the other's detector, as kopf watches cluster-wide), so each figure is higher than one
@@ -149,13 +150,17 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1000, help="events/s (default 1000)")
     parser.add_argument("--seconds", type=float, default=20.0, help="one round (default 20)")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
-    parser.add_argument("--fill", type=float, default=60.0, help="unmeasured first (default 60)")
+    parser.add_argument(
+        "--fill", type=float, help="unmeasured first (default: operator_bench.default_fill)"
+    )
     parser.add_argument("--sources", type=int, default=operator_bench.SOURCES)
     args = parser.parse_args()
     codes = [Path(args.a).resolve(), Path(args.b).resolve()]
     for code in codes:
         if not (code / "enumwatch" / "__init__.py").is_file():
             raise SystemExit(f"{code} holds no enumwatch package")
+    if args.fill is None:
+        args.fill = operator_bench.default_fill(args.rate)
     per_batch, period = operator_bench.tailer_batches(args.rate)
     work = Path(tempfile.mkdtemp(prefix="enumwatch-ab-"))
     cp = controlplane.start(work / "cp")

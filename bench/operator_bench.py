@@ -7,27 +7,32 @@ Run: ``.venv/bin/python bench/operator_bench.py [--scans 10] [--rate 1000] [--se
    ``enumwatch run``) with a detector ticking every 1 s; each round runs an anonymous scan with a
    fresh user agent and measures the time from the scan's last response to the Finding being
    visible through the API (polled every 20 ms). Goal: p95 at most 1.0 s (issue 22).
-2. CPU per 1,000 ingested events per second: anonymous audit events (real ones from the audit log,
-   re-keyed with new auditIDs, source IPs and timestamps) POSTed to ``/ingest`` at ``--rate``
-   events/s for ``--seconds``; the operator process's CPU time (utime + stime from /proc) over
-   the wall time is the share of one core it needs. Goal: at most 20 ms per 1,000 events
-   (issue 22; ingest and decoding included). The client posts as ``enumwatch tail`` does with
-   its default options: one keep-alive connection, a batch cut at ``batch_size`` events or
+2. CPU per 1,000 ingested events per second: anonymous audit events (real ones from the audit
+   log, re-keyed with new auditIDs, source IPs and timestamps) POSTed to ``/ingest`` at
+   ``--rate`` events/s for ``--seconds``; the operator process's CPU time (its process CPU
+   clock) over the wall time is the share of one core it needs. Goal: at most 20 ms per 1,000
+   events (issue 22; ingest and decoding included). The client posts as ``enumwatch tail`` does
+   with its default options: one keep-alive connection, a batch cut at ``batch_size`` events or
    ``batch_wait`` seconds after its first event (the defaults of
    ``enumwatch.sources.forwarder.ForwardConfig``: 500 events, 0.2 s, so 200-event lists five
-   times a second at 1,000 events/s). The figure is the steady state: the same load is posted for
-   ``--fill`` seconds first (default 60, the detector's lookback), so that the window is full and
-   every second a slice leaves it as one enters, the remembered identities and the checkpoint at
-   their full size. Then ``--rounds`` windows of ``--seconds`` (default 5 of 20 s; 3 until
-   issue 22's twelfth CPU round) are measured one after the other, each printed with its user
-   and system time, then their median and all of them taken as one span: one 20 s window moves
-   by 10% from one run to the next on this machine (a checkpoint every 10 s falls in it two or
-   three times). The operator's CPU is its process CPU clock, to the nanosecond
-   (:func:`cpu_seconds`); /proc's 10 ms ticks until that round. Until issue 22's fifth CPU
-   round the bench measured the first 20 s after start, a window filling up with nothing
-   leaving it: 30.5 ms there against 35-37 ms in the steady state, on the same operator. Until
-   issue 22's third CPU round it opened a new connection for each of ten lists a second, a cost
-   (accept, close, a request's parsing) the tailer does not make the operator pay;
+   times a second at 1,000 events/s). The figure is the steady state: the same load is posted
+   for ``--fill`` seconds first, so that the window is full and every second a slice leaves it
+   as one enters, the checkpoint at its full size and the remembered identities of
+   de-duplication (:data:`~enumwatch.controller.persistence.REMEMBERED_IDENTITIES`, 200,000) at
+   their capacity, each new one forgetting the oldest: by default the longer of the detector's
+   lookback (60 s) and the time the rate takes to fill them (200 s at 1,000 events/s). Until
+   issue 22's twelfth CPU round the fill was 60 s, and the rounds measured a memory of
+   identities still growing: 23.4-24.9 ms per 1,000 events from 60 to 200 s, 26.4-26.9 after it,
+   in one run of 12 rounds (``--rounds 12``). Then ``--rounds`` windows of ``--seconds``
+   (default 5 of 20 s; 3 until issue 22's twelfth CPU round) are measured one after the other,
+   each printed with its user and system time, then their median and all of them taken as one
+   span: one 20 s window moves by 10% from one run to the next on this machine (a checkpoint
+   every 10 s falls in it two or three times). The operator's CPU is its process CPU clock, to
+   the nanosecond (:func:`cpu_seconds`); /proc's 10 ms ticks until that round. Until issue 22's
+   fifth CPU round the bench measured the first 20 s after start, a window filling up with
+   nothing leaving it: 30.5 ms there against 35-37 ms in the steady state, on the same operator.
+   Until issue 22's third CPU round it opened a new connection for each of ten lists a second, a
+   cost (accept, close, a request's parsing) the tailer does not make the operator pay;
    ``--new-connections`` still measures that way. ``--sources N`` spreads the events over N
    source IPs instead of 2,000 (fewer sources: fewer groups, each past ``documentsBelow``
    sooner, so fewer cells per event).
@@ -62,6 +67,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from enumwatch.controller.persistence import REMEMBERED_IDENTITIES
 from enumwatch.sources.forwarder import ForwardConfig
 from enumwatch_devkit import controlplane, devstack
 from enumwatch_devkit.operatorkit import SCAN_PATHS
@@ -142,6 +148,12 @@ def templates(cp: controlplane.ControlPlane) -> list[dict[str, Any]]:
     if not events:
         raise SystemExit("no anonymous audit events to use as templates")
     return events
+
+
+def default_fill(rate: int) -> float:
+    """Seconds of load before a steady-state measurement at ``rate`` events/s: the window full
+    (the lookback, 60 s) and the remembered identities at their capacity."""
+    return max(60.0, REMEMBERED_IDENTITIES / rate)
 
 
 #: Source IPs the posted events come from, one after the other (``--sources``).
@@ -333,9 +345,10 @@ def main() -> int:
     parser.add_argument(
         "--fill",
         type=float,
-        default=60.0,
         help="--parts cpu: seconds of the same load posted before the measured ones, so that "
-        "the window is full (default 60, the lookback; 0 measures a window filling up)",
+        "the window is full and the remembered identities at their capacity (default: the "
+        "longer of the lookback, 60, and the seconds the rate takes to fill that capacity, "
+        "200 at 1,000 events/s; 0 measures a window filling up)",
     )
     parser.add_argument(
         "--rounds",
@@ -370,6 +383,8 @@ def main() -> int:
         engine_only(args.rate, int(args.seconds or 60))
         return 0
     args.seconds = args.seconds or 20
+    if args.fill is None:
+        args.fill = default_fill(args.rate)
     parts = set(args.parts.split(","))
     work = Path(tempfile.mkdtemp(prefix="enumwatch-bench-"))
     cp = controlplane.start(work / "cp")
