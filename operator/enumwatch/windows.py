@@ -127,6 +127,14 @@ MUTED_BYTES = 150
 #: further character as :func:`value_excess` says, or a flood of long paths would hold
 #: gigabytes under a budget that counted a few hundred bytes for each.
 VALUE_CHARS = 1024
+#: How many distinct value tuples a detector's windows share (``_shared``, emptied when full):
+#: an event whose values equal a kept tuple's keeps that tuple instead of its own, so that the
+#: documents of a scan (one path from many addresses, one address over and over) hold one copy
+#: of each value and its strings, and a slice leaving the window frees no cold objects of
+#: them (issue 22's thirteenth CPU round). Bounded by count and, since a tuple with a long
+#: text (``value_excess``) is never kept for sharing, by size: at most 4,096 tuples of
+#: VALUE_CHARS characters, a few MiB, outside the state's budget.
+SHARED_VALUES = 4_096
 #: The characters of a group's key (its address and user agent) within :data:`GROUP_BYTES`. The
 #: user agent is the client's to choose (the API server keeps 1,024 characters of it); beyond
 #: this, each character counts as :func:`key_excess` says.
@@ -744,6 +752,7 @@ class WindowedEvaluator(Schedule):
         "_lookback_slices",
         "_muted",
         "_seq",
+        "_shared",
         "_slice_cache",
         "_slices",
         "_values",
@@ -806,6 +815,11 @@ class WindowedEvaluator(Schedule):
         #: What the kept value tuples and the groups' keys hold beyond VALUE_BYTES and
         #: GROUP_BYTES each (value_excess, key_excess).
         self._excess = 0
+        #: Value tuples kept in cells, each under an equal one, with a tuple of it alone (a
+        #: cell's first document): what an event's values are replaced with when an equal
+        #: tuple is known, so that a window's documents share their tuples and strings (see
+        #: SHARED_VALUES).
+        self._shared: dict[tuple[Any, ...], tuple[tuple[Any, ...], tuple[tuple[Any, ...]]]] = {}
         self.shed: dict[str, int] = dict.fromkeys(SHED_REASONS, 0)
         self.shed_documents = 0
         self.last_shed_at: float | None = None
@@ -910,6 +924,7 @@ class WindowedEvaluator(Schedule):
         cap = self._cap
         dirty = self._dirty
         checked = self._checked
+        shared = self._shared
         # Counters kept in locals and stored back before anything reads them (the budget check,
         # the end): an attribute write per event was a tenth of the insert.
         seq, made_cells, made_values, made_excess = self._seq, 0, 0, 0
@@ -965,8 +980,18 @@ class WindowedEvaluator(Schedule):
                     else:
                         if values is None:
                             values = event_values(event, by_address)
-                            excess = value_excess(values)
-                        cell.values = kept + (values,)  # noqa: RUF005 (half the time)
+                            known = shared.get(values)
+                            if known is not None:  # an equal tuple kept already: share it
+                                values, alone = known
+                            else:
+                                alone = (values,)
+                                excess = value_excess(values)
+                                if not excess:  # a long text is never kept for sharing
+                                    if len(shared) >= SHARED_VALUES:
+                                        shared.clear()
+                                    shared[values] = (values, alone)
+                        # a cell's first document: the shared tuple of that value alone
+                        cell.values = kept + (values,) if kept else alone  # noqa: RUF005
                         made_values += 1
                         if excess:
                             cell.excess += excess

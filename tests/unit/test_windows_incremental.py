@@ -13,6 +13,7 @@ Then the flood: a budget that forces shedding never hides the scanner.
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import orjson
 from hypothesis import HealthCheck, given, settings
@@ -20,11 +21,12 @@ from hypothesis import strategies as st
 
 from enumwatch.api.spec import MatchSpec, ThresholdsSpec
 from enumwatch.audit import AuditEvent
-from enumwatch.rule import Rule
+from enumwatch.rule import Rule, event_values
 from enumwatch.windows import (
     CELL_BYTES,
     GROUP_BYTES,
     KEY_CHARS,
+    SHARED_VALUES,
     SHED_BELOW_THRESHOLDS,
     SHED_OLDEST,
     SHED_SATURATED,
@@ -808,3 +810,52 @@ def test_a_spread_never_holds_long_text() -> None:
             assert group.agg is None and group.spread == spread
         else:
             assert group.spread is None and group.agg is not None
+
+
+def _kept(w: WindowedEvaluator, key: tuple[str, str]) -> list[tuple[tuple[object, ...], ...]]:
+    """The value tuples a group's cells keep, oldest slice first."""
+    cells = w._groups[key].cells
+    return [cast(tuple[tuple[object, ...], ...], cells[k].values) for k in sorted(cells)]
+
+
+def test_equal_values_are_kept_once_long_ones_apart_and_what_is_shared_is_bounded() -> None:
+    """A scan's documents with equal values (one path from many addresses, a probe over and
+    over) keep one tuple of them, and a cell of one document one tuple of that tuple: no
+    objects of their own in the window. A long text is never kept for sharing; what is shared
+    is bounded by SHARED_VALUES. The rows and the state's estimate are the oracle's and what
+    they were without sharing."""
+    new = WindowedEvaluator(Rule(thresholds=LOW), 1.0, 60.0, time_basis="ingested")
+    old = ReferenceEvaluator(Rule(thresholds=LOW), 1.0, 60.0, time_basis="ingested")
+    doc = CELL_BYTES + VALUE_BYTES  # a cell of one document
+
+    def add(event: AuditEvent, at: float) -> None:
+        assert new.add(event, at) == old.add(event, at)
+
+    a, b = ("192.0.2.1", "probe/1"), ("192.0.2.2", "probe/1")
+    for ip, at in ((a[0], T0), (b[0], T0), (a[0], T0 + 1)):
+        add(_probe(ip, "/api/v1/pods", "pods", at), at)
+    one, two = _kept(new, a)
+    (three,) = _kept(new, b)
+    assert one is two and two is three  # a cell of one document: one tuple for all
+    assert one == (event_values(_probe(b[0], "/api/v1/pods", "pods", T0)),)
+    assert new.state_bytes == 2 * GROUP_BYTES + 3 * doc
+
+    # Long text: kept apart (never among the shared), counted in full as before.
+    for ip in (a[0], b[0]):
+        add(_long(ip, "probe/1", 5_000, T0 + 2), T0 + 2)
+    (x,), (y,) = _kept(new, a)[-1], _kept(new, b)[-1]
+    assert x == y and x is not y and x not in new._shared
+    long_bytes = 2 * (doc + value_excess(x))
+    assert new.state_bytes == 2 * GROUP_BYTES + 3 * doc + long_bytes
+
+    # More distinct values than are shared (each from its own address, so that no cell
+    # saturates): the shared ones are let go when full, the rows stay exact.
+    paths = [f"/api/v1/namespaces/n{i}/pods" for i in range(SHARED_VALUES + 10)]
+    for i, path in enumerate(paths):
+        add(_probe(f"10.0.{i // 256}.{i % 256}", path, "pods", T0 + 3), T0 + 3.5)
+    # one value shared before them, then 4,095 of theirs: full; emptied for the next
+    assert len(new._shared) == 11
+    for tick in new.due_ticks(T0 + 5):
+        _same(new.evaluate(tick), old.evaluate(tick))
+    more = len(paths) * (GROUP_BYTES + doc)
+    assert new.state_bytes == 2 * GROUP_BYTES + 3 * doc + long_bytes + more
