@@ -20,7 +20,7 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv controlplane tools kafka node test unit integration lint chart-lint docs image manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+.PHONY: help venv allocator controlplane tools kafka node test unit integration lint chart-lint docs image manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
 # need-TOOL: fail at once, in one line, when TOOL is missing (what for and how to get it);
 # the first prerequisite of every target that runs TOOL (docs/getting-started.md#prerequisites).
@@ -45,7 +45,10 @@ $(STAMP): pyproject.toml devkit/pyproject.toml
 	@touch $(STAMP)
 	@echo "==> $(VENV)/ ready: $(VENV)/bin/enumwatch"
 
-venv: $(STAMP) ## create or update .venv/ with the package, its test extras and the dev kit (devkit/)
+venv: $(STAMP) allocator ## create or update .venv/ with the package, its test extras and the dev kit (devkit/)
+
+allocator: ## install (as root, when missing) the allocator enumwatch run uses: mimalloc, Debian's libmimalloc2.0
+	@bash hack/install-allocator.sh
 
 controlplane: ## build (or reuse) kube-apiserver and etcd from their Go modules
 	@MAKE_TARGET="$(or $(MAKECMDGOALS),controlplane)" bash hack/controlplane/build.sh >/dev/null

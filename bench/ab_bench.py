@@ -55,6 +55,7 @@ from typing import Any
 
 import operator_bench  # this folder: the load and its templates
 
+from enumwatch.controller import allocator
 from enumwatch_devkit import controlplane, devstack
 from enumwatch_devkit.processes import free_port, launch, stop_group
 
@@ -185,7 +186,10 @@ def main() -> int:
         tmpl = operator_bench.templates(cp)
         print(f"control plane ready in {cp.started_in:.1f}s; nproc={os.cpu_count()}; {work}")
         for side in sides:
-            print(f"{side.name}: pid {side.proc.pid}, {side.code} ({version(side.code)})")
+            print(
+                f"{side.name}: pid {side.proc.pid}, {side.code} ({version(side.code)}), "
+                f"allocator {allocator.process_allocator(side.proc.pid)}"
+            )
         print(
             f"{args.rate} events/s to each ({per_batch}-event lists every {period:g}s, "
             f"{args.sources} source IPs), {args.fill:.0f}s unmeasured, then {args.rounds} "

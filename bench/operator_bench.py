@@ -67,6 +67,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from enumwatch.controller import allocator
 from enumwatch.controller.persistence import REMEMBERED_IDENTITIES
 from enumwatch.sources.forwarder import ForwardConfig
 from enumwatch_devkit import controlplane, devstack
@@ -396,7 +397,8 @@ def main() -> int:
         print(
             f"control plane ready in {cp.started_in:.1f}s; nproc={os.cpu_count()}; operator "
             f"pid {stack.processes['operator'].pid} on Python {platform.python_version()} "
-            f"({sys.executable})",
+            f"({sys.executable}), allocator "
+            f"{allocator.process_allocator(stack.processes['operator'].pid)}",
             flush=True,
         )
         if "latency" in parts:

@@ -15,8 +15,10 @@ Each phase runs in a fresh Python process, so that its peak resident set (``VmHW
 2. ``full``: ``--events`` realistic anonymous events, each from its own address (distinct
    auditIDs, URIs, namespaces, as a scan of many clients produces): the cost of one-event groups.
 
-Run: ``.venv/bin/python bench/operator_memory.py [--events 1000000] [--phases flood full]``
-(``flood`` by default).
+Run: ``.venv/bin/python bench/operator_memory.py [--events 1000000] [--phases flood full]
+[--allocator auto|mimalloc|python]`` (``flood`` by default; each phase's process re-executes
+itself on the allocator ``enumwatch run`` would pick, as it does: see
+:mod:`enumwatch.controller.allocator`).
 (Before issue 22 the windows buffered raw events: 268,435 events filled a 512Mi pod's cap at
 890 B each, RSS 277 MiB, and their checkpoint was a 111 MiB file written in 1.5 s.)
 """
@@ -31,6 +33,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from enumwatch.controller import allocator
 
 PHASES = ("flood", "full")
 
@@ -180,14 +184,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=["flood"])
+    parser.add_argument(
+        "--allocator",
+        choices=allocator.CHOICES,
+        default="auto",
+        help="each phase's memory allocator, as enumwatch run --allocator (default auto: "
+        "mimalloc with huge pages when installed, as the operator runs)",
+    )
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
+        allocator.ensure(args.allocator)  # as enumwatch run starts: re-executed on mimalloc
+        print(f"{args.phase}: allocator {allocator.in_use()}", flush=True)
         run_phase(args.phase, args.events)
         return
     for phase in args.phases:
         subprocess.run(
-            [sys.executable, __file__, "--phase", phase, "--events", str(args.events)],
+            [
+                sys.executable,
+                __file__,
+                "--phase",
+                phase,
+                "--events",
+                str(args.events),
+                "--allocator",
+                args.allocator,
+            ],
             check=True,
         )
 

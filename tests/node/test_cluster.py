@@ -224,6 +224,14 @@ def test_the_operator_pod_runs_2_of_2_ready_from_the_image_built_here(
     built = cluster.installed_image(local_cluster.state)
     assert built.startswith("localhost/enumwatch:0.1.0-")
     assert {s["image"] for s in statuses.values()} == {built}
+    # The image installs mimalloc, and the operator (PID 1 of its container, uid 65532)
+    # re-executed itself on it with huge pages (enumwatch run --allocator auto).
+    allocators = {
+        name: value
+        for name, value in _operator_metrics(local_cluster).items()
+        if name.startswith("enumwatch_allocator_info")
+    }
+    assert allocators == {'enumwatch_allocator_info{allocator="mimalloc+hugepages"}': 1.0}
     # The manifests' own probes answered the kubelet: Ready was set by the readiness probe.
     assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # PodSecurity as shipped: the namespace enforces `privileged` (the tailer's hostPath) and the

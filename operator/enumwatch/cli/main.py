@@ -93,11 +93,13 @@ def complete() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``enumwatch`` console script."""
+    argv_given = argv
     if argv is None:
         complete()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
+    args.process_entry = argv_given is None  # this process runs the command (see cli.run)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

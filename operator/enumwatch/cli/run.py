@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from enumwatch.cli.forwarding import cluster_assignment, cluster_name
-from enumwatch.controller import connections, gcpolicy
+from enumwatch.controller import allocator, connections, gcpolicy
 from enumwatch.sink.events import EVENT_BURST, EVENT_REFILL_SECONDS
 
 # kopf and the operator's modules are imported when the command runs, not when the CLI starts:
@@ -327,6 +327,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="INFO",
         help="DEBUG, INFO, WARNING or ERROR (default INFO)",
     )
+    p.add_argument(
+        "--allocator",
+        choices=allocator.CHOICES,
+        default="auto",
+        help="memory allocator: mimalloc on transparent huge pages (the process re-executes "
+        f"itself once with {allocator.LIBRARY} preloaded: less CPU per event, see "
+        "docs/operations.md), python (CPython's own), or auto: mimalloc when the library is "
+        "installed, the kernel gives transparent huge pages, and neither PYTHONMALLOC nor an "
+        "LD_PRELOAD of mimalloc is set (default auto)",
+    )
     p.set_defaults(func=run)
 
 
@@ -380,10 +390,20 @@ def outputs_config(args: argparse.Namespace) -> OutputsConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until stopped; exit 0 on a clean stop, 1 when leadership is lost or setup fails."""
+    """Run until stopped; exit 0 on a clean stop, 1 when leadership is lost or setup fails.
+
+    Started as a process of its own (``args.process_entry``: not ``main([...])`` in another
+    program), it first re-executes itself under the allocator ``--allocator`` picks
+    (:func:`enumwatch.controller.allocator.ensure`)."""
     from enumwatch import logs
     from enumwatch.kubeclient import ConfigError
 
+    if getattr(args, "process_entry", False):
+        try:
+            allocator.ensure(args.allocator)
+        except allocator.AllocatorUnavailable as exc:
+            print(f"enumwatch run: {exc}", file=sys.stderr)
+            return 2
     try:
         connections.check_limits(
             args.ingest_max_connections,
@@ -421,6 +441,9 @@ async def _main(args: argparse.Namespace) -> int:
     # process: frozen, the collector's full passes no longer walk it (and its young generation
     # is larger): see enumwatch.controller.gcpolicy.
     gcpolicy.configure()
+    used = allocator.in_use()
+    metrics.ALLOCATOR.labels(used).set(1)
+    log.info("memory allocator", extra={"allocator": used})
     outputs = Outputs(outputs_config(args))
     credentials = await load_credentials(args.kubeconfig)
     api = KubeApi(credentials, timeout=args.api_timeout)

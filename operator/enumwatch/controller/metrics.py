@@ -235,6 +235,13 @@ def count_policy_reports(flushed: FlushView) -> None:
 
 
 DETECTORS = Gauge("enumwatch_detectors", "Detectors currently running.", registry=REGISTRY)
+ALLOCATOR = Gauge(
+    "enumwatch_allocator_info",
+    "1 for the memory allocator this process runs with (mimalloc+hugepages, mimalloc, malloc or "
+    "pymalloc; see enumwatch run --allocator).",
+    ["allocator"],
+    registry=REGISTRY,
+)
 LEADER = Gauge(
     "enumwatch_leader", "1 while this instance holds the leader lease.", registry=REGISTRY
 )
