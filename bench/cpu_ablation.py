@@ -52,7 +52,7 @@ PATCHES: dict[str, tuple[str, str, str]] = {
     ),
 }
 VARIANTS = ("as-is", *PATCHES)
-MEDIAN = re.compile(r"steady state: median (\d+) ms CPU per 1,000 events .*\(([\d, ]+)\)")
+MEDIAN = re.compile(r"steady state: median ([\d.]+) ms CPU per 1,000 events .*?\(([\d., ]+)\)")
 
 
 def copy_of(variant: str, into: Path) -> Path:
@@ -74,7 +74,7 @@ def copy_of(variant: str, into: Path) -> Path:
     return target
 
 
-def run(variant: str, operator_dir: Path, args: argparse.Namespace) -> tuple[int, str]:
+def run(variant: str, operator_dir: Path, args: argparse.Namespace) -> tuple[float, str]:
     """``operator_bench.py --parts cpu`` with ``operator_dir`` first on ``PYTHONPATH``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -103,7 +103,7 @@ def run(variant: str, operator_dir: Path, args: argparse.Namespace) -> tuple[int
     if out.returncode != 0 or found is None:
         sys.stderr.write(out.stdout + out.stderr)
         raise SystemExit(f"cpu_ablation: {variant}: operator_bench.py failed ({out.returncode})")
-    return int(found.group(1)), found.group(2)
+    return float(found.group(1)), found.group(2)
 
 
 def main() -> int:

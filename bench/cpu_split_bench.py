@@ -155,14 +155,22 @@ def main() -> int:
     cost.clear()
     asyncio.run(run(60, args.seconds, args.paced))
     scale = 1000 / (args.seconds * lists * PER_LIST) * 1000  # ms per 1,000 events
-    print(
-        f"stages at {lists * PER_LIST} events/s for {args.seconds} simulated s (interval 1s, "
-        f"lookback 60s, {PER_LIST}-event lists{', paced in real time' if args.paced else ''}),"
+    print(stages_line(lists * PER_LIST, args.seconds, args.paced, cost, scale))
+    return 0
+
+
+def stages_line(
+    rate: int, seconds: int, paced: bool, cost: dict[str, float], scale: float
+) -> str:
+    """The bench's one line: each stage's CPU seconds times ``scale`` (ms per 1,000 events),
+    then their total. ``bench/compiled_bench.py`` reads it."""
+    return (
+        f"stages at {rate} events/s for {seconds} simulated s (interval 1s, "
+        f"lookback 60s, {PER_LIST}-event lists{', paced in real time' if paced else ''}),"
         " ms CPU per 1,000 events: "
         + "  ".join(f"{name} {spent * scale:.2f}" for name, spent in cost.items())
         + f"  total {sum(cost.values()) * scale:.2f}"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -254,6 +254,19 @@ def measure_cpu(
     return (cpu1 - cpu0) / (wall1 - wall0), per_batch * len(bodies), wall1 - wall0
 
 
+def steady_state(rate: int, seconds: float, figures: list[float], cores: float) -> str:
+    """The summary line of ``--parts cpu``: the rounds' figures (ms of CPU per 1,000 events),
+    their median, and all rounds as one span (``cores``: CPU seconds over wall seconds).
+    ``bench/cpu_ablation.py`` reads it."""
+    return (
+        f"operator CPU at {rate} ingested events/s, steady state: median "
+        f"{statistics.median(figures):.1f} ms CPU per 1,000 events over "
+        f"{len(figures)} round(s) of {seconds:.0f}s "
+        f"({', '.join(f'{f:.1f}' for f in figures)}); all rounds as one: "
+        f"{cores * 1000 / rate * 1000:.1f} (goal <= 20)"
+    )
+
+
 def measure_throughput(
     url: str, token: str, tmpl: list[dict[str, Any]], total: int
 ) -> tuple[float, float]:
@@ -469,13 +482,7 @@ def main() -> int:
                     f"system {system1 - system0:.2f}s)",
                     flush=True,
                 )
-            print(
-                f"operator CPU at {args.rate} ingested events/s, steady state: median "
-                f"{statistics.median(figures):.1f} ms CPU per 1,000 events over "
-                f"{args.rounds} round(s) of {args.seconds:.0f}s "
-                f"({', '.join(f'{f:.1f}' for f in figures)}); all rounds as one: "
-                f"{spent / measured * 1000 / args.rate * 1000:.1f} (goal <= 20)"
-            )
+            print(steady_state(args.rate, args.seconds, figures, spent / measured))
         if "throughput" in parts:
             cpu0 = cpu_seconds(pid)
             rate, wall = measure_throughput(

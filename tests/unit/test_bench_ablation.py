@@ -46,3 +46,17 @@ def test_a_moved_anchor_stops_the_bench(tmp_path: Path, monkeypatch: pytest.Monk
     moved = re.escape("is not once in operator/enumwatch/windows.py (found 0 times)")
     with pytest.raises(SystemExit, match=moved):
         ablation.copy_of("no-windows", tmp_path)
+
+
+def test_the_median_is_read_from_the_line_operator_bench_prints() -> None:
+    # The line changed to one decimal in issue 22's twelfth CPU round and the pattern kept
+    # reading whole numbers: the bench stopped with "operator_bench.py failed" on every run.
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import operator_bench
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    line = operator_bench.steady_state(1000, 20, [22.2, 33.5, 20.0], 0.0251)
+    found = _ablation().MEDIAN.search("round 3 of 3: ...\n" + line + "\n")
+    assert found is not None
+    assert (float(found.group(1)), found.group(2)) == (22.2, "22.2, 33.5, 20.0")
