@@ -12,8 +12,18 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The package's typed decoder is a C extension (setup.py): the builder needs a C compiler and
+# Python's headers, installed from Debian when the base lacks them (python:3.11-slim has the
+# headers, a Debian python3.11 needs python3.11-dev). The final stage gets the built wheel only.
+RUN if ! command -v gcc >/dev/null 2>&1 \
+      || ! python -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then \
+      headers="$(python -c "import os, sysconfig; print('' if os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')) else 'python3.11-dev')")" \
+      && apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev $headers \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY operator ./operator
 RUN python -m pip wheel --wheel-dir /wheels ".[eks,gke,aks,kafka]"
 

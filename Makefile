@@ -20,7 +20,7 @@ CHART := charts/enumwatch
 CHART_FILES := manifests/audit/policy.yaml manifests/monitoring/prometheusrule.yaml \
 	manifests/monitoring/dashboard.json
 
-.PHONY: help venv allocator controlplane tools kafka node test unit integration lint chart-lint docs image manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
+.PHONY: help venv allocator controlplane tools kafka node test unit asan integration lint chart-lint docs image manifests sql-goldens demo dev-up dev-down dev-reset cluster-up cluster-down bench clean
 
 # need-TOOL: fail at once, in one line, when TOOL is missing (what for and how to get it);
 # the first prerequisite of every target that runs TOOL (docs/getting-started.md#prerequisites).
@@ -30,8 +30,8 @@ need-%:
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml devkit/pyproject.toml
-	@bash hack/need.sh venv $(PYTHON)
+$(STAMP): pyproject.toml setup.py operator/enumwatch/audit/_typed.c devkit/pyproject.toml
+	@bash hack/need.sh venv $(PYTHON) cc
 	@test -x $(PY) || { echo "==> creating $(VENV)/ with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	@echo "==> upgrading pip"
 	@$(PY) -m pip install --quiet --upgrade pip
@@ -74,6 +74,9 @@ test: need-kubectl controlplane tools kafka venv node lint ## run every test (li
 
 unit: tools venv ## run the tests that need no control plane
 	$(PYTEST) $(PARALLEL) -m 'not integration and not e2e and not node' $(PYTEST_ARGS)
+
+asan: venv ## run the typed decoder's C (operator/enumwatch/audit/_typed.c) under AddressSanitizer and UBSan against its tests
+	$(PYTEST) tests/unit/test_typed_sanitized.py $(PYTEST_ARGS)
 
 integration: need-kubectl controlplane tools kafka venv ## run only the tests against the real control plane
 	ENUMWATCH_REQUIRE_INTEGRATION=1 $(PYTEST) $(PARALLEL) -m 'integration and not alone' $(PYTEST_ARGS) $(FORGIVE_EMPTY)

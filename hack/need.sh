@@ -9,6 +9,7 @@ how() {
     kubectl) echo "kubectl talks to the local apiserver: install it from https://kubernetes.io/docs/tasks/tools/ (or apt-get install kubernetes-client)" ;;
     java | mvn) echo "a JDK (>= 17) and Maven resolve and run the Apache Kafka broker of the Kafka / Event Hubs tests: apt-get install openjdk-17-jdk-headless maven" ;;
     curl) echo "curl is the tour's anonymous scanner: apt-get install curl (or your system's package)" ;;
+    cc) echo "a C compiler builds the package's typed decoder (enumwatch.audit._typed, setup.py) when make venv installs it: apt-get install gcc (and python3.11-dev for a Debian python3.11; pyenv's and python.org's builds carry their headers)" ;;
     python3.11 | python3*) echo "Python >= 3.11 makes .venv/: apt-get install python3.11 python3.11-venv, or run make PYTHON=/path/to/python3.12" ;;
     *) echo "install it and put it on PATH" ;;
   esac

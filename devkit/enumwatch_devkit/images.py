@@ -35,7 +35,7 @@ BASE_IMAGE = "localhost/enumwatch-python-base:3.11-bookworm"
 PAUSE_IMAGE = "localhost/enumwatch-pause:3.10"
 ENUMWATCH_REPOSITORY = "localhost/enumwatch"
 #: What the image build reads from the checkout (the .dockerignore's allow list) and its recipe.
-BUILD_CONTEXT = ("pyproject.toml", "README.md", "operator")
+BUILD_CONTEXT = ("pyproject.toml", "setup.py", "README.md", "operator")
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,11 @@ def context_digest(root: Path) -> str:
         files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for path in files:
         relative = path.relative_to(root)
-        if "__pycache__" in relative.parts or any(p.endswith(".egg-info") for p in relative.parts):
+        if (
+            "__pycache__" in relative.parts
+            or any(p.endswith(".egg-info") for p in relative.parts)
+            or relative.suffix == ".so"  # built in place by make venv; the .dockerignore's too
+        ):
             continue
         digest.update(str(relative).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]

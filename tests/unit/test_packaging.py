@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 #: Modules that lived in the product before they moved to devkit/.
 MOVED_OUT = ("devcluster.py", "devstack.py", "devcluster_cli.py", "corpus.py")
 _NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", ".dev", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench/out"
+    ".git", ".venv", ".dev", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench/out",
+    "*.so",  # the typed decoder as the editable install built it: the wheel builds its own
 )
 
 
@@ -52,6 +54,11 @@ def test_the_wheel_holds_the_product_and_no_dev_kit(tmp_path: Path) -> None:
     top_level = {name.split("/", 1)[0] for name in files}
     assert top_level == {"enumwatch", "enumwatch-0.1.0.dist-info"}
     assert "enumwatch/cli/main.py" in files and "enumwatch/py.typed" in files
+    # The typed decoder, compiled from setup.py's extension, with its types (its source out).
+    assert sorted(f for f in files if f.startswith("enumwatch/audit/_typed")) == [
+        f"enumwatch/audit/_typed{sysconfig.get_config_var('EXT_SUFFIX')}",
+        "enumwatch/audit/_typed.pyi",
+    ]
     assert [f for f in files if "devkit" in f or f.endswith(MOVED_OUT)] == []
 
 
@@ -61,6 +68,7 @@ def test_the_image_context_does_not_take_the_dev_kit() -> None:
     assert lines[0] == "*", "everything is excluded first"
     assert [line for line in lines if line.startswith("!")] == [
         "!pyproject.toml",
+        "!setup.py",
         "!README.md",
         "!operator/",
     ]

@@ -14,15 +14,22 @@ Wrong types are rejected rather than coerced (a string ``responseStatus.code``, 
 that is not a list of strings): Elasticsearch would coerce some of them, but the apiserver never
 writes them, so such a line is more likely forged or corrupt than meaningful.
 
-Every path decodes with one typed decoder (:func:`decode_event_bytes`, msgspec): it reads only
-the fields the rule and the operator read, straight into their types, which is most of the cost
-of ingest and of a scan. It takes only what the generic path would take the same way: a well-typed
-apiserver ``Event``. Anything else (a wrong type, another shape, an Elastic document, JSON it
-refuses, an integer beyond 64 bits) falls back to the generic path (orjson, then the checks
-below), so skip reasons and results are the same whichever path decided. One difference is
-known and accepted: the typed decoder skips the fields it does not read without converting
-them, so a number beyond the double range (``1e400``) in such a field does not make the line
-invalid JSON as orjson would; the event is decoded from the fields it has.
+Every path decodes with one typed decoder (:mod:`enumwatch.audit._typed`, in C, built from
+``_typed.c`` by ``setup.py``): one pass from the bytes to the fields the rule and the operator
+read, straight into their types, and with them what came next in Python before: the event's
+identity (the same BLAKE2b-128 of the same JSON as :func:`enumwatch.audit.identity.event_identity`)
+and its time when its ``stageTimestamp`` has the apiserver's shape (the same float as
+:func:`enumwatch.timefmt.parse_rfc3339`). Values equal to the previous event's in the same field
+are one object, so a window's documents share them. It takes only what the generic path would
+take the same way: a well-typed apiserver ``Event`` whose every key it reads is written once and
+unescaped. Anything else (a wrong type, another shape, an Elastic document, a duplicated or
+escaped key, JSON orjson refuses, a number orjson would not read as the same integer or could
+read as infinity, nesting deeper than 64) it declines, and the generic path (orjson, then the
+checks below) decides, so skip reasons and results are the same whichever path decided
+(``tests/unit/test_typed_native.py`` holds the two together on generated events). msgspec
+remains for two jobs that read no event: cutting a body into its raw items
+(:func:`event_list_items`) and the tailer's look at a line's ``level`` and ``user``
+(:func:`decode_head`).
 
 The line iterators take an optional byte prefilter (:class:`LinePrefilter`, implemented by
 :class:`enumwatch.match.prefilter.Prefilter`): lines it proves cannot match are counted and
@@ -36,18 +43,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import repeat
 from typing import Any, Protocol, TypeVar, cast
 
 import msgspec
 import orjson
 
 from enumwatch.api.cluster import is_cluster_name
+from enumwatch.audit import _typed
 from enumwatch.audit.elastic import elastic_to_raw, is_elastic_document
 from enumwatch.audit.envelopes import is_envelope, unwrap
 from enumwatch.audit.event import (
     CLUSTER_ANNOTATION,
     DECISION_ANNOTATION,
+    EVENT_ATTRIBUTES,
     F_AUDIT_ID,
     F_CLUSTER,
     F_DECISION,
@@ -62,6 +70,7 @@ from enumwatch.audit.event import (
     F_USER_AGENT,
     F_USERNAME,
     F_VERB,
+    FIELD_NAMES,
     AuditEvent,
     EventFields,
     event_from_fields,
@@ -320,6 +329,11 @@ def _decode_raw(
 
 def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
     """The :class:`AuditEvent` of a field tuple (its time picked and read here)."""
+    return _event_with(f, event_identity(f), elastic_ts)
+
+
+def _event_with(f: EventFields, identity: bytes | None, elastic_ts: object = None) -> AuditEvent:
+    """:func:`_event` with the event's identity already made (by the typed decoder)."""
     stage_ts = f[F_STAGE_TIMESTAMP]
     # The usual case first: a readable stageTimestamp is the time (as _pick_timestamp picks);
     # what read_rfc3339 would say of an unreadable one, _pick_timestamp asks it.
@@ -329,53 +343,85 @@ def _event(f: EventFields, elastic_ts: object = None) -> AuditEvent:
         except (ValueError, OverflowError):
             pass
         else:
-            return event_from_fields(f, timestamp, None, event_identity(f))
+            return event_from_fields(f, timestamp, None, identity)
     picked, problem = _pick_timestamp(stage_ts, f[F_RECEIVED_TIMESTAMP], elastic_ts)
-    return event_from_fields(f, picked, problem, event_identity(f))
+    return event_from_fields(f, picked, problem, identity)
 
 
 # --------------------------------------------------------------------------------------------
-# The typed decoder: only the fields read, straight from the bytes
+# The typed decoder: only the fields read, straight from the bytes (enumwatch/audit/_typed.c)
+
+#: What the typed decoder reads of an Event or an EventList body: each event's fields, its time
+#: (``None`` when Python must pick it), its identity (``None`` when not asked for) and the
+#: clusters the events named.
+_Read = tuple[list[EventFields], list[float | None], list[bytes | None] | None, set[str]]
 
 
-class _User(msgspec.Struct, gc=False):
-    username: str | None = None
-    groups: tuple[str, ...] | None = None  # a JSON array, read straight into the event's type
+def _typed_read(data: bytes, is_list: bool, pinned: str | None, identities: bool) -> _Read | None:
+    """One pass of the typed decoder over ``data`` (an Event, or an ``EventList`` body), or
+    ``None`` when the generic path must decide: anything it does not read exactly as that path
+    would (another shape or kind, a wrong type, a duplicated key it reads, a number orjson
+    would not read as an integer), or a cluster annotation that is not a cluster name (that
+    path counts why). ``pinned``: the cluster every event is taken as."""
+    read: _Read | None = _typed.decode(data, is_list, pinned, identities)
+    if read is None or (read[3] and not all(map(is_cluster_name, read[3]))):
+        return None
+    return read
 
 
-class _ObjectRef(msgspec.Struct, gc=False):
-    resource: str | None = None
-    namespace: str | None = None
+def _event_source(attribute: str) -> int:
+    """What fills an :class:`AuditEvent` slot made by the typed decoder: the index of its field
+    in :data:`FIELD_NAMES` order, or -1 for the time, -2 for ``None``, -3 for the identity."""
+    if attribute in FIELD_NAMES:
+        return FIELD_NAMES.index(attribute)
+    return {"timestamp": -1, "timestamp_error": -2, "identity": -3}[attribute]
 
 
-class _ResponseStatus(msgspec.Struct, gc=False):
-    code: int | None = None
-    message: str | None = None
+# The class the typed decoder makes, its slots named (checked there: every one a writable slot).
+_typed.configure(AuditEvent, EVENT_ATTRIBUTES, tuple(map(_event_source, EVENT_ATTRIBUTES)))
 
 
-class _Annotations(msgspec.Struct, gc=False):
-    decision: str | None = msgspec.field(default=None, name=DECISION_ANNOTATION)
-    cluster: str | None = msgspec.field(default=None, name=CLUSTER_ANNOTATION)
+def _typed_events(data: bytes, is_list: bool, pinned: str | None) -> list[AuditEvent] | None:
+    """The events of an Event or an ``EventList`` body, made by the typed decoder (their times
+    and identities with them), or ``None`` when the generic path must decide (as
+    :func:`_typed_read` says)."""
+    read: tuple[list[AuditEvent | tuple[EventFields, bytes | None]], int, set[str]] | None = (
+        _typed.decode_events(data, is_list, pinned)
+    )
+    if read is None:
+        return None
+    items, pending, clusters = read
+    if clusters and not all(map(is_cluster_name, clusters)):
+        return None
+    if pending:
+        # A stageTimestamp missing or in another shape than the apiserver's: Python picks.
+        for index, item in enumerate(items):
+            if type(item) is tuple:
+                items[index] = _event_with(*item)
+    return cast(list[AuditEvent], items)
 
 
-class _Event(msgspec.Struct, gc=False):
-    """The fields of an apiserver Event the rule and the operator read, typed as
-    :func:`_raw_fields` checks them (a value of another type fails the decode)."""
+def _typed_fields(data: bytes, pinned: str | None = None) -> EventFields | None:
+    """The :data:`EventFields` of one JSON value if it is a well-typed apiserver ``Event``;
+    ``None`` when the generic path must decide (anything else, or anything it refuses).
+    ``pinned``: the cluster the event is taken as, whatever its annotation says."""
+    read = _typed_read(data, False, pinned, False)
+    return None if read is None else read[0][0]
 
-    kind: str | None = None
-    level: str | None = None
-    audit_id: str | None = msgspec.field(default=None, name="auditID")
-    stage: str | None = None
-    request_uri: str | None = msgspec.field(default=None, name="requestURI")
-    verb: str | None = None
-    user: _User | None = None
-    source_ips: tuple[str, ...] | None = msgspec.field(default=None, name="sourceIPs")
-    user_agent: str | None = msgspec.field(default=None, name="userAgent")
-    object_ref: _ObjectRef | None = msgspec.field(default=None, name="objectRef")
-    response_status: _ResponseStatus | None = msgspec.field(default=None, name="responseStatus")
-    received_ts: str | None = msgspec.field(default=None, name="requestReceivedTimestamp")
-    stage_ts: str | None = msgspec.field(default=None, name="stageTimestamp")
-    annotations: _Annotations | None = None
+
+def _typed_event(data: bytes, pinned: str | None = None) -> AuditEvent | None:
+    """:func:`_typed_fields`, as the :class:`AuditEvent` (its time and identity with it)."""
+    events = _typed_events(data, False, pinned)
+    return None if events is None else events[0]
+
+
+def _typed_event_list(raw: bytes, cluster: str | None) -> list[AuditEvent | str] | None:
+    """The events of an ``EventList`` body whose every item the typed decoder takes, decoded
+    in one call; ``None`` when one item (or the body) is anything else: then each item is
+    decided on its own by :func:`decode_event_list`, so the results are the same."""
+    if not _valid_utf8(raw):
+        return None
+    return cast(list[AuditEvent | str] | None, _typed_events(raw, True, cluster))
 
 
 class _EventList(msgspec.Struct, gc=False):
@@ -385,98 +431,7 @@ class _EventList(msgspec.Struct, gc=False):
     items: list[msgspec.Raw]
 
 
-_decode_typed = msgspec.json.Decoder(_Event).decode
 _decode_list = msgspec.json.Decoder(_EventList).decode
-#: The integers orjson reads as integers (beyond, it makes them floats: a wrong-typed code).
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-
-
-class _TypedEventList(msgspec.Struct, gc=False):
-    """An ``EventList`` body whose every item is typed as :class:`_Event` (one call for the
-    body: a third of scanning it for its items and decoding each on its own)."""
-
-    kind: str
-    items: list[_Event]
-
-
-_decode_typed_list = msgspec.json.Decoder(_TypedEventList).decode
-
-
-def _typed_fields(data: bytes, pinned: str | None = None) -> EventFields | None:
-    """The :data:`EventFields` of one JSON value if it is a well-typed apiserver ``Event``;
-    ``None`` when the generic path must decide (anything else, or anything it refuses).
-    ``pinned``: the cluster the event is taken as, whatever its annotation says."""
-    try:
-        e = _decode_typed(data)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    return _fields_of(e, pinned)
-
-
-def _typed_event_list(raw: bytes, cluster: str | None) -> list[AuditEvent | str] | None:
-    """The events of an ``EventList`` body whose every item the typed decoder takes, decoded
-    in one call; ``None`` when one item (or the body) is anything else: then each item is
-    decided on its own by :func:`decode_event_list`, so the results are the same."""
-    if not _valid_utf8(raw):
-        return None
-    try:
-        body = _decode_typed_list(raw)
-    except (msgspec.DecodeError, RecursionError):
-        return None
-    if body.kind != "EventList":
-        return None
-    fields = list(map(_fields_of, body.items, repeat(cluster)))
-    if None in fields:
-        return None
-    return list(map(_event, cast(list[EventFields], fields)))
-
-
-def _fields_of(e: _Event, pinned: str | None) -> EventFields | None:
-    """The :data:`EventFields` of a typed event, ``None`` when the generic path must decide
-    (not an ``Event``, a code orjson would not read as an integer, an invalid cluster name)."""
-    if e.kind != "Event":
-        return None
-    user, ref, status, notes = e.user, e.object_ref, e.response_status, e.annotations
-    if status is None:
-        code = message = None
-    else:
-        code, message = status.code, status.message
-        if code is not None and not _INT_MIN <= code <= _INT_MAX:
-            return None
-    if notes is None:
-        decision = cluster = None
-    else:
-        decision, cluster = notes.decision, notes.cluster
-    if pinned is not None:
-        cluster = pinned
-    elif cluster is not None and not is_cluster_name(cluster):
-        return None  # the generic path counts why
-    ips = e.source_ips
-    groups: tuple[str, ...] = ()
-    if user is None:
-        username = None
-    else:
-        username = user.username
-        groups = () if user.groups is None else user.groups
-    return (
-        e.verb,
-        e.request_uri,
-        None if ref is None else ref.resource,
-        decision,
-        code,
-        message,
-        None if ref is None else ref.namespace,
-        username,
-        groups,
-        e.level,
-        () if ips is None else ips,
-        e.user_agent,
-        e.audit_id,
-        e.stage,
-        e.stage_ts,
-        e.received_ts,
-        cluster,
-    )
 
 
 class _Head(msgspec.Struct, gc=False):
@@ -512,6 +467,8 @@ _UTF8_SLICE = 1 << 20
 def _valid_utf8(data: bytes) -> bool:
     # The typed decoder does not look into the fields it skips; orjson refuses invalid UTF-8
     # anywhere, and so must we (a cheap check: ASCII is copied, not decoded).
+    if data.isascii():  # no copy made: the common case, in a tenth of the time
+        return True
     try:
         if len(data) <= _UTF8_SLICE:
             data.decode()
@@ -531,9 +488,9 @@ def decode_event_bytes(data: bytes, cluster: str | None = None) -> AuditEvent | 
     or ``None`` when it is not one JSON value (``invalid_json``: the caller says where).
     ``cluster``: the cluster the event is taken as, whatever its annotation says."""
     if _valid_utf8(data):
-        fields = _typed_fields(data, cluster)
-        if fields is not None:
-            return _event(fields)
+        event = _typed_event(data, cluster)
+        if event is not None:
+            return event
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -559,9 +516,9 @@ def decode_event_list(raw: bytes, cluster: str | None = None) -> list[AuditEvent
     if items is not None:
         results: list[AuditEvent | str] = []
         for index, item in enumerate(items):
-            fields = _typed_fields(item, cluster)
-            if fields is not None:
-                results.append(_event(fields))
+            event = _typed_event(item, cluster)
+            if event is not None:
+                results.append(event)
                 continue
             try:
                 result = decode_event_bytes(bytes(item), cluster)
@@ -771,10 +728,10 @@ def _parse_line(line: bytes | str, stats: DecodeStats) -> Iterator[AuditEvent]:
     except UnicodeEncodeError:  # a lone surrogate: the generic path says why
         data = b""
     if data and _valid_utf8(data):
-        fields = _typed_fields(data)
-        if fields is not None:
+        event = _typed_event(data)
+        if event is not None:
             stats.events += 1
-            yield _event(fields)
+            yield event
             return
     try:
         obj = orjson.loads(line)
