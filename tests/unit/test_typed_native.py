@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import sys
 from typing import Any
 
 import orjson
@@ -377,3 +378,16 @@ def test_broken_bytes_are_declined_or_read_as_orjson_reads_them(
     check(text)
     body = b'{"kind":"EventList","items":[' + text + b"]}"
     assert decode_event_list(body) == _decode_event_list_generic(body)
+
+
+def test_an_escaped_value_is_kept_once_in_memory() -> None:
+    # The identity reads an escaped non-ASCII value's UTF-8 from a temporary copy: the string
+    # kept in a window does not carry a second copy of itself (sys.getsizeof counts one).
+    agent = "сканер/" + "é" * 1000
+    data = orjson.dumps(dict(BASE, userAgent=agent)).replace(b"\xc3\xa9", b"\\u00e9")
+    assert b"\\u00e9" in data
+    made = _typed.decode_events(data, False, None)
+    assert made is not None
+    (event,), _, _ = made
+    assert event.user_agent == agent
+    assert sys.getsizeof(event.user_agent) == sys.getsizeof("".join(list(agent)))

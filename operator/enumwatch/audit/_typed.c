@@ -854,10 +854,15 @@ static int json_string(Buffer *b, PyObject *value, const char *raw, Py_ssize_t r
         if (buf_byte(b, '"') < 0 || buf_put(b, raw, raw_len) < 0) return -1;
         return buf_byte(b, '"');
     }
-    Py_ssize_t n;
-    const char *utf8 = PyUnicode_AsUTF8AndSize(value, &n);
+    if (PyUnicode_IS_ASCII(value))  /* its characters are its UTF-8: nothing made */
+        return json_escaped(b, PyUnicode_DATA(value), PyUnicode_GET_LENGTH(value));
+    /* A temporary copy, not PyUnicode_AsUTF8's (kept on the string as long as it lives: a
+     * window would hold every such value twice). */
+    PyObject *utf8 = PyUnicode_AsUTF8String(value);
     if (utf8 == NULL) return -1;
-    return json_escaped(b, utf8, n);
+    int r = json_escaped(b, PyBytes_AS_STRING(utf8), PyBytes_GET_SIZE(utf8));
+    Py_DECREF(utf8);
+    return r;
 }
 
 static int has_backslash(const char *s, Py_ssize_t n) {
