@@ -103,3 +103,20 @@ def test_python_is_named_with_how_to_get_it() -> None:
         "make venv: needs python3.99, which is not on PATH. Python >= 3.11 makes .venv/: "
         "apt-get install python3.11 python3.11-venv, or run make PYTHON=/path/to/python3.12\n"
     )
+
+
+def test_a_venv_without_a_c_compiler_says_so_first(bare_path: str) -> None:
+    # make venv builds the typed decoder's C (setup.py): the compiler is asked for before pip.
+    makefile = (REPO / "Makefile").read_text()
+    assert "@bash hack/need.sh venv $(PYTHON) cc\n" in makefile
+    done = subprocess.run(
+        ["bash", "hack/need.sh", "venv", "cc"], cwd=REPO, capture_output=True, text=True,
+        timeout=30, env={"PATH": bare_path},
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "make venv: needs cc, which is not on PATH. a C compiler builds the package's typed "
+        "decoder (enumwatch.audit._typed, setup.py) when make venv installs it: apt-get install "
+        "gcc (and python3.11-dev for a Debian python3.11; pyenv's and python.org's builds carry "
+        "their headers)\n"
+    )
